@@ -1,0 +1,448 @@
+"""The configuration file (docs/config-spec.md): parsed, validated, refused.
+
+Configuration is refused loudly and early. A daemon that destroys entries on a
+technical CDN must never run on a value it guessed: a typo'd key (`urll`), a
+string where a number belongs (`timeout_s = "30"`) or a half-given pair
+(`cert_file` without `key_file`) must never silently fall back to a default.
+So every model forbids unknown keys, types are strict (no "30" -> 30.0
+coercion), and every problem is reported at once, one line each, as
+``<file>: [section].key: <problem> (got <value>)`` -- never as a pydantic
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import ipaddress
+import json
+import os
+import re
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Mapping, NamedTuple
+from urllib.parse import urlsplit
+
+import tomli_w
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DaemonConfig",
+    "LoggingConfig",
+    "MasterConfig",
+    "TechnicalCdnConfig",
+    "TcpListen",
+    "config_json_schema",
+    "effective_toml",
+    "load_config",
+]
+
+_MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+# Linux: sizeof(sockaddr_un.sun_path) is 108, one byte of which is the NUL.
+_UNIX_PATH_MAX = 107
+
+_SECRET_NAME = re.compile(r"token|secret|password", re.IGNORECASE)
+_MASK = "***"
+
+
+def _fail(key: str, problem: str, value: Any) -> PydanticCustomError:
+    """A cross-field error, pinned to `key` (the loc of a model validator is
+    the model itself) and carrying the offending value."""
+    escaped = problem.replace("{", "{{").replace("}", "}}")
+    return PydanticCustomError("cdnreq", escaped, {"cdnreq_key": key, "cdnreq_value": value})
+
+
+def _resolve_path(value: Path | None, info: ValidationInfo) -> Path | None:
+    """Relative paths are relative to the configuration file's directory
+    (passed as validation context by load_config); without a context they are
+    left as given."""
+    if value is None:
+        return None
+    if str(value) in ("", "."):
+        raise PydanticCustomError("empty_path", "must not be empty")
+    base = (info.context or {}).get("base_dir")
+    if base is not None and not value.is_absolute():
+        value = Path(os.path.normpath(os.path.join(base, value)))
+    return value
+
+
+# --------------------------------------------------------------------------
+# models
+
+
+class MasterConfig(BaseModel):
+    """The SlapOS master whose JSON API lists the customers' shared instances."""
+
+    model_config = _MODEL_CONFIG
+
+    url: str = Field(
+        description="http or https base URL of the master's JSON API",
+        json_schema_extra={"pattern": "^[Hh][Tt][Tt][Pp][Ss]?://[^/?#]+"},
+    )
+    instance_guid: str = Field(
+        min_length=1,
+        description="the requester instance hosting the customers' shared instances",
+    )
+    computer_id: str | None = Field(
+        default=None, min_length=1, description="with partition_id, sends the slapproxy header"
+    )
+    partition_id: str | None = Field(
+        default=None, min_length=1, description="with computer_id, sends the slapproxy header"
+    )
+    cert_file: Path | None = Field(
+        default=None, strict=False, description="TLS client certificate (needs key_file)"
+    )
+    key_file: Path | None = Field(
+        default=None, strict=False, description="TLS client key (needs cert_file)"
+    )
+    ca_file: Path | None = Field(
+        default=None,
+        strict=False,
+        description="CA bundle to verify the master (default: system CAs)",
+    )
+    timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False, description="per call")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        try:
+            parts = urlsplit(value)
+            host = parts.hostname
+            parts.port  # raises ValueError on a bad port
+        except ValueError as exc:
+            raise PydanticCustomError("url", "not a valid URL: {reason}", {"reason": str(exc)})
+        if parts.scheme not in ("http", "https"):
+            raise PydanticCustomError("url_scheme", "must be an http:// or https:// URL")
+        if not host:
+            raise PydanticCustomError("url_host", "URL has no host")
+        return value
+
+    _resolve = field_validator("cert_file", "key_file", "ca_file")(_resolve_path)
+
+    @model_validator(mode="after")
+    def _check_pairs(self) -> MasterConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            if self.cert_file is not None:
+                raise _fail("cert_file", "needs key_file as well", str(self.cert_file))
+            raise _fail("key_file", "needs cert_file as well", str(self.key_file))
+        if (self.computer_id is None) != (self.partition_id is None):
+            if self.computer_id is not None:
+                raise _fail("computer_id", "needs partition_id as well", self.computer_id)
+            raise _fail("partition_id", "needs computer_id as well", self.partition_id)
+        return self
+
+    def partition_header(self) -> str | None:
+        """The slapproxy `Authorization` header value, when both ids are set."""
+        if self.computer_id is None or self.partition_id is None:
+            return None
+        return (
+            f"X-SlapPartition computer_id={self.computer_id}, "
+            f"computer_partition_id={self.partition_id}"
+        )
+
+
+class TechnicalCdnConfig(BaseModel):
+    """The technical CDN (rapid-cdn) the requester orders entries on."""
+
+    model_config = _MODEL_CONFIG
+
+    software_release_uri: str = Field(min_length=1)
+    software_type: str = Field(default="default", min_length=1)
+    request_prefix: str = Field(
+        default="cdnreq-",
+        description="titles are request_prefix + customer instance_guid",
+    )
+    sla: dict[str, str] = Field(
+        default_factory=dict, description="table of strings; sent as sla_parameters"
+    )
+
+
+class TcpListen(NamedTuple):
+    host: str  # an IPv6 address without its brackets
+    port: int
+
+
+class DaemonConfig(BaseModel):
+    model_config = _MODEL_CONFIG
+
+    tick_interval_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    concurrency: int = Field(default=8, ge=1, le=1024, description="calls in flight")
+    database: Path = Field(default=Path("/var/lib/cdnreq/cdnreq.db"), strict=False)
+    listen: str = Field(
+        default="127.0.0.1:9780",
+        description="host:port, [v6]:port, or an absolute unix socket path",
+    )
+    allow_empty: bool = Field(
+        default=False, description="allow destroying everything when the master lists nothing"
+    )
+    max_destroy_fraction: float = Field(
+        default=0.5, gt=0, le=1, description="above it, destroys are held"
+    )
+    retry_base_s: float = Field(
+        default=60.0, gt=0, allow_inf_nan=False, description="first backoff after a failed call"
+    )
+    retry_max_s: float = Field(
+        default=3600.0, gt=0, allow_inf_nan=False, description="backoff cap, >= retry_base_s"
+    )
+    shutdown_timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+
+    _resolve = field_validator("database")(_resolve_path)
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        _parse_listen(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_retry(self) -> DaemonConfig:
+        if self.retry_max_s < self.retry_base_s:
+            raise _fail(
+                "retry_max_s",
+                f"must be >= retry_base_s ({self.retry_base_s!r})",
+                self.retry_max_s,
+            )
+        return self
+
+    def listen_endpoint(self) -> TcpListen | Path:
+        """`listen` parsed: (host, port) for TCP, or the unix socket path."""
+        return _parse_listen(self.listen)
+
+
+def _parse_listen(value: str) -> TcpListen | Path:
+    if value.startswith("/"):
+        if "\0" in value:
+            raise PydanticCustomError("listen", "unix socket path contains a NUL byte")
+        if len(os.fsencode(value)) > _UNIX_PATH_MAX:
+            raise PydanticCustomError(
+                "listen", "unix socket path longer than {max} bytes", {"max": _UNIX_PATH_MAX}
+            )
+        return Path(value)
+    usage = "must be host:port, [v6]:port or an absolute unix socket path"
+    host, sep, port_s = value.rpartition(":")
+    if not sep:
+        if "/" in value:
+            raise PydanticCustomError("listen", "unix socket path must be absolute")
+        raise PydanticCustomError("listen", usage)
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise PydanticCustomError("listen", usage)
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise PydanticCustomError("listen", "not an IPv6 address between the brackets")
+    elif ":" in host:
+        raise PydanticCustomError("listen", "an IPv6 address needs brackets: [v6]:port")
+    elif not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", host):
+        raise PydanticCustomError("listen", "missing or invalid host; " + usage)
+    if not re.fullmatch(r"[0-9]{1,5}", port_s) or int(port_s) > 65535:
+        raise PydanticCustomError("listen", "port must be 0..65535")
+    return TcpListen(host, int(port_s))
+
+
+class LoggingConfig(BaseModel):
+    model_config = _MODEL_CONFIG
+
+    format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="auto: console on a terminal, JSON lines otherwise"
+    )
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="case-insensitive"
+    )
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class Config(BaseModel):
+    """The whole configuration file."""
+
+    model_config = _MODEL_CONFIG
+
+    master: MasterConfig
+    technical_cdn: TechnicalCdnConfig
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+
+# --------------------------------------------------------------------------
+# loading and errors
+
+
+class ConfigError(Exception):
+    """The configuration was refused. `str()` is one problem per line."""
+
+    def __init__(self, path: str, problems: list[str]):
+        self.path = path
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _key(part: Any) -> str:
+    s = str(part)
+    return s if _BARE_KEY.fullmatch(s) else json.dumps(s)
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    if not loc:
+        return "(top level)"
+    where = f"[{_key(loc[0])}]"
+    for part in loc[1:]:
+        where += f".{_key(part)}"
+    return where
+
+
+def _got(value: Any) -> str:
+    r = repr(value)
+    if len(r) > 80:
+        r = r[:77] + "..."
+    return f" (got {r})"
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model whose fields the last element of `loc` is looked up in."""
+    model: type[BaseModel] | None = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if model else None
+        ann = field.annotation if field else None
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return model
+
+
+def _problem(err: Mapping[str, Any]) -> str:
+    loc = tuple(p for p in err["loc"] if p != "[key]")
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+
+    if kind == "extra_forbidden":
+        model = _model_at(loc)
+        name = str(loc[-1])
+        if len(loc) > 1:
+            line = f"{_where(loc)}: unknown key"
+        elif isinstance(err["input"], dict):
+            line = f"{_where(loc)}: unknown section"
+        else:
+            line = f"{_key(name)}: unknown top-level key (keys belong in a [section])"
+        if model is not None:
+            close = difflib.get_close_matches(name, list(model.model_fields), n=1)
+            if close:
+                line += f' (did you mean "{close[0]}"?)'
+        return line
+
+    if kind == "missing":
+        return f"{_where(loc)}: required" + (" section" if len(loc) == 1 else "")
+
+    if "cdnreq_key" in ctx:
+        return f"{_where(loc + (ctx['cdnreq_key'],))}: {err['msg']}{_got(ctx['cdnreq_value'])}"
+
+    if kind in ("model_type", "dict_type") or (kind == "model_attributes_type"):
+        return f"{_where(loc)}: must be a table{_got(err['input'])}"
+
+    msg = str(err["msg"])
+    msg = msg.removeprefix("Value error, ").replace("Input should be", "must be")
+    msg = msg.replace("String should have at least 1 character", "must not be empty")
+    msg = msg.replace("must be a valid string", "must be a string")
+    if msg[:1].isupper() and not msg[1:2].isupper():
+        msg = msg[0].lower() + msg[1:]
+    return f"{_where(loc)}: {msg}{_got(err['input'])}"
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read, parse and validate a configuration file, or raise ConfigError."""
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(name, [f"{name}: cannot read configuration file: {reason}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(name, [f"{name}: not valid UTF-8: {exc}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(name, [f"{name}: not valid TOML: {exc}"]) from None
+    base_dir = os.path.dirname(os.path.abspath(name))
+    try:
+        return Config.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        problems = [f"{name}: {_problem(err)}" for err in exc.errors()]
+        raise ConfigError(name, problems) from None
+
+
+# --------------------------------------------------------------------------
+# output
+
+
+def _mask_url(value: str) -> str:
+    try:
+        parts = urlsplit(value)
+        password = parts.password
+    except ValueError:
+        return value
+    if password is None or not parts.scheme:
+        return value
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return parts._replace(netloc=f"{user}:{_MASK}@{hostport}").geturl()
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: (_MASK if _SECRET_NAME.search(k) else _mask(v))
+            for k, v in value.items()
+            if v is not None
+        }
+    if isinstance(value, list):
+        return [_mask(v) for v in value if v is not None]
+    if isinstance(value, str):
+        return _mask_url(value)
+    return value
+
+
+def effective_toml(config: Config) -> str:
+    """The effective configuration (defaults filled in, None omitted) as TOML,
+    with URL passwords and secret-named fields masked."""
+    data = _mask(config.model_dump(mode="json", exclude_none=True))
+    header = "# cdnreq effective configuration (defaults filled in, secrets masked)\n"
+    return header + tomli_w.dumps(data)
+
+
+def config_json_schema() -> dict[str, Any]:
+    """JSON Schema of the configuration (validation mode)."""
+    return Config.model_json_schema()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cdnreq.config")
+    parser.add_argument(
+        "--schema", action="store_true", help="print the JSON Schema of the configuration"
+    )
+    args = parser.parse_args(argv)
+    if not args.schema:
+        parser.print_usage(sys.stderr)
+        return 2
+    sys.stdout.write(json.dumps(config_json_schema(), indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,696 @@
+"""A real SlapOS master on loopback, for the integration tests and the local demo.
+
+cdnreq talks to the SlapOS master's JSON API. Rather than mocking that API,
+the integration tests and the demo run *slapproxy* (``slapos proxy start``,
+the development master shipped with slapos.core) on 127.0.0.1 and drive it
+through this module:
+
+* :class:`Slapproxy` starts and stops the process and offers plain,
+  synchronous calls to the API (``call`` and thin helpers);
+* :func:`setup_cdn` formats a computer, supplies a requester software release
+  and a technical CDN software release, and requests one non-shared instance
+  of each; the returned :class:`CdnSite` then plays the other parties: the
+  customers (who order shared instances hosted by the requester) and the
+  technical CDN (which publishes connection parameters to the shared
+  instances the requester ordered from it);
+* :func:`write_config` writes a cdnreq configuration pointing at that site.
+
+It deliberately does not import :mod:`cdnreq.master`: tests use it as an
+independent second client to check what cdnreq did.
+
+Every call is made one at a time, and callers must keep it that way:
+slapproxy answers 200 to concurrent shared-instance requests but keeps only
+some of them (a read-modify-write race on the hosting partition's list).
+For the same reason :func:`write_config` sets ``concurrency = 1``.
+
+Other slapproxy behaviour this module works around or that tests rely on:
+
+* guids are ``<title>___<requested_by>___<0|1>`` and slapproxy splits them
+  from the left, so its JSON API answers 403 "not handled" to get/publish on
+  a shared instance whose title contains ``___``. cdnreq's technical titles
+  always do (request_prefix + the customer's guid, e.g. ``cust______1``), so
+  :meth:`Slapproxy.publish` falls back to slapproxy's older slap endpoint
+  and :meth:`Slapproxy.get` to a read-only look at slapproxy's database;
+* requesting a shared instance with ``state = "destroyed"`` removes it from
+  its host's list (the answer still says ``started``); ``get`` on its guid
+  then fails with 500, and the row and its connection parameters survive:
+  requested again, it comes back with the connection parameters it had.
+
+Standard library only, synchronous.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import xml.etree.ElementTree as ET
+import xml.sax.saxutils
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "COMPUTER_ID",
+    "REQUESTER_SR",
+    "CDN_SR",
+    "DevMasterError",
+    "Slapproxy",
+    "CdnSite",
+    "free_port",
+    "find_slapos",
+    "setup_cdn",
+    "split_guid",
+    "write_config",
+]
+
+COMPUTER_ID = "local_computer"
+REQUESTER_SR = "http://sr.invalid/cdn-requester/software.cfg"
+CDN_SR = "http://sr.invalid/rapid-cdn/software.cfg"
+REQUESTER_TITLE = "cdn-requester"
+CDN_TITLE = "cdn-tech"
+
+_POLL_INTERVAL_S = 0.05
+_STOP_GRACE_S = 10.0
+
+
+class DevMasterError(RuntimeError):
+    """A non-2xx answer from slapproxy (or a failure to start it)."""
+
+    def __init__(self, status: int, title: str, body: Any = None):
+        super().__init__(f"{status}: {title}" if status else title)
+        self.status = status
+        self.title = title
+        self.body = body
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (bind to port 0, read it, close)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def find_slapos() -> str:
+    """The ``slapos`` executable: next to sys.executable first, then PATH."""
+    candidate = Path(sys.executable).parent / "slapos"
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return str(candidate)
+    found = shutil.which("slapos")
+    if found:
+        return found
+    raise FileNotFoundError(
+        "the 'slapos' executable was not found next to "
+        f"{sys.executable} nor on PATH; install the devmaster extra: "
+        "pip install 'slapos.core>=1.26' 'slapos.libnetworkcache>=0.30'"
+    )
+
+
+def split_guid(instance_guid: str) -> tuple[str, str, bool]:
+    """(title, requested_by, shared) of a slapproxy guid ``<title>___<requested_by>___<0|1>``.
+
+    Split from the right, so it also works for titles containing ``___``
+    (slapproxy itself splits from the left and fails on those).
+    """
+    parts = instance_guid.rsplit("___", 2)
+    if len(parts) != 3 or parts[2] not in ("0", "1"):
+        raise ValueError(f"not a slapproxy instance guid: {instance_guid!r}")
+    return parts[0], parts[1], parts[2] == "1"
+
+
+def _marshal_string_dict(params: dict) -> str:
+    """``slapos.util.dumps`` of a dict of strings, as slapproxy's slap endpoints read it.
+
+    Values that are not strings become ``str(value)``, as the JSON API does
+    (dict2xml). slapos' marshaller escapes text twice (and unescapes twice),
+    so the text is escaped once here and once more by ElementTree.
+    """
+    root = ET.Element("marshal")
+    dictionary = ET.SubElement(root, "dictionary", id="i2")
+    for key, value in params.items():
+        for text in (str(key), value if isinstance(value, str) else str(value)):
+            ET.SubElement(dictionary, "string").text = xml.sax.saxutils.escape(text)
+    return ET.tostring(root, encoding="unicode")
+
+
+def _parse_instance_xml(text: str | None) -> dict:
+    """slapos.util.xml2dict: ``<instance><parameter id="k">v</parameter>...</instance>``."""
+    result: dict[str, Any] = {}
+    if not text:
+        return result
+    root = ET.fromstring(text.encode("utf-8") if isinstance(text, str) else text)
+    for element in root.iterfind("parameter"):
+        key = element.get("id")
+        value = result.get(key)
+        if value is not None:
+            value = value + " " + (element.text or "")
+        else:
+            value = element.text
+        result[key] = value
+    return result
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"<cannot read {path}: {exc}>"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class Slapproxy:
+    """A slapproxy process on 127.0.0.1, and a synchronous client for it."""
+
+    def __init__(self, workdir: Path, port: int | None = None):
+        self.workdir = Path(workdir)
+        self.port = port if port is not None else free_port()
+        self.host = "127.0.0.1"
+        self.url = f"http://{self.host}:{self.port}"
+        self.computer_id = COMPUTER_ID
+        self.cfg_path = self.workdir / "slapos.cfg"
+        self.log_path = self.workdir / "slapproxy.log"
+        self.database_path = self.workdir / "proxy.db"
+        self.process: subprocess.Popen | None = None
+        self.start_duration_s: float | None = None
+        self._log_file = None
+
+    # -- process -------------------------------------------------------------
+
+    def _write_cfg(self) -> None:
+        instance_root = self.workdir / "instance"
+        software_root = self.workdir / "software"
+        instance_root.mkdir(parents=True, exist_ok=True)
+        software_root.mkdir(parents=True, exist_ok=True)
+        self.cfg_path.write_text(
+            "[slapos]\n"
+            f"instance_root = {instance_root}\n"
+            f"software_root = {software_root}\n"
+            f"computer_id = {self.computer_id}\n"
+            "\n"
+            "[slapproxy]\n"
+            f"host = {self.host}\n"
+            f"port = {self.port}\n"
+            f"database_uri = {self.database_path}\n"
+        )
+
+    def _answers(self) -> bool:
+        req = urllib.request.Request(
+            f"{self.url}/slapos.allDocs.v0.instance_tree_list",
+            data=b"{}",
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=2) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def start(self, timeout_s: float = 60) -> "Slapproxy":
+        """Launch slapproxy and wait until it answers; raise with the log tail otherwise."""
+        if self.process is not None and self.process.poll() is None:
+            return self
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._write_cfg()
+        executable = find_slapos()
+        self._log_file = open(self.log_path, "ab")
+        began = time.monotonic()
+        self.process = subprocess.Popen(
+            [executable, "proxy", "start", "--cfg", str(self.cfg_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            start_new_session=True,
+        )
+        deadline = began + timeout_s
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                self._close_log()
+                self.process = None
+                raise DevMasterError(
+                    0,
+                    f"slapproxy exited with status {code} while starting "
+                    f"(log {self.log_path}):\n{_tail(self.log_path)}",
+                )
+            if self._answers():
+                self.start_duration_s = time.monotonic() - began
+                return self
+            if time.monotonic() >= deadline:
+                self.stop()
+                raise DevMasterError(
+                    0,
+                    f"slapproxy did not answer on {self.url} within {timeout_s} s "
+                    f"(log {self.log_path}):\n{_tail(self.log_path)}",
+                )
+            time.sleep(_POLL_INTERVAL_S)
+
+    def stop(self) -> None:
+        """SIGTERM, wait, SIGKILL after 10 s. Idempotent."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            # slapos proxy start may run the server in a child: signal the
+            # whole process group it was started in (start_new_session).
+            self._signal(process, signal.SIGTERM)
+            try:
+                process.wait(timeout=_STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                self._signal(process, signal.SIGKILL)
+                process.wait()
+        self._close_log()
+
+    @staticmethod
+    def _signal(process: subprocess.Popen, sig: int) -> None:
+        try:
+            os.killpg(process.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            try:
+                process.send_signal(sig)
+            except ProcessLookupError:
+                pass
+
+    def _close_log(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def __enter__(self) -> "Slapproxy":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    # -- API -----------------------------------------------------------------
+
+    def call(self, name: str, body: dict, *, partition: str | None = None) -> dict:
+        """POST ``body`` to ``<url>/<name>``; the partition header when ``partition`` is given."""
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if partition is not None:
+            headers["Authorization"] = (
+                f"X-SlapPartition computer_id={self.computer_id}, "
+                f"computer_partition_id={partition}"
+            )
+        req = urllib.request.Request(
+            f"{self.url}/{name}",
+            data=json.dumps(body).encode(),
+            headers=headers,
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                payload = json.loads(raw)
+            except ValueError:
+                payload = raw.decode(errors="replace")
+            title = (
+                payload.get("title", str(exc.reason))
+                if isinstance(payload, dict)
+                else str(exc.reason)
+            )
+            raise DevMasterError(exc.code, f"{name}: {title}", payload) from None
+        if not raw:
+            return {}
+        return json.loads(raw)
+
+    def format(self, partitions: int = 4) -> dict:
+        return self.call(
+            "slapos.put.v0.compute_node_format",
+            {
+                "computer_guid": self.computer_id,
+                "compute_partition_list": [
+                    {
+                        "partition_id": f"slappart{i}",
+                        "ip_list": [
+                            {
+                                "ip-address": f"127.0.1.{i + 1}",
+                                "network-interface": "lo",
+                                "netmask": "255.0.0.0",
+                            }
+                        ],
+                    }
+                    for i in range(partitions)
+                ],
+            },
+        )
+
+    def supply(self, software_release_uri: str) -> dict:
+        return self.call(
+            "slapos.post.v0.software_installation",
+            {"computer_guid": self.computer_id, "software_release_uri": software_release_uri},
+        )
+
+    def request(
+        self,
+        title: str,
+        software_release_uri: str,
+        *,
+        software_type: str = "default",
+        parameters: dict | None = None,
+        shared: bool = False,
+        state: str = "started",
+        partition: str | None = None,
+        sla: dict | None = None,
+    ) -> dict:
+        body: dict[str, Any] = {
+            "title": title,
+            "software_release_uri": software_release_uri,
+            "software_type": software_type,
+            "shared": shared,
+            "state": state,
+        }
+        if parameters is not None:
+            body["parameters"] = parameters
+        if sla:
+            body["sla_parameters"] = sla
+        return self.call("slapos.post.v0.software_instance", body, partition=partition)
+
+    def hosted(self, instance_guid: str) -> list[dict]:
+        answer = self.call(
+            "slapos.allDocs.v0.instance_node_instance_list", {"instance_guid": instance_guid}
+        )
+        return list(answer.get("result_list", []))
+
+    def get(self, instance_guid: str) -> dict:
+        """``slapos.get.v0.software_instance``.
+
+        slapproxy cannot parse the guid of a shared instance whose title
+        contains ``___`` (every cdnreq technical title does: it embeds the
+        customer's guid ``<title>______1``) and answers 403 "not handled".
+        For those, the same document is rebuilt read-only from slapproxy's
+        database and the hosting instance's list (see :meth:`_get_shared_fallback`).
+        """
+        if self.guid_handled(instance_guid):
+            return self.call("slapos.get.v0.software_instance", {"instance_guid": instance_guid})
+        title, requested_by, shared = self._split_unhandled(instance_guid)
+        return self._get_shared_fallback(instance_guid, title, requested_by)
+
+    def publish(self, instance_guid: str, params: dict, *, partition: str) -> None:
+        """Publish connection parameters to ``instance_guid`` as ``partition``.
+
+        ``slapos.put.v0.software_instance_connection_parameter``; for a shared
+        instance whose guid slapproxy cannot parse (title containing ``___``)
+        it falls back to slapproxy's older slap endpoint
+        ``/setComputerPartitionConnectionXml`` (the one slapgrid uses when a
+        hosting partition publishes to its shared instances), which names the
+        shared instance by its database reference instead of its guid.
+        """
+        if self.guid_handled(instance_guid):
+            self.call(
+                "slapos.put.v0.software_instance_connection_parameter",
+                {"instance_guid": instance_guid, "connection_parameter_dict": params},
+                partition=partition,
+            )
+            return
+        title, requested_by, shared = self._split_unhandled(instance_guid)
+        self._legacy_post(
+            "setComputerPartitionConnectionXml",
+            {
+                "computer_id": self.computer_id,
+                "computer_partition_id": partition,
+                "slave_reference": f"{requested_by}_{title}",
+                "connection_xml": _marshal_string_dict(params),
+            },
+        )
+
+    # -- slapproxy workarounds (titles containing ``___``) -----------------
+
+    @staticmethod
+    def guid_handled(instance_guid: str) -> bool:
+        """Whether slapproxy's JSON API can parse this guid (it splits on the first two ``___``)."""
+        parts = instance_guid.split("___", 2)
+        if len(parts) != 3:
+            return False
+        try:
+            int(parts[2])
+        except ValueError:
+            return False
+        return True
+
+    @staticmethod
+    def _split_unhandled(instance_guid: str) -> tuple[str, str, bool]:
+        """For a guid slapproxy cannot parse: (title, requested_by, True) if it is a shared one."""
+        try:
+            title, requested_by, shared = split_guid(instance_guid)
+        except ValueError:
+            shared = False
+        if not shared:
+            raise DevMasterError(403, f"instance_guid {instance_guid} not handled.")
+        return title, requested_by, shared
+
+    def _legacy_post(self, name: str, form: dict[str, str]) -> str:
+        req = urllib.request.Request(
+            f"{self.url}/{name}",
+            data=urllib.parse.urlencode(form).encode(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.read().decode(errors="replace")
+        except urllib.error.HTTPError as exc:
+            raise DevMasterError(exc.code, f"{name}: {exc.reason}", exc.read()) from None
+
+    def _db_rows(self, table: str, where: str, args: tuple) -> list[dict]:
+        """Read-only query on slapproxy's sqlite database (table name without its version suffix)."""
+        uri = f"{self.database_path.resolve().as_uri()}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10)) as db:
+            db.row_factory = sqlite3.Row
+            names = [
+                row[0]
+                for row in db.execute(
+                    "SELECT name FROM sqlite_master WHERE type='table' AND name GLOB ?",
+                    (f"{table}[0-9]*",),
+                )
+            ]
+            if not names:
+                raise DevMasterError(0, f"no {table} table in {self.database_path}")
+            name = max(names, key=lambda n: int(n[len(table):]))
+            return [dict(r) for r in db.execute(f"SELECT * FROM {name} WHERE {where}", args)]
+
+    def _get_shared_fallback(self, instance_guid: str, title: str, requested_by: str) -> dict:
+        rows = self._db_rows(
+            "slave", "reference=? AND computer_reference=?",
+            (f"{requested_by}_{title}", self.computer_id),
+        )
+        if not rows:
+            raise DevMasterError(403, f"No shared instance {instance_guid} found.")
+        shared = rows[0]
+        hosts = self._db_rows(
+            "partition", "reference=? AND computer_reference=?",
+            (shared["hosted_by"], self.computer_id),
+        )
+        if not hosts:
+            raise DevMasterError(403, f"No partition hosting {instance_guid} found.")
+        host = hosts[0]
+        host_guid = f"{host['partition_reference']}___{host['requested_by']}___0"
+        entry = next(
+            (e for e in self.hosted(host_guid) if e["instance_guid"] == instance_guid), None
+        )
+        if entry is None:
+            # slapproxy's own get answers 500 here (the row outlives its
+            # entry in the host's list after a destroy): say so plainly.
+            raise DevMasterError(
+                500, f"shared instance {instance_guid} is not in the list of {host_guid}"
+            )
+        return {
+            "title": title,
+            "instance_guid": instance_guid,
+            "software_release_uri": host["software_release"],
+            "software_type": host["software_type"],
+            "state": "started",
+            "connection_parameters": _parse_instance_xml(shared["connection_xml"]),
+            "parameters": entry["parameters"],
+            "shared": True,
+            "root_instance_title": requested_by or title,
+            "ip_list": [],
+            "full_ip_list": [],
+            "sla_parameters": {},
+            "computer_guid": host["computer_reference"],
+            "compute_partition_id": host["reference"],
+            "processing_timestamp": int(host["timestamp"] or 0),
+            "access_status_message": "",
+        }
+
+
+@dataclass
+class CdnSite:
+    """A formatted slapproxy with a requester instance and a technical CDN host."""
+
+    proxy: Slapproxy
+    requester_guid: str
+    requester_partition: str
+    cdn_guid: str
+    cdn_partition: str
+    requester_sr: str = REQUESTER_SR
+    cdn_sr: str = CDN_SR
+
+    def add_customer(self, name: str, parameters: dict, state: str = "started") -> str:
+        """A customer orders a shared instance of the requester SR; returns its instance_guid."""
+        answer = self.proxy.request(
+            name, self.requester_sr, parameters=parameters, shared=True, state=state
+        )
+        return answer["instance_guid"]
+
+    def remove_customer(self, name: str) -> None:
+        """The customer destroys its shared instance (same title, state destroyed)."""
+        self.proxy.request(name, self.requester_sr, shared=True, state="destroyed")
+
+    def customers(self) -> list[dict]:
+        """The shared instances hosted by the requester."""
+        return self.proxy.hosted(self.requester_guid)
+
+    def technical_entries(self) -> list[dict]:
+        """The shared instances hosted by the technical CDN host."""
+        return self.proxy.hosted(self.cdn_guid)
+
+    def publish_as_cdn(self, tech_guid: str, params: dict) -> None:
+        """Publish connection parameters to a technical shared instance, as the CDN partition."""
+        self.proxy.publish(tech_guid, params, partition=self.cdn_partition)
+
+    def customer(self, guid: str) -> dict:
+        return self.proxy.get(guid)
+
+
+def setup_cdn(proxy: Slapproxy) -> CdnSite:
+    """Format, supply both SRs, request the requester and the technical CDN host."""
+    proxy.format()
+    proxy.supply(REQUESTER_SR)
+    proxy.supply(CDN_SR)
+    requester = proxy.request(REQUESTER_TITLE, REQUESTER_SR)
+    cdn = proxy.request(CDN_TITLE, CDN_SR)
+    return CdnSite(
+        proxy=proxy,
+        requester_guid=requester["instance_guid"],
+        requester_partition=requester["compute_partition_id"],
+        cdn_guid=cdn["instance_guid"],
+        cdn_partition=cdn["compute_partition_id"],
+        requester_sr=REQUESTER_SR,
+        cdn_sr=CDN_SR,
+    )
+
+
+# -- TOML writing -------------------------------------------------------------
+
+def _toml_key(key: str) -> str:
+    if key and all(c.isascii() and (c.isalnum() or c in "-_") for c in key):
+        return key
+    return _toml_string(key)
+
+
+def _toml_string(value: str) -> str:
+    out = ['"']
+    for ch in value:
+        code = ord(ch)
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\b":
+            out.append("\\b")
+        elif ch == "\f":
+            out.append("\\f")
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, (str, os.PathLike)):
+        return _toml_string(os.fspath(value))
+    if isinstance(value, dict):
+        inner = ", ".join(f"{_toml_key(str(k))} = {_toml_value(v)}" for k, v in value.items())
+        return "{ " + inner + " }" if inner else "{}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML: {value!r}")
+
+
+def write_config(
+    path: Path,
+    site: CdnSite,
+    *,
+    database: Path | str,
+    request_prefix: str = "cdnreq-",
+    **sections: dict,
+) -> Path:
+    """Write a cdnreq TOML configuration (docs/config-spec.md) for ``site``.
+
+    ``sections`` override or add keys per section, e.g. ``daemon={"allow_empty": True}``;
+    a new section name adds a table. A value of ``None`` removes that key.
+    """
+    path = Path(path)
+    tables: dict[str, dict[str, Any]] = {
+        "master": {
+            "url": site.proxy.url,
+            "instance_guid": site.requester_guid,
+            "computer_id": site.proxy.computer_id,
+            "partition_id": site.requester_partition,
+            "timeout_s": 10.0,
+        },
+        "technical_cdn": {
+            "software_release_uri": site.cdn_sr,
+            "software_type": "default",
+            "request_prefix": request_prefix,
+        },
+        "daemon": {
+            "database": os.fspath(database),
+            "concurrency": 1,  # slapproxy drops concurrent shared-instance requests
+            "tick_interval_s": 2.0,
+            "listen": f"127.0.0.1:{free_port()}",
+        },
+        "logging": {"format": "json"},
+    }
+    for section, overrides in sections.items():
+        table = tables.setdefault(section, {})
+        for key, value in (overrides or {}).items():
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = value
+    lines = ["# cdnreq configuration written by cdnreq.devmaster.write_config"]
+    for section, table in tables.items():
+        lines.append("")
+        lines.append(f"[{_toml_key(section)}]")
+        for key, value in table.items():
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,259 @@
+"""Client for the SlapOS master's JSON API.
+
+I/O only: every answer becomes a typed value or a typed error, and deciding
+what an error means is left to the caller. Every call has a timeout, because
+a hung master must fail a tick, not freeze the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import aiohttp
+
+from cdnreq.model import InstanceAnswer, RequestedState, SharedInstance
+
+LIST_HOSTED = "slapos.allDocs.v0.instance_node_instance_list"
+REQUEST = "slapos.post.v0.software_instance"
+GET = "slapos.get.v0.software_instance"
+PUBLISH = "slapos.put.v0.software_instance_connection_parameter"
+ERROR = "slapos.put.v0.software_instance_error"
+
+
+class MasterError(Exception):
+    """A call to the master did not give a usable answer."""
+
+    def __init__(
+        self, call: str, detail: str, *, status: int | None = None, title: str | None = None
+    ):
+        self.call = call
+        self.detail = detail
+        self.status = status
+        self.title = title  # the master's own words, when it gave some
+        super().__init__(f"{call}: {detail}")
+
+
+class MasterUnavailable(MasterError):
+    """Transport failure, timeout or 5xx: worth retrying later, unchanged."""
+
+
+class MasterRejected(MasterError):
+    """4xx: the master understood and said no; `title` is its reason."""
+
+    @property
+    def not_found(self) -> bool:
+        return self.status in (403, 404)
+
+
+class MasterMalformed(MasterError):
+    """2xx, but not the JSON shape the API promises."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """The shared instances hosted by the requester.
+
+    `unusable` are guids whose entry could not be read (they must be neither
+    requested nor destroyed); `anonymous` counts entries without a guid, which
+    means some known instance may be missing from `instances` for no reason of
+    its own.
+    """
+
+    instances: tuple[SharedInstance, ...]
+    unusable: tuple[str, ...] = ()
+    anonymous: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    cert_file: str | None = None
+    key_file: str | None = None
+    ca_file: str | None = None
+
+
+CallObserver = Callable[[str, str, float], None]
+"""(call name, status label, duration in seconds)."""
+
+
+@dataclass
+class MasterClient:
+    """One aiohttp session to one master; safe to share between tasks."""
+
+    url: str
+    timeout_s: float = 30.0
+    partition_header: str | None = None
+    tls: TlsFiles = field(default_factory=TlsFiles)
+    max_connections: int = 16
+    observer: CallObserver | None = None
+    calls: Counter = field(default_factory=Counter)
+    _session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> "MasterClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _ssl(self) -> ssl.SSLContext | None:
+        if not self.url.startswith("https:"):
+            return None
+        context = ssl.create_default_context(cafile=self.tls.ca_file)
+        if self.tls.cert_file:
+            context.load_cert_chain(self.tls.cert_file, self.tls.key_file)
+        return context
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            headers = {"Accept": "application/json"}
+            if self.partition_header:
+                headers["Authorization"] = self.partition_header
+            connector = aiohttp.TCPConnector(
+                limit=self.max_connections, ssl=self._ssl() or True
+            )
+            self._session = aiohttp.ClientSession(
+                base_url=self.url.rstrip("/") + "/",
+                headers=headers,
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                json_serialize=lambda v: json.dumps(v, separators=(",", ":")),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def call(self, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        session = self._open()
+        self.calls[name] += 1
+        started = time.monotonic()
+        status = "error"
+        try:
+            async with session.post(name, json=body) as response:
+                status = str(response.status)
+                text = await response.text(errors="replace")
+        except asyncio.TimeoutError:
+            status = "timeout"
+            raise MasterUnavailable(name, f"no answer within {self.timeout_s:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise MasterUnavailable(name, f"{type(exc).__name__}: {exc}") from None
+        finally:
+            if self.observer is not None:
+                self.observer(name, status, time.monotonic() - started)
+        if response.status >= 400:
+            error = MasterRejected if response.status < 500 else MasterUnavailable
+            title = _error_title(text)
+            raise error(
+                name, f"HTTP {response.status}: {title}", status=response.status, title=title
+            )
+        try:
+            answer = json.loads(text)
+        except ValueError:
+            raise MasterMalformed(
+                name, f"answer is not JSON: {_excerpt(text)}", status=response.status
+            ) from None
+        if not isinstance(answer, dict):
+            raise MasterMalformed(name, f"answer is not a JSON object: {_excerpt(text)}")
+        return answer
+
+    async def list_hosted(self, instance_guid: str) -> Listing:
+        answer = await self.call(LIST_HOSTED, {"instance_guid": instance_guid})
+        entries = answer.get("result_list")
+        if not isinstance(entries, list):
+            raise MasterMalformed(LIST_HOSTED, "answer has no result_list array")
+        return parse_listing(entries)
+
+    async def request_instance(
+        self,
+        *,
+        title: str,
+        software_release_uri: str,
+        software_type: str,
+        parameters: Mapping[str, Any] | None,
+        state: str,
+        sla_parameters: Mapping[str, str],
+        shared: bool = True,
+    ) -> InstanceAnswer:
+        body: dict[str, Any] = {
+            "title": title,
+            "software_release_uri": software_release_uri,
+            "software_type": software_type,
+            "shared": shared,
+            "state": state,
+            "sla_parameters": dict(sla_parameters),
+        }
+        if parameters is not None:
+            body["parameters"] = dict(parameters)
+        return _instance_answer(REQUEST, await self.call(REQUEST, body))
+
+    async def get_instance(self, instance_guid: str) -> InstanceAnswer:
+        return _instance_answer(GET, await self.call(GET, {"instance_guid": instance_guid}))
+
+    async def publish_connection(self, instance_guid: str, parameters: Mapping[str, Any]) -> None:
+        await self.call(
+            PUBLISH,
+            {"instance_guid": instance_guid, "connection_parameter_dict": dict(parameters)},
+        )
+
+    async def publish_error(self, instance_guid: str, message: str) -> None:
+        await self.call(ERROR, {"instance_guid": instance_guid, "message": message})
+
+
+def parse_listing(entries: list[Any]) -> Listing:
+    instances: list[SharedInstance] = []
+    unusable: list[str] = []
+    anonymous = 0
+    for entry in entries:
+        guid = entry.get("instance_guid") if isinstance(entry, dict) else None
+        if not isinstance(guid, str) or not guid:
+            anonymous += 1
+            continue
+        parameters = entry.get("parameters", {})
+        state = entry.get("state", RequestedState.STARTED.value)
+        if not isinstance(parameters, dict) or state not in _STATES:
+            unusable.append(guid)
+            continue
+        instances.append(
+            SharedInstance.of(
+                guid,
+                parameters,
+                title=str(entry.get("title", "")),
+                software_type=str(entry.get("software_type", "")),
+                state=state,
+            )
+        )
+    return Listing(tuple(instances), tuple(unusable), anonymous)
+
+
+_STATES = frozenset(s.value for s in RequestedState)
+
+
+def _instance_answer(call: str, answer: dict[str, Any]) -> InstanceAnswer:
+    guid = answer.get("instance_guid")
+    connection = answer.get("connection_parameters", {})
+    if not isinstance(guid, str) or not isinstance(connection, dict):
+        raise MasterMalformed(call, "answer lacks instance_guid or connection_parameters")
+    state = answer.get("state")
+    return InstanceAnswer(guid=guid, connection_parameters=connection, state=state)
+
+
+def _error_title(text: str) -> str:
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("title"), str):
+        return body["title"]
+    return _excerpt(text) or "no body"
+
+
+def _excerpt(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,223 @@
+"""The executor: carries out a Plan with a bounded number of calls in flight.
+
+Each action runs its calls in order (request, then publish the answer) and
+ends as one Outcome: the record's new state and the events to append. A
+failure is that instance's outcome, never the tick's; it is retried on a
+later tick after a backoff stored with the record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol
+
+from cdnreq.master import MasterError, MasterRejected
+from cdnreq.model import Event, InstanceAnswer, Phase, Record, RequestedState
+from cdnreq.reconcile import records
+from cdnreq.reconcile.plan import Action, Kind
+
+
+class Master(Protocol):
+    async def request_instance(
+        self,
+        *,
+        title: str,
+        software_release_uri: str,
+        software_type: str,
+        parameters: Mapping[str, Any] | None,
+        state: str,
+        sla_parameters: Mapping[str, str],
+    ) -> InstanceAnswer: ...
+
+    async def get_instance(self, instance_guid: str) -> InstanceAnswer: ...
+
+    async def publish_connection(self, instance_guid: str, parameters: Mapping[str, Any]) -> None: ...
+
+    async def publish_error(self, instance_guid: str, message: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    software_release_uri: str
+    software_type: str
+    sla: Mapping[str, str]
+    spec_hash: str
+    retry_base_s: float = 60.0
+    retry_max_s: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    action: Action
+    record: Record | None  # None: the instance is forgotten
+    events: tuple[Event, ...]
+    ok: bool
+
+
+OutcomeSink = Callable[[Outcome], Awaitable[None]]
+
+
+async def execute(
+    actions: Iterable[Action],
+    *,
+    master: Master,
+    settings: Settings,
+    concurrency: int,
+    sink: OutcomeSink,
+    stop: asyncio.Event | None = None,
+    clock: Callable[[], float] = time.time,
+    tick: int | None = None,
+) -> int:
+    """Run the actions, at most `concurrency` at a time; returns how many ran.
+
+    When `stop` is set, no further action starts; those in flight finish.
+    """
+    pending = iter(actions)
+    ran = 0
+
+    async def worker() -> None:
+        nonlocal ran
+        for action in pending:
+            if stop is not None and stop.is_set():
+                return
+            runner = _Runner(master, settings, clock, tick)
+            outcome = await runner.run(action)
+            ran += 1
+            await sink(outcome)
+
+    workers = [asyncio.create_task(worker()) for _ in range(max(1, concurrency))]
+    try:
+        await asyncio.gather(*workers)
+    finally:
+        for task in workers:
+            task.cancel()
+    return ran
+
+
+class _Runner:
+    """The calls of one action, and the events they leave."""
+
+    def __init__(self, master: Master, settings: Settings, clock: Callable[[], float], tick: int | None):
+        self.master = master
+        self.settings = settings
+        self.clock = clock
+        self.tick = tick
+        self.events: list[Event] = []
+
+    def event(self, guid: str, action: str, outcome: str, detail: str | None = None) -> None:
+        self.events.append(Event(guid, action, outcome, self.clock(), detail, self.tick))
+
+    def done(self, action: Action, record: Record | None, ok: bool) -> Outcome:
+        return Outcome(action, record, tuple(self.events), ok)
+
+    def failure(
+        self, action: Action, record: Record, step: str, error: MasterError, label: str | None = "failed"
+    ) -> Outcome:
+        if label is not None:
+            self.event(record.guid, step, label, error.detail)
+        record = records.failed(
+            record,
+            step,
+            f"{error.call}: {error.detail}",
+            self.clock(),
+            base_s=self.settings.retry_base_s,
+            max_s=self.settings.retry_max_s,
+        )
+        return self.done(action, record, False)
+
+    async def run(self, action: Action) -> Outcome:
+        if action.kind is Kind.DESTROY:
+            return await self.destroy(action)
+        if action.kind in (Kind.REQUEST, Kind.UPDATE):
+            return await self.request(action, action.record)
+        if action.kind is Kind.POLL:
+            return await self.poll(action)
+        return await self.relay(action, action.record)
+
+    async def request(self, action: Action, record: Record) -> Outcome:
+        instance = action.instance
+        assert instance is not None
+        step = action.kind.value if action.kind is not Kind.POLL else Kind.REQUEST.value
+        try:
+            answer = await self.master.request_instance(
+                title=record.title,
+                software_release_uri=self.settings.software_release_uri,
+                software_type=self.settings.software_type,
+                parameters=instance.parameters,
+                state=instance.state.value,
+                sla_parameters=self.settings.sla,
+            )
+        except MasterRejected as error:
+            return await self.reject(action, record, step, error)
+        except MasterError as error:
+            return self.failure(action, record, step, error)
+        self.event(record.guid, step, "ok", f"{action.reason}; technical entry {answer.guid}")
+        record = records.requested(
+            record, instance, answer, self.settings.spec_hash, step, self.clock()
+        )
+        return await self.relay(action, record)
+
+    async def reject(
+        self, action: Action, record: Record, step: str, error: MasterRejected
+    ) -> Outcome:
+        """Tell the customer why, once; then retry later like any failure."""
+        self.event(record.guid, step, "rejected", error.detail)
+        message, shown = records.rejection(error.title or error.detail)
+        if record.published_error != message:
+            try:
+                await self.master.publish_connection(record.guid, shown)
+                await self.master.publish_error(record.guid, message)
+            except MasterError as publish_error:
+                self.event(record.guid, "publish", "failed", publish_error.detail)
+            else:
+                self.event(record.guid, "publish", "ok", "request error")
+                record = records.rejected_shown(record, message, shown, self.clock())
+        return self.failure(action, record, step, error, label=None)
+
+    async def poll(self, action: Action) -> Outcome:
+        record = action.record
+        assert record.tech_guid is not None
+        try:
+            answer = await self.master.get_instance(record.tech_guid)
+        except MasterRejected as error:
+            if not error.not_found or action.instance is None:
+                return self.failure(action, record, "poll", error)
+            self.event(record.guid, "poll", "lost", error.detail)
+            return await self.request(action, records.lost(record, error.detail, self.clock()))
+        except MasterError as error:
+            return self.failure(action, record, "poll", error)
+        self.event(
+            record.guid, "poll", "ok", "answer received" if answer.connection_parameters else "no answer yet"
+        )
+        return await self.relay(action, records.polled(record, answer, self.clock()))
+
+    async def relay(self, action: Action, record: Record) -> Outcome:
+        shown = records.publication(record.connection)
+        if record.published == shown:
+            return self.done(action, records.settled(record, self.clock()), True)
+        try:
+            await self.master.publish_connection(record.guid, shown)
+        except MasterError as error:
+            return self.failure(action, record, "publish", error)
+        self.event(
+            record.guid, "publish", "ok", "connection parameters" if record.connection else "in progress"
+        )
+        return self.done(action, records.published(record, shown, self.clock()), True)
+
+    async def destroy(self, action: Action) -> Outcome:
+        record = action.record
+        try:
+            await self.master.request_instance(
+                title=record.title,
+                software_release_uri=self.settings.software_release_uri,
+                software_type=self.settings.software_type,
+                parameters=None,
+                state=RequestedState.DESTROYED.value,
+                sla_parameters=self.settings.sla,
+            )
+        except MasterError as error:
+            return self.failure(action, replace(record, phase=Phase.REMOVING), "destroy", error)
+        self.event(record.guid, "destroy", "ok", f"{action.reason}; title {record.title}")
+        return self.done(action, None, True)

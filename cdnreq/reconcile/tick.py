@@ -1,0 +1,205 @@
+"""One tick: list, plan, reserve, execute, commit.
+
+The thin shell around the pure planner. It owns the in-memory copy of the
+store's records, so an idle tick costs one list call and a diff, not a scan
+of the database. Outcomes are committed in batches while the tick runs: a
+crash loses at most one batch, and every action is safe to repeat (requests
+are keyed by title, destroys of a destroyed entry are no-ops).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import structlog
+
+from cdnreq.config import Config
+from cdnreq.master import MasterClient, MasterError
+from cdnreq.model import Event, InstanceGuid, Record
+from cdnreq.reconcile.execute import Outcome, Settings, execute
+from cdnreq.reconcile.plan import Plan, Policy, held_records, plan, spec_hash
+from cdnreq.store import Store, StoreError
+
+log = structlog.get_logger("cdnreq.tick")
+
+
+def policy_of(config: Config) -> Policy:
+    cdn = config.technical_cdn
+    return Policy(
+        request_prefix=cdn.request_prefix,
+        spec_hash=spec_hash(cdn.software_release_uri, cdn.software_type, cdn.sla),
+        allow_empty=config.daemon.allow_empty,
+        max_destroy_fraction=config.daemon.max_destroy_fraction,
+    )
+
+
+def settings_of(config: Config) -> Settings:
+    cdn = config.technical_cdn
+    return Settings(
+        software_release_uri=cdn.software_release_uri,
+        software_type=cdn.software_type,
+        sla=dict(cdn.sla),
+        spec_hash=spec_hash(cdn.software_release_uri, cdn.software_type, cdn.sla),
+        retry_base_s=config.daemon.retry_base_s,
+        retry_max_s=config.daemon.retry_max_s,
+    )
+
+
+@dataclass
+class TickReport:
+    id: int
+    started_at: float
+    ok: bool = False
+    duration_s: float = 0.0
+    planned: dict[str, int] = field(default_factory=dict)
+    results: dict[str, int] = field(default_factory=dict)
+    master_calls: dict[str, int] = field(default_factory=dict)
+    hold_reason: str | None = None
+    error: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "duration_s": round(self.duration_s, 3),
+            "planned": self.planned,
+            "results": self.results,
+            "master_calls": self.master_calls,
+            "hold_reason": self.hold_reason,
+            "error": self.error,
+        }
+
+
+class _Committer:
+    """Collects outcomes and writes them in few transactions."""
+
+    def __init__(self, store: Store, known: dict[InstanceGuid, Record], batch: int, every_s: float):
+        self.store = store
+        self.known = known
+        self.batch = batch
+        self.every_s = every_s
+        self.outcomes: list[Outcome] = []
+        self.last_flush = time.monotonic()
+        self.lock = asyncio.Lock()
+        self.results: Counter[str] = Counter()
+
+    async def add(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+        self.results[f"{outcome.action.kind.value}:{'ok' if outcome.ok else 'failed'}"] += 1
+        if len(self.outcomes) >= self.batch or time.monotonic() - self.last_flush >= self.every_s:
+            await self.flush()
+
+    async def flush(self) -> None:
+        async with self.lock:
+            outcomes, self.outcomes = self.outcomes, []
+            self.last_flush = time.monotonic()
+            if not outcomes:
+                return
+            upserts = [o.record for o in outcomes if o.record is not None]
+            forgets = [o.action.guid for o in outcomes if o.record is None]
+            events = [e for o in outcomes for e in o.events]
+            await self.store.commit(upserts=upserts, forgets=forgets, events=events)
+            for outcome in outcomes:
+                if outcome.record is None:
+                    self.known.pop(outcome.action.guid, None)
+                else:
+                    self.known[outcome.action.guid] = outcome.record
+
+
+class Reconciler:
+    """What lives between ticks: the configuration, the master, the store and
+    the in-memory copy of the store's records."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: Store,
+        master: MasterClient,
+        clock: Callable[[], float] = time.time,
+        batch: int = 500,
+        flush_every_s: float = 1.0,
+    ):
+        self.config = config
+        self.store = store
+        self.master = master
+        self.clock = clock
+        self.batch = batch
+        self.flush_every_s = flush_every_s
+        self.known: dict[InstanceGuid, Record] | None = None
+
+    async def tick(self, stop: asyncio.Event | None = None) -> TickReport:
+        started = self.clock()
+        report = TickReport(id=await self.store.begin_tick(started), started_at=started)
+        bound = log.bind(tick=report.id)
+        calls_before = Counter(self.master.calls)
+        try:
+            await self._run(report, bound, stop)
+            report.ok = True
+        except MasterError as error:
+            report.error = f"master: {error}"
+        except StoreError as error:
+            report.error = f"database: {error}"
+            self.known = None  # reload: memory may be ahead of the database
+        except Exception as error:  # a bug must fail one tick, not the daemon
+            bound.exception("tick crashed")
+            report.error = f"internal error: {type(error).__name__}: {error}"
+            self.known = None
+        finally:
+            report.duration_s = self.clock() - started
+            report.master_calls = dict(Counter(self.master.calls) - calls_before)
+        try:
+            await self.store.end_tick(
+                report.id,
+                finished_at=self.clock(),
+                result="ok" if report.ok else "failed",
+                summary=report.summary(),
+            )
+        except StoreError as error:
+            report.ok = False
+            report.error = report.error or f"database: {error}"
+        (bound.info if report.ok else bound.error)("tick", **report.summary())
+        return report
+
+    async def _run(self, report: TickReport, bound: Any, stop: asyncio.Event | None) -> None:
+        if self.known is None:
+            self.known = await self.store.load()
+        listing = await self.master.list_hosted(self.config.master.instance_guid)
+        now = self.clock()
+        the_plan = plan(listing, self.known, now, policy_of(self.config))
+        report.planned = dict(the_plan.counts)
+        report.hold_reason = the_plan.hold_reason
+        await self._reserve(the_plan, now, report.id, bound)
+        committer = _Committer(self.store, self.known, self.batch, self.flush_every_s)
+        try:
+            await execute(
+                the_plan.actions,
+                master=self.master,
+                settings=settings_of(self.config),
+                concurrency=self.config.daemon.concurrency,
+                sink=committer.add,
+                stop=stop,
+                clock=self.clock,
+                tick=report.id,
+            )
+        finally:
+            await committer.flush()
+            report.results = dict(committer.results)
+
+    async def _reserve(self, the_plan: Plan, now: float, tick: int, bound: Any) -> None:
+        """Store new titles and held destroys before any call is made, so a
+        crash can never request one instance under two titles."""
+        assert self.known is not None
+        held = list(held_records(the_plan, now))
+        if the_plan.hold_reason is not None:
+            bound.error("destroys held", count=len(the_plan.held), reason=the_plan.hold_reason)
+        upserts = [*the_plan.reserved, *held]
+        if not upserts:
+            return
+        events = [Event(r.guid, "hold", "held", now, r.last_error, tick) for r in held]
+        await self.store.commit(upserts=upserts, events=events)
+        for record in upserts:
+            self.known[record.guid] = record

@@ -1,0 +1,19 @@
+"""The store's failures, kept apart so callers can catch them without sqlite3.
+
+Every error the store lets out is a `StoreError`; the daemon treats the two
+subclasses as reasons to refuse to start rather than to retry.
+"""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """The database could not be read or written; nothing was half-written."""
+
+
+class SchemaTooNew(StoreError):
+    """The database was migrated by a newer cdnreq than this one."""
+
+
+class StoreLocked(StoreError):
+    """Another cdnreq process holds the database's lock."""

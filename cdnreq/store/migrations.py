@@ -1,0 +1,164 @@
+"""Schema history, replayed in order so any old database can be brought up to date.
+
+Migrations are append-only: never edit one that has shipped, add a new one.
+Each runs in its own transaction together with the version bump, so a crash
+leaves the database at a version it really has.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Final
+
+import aiosqlite
+
+from cdnreq.store.errors import SchemaTooNew, StoreError
+
+MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
+    (
+        1,
+        "instances, events, ticks",
+        """
+        CREATE TABLE schema_version (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            version INTEGER NOT NULL
+        );
+        CREATE TABLE migrations (
+            version INTEGER PRIMARY KEY,
+            description TEXT NOT NULL,
+            applied_at REAL NOT NULL
+        );
+        CREATE TABLE instances (
+            guid TEXT PRIMARY KEY,
+            title TEXT NOT NULL UNIQUE,
+            phase TEXT NOT NULL,
+            param_hash TEXT,
+            requested_state TEXT,
+            spec_hash TEXT,
+            tech_guid TEXT,
+            connection TEXT,
+            published TEXT,
+            published_error TEXT,
+            last_action TEXT,
+            last_error TEXT,
+            failures INTEGER NOT NULL DEFAULT 0,
+            retry_at REAL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE INDEX instances_phase ON instances (phase);
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at REAL NOT NULL,
+            tick INTEGER,
+            instance_guid TEXT NOT NULL,
+            action TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            detail TEXT
+        );
+        CREATE INDEX events_instance ON events (instance_guid, id);
+        CREATE TABLE ticks (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            result TEXT,
+            summary TEXT
+        );
+        """,
+    ),
+)
+
+LATEST: Final[int] = MIGRATIONS[-1][0]
+
+assert [m[0] for m in MIGRATIONS] == list(range(1, LATEST + 1)), "versions must be 1..N"
+
+
+def split_statements(sql: str) -> list[str]:
+    """Split a script into statements, so they can run inside our own transaction.
+
+    (`executescript` would commit first, breaking the one-transaction rule.)
+    """
+    statements: list[str] = []
+    current = ""
+    for piece in sql.split(";"):
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            if current.strip(" \t\r\n;"):
+                statements.append(current.strip())
+            current = ""
+    if current.strip(" \t\r\n;"):
+        raise ValueError(f"incomplete SQL statement in migration: {current.strip()!r}")
+    return statements
+
+
+async def _version(conn: aiosqlite.Connection, path: str) -> int:
+    async with conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+    ) as cur:
+        tables = {row[0] for row in await cur.fetchall()}
+    if "schema_version" not in tables:
+        if tables:
+            raise StoreError(
+                f"{path} is not a cdnreq database (it has tables "
+                f"{', '.join(sorted(tables))} but no schema_version)"
+            )
+        return 0
+    async with conn.execute("SELECT version FROM schema_version WHERE id = 1") as cur:
+        row = await cur.fetchone()
+    if row is None:
+        raise StoreError(f"{path} is not a usable cdnreq database (schema_version is empty)")
+    return int(row[0])
+
+
+def _too_new(path: str, version: int) -> SchemaTooNew:
+    return SchemaTooNew(
+        f"database {path} has schema version {version}, newer than this cdnreq "
+        f"knows ({LATEST}): upgrade cdnreq or use the matching database"
+    )
+
+
+async def migrate(conn: aiosqlite.Connection, path: str) -> int:
+    """Bring the database to LATEST; return the version it ends at.
+
+    The connection must be in autocommit mode (isolation_level=None). The
+    version is re-read under the write lock, so two processes opening a fresh
+    database at once cannot both apply the same migration.
+    """
+    try:
+        version = await _version(conn, path)
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path} is not a cdnreq database (not SQLite: {exc})") from exc
+    if version > LATEST:
+        raise _too_new(path, version)
+    for number, description, sql in MIGRATIONS:
+        if number <= version:
+            continue
+        try:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                current = await _version(conn, path)
+                if current > LATEST:
+                    raise _too_new(path, current)
+                if current < number:
+                    for statement in split_statements(sql):
+                        await conn.execute(statement)
+                    await conn.execute(
+                        "INSERT INTO schema_version (id, version) VALUES (1, ?) "
+                        "ON CONFLICT (id) DO UPDATE SET version = excluded.version",
+                        (number,),
+                    )
+                    await conn.execute(
+                        "INSERT INTO migrations (version, description, applied_at) "
+                        "VALUES (?, ?, ?)",
+                        (number, description, time.time()),
+                    )
+                await conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    await conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: migration {number} ({description}) failed: {exc}") from exc
+        version = max(version, number)
+    return version

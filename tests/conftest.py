@@ -1,0 +1,34 @@
+"""Shared fixtures: a real slapproxy on loopback (cdnreq.devmaster)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cdnreq.devmaster import CdnSite, Slapproxy, find_slapos, setup_cdn
+
+
+@pytest.fixture
+def slapproxy(tmp_path: Path) -> Iterator[Slapproxy]:
+    """A slapproxy started on 127.0.0.1 in tmp_path, stopped afterwards even on failure."""
+    try:
+        find_slapos()
+    except FileNotFoundError as exc:
+        pytest.fail(
+            f"slapproxy is needed by this test and cannot be started: {exc}",
+            pytrace=False,
+        )
+    proxy = Slapproxy(tmp_path / "slapproxy")
+    try:
+        proxy.start()
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture
+def cdn_site(slapproxy: Slapproxy) -> CdnSite:
+    """A formatted slapproxy with a requester instance and a technical CDN host."""
+    return setup_cdn(slapproxy)

@@ -1,0 +1,223 @@
+"""The planner's rules, as tables: no server, no sleeps, a fake clock."""
+
+from dataclasses import replace
+
+import pytest
+
+from cdnreq.master import Listing
+from cdnreq.model import InstanceGuid, Phase, Record, RequestedState, SharedInstance
+from cdnreq.reconcile.plan import Kind, Policy, held_records, new_record, plan
+
+NOW = 1_000_000.0
+POLICY = Policy(request_prefix="cdnreq-", spec_hash="spec-1")
+
+
+def inst(guid, state="started", **params):
+    return SharedInstance.of(guid, params or {"url": f"https://{guid}.example"}, state=state)
+
+
+def live(instance: SharedInstance, **changes) -> Record:
+    record = replace(
+        new_record(instance.guid, POLICY.request_prefix, NOW - 100),
+        phase=Phase.LIVE,
+        param_hash=instance.param_hash,
+        requested_state=instance.state,
+        spec_hash=POLICY.spec_hash,
+        tech_guid=f"tech-{instance.guid}",
+        connection={"domain": "x.cdn"},
+        published={"domain": "x.cdn"},
+    )
+    return replace(record, **changes)
+
+
+def known(*records):
+    return {r.guid: r for r in records}
+
+
+def kinds(p):
+    return [(a.kind, a.guid) for a in p.actions]
+
+
+def listing(*instances, anonymous=0, unusable=()):
+    return Listing(tuple(instances), tuple(unusable), anonymous)
+
+
+def test_new_instance_is_reserved_and_requested():
+    a = inst("A")
+    p = plan(listing(a), {}, NOW, POLICY)
+    assert kinds(p) == [(Kind.REQUEST, "A")]
+    assert [r.title for r in p.reserved] == ["cdnreq-A"]
+    assert p.actions[0].instance is a
+    assert p.counts["added"] == 1
+
+
+def test_unchanged_live_instance_needs_nothing():
+    a = inst("A")
+    p = plan(listing(a), known(live(a)), NOW, POLICY)
+    assert p.actions == () and p.reserved == ()
+    assert p.counts["unchanged"] == 1
+
+
+def test_changed_parameters_update():
+    a = inst("A")
+    changed = inst("A", url="https://other.example")
+    p = plan(listing(changed), known(live(a)), NOW, POLICY)
+    assert kinds(p) == [(Kind.UPDATE, "A")]
+    assert p.actions[0].reason == "parameters changed"
+
+
+@pytest.mark.parametrize("state", ["stopped", "started"])
+def test_state_change_updates(state):
+    a = inst("A", state="started" if state == "stopped" else "stopped")
+    p = plan(listing(inst("A", state=state)), known(live(a)), NOW, POLICY)
+    assert kinds(p) == [(Kind.UPDATE, "A")]
+    assert state in p.actions[0].reason
+
+
+def test_changed_technical_cdn_settings_update_everything():
+    a, b = inst("A"), inst("B")
+    p = plan(listing(a, b), known(live(a), live(b)), NOW, replace(POLICY, spec_hash="spec-2"))
+    assert sorted(kinds(p)) == [(Kind.UPDATE, "A"), (Kind.UPDATE, "B")]
+
+
+def test_customer_destroyed_state_destroys():
+    a = inst("A")
+    p = plan(listing(inst("A", state="destroyed"), inst("B")), known(live(a), live(inst("B"))), NOW, POLICY)
+    assert (Kind.DESTROY, "A") in kinds(p)
+
+
+def test_destroyed_and_unknown_is_ignored():
+    p = plan(listing(inst("A", state="destroyed")), {}, NOW, POLICY)
+    assert p.actions == () and p.reserved == ()
+
+
+def test_removed_instance_is_destroyed():
+    a, b, c = inst("A"), inst("B"), inst("C")
+    p = plan(listing(a, b), known(live(a), live(b), live(c)), NOW, POLICY)
+    assert kinds(p) == [(Kind.DESTROY, "C")]
+    assert p.actions[0].instance is None
+
+
+def test_empty_list_holds_every_destroy():
+    a = inst("A")
+    p = plan(listing(), known(live(a)), NOW, POLICY)
+    assert p.actions == ()
+    assert [r.guid for r in p.held] == ["A"]
+    assert "allow_empty" in p.hold_reason
+
+
+def test_empty_list_destroys_when_allowed():
+    a = inst("A")
+    p = plan(listing(), known(live(a)), NOW, replace(POLICY, allow_empty=True))
+    assert kinds(p) == [(Kind.DESTROY, "A")]
+
+
+def test_empty_list_with_nothing_known_is_fine():
+    p = plan(listing(), {}, NOW, POLICY)
+    assert p.actions == () and p.hold_reason is None
+
+
+def test_mass_removal_beyond_the_fraction_is_held():
+    instances = [inst(f"I{i}") for i in range(10)]
+    records = known(*(live(i) for i in instances))
+    p = plan(listing(*instances[:4]), records, NOW, POLICY)  # 6 of 10 gone
+    assert p.actions == ()
+    assert len(p.held) == 6 and "max_destroy_fraction" in p.hold_reason
+    p = plan(listing(*instances[:5]), records, NOW, POLICY)  # 5 of 10: allowed
+    assert [k for k, _ in kinds(p)] == [Kind.DESTROY] * 5
+
+
+def test_entries_without_guid_hold_destroys():
+    a, b = inst("A"), inst("B")
+    p = plan(listing(a, anonymous=1), known(live(a), live(b)), NOW, POLICY)
+    assert p.actions == () and [r.guid for r in p.held] == ["B"]
+    assert "without an instance_guid" in p.hold_reason
+
+
+def test_unusable_entries_are_neither_requested_nor_destroyed():
+    a, b = inst("A"), inst("B")
+    p = plan(listing(a, unusable=("B",)), known(live(a), live(b)), NOW, POLICY)
+    assert p.actions == () and p.held == ()
+    assert p.counts["unusable"] == 1
+
+
+def test_duplicates_are_counted_once():
+    a = inst("A")
+    p = plan(listing(a, a), {}, NOW, POLICY)
+    assert kinds(p) == [(Kind.REQUEST, "A")] and p.counts["duplicate"] == 1
+
+
+def test_held_records_are_marked_once():
+    a = inst("A")
+    p = plan(listing(), known(live(a)), NOW, POLICY)
+    (marked,) = held_records(p, NOW)
+    assert marked.phase is Phase.REMOVING and marked.last_error.startswith("destroy held:")
+    p2 = plan(listing(), known(marked), NOW + 60, POLICY)
+    assert list(held_records(p2, NOW + 60)) == []
+
+
+def test_held_instance_that_comes_back_is_requested_again():
+    a = inst("A")
+    removing = replace(live(a), phase=Phase.REMOVING)
+    p = plan(listing(a), known(removing), NOW, POLICY)
+    assert kinds(p) == [(Kind.UPDATE, "A")]
+
+
+def test_pending_answer_is_polled_not_requested():
+    a = inst("A")
+    waiting = live(a, phase=Phase.REQUESTED, connection={}, published={"message": "..."})
+    p = plan(listing(a), known(waiting), NOW, POLICY)
+    assert kinds(p) == [(Kind.POLL, "A")]
+
+
+def test_known_answer_not_relayed_is_published_without_a_call_first():
+    a = inst("A")
+    unrelayed = live(a, phase=Phase.REQUESTED, published={"message": "..."})
+    p = plan(listing(a), known(unrelayed), NOW, POLICY)
+    assert kinds(p) == [(Kind.PUBLISH, "A")]
+
+
+def test_reserved_but_never_requested_is_requested():
+    a = inst("A")
+    reserved = new_record(InstanceGuid("A"), "cdnreq-", NOW - 5)
+    p = plan(listing(a), known(reserved), NOW, POLICY)
+    assert kinds(p) == [(Kind.REQUEST, "A")] and p.reserved == ()
+
+
+def test_stored_title_is_kept_when_the_prefix_changes():
+    a = inst("A")
+    record = replace(live(a), spec_hash="old")
+    p = plan(listing(a), known(record), NOW, replace(POLICY, request_prefix="other-"))
+    assert p.actions[0].record.title == "cdnreq-A"
+
+
+def test_backoff_defers_retries_until_due():
+    a = inst("A")
+    failing = replace(new_record(InstanceGuid("A"), "cdnreq-", NOW), failures=2, retry_at=NOW + 30)
+    p = plan(listing(a), known(failing), NOW, POLICY)
+    assert p.actions == () and p.counts["backoff"] == 1
+    p = plan(listing(a), known(failing), NOW + 31, POLICY)
+    assert kinds(p) == [(Kind.REQUEST, "A")]
+
+
+def test_backoff_also_defers_destroys():
+    a, b, c = inst("A"), inst("B"), inst("C")
+    failing = replace(live(c), phase=Phase.REMOVING, failures=1, retry_at=NOW + 10)
+    p = plan(listing(a, b), known(live(a), live(b), failing), NOW, POLICY)
+    assert p.actions == () and p.counts["backoff"] == 1
+
+
+def test_one_failure_does_not_hide_the_others():
+    a, b = inst("A"), inst("B")
+    failing = replace(new_record(InstanceGuid("A"), "cdnreq-", NOW), failures=1, retry_at=NOW + 30)
+    p = plan(listing(a, b), known(failing), NOW, POLICY)
+    assert kinds(p) == [(Kind.REQUEST, "B")]
+
+
+def test_unknown_state_in_listing_is_not_possible_to_build():
+    with pytest.raises(ValueError):
+        SharedInstance.of("A", {}, state="exploded")
+
+
+def test_requested_state_enum_round_trip():
+    assert RequestedState("stopped") is RequestedState.STOPPED

@@ -1,0 +1,292 @@
+import sqlite3
+
+import pytest
+
+from cdnreq.model import Event, InstanceGuid, Phase, Record, RequestedState, Title
+from cdnreq.store import SchemaTooNew, Store, StoreError, StoreLocked
+from cdnreq.store.migrations import LATEST
+
+
+def rec(guid: str, title: str | None = None, **kw) -> Record:
+    base = dict(
+        guid=InstanceGuid(guid),
+        title=Title(title or f"cdn-{guid}"),
+        phase=Phase.NEW,
+        created_at=1.0,
+        updated_at=2.0,
+    )
+    base.update(kw)
+    return Record(**base)
+
+
+def full_record() -> Record:
+    return Record(
+        guid=InstanceGuid("SOFTINST-1"),
+        title=Title("cdn-SOFTINST-1"),
+        phase=Phase.LIVE,
+        created_at=100.5,
+        updated_at=200.25,
+        param_hash="p" * 64,
+        requested_state=RequestedState.STOPPED,
+        spec_hash="s" * 64,
+        tech_guid="SOFTINST-99",
+        connection={"url": "https://x.example", "nested": {"b": [1, 2], "a": None}},
+        published={"url": "https://x.example", "é": "ü"},
+        published_error="previous error",
+        last_action="request",
+        last_error="boom",
+        failures=3,
+        retry_at=300.75,
+    )
+
+
+@pytest.fixture
+async def store(tmp_path):
+    s = await Store.open(tmp_path / "state" / "cdnreq.db")
+    yield s
+    await s.close()
+
+
+async def test_open_creates_parent_and_reports_version(tmp_path):
+    path = tmp_path / "a" / "b" / "x.db"
+    s = await Store.open(path)
+    try:
+        assert path.exists()
+        assert s.path == path
+        assert s.schema_version == LATEST == 1
+    finally:
+        await s.close()
+
+
+async def test_round_trip_full_and_minimal(store):
+    full = full_record()
+    minimal = rec("SOFTINST-2")
+    await store.commit(upserts=[full, minimal])
+    assert await store.get("SOFTINST-1") == full
+    assert await store.get("SOFTINST-2") == minimal
+    assert await store.get("nope") is None
+    loaded = await store.load()
+    assert loaded == {"SOFTINST-1": full, "SOFTINST-2": minimal}
+    got = loaded["SOFTINST-1"]
+    assert got.phase is Phase.LIVE and got.requested_state is RequestedState.STOPPED
+    assert loaded["SOFTINST-2"].connection is None and loaded["SOFTINST-2"].failures == 0
+
+
+async def test_round_trip_survives_reopen(tmp_path):
+    path = tmp_path / "x.db"
+    s = await Store.open(path)
+    await s.commit(upserts=[full_record()])
+    await s.close()
+    s = await Store.open(path)
+    try:
+        assert await s.load() == {"SOFTINST-1": full_record()}
+    finally:
+        await s.close()
+
+
+async def test_json_written_sorted(tmp_path):
+    path = tmp_path / "x.db"
+    s = await Store.open(path)
+    await s.commit(upserts=[rec("G", connection={"b": 1, "a": 2})])
+    await s.close()
+    with sqlite3.connect(path) as raw:
+        (text,) = raw.execute("SELECT connection FROM instances").fetchone()
+    assert text == '{"a": 2, "b": 1}'
+
+
+async def test_upsert_changes_row(store):
+    await store.commit(upserts=[rec("G", phase=Phase.NEW)])
+    changed = rec("G", title="other", phase=Phase.REQUESTED, updated_at=9.0, failures=1,
+                  tech_guid="T")
+    await store.commit(upserts=[changed])
+    assert await store.get("G") == changed
+    assert len(await store.load()) == 1
+
+
+async def test_forget_deletes(store):
+    await store.commit(upserts=[rec("A"), rec("B")])
+    await store.commit(forgets=["A", "missing"])
+    assert set(await store.load()) == {"B"}
+
+
+async def test_forget_frees_title_in_same_commit(store):
+    await store.commit(upserts=[rec("A", title="T")])
+    await store.commit(forgets=["A"], upserts=[rec("B", title="T")])
+    assert set(await store.load()) == {"B"}
+
+
+async def test_events_ids_increase_and_survive_reopen(tmp_path):
+    path = tmp_path / "x.db"
+    s = await Store.open(path)
+    evs = [Event("A", "request", "ok", at=float(i), detail=f"d{i}", tick=7) for i in range(3)]
+    await s.commit(events=evs)
+    await s.commit(events=[Event("B", "destroy", "error", at=5.0)])
+    feed = await s.events_since()
+    ids = [i for i, _ in feed]
+    assert ids == sorted(ids) and len(set(ids)) == 4
+    assert [e for _, e in feed] == evs + [Event("B", "destroy", "error", at=5.0)]
+    await s.close()
+
+    s = await Store.open(path)
+    try:
+        await s.commit(events=[Event("A", "publish", "ok", at=6.0)])
+        feed2 = await s.events_since()
+        assert feed2[:4] == feed
+        assert feed2[4][0] > ids[-1]
+        assert await s.events_since(after_id=ids[1], limit=2) == feed2[2:4]
+        newest = await s.events_for("A")
+        assert [e.action for _, e in newest] == ["publish", "request", "request", "request"]
+        assert [i for i, _ in newest] == sorted((i for i, _ in newest), reverse=True)
+        assert len(await s.events_for("A", limit=2)) == 2
+    finally:
+        await s.close()
+
+
+async def test_event_ids_not_reused_after_delete(tmp_path):
+    path = tmp_path / "x.db"
+    s = await Store.open(path)
+    await s.commit(events=[Event("A", "x", "ok", at=1.0)])
+    (last, _), = await s.events_since()
+    await s.close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("DELETE FROM events")
+    s = await Store.open(path)
+    try:
+        await s.commit(events=[Event("A", "y", "ok", at=2.0)])
+        (new, _), = await s.events_since()
+        assert new > last
+    finally:
+        await s.close()
+
+
+async def test_commit_is_atomic(store):
+    await store.commit(upserts=[rec("KEEP", title="keep")], events=[Event("KEEP", "a", "ok", 1.0)])
+    before_load = await store.load()
+    before_events = await store.events_since()
+    with pytest.raises(StoreError, match="UNIQUE"):
+        await store.commit(
+            upserts=[rec("X", title="same"), rec("Y", title="same"), rec("KEEP", title="k2")],
+            forgets=["KEEP2"],
+            events=[Event("X", "request", "ok", 2.0)],
+        )
+    assert await store.load() == before_load
+    assert await store.events_since() == before_events
+    # and the connection is still usable afterwards
+    await store.commit(upserts=[rec("X", title="same")])
+    assert set(await store.load()) == {"KEEP", "X"}
+
+
+async def test_commit_rejects_upsert_and_forget_of_same_guid(store):
+    with pytest.raises(StoreError):
+        await store.commit(upserts=[rec("A")], forgets=["A"])
+    assert await store.load() == {}
+
+
+async def test_pragmas(store, tmp_path):
+    conn = store._conn
+    assert (await conn.execute_fetchall("PRAGMA journal_mode"))[0][0] == "wal"
+    assert (await conn.execute_fetchall("PRAGMA synchronous"))[0][0] == 1  # NORMAL
+    assert (await conn.execute_fetchall("PRAGMA busy_timeout"))[0][0] == 5000
+    assert (await conn.execute_fetchall("PRAGMA foreign_keys"))[0][0] == 1
+
+
+async def test_reopen_does_not_rerun_migrations(tmp_path):
+    path = tmp_path / "x.db"
+    await (await Store.open(path)).close()
+    with sqlite3.connect(path) as raw:
+        first = raw.execute("SELECT version, applied_at FROM migrations").fetchall()
+    s = await Store.open(path)
+    await s.close()
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT version, applied_at FROM migrations").fetchall() == first
+        assert raw.execute("SELECT version FROM schema_version").fetchall() == [(LATEST,)]
+    assert len(first) == LATEST
+
+
+async def test_schema_too_new(tmp_path):
+    path = tmp_path / "x.db"
+    await (await Store.open(path)).close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE schema_version SET version = 999")
+    with pytest.raises(SchemaTooNew) as info:
+        await Store.open(path)
+    msg = str(info.value)
+    assert "999" in msg and f"({LATEST})" in msg and str(path) in msg
+    # the failed open released its lock
+    with pytest.raises(SchemaTooNew):
+        await Store.open(path)
+
+
+async def test_garbage_file(tmp_path):
+    path = tmp_path / "x.db"
+    path.write_bytes(b"this is not sqlite at all\x00\x01\x02" * 100)
+    with pytest.raises(StoreError) as info:
+        await Store.open(path)
+    assert str(path) in str(info.value) and "not" in str(info.value)
+    assert path.read_bytes().startswith(b"this is not sqlite")
+
+
+async def test_foreign_sqlite_database(tmp_path):
+    path = tmp_path / "x.db"
+    with sqlite3.connect(path) as raw:
+        raw.execute("CREATE TABLE something (x)")
+    with pytest.raises(StoreError, match="not a cdnreq database"):
+        await Store.open(path)
+
+
+async def test_lock(tmp_path):
+    import os
+
+    path = tmp_path / "x.db"
+    first = await Store.open(path)
+    try:
+        with pytest.raises(StoreLocked) as info:
+            await Store.open(path)
+        msg = str(info.value)
+        assert f"{path}.lock" in msg and f"pid {os.getpid()}" in msg
+        reader = await Store.open(path, lock=False)
+        await first.commit(upserts=[rec("A")])
+        assert set(await reader.load()) == {"A"}
+        await reader.close()
+    finally:
+        await first.close()
+    again = await Store.open(path)
+    await again.close()
+
+
+async def test_ticks(store):
+    t1 = await store.begin_tick(10.0)
+    await store.end_tick(t1, finished_at=11.0, result="ok", summary={"requested": 2, "b": [1]})
+    t2 = await store.begin_tick(20.0)
+    assert t2 > t1
+    ticks = await store.last_ticks()
+    assert ticks == [
+        {"id": t2, "started_at": 20.0, "finished_at": None, "result": None, "summary": None},
+        {"id": t1, "started_at": 10.0, "finished_at": 11.0, "result": "ok",
+         "summary": {"requested": 2, "b": [1]}},
+    ]
+    assert len(await store.last_ticks(limit=1)) == 1
+    with pytest.raises(StoreError):
+        await store.end_tick(999, finished_at=1.0, result="ok", summary={})
+
+
+async def test_counts_by_phase(store):
+    assert await store.counts_by_phase() == {p.value: 0 for p in Phase}
+    await store.commit(upserts=[
+        rec("A", phase=Phase.LIVE), rec("B", phase=Phase.LIVE), rec("C", phase=Phase.REMOVING),
+    ])
+    assert await store.counts_by_phase() == {"new": 0, "requested": 0, "live": 2, "removing": 1}
+
+
+async def test_commit_rolls_back_earlier_statements(store):
+    # The failure comes last (an event violating NOT NULL), after the forget and
+    # the upsert already ran inside the transaction: both must be undone.
+    await store.commit(upserts=[rec("OLD")])
+    with pytest.raises(StoreError):
+        await store.commit(
+            forgets=["OLD"],
+            upserts=[rec("NEW")],
+            events=[Event("NEW", "request", "ok", 1.0), Event("NEW", "x", "ok", at=None)],
+        )
+    assert set(await store.load()) == {"OLD"}
+    assert await store.events_since() == []
