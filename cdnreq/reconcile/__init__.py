@@ -1,0 +1,1 @@
+"""Deciding what a tick must do (pure) and doing it (bounded)."""
