@@ -27,39 +27,34 @@ Other slapproxy behaviour this module works around or that tests rely on:
 
 * guids are ``<title>___<requested_by>___<0|1>`` and slapproxy splits them
   from the left, so its JSON API answers 403 "not handled" to get/publish on
-  a shared instance whose title contains ``___``. cdnreq's technical titles
-  always do (request_prefix + the customer's guid, e.g. ``cust______1``), so
-  :meth:`Slapproxy.publish` falls back to slapproxy's older slap endpoint
-  and :meth:`Slapproxy.get` to a read-only look at slapproxy's database;
+  a shared instance whose title contains ``___``. cdnreq never produces such
+  titles (:mod:`cdnreq.reconcile.titles` turns an unsafe guid into a slug
+  plus a hash), so this module simply calls the JSON API;
 * requesting a shared instance with ``state = "destroyed"`` removes it from
   its host's list (the answer still says ``started``); ``get`` on its guid
   then fails with 500, and the row and its connection parameters survive:
   requested again, it comes back with the connection parameters it had.
 
-Standard library only, synchronous.
+Synchronous; standard library plus tomli-w.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import os
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
-import xml.etree.ElementTree as ET
-import xml.sax.saxutils
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 __all__ = [
     "COMPUTER_ID",
@@ -127,38 +122,6 @@ def split_guid(instance_guid: str) -> tuple[str, str, bool]:
     if len(parts) != 3 or parts[2] not in ("0", "1"):
         raise ValueError(f"not a slapproxy instance guid: {instance_guid!r}")
     return parts[0], parts[1], parts[2] == "1"
-
-
-def _marshal_string_dict(params: dict) -> str:
-    """``slapos.util.dumps`` of a dict of strings, as slapproxy's slap endpoints read it.
-
-    Values that are not strings become ``str(value)``, as the JSON API does
-    (dict2xml). slapos' marshaller escapes text twice (and unescapes twice),
-    so the text is escaped once here and once more by ElementTree.
-    """
-    root = ET.Element("marshal")
-    dictionary = ET.SubElement(root, "dictionary", id="i2")
-    for key, value in params.items():
-        for text in (str(key), value if isinstance(value, str) else str(value)):
-            ET.SubElement(dictionary, "string").text = xml.sax.saxutils.escape(text)
-    return ET.tostring(root, encoding="unicode")
-
-
-def _parse_instance_xml(text: str | None) -> dict:
-    """slapos.util.xml2dict: ``<instance><parameter id="k">v</parameter>...</instance>``."""
-    result: dict[str, Any] = {}
-    if not text:
-        return result
-    root = ET.fromstring(text.encode("utf-8") if isinstance(text, str) else text)
-    for element in root.iterfind("parameter"):
-        key = element.get("id")
-        value = result.get(key)
-        if value is not None:
-            value = value + " " + (element.text or "")
-        else:
-            value = element.text
-        result[key] = value
-    return result
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -390,145 +353,16 @@ class Slapproxy:
         return list(answer.get("result_list", []))
 
     def get(self, instance_guid: str) -> dict:
-        """``slapos.get.v0.software_instance``.
-
-        slapproxy cannot parse the guid of a shared instance whose title
-        contains ``___`` (every cdnreq technical title does: it embeds the
-        customer's guid ``<title>______1``) and answers 403 "not handled".
-        For those, the same document is rebuilt read-only from slapproxy's
-        database and the hosting instance's list (see :meth:`_get_shared_fallback`).
-        """
-        if self.guid_handled(instance_guid):
-            return self.call("slapos.get.v0.software_instance", {"instance_guid": instance_guid})
-        title, requested_by, shared = self._split_unhandled(instance_guid)
-        return self._get_shared_fallback(instance_guid, title, requested_by)
+        """``slapos.get.v0.software_instance`` (403 for a title containing ``___``)."""
+        return self.call("slapos.get.v0.software_instance", {"instance_guid": instance_guid})
 
     def publish(self, instance_guid: str, params: dict, *, partition: str) -> None:
-        """Publish connection parameters to ``instance_guid`` as ``partition``.
-
-        ``slapos.put.v0.software_instance_connection_parameter``; for a shared
-        instance whose guid slapproxy cannot parse (title containing ``___``)
-        it falls back to slapproxy's older slap endpoint
-        ``/setComputerPartitionConnectionXml`` (the one slapgrid uses when a
-        hosting partition publishes to its shared instances), which names the
-        shared instance by its database reference instead of its guid.
-        """
-        if self.guid_handled(instance_guid):
-            self.call(
-                "slapos.put.v0.software_instance_connection_parameter",
-                {"instance_guid": instance_guid, "connection_parameter_dict": params},
-                partition=partition,
-            )
-            return
-        title, requested_by, shared = self._split_unhandled(instance_guid)
-        self._legacy_post(
-            "setComputerPartitionConnectionXml",
-            {
-                "computer_id": self.computer_id,
-                "computer_partition_id": partition,
-                "slave_reference": f"{requested_by}_{title}",
-                "connection_xml": _marshal_string_dict(params),
-            },
+        """Publish connection parameters to ``instance_guid`` as ``partition``."""
+        self.call(
+            "slapos.put.v0.software_instance_connection_parameter",
+            {"instance_guid": instance_guid, "connection_parameter_dict": params},
+            partition=partition,
         )
-
-    # -- slapproxy workarounds (titles containing ``___``) -----------------
-
-    @staticmethod
-    def guid_handled(instance_guid: str) -> bool:
-        """Whether slapproxy's JSON API can parse this guid (it splits on the first two ``___``)."""
-        parts = instance_guid.split("___", 2)
-        if len(parts) != 3:
-            return False
-        try:
-            int(parts[2])
-        except ValueError:
-            return False
-        return True
-
-    @staticmethod
-    def _split_unhandled(instance_guid: str) -> tuple[str, str, bool]:
-        """For a guid slapproxy cannot parse: (title, requested_by, True) if it is a shared one."""
-        try:
-            title, requested_by, shared = split_guid(instance_guid)
-        except ValueError:
-            shared = False
-        if not shared:
-            raise DevMasterError(403, f"instance_guid {instance_guid} not handled.")
-        return title, requested_by, shared
-
-    def _legacy_post(self, name: str, form: dict[str, str]) -> str:
-        req = urllib.request.Request(
-            f"{self.url}/{name}",
-            data=urllib.parse.urlencode(form).encode(),
-            headers={"Content-Type": "application/x-www-form-urlencoded"},
-            method="POST",
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                return resp.read().decode(errors="replace")
-        except urllib.error.HTTPError as exc:
-            raise DevMasterError(exc.code, f"{name}: {exc.reason}", exc.read()) from None
-
-    def _db_rows(self, table: str, where: str, args: tuple) -> list[dict]:
-        """Read-only query on slapproxy's sqlite database (table name without its version suffix)."""
-        uri = f"{self.database_path.resolve().as_uri()}?mode=ro"
-        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10)) as db:
-            db.row_factory = sqlite3.Row
-            names = [
-                row[0]
-                for row in db.execute(
-                    "SELECT name FROM sqlite_master WHERE type='table' AND name GLOB ?",
-                    (f"{table}[0-9]*",),
-                )
-            ]
-            if not names:
-                raise DevMasterError(0, f"no {table} table in {self.database_path}")
-            name = max(names, key=lambda n: int(n[len(table):]))
-            return [dict(r) for r in db.execute(f"SELECT * FROM {name} WHERE {where}", args)]
-
-    def _get_shared_fallback(self, instance_guid: str, title: str, requested_by: str) -> dict:
-        rows = self._db_rows(
-            "slave", "reference=? AND computer_reference=?",
-            (f"{requested_by}_{title}", self.computer_id),
-        )
-        if not rows:
-            raise DevMasterError(403, f"No shared instance {instance_guid} found.")
-        shared = rows[0]
-        hosts = self._db_rows(
-            "partition", "reference=? AND computer_reference=?",
-            (shared["hosted_by"], self.computer_id),
-        )
-        if not hosts:
-            raise DevMasterError(403, f"No partition hosting {instance_guid} found.")
-        host = hosts[0]
-        host_guid = f"{host['partition_reference']}___{host['requested_by']}___0"
-        entry = next(
-            (e for e in self.hosted(host_guid) if e["instance_guid"] == instance_guid), None
-        )
-        if entry is None:
-            # slapproxy's own get answers 500 here (the row outlives its
-            # entry in the host's list after a destroy): say so plainly.
-            raise DevMasterError(
-                500, f"shared instance {instance_guid} is not in the list of {host_guid}"
-            )
-        return {
-            "title": title,
-            "instance_guid": instance_guid,
-            "software_release_uri": host["software_release"],
-            "software_type": host["software_type"],
-            "state": "started",
-            "connection_parameters": _parse_instance_xml(shared["connection_xml"]),
-            "parameters": entry["parameters"],
-            "shared": True,
-            "root_instance_title": requested_by or title,
-            "ip_list": [],
-            "full_ip_list": [],
-            "sla_parameters": {},
-            "computer_guid": host["computer_reference"],
-            "compute_partition_id": host["reference"],
-            "processing_timestamp": int(host["timestamp"] or 0),
-            "access_status_message": "",
-        }
 
 
 @dataclass
@@ -588,59 +422,15 @@ def setup_cdn(proxy: Slapproxy) -> CdnSite:
     )
 
 
-# -- TOML writing -------------------------------------------------------------
-
-def _toml_key(key: str) -> str:
-    if key and all(c.isascii() and (c.isalnum() or c in "-_") for c in key):
-        return key
-    return _toml_string(key)
-
-
-def _toml_string(value: str) -> str:
-    out = ['"']
-    for ch in value:
-        code = ord(ch)
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\b":
-            out.append("\\b")
-        elif ch == "\f":
-            out.append("\\f")
-        elif code < 0x20 or code == 0x7F:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, (str, os.PathLike)):
-        return _toml_string(os.fspath(value))
+def _plain(value: Any) -> Any:
+    """``value`` with paths turned into strings, for tomli_w."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     if isinstance(value, dict):
-        inner = ", ".join(f"{_toml_key(str(k))} = {_toml_value(v)}" for k, v in value.items())
-        return "{ " + inner + " }" if inner else "{}"
+        return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML: {value!r}")
+        return [_plain(v) for v in value]
+    return value
 
 
 def write_config(
@@ -685,12 +475,8 @@ def write_config(
                 table.pop(key, None)
             else:
                 table[key] = value
-    lines = ["# cdnreq configuration written by cdnreq.devmaster.write_config"]
-    for section, table in tables.items():
-        lines.append("")
-        lines.append(f"[{_toml_key(section)}]")
-        for key, value in table.items():
-            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    text = tomli_w.dumps(_plain(tables))
+    header = "# cdnreq configuration written by cdnreq.devmaster.write_config\n\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text(header + text, encoding="utf-8")
     return path
