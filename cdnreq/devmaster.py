@@ -3,17 +3,14 @@
 cdnreq talks to the SlapOS master's JSON API. Rather than mocking that API,
 the integration tests and the demo run *slapproxy* (``slapos proxy start``,
 the development master shipped with slapos.core) on 127.0.0.1 and drive it
-through this module:
-
-* :class:`Slapproxy` starts and stops the process and offers plain,
-  synchronous calls to the API (``call`` and thin helpers);
-* :func:`setup_cdn` formats a computer, supplies a requester software release
-  and a technical CDN software release, and requests one non-shared instance
-  of each; the returned :class:`CdnSite` then plays the other parties: the
-  customers (who order shared instances hosted by the requester) and the
-  technical CDN (which publishes connection parameters to the shared
-  instances the requester ordered from it);
-* :func:`write_config` writes a cdnreq configuration pointing at that site.
+through this module: :class:`Slapproxy` starts and stops the process and
+makes plain synchronous API calls; :func:`setup_cdn` formats a computer,
+supplies a requester and a technical CDN software release and requests one
+instance of each; the returned :class:`CdnSite` plays the other parties (the
+customers, who order shared instances hosted by the requester, and the
+technical CDN, which publishes connection parameters to the shared instances
+the requester ordered from it); :func:`write_config` writes a cdnreq
+configuration pointing at that site.
 
 It deliberately does not import :mod:`cdnreq.master`: tests use it as an
 independent second client to check what cdnreq did.
@@ -40,6 +37,7 @@ Synchronous; standard library plus tomli-w.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -57,17 +55,8 @@ from typing import Any
 import tomli_w
 
 __all__ = [
-    "COMPUTER_ID",
-    "REQUESTER_SR",
-    "CDN_SR",
-    "DevMasterError",
-    "Slapproxy",
-    "CdnSite",
-    "free_port",
-    "find_slapos",
-    "setup_cdn",
-    "split_guid",
-    "write_config",
+    "COMPUTER_ID", "REQUESTER_SR", "CDN_SR", "DevMasterError", "Slapproxy", "CdnSite",
+    "free_port", "find_slapos", "setup_cdn", "split_guid", "write_config",
 ]
 
 COMPUTER_ID = "local_computer"
@@ -85,9 +74,7 @@ class DevMasterError(RuntimeError):
 
     def __init__(self, status: int, title: str, body: Any = None):
         super().__init__(f"{status}: {title}" if status else title)
-        self.status = status
-        self.title = title
-        self.body = body
+        self.status, self.title, self.body = status, title, body
 
 
 def free_port() -> int:
@@ -102,12 +89,11 @@ def find_slapos() -> str:
     candidate = Path(sys.executable).parent / "slapos"
     if candidate.is_file() and os.access(candidate, os.X_OK):
         return str(candidate)
-    found = shutil.which("slapos")
-    if found:
+    if found := shutil.which("slapos"):
         return found
     raise FileNotFoundError(
-        "the 'slapos' executable was not found next to "
-        f"{sys.executable} nor on PATH; install the devmaster extra: "
+        f"the 'slapos' executable was not found next to {sys.executable} nor on PATH; "
+        "install the devmaster extra: "
         "pip install 'slapos.core>=1.26' 'slapos.libnetworkcache>=0.30'"
     )
 
@@ -115,8 +101,7 @@ def find_slapos() -> str:
 def split_guid(instance_guid: str) -> tuple[str, str, bool]:
     """(title, requested_by, shared) of a slapproxy guid ``<title>___<requested_by>___<0|1>``.
 
-    Split from the right, so it also works for titles containing ``___``
-    (slapproxy itself splits from the left and fails on those).
+    Split from the right, so it also works for titles containing ``___``.
     """
     parts = instance_guid.rsplit("___", 2)
     if len(parts) != 3 or parts[2] not in ("0", "1"):
@@ -126,10 +111,9 @@ def split_guid(instance_guid: str) -> tuple[str, str, bool]:
 
 def _tail(path: Path, lines: int = 40) -> str:
     try:
-        text = path.read_text(errors="replace")
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError as exc:
         return f"<cannot read {path}: {exc}>"
-    return "\n".join(text.splitlines()[-lines:])
 
 
 class Slapproxy:
@@ -151,34 +135,25 @@ class Slapproxy:
     # -- process -------------------------------------------------------------
 
     def _write_cfg(self) -> None:
-        instance_root = self.workdir / "instance"
-        software_root = self.workdir / "software"
-        instance_root.mkdir(parents=True, exist_ok=True)
-        software_root.mkdir(parents=True, exist_ok=True)
+        roots = {name: self.workdir / name for name in ("instance", "software")}
+        for root in roots.values():
+            root.mkdir(parents=True, exist_ok=True)
         self.cfg_path.write_text(
-            "[slapos]\n"
-            f"instance_root = {instance_root}\n"
-            f"software_root = {software_root}\n"
-            f"computer_id = {self.computer_id}\n"
-            "\n"
-            "[slapproxy]\n"
-            f"host = {self.host}\n"
-            f"port = {self.port}\n"
+            f"[slapos]\ninstance_root = {roots['instance']}\n"
+            f"software_root = {roots['software']}\ncomputer_id = {self.computer_id}\n\n"
+            f"[slapproxy]\nhost = {self.host}\nport = {self.port}\n"
             f"database_uri = {self.database_path}\n"
         )
 
     def _answers(self) -> bool:
-        req = urllib.request.Request(
-            f"{self.url}/slapos.allDocs.v0.instance_tree_list",
-            data=b"{}",
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
         try:
-            with urllib.request.urlopen(req, timeout=2) as resp:
-                return resp.status == 200
-        except (urllib.error.URLError, OSError):
+            self.call("slapos.allDocs.v0.instance_tree_list", {}, timeout=2)
+        except (DevMasterError, OSError, ValueError):
             return False
+        return True
+
+    def _start_failed(self, what: str) -> DevMasterError:
+        return DevMasterError(0, f"slapproxy {what} (log {self.log_path}):\n{_tail(self.log_path)}")
 
     def start(self, timeout_s: float = 60) -> "Slapproxy":
         """Launch slapproxy and wait until it answers; raise with the log tail otherwise."""
@@ -191,33 +166,20 @@ class Slapproxy:
         began = time.monotonic()
         self.process = subprocess.Popen(
             [executable, "proxy", "start", "--cfg", str(self.cfg_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-            start_new_session=True,
+            stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT,
+            cwd=self.workdir, start_new_session=True,
         )
-        deadline = began + timeout_s
         while True:
             code = self.process.poll()
             if code is not None:
-                self._close_log()
-                self.process = None
-                raise DevMasterError(
-                    0,
-                    f"slapproxy exited with status {code} while starting "
-                    f"(log {self.log_path}):\n{_tail(self.log_path)}",
-                )
+                self.stop()
+                raise self._start_failed(f"exited with status {code} while starting")
             if self._answers():
                 self.start_duration_s = time.monotonic() - began
                 return self
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= began + timeout_s:
                 self.stop()
-                raise DevMasterError(
-                    0,
-                    f"slapproxy did not answer on {self.url} within {timeout_s} s "
-                    f"(log {self.log_path}):\n{_tail(self.log_path)}",
-                )
+                raise self._start_failed(f"did not answer on {self.url} within {timeout_s} s")
             time.sleep(_POLL_INTERVAL_S)
 
     def stop(self) -> None:
@@ -239,10 +201,8 @@ class Slapproxy:
         try:
             os.killpg(process.pid, sig)
         except (ProcessLookupError, PermissionError):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 process.send_signal(sig)
-            except ProcessLookupError:
-                pass
 
     def _close_log(self) -> None:
         if self._log_file is not None:
@@ -261,7 +221,9 @@ class Slapproxy:
 
     # -- API -----------------------------------------------------------------
 
-    def call(self, name: str, body: dict, *, partition: str | None = None) -> dict:
+    def call(
+        self, name: str, body: dict, *, partition: str | None = None, timeout: float = 30
+    ) -> dict:
         """POST ``body`` to ``<url>/<name>``; the partition header when ``partition`` is given."""
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if partition is not None:
@@ -270,13 +232,10 @@ class Slapproxy:
                 f"computer_partition_id={partition}"
             )
         req = urllib.request.Request(
-            f"{self.url}/{name}",
-            data=json.dumps(body).encode(),
-            headers=headers,
-            method="POST",
+            f"{self.url}/{name}", data=json.dumps(body).encode(), headers=headers, method="POST"
         )
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
             raw = exc.read()
@@ -284,35 +243,20 @@ class Slapproxy:
                 payload = json.loads(raw)
             except ValueError:
                 payload = raw.decode(errors="replace")
-            title = (
-                payload.get("title", str(exc.reason))
-                if isinstance(payload, dict)
-                else str(exc.reason)
-            )
+            title = payload.get("title", exc.reason) if isinstance(payload, dict) else exc.reason
             raise DevMasterError(exc.code, f"{name}: {title}", payload) from None
-        if not raw:
-            return {}
-        return json.loads(raw)
+        return json.loads(raw) if raw else {}
 
     def format(self, partitions: int = 4) -> dict:
+        def partition(i: int) -> dict:
+            ip = {"ip-address": f"127.0.1.{i + 1}", "network-interface": "lo",
+                  "netmask": "255.0.0.0"}
+            return {"partition_id": f"slappart{i}", "ip_list": [ip]}
+
         return self.call(
             "slapos.put.v0.compute_node_format",
-            {
-                "computer_guid": self.computer_id,
-                "compute_partition_list": [
-                    {
-                        "partition_id": f"slappart{i}",
-                        "ip_list": [
-                            {
-                                "ip-address": f"127.0.1.{i + 1}",
-                                "network-interface": "lo",
-                                "netmask": "255.0.0.0",
-                            }
-                        ],
-                    }
-                    for i in range(partitions)
-                ],
-            },
+            {"computer_guid": self.computer_id,
+             "compute_partition_list": [partition(i) for i in range(partitions)]},
         )
 
     def supply(self, software_release_uri: str) -> dict:
@@ -322,23 +266,13 @@ class Slapproxy:
         )
 
     def request(
-        self,
-        title: str,
-        software_release_uri: str,
-        *,
-        software_type: str = "default",
-        parameters: dict | None = None,
-        shared: bool = False,
-        state: str = "started",
-        partition: str | None = None,
-        sla: dict | None = None,
+        self, title: str, software_release_uri: str, *, software_type: str = "default",
+        parameters: dict | None = None, shared: bool = False, state: str = "started",
+        partition: str | None = None, sla: dict | None = None,
     ) -> dict:
         body: dict[str, Any] = {
-            "title": title,
-            "software_release_uri": software_release_uri,
-            "software_type": software_type,
-            "shared": shared,
-            "state": state,
+            "title": title, "software_release_uri": software_release_uri,
+            "software_type": software_type, "shared": shared, "state": state,
         }
         if parameters is not None:
             body["parameters"] = parameters
@@ -347,10 +281,9 @@ class Slapproxy:
         return self.call("slapos.post.v0.software_instance", body, partition=partition)
 
     def hosted(self, instance_guid: str) -> list[dict]:
-        answer = self.call(
-            "slapos.allDocs.v0.instance_node_instance_list", {"instance_guid": instance_guid}
-        )
-        return list(answer.get("result_list", []))
+        """The shared instances hosted by ``instance_guid``."""
+        name = "slapos.allDocs.v0.instance_node_instance_list"
+        return list(self.call(name, {"instance_guid": instance_guid}).get("result_list", []))
 
     def get(self, instance_guid: str) -> dict:
         """``slapos.get.v0.software_instance`` (403 for a title containing ``___``)."""
@@ -379,9 +312,8 @@ class CdnSite:
 
     def add_customer(self, name: str, parameters: dict, state: str = "started") -> str:
         """A customer orders a shared instance of the requester SR; returns its instance_guid."""
-        answer = self.proxy.request(
-            name, self.requester_sr, parameters=parameters, shared=True, state=state
-        )
+        answer = self.proxy.request(name, self.requester_sr, parameters=parameters,
+                                    shared=True, state=state)
         return answer["instance_guid"]
 
     def remove_customer(self, name: str) -> None:
@@ -411,34 +343,12 @@ def setup_cdn(proxy: Slapproxy) -> CdnSite:
     proxy.supply(CDN_SR)
     requester = proxy.request(REQUESTER_TITLE, REQUESTER_SR)
     cdn = proxy.request(CDN_TITLE, CDN_SR)
-    return CdnSite(
-        proxy=proxy,
-        requester_guid=requester["instance_guid"],
-        requester_partition=requester["compute_partition_id"],
-        cdn_guid=cdn["instance_guid"],
-        cdn_partition=cdn["compute_partition_id"],
-        requester_sr=REQUESTER_SR,
-        cdn_sr=CDN_SR,
-    )
-
-
-def _plain(value: Any) -> Any:
-    """``value`` with paths turned into strings, for tomli_w."""
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+    return CdnSite(proxy, requester["instance_guid"], requester["compute_partition_id"],
+                   cdn["instance_guid"], cdn["compute_partition_id"])
 
 
 def write_config(
-    path: Path,
-    site: CdnSite,
-    *,
-    database: Path | str,
-    request_prefix: str = "cdnreq-",
+    path: Path, site: CdnSite, *, database: Path | str, request_prefix: str = "cdnreq-",
     **sections: dict,
 ) -> Path:
     """Write a cdnreq TOML configuration (docs/config-spec.md) for ``site``.
@@ -449,34 +359,26 @@ def write_config(
     path = Path(path)
     tables: dict[str, dict[str, Any]] = {
         "master": {
-            "url": site.proxy.url,
-            "instance_guid": site.requester_guid,
-            "computer_id": site.proxy.computer_id,
-            "partition_id": site.requester_partition,
+            "url": site.proxy.url, "instance_guid": site.requester_guid,
+            "computer_id": site.proxy.computer_id, "partition_id": site.requester_partition,
             "timeout_s": 10.0,
         },
         "technical_cdn": {
-            "software_release_uri": site.cdn_sr,
-            "software_type": "default",
+            "software_release_uri": site.cdn_sr, "software_type": "default",
             "request_prefix": request_prefix,
         },
         "daemon": {
             "database": os.fspath(database),
             "concurrency": 1,  # slapproxy drops concurrent shared-instance requests
-            "tick_interval_s": 2.0,
-            "listen": f"127.0.0.1:{free_port()}",
+            "tick_interval_s": 2.0, "listen": f"127.0.0.1:{free_port()}",
         },
         "logging": {"format": "json"},
     }
     for section, overrides in sections.items():
-        table = tables.setdefault(section, {})
-        for key, value in (overrides or {}).items():
-            if value is None:
-                table.pop(key, None)
-            else:
-                table[key] = value
-    text = tomli_w.dumps(_plain(tables))
+        merged = {**tables.get(section, {}), **(overrides or {})}
+        tables[section] = {key: value for key, value in merged.items() if value is not None}
+    tables = json.loads(json.dumps(tables, default=os.fspath))  # paths (even nested) to str
     header = "# cdnreq configuration written by cdnreq.devmaster.write_config\n\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(header + text, encoding="utf-8")
+    path.write_text(header + tomli_w.dumps(tables), encoding="utf-8")
     return path

@@ -62,15 +62,17 @@ class TickReport:
     error: str | None = None
 
     def summary(self) -> dict[str, Any]:
-        return {
+        """The tick in one log line: zero counts and empty fields left out."""
+        summary: dict[str, Any] = {
             "ok": self.ok,
             "duration_s": round(self.duration_s, 3),
-            "planned": self.planned,
+            "planned": {k: v for k, v in self.planned.items() if v},
             "results": self.results,
             "master_calls": self.master_calls,
             "hold_reason": self.hold_reason,
             "error": self.error,
         }
+        return {k: v for k, v in summary.items() if v is not None and v != {}}
 
 
 class _Committer:
@@ -161,7 +163,9 @@ class Reconciler:
         except StoreError as error:
             report.ok = False
             report.error = report.error or f"database: {error}"
-        (bound.info if report.ok else bound.error)("tick", **report.summary())
+        (bound.info if report.ok else bound.error)(
+            "tick done" if report.ok else "tick failed", **report.summary()
+        )
         return report
 
     async def _run(self, report: TickReport, bound: Any, stop: asyncio.Event | None) -> None:

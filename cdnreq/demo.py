@@ -1,0 +1,134 @@
+"""A local demo: cdnreq reconciling against a real slapproxy on loopback.
+
+It starts slapproxy, creates the requester, the technical CDN host and a few
+customer shared instances, runs `cdnreq run` on them, plays the technical
+CDN's part (publishing each entry's answer a moment after it is requested),
+then adds, changes and removes customers so every path shows in the logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cdnreq.devmaster import CdnSite, Slapproxy, setup_cdn, write_config
+
+PARAMETERS = [
+    {"url": "https://shop-backend.example", "custom_domain": "shop.example.com", "enable_cache": "true"},
+    {"url": "https://blog-backend.example", "custom_domain": "blog.example.org"},
+    {"url": "https://api-backend.example", "custom_domain": "api.example.net", "https-only": "false"},
+    {"url": "https://docs-backend.example", "type": "zope", "path": "/docs"},
+    {"url": "https://media-backend.example", "server-alias": "", "enable-http3": "false"},
+]
+
+
+def say(message: str) -> None:
+    print(f"demo: {message}", flush=True)
+
+
+def play_cdn(site: CdnSite, published: set[str]) -> int:
+    """Publish an answer for every technical entry that has none yet."""
+    count = 0
+    for entry in site.technical_entries():
+        guid = entry["instance_guid"]
+        if guid in published:
+            continue
+        name = entry["title"].lower()
+        site.publish_as_cdn(
+            guid,
+            {
+                "domain": f"{name}.cdn.example",
+                "site_url": f"https://{name}.cdn.example",
+                "secure_access": f"https://{name}.cdn.example",
+            },
+        )
+        published.add(guid)
+        count += 1
+    return count
+
+
+def wait_live(site: CdnSite, guids: list[str], deadline: float) -> bool:
+    while time.monotonic() < deadline:
+        if all("domain" in site.customer(g)["connection_parameters"] for g in guids):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cdnreq.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, default=Path("demo-run"), help="where to keep everything (wiped first)")
+    parser.add_argument("--customers", type=int, default=len(PARAMETERS))
+    parser.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: until Ctrl-C)")
+    args = parser.parse_args(argv)
+
+    workdir = args.dir.resolve()
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    with Slapproxy(workdir / "slapproxy") as proxy:
+        proxy.start()
+        site = setup_cdn(proxy)
+        guids = [
+            site.add_customer(f"customer-{i}", PARAMETERS[i % len(PARAMETERS)])
+            for i in range(args.customers)
+        ]
+        config = write_config(
+            workdir / "cdnreq.toml",
+            site,
+            database=workdir / "cdnreq.db",
+            daemon={"tick_interval_s": 3.0},
+            logging={"format": "console"},
+        )
+        say(f"slapproxy (the master) on {proxy.url}, log in {proxy.log_path}")
+        say(f"{len(guids)} customer shared instances hosted by {site.requester_guid}")
+        say(f"configuration: {config}")
+        say(f"look at it with: cdnreq status --config {config}")
+        daemon = subprocess.Popen([str(Path(sys.executable).with_name("cdnreq")), "run", "--config", str(config)])
+        try:
+            return _story(site, guids, daemon, args.duration)
+        finally:
+            if daemon.poll() is None:
+                daemon.send_signal(signal.SIGTERM)
+                daemon.wait(timeout=60)
+            say(f"stopped; the database stays in {workdir / 'cdnreq.db'}")
+
+
+def _story(site: CdnSite, guids: list[str], daemon: subprocess.Popen, duration: float) -> int:
+    end = time.monotonic() + duration if duration else float("inf")
+    published: set[str] = set()
+    deadline = time.monotonic() + 60
+    while len(site.technical_entries()) < len(guids):
+        if daemon.poll() is not None or time.monotonic() > deadline:
+            say("the daemon did not request the entries; see its log above")
+            return 1
+        time.sleep(0.5)
+    say("every customer is requested on the technical CDN; playing the CDN: publishing answers")
+    play_cdn(site, published)
+    if not wait_live(site, guids, time.monotonic() + 60):
+        say("the answers were not relayed to the customers in time")
+        return 1
+    say("every customer received the CDN's answer")
+    say("a new customer arrives, one changes its backend, one leaves")
+    guids.append(site.add_customer("customer-new", {"url": "https://new-backend.example"}))
+    site.add_customer("customer-0", dict(PARAMETERS[0], url="https://shop-backend-v2.example"))
+    site.remove_customer("customer-1")
+    while time.monotonic() < end:
+        if daemon.poll() is not None:
+            say(f"the daemon exited with {daemon.returncode}")
+            return daemon.returncode or 1
+        if play_cdn(site, published):
+            say("published the CDN's answer for the new entry")
+        time.sleep(1)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(0)
