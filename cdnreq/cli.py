@@ -83,6 +83,9 @@ def _check_config(args: argparse.Namespace, config: Config) -> int:
 
 
 def _status(args: argparse.Namespace, config: Config) -> int:
+    if not config.daemon.database.exists():
+        print(f"cdnreq: no database at {config.daemon.database}: cdnreq has not run yet", file=sys.stderr)
+        return EXIT_DATABASE
     records = asyncio.run(_load(config))
     rows = sorted(records.values(), key=lambda r: r.guid)
     if args.json:

@@ -217,7 +217,7 @@ def parse_listing(entries: list[Any]) -> Listing:
             continue
         parameters = entry.get("parameters", {})
         state = entry.get("state", RequestedState.STARTED.value)
-        if not isinstance(parameters, dict) or state not in _STATES:
+        if not isinstance(parameters, dict) or not isinstance(state, str) or state not in _STATES:
             unusable.append(guid)
             continue
         instances.append(

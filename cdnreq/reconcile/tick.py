@@ -89,6 +89,7 @@ class _Committer:
         self.results: Counter[str] = Counter()
 
     async def add(self, outcome: Outcome) -> None:
+        _log_transition(outcome)
         self.outcomes.append(outcome)
         self.results[f"{outcome.action.kind.value}:{'ok' if outcome.ok else 'failed'}"] += 1
         if len(self.outcomes) >= self.batch or time.monotonic() - self.last_flush >= self.every_s:
@@ -109,6 +110,20 @@ class _Committer:
                     self.known.pop(outcome.action.guid, None)
                 else:
                     self.known[outcome.action.guid] = outcome.record
+
+
+def _log_transition(outcome: Outcome) -> None:
+    """Log when an instance starts failing or recovers, not on every retry."""
+    before, after = outcome.action.record, outcome.record
+    if after is not None and after.failures == 1:
+        log.warning(
+            "instance failing",
+            instance_guid=after.guid,
+            action=outcome.action.kind.value,
+            error=after.last_error,
+        )
+    elif outcome.ok and before.failures > 0:
+        log.info("instance recovered", instance_guid=before.guid, after_failures=before.failures)
 
 
 class Reconciler:
@@ -136,10 +151,14 @@ class Reconciler:
     async def tick(self, stop: asyncio.Event | None = None) -> TickReport:
         started = self.clock()
         report = TickReport(id=await self.store.begin_tick(started), started_at=started)
-        bound = log.bind(tick=report.id)
+        with structlog.contextvars.bound_contextvars(tick=report.id):
+            await self._tick(report, stop)
+        return report
+
+    async def _tick(self, report: TickReport, stop: asyncio.Event | None) -> None:
         calls_before = Counter(self.master.calls)
         try:
-            await self._run(report, bound, stop)
+            await self._run(report, stop)
             report.ok = True
         except MasterError as error:
             report.error = f"master: {error}"
@@ -147,11 +166,11 @@ class Reconciler:
             report.error = f"database: {error}"
             self.known = None  # reload: memory may be ahead of the database
         except Exception as error:  # a bug must fail one tick, not the daemon
-            bound.exception("tick crashed")
+            log.exception("tick crashed")
             report.error = f"internal error: {type(error).__name__}: {error}"
             self.known = None
         finally:
-            report.duration_s = self.clock() - started
+            report.duration_s = self.clock() - report.started_at
             report.master_calls = dict(Counter(self.master.calls) - calls_before)
         try:
             await self.store.end_tick(
@@ -163,12 +182,11 @@ class Reconciler:
         except StoreError as error:
             report.ok = False
             report.error = report.error or f"database: {error}"
-        (bound.info if report.ok else bound.error)(
+        (log.info if report.ok else log.error)(
             "tick done" if report.ok else "tick failed", **report.summary()
         )
-        return report
 
-    async def _run(self, report: TickReport, bound: Any, stop: asyncio.Event | None) -> None:
+    async def _run(self, report: TickReport, stop: asyncio.Event | None) -> None:
         if self.known is None:
             self.known = await self.store.load()
         listing = await self.master.list_hosted(self.config.master.instance_guid)
@@ -176,7 +194,7 @@ class Reconciler:
         the_plan = plan(listing, self.known, now, policy_of(self.config))
         report.planned = dict(the_plan.counts)
         report.hold_reason = the_plan.hold_reason
-        await self._reserve(the_plan, now, report.id, bound)
+        await self._reserve(the_plan, now, report.id)
         committer = _Committer(self.store, self.known, self.batch, self.flush_every_s)
         try:
             await execute(
@@ -193,13 +211,13 @@ class Reconciler:
             await committer.flush()
             report.results = dict(committer.results)
 
-    async def _reserve(self, the_plan: Plan, now: float, tick: int, bound: Any) -> None:
+    async def _reserve(self, the_plan: Plan, now: float, tick: int) -> None:
         """Store new titles and held destroys before any call is made, so a
         crash can never request one instance under two titles."""
         assert self.known is not None
         held = list(held_records(the_plan, now))
         if the_plan.hold_reason is not None:
-            bound.error("destroys held", count=len(the_plan.held), reason=the_plan.hold_reason)
+            log.error("destroys held", count=len(the_plan.held), reason=the_plan.hold_reason)
         upserts = [*the_plan.reserved, *held]
         if not upserts:
             return
