@@ -238,3 +238,26 @@ def test_second_once_on_a_locked_database_refuses(setup):
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
+
+
+def test_kill_mid_tick_is_repaired_by_the_next_tick(setup):
+    site, config, database = setup
+    guids = add_customers(site, 30)
+    process = subprocess.Popen([CDNREQ, "run", "--config", str(config)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while len(site.technical_entries()) < 5:
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.01)
+    finally:
+        process.kill()  # SIGKILL: no chance to commit
+        process.wait()
+    assert len(site.technical_entries()) < 30, "the tick finished before the kill; nothing was tested"
+    result = once(config)
+    assert result.returncode == 0, result.stderr
+    titles = sorted(e["title"] for e in site.technical_entries())
+    assert titles == sorted(technical_title("cdnreq-", g) for g in guids)
+    for guid in guids:
+        assert site.customer(guid)["connection_parameters"] == IN_PROGRESS
+    records, _ = load(database)
+    assert set(records) == set(guids)
