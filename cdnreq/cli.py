@@ -25,6 +25,7 @@ from cdnreq.daemon import (
     open_store,
     run_once,
 )
+from cdnreq.dns.challenge import SecretError
 from cdnreq.model import Record
 from cdnreq.store import StoreError
 
@@ -41,6 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as error:
         print(f"cdnreq: {error}", file=sys.stderr)
         return EXIT_DATABASE
+    except SecretError as error:
+        print(f"cdnreq: {error}", file=sys.stderr)
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
 

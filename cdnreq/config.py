@@ -25,6 +25,8 @@ from typing import Any, Literal, Mapping, NamedTuple
 from urllib.parse import urlsplit
 
 import tomli_w
+
+from cdnreq.dns.resolver import parse_nameserver
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -270,6 +272,64 @@ class LoggingConfig(BaseModel):
         return value.lower() if isinstance(value, str) else value
 
 
+class DomainConfig(BaseModel):
+    """Proof of domain ownership, re-checks, and how long a removed entry keeps its hosts."""
+
+    model_config = _MODEL_CONFIG
+
+    secret_file: Path | None = Field(
+        default=None,
+        strict=False,
+        description="HMAC secret for challenge tokens; default: domain-secret beside the"
+        " database, created (mode 0600) when missing",
+    )
+    challenge_label: str = Field(
+        default="_slapos-challenge",
+        pattern=r"^_?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+        description="the TXT record is <challenge_label>.<host>",
+    )
+    recheck_interval_s: float = Field(default=86400.0, gt=0, allow_inf_nan=False)
+    cdn_targets: list[str] = Field(
+        default_factory=list,
+        description="CNAME targets and addresses of the CDN; when set, a re-check passes"
+        " if the host points at one of them",
+    )
+    grace_s: float = Field(default=7 * 86400.0, ge=0, allow_inf_nan=False)
+    release_on_recheck_failure: bool = False
+    retention_s: float = Field(
+        default=90 * 86400.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="how long an instance gone from the master keeps its technical entry and hosts",
+    )
+
+    _resolve = field_validator("secret_file")(_resolve_path)
+
+
+class DnsConfig(BaseModel):
+    """The resolver used for challenges."""
+
+    model_config = _MODEL_CONFIG
+
+    nameservers: list[str] = Field(
+        default_factory=list,
+        description="ip or ip:port ([v6]:port); empty: the system resolver",
+    )
+    concurrency: int = Field(default=256, ge=1, le=4096, description="lookups in flight")
+    timeout_s: float = Field(default=2.0, gt=0, allow_inf_nan=False, description="per try")
+    tries: int = Field(default=2, ge=1, le=10)
+
+    @field_validator("nameservers")
+    @classmethod
+    def _check_nameservers(cls, value: list[str]) -> list[str]:
+        for server in value:
+            try:
+                parse_nameserver(server)
+            except ValueError as error:
+                raise PydanticCustomError("nameserver", "{reason}", {"reason": str(error)}) from None
+        return value
+
+
 class Config(BaseModel):
     """The whole configuration file."""
 
@@ -278,7 +338,12 @@ class Config(BaseModel):
     master: MasterConfig
     technical_cdn: TechnicalCdnConfig
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    domain: DomainConfig = Field(default_factory=DomainConfig)
+    dns: DnsConfig = Field(default_factory=DnsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    def secret_path(self) -> Path:
+        return self.domain.secret_file or self.daemon.database.parent / "domain-secret"
 
 
 # --------------------------------------------------------------------------

@@ -56,7 +56,12 @@ async def run_once(config: Config) -> TickReport:
     store = await open_store(config)
     try:
         async with master_client(config) as master:
-            return await Reconciler(config=config, store=store, master=master).tick()
+            reconciler = Reconciler(config=config, store=store, master=master)
+            try:
+                await reconciler.load()
+                return await reconciler.tick()
+            finally:
+                await reconciler.resolver.close()
     finally:
         await store.close()
 
@@ -115,6 +120,12 @@ class Daemon:
         store = await open_store(self.config)
         master = master_client(self.config)
         self.reconciler = Reconciler(config=self.config, store=store, master=master)
+        try:
+            await self.reconciler.load()
+        except BaseException:
+            await master.close()
+            await store.close()
+            raise
         self.install_signals()
         log.info("started", database=str(self.config.daemon.database), master=str(self.config.master.url))
         try:
@@ -130,6 +141,7 @@ class Daemon:
                     pass
         finally:
             await self.reconciler.master.close()
+            await self.reconciler.resolver.close()
             await store.close()
         log.info("stopped")
         return EXIT_OK

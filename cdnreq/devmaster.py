@@ -372,6 +372,9 @@ def write_config(
             "concurrency": 1,  # slapproxy drops concurrent shared-instance requests
             "tick_interval_s": 2.0, "listen": f"127.0.0.1:{free_port()}",
         },
+        # Never the system resolver from a test or the demo: a dead loopback
+        # port unless the caller passes its own DNS server.
+        "dns": {"nameservers": ["127.0.0.1:9"], "timeout_s": 0.5, "tries": 1},
         "logging": {"format": "json"},
     }
     for section, overrides in sections.items():

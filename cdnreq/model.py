@@ -45,6 +45,7 @@ class Phase(str, enum.Enum):
     REQUESTED = "requested"  # requested; waiting for the technical CDN's answer
     LIVE = "live"  # the technical CDN's answer was relayed to the customer
     REMOVING = "removing"  # gone from the master; destroy pending or held
+    RETAINED = "retained"  # gone from the master; kept (entry and hosts) until retention ends
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +104,32 @@ class Record:
     last_error: str | None = None
     failures: int = 0
     retry_at: float | None = None
+    served: tuple[str, ...] | None = None  # hosts in effect on the technical entry
+    gone_at: float | None = None  # when it left the master (retention starts)
+
+
+@dataclass(frozen=True, slots=True)
+class HostClaim:
+    """A host proven by DNS to belong to one instance: the first to prove it
+    keeps it, until it is released."""
+
+    host: str  # normalised; may be a wildcard `*.example.com`
+    guid: InstanceGuid
+    registrable: str
+    proven_at: float
+    checked_at: float  # last successful proof or re-check
+    failing_since: float | None = None  # first failed re-check of a streak
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """The token an instance must publish in DNS to prove its hosts."""
+
+    guid: InstanceGuid
+    domain: str  # the custom_domain it was issued for
+    salt: str
+    token: str
+    created_at: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cdnreq.devdns import DevDns
 from cdnreq.devmaster import CdnSite, Slapproxy, find_slapos, setup_cdn
 
 
@@ -32,3 +33,15 @@ def slapproxy(tmp_path: Path) -> Iterator[Slapproxy]:
 def cdn_site(slapproxy: Slapproxy) -> CdnSite:
     """A formatted slapproxy with a requester instance and a technical CDN host."""
     return setup_cdn(slapproxy)
+
+
+
+@pytest.fixture
+def devdns() -> Iterator[DevDns]:
+    """An authoritative DNS server (cdnreq.devdns) on 127.0.0.1, stopped afterwards."""
+    server = DevDns()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

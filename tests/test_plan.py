@@ -46,7 +46,7 @@ def test_new_instance_is_reserved_and_requested():
     a = inst("A")
     p = plan(listing(a), {}, NOW, POLICY)
     assert kinds(p) == [(Kind.REQUEST, "A")]
-    assert [r.title for r in p.reserved] == ["cdnreq-A"]
+    assert [r.title for r in p.updates] == ["cdnreq-A"]
     assert p.actions[0].instance is a
     assert p.counts["added"] == 1
 
@@ -54,7 +54,7 @@ def test_new_instance_is_reserved_and_requested():
 def test_unchanged_live_instance_needs_nothing():
     a = inst("A")
     p = plan(listing(a), known(live(a)), NOW, POLICY)
-    assert p.actions == () and p.reserved == ()
+    assert p.actions == () and p.updates == ()
     assert p.counts["unchanged"] == 1
 
 
@@ -88,7 +88,7 @@ def test_customer_destroyed_state_destroys():
 
 def test_destroyed_and_unknown_is_ignored():
     p = plan(listing(inst("A", state="destroyed")), {}, NOW, POLICY)
-    assert p.actions == () and p.reserved == ()
+    assert p.actions == () and p.updates == ()
 
 
 def test_removed_instance_is_destroyed():
@@ -151,15 +151,24 @@ def test_held_records_are_marked_once():
     a = inst("A")
     p = plan(listing(), known(live(a)), NOW, POLICY)
     (marked,) = held_records(p, NOW)
-    assert marked.phase is Phase.REMOVING and marked.last_error.startswith("destroy held:")
+    assert marked.phase is Phase.REMOVING and marked.last_error.startswith("removal held:")
     p2 = plan(listing(), known(marked), NOW + 60, POLICY)
     assert list(held_records(p2, NOW + 60)) == []
 
 
-def test_held_instance_that_comes_back_is_requested_again():
+def test_held_instance_that_comes_back_is_restored_without_a_call():
+    a = inst("A")
+    removing = replace(live(a), phase=Phase.REMOVING, last_error="removal held: x")
+    p = plan(listing(a), known(removing), NOW, POLICY)
+    assert p.actions == ()
+    (restored,) = p.updates
+    assert restored.phase is Phase.LIVE and restored.last_error is None
+
+
+def test_held_instance_that_comes_back_changed_is_updated():
     a = inst("A")
     removing = replace(live(a), phase=Phase.REMOVING)
-    p = plan(listing(a), known(removing), NOW, POLICY)
+    p = plan(listing(inst("A", url="https://new.example")), known(removing), NOW, POLICY)
     assert kinds(p) == [(Kind.UPDATE, "A")]
 
 
@@ -181,7 +190,7 @@ def test_reserved_but_never_requested_is_requested():
     a = inst("A")
     reserved = new_record(InstanceGuid("A"), "cdnreq-", NOW - 5)
     p = plan(listing(a), known(reserved), NOW, POLICY)
-    assert kinds(p) == [(Kind.REQUEST, "A")] and p.reserved == ()
+    assert kinds(p) == [(Kind.REQUEST, "A")] and p.updates == ()
 
 
 def test_stored_title_is_kept_when_the_prefix_changes():
@@ -221,3 +230,122 @@ def test_unknown_state_in_listing_is_not_possible_to_build():
 
 def test_requested_state_enum_round_trip():
     assert RequestedState("stopped") is RequestedState.STOPPED
+
+
+# --- gates, retention and ownership ------------------------------------------------
+
+from cdnreq.reconcile.gate import Gate, Status  # noqa: E402
+
+RETAIN = replace(POLICY, retention_s=1000.0)
+
+
+class Owners:
+    def __init__(self, **hosts):
+        self.hosts = hosts  # host -> guid
+
+    def owns(self, guid, host):
+        return self.hosts.get(host) == guid
+
+    def hosts_of(self, guid):
+        return {h for h, g in self.hosts.items() if g == guid}
+
+
+def ok_gate(instance, hosts=(), extras=None):
+    return Gate(Status.OK, instance.parameters, instance.param_hash, tuple(hosts), extras or {})
+
+
+def test_pending_gate_publishes_instructions_and_requests_nothing():
+    a = inst("A")
+    gate = Gate(Status.PENDING, hosts=("a.example.com",), extras={"message": "prove it"})
+    p = plan(listing(a), {}, NOW, POLICY, gates={"A": gate})
+    assert kinds(p) == [(Kind.PUBLISH, "A")] and p.actions[0].gate is gate
+    assert [r.guid for r in p.updates] == ["A"]
+
+
+def test_pending_gate_already_published_is_quiet():
+    a = inst("A")
+    gate = Gate(Status.PENDING, extras={"message": "prove it"})
+    record = replace(new_record(InstanceGuid("A"), "cdnreq-", NOW), published={"message": "prove it"})
+    p = plan(listing(a), known(record), NOW, POLICY, gates={"A": gate})
+    assert p.actions == () and p.counts["unchanged"] == 1
+
+
+def test_invalid_change_keeps_the_live_entry_and_shows_the_error():
+    a = inst("A")
+    gate = Gate(Status.INVALID, extras={"request-error-list": '["bad"]'}, error="bad")
+    p = plan(listing(inst("A", url="broken")), known(live(a)), NOW, POLICY, gates={"A": gate})
+    assert kinds(p) == [(Kind.PUBLISH, "A")]  # no UPDATE, no DESTROY
+
+
+def test_ok_gate_forwards_normalised_parameters():
+    a = inst("A", custom_domain="Shop.Example.com.")
+    forward = {"custom_domain": "shop.example.com"}
+    gate = Gate(Status.OK, forward, "fwd-hash", ("shop.example.com",))
+    p = plan(listing(a), {}, NOW, POLICY, gates={"A": gate})
+    assert kinds(p) == [(Kind.REQUEST, "A")] and p.actions[0].gate.forward == forward
+    record = replace(live(a), param_hash="fwd-hash", served=("shop.example.com",))
+    owners = Owners(**{"shop.example.com": "A"})
+    assert plan(listing(a), known(record), NOW, POLICY, gates={"A": gate}, ownership=owners).actions == ()
+
+
+def test_served_host_no_longer_owned_destroys_the_entry_but_keeps_the_instance():
+    a = inst("A")
+    record = replace(live(a), served=("shop.example.com",))
+    p = plan(listing(a), known(record), NOW, POLICY, gates={"A": ok_gate(a)}, ownership=Owners())
+    assert kinds(p) == [(Kind.DESTROY, "A")] and p.actions[0].forget is False
+
+
+def test_gone_instance_is_retained_not_destroyed():
+    a, b, c = inst("A"), inst("B"), inst("C")
+    p = plan(listing(a, b), known(live(a), live(b), live(c)), NOW, RETAIN)
+    assert p.actions == ()
+    (kept,) = p.updates
+    assert kept.guid == "C" and kept.phase is Phase.RETAINED and kept.gone_at == NOW
+
+
+def test_retention_ends_with_a_destroy():
+    a, b, c = inst("A"), inst("B"), inst("C")
+    kept = replace(live(c), phase=Phase.RETAINED, gone_at=NOW - 999)
+    records = known(live(a), live(b), kept)
+    assert plan(listing(a, b), records, NOW, RETAIN).actions == ()
+    p = plan(listing(a, b), records, NOW + 2, RETAIN)
+    assert kinds(p) == [(Kind.DESTROY, "C")] and p.actions[0].forget
+
+
+def test_gone_without_entry_or_hosts_is_forgotten_at_once():
+    a, b = inst("A"), inst("B")
+    never = new_record(InstanceGuid("B"), "cdnreq-", NOW)
+    p = plan(listing(a), known(live(a), never), NOW, RETAIN, ownership=Owners())
+    assert p.forgets == ("B",) and p.actions == ()
+
+
+def test_pending_instance_that_leaves_keeps_nothing():
+    """The reference's hole: request, remove, request again, and a never-proven
+    domain counted as validated. A never-proven instance is forgotten."""
+    a, b = inst("A"), inst("B")
+    pending = replace(new_record(InstanceGuid("B"), "cdnreq-", NOW), published={"message": "prove"})
+    p = plan(listing(a), known(live(a), pending), NOW, RETAIN, ownership=Owners(**{"a.example.com": "A"}))
+    assert p.forgets == ("B",)
+
+
+def test_customer_destroy_destroys_the_entry_and_keeps_the_hosts():
+    a, b = inst("A"), inst("B")
+    p = plan(listing(a, inst("B", state="destroyed")), known(live(a), live(b)), NOW, RETAIN)
+    assert kinds(p) == [(Kind.DESTROY, "B")]
+    action = p.actions[0]
+    assert action.forget is False and action.record.phase is Phase.RETAINED
+
+
+def test_retained_instance_whose_host_was_taken_loses_its_entry():
+    a, c = inst("A"), inst("C")
+    kept = replace(live(c), phase=Phase.RETAINED, gone_at=NOW, served=("shop.example.com",))
+    owners = Owners(**{"shop.example.com": "A"})
+    p = plan(listing(a), known(live(a), kept), NOW + 1, RETAIN, ownership=owners)
+    assert kinds(p) == [(Kind.DESTROY, "C")] and p.actions[0].forget is False
+
+
+def test_retained_instance_back_in_time_is_restored():
+    a = inst("A")
+    kept = replace(live(a), phase=Phase.RETAINED, gone_at=NOW - 10)
+    p = plan(listing(a), known(kept), NOW, RETAIN)
+    assert p.actions == () and p.updates[0].phase is Phase.LIVE and p.updates[0].gone_at is None

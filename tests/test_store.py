@@ -1,10 +1,21 @@
+import dataclasses
 import sqlite3
 
 import pytest
 
-from cdnreq.model import Event, InstanceGuid, Phase, Record, RequestedState, Title
+from cdnreq.model import (
+    Challenge,
+    Event,
+    HostClaim,
+    InstanceGuid,
+    Phase,
+    Record,
+    RequestedState,
+    Title,
+)
 from cdnreq.store import SchemaTooNew, Store, StoreError, StoreLocked
-from cdnreq.store.migrations import LATEST
+from cdnreq.store import sqlite as store_sqlite
+from cdnreq.store.migrations import LATEST, MIGRATIONS, split_statements
 
 
 def rec(guid: str, title: str | None = None, **kw) -> Record:
@@ -37,7 +48,23 @@ def full_record() -> Record:
         last_error="boom",
         failures=3,
         retry_at=300.75,
+        served=("x.example", "*.y.example", "é.example"),
+        gone_at=400.125,
     )
+
+
+def host(name: str, guid: str, **kw) -> HostClaim:
+    base = dict(host=name, guid=InstanceGuid(guid), registrable="example.com",
+                proven_at=10.0, checked_at=20.0)  # fmt: skip
+    base.update(kw)
+    return HostClaim(**base)
+
+
+def challenge(guid: str, **kw) -> Challenge:
+    base = dict(guid=InstanceGuid(guid), domain=f"{guid.lower()}.example.com",
+                salt=f"salt-{guid}", token=f"token-{guid}", created_at=5.0)  # fmt: skip
+    base.update(kw)
+    return Challenge(**base)
 
 
 @pytest.fixture
@@ -53,7 +80,7 @@ async def test_open_creates_parent_and_reports_version(tmp_path):
     try:
         assert path.exists()
         assert s.path == path
-        assert s.schema_version == LATEST == 1
+        assert s.schema_version == LATEST == 2
     finally:
         await s.close()
 
@@ -212,6 +239,7 @@ async def test_schema_too_new(tmp_path):
         await Store.open(path)
     msg = str(info.value)
     assert "999" in msg and f"({LATEST})" in msg and str(path) in msg
+    assert "knows (2)" in msg
     # the failed open released its lock
     with pytest.raises(SchemaTooNew):
         await Store.open(path)
@@ -275,7 +303,11 @@ async def test_counts_by_phase(store):
     await store.commit(upserts=[
         rec("A", phase=Phase.LIVE), rec("B", phase=Phase.LIVE), rec("C", phase=Phase.REMOVING),
     ])
-    assert await store.counts_by_phase() == {"new": 0, "requested": 0, "live": 2, "removing": 1}
+    assert await store.counts_by_phase() == {
+        "new": 0, "requested": 0, "live": 2, "removing": 1, "retained": 0,
+    }  # fmt: skip
+    await store.commit(upserts=[rec("D", phase=Phase.RETAINED, gone_at=3.0)])
+    assert (await store.counts_by_phase())["retained"] == 1
 
 
 async def test_commit_rolls_back_earlier_statements(store):
@@ -290,3 +322,217 @@ async def test_commit_rolls_back_earlier_statements(store):
         )
     assert set(await store.load()) == {"OLD"}
     assert await store.events_since() == []
+
+
+def test_columns_match_record_fields():
+    # Rows map onto Record positionally: a new field needs a column (and a migration).
+    assert store_sqlite._COLUMNS.split(", ") == [f.name for f in dataclasses.fields(Record)]
+    assert store_sqlite._HOST_COLUMNS.split(", ") == [
+        f.name for f in dataclasses.fields(HostClaim)
+    ]
+    assert store_sqlite._CHALLENGE_COLUMNS.split(", ") == [
+        f.name for f in dataclasses.fields(Challenge)
+    ]
+
+
+def make_v1_database(path) -> None:
+    """A database exactly as cdnreq with schema version 1 left it."""
+    number, description, sql = MIGRATIONS[0]
+    assert number == 1
+    raw = sqlite3.connect(path, isolation_level=None)
+    try:
+        raw.execute("BEGIN")
+        for statement in split_statements(sql):
+            raw.execute(statement)
+        raw.execute("INSERT INTO schema_version (id, version) VALUES (1, 1)")
+        raw.execute("INSERT INTO migrations VALUES (1, ?, 1.0)", (description,))
+        raw.execute(
+            "INSERT INTO instances (guid, title, phase, param_hash, requested_state, "
+            "connection, published, failures, retry_at, created_at, updated_at) "
+            "VALUES ('SOFTINST-7', 'cdn-SOFTINST-7', 'live', 'h', 'started', "
+            "'{\"url\": \"https://a\"}', '{\"url\": \"https://a\"}', 2, 9.5, 1.0, 2.0)"
+        )
+        raw.execute("COMMIT")
+    finally:
+        raw.close()
+
+
+async def test_migrates_v1_database(tmp_path):
+    path = tmp_path / "v1.db"
+    make_v1_database(path)
+    s = await Store.open(path)
+    try:
+        assert s.schema_version == 2
+        expected = Record(
+            guid=InstanceGuid("SOFTINST-7"), title=Title("cdn-SOFTINST-7"), phase=Phase.LIVE,
+            created_at=1.0, updated_at=2.0, param_hash="h",
+            requested_state=RequestedState.STARTED, connection={"url": "https://a"},
+            published={"url": "https://a"}, failures=2, retry_at=9.5,
+        )  # fmt: skip
+        got = await s.get("SOFTINST-7")
+        assert got == expected and got.served is None and got.gone_at is None
+        assert await s.load() == {"SOFTINST-7": expected}
+        assert await s.load_hosts() == {} and await s.load_challenges() == {}
+        # the new columns and tables are writable
+        changed = dataclasses.replace(expected, served=("a.example",), gone_at=3.0)
+        await s.commit(upserts=[changed], host_upserts=[host("a.example", "SOFTINST-7")],
+                       challenge_upserts=[challenge("SOFTINST-7")])  # fmt: skip
+        assert await s.get("SOFTINST-7") == changed
+    finally:
+        await s.close()
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert [v for (v,) in raw.execute("SELECT version FROM migrations ORDER BY version")] == [
+            1, 2,
+        ]  # fmt: skip
+        indexes = {n for (n,) in raw.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert {"hosts_guid", "hosts_registrable", "instances_phase"} <= indexes
+
+
+async def test_served_and_gone_at_round_trip(tmp_path):
+    path = tmp_path / "x.db"
+    s = await Store.open(path)
+    records = [
+        rec("A", served=("b.example", "a.example"), gone_at=12.5),  # order kept
+        rec("B", served=()),  # none served is not unknown
+        rec("C"),
+        rec("D", phase=Phase.RETAINED, served=("*.w.example",), gone_at=0.0),
+    ]
+    await s.commit(upserts=records)
+    assert await s.load() == {r.guid: r for r in records}
+    assert (await s.get("A")).served == ("b.example", "a.example")
+    assert isinstance((await s.get("A")).served, tuple)
+    assert (await s.get("B")).served == ()
+    assert (await s.get("D")).phase is Phase.RETAINED
+    # cleared again by an upsert
+    await s.commit(upserts=[rec("A")])
+    assert (await s.get("A")).served is None and (await s.get("A")).gone_at is None
+    await s.close()
+    with sqlite3.connect(path) as raw:
+        rows = dict(raw.execute("SELECT guid, served FROM instances"))
+    assert rows == {"A": None, "B": "[]", "C": None, "D": '["*.w.example"]'}
+
+
+async def test_served_must_be_hosts(store):
+    with pytest.raises(StoreError, match="served"):
+        await store.commit(upserts=[rec("A", served="a.example")])
+    with pytest.raises(StoreError, match="served"):
+        await store.commit(upserts=[rec("A", served=("a.example", 3))])
+    assert await store.load() == {}
+
+
+async def test_hosts_and_challenges_round_trip(tmp_path):
+    path = tmp_path / "x.db"
+    s = await Store.open(path)
+    claims = [
+        host("a.example.com", "A"),
+        host("*.b.example.com", "A", failing_since=30.0),
+        host("c.example.org", "B", registrable="example.org", proven_at=1.5, checked_at=2.5),
+    ]
+    challenges = [challenge("A"), challenge("B", created_at=6.5)]
+    await s.commit(upserts=[rec("A"), rec("B")], host_upserts=claims,
+                   challenge_upserts=challenges)  # fmt: skip
+    await s.close()
+    s = await Store.open(path)
+    try:
+        assert await s.load_hosts() == {c.host: c for c in claims}
+        assert await s.load_challenges() == {c.guid: c for c in challenges}
+        assert await s.hosts_of("A") == sorted(claims[:2], key=lambda c: c.host)
+        assert await s.hosts_of("B") == [claims[2]]
+        assert await s.hosts_of("nobody") == []
+        assert await s.challenge_of("B") == challenges[1]
+        assert await s.challenge_of("nobody") is None
+        # re-check and a new token are upserts
+        rechecked = dataclasses.replace(claims[1], checked_at=40.0, failing_since=None)
+        renewed = challenge("A", salt="s2", token="t2", created_at=7.0)
+        await s.commit(host_upserts=[rechecked], challenge_upserts=[renewed])
+        assert (await s.load_hosts())["*.b.example.com"] == rechecked
+        assert await s.challenge_of("A") == renewed
+        # deletes
+        await s.commit(host_deletes=["a.example.com", "missing"], challenge_deletes=["B", "x"])
+        assert set(await s.load_hosts()) == {"*.b.example.com", "c.example.org"}
+        assert set(await s.load_challenges()) == {"A"}
+    finally:
+        await s.close()
+
+
+async def test_host_transfer_in_one_commit(store):
+    await store.commit(upserts=[rec("A"), rec("B")], host_upserts=[host("h.example.com", "A")])
+    moved = host("h.example.com", "B", proven_at=50.0, checked_at=50.0)
+    await store.commit(host_upserts=[moved], events=[Event("B", "claim", "ok", 50.0)])
+    assert await store.load_hosts() == {"h.example.com": moved}
+    assert await store.hosts_of("A") == [] and await store.hosts_of("B") == [moved]
+
+
+async def test_host_released_and_claimed_in_one_commit(store):
+    await store.commit(upserts=[rec("A"), rec("B")], host_upserts=[host("h.example.com", "A")])
+    taken = host("h.example.com", "B", proven_at=60.0)
+    await store.commit(host_deletes=["h.example.com"], host_upserts=[taken])
+    assert await store.load_hosts() == {"h.example.com": taken}
+
+
+async def test_forget_releases_hosts_and_challenge_of_that_guid_only(store):
+    await store.commit(
+        upserts=[rec("A"), rec("B")],
+        host_upserts=[host("a1.example.com", "A"), host("a2.example.com", "A"),
+                      host("b.example.com", "B")],
+        challenge_upserts=[challenge("A"), challenge("B")],
+    )  # fmt: skip
+    # forget A and, in the same commit, give one of its hosts to B
+    b_takes = host("a1.example.com", "B", proven_at=70.0)
+    await store.commit(forgets=["A"], host_upserts=[b_takes])
+    assert set(await store.load()) == {"B"}
+    assert await store.load_hosts() == {
+        "a1.example.com": b_takes, "b.example.com": host("b.example.com", "B"),
+    }  # fmt: skip
+    assert await store.load_challenges() == {"B": challenge("B")}
+    assert await store.hosts_of("A") == [] and await store.challenge_of("A") is None
+
+
+async def test_commit_rejects_claims_for_forgotten_guid(store):
+    await store.commit(upserts=[rec("A")], host_upserts=[host("a.example.com", "A")])
+    with pytest.raises(StoreError, match="host_upserts and forgets"):
+        await store.commit(forgets=["A"], host_upserts=[host("z.example.com", "A")])
+    with pytest.raises(StoreError, match="challenge_upserts and forgets"):
+        await store.commit(forgets=["A"], challenge_upserts=[challenge("A")])
+    assert set(await store.load()) == {"A"}
+    assert set(await store.load_hosts()) == {"a.example.com"}
+
+
+async def test_commit_atomic_when_host_write_fails(store):
+    await store.commit(
+        upserts=[rec("OLD"), rec("B")],
+        host_upserts=[host("old.example.com", "OLD"), host("b.example.com", "B")],
+        challenge_upserts=[challenge("OLD")],
+        events=[Event("OLD", "a", "ok", 1.0)],
+    )
+    before = (await store.load(), await store.load_hosts(), await store.load_challenges(),
+              await store.events_since())  # fmt: skip
+    with pytest.raises(StoreError, match="NOT NULL"):
+        await store.commit(
+            forgets=["OLD"],
+            host_deletes=["b.example.com"],
+            challenge_deletes=["B"],
+            upserts=[rec("NEW", served=("n.example.com",))],
+            host_upserts=[host("n.example.com", "NEW"), host("bad.example.com", "NEW",
+                                                               registrable=None)],
+            challenge_upserts=[challenge("NEW")],
+            events=[Event("NEW", "request", "ok", 2.0)],
+        )  # fmt: skip
+    after = (await store.load(), await store.load_hosts(), await store.load_challenges(),
+             await store.events_since())  # fmt: skip
+    assert after == before
+
+
+async def test_commit_atomic_when_challenge_write_fails(store):
+    await store.commit(upserts=[rec("A")], host_upserts=[host("a.example.com", "A")])
+    with pytest.raises(StoreError, match="NOT NULL"):
+        await store.commit(
+            forgets=["A"],
+            upserts=[rec("B")],
+            host_upserts=[host("a.example.com", "B")],
+            challenge_upserts=[challenge("B", token=None)],
+        )
+    assert set(await store.load()) == {"A"}
+    assert await store.load_hosts() == {"a.example.com": host("a.example.com", "A")}
+    assert await store.load_challenges() == {}

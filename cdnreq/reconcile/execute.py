@@ -16,6 +16,7 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol
 from cdnreq.master import MasterError, MasterRejected
 from cdnreq.model import Event, InstanceAnswer, Phase, Record, RequestedState
 from cdnreq.reconcile import records
+from cdnreq.reconcile.gate import Gate, Status
 from cdnreq.reconcile.plan import Action, Kind
 
 
@@ -137,15 +138,15 @@ class _Runner:
         return await self.relay(action, action.record)
 
     async def request(self, action: Action, record: Record) -> Outcome:
-        instance = action.instance
-        assert instance is not None
+        instance, gate = action.instance, action.gate or Gate.accept(action.instance)
+        assert instance is not None and gate.forward is not None
         step = action.kind.value if action.kind is not Kind.POLL else Kind.REQUEST.value
         try:
             answer = await self.master.request_instance(
                 title=record.title,
                 software_release_uri=self.settings.software_release_uri,
                 software_type=self.settings.software_type,
-                parameters=instance.parameters,
+                parameters=gate.forward,
                 state=instance.state.value,
                 sla_parameters=self.settings.sla,
             )
@@ -155,7 +156,7 @@ class _Runner:
             return self.failure(action, record, step, error)
         self.event(record.guid, step, "ok", f"{action.reason}; technical entry {answer.guid}")
         record = records.requested(
-            record, instance, answer, self.settings.spec_hash, step, self.clock()
+            record, instance, gate, answer, self.settings.spec_hash, step, self.clock()
         )
         return await self.relay(action, record)
 
@@ -173,7 +174,7 @@ class _Runner:
                 self.event(record.guid, "publish", "failed", publish_error.detail)
             else:
                 self.event(record.guid, "publish", "ok", "request error")
-                record = records.rejected_shown(record, message, shown, self.clock())
+                record = records.published(record, shown, message, self.clock())
         return self.failure(action, record, step, error, label=None)
 
     async def poll(self, action: Action) -> Outcome:
@@ -194,17 +195,23 @@ class _Runner:
         return await self.relay(action, records.polled(record, answer, self.clock()))
 
     async def relay(self, action: Action, record: Record) -> Outcome:
-        shown = records.publication(record.connection)
-        if record.published == shown:
+        """Publish what the customer should see, when it changed."""
+        gate = action.gate
+        requested = record.param_hash is not None or record.tech_guid is not None
+        shown = records.compose(record.connection, gate, requested)
+        error = gate.error if gate is not None else None
+        send_error = error is not None and error != record.published_error
+        if record.published == shown and not send_error:
             return self.done(action, records.settled(record, self.clock()), True)
         try:
-            await self.master.publish_connection(record.guid, shown)
-        except MasterError as error:
-            return self.failure(action, record, "publish", error)
-        self.event(
-            record.guid, "publish", "ok", "connection parameters" if record.connection else "in progress"
-        )
-        return self.done(action, records.published(record, shown, self.clock()), True)
+            if record.published != shown:
+                await self.master.publish_connection(record.guid, shown)
+            if send_error:
+                await self.master.publish_error(record.guid, error)
+        except MasterError as failure:
+            return self.failure(action, record, "publish", failure)
+        self.event(record.guid, "publish", "ok", _what(record, gate))
+        return self.done(action, records.published(record, shown, error, self.clock()), True)
 
     async def destroy(self, action: Action) -> Outcome:
         record = action.record
@@ -218,6 +225,16 @@ class _Runner:
                 sla_parameters=self.settings.sla,
             )
         except MasterError as error:
-            return self.failure(action, replace(record, phase=Phase.REMOVING), "destroy", error)
+            if action.forget and record.phase is not Phase.RETAINED:
+                record = replace(record, phase=Phase.REMOVING)  # gone: retried as a removal
+            return self.failure(action, record, "destroy", error)
         self.event(record.guid, "destroy", "ok", f"{action.reason}; title {record.title}")
-        return self.done(action, None, True)
+        if action.forget:
+            return self.done(action, None, True)
+        return await self.relay(action, records.cleared(record, self.clock()))
+
+
+def _what(record: Record, gate: Gate | None) -> str:
+    if gate is not None and gate.status is not Status.OK:
+        return gate.status.value
+    return "connection parameters" if record.connection else "in progress"

@@ -1,9 +1,11 @@
 """The planner: what one tick must do, decided from data alone.
 
 `plan()` is a pure function of the master's listing, the stored records, the
-clock and the policy. It never calls anything: every rule (hash diff, the
-guards against mass destroys, backoff, poll-instead-of-request) is a case in
-a unit test. What it must never do: destroy on a doubtful listing.
+gates (validation and proof of ownership), the host index, the clock and the
+policy. It never calls anything: every rule (hash diff, guards against mass
+removal, retention, backoff, poll-instead-of-request) is a case in a unit
+test. What it must never do: destroy on a doubtful listing, or leave a host
+served by an instance that no longer owns it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import enum
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Protocol
 
 from cdnreq.master import Listing
 from cdnreq.model import (
@@ -20,9 +22,10 @@ from cdnreq.model import (
     Record,
     RequestedState,
     SharedInstance,
-    Title,
     digest,
 )
+from cdnreq.reconcile.gate import Gate
+from cdnreq.reconcile.records import needs_publish, resumed
 from cdnreq.reconcile.titles import technical_title
 
 
@@ -30,8 +33,8 @@ class Kind(str, enum.Enum):
     REQUEST = "request"  # first request of a new instance on the technical CDN
     UPDATE = "update"  # request again: parameters, state or CDN settings changed
     POLL = "poll"  # read the technical entry's answer, which is still pending
-    PUBLISH = "publish"  # relay a known answer the customer has not received
-    DESTROY = "destroy"  # the customer's instance is gone: destroy, then forget
+    PUBLISH = "publish"  # tell the customer something new, no request needed
+    DESTROY = "destroy"  # destroy the technical entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +42,9 @@ class Action:
     kind: Kind
     record: Record
     reason: str
-    instance: SharedInstance | None = None  # as listed; None when gone (DESTROY)
+    instance: SharedInstance | None = None  # as listed; None when gone
+    gate: Gate | None = None  # what to request (OK) or to show the customer
+    forget: bool = True  # DESTROY: forget the instance after, or keep it without entry
 
     @property
     def guid(self) -> InstanceGuid:
@@ -54,13 +59,21 @@ class Policy:
     spec_hash: str  # digest of the technical CDN's release, type and SLA
     allow_empty: bool = False
     max_destroy_fraction: float = 0.5
+    retention_s: float = 0.0
+
+
+class Ownership(Protocol):
+    def owns(self, guid: str, host: str) -> bool: ...
+
+    def hosts_of(self, guid: str) -> set[str]: ...
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
     actions: tuple[Action, ...]
-    reserved: tuple[Record, ...] = ()  # new records, stored before any call
-    held: tuple[Record, ...] = ()  # gone from the master, destroy held back
+    updates: tuple[Record, ...] = ()  # stored before any call (new, held, retained, back)
+    forgets: tuple[InstanceGuid, ...] = ()  # gone without a technical entry: no call needed
+    held: tuple[Record, ...] = ()  # gone from the master, removal held back
     hold_reason: str | None = None
     counts: Mapping[str, int] = field(default_factory=dict)
 
@@ -69,19 +82,41 @@ def spec_hash(software_release_uri: str, software_type: str, sla: Mapping[str, s
     return digest({"sr": software_release_uri, "type": software_type, "sla": dict(sla)})
 
 
+def new_record(guid: InstanceGuid, prefix: str, now: float) -> Record:
+    return Record(
+        guid=guid, title=technical_title(prefix, guid), phase=Phase.NEW, created_at=now, updated_at=now
+    )
+
+
+def has_entry(record: Record) -> bool:
+    """Whether a technical entry may exist for this record."""
+    return record.param_hash is not None or record.tech_guid is not None
+
+
 def plan(
     listing: Listing,
     known: Mapping[InstanceGuid, Record],
     now: float,
     policy: Policy,
+    *,
+    gates: Mapping[str, Gate] | None = None,
+    ownership: Ownership | None = None,
 ) -> Plan:
     counts: Counter[str] = Counter()
     actions: list[Action] = []
-    reserved: list[Record] = []
+    updates: list[Record] = []
     seen: set[str] = set(listing.unusable)
     counts["unusable"] = len(listing.unusable)
     counts["anonymous"] = listing.anonymous
-    gone: list[Record] = []
+    destroyed: list[Record] = []  # the customer asked for it
+
+    def add(action: Action | None, record: Record) -> None:
+        if action is None:
+            counts["unchanged"] += 1
+        elif record.retry_at is not None and record.retry_at > now:
+            counts["backoff"] += 1
+        else:
+            actions.append(action)
 
     for instance in listing.instances:
         if instance.guid in seen:
@@ -91,76 +126,125 @@ def plan(
         record = known.get(instance.guid)
         if instance.state is RequestedState.DESTROYED:
             if record is not None:
-                gone.append(record)
+                destroyed.append(record)
             continue
         if record is None:
             record = new_record(instance.guid, policy.request_prefix, now)
-            reserved.append(record)
-            actions.append(Action(Kind.REQUEST, record, "added", instance))
+            updates.append(record)
             counts["added"] += 1
-            continue
-        action = _for_present(instance, record, now, policy)
-        if action is None:
-            counts["unchanged"] += 1
-        elif action.kind is Kind.DESTROY:  # never returned by _for_present
-            raise AssertionError(action)
-        elif record.retry_at is not None and record.retry_at > now:
-            counts["backoff"] += 1
-        else:
-            actions.append(action)
+        elif record.phase in (Phase.REMOVING, Phase.RETAINED):
+            record = resumed(record, now)
+            updates.append(record)
+            counts["back"] += 1
+        gate = (gates or {}).get(instance.guid) or Gate.accept(instance)
+        add(_for_present(instance, gate, record, policy, ownership), record)
 
-    gone.extend(r for guid, r in known.items() if guid not in seen)
+    gone = destroyed + [r for g, r in known.items() if g not in seen]
+    departing = [r for r in gone if r.phase is not Phase.RETAINED]
+    retained = [r for r in gone if r.phase is Phase.RETAINED]
+    explicit = {r.guid for r in destroyed}
     held: tuple[Record, ...] = ()
-    hold_reason = _destroy_guard(listing, len(known), len(gone), policy)
+    hold_reason = _removal_guard(listing, len(known), len(departing), policy)
+    forgets: list[InstanceGuid] = []
     if hold_reason is not None:
-        held = tuple(gone)
+        held = tuple(departing)
         counts["held"] = len(held)
-    else:
-        for record in gone:
-            if record.retry_at is not None and record.retry_at > now:
-                counts["backoff"] += 1
-            else:
-                actions.append(Action(Kind.DESTROY, record, "removed from the master"))
-    counts["removed"] = len(gone)
+        departing = []
+    for record in departing:
+        counts["removed"] += 1
+        action = _departure(record, record.guid in explicit, now, policy, ownership, updates, forgets)
+        if action is not None:
+            add(action, record)
+    for record in retained:
+        action = _retention(record, record.guid in explicit, now, policy, ownership, forgets)
+        if action is not None:
+            add(action, record)
     for action in actions:
         counts[action.kind.value] += 1
-    return Plan(tuple(actions), tuple(reserved), held, hold_reason, dict(counts))
-
-
-def new_record(guid: InstanceGuid, prefix: str, now: float) -> Record:
-    return Record(
-        guid=guid,
-        title=technical_title(prefix, guid),
-        phase=Phase.NEW,
-        created_at=now,
-        updated_at=now,
-    )
+    counts["forget"] = len(forgets)
+    return Plan(tuple(actions), tuple(updates), tuple(forgets), held, hold_reason, dict(counts))
 
 
 def _for_present(
-    instance: SharedInstance, record: Record, now: float, policy: Policy
+    instance: SharedInstance,
+    gate: Gate,
+    record: Record,
+    policy: Policy,
+    ownership: Ownership | None,
 ) -> Action | None:
-    if record.phase is Phase.REMOVING:
-        return Action(Kind.UPDATE, record, "back on the master", instance)
+    if has_entry(record) and _lost_host(record, ownership):
+        return Action(Kind.DESTROY, record, "a host it serves is no longer proven for it", instance, gate, forget=False)
+    if not gate.ok:
+        return Action(Kind.PUBLISH, record, gate.status.value, instance, gate) if needs_publish(record, gate) else None
     if record.param_hash is None:
-        return Action(Kind.REQUEST, record, "not requested yet", instance)
-    if record.param_hash != instance.param_hash:
-        return Action(Kind.UPDATE, record, "parameters changed", instance)
+        return Action(Kind.REQUEST, record, "added" if record.last_action is None else "not requested yet", instance, gate)
+    if record.param_hash != gate.forward_hash:
+        return Action(Kind.UPDATE, record, "parameters changed", instance, gate)
     if record.requested_state is not instance.state:
-        return Action(Kind.UPDATE, record, f"state changed to {instance.state.value}", instance)
+        return Action(Kind.UPDATE, record, f"state changed to {instance.state.value}", instance, gate)
     if record.spec_hash != policy.spec_hash:
-        return Action(Kind.UPDATE, record, "technical CDN settings changed", instance)
-    if record.phase is Phase.LIVE:
+        return Action(Kind.UPDATE, record, "technical CDN settings changed", instance, gate)
+    if not record.connection:
+        if record.tech_guid is None:
+            return Action(Kind.REQUEST, record, "no technical entry known", instance, gate)
+        return Action(Kind.POLL, record, "waiting for the technical CDN's answer", instance, gate)
+    if needs_publish(record, gate):
+        return Action(Kind.PUBLISH, record, "new information for the customer", instance, gate)
+    return None
+
+
+def _lost_host(record: Record, ownership: Ownership | None) -> bool:
+    return ownership is not None and any(not ownership.owns(record.guid, h) for h in record.served or ())
+
+
+def _departure(
+    record: Record,
+    explicit: bool,
+    now: float,
+    policy: Policy,
+    ownership: Ownership | None,
+    updates: list[Record],
+    forgets: list[InstanceGuid],
+) -> Action | None:
+    """An instance that just left the master (or was destroyed by its customer)."""
+    owns = ownership is not None and bool(ownership.hosts_of(record.guid))
+    if policy.retention_s > 0 and (has_entry(record) or owns):
+        kept = replace(record, phase=Phase.RETAINED, gone_at=now, last_action="retain", updated_at=now)
+        if explicit and has_entry(record):
+            return Action(Kind.DESTROY, kept, "destroyed by the customer", forget=False)
+        updates.append(kept)
         return None
-    if record.connection and record.published != record.connection:
-        return Action(Kind.PUBLISH, record, "answer not relayed yet", instance)
-    if record.tech_guid is None:
-        return Action(Kind.REQUEST, record, "no technical entry known", instance)
-    return Action(Kind.POLL, record, "waiting for the technical CDN's answer", instance)
+    if has_entry(record):
+        return Action(Kind.DESTROY, record, "removed from the master")
+    forgets.append(record.guid)
+    return None
 
 
-def _destroy_guard(listing: Listing, known: int, gone: int, policy: Policy) -> str | None:
-    """Why destroys must be held this tick, or None when they may go ahead."""
+def _retention(
+    record: Record,
+    explicit: bool,
+    now: float,
+    policy: Policy,
+    ownership: Ownership | None,
+    forgets: list[InstanceGuid],
+) -> Action | None:
+    """An instance already gone: destroyed when its retention ends, or sooner
+    when its customer asks or another entry proved one of its hosts."""
+    gone_at = record.gone_at if record.gone_at is not None else record.updated_at
+    if now >= gone_at + policy.retention_s:
+        if has_entry(record):
+            return Action(Kind.DESTROY, record, "retention period over")
+        forgets.append(record.guid)
+        return None
+    if has_entry(record) and explicit:
+        return Action(Kind.DESTROY, record, "destroyed by the customer", forget=False)
+    if has_entry(record) and _lost_host(record, ownership):
+        return Action(Kind.DESTROY, record, "a host it served was proven by another entry", forget=False)
+    return None
+
+
+def _removal_guard(listing: Listing, known: int, gone: int, policy: Policy) -> str | None:
+    """Why removals must be held this tick, or None when they may go ahead."""
     if gone == 0:
         return None
     if listing.anonymous:
@@ -185,7 +269,7 @@ def _destroy_guard(listing: Listing, known: int, gone: int, policy: Policy) -> s
 
 def held_records(plan_: Plan, now: float) -> Iterable[Record]:
     """Held records, marked REMOVING; unchanged ones already were."""
-    error = f"destroy held: {plan_.hold_reason}"
+    error = f"removal held: {plan_.hold_reason}"
     for record in plan_.held:
         if record.phase is not Phase.REMOVING or record.last_error != error:
             yield replace(

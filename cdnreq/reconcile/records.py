@@ -1,7 +1,8 @@
-"""How a Record changes after each call: pure transitions, no I/O.
+"""How a Record changes after each call, and what the customer is shown.
 
-Kept apart from the executor so the rules (what counts as live, how long to
-back off, what the customer is shown) are tested without a master.
+Pure transitions, kept apart from the executor so the rules (what counts as
+live, how long to back off, what the customer sees) are tested without a
+master.
 """
 
 from __future__ import annotations
@@ -9,9 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import replace
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from cdnreq.model import InstanceAnswer, Phase, Record, SharedInstance
+
+if TYPE_CHECKING:
+    from cdnreq.reconcile.gate import Gate
 
 IN_PROGRESS = {
     "message": (
@@ -21,15 +25,28 @@ IN_PROGRESS = {
 }
 
 
-def publication(connection: Mapping[str, Any] | None) -> dict[str, Any]:
-    """What the customer should see: the CDN's answer, or that it is coming."""
-    return dict(connection) if connection else dict(IN_PROGRESS)
+def compose(connection: Mapping[str, Any] | None, gate: "Gate | None", requested: bool) -> dict[str, Any]:
+    """What the customer should see: the CDN's answer (or that it is coming),
+    plus what the gate has to say (challenge, errors, warnings)."""
+    shown: dict[str, Any] = dict(connection or {})
+    if gate is not None:
+        shown.update(gate.extras)
+    if requested and not connection and "message" not in shown:
+        shown.update(IN_PROGRESS)
+    return shown
+
+
+def needs_publish(record: Record, gate: "Gate") -> bool:
+    requested = record.param_hash is not None or record.tech_guid is not None
+    if compose(record.connection, gate, requested) != record.published:
+        return True
+    return gate.error is not None and gate.error != record.published_error
 
 
 def rejection(reason: str) -> tuple[str, dict[str, Any]]:
     """The customer-facing error for a request the master refused."""
     message = f"The CDN could not accept this entry: {reason}"
-    return message, {"request-error-list": json.dumps([message])}
+    return message, {"request-error-list": json.dumps([message]), "message": message}
 
 
 def backoff_s(guid: str, failures: int, base_s: float, max_s: float) -> float:
@@ -41,16 +58,23 @@ def backoff_s(guid: str, failures: int, base_s: float, max_s: float) -> float:
 
 
 def requested(
-    record: Record, instance: SharedInstance, answer: InstanceAnswer, spec_hash: str, action: str, now: float
+    record: Record,
+    instance: SharedInstance,
+    gate: "Gate",
+    answer: InstanceAnswer,
+    spec_hash: str,
+    action: str,
+    now: float,
 ) -> Record:
     return replace(
         record,
         phase=Phase.REQUESTED,
-        param_hash=instance.param_hash,
+        param_hash=gate.forward_hash,
         requested_state=instance.state,
         spec_hash=spec_hash,
         tech_guid=answer.guid,
         connection=dict(answer.connection_parameters),
+        served=tuple(gate.hosts),
         last_action=action,
         last_error=None,
         failures=0,
@@ -85,26 +109,56 @@ def lost(record: Record, reason: str, now: float) -> Record:
     )
 
 
-def published(record: Record, shown: Mapping[str, Any], now: float) -> Record:
-    live = bool(record.connection) and dict(shown) == dict(record.connection)
+def cleared(record: Record, now: float) -> Record:
+    """The technical entry was destroyed but the instance is kept."""
     return replace(
         record,
-        phase=Phase.LIVE if live else Phase.REQUESTED,
+        phase=Phase.RETAINED if record.phase is Phase.RETAINED else Phase.NEW,
+        param_hash=None,
+        tech_guid=None,
+        connection=None,
+        served=None,
+        last_action="destroy",
+        last_error=None,
+        failures=0,
+        retry_at=None,
+        updated_at=now,
+    )
+
+
+def resumed(record: Record, now: float) -> Record:
+    """Back on the master after a hold or during retention."""
+    if record.param_hash is None and record.tech_guid is None:
+        phase = Phase.NEW
+    elif record.connection:
+        phase = Phase.LIVE
+    else:
+        phase = Phase.REQUESTED
+    return replace(record, phase=phase, gone_at=None, last_action="back", last_error=None, updated_at=now)
+
+
+def published(record: Record, shown: Mapping[str, Any], error: str | None, now: float) -> Record:
+    return replace(
+        record,
+        phase=_phase(record),
         published=dict(shown),
-        published_error=None,
+        published_error=error if error is not None else record.published_error,
         last_action="publish",
         updated_at=now,
     )
 
 
 def settled(record: Record, now: float) -> Record:
-    """Nothing new to publish: the phase follows from what was published."""
-    live = bool(record.connection) and record.published == record.connection
-    return replace(record, phase=Phase.LIVE if live else Phase.REQUESTED, updated_at=now)
+    """Nothing new to publish: the phase follows from the data."""
+    return replace(record, phase=_phase(record), updated_at=now)
 
 
-def rejected_shown(record: Record, message: str, shown: Mapping[str, Any], now: float) -> Record:
-    return replace(record, published=dict(shown), published_error=message, updated_at=now)
+def _phase(record: Record) -> Phase:
+    if record.phase in (Phase.RETAINED, Phase.REMOVING):
+        return record.phase
+    if record.param_hash is None and record.tech_guid is None:
+        return Phase.NEW
+    return Phase.LIVE if record.connection else Phase.REQUESTED
 
 
 def failed(

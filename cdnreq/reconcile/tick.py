@@ -18,9 +18,13 @@ from typing import Any, Callable
 import structlog
 
 from cdnreq.config import Config
+from cdnreq.dns.challenge import load_secret
+from cdnreq.dns.resolver import Resolver
 from cdnreq.master import MasterClient, MasterError
 from cdnreq.model import Event, InstanceGuid, Record
+from cdnreq.reconcile.domains import Domains, DomainStep, Lookups
 from cdnreq.reconcile.execute import Outcome, Settings, execute
+from cdnreq.reconcile.gate import DomainPolicy
 from cdnreq.reconcile.plan import Plan, Policy, held_records, plan, spec_hash
 from cdnreq.store import Store, StoreError
 
@@ -34,6 +38,28 @@ def policy_of(config: Config) -> Policy:
         spec_hash=spec_hash(cdn.software_release_uri, cdn.software_type, cdn.sla),
         allow_empty=config.daemon.allow_empty,
         max_destroy_fraction=config.daemon.max_destroy_fraction,
+        retention_s=config.domain.retention_s,
+    )
+
+
+def domain_policy_of(config: Config) -> DomainPolicy:
+    domain = config.domain
+    return DomainPolicy(
+        label=domain.challenge_label,
+        recheck_interval_s=domain.recheck_interval_s,
+        grace_s=domain.grace_s,
+        release_on_recheck_failure=domain.release_on_recheck_failure,
+        cdn_targets=tuple(domain.cdn_targets),
+    )
+
+
+def resolver_of(config: Config) -> Resolver:
+    dns = config.dns
+    return Resolver(
+        nameservers=dns.nameservers or None,
+        timeout_s=dns.timeout_s,
+        tries=dns.tries,
+        concurrency=dns.concurrency,
     )
 
 
@@ -78,9 +104,12 @@ class TickReport:
 class _Committer:
     """Collects outcomes and writes them in few transactions."""
 
-    def __init__(self, store: Store, known: dict[InstanceGuid, Record], batch: int, every_s: float):
+    def __init__(
+        self, store: Store, known: dict[InstanceGuid, Record], domains: Domains, batch: int, every_s: float
+    ):
         self.store = store
         self.known = known
+        self.domains = domains
         self.batch = batch
         self.every_s = every_s
         self.outcomes: list[Outcome] = []
@@ -108,6 +137,7 @@ class _Committer:
             for outcome in outcomes:
                 if outcome.record is None:
                     self.known.pop(outcome.action.guid, None)
+                    self.domains.forget(outcome.action.guid)
                 else:
                     self.known[outcome.action.guid] = outcome.record
 
@@ -127,8 +157,8 @@ def _log_transition(outcome: Outcome) -> None:
 
 
 class Reconciler:
-    """What lives between ticks: the configuration, the master, the store and
-    the in-memory copy of the store's records."""
+    """What lives between ticks: the configuration, the master, the store,
+    the resolver, and the in-memory copy of the store's state."""
 
     def __init__(
         self,
@@ -136,6 +166,7 @@ class Reconciler:
         config: Config,
         store: Store,
         master: MasterClient,
+        resolver: Lookups | None = None,
         clock: Callable[[], float] = time.time,
         batch: int = 500,
         flush_every_s: float = 1.0,
@@ -143,10 +174,24 @@ class Reconciler:
         self.config = config
         self.store = store
         self.master = master
+        self.resolver = resolver or resolver_of(config)
         self.clock = clock
         self.batch = batch
         self.flush_every_s = flush_every_s
         self.known: dict[InstanceGuid, Record] | None = None
+        self.domains: Domains | None = None
+
+    async def load(self) -> None:
+        """Read the store (and the domain secret) into memory."""
+        secret = load_secret(self.config.secret_path())
+        self.known = await self.store.load()
+        self.domains = Domains(
+            policy=domain_policy_of(self.config),
+            secret=secret,
+            resolver=self.resolver,
+            hosts=(await self.store.load_hosts()).values(),
+            challenges=await self.store.load_challenges(),
+        )
 
     async def tick(self, stop: asyncio.Event | None = None) -> TickReport:
         started = self.clock()
@@ -187,15 +232,25 @@ class Reconciler:
         )
 
     async def _run(self, report: TickReport, stop: asyncio.Event | None) -> None:
-        if self.known is None:
-            self.known = await self.store.load()
+        if self.known is None or self.domains is None:
+            await self.load()
+        assert self.known is not None and self.domains is not None
+        self.domains.policy = domain_policy_of(self.config)
         listing = await self.master.list_hosted(self.config.master.instance_guid)
         now = self.clock()
-        the_plan = plan(listing, self.known, now, policy_of(self.config))
-        report.planned = dict(the_plan.counts)
+        step = await self.domains.step(listing.instances, self.known, now, report.id)
+        the_plan = plan(
+            listing,
+            self.known,
+            now,
+            policy_of(self.config),
+            gates=step.gates,
+            ownership=self.domains.index,
+        )
+        report.planned = {**the_plan.counts, **step.counts}
         report.hold_reason = the_plan.hold_reason
-        await self._reserve(the_plan, now, report.id)
-        committer = _Committer(self.store, self.known, self.batch, self.flush_every_s)
+        await self._reserve(the_plan, step, now, report.id)
+        committer = _Committer(self.store, self.known, self.domains, self.batch, self.flush_every_s)
         try:
             await execute(
                 the_plan.actions,
@@ -211,17 +266,29 @@ class Reconciler:
             await committer.flush()
             report.results = dict(committer.results)
 
-    async def _reserve(self, the_plan: Plan, now: float, tick: int) -> None:
-        """Store new titles and held destroys before any call is made, so a
-        crash can never request one instance under two titles."""
-        assert self.known is not None
+    async def _reserve(self, the_plan: Plan, step: DomainStep, now: float, tick: int) -> None:
+        """Store what was decided before any call is made: new titles (so a
+        crash never requests one instance under two titles), held removals,
+        retention, proven hosts and issued challenges."""
+        assert self.known is not None and self.domains is not None
         held = list(held_records(the_plan, now))
         if the_plan.hold_reason is not None:
-            log.error("destroys held", count=len(the_plan.held), reason=the_plan.hold_reason)
-        upserts = [*the_plan.reserved, *held]
-        if not upserts:
+            log.error("removals held", count=len(the_plan.held), reason=the_plan.hold_reason)
+        upserts = [*the_plan.updates, *held]
+        events = [*step.events, *(Event(r.guid, "hold", "held", now, r.last_error, tick) for r in held)]
+        events += [Event(g, "forget", "ok", now, "gone, without a technical entry", tick) for g in the_plan.forgets]
+        if not (upserts or the_plan.forgets or events or step.host_upserts or step.host_deletes or step.challenges):
             return
-        events = [Event(r.guid, "hold", "held", now, r.last_error, tick) for r in held]
-        await self.store.commit(upserts=upserts, events=events)
+        await self.store.commit(
+            upserts=upserts,
+            forgets=the_plan.forgets,
+            events=events,
+            host_upserts=step.host_upserts.values(),
+            host_deletes=step.host_deletes,
+            challenge_upserts=step.challenges,
+        )
         for record in upserts:
             self.known[record.guid] = record
+        for guid in the_plan.forgets:
+            self.known.pop(guid, None)
+            self.domains.forget(guid)

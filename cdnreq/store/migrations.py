@@ -67,6 +67,31 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         );
         """,
     ),
+    (
+        2,
+        "served hosts and retention on instances; host claims; DNS challenges",
+        """
+        ALTER TABLE instances ADD COLUMN served TEXT;
+        ALTER TABLE instances ADD COLUMN gone_at REAL;
+        CREATE TABLE hosts (
+            host TEXT PRIMARY KEY,
+            guid TEXT NOT NULL,
+            registrable TEXT NOT NULL,
+            proven_at REAL NOT NULL,
+            checked_at REAL NOT NULL,
+            failing_since REAL
+        );
+        CREATE INDEX hosts_guid ON hosts (guid);
+        CREATE INDEX hosts_registrable ON hosts (registrable);
+        CREATE TABLE challenges (
+            guid TEXT PRIMARY KEY,
+            domain TEXT NOT NULL,
+            salt TEXT NOT NULL,
+            token TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+        """,
+    ),
 )
 
 LATEST: Final[int] = MIGRATIONS[-1][0]

@@ -1,0 +1,56 @@
+"""Challenge tokens: what a customer publishes in DNS to prove a domain.
+
+A token is an HMAC of the instance_guid, the custom_domain and a random salt,
+keyed by a secret only cdnreq knows: it cannot be guessed from public data,
+one instance's token proves nothing for another, and a changed custom_domain
+gets a new one. Tokens are stored, so they stay stable across ticks and
+restarts.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from cdnreq.model import Challenge, InstanceGuid
+
+SECRET_BYTES = 32
+
+
+class SecretError(Exception):
+    """The domain secret file cannot be read or created."""
+
+
+def load_secret(path: Path) -> bytes:
+    """Read the secret, creating it (mode 0600) on first use."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    except OSError as error:
+        raise SecretError(f"cannot create the domain secret {path}: {error.strerror}") from None
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(SECRET_BYTES) + "\n")
+    try:
+        secret = path.read_bytes().strip()
+    except OSError as error:
+        raise SecretError(f"cannot read the domain secret {path}: {error.strerror}") from None
+    if len(secret) < 16:
+        raise SecretError(f"the domain secret {path} is too short (at least 16 bytes)")
+    return secret
+
+
+def token(secret: bytes, guid: str, domain: str, salt: str) -> str:
+    message = "\n".join((guid, domain, salt)).encode("utf-8", "surrogatepass")
+    digest = hmac.new(secret, message, hashlib.sha256).digest()
+    return "cdnreq-" + base64.b32encode(digest[:20]).decode("ascii").lower()
+
+
+def issue(secret: bytes, guid: InstanceGuid, domain: str, now: float) -> Challenge:
+    salt = secrets.token_hex(16)
+    return Challenge(guid, domain, salt, token(secret, guid, domain, salt), now)

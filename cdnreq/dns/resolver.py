@@ -1,0 +1,411 @@
+"""Batched, concurrent DNS lookups with aiodns (c-ares).
+
+:meth:`Resolver.txt_many` resolves the TXT records of many names together,
+at most ``concurrency`` lookups in flight, and classifies each name as a
+:class:`Lookup`: ``"found"`` (TXT values), ``"absent"`` (NXDOMAIN or no TXT
+record: NODATA) or ``"unknown"`` (the DNS did not say: timeout, SERVFAIL,
+REFUSED, no server reachable, a CNAME loop or a chain too long, ...).
+Only "found" and "absent" are answers; "unknown" must be asked again later.
+
+Notes on c-ares 1.34 (pycares 5, aiodns 4) that shape this module:
+
+* Name servers are given to c-ares as ``ip:port`` / ``[v6]:port`` strings
+  (``ares_set_servers_csv``); :func:`parse_nameserver` validates and
+  normalises them.
+* c-ares retries by itself (``tries``) and falls back to TCP when a UDP
+  answer is truncated. Its per-try timeout is adaptive: ``timeout_s`` is only
+  the initial value; once it has measured a server, it uses five times the
+  average latency, at least 250 ms, doubled on each retry. Against a fast
+  server a silent name then gives up after ~0.5 s instead of ``timeout_s *
+  tries`` (a slow recursion would be called a timeout too early), and against
+  a slow one it may wait far longer. So each question gets exactly
+  ``timeout_s * tries``: asked again if c-ares gives up earlier, given up
+  (``"timeout"``) when that time is spent. A lookup as a whole (all its CNAME
+  hops) is also bounded by ``timeout_s * tries * 2 + 1``.
+* For a TXT question on an alias, the answer holds the CNAME records and, if
+  the server knows them, the target's TXT records (``DNSResult.answer`` in
+  order, owners without trailing dot). If the target's records are missing
+  (the target lives elsewhere), the answer holds only the CNAME with NOERROR:
+  this module then asks the target itself, up to 8 hops, and calls a loop or
+  a longer chain "unknown".
+* c-ares reports NXDOMAIN as ARES_ENOTFOUND and NOERROR-without-answer as
+  ARES_ENODATA.
+* c-ares caches answers for their TTL (at most an hour, negative answers
+  only with an SOA) for the life of a :class:`Resolver`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from types import TracebackType
+
+import aiodns
+import idna
+import pycares
+from aiodns.error import DNSError
+
+__all__ = ["Lookup", "Resolver", "MAX_CNAME_HOPS", "parse_nameserver"]
+
+_log = logging.getLogger(__name__)
+
+MAX_CNAME_HOPS = 8
+
+FOUND, ABSENT, UNKNOWN = "found", "absent", "unknown"
+
+_E = pycares.errno
+_DETAILS = {
+    _E.ARES_ENOTFOUND: "NXDOMAIN",
+    _E.ARES_ENODATA: "NODATA",
+    _E.ARES_ETIMEOUT: "timeout",
+    _E.ARES_ESERVFAIL: "SERVFAIL",
+    _E.ARES_EREFUSED: "REFUSED",
+    _E.ARES_ENOTIMP: "NOTIMP",
+    _E.ARES_EFORMERR: "FORMERR",
+    _E.ARES_ECONNREFUSED: "connection refused",
+    _E.ARES_EBADNAME: "bad name",
+    _E.ARES_EBADRESP: "bad response",
+    _E.ARES_ECANCELLED: "cancelled",
+    _E.ARES_EDESTRUCTION: "cancelled",
+}
+_ABSENT_CODES = frozenset({_E.ARES_ENOTFOUND, _E.ARES_ENODATA})
+
+_QTYPES = {
+    "TXT": pycares.QUERY_TYPE_TXT,
+    "A": pycares.QUERY_TYPE_A,
+    "AAAA": pycares.QUERY_TYPE_AAAA,
+}
+_CNAME = pycares.QUERY_TYPE_CNAME
+
+# Ask again after a c-ares timeout only if at least this much of the budget is left.
+_REASK_MIN_S = 0.05
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What the DNS said about one name.
+
+    outcome: ``"found"`` (values: one string per TXT record, its
+    character-strings joined, UTF-8 with replacement; for
+    :meth:`Resolver.addresses`, the addresses and the CNAME targets),
+    ``"absent"`` (NXDOMAIN or NODATA) or ``"unknown"`` (detail says why).
+    """
+
+    name: str
+    outcome: str  # "found" | "absent" | "unknown"
+    values: tuple[str, ...] = ()
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class _Chain:
+    """One question followed through CNAMEs."""
+
+    outcome: str
+    records: tuple = ()
+    aliases: tuple[str, ...] = ()  # the CNAME targets followed, in order
+    detail: str = ""
+    seconds: float = 0.0  # from getting a slot to the end
+
+
+class _Failure(Exception):
+    def __init__(self, outcome: str, detail: str) -> None:
+        super().__init__(detail)
+        self.outcome, self.detail = outcome, detail
+
+
+def parse_nameserver(value: str) -> str:
+    """``ip``, ``ip:port`` or ``[v6]:port`` -> c-ares' ``ip:port`` / ``[v6]:port``.
+
+    Raises ValueError naming the value. Host names are refused: resolving
+    them would need a resolver.
+    """
+    if not isinstance(value, str):
+        raise ValueError(f"bad nameserver {value!r}: not a string")
+    text = value.strip()
+    port_text = "53"
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad nameserver {value!r}: expected ip, ip:port or [v6]:port")
+        if rest:
+            port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host = text
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"bad nameserver {value!r}: {host!r} is not an IP address") from None
+    if text.startswith("[") and ip.version != 6:
+        raise ValueError(f"bad nameserver {value!r}: brackets are for IPv6 addresses")
+    if not (port_text.isascii() and port_text.isdigit() and 0 < int(port_text) < 65536):
+        raise ValueError(f"bad nameserver {value!r}: bad port {port_text!r}")
+    port = int(port_text)
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def _key(name: str) -> str:
+    """The form names are compared in: lower case, no trailing dot."""
+    return name.strip().rstrip(".").lower()
+
+
+def _ascii(name: str) -> str:
+    """The name as asked on the wire (IDNA for non-ASCII labels); _Failure if unusable."""
+    key = _key(name)
+    if not key or ".." in key:
+        raise _Failure(UNKNOWN, "bad name")
+    if key.isascii():
+        return key
+    try:
+        return idna.encode(key, uts46=True).decode("ascii").lower()
+    except idna.IDNAError:
+        raise _Failure(UNKNOWN, "bad name") from None
+
+
+def _walk(answer: list, start: str, qtype: int, aliases: list[str], first: str):
+    """Follow CNAMEs inside one answer from start.
+
+    Returns (name reached, its records of qtype). Appends the targets followed
+    to aliases; raises _Failure on a loop or a chain longer than MAX_CNAME_HOPS.
+    """
+    cnames: dict[str, str] = {}
+    records: dict[str, list] = {}
+    for rr in answer:
+        owner = _key(rr.name)
+        if rr.type == qtype:
+            records.setdefault(owner, []).append(rr)
+        elif rr.type == _CNAME:
+            cnames.setdefault(owner, _key(rr.data.cname))
+    current = start
+    while not records.get(current) and current in cnames:
+        target = cnames[current]
+        if target == first or target in aliases:
+            raise _Failure(UNKNOWN, "CNAME loop")
+        aliases.append(target)
+        if len(aliases) > MAX_CNAME_HOPS:
+            raise _Failure(UNKNOWN, "CNAME chain too long")
+        current = target
+    return current, records.get(current, [])
+
+
+class Resolver:
+    """Concurrent TXT and address lookups; see the module docstring.
+
+    nameservers: ``ip``, ``ip:port`` or ``[v6]:port`` strings; None (or empty)
+    uses the system resolver. timeout_s: c-ares' initial per-try timeout, and
+    ``timeout_s * tries`` the time after which a silent name is a timeout.
+    concurrency: questions in flight at most. observer(outcome, seconds) is
+    called once per lookup.
+
+    The c-ares channel is made on first use and bound to that event loop.
+    """
+
+    def __init__(
+        self,
+        *,
+        nameservers: Sequence[str] | None = None,
+        timeout_s: float = 2.0,
+        tries: int = 2,
+        concurrency: int = 256,
+        observer: Callable[[str, float], None] | None = None,
+    ) -> None:
+        if isinstance(nameservers, str):
+            raise ValueError(f"nameservers must be a list of strings, not the string {nameservers!r}")
+        if not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < float("inf")):
+            raise ValueError(f"bad timeout_s {timeout_s!r}")
+        if not (isinstance(tries, int) and tries >= 1):
+            raise ValueError(f"bad tries {tries!r}")
+        if not (isinstance(concurrency, int) and concurrency >= 1):
+            raise ValueError(f"bad concurrency {concurrency!r}")
+        self.nameservers: tuple[str, ...] | None = (
+            tuple(parse_nameserver(s) for s in nameservers) if nameservers else None
+        )
+        self.timeout_s = float(timeout_s)
+        self.tries = tries
+        self.concurrency = concurrency
+        self.observer = observer
+        # A silent name is a timeout after this much; past the deadline a
+        # lookup is given up whatever c-ares does (a safety net).
+        self._budget_s = self.timeout_s * tries
+        self._deadline_s = self._budget_s * 2 + 1
+        self._slots = asyncio.Semaphore(concurrency)
+        self._dns: aiodns.DNSResolver | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self.in_flight = 0
+        self.peak_in_flight = 0
+
+    # -- life cycle ---------------------------------------------------------
+
+    def _channel(self) -> aiodns.DNSResolver:
+        if self._closed:
+            raise RuntimeError("Resolver is closed")
+        loop = asyncio.get_running_loop()
+        if self._dns is None:
+            self._dns = aiodns.DNSResolver(
+                nameservers=list(self.nameservers) if self.nameservers else None,
+                loop=loop,
+                timeout=self.timeout_s,
+                tries=self.tries,
+            )
+            self._loop = loop
+        elif loop is not self._loop:
+            raise RuntimeError("Resolver used from another event loop than the one it started in")
+        return self._dns
+
+    async def close(self) -> None:
+        """Cancel pending queries and release the c-ares channel (idempotent)."""
+        self._closed = True
+        dns, self._dns = self._dns, None
+        if dns is not None:
+            await dns.close()
+
+    async def __aenter__(self) -> Resolver:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    # -- public lookups -----------------------------------------------------
+
+    async def txt_many(self, names: Iterable[str]) -> dict[str, Lookup]:
+        """TXT lookups of all names, concurrently; keyed by the names as given.
+
+        Names equal but for case or a trailing dot are looked up once.
+        """
+        given = list(names)
+        for name in given:
+            if not isinstance(name, str):
+                raise TypeError(f"a DNS name must be a str, not {type(name).__name__}: {name!r}")
+        self._channel()
+        firsts: dict[str, str] = {}
+        for name in given:
+            firsts.setdefault(_key(name), name)
+        keys = list(firsts)
+        done = await asyncio.gather(*(self._txt(firsts[k]) for k in keys))
+        by_key = dict(zip(keys, done))
+        return {name: replace(by_key[_key(name)], name=name) for name in given}
+
+    async def txt(self, name: str) -> Lookup:
+        """TXT lookup of one name."""
+        return (await self.txt_many([name]))[name]
+
+    async def addresses(self, name: str) -> Lookup:
+        """A and AAAA of name, following CNAMEs.
+
+        values: the IPv4 addresses, the IPv6 addresses, then the CNAME targets
+        followed. "found" if any of these exists (an alias whose target has no
+        address is found, with the target only); "unknown" if either question
+        got no answer.
+        """
+        if not isinstance(name, str):
+            raise TypeError(f"a DNS name must be a str, not {type(name).__name__}: {name!r}")
+        self._channel()
+        v4, v6 = await asyncio.gather(self._chain(name, "A"), self._chain(name, "AAAA"))
+        unknown = [f"{kind} {c.detail}" for kind, c in (("A", v4), ("AAAA", v6)) if c.outcome == UNKNOWN]
+        if unknown:
+            result = Lookup(name, UNKNOWN, (), "; ".join(unknown))
+        else:
+            values: list[str] = []
+            for item in [r.data.addr for r in v4.records] + [r.data.addr for r in v6.records] + [
+                *v4.aliases, *v6.aliases
+            ]:
+                if item not in values:
+                    values.append(item)
+            if values:
+                result = Lookup(name, FOUND, tuple(values), _via(v4.aliases or v6.aliases))
+            else:
+                detail = "NXDOMAIN" if v4.detail == v6.detail == "NXDOMAIN" else "NODATA"
+                result = Lookup(name, ABSENT, (), detail)
+        self._observe(result.outcome, max(v4.seconds, v6.seconds))
+        return result
+
+    # -- internals ------------------------------------------------------------
+
+    async def _txt(self, name: str) -> Lookup:
+        chain = await self._chain(name, "TXT")
+        if chain.outcome == FOUND:
+            values = tuple(r.data.data.decode("utf-8", "replace") for r in chain.records)
+            result = Lookup(name, FOUND, values, _via(chain.aliases))
+        else:
+            result = Lookup(name, chain.outcome, (), chain.detail)
+        self._observe(result.outcome, chain.seconds)
+        return result
+
+    def _observe(self, outcome: str, seconds: float) -> None:
+        if self.observer is None:
+            return
+        try:
+            self.observer(outcome, seconds)
+        except Exception:  # a metrics hook must not break lookups
+            _log.exception("DNS lookup observer failed")
+
+    async def _chain(self, name: str, qtype_name: str) -> _Chain:
+        """One question, CNAMEs followed, in one slot, under the safety-net deadline."""
+        aliases: list[str] = []
+        async with self._slots:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(self._deadline_s):
+                    chain = await self._follow(name, _QTYPES[qtype_name], qtype_name, aliases)
+            except _Failure as failure:
+                chain = _Chain(failure.outcome, (), tuple(aliases), failure.detail)
+            except TimeoutError:
+                chain = _Chain(UNKNOWN, (), tuple(aliases), "timeout")
+            except Exception as error:  # never let one name sink the batch
+                _log.exception("DNS lookup of %s %s failed", name, qtype_name)
+                chain = _Chain(UNKNOWN, (), tuple(aliases), f"error: {error!r}")
+            finally:
+                self.in_flight -= 1
+        return replace(chain, seconds=time.monotonic() - started)
+
+    async def _follow(self, name: str, qtype: int, qtype_name: str, aliases: list[str]) -> _Chain:
+        first = current = _ascii(name)
+        for _ in range(MAX_CNAME_HOPS + 1):
+            answer = await self._ask(current, qtype_name)
+            reached, records = _walk(answer, current, qtype, aliases, first)
+            if records:
+                return _Chain(FOUND, tuple(records), tuple(aliases))
+            if reached == current:
+                return _Chain(ABSENT, (), tuple(aliases), "NODATA")
+            current = reached  # an alias whose target's records were not given: ask the target
+        raise _Failure(UNKNOWN, "CNAME chain too long")
+
+    async def _ask(self, name: str, qtype_name: str) -> list:
+        """One question, given timeout_s * tries in all.
+
+        c-ares tries ``tries`` times with its own (adaptive) timeouts; if it
+        gives up before the budget is spent the question is asked again, and
+        whatever is still pending when the budget is spent is a timeout.
+        """
+        dns = self._channel()
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self._budget_s
+        while True:
+            try:
+                async with asyncio.timeout_at(give_up):
+                    result = await dns.query_dns(name, qtype_name)
+            except TimeoutError:
+                raise _Failure(UNKNOWN, "timeout") from None
+            except DNSError as error:
+                code = error.args[0] if error.args else None
+                if code == _E.ARES_ETIMEOUT and give_up - loop.time() > _REASK_MIN_S:
+                    continue
+                if code in _ABSENT_CODES:
+                    raise _Failure(ABSENT, _DETAILS[code]) from None
+                detail = _DETAILS.get(code) or (error.args[1] if len(error.args) > 1 else repr(error))
+                raise _Failure(UNKNOWN, detail) from None
+            return result.answer
+
+
+def _via(aliases: Sequence[str]) -> str:
+    return "via CNAME " + " -> ".join(aliases) if aliases else ""

@@ -1,0 +1,241 @@
+"""The gate between a customer's instance and the technical CDN.
+
+An instance passes only when its parameters are valid and every host it
+names (custom_domain and aliases) is proven by DNS to be its own. A host
+belongs to the first instance to prove it; a later claimant is refused while
+the owner is on the master, and may take the host over by DNS proof while the
+owner is retained (gone from the master). Pure: the DNS answers and the
+tokens come in as data, the decisions go out as data.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping
+
+from cdnreq.dns.resolver import Lookup
+from cdnreq.model import Challenge, HostClaim, InstanceGuid, SharedInstance
+from cdnreq.validate.hosts import overlaps, proof_names
+from cdnreq.validate.verdict import Verdict
+
+
+class Status(str, enum.Enum):
+    OK = "ok"  # may be requested on the technical CDN
+    INVALID = "invalid"  # parameters refused, or a host belongs to someone else
+    PENDING = "pending"  # waiting for DNS proof of some hosts
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    status: Status
+    forward: Mapping[str, Any] | None = None  # what to request, when OK
+    forward_hash: str | None = None
+    hosts: tuple[str, ...] = ()
+    extras: Mapping[str, str] = field(default_factory=dict)  # shown to the customer
+    error: str | None = None  # for software_instance_error
+    pending: tuple[str, ...] = ()
+
+    @classmethod
+    def accept(cls, instance: SharedInstance) -> "Gate":
+        """No validation: forward the parameters as they are."""
+        return cls(Status.OK, instance.parameters, instance.param_hash)
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK
+
+
+@dataclass(frozen=True, slots=True)
+class DomainPolicy:
+    label: str = "_slapos-challenge"
+    recheck_interval_s: float = 86400.0
+    grace_s: float = 7 * 86400.0
+    release_on_recheck_failure: bool = False
+    cdn_targets: tuple[str, ...] = ()
+
+
+class HostIndex:
+    """Who owns which host; conflicts can only arise within a registrable domain."""
+
+    def __init__(self, claims: Iterable[HostClaim] = ()):
+        self.by_host: dict[str, HostClaim] = {}
+        self.by_guid: dict[str, set[str]] = defaultdict(set)
+        self.by_domain: dict[str, set[str]] = defaultdict(set)
+        for claim in claims:
+            self.put(claim)
+
+    def put(self, claim: HostClaim) -> None:
+        self.drop(claim.host)
+        self.by_host[claim.host] = claim
+        self.by_guid[claim.guid].add(claim.host)
+        self.by_domain[claim.registrable].add(claim.host)
+
+    def drop(self, host: str) -> None:
+        old = self.by_host.pop(host, None)
+        if old is not None:
+            self.by_guid[old.guid].discard(host)
+            self.by_domain[old.registrable].discard(host)
+
+    def drop_guid(self, guid: str) -> None:
+        for host in list(self.by_guid.pop(guid, ())):
+            self.drop(host)
+
+    def hosts_of(self, guid: str) -> set[str]:
+        return self.by_guid.get(guid, set())
+
+    def owns(self, guid: str, host: str) -> bool:
+        claim = self.by_host.get(host)
+        return claim is not None and claim.guid == guid
+
+    def rivals(self, host: str, registrable: str, guid: str) -> list[HostClaim]:
+        """Claims of other instances on this host or overlapping it (wildcards)."""
+        return [
+            self.by_host[h]
+            for h in self.by_domain.get(registrable, ())
+            if self.by_host[h].guid != guid and overlaps(h, host)
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """What the gate decided about hosts this tick."""
+
+    upserts: tuple[HostClaim, ...] = ()
+    deletes: tuple[str, ...] = ()
+    taken_from: tuple[InstanceGuid, ...] = ()  # retained instances that lost a host
+
+
+def wanted_names(
+    verdict: Verdict, guid: str, index: HostIndex, active: set[str], policy: DomainPolicy
+) -> list[str]:
+    """The DNS names to look up for an instance's unproven hosts."""
+    if not verdict.ok or not verdict.registrable:
+        return []
+    names: list[str] = []
+    for host in verdict.hosts:
+        if index.owns(guid, host):
+            continue
+        if any(r.guid in active for r in index.rivals(host, verdict.registrable, guid)):
+            return []  # refused anyway: no need to ask DNS
+        names.extend(f"{policy.label}.{n}" for n in proof_names(host, verdict.registrable))
+    return names
+
+
+def decide(
+    instance: SharedInstance,
+    verdict: Verdict,
+    *,
+    index: HostIndex,
+    active: set[str],
+    challenge: Challenge | None,
+    lookups: Mapping[str, Lookup],
+    policy: DomainPolicy,
+    now: float,
+) -> tuple[Gate, Claims]:
+    """The gate for one instance; claims are applied to `index` at once, so a
+    later instance of the same tick sees them."""
+    guid = instance.guid
+    if not verdict.ok:
+        return _invalid(verdict, verdict.errors), Claims()
+    if not verdict.hosts:
+        return _ok(verdict, (), None, policy, index), Claims()
+    assert verdict.registrable is not None and verdict.custom_domain is not None
+    taken = [h for h in verdict.hosts if any(r.guid in active for r in index.rivals(h, verdict.registrable, guid))]
+    if taken:
+        errors = tuple(
+            f"{_field(verdict, h)}: {json.dumps(h)} is already used by another CDN entry" for h in taken
+        )
+        return _invalid(verdict, verdict.errors + errors), Claims()
+    unproven = [h for h in verdict.hosts if not index.owns(guid, h)]
+    if not unproven:
+        return _ok(verdict, verdict.hosts, challenge, policy, index), Claims()
+    assert challenge is not None and challenge.domain == verdict.custom_domain
+    still = [h for h in unproven if not _proven(h, verdict.registrable, challenge.token, lookups, policy)]
+    if still:
+        return _pending(verdict, still, challenge, policy), Claims()
+    upserts: list[HostClaim] = []
+    deletes: list[str] = []
+    taken_from: set[InstanceGuid] = set()
+    for host in unproven:
+        for rival in index.rivals(host, verdict.registrable, guid):
+            taken_from.add(rival.guid)  # a retained owner: active ones refused above
+            index.drop(rival.host)
+            if rival.host not in unproven:
+                deletes.append(rival.host)
+        claim = HostClaim(host, guid, verdict.registrable, now, now)
+        index.put(claim)
+        upserts.append(claim)
+    gate = _ok(verdict, verdict.hosts, challenge, policy, index)
+    return gate, Claims(tuple(upserts), tuple(deletes), tuple(sorted(taken_from)))
+
+
+def _proven(host: str, registrable: str, token: str, lookups: Mapping[str, Lookup], policy: DomainPolicy) -> bool:
+    for name in proof_names(host, registrable):
+        lookup = lookups.get(f"{policy.label}.{name}")
+        if lookup is not None and lookup.outcome == "found" and token in lookup.values:
+            return True
+    return False
+
+
+def _field(verdict: Verdict, host: str) -> str:
+    return "custom_domain" if host == verdict.custom_domain else "server-alias"
+
+
+def _warnings(verdict: Verdict, hosts: Iterable[str], index: HostIndex, policy: DomainPolicy) -> list[str]:
+    warnings = list(verdict.warnings)
+    for host in hosts:
+        claim = index.by_host.get(host)
+        if claim is not None and claim.failing_since is not None:
+            since = datetime.fromtimestamp(claim.failing_since, timezone.utc).date().isoformat()
+            warnings.append(
+                f"{json.dumps(host)}: the DNS proof of ownership is missing since {since};"
+                + (
+                    " the host will be released after the grace period unless it is restored"
+                    if policy.release_on_recheck_failure
+                    else " please restore it"
+                )
+            )
+    return warnings
+
+
+def _base_extras(verdict: Verdict, challenge: Challenge | None, policy: DomainPolicy, warnings: list[str]) -> dict[str, str]:
+    extras: dict[str, str] = {}
+    if challenge is not None and verdict.custom_domain:
+        extras["txt_record"] = f"{policy.label}.{verdict.custom_domain}"
+        extras["txt_value"] = challenge.token
+    if warnings:
+        extras["warning-list"] = json.dumps(warnings)
+    return extras
+
+
+def _ok(verdict: Verdict, hosts: tuple[str, ...], challenge: Challenge | None, policy: DomainPolicy, index: HostIndex) -> Gate:
+    extras = _base_extras(verdict, challenge, policy, _warnings(verdict, hosts, index, policy))
+    return Gate(Status.OK, verdict.forward, verdict.forward_hash, tuple(hosts), extras)
+
+
+def _invalid(verdict: Verdict, errors: tuple[str, ...]) -> Gate:
+    message = "The CDN could not accept this entry: " + "; ".join(errors)
+    extras = {"request-error-list": json.dumps(list(errors)), "message": message}
+    if verdict.warnings:
+        extras["warning-list"] = json.dumps(list(verdict.warnings))
+    return Gate(Status.INVALID, extras=extras, error=message, hosts=verdict.hosts)
+
+
+def _pending(verdict: Verdict, still: list[str], challenge: Challenge, policy: DomainPolicy) -> Gate:
+    extras = _base_extras(verdict, challenge, policy, list(verdict.warnings))
+    ways = "; ".join(
+        f"{policy.label}.{h.removeprefix('*.')}" for h in still
+    )
+    assert verdict.registrable is not None
+    extras["message"] = (
+        f"To prove that you own {', '.join(still)}, add a DNS TXT record with the value"
+        f" {challenge.token} at {ways}, or once at {policy.label}.{verdict.registrable}"
+        f" to prove every host under {verdict.registrable}. This entry is requested on"
+        " the CDN once every host is proven."
+    )
+    extras["pending-host-list"] = json.dumps(still)
+    return Gate(Status.PENDING, extras=extras, hosts=verdict.hosts, pending=tuple(still))

@@ -1,0 +1,72 @@
+"""Re-checking proven hosts, long after they were proven.
+
+Many customers delete the TXT record once validated, so a failing re-check
+only warns (the warning is published) until it has failed for the grace
+period; then the host is released only when the operator chose so. A DNS
+failure (timeout, SERVFAIL) is no answer at all and changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Iterable, Mapping
+
+from cdnreq.dns.resolver import Lookup
+from cdnreq.model import Challenge, HostClaim
+from cdnreq.reconcile.gate import DomainPolicy
+from cdnreq.validate.hosts import proof_names
+
+FAILING_RECHECK_S = 3600.0  # a failing host is looked at again this often
+
+
+def due(claims: Iterable[HostClaim], active: set[str], now: float, policy: DomainPolicy) -> list[HostClaim]:
+    return [c for c in claims if c.guid in active and c.checked_at + policy.recheck_interval_s <= now]
+
+
+def by_address(claim: HostClaim, policy: DomainPolicy) -> bool:
+    """Checked by where the host points when CDN targets are configured
+    (a wildcard has no name of its own to resolve: its challenge is used)."""
+    return bool(policy.cdn_targets) and not claim.host.startswith("*.")
+
+
+def names(claim: HostClaim, policy: DomainPolicy) -> list[str]:
+    """The TXT names whose token proves the claim (when not checked by address)."""
+    return [f"{policy.label}.{n}" for n in proof_names(claim.host, claim.registrable)]
+
+
+def verdict(
+    claim: HostClaim,
+    challenge: Challenge | None,
+    txt: Mapping[str, Lookup],
+    address: Lookup | None,
+    policy: DomainPolicy,
+) -> str:
+    """"ok", "failing" or "unknown" for one claim."""
+    if by_address(claim, policy):
+        if address is None or address.outcome == "unknown":
+            return "unknown"
+        targets = {t.lower().rstrip(".") for t in policy.cdn_targets}
+        found = {v.lower().rstrip(".") for v in address.values}
+        return "ok" if found & targets else "failing"
+    if challenge is None:
+        return "unknown"
+    outcomes = [txt.get(n) for n in names(claim, policy)]
+    if any(o is not None and o.outcome == "found" and challenge.token in o.values for o in outcomes):
+        return "ok"
+    if any(o is None or o.outcome == "unknown" for o in outcomes):
+        return "unknown"
+    return "failing"
+
+
+def apply(claim: HostClaim, result: str, now: float, policy: DomainPolicy) -> HostClaim | None:
+    """The claim after a re-check; None when it is released."""
+    if result == "ok":
+        return replace(claim, checked_at=now, failing_since=None)
+    if result == "unknown":
+        return claim
+    since = claim.failing_since if claim.failing_since is not None else now
+    if policy.release_on_recheck_failure and now - since >= policy.grace_s:
+        return None
+    # look again in an hour rather than a day: a restored record clears soon
+    next_check = now - policy.recheck_interval_s + min(policy.recheck_interval_s, FAILING_RECHECK_S)
+    return replace(claim, checked_at=next_check, failing_since=since)

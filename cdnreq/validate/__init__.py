@@ -1,0 +1,1 @@
+"""Checks on shared-instance parameters that a JSON Schema cannot express."""

@@ -1,0 +1,266 @@
+"""Shared-instance parameters against ``schemas/shared-instance.schema.json``.
+
+:func:`schema_problems` runs the project's JSON Schema and turns what it finds
+into messages meant for the customer: one per parameter at most, each naming
+the parameter and showing the offending value (JSON, escaped, at most 60
+characters), in our own stable wording rather than jsonschema's. The schema
+lets integer settings arrive as strings of digits; their range is checked
+here. Unknown parameters are warnings, not errors.
+
+Pure: no I/O after import, never raises on any JSON value.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from importlib.resources import files
+from typing import Any
+
+from jsonschema import Draft202012Validator, ValidationError
+
+__all__ = ["KNOWN_PARAMETERS", "PATTERN_PROBLEMS", "SCHEMA", "schema_problems"]
+
+#: The shared-instance schema, loaded once. Treat as read-only.
+SCHEMA: dict[str, Any] = json.loads(
+    (files("cdnreq") / "schemas" / "shared-instance.schema.json").read_text(encoding="utf-8")
+)
+_VALIDATOR = Draft202012Validator(SCHEMA)
+_PROPERTIES: dict[str, dict[str, Any]] = SCHEMA["properties"]
+
+#: Every parameter name the schema describes.
+KNOWN_PARAMETERS: frozenset[str] = frozenset(_PROPERTIES)
+
+_SHOW_LIMIT = 60
+_DIGITS = re.compile(r"[0-9]{1,10}")
+
+
+def _integer_range(prop: Mapping[str, Any]) -> tuple[int, int | None] | None:
+    """(minimum, maximum) of the integer branch of an ``anyOf`` integer-or-digits property."""
+    for branch in prop.get("anyOf", ()):
+        if branch.get("type") == "integer":
+            return branch.get("minimum", 0), branch.get("maximum")
+    return None
+
+
+def _integer_problem(low: int, high: int | None) -> str:
+    if high is None:
+        return f"must be an integer of at least {low}"
+    return f"must be an integer from {low} to {high}"
+
+
+#: name -> (minimum, maximum, message) for parameters that take an integer or a digit string.
+_INTEGERS: dict[str, tuple[int, int | None, str]] = {
+    name: (*bounds, _integer_problem(*bounds))
+    for name, bounds in ((n, _integer_range(p)) for n, p in _PROPERTIES.items())
+    if bounds is not None
+}
+
+#: What each pattern of the schema means, in words. A test keeps this complete.
+PATTERN_PROBLEMS: dict[str, str] = {
+    "^(http|https|ftp)://.+": "must start with http://, https:// or ftp://",
+    "^https://.+": "must start with https://",
+    "^$|^/.*": "must be empty or start with /",
+    "^/.*": "must start with /",
+}
+
+# When one parameter breaks several keywords, the first in this order is reported.
+_RANK = {"type": 0, "anyOf": 0, "maxLength": 1, "enum": 2, "pattern": 3}
+
+
+def _length_limit(prop: Mapping[str, Any]) -> int | None:
+    """The longest string a property can accept (any branch), None if unbounded."""
+    branches = [prop, *prop.get("anyOf", ())]
+    limits = [b.get("maxLength") for b in branches if b.get("type") == "string"]
+    return None if not limits or None in limits else max(limits)
+
+
+#: name -> longest acceptable string. Longer strings never reach jsonschema.
+_LENGTH_LIMITS: dict[str, int | None] = {n: _length_limit(p) for n, p in _PROPERTIES.items()}
+
+# Integers beyond this many bits are never valid here; jsonschema would try to
+# print them in its own (unused) messages, which fails past 4300 digits.
+_MAX_INT_BITS = 64
+
+
+def _cut(pieces: Iterable[str], opening: str, closing: str) -> str:
+    """Join escaped pieces between opening/closing, cut (between pieces) to the show limit."""
+    budget = _SHOW_LIMIT - len(opening) - len("...") - len(closing)
+    parts: list[str] = []
+    for piece in pieces:
+        if len(piece) > budget:
+            return opening + "".join(parts) + "..." + closing
+        parts.append(piece)
+        budget -= len(piece)
+    return opening + "".join(parts) + closing
+
+
+def _escaped(text: str) -> Iterator[str]:
+    """The JSON escape of each character: control characters and non-ASCII become \\uXXXX."""
+    return (json.dumps(char)[1:-1] for char in text)
+
+
+def _show_string(text: str) -> str:
+    if len(text) <= _SHOW_LIMIT:  # cheap path; the long path only looks at a prefix
+        quoted = json.dumps(text)
+        if len(quoted) <= _SHOW_LIMIT:
+            return quoted
+    return _cut(_escaped(text), '"', '"')
+
+
+def _show(value: Any) -> str:
+    """A value as it appears in a message: JSON, escaped, at most about 60 characters."""
+    if isinstance(value, str):
+        return _show_string(value)
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if value is None:
+        return "null"
+    if isinstance(value, int):
+        try:
+            text = str(value)
+        except ValueError:  # beyond Python's int-to-text digit limit
+            return "a very large integer"
+    elif isinstance(value, float):
+        text = json.dumps(value)
+    elif isinstance(value, Mapping):
+        return "an object"
+    elif isinstance(value, (list, tuple)):
+        return "an array"
+    else:  # not a JSON value at all; say so without calling its repr
+        return "an unsupported value"
+    return text if len(text) <= _SHOW_LIMIT else text[: _SHOW_LIMIT - 3] + "..."
+
+
+def _show_name(name: Any) -> str:
+    """A parameter name as it appears in a message: escaped but unquoted, cut to 60 characters."""
+    if not isinstance(name, str):  # JSON keys are strings; a Python caller may do otherwise
+        return _show(name)
+    if len(name) <= _SHOW_LIMIT:
+        plain = json.dumps(name)[1:-1]
+        if len(plain) <= _SHOW_LIMIT:
+            return plain
+    return _cut(_escaped(name), "", "")
+
+
+def _one_of(choices: list[Any]) -> str:
+    shown = [_show(c) for c in sorted(choices, key=str)]
+    if len(shown) == 1:
+        return f"must be {shown[0]}"
+    if len(shown) == 2:
+        return f"must be {shown[0]} or {shown[1]}"
+    return f"must be one of {', '.join(shown[:-1])} or {shown[-1]}"
+
+
+def _describe(name: str, error: ValidationError, value: Any) -> str:
+    """The customer message for the error chosen for parameter ``name`` holding ``value``."""
+    keyword = error.validator
+    if keyword == "anyOf" and name in _INTEGERS:
+        problem = _INTEGERS[name][2]
+    elif keyword == "type":
+        expected = error.validator_value
+        article = "an" if str(expected)[:1] in "aeiou" else "a"
+        problem = f"must be {article} {expected}"
+    elif keyword == "maxLength":
+        length = len(value) if isinstance(value, str) else 0
+        return f"{name}: is too long ({length} characters, at most {error.validator_value})"
+    elif keyword == "enum":
+        problem = _one_of(list(error.validator_value))
+    elif keyword == "pattern":
+        problem = PATTERN_PROBLEMS.get(str(error.validator_value), "is not in the expected form")
+    else:
+        problem = "is not valid"
+    return f"{name}: {problem} (got {_show(value)})"
+
+
+def _integer_text_problem(name: str, value: Any) -> str | None:
+    """Checks the schema leaves to code for integer parameters; None when the value is fine.
+
+    A digit string is range-checked (and must be digits only: the schema's ``$``
+    lets a trailing newline through). A float the schema took for an integer
+    (``80.0``) is refused: the CDN's configuration wants ``80``.
+    """
+    low, high, problem = _INTEGERS[name]
+    if isinstance(value, str):
+        if _DIGITS.fullmatch(value):
+            number = int(value)
+            if number >= low and (high is None or number <= high):
+                return None
+    elif not isinstance(value, float):
+        return None
+    return f"{name}: {problem} (got {_show(value)})"
+
+
+# Returned by _screen for a value it has already reported: jsonschema never sees it.
+_REPORTED: Any = object()
+
+
+def _screen(name: str, value: Any, errors: set[str]) -> Any:
+    """What jsonschema is shown for ``value``: cheap to check and to print.
+
+    Strings longer than the parameter can ever be are reported here, without
+    running patterns over them. Anything jsonschema could only refuse by type
+    (objects, arrays, huge integers, non-JSON Python values) is replaced by
+    ``None``, which every parameter refuses by type too; messages always show
+    the caller's original value.
+    """
+    if isinstance(value, str):
+        limit = _LENGTH_LIMITS[name]
+        if limit is not None and len(value) > limit:
+            if name in _INTEGERS:
+                errors.add(f"{name}: {_INTEGERS[name][2]} (got {_show(value)})")
+            else:
+                errors.add(f"{name}: is too long ({len(value)} characters, at most {limit})")
+            return _REPORTED
+        return value
+    if value is None or isinstance(value, (bool, float)):
+        return value
+    if isinstance(value, int) and value.bit_length() <= _MAX_INT_BITS:
+        return value
+    return None
+
+
+def schema_problems(parameters: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """Check one shared instance's parameters against the schema.
+
+    Returns ``(errors, warnings)``, each sorted. Errors name the parameter and
+    the offending value, one per parameter at most; warnings list parameters
+    the CDN does not know. Never raises on a JSON value.
+    """
+    if not isinstance(parameters, Mapping):
+        return [f"parameters: must be an object (got {_show(parameters)})"], []
+
+    errors: set[str] = set()
+    screened: dict[str, Any] = {}
+    for name, value in parameters.items():
+        if not isinstance(name, str) or name not in KNOWN_PARAMETERS:
+            continue
+        shown = _screen(name, value, errors)
+        if shown is not _REPORTED:
+            screened[name] = shown
+
+    chosen: dict[str, ValidationError] = {}
+    for error in _VALIDATOR.iter_errors(screened):
+        if not error.path:  # the schema constrains nothing else at the top level
+            continue
+        name = error.path[0]
+        kept = chosen.get(name)
+        if kept is None or _RANK.get(error.validator, 9) < _RANK.get(kept.validator, 9):
+            chosen[name] = error
+    errors.update(_describe(name, error, parameters[name]) for name, error in chosen.items())
+
+    for name in _INTEGERS.keys() & screened.keys():
+        if name not in chosen:
+            problem = _integer_text_problem(name, parameters[name])
+            if problem is not None:
+                errors.add(problem)
+
+    warnings = {
+        f"{_show_name(name)}: unknown parameter, ignored by the CDN"
+        for name in parameters
+        if not (isinstance(name, str) and name in KNOWN_PARAMETERS)
+    }
+    return sorted(errors), sorted(warnings)
