@@ -1,9 +1,12 @@
 """A local demo: cdnreq reconciling against a real slapproxy on loopback.
 
-It starts slapproxy, creates the requester, the technical CDN host and a few
-customer shared instances, runs `cdnreq run` on them, plays the technical
-CDN's part (publishing each entry's answer a moment after it is requested),
-then adds, changes and removes customers so every path shows in the logs.
+It starts slapproxy and a small DNS server (both on 127.0.0.1), creates the
+requester, the technical CDN host and a few customer shared instances, and
+runs `cdnreq run` on them. It then plays the other parties: the customers,
+who publish their challenge tokens in DNS when asked; the technical CDN,
+which publishes each entry's answer after it is requested; and a customer
+who tries to take a host that is already someone else's. Finally it adds,
+changes and removes customers so every path shows in the logs.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ import sys
 import time
 from pathlib import Path
 
+from cdnreq.devdns import DevDns
 from cdnreq.devmaster import CdnSite, Slapproxy, setup_cdn, write_config
 
 PARAMETERS = [
     {"url": "https://shop-backend.example", "custom_domain": "shop.example.com", "enable_cache": "true"},
-    {"url": "https://blog-backend.example", "custom_domain": "blog.example.org"},
+    {"url": "https://blog-backend.example", "custom_domain": "blog.example.org", "server-alias": "www.blog.example.org"},
     {"url": "https://api-backend.example", "custom_domain": "api.example.net", "https-only": "false"},
     {"url": "https://docs-backend.example", "type": "zope", "path": "/docs"},
     {"url": "https://media-backend.example", "server-alias": "", "enable-http3": "false"},
@@ -60,6 +64,20 @@ def wait_live(site: CdnSite, guids: list[str], deadline: float) -> bool:
     return False
 
 
+def play_customers(site: CdnSite, dns: DevDns, proven: set[str]) -> int:
+    """Each customer asked for a proof publishes its token where it was told."""
+    count = 0
+    for entry in site.customers():
+        shown = site.customer(entry["instance_guid"])["connection_parameters"]
+        record, token = shown.get("txt_record"), shown.get("txt_value")
+        if record and token and record not in proven:
+            dns.set_txt(record, token)
+            proven.add(record)
+            say(f"{entry['title']} published its token at {record}")
+            count += 1
+    return count
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cdnreq.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=Path("demo-run"), help="where to keep everything (wiped first)")
@@ -70,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.dir.resolve()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    with Slapproxy(workdir / "slapproxy") as proxy:
+    with Slapproxy(workdir / "slapproxy") as proxy, DevDns() as dns:
         proxy.start()
         site = setup_cdn(proxy)
         guids = [
@@ -82,15 +100,18 @@ def main(argv: list[str] | None = None) -> int:
             site,
             database=workdir / "cdnreq.db",
             daemon={"tick_interval_s": 3.0},
+            dns={"nameservers": [dns.address], "timeout_s": 1.0, "tries": 2},
+            domain={"retention_s": 0},
             logging={"format": "console"},
         )
         say(f"slapproxy (the master) on {proxy.url}, log in {proxy.log_path}")
+        say(f"DNS server for the customers' domains on {dns.address}")
         say(f"{len(guids)} customer shared instances hosted by {site.requester_guid}")
         say(f"configuration: {config}")
         say(f"look at it with: cdnreq status --config {config}")
         daemon = subprocess.Popen([str(Path(sys.executable).with_name("cdnreq")), "run", "--config", str(config)])
         try:
-            return _story(site, guids, daemon, args.duration)
+            return _story(site, dns, guids, daemon, args.duration)
         finally:
             if daemon.poll() is None:
                 daemon.send_signal(signal.SIGTERM)
@@ -98,14 +119,16 @@ def main(argv: list[str] | None = None) -> int:
             say(f"stopped; the database stays in {workdir / 'cdnreq.db'}")
 
 
-def _story(site: CdnSite, guids: list[str], daemon: subprocess.Popen, duration: float) -> int:
+def _story(site: CdnSite, dns: DevDns, guids: list[str], daemon: subprocess.Popen, duration: float) -> int:
     end = time.monotonic() + duration if duration else float("inf")
     published: set[str] = set()
-    deadline = time.monotonic() + 60
+    proven: set[str] = set()
+    deadline = time.monotonic() + 90
     while len(site.technical_entries()) < len(guids):
         if daemon.poll() is not None or time.monotonic() > deadline:
             say("the daemon did not request the entries; see its log above")
             return 1
+        play_customers(site, dns, proven)
         time.sleep(0.5)
     say("every customer is requested on the technical CDN; playing the CDN: publishing answers")
     play_cdn(site, published)
@@ -113,10 +136,12 @@ def _story(site: CdnSite, guids: list[str], daemon: subprocess.Popen, duration: 
         say("the answers were not relayed to the customers in time")
         return 1
     say("every customer received the CDN's answer")
+    say("someone tries to take shop.example.com, which customer-0 proved: refused")
+    site.add_customer("hijacker", {"url": "https://evil.example", "custom_domain": "SHOP.example.com."})
     say("a new customer arrives, one changes its backend, one leaves")
     guids.append(site.add_customer("customer-new", {"url": "https://new-backend.example"}))
     site.add_customer("customer-0", dict(PARAMETERS[0], url="https://shop-backend-v2.example"))
-    site.remove_customer("customer-1")
+    site.remove_customer("customer-3")
     while time.monotonic() < end:
         if daemon.poll() is not None:
             say(f"the daemon exited with {daemon.returncode}")

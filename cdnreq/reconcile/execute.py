@@ -211,7 +211,10 @@ class _Runner:
         except MasterError as failure:
             return self.failure(action, record, "publish", failure)
         self.event(record.guid, "publish", "ok", _what(record, gate))
-        return self.done(action, records.published(record, shown, error, self.clock()), True)
+        record = records.published(record, shown, error, self.clock())
+        if gate is not None and not gate.ok:  # say why in `cdnreq status`
+            record = replace(record, last_error=gate.error or f"waiting for DNS proof of {', '.join(gate.pending)}")
+        return self.done(action, record, True)
 
     async def destroy(self, action: Action) -> Outcome:
         record = action.record
