@@ -220,7 +220,7 @@ class DevDns:
             raise ValueError(f"bad port {port!r}")
         self.host = host
         self.port: int | None = port
-        self.default_behaviour = "normal"
+        self._default_behaviour = "normal"
         self.follow_cnames = True
         self.ttl = 0
         self._lock = threading.Lock()
@@ -231,6 +231,17 @@ class DevDns:
         self._by_name: Counter[str] = Counter()
         self._connections: set[socket.socket] = set()
         self._servers: list[DNSServer] = []
+
+    @property
+    def default_behaviour(self) -> str:
+        """The behaviour of names that have neither records nor a behaviour of their own."""
+        return self._default_behaviour
+
+    @default_behaviour.setter
+    def default_behaviour(self, kind: str) -> None:
+        if kind not in BEHAVIOURS:
+            raise ValueError(f"unknown behaviour {kind!r}; one of {sorted(BEHAVIOURS)}")
+        self._default_behaviour = kind
 
     # -- life cycle ---------------------------------------------------------
 
@@ -393,7 +404,7 @@ class DevDns:
             self._by_name[key] += 1
             behaviour = self._behaviours.get(key)
             if behaviour is None:
-                behaviour = "normal" if key in self._records else self.default_behaviour
+                behaviour = "normal" if key in self._records else self._default_behaviour
             if behaviour == "timeout":
                 raise _Drop
             if behaviour == "servfail":

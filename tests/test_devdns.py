@@ -155,6 +155,11 @@ def test_default_behaviour_applies_to_unset_names_only(devdns: DevDns) -> None:
     assert txt_values(ask(devdns, "known.test")) == [[b"k"]]
     devdns.behave("chosen.test", "normal")
     assert ask(devdns, "chosen.test").header.rcode == RCODE.NXDOMAIN
+    devdns.default_behaviour = "timeout"
+    with pytest.raises(socket.timeout):
+        ask(devdns, "unset.test", timeout=0.2)
+    with pytest.raises(ValueError):
+        devdns.default_behaviour = "nonsense"
 
 
 def test_counts(devdns: DevDns) -> None:

@@ -437,6 +437,18 @@ async def test_closed_resolver_refuses_work(devdns: DevDns) -> None:
         await r.addresses("a.test")
 
 
+async def test_close_ends_pending_lookups(devdns: DevDns) -> None:
+    names = [f"hole{i}.test" for i in range(5)]
+    for name in names:
+        devdns.behave(name, "timeout")
+    r = resolver(devdns, timeout_s=10, tries=1)
+    task = asyncio.create_task(r.txt_many(names))
+    await wait_for(lambda: len(devdns.queried_names()) == 5)
+    await r.close()
+    result = await asyncio.wait_for(task, 5)
+    assert {(lk.outcome, lk.detail) for lk in result.values()} == {("unknown", "cancelled")}
+
+
 async def test_empty_batch(devdns: DevDns) -> None:
     assert await txt(devdns) == {}
     assert devdns.queries == 0

@@ -200,8 +200,10 @@ class Resolver:
     nameservers: ``ip``, ``ip:port`` or ``[v6]:port`` strings; None (or empty)
     uses the system resolver. timeout_s: c-ares' initial per-try timeout, and
     ``timeout_s * tries`` the time after which a silent name is a timeout.
-    concurrency: questions in flight at most. observer(outcome, seconds) is
-    called once per lookup.
+    concurrency: questions in flight at most (a TXT lookup is one question at
+    a time, addresses() two). observer(outcome, seconds) is called once per
+    lookup, seconds counted from the moment it got a slot (queueing excluded).
+    in_flight and peak_in_flight count the questions holding a slot.
 
     The c-ares channel is made on first use and bound to that event loop.
     """
@@ -387,6 +389,8 @@ class Resolver:
         gives up before the budget is spent the question is asked again, and
         whatever is still pending when the budget is spent is a timeout.
         """
+        if self._closed:
+            raise _Failure(UNKNOWN, "cancelled")
         dns = self._channel()
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self._budget_s

@@ -10,7 +10,7 @@ Pure: no I/O, never raises.
 
 from __future__ import annotations
 
-import json
+from cdnreq.validate.hosts import quote_value
 
 __all__ = [
     "LEGACY_NAMES",
@@ -59,28 +59,6 @@ _MAX_LISTED_UNKNOWN = 10
 
 _SUPPORTED_SET = frozenset(SUPPORTED_CIPHERS)
 _SUPPORTED_TEXT = " ".join(SUPPORTED_CIPHERS)
-_QUOTE_LIMIT = 60
-
-
-def _quote(value: str) -> str:
-    """A customer value made safe and short for a message: JSON-quoted, at most 60 chars.
-
-    Control characters and non-ASCII are escaped, so nothing the customer
-    typed can forge a log line or a terminal sequence. A long value is cut
-    between escapes (never inside one) and marked with ``...``.
-    """
-    quoted = json.dumps(value)
-    if len(quoted) <= _QUOTE_LIMIT:
-        return quoted
-    budget = _QUOTE_LIMIT - len('"..."')
-    parts: list[str] = []
-    for char in value:
-        piece = json.dumps(char)[1:-1]
-        if len(piece) > budget:
-            break
-        parts.append(piece)
-        budget -= len(piece)
-    return '"' + "".join(parts) + '..."'
 
 
 def check_ciphers(raw: str) -> tuple[str, list[str], list[str]]:
@@ -111,7 +89,7 @@ def check_ciphers(raw: str) -> tuple[str, list[str], list[str]]:
         name = LEGACY_NAMES.get(entry, entry)
         if name != entry and entry not in warned_legacy:
             warned_legacy.add(entry)
-            warnings.append(f"ciphers: {_quote(entry)} is an old name, used as {_quote(name)}")
+            warnings.append(f"ciphers: {quote_value(entry)} is an old name, used as {quote_value(name)}")
         if name not in _SUPPORTED_SET:
             if entry not in unknown:
                 unknown.append(entry)
@@ -120,7 +98,7 @@ def check_ciphers(raw: str) -> tuple[str, list[str], list[str]]:
             if name not in warned_duplicate:
                 warned_duplicate.add(name)
                 warnings.append(
-                    f"ciphers: {_quote(name)} is listed more than once; its first position is kept"
+                    f"ciphers: {quote_value(name)} is listed more than once; its first position is kept"
                 )
             continue
         seen.add(name)
@@ -128,7 +106,7 @@ def check_ciphers(raw: str) -> tuple[str, list[str], list[str]]:
 
     errors: list[str] = []
     if unknown:
-        listed = ", ".join(_quote(u) for u in unknown[:_MAX_LISTED_UNKNOWN])
+        listed = ", ".join(quote_value(u) for u in unknown[:_MAX_LISTED_UNKNOWN])
         if len(unknown) > _MAX_LISTED_UNKNOWN:
             listed += f" and {len(unknown) - _MAX_LISTED_UNKNOWN} more"
         verb = "is" if len(unknown) == 1 else "are"
