@@ -97,10 +97,10 @@ class Domains:
 
         txt_names: set[str] = set()
         for guid, verdict in verdicts.items():
-            names = wanted_names(verdict, guid, self.index, active, self.policy)
-            if names:
-                txt_names.update(names)
+            if verdict.ok and any(not self.index.owns(guid, h) for h in verdict.hosts):
+                # even when refused for now: a re-check below may free the host
                 self._ensure_challenge(InstanceGuid(guid), verdict, now, tick, out)
+                txt_names.update(wanted_names(verdict, guid, self.index, active, self.policy))
         due = recheck.due(self.index.by_host.values(), active, now, self.policy)
         by_address = [c for c in due if recheck.by_address(c, self.policy)]
         for claim in due:

@@ -153,7 +153,9 @@ def decide(
     unproven = [h for h in verdict.hosts if not index.owns(guid, h)]
     if not unproven:
         return _ok(verdict, verdict.hosts, challenge, policy, index), Claims()
-    assert challenge is not None and challenge.domain == verdict.custom_domain
+    if challenge is None or challenge.domain != verdict.custom_domain:
+        # no token for this domain yet: the caller issues one; pending meanwhile
+        return Gate(Status.PENDING, hosts=verdict.hosts, pending=tuple(unproven)), Claims()
     still = [h for h in unproven if not _proven(h, verdict.registrable, challenge.token, lookups, policy)]
     if still:
         return _pending(verdict, still, challenge, policy), Claims()
