@@ -10,11 +10,12 @@ import argparse
 import asyncio
 import json
 import sys
-from datetime import datetime, timezone
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from cdnreq import logs
+from cdnreq import __version__, logs, render
+from cdnreq.client import NotRunning, fetch, instance_path
 from cdnreq.config import Config, ConfigError, effective_toml, load_config
 from cdnreq.daemon import (
     EXIT_CONFIG,
@@ -23,8 +24,10 @@ from cdnreq.daemon import (
     EXIT_TICK_FAILED,
     Daemon,
     open_store,
+    read_token,
     run_once,
 )
+from cdnreq.explain import explain, iso
 from cdnreq.dns.challenge import SecretError
 from cdnreq.model import Record
 from cdnreq.store import StoreError
@@ -42,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as error:
         print(f"cdnreq: {error}", file=sys.stderr)
         return EXIT_DATABASE
-    except SecretError as error:
+    except (SecretError, ConfigError) as error:
         print(f"cdnreq: {error}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
@@ -65,8 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     command("run", _run, "run the daemon until SIGTERM or SIGINT")
     command("once", _once, "run exactly one tick; exit 0 if it succeeded")
     command("check-config", _check_config, "validate and print the effective configuration")
-    status = command("status", _status, "show what the store knows of each instance")
-    status.add_argument("--json", action="store_true", help="one JSON document instead of a table")
+    status = command("status", _status, "the daemon's state, the running tick's progress, and the instances")
+    status.add_argument("--json", action="store_true", help="one JSON document instead of text")
+    status.add_argument("--all", action="store_true", help="list live instances too")
+    explain_ = command("explain", _explain, "why one instance is in its state")
+    explain_.add_argument("instance_guid", metavar="INSTANCE_GUID")
+    explain_.add_argument("--json", action="store_true", help="the JSON document instead of text")
     return parser
 
 
@@ -87,17 +94,71 @@ def _check_config(args: argparse.Namespace, config: Config) -> int:
 
 
 def _status(args: argparse.Namespace, config: Config) -> int:
+    token = _token(config)
+    try:
+        _, status = asyncio.run(fetch(config, "/status", token))
+    except NotRunning as error:
+        status, reason = None, str(error)
     if not config.daemon.database.exists():
         print(f"cdnreq: no database at {config.daemon.database}: cdnreq has not run yet", file=sys.stderr)
         return EXIT_DATABASE
+    if status is not None and not args.json and sys.stdout.isatty():
+        status = _follow(config, token, status)
     records = asyncio.run(_load(config))
-    rows = sorted(records.values(), key=lambda r: r.guid)
     if args.json:
-        json.dump([_as_json(r) for r in rows], sys.stdout, indent=2, sort_keys=True)
+        rows = [render.record_row(r) for r in sorted(records.values(), key=lambda r: r.guid)]
+        json.dump({"daemon": status, "instances": rows}, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
         return EXIT_OK
-    sys.stdout.write(_table(rows))
+    if status is not None:
+        sys.stdout.write(render.summary(status))
+    else:
+        sys.stdout.write(f"daemon: not running ({reason}); from the database:\n")
+        sys.stdout.write(render.summary(asyncio.run(_last_tick(config))))
+    sys.stdout.write(render.table(records.values(), everything=args.all))
     return EXIT_OK
+
+
+def _follow(config: Config, token: str | None, status: dict[str, Any]) -> dict[str, Any]:
+    """A live progress bar while a tick runs (on a terminal only)."""
+    try:
+        while (status.get("progress") or {}).get("running"):
+            sys.stdout.write("\r\033[K" + render.progress_line(status["progress"]))
+            sys.stdout.flush()
+            time.sleep(0.5)
+            _, status = asyncio.run(fetch(config, "/status", token))
+    except (NotRunning, KeyboardInterrupt):
+        pass
+    sys.stdout.write("\r\033[K")
+    return status
+
+
+def _explain(args: argparse.Namespace, config: Config) -> int:
+    try:
+        code, data = asyncio.run(fetch(config, instance_path(args.instance_guid), _token(config)))
+        if code == 404:
+            data = None
+    except NotRunning:
+        if not config.daemon.database.exists():
+            print(f"cdnreq: no database at {config.daemon.database}: cdnreq has not run yet", file=sys.stderr)
+            return EXIT_DATABASE
+        data = asyncio.run(_explain_from_store(config, args.instance_guid))
+    if data is None:
+        print(f"cdnreq: no instance {args.instance_guid!r} is known", file=sys.stderr)
+        return EXIT_TICK_FAILED
+    if args.json:
+        json.dump(data, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render.explained(data))
+    return EXIT_OK
+
+
+def _token(config: Config) -> str | None:
+    try:
+        return read_token(config)
+    except ConfigError:
+        return None
 
 
 async def _load(config: Config) -> dict[str, Record]:
@@ -108,38 +169,33 @@ async def _load(config: Config) -> dict[str, Record]:
         await store.close()
 
 
-def _as_json(record: Record) -> dict[str, Any]:
-    return {
-        "instance_guid": record.guid,
-        "title": record.title,
-        "state": record.phase.value,
-        "requested_state": record.requested_state.value if record.requested_state else None,
-        "last_action": record.last_action,
-        "last_error": record.last_error,
-        "failures": record.failures,
-        "retry_at": _iso(record.retry_at),
-        "updated_at": _iso(record.updated_at),
-        "technical_instance_guid": record.tech_guid,
-    }
+async def _last_tick(config: Config) -> dict[str, Any]:
+    """What `summary` needs, from the ticks table, when no daemon runs."""
+    store = await open_store(config, lock=False)
+    try:
+        ticks = await store.last_ticks(1)
+    finally:
+        await store.close()
+    status: dict[str, Any] = {"version": __version__, "pid": None, "ready": False,
+                              "readiness": {"reason": "no daemon is running"}, "progress": {}}
+    if ticks:
+        t = ticks[0]
+        status["progress"]["last"] = {
+            "tick": t["id"], "ok": t["result"] == "ok", "finished_at": iso(t["finished_at"]),
+            "duration_s": (t["summary"] or {}).get("duration_s"), "summary": t["summary"],
+        }
+    return status
 
 
-def _iso(t: float | None) -> str | None:
-    return None if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
-
-
-def _table(rows: list[Record]) -> str:
-    header = ("INSTANCE_GUID", "STATE", "LAST ACTION", "LAST ERROR")
-    lines = [(r.guid, r.phase.value, r.last_action or "-", r.last_error or "-") for r in rows]
-    widths = [max([len(header[i])] + [len(line[i]) for line in lines]) for i in range(3)]
-    out = []
-    for line in [header, *lines]:
-        out.append("  ".join(c.ljust(w) for c, w in zip(line[:3], widths)) + "  " + line[3])
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r.phase.value] = counts.get(r.phase.value, 0) + 1
-    summary = ", ".join(f"{n} {phase}" for phase, n in sorted(counts.items())) or "no instance"
-    out.append(f"{len(rows)} instances: {summary}")
-    return "\n".join(out) + "\n"
+async def _explain_from_store(config: Config, guid: str) -> dict[str, Any] | None:
+    store = await open_store(config, lock=False)
+    try:
+        return await explain(
+            store, guid, label=config.domain.challenge_label,
+            retention_s=config.domain.retention_s, now=time.time(),
+        )
+    finally:
+        await store.close()
 
 
 if __name__ == "__main__":

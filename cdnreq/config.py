@@ -200,8 +200,14 @@ class DaemonConfig(BaseModel):
         default=3600.0, gt=0, allow_inf_nan=False, description="backoff cap, >= retry_base_s"
     )
     shutdown_timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    token_file: Path | None = Field(
+        default=None,
+        strict=False,
+        description="bearer token the HTTP endpoint requires (but for /healthz); needed when"
+        " listen is not loopback",
+    )
 
-    _resolve = field_validator("database")(_resolve_path)
+    _resolve = field_validator("database", "token_file")(_resolve_path)
 
     @field_validator("listen")
     @classmethod

@@ -2,8 +2,9 @@
 
 The next tick is scheduled when the previous one ends. SIGTERM/SIGINT stop
 the scheduling, let the calls in flight finish (up to
-`[daemon].shutdown_timeout_s`), commit, and exit 0. SIGHUP re-reads the
-configuration; a bad file is refused and the running one is kept.
+`[daemon].shutdown_timeout_s`), commit, and exit 0; a second signal exits at
+once. SIGHUP re-reads the configuration; a bad file is refused and the
+running one is kept. The HTTP endpoint and systemd see the same state.
 """
 
 from __future__ import annotations
@@ -12,13 +13,23 @@ import asyncio
 import os
 import random
 import signal
+import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import structlog
 
+from cdnreq import __version__
 from cdnreq.config import Config, ConfigError, load_config
+from cdnreq.explain import explain, iso
+from cdnreq.http import make_app, needs_token, serve, bound_address
 from cdnreq.master import MasterClient, TlsFiles
-from cdnreq.reconcile.tick import Reconciler, TickReport
+from cdnreq.metrics import Metrics
+from cdnreq.notify import Notifier, watchdog_interval_s, watchdog_loop
+from cdnreq.progress import Progress
+from cdnreq.reconcile.execute import Outcome
+from cdnreq.reconcile.tick import Reconciler, TickReport, resolver_of
 from cdnreq.store import Store
 
 log = structlog.get_logger("cdnreq.daemon")
@@ -29,7 +40,7 @@ EXIT_CONFIG = 2
 EXIT_DATABASE = 3
 
 
-def master_client(config: Config) -> MasterClient:
+def master_client(config: Config, metrics: Metrics | None = None) -> MasterClient:
     master = config.master
     return MasterClient(
         url=str(master.url),
@@ -41,11 +52,26 @@ def master_client(config: Config) -> MasterClient:
             ca_file=_path(master.ca_file),
         ),
         max_connections=config.daemon.concurrency + 2,
+        observer=metrics.master_call if metrics is not None else None,
     )
 
 
 def _path(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+def read_token(config: Config) -> str | None:
+    """The bearer token of the HTTP endpoint, when one is configured."""
+    path = config.daemon.token_file
+    if path is None:
+        return None
+    try:
+        token = path.read_text().strip()
+    except OSError as error:
+        raise ConfigError(str(path), [f"[daemon].token_file: cannot read {path}: {error.strerror}"]) from None
+    if len(token) < 16:
+        raise ConfigError(str(path), [f"[daemon].token_file: the token in {path} is shorter than 16 characters"])
+    return token
 
 
 async def open_store(config: Config, *, lock: bool = True) -> Store:
@@ -67,16 +93,26 @@ async def run_once(config: Config) -> TickReport:
 
 
 class Daemon:
-    """Owns the store, the master client and the schedule of ticks."""
+    """Owns the store, the master client, the endpoint and the schedule of ticks."""
 
     def __init__(self, config_path: Path, config: Config):
         self.config_path = config_path
         self.config = config
         self.stop = asyncio.Event()
+        self.metrics = Metrics()
+        self.metrics.info(__version__)
+        self.progress = Progress()
+        self.notifier = Notifier()
         self.reconciler: Reconciler | None = None
+        self.store: Store | None = None
         self.last_report: TickReport | None = None
+        self.last_success_at: float | None = None
+        self.failed_ticks = 0
+        self.address: str | None = None
         self._signals = 0
         self._new_master = False
+
+    # -- signals ------------------------------------------------------------
 
     def install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -90,11 +126,13 @@ class Daemon:
             log.warning("second stop signal, exiting at once", signal=sig.name)
             os._exit(128 + sig.value)
         log.info("stopping: no new tick, finishing the calls in flight", signal=sig.name)
+        self.notifier.stopping()
         self.stop.set()
 
     def reload(self) -> None:
         try:
             config = load_config(self.config_path)
+            read_token(config)
         except ConfigError as error:
             log.error("configuration refused, keeping the running one", error=str(error))
             return
@@ -103,48 +141,165 @@ class Daemon:
             for key, old, new in (
                 ("[daemon].database", self.config.daemon.database, config.daemon.database),
                 ("[daemon].listen", self.config.daemon.listen, config.daemon.listen),
+                ("[daemon].token_file", self.config.daemon.token_file, config.daemon.token_file),
             )
             if old != new
         ]
         if restart:
             log.warning("these changes apply after a restart", keys=restart)
-        if (config.master, config.daemon.concurrency) != (
-            self.config.master,
-            self.config.daemon.concurrency,
-        ):
+        if (config.master, config.daemon.concurrency) != (self.config.master, self.config.daemon.concurrency):
             self._new_master = True
         self.config = config
         log.info("configuration reloaded; applies from the next tick", path=str(self.config_path))
 
+    # -- what the endpoint shows ---------------------------------------------
+
+    def alive(self) -> bool:
+        return True  # answering at all means the event loop runs
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        now = time.time()
+        limit = 3 * self.config.daemon.tick_interval_s
+        if self.last_report is None:
+            return False, {"ready": False, "reason": "the first tick has not finished"}
+        if not self.last_report.ok:
+            reason = f"the last {self.failed_ticks} tick(s) failed: {self.last_report.error}"
+            return False, {"ready": False, "reason": reason, "last_success_at": iso(self.last_success_at)}
+        assert self.last_success_at is not None
+        if now - self.last_success_at > limit:
+            return False, {
+                "ready": False,
+                "reason": f"no successful tick for more than {limit:g} s",
+                "last_success_at": iso(self.last_success_at),
+            }
+        return True, {"ready": True, "last_success_at": iso(self.last_success_at)}
+
+    def status(self) -> dict[str, Any]:
+        known = self.reconciler.known if self.reconciler is not None else None
+        counts = Counter(r.phase.value for r in known.values()) if known else Counter()
+        ready, why = self.readiness()
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "ready": ready,
+            "readiness": why,
+            "instances": dict(counts),
+            "consecutive_failed_ticks": self.failed_ticks,
+            "tick_interval_s": self.config.daemon.tick_interval_s,
+            "progress": self.progress.snapshot(time.time()),
+        }
+
+    async def instance(self, guid: str) -> dict[str, Any] | None:
+        assert self.store is not None
+        return await explain(
+            self.store,
+            guid,
+            label=self.config.domain.challenge_label,
+            retention_s=self.config.domain.retention_s,
+            now=time.time(),
+        )
+
+    def render_metrics(self) -> tuple[bytes, str]:
+        return self.metrics.render()
+
+    # -- the loop -------------------------------------------------------------
+
     async def run(self) -> int:
-        store = await open_store(self.config)
-        master = master_client(self.config)
-        self.reconciler = Reconciler(config=self.config, store=store, master=master)
+        token = read_token(self.config)
+        listen = self.config.daemon.listen_endpoint()
+        if needs_token(listen) and token is None:
+            raise ConfigError(
+                str(self.config_path),
+                [f"[daemon].listen: {self.config.daemon.listen} is not loopback; set [daemon].token_file"],
+            )
+        self.store = store = await open_store(self.config)
+        master = master_client(self.config, self.metrics)
+        self.reconciler = Reconciler(
+            config=self.config,
+            store=store,
+            master=master,
+            resolver=self._resolver(),
+            progress=self.progress,
+            on_outcome=self._count,
+        )
+        runner = None
         try:
             await self.reconciler.load()
-        except BaseException:
-            await master.close()
-            await store.close()
-            raise
-        self.install_signals()
-        log.info("started", database=str(self.config.daemon.database), master=str(self.config.master.url))
-        try:
-            while not self.stop.is_set():
-                started = asyncio.get_running_loop().time()
-                self.last_report = await self._tick()
-                interval = self.reconciler.config.daemon.tick_interval_s
-                elapsed = asyncio.get_running_loop().time() - started
-                delay = max(0.0, interval - elapsed) + random.uniform(0, interval * 0.02)
-                try:
-                    await asyncio.wait_for(self.stop.wait(), timeout=delay)
-                except asyncio.TimeoutError:
-                    pass
+            runner = await serve(make_app(_Endpoint(self), token=token), listen)
+            self.address = bound_address(runner)
+            self.install_signals()
+            log.info("started", database=str(self.config.daemon.database), listen=self.address, version=__version__)
+            watchdog = self._start_watchdog()
+            try:
+                await self._loop()
+            finally:
+                if watchdog is not None:
+                    watchdog.cancel()
         finally:
+            if runner is not None:
+                await runner.cleanup()
             await self.reconciler.master.close()
             await self.reconciler.resolver.close()
             await store.close()
+            self.notifier.close()
         log.info("stopped")
         return EXIT_OK
+
+    def _resolver(self):
+        resolver = resolver_of(self.config)
+        metrics, progress = self.metrics, self.progress
+
+        def observe(outcome: str, seconds: float) -> None:
+            metrics.dns_lookup(outcome, seconds)
+            progress.advance()
+
+        resolver.observer = observe
+        return resolver
+
+    def _count(self, outcome: Outcome) -> None:
+        self.metrics.action(outcome.action.kind.value, outcome.ok)
+
+    def _start_watchdog(self) -> asyncio.Task | None:
+        interval = watchdog_interval_s()
+        if interval is None:
+            return None
+        return asyncio.create_task(watchdog_loop(self.notifier, interval, lambda: True))
+
+    async def _loop(self) -> None:
+        assert self.reconciler is not None
+        first = True
+        while not self.stop.is_set():
+            started = time.monotonic()
+            tick = asyncio.create_task(self._tick())
+            if first:
+                self.notifier.ready()  # the endpoint listens and the first tick has started
+                first = False
+            report = await tick
+            if report is not None:
+                self._after(report)
+            interval = self.config.daemon.tick_interval_s
+            delay = max(0.0, interval - (time.monotonic() - started)) + random.uniform(0, interval * 0.02)
+            try:
+                await asyncio.wait_for(self.stop.wait(), timeout=delay)
+            except asyncio.TimeoutError:
+                pass
+
+    def _after(self, report: TickReport) -> None:
+        self.last_report = report
+        now = time.time()
+        if report.ok:
+            self.failed_ticks = 0
+            self.last_success_at = now
+        else:
+            self.failed_ticks += 1
+        self.metrics.tick_finished(report.ok, report.duration_s, now)
+        assert self.reconciler is not None
+        if self.reconciler.known is not None:
+            self.metrics.instances(Counter(r.phase.value for r in self.reconciler.known.values()))
+        if self.reconciler.domains is not None:
+            claims = self.reconciler.domains.index.by_host.values()
+            self.metrics.hosts(len(claims), sum(1 for c in claims if c.failing_since is not None))
+        self.notifier.status(_status_line(report))
 
     async def _tick(self) -> TickReport | None:
         assert self.reconciler is not None
@@ -152,7 +307,7 @@ class Daemon:
         if self._new_master:
             self._new_master = False
             await self.reconciler.master.close()
-            self.reconciler.master = master_client(self.config)
+            self.reconciler.master = master_client(self.config, self.metrics)
         task = asyncio.create_task(self.reconciler.tick(self.stop))
         stopping = asyncio.create_task(self.stop.wait())
         try:
@@ -168,3 +323,33 @@ class Daemon:
             return task.result()
         finally:
             stopping.cancel()
+
+
+def _status_line(report: TickReport) -> str:
+    """One line for `systemctl status`."""
+    done = ", ".join(f"{n} {k}" for k, n in sorted(report.results.items())) or "nothing to do"
+    if report.ok:
+        return f"tick {report.id} ok in {report.duration_s:.2f} s: {done}"
+    return f"tick {report.id} FAILED after {report.duration_s:.2f} s: {report.error}"
+
+
+class _Endpoint:
+    """The daemon as the HTTP endpoint sees it (cdnreq.http.Endpoint)."""
+
+    def __init__(self, daemon: Daemon):
+        self.daemon = daemon
+
+    def alive(self) -> bool:
+        return self.daemon.alive()
+
+    def readiness(self) -> tuple[bool, dict]:
+        return self.daemon.readiness()
+
+    def metrics(self) -> tuple[bytes, str]:
+        return self.daemon.render_metrics()
+
+    def status(self) -> dict:
+        return self.daemon.status()
+
+    async def instance(self, guid: str) -> dict | None:
+        return await self.daemon.instance(guid)

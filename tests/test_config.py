@@ -295,7 +295,7 @@ def test_bad_value_named(tmp_path, section, body, where, got):
 )
 def test_bad_url(tmp_path, url, got):
     message = str(refused(tmp_path, MINIMAL.replace("http://127.0.0.1:8080", url)))
-    assert f"[master].url: " in message and f"(got {got})" in message
+    assert "[master].url: " in message and f"(got {got})" in message
 
 
 def test_cert_without_key(tmp_path):

@@ -313,7 +313,7 @@ def test_retention_ends_with_a_destroy():
 
 
 def test_gone_without_entry_or_hosts_is_forgotten_at_once():
-    a, b = inst("A"), inst("B")
+    a = inst("A")
     never = new_record(InstanceGuid("B"), "cdnreq-", NOW)
     p = plan(listing(a), known(live(a), never), NOW, RETAIN, ownership=Owners())
     assert p.forgets == ("B",) and p.actions == ()
@@ -322,7 +322,7 @@ def test_gone_without_entry_or_hosts_is_forgotten_at_once():
 def test_pending_instance_that_leaves_keeps_nothing():
     """The reference's hole: request, remove, request again, and a never-proven
     domain counted as validated. A never-proven instance is forgotten."""
-    a, b = inst("A"), inst("B")
+    a = inst("A")
     pending = replace(new_record(InstanceGuid("B"), "cdnreq-", NOW), published={"message": "prove"})
     p = plan(listing(a), known(live(a), pending), NOW, RETAIN, ownership=Owners(**{"a.example.com": "A"}))
     assert p.forgets == ("B",)

@@ -306,7 +306,7 @@ def test_no_key_material_in_any_message(f):
     secret_lines = [line for key in keys for line in _body_lines(key)]
     assert secret_lines
     messages: list[str] = []
-    for case_id, make, _ in CASES:
+    for _case_id, make, _ in CASES:
         messages += check_tls_parameters(make(f))
         messages += expiry_warnings(make(f), datetime.now(timezone.utc))
     # Every key pasted into every field, alone and mixed with a certificate.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Protocol
+from typing import Callable, Iterable, Mapping, Protocol
 
 from cdnreq.dns.challenge import issue
 from cdnreq.dns.resolver import Lookup
@@ -86,6 +86,7 @@ class Domains:
         known: Mapping[InstanceGuid, Record],
         now: float,
         tick: int | None = None,
+        on_dns: Callable[[int], None] | None = None,
     ) -> DomainStep:
         out = DomainStep()
         present: dict[str, SharedInstance] = {}
@@ -106,6 +107,8 @@ class Domains:
         for claim in due:
             if not recheck.by_address(claim, self.policy):
                 txt_names.update(recheck.names(claim, self.policy))
+        if on_dns is not None:
+            on_dns(len(txt_names) + len(by_address))
         txt, addresses = await self._resolve(txt_names, {c.host for c in by_address})
         for lookup in txt.values():
             out.counts[f"dns_{lookup.outcome}"] += 1

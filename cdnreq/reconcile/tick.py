@@ -26,6 +26,7 @@ from cdnreq.reconcile.domains import Domains, DomainStep, Lookups
 from cdnreq.reconcile.execute import Outcome, Settings, execute
 from cdnreq.reconcile.gate import DomainPolicy
 from cdnreq.reconcile.plan import Plan, Policy, held_records, plan, spec_hash
+from cdnreq.progress import Progress
 from cdnreq.store import Store, StoreError
 
 log = structlog.get_logger("cdnreq.tick")
@@ -105,8 +106,15 @@ class _Committer:
     """Collects outcomes and writes them in few transactions."""
 
     def __init__(
-        self, store: Store, known: dict[InstanceGuid, Record], domains: Domains, batch: int, every_s: float
+        self,
+        store: Store,
+        known: dict[InstanceGuid, Record],
+        domains: Domains,
+        batch: int,
+        every_s: float,
+        observe: Callable[[Outcome], None],
     ):
+        self.observe = observe
         self.store = store
         self.known = known
         self.domains = domains
@@ -119,6 +127,7 @@ class _Committer:
 
     async def add(self, outcome: Outcome) -> None:
         _log_transition(outcome)
+        self.observe(outcome)
         self.outcomes.append(outcome)
         self.results[f"{outcome.action.kind.value}:{'ok' if outcome.ok else 'failed'}"] += 1
         if len(self.outcomes) >= self.batch or time.monotonic() - self.last_flush >= self.every_s:
@@ -167,6 +176,8 @@ class Reconciler:
         store: Store,
         master: MasterClient,
         resolver: Lookups | None = None,
+        progress: Progress | None = None,
+        on_outcome: Callable[[Outcome], None] | None = None,
         clock: Callable[[], float] = time.time,
         batch: int = 500,
         flush_every_s: float = 1.0,
@@ -175,6 +186,8 @@ class Reconciler:
         self.store = store
         self.master = master
         self.resolver = resolver or resolver_of(config)
+        self.progress = progress or Progress()
+        self.on_outcome = on_outcome
         self.clock = clock
         self.batch = batch
         self.flush_every_s = flush_every_s
@@ -196,8 +209,12 @@ class Reconciler:
     async def tick(self, stop: asyncio.Event | None = None) -> TickReport:
         started = self.clock()
         report = TickReport(id=await self.store.begin_tick(started), started_at=started)
-        with structlog.contextvars.bound_contextvars(tick=report.id):
-            await self._tick(report, stop)
+        self.progress.start_tick(report.id, started)
+        try:
+            with structlog.contextvars.bound_contextvars(tick=report.id):
+                await self._tick(report, stop)
+        finally:
+            self.progress.finish_tick(report.ok, report.summary(), self.clock())
         return report
 
     async def _tick(self, report: TickReport, stop: asyncio.Event | None) -> None:
@@ -236,9 +253,15 @@ class Reconciler:
             await self.load()
         assert self.known is not None and self.domains is not None
         self.domains.policy = domain_policy_of(self.config)
+        progress = self.progress
+        progress.phase("listing", None, self.clock())
         listing = await self.master.list_hosted(self.config.master.instance_guid)
         now = self.clock()
-        step = await self.domains.step(listing.instances, self.known, now, report.id)
+        progress.phase("validating", len(listing.instances), now)
+        step = await self.domains.step(
+            listing.instances, self.known, now, report.id, on_dns=lambda n: progress.phase("dns", n, self.clock())
+        )
+        progress.phase("planning", None, self.clock())
         the_plan = plan(
             listing,
             self.known,
@@ -250,7 +273,10 @@ class Reconciler:
         report.planned = {**the_plan.counts, **step.counts}
         report.hold_reason = the_plan.hold_reason
         await self._reserve(the_plan, step, now, report.id)
-        committer = _Committer(self.store, self.known, self.domains, self.batch, self.flush_every_s)
+        committer = _Committer(
+            self.store, self.known, self.domains, self.batch, self.flush_every_s, self._outcome
+        )
+        progress.phase("executing", len(the_plan.actions), self.clock())
         try:
             await execute(
                 the_plan.actions,
@@ -263,8 +289,14 @@ class Reconciler:
                 tick=report.id,
             )
         finally:
+            progress.phase("committing", None, self.clock())
             await committer.flush()
             report.results = dict(committer.results)
+
+    def _outcome(self, outcome: Outcome) -> None:
+        self.progress.advance()
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
 
     async def _reserve(self, the_plan: Plan, step: DomainStep, now: float, tick: int) -> None:
         """Store what was decided before any call is made: new titles (so a

@@ -1,0 +1,45 @@
+"""Asking the running daemon, for `cdnreq status` and `cdnreq explain`.
+
+When no daemon answers, the commands read the database instead, so they work
+on a stopped node too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from cdnreq.config import Config
+
+
+class NotRunning(Exception):
+    """No daemon answered on the configured endpoint."""
+
+
+async def fetch(config: Config, path: str, token: str | None, *, timeout_s: float = 3.0) -> tuple[int, Any]:
+    """GET `path` on the daemon; (status, JSON body)."""
+    listen = config.daemon.listen_endpoint()
+    if isinstance(listen, Path):
+        connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=str(listen))
+        base = "http://cdnreq"
+    else:
+        connector = aiohttp.TCPConnector()
+        host = "127.0.0.1" if listen.host in ("0.0.0.0", "") else "::1" if listen.host == "::" else listen.host
+        base = f"http://[{host}]:{listen.port}" if ":" in host else f"http://{host}:{listen.port}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s), headers=headers
+        ) as session:
+            async with session.get(base + path) as response:
+                return response.status, await response.json(content_type=None)
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as error:
+        raise NotRunning(f"no cdnreq daemon answered on {config.daemon.listen}: {error}") from None
+
+
+def instance_path(guid: str) -> str:
+    return "/instances/" + quote(guid, safe="")

@@ -1,0 +1,94 @@
+"""Why one instance is in its state, in words and data, for the people on call.
+
+Read from the store only, so the answer is the same from the running
+daemon's endpoint and from `cdnreq explain` on a stopped one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from cdnreq.model import Phase, Record
+from cdnreq.store import Store
+
+
+def iso(t: float | None) -> str | None:
+    return None if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+
+def why(record: Record, *, retention_s: float, now: float) -> str:
+    """One sentence on the instance's state."""
+    if record.phase is Phase.LIVE:
+        text = "live: the technical CDN's answer was relayed to the customer"
+    elif record.phase is Phase.REQUESTED:
+        text = "requested on the technical CDN; waiting for its answer"
+    elif record.phase is Phase.REMOVING:
+        text = f"gone from the master; {record.last_error or 'destroy pending'}"
+    elif record.phase is Phase.RETAINED:
+        gone = record.gone_at if record.gone_at is not None else record.updated_at
+        entry = "its technical entry is kept" if record.tech_guid or record.param_hash else "it has no technical entry"
+        text = f"gone from the master since {iso(gone)}; {entry} and its hosts are kept until {iso(gone + retention_s)}"
+    elif record.last_error:
+        text = f"not requested: {record.last_error}"
+    else:
+        text = "not requested yet"
+    if record.failures:
+        text += (
+            f"; the last call failed {record.failures} time(s) in a row ({record.last_error});"
+            f" next try after {iso(record.retry_at)}"
+        )
+    return text
+
+
+async def explain(
+    store: Store, guid: str, *, label: str, retention_s: float, now: float, events: int = 20
+) -> dict[str, Any] | None:
+    record = await store.get(guid)
+    if record is None:
+        return None
+    challenge = await store.challenge_of(guid)
+    return {
+        "instance_guid": record.guid,
+        "state": record.phase.value,
+        "why": why(record, retention_s=retention_s, now=now),
+        "title": record.title,
+        "technical_instance_guid": record.tech_guid,
+        "requested_state": record.requested_state.value if record.requested_state else None,
+        "last_action": record.last_action,
+        "last_error": record.last_error,
+        "failures": record.failures,
+        "retry_at": iso(record.retry_at),
+        "created_at": iso(record.created_at),
+        "updated_at": iso(record.updated_at),
+        "served_hosts": list(record.served) if record.served is not None else None,
+        "published": record.published,
+        "hosts": [
+            {
+                "host": claim.host,
+                "proven_at": iso(claim.proven_at),
+                "checked_at": iso(claim.checked_at),
+                "failing_since": iso(claim.failing_since),
+            }
+            for claim in await store.hosts_of(guid)
+        ],
+        "challenge": None
+        if challenge is None
+        else {
+            "domain": challenge.domain,
+            "txt_record": f"{label}.{challenge.domain}",
+            "txt_value": challenge.token,
+            "issued_at": iso(challenge.created_at),
+        },
+        "events": [
+            {
+                "id": event_id,
+                "at": iso(event.at),
+                "tick": event.tick,
+                "action": event.action,
+                "outcome": event.outcome,
+                "detail": event.detail,
+            }
+            for event_id, event in await store.events_for(guid, limit=events)
+        ],
+    }

@@ -1,0 +1,242 @@
+"""The daemon's small HTTP endpoint: health, readiness, metrics, status.
+
+Operators should see at a glance, without reading logs, whether the daemon
+is alive, whether the last tick worked, how far the current tick is, and why
+a given instance is not live yet:
+
+- ``GET /healthz``   liveness for systemd/Kubernetes probes: 200 or 503. It is
+  cheap and never touches the database, so a slow disk cannot get a healthy
+  daemon killed. It is the one route open without the token.
+- ``GET /readyz``    200 or 503, both with a JSON reason (e.g. "no tick has
+  succeeded yet", "the master has been unreachable for 10 minutes").
+- ``GET /metrics``   Prometheus text, as the daemon renders it.
+- ``GET /status``    the running tick's progress and the last tick's summary.
+- ``GET /instances/{guid}``  one customer instance: state, last error, why
+  it waits. The guid may hold any character, percent-encoded (``%2F`` too).
+
+The app only reads from an `Endpoint` the daemon implements, so it is tested
+with a fake one. Answers are JSON (sorted keys, ``Cache-Control: no-store``:
+state changes every tick and must never be served from a cache). A handler
+that raises answers 500 with a fixed message; the traceback goes to the log,
+never to the client, since it may name paths, guids or SQL.
+
+A listener reachable from other hosts serves customer data, so it takes a
+bearer token (`needs_token` tells when one is required); a unix socket or a
+loopback address is guarded by file permissions or by the host itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hmac
+import ipaddress
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Protocol
+
+import structlog
+from aiohttp import web
+
+from cdnreq.config import TcpListen
+
+__all__ = ["Endpoint", "bound_address", "make_app", "needs_token", "serve"]
+
+log = structlog.get_logger("cdnreq.http")
+
+# Seconds given to requests in flight when the runner is cleaned up. The
+# answers are small and computed in memory, so this is plenty.
+SHUTDOWN_TIMEOUT_S = 2.0
+
+_OPEN_ROUTES = frozenset({"healthz"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Endpoint(Protocol):
+    """What the app reads; the daemon implements it."""
+
+    def alive(self) -> bool:
+        """Liveness: the event loop turns and ticks are being scheduled.
+        Must be cheap and must not touch the database."""
+        ...
+
+    def readiness(self) -> tuple[bool, dict]:
+        """(ready, reason dict), the dict served as is in both cases."""
+        ...
+
+    def metrics(self) -> tuple[bytes, str]:
+        """(body, content type), e.g. Prometheus text format."""
+        ...
+
+    def status(self) -> dict:
+        """JSON-ready state, typically with `Progress.snapshot()` in it."""
+        ...
+
+    async def instance(self, guid: str) -> dict | None:
+        """One customer instance's state, or None when unknown."""
+        ...
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        text=json.dumps(data, sort_keys=True),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def make_app(endpoint: Endpoint, *, token: str | None = None) -> web.Application:
+    """The aiohttp application. With `token`, every route but /healthz (and
+    unknown paths too, so they do not reveal what exists) needs
+    ``Authorization: Bearer <token>``."""
+    if token is not None and not token:
+        raise ValueError("token must not be empty (pass None for no token)")
+    expected = None if token is None else token.encode("utf-8")
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            if expected is not None and request.match_info.route.name not in _OPEN_ROUTES:
+                if not _authorized(request, expected):
+                    response: web.StreamResponse = _json(
+                        {"error": "unauthorized"},
+                        status=401,
+                        headers={"WWW-Authenticate": "Bearer"},
+                    )
+                    response.headers["Cache-Control"] = "no-store"
+                    return response
+            response = await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            # 404/405 from the router: JSON like the rest, keeping Allow etc.
+            headers = {
+                k: v
+                for k, v in exc.headers.items()
+                if k.lower() not in ("content-type", "content-length")
+            }
+            response = _json({"error": exc.reason.lower()}, status=exc.status, headers=headers)
+        except Exception:  # not CancelledError: a BaseException since 3.8
+            log.exception("HTTP handler failed", method=request.method, path=request.path)
+            response = _json({"error": "internal error"}, status=500)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    async def healthz(request: web.Request) -> web.Response:
+        alive = bool(endpoint.alive())
+        return _json({"alive": alive}, status=200 if alive else 503)
+
+    async def readyz(request: web.Request) -> web.Response:
+        ready, reason = endpoint.readiness()
+        return _json(reason, status=200 if ready else 503)
+
+    async def metrics(request: web.Request) -> web.Response:
+        body, content_type = endpoint.metrics()
+        # Passed as a header: aiohttp refuses a charset in content_type=, and
+        # the Prometheus type carries one (and a version).
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def status(request: web.Request) -> web.Response:
+        return _json(endpoint.status())
+
+    async def instance(request: web.Request) -> web.Response:
+        # match_info is percent-decoded: "%2F" arrives as "/".
+        found = await endpoint.instance(request.match_info["guid"])
+        if found is None:
+            return _json({"error": "unknown instance"}, status=404)
+        return _json(found)
+
+    app = web.Application(middlewares=[middleware])
+    app.router.add_get("/healthz", healthz, name="healthz")
+    app.router.add_get("/readyz", readyz, name="readyz")
+    app.router.add_get("/metrics", metrics, name="metrics")
+    app.router.add_get("/status", status, name="status")
+    app.router.add_get("/instances/{guid:.+}", instance, name="instance")
+    return app
+
+
+def _authorized(request: web.Request, expected: bytes) -> bool:
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    # Bytes: compare_digest refuses non-ASCII str. surrogateescape round-trips
+    # whatever bytes aiohttp decoded the header from.
+    return hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), expected)
+
+
+async def serve(app: web.Application, listen: TcpListen | Path) -> web.AppRunner:
+    """Starts `app` on `listen` and returns the runner; the caller owns it
+    and calls ``await runner.cleanup()``. Port 0 picks a free port (see
+    `bound_address`)."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    await runner.setup()
+    try:
+        site: web.BaseSite
+        if isinstance(listen, Path):
+            await _remove_stale_socket(listen)
+            site = web.UnixSite(runner, str(listen))
+            await site.start()
+            # Reachable by the daemon's group (the operators' `cdnreq status`),
+            # not by everyone. The directory's permissions also apply.
+            os.chmod(listen, 0o660)
+        else:
+            host, port = listen
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+async def _remove_stale_socket(path: Path) -> None:
+    """Unlinks a socket left by a daemon that died, but never a socket that
+    still answers (another daemon runs) nor anything that is not a socket."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise FileExistsError(errno.EEXIST, "exists and is not a unix socket", str(path))
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 1.0)
+    except (ConnectionRefusedError, FileNotFoundError, asyncio.TimeoutError):
+        path.unlink(missing_ok=True)
+        return
+    writer.close()
+    raise OSError(errno.EADDRINUSE, "another process is listening on this unix socket", str(path))
+
+
+def bound_address(runner: web.BaseRunner) -> str:
+    """Where `runner` actually listens: ``host:port`` (``[v6]:port``), with the
+    real port when 0 was asked, or the unix socket path."""
+    addresses = runner.addresses
+    if not addresses:
+        raise RuntimeError("the runner is not listening")
+    address = addresses[0]
+    if isinstance(address, (str, bytes)):
+        return os.fsdecode(address)
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def needs_token(listen: TcpListen | Path) -> bool:
+    """Whether a listener must require a bearer token: not for a unix socket
+    (file permissions guard it) nor a loopback host (127.0.0.0/8, ::1,
+    localhost); yes for anything else, wildcard addresses included."""
+    if isinstance(listen, Path):
+        return False
+    host = listen[0].strip().rstrip(".").lower()
+    if host == "localhost":
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return True  # a name other than localhost may resolve anywhere
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return not address.is_loopback

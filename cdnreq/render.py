@@ -1,0 +1,110 @@
+"""Text for people: the status summary, a progress bar, an instance explained.
+
+Pure functions from the JSON the endpoint serves (or the store's records) to
+lines on a terminal.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from cdnreq.explain import iso
+from cdnreq.model import Phase, Record
+
+
+def record_row(record: Record) -> dict[str, Any]:
+    return {
+        "instance_guid": record.guid,
+        "title": record.title,
+        "state": record.phase.value,
+        "requested_state": record.requested_state.value if record.requested_state else None,
+        "last_action": record.last_action,
+        "last_error": record.last_error,
+        "failures": record.failures,
+        "retry_at": iso(record.retry_at),
+        "updated_at": iso(record.updated_at),
+        "technical_instance_guid": record.tech_guid,
+    }
+
+
+def table(records: Iterable[Record], *, everything: bool) -> str:
+    """One line per instance; live ones only with `everything`."""
+    rows = sorted(records, key=lambda r: r.guid)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.phase.value] = counts.get(r.phase.value, 0) + 1
+    shown = [r for r in rows if everything or r.phase is not Phase.LIVE]
+    out = []
+    if shown:
+        header = ("INSTANCE_GUID", "STATE", "LAST ACTION", "LAST ERROR")
+        lines = [(r.guid, r.phase.value, r.last_action or "-", r.last_error or "-") for r in shown]
+        widths = [max([len(header[i])] + [len(line[i]) for line in lines]) for i in range(3)]
+        for line in [header, *lines]:
+            out.append("  ".join(c.ljust(w) for c, w in zip(line[:3], widths, strict=True)) + "  " + line[3])
+    summary = ", ".join(f"{n} {phase}" for phase, n in sorted(counts.items())) or "no instance"
+    hidden = "" if everything or len(shown) == len(rows) else " (live ones not listed; --all lists them)"
+    out.append(f"{len(rows)} instances: {summary}{hidden}")
+    return "\n".join(out) + "\n"
+
+
+def summary(status: dict[str, Any]) -> str:
+    """The daemon's own view: readiness, the last or running tick."""
+    readiness = status.get("readiness", {})
+    lines = [
+        f"cdnreq {status.get('version')} (pid {status.get('pid')}): "
+        + ("ready" if status.get("ready") else f"NOT READY: {readiness.get('reason')}")
+    ]
+    if readiness.get("last_success_at"):
+        lines.append(f"last successful tick: {readiness['last_success_at']}")
+    progress = status.get("progress") or {}
+    if progress.get("running"):
+        lines.append(progress_line(progress))
+    last = progress.get("last")
+    if last:
+        state = "ok" if last.get("ok") else "FAILED"
+        lines.append(f"last tick {last.get('tick')}: {state} at {last.get('finished_at')} in {last.get('duration_s')} s")
+        results = (last.get("summary") or {}).get("results") or {}
+        if results:
+            lines.append("  " + ", ".join(f"{k} {v}" for k, v in sorted(results.items())))
+        error = (last.get("summary") or {}).get("error")
+        if error:
+            lines.append(f"  error: {error}")
+    return "\n".join(lines) + "\n"
+
+
+def progress_line(progress: dict[str, Any], width: int = 30) -> str:
+    """`tick 12 executing [#####.....] 340/1000 ETA 12 s`."""
+    phases = progress.get("phases") or []
+    current = phases[-1] if phases else {}
+    done, total = current.get("done") or 0, current.get("total")
+    if total:
+        filled = min(width, int(width * done / total))
+        bar = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
+    else:
+        bar = f"{done} done"
+    eta = progress.get("eta_s")
+    eta_text = f" ETA {eta:.0f} s" if isinstance(eta, (int, float)) else ""
+    return f"tick {progress.get('tick')} {progress.get('phase') or 'starting'} {bar}{eta_text}"
+
+
+def explained(data: dict[str, Any]) -> str:
+    lines = [f"{data['instance_guid']}: {data['state']}", f"  {data['why']}"]
+    for key in ("title", "technical_instance_guid", "requested_state", "last_action", "last_error", "retry_at"):
+        if data.get(key) not in (None, "", 0):
+            lines.append(f"  {key}: {data[key]}")
+    for host in data.get("hosts") or []:
+        failing = f", proof missing since {host['failing_since']}" if host.get("failing_since") else ""
+        lines.append(f"  host {host['host']}: proven {host['proven_at']}, checked {host['checked_at']}{failing}")
+    challenge = data.get("challenge")
+    if challenge:
+        lines.append(f"  challenge: TXT {challenge['txt_record']} = {challenge['txt_value']}")
+    if data.get("published"):
+        lines.append("  published to the customer:")
+        for key, value in sorted(data["published"].items()):
+            lines.append(f"    {key}: {value}")
+    if data.get("events"):
+        lines.append("  recent events (newest first):")
+        for event in data["events"]:
+            detail = f" ({event['detail']})" if event.get("detail") else ""
+            lines.append(f"    {event['at']} tick {event['tick']}: {event['action']} {event['outcome']}{detail}")
+    return "\n".join(lines) + "\n"
