@@ -101,6 +101,9 @@ class Daemon:
         self.stop = asyncio.Event()
         self.metrics = Metrics()
         self.metrics.info(__version__)
+        self.metrics.calls_in_flight.set_function(
+            lambda: self.reconciler.master.in_flight if self.reconciler is not None else 0
+        )
         self.progress = Progress()
         self.notifier = Notifier()
         self.reconciler: Reconciler | None = None

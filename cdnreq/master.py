@@ -92,6 +92,7 @@ class MasterClient:
     max_connections: int = 16
     observer: CallObserver | None = None
     calls: Counter = field(default_factory=Counter)
+    in_flight: int = 0
     _session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> "MasterClient":
@@ -133,6 +134,7 @@ class MasterClient:
     async def call(self, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
         session = self._open()
         self.calls[name] += 1
+        self.in_flight += 1
         started = time.monotonic()
         status = "error"
         try:
@@ -145,6 +147,7 @@ class MasterClient:
         except aiohttp.ClientError as exc:
             raise MasterUnavailable(name, f"{type(exc).__name__}: {exc}") from None
         finally:
+            self.in_flight -= 1
             if self.observer is not None:
                 self.observer(name, status, time.monotonic() - started)
         if response.status >= 400:

@@ -27,3 +27,4 @@ def test_unit_file_reloads_with_sighup_and_keeps_state_in_its_directory():
     assert "ExecReload=/bin/kill -HUP $MAINPID" in text
     assert "StateDirectory=cdnreq" in text
     assert "ProtectSystem=strict" in text and "NoNewPrivileges=yes" in text
+    assert "Type=notify" in text and "WatchdogSec=" in text
