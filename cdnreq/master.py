@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import aiohttp
+import orjson
 
 from cdnreq.model import InstanceAnswer, RequestedState, SharedInstance
 
@@ -122,7 +123,6 @@ class MasterClient:
                 headers=headers,
                 connector=connector,
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-                json_serialize=lambda v: json.dumps(v, separators=(",", ":")),
             )
         return self._session
 
@@ -138,9 +138,9 @@ class MasterClient:
         started = time.monotonic()
         status = "error"
         try:
-            async with session.post(name, json=body) as response:
+            async with session.post(name, data=orjson.dumps(body), headers=_JSON) as response:
                 status = str(response.status)
-                text = await response.text(errors="replace")
+                raw = await response.read()
         except asyncio.TimeoutError:
             status = "timeout"
             raise MasterUnavailable(name, f"no answer within {self.timeout_s:g} s") from None
@@ -152,17 +152,19 @@ class MasterClient:
                 self.observer(name, status, time.monotonic() - started)
         if response.status >= 400:
             error = MasterRejected if response.status < 500 else MasterUnavailable
-            title = _error_title(text)
+            title = _error_title(raw.decode("utf-8", "replace"))
             raise error(
                 name, f"HTTP {response.status}: {title}", status=response.status, title=title
             )
         try:
-            answer = json.loads(text)
+            answer = orjson.loads(raw)
         except ValueError:
+            text = raw.decode("utf-8", "replace")
             raise MasterMalformed(
                 name, f"answer is not JSON: {_excerpt(text)}", status=response.status
             ) from None
         if not isinstance(answer, dict):
+            text = raw.decode("utf-8", "replace")
             raise MasterMalformed(name, f"answer is not a JSON object: {_excerpt(text)}")
         return answer
 
@@ -236,6 +238,7 @@ def parse_listing(entries: list[Any]) -> Listing:
 
 
 _STATES = frozenset(s.value for s in RequestedState)
+_JSON = {"Content-Type": "application/json"}
 
 
 def _instance_answer(call: str, answer: dict[str, Any]) -> InstanceAnswer:

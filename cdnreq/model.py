@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping, NewType
 
+import orjson
+
 InstanceGuid = NewType("InstanceGuid", str)
 """The master's id of an instance (`SOFTINST-1234` in production)."""
 
@@ -21,13 +23,23 @@ Title = NewType("Title", str)
 JsonDict = Mapping[str, Any]
 
 
-def canonical_json(value: Any) -> str:
-    """One spelling per value, so equal parameters always hash equal."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+def canonical_json(value: Any) -> bytes:
+    """One spelling per value, so equal parameters always hash equal.
+
+    orjson and the standard library spell JSON alike with these options;
+    orjson is ten times faster, which matters when 100,000 instances are
+    hashed every tick, and the standard library takes what orjson refuses
+    (integers beyond 64 bits, lone surrogates).
+    """
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return text.encode("utf-8", "surrogatepass")
 
 
 def digest(value: Any) -> str:
-    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical_json(value)).hexdigest()
 
 
 class RequestedState(str, enum.Enum):

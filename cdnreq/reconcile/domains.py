@@ -65,6 +65,10 @@ class Domains:
         self.index = HostIndex(hosts)
         self.challenges: dict[InstanceGuid, Challenge] = dict(challenges or {})
         self._verdicts: dict[str, tuple[str, Verdict]] = {}
+        # OK gates of instances owning all their hosts: nothing but their own
+        # parameters or claims can change them, so an idle tick reuses them.
+        self._settled: dict[str, tuple[str, Gate]] = {}
+        self._settled_policy = policy
 
     def verdict(self, instance: SharedInstance) -> Verdict:
         cached = self._verdicts.get(instance.guid)
@@ -79,6 +83,7 @@ class Domains:
         self.index.drop_guid(guid)
         self.challenges.pop(InstanceGuid(guid), None)
         self._verdicts.pop(guid, None)
+        self._settled.pop(guid, None)
 
     async def step(
         self,
@@ -89,11 +94,23 @@ class Domains:
         on_dns: Callable[[int], None] | None = None,
     ) -> DomainStep:
         out = DomainStep()
-        present: dict[str, SharedInstance] = {}
+        if self.policy != self._settled_policy:
+            self._settled.clear()
+            self._settled_policy = self.policy
+        for guid in self.index.take_touched():
+            self._settled.pop(guid, None)
+        present: dict[str, SharedInstance] = {}  # to decide this tick
+        settled: dict[str, SharedInstance] = {}  # gate reused from the last tick
         for instance in instances:
-            if instance.state is not RequestedState.DESTROYED:
+            if instance.state is RequestedState.DESTROYED or instance.guid in settled:
+                continue
+            cached = self._settled.get(instance.guid)
+            if cached is not None and cached[0] == instance.param_hash:
+                settled[instance.guid] = instance
+                out.gates[instance.guid] = cached[1]
+            else:
                 present.setdefault(instance.guid, instance)
-        active = set(present)
+        active = set(present) | set(settled)
         verdicts = {g: self.verdict(i) for g, i in present.items()}
 
         txt_names: set[str] = set()
@@ -114,6 +131,10 @@ class Domains:
             out.counts[f"dns_{lookup.outcome}"] += 1
 
         self._rechecks(due, txt, addresses, now, tick, out)
+        for guid in self.index.take_touched() & set(settled):  # a re-check changed its claims
+            del self._settled[guid], out.gates[guid]
+            present[guid] = settled.pop(guid)
+            verdicts[guid] = self.verdict(present[guid])
         order = sorted(present, key=lambda g: (known[g].created_at if g in known else now, g))
         for guid in order:
             gate, claims = decide(
@@ -127,8 +148,12 @@ class Domains:
                 now=now,
             )
             out.gates[guid] = gate
-            out.counts[f"gate_{gate.status.value}"] += 1
             self._record_claims(guid, claims, now, tick, out)
+            if gate.ok and self.index.hosts_of(guid) == set(gate.hosts):
+                self._settled[guid] = (present[guid].param_hash, gate)
+        self.index.take_touched()  # this step's own claims are in the gates already
+        for gate in out.gates.values():
+            out.counts[f"gate_{gate.status.value}"] += 1
         self._release_unlisted(verdicts, known, now, tick, out)
         return out
 

@@ -65,6 +65,7 @@ class HostIndex:
         self.by_host: dict[str, HostClaim] = {}
         self.by_guid: dict[str, set[str]] = defaultdict(set)
         self.by_domain: dict[str, set[str]] = defaultdict(set)
+        self.touched: set[str] = set()  # guids whose claims changed since last taken
         for claim in claims:
             self.put(claim)
 
@@ -73,12 +74,18 @@ class HostIndex:
         self.by_host[claim.host] = claim
         self.by_guid[claim.guid].add(claim.host)
         self.by_domain[claim.registrable].add(claim.host)
+        self.touched.add(claim.guid)
 
     def drop(self, host: str) -> None:
         old = self.by_host.pop(host, None)
         if old is not None:
             self.by_guid[old.guid].discard(host)
             self.by_domain[old.registrable].discard(host)
+            self.touched.add(old.guid)
+
+    def take_touched(self) -> set[str]:
+        touched, self.touched = self.touched, set()
+        return touched
 
     def drop_guid(self, guid: str) -> None:
         for host in list(self.by_guid.pop(guid, ())):
