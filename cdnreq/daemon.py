@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from cdnreq import __version__
+from cdnreq import __version__, logs
 from cdnreq.config import Config, ConfigError, load_config
 from cdnreq.explain import explain, iso
 from cdnreq.http import make_app, needs_token, serve, bound_address
@@ -114,6 +114,7 @@ class Daemon:
         self.address: str | None = None
         self._signals = 0
         self._new_master = False
+        self._new_resolver = False
 
     # -- signals ------------------------------------------------------------
 
@@ -145,6 +146,7 @@ class Daemon:
                 ("[daemon].database", self.config.daemon.database, config.daemon.database),
                 ("[daemon].listen", self.config.daemon.listen, config.daemon.listen),
                 ("[daemon].token_file", self.config.daemon.token_file, config.daemon.token_file),
+                ("[domain].secret_file", self.config.domain.secret_file, config.domain.secret_file),
             )
             if old != new
         ]
@@ -152,8 +154,13 @@ class Daemon:
             log.warning("these changes apply after a restart", keys=restart)
         if (config.master, config.daemon.concurrency) != (self.config.master, self.config.daemon.concurrency):
             self._new_master = True
+        if config.dns != self.config.dns:
+            self._new_resolver = True
+        new_logging = config.logging != self.config.logging
         self.config = config
         log.info("configuration reloaded; applies from the next tick", path=str(self.config_path))
+        if new_logging:
+            logs.configure(config.logging.format, config.logging.level)
 
     # -- what the endpoint shows ---------------------------------------------
 
@@ -311,6 +318,12 @@ class Daemon:
             self._new_master = False
             await self.reconciler.master.close()
             self.reconciler.master = master_client(self.config, self.metrics)
+        if self._new_resolver:
+            self._new_resolver = False
+            await self.reconciler.resolver.close()
+            self.reconciler.resolver = self._resolver()
+            if self.reconciler.domains is not None:
+                self.reconciler.domains.resolver = self.reconciler.resolver
         task = asyncio.create_task(self.reconciler.tick(self.stop))
         stopping = asyncio.create_task(self.stop.wait())
         try:

@@ -189,9 +189,8 @@ class _Runner:
             return await self.request(action, records.lost(record, error.detail, self.clock()))
         except MasterError as error:
             return self.failure(action, record, "poll", error)
-        self.event(
-            record.guid, "poll", "ok", "answer received" if answer.connection_parameters else "no answer yet"
-        )
+        if answer.connection_parameters:  # "no answer yet" each tick would only bloat the audit trail
+            self.event(record.guid, "poll", "ok", "answer received")
         return await self.relay(action, records.polled(record, answer, self.clock()))
 
     async def relay(self, action: Action, record: Record) -> Outcome:

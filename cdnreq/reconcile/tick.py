@@ -213,6 +213,15 @@ class Reconciler:
         try:
             with structlog.contextvars.bound_contextvars(tick=report.id):
                 await self._tick(report, stop)
+        except asyncio.CancelledError:
+            # cancelled at the shutdown timeout: say so in the ticks table
+            report.error = "cancelled: calls still in flight at the shutdown timeout"
+            report.duration_s = self.clock() - started
+            end = self.store.end_tick(
+                report.id, finished_at=self.clock(), result="cancelled", summary=report.summary()
+            )
+            await asyncio.shield(asyncio.ensure_future(end))
+            raise
         finally:
             self.progress.finish_tick(report.ok, report.summary(), self.clock())
         return report
