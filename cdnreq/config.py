@@ -336,6 +336,24 @@ class DnsConfig(BaseModel):
         return value
 
 
+class StoreConfig(BaseModel):
+    """Online backups of the store: what proves which customer owns which host."""
+
+    model_config = _MODEL_CONFIG
+
+    backup_dir: Path | None = Field(
+        default=None,
+        strict=False,
+        description="where online backups of the database go; default: backups/ beside the database",
+    )
+    backup_interval_s: float = Field(
+        default=6 * 3600.0, ge=0, allow_inf_nan=False, description="0 disables scheduled backups"
+    )
+    backup_keep: int = Field(default=14, ge=1, le=10000, description="how many backups to keep")
+
+    _resolve = field_validator("backup_dir")(_resolve_path)
+
+
 class Config(BaseModel):
     """The whole configuration file."""
 
@@ -346,10 +364,14 @@ class Config(BaseModel):
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     domain: DomainConfig = Field(default_factory=DomainConfig)
     dns: DnsConfig = Field(default_factory=DnsConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     def secret_path(self) -> Path:
         return self.domain.secret_file or self.daemon.database.parent / "domain-secret"
+
+    def backup_path(self) -> Path:
+        return self.store.backup_dir or self.daemon.database.parent / "backups"
 
 
 # --------------------------------------------------------------------------
