@@ -159,7 +159,8 @@ async def test_pending_then_proven_claims_the_host(devdns: DevDns, dns: Recordin
     out = await d.step([a], {}, later, tick=2)
     gate = out.gates["SOFTINST-A"]
     assert gate.status is Status.OK and gate.hosts == ("www.a.example", "api.a.example")
-    assert gate.forward == {"custom_domain": "www.a.example", "server-alias": "api.a.example"}
+    assert gate.forward is None  # already normalised: forwarded as listed
+    assert gate.forward_hash == a.param_hash
     assert out.host_upserts == {
         h: HostClaim(h, InstanceGuid("SOFTINST-A"), "a.example", later, later) for h in ("www.a.example", "api.a.example")
     }

@@ -139,14 +139,14 @@ class _Runner:
 
     async def request(self, action: Action, record: Record) -> Outcome:
         instance, gate = action.instance, action.gate or Gate.accept(action.instance)
-        assert instance is not None and gate.forward is not None
+        assert instance is not None
         step = action.kind.value if action.kind is not Kind.POLL else Kind.REQUEST.value
         try:
             answer = await self.master.request_instance(
                 title=record.title,
                 software_release_uri=self.settings.software_release_uri,
                 software_type=self.settings.software_type,
-                parameters=gate.forward,
+                parameters=gate.forward if gate.forward is not None else instance.parameters,
                 state=instance.state.value,
                 sla_parameters=self.settings.sla,
             )

@@ -32,8 +32,8 @@ class Status(str, enum.Enum):
 @dataclass(frozen=True, slots=True)
 class Gate:
     status: Status
-    forward: Mapping[str, Any] | None = None  # what to request, when OK
-    forward_hash: str | None = None
+    forward: Mapping[str, Any] | None = None  # what to request, when OK; None: as listed
+    forward_hash: str | None = None  # of what is requested, when OK
     hosts: tuple[str, ...] = ()
     extras: Mapping[str, str] = field(default_factory=dict)  # shown to the customer
     error: str | None = None  # for software_instance_error
@@ -42,7 +42,7 @@ class Gate:
     @classmethod
     def accept(cls, instance: SharedInstance) -> "Gate":
         """No validation: forward the parameters as they are."""
-        return cls(Status.OK, instance.parameters, instance.param_hash)
+        return cls(Status.OK, None, instance.param_hash)
 
     @property
     def ok(self) -> bool:
@@ -149,7 +149,7 @@ def decide(
     if not verdict.ok:
         return _invalid(verdict, verdict.errors), Claims()
     if not verdict.hosts:
-        return _ok(verdict, (), None, policy, index), Claims()
+        return _ok(instance, verdict, (), None, policy, index), Claims()
     assert verdict.registrable is not None and verdict.custom_domain is not None
     taken = [h for h in verdict.hosts if any(r.guid in active for r in index.rivals(h, verdict.registrable, guid))]
     if taken:
@@ -159,7 +159,7 @@ def decide(
         return _invalid(verdict, verdict.errors + errors), Claims()
     unproven = [h for h in verdict.hosts if not index.owns(guid, h)]
     if not unproven:
-        return _ok(verdict, verdict.hosts, challenge, policy, index), Claims()
+        return _ok(instance, verdict, verdict.hosts, challenge, policy, index), Claims()
     if challenge is None or challenge.domain != verdict.custom_domain:
         # no token for this domain yet: the caller issues one; pending meanwhile
         return Gate(Status.PENDING, hosts=verdict.hosts, pending=tuple(unproven)), Claims()
@@ -178,7 +178,7 @@ def decide(
         claim = HostClaim(host, guid, verdict.registrable, now, now)
         index.put(claim)
         upserts.append(claim)
-    gate = _ok(verdict, verdict.hosts, challenge, policy, index)
+    gate = _ok(instance, verdict, verdict.hosts, challenge, policy, index)
     return gate, Claims(tuple(upserts), tuple(deletes), tuple(sorted(taken_from)))
 
 
@@ -221,9 +221,17 @@ def _base_extras(verdict: Verdict, challenge: Challenge | None, policy: DomainPo
     return extras
 
 
-def _ok(verdict: Verdict, hosts: tuple[str, ...], challenge: Challenge | None, policy: DomainPolicy, index: HostIndex) -> Gate:
+def _ok(
+    instance: SharedInstance,
+    verdict: Verdict,
+    hosts: tuple[str, ...],
+    challenge: Challenge | None,
+    policy: DomainPolicy,
+    index: HostIndex,
+) -> Gate:
     extras = _base_extras(verdict, challenge, policy, _warnings(verdict, hosts, index, policy))
-    return Gate(Status.OK, verdict.forward, verdict.forward_hash, tuple(hosts), extras)
+    forward_hash = verdict.forward_hash if verdict.forward is not None else instance.param_hash
+    return Gate(Status.OK, verdict.forward, forward_hash, tuple(hosts), extras)
 
 
 def _invalid(verdict: Verdict, errors: tuple[str, ...]) -> Gate:

@@ -33,11 +33,13 @@ NETLOC_LISTS = (
 class Verdict:
     errors: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
-    forward: Mapping[str, Any] = field(default_factory=dict)
+    # what to request when the normalised spellings differ from the customer's;
+    # None: the parameters as listed (no copy kept of 100,000 parameter sets)
+    forward: Mapping[str, Any] | None = None
     custom_domain: str | None = None
     hosts: tuple[str, ...] = ()  # custom_domain first, then the aliases
     registrable: str | None = None
-    forward_hash: str = ""
+    forward_hash: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -56,7 +58,7 @@ def _validate(parameters: Mapping[str, Any]) -> Verdict:
     if not isinstance(parameters, Mapping):
         return Verdict(errors=tuple(errors))
     bad = {e.split(":", 1)[0] for e in errors}  # parameters the schema already refused
-    forward = dict(parameters)
+    forward: dict[str, Any] = {}  # only the values whose spelling changes
 
     custom_domain = registrable = None
     raw_domain = parameters.get("custom_domain")
@@ -72,7 +74,8 @@ def _validate(parameters: Mapping[str, Any]) -> Verdict:
                     f"custom_domain: {quote_value(custom_domain)} is a public suffix;"
                     " a domain registered under it is needed"
                 )
-            forward["custom_domain"] = custom_domain
+            if custom_domain != raw_domain:
+                forward["custom_domain"] = custom_domain
 
     aliases: list[str] = []
     raw_aliases = parameters.get("server-alias")
@@ -82,7 +85,7 @@ def _validate(parameters: Mapping[str, Any]) -> Verdict:
         else:
             aliases, alias_errors = parse_aliases(raw_aliases, custom_domain)
             errors.extend(alias_errors)
-            if raw_aliases.strip():
+            if raw_aliases.strip() and " ".join(aliases) != raw_aliases:
                 forward["server-alias"] = " ".join(aliases)
 
     for name in NETLOC_LISTS:
@@ -90,7 +93,7 @@ def _validate(parameters: Mapping[str, Any]) -> Verdict:
         if isinstance(value, str) and name not in bad:
             netlocs, netloc_errors = parse_netloc_list(value, name)
             errors.extend(netloc_errors)
-            if not netloc_errors and value.strip():
+            if not netloc_errors and value.strip() and " ".join(netlocs) != value:
                 forward[name] = " ".join(netlocs)
 
     ciphers = parameters.get("ciphers")
@@ -98,7 +101,7 @@ def _validate(parameters: Mapping[str, Any]) -> Verdict:
         normalised, cipher_warnings, cipher_errors = check_ciphers(ciphers)
         warnings.extend(cipher_warnings)
         errors.extend(cipher_errors)
-        if not cipher_errors and ciphers.strip():
+        if not cipher_errors and ciphers.strip() and normalised != ciphers:
             forward["ciphers"] = normalised
 
     errors.extend(check_tls_parameters({k: v for k, v in parameters.items() if k not in bad}))
@@ -109,8 +112,8 @@ def _validate(parameters: Mapping[str, Any]) -> Verdict:
     return Verdict(
         errors=tuple(errors),
         warnings=tuple(warnings),
-        forward_hash=digest(forward),
-        forward=forward,
+        forward={**parameters, **forward} if forward else None,
+        forward_hash=digest({**parameters, **forward}) if forward else None,
         custom_domain=custom_domain,
         hosts=tuple(hosts),
         registrable=registrable,
