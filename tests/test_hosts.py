@@ -509,3 +509,28 @@ def test_aliases_non_string_never_raises(raw: object) -> None:
 def test_deterministic() -> None:
     raw = "b.example.com *.example.com a.example.com evil.org"
     assert parse_aliases(raw, "example.com") == parse_aliases(raw, "example.com")
+
+
+def test_fast_path_agrees_with_full_normalisation(monkeypatch):
+    """Names taken by the shortcut are exactly those the full path returns unchanged."""
+    import random
+    import string
+
+    from cdnreq.validate import hosts
+
+    rnd = random.Random(7)
+    alphabet = string.ascii_lowercase + string.digits + "-"
+    names = [
+        ".".join("".join(rnd.choice(alphabet) for _ in range(rnd.randint(1, 9))) for _ in range(rnd.randint(1, 4)))
+        for _ in range(5000)
+    ] + ["xn--bcher-kva.example", "ab--cd.example", "www.0x1f", "a.123", "a" * 64 + ".example"]
+    fast = {n: hosts._already_canonical(n) for n in names}
+    monkeypatch.setattr(hosts, "_already_canonical", lambda raw: False)
+    for name in names:
+        try:
+            slow = hosts.normalise_host(name)
+        except hosts.HostError:
+            slow = None
+        if fast[name]:
+            assert slow == name, name
+    assert sum(fast.values()) > 1000  # the shortcut is really exercised

@@ -196,6 +196,8 @@ def normalise_host(raw: str, *, wildcard: bool = False) -> str:
     """
     if not isinstance(raw, str):
         raise HostError(raw, "it is not a string")
+    if _already_canonical(raw):
+        return raw
     _check_shape(raw)
     host = raw[:-1] if raw.endswith(".") else raw
     if host == "":
@@ -224,6 +226,21 @@ def normalise_host(raw: str, *, wildcard: bool = False) -> str:
     if len(result) > MAX_HOST_LENGTH:
         raise HostError(raw, f"it is longer than {MAX_HOST_LENGTH} characters once encoded")
     return result
+
+
+_CANONICAL = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)
+
+
+def _already_canonical(raw: str) -> bool:
+    """The common case, answered without IDNA work: a lower-case LDH name
+    that normalisation would return unchanged (no `--` anywhere, so no
+    A-label or reserved label needs checking)."""
+    return (
+        len(raw) <= MAX_HOST_LENGTH
+        and "--" not in raw
+        and _CANONICAL.fullmatch(raw) is not None
+        and _NUMERIC_LABEL.fullmatch(raw.rpartition(".")[2]) is None
+    )
 
 
 def _base(host: str) -> str:
