@@ -157,7 +157,7 @@ class MasterClient:
                 name, f"HTTP {response.status}: {title}", status=response.status, title=title
             )
         try:
-            answer = orjson.loads(raw)
+            answer = _loads(raw)
         except ValueError:
             text = raw.decode("utf-8", "replace")
             raise MasterMalformed(
@@ -196,10 +196,17 @@ class MasterClient:
         }
         if parameters is not None:
             body["parameters"] = dict(parameters)
-        return _instance_answer(REQUEST, await self.call(REQUEST, body))
+        answer = _instance_answer(REQUEST, await self.call(REQUEST, body))
+        if answer.title is not None and answer.title != title:
+            # never take another entry's answer for this one's
+            raise MasterMalformed(REQUEST, f"answer is for title {answer.title!r}, not {title!r}")
+        return answer
 
     async def get_instance(self, instance_guid: str) -> InstanceAnswer:
-        return _instance_answer(GET, await self.call(GET, {"instance_guid": instance_guid}))
+        answer = _instance_answer(GET, await self.call(GET, {"instance_guid": instance_guid}))
+        if answer.guid != instance_guid:
+            raise MasterMalformed(GET, f"answer is for {answer.guid!r}, not {instance_guid!r}")
+        return answer
 
     async def publish_connection(self, instance_guid: str, parameters: Mapping[str, Any]) -> None:
         await self.call(
@@ -241,13 +248,30 @@ _STATES = frozenset(s.value for s in RequestedState)
 _JSON = {"Content-Type": "application/json"}
 
 
+def _loads(raw: bytes) -> Any:
+    """orjson, or the standard library for what orjson refuses but masters
+    send (a bare `Infinity` that one customer's parameter became)."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
 def _instance_answer(call: str, answer: dict[str, Any]) -> InstanceAnswer:
     guid = answer.get("instance_guid")
     connection = answer.get("connection_parameters", {})
     if not isinstance(guid, str) or not isinstance(connection, dict):
         raise MasterMalformed(call, "answer lacks instance_guid or connection_parameters")
     state = answer.get("state")
-    return InstanceAnswer(guid=guid, connection_parameters=connection, state=state)
+    title = answer.get("title")
+    parameters = answer.get("parameters")
+    return InstanceAnswer(
+        guid=guid,
+        connection_parameters=connection,
+        state=state,
+        title=title if isinstance(title, str) else None,
+        parameters=parameters if isinstance(parameters, dict) else None,
+    )
 
 
 def _error_title(text: str) -> str:

@@ -163,3 +163,5 @@ class InstanceAnswer:
     guid: str
     connection_parameters: JsonDict = field(default_factory=dict)
     state: str | None = None
+    title: str | None = None
+    parameters: JsonDict | None = None  # as the master holds them, to check a request was kept

@@ -434,6 +434,8 @@ def test_no_retention_destroys_at_once(cdn_site: CdnSite, devdns: DevDns, make_c
     once(config)
     assert title_of(guid) not in entries(site)
     assert events_of(database, guid, "destroy") == [("destroy", "ok")]
+    once(config)  # the destroy is read back, then the instance is forgotten
+    assert events_of(database, guid, "destroy") == [("destroy", "ok"), ("destroy", "confirmed")]
     records, _, challenges, hosts = load(database)
     assert guid not in records and guid not in challenges and "shop.example.com" not in hosts
 

@@ -94,11 +94,30 @@ async def test_request_then_in_progress_message():
     assert [(e.action, e.outcome) for e in outcome.events] == [("request", "ok"), ("publish", "ok")]
 
 
-async def test_request_with_answer_goes_live():
+async def test_request_with_answer_is_shown_but_live_only_once_read_back():
     master = FakeMaster(connection={"domain": "a.cdn"})
     outcome = (await run([request_action("A")], master))["A"]
-    assert outcome.record.phase is Phase.LIVE
+    assert outcome.record.phase is Phase.REQUESTED
     assert outcome.record.published == {"domain": "a.cdn"}
+    polled = (await run([Action(Kind.POLL, outcome.record, "verify", request_action("A").instance)], master))["A"]
+    assert polled.record.phase is Phase.LIVE
+    assert [c[0] for c in master.calls][-1] == "get"  # nothing new to publish
+
+
+async def test_poll_of_an_entry_that_lost_the_request_requests_again():
+    master = FakeMaster(connection={"domain": "a.cdn"})
+    base = request_action("A")
+    record = replace(base.record, phase=Phase.REQUESTED, param_hash="h", tech_guid="tech-cdnreq-A",
+                     connection={}, published=records.IN_PROGRESS)
+
+    async def stale(instance_guid):
+        await master._enter("get", instance_guid)
+        return InstanceAnswer(guid=instance_guid, connection_parameters={}, parameters={"url": "https://old.example"})
+
+    master.get_instance = stale
+    outcome = (await run([Action(Kind.POLL, record, "waiting", base.instance)], master))["A"]
+    assert [c[0] for c in master.calls][:2] == ["get", "request"]
+    assert ("poll", "stale") in [(e.action, e.outcome) for e in outcome.events]
 
 
 async def test_one_failure_does_not_stop_the_others():

@@ -179,9 +179,16 @@ def test_pending_answer_is_polled_not_requested():
     assert kinds(p) == [(Kind.POLL, "A")]
 
 
-def test_known_answer_not_relayed_is_published_without_a_call_first():
+def test_a_request_is_read_back_once_before_it_counts_as_live():
     a = inst("A")
-    unrelayed = live(a, phase=Phase.REQUESTED, published={"message": "..."})
+    unverified = live(a, phase=Phase.REQUESTED, published={"domain": "x.cdn"})
+    p = plan(listing(a), known(unverified), NOW, POLICY)
+    assert kinds(p) == [(Kind.POLL, "A")]
+
+
+def test_live_answer_not_relayed_is_published_without_a_call_first():
+    a = inst("A")
+    unrelayed = live(a, published={"message": "..."})
     p = plan(listing(a), known(unrelayed), NOW, POLICY)
     assert kinds(p) == [(Kind.PUBLISH, "A")]
 

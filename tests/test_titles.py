@@ -1,6 +1,6 @@
 import pytest
 
-from cdnreq.reconcile.titles import MAX_TITLE, is_plain, technical_title
+from cdnreq.reconcile.titles import MAX_TITLE, is_safe, technical_title
 
 
 def test_plain_guid_keeps_prefix_and_guid():
@@ -27,7 +27,7 @@ def test_unsafe_guids_get_a_safe_stable_title(guid):
     assert title == technical_title("cdnreq-", guid)  # stable
     assert len(title) <= MAX_TITLE
     assert "___" not in title and not title.endswith("_")
-    assert is_plain(title)
+    assert is_safe(title)
     assert title.startswith("cdnreq-")
 
 

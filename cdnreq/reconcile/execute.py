@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol
 
-from cdnreq.master import MasterError, MasterRejected
-from cdnreq.model import Event, InstanceAnswer, Phase, Record, RequestedState
+from cdnreq.master import MasterError, MasterRejected, MasterUnavailable
+from cdnreq.model import Event, InstanceAnswer, Phase, Record, RequestedState, SharedInstance
 from cdnreq.reconcile import records
 from cdnreq.reconcile.gate import Gate, Status
 from cdnreq.reconcile.plan import Action, Kind
@@ -146,7 +146,7 @@ class _Runner:
                 title=record.title,
                 software_release_uri=self.settings.software_release_uri,
                 software_type=self.settings.software_type,
-                parameters=gate.forward if gate.forward is not None else instance.parameters,
+                parameters=_requested(instance, gate),
                 state=instance.state.value,
                 sla_parameters=self.settings.sla,
             )
@@ -180,6 +180,8 @@ class _Runner:
     async def poll(self, action: Action) -> Outcome:
         record = action.record
         assert record.tech_guid is not None
+        if action.instance is None:
+            return await self.confirm(action)
         try:
             answer = await self.master.get_instance(record.tech_guid)
         except MasterRejected as error:
@@ -189,6 +191,10 @@ class _Runner:
             return await self.request(action, records.lost(record, error.detail, self.clock()))
         except MasterError as error:
             return self.failure(action, record, "poll", error)
+        instance, gate = action.instance, action.gate
+        if instance is not None and not records.kept(answer, _requested(instance, gate)):
+            self.event(record.guid, "poll", "stale", "the technical entry does not hold the last request")
+            return await self.request(action, record)
         if answer.connection_parameters:  # "no answer yet" each tick would only bloat the audit trail
             self.event(record.guid, "poll", "ok", "answer received")
         return await self.relay(action, records.polled(record, answer, self.clock()))
@@ -232,8 +238,40 @@ class _Runner:
             return self.failure(action, record, "destroy", error)
         self.event(record.guid, "destroy", "ok", f"{action.reason}; title {record.title}")
         if action.forget:
-            return self.done(action, None, True)
+            if record.tech_guid is None:
+                return self.done(action, None, True)
+            return self.done(action, records.destroy_sent(record, self.clock()), True)
         return await self.relay(action, records.cleared(record, self.clock()))
+
+    async def confirm(self, action: Action) -> Outcome:
+        """Read back a destroyed entry: forget it once gone, destroy it again if not."""
+        record = action.record
+        assert record.tech_guid is not None
+        try:
+            answer = await self.master.get_instance(record.tech_guid)
+        except MasterRejected as error:
+            if not error.not_found:
+                return self.failure(action, record, "confirm", error)
+            gone = error.detail
+        except MasterUnavailable as error:
+            if error.status != 500:  # timeouts and gateways: ask again next tick
+                return self.failure(action, record, "confirm", error)
+            gone = error.detail  # slapproxy cannot read a destroyed shared instance back
+        except MasterError as error:
+            return self.failure(action, record, "confirm", error)
+        else:
+            if answer.state != RequestedState.DESTROYED.value:
+                self.event(record.guid, "destroy", "lost", "the technical entry is still there")
+                return await self.destroy(replace(action, kind=Kind.DESTROY, forget=True))
+            gone = "state destroyed"
+        self.event(record.guid, "destroy", "confirmed", gone)
+        return self.done(action, None, True)
+
+
+def _requested(instance: SharedInstance, gate: Gate | None) -> Mapping[str, Any]:
+    if gate is not None and gate.forward is not None:
+        return gate.forward
+    return instance.parameters
 
 
 def _what(record: Record, gate: Gate | None) -> str:

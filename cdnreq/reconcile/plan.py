@@ -88,9 +88,20 @@ def new_record(guid: InstanceGuid, prefix: str, now: float) -> Record:
     )
 
 
+def destroy_sent(record: Record) -> bool:
+    """A destroy was sent (acknowledged, or timed out): done once read back gone."""
+    return record.phase is Phase.REMOVING and record.last_action == "destroy" and record.tech_guid is not None
+
+
 def has_entry(record: Record) -> bool:
-    """Whether a technical entry may exist for this record."""
-    return record.param_hash is not None or record.tech_guid is not None
+    """Whether a technical entry may exist for this record: requested, or a
+    request was sent whose answer was lost (a crash, a timeout the master
+    did not notice)."""
+    return (
+        record.param_hash is not None
+        or record.tech_guid is not None
+        or record.last_action in ("requesting", "request")
+    )
 
 
 def plan(
@@ -140,7 +151,8 @@ def plan(
         add(_for_present(instance, gate, record, policy, ownership), record)
 
     gone = destroyed + [r for g, r in known.items() if g not in seen]
-    departing = [r for r in gone if r.phase is not Phase.RETAINED]
+    confirming = [r for r in gone if destroy_sent(r)]
+    departing = [r for r in gone if r.phase is not Phase.RETAINED and not destroy_sent(r)]
     retained = [r for r in gone if r.phase is Phase.RETAINED]
     explicit = {r.guid for r in destroyed}
     held: tuple[Record, ...] = ()
@@ -159,6 +171,8 @@ def plan(
         action = _retention(record, record.guid in explicit, now, policy, ownership, forgets)
         if action is not None:
             add(action, record)
+    for record in confirming:  # a destroy counts once read back: a master may drop one
+        add(Action(Kind.POLL, record, "confirm the destroy"), record)
     for action in actions:
         counts[action.kind.value] += 1
     counts["forget"] = len(forgets)
@@ -184,9 +198,10 @@ def _for_present(
         return Action(Kind.UPDATE, record, f"state changed to {instance.state.value}", instance, gate)
     if record.spec_hash != policy.spec_hash:
         return Action(Kind.UPDATE, record, "technical CDN settings changed", instance, gate)
-    if not record.connection:
+    if record.phase is not Phase.LIVE or not record.connection:
         if record.tech_guid is None:
             return Action(Kind.REQUEST, record, "no technical entry known", instance, gate)
+        # read back once after each request, and until the CDN answers
         return Action(Kind.POLL, record, "waiting for the technical CDN's answer", instance, gate)
     if needs_publish(record, gate):
         return Action(Kind.PUBLISH, record, "new information for the customer", instance, gate)

@@ -73,7 +73,8 @@ def requested(
         requested_state=instance.state,
         spec_hash=spec_hash,
         tech_guid=answer.guid,
-        connection=dict(answer.connection_parameters),
+        # an update answered before the CDN redeploys: keep showing the last answer
+        connection=dict(answer.connection_parameters or record.connection or {}),
         served=tuple(gate.hosts),
         last_action=action,
         last_error=None,
@@ -83,9 +84,21 @@ def requested(
     )
 
 
+def kept(answer: InstanceAnswer, requested: Mapping[str, Any]) -> bool:
+    """Whether the technical entry holds what was last requested (a master
+    may answer 200 and not keep a request). Extra keys are the master's
+    business; values are compared as text, since masters stringify them."""
+    if answer.parameters is None:
+        return True
+    held = answer.parameters
+    return all(k in held and (held[k] == v or str(held[k]) == str(v)) for k, v in requested.items())
+
+
 def polled(record: Record, answer: InstanceAnswer, now: float) -> Record:
+    """Read back and verified: live once the CDN has answered."""
     return replace(
         record,
+        phase=Phase.LIVE if answer.connection_parameters else Phase.REQUESTED,
         connection=dict(answer.connection_parameters),
         last_action="poll",
         last_error=None,
@@ -126,6 +139,22 @@ def cleared(record: Record, now: float) -> Record:
     )
 
 
+def destroy_sent(record: Record, now: float) -> Record:
+    """Destroy acknowledged; forgotten once the entry is read back gone."""
+    return replace(
+        record,
+        phase=Phase.REMOVING,
+        param_hash=None,
+        connection=None,
+        served=None,
+        last_action="destroy",
+        last_error=None,
+        failures=0,
+        retry_at=None,
+        updated_at=now,
+    )
+
+
 def resumed(record: Record, now: float) -> Record:
     """Back on the master after a hold or during retention."""
     if record.param_hash is None and record.tech_guid is None:
@@ -138,27 +167,22 @@ def resumed(record: Record, now: float) -> Record:
 
 
 def published(record: Record, shown: Mapping[str, Any], error: str | None, now: float) -> Record:
+    """Published: the call that led here succeeded, so any failure streak is over."""
     return replace(
         record,
-        phase=_phase(record),
         published=dict(shown),
         published_error=error if error is not None else record.published_error,
         last_action="publish",
+        last_error=None,
+        failures=0,
+        retry_at=None,
         updated_at=now,
     )
 
 
 def settled(record: Record, now: float) -> Record:
-    """Nothing new to publish: the phase follows from the data."""
-    return replace(record, phase=_phase(record), updated_at=now)
-
-
-def _phase(record: Record) -> Phase:
-    if record.phase in (Phase.RETAINED, Phase.REMOVING):
-        return record.phase
-    if record.param_hash is None and record.tech_guid is None:
-        return Phase.NEW
-    return Phase.LIVE if record.connection else Phase.REQUESTED
+    """Nothing new to publish."""
+    return replace(record, updated_at=now)
 
 
 def failed(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import structlog
@@ -25,7 +25,7 @@ from cdnreq.model import Event, InstanceGuid, Record
 from cdnreq.reconcile.domains import Domains, DomainStep, Lookups
 from cdnreq.reconcile.execute import Outcome, Settings, execute
 from cdnreq.reconcile.gate import DomainPolicy
-from cdnreq.reconcile.plan import Plan, Policy, held_records, plan, spec_hash
+from cdnreq.reconcile.plan import Kind, Plan, Policy, has_entry, held_records, plan, spec_hash
 from cdnreq.progress import Progress
 from cdnreq.store import Store, StoreError
 
@@ -208,7 +208,14 @@ class Reconciler:
 
     async def tick(self, stop: asyncio.Event | None = None) -> TickReport:
         started = self.clock()
-        report = TickReport(id=await self.store.begin_tick(started), started_at=started)
+        try:
+            tick_id = await self.store.begin_tick(started)
+        except StoreError as error:  # a full disk fails the tick, not the daemon
+            report = TickReport(id=0, started_at=started, error=f"database: {error}")
+            self.known = None
+            log.error("tick failed", **report.summary())
+            return report
+        report = TickReport(id=tick_id, started_at=started)
         self.progress.start_tick(report.id, started)
         try:
             with structlog.contextvars.bound_contextvars(tick=report.id):
@@ -315,7 +322,12 @@ class Reconciler:
         held = list(held_records(the_plan, now))
         if the_plan.hold_reason is not None:
             log.error("removals held", count=len(the_plan.held), reason=the_plan.hold_reason)
-        upserts = [*the_plan.updates, *held]
+        updates = {r.guid: r for r in the_plan.updates}
+        for action in the_plan.actions:  # a request may reach the master before a crash
+            if action.kind is Kind.REQUEST and not has_entry(action.record):
+                record = updates.get(action.guid, action.record)
+                updates[action.guid] = replace(record, last_action="requesting")
+        upserts = [*updates.values(), *held]
         events = [*step.events, *(Event(r.guid, "hold", "held", now, r.last_error, tick) for r in held)]
         events += [Event(g, "forget", "ok", now, "gone, without a technical entry", tick) for g in the_plan.forgets]
         if not (upserts or the_plan.forgets or events or step.host_upserts or step.host_deletes or step.challenges):

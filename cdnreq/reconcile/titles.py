@@ -21,13 +21,23 @@ _PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _UNSAFE_RUN = re.compile(r"[^A-Za-z0-9.-]+")
 
 
-def is_plain(title: str) -> bool:
+_HASHED = re.compile(r"-[0-9a-f]{%d}$" % HASH_CHARS)
+
+
+def is_safe(title: str) -> bool:
+    """Within the master's limit and readable back by slapproxy."""
     return (
         len(title) <= MAX_TITLE
         and _PLAIN.fullmatch(title) is not None
         and "__" not in title
         and not title.endswith("_")
     )
+
+
+def is_plain(title: str) -> bool:
+    """Usable as it is; a title shaped like a hashed one never is, so a plain
+    guid cannot take the title of another guid's slug."""
+    return is_safe(title) and _HASHED.search(title) is None
 
 
 def technical_title(prefix: str, instance_guid: str) -> Title:

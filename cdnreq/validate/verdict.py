@@ -9,7 +9,7 @@ instance's error, never the tick's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from cdnreq.model import digest
