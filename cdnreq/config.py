@@ -200,6 +200,13 @@ class DaemonConfig(BaseModel):
         default=3600.0, gt=0, allow_inf_nan=False, description="backoff cap, >= retry_base_s"
     )
     shutdown_timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    verify_interval_s: float = Field(
+        default=86400.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="how often a live technical entry is read back to check it is still there;"
+        " 0 disables",
+    )
     token_file: Path | None = Field(
         default=None,
         strict=False,

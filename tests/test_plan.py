@@ -356,3 +356,12 @@ def test_retained_instance_back_in_time_is_restored():
     kept = replace(live(a), phase=Phase.RETAINED, gone_at=NOW - 10)
     p = plan(listing(a), known(kept), NOW, RETAIN)
     assert p.actions == () and p.updates[0].phase is Phase.LIVE and p.updates[0].gone_at is None
+
+
+def test_live_entries_are_read_back_now_and_then():
+    a = inst("A")
+    record = replace(live(a), updated_at=NOW - 1000)
+    every = replace(POLICY, verify_interval_s=500.0)
+    assert kinds(plan(listing(a), known(record), NOW, every)) == [(Kind.POLL, "A")]
+    assert plan(listing(a), known(record), NOW, replace(POLICY, verify_interval_s=5000.0)).actions == ()
+    assert plan(listing(a), known(record), NOW, POLICY).actions == ()  # 0: never

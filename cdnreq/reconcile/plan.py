@@ -11,6 +11,7 @@ served by an instance that no longer owns it.
 from __future__ import annotations
 
 import enum
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, Protocol
@@ -60,6 +61,7 @@ class Policy:
     allow_empty: bool = False
     max_destroy_fraction: float = 0.5
     retention_s: float = 0.0
+    verify_interval_s: float = 0.0  # read live entries back this often (0: never)
 
 
 class Ownership(Protocol):
@@ -148,7 +150,7 @@ def plan(
             updates.append(record)
             counts["back"] += 1
         gate = (gates or {}).get(instance.guid) or Gate.accept(instance)
-        add(_for_present(instance, gate, record, policy, ownership), record)
+        add(_for_present(instance, gate, record, policy, ownership, now), record)
 
     gone = destroyed + [r for g, r in known.items() if g not in seen]
     confirming = [r for r in gone if destroy_sent(r)]
@@ -185,6 +187,7 @@ def _for_present(
     record: Record,
     policy: Policy,
     ownership: Ownership | None,
+    now: float,
 ) -> Action | None:
     if has_entry(record) and _lost_host(record, ownership):
         return Action(Kind.DESTROY, record, "a host it serves is no longer proven for it", instance, gate, forget=False)
@@ -205,7 +208,15 @@ def _for_present(
         return Action(Kind.POLL, record, "waiting for the technical CDN's answer", instance, gate)
     if needs_publish(record, gate):
         return Action(Kind.PUBLISH, record, "new information for the customer", instance, gate)
+    if policy.verify_interval_s and now >= record.updated_at + policy.verify_interval_s * _spread(record.guid):
+        # a technical CDN may lose an entry long after it went live
+        return Action(Kind.POLL, record, "periodic read-back", instance, gate)
     return None
+
+
+def _spread(guid: str) -> float:
+    """1.0 to 1.1, fixed per instance, so read-backs do not all fall on one tick."""
+    return 1.0 + (zlib.crc32(guid.encode("utf-8", "surrogatepass")) % 1000) / 10000
 
 
 def _lost_host(record: Record, ownership: Ownership | None) -> bool:

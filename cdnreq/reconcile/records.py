@@ -182,7 +182,7 @@ def published(record: Record, shown: Mapping[str, Any], error: str | None, now: 
 
 def settled(record: Record, now: float) -> Record:
     """Nothing new to publish."""
-    return replace(record, updated_at=now)
+    return replace(record, updated_at=now)  # also when it was last read back
 
 
 def failed(

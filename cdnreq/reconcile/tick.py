@@ -40,6 +40,7 @@ def policy_of(config: Config) -> Policy:
         allow_empty=config.daemon.allow_empty,
         max_destroy_fraction=config.daemon.max_destroy_fraction,
         retention_s=config.domain.retention_s,
+        verify_interval_s=config.daemon.verify_interval_s,
     )
 
 
