@@ -16,7 +16,7 @@ from cdnreq.devdns import DevDns
 from cdnreq.dns.challenge import issue
 from cdnreq.dns.resolver import Lookup, Resolver
 from cdnreq.model import Challenge, Event, HostClaim, InstanceGuid, Phase, Record, SharedInstance, Title
-from cdnreq.reconcile.domains import Domains, DomainStep
+from cdnreq.reconcile.domains import PENDING_MAX_S, Domains, DomainStep
 from cdnreq.reconcile.gate import DomainPolicy, Status
 from cdnreq.validate.verdict import validate
 
@@ -367,11 +367,12 @@ async def test_active_owner_keeps_host_and_retained_owner_loses_it_to_proof(devd
     assert d.index.owns(owner, "shop.example")
 
     devdns.set_txt(f"{LABEL}.shop.example", d.challenges[claimant].token)
-    out = await d.step([new], known, NOW + 120, tick=3)
+    later = NOW + 60 + PENDING_MAX_S  # a day-old pending challenge is looked up every PENDING_MAX_S
+    out = await d.step([new], known, later, tick=3)
     assert out.gates[claimant].status is Status.OK
     assert out.host_upserts["shop.example"].guid == claimant
-    assert Event(owner, "release", "taken", NOW + 120, "a host was proven by another entry", 3) in out.events
-    assert Event(claimant, "claim", "ok", NOW + 120, "shop.example", 3) in out.events
+    assert Event(owner, "release", "taken", later, "a host was proven by another entry", 3) in out.events
+    assert Event(claimant, "claim", "ok", later, "shop.example", 3) in out.events
 
 
 async def test_first_created_wins_a_host_claimed_twice_in_one_step(devdns: DevDns, dns: Recording) -> None:
@@ -447,3 +448,22 @@ async def test_thousand_instances_one_step_despite_black_holed_names(devdns: Dev
     assert out.counts["dns_found"] == 450
     assert out.counts["dns_absent"] == 2000 - 200 - 450
     assert out.challenges == []
+
+
+async def test_pending_challenges_are_looked_up_less_often_as_they_age(devdns: DevDns) -> None:
+    resolver = Resolver(nameservers=[devdns.address], timeout_s=0.5, tries=1)
+    try:
+        guid = InstanceGuid("SOFTINST-A")
+        issued = issue(SECRET, guid, "www.a.example", NOW - 1000)  # asked 1,000 s ago
+        d = Domains(policy=DomainPolicy(label=LABEL), secret=SECRET, resolver=resolver, challenges={guid: issued})
+        a = instance(guid, "www.a.example")
+        first = await d.step([a], {}, NOW, tick=1)
+        assert first.counts["dns_absent"] > 0
+        soon = await d.step([a], {}, NOW + 10, tick=2)  # next look after a tenth of its age: 100 s
+        assert soon.counts["dns_deferred"] == 1 and "dns_absent" not in soon.counts
+        due = await d.step([a], {}, NOW + 100, tick=3)
+        assert due.counts["dns_absent"] > 0
+        changed = instance("SOFTINST-A", "shop.a.example")  # new parameters: looked up at once
+        assert (await d.step([changed], {}, NOW + 101, tick=4)).counts["dns_absent"] > 0
+    finally:
+        await resolver.close()

@@ -17,8 +17,12 @@ from cdnreq.dns.challenge import issue
 from cdnreq.dns.resolver import Lookup
 from cdnreq.model import Challenge, Event, HostClaim, InstanceGuid, Record, RequestedState, SharedInstance
 from cdnreq.reconcile import recheck
-from cdnreq.reconcile.gate import Claims, DomainPolicy, Gate, HostIndex, decide, wanted_names
+from cdnreq.reconcile.gate import Claims, DomainPolicy, Gate, HostIndex, Status, decide, wanted_names
 from cdnreq.validate.verdict import Verdict, validate
+
+
+PENDING_MIN_S = 0.0
+PENDING_MAX_S = 600.0
 
 
 class Lookups(Protocol):
@@ -69,6 +73,8 @@ class Domains:
         # parameters or claims can change them, so an idle tick reuses them.
         self._settled: dict[str, tuple[str, Gate]] = {}
         self._settled_policy = policy
+        # pending challenges are looked up less often as they age: (param_hash, next lookup)
+        self._next_lookup: dict[str, tuple[str, float]] = {}
 
     def verdict(self, instance: SharedInstance) -> Verdict:
         cached = self._verdicts.get(instance.guid)
@@ -84,6 +90,7 @@ class Domains:
         self.challenges.pop(InstanceGuid(guid), None)
         self._verdicts.pop(guid, None)
         self._settled.pop(guid, None)
+        self._next_lookup.pop(guid, None)
 
     async def step(
         self,
@@ -114,11 +121,17 @@ class Domains:
         verdicts = {g: self.verdict(i) for g, i in present.items()}
 
         txt_names: set[str] = set()
+        asked: set[str] = set()
         for guid, verdict in verdicts.items():
             if verdict.ok and any(not self.index.owns(guid, h) for h in verdict.hosts):
                 # even when refused for now: a re-check below may free the host
                 self._ensure_challenge(InstanceGuid(guid), verdict, now, tick, out)
-                txt_names.update(wanted_names(verdict, guid, self.index, active, self.policy))
+                if self._due(guid, present[guid].param_hash, now):
+                    names = wanted_names(verdict, guid, self.index, active, self.policy)
+                    txt_names.update(names)
+                    asked.add(guid)
+                else:
+                    out.counts["dns_deferred"] += 1
         due = recheck.due(self.index.by_host.values(), active, now, self.policy)
         by_address = [c for c in due if recheck.by_address(c, self.policy)]
         for claim in due:
@@ -149,6 +162,8 @@ class Domains:
             )
             out.gates[guid] = gate
             self._record_claims(guid, claims, now, tick, out)
+            if gate.status is Status.PENDING and guid in asked:
+                self._defer(guid, present[guid].param_hash, now)
             if gate.ok and self.index.hosts_of(guid) == set(gate.hosts):
                 self._settled[guid] = (present[guid].param_hash, gate)
         self.index.take_touched()  # this step's own claims are in the gates already
@@ -156,6 +171,20 @@ class Domains:
             out.counts[f"gate_{gate.status.value}"] += 1
         self._release_unlisted(verdicts, known, now, tick, out)
         return out
+
+    def _due(self, guid: str, param_hash: str, now: float) -> bool:
+        scheduled = self._next_lookup.get(guid)
+        return scheduled is None or scheduled[0] != param_hash or scheduled[1] <= now
+
+    def _defer(self, guid: str, param_hash: str, now: float) -> None:
+        """Still pending: look again after a tenth of the challenge's age, at
+        most PENDING_MAX_S. A customer who has just been told what to add is
+        answered at the next tick; a challenge ignored for days costs one
+        lookup every ten minutes, not one a tick."""
+        challenge = self.challenges.get(InstanceGuid(guid))
+        age = now - challenge.created_at if challenge is not None else 0.0
+        delay = min(PENDING_MAX_S, max(PENDING_MIN_S, age / 10))
+        self._next_lookup[guid] = (param_hash, now + delay)
 
     def _ensure_challenge(self, guid: InstanceGuid, verdict: Verdict, now: float, tick: int | None, out: DomainStep) -> None:
         current = self.challenges.get(guid)
