@@ -10,6 +10,7 @@ are keyed by title, destroys of a destroyed entry are no-ops).
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -206,6 +207,11 @@ class Reconciler:
             hosts=(await self.store.load_hosts()).values(),
             challenges=await self.store.load_challenges(),
         )
+        # The loaded state lives as long as the process: keep the collector
+        # from walking it again and again (two full passes over 600 MB cost
+        # more than a second a tick at 100,000 instances).
+        gc.collect()
+        gc.freeze()
 
     async def tick(self, stop: asyncio.Event | None = None) -> TickReport:
         started = self.clock()
