@@ -1,4 +1,4 @@
-"""`cdnreq` on the command line: run, once, check-config, status.
+"""`cdnreq` on the command line: run, once, check-config, status, explain, backup, restore.
 
 Exit codes: 0 success, 1 the tick failed, 2 the configuration was refused,
 3 the database cannot be used (locked, newer schema, not a database).
@@ -30,7 +30,8 @@ from cdnreq.daemon import (
 from cdnreq.explain import explain, iso
 from cdnreq.dns.challenge import SecretError
 from cdnreq.model import Record
-from cdnreq.store import StoreError
+from cdnreq.store import StoreError, restore, take_backup
+from cdnreq.store.backup import lost_store_evidence, restore_secret
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,8 +66,14 @@ def _parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    command("run", _run, "run the daemon until SIGTERM or SIGINT")
-    command("once", _once, "run exactly one tick; exit 0 if it succeeded")
+    fresh = (
+        "start even though the database is missing or empty while backups exist"
+        " (deletes nothing; without it cdnreq refuses, exit 3)"
+    )
+    run = command("run", _run, "run the daemon until SIGTERM or SIGINT")
+    run.add_argument("--fresh", action="store_true", help=fresh)
+    once = command("once", _once, "run exactly one tick; exit 0 if it succeeded")
+    once.add_argument("--fresh", action="store_true", help=fresh)
     command("check-config", _check_config, "validate and print the effective configuration")
     status = command("status", _status, "the daemon's state, the running tick's progress, and the instances")
     status.add_argument("--json", action="store_true", help="one JSON document instead of text")
@@ -74,18 +81,80 @@ def _parser() -> argparse.ArgumentParser:
     explain_ = command("explain", _explain, "why one instance is in its state")
     explain_.add_argument("instance_guid", metavar="INSTANCE_GUID")
     explain_.add_argument("--json", action="store_true", help="the JSON document instead of text")
+    backup = command(
+        "backup", _backup, "write an online backup of the database to [store].backup_dir; print its path"
+    )
+    backup.add_argument(
+        "--fresh", action="store_true",
+        help="back up an empty database even though the newest backup is not empty",
+    )
+    restore_ = command(
+        "restore", _restore, "put a backup in place as the database (no cdnreq may be running)"
+    )
+    restore_.add_argument("backup_file", metavar="FILE", type=Path, help="a backup, e.g. from [store].backup_dir")
     return parser
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:
     logs.configure(config.logging.format, config.logging.level)
-    return asyncio.run(Daemon(args.config, config).run())
+    return asyncio.run(Daemon(args.config, config, fresh=args.fresh).run())
 
 
 def _once(args: argparse.Namespace, config: Config) -> int:
     logs.configure(config.logging.format, config.logging.level)
-    report = asyncio.run(run_once(config))
+    report = asyncio.run(run_once(config, fresh=args.fresh, config_path=args.config))
     return EXIT_OK if report.ok else EXIT_TICK_FAILED
+
+
+def _backup(args: argparse.Namespace, config: Config) -> int:
+    """Online: next to a running daemon (the store is opened without its lock;
+    the backup API reads a consistent snapshot through WAL)."""
+    database = config.daemon.database
+    if not database.exists():
+        print(f"cdnreq: no database at {database}: nothing to back up", file=sys.stderr)
+        return EXIT_DATABASE
+    path = asyncio.run(_take_backup(config, args))
+    print(path)
+    return EXIT_OK
+
+
+async def _take_backup(config: Config, args: argparse.Namespace) -> Path:
+    store = await open_store(config, lock=False)
+    try:
+        if not args.fresh and await store.is_empty():
+            # A backup of an empty store would become the newest one and let a
+            # daemon start on the lost store: the very thing backups prevent.
+            evidence = await asyncio.to_thread(lost_store_evidence, config.backup_path())
+            if evidence is not None:
+                raise StoreError(
+                    f"not backing up: the database {config.daemon.database} is empty but the newest backup "
+                    f"{evidence[0]} is not. Restore it (cdnreq restore {evidence[0]} --config {args.config}), "
+                    "or add --fresh to back up the empty store anyway"
+                )
+        return await take_backup(
+            store, config.backup_path(), secret=config.secret_path(), keep=config.store.backup_keep
+        )
+    finally:
+        await store.close()
+
+
+def _restore(args: argparse.Namespace, config: Config) -> int:
+    """Offline: refused (exit 3) while a cdnreq holds the database's lock."""
+    database = config.daemon.database
+    result = restore(args.backup_file, database)
+    print(f"restored {result.backup.path} ({result.backup.describe()}) as {database}")
+    if result.replaced is not None:
+        print(f"the database it replaced is kept as {result.replaced}")
+    secret = restore_secret(args.backup_file, config.secret_path())
+    if secret == "restored":
+        print(f"the domain secret was missing: restored it from the backups as {config.secret_path()}")
+    elif secret == "differs":
+        print(
+            f"cdnreq: warning: the domain secret {config.secret_path()} differs from the one saved with the "
+            f"backups ({args.backup_file.parent}); the stored tokens stay valid, new challenges use the current secret",
+            file=sys.stderr,
+        )
+    return EXIT_OK
 
 
 def _check_config(args: argparse.Namespace, config: Config) -> int:

@@ -30,7 +30,8 @@ from cdnreq.notify import Notifier, watchdog_interval_s, watchdog_loop
 from cdnreq.progress import Progress
 from cdnreq.reconcile.execute import Outcome
 from cdnreq.reconcile.tick import Reconciler, TickReport, resolver_of
-from cdnreq.store import Store
+from cdnreq.store import Store, StoreError, start_refusal, take_backup
+from cdnreq.store.backup import backup_time, last_backup
 
 log = structlog.get_logger("cdnreq.daemon")
 
@@ -78,8 +79,50 @@ async def open_store(config: Config, *, lock: bool = True) -> Store:
     return await Store.open(config.daemon.database, lock=lock)
 
 
-async def run_once(config: Config) -> TickReport:
+class EmptyStoreRefused(StoreError):
+    """The database is missing or empty while a backup of it is not."""
+
+
+async def open_checked(config: Config, *, fresh: bool = False, config_path: Path | None = None) -> Store:
+    """The store for a daemon or a tick, unless it was lost.
+
+    A missing or empty database (no instance, no proven host, no challenge)
+    while the newest backup in `[store].backup_dir` is not empty means the
+    store was lost: raise EmptyStoreRefused, naming the backup and the two
+    ways out (`cdnreq restore`, or `--fresh`). A missing database is checked
+    before it is opened, so the refusal does not create it. `fresh` lets the
+    start go ahead (it deletes nothing; it only allows an empty store).
+    """
+    database, backups = config.daemon.database, config.backup_path()
+
+    async def refusal(missing: bool) -> str | None:
+        return await asyncio.to_thread(
+            start_refusal, database, backups, missing=missing, config=config_path
+        )
+
+    if not fresh and not database.exists():
+        reason = await refusal(True)
+        if reason is not None:
+            raise EmptyStoreRefused(reason)
     store = await open_store(config)
+    try:
+        if await store.is_empty():
+            reason = await refusal(False)
+            if reason is not None:
+                if not fresh:
+                    raise EmptyStoreRefused(reason)
+                log.warning(
+                    "starting on an empty store (--fresh) although backups exist",
+                    database=str(database), backup_dir=str(backups),
+                )
+    except BaseException:
+        await store.close()
+        raise
+    return store
+
+
+async def run_once(config: Config, *, fresh: bool = False, config_path: Path | None = None) -> TickReport:
+    store = await open_checked(config, fresh=fresh, config_path=config_path)
     try:
         async with master_client(config) as master:
             reconciler = Reconciler(config=config, store=store, master=master)
@@ -95,9 +138,10 @@ async def run_once(config: Config) -> TickReport:
 class Daemon:
     """Owns the store, the master client, the endpoint and the schedule of ticks."""
 
-    def __init__(self, config_path: Path, config: Config):
+    def __init__(self, config_path: Path, config: Config, *, fresh: bool = False):
         self.config_path = config_path
         self.config = config
+        self.fresh = fresh
         self.stop = asyncio.Event()
         self.metrics = Metrics()
         self.metrics.info(__version__)
@@ -115,6 +159,8 @@ class Daemon:
         self._signals = 0
         self._new_master = False
         self._new_resolver = False
+        self._watchdog: asyncio.Task | None = None
+        self._backup_task: asyncio.Task | None = None
 
     # -- signals ------------------------------------------------------------
 
@@ -222,7 +268,7 @@ class Daemon:
                 str(self.config_path),
                 [f"[daemon].listen: {self.config.daemon.listen} is not loopback; set [daemon].token_file"],
             )
-        self.store = store = await open_store(self.config)
+        self.store = store = await open_checked(self.config, fresh=self.fresh, config_path=self.config_path)
         master = master_client(self.config, self.metrics)
         self.reconciler = Reconciler(
             config=self.config,
@@ -239,12 +285,13 @@ class Daemon:
             self.address = bound_address(runner)
             self.install_signals()
             log.info("started", database=str(self.config.daemon.database), listen=self.address, version=__version__)
-            watchdog = self._start_watchdog()
+            await self._show_last_backup()
             try:
                 await self._loop()
             finally:
-                if watchdog is not None:
-                    watchdog.cancel()
+                if self._watchdog is not None:
+                    self._watchdog.cancel()
+                await self._finish_backup()
         finally:
             if runner is not None:
                 await runner.cleanup()
@@ -278,21 +325,82 @@ class Daemon:
     async def _loop(self) -> None:
         assert self.reconciler is not None
         first = True
+        backed_up = False
         while not self.stop.is_set():
             started = time.monotonic()
             tick = asyncio.create_task(self._tick())
             if first:
                 self.notifier.ready()  # the endpoint listens and the first tick has started
+                self._watchdog = self._start_watchdog()
                 first = False
             report = await tick
             if report is not None:
                 self._after(report)
+                # after the first tick whatever its result (the state the daemon
+                # started from, a restored one for instance), then after successes
+                if report.ok or not backed_up:
+                    backed_up = True
+                    self._maybe_backup(report.id)
             interval = self.config.daemon.tick_interval_s
             delay = max(0.0, interval - (time.monotonic() - started)) + random.uniform(0, interval * 0.02)
             try:
                 await asyncio.wait_for(self.stop.wait(), timeout=delay)
             except asyncio.TimeoutError:
                 pass
+
+    # -- backups ----------------------------------------------------------------
+
+    async def _show_last_backup(self) -> None:
+        try:
+            newest = await asyncio.to_thread(last_backup, self.config.backup_path())
+        except StoreError:
+            return
+        when = backup_time(newest) if newest is not None else None
+        if when is not None:
+            self.metrics.last_backup.set(when)
+
+    def _maybe_backup(self, tick: int) -> None:
+        """Start a backup in the background when the newest one is older than
+        `[store].backup_interval_s` (0: never); not while one runs. It runs next
+        to the ticks: the copy itself holds the store for a moment, the checks
+        and the fsync do not, and a slow backup directory never delays a tick.
+        Its log lines carry the tick it follows."""
+        if self.config.store.backup_interval_s <= 0 or self.store is None:
+            return
+        if self._backup_task is not None and not self._backup_task.done():
+            return
+        self._backup_task = asyncio.create_task(self._backup_if_due(self.config, tick))
+
+    async def _backup_if_due(self, config: Config, tick: int) -> None:
+        assert self.store is not None
+        directory = config.backup_path()
+        began = time.monotonic()
+        try:
+            newest = await asyncio.to_thread(last_backup, directory)
+            when = backup_time(newest) if newest is not None else None
+            if when is not None and time.time() - when < config.store.backup_interval_s:
+                return
+            path = await take_backup(
+                self.store, directory, secret=config.secret_path(), keep=config.store.backup_keep
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # a failed backup is an error to see, never a reason to stop
+            log.error("backup failed", tick=tick, backup_dir=str(directory), error=str(error))
+            return
+        self.metrics.last_backup.set(backup_time(path) or time.time())
+        log.info("backup done", tick=tick, path=str(path), duration_s=round(time.monotonic() - began, 3))
+
+    async def _finish_backup(self) -> None:
+        """At stop: let a backup in progress finish (it is bounded), up to the shutdown timeout."""
+        task, self._backup_task = self._backup_task, None
+        if task is None or task.done():
+            return
+        done, _ = await asyncio.wait({task}, timeout=self.config.daemon.shutdown_timeout_s)
+        if not done:
+            log.warning("backup still running at the shutdown timeout; cancelling")
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     def _after(self, report: TickReport) -> None:
         self.last_report = report

@@ -159,6 +159,11 @@ class Metrics:
             "Proven custom domains whose last ownership recheck failed.",
             registry=r,
         )
+        self.last_backup = Gauge(
+            "cdnreq_last_backup_timestamp_seconds",
+            "Unix time of the newest backup of the store in [store].backup_dir (0: none known).",
+            registry=r,
+        )
         self.build = Info("cdnreq_build", "The running cdnreq.", registry=r)
 
         # Series known up front exist at 0 before the first event, so rate()

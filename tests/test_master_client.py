@@ -40,7 +40,7 @@ from cdnreq.master import (
     MasterUnavailable,
     TlsFiles,
 )
-from cdnreq.model import InstanceAnswer, RequestedState
+from cdnreq.model import RequestedState
 
 # --------------------------------------------------------------------------
 # The API description shipped with slapos.core
@@ -381,9 +381,9 @@ async def test_request_bodies_conform_to_spec(start_master: StartMaster):
         ("SOFTINST-302", "customer-b", RequestedState.STOPPED, {}),
     ]
     assert listing.unusable == () and listing.anonymous == 0
-    assert started == InstanceAnswer("SOFTINST-401", tech_connection, "started")
+    assert (started.guid, started.connection_parameters, started.state) == ("SOFTINST-401", tech_connection, "started")
     assert destroyed == started  # the fake answers every request alike
-    assert got == InstanceAnswer(customer, {"domain": "a.example.com"}, "started")
+    assert (got.guid, got.connection_parameters, got.state) == (customer, {"domain": "a.example.com"}, "started")
 
 
 async def test_request_instance_non_shared_and_stopped_conforms(start_master: StartMaster):
@@ -405,7 +405,7 @@ async def test_request_instance_non_shared_and_stopped_conforms(start_master: St
     assert master.violations == []
     assert master.received[0].body["shared"] is False
     assert master.received[0].body["parameters"] == {}
-    assert got == InstanceAnswer("SOFTINST-500", {}, "stopped")
+    assert (got.guid, got.connection_parameters, got.state) == ("SOFTINST-500", {}, "stopped")
 
 
 async def test_instance_answer_without_guid_is_malformed(start_master: StartMaster):

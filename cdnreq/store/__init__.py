@@ -1,6 +1,17 @@
 """cdnreq's memory between ticks: one SQLite file, one writer."""
 
+from cdnreq.store.backup import BackupInfo, RestoreResult, restore, start_refusal, take_backup
 from cdnreq.store.errors import SchemaTooNew, StoreError, StoreLocked
 from cdnreq.store.sqlite import Store
 
-__all__ = ["Store", "StoreError", "SchemaTooNew", "StoreLocked"]
+__all__ = [
+    "BackupInfo",
+    "RestoreResult",
+    "SchemaTooNew",
+    "Store",
+    "StoreError",
+    "StoreLocked",
+    "restore",
+    "start_refusal",
+    "take_backup",
+]

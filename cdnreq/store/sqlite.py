@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import sqlite3
+import time
 from pathlib import Path
 from types import MemberDescriptorType, TracebackType
 from typing import Any, Iterable, Mapping
@@ -28,6 +29,7 @@ from cdnreq.model import (
     Record,
     RequestedState,
 )
+from cdnreq.store import backup as _backup
 from cdnreq.store.errors import StoreError
 from cdnreq.store.lock import FileLock
 from cdnreq.store.migrations import migrate
@@ -215,6 +217,8 @@ class Store:
                 await conn.execute("PRAGMA synchronous = NORMAL")
                 await conn.execute("PRAGMA busy_timeout = 5000")
                 await conn.execute("PRAGMA foreign_keys = ON")
+            except sqlite3.OperationalError as exc:  # a full disk, a read-only place: not the file's fault
+                raise StoreError(f"cannot open {db}: {exc}") from exc
             except sqlite3.DatabaseError as exc:
                 raise StoreError(f"{db} is not a cdnreq database (not SQLite: {exc})") from exc
             except (sqlite3.Error, OSError) as exc:
@@ -222,6 +226,15 @@ class Store:
             if str(mode).lower() != "wal":
                 raise StoreError(f"{db}: cannot switch to WAL journal mode (got {mode!r})")
             version = await migrate(conn, str(db))
+            if lock:  # the writer: refuse a database it cannot write now, not at the first commit
+                try:
+                    await conn.execute("BEGIN IMMEDIATE")
+                    await conn.execute("UPDATE schema_version SET version = version")
+                except sqlite3.Error as exc:
+                    raise StoreError(f"cannot write {db}: {exc}") from exc
+                finally:
+                    if conn.in_transaction:
+                        await conn.execute("ROLLBACK")
         except BaseException:
             if conn is not None:
                 await conn.close()
@@ -341,7 +354,10 @@ class Store:
             return
         # Shielded: a cancelled caller must not leave the transaction half-run;
         # it finishes (or rolls back) on its own and the next caller waits for it.
-        await asyncio.shield(self._transaction(steps))
+        task = asyncio.ensure_future(self._transaction(steps))
+        # if the caller is cancelled, nobody awaits the outcome: take it here
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        await asyncio.shield(task)
 
     async def _transaction(self, steps: list[tuple[str, list[Any]]]) -> None:
         async with self._busy:
@@ -419,6 +435,65 @@ class Store:
              "summary": None if j is None else json.loads(j)}
             for i, s, f, r, j in rows
         ]  # fmt: skip
+
+    async def is_empty(self) -> bool:
+        """Nothing worth keeping: no instance, no proven host, no challenge
+        (ticks do not count). What a freshly created database looks like."""
+        rows = await self._all(
+            "SELECT EXISTS (SELECT 1 FROM instances) OR EXISTS (SELECT 1 FROM hosts) "
+            "OR EXISTS (SELECT 1 FROM challenges)"
+        )
+        return not rows[0][0]
+
+    async def backup(self, dest: str | os.PathLike[str], *, now: float | None = None) -> Path:
+        """An online, consistent copy of the database in the directory `dest`,
+        as ``cdnreq-YYYYmmddTHHMMSSZ.db`` (UTC); returns its path.
+
+        SQLite's backup API copies every page in one step on this connection,
+        in its thread, while the store's other statements wait: the copy is
+        the database between two transactions. With WAL, a daemon writing
+        through another connection is not blocked. The copy is written to a
+        temporary file in `dest`, switched to a rollback journal (one
+        self-contained file), checked (`PRAGMA integrity_check`, schema
+        version), fsync'd, then renamed into place. The domain secret is not in
+        the database: see cdnreq.store.backup.take_backup.
+        """
+        directory = Path(dest)
+        when = time.time() if now is None else now
+        await asyncio.to_thread(_backup.make_backup_dir, directory)
+        tmp = await asyncio.to_thread(_backup.new_temp, directory)
+        try:
+            try:
+                target = await asyncio.to_thread(
+                    sqlite3.connect, tmp, check_same_thread=False, isolation_level=None
+                )
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot write the backup {tmp}: {exc}") from exc
+            try:
+                async with self._busy:
+                    if self._closed:
+                        raise StoreError(f"{self._path}: the store is closed")
+                    try:
+                        await self._conn.backup(target, pages=-1)
+                    except sqlite3.Error as exc:
+                        raise StoreError(f"{self._path}: backup to {directory} failed: {exc}") from exc
+            except BaseException:
+                try:
+                    await asyncio.to_thread(target.close)
+                except sqlite3.Error:
+                    pass  # the temporary file goes anyway
+                raise
+            try:
+                await asyncio.to_thread(_backup.finish_copy, target, tmp)
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self._path}: backup to {directory} failed: {exc}") from exc
+            return await asyncio.to_thread(_backup.install, tmp, directory, when)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
 
     async def counts_by_phase(self) -> dict[str, int]:
         """Instances per phase; every known phase is present, at 0 if empty."""
