@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import os
 import shutil
 import signal
@@ -55,6 +56,7 @@ from typing import Any
 import tomli_w
 
 __all__ = [
+    "MasterLog",
     "COMPUTER_ID", "REQUESTER_SR", "CDN_SR", "DevMasterError", "Slapproxy", "CdnSite",
     "free_port", "find_slapos", "setup_cdn", "split_guid", "write_config",
 ]
@@ -334,6 +336,23 @@ class CdnSite:
 
     def customer(self, guid: str) -> dict:
         return self.proxy.get(guid)
+
+
+class MasterLog:
+    """slapproxy's own access log: the calls a client really made since mark()."""
+
+    def __init__(self, site: CdnSite):
+        self.path = site.proxy.log_path
+        self.offset = 0
+
+    def mark(self) -> None:
+        self.offset = self.path.stat().st_size
+
+    def calls(self) -> list[str]:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            text = f.read().decode("utf-8", "replace")
+        return re.findall(r'"POST /(slapos\.[a-zA-Z0-9_.]+) HTTP', text)
 
 
 def setup_cdn(proxy: Slapproxy) -> CdnSite:

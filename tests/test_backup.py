@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from cdnreq.devdns import DevDns
-from cdnreq.devmaster import CdnSite, Slapproxy, write_config
+from cdnreq.devmaster import CdnSite, MasterLog, Slapproxy, write_config
 from cdnreq.model import Challenge, Event, HostClaim, InstanceGuid, Phase, Record, Title
 from cdnreq.reconcile.titles import technical_title
 from cdnreq.store import (
@@ -487,23 +487,6 @@ async def test_cli_backup_restore_and_the_refusal_without_a_master(tmp_path: Pat
 
 
 # -- end to end, against slapproxy ---------------------------------------------------------
-
-
-class MasterLog:
-    """slapproxy's access log: the calls cdnreq really made since mark()."""
-
-    def __init__(self, site: CdnSite):
-        self.path = site.proxy.log_path
-        self.offset = 0
-
-    def mark(self) -> None:
-        self.offset = self.path.stat().st_size
-
-    def calls(self) -> list[str]:
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            text = f.read().decode("utf-8", "replace")
-        return re.findall(r'"POST /(slapos\.[a-zA-Z0-9_.]+) HTTP', text)
 
 
 def once(config: Path, *extra: str) -> subprocess.CompletedProcess:

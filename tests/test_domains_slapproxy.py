@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from typing import Any
 import pytest
 
 from cdnreq.devdns import DevDns
-from cdnreq.devmaster import CdnSite, write_config
+from cdnreq.devmaster import CdnSite, MasterLog, write_config
 from cdnreq.model import Phase
 from cdnreq.reconcile.records import IN_PROGRESS
 from cdnreq.reconcile.titles import technical_title
@@ -67,23 +66,6 @@ def tick_summary(stderr: str) -> dict[str, Any]:
             lines.append(entry)
     assert len(lines) == 1, f"expected one tick summary in:\n{stderr}"
     return lines[0]
-
-
-class MasterLog:
-    """slapproxy's access log: the calls cdnreq really made since mark()."""
-
-    def __init__(self, site: CdnSite):
-        self.path = site.proxy.log_path
-        self.offset = 0
-
-    def mark(self) -> None:
-        self.offset = self.path.stat().st_size
-
-    def calls(self) -> list[str]:
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            text = f.read().decode("utf-8", "replace")
-        return re.findall(r'"POST /(slapos\.[a-zA-Z0-9_.]+) HTTP', text)
 
 
 def load(database: Path):

@@ -77,15 +77,6 @@ TICK_INTERVAL_S = 0.2
 WORK = ("request", "update", "poll", "publish", "destroy")
 
 
-class KnownBug(AssertionError):
-    """The failure a strict xfail below expects; any other failure is a real one."""
-
-
-def known_bug(condition: object, message: str) -> None:
-    if not condition:
-        raise KnownBug(message)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -534,4 +525,4 @@ def test_a_request_lost_in_a_kill_then_removed_is_destroyed(tmp_path: Path) -> N
     orphans = sorted(g for g in lost if technical_title(PREFIX, g) in technical)
     print(f"\n{len(lost)} customers removed after their request was lost in a kill: "
           f"{len(orphans)} technical entries orphaned, {len(forgotten)} forgotten 'without a technical entry'")
-    known_bug(orphans == [], f"technical entries left behind for removed customers: {orphans[:10]}...")
+    assert orphans == [], f"technical entries left behind for removed customers: {orphans[:10]}..."

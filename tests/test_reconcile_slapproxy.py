@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cdnreq.devmaster import CdnSite, write_config
+from cdnreq.devmaster import CdnSite, MasterLog, write_config
 from cdnreq.model import Phase
 from cdnreq.reconcile.records import IN_PROGRESS
 from cdnreq.reconcile.titles import technical_title
@@ -32,23 +32,6 @@ def cdnreq(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 def once(config: Path) -> subprocess.CompletedProcess:
     result = cdnreq("once", "--config", str(config))
     return result
-
-
-class MasterLog:
-    """The master's own access log: which calls cdnreq really made."""
-
-    def __init__(self, site: CdnSite):
-        self.path = site.proxy.log_path
-        self.offset = 0
-
-    def mark(self) -> None:
-        self.offset = self.path.stat().st_size
-
-    def calls(self) -> list[str]:
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            text = f.read().decode("utf-8", "replace")
-        return re.findall(r'"POST /(slapos\.[a-zA-Z0-9_.]+) HTTP', text)
 
 
 def load(config_db: Path):
