@@ -124,26 +124,18 @@ def lost(record: Record, reason: str, now: float) -> Record:
 
 def cleared(record: Record, now: float) -> Record:
     """The technical entry was destroyed but the instance is kept."""
-    return replace(
-        record,
-        phase=Phase.RETAINED if record.phase is Phase.RETAINED else Phase.NEW,
-        param_hash=None,
-        tech_guid=None,
-        connection=None,
-        served=None,
-        last_action="destroy",
-        last_error=None,
-        failures=0,
-        retry_at=None,
-        updated_at=now,
-    )
+    phase = Phase.RETAINED if record.phase is Phase.RETAINED else Phase.NEW
+    return replace(_destroyed(record, now), phase=phase, tech_guid=None)
 
 
 def destroy_sent(record: Record, now: float) -> Record:
-    """Destroy acknowledged; forgotten once the entry is read back gone."""
+    """Destroy acknowledged; forgotten once the entry (tech_guid kept) is read back gone."""
+    return replace(_destroyed(record, now), phase=Phase.REMOVING)
+
+
+def _destroyed(record: Record, now: float) -> Record:
     return replace(
         record,
-        phase=Phase.REMOVING,
         param_hash=None,
         connection=None,
         served=None,
