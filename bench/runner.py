@@ -57,7 +57,6 @@ import platform
 import secrets
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,7 +79,7 @@ from bench.nsd import LABEL, Nsd, NsdUnavailable, challenge_name, ensure_nsd, ns
 from bench.profile import PySpy
 from bench.relay import RelayProcess, measure_rtt
 
-__all__ = ["Options", "run", "TARGETS"]
+__all__ = ["Options", "run"]
 
 SR = "http://sr.invalid/rapid-cdn/software.cfg"
 SHORT = {LIST_HOSTED: "list", REQUEST: "request", GET: "get", PUBLISH: "publish", ERROR: "error"}

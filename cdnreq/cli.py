@@ -16,7 +16,8 @@ from typing import Any, Sequence
 
 from cdnreq import __version__, logs, render
 from cdnreq.client import NotRunning, fetch, instance_path
-from cdnreq.config import Config, ConfigError, effective_toml, load_config
+from cdnreq.config import Config
+from cdnreq.configfile import ConfigError, effective_toml, load_config
 from cdnreq.daemon import (
     EXIT_CONFIG,
     EXIT_DATABASE,

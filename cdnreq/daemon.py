@@ -21,7 +21,8 @@ from typing import Any
 import structlog
 
 from cdnreq import __version__, logs
-from cdnreq.config import Config, ConfigError, load_config
+from cdnreq.config import Config
+from cdnreq.configfile import ConfigError, load_config
 from cdnreq.explain import explain, iso
 from cdnreq.http import make_app, needs_token, serve, bound_address
 from cdnreq.master import MasterClient, TlsFiles

@@ -24,7 +24,7 @@ from bench.nsd import (
 )
 from bench.relay import Relay, measure_rtt, parse_address
 from bench.runner import daemon_config, same_work, table, targets
-from cdnreq.config import load_config
+from cdnreq.configfile import load_config
 
 DELAY_S = 0.015
 

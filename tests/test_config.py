@@ -11,16 +11,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from cdnreq.config import (
-    Config,
-    ConfigError,
-    DaemonConfig,
-    MasterConfig,
-    TcpListen,
-    config_json_schema,
-    effective_toml,
-    load_config,
-)
+from cdnreq.config import Config, DaemonConfig, MasterConfig, TcpListen, config_json_schema
+from cdnreq.configfile import ConfigError, effective_toml, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA_FILE = REPO / "schemas" / "config.schema.json"
