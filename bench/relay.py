@@ -47,6 +47,8 @@ import time
 from pathlib import Path
 from typing import Any, Self
 
+from bench.double import stop_child
+
 __all__ = ["Relay", "RelayProcess", "measure_rtt", "main"]
 
 _MAX_UPSTREAM_SOCKETS = 1024
@@ -451,17 +453,7 @@ class RelayProcess:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+        stop_child(process)
 
     def __enter__(self) -> Self:
         return self.start()

@@ -56,7 +56,6 @@ import os
 import platform
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -69,6 +68,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import tomli_w
+
+from cdnreq.devmaster import free_port
 
 from bench import sniff
 from bench.daemonproc import DaemonProcess
@@ -108,11 +109,6 @@ class Options:
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def parent_challenge_name(index: int) -> str:

@@ -39,7 +39,6 @@ import os
 import random
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -64,6 +63,7 @@ from bench.double import (
     customer_guid,
 )
 from cdnreq.reconcile.titles import technical_title
+from cdnreq.devmaster import free_port
 
 pytestmark = pytest.mark.faults
 
@@ -76,11 +76,6 @@ SR = "http://sr.invalid/rapid-cdn/software.cfg"
 TICK_INTERVAL_S = 0.2
 WORK = ("request", "update", "poll", "publish", "destroy")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_config(path: Path, master_url: str, database: Path) -> Path:

@@ -33,7 +33,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import sqlite3
 import ssl
 import subprocess
@@ -56,6 +55,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.double import REQUESTER_GUID, Double, make_app
+from cdnreq.devmaster import free_port
 from cdnreq.devdns import DevDns
 from cdnreq.dns.challenge import issue
 from cdnreq.dns.resolver import Lookup, Resolver
@@ -384,11 +384,6 @@ class ThreadedDouble:
         self.thread.join(10)
         self.loop.close()
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_config(path: Path, master: dict, database: Path, dns: list[str] | None = None, **extra: dict) -> Path:

@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -39,6 +38,7 @@ import tomli_w
 
 from bench.double import REQUESTER_GUID, DoubleProcess, customer_guid
 from cdnreq.reconcile.titles import technical_title
+from cdnreq.devmaster import free_port
 from cdnreq.store.migrations import LATEST
 
 pytestmark = pytest.mark.faults
@@ -62,11 +62,6 @@ def known_bug(condition: object, message: str) -> None:
 
 # -- helpers ------------------------------------------------------------------------------
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_config(path: Path, master_url: str, database: Path) -> Path:
