@@ -11,7 +11,7 @@ import pytest
 
 from cdnreq.devdns import DevDns
 from cdnreq.dns import Lookup, Resolver
-from cdnreq.dns.resolver import parse_nameserver
+from cdnreq.dns.resolver import _LoopDriven, parse_nameserver
 
 
 def resolver(dns: DevDns, **kwargs) -> Resolver:
@@ -386,6 +386,88 @@ async def test_key_property_1000_names(devdns: DevDns) -> None:
             assert result[name].detail == "timeout"
     assert r.peak_in_flight == 256
     assert elapsed < timeout_s * tries + 5
+
+
+async def test_a_pool_of_workers_not_a_task_per_name(devdns: DevDns) -> None:
+    """1,000 names at concurrency 8: at most 8 workers (tasks) besides the caller's."""
+    names = [f"t{i}.test" for i in range(1000)]
+    for name in names[::3]:
+        devdns.set_txt(name, "v")
+    tasks_seen = 0
+
+    async def count_tasks() -> None:
+        nonlocal tasks_seen
+        while True:
+            tasks_seen = max(tasks_seen, len(asyncio.all_tasks()))
+            await asyncio.sleep(0)
+
+    async with resolver(devdns, concurrency=8) as r:
+        counter = asyncio.create_task(count_tasks())
+        result = await r.txt_many(names)
+        counter.cancel()
+    assert tasks_seen <= 8 + 2  # the test's own task and the counter
+    assert r.peak_in_flight == 8 and r.in_flight == 0
+    timers = asyncio.get_running_loop()._scheduled  # the batch's budget sweep must be gone
+    assert not [t for t in timers if not t.cancelled() and "sweep" in repr(t)]
+    assert sum(lk.outcome == "found" for lk in result.values()) == 334
+
+
+async def test_every_name_answered_once_with_duplicates(devdns: DevDns) -> None:
+    """Many duplicates, few workers: one question per distinct name, every name keyed as given."""
+    base = [f"d{i}.test" for i in range(60)]
+    for i, name in enumerate(base):
+        if i % 2:
+            devdns.set_txt(name, f"v{i}")
+    names = base + [n.upper() for n in base] + [n + "." for n in base[::3]] + base[::5]
+    async with resolver(devdns, concurrency=3) as r:
+        result = await r.txt_many(names)
+    assert set(result) == set(names)
+    assert devdns.queries == 60 and all(devdns.queries_for(n) == 1 for n in base)
+    for name in names:
+        i = int(name.rstrip(".").lower()[1:].split(".")[0])
+        assert result[name].name == name
+        assert result[name].values == ((f"v{i}",) if i % 2 else ())
+        assert result[name].outcome == ("found" if i % 2 else "absent")
+
+
+async def test_each_question_gets_its_own_budget_in_a_small_pool(devdns: DevDns) -> None:
+    """4 silent names through 2 workers: two waves, each waiting the whole budget (not a
+    budget per worker or per batch), and the answered names still answered."""
+    silent = [f"s{i}.test" for i in range(4)]
+    for name in silent:
+        devdns.behave(name, "timeout")
+    devdns.set_txt("ok.test", "x")
+    seconds: list[float] = []
+    async with resolver(devdns, timeout_s=0.3, tries=2, concurrency=2,
+                        observer=lambda o, s: seconds.append(s) if o == "unknown" else None) as r:
+        started = time.monotonic()
+        result = await r.txt_many([*silent, "ok.test"])
+        elapsed = time.monotonic() - started
+    assert [result[n].detail for n in silent] == ["timeout"] * 4
+    assert result["ok.test"].values == ("x",)
+    assert len(seconds) == 4 and all(0.6 * 0.95 <= s < 0.6 + 0.5 for s in seconds)
+    assert 2 * 0.6 * 0.95 <= elapsed < 2 * 0.6 + 1.0
+    assert r.peak_in_flight == 2
+
+
+async def test_addresses_and_txt_share_the_slots(devdns: DevDns) -> None:
+    devdns.set_a("h.test", "192.0.2.9")
+    names = [f"x{i}.test" for i in range(30)]
+    for name in names:
+        devdns.set_txt(name, "v")
+    async with resolver(devdns, concurrency=3) as r:
+        txt, *hosts = await asyncio.gather(r.txt_many(names), *(r.addresses("h.test") for _ in range(5)))
+    assert r.peak_in_flight <= 3 and r.in_flight == 0
+    assert all(lk.values == ("v",) for lk in txt.values())
+    assert all(h.values == ("192.0.2.9",) for h in hosts)
+
+
+async def test_given_nameservers_use_the_loop_driven_channel(devdns: DevDns) -> None:
+    """The event loop drives c-ares (no event thread, twice the rate); guards an aiodns upgrade."""
+    devdns.set_txt("a.test", "x")
+    async with resolver(devdns) as r:
+        assert (await r.txt_many(["a.test"]))["a.test"].values == ("x",)
+        assert isinstance(r._dns, _LoopDriven) and r._dns._event_thread is False
 
 
 # -- addresses ---------------------------------------------------------------------------

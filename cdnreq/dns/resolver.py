@@ -18,10 +18,10 @@ Notes on c-ares 1.34 (pycares 5, aiodns 4) that shape this module:
   average latency, at least 250 ms, doubled on each retry. Against a fast
   server a silent name then gives up after ~0.5 s instead of ``timeout_s *
   tries`` (a slow recursion would be called a timeout too early), and against
-  a slow one it may wait far longer. So each question gets exactly
-  ``timeout_s * tries``: asked again if c-ares gives up earlier, given up
-  (``"timeout"``) when that time is spent. A lookup as a whole (all its CNAME
-  hops) is also bounded by ``timeout_s * tries * 2 + 1``.
+  a slow one it may wait far longer. So each question gets ``timeout_s *
+  tries`` (checked every 50 ms): asked again if c-ares gives up earlier, given
+  up (``"timeout"``) when that time is spent. A lookup as a whole (all its
+  CNAME hops) is also bounded by ``timeout_s * tries * 2 + 1``.
 * For a TXT question on an alias, the answer holds the CNAME records and, if
   the server knows them, the target's TXT records (``DNSResult.answer`` in
   order, owners without trailing dot). If the target's records are missing
@@ -32,6 +32,11 @@ Notes on c-ares 1.34 (pycares 5, aiodns 4) that shape this module:
   ARES_ENODATA.
 * c-ares caches answers for their TTL (at most an hour, negative answers
   only with an SOA) for the life of a :class:`Resolver`.
+* c-ares' event thread makes each query and answer contend for the channel
+  lock and the GIL, which halves the rate against a fast server. So with
+  given nameservers the event loop drives c-ares (aiodns' fallback mode; the
+  thread is kept for the system resolver, whose configuration it watches);
+  c-ares then checks its timeouts on socket activity and every <= 1 s.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
@@ -59,26 +64,14 @@ FOUND, ABSENT, UNKNOWN = "found", "absent", "unknown"
 
 _E = pycares.errno
 _DETAILS = {
-    _E.ARES_ENOTFOUND: "NXDOMAIN",
-    _E.ARES_ENODATA: "NODATA",
-    _E.ARES_ETIMEOUT: "timeout",
-    _E.ARES_ESERVFAIL: "SERVFAIL",
-    _E.ARES_EREFUSED: "REFUSED",
-    _E.ARES_ENOTIMP: "NOTIMP",
-    _E.ARES_EFORMERR: "FORMERR",
-    _E.ARES_ECONNREFUSED: "connection refused",
-    _E.ARES_EBADNAME: "bad name",
-    _E.ARES_EBADRESP: "bad response",
-    _E.ARES_ECANCELLED: "cancelled",
-    _E.ARES_EDESTRUCTION: "cancelled",
+    _E.ARES_ENOTFOUND: "NXDOMAIN", _E.ARES_ENODATA: "NODATA", _E.ARES_ETIMEOUT: "timeout",
+    _E.ARES_ESERVFAIL: "SERVFAIL", _E.ARES_EREFUSED: "REFUSED", _E.ARES_ENOTIMP: "NOTIMP",
+    _E.ARES_EFORMERR: "FORMERR", _E.ARES_ECONNREFUSED: "connection refused", _E.ARES_EBADNAME: "bad name",
+    _E.ARES_EBADRESP: "bad response", _E.ARES_ECANCELLED: "cancelled", _E.ARES_EDESTRUCTION: "cancelled",
 }
 _ABSENT_CODES = frozenset({_E.ARES_ENOTFOUND, _E.ARES_ENODATA})
 
-_QTYPES = {
-    "TXT": pycares.QUERY_TYPE_TXT,
-    "A": pycares.QUERY_TYPE_A,
-    "AAAA": pycares.QUERY_TYPE_AAAA,
-}
+_QTYPES = {"TXT": pycares.QUERY_TYPE_TXT, "A": pycares.QUERY_TYPE_A, "AAAA": pycares.QUERY_TYPE_AAAA}
 _CNAME = pycares.QUERY_TYPE_CNAME
 
 # Ask again after a c-ares timeout only if at least this much of the budget is left.
@@ -101,7 +94,7 @@ class Lookup:
     detail: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Chain:
     """One question followed through CNAMEs."""
 
@@ -109,7 +102,7 @@ class _Chain:
     records: tuple = ()
     aliases: tuple[str, ...] = ()  # the CNAME targets followed, in order
     detail: str = ""
-    seconds: float = 0.0  # from getting a slot to the end
+    seconds: float = 0.0  # from a worker taking it to the end
 
 
 class _Failure(Exception):
@@ -169,11 +162,12 @@ def _ascii(name: str) -> str:
 
 
 def _walk(answer: list, start: str, qtype: int, aliases: list[str], first: str):
-    """Follow CNAMEs inside one answer from start.
+    """Follow CNAMEs inside one answer from start: (name reached, its records of qtype).
 
-    Returns (name reached, its records of qtype). Appends the targets followed
-    to aliases; raises _Failure on a loop or a chain longer than MAX_CNAME_HOPS.
+    Appends the targets followed to aliases; _Failure on a loop or a chain too long.
     """
+    if all(rr.type == qtype and (rr.name == start or _key(rr.name) == start) for rr in answer):
+        return start, answer  # the usual answer: no alias
     cnames: dict[str, str] = {}
     records: dict[str, list] = {}
     for rr in answer:
@@ -194,6 +188,23 @@ def _walk(answer: list, start: str, qtype: int, aliases: list[str], first: str):
     return current, records.get(current, [])
 
 
+class _LoopDriven(aiodns.DNSResolver):
+    """aiodns with c-ares run by the event loop, not by its own thread (see above)."""
+
+    def _make_channel(self, **kwargs):
+        this = weakref.ref(self)  # as aiodns' own fallback: no cycle through the channel
+
+        def state(fd: int, readable: bool, writable: bool) -> None:
+            if (resolver := this()) is not None:
+                resolver._sock_state_cb(fd, readable, writable)
+
+        return False, pycares.Channel(sock_state_cb=state, timeout=self._timeout, **kwargs)
+
+
+# aiodns' private hooks; without them the default (threaded) channel is used.
+_CAN_DRIVE = all(hasattr(aiodns.DNSResolver, a) for a in ("_make_channel", "_sock_state_cb"))
+
+
 class Resolver:
     """Concurrent TXT and address lookups; see the module docstring.
 
@@ -202,21 +213,15 @@ class Resolver:
     ``timeout_s * tries`` the time after which a silent name is a timeout.
     concurrency: questions in flight at most (a TXT lookup is one question at
     a time, addresses() two). observer(outcome, seconds) is called once per
-    lookup, seconds counted from the moment it got a slot (queueing excluded).
-    in_flight and peak_in_flight count the questions holding a slot.
+    lookup, seconds counted from the moment a worker took it (queueing excluded).
+    in_flight and peak_in_flight count the workers holding a slot, each asking
+    one question at a time.
 
     The c-ares channel is made on first use and bound to that event loop.
     """
 
-    def __init__(
-        self,
-        *,
-        nameservers: Sequence[str] | None = None,
-        timeout_s: float = 2.0,
-        tries: int = 2,
-        concurrency: int = 256,
-        observer: Callable[[str, float], None] | None = None,
-    ) -> None:
+    def __init__(self, *, nameservers: Sequence[str] | None = None, timeout_s: float = 2.0, tries: int = 2,
+                 concurrency: int = 256, observer: Callable[[str, float], None] | None = None) -> None:
         if isinstance(nameservers, str):
             raise ValueError(f"nameservers must be a list of strings, not the string {nameservers!r}")
         if not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < float("inf")):
@@ -225,9 +230,7 @@ class Resolver:
             raise ValueError(f"bad tries {tries!r}")
         if not (isinstance(concurrency, int) and concurrency >= 1):
             raise ValueError(f"bad concurrency {concurrency!r}")
-        self.nameservers: tuple[str, ...] | None = (
-            tuple(parse_nameserver(s) for s in nameservers) if nameservers else None
-        )
+        self.nameservers = tuple(parse_nameserver(s) for s in nameservers) if nameservers else None
         self.timeout_s = float(timeout_s)
         self.tries = tries
         self.concurrency = concurrency
@@ -236,6 +239,7 @@ class Resolver:
         # lookup is given up whatever c-ares does (a safety net).
         self._budget_s = self.timeout_s * tries
         self._deadline_s = self._budget_s * 2 + 1
+        self._tick_s = min(0.05, self._budget_s / 20)  # how often budgets are checked
         self._slots = asyncio.Semaphore(concurrency)
         self._dns: aiodns.DNSResolver | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -250,12 +254,9 @@ class Resolver:
             raise RuntimeError("Resolver is closed")
         loop = asyncio.get_running_loop()
         if self._dns is None:
-            self._dns = aiodns.DNSResolver(
-                nameservers=list(self.nameservers) if self.nameservers else None,
-                loop=loop,
-                timeout=self.timeout_s,
-                tries=self.tries,
-            )
+            kind = _LoopDriven if self.nameservers and _CAN_DRIVE else aiodns.DNSResolver
+            self._dns = kind(nameservers=list(self.nameservers) if self.nameservers else None,
+                             loop=loop, timeout=self.timeout_s, tries=self.tries)
             self._loop = loop
         elif loop is not self._loop:
             raise RuntimeError("Resolver used from another event loop than the one it started in")
@@ -287,13 +288,21 @@ class Resolver:
             if not isinstance(name, str):
                 raise TypeError(f"a DNS name must be a str, not {type(name).__name__}: {name!r}")
         self._channel()
+        keys = [_key(name) for name in given]
         firsts: dict[str, str] = {}
-        for name in given:
-            firsts.setdefault(_key(name), name)
-        keys = list(firsts)
-        done = await asyncio.gather(*(self._txt(firsts[k]) for k in keys))
-        by_key = dict(zip(keys, done))
-        return {name: replace(by_key[_key(name)], name=name) for name in given}
+        for key, name in zip(keys, given):
+            firsts.setdefault(key, name)
+        chains = await self._pool([(name, "TXT") for name in firsts.values()])
+        found: dict[str, Lookup] = {}
+        for (key, name), chain in zip(firsts.items(), chains):
+            if chain.outcome == FOUND:
+                values = tuple([r.data.data.decode("utf-8", "replace") for r in chain.records])
+                found[key] = Lookup(name, FOUND, values, _via(chain.aliases))
+            else:
+                found[key] = Lookup(name, chain.outcome, (), chain.detail)
+            self._observe(chain.outcome, chain.seconds)
+        return {name: lk if (lk := found[key]).name == name else replace(lk, name=name)
+                for key, name in zip(keys, given)}
 
     async def txt(self, name: str) -> Lookup:
         """TXT lookup of one name."""
@@ -310,17 +319,13 @@ class Resolver:
         if not isinstance(name, str):
             raise TypeError(f"a DNS name must be a str, not {type(name).__name__}: {name!r}")
         self._channel()
-        v4, v6 = await asyncio.gather(self._chain(name, "A"), self._chain(name, "AAAA"))
+        v4, v6 = await self._pool([(name, "A"), (name, "AAAA")])
         unknown = [f"{kind} {c.detail}" for kind, c in (("A", v4), ("AAAA", v6)) if c.outcome == UNKNOWN]
         if unknown:
             result = Lookup(name, UNKNOWN, (), "; ".join(unknown))
         else:
-            values: list[str] = []
-            for item in [r.data.addr for r in v4.records] + [r.data.addr for r in v6.records] + [
-                *v4.aliases, *v6.aliases
-            ]:
-                if item not in values:
-                    values.append(item)
+            values = list(dict.fromkeys(
+                [r.data.addr for r in v4.records] + [r.data.addr for r in v6.records] + [*v4.aliases, *v6.aliases]))
             if values:
                 result = Lookup(name, FOUND, tuple(values), _via(v4.aliases or v6.aliases))
             else:
@@ -331,15 +336,41 @@ class Resolver:
 
     # -- internals ------------------------------------------------------------
 
-    async def _txt(self, name: str) -> Lookup:
-        chain = await self._chain(name, "TXT")
-        if chain.outcome == FOUND:
-            values = tuple(r.data.data.decode("utf-8", "replace") for r in chain.records)
-            result = Lookup(name, FOUND, values, _via(chain.aliases))
-        else:
-            result = Lookup(name, chain.outcome, (), chain.detail)
-        self._observe(result.outcome, chain.seconds)
-        return result
+    async def _pool(self, questions: list[tuple[str, str]]) -> list[_Chain]:
+        """The chains of (name, qtype) questions, in order.
+
+        At most ``concurrency`` workers take the questions in turn, each with
+        one slot for all it takes: a task and a slot per name cost more than
+        the lookup itself against a fast server.
+        """
+        loop, chains = self._loop, [None] * len(questions)
+        todo = iter(enumerate(questions))
+        asking = [[0.0, None] for _ in range(min(self.concurrency, len(questions)))]
+
+        async def worker(cell: list) -> None:  # cell: [give_up, future] of its question
+            async with self._slots:
+                self.in_flight += 1
+                self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+                try:
+                    for i, (name, qtype_name) in todo:
+                        chains[i] = await self._chain(name, qtype_name, cell)
+                finally:
+                    self.in_flight -= 1
+
+        def sweep() -> None:  # one timer per batch: one per question costs more than a fast answer
+            nonlocal timer
+            now = loop.time()
+            for give_up, future in asking:
+                if give_up <= now and future is not None and not future.done():
+                    future.set_exception(TimeoutError())  # aiodns itself never sets it
+            timer = loop.call_later(self._tick_s, sweep)
+
+        timer = loop.call_later(self._tick_s, sweep)
+        try:
+            await (worker(asking[0]) if len(asking) == 1 else asyncio.gather(*map(worker, asking)))
+        finally:
+            timer.cancel()
+        return chains
 
     def _observe(self, outcome: str, seconds: float) -> None:
         if self.observer is None:
@@ -349,55 +380,45 @@ class Resolver:
         except Exception:  # a metrics hook must not break lookups
             _log.exception("DNS lookup observer failed")
 
-    async def _chain(self, name: str, qtype_name: str) -> _Chain:
-        """One question, CNAMEs followed, in one slot, under the safety-net deadline."""
-        aliases: list[str] = []
-        async with self._slots:
-            self.in_flight += 1
-            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-            started = time.monotonic()
-            try:
-                async with asyncio.timeout(self._deadline_s):
-                    chain = await self._follow(name, _QTYPES[qtype_name], qtype_name, aliases)
-            except _Failure as failure:
-                chain = _Chain(failure.outcome, (), tuple(aliases), failure.detail)
-            except TimeoutError:
-                chain = _Chain(UNKNOWN, (), tuple(aliases), "timeout")
-            except Exception as error:  # never let one name sink the batch
-                _log.exception("DNS lookup of %s %s failed", name, qtype_name)
-                chain = _Chain(UNKNOWN, (), tuple(aliases), f"error: {error!r}")
-            finally:
-                self.in_flight -= 1
-        return replace(chain, seconds=time.monotonic() - started)
+    async def _chain(self, name: str, qtype_name: str, cell: list) -> _Chain:
+        """One question, CNAMEs followed, within the safety-net deadline."""
+        qtype, aliases, loop = _QTYPES[qtype_name], [], self._loop
+        started = loop.time()
+        deadline = started + self._deadline_s
+        try:
+            first = current = _ascii(name)
+            for _ in range(MAX_CNAME_HOPS + 1):
+                answer = await self._ask(current, qtype_name, deadline, cell)
+                reached, records = _walk(answer, current, qtype, aliases, first)
+                if records or reached == current:
+                    break
+                current = reached  # an alias whose target's records were not given: ask the target
+            else:
+                raise _Failure(UNKNOWN, "CNAME chain too long")
+            chain = _Chain(FOUND, tuple(records), tuple(aliases)) if records else (
+                _Chain(ABSENT, (), tuple(aliases), "NODATA"))
+        except _Failure as failure:
+            chain = _Chain(failure.outcome, (), tuple(aliases), failure.detail)
+        except Exception as error:  # never let one name sink the batch
+            _log.exception("DNS lookup of %s %s failed", name, qtype_name)
+            chain = _Chain(UNKNOWN, (), tuple(aliases), f"error: {error!r}")
+        chain.seconds = loop.time() - started
+        return chain
 
-    async def _follow(self, name: str, qtype: int, qtype_name: str, aliases: list[str]) -> _Chain:
-        first = current = _ascii(name)
-        for _ in range(MAX_CNAME_HOPS + 1):
-            answer = await self._ask(current, qtype_name)
-            reached, records = _walk(answer, current, qtype, aliases, first)
-            if records:
-                return _Chain(FOUND, tuple(records), tuple(aliases))
-            if reached == current:
-                return _Chain(ABSENT, (), tuple(aliases), "NODATA")
-            current = reached  # an alias whose target's records were not given: ask the target
-        raise _Failure(UNKNOWN, "CNAME chain too long")
+    async def _ask(self, name: str, qtype_name: str, deadline: float, cell: list) -> list:
+        """One question, given timeout_s * tries in all (never past deadline).
 
-    async def _ask(self, name: str, qtype_name: str) -> list:
-        """One question, given timeout_s * tries in all.
-
-        c-ares tries ``tries`` times with its own (adaptive) timeouts; if it
-        gives up before the budget is spent the question is asked again, and
-        whatever is still pending when the budget is spent is a timeout.
+        Asked again if c-ares gives up before the budget is spent (see above);
+        the pool's sweep fails it with TimeoutError when the budget is spent.
         """
-        if self._closed:
+        dns, loop = self._dns, self._loop
+        if self._closed or dns is None:
             raise _Failure(UNKNOWN, "cancelled")
-        dns = self._channel()
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + self._budget_s
+        give_up = cell[0] = min(loop.time() + self._budget_s, deadline)
         while True:
+            future = cell[1] = dns.query_dns(name, qtype_name)
             try:
-                async with asyncio.timeout_at(give_up):
-                    result = await dns.query_dns(name, qtype_name)
+                return (await future).answer
             except TimeoutError:
                 raise _Failure(UNKNOWN, "timeout") from None
             except DNSError as error:
@@ -408,7 +429,6 @@ class Resolver:
                     raise _Failure(ABSENT, _DETAILS[code]) from None
                 detail = _DETAILS.get(code) or (error.args[1] if len(error.args) > 1 else repr(error))
                 raise _Failure(UNKNOWN, detail) from None
-            return result.answer
 
 
 def _via(aliases: Sequence[str]) -> str:
