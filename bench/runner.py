@@ -759,9 +759,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     else:
         add("DNS at 30 ms RTT: 10,000 pending challenges", None, "not measured", "< 10 s")
 
-    found = None  # the largest size's direct-nsd tick with the most DNS names (first reconcile or burst)
+    # The resolver against its ceiling: the largest size's start-up tick, whose
+    # DNS batch runs with nothing else in flight. The first reconcile and the
+    # burst now send requests and publications while DNS runs, on the same
+    # core, so their DNS rate measures that sharing (reported in the table).
+    found = None
     for n in sorted(sizes, reverse=True):
-        candidates = [r for key in ("first", "burst")
+        candidates = [r for key in ("startup",)
                       if (r := sizes[n].get("scenarios", {}).get(key)) and r.get("ok") and r.get("dns_rate")]
         if candidates:
             found = (n, max(candidates, key=lambda r: r["dns_lookups"]))
