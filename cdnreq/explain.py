@@ -62,7 +62,7 @@ async def explain(
         "created_at": iso(record.created_at),
         "updated_at": iso(record.updated_at),
         "served_hosts": list(record.served) if record.served is not None else None,
-        "published": record.published,
+        "published": await store.published_of(guid),
         "hosts": [
             {
                 "host": claim.host,

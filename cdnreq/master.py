@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 import aiohttp
 import orjson
 
-from cdnreq.model import InstanceAnswer, RequestedState, SharedInstance
+from cdnreq.model import InstanceAnswer, RequestedState, SharedInstance, digest, fast_maker
 
 LIST_HOSTED = "slapos.allDocs.v0.instance_node_instance_list"
 REQUEST = "slapos.post.v0.software_instance"
@@ -219,32 +219,34 @@ class MasterClient:
 
 
 def parse_listing(entries: list[Any]) -> Listing:
+    """The listing's entries as SharedInstances.
+
+    Each entry is released from `entries` once read, so the parsed JSON and
+    the instances built from it are never both whole in memory (at 100,000
+    instances each is about 80 MB).
+    """
     instances: list[SharedInstance] = []
     unusable: list[str] = []
     anonymous = 0
-    for entry in entries:
+    make, states, started = _make_instance, _STATES, RequestedState.STARTED
+    for index, entry in enumerate(entries):
+        entries[index] = None
         guid = entry.get("instance_guid") if isinstance(entry, dict) else None
         if not isinstance(guid, str) or not guid:
             anonymous += 1
             continue
         parameters = entry.get("parameters", {})
-        state = entry.get("state", RequestedState.STARTED.value)
-        if not isinstance(parameters, dict) or not isinstance(state, str) or state not in _STATES:
+        raw_state = entry.get("state", started)
+        state = raw_state if raw_state is started else states.get(raw_state) if isinstance(raw_state, str) else None
+        if not isinstance(parameters, dict) or state is None:
             unusable.append(guid)
             continue
-        instances.append(
-            SharedInstance.of(
-                guid,
-                parameters,
-                title=str(entry.get("title", "")),
-                software_type=str(entry.get("software_type", "")),
-                state=state,
-            )
-        )
+        instances.append(make(guid, state, parameters, digest(parameters)))
     return Listing(tuple(instances), tuple(unusable), anonymous)
 
 
-_STATES = frozenset(s.value for s in RequestedState)
+_make_instance = fast_maker(SharedInstance)
+_STATES = {s.value: s for s in RequestedState}
 _JSON = {"Content-Type": "application/json"}
 
 

@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from cdnreq.master import MasterRejected, MasterUnavailable
-from cdnreq.model import InstanceAnswer, InstanceGuid, Phase, SharedInstance
+from cdnreq.model import InstanceAnswer, InstanceGuid, Phase, SharedInstance, shown_digest
 from cdnreq.reconcile import records
 from cdnreq.reconcile.execute import Settings, execute
 from cdnreq.reconcile.plan import Action, Kind, new_record
@@ -89,7 +89,7 @@ async def test_request_then_in_progress_message():
     assert outcome.ok
     assert [c[0] for c in master.calls] == ["request", "publish"]
     assert outcome.record.phase is Phase.REQUESTED
-    assert outcome.record.published == records.IN_PROGRESS
+    assert outcome.record.published == shown_digest(records.IN_PROGRESS) and outcome.shown == records.IN_PROGRESS
     assert outcome.record.tech_guid == "tech-cdnreq-A"
     assert [(e.action, e.outcome) for e in outcome.events] == [("request", "ok"), ("publish", "ok")]
 
@@ -98,7 +98,7 @@ async def test_request_with_answer_is_shown_but_live_only_once_read_back():
     master = FakeMaster(connection={"domain": "a.cdn"})
     outcome = (await run([request_action("A")], master))["A"]
     assert outcome.record.phase is Phase.REQUESTED
-    assert outcome.record.published == {"domain": "a.cdn"}
+    assert outcome.record.published == shown_digest({"domain": "a.cdn"})
     polled = (await run([Action(Kind.POLL, outcome.record, "verify", request_action("A").instance)], master))["A"]
     assert polled.record.phase is Phase.LIVE
     assert [c[0] for c in master.calls][-1] == "get"  # nothing new to publish
@@ -108,7 +108,7 @@ async def test_poll_of_an_entry_that_lost_the_request_requests_again():
     master = FakeMaster(connection={"domain": "a.cdn"})
     base = request_action("A")
     record = replace(base.record, phase=Phase.REQUESTED, param_hash="h", tech_guid="tech-cdnreq-A",
-                     connection={}, published=records.IN_PROGRESS)
+                     connection={}, published=shown_digest(records.IN_PROGRESS))
 
     async def stale(instance_guid):
         await master._enter("get", instance_guid)
@@ -135,7 +135,7 @@ async def test_rejection_is_published_to_the_customer_once():
     outcome = (await run([request_action("A")], master))["A"]
     assert not outcome.ok
     assert "bad parameters" in outcome.record.published_error
-    assert "request-error-list" in outcome.record.published
+    assert "request-error-list" in outcome.shown and outcome.record.published == shown_digest(outcome.shown)
     assert [c[0] for c in master.calls] == ["request", "publish", "error"]
     again = replace(request_action("A"), record=outcome.record)
     master.calls.clear()
@@ -147,7 +147,7 @@ async def test_poll_of_a_lost_entry_requests_it_again():
     master = FakeMaster(lost={"tech-cdnreq-A"}, connection={})
     base = request_action("A")
     record = replace(base.record, phase=Phase.REQUESTED, param_hash="h", tech_guid="tech-cdnreq-A",
-                     connection={}, published=records.IN_PROGRESS)
+                     connection={}, published=shown_digest(records.IN_PROGRESS))
     outcome = (await run([Action(Kind.POLL, record, "waiting", base.instance)], master))["A"]
     assert [c[0] for c in master.calls] == ["get", "request"]
     assert outcome.ok and outcome.record.tech_guid == "tech-cdnreq-A"
@@ -158,7 +158,7 @@ async def test_poll_relays_a_new_answer():
     master = FakeMaster(connection={"domain": "a.cdn"})
     base = request_action("A")
     record = replace(base.record, phase=Phase.REQUESTED, param_hash="h", tech_guid="tech-cdnreq-A",
-                     connection={}, published=records.IN_PROGRESS)
+                     connection={}, published=shown_digest(records.IN_PROGRESS))
     outcome = (await run([Action(Kind.POLL, record, "waiting", base.instance)], master))["A"]
     assert [c[0] for c in master.calls] == ["get", "publish"]
     assert outcome.record.phase is Phase.LIVE
@@ -184,3 +184,26 @@ async def test_stop_prevents_new_actions():
 def test_backoff_grows_and_caps(failures, expected):
     delay = records.backoff_s("G", failures, 10.0, 100.0)
     assert expected <= delay <= expected * 1.25
+
+
+async def test_a_feed_takes_actions_while_running_until_closed():
+    from cdnreq.reconcile.execute import Feed
+
+    master = FakeMaster(delay=0.001)
+    feed = Feed([request_action("first")])
+    outcomes = []
+
+    async def sink(outcome):
+        outcomes.append(outcome.action.guid)
+
+    running = asyncio.create_task(
+        execute(feed, master=master, settings=SETTINGS, concurrency=2, sink=sink, clock=lambda: NOW)
+    )
+    while not outcomes:
+        await asyncio.sleep(0.001)
+    feed.extend([request_action("second"), request_action("third")])
+    await asyncio.sleep(0.05)
+    assert not running.done()  # waits for more until the feed is closed
+    feed.close()
+    assert await asyncio.wait_for(running, 5) == 3
+    assert sorted(outcomes) == ["first", "second", "third"] and feed.total == 3

@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 
 from cdnreq.master import Listing
-from cdnreq.model import InstanceGuid, Phase, Record, RequestedState, SharedInstance
+from cdnreq.model import InstanceGuid, Phase, Record, RequestedState, SharedInstance, shown_digest
 from cdnreq.reconcile.plan import Kind, Policy, held_records, new_record, plan
 
 NOW = 1_000_000.0
@@ -25,7 +25,7 @@ def live(instance: SharedInstance, **changes) -> Record:
         spec_hash=POLICY.spec_hash,
         tech_guid=f"tech-{instance.guid}",
         connection={"domain": "x.cdn"},
-        published={"domain": "x.cdn"},
+        published=shown_digest({"domain": "x.cdn"}),
     )
     return replace(record, **changes)
 
@@ -174,21 +174,21 @@ def test_held_instance_that_comes_back_changed_is_updated():
 
 def test_pending_answer_is_polled_not_requested():
     a = inst("A")
-    waiting = live(a, phase=Phase.REQUESTED, connection={}, published={"message": "..."})
+    waiting = live(a, phase=Phase.REQUESTED, connection={}, published=shown_digest({"message": "..."}))
     p = plan(listing(a), known(waiting), NOW, POLICY)
     assert kinds(p) == [(Kind.POLL, "A")]
 
 
 def test_a_request_is_read_back_once_before_it_counts_as_live():
     a = inst("A")
-    unverified = live(a, phase=Phase.REQUESTED, published={"domain": "x.cdn"})
+    unverified = live(a, phase=Phase.REQUESTED, published=shown_digest({"domain": "x.cdn"}))
     p = plan(listing(a), known(unverified), NOW, POLICY)
     assert kinds(p) == [(Kind.POLL, "A")]
 
 
 def test_live_answer_not_relayed_is_published_without_a_call_first():
     a = inst("A")
-    unrelayed = live(a, published={"message": "..."})
+    unrelayed = live(a, published=shown_digest({"message": "..."}))
     p = plan(listing(a), known(unrelayed), NOW, POLICY)
     assert kinds(p) == [(Kind.PUBLISH, "A")]
 
@@ -272,7 +272,7 @@ def test_pending_gate_publishes_instructions_and_requests_nothing():
 def test_pending_gate_already_published_is_quiet():
     a = inst("A")
     gate = Gate(Status.PENDING, extras={"message": "prove it"})
-    record = replace(new_record(InstanceGuid("A"), "cdnreq-", NOW), published={"message": "prove it"})
+    record = replace(new_record(InstanceGuid("A"), "cdnreq-", NOW), published=shown_digest({"message": "prove it"}))
     p = plan(listing(a), known(record), NOW, POLICY, gates={"A": gate})
     assert p.actions == () and p.counts["unchanged"] == 1
 
@@ -330,7 +330,7 @@ def test_pending_instance_that_leaves_keeps_nothing():
     """The reference's hole: request, remove, request again, and a never-proven
     domain counted as validated. A never-proven instance is forgotten."""
     a = inst("A")
-    pending = replace(new_record(InstanceGuid("B"), "cdnreq-", NOW), published={"message": "prove"})
+    pending = replace(new_record(InstanceGuid("B"), "cdnreq-", NOW), published=shown_digest({"message": "prove"}))
     p = plan(listing(a), known(live(a), pending), NOW, RETAIN, ownership=Owners(**{"a.example.com": "A"}))
     assert p.forgets == ("B",)
 
@@ -365,3 +365,56 @@ def test_live_entries_are_read_back_now_and_then():
     assert kinds(plan(listing(a), known(record), NOW, every)) == [(Kind.POLL, "A")]
     assert plan(listing(a), known(record), NOW, replace(POLICY, verify_interval_s=5000.0)).actions == ()
     assert plan(listing(a), known(record), NOW, POLICY).actions == ()  # 0: never
+
+
+# -- the quiet memo: an idle tick skips what cannot have changed ---------------------------
+
+
+def test_quiet_memo_gives_the_same_answers_as_a_full_plan():
+    from cdnreq.reconcile.gate import Gate
+    from cdnreq.reconcile.plan import Quiet
+
+    a, b = inst("A"), inst("B")
+    gates = {"A": Gate.accept(a), "B": Gate.accept(b)}
+    records = known(live(a), live(b))
+    quiet = Quiet()
+    first = plan(listing(a, b), records, NOW, POLICY, gates=gates, quiet=quiet)
+    assert first.actions == () and set(quiet.entries) == {"A", "B"}
+    again = plan(listing(a, b), records, NOW + 1, POLICY, gates=gates, quiet=quiet)
+    assert again.actions == () and again.counts["unchanged"] == 2
+
+    # the customer stopped A: same record, same gate, but another state
+    stopped = SharedInstance.of("A", a.parameters, state="stopped")
+    p = plan(listing(stopped, b), records, NOW + 2, POLICY, gates=gates, quiet=quiet)
+    assert kinds(p) == [(Kind.UPDATE, "A")]
+
+    # B's record changed (its answer was lost): a new record object is planned in full
+    records = known(live(a), live(b, published=shown_digest({"other": "x"})))
+    quiet = Quiet()
+    plan(listing(a, b), known(live(a), live(b)), NOW, POLICY, gates=gates, quiet=quiet)
+    p = plan(listing(a, b), records, NOW + 1, POLICY, gates=gates, quiet=quiet)
+    assert kinds(p) == [(Kind.PUBLISH, "B")]
+
+    # a new gate for A (its hosts changed): planned in full
+    p = plan(listing(a, b), records, NOW + 2, POLICY, gates={**gates, "A": Gate.accept(inst("A", url="https://new.example"))}, quiet=quiet)
+    assert (Kind.UPDATE, "A") in kinds(p)
+
+
+def test_quiet_memo_still_reads_back_when_due_and_forgets_on_policy_change():
+    from cdnreq.reconcile.gate import Gate
+    from cdnreq.reconcile.plan import Quiet
+
+    a = inst("A")
+    gates = {"A": Gate.accept(a)}
+    every = replace(POLICY, verify_interval_s=500.0)
+    record = live(a, updated_at=NOW)
+    quiet = Quiet()
+    assert plan(listing(a), known(record), NOW, every, gates=gates, quiet=quiet).actions == ()
+    assert plan(listing(a), known(record), NOW + 400, every, gates=gates, quiet=quiet).actions == ()
+    due = plan(listing(a), known(record), NOW + 600, every, gates=gates, quiet=quiet)
+    assert kinds(due) == [(Kind.POLL, "A")]
+    # the technical CDN settings changed: the memo of the old policy is not used
+    quiet = Quiet()
+    plan(listing(a), known(record), NOW, POLICY, gates=gates, quiet=quiet)
+    moved = plan(listing(a), known(record), NOW + 1, replace(POLICY, spec_hash="spec-2"), gates=gates, quiet=quiet)
+    assert kinds(moved) == [(Kind.UPDATE, "A")]

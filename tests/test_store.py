@@ -12,6 +12,7 @@ from cdnreq.model import (
     Record,
     RequestedState,
     Title,
+    shown_digest,
 )
 from cdnreq.store import SchemaTooNew, Store, StoreError, StoreLocked
 from cdnreq.store import sqlite as store_sqlite
@@ -30,6 +31,9 @@ def rec(guid: str, title: str | None = None, **kw) -> Record:
     return Record(**base)
 
 
+SHOWN = {"url": "https://x.example", "é": "ü"}
+
+
 def full_record() -> Record:
     return Record(
         guid=InstanceGuid("SOFTINST-1"),
@@ -42,7 +46,7 @@ def full_record() -> Record:
         spec_hash="s" * 64,
         tech_guid="SOFTINST-99",
         connection={"url": "https://x.example", "nested": {"b": [1, 2], "a": None}},
-        published={"url": "https://x.example", "é": "ü"},
+        published=shown_digest(SHOWN),
         published_error="previous error",
         last_action="request",
         last_error="boom",
@@ -88,8 +92,9 @@ async def test_open_creates_parent_and_reports_version(tmp_path):
 async def test_round_trip_full_and_minimal(store):
     full = full_record()
     minimal = rec("SOFTINST-2")
-    await store.commit(upserts=[full, minimal])
+    await store.commit(upserts=[full, minimal], shown={"SOFTINST-1": SHOWN})
     assert await store.get("SOFTINST-1") == full
+    assert await store.published_of("SOFTINST-1") == SHOWN
     assert await store.get("SOFTINST-2") == minimal
     assert await store.get("nope") is None
     loaded = await store.load()
@@ -97,12 +102,16 @@ async def test_round_trip_full_and_minimal(store):
     got = loaded["SOFTINST-1"]
     assert got.phase is Phase.LIVE and got.requested_state is RequestedState.STOPPED
     assert loaded["SOFTINST-2"].connection is None and loaded["SOFTINST-2"].failures == 0
+    # a later upsert keeps what was shown: only a publication changes it
+    await store.commit(upserts=[dataclasses.replace(full, failures=4)])
+    assert await store.published_of("SOFTINST-1") == SHOWN
+    assert await store.published_of("SOFTINST-2") is None
 
 
 async def test_round_trip_survives_reopen(tmp_path):
     path = tmp_path / "x.db"
     s = await Store.open(path)
-    await s.commit(upserts=[full_record()])
+    await s.commit(upserts=[full_record()], shown={"SOFTINST-1": SHOWN})
     await s.close()
     s = await Store.open(path)
     try:
@@ -367,7 +376,7 @@ async def test_migrates_v1_database(tmp_path):
             guid=InstanceGuid("SOFTINST-7"), title=Title("cdn-SOFTINST-7"), phase=Phase.LIVE,
             created_at=1.0, updated_at=2.0, param_hash="h",
             requested_state=RequestedState.STARTED, connection={"url": "https://a"},
-            published={"url": "https://a"}, failures=2, retry_at=9.5,
+            published=shown_digest({"url": "https://a"}), failures=2, retry_at=9.5,
         )  # fmt: skip
         got = await s.get("SOFTINST-7")
         assert got == expected and got.served is None and got.gone_at is None

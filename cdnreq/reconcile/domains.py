@@ -1,24 +1,27 @@
 """The domain step of a tick: validate, challenge, look up, decide.
 
 It holds what ownership needs between ticks (the host index, the challenges,
-a cache of verdicts by parameter hash) and does the tick's one DNS batch: all
-pending challenges and due re-checks are resolved together, with a bounded
-number in flight, instead of one domain at a time.
+a cache of verdicts by parameter hash). A tick's step runs in stages
+(DomainRun): what needs no DNS answer is decided at once, the rest by groups
+of registrable domains as their answers come in (cdnreq/reconcile/proofs.py),
+so requests start while DNS is still running; lookups are shared by many
+names at a time, with a bounded number in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Protocol
 
 from cdnreq.dns.challenge import issue
 from cdnreq.dns.resolver import Lookup
-from cdnreq.model import Challenge, Event, HostClaim, InstanceGuid, Record, RequestedState, SharedInstance
+from cdnreq.model import Challenge, Event, HostClaim, InstanceGuid, Record, SharedInstance
 from cdnreq.reconcile import recheck
-from cdnreq.reconcile.gate import Claims, DomainPolicy, Gate, HostIndex, Status, decide, wanted_names
+from cdnreq.reconcile.gate import Claims, DomainPolicy, Gate, HostIndex, Status, decide
+from cdnreq.reconcile.stages import DomainRun, DomainStep
 from cdnreq.validate.verdict import Verdict, validate
+
+__all__ = ["Domains", "DomainRun", "DomainStep", "Lookups"]
 
 
 PENDING_MIN_S = 0.0
@@ -31,26 +34,6 @@ class Lookups(Protocol):
     async def addresses(self, name: str) -> Lookup: ...
 
     async def close(self) -> None: ...
-
-
-@dataclass
-class DomainStep:
-    """What the step decided; committed before any request goes out."""
-
-    gates: dict[str, Gate] = field(default_factory=dict)
-    host_upserts: dict[str, HostClaim] = field(default_factory=dict)
-    host_deletes: set[str] = field(default_factory=set)
-    challenges: list[Challenge] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
-    counts: Counter = field(default_factory=Counter)
-
-    def claim(self, claim: HostClaim) -> None:
-        self.host_deletes.discard(claim.host)
-        self.host_upserts[claim.host] = claim
-
-    def release(self, host: str) -> None:
-        self.host_upserts.pop(host, None)
-        self.host_deletes.add(host)
 
 
 class Domains:
@@ -92,6 +75,16 @@ class Domains:
         self._settled.pop(guid, None)
         self._next_lookup.pop(guid, None)
 
+    def start(
+        self,
+        instances: Iterable[SharedInstance],
+        known: Mapping[InstanceGuid, Record],
+        now: float,
+        tick: int | None = None,
+    ) -> DomainRun:
+        """Validate, issue challenges and decide what needs no DNS answer; see DomainRun."""
+        return DomainRun(self, instances, known, now, tick)
+
     async def step(
         self,
         instances: Iterable[SharedInstance],
@@ -100,55 +93,30 @@ class Domains:
         tick: int | None = None,
         on_dns: Callable[[int], None] | None = None,
     ) -> DomainStep:
-        out = DomainStep()
-        if self.policy != self._settled_policy:
-            self._settled.clear()
-            self._settled_policy = self.policy
-        for guid in self.index.take_touched():
-            self._settled.pop(guid, None)
-        present: dict[str, SharedInstance] = {}  # to decide this tick
-        settled: dict[str, SharedInstance] = {}  # gate reused from the last tick
-        for instance in instances:
-            if instance.state is RequestedState.DESTROYED or instance.guid in settled:
-                continue
-            cached = self._settled.get(instance.guid)
-            if cached is not None and cached[0] == instance.param_hash:
-                settled[instance.guid] = instance
-                out.gates[instance.guid] = cached[1]
-            else:
-                present.setdefault(instance.guid, instance)
-        active = set(present) | set(settled)
-        verdicts = {g: self.verdict(i) for g, i in present.items()}
-
-        txt_names: set[str] = set()
-        asked: set[str] = set()
-        for guid, verdict in verdicts.items():
-            if verdict.ok and any(not self.index.owns(guid, h) for h in verdict.hosts):
-                # even when refused for now: a re-check below may free the host
-                self._ensure_challenge(InstanceGuid(guid), verdict, now, tick, out)
-                if self._due(guid, present[guid].param_hash, now):
-                    names = wanted_names(verdict, guid, self.index, active, self.policy)
-                    txt_names.update(names)
-                    asked.add(guid)
-                else:
-                    out.counts["dns_deferred"] += 1
-        due = recheck.due(self.index.by_host.values(), active, now, self.policy)
-        by_address = [c for c in due if recheck.by_address(c, self.policy)]
-        for claim in due:
-            if not recheck.by_address(claim, self.policy):
-                txt_names.update(recheck.names(claim, self.policy))
+        """Every stage at once: all gates decided (tools and tests)."""
+        run = self.start(instances, known, now, tick)
         if on_dns is not None:
-            on_dns(len(txt_names) + len(by_address))
-        txt, addresses = await self._resolve(txt_names, {c.host for c in by_address})
-        for lookup in txt.values():
-            out.counts[f"dns_{lookup.outcome}"] += 1
+            on_dns(run.dns_total)
+        out = DomainStep()
+        out.merge(run.first)
+        async for part in run.resolve():
+            out.merge(part)
+        out.merge(run.finish())
+        return out
 
-        self._rechecks(due, txt, addresses, now, tick, out)
-        for guid in self.index.take_touched() & set(settled):  # a re-check changed its claims
-            del self._settled[guid], out.gates[guid]
-            present[guid] = settled.pop(guid)
-            verdicts[guid] = self.verdict(present[guid])
-        order = sorted(present, key=lambda g: (known[g].created_at if g in known else now, g))
+    def _decide(
+        self,
+        order: Iterable[str],
+        present: Mapping[str, SharedInstance],
+        verdicts: Mapping[str, Verdict],
+        active: set[str],
+        asked: set[str],
+        lookups: Mapping[str, Lookup],
+        now: float,
+        tick: int | None,
+        out: DomainStep,
+    ) -> None:
+        """Gates in decision order: the first to prove a host keeps it."""
         for guid in order:
             gate, claims = decide(
                 present[guid],
@@ -156,21 +124,20 @@ class Domains:
                 index=self.index,
                 active=active,
                 challenge=self.challenges.get(InstanceGuid(guid)),
-                lookups=txt,
+                lookups=lookups,
                 policy=self.policy,
                 now=now,
             )
             out.gates[guid] = gate
+            out.counts[f"gate_{gate.status.value}"] += 1
+            out.taken_from.update(claims.taken_from)
             self._record_claims(guid, claims, now, tick, out)
             if gate.status is Status.PENDING and guid in asked:
                 self._defer(guid, present[guid].param_hash, now)
             if gate.ok and self.index.hosts_of(guid) == set(gate.hosts):
                 self._settled[guid] = (present[guid].param_hash, gate)
+                self._verdicts.pop(guid, None)  # the gate says all; validated again if unsettled
         self.index.take_touched()  # this step's own claims are in the gates already
-        for gate in out.gates.values():
-            out.counts[f"gate_{gate.status.value}"] += 1
-        self._release_unlisted(verdicts, known, now, tick, out)
-        return out
 
     def _due(self, guid: str, param_hash: str, now: float) -> bool:
         scheduled = self._next_lookup.get(guid)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol
 
 from cdnreq.master import MasterError, MasterRejected, MasterUnavailable
-from cdnreq.model import Event, InstanceAnswer, Phase, Record, RequestedState, SharedInstance
+from cdnreq.model import Event, InstanceAnswer, Phase, Record, RequestedState, SharedInstance, shown_digest
 from cdnreq.reconcile import records
 from cdnreq.reconcile.gate import Gate, Status
 from cdnreq.reconcile.plan import Action, Kind
@@ -55,13 +56,44 @@ class Outcome:
     record: Record | None  # None: the instance is forgotten
     events: tuple[Event, ...]
     ok: bool
+    shown: Mapping[str, Any] | None = None  # what was just published, for the store
 
 
 OutcomeSink = Callable[[Outcome], Awaitable[None]]
 
 
+class Feed:
+    """Actions handed to a running `execute` as they are planned (a tick
+    plans in parts while DNS answers come in); closed once all are in."""
+
+    def __init__(self, actions: Iterable[Action] = (), *, closed: bool = False):
+        self._queue: deque[Action] = deque(actions)
+        self.total = len(self._queue)
+        self._closed = closed
+        self._more = asyncio.Event()
+
+    def extend(self, actions: Iterable[Action]) -> None:
+        before = len(self._queue)
+        self._queue.extend(actions)
+        self.total += len(self._queue) - before
+        self._more.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._more.set()
+
+    async def next(self) -> Action | None:
+        """The next action; None once closed and empty."""
+        while not self._queue:
+            if self._closed:
+                return None
+            self._more.clear()
+            await self._more.wait()
+        return self._queue.popleft()
+
+
 async def execute(
-    actions: Iterable[Action],
+    actions: Iterable[Action] | Feed,
     *,
     master: Master,
     settings: Settings,
@@ -73,14 +105,15 @@ async def execute(
 ) -> int:
     """Run the actions, at most `concurrency` at a time; returns how many ran.
 
-    When `stop` is set, no further action starts; those in flight finish.
+    A Feed may get more actions while this runs, until it is closed. When
+    `stop` is set, no further action starts; those in flight finish.
     """
-    pending = iter(actions)
+    feed = actions if isinstance(actions, Feed) else Feed(actions, closed=True)
     ran = 0
 
     async def worker() -> None:
         nonlocal ran
-        for action in pending:
+        while (action := await feed.next()) is not None:
             if stop is not None and stop.is_set():
                 return
             runner = _Runner(master, settings, clock, tick)
@@ -106,12 +139,13 @@ class _Runner:
         self.clock = clock
         self.tick = tick
         self.events: list[Event] = []
+        self.shown: Mapping[str, Any] | None = None
 
     def event(self, guid: str, action: str, outcome: str, detail: str | None = None) -> None:
         self.events.append(Event(guid, action, outcome, self.clock(), detail, self.tick))
 
     def done(self, action: Action, record: Record | None, ok: bool) -> Outcome:
-        return Outcome(action, record, tuple(self.events), ok)
+        return Outcome(action, record, tuple(self.events), ok, self.shown)
 
     def failure(
         self, action: Action, record: Record, step: str, error: MasterError, label: str | None = "failed"
@@ -175,6 +209,7 @@ class _Runner:
             else:
                 self.event(record.guid, "publish", "ok", "request error")
                 record = records.published(record, shown, message, self.clock())
+                self.shown = shown
         return self.failure(action, record, step, error, label=None)
 
     async def poll(self, action: Action) -> Outcome:
@@ -206,10 +241,11 @@ class _Runner:
         shown = records.compose(record.connection, gate, requested)
         error = gate.error if gate is not None else None
         send_error = error is not None and error != record.published_error
-        if record.published == shown and not send_error:
+        changed = shown_digest(shown) != record.published
+        if not changed and not send_error:
             return self.done(action, records.settled(record, self.clock()), True)
         try:
-            if record.published != shown:
+            if changed:
                 await self.master.publish_connection(record.guid, shown)
             if send_error:
                 await self.master.publish_error(record.guid, error)
@@ -217,6 +253,7 @@ class _Runner:
             return self.failure(action, record, "publish", failure)
         self.event(record.guid, "publish", "ok", _what(record, gate))
         record = records.published(record, shown, error, self.clock())
+        self.shown = shown
         if gate is not None and not gate.ok:  # say why in `cdnreq status`
             record = replace(record, last_error=gate.error or f"waiting for DNS proof of {', '.join(gate.pending)}")
         return self.done(action, record, True)

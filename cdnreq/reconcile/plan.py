@@ -14,7 +14,7 @@ import enum
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping, Protocol
+from typing import Collection, Iterable, Mapping, Protocol
 
 from cdnreq.master import Listing
 from cdnreq.model import (
@@ -80,6 +80,22 @@ class Plan:
     counts: Mapping[str, int] = field(default_factory=dict)
 
 
+class Quiet:
+    """Instances the last plan found with nothing to do, with the record and
+    the gate it saw.
+
+    Records are frozen and the domain step hands back the very same gate
+    while nothing about an instance's hosts changed, so the same record, gate
+    and requested state give the same answer again. An idle tick then skips
+    the publication digest and host checks for most instances. Rebuilt by
+    every plan, so it holds nothing of instances that left.
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[Record, Gate]] = {}
+        self.policy: Policy | None = None
+
+
 def spec_hash(software_release_uri: str, software_type: str, sla: Mapping[str, str]) -> str:
     return digest({"sr": software_release_uri, "type": software_type, "sla": dict(sla)})
 
@@ -114,7 +130,11 @@ def plan(
     *,
     gates: Mapping[str, Gate] | None = None,
     ownership: Ownership | None = None,
+    quiet: Quiet | None = None,
+    later: Collection[str] = frozenset(),
 ) -> Plan:
+    """The tick's plan. Instances in `later` wait for DNS: they count as
+    listed (never gone) but get no action here; `plan_decided` plans them."""
     counts: Counter[str] = Counter()
     actions: list[Action] = []
     updates: list[Record] = []
@@ -131,15 +151,35 @@ def plan(
         else:
             actions.append(action)
 
+    last: dict[str, tuple[Record, Gate]] = {}
+    still: dict[str, tuple[Record, Gate]] = {}
+    if quiet is not None and quiet.policy == policy:
+        last = quiet.entries
+    gates = gates or {}
+    unchanged = 0
     for instance in listing.instances:
-        if instance.guid in seen:
+        guid = instance.guid
+        if guid in seen:
             counts["duplicate"] += 1
             continue
-        seen.add(instance.guid)
-        record = known.get(instance.guid)
+        seen.add(guid)
+        record = known.get(guid)
         if instance.state is RequestedState.DESTROYED:
             if record is not None:
                 destroyed.append(record)
+            continue
+        if later and guid in later:
+            continue
+        hit = last.get(guid)
+        if (
+            hit is not None
+            and hit[0] is record
+            and hit[1] is gates.get(guid)
+            and (record.requested_state is instance.state or not hit[1].ok)
+            and _read_back_at(record, policy) > now
+        ):
+            still[guid] = hit
+            unchanged += 1
             continue
         if record is None:
             record = new_record(instance.guid, policy.request_prefix, now)
@@ -149,8 +189,14 @@ def plan(
             record = resumed(record, now)
             updates.append(record)
             counts["back"] += 1
-        gate = (gates or {}).get(instance.guid) or Gate.accept(instance)
-        add(_for_present(instance, gate, record, policy, ownership, now), record)
+        gate = gates.get(guid) or Gate.accept(instance)
+        action = _for_present(instance, gate, record, policy, ownership, now)
+        add(action, record)
+        if action is None and gate is gates.get(guid):
+            still[guid] = (record, gate)
+    counts["unchanged"] += unchanged
+    if quiet is not None:
+        quiet.entries, quiet.policy = still, policy
 
     gone = destroyed + [r for g, r in known.items() if g not in seen]
     confirming = [r for r in gone if destroy_sent(r)]
@@ -181,6 +227,50 @@ def plan(
     return Plan(tuple(actions), tuple(updates), tuple(forgets), held, hold_reason, dict(counts))
 
 
+def plan_decided(
+    instances: Iterable[SharedInstance],
+    known: Mapping[InstanceGuid, Record],
+    now: float,
+    policy: Policy,
+    *,
+    gates: Mapping[str, Gate],
+    ownership: Ownership | None = None,
+    losers: Iterable[Record] = (),
+) -> Plan:
+    """The part of the plan `plan(..., later=...)` left out: instances whose
+    gates DNS has just decided, and retained entries (`losers`, without an
+    action yet) that may have lost a host to one of them."""
+    counts: Counter[str] = Counter()
+    actions: list[Action] = []
+    updates: list[Record] = []
+
+    def add(action: Action | None, record: Record) -> None:
+        if action is None:
+            counts["unchanged"] += 1
+        elif record.retry_at is not None and record.retry_at > now:
+            counts["backoff"] += 1
+        else:
+            actions.append(action)
+
+    for instance in instances:
+        record = known.get(instance.guid)
+        if record is None:
+            record = new_record(instance.guid, policy.request_prefix, now)
+            updates.append(record)
+            counts["added"] += 1
+        elif record.phase in (Phase.REMOVING, Phase.RETAINED):
+            record = resumed(record, now)
+            updates.append(record)
+            counts["back"] += 1
+        add(_for_present(instance, gates[instance.guid], record, policy, ownership, now), record)
+    for record in losers:
+        if record.phase is Phase.RETAINED and has_entry(record) and _lost_host(record, ownership):
+            add(Action(Kind.DESTROY, record, "a host it served was proven by another entry", forget=False), record)
+    for action in actions:
+        counts[action.kind.value] += 1
+    return Plan(tuple(actions), tuple(updates), counts=dict(counts))
+
+
 def _for_present(
     instance: SharedInstance,
     gate: Gate,
@@ -208,10 +298,19 @@ def _for_present(
         return Action(Kind.POLL, record, "waiting for the technical CDN's answer", instance, gate)
     if needs_publish(record, gate):
         return Action(Kind.PUBLISH, record, "new information for the customer", instance, gate)
-    if policy.verify_interval_s and now >= record.updated_at + policy.verify_interval_s * _spread(record.guid):
+    if now >= _read_back_at(record, policy):
         # a technical CDN may lose an entry long after it went live
         return Action(Kind.POLL, record, "periodic read-back", instance, gate)
     return None
+
+
+_NEVER = float("inf")
+
+
+def _read_back_at(record: Record, policy: Policy) -> float:
+    if not policy.verify_interval_s:
+        return _NEVER
+    return record.updated_at + policy.verify_interval_s * _spread(record.guid)
 
 
 def _spread(guid: str) -> float:

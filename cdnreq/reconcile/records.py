@@ -12,7 +12,7 @@ import json
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Mapping
 
-from cdnreq.model import InstanceAnswer, Phase, Record, SharedInstance
+from cdnreq.model import InstanceAnswer, Phase, Record, SharedInstance, frozen_json, shown_digest
 
 if TYPE_CHECKING:
     from cdnreq.reconcile.gate import Gate
@@ -28,7 +28,7 @@ IN_PROGRESS = {
 def compose(connection: Mapping[str, Any] | None, gate: "Gate | None", requested: bool) -> dict[str, Any]:
     """What the customer should see: the CDN's answer (or that it is coming),
     plus what the gate has to say (challenge, errors, warnings)."""
-    shown: dict[str, Any] = dict(connection or {})
+    shown: dict[str, Any] = dict(connection.items()) if connection else {}
     if gate is not None:
         shown.update(gate.extras)
     if requested and not connection and "message" not in shown:
@@ -38,7 +38,7 @@ def compose(connection: Mapping[str, Any] | None, gate: "Gate | None", requested
 
 def needs_publish(record: Record, gate: "Gate") -> bool:
     requested = record.param_hash is not None or record.tech_guid is not None
-    if compose(record.connection, gate, requested) != record.published:
+    if shown_digest(compose(record.connection, gate, requested)) != record.published:
         return True
     return gate.error is not None and gate.error != record.published_error
 
@@ -74,7 +74,7 @@ def requested(
         spec_hash=spec_hash,
         tech_guid=answer.guid,
         # an update answered before the CDN redeploys: keep showing the last answer
-        connection=dict(answer.connection_parameters or record.connection or {}),
+        connection=frozen_json(answer.connection_parameters or record.connection or {}),
         served=tuple(gate.hosts),
         last_action=action,
         last_error=None,
@@ -99,7 +99,7 @@ def polled(record: Record, answer: InstanceAnswer, now: float) -> Record:
     return replace(
         record,
         phase=Phase.LIVE if answer.connection_parameters else Phase.REQUESTED,
-        connection=dict(answer.connection_parameters),
+        connection=frozen_json(answer.connection_parameters),
         last_action="poll",
         last_error=None,
         failures=0,
@@ -162,7 +162,7 @@ def published(record: Record, shown: Mapping[str, Any], error: str | None, now: 
     """Published: the call that led here succeeded, so any failure streak is over."""
     return replace(
         record,
-        published=dict(shown),
+        published=shown_digest(shown),
         published_error=error if error is not None else record.published_error,
         last_action="publish",
         last_error=None,

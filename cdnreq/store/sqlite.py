@@ -9,13 +9,13 @@ leaves a half-told story.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 import sqlite3
+import sys
 import time
 from pathlib import Path
-from types import MemberDescriptorType, TracebackType
+from types import TracebackType
 from typing import Any, Iterable, Mapping
 
 import aiosqlite
@@ -27,7 +27,10 @@ from cdnreq.model import (
     InstanceGuid,
     Phase,
     Record,
+    FrozenJson,
     RequestedState,
+    fast_maker,
+    shown_digest,
 )
 from cdnreq.store import backup as _backup
 from cdnreq.store.errors import StoreError
@@ -40,11 +43,15 @@ _COLUMNS = (
     "last_error, failures, retry_at, served, gone_at"
 )  # Record's field order, so rows map onto it positionally
 _SELECT = f"SELECT {_COLUMNS} FROM instances"
+# `published` holds what the customer was shown; a Record keeps only its
+# digest, so the text is written apart, when a publication changes it.
+_WRITTEN = [c for c in _COLUMNS.split(", ") if c != "published"]
 _UPSERT = (
-    f"INSERT INTO instances ({_COLUMNS}) VALUES ({', '.join('?' * 18)}) "
+    f"INSERT INTO instances ({', '.join(_WRITTEN)}) VALUES ({', '.join('?' * len(_WRITTEN))}) "
     "ON CONFLICT (guid) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS.split(", ")[1:] if c != "created_at")
+    + ", ".join(f"{c} = excluded.{c}" for c in _WRITTEN[1:] if c != "created_at")
 )
+_SET_PUBLISHED = "UPDATE instances SET published = ? WHERE guid = ?"
 _INSERT_EVENT = (
     "INSERT INTO events (at, tick, instance_guid, action, outcome, detail) "
     "VALUES (?, ?, ?, ?, ?, ?)"
@@ -78,7 +85,7 @@ _STATES = {s.value: s for s in RequestedState}
 def _dump(value: Mapping[str, Any] | None) -> str | None:
     if value is None:
         return None
-    return json.dumps(value if isinstance(value, dict) else dict(value), sort_keys=True)
+    return json.dumps(value if isinstance(value, dict) else dict(value.items()), sort_keys=True)
 
 
 def _dump_hosts(hosts: Iterable[str] | None) -> str | None:
@@ -98,7 +105,7 @@ def _to_row(r: Record) -> tuple[Any, ...]:
     return (
         r.guid, r.title, Phase(r.phase).value, r.created_at, r.updated_at, r.param_hash,
         None if r.requested_state is None else RequestedState(r.requested_state).value,
-        r.spec_hash, r.tech_guid, _dump(r.connection), _dump(r.published),
+        r.spec_hash, r.tech_guid, _dump(r.connection),
         r.published_error, r.last_action, r.last_error, r.failures, r.retry_at,
         _dump_hosts(r.served), r.gone_at,
     )  # fmt: skip
@@ -122,32 +129,13 @@ def _load_json(text: str) -> Any:
     return value if end == len(text) else json.loads(text)
 
 
-def _record_maker() -> Any:
-    """A constructor for Record that fills its slots directly.
-
-    A frozen dataclass's __init__ goes through object.__setattr__ once per
-    field; setting the slot descriptors from straight-line code builds the
-    same object in half the time, which is a tenth of load() at 100k rows.
-    Only when __init__ would do nothing more (no __post_init__, every field
-    an init field, slots=True); otherwise Record itself.
-    """
-    fields = dataclasses.fields(Record)
-    names = [f.name for f in fields]
-    slots = [Record.__dict__.get(n) for n in names]
-    if (
-        hasattr(Record, "__post_init__")
-        or not all(f.init for f in fields)
-        or not all(isinstance(d, MemberDescriptorType) for d in slots)
-    ):
-        return Record
-    scope: dict[str, Any] = {"_new": object.__new__, "_Record": Record}
-    scope.update({f"_set_{n}": d.__set__ for n, d in zip(names, slots)})
-    body = "".join(f"    _set_{n}(o, {n})\n" for n in names)
-    exec(f"def make({', '.join(names)}):\n    o = _new(_Record)\n{body}    return o\n", scope)
-    return scope["make"]
+_make_record = fast_maker(Record)
 
 
-_make_record = _record_maker()
+# Loaded strings are interned where many rows hold the same value (the CDN
+# spec hash, last actions) or other tables hold it too (guids, hosts): one
+# object instead of one per row and table, about 300 bytes an instance.
+_i = sys.intern
 
 
 def _to_record(row: tuple[Any, ...]) -> Record:
@@ -155,25 +143,28 @@ def _to_record(row: tuple[Any, ...]) -> Record:
      connection, published, published_error, last_action, last_error, failures,
      retry_at, served, gone_at) = row  # fmt: skip
     return _make_record(
-        guid, title, _PHASES[phase], created, updated, param_hash,
-        None if state is None else _STATES[state], spec_hash, tech_guid,
-        None if connection is None else _load_json(connection),
-        None if published is None else _load_json(published),
-        published_error, last_action, last_error, failures, retry_at,
-        None if served is None else tuple(_load_json(served)), gone_at,
+        _i(guid), title, _PHASES[phase], created, updated, param_hash,
+        None if state is None else _STATES[state], None if spec_hash is None else _i(spec_hash), tech_guid,
+        None if connection is None else FrozenJson(connection.encode("utf-8", "surrogatepass")),
+        None if published is None else shown_digest(_load_json(published)),
+        published_error, None if last_action is None else _i(last_action), last_error, failures, retry_at,
+        None if served is None else tuple(_i(h) for h in _load_json(served)), gone_at,
     )  # fmt: skip
 
 
 def _to_records(rows: list[tuple[Any, ...]]) -> dict[InstanceGuid, Record]:
-    return {row[0]: _to_record(row) for row in rows}
+    records = (_to_record(row) for row in rows)
+    return {r.guid: r for r in records}
 
 
 def _to_hosts(rows: list[tuple[Any, ...]]) -> dict[str, HostClaim]:
-    return {row[0]: HostClaim(*row) for row in rows}
+    claims = (HostClaim(_i(host), _i(guid), _i(registrable), *rest) for host, guid, registrable, *rest in rows)
+    return {c.host: c for c in claims}
 
 
 def _to_challenges(rows: list[tuple[Any, ...]]) -> dict[InstanceGuid, Challenge]:
-    return {row[0]: Challenge(*row) for row in rows}
+    challenges = (Challenge(_i(guid), _i(domain), *rest) for guid, domain, *rest in rows)
+    return {c.guid: c for c in challenges}
 
 
 def _to_event(row: tuple[Any, ...]) -> tuple[int, Event]:
@@ -280,6 +271,11 @@ class Store:
         rows = await self._all(_SELECT + " WHERE guid = ?", (guid,))
         return _to_record(rows[0]) if rows else None
 
+    async def published_of(self, guid: str) -> dict[str, Any] | None:
+        """What the customer was last shown (Records keep only its digest)."""
+        rows = await self._all("SELECT published FROM instances WHERE guid = ?", (guid,))
+        return _load_json(rows[0][0]) if rows and rows[0][0] is not None else None
+
     async def load_hosts(self) -> dict[str, HostClaim]:
         """Every host claim, by host."""
         rows = await self._all(_SELECT_HOSTS)
@@ -309,12 +305,14 @@ class Store:
         host_deletes: Iterable[str] = (),
         challenge_upserts: Iterable[Challenge] = (),
         challenge_deletes: Iterable[str] = (),
+        shown: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         """Write everything in one transaction, or nothing.
 
         In order: forgets (each with the instance's hosts and challenge, since
         a forgotten instance owns nothing), host deletes, challenge deletes,
-        upserts, host upserts, challenge upserts, events. So a title or a host
+        upserts, what was shown (by guid; upserted or stored instances only),
+        host upserts, challenge upserts, events. So a title or a host
         freed by one instance can be taken by another in the same commit; a
         host upsert with another guid transfers the host.
         """
@@ -327,6 +325,7 @@ class Store:
             host_delete_rows = [(h,) for h in host_deletes]
             challenge_rows = [_challenge_row(c) for c in challenge_upserts]
             challenge_delete_rows = [(g,) for g in challenge_deletes]
+            shown_rows = [(_dump(v), g) for g, v in (shown or {}).items()]
         except (ValueError, TypeError, AttributeError) as exc:
             raise StoreError(f"{self._path}: cannot encode commit: {exc}") from exc
         forgotten = {g for (g,) in forget_rows}
@@ -334,6 +333,7 @@ class Store:
             ("upserts", {r[0] for r in upsert_rows}),
             ("host_upserts", {r[1] for r in host_rows}),
             ("challenge_upserts", {r[0] for r in challenge_rows}),
+            ("shown", {r[1] for r in shown_rows}),
         ):
             both = guids & forgotten
             if both:
@@ -345,6 +345,7 @@ class Store:
             (_DELETE_HOST, host_delete_rows),
             (_DELETE_CHALLENGE, challenge_delete_rows),
             (_UPSERT, upsert_rows),
+            (_SET_PUBLISHED, shown_rows),
             (_UPSERT_HOST, host_rows),
             (_UPSERT_CHALLENGE, challenge_rows),
             (_INSERT_EVENT, event_rows),

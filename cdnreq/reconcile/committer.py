@@ -1,0 +1,95 @@
+"""Outcomes of a tick's calls, written to the store in few transactions.
+
+Kept lean: it runs once per action, next to the HTTP calls it follows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Callable, Protocol
+
+import structlog
+
+from cdnreq.model import InstanceGuid, Record
+from cdnreq.reconcile.execute import Outcome
+from cdnreq.store import Store
+
+log = structlog.get_logger("cdnreq.tick")
+
+
+class Forgetting(Protocol):
+    def forget(self, guid: str) -> None: ...
+
+
+class Committer:
+    """Collects outcomes and writes them in few transactions; the in-memory
+    records follow once written."""
+
+    def __init__(
+        self,
+        store: Store,
+        known: dict[InstanceGuid, Record],
+        domains: Forgetting,
+        batch: int,
+        every_s: float,
+        observe: Callable[[Outcome], None],
+    ):
+        self.observe = observe
+        self.store = store
+        self.known = known
+        self.domains = domains
+        self.batch = batch
+        self.every_s = every_s
+        self.outcomes: list[Outcome] = []
+        self.last_flush = time.monotonic()
+        self.lock = asyncio.Lock()
+        self.count = 0
+        self._results: Counter[tuple[str, bool]] = Counter()
+
+    @property
+    def results(self) -> dict[str, int]:
+        """Outcomes by `kind:ok` / `kind:failed`."""
+        return {f"{kind}:{'ok' if ok else 'failed'}": n for (kind, ok), n in self._results.items()}
+
+    async def add(self, outcome: Outcome) -> None:
+        _log_transition(outcome)
+        self.observe(outcome)
+        self.outcomes.append(outcome)
+        self.count += 1
+        self._results[outcome.action.kind.value, outcome.ok] += 1
+        if len(self.outcomes) >= self.batch or time.monotonic() - self.last_flush >= self.every_s:
+            await self.flush()
+
+    async def flush(self) -> None:
+        async with self.lock:
+            outcomes, self.outcomes = self.outcomes, []
+            self.last_flush = time.monotonic()
+            if not outcomes:
+                return
+            upserts = [o.record for o in outcomes if o.record is not None]
+            forgets = [o.action.guid for o in outcomes if o.record is None]
+            events = [e for o in outcomes for e in o.events]
+            shown = {o.action.guid: o.shown for o in outcomes if o.shown is not None and o.record is not None}
+            await self.store.commit(upserts=upserts, forgets=forgets, events=events, shown=shown)
+            for outcome in outcomes:
+                if outcome.record is None:
+                    self.known.pop(outcome.action.guid, None)
+                    self.domains.forget(outcome.action.guid)
+                else:
+                    self.known[outcome.action.guid] = outcome.record
+
+
+def _log_transition(outcome: Outcome) -> None:
+    """Log when an instance starts failing or recovers, not on every retry."""
+    before, after = outcome.action.record, outcome.record
+    if after is not None and after.failures == 1:
+        log.warning(
+            "instance failing",
+            instance_guid=after.guid,
+            action=outcome.action.kind.value,
+            error=after.last_error,
+        )
+    elif outcome.ok and before.failures > 0:
+        log.info("instance recovered", instance_guid=before.guid, after_failures=before.failures)
