@@ -136,6 +136,14 @@ async def _version(conn: aiosqlite.Connection, path: str) -> int:
     return int(row[0])
 
 
+async def read_version(conn: aiosqlite.Connection, path: str) -> int:
+    """The schema version, for a reader that must not migrate."""
+    try:
+        return await _version(conn, path)
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path} is not a cdnreq database (not SQLite: {exc})") from exc
+
+
 def _too_new(path: str, version: int) -> SchemaTooNew:
     return SchemaTooNew(
         f"database {path} has schema version {version}, newer than this cdnreq "

@@ -33,9 +33,9 @@ from cdnreq.model import (
     shown_digest,
 )
 from cdnreq.store import backup as _backup
-from cdnreq.store.errors import StoreError
+from cdnreq.store.errors import SchemaTooNew, StoreError
 from cdnreq.store.lock import FileLock
-from cdnreq.store.migrations import migrate
+from cdnreq.store.migrations import LATEST, migrate, read_version
 
 _COLUMNS = (
     "guid, title, phase, created_at, updated_at, param_hash, requested_state, "
@@ -195,6 +195,47 @@ class Store:
         `lock=False` is for read-only tools that run next to the daemon.
         """
         db = Path(path)
+        if not lock:
+            try:
+                return await cls._open(db, lock=False)
+            except StoreError as error:
+                if isinstance(error, SchemaTooNew) or not db.is_file():
+                    raise
+                try:  # a read-only place: SQLite cannot add its -shm file there
+                    return await cls._open_read_only(db)
+                except StoreError:
+                    raise error from None
+        return await cls._open(db, lock=True)
+
+    @classmethod
+    async def _open_read_only(cls, db: Path) -> "Store":
+        """For readers of a database in a read-only place (a snapshot, a
+        read-only mount): `mode=ro` when SQLite's -shm and -wal files are there
+        to read, `immutable=1` when there is no write-ahead log to miss."""
+        uri = db.resolve().as_uri()
+        wal = Path(f"{db}-wal")
+        targets = [f"{uri}?mode=ro"]
+        if not wal.exists() or wal.stat().st_size == 0:
+            targets.append(f"{uri}?immutable=1")
+        problem: Exception | None = None
+        for target in targets:
+            conn: aiosqlite.Connection | None = None
+            try:
+                conn = await aiosqlite.connect(target, uri=True, isolation_level=None)
+                version = await read_version(conn, str(db))
+            except (sqlite3.Error, StoreError) as exc:
+                problem = exc
+                if conn is not None:
+                    await conn.close()
+                continue
+            if version != LATEST:
+                await conn.close()
+                raise StoreError(f"{db}: schema version {version}, not {LATEST}; read-only, so it cannot be migrated here")
+            return cls(db, conn, None, version)
+        raise StoreError(f"cannot open {db} read-only: {problem}")
+
+    @classmethod
+    async def _open(cls, db: Path, *, lock: bool) -> "Store":
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
