@@ -144,12 +144,7 @@ def plan(
     destroyed: list[Record] = []  # the customer asked for it
 
     def add(action: Action | None, record: Record) -> None:
-        if action is None:
-            counts["unchanged"] += 1
-        elif record.retry_at is not None and record.retry_at > now:
-            counts["backoff"] += 1
-        else:
-            actions.append(action)
+        _sort(action, record, now, actions, counts)
 
     last: dict[str, tuple[Record, Gate]] = {}
     still: dict[str, tuple[Record, Gate]] = {}
@@ -181,14 +176,7 @@ def plan(
             still[guid] = hit
             unchanged += 1
             continue
-        if record is None:
-            record = new_record(instance.guid, policy.request_prefix, now)
-            updates.append(record)
-            counts["added"] += 1
-        elif record.phase in (Phase.REMOVING, Phase.RETAINED):
-            record = resumed(record, now)
-            updates.append(record)
-            counts["back"] += 1
+        record = _current(instance, record, now, policy, updates, counts)
         gate = gates.get(guid) or Gate.accept(instance)
         action = _for_present(instance, gate, record, policy, ownership, now)
         add(action, record)
@@ -245,23 +233,10 @@ def plan_decided(
     updates: list[Record] = []
 
     def add(action: Action | None, record: Record) -> None:
-        if action is None:
-            counts["unchanged"] += 1
-        elif record.retry_at is not None and record.retry_at > now:
-            counts["backoff"] += 1
-        else:
-            actions.append(action)
+        _sort(action, record, now, actions, counts)
 
     for instance in instances:
-        record = known.get(instance.guid)
-        if record is None:
-            record = new_record(instance.guid, policy.request_prefix, now)
-            updates.append(record)
-            counts["added"] += 1
-        elif record.phase in (Phase.REMOVING, Phase.RETAINED):
-            record = resumed(record, now)
-            updates.append(record)
-            counts["back"] += 1
+        record = _current(instance, known.get(instance.guid), now, policy, updates, counts)
         add(_for_present(instance, gates[instance.guid], record, policy, ownership, now), record)
     for record in losers:
         if record.phase is Phase.RETAINED and has_entry(record) and _lost_host(record, ownership):
@@ -269,6 +244,37 @@ def plan_decided(
     for action in actions:
         counts[action.kind.value] += 1
     return Plan(tuple(actions), tuple(updates), counts=dict(counts))
+
+
+def _sort(action: Action | None, record: Record, now: float, actions: list[Action], counts: Counter[str]) -> None:
+    """An action goes to the plan unless there is none, or its record is backing off."""
+    if action is None:
+        counts["unchanged"] += 1
+    elif record.retry_at is not None and record.retry_at > now:
+        counts["backoff"] += 1
+    else:
+        actions.append(action)
+
+
+def _current(
+    instance: SharedInstance,
+    record: Record | None,
+    now: float,
+    policy: Policy,
+    updates: list[Record],
+    counts: Counter[str],
+) -> Record:
+    """The record a listed instance is planned with: a new one, one back from
+    removal or retention (both stored before any call), or the known one."""
+    if record is None:
+        record = new_record(instance.guid, policy.request_prefix, now)
+        updates.append(record)
+        counts["added"] += 1
+    elif record.phase in (Phase.REMOVING, Phase.RETAINED):
+        record = resumed(record, now)
+        updates.append(record)
+        counts["back"] += 1
+    return record
 
 
 def _for_present(
