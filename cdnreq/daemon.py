@@ -24,6 +24,7 @@ from cdnreq import __version__, logs
 from cdnreq.config import Config
 from cdnreq.configfile import ConfigError, load_config
 from cdnreq.explain import explain, iso
+from cdnreq.fdlimit import fit_config, limits_of, raise_fd_limit
 from cdnreq.http import make_app, needs_token, serve, bound_address
 from cdnreq.master import MasterClient, TlsFiles
 from cdnreq.metrics import Metrics
@@ -141,7 +142,8 @@ class Daemon:
 
     def __init__(self, config_path: Path, config: Config, *, fresh: bool = False):
         self.config_path = config_path
-        self.config = config
+        self.fd_limit = raise_fd_limit()
+        self.config = fit_config(config, self.fd_limit)
         self.fresh = fresh
         self.stop = asyncio.Event()
         self.metrics = Metrics()
@@ -187,6 +189,7 @@ class Daemon:
         except ConfigError as error:
             log.error("configuration refused, keeping the running one", error=str(error))
             return
+        config = fit_config(config, self.fd_limit)
         restart = [
             key
             for key, old, new in (
@@ -282,7 +285,7 @@ class Daemon:
         runner = None
         try:
             await self.reconciler.load()
-            runner = await serve(make_app(_Endpoint(self), token=token), listen)
+            runner = await serve(make_app(_Endpoint(self), token=token), listen, limits_of(self.config))
             self.address = bound_address(runner)
             self.install_signals()
             log.info("started", database=str(self.config.daemon.database), listen=self.address, version=__version__)

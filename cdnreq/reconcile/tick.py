@@ -43,6 +43,7 @@ from cdnreq.reconcile.plan import (
     spec_hash,
 )
 from cdnreq.progress import Progress
+from cdnreq.resources import starved
 from cdnreq.store import Store, StoreError
 
 log = structlog.get_logger("cdnreq.tick")
@@ -119,6 +120,7 @@ class TickReport:
     master_calls: dict[str, int] = field(default_factory=dict)
     hold_reason: str | None = None
     error: str | None = None
+    shortages: dict[str, int] = field(default_factory=dict)  # failures for lack of local resources
 
     def summary(self) -> dict[str, Any]:
         """The tick in one log line: zero counts and empty fields left out."""
@@ -130,6 +132,7 @@ class TickReport:
             "master_calls": self.master_calls,
             "hold_reason": self.hold_reason,
             "error": self.error,
+            "shortages": self.shortages,
         }
         return {k: v for k, v in summary.items() if v is not None and v != {}}
 
@@ -234,7 +237,8 @@ class Reconciler:
         calls_before = Counter(self.master.calls)
         try:
             await self._run(report, stop)
-            report.ok = True
+            report.error = starved(report.shortages, sum(report.results.values()))
+            report.ok = report.error is None
         except MasterError as error:
             report.error = f"master: {error}"
         except StoreError as error:
@@ -325,6 +329,7 @@ class Reconciler:
             progress.phase("committing", None, self.clock())
             await committer.flush()
             report.results = committer.results
+            report.shortages = dict(committer.shortages)
             report.planned = dict(planned)
 
     async def _decide_later(
