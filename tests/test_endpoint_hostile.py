@@ -10,9 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import re
 import resource
+import socket
+import subprocess
+import sys
+import textwrap
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -20,7 +26,9 @@ import pytest
 from cdnreq.config import TcpListen
 from cdnreq.http import ConnectionLimits, make_app, serve
 from cdnreq.httpguard import AcceptErrorLog, ConnectionGuard
+import test_service
 from test_http import FakeEndpoint
+from test_service import spawn  # noqa: F401  (a fixture)
 
 ATTACKERS = 1100
 DEADLINE_S = 20.0  # generous: a slow CI must never make these fail
@@ -219,3 +227,114 @@ async def test_serve_installs_the_accept_error_log_once() -> None:
         assert isinstance(first, AcceptErrorLog) and first.previous is before
     finally:
         loop.set_exception_handler(before)
+
+
+# -- the daemon, black box: 1,100 silent sockets under a 1,024 descriptor limit --
+
+
+@pytest.mark.slapproxy
+def test_1100_silent_connections_stop_neither_ticks_nor_healthz(cdn_site, tmp_path, spawn, monkeypatch) -> None:
+    """`cdnreq run` limited to 1,024 descriptors (soft and hard), a slapproxy
+    master: 1,100 sockets opened to the endpoint without a byte sent must not
+    keep /healthz from answering nor the next tick from succeeding."""
+    fds_for(ATTACKERS)
+    limited = tmp_path / "cdnreq-1024"
+    limited.write_text(f'#!/bin/sh\nulimit -n 1024 || exit 99\nexec "{test_service.CDNREQ}" "$@"\n')
+    limited.chmod(0o755)
+    monkeypatch.setattr(test_service, "CDNREQ", str(limited))
+    test_service.add_customers(cdn_site, 1)
+    header_timeout = 2.0
+    daemon = spawn(test_service.config_for(cdn_site, tmp_path, daemon={"http_header_timeout_s": header_timeout}))
+    daemon.wait_status("/readyz", 200, timeout=60)
+    lowered = daemon.logged("lowered to fit the file descriptor limit", rlimit_nofile=1024)
+    assert [e["reason"] for e in lowered] == [
+        "[daemon].http_max_connections lowered from 256 to 239: RLIMIT_NOFILE is 1024"
+    ]
+    port = int(daemon.base.rsplit(":", 1)[1])
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(ATTACKERS):
+            sockets.append(socket.create_connection(("127.0.0.1", port), timeout=DEADLINE_S))
+        tick = daemon.last_tick_id()
+        test_service.wait_for(
+            lambda: (r := daemon.try_get("/healthz")) is not None and r.status == 200,
+            "GET /healthz -> 200 while 1,100 silent sockets are open", header_timeout + 5, daemon,
+        )
+        done = daemon.wait_tick_after(tick, ok=True, timeout=60)
+        assert done["tick"] > tick
+        assert daemon.get("/readyz").status == 200
+        assert not daemon.logged("tick failed")
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert daemon.stop() == 0
+
+
+# -- out of descriptors, for real: accept errors once a second, as JSON lines --
+
+OUT_OF_FDS = textwrap.dedent(
+    """
+    import asyncio, json, os, resource
+    from cdnreq import logs
+    from cdnreq.config import TcpListen
+    from cdnreq.http import make_app, serve
+
+    class Endpoint:
+        def alive(self): return True
+        def readiness(self): return True, {}
+        def metrics(self): return b"", "text/plain"
+        def status(self): return {}
+        async def instance(self, guid): return None
+
+    async def main():
+        logs.configure("json")
+        # two listeners: asyncio retries each one's accept every second
+        runners = [await serve(make_app(Endpoint()), TcpListen("127.0.0.1", 0)) for _ in range(2)]
+        held = []
+        try:
+            while True:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            pass
+        print(json.dumps([r.addresses[0][1] for r in runners]), flush=True)
+        await asyncio.sleep(3600)
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+    asyncio.run(main())
+    """
+)
+ACCEPT_EVENT = "the endpoint cannot accept connections: out of local resources"
+
+
+def test_accept_errors_out_of_descriptors_are_one_json_line_a_second_at_most(tmp_path) -> None:
+    stderr_path = tmp_path / "stderr"
+    with open(stderr_path, "wb") as err:
+        server = subprocess.Popen(
+            [sys.executable, "-c", OUT_OF_FDS], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err
+        )
+    sockets: list[socket.socket] = []
+    try:
+        assert server.stdout is not None
+        ports = json.loads(server.stdout.readline() or "null")
+        assert ports, stderr_path.read_text()
+        for port in ports:  # queued by the kernel; the server cannot accept them
+            sockets += [socket.create_connection(("127.0.0.1", port), timeout=DEADLINE_S) for _ in range(3)]
+
+        def accept_lines() -> list[dict[str, Any]]:
+            lines = stderr_path.read_text().splitlines()
+            parsed = [json.loads(line) for line in lines]  # every line is JSON
+            return [entry for entry in parsed if entry.get("event") == ACCEPT_EVENT]
+
+        test_service.wait_for(lambda: len(accept_lines()) >= 4, "4 accept error lines", DEADLINE_S)
+        found = accept_lines()
+        assert all("Too many open files" in entry["error"] for entry in found)
+        times = [datetime.fromisoformat(entry["timestamp"]) for entry in found]
+        gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:])]
+        assert min(gaps) >= 0.9, gaps  # the two listeners' retries: at most one line a second
+        assert sum(entry["held_back"] for entry in found) >= 1
+        assert "Traceback" not in stderr_path.read_text()
+    finally:
+        for sock in sockets:
+            sock.close()
+        server.kill()
+        server.wait()
