@@ -124,6 +124,7 @@ async def open_checked(config: Config, *, fresh: bool = False, config_path: Path
 
 
 async def run_once(config: Config, *, fresh: bool = False, config_path: Path | None = None) -> TickReport:
+    config = fit_config(config, raise_fd_limit())
     store = await open_checked(config, fresh=fresh, config_path=config_path)
     try:
         async with master_client(config) as master:
@@ -197,6 +198,7 @@ class Daemon:
                 ("[daemon].listen", self.config.daemon.listen, config.daemon.listen),
                 ("[daemon].token_file", self.config.daemon.token_file, config.daemon.token_file),
                 ("[domain].secret_file", self.config.domain.secret_file, config.domain.secret_file),
+                ("[daemon].http_*", limits_of(self.config), limits_of(config)),
             )
             if old != new
         ]

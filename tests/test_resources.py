@@ -196,3 +196,16 @@ async def test_one_of_ten_out_of_descriptors_or_a_master_down_for_half_is_still_
     report, _ = await tick_with(tmp_path, opened, starve=1, down=5)
     assert report.ok, report.error
     assert report.results == {"request:ok": 4, "request:failed": 6}
+
+
+class StarvedListing(Master):
+    async def list_hosted(self, guid: str) -> Any:
+        raise LocalResourceError("list", "ClientConnectorError: Too many open files", errno=errno.EMFILE)
+
+
+async def test_a_listing_out_of_descriptors_fails_the_tick_without_blaming_the_master(tmp_path: Path, opened: list[Store]) -> None:
+    r, _ = await reconciler(opened, config(tmp_path), [customer("C0")], Dns({}))
+    r.master = StarvedListing(r.store, [])
+    report = await r.tick()
+    assert not report.ok
+    assert report.error == "local resources: list: ClientConnectorError: Too many open files"

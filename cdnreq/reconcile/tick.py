@@ -25,7 +25,7 @@ import structlog
 from cdnreq.config import Config
 from cdnreq.dns.challenge import load_secret
 from cdnreq.dns.resolver import Resolver
-from cdnreq.master import MasterClient, MasterError
+from cdnreq.master import LocalResourceError, MasterClient, MasterError
 from cdnreq.model import Event, InstanceGuid, Record
 from cdnreq.reconcile.committer import Committer
 from cdnreq.reconcile.domains import DomainRun, Domains, DomainStep, Lookups
@@ -239,8 +239,8 @@ class Reconciler:
             await self._run(report, stop)
             report.error = starved(report.shortages, sum(report.results.values()))
             report.ok = report.error is None
-        except MasterError as error:
-            report.error = f"master: {error}"
+        except MasterError as error:  # a shortage here is not the master's
+            report.error = f"{'local resources' if isinstance(error, LocalResourceError) else 'master'}: {error}"
         except StoreError as error:
             report.error = f"database: {error}"
             self.known = None  # reload: memory may be ahead of the database
