@@ -30,7 +30,7 @@ RESERVED_FDS = 64
 # The master client keeps two connections above `concurrency` (the listing).
 MASTER_EXTRA = 2
 # At most this share of what is left goes to the endpoint's connections.
-HTTP_SHARE = 0.25
+HTTP_SHARE = 0.5
 
 
 def local_errno(error: BaseException | None) -> int | None:

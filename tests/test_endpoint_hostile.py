@@ -244,11 +244,11 @@ def test_1100_silent_connections_stop_neither_ticks_nor_healthz(cdn_site, tmp_pa
     monkeypatch.setattr(test_service, "CDNREQ", str(limited))
     test_service.add_customers(cdn_site, 1)
     header_timeout = 2.0
-    daemon = spawn(test_service.config_for(cdn_site, tmp_path, daemon={"http_header_timeout_s": header_timeout}))
+    daemon = spawn(test_service.config_for(cdn_site, tmp_path, daemon={"http_header_timeout_s": header_timeout, "concurrency": 1024}))
     daemon.wait_status("/readyz", 200, timeout=60)
     lowered = daemon.logged("lowered to fit the file descriptor limit", rlimit_nofile=1024)
     assert [e["reason"] for e in lowered] == [
-        "[daemon].http_max_connections lowered from 256 to 239: RLIMIT_NOFILE is 1024"
+        "[daemon].concurrency lowered from 1024 to 702: RLIMIT_NOFILE is 1024"
     ]
     port = int(daemon.base.rsplit(":", 1)[1])
     sockets: list[socket.socket] = []

@@ -75,9 +75,10 @@ def test_the_reason_names_the_commonest_shortage() -> None:
     [
         (65536, 1024, 256, (1024, 256)),
         (4096, 8, 256, (8, 256)),
-        (1024, 1024, 256, (719, 239)),
-        (1024, 8, 256, (8, 239)),
-        (100, 8, 256, (8, 8)),
+        (1024, 1024, 256, (702, 256)),
+        (1024, 8, 256, (8, 256)),
+        (512, 1024, 256, (223, 223)),
+        (100, 8, 256, (8, 17)),
         (10, 8, 256, (1, 1)),
     ],
 )
@@ -99,12 +100,14 @@ def test_concurrency_and_the_connection_cap_fit_under_the_descriptor_limit(
 def test_fit_config_lowers_the_daemon_keys_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = config(tmp_path).model_copy(deep=True)
     cfg = Config.model_validate({**cfg.model_dump(mode="json"), "daemon": {**cfg.daemon.model_dump(mode="json"), "concurrency": 1024}})
-    fitted = fit_config(cfg, 1024)
-    assert (fitted.daemon.concurrency, fitted.daemon.http_max_connections) == (719, 239)
-    assert limits_of(fitted).max_connections == 239
+    fitted = fit_config(cfg, 512)
+    assert (fitted.daemon.concurrency, fitted.daemon.http_max_connections) == (223, 223)
+    assert limits_of(fitted).max_connections == 223
     assert fit_config(cfg, 65536) is cfg
     out = capsys.readouterr()
-    assert "from 1024 to 719" in out.out + out.err and "RLIMIT_NOFILE is 1024" in out.out + out.err
+    logged = out.out + out.err
+    assert "[daemon].concurrency lowered from 1024 to 223: RLIMIT_NOFILE is 512" in logged
+    assert "[daemon].http_max_connections lowered from 256 to 223: RLIMIT_NOFILE is 512" in logged
 
 
 def test_the_soft_descriptor_limit_is_raised_to_the_hard_one() -> None:
