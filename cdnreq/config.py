@@ -204,6 +204,20 @@ class DaemonConfig(BaseModel):
         description="bearer token the HTTP endpoint requires (but for /healthz); needed when"
         " listen is not loopback",
     )
+    http_header_timeout_s: float = Field(
+        default=10.0, gt=0, le=3600, allow_inf_nan=False,
+        description="the endpoint cuts a connection whose request head is not complete this long"
+        " after it was accepted (or after the head's first byte)",
+    )
+    http_idle_timeout_s: float = Field(
+        default=15.0, gt=0, le=3600, allow_inf_nan=False,
+        description="the endpoint closes a keep-alive connection idle this long",
+    )
+    http_max_connections: int = Field(
+        default=256, ge=1, le=65536,
+        description="connections the endpoint keeps open at most; a new one takes the place of"
+        " the oldest that has not sent a request yet (lowered at start to fit RLIMIT_NOFILE)",
+    )
 
     _resolve = field_validator("database", "token_file")(_resolve_path)
 

@@ -24,6 +24,7 @@ from cdnreq import __version__, logs
 from cdnreq.config import Config
 from cdnreq.configfile import ConfigError, load_config
 from cdnreq.explain import explain, iso
+from cdnreq.fdlimit import fit_config, limits_of, raise_fd_limit
 from cdnreq.http import make_app, needs_token, serve, bound_address
 from cdnreq.master import MasterClient, TlsFiles
 from cdnreq.metrics import Metrics
@@ -123,6 +124,7 @@ async def open_checked(config: Config, *, fresh: bool = False, config_path: Path
 
 
 async def run_once(config: Config, *, fresh: bool = False, config_path: Path | None = None) -> TickReport:
+    config = fit_config(config, raise_fd_limit())
     store = await open_checked(config, fresh=fresh, config_path=config_path)
     try:
         async with master_client(config) as master:
@@ -141,7 +143,8 @@ class Daemon:
 
     def __init__(self, config_path: Path, config: Config, *, fresh: bool = False):
         self.config_path = config_path
-        self.config = config
+        self.fd_limit = raise_fd_limit()
+        self.config = fit_config(config, self.fd_limit)
         self.fresh = fresh
         self.stop = asyncio.Event()
         self.metrics = Metrics()
@@ -187,6 +190,7 @@ class Daemon:
         except ConfigError as error:
             log.error("configuration refused, keeping the running one", error=str(error))
             return
+        config = fit_config(config, self.fd_limit)
         restart = [
             key
             for key, old, new in (
@@ -194,6 +198,7 @@ class Daemon:
                 ("[daemon].listen", self.config.daemon.listen, config.daemon.listen),
                 ("[daemon].token_file", self.config.daemon.token_file, config.daemon.token_file),
                 ("[domain].secret_file", self.config.domain.secret_file, config.domain.secret_file),
+                ("[daemon].http_*", limits_of(self.config), limits_of(config)),
             )
             if old != new
         ]
@@ -282,7 +287,7 @@ class Daemon:
         runner = None
         try:
             await self.reconciler.load()
-            runner = await serve(make_app(_Endpoint(self), token=token), listen)
+            runner = await serve(make_app(_Endpoint(self), token=token), listen, limits_of(self.config))
             self.address = bound_address(runner)
             self.install_signals()
             log.info("started", database=str(self.config.daemon.database), listen=self.address, version=__version__)

@@ -41,8 +41,9 @@ import structlog
 from aiohttp import web
 
 from cdnreq.config import TcpListen
+from cdnreq.httpguard import AcceptErrorLog, ConnectionLimits, GuardedRunner
 
-__all__ = ["Endpoint", "bound_address", "make_app", "needs_token", "serve"]
+__all__ = ["ConnectionLimits", "Endpoint", "bound_address", "make_app", "needs_token", "serve"]
 
 log = structlog.get_logger("cdnreq.http")
 
@@ -168,11 +169,15 @@ def _authorized(request: web.Request, expected: bytes) -> bool:
     return hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), expected)
 
 
-async def serve(app: web.Application, listen: TcpListen | Path) -> web.AppRunner:
+async def serve(
+    app: web.Application, listen: TcpListen | Path, limits: ConnectionLimits = ConnectionLimits()
+) -> web.AppRunner:
     """Starts `app` on `listen` and returns the runner; the caller owns it
     and calls ``await runner.cleanup()``. Port 0 picks a free port (see
-    `bound_address`)."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    `bound_address`). Every connection is held to `limits` (cdnreq.httpguard),
+    and accept errors for lack of descriptors are logged once a second."""
+    AcceptErrorLog.install(asyncio.get_running_loop())
+    runner = GuardedRunner(app, limits=limits, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     try:
         site: web.BaseSite

@@ -19,6 +19,7 @@ import aiohttp
 import orjson
 
 from cdnreq.model import InstanceAnswer, RequestedState, SharedInstance, digest, fast_maker
+from cdnreq.resources import local_errno, shortage
 
 LIST_HOSTED = "slapos.allDocs.v0.instance_node_instance_list"
 REQUEST = "slapos.post.v0.software_instance"
@@ -42,6 +43,16 @@ class MasterError(Exception):
 
 class MasterUnavailable(MasterError):
     """Transport failure, timeout or 5xx: worth retrying later, unchanged."""
+
+
+class LocalResourceError(MasterUnavailable):
+    """The call failed on this host: out of file descriptors, buffers,
+    memory or ephemeral ports. Says nothing about the master."""
+
+    def __init__(self, call: str, detail: str, *, errno: int):
+        super().__init__(call, detail)
+        self.errno = errno
+        self.shortage = shortage(errno)
 
 
 class MasterRejected(MasterError):
@@ -145,6 +156,9 @@ class MasterClient:
             status = "timeout"
             raise MasterUnavailable(name, f"no answer within {self.timeout_s:g} s") from None
         except aiohttp.ClientError as exc:
+            code = local_errno(exc)
+            if code is not None:
+                raise LocalResourceError(name, f"{type(exc).__name__}: {exc}", errno=code) from None
             raise MasterUnavailable(name, f"{type(exc).__name__}: {exc}") from None
         finally:
             self.in_flight -= 1

@@ -28,3 +28,7 @@ def test_unit_file_reloads_with_sighup_and_keeps_state_in_its_directory():
     assert "StateDirectory=cdnreq" in text
     assert "ProtectSystem=strict" in text and "NoNewPrivileges=yes" in text
     assert "Type=notify" in text and "WatchdogSec=" in text
+
+
+def test_unit_file_gives_the_daemon_room_for_its_descriptors():
+    assert "LimitNOFILE=65536" in UNIT.read_text().splitlines()

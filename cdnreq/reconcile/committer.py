@@ -47,6 +47,7 @@ class Committer:
         self.lock = asyncio.Lock()
         self.count = 0
         self._results: Counter[tuple[str, bool]] = Counter()
+        self.shortages: Counter[str] = Counter()  # failures for lack of local resources
 
     @property
     def results(self) -> dict[str, int]:
@@ -59,6 +60,8 @@ class Committer:
         self.outcomes.append(outcome)
         self.count += 1
         self._results[outcome.action.kind.value, outcome.ok] += 1
+        if outcome.shortage is not None:
+            self.shortages[outcome.shortage] += 1
         if len(self.outcomes) >= self.batch or time.monotonic() - self.last_flush >= self.every_s:
             await self.flush()
 

@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol
 
-from cdnreq.master import MasterError, MasterRejected, MasterUnavailable
+from cdnreq.master import LocalResourceError, MasterError, MasterRejected, MasterUnavailable
 from cdnreq.model import Event, InstanceAnswer, Phase, Record, RequestedState, SharedInstance, shown_digest
 from cdnreq.reconcile import records
 from cdnreq.reconcile.gate import Gate, Status
@@ -57,6 +57,7 @@ class Outcome:
     events: tuple[Event, ...]
     ok: bool
     shown: Mapping[str, Any] | None = None  # what was just published, for the store
+    shortage: str | None = None  # failed for lack of local resources: what ran out
 
 
 OutcomeSink = Callable[[Outcome], Awaitable[None]]
@@ -140,18 +141,21 @@ class _Runner:
         self.tick = tick
         self.events: list[Event] = []
         self.shown: Mapping[str, Any] | None = None
+        self.shortage: str | None = None
 
     def event(self, guid: str, action: str, outcome: str, detail: str | None = None) -> None:
         self.events.append(Event(guid, action, outcome, self.clock(), detail, self.tick))
 
     def done(self, action: Action, record: Record | None, ok: bool) -> Outcome:
-        return Outcome(action, record, tuple(self.events), ok, self.shown)
+        return Outcome(action, record, tuple(self.events), ok, self.shown, None if ok else self.shortage)
 
     def failure(
         self, action: Action, record: Record, step: str, error: MasterError, label: str | None = "failed"
     ) -> Outcome:
         if label is not None:
             self.event(record.guid, step, label, error.detail)
+        if isinstance(error, LocalResourceError):
+            self.shortage = error.shortage
         record = records.failed(
             record,
             step,

@@ -25,7 +25,7 @@ import structlog
 from cdnreq.config import Config
 from cdnreq.dns.challenge import load_secret
 from cdnreq.dns.resolver import Resolver
-from cdnreq.master import MasterClient, MasterError
+from cdnreq.master import LocalResourceError, MasterClient, MasterError
 from cdnreq.model import Event, InstanceGuid, Record
 from cdnreq.reconcile.committer import Committer
 from cdnreq.reconcile.domains import DomainRun, Domains, DomainStep, Lookups
@@ -43,6 +43,7 @@ from cdnreq.reconcile.plan import (
     spec_hash,
 )
 from cdnreq.progress import Progress
+from cdnreq.resources import starved
 from cdnreq.store import Store, StoreError
 
 log = structlog.get_logger("cdnreq.tick")
@@ -119,6 +120,7 @@ class TickReport:
     master_calls: dict[str, int] = field(default_factory=dict)
     hold_reason: str | None = None
     error: str | None = None
+    shortages: dict[str, int] = field(default_factory=dict)  # failures for lack of local resources
 
     def summary(self) -> dict[str, Any]:
         """The tick in one log line: zero counts and empty fields left out."""
@@ -130,6 +132,7 @@ class TickReport:
             "master_calls": self.master_calls,
             "hold_reason": self.hold_reason,
             "error": self.error,
+            "shortages": self.shortages,
         }
         return {k: v for k, v in summary.items() if v is not None and v != {}}
 
@@ -234,9 +237,10 @@ class Reconciler:
         calls_before = Counter(self.master.calls)
         try:
             await self._run(report, stop)
-            report.ok = True
-        except MasterError as error:
-            report.error = f"master: {error}"
+            report.error = starved(report.shortages, sum(report.results.values()))
+            report.ok = report.error is None
+        except MasterError as error:  # a shortage here is not the master's
+            report.error = f"{'local resources' if isinstance(error, LocalResourceError) else 'master'}: {error}"
         except StoreError as error:
             report.error = f"database: {error}"
             self.known = None  # reload: memory may be ahead of the database
@@ -325,6 +329,7 @@ class Reconciler:
             progress.phase("committing", None, self.clock())
             await committer.flush()
             report.results = committer.results
+            report.shortages = dict(committer.shortages)
             report.planned = dict(planned)
 
     async def _decide_later(
