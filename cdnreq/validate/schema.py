@@ -5,7 +5,7 @@ into messages meant for the customer: one per parameter at most, each naming
 the parameter and showing the offending value (JSON, escaped, at most 60
 characters), in our own stable wording rather than jsonschema's. The schema
 lets integer settings arrive as strings of digits; their range is checked
-here. Every pattern ends with ``(?![\s\S])``: jsonschema applies patterns
+here. Every pattern ends with ``(?![\\s\\S])``: jsonschema applies patterns
 with ``re.search``, and Python's ``$`` also matches before a final newline.
 
 Unknown parameters are never forwarded unchecked by default: a name that can
