@@ -95,7 +95,8 @@ def _embedded(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
 def host_addresses(host: str) -> tuple[Address, ...]:
     """The addresses a URL or netloc host stands for: () for a name that
     would need DNS. Raises NotAnAddress for a number that is no address."""
-    host = unquote(host, errors="replace")
+    if "%" in host:
+        host = unquote(host, errors="replace")
     if not host.isascii():
         host = unicodedata.normalize("NFKC", host.translate(_DOTS))
     host = host.lower()
@@ -115,21 +116,27 @@ def host_addresses(host: str) -> tuple[Address, ...]:
     return () if v4 is None else (v4,)
 
 
-def _authority_hosts(url: str) -> set[str]:
-    """The host of a URL as RFC 3986 reads it and as browsers read it
-    (a backslash ends the authority too): both are checked."""
-    rest = url.partition("://")[2]
-    hosts = set()
-    for ends in ("/?#", "/?#\\"):
-        authority = re.split(f"[{re.escape(ends)}]", rest, maxsplit=1)[0]
-        hostport = authority.rpartition("@")[2]
-        if hostport.startswith("["):
-            hosts.add(hostport.partition("]")[0] + "]")
-        elif hostport.count(":") > 1:
-            hosts.add(hostport)  # a bare IPv6 address: read it as one
-        else:
-            hosts.add(hostport.partition(":")[0])
-    return hosts
+_AUTHORITY = re.compile(r"[^/?#]*")
+
+
+def _host_of(authority: str) -> str:
+    hostport = authority.rpartition("@")[2]
+    if hostport.startswith("["):
+        return hostport.partition("]")[0] + "]"
+    if hostport.count(":") > 1:
+        return hostport  # a bare IPv6 address: read it as one
+    return hostport.partition(":")[0]
+
+
+def _authority_hosts(url: str) -> tuple[str, ...]:
+    """The host of a URL as RFC 3986 reads it and, when they differ, as
+    browsers read it (a backslash ends the authority too): both are checked."""
+    authority = _AUTHORITY.match(url.partition("://")[2]).group()  # type: ignore[union-attr]
+    host = _host_of(authority)
+    if "\\" not in authority:
+        return (host,)
+    other = _host_of(authority.partition("\\")[0])
+    return (host,) if other == host else (host, other)
 
 
 def _refused(addresses: Iterable[Address], policy: ValidationPolicy) -> Address | None:
@@ -172,7 +179,7 @@ def backend_problems(
         value = parameters.get(name)
         if not isinstance(value, str) or name in skip:
             continue
-        for host in sorted(_authority_hosts(value)):
+        for host in _authority_hosts(value):
             problem = _problem(name, host, value, policy)
             if problem is not None:
                 errors.append(problem)
