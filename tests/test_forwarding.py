@@ -178,7 +178,7 @@ def test_underscore_is_unwrapped_validated_and_forwarded_unwrapped() -> None:
     assert verdict.ok
     assert verdict.custom_domain == "shop.example.com" and verdict.hosts == ("shop.example.com",)
     assert verdict.forward == {**inner, "custom_domain": "shop.example.com"}
-    assert verdict.forward_hash == digest(verdict.forward)
+    assert verdict.forward_hash == digest(dict(verdict.forward))
     plain = validate({"url": "https://backend.example"}, FORWARD)
     unwrapped = validate(wrapped({"url": "https://backend.example"}))
     assert unwrapped.forward == {"url": "https://backend.example"} and plain.forward is None

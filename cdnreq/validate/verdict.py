@@ -14,13 +14,14 @@ makes a check raise is that instance's error, never the tick's.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 import orjson
 
-from cdnreq.model import digest
+from cdnreq.model import FrozenJson
 from cdnreq.validate.backend import backend_problems
 from cdnreq.validate.ciphers import check_ciphers
 from cdnreq.validate.hosts import HostError, normalise_host, parse_aliases, quote_value, registrable_domain
@@ -44,7 +45,8 @@ NETLOC_LISTS = (
 class Verdict:
     errors: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
-    # what to request when the normalised spellings differ from the customer's;
+    # what to request when it differs from the listed parameters (normalised
+    # spellings, unknown keys dropped, "_" unwrapped), kept as compact text;
     # None: the parameters as listed (no copy kept of 100,000 parameter sets)
     forward: Mapping[str, Any] | None = None
     custom_domain: str | None = None
@@ -103,23 +105,20 @@ def _wrapped(parameters: Mapping[str, Any], policy: ValidationPolicy) -> Verdict
         return Verdict(errors=(error or WRAPPER,))
     verdict = _validate(inner, policy)
     if verdict.forward is None:  # what was checked is forwarded, never the wrapper
-        verdict = replace(verdict, forward=inner, forward_hash=digest(inner))
+        verdict = replace(verdict, **_forwarding(inner))
     return verdict
 
 
-def _validate(parameters: Mapping[str, Any], policy: ValidationPolicy) -> Verdict:
-    errors, warnings = schema_problems(parameters, policy.forward_unknown)
-    if not isinstance(parameters, Mapping):
-        return Verdict(errors=tuple(errors))
-    unknown = [k for k in parameters if not (isinstance(k, str) and k in KNOWN_PARAMETERS)]
-    passed = [k for k in unknown if policy.forward_unknown and isinstance(k, str) and not can_name_a_host(k)]
-    bad = {e.split(":", 1)[0] for e in errors}  # parameters the schema already refused
-    text_errors = text_problems(parameters, bad, passed)
-    errors.extend(text_errors)
-    bad.update(e.split(":", 1)[0] for e in text_errors)
-    forward: dict[str, Any] = {}  # only the values whose spelling changes
-    netloc_entries: dict[str, list[str]] = {}  # normalised, for the backend check
+def _forwarding(forwarded: Mapping[str, Any]) -> dict[str, Any]:
+    """The forward and forward_hash fields of a verdict for these parameters."""
+    frozen = FrozenJson(forwarded)
+    return {"forward": frozen, "forward_hash": hashlib.sha256(frozen.raw).hexdigest()}
 
+
+def _host_names(
+    parameters: Mapping[str, Any], bad: set[str], errors: list[str], forward: dict[str, Any]
+) -> tuple[str | None, str | None, list[str]]:
+    """custom_domain and server-alias normalised: (custom_domain, registrable, aliases)."""
     custom_domain = registrable = None
     raw_domain = parameters.get("custom_domain")
     if isinstance(raw_domain, str) and raw_domain != "" and "custom_domain" not in bad:
@@ -147,6 +146,23 @@ def _validate(parameters: Mapping[str, Any], policy: ValidationPolicy) -> Verdic
             errors.extend(alias_errors)
             if raw_aliases.strip() and " ".join(aliases) != raw_aliases:
                 forward["server-alias"] = " ".join(aliases)
+    return custom_domain, registrable, aliases
+
+
+def _validate(parameters: Mapping[str, Any], policy: ValidationPolicy) -> Verdict:
+    errors, warnings = schema_problems(parameters, policy.forward_unknown)
+    if not isinstance(parameters, Mapping):
+        return Verdict(errors=tuple(errors))
+    unknown = [k for k in parameters if not (isinstance(k, str) and k in KNOWN_PARAMETERS)]
+    passed = [k for k in unknown if policy.forward_unknown and isinstance(k, str) and not can_name_a_host(k)]
+    bad = {e.split(":", 1)[0] for e in errors}  # parameters the schema already refused
+    text_errors = text_problems(parameters, bad, passed)
+    errors.extend(text_errors)
+    bad.update(e.split(":", 1)[0] for e in text_errors)
+    forward: dict[str, Any] = {}  # only the values whose spelling changes
+    netloc_entries: dict[str, list[str]] = {}  # normalised, for the backend check
+
+    custom_domain, registrable, aliases = _host_names(parameters, bad, errors, forward)
 
     for name in NETLOC_LISTS:
         value = parameters.get(name)
@@ -173,15 +189,13 @@ def _validate(parameters: Mapping[str, Any], policy: ValidationPolicy) -> Verdic
     if len(warnings) > MAX_WARNINGS:
         warnings[MAX_WARNINGS:] = [f"... and {len(warnings) - MAX_WARNINGS} more warnings"]
     dropped = set(unknown).difference(passed)  # never forwarded unchecked
-    forwarded = None
+    forwarding: dict[str, Any] = {}
     if forward or dropped:
-        forwarded = {k: v for k, v in parameters.items() if k not in dropped}
-        forwarded.update(forward)
+        forwarding = _forwarding({**{k: v for k, v in parameters.items() if k not in dropped}, **forward})
     return Verdict(
         errors=tuple(errors),
         warnings=tuple(warnings),
-        forward=forwarded,
-        forward_hash=digest(forwarded) if forwarded is not None else None,
+        **forwarding,
         custom_domain=custom_domain,
         hosts=tuple(hosts),
         registrable=registrable,
