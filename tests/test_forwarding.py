@@ -38,7 +38,7 @@ def refused(parameters: dict, policy: ValidationPolicy = ValidationPolicy()) -> 
 @pytest.fixture(scope="module", autouse=True)
 def count_hostile():
     yield
-    print(f"\ntest_forwarding: {len(HOSTILE_RUN)} hostile inputs refused")
+    print(f"\ntest_forwarding: {len(HOSTILE_RUN)} hostile inputs validated")
 
 
 # -- 3. control characters and anchored patterns ------------------------------------------
@@ -159,7 +159,7 @@ def test_the_operator_may_forward_other_unknown_keys_still_checked() -> None:
         "n: unknown parameter, forwarded to the CDN unchecked",
     )
     for bad in ({"foo": "a\r\nb"}, {"foo": {"k": ["x\x00"]}}, {"foo\n": "x"}, {"foo": float("inf")},
-                {"foo": {"k\x1b": 1}}, {"foo": ("not", "json")}):
+                {"foo": {"k\x1b": 1}}, {"foo": ("not", "json")}, {"foo": [2**64]}):
         errors = refused({**BASE, **bad}, FORWARD)
         assert len(errors) == 1 and errors[0].startswith(json.dumps(next(iter(bad)))[1:-1] + ": "), errors
         assert validate({**BASE, **bad}).ok  # dropped by default: nothing to refuse
@@ -260,3 +260,21 @@ def test_only_known_or_allowed_keys_are_ever_forwarded() -> None:
         verdict = validate(params)
         forwarded = verdict.forward if verdict.forward is not None else params
         assert verdict.ok and set(forwarded) <= KNOWN_PARAMETERS
+
+
+@SETTINGS
+@given(st.deferred(lambda: _hostile_parameters()))
+def test_underscore_gives_the_same_verdict_as_the_parameters_sent_directly(params: dict) -> None:
+    """Any parameters, hostile ones included: wrapped in "_" they are judged the same."""
+    params = {k: v for k, v in params.items() if k != "_"}
+    HOSTILE_RUN.append("x")
+    direct, unwrapped = validate(params), validate(wrapped(params))
+    assert (unwrapped.errors, unwrapped.warnings, unwrapped.hosts) == (direct.errors, direct.warnings, direct.hosts)
+    if direct.ok:
+        assert dict(unwrapped.forward) == dict(direct.forward if direct.forward is not None else params)
+
+
+def _hostile_parameters():
+    from test_faults_hostile import parameters  # the hostile strategy of issue 6
+
+    return parameters

@@ -13,6 +13,9 @@ refused if it holds:
   makes a value read differently from what it is;
 * an unpaired surrogate, which is not text and cannot be encoded as UTF-8.
 
+A forwarded unknown parameter must also be plain JSON: no NaN or infinity,
+no integer beyond 64 bits (parsers turn it into a float).
+
 PEM fields may hold line breaks and tabs, nothing else of the above. The
 message names the field, the character and where it is, and shows the value
 escaped, except for PEM fields (``ssl_key`` is a secret).
@@ -77,6 +80,8 @@ def _nested_problem(name: str, value: Any) -> str | None:
         elif isinstance(item, float):
             if not math.isfinite(item):
                 return f"{name}: must not hold {item!r}, which is not a JSON number"
+        elif isinstance(item, int) and not isinstance(item, bool) and not -(2**63) <= item < 2**64:
+            return f"{name}: must not hold an integer beyond 64 bits, which JSON parsers change"
         elif isinstance(item, Mapping):
             for key, inner in item.items():
                 stack.append(key)

@@ -19,8 +19,6 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
-import orjson
-
 from cdnreq.model import FrozenJson
 from cdnreq.validate.backend import backend_problems
 from cdnreq.validate.ciphers import check_ciphers
@@ -85,13 +83,10 @@ def _unwrap(parameters: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str |
     raw = parameters[WRAPPER]
     if not isinstance(raw, str):
         return None, f"{WRAPPER}: must be a string holding a JSON object (got {show_value(raw)})"
-    try:
-        inner = orjson.loads(raw)
-    except orjson.JSONDecodeError:  # orjson refuses integers past 64 bits; json takes them
-        try:
-            inner = json.loads(raw, parse_constant=_refuse_constant)
-        except (ValueError, RecursionError):
-            return None, f"{WRAPPER}: is not valid JSON (got {show_value(raw)})"
+    try:  # not orjson: it turns integers past 64 bits into floats
+        inner = json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        return None, f"{WRAPPER}: is not valid JSON (got {show_value(raw)})"
     if not isinstance(inner, dict):
         return None, f"{WRAPPER}: must hold a JSON object (got {show_value(inner)})"
     if WRAPPER in inner:
