@@ -215,3 +215,41 @@ async def test_a_new_deny_or_allow_list_rechecks_settled_and_cached_instances() 
     domains.policy = replace(DomainPolicy(), validation=ValidationPolicy(backend_deny=()))
     step = await domains.step([private, public], {}, 1_180.0)
     assert step.gates[private.guid].ok
+
+
+async def test_a_reload_without_the_allow_list_refuses_a_live_private_backend(tmp_path: Path, opened) -> None:
+    """What the daemon's SIGHUP does (a new Config on the reconciler), through real ticks."""
+    from cdnreq.config import Config
+    from test_tick_stages import Dns, reconciler
+
+    def cfg(**validation) -> Config:
+        return Config.model_validate({
+            "master": {"url": "http://master.invalid", "instance_guid": "REQUESTER"},
+            "technical_cdn": {"software_release_uri": "http://sr.invalid/cdn"},
+            "daemon": {"database": str(tmp_path / "cdnreq.db")},
+            "domain": {"secret_file": str(tmp_path / "domain-secret")},
+            "validation": validation,
+        })
+
+    private = SharedInstance.of("PRIV", {"url": "http://10.1.2.3/"})
+    public = SharedInstance.of("PUB", {"url": "https://pub.example"})
+    r, master = await reconciler(opened, cfg(backend_allow=["10.0.0.0/8"]), [private, public], Dns({}))
+    first = await r.tick()
+    assert first.ok and sorted(master.titles()) == ["cdnreq-PRIV", "cdnreq-PUB"]
+    second = await r.tick()
+    assert second.planned.get("gate_invalid", 0) == 0
+    r.config = cfg()  # reloaded: the default deny-list, no allow-list
+    third = await r.tick()
+    assert third.ok and third.planned.get("gate_invalid") == 1, third.planned
+    assert r.known["PRIV"].published_error.endswith(f'url: backend address 10.1.2.3 ("http://10.1.2.3/") {DENIED}')
+    assert r.known["PUB"].published_error is None
+    assert sorted(master.titles()) == ["cdnreq-PRIV", "cdnreq-PUB"]  # nothing new requested, nothing destroyed
+    assert master.titles("destroyed") == []
+
+
+@pytest.fixture
+async def opened():
+    stores = []
+    yield stores
+    for store in stores:
+        await store.close()
