@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 
 from cdnreq.dns.resolver import parse_nameserver
+from cdnreq.validate.policy import DEFAULT_BACKEND_DENY, ValidationPolicy, networks
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -366,6 +367,44 @@ class StoreConfig(BaseModel):
     _resolve = field_validator("backup_dir")(_resolve_path)
 
 
+class ValidationConfig(BaseModel):
+    """What customers' parameters may hold before they reach the technical CDN."""
+
+    model_config = _MODEL_CONFIG
+
+    forward_unknown: bool = Field(
+        default=False,
+        description="forward parameters the schema does not know (default: dropped, with a"
+        " warning); names that can carry a host (domain, alias, host, server-name) are"
+        " refused either way",
+    )
+    backend_deny: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_BACKEND_DENY),
+        description="CIDR networks a backend address (url, https-url, failover urls,"
+        " *-netloc-list) may not be in; numeric hosts and localhost names only, no DNS",
+    )
+    backend_allow: list[str] = Field(
+        default_factory=list,
+        description="CIDR networks allowed even when backend_deny covers them",
+    )
+
+    @field_validator("backend_deny", "backend_allow")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        try:
+            networks(value)
+        except ValueError as error:
+            raise PydanticCustomError("cidr", "{reason}", {"reason": str(error)}) from None
+        return value
+
+    def policy(self) -> ValidationPolicy:
+        return ValidationPolicy(
+            forward_unknown=self.forward_unknown,
+            backend_deny=networks(self.backend_deny),
+            backend_allow=networks(self.backend_allow),
+        )
+
+
 class Config(BaseModel):
     """The whole configuration file."""
 
@@ -377,6 +416,7 @@ class Config(BaseModel):
     domain: DomainConfig = Field(default_factory=DomainConfig)
     dns: DnsConfig = Field(default_factory=DnsConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     def secret_path(self) -> Path:

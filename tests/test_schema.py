@@ -122,7 +122,7 @@ def test_integer_parameters_take_an_integer_or_a_digit_string() -> None:
         assert "type" not in prop
         integer, digits = prop["anyOf"]
         assert integer == {"type": "integer", "minimum": low, "maximum": high}
-        assert digits["type"] == "string" and digits["pattern"] == "^[0-9]{1,10}$"
+        assert digits["type"] == "string" and digits["pattern"] == r"^[0-9]{1,10}(?![\s\S])"
 
 
 def test_flags_and_enums() -> None:
@@ -231,18 +231,18 @@ BAD: list[tuple[str, Any, str]] = [
         '(got "get")',
     ),
     # pattern
-    ("url", "gopher://x", 'url: must start with http://, https:// or ftp:// (got "gopher://x")'),
-    ("url", "http://", 'url: must start with http://, https:// or ftp:// (got "http://")'),
-    ("url", "backend.example.com", 'url: must start with http://, https:// or ftp:// '
+    ("url", "gopher://x", 'url: must be a URL starting with http://, https:// or ftp://, without spaces (got "gopher://x")'),
+    ("url", "http://", 'url: must be a URL starting with http://, https:// or ftp://, without spaces (got "http://")'),
+    ("url", "backend.example.com", 'url: must be a URL starting with http://, https:// or ftp://, without spaces '
      '(got "backend.example.com")'),
-    ("https-url", "http://a", 'https-url: must start with https:// (got "http://a")'),
+    ("https-url", "http://a", 'https-url: must be a URL starting with https://, without spaces (got "http://a")'),
     (
         "health-check-failover-https-url",
         "ftp://a",
-        'health-check-failover-https-url: must start with https:// (got "ftp://a")',
+        'health-check-failover-https-url: must be a URL starting with https://, without spaces (got "ftp://a")',
     ),
-    ("default-path", "front", 'default-path: must be empty or start with / (got "front")'),
-    ("health-check-http-path", "", 'health-check-http-path: must start with / (got "")'),
+    ("default-path", "front", 'default-path: must be empty or a path starting with /, without spaces (got "front")'),
+    ("health-check-http-path", "", 'health-check-http-path: must be a path starting with /, without spaces (got "")'),
     # integer range, integer form
     (
         "virtualhostroot-http-port",
@@ -365,12 +365,12 @@ def test_every_violation_is_reported_once_sorted() -> None:
     assert errors == [
         'enable_cache: must be "false" or "true" (got "yes")',
         "type: must be a string (got an array)",
-        'url: must start with http://, https:// or ftp:// (got "gopher://x")',
+        'url: must be a URL starting with http://, https:// or ftp://, without spaces (got "gopher://x")',
         'virtualhostroot-http-port: must be an integer from 1 to 65535 (got "0")',
     ]
     assert warnings == [
-        "aaa: unknown parameter, ignored by the CDN",
-        "zzz: unknown parameter, ignored by the CDN",
+        "aaa: unknown parameter, not forwarded to the CDN",
+        "zzz: unknown parameter, not forwarded to the CDN",
     ]
 
 
@@ -389,9 +389,9 @@ def test_unknown_parameters_are_warnings_with_a_safe_name() -> None:
     assert errors == []
     assert warnings == sorted(
         [
-            "k" * 57 + "...: unknown parameter, ignored by the CDN",
-            "bad\\u001b[2Jname\\n: unknown parameter, ignored by the CDN",
-            "\\u00e9: unknown parameter, ignored by the CDN",
+            "k" * 57 + "...: unknown parameter, not forwarded to the CDN",
+            "bad\\u001b[2Jname\\n: unknown parameter, not forwarded to the CDN",
+            "\\u00e9: unknown parameter, not forwarded to the CDN",
         ]
     )
 
@@ -447,7 +447,7 @@ def test_from_a_json_document() -> None:
     document = '{"url": "https://b.example", "health-check-timeout": "2", "unknown-x": {"a": 1}}'
     assert schema_problems(json.loads(document)) == (
         [],
-        ["unknown-x: unknown parameter, ignored by the CDN"],
+        ["unknown-x: unknown parameter, not forwarded to the CDN"],
     )
 
 

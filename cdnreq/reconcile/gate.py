@@ -19,6 +19,7 @@ from typing import Any, Iterable, Mapping
 from cdnreq.dns.resolver import Lookup
 from cdnreq.model import Challenge, HostClaim, InstanceGuid, SharedInstance
 from cdnreq.validate.hosts import overlaps, proof_names
+from cdnreq.validate.policy import ValidationPolicy
 from cdnreq.validate.verdict import Verdict
 
 
@@ -55,6 +56,7 @@ class DomainPolicy:
     grace_s: float = 7 * 86400.0
     release_on_recheck_failure: bool = False
     cdn_targets: tuple[str, ...] = ()
+    validation: ValidationPolicy = ValidationPolicy()  # a change re-validates every instance
 
 
 class HostIndex:

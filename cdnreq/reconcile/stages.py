@@ -78,8 +78,9 @@ class DomainRun:
         d = self.domains = domains
         self.known, self.now, self.tick = known, now, tick
         out = self.first = DomainStep()
-        if d.policy != d._settled_policy:
+        if d.policy != d._settled_policy:  # e.g. a reload with another backend deny-list
             d._settled.clear()
+            d._verdicts.clear()
             d._settled_policy = d.policy
         for guid in d.index.take_touched():
             d._settled.pop(guid, None)

@@ -84,6 +84,7 @@ def domain_policy_of(config: Config) -> DomainPolicy:
         grace_s=domain.grace_s,
         release_on_recheck_failure=domain.release_on_recheck_failure,
         cdn_targets=tuple(domain.cdn_targets),
+        validation=config.validation.policy(),
     )
 
 

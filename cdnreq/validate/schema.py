@@ -5,7 +5,15 @@ into messages meant for the customer: one per parameter at most, each naming
 the parameter and showing the offending value (JSON, escaped, at most 60
 characters), in our own stable wording rather than jsonschema's. The schema
 lets integer settings arrive as strings of digits; their range is checked
-here. Unknown parameters are warnings, not errors.
+here. Every pattern ends with ``(?![\\s\\S])``: jsonschema applies patterns
+with ``re.search``, and Python's ``$`` also matches before a final newline.
+
+Unknown parameters are never forwarded unchecked by default: a name that can
+carry a host (``domain`` and anything holding ``domain``, ``alias``, ``host``
+or ``server-name``) is an error, whatever the operator allows, because an
+older Rapid.CDN serves ``domain`` as the entry's host; any other unknown
+parameter is a warning and is dropped, unless the operator forwards them
+(``[validation].forward_unknown``).
 
 Pure: no I/O after import, never raises on any JSON value.
 """
@@ -14,13 +22,14 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from importlib.resources import files
 from typing import Any
 
 from jsonschema import Draft202012Validator, ValidationError
 
-__all__ = ["KNOWN_PARAMETERS", "PATTERN_PROBLEMS", "SCHEMA", "schema_problems"]
+__all__ = ["KNOWN_PARAMETERS", "PATTERN_PROBLEMS", "SCHEMA", "can_name_a_host", "schema_problems", "show_name", "show_value"]
 
 #: The shared-instance schema, loaded once. Treat as read-only.
 SCHEMA: dict[str, Any] = json.loads(
@@ -59,10 +68,10 @@ _INTEGERS: dict[str, tuple[int, int | None, str]] = {
 
 #: What each pattern of the schema means, in words. A test keeps this complete.
 PATTERN_PROBLEMS: dict[str, str] = {
-    "^(http|https|ftp)://.+": "must start with http://, https:// or ftp://",
-    "^https://.+": "must start with https://",
-    "^$|^/.*": "must be empty or start with /",
-    "^/.*": "must start with /",
+    r"^(http|https|ftp)://\S+(?![\s\S])": "must be a URL starting with http://, https:// or ftp://, without spaces",
+    r"^https://\S+(?![\s\S])": "must be a URL starting with https://, without spaces",
+    r"^(/\S*)?(?![\s\S])": "must be empty or a path starting with /, without spaces",
+    r"^/\S*(?![\s\S])": "must be a path starting with /, without spaces",
 }
 
 # When one parameter breaks several keywords, the first in this order is reported.
@@ -146,6 +155,10 @@ def _show_name(name: Any) -> str:
     return _cut(_escaped(name), "", "")
 
 
+show_value = _show
+show_name = _show_name
+
+
 def _one_of(choices: list[Any]) -> str:
     shown = [_show(c) for c in sorted(choices, key=str)]
     if len(shown) == 1:
@@ -179,8 +192,7 @@ def _describe(name: str, error: ValidationError, value: Any) -> str:
 def _integer_text_problem(name: str, value: Any) -> str | None:
     """Checks the schema leaves to code for integer parameters; None when the value is fine.
 
-    A digit string is range-checked (and must be digits only: the schema's ``$``
-    lets a trailing newline through). A float the schema took for an integer
+    A digit string is range-checked (and must be digits only). A float the schema took for an integer
     (``80.0``) is refused: the CDN's configuration wants ``80``.
     """
     low, high, problem = _INTEGERS[name]
@@ -223,20 +235,49 @@ def _screen(name: str, value: Any, errors: set[str]) -> Any:
     return None
 
 
-def schema_problems(parameters: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+_HOST_WORDS = ("domain", "alias", "host", "servername")
+_NOT_ALNUM = re.compile(r"[^a-z0-9]+")
+
+
+def can_name_a_host(name: str) -> bool:
+    """Whether an unknown parameter's name could be read as a host by some CDN:
+    compared folded (case, width, ``-``/``_``/spaces ignored)."""
+    folded = _NOT_ALNUM.sub("", unicodedata.normalize("NFKC", name).casefold())
+    return any(word in folded for word in _HOST_WORDS)
+
+
+def _unknown(name: Any, forward_unknown: bool, errors: set[str], warnings: set[str]) -> None:
+    shown = _show_name(name)
+    if isinstance(name, str) and can_name_a_host(name):
+        errors.add(
+            f"{shown}: unknown parameter that could name a host, refused"
+            " (hosts go in custom_domain and server-alias)"
+        )
+    elif forward_unknown:
+        warnings.add(f"{shown}: unknown parameter, forwarded to the CDN unchecked")
+    else:
+        warnings.add(f"{shown}: unknown parameter, not forwarded to the CDN")
+
+
+def schema_problems(
+    parameters: Mapping[str, Any], forward_unknown: bool = False
+) -> tuple[list[str], list[str]]:
     """Check one shared instance's parameters against the schema.
 
     Returns ``(errors, warnings)``, each sorted. Errors name the parameter and
-    the offending value, one per parameter at most; warnings list parameters
-    the CDN does not know. Never raises on a JSON value.
+    the offending value, one per parameter at most; unknown parameters are
+    warnings (dropped, or forwarded when ``forward_unknown``), or errors when
+    their name could carry a host. Never raises on a JSON value.
     """
     if not isinstance(parameters, Mapping):
         return [f"parameters: must be an object (got {_show(parameters)})"], []
 
     errors: set[str] = set()
+    warnings: set[str] = set()
     screened: dict[str, Any] = {}
     for name, value in parameters.items():
         if not isinstance(name, str) or name not in KNOWN_PARAMETERS:
+            _unknown(name, forward_unknown, errors, warnings)
             continue
         shown = _screen(name, value, errors)
         if shown is not _REPORTED:
@@ -257,10 +298,4 @@ def schema_problems(parameters: Mapping[str, Any]) -> tuple[list[str], list[str]
             problem = _integer_text_problem(name, parameters[name])
             if problem is not None:
                 errors.add(problem)
-
-    warnings = {
-        f"{_show_name(name)}: unknown parameter, ignored by the CDN"
-        for name in parameters
-        if not (isinstance(name, str) and name in KNOWN_PARAMETERS)
-    }
     return sorted(errors), sorted(warnings)

@@ -38,6 +38,7 @@ __all__ = [
     "MAX_RSA_BITS",
     "check_tls_parameters",
     "expiry_warnings",
+    "verify_without_ca",
 ]
 
 #: Fields that hold certificates a backend is checked against.
@@ -230,6 +231,34 @@ def _check(parameters: Mapping[str, Any]) -> list[str]:
             _, error = _load_certificates(name, value)
             if error:
                 errors.append(error)
+    return errors
+
+
+#: "verify the backend" switch -> (its CA field, what that CA verifies)
+VERIFY_SWITCHES: dict[str, tuple[str, str]] = {
+    "ssl-proxy-verify": ("ssl_proxy_ca_crt", "the backend's CA certificate"),
+    "health-check-failover-ssl-proxy-verify": (
+        "health-check-failover-ssl-proxy-ca-crt",
+        "the failover backend's CA certificate",
+    ),
+}
+
+
+def verify_without_ca(parameters: Mapping[str, Any], skip: set[str]) -> list[str]:
+    """A switch asking to verify a backend, without the CA to verify it with:
+    refused rather than left to whatever the CDN would then trust. Fields in
+    ``skip`` are refused already and say nothing here."""
+    errors: list[str] = []
+    for switch, (field, what) in VERIFY_SWITCHES.items():
+        if switch in skip or field in skip or _text(parameters, switch) != "true":
+            continue
+        if field not in parameters:
+            state = "missing"
+        elif _text(parameters, field) == "":
+            state = "empty"
+        else:
+            continue
+        errors.append(f'{switch}: "true" needs {field} ({what}), which is {state}')
     return errors
 
 

@@ -1,23 +1,33 @@
-"""One instance's verdict: every check that needs nothing but its parameters.
+"""One instance's verdict: every check that needs nothing but its parameters
+(and the operator's validation policy).
 
-The schema first, then what a schema cannot say (host names, aliases,
-netlocs, ciphers, certificates). The parameters forwarded to the technical
-CDN are the customer's own, with only the normalised spellings replaced:
-defaults are never filled in. A value that makes a check raise is that
-instance's error, never the tick's.
+The schema first, then the characters no forwarded value may hold, then what
+a schema cannot say (host names, aliases, netlocs, backend addresses,
+ciphers, certificates). The parameters forwarded to the technical CDN are the
+customer's own, with only the normalised spellings replaced and the unknown
+parameters dropped (unless the operator forwards them): defaults are never
+filled in, and nothing unchecked goes through. SlapOS's serialised form
+``{"_": "<JSON object>"}`` is unwrapped and checked as if sent directly; the
+unwrapped parameters are what is forwarded, never the wrapper. A value that
+makes a check raise is that instance's error, never the tick's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
-from cdnreq.model import digest
+from cdnreq.model import FrozenJson
+from cdnreq.validate.backend import backend_problems
 from cdnreq.validate.ciphers import check_ciphers
 from cdnreq.validate.hosts import HostError, normalise_host, parse_aliases, quote_value, registrable_domain
 from cdnreq.validate.netloc import parse_netloc_list
-from cdnreq.validate.schema import schema_problems
-from cdnreq.validate.tls import check_tls_parameters
+from cdnreq.validate.policy import ValidationPolicy
+from cdnreq.validate.schema import KNOWN_PARAMETERS, can_name_a_host, schema_problems, show_name, show_value
+from cdnreq.validate.text import text_problems
+from cdnreq.validate.tls import check_tls_parameters, verify_without_ca
 
 MAX_WARNINGS = 20  # a thousand unknown keys must not make a megabyte of warnings
 
@@ -33,7 +43,8 @@ NETLOC_LISTS = (
 class Verdict:
     errors: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
-    # what to request when the normalised spellings differ from the customer's;
+    # what to request when it differs from the listed parameters (normalised
+    # spellings, unknown keys dropped, "_" unwrapped), kept as compact text;
     # None: the parameters as listed (no copy kept of 100,000 parameter sets)
     forward: Mapping[str, Any] | None = None
     custom_domain: str | None = None
@@ -46,20 +57,63 @@ class Verdict:
         return not self.errors
 
 
-def validate(parameters: Mapping[str, Any]) -> Verdict:
+DEFAULT_POLICY = ValidationPolicy()
+WRAPPER = "_"  # SlapOS's serialised parameters: {"_": "<JSON object>"}
+
+
+def validate(parameters: Mapping[str, Any], policy: ValidationPolicy = DEFAULT_POLICY) -> Verdict:
     try:
-        return _validate(parameters)
+        if isinstance(parameters, Mapping) and WRAPPER in parameters:
+            return _wrapped(parameters, policy)
+        return _validate(parameters, policy)
     except Exception:  # a checker's bug must not stop the tick, nor pass the instance
         return Verdict(errors=("parameters: could not be checked; please report this entry to the CDN operator",))
 
 
-def _validate(parameters: Mapping[str, Any]) -> Verdict:
-    errors, warnings = schema_problems(parameters)
-    if not isinstance(parameters, Mapping):
-        return Verdict(errors=tuple(errors))
-    bad = {e.split(":", 1)[0] for e in errors}  # parameters the schema already refused
-    forward: dict[str, Any] = {}  # only the values whose spelling changes
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
+
+def _unwrap(parameters: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    """The parameters serialised in "_", or why they cannot be used."""
+    others = sorted((show_name(k) for k in parameters if k != WRAPPER), key=str)
+    if others:
+        named = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        return None, f"{WRAPPER}: SlapOS's serialised parameters must come alone, not next to {named}"
+    raw = parameters[WRAPPER]
+    if not isinstance(raw, str):
+        return None, f"{WRAPPER}: must be a string holding a JSON object (got {show_value(raw)})"
+    try:  # not orjson: it turns integers past 64 bits into floats
+        inner = json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        return None, f"{WRAPPER}: is not valid JSON (got {show_value(raw)})"
+    if not isinstance(inner, dict):
+        return None, f"{WRAPPER}: must hold a JSON object (got {show_value(inner)})"
+    if WRAPPER in inner:
+        return None, f'{WRAPPER}: must not hold another "{WRAPPER}"'
+    return inner, None
+
+
+def _wrapped(parameters: Mapping[str, Any], policy: ValidationPolicy) -> Verdict:
+    inner, error = _unwrap(parameters)
+    if inner is None:
+        return Verdict(errors=(error or WRAPPER,))
+    verdict = _validate(inner, policy)
+    if verdict.forward is None:  # what was checked is forwarded, never the wrapper
+        verdict = replace(verdict, **_forwarding(inner))
+    return verdict
+
+
+def _forwarding(forwarded: Mapping[str, Any]) -> dict[str, Any]:
+    """The forward and forward_hash fields of a verdict for these parameters."""
+    frozen = FrozenJson(forwarded)
+    return {"forward": frozen, "forward_hash": hashlib.sha256(frozen.raw).hexdigest()}
+
+
+def _host_names(
+    parameters: Mapping[str, Any], bad: set[str], errors: list[str], forward: dict[str, Any]
+) -> tuple[str | None, str | None, list[str]]:
+    """custom_domain and server-alias normalised: (custom_domain, registrable, aliases)."""
     custom_domain = registrable = None
     raw_domain = parameters.get("custom_domain")
     if isinstance(raw_domain, str) and raw_domain != "" and "custom_domain" not in bad:
@@ -87,12 +141,30 @@ def _validate(parameters: Mapping[str, Any]) -> Verdict:
             errors.extend(alias_errors)
             if raw_aliases.strip() and " ".join(aliases) != raw_aliases:
                 forward["server-alias"] = " ".join(aliases)
+    return custom_domain, registrable, aliases
+
+
+def _validate(parameters: Mapping[str, Any], policy: ValidationPolicy) -> Verdict:
+    errors, warnings = schema_problems(parameters, policy.forward_unknown)
+    if not isinstance(parameters, Mapping):
+        return Verdict(errors=tuple(errors))
+    unknown = [k for k in parameters if not (isinstance(k, str) and k in KNOWN_PARAMETERS)]
+    passed = [k for k in unknown if policy.forward_unknown and isinstance(k, str) and not can_name_a_host(k)]
+    bad = {e.split(":", 1)[0] for e in errors}  # parameters the schema already refused
+    text_errors = text_problems(parameters, bad, passed)
+    errors.extend(text_errors)
+    bad.update(e.split(":", 1)[0] for e in text_errors)
+    forward: dict[str, Any] = {}  # only the values whose spelling changes
+    netloc_entries: dict[str, list[str]] = {}  # normalised, for the backend check
+
+    custom_domain, registrable, aliases = _host_names(parameters, bad, errors, forward)
 
     for name in NETLOC_LISTS:
         value = parameters.get(name)
         if isinstance(value, str) and name not in bad:
             netlocs, netloc_errors = parse_netloc_list(value, name)
             errors.extend(netloc_errors)
+            netloc_entries[name] = netlocs
             if not netloc_errors and value.strip() and " ".join(netlocs) != value:
                 forward[name] = " ".join(netlocs)
 
@@ -104,16 +176,21 @@ def _validate(parameters: Mapping[str, Any]) -> Verdict:
         if not cipher_errors and ciphers.strip() and normalised != ciphers:
             forward["ciphers"] = normalised
 
+    errors.extend(backend_problems(parameters, netloc_entries, policy, bad))
     errors.extend(check_tls_parameters({k: v for k, v in parameters.items() if k not in bad}))
+    errors.extend(verify_without_ca(parameters, bad))
 
     hosts = (custom_domain, *aliases) if custom_domain else ()
     if len(warnings) > MAX_WARNINGS:
         warnings[MAX_WARNINGS:] = [f"... and {len(warnings) - MAX_WARNINGS} more warnings"]
+    dropped = set(unknown).difference(passed)  # never forwarded unchecked
+    forwarding: dict[str, Any] = {}
+    if forward or dropped:
+        forwarding = _forwarding({**{k: v for k, v in parameters.items() if k not in dropped}, **forward})
     return Verdict(
         errors=tuple(errors),
         warnings=tuple(warnings),
-        forward={**parameters, **forward} if forward else None,
-        forward_hash=digest({**parameters, **forward}) if forward else None,
+        **forwarding,
         custom_domain=custom_domain,
         hosts=tuple(hosts),
         registrable=registrable,
