@@ -10,10 +10,9 @@ from cdnreq.devdns import DevDns
 from cdnreq.master import MasterUnavailable
 from cdnreq.model import HostClaim, InstanceAnswer, InstanceGuid, Phase, RequestedState, SharedInstance
 from cdnreq.reconcile import records
-from cdnreq.reconcile.execute import absent_answer, execute
+from cdnreq.reconcile.execute import execute
 from cdnreq.reconcile.gate import Gate, Status
 from cdnreq.reconcile.plan import Kind, Policy, Quiet, new_record, plan, plan_decided
-from cdnreq.reconcile.served import ServedHosts
 from tests.test_domains import LABEL, NOW, PENDING_MAX_S, DAY, challenge, domains, dns, instance, record  # noqa: F401
 from tests.test_execute import SETTINGS, FakeMaster
 from tests.test_plan import RETAIN, POLICY, Owners, inst, known, listing, live, ok_gate
@@ -133,6 +132,8 @@ def test_plan_decided_holds_the_winner_and_destroys_the_loser() -> None:
 
 
 def test_served_hosts_overlap_wildcards_both_ways_and_ignore_the_owner_itself() -> None:
+    from cdnreq.reconcile.served import ServedHosts
+
     a = replace(live(inst("A")), served=("a.shop.example.com",))
     w = replace(live(inst("W")), served=("*.blog.example.com",))
     gone = replace(live(inst("R")), served=("r.example.com",), param_hash=None, last_action="destroy",
@@ -246,6 +247,8 @@ async def test_a_departure_without_entry_is_destroyed_by_title_then_forgotten() 
 
 
 def test_only_slapproxys_answer_for_a_destroyed_instance_counts_as_absent() -> None:
+    from cdnreq.reconcile.execute import absent_answer
+
     assert absent_answer(slapproxy_absent())
     for status, title in ((500, "injected HTTP 500"), (500, None), (502, "Internal server error"), (503, "busy")):
         assert not absent_answer(MasterUnavailable("get", f"HTTP {status}", status=status, title=title))
