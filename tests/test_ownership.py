@@ -261,6 +261,9 @@ async def test_confirm_retries_on_other_5xx_and_forgets_on_the_absent_answer() -
     other = Master(get_error=MasterUnavailable("get", "HTTP 500: injected", status=500, title="injected HTTP 500"))
     out = (await run(p.actions, other))["A"]
     assert out.record is not None and out.record.served == (SHOP,) and out.record.failures == 1
+    # still awaiting its read-back: read again after the backoff, never retained or forgotten anew
+    again = plan(listing(inst("B")), known(out.record, live(inst("B"))), NOW + 3600, RETAIN)
+    assert kinds(again) == [(Kind.POLL, "A")] and again.updates == ()
     out = (await run(p.actions, Master(get_error=slapproxy_absent())))["A"]
     assert out.record is None and out.ok
     still = Master()  # read back as started: destroyed again

@@ -131,8 +131,9 @@ def cleared(record: Record, now: float) -> Record:
 def destroy_pending(record: Record) -> bool:
     """A destroy was sent (acknowledged, failed or timed out) for a known
     entry: it counts as done only once read back destroyed or absent. Until
-    then `tech_guid` and `served` are kept, so its hosts count as served."""
-    return record.last_action == "destroy" and record.tech_guid is not None
+    then `tech_guid` and `served` are kept, so its hosts count as served.
+    A read-back that failed ("confirm") leaves it pending, to read again."""
+    return record.last_action in ("destroy", "confirm") and record.tech_guid is not None
 
 
 def destroy_sent(record: Record, now: float, *, keep: bool = False) -> Record:
