@@ -16,6 +16,7 @@ from cdnreq.reconcile.plan import Kind, Policy, Quiet, new_record, plan, plan_de
 from tests.test_domains import LABEL, NOW, PENDING_MAX_S, DAY, challenge, domains, dns, instance, record  # noqa: F401
 from tests.test_execute import SETTINGS, FakeMaster
 from tests.test_plan import RETAIN, POLICY, Owners, inst, known, listing, live, ok_gate
+from tests.test_tick_stages import opened  # noqa: F401 (fixture)
 
 G = InstanceGuid
 SHOP = "shop.example.com"
@@ -269,3 +270,33 @@ async def test_confirm_retries_on_other_5xx_and_forgets_on_the_absent_answer() -
     still = Master()  # read back as started: destroyed again
     out = (await run(p.actions, still))["A"]
     assert ("destroy", removing.title) in still.calls and out.record is not None
+
+
+# -- 10a through a tick: the shell drops what a leaver held when its destroy is decided ------
+
+
+async def test_retention_over_drops_hosts_and_challenge_and_a_return_starts_afresh(tmp_path, opened) -> None:
+    import time
+
+    from tests.test_tick_stages import Dns, config, customer, live as tick_live, reconciler, title
+
+    dns = Dns({})
+    back = customer("OLD", "www.r.example")
+    gone = tick_live("OLD", phase=Phase.RETAINED, served=("www.r.example",), gone_at=time.time() - 7200)
+    owned = HostClaim("www.r.example", G("OLD"), "r.example", 1.0, time.time())
+    r, master = await reconciler(opened, config(tmp_path, retention_s=3600), [customer("B")], dns,
+                                 records=[gone, tick_live("B")], hosts=[owned])
+    await r.store.commit(challenge_upserts=[challenge(G("OLD"), "www.r.example")])
+    await r.load()
+    assert (await r.tick()).ok
+    assert master.titles("destroyed") == [title("OLD")]
+    assert "www.r.example" not in await r.store.load_hosts()
+    assert G("OLD") not in await r.store.load_challenges()
+    master.instances = (back, customer("B"))  # back before its destroy is read back
+    dns.txt[f"{LABEL}.www.r.example"] = "cdnreq-the-old-token-is-gone"
+    assert (await r.tick()).ok
+    assert title("OLD") not in master.titles()
+    record_ = r.known[G("OLD")]
+    assert record_.phase is Phase.NEW and record_.tech_guid is None and record_.served is None
+    assert (await r.store.load_challenges())[G("OLD")].created_at > time.time() - 600  # a new challenge
+    assert "www.r.example" not in await r.store.load_hosts()

@@ -96,7 +96,6 @@ class Domains:
                 out.challenge_deletes.add(guid)
             self.index.drop_guid(guid)
             self.lost_claim(guid)
-        self.index.take_touched()  # their caches are gone already
         return out
 
     def start(

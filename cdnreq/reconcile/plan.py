@@ -211,7 +211,7 @@ def plan(
         if action is not None:
             add(action, record)
     for record in confirming:  # a destroy counts once read back: a master may drop one
-        add(_confirm(record, None, None), record)
+        add(_confirm(record, None), record)
     for action in actions:
         counts[action.kind.value] += 1
     counts["forget"] = len(forgets)
@@ -295,7 +295,7 @@ def _for_present(
     now: float,
 ) -> Action | None:
     if destroy_sent(record):  # nothing is requested before the old entry is read back gone
-        return _confirm(record, instance, gate)
+        return _confirm(record, gate)
     if has_entry(record) and _lost_host(record, ownership):
         return Action(Kind.DESTROY, record, "a host it serves is no longer proven for it", instance, gate, forget=False)
     if not gate.ok:
@@ -335,7 +335,7 @@ def _spread(guid: str) -> float:
     return 1.0 + (zlib.crc32(guid.encode("utf-8", "surrogatepass")) % 1000) / 10000
 
 
-def _confirm(record: Record, instance: SharedInstance | None, gate: Gate | None) -> Action:
+def _confirm(record: Record, gate: Gate | None) -> Action:
     """Read back a destroyed entry (the instance is not passed: the executor
     confirms, it does not request); a listed instance is kept after."""
     return Action(Kind.POLL, record, "confirm the destroy", None, gate, forget=record.phase is Phase.REMOVING)
