@@ -101,7 +101,7 @@ def test_quiet_memo_does_not_keep_an_old_gate_of_a_loser() -> None:
 # -- 8: the new owner waits until the old entry reads back gone -------------------------
 
 
-def test_request_waits_while_another_entry_serves_the_host_and_says_why() -> None:
+async def test_request_waits_while_another_entry_serves_the_host_and_says_why() -> None:
     old, new = inst("OLD"), inst("NEW")
     serving = replace(live(old), phase=Phase.RETAINED, served=(SHOP,), gone_at=NOW - 10)
     quiet = Quiet()
@@ -112,6 +112,8 @@ def test_request_waits_while_another_entry_serves_the_host_and_says_why() -> Non
     assert publish.kind is Kind.PUBLISH and publish.gate.status is Status.PENDING
     assert publish.gate.extras["message"].startswith(f"Waiting for the previous CDN entry of {SHOP} to be removed")
     assert (Kind.DESTROY, "OLD") in kinds(p) and p.counts["waiting_previous"] == 1
+    out = (await run([publish], Master()))["NEW"]
+    assert out.record.last_error == publish.gate.extras["message"]  # what `cdnreq status` says
     # destroy sent, not yet read back: still serving, and the memo did not keep NEW as quiet
     sent = records.destroy_sent(serving, NOW, keep=True)
     waiting = replace(p.updates[0], published=records.shown_digest(records.compose(None, publish.gate, False)))

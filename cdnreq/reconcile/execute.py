@@ -255,7 +255,8 @@ class _Runner:
         record = records.published(record, shown, error, self.clock())
         self.shown = shown
         if gate is not None and not gate.ok:  # say why in `cdnreq status`
-            record = replace(record, last_error=gate.error or f"waiting for DNS proof of {', '.join(gate.pending)}")
+            reason = gate.error or gate.reason or f"waiting for DNS proof of {', '.join(gate.pending)}"
+            record = replace(record, last_error=reason)
         return self.done(action, record, True)
 
     async def destroy(self, action: Action) -> Outcome:

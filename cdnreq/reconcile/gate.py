@@ -38,6 +38,7 @@ class Gate:
     extras: Mapping[str, str] = field(default_factory=dict)  # shown to the customer
     error: str | None = None  # for software_instance_error
     pending: tuple[str, ...] = ()
+    reason: str | None = None  # why it waits, for `cdnreq status`, when not for DNS proof
 
     @classmethod
     def accept(cls, instance: SharedInstance) -> "Gate":
@@ -270,7 +271,7 @@ def waiting(gate: Gate, hosts: Iterable[str]) -> Gate:
         " this entry is requested on the CDN once it is gone."
     )
     extras["pending-host-list"] = json.dumps(busy)
-    return Gate(Status.PENDING, extras=extras, hosts=gate.hosts, pending=tuple(busy))
+    return Gate(Status.PENDING, extras=extras, hosts=gate.hosts, pending=tuple(busy), reason=extras["message"])
 
 
 def _invalid(verdict: Verdict, errors: tuple[str, ...]) -> Gate:
