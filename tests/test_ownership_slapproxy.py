@@ -146,3 +146,22 @@ def test_a_destroy_counts_only_once_read_back_gone(cdn_site: CdnSite, devdns: De
     assert events_of(make_config.database, a, "destroy") == [("destroy", "ok"), ("destroy", "confirmed")]
     records, _, _, _ = load(make_config.database)
     assert a not in records
+
+
+def test_a_host_its_owner_moved_away_from_can_be_proven_by_another(cdn_site: CdnSite, devdns: DevDns, make_config):
+    """9: A moves to a new domain it has not proven yet; its old host stays
+    served meanwhile, and B may take it by proof: A's entry goes first."""
+    site, config = cdn_site, make_config()
+    a = proven(site, devdns, config, "a")
+    site.add_customer("a", {"url": "https://a.example", "custom_domain": "new.example.org"})
+    tick(config, site)
+    assert naming(site, SHOP) == [title_of(a)], "served while its new domain is pending"
+    b = site.add_customer("b", {"url": "https://b.example", "custom_domain": SHOP})
+    tick(config, site)
+    assert "request-error-list" not in shown(site, b), shown(site, b)  # contestable, not refused
+    devdns.set_txt(f"{LABEL}.{SHOP}", token_of(site, b))
+    for _ in range(4):  # A destroyed, read back gone, then B requested
+        tick(config, site)
+    assert naming(site, SHOP) == [title_of(b)]
+    assert json.loads(shown(site, a)["pending-host-list"]) == ["new.example.org"]
+    assert events_of(make_config.database, a, "destroy") == [("destroy", "ok"), ("destroy", "confirmed")]
