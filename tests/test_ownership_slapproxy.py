@@ -165,3 +165,59 @@ def test_a_host_its_owner_moved_away_from_can_be_proven_by_another(cdn_site: Cdn
     assert naming(site, SHOP) == [title_of(b)]
     assert json.loads(shown(site, a)["pending-host-list"]) == ["new.example.org"]
     assert events_of(make_config.database, a, "destroy") == [("destroy", "ok"), ("destroy", "confirmed")]
+
+
+async def test_no_ping_pong_in_a_long_running_process(cdn_site: CdnSite, devdns: DevDns, make_config):
+    """7 where the caches live: one Reconciler for every tick, as `cdnreq run`.
+    A retained owner whose host B proved comes back unchanged: refused, and
+    over 5 ticks nothing is requested or destroyed, B stays the only entry."""
+    from cdnreq.configfile import load_config
+    from cdnreq.daemon import master_client
+    from cdnreq.reconcile.tick import Reconciler
+    from cdnreq.store import Store
+
+    site = cdn_site
+    config = load_config(make_config(domain={"retention_s": 3600}))
+    store = await Store.open(config.daemon.database)
+    try:
+        async with master_client(config) as master:
+            r = Reconciler(config=config, store=store, master=master)
+            await r.load()
+
+            async def tick_() -> None:
+                report = await r.tick()
+                assert report.ok, report.error
+                assert len(naming(site, SHOP)) <= 1, naming(site, SHOP)
+
+            try:
+                a = site.add_customer("a", {"url": "https://a.example", "custom_domain": SHOP})
+                await tick_()
+                devdns.set_txt(f"{LABEL}.{SHOP}", token_of(site, a))
+                await tick_()
+                assert naming(site, SHOP) == [title_of(a)]
+                for _ in range(2):
+                    await tick_()  # read back, settled
+                site.remove_customer("a")
+                await tick_()
+                b = site.add_customer("b", {"url": "https://b.example", "custom_domain": SHOP})
+                await tick_()
+                devdns.set_txt(f"{LABEL}.{SHOP}", token_of(site, b))
+                for _ in range(3):
+                    await tick_()
+                assert naming(site, SHOP) == [title_of(b)]
+                assert site.add_customer("a", {"url": "https://a.example", "custom_domain": SHOP}) == a
+                await tick_()
+                assert any(ALREADY_USED in e and SHOP in e for e in errors_shown(site, a))
+                log = MasterLog(site)
+                log.mark()
+                for _ in range(5):
+                    await tick_()
+                    assert naming(site, SHOP) == [title_of(b)]
+                assert REQUEST not in log.calls(), log.calls()
+                events = [e for _, e in await store.events_since(0, 100000)]
+            finally:
+                await r.resolver.close()
+    finally:
+        await store.close()
+    calls = [(e.instance_guid, e.action, e.outcome) for e in events if e.action in ("request", "update", "destroy")]
+    assert calls == [(a, "request", "ok"), (a, "destroy", "ok"), (a, "destroy", "confirmed"), (b, "request", "ok")]
