@@ -4,8 +4,9 @@
 gates (validation and proof of ownership), the host index, the clock and the
 policy. It never calls anything: every rule (hash diff, guards against mass
 removal, retention, backoff, poll-instead-of-request) is a case in a unit
-test. What it must never do: destroy on a doubtful listing, or leave a host
-served by an instance that no longer owns it.
+test. What it must never do: destroy on a doubtful listing, leave a host
+served by an instance that no longer owns it, or request a host while another
+instance's entry may still serve it (a destroy counts once read back gone).
 """
 
 from __future__ import annotations
