@@ -319,11 +319,15 @@ def test_retention_ends_with_a_destroy():
     assert kinds(p) == [(Kind.DESTROY, "C")] and p.actions[0].forget
 
 
-def test_gone_without_entry_or_hosts_is_forgotten_at_once():
+def test_gone_without_entry_or_hosts_is_destroyed_by_title_then_forgotten():
+    """Issue 10, property 15: no entry known may still mean one exists (a
+    restore, a lost store): one destroy by title, then forgotten."""
     a = inst("A")
     never = new_record(InstanceGuid("B"), "cdnreq-", NOW)
     p = plan(listing(a), known(live(a), never), NOW, RETAIN, ownership=Owners())
-    assert p.forgets == ("B",) and p.actions == ()
+    assert kinds(p) == [(Kind.DESTROY, "B")] and p.forgets == ()
+    action = p.actions[0]
+    assert action.forget and action.record.tech_guid is None and "destroyed by title" in action.reason
 
 
 def test_pending_instance_that_leaves_keeps_nothing():
@@ -332,7 +336,7 @@ def test_pending_instance_that_leaves_keeps_nothing():
     a = inst("A")
     pending = replace(new_record(InstanceGuid("B"), "cdnreq-", NOW), published=shown_digest({"message": "prove"}))
     p = plan(listing(a), known(live(a), pending), NOW, RETAIN, ownership=Owners(**{"a.example.com": "A"}))
-    assert p.forgets == ("B",)
+    assert kinds(p) == [(Kind.DESTROY, "B")] and p.actions[0].forget  # by title, then forgotten
 
 
 def test_customer_destroy_destroys_the_entry_and_keeps_the_hosts():

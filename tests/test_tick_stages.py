@@ -51,7 +51,9 @@ class Master:
         return InstanceAnswer(guid=f"tech-{title}", connection_parameters={"url": "https://cdn"}, state=state)
 
     async def get_instance(self, instance_guid: str) -> InstanceAnswer:
-        return InstanceAnswer(guid=instance_guid, connection_parameters={"url": "https://cdn"})
+        destroyed = {f"tech-{t}" for t in self.titles("destroyed")} | {f"tech-{t[7:]}" for t in self.titles("destroyed")}
+        state = "destroyed" if instance_guid in destroyed else "started"  # live() records: tech-<guid>
+        return InstanceAnswer(guid=instance_guid, connection_parameters={"url": "https://cdn"}, state=state)
 
     async def publish_connection(self, instance_guid: str, parameters: Any) -> None:
         await asyncio.sleep(0)
@@ -215,6 +217,8 @@ async def test_instances_waiting_for_dns_count_as_listed_for_the_removal_guard(t
 
 
 async def test_a_retained_entry_losing_its_host_to_a_new_proof_is_destroyed_in_the_same_tick(tmp_path: Path, opened: list[Store]) -> None:
+    """Issue 10, property 8: the new owner is requested only once the old
+    entry reads back destroyed; meanwhile it is told why it waits."""
     dns = Dns({})
     gone = live("OLD", phase=Phase.RETAINED, served=("www.r.example",), gone_at=time.time() - 10)
     owned = HostClaim("www.r.example", InstanceGuid("OLD"), "r.example", 1.0, time.time())
@@ -222,10 +226,16 @@ async def test_a_retained_entry_losing_its_host_to_a_new_proof_is_destroyed_in_t
                                  proven={"NEW"}, records=[gone], hosts=[owned])
     report = await r.tick()
     assert report.ok, report.error
+    assert master.titles() == [] and master.titles("destroyed") == [title("OLD")]
+    assert r.known is not None and r.known[InstanceGuid("OLD")].served == ("www.r.example",), "not read back yet"
+    assert (await r.store.load_hosts())["www.r.example"].guid == "NEW"
+    for _ in range(2):  # the destroy is read back, then the new owner is requested
+        report = await r.tick()
+        assert report.ok, report.error
     assert master.titles() == [title("NEW")]
     assert master.titles("destroyed") == [title("OLD")]
-    assert r.known is not None and r.known[InstanceGuid("OLD")].phase is Phase.RETAINED
-    assert (await r.store.load_hosts())["www.r.example"].guid == "NEW"
+    old = r.known[InstanceGuid("OLD")]
+    assert old.phase is Phase.RETAINED and old.tech_guid is None and old.served is None
 
 
 async def test_a_shutdown_does_not_wait_for_dns_nobody_needs(tmp_path: Path, opened: list[Store]) -> None:

@@ -71,9 +71,32 @@ class Domains:
         """The store forgot the instance: it owns nothing any more."""
         self.index.drop_guid(guid)
         self.challenges.pop(InstanceGuid(guid), None)
+        self.lost_claim(guid)
+
+    def lost_claim(self, guid: str) -> None:
+        """The instance lost a claim (taken by a rival, released by a
+        re-check or because it no longer names it): nothing cached about it
+        holds any more, so it is decided afresh against today's owners and
+        can never win a host back on a gate from before."""
         self._verdicts.pop(guid, None)
         self._settled.pop(guid, None)
         self._next_lookup.pop(guid, None)
+
+    def leave(self, guids: Iterable[str], now: float, tick: int | None) -> DomainStep:
+        """Instances whose entry is being destroyed for good (removed, or
+        retention over): their claims and challenges go now, so one that
+        returns before the destroy is read back proves its domain again like
+        a newcomer, and its hosts are free for whoever proves them first."""
+        out = DomainStep()
+        for guid in guids:
+            for host in sorted(self.index.hosts_of(guid)):
+                out.release(host)
+                out.events.append(Event(guid, "release", "ok", now, f"{host}: its entry is being destroyed", tick))
+            if self.challenges.pop(InstanceGuid(guid), None) is not None:
+                out.challenge_deletes.add(guid)
+            self.index.drop_guid(guid)
+            self.lost_claim(guid)
+        return out
 
     def start(
         self,
@@ -188,6 +211,7 @@ class Domains:
             after = recheck.apply(claim, result, now, self.policy)
             if after is None:
                 self.index.drop(claim.host)
+                self.lost_claim(claim.guid)
                 out.release(claim.host)
                 out.events.append(Event(claim.guid, "release", "ok", now, f"{claim.host}: proof missing past the grace period", tick))
                 continue
@@ -207,6 +231,7 @@ class Domains:
             out.claim(claim)
             out.events.append(Event(guid, "claim", "ok", now, claim.host, tick))
         for loser in claims.taken_from:
+            self.lost_claim(loser)
             out.events.append(Event(loser, "release", "taken", now, "a host was proven by another entry", tick))
 
     def _release_unlisted(
@@ -226,5 +251,6 @@ class Domains:
             keep = set(verdict.hosts) | set((record.served if record else None) or ())
             for host in sorted(owned - keep):
                 self.index.drop(host)
+                self.lost_claim(guid)
                 out.release(host)
                 out.events.append(Event(guid, "release", "ok", now, f"{host}: no longer named", tick))

@@ -259,7 +259,8 @@ class _Runner:
         record = records.published(record, shown, error, self.clock())
         self.shown = shown
         if gate is not None and not gate.ok:  # say why in `cdnreq status`
-            record = replace(record, last_error=gate.error or f"waiting for DNS proof of {', '.join(gate.pending)}")
+            reason = gate.error or gate.reason or f"waiting for DNS proof of {', '.join(gate.pending)}"
+            record = replace(record, last_error=reason)
         return self.done(action, record, True)
 
     async def destroy(self, action: Action) -> Outcome:
@@ -274,18 +275,29 @@ class _Runner:
                 sla_parameters=self.settings.sla,
             )
         except MasterError as error:
+            if record.tech_guid is None and absent_answer(error):
+                # destroyed by title, and the master knows no such entry
+                self.event(record.guid, "destroy", "absent", f"{action.reason}; title {record.title}")
+                return await self.gone(action, records.cleared(record, self.clock()), forget=action.forget)
             if action.forget and record.phase is not Phase.RETAINED:
                 record = replace(record, phase=Phase.REMOVING)  # gone: retried as a removal
             return self.failure(action, record, "destroy", error)
         self.event(record.guid, "destroy", "ok", f"{action.reason}; title {record.title}")
-        if action.forget:
-            if record.tech_guid is None:
-                return self.done(action, None, True)
-            return self.done(action, records.destroy_sent(record, self.clock()), True)
-        return await self.relay(action, records.cleared(record, self.clock()))
+        if record.tech_guid is None:  # nothing to read back by
+            return await self.gone(action, records.cleared(record, self.clock()), forget=action.forget)
+        sent = records.destroy_sent(record, self.clock(), keep=not action.forget)
+        return await self.gone(action, sent, forget=False)
+
+    async def gone(self, action: Action, record: Record, *, forget: bool) -> Outcome:
+        """Forget the instance, or tell the customer (still listed) what it is shown now."""
+        if forget:
+            return self.done(action, None, True)
+        if action.gate is None:
+            return self.done(action, record, True)
+        return await self.relay(action, record)
 
     async def confirm(self, action: Action) -> Outcome:
-        """Read back a destroyed entry: forget it once gone, destroy it again if not."""
+        """Read back a destroyed entry: done once destroyed or absent, destroy it again if not."""
         record = action.record
         assert record.tech_guid is not None
         try:
@@ -294,19 +306,30 @@ class _Runner:
             if not error.not_found:
                 return self.failure(action, record, "confirm", error)
             gone = error.detail
-        except MasterUnavailable as error:
-            if error.status != 500:  # timeouts and gateways: ask again next tick
-                return self.failure(action, record, "confirm", error)
-            gone = error.detail  # slapproxy cannot read a destroyed shared instance back
         except MasterError as error:
-            return self.failure(action, record, "confirm", error)
+            if not absent_answer(error):  # timeouts, gateways, other 5xx: ask again later
+                return self.failure(action, record, "confirm", error)
+            gone = error.detail
         else:
             if answer.state != RequestedState.DESTROYED.value:
                 self.event(record.guid, "destroy", "lost", "the technical entry is still there")
-                return await self.destroy(replace(action, kind=Kind.DESTROY, forget=True))
+                return await self.destroy(replace(action, kind=Kind.DESTROY))
             gone = "state destroyed"
         self.event(record.guid, "destroy", "confirmed", gone)
-        return self.done(action, None, True)
+        after = records.confirmed(record, self.clock())
+        return await self.gone(action, after or record, forget=after is None)
+
+
+# slapproxy answers a read-back of a destroyed shared instance (and a destroy
+# of a title it never had) with this 500 and body; the real master with 404.
+SLAPPROXY_ABSENT = (500, "Internal server error")
+
+
+def absent_answer(error: MasterError) -> bool:
+    """Whether an error says the entry does not exist: slapproxy's specific
+    500 only. Any other 5xx (a gateway, an injected fault, a timeout) is no
+    proof of anything and is retried."""
+    return isinstance(error, MasterUnavailable) and (error.status, error.title) == SLAPPROXY_ABSENT
 
 
 def _requested(instance: SharedInstance, gate: Gate | None) -> Mapping[str, Any]:

@@ -3,8 +3,9 @@
 An instance passes only when its parameters are valid and every host it
 names (custom_domain and aliases) is proven by DNS to be its own. A host
 belongs to the first instance to prove it; a later claimant is refused while
-the owner is on the master, and may take the host over by DNS proof while the
-owner is retained (gone from the master). Pure: the DNS answers and the
+the owner is on the master and names it, and may take the host over by DNS
+proof while the owner is retained (gone from the master) or no longer names
+it (its entry still serving it until its new hosts are requested). Pure: the DNS answers and the
 tokens come in as data, the decisions go out as data.
 """
 
@@ -38,6 +39,7 @@ class Gate:
     extras: Mapping[str, str] = field(default_factory=dict)  # shown to the customer
     error: str | None = None  # for software_instance_error
     pending: tuple[str, ...] = ()
+    reason: str | None = None  # why it waits, for `cdnreq status`, when not for DNS proof
 
     @classmethod
     def accept(cls, instance: SharedInstance) -> "Gate":
@@ -72,6 +74,8 @@ class HostIndex:
         self.by_guid: dict[str, tuple[str, ...]] = {}
         self.by_domain: dict[str, tuple[str, ...]] = {}
         self.touched: set[str] = set()  # guids whose claims changed since last taken
+        # hosts whose owner is listed but no longer names them: contestable (set by each tick)
+        self.unnamed: frozenset[str] = frozenset()
         for claim in claims:
             self.put(claim)
 
@@ -103,6 +107,13 @@ class HostIndex:
     def owns(self, guid: str, host: str) -> bool:
         claim = self.by_host.get(host)
         return claim is not None and claim.guid == guid
+
+    def blocking(self, host: str, registrable: str, guid: str, active: set[str]) -> list[HostClaim]:
+        """Rivals that make a claim on `host` fail at once: owners on the
+        master that still name their host. A retained owner's host, or one
+        its owner no longer names, may be taken by DNS proof."""
+        unnamed = self.unnamed
+        return [r for r in self.rivals(host, registrable, guid) if r.guid in active and r.host not in unnamed]
 
     def rivals(self, host: str, registrable: str, guid: str) -> list[HostClaim]:
         """Claims of other instances on this host or overlapping it (wildcards)."""
@@ -144,7 +155,7 @@ def wanted_names(
     for host in verdict.hosts:
         if index.owns(guid, host):
             continue
-        if any(r.guid in active for r in index.rivals(host, verdict.registrable, guid)):
+        if index.blocking(host, verdict.registrable, guid, active):
             return []  # refused anyway: no need to ask DNS
         names.extend(f"{policy.label}.{n}" for n in proof_names(host, verdict.registrable))
     return names
@@ -169,7 +180,7 @@ def decide(
     if not verdict.hosts:
         return _ok(instance, verdict, (), None, policy, index), Claims()
     assert verdict.registrable is not None and verdict.custom_domain is not None
-    taken = [h for h in verdict.hosts if any(r.guid in active for r in index.rivals(h, verdict.registrable, guid))]
+    taken = [h for h in verdict.hosts if index.blocking(h, verdict.registrable, guid, active)]
     if taken:
         errors = tuple(
             f"{_field(verdict, h)}: {json.dumps(h)} is already used by another CDN entry" for h in taken
@@ -189,7 +200,7 @@ def decide(
     taken_from: set[InstanceGuid] = set()
     for host in unproven:
         for rival in index.rivals(host, verdict.registrable, guid):
-            taken_from.add(rival.guid)  # a retained owner: active ones refused above
+            taken_from.add(rival.guid)  # retained, or no longer naming it: blocking ones refused above
             index.drop(rival.host)
             if rival.host not in unproven:
                 deletes.append(rival.host)
@@ -250,6 +261,19 @@ def _ok(
     extras = _base_extras(verdict, challenge, policy, _warnings(verdict, hosts, index, policy))
     forward_hash = verdict.forward_hash if verdict.forward is not None else instance.param_hash
     return Gate(Status.OK, verdict.forward, forward_hash, tuple(hosts), extras)
+
+
+def waiting(gate: Gate, hosts: Iterable[str]) -> Gate:
+    """An OK gate held back: another entry still serves some of its hosts
+    (its destroy not yet read back). Shown to the customer as pending."""
+    busy = list(hosts)
+    extras = dict(gate.extras)
+    extras["message"] = (
+        f"Waiting for the previous CDN entry of {', '.join(busy)} to be removed;"
+        " this entry is requested on the CDN once it is gone."
+    )
+    extras["pending-host-list"] = json.dumps(busy)
+    return Gate(Status.PENDING, extras=extras, hosts=gate.hosts, pending=tuple(busy), reason=extras["message"])
 
 
 def _invalid(verdict: Verdict, errors: tuple[str, ...]) -> Gate:

@@ -4,8 +4,9 @@
 gates (validation and proof of ownership), the host index, the clock and the
 policy. It never calls anything: every rule (hash diff, guards against mass
 removal, retention, backoff, poll-instead-of-request) is a case in a unit
-test. What it must never do: destroy on a doubtful listing, or leave a host
-served by an instance that no longer owns it.
+test. What it must never do: destroy on a doubtful listing, leave a host
+served by an instance that no longer owns it, or request a host while another
+instance's entry may still serve it (a destroy counts once read back gone).
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from cdnreq.model import (
     SharedInstance,
     digest,
 )
-from cdnreq.reconcile.gate import Gate
-from cdnreq.reconcile.records import needs_publish, resumed
+from cdnreq.reconcile.gate import Gate, waiting
+from cdnreq.reconcile.records import destroy_pending, needs_publish, resumed
+from cdnreq.reconcile.served import ServedHosts
 from cdnreq.reconcile.titles import technical_title
 
 
@@ -108,7 +110,7 @@ def new_record(guid: InstanceGuid, prefix: str, now: float) -> Record:
 
 def destroy_sent(record: Record) -> bool:
     """A destroy was sent (acknowledged, or timed out): done once read back gone."""
-    return record.phase is Phase.REMOVING and record.last_action == "destroy" and record.tech_guid is not None
+    return destroy_pending(record)
 
 
 def has_entry(record: Record) -> bool:
@@ -151,6 +153,7 @@ def plan(
     if quiet is not None and quiet.policy == policy:
         last = quiet.entries
     gates = gates or {}
+    served = ServedHosts(known)
     unchanged = 0
     for instance in listing.instances:
         guid = instance.guid
@@ -179,8 +182,9 @@ def plan(
         record = _current(instance, record, now, policy, updates, counts)
         gate = gates.get(guid) or Gate.accept(instance)
         action = _for_present(instance, gate, record, policy, ownership, now)
+        action, held_back = _after_previous(action, served, counts)
         add(action, record)
-        if action is None and gate is gates.get(guid):
+        if action is None and not held_back and gate is gates.get(guid):
             still[guid] = (record, gate)
     counts["unchanged"] += unchanged
     if quiet is not None:
@@ -189,7 +193,7 @@ def plan(
     gone = destroyed + [r for g, r in known.items() if g not in seen]
     confirming = [r for r in gone if destroy_sent(r)]
     departing = [r for r in gone if r.phase is not Phase.RETAINED and not destroy_sent(r)]
-    retained = [r for r in gone if r.phase is Phase.RETAINED]
+    retained = [r for r in gone if r.phase is Phase.RETAINED and not destroy_sent(r)]
     explicit = {r.guid for r in destroyed}
     held: tuple[Record, ...] = ()
     hold_reason = _removal_guard(listing, len(known), len(departing), policy)
@@ -208,7 +212,7 @@ def plan(
         if action is not None:
             add(action, record)
     for record in confirming:  # a destroy counts once read back: a master may drop one
-        add(Action(Kind.POLL, record, "confirm the destroy"), record)
+        add(_confirm(record, None), record)
     for action in actions:
         counts[action.kind.value] += 1
     counts["forget"] = len(forgets)
@@ -235,11 +239,17 @@ def plan_decided(
     def add(action: Action | None, record: Record) -> None:
         _sort(action, record, now, actions, counts)
 
+    served = ServedHosts(known)
+    decided: set[str] = set()
     for instance in instances:
+        decided.add(instance.guid)
         record = _current(instance, known.get(instance.guid), now, policy, updates, counts)
-        add(_for_present(instance, gates[instance.guid], record, policy, ownership, now), record)
-    for record in losers:
-        if record.phase is Phase.RETAINED and has_entry(record) and _lost_host(record, ownership):
+        action = _for_present(instance, gates[instance.guid], record, policy, ownership, now)
+        add(_after_previous(action, served, counts)[0], record)
+    for record in losers:  # retained, or listed and no longer naming the host (planned before)
+        if record.guid in decided or destroy_sent(record):
+            continue
+        if has_entry(record) and _lost_host(record, ownership):
             add(Action(Kind.DESTROY, record, "a host it served was proven by another entry", forget=False), record)
     for action in actions:
         counts[action.kind.value] += 1
@@ -285,6 +295,8 @@ def _for_present(
     ownership: Ownership | None,
     now: float,
 ) -> Action | None:
+    if destroy_sent(record):  # nothing is requested before the old entry is read back gone
+        return _confirm(record, gate)
     if has_entry(record) and _lost_host(record, ownership):
         return Action(Kind.DESTROY, record, "a host it serves is no longer proven for it", instance, gate, forget=False)
     if not gate.ok:
@@ -324,6 +336,28 @@ def _spread(guid: str) -> float:
     return 1.0 + (zlib.crc32(guid.encode("utf-8", "surrogatepass")) % 1000) / 10000
 
 
+def _confirm(record: Record, gate: Gate | None) -> Action:
+    """Read back a destroyed entry (the instance is not passed: the executor
+    confirms, it does not request); a listed instance is kept after."""
+    return Action(Kind.POLL, record, "confirm the destroy", None, gate, forget=record.phase is Phase.REMOVING)
+
+
+def _after_previous(action: Action | None, served: ServedHosts, counts: Counter[str]) -> tuple[Action | None, bool]:
+    """A request naming a host that another instance's entry still serves
+    waits until that entry is read back gone: two technical entries never
+    name one host. The customer is told why; returns (action, held back)."""
+    if action is None or action.kind not in (Kind.REQUEST, Kind.UPDATE) or action.gate is None:
+        return action, False
+    busy = served.others(action.gate.hosts, action.guid)
+    if not busy:
+        return action, False
+    counts["waiting_previous"] += 1
+    gate = waiting(action.gate, busy)
+    if not needs_publish(action.record, gate):
+        return None, True
+    return Action(Kind.PUBLISH, action.record, "waiting for a previous entry to be removed", action.instance, gate), True
+
+
 def _lost_host(record: Record, ownership: Ownership | None) -> bool:
     return ownership is not None and any(not ownership.owns(record.guid, h) for h in record.served or ())
 
@@ -347,8 +381,7 @@ def _departure(
         return None
     if has_entry(record):
         return Action(Kind.DESTROY, record, "removed from the master")
-    forgets.append(record.guid)
-    return None
+    return _by_title(record, "removed from the master")
 
 
 def _retention(
@@ -365,13 +398,19 @@ def _retention(
     if now >= gone_at + policy.retention_s:
         if has_entry(record):
             return Action(Kind.DESTROY, record, "retention period over")
-        forgets.append(record.guid)
-        return None
+        return _by_title(record, "retention period over")
     if has_entry(record) and explicit:
         return Action(Kind.DESTROY, record, "destroyed by the customer", forget=False)
     if has_entry(record) and _lost_host(record, ownership):
         return Action(Kind.DESTROY, record, "a host it served was proven by another entry", forget=False)
     return None
+
+
+def _by_title(record: Record, reason: str) -> Action:
+    """No entry known, but a restore or a lost store may hide one that still
+    serves the hosts: destroyed by title (a no-op when there is none), then
+    forgotten."""
+    return Action(Kind.DESTROY, record, f"{reason}; no technical entry known, destroyed by title")
 
 
 def _removal_guard(listing: Listing, known: int, gone: int, policy: Policy) -> str | None:

@@ -31,7 +31,7 @@ def host_names(
     for host in verdict.hosts:
         if index.owns(guid, host):
             continue
-        if any(r.guid in active for r in index.rivals(host, verdict.registrable, guid)):
+        if index.blocking(host, verdict.registrable, guid, active):
             return []
         wanted.append(tuple(f"{policy.label}.{n}" for n in proof_names(host, verdict.registrable)))
     return wanted

@@ -123,14 +123,28 @@ def lost(record: Record, reason: str, now: float) -> Record:
 
 
 def cleared(record: Record, now: float) -> Record:
-    """The technical entry was destroyed but the instance is kept."""
+    """The technical entry is gone (read back) but the instance is kept."""
     phase = Phase.RETAINED if record.phase is Phase.RETAINED else Phase.NEW
-    return replace(_destroyed(record, now), phase=phase, tech_guid=None)
+    return replace(_destroyed(record, now), phase=phase, tech_guid=None, served=None)
 
 
-def destroy_sent(record: Record, now: float) -> Record:
-    """Destroy acknowledged; forgotten once the entry (tech_guid kept) is read back gone."""
-    return replace(_destroyed(record, now), phase=Phase.REMOVING)
+def destroy_pending(record: Record) -> bool:
+    """A destroy was sent (acknowledged, failed or timed out) for a known
+    entry: it counts as done only once read back destroyed or absent. Until
+    then `tech_guid` and `served` are kept, so its hosts count as served.
+    A read-back that failed ("confirm") leaves it pending, to read again."""
+    return record.last_action in ("destroy", "confirm") and record.tech_guid is not None
+
+
+def destroy_sent(record: Record, now: float, *, keep: bool = False) -> Record:
+    """Destroy acknowledged; the entry (tech_guid and served kept) is read
+    back before the instance is forgotten, or cleared when `keep`."""
+    return replace(_destroyed(record, now), phase=record.phase if keep else Phase.REMOVING)
+
+
+def confirmed(record: Record, now: float) -> Record | None:
+    """The entry read back gone: forgotten when it was removing, else kept without entry."""
+    return None if record.phase is Phase.REMOVING else cleared(record, now)
 
 
 def _destroyed(record: Record, now: float) -> Record:
@@ -138,7 +152,6 @@ def _destroyed(record: Record, now: float) -> Record:
         record,
         param_hash=None,
         connection=None,
-        served=None,
         last_action="destroy",
         last_error=None,
         failures=0,
@@ -148,7 +161,12 @@ def _destroyed(record: Record, now: float) -> Record:
 
 
 def resumed(record: Record, now: float) -> Record:
-    """Back on the master after a hold or during retention."""
+    """Back on the master after a hold or during retention. One back while
+    its destroy awaits confirmation left for real: it starts as new (its
+    claims were dropped when the destroy was decided) once the destroy is
+    read back."""
+    if destroy_pending(record):
+        return replace(record, phase=Phase.NEW, gone_at=None, updated_at=now)
     if record.param_hash is None and record.tech_guid is None:
         phase = Phase.NEW
     elif record.connection:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, AsyncIterator, Iterable, Mapping
 from cdnreq.dns.resolver import Lookup
 from cdnreq.model import Challenge, Event, HostClaim, InstanceGuid, Record, RequestedState, SharedInstance
 from cdnreq.reconcile import recheck
-from cdnreq.reconcile.gate import Gate, Status
+from cdnreq.reconcile.gate import Gate, HostIndex, Status
 from cdnreq.reconcile.proofs import Group, chunks, group, host_names, second_names
 from cdnreq.validate.verdict import Verdict
 
@@ -35,6 +35,7 @@ class DomainStep:
     host_upserts: dict[str, HostClaim] = field(default_factory=dict)
     host_deletes: set[str] = field(default_factory=set)
     challenges: list[Challenge] = field(default_factory=list)
+    challenge_deletes: set[str] = field(default_factory=set)
     events: list[Event] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
     taken_from: set[str] = field(default_factory=set)  # retained instances that lost a host
@@ -55,6 +56,7 @@ class DomainStep:
         for claim in later.host_upserts.values():
             self.claim(claim)
         self.challenges += later.challenges
+        self.challenge_deletes |= later.challenge_deletes
         self.events += later.events
         self.counts.update(later.counts)
         self.taken_from |= later.taken_from
@@ -90,6 +92,7 @@ class DomainRun:
         active.update(settled)
         self.present, self.settled, self.active = present, settled, active
         self.verdicts = {g: d.verdict(i) for g, i in present.items()}
+        d.index.unnamed = _unnamed(d.index, self.verdicts)
         self.decided: dict[str, Verdict] = {}  # for finish()
         self.asked: set[str] = set()
         self.asking: dict[str, list[tuple[str, ...]]] = {}
@@ -231,6 +234,17 @@ class DomainRun:
         out = DomainStep()
         self.domains._release_unlisted(self.decided, self.known, self.now, self.tick, out)
         return out
+
+
+def _unnamed(index: HostIndex, verdicts: Mapping[str, Verdict]) -> frozenset[str]:
+    """Hosts owned by a listed instance that no longer names them (settled
+    instances name all theirs): contestable by DNS proof, see HostIndex.blocking."""
+    unnamed: set[str] = set()
+    for guid, verdict in verdicts.items():
+        owned = index.by_guid.get(guid)
+        if owned and verdict.ok:
+            unnamed.update(h for h in owned if h not in verdict.hosts)
+    return frozenset(unnamed)
 
 
 def _split(

@@ -293,6 +293,9 @@ class Reconciler:
         planned = Counter(the_plan.counts)
         planned.update(run.first.counts)
         report.planned = dict(planned)
+        leaving = [a.guid for a in the_plan.actions if a.kind is Kind.DESTROY and a.forget]
+        if leaving:  # their hosts and challenges go with the decision, see Domains.leave
+            run.first.merge(self.domains.leave(leaving, now, report.id))
         await self._reserve(the_plan, run.first, now, report.id)
         committer = Committer(
             self.store, self.known, self.domains, self.batch, self.flush_every_s, self._outcome
@@ -391,7 +394,8 @@ class Reconciler:
         upserts = [*updates.values(), *held]
         events = [*step.events, *(Event(r.guid, "hold", "held", now, r.last_error, tick) for r in held)]
         events += [Event(g, "forget", "ok", now, "gone, without a technical entry", tick) for g in the_plan.forgets]
-        if not (upserts or the_plan.forgets or events or step.host_upserts or step.host_deletes or step.challenges):
+        if not (upserts or the_plan.forgets or events or step.host_upserts or step.host_deletes
+                or step.challenges or step.challenge_deletes):
             return
         await self.store.commit(
             upserts=upserts,
@@ -400,6 +404,7 @@ class Reconciler:
             host_upserts=step.host_upserts.values(),
             host_deletes=step.host_deletes,
             challenge_upserts=step.challenges,
+            challenge_deletes=step.challenge_deletes,
         )
         for record in upserts:
             self.known[record.guid] = record
