@@ -332,10 +332,15 @@ async def test_host_no_longer_named_is_released(dns: Recording) -> None:
     out = await d.step([a], {guid: record(guid, served=("a.example", "www.a.example", "api.a.example"))}, NOW, tick=1)
     assert out.gates[guid].status is Status.OK and out.host_deletes == set()
 
-    out = await d.step([a], {guid: record(guid, served=("a.example", "www.a.example"))}, NOW + 60, tick=2)
+    # no longer served: released once not named for confirm_ticks (3) consecutive ticks
+    served = {guid: record(guid, served=("a.example", "www.a.example"))}
+    for tick in (2, 3):
+        out = await d.step([a], served, NOW + 60 * (tick - 1), tick=tick)
+        assert out.gates[guid].status is Status.OK and out.host_deletes == set()
+    out = await d.step([a], served, NOW + 180, tick=4)
     assert out.gates[guid].status is Status.OK
     assert out.host_deletes == {"api.a.example"} and out.host_upserts == {}
-    assert events(out, "release") == [Event(guid, "release", "ok", NOW + 60, "api.a.example: no longer named", 2)]
+    assert events(out, "release") == [Event(guid, "release", "ok", NOW + 180, "api.a.example: no longer named", 4)]
     assert d.index.hosts_of(guid) == {"a.example", "www.a.example"}
 
 
