@@ -419,6 +419,7 @@ class Daemon:
         else:
             self.failed_ticks += 1
         self.metrics.tick_finished(report.ok, report.duration_s, now)
+        self.metrics.holds(report)
         assert self.reconciler is not None
         if self.reconciler.known is not None:
             self.metrics.instances(Counter(r.phase.value for r in self.reconciler.known.values()))

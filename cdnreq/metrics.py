@@ -258,11 +258,15 @@ class Metrics:
         for key, count in dict(getattr(report, "results", None) or {}).items():
             kind, _, result = str(key).partition(":")
             self.action(kind, result == "ok", int(count))
-        if getattr(report, "ok", False):  # a failed tick knows no better than the last one
-            self.held_updates.set((getattr(report, "held_updates", None) or {}).get("count", 0))
-            self.held_removals.set(int(getattr(report, "held_removals", 0) or 0))
+        self.holds(report)
         duration = float(report.duration_s)
         self.tick_finished(bool(report.ok), duration, float(report.started_at) + duration)
+
+    def holds(self, report: Any) -> None:
+        """What a TickReport's guards held; a failed tick knows no better than the last one."""
+        if getattr(report, "ok", False):
+            self.held_updates.set((getattr(report, "held_updates", None) or {}).get("count", 0))
+            self.held_removals.set(int(getattr(report, "held_removals", 0) or 0))
 
     def instances(self, counts: Mapping[str, int]) -> None:
         """Instances by phase; phases absent from `counts` drop to 0."""

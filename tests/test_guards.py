@@ -220,7 +220,7 @@ def test_emptied_url_and_custom_domain_count_and_settings_do_not() -> None:
     assert sorted(c.guid for c in changes(p.actions)) == ["A", "B"]
     p = plan(listing(a, b), records, NOW, replace(POLICY, spec_hash="spec-2"))
     assert [x.kind for x in p.actions] == [Kind.UPDATE] * 2 and changes(p.actions) == []
-    pending = {g: replace(r, phase=Phase.REQUESTED) for g, r in records.items()}  # not live: not counted
+    pending = {g: replace(r, phase=Phase.NEW, tech_guid=None) for g, r in records.items()}  # no entry: not counted
     p = plan(listing(inst("A", state="stopped"), inst("B", state="stopped")), pending, NOW, POLICY)
     assert changes(p.actions) == []
 

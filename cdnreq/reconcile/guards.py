@@ -8,7 +8,8 @@ would break live sites, so both kinds of mass decision are held back:
   over the last `removal_window_s`) reach `max_destroy_fraction` of the
   largest known count of that window;
 - updates of live entries asked by the master (new parameters or a new
-  state), when they reach `max_update_fraction` of the live entries and at
+  state), when they reach `max_update_fraction` of the live entries (those
+  with a technical entry, LIVE or REQUESTED) and at
   least `min_update_hold` of them. Each held update is applied once the same
   target has been seen for `confirm_ticks` consecutive ticks, or at once when
   an operator approved the held set (`cdnreq approve`, by fingerprint).
@@ -201,8 +202,15 @@ class UpdateGuard:
         return HeldUpdates(dict(self.streaks), fingerprint(changes), reason, sample)
 
 
+def serving(record: Any) -> bool:
+    """A technical entry exists and is on its way or live: an update of it
+    changes a site that may be serving (an entry updated a moment ago is
+    REQUESTED until the CDN answers again)."""
+    return record.tech_guid is not None and record.phase in (Phase.LIVE, Phase.REQUESTED)
+
+
 def live_count(records: Iterable[Any]) -> int:
-    return sum(1 for r in records if r.phase is Phase.LIVE)
+    return sum(1 for r in records if serving(r))
 
 
 def changes(actions: Iterable[Any]) -> list[Change]:
@@ -212,7 +220,7 @@ def changes(actions: Iterable[Any]) -> list[Change]:
     the operator's configuration, not from the master, and is not counted."""
     out = []
     for a in actions:
-        if a.kind.value != "update" or a.record.phase is not Phase.LIVE or a.instance is None or a.gate is None:
+        if a.kind.value != "update" or not serving(a.record) or a.instance is None or a.gate is None:
             continue
         record, state = a.record, a.instance.state
         if record.param_hash != a.gate.forward_hash or record.requested_state is not state:
