@@ -59,14 +59,15 @@ def held_view(state: HeldUpdates, policy: GuardPolicy) -> dict[str, Any] | None:
 
 
 class GuardRun:
-    def __init__(self, store: Store, policy: GuardPolicy, saved: Mapping[str, Any], live: int, now: float):
+    def __init__(self, store: Store, policy: GuardPolicy, saved: Mapping[str, Any], live: int | None, now: float):
         self.store, self.policy, self.now = store, policy, now
         history = [Departures(*d) for d in saved.get(REMOVALS) or ()]
         self.recent = window(history, now, policy)
         self.previous = HeldUpdates.from_json(saved.get(UPDATES))
         approval = saved.get(APPROVAL)
         self.approval = approval.get("fingerprint") if isinstance(approval, dict) else None
-        self.updates = UpdateGuard(self.previous, self.approval, live, policy)
+        self.updates = UpdateGuard(self.previous, self.approval, live or 0, policy)
+        self._live_of: Mapping[InstanceGuid, Record] | None = None  # counted when first needed
         self.held_count = 0
         self.known = 0  # instances known when the tick was planned
         self._announced: set[str] = set()  # held guids with an event this tick
@@ -74,13 +75,18 @@ class GuardRun:
 
     @classmethod
     async def start(cls, store: Store, config: Config, known: Mapping[InstanceGuid, Record], now: float) -> "GuardRun":
-        run = cls(store, guard_policy_of(config), await store.load_guards(), live_count(known.values()), now)
-        run.known = len(known)
+        run = cls(store, guard_policy_of(config), await store.load_guards(), None, now)
+        run.known, run._live_of = len(known), known
         return run
 
     def sift(self, the_plan: Plan) -> Plan:
         """The plan without the updates the guard holds this tick."""
-        held = self.updates.sift(changes(the_plan.actions))
+        found = changes(the_plan.actions)
+        if not found:
+            return the_plan
+        if self._live_of is not None:  # an idle tick at 100,000 need not count them
+            self.updates.live, self._live_of = live_count(self._live_of.values()), None
+        held = self.updates.sift(found)
         if not held:
             return the_plan
         self.held_count += len(held)
