@@ -194,7 +194,7 @@ class UpdateGuard:
         changes = sorted(self.held.values(), key=lambda c: c.guid)
         least = min(s for _, s in self.streaks.values())
         reason = (
-            f"{len(changes)} of {self.live} live instances would be updated in one tick, at least"
+            f"{self.seen} of {self.live} live instances would be updated in one tick, at least"
             f" [daemon].max_update_fraction = {self.policy.max_update_fraction:g};"
             f" held until seen for {self.policy.confirm_ticks} ticks (seen {least}) or `cdnreq approve`"
         )
