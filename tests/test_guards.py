@@ -252,3 +252,45 @@ def test_held_state_round_trips_through_json() -> None:
     state = HeldUpdates({"A": ("h:stopped", 2)}, "f", "why", (("A", "state changed to stopped"),))
     assert HeldUpdates.from_json(state.to_json()) == state
     assert HeldUpdates.from_json(None) == HeldUpdates()
+
+
+# -- a tick: one glitching listing changes nothing ---------------------------------
+
+
+async def test_one_listing_without_any_custom_domain_changes_nothing(tmp_path: Path) -> None:
+    """A master that lists the whole fleet without custom_domain for one tick:
+    no update is sent, no claim released; the next normal listing finds
+    everything as it was."""
+    from test_tick_stages import Dns, customer, reconciler, title
+    from test_tick_stages import config as tick_config
+
+    opened: list[Store] = []
+    try:
+        fleet = [customer(f"C{i}", f"www.c{i}.example") for i in range(10)]
+        r, master = await reconciler(opened, tick_config(tmp_path), fleet, Dns({}), proven={c.guid for c in fleet})
+        for _ in range(3):  # requested, read back, live
+            assert (await r.tick()).ok
+        store = opened[0]
+        records = await store.load()
+        assert all(rec.phase is Phase.LIVE and rec.served for rec in records.values()), records
+        hosts = set(await store.load_hosts())
+        assert len(hosts) == 10
+        requests = list(master.requests)
+
+        master.instances = tuple(customer(c.guid) for c in fleet)  # the glitch
+        report = await r.tick()
+        assert report.ok, report.error
+        assert master.requests == requests  # nothing updated
+        assert report.held_updates is not None and report.held_updates["count"] == 10
+        assert report.planned["held_updates"] == 10 and report.planned.get("update", 0) == 0
+        assert set(await store.load_hosts()) == hosts and await store.load() == records
+
+        master.instances = tuple(fleet)  # the master is itself again
+        report = await r.tick()
+        assert report.ok and report.held_updates is None
+        assert master.requests == requests and set(await store.load_hosts()) == hosts
+        assert "updates" not in await store.load_guards()
+        assert {title(c.guid) for c in fleet} == {rec.title for rec in (await store.load()).values()}
+    finally:
+        for store in opened:
+            await store.close()
