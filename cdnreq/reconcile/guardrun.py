@@ -61,6 +61,7 @@ def held_view(state: HeldUpdates, policy: GuardPolicy) -> dict[str, Any] | None:
 class GuardRun:
     def __init__(self, store: Store, policy: GuardPolicy, saved: Mapping[str, Any], live: int | None, now: float):
         self.store, self.policy, self.now = store, policy, now
+        self.saved = dict(saved)  # as stored: an idle tick writes nothing
         history = [Departures(*d) for d in saved.get(REMOVALS) or ()]
         self.recent = window(history, now, policy)
         self.previous = HeldUpdates.from_json(saved.get(UPDATES))
@@ -110,7 +111,10 @@ class GuardRun:
             if gone:
                 history.append([self.now, gone, self.known])
             values[REMOVALS] = history or None
-        await self.store.save_guards(values, self.now)
+        changed = {k: v for k, v in values.items() if v != self.saved.get(k)}
+        if changed:
+            await self.store.save_guards(changed, self.now)
+            self.saved.update(changed)
         if self.updates.applied_on_approval and self.approval is not None:
             await self.store.clear_guard(APPROVAL, {"fingerprint": self.approval})
         fresh = [Event(g, "hold", "held", self.now, state.reason, tick)
