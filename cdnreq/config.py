@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from cdnreq.dns.resolver import parse_nameserver
 from cdnreq.validate.policy import DEFAULT_BACKEND_DENY, ValidationPolicy, networks
+from cdnreq.reconcile.guards import CONFIRM_TICKS
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -183,7 +184,27 @@ class DaemonConfig(BaseModel):
         default=False, description="allow destroying everything when the master lists nothing"
     )
     max_destroy_fraction: float = Field(
-        default=0.5, gt=0, le=1, description="above it, destroys are held"
+        default=0.5, gt=0, le=1,
+        description="removals are held when the instances gone (over removal_window_s) reach this"
+        " fraction of the known ones",
+    )
+    removal_window_s: float = Field(
+        default=3600.0, ge=0, allow_inf_nan=False,
+        description="departures decided this long ago still count against max_destroy_fraction",
+    )
+    max_update_fraction: float = Field(
+        default=0.2, gt=0, le=1,
+        description="updates of live instances asked by the master in one tick are held when they reach"
+        " this fraction of the live ones (and min_update_hold)",
+    )
+    min_update_hold: int = Field(
+        default=3, ge=1,
+        description="fewer updates in one tick than this are never a mass change",
+    )
+    confirm_ticks: int = Field(
+        default=CONFIRM_TICKS, ge=1,
+        description="a held update is applied once seen for this many consecutive ticks (or on"
+        " `cdnreq approve`); a host an instance stops naming is released after as many",
     )
     retry_base_s: float = Field(
         default=60.0, gt=0, allow_inf_nan=False, description="first backoff after a failed call"

@@ -31,6 +31,7 @@ from cdnreq.metrics import Metrics
 from cdnreq.notify import Notifier, watchdog_interval_s, watchdog_loop
 from cdnreq.progress import Progress
 from cdnreq.reconcile.execute import Outcome
+from cdnreq.reconcile.guardrun import held_reason, held_removals
 from cdnreq.reconcile.tick import Reconciler, TickReport, resolver_of
 from cdnreq.store import Store, StoreError, start_refusal, take_backup
 from cdnreq.store.backup import backup_time, last_backup
@@ -234,7 +235,11 @@ class Daemon:
                 "reason": f"no successful tick for more than {limit:g} s",
                 "last_success_at": iso(self.last_success_at),
             }
-        return True, {"ready": True, "last_success_at": iso(self.last_success_at)}
+        why: dict[str, Any] = {"ready": True, "last_success_at": iso(self.last_success_at)}
+        held = held_reason(self.last_report)
+        if held is not None:  # serving goes on: a hold is for an operator to see, not a failure
+            why["reason"] = held
+        return True, why
 
     def status(self) -> dict[str, Any]:
         known = self.reconciler.known if self.reconciler is not None else None
@@ -247,6 +252,8 @@ class Daemon:
             "readiness": why,
             "instances": dict(counts),
             "consecutive_failed_ticks": self.failed_ticks,
+            "held_updates": self.last_report.held_updates if self.last_report else None,
+            "held_removals": held_removals(self.last_report),
             "tick_interval_s": self.config.daemon.tick_interval_s,
             "progress": self.progress.snapshot(time.time()),
         }
@@ -417,6 +424,7 @@ class Daemon:
         else:
             self.failed_ticks += 1
         self.metrics.tick_finished(report.ok, report.duration_s, now)
+        self.metrics.holds(report)
         assert self.reconciler is not None
         if self.reconciler.known is not None:
             self.metrics.instances(Counter(r.phase.value for r in self.reconciler.known.values()))

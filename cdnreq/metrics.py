@@ -121,6 +121,16 @@ class Metrics:
             ["kind", "result"],
             registry=r,
         )
+        self.held_updates = Gauge(
+            "cdnreq_held_updates",
+            "Updates of live instances held by the mass-change guard at the last tick.",
+            registry=r,
+        )
+        self.held_removals = Gauge(
+            "cdnreq_held_removals",
+            "Removals held by the mass-removal guard at the last tick.",
+            registry=r,
+        )
         self.ticks = Counter(
             "cdnreq_ticks",
             "Reconciliation ticks, by result.",
@@ -248,8 +258,15 @@ class Metrics:
         for key, count in dict(getattr(report, "results", None) or {}).items():
             kind, _, result = str(key).partition(":")
             self.action(kind, result == "ok", int(count))
+        self.holds(report)
         duration = float(report.duration_s)
         self.tick_finished(bool(report.ok), duration, float(report.started_at) + duration)
+
+    def holds(self, report: Any) -> None:
+        """What a TickReport's guards held; a failed tick knows no better than the last one."""
+        if getattr(report, "ok", False):
+            self.held_updates.set((getattr(report, "held_updates", None) or {}).get("count", 0))
+            self.held_removals.set(int(getattr(report, "held_removals", 0) or 0))
 
     def instances(self, counts: Mapping[str, int]) -> None:
         """Instances by phase; phases absent from `counts` drop to 0."""

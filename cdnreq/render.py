@@ -69,6 +69,32 @@ def summary(status: dict[str, Any]) -> str:
         error = (last.get("summary") or {}).get("error")
         if error:
             lines.append(f"  error: {error}")
+    last_summary = (last or {}).get("summary") or {}
+    removals = status.get("held_removals") or (
+        {"count": last_summary.get("held_removals"), "reason": last_summary["hold_reason"]}
+        if last_summary.get("hold_reason") else None
+    )
+    if removals:
+        lines.append(f"REMOVALS HELD: {removals.get('count') or 0}: {removals.get('reason')}")
+    updates = status.get("held_updates") or last_summary.get("held_updates")
+    if updates:
+        lines.append(held_updates(updates).rstrip("\n"))
+    return "\n".join(lines) + "\n"
+
+
+def held_updates(held: dict[str, Any], approved: bool = False) -> str:
+    """Held updates: how many, why, which ones, and how to let them through."""
+    head = "approved" if approved else "UPDATES HELD:"
+    lines = [
+        f"{head} {held.get('count')} update(s), fingerprint {held.get('fingerprint')},"
+        f" seen {held.get('streak')} of {held.get('needed')} ticks",
+        f"  {held.get('reason')}",
+    ]
+    lines += [f"  {s.get('guid')}: {s.get('reason')}" for s in held.get("sample") or ()]
+    if approved:
+        lines.append("  applied at the daemon's next tick, if the held set is still the same")
+    else:
+        lines.append(f"  `cdnreq approve --fingerprint {held.get('fingerprint')}` applies them at the next tick")
     return "\n".join(lines) + "\n"
 
 

@@ -331,7 +331,8 @@ def test_a_proven_host_cannot_be_taken_by_another_entry(cdn_site: CdnSite, devdn
 
 def test_removed_and_returned_unproven_domain_gets_no_free_pass(cdn_site: CdnSite, devdns: DevDns, make_config):
     site = cdn_site
-    config = make_config()  # default retention (90 days)
+    # default retention (90 days); 1 of 2 gone reaches the default max_destroy_fraction (>=)
+    config = make_config(daemon={"max_destroy_fraction": 0.75})
     database = make_config.database
     bystander = site.add_customer("bystander", {"url": "https://bystander.example"})
     x = site.add_customer("x", {"url": "https://x.example", "custom_domain": "never.example.com"})
@@ -373,7 +374,8 @@ def _proven_and_requested(site: CdnSite, devdns: DevDns, config: Path, name: str
 
 def test_retention_keeps_the_entry_and_the_proof(cdn_site: CdnSite, devdns: DevDns, make_config):
     site = cdn_site
-    config = make_config(domain={"retention_s": 3600})
+    # 1 of 2 gone reaches the default max_destroy_fraction (>=)
+    config = make_config(domain={"retention_s": 3600}, daemon={"max_destroy_fraction": 0.75})
     database = make_config.database
     site.add_customer("bystander", {"url": "https://bystander.example"})
     guid = _proven_and_requested(site, devdns, config, "shop", "shop.example.com")
@@ -408,7 +410,8 @@ def test_retention_keeps_the_entry_and_the_proof(cdn_site: CdnSite, devdns: DevD
 
 def test_no_retention_destroys_at_once(cdn_site: CdnSite, devdns: DevDns, make_config):
     site = cdn_site
-    config = make_config(domain={"retention_s": 0})
+    # 1 of 2 gone reaches the default max_destroy_fraction (>=)
+    config = make_config(domain={"retention_s": 0}, daemon={"max_destroy_fraction": 0.75})
     database = make_config.database
     site.add_customer("bystander", {"url": "https://bystander.example"})
     guid = _proven_and_requested(site, devdns, config, "shop", "shop.example.com")

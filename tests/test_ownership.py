@@ -234,7 +234,8 @@ def test_a_held_removal_that_returns_resumes_as_it_was() -> None:
 
 async def test_a_departure_without_entry_is_destroyed_by_title_then_forgotten() -> None:
     never = new_record(G("B"), "cdnreq-", NOW)
-    p = plan(listing(inst("A")), known(live(inst("A")), never), NOW, POLICY)
+    a, c = inst("A"), inst("C")  # C keeps 1 of 3 gone under max_destroy_fraction
+    p = plan(listing(a, c), known(live(a), live(c), never), NOW, POLICY)
     assert kinds(p) == [(Kind.DESTROY, "B")]
     out = (await run(p.actions, Master()))["B"]
     assert out.record is None and out.ok  # forgotten after one destroy by title

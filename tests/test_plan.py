@@ -82,7 +82,8 @@ def test_changed_technical_cdn_settings_update_everything():
 
 def test_customer_destroyed_state_destroys():
     a = inst("A")
-    p = plan(listing(inst("A", state="destroyed"), inst("B")), known(live(a), live(inst("B"))), NOW, POLICY)
+    b, c = inst("B"), inst("C")  # C: 1 of 3 gone stays under max_destroy_fraction (1 of 2 reaches it)
+    p = plan(listing(inst("A", state="destroyed"), b, c), known(live(a), live(b), live(c)), NOW, POLICY)
     assert (Kind.DESTROY, "A") in kinds(p)
 
 
@@ -123,8 +124,10 @@ def test_mass_removal_beyond_the_fraction_is_held():
     p = plan(listing(*instances[:4]), records, NOW, POLICY)  # 6 of 10 gone
     assert p.actions == ()
     assert len(p.held) == 6 and "max_destroy_fraction" in p.hold_reason
-    p = plan(listing(*instances[:5]), records, NOW, POLICY)  # 5 of 10: allowed
-    assert [k for k, _ in kinds(p)] == [Kind.DESTROY] * 5
+    p = plan(listing(*instances[:5]), records, NOW, POLICY)  # 5 of 10: at the threshold, held
+    assert p.actions == () and len(p.held) == 5
+    p = plan(listing(*instances[:6]), records, NOW, POLICY)  # 4 of 10: allowed
+    assert [k for k, _ in kinds(p)] == [Kind.DESTROY] * 4
 
 
 def test_entries_without_guid_hold_destroys():
@@ -322,9 +325,9 @@ def test_retention_ends_with_a_destroy():
 def test_gone_without_entry_or_hosts_is_destroyed_by_title_then_forgotten():
     """Issue 10, property 15: no entry known may still mean one exists (a
     restore, a lost store): one destroy by title, then forgotten."""
-    a = inst("A")
+    a, c = inst("A"), inst("C")  # C keeps 1 of 3 gone under max_destroy_fraction
     never = new_record(InstanceGuid("B"), "cdnreq-", NOW)
-    p = plan(listing(a), known(live(a), never), NOW, RETAIN, ownership=Owners())
+    p = plan(listing(a, c), known(live(a), live(c), never), NOW, RETAIN, ownership=Owners())
     assert kinds(p) == [(Kind.DESTROY, "B")] and p.forgets == ()
     action = p.actions[0]
     assert action.forget and action.record.tech_guid is None and "destroyed by title" in action.reason
@@ -335,13 +338,14 @@ def test_pending_instance_that_leaves_keeps_nothing():
     domain counted as validated. A never-proven instance is forgotten."""
     a = inst("A")
     pending = replace(new_record(InstanceGuid("B"), "cdnreq-", NOW), published=shown_digest({"message": "prove"}))
-    p = plan(listing(a), known(live(a), pending), NOW, RETAIN, ownership=Owners(**{"a.example.com": "A"}))
+    c = inst("C")  # keeps 1 of 3 gone under max_destroy_fraction
+    p = plan(listing(a, c), known(live(a), live(c), pending), NOW, RETAIN, ownership=Owners(**{"a.example.com": "A"}))
     assert kinds(p) == [(Kind.DESTROY, "B")] and p.actions[0].forget  # by title, then forgotten
 
 
 def test_customer_destroy_destroys_the_entry_and_keeps_the_hosts():
-    a, b = inst("A"), inst("B")
-    p = plan(listing(a, inst("B", state="destroyed")), known(live(a), live(b)), NOW, RETAIN)
+    a, b, c = inst("A"), inst("B"), inst("C")  # C keeps 1 of 3 gone under max_destroy_fraction
+    p = plan(listing(a, c, inst("B", state="destroyed")), known(live(a), live(b), live(c)), NOW, RETAIN)
     assert kinds(p) == [(Kind.DESTROY, "B")]
     action = p.actions[0]
     assert action.forget is False and action.record.phase is Phase.RETAINED

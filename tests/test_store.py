@@ -84,7 +84,7 @@ async def test_open_creates_parent_and_reports_version(tmp_path):
     try:
         assert path.exists()
         assert s.path == path
-        assert s.schema_version == LATEST == 2
+        assert s.schema_version == LATEST == 3
     finally:
         await s.close()
 
@@ -248,7 +248,7 @@ async def test_schema_too_new(tmp_path):
         await Store.open(path)
     msg = str(info.value)
     assert "999" in msg and f"({LATEST})" in msg and str(path) in msg
-    assert "knows (2)" in msg
+    assert f"knows ({LATEST})" in msg
     # the failed open released its lock
     with pytest.raises(SchemaTooNew):
         await Store.open(path)
@@ -371,7 +371,7 @@ async def test_migrates_v1_database(tmp_path):
     make_v1_database(path)
     s = await Store.open(path)
     try:
-        assert s.schema_version == 2
+        assert s.schema_version == LATEST
         expected = Record(
             guid=InstanceGuid("SOFTINST-7"), title=Title("cdn-SOFTINST-7"), phase=Phase.LIVE,
             created_at=1.0, updated_at=2.0, param_hash="h",
@@ -390,9 +390,9 @@ async def test_migrates_v1_database(tmp_path):
     finally:
         await s.close()
     with sqlite3.connect(path) as raw:
-        assert raw.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert raw.execute("SELECT version FROM schema_version").fetchall() == [(LATEST,)]
         assert [v for (v,) in raw.execute("SELECT version FROM migrations ORDER BY version")] == [
-            1, 2,
+            1, 2, 3,
         ]  # fmt: skip
         indexes = {n for (n,) in raw.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         assert {"hosts_guid", "hosts_registrable", "instances_phase"} <= indexes

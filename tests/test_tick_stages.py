@@ -255,8 +255,10 @@ async def test_a_guid_listed_first_as_destroyed_is_destroyed_not_requested(tmp_p
     dns = Dns({})
     again = customer("X", "www.x.example")
     gone = SharedInstance.of("X", again.parameters, state="destroyed")
-    listed = [gone, again, customer("Y")]  # Y keeps the removal within max_destroy_fraction
-    r, master = await reconciler(opened, config(tmp_path), listed, dns, proven={"X"}, records=[live("X"), live("Y")])
+    listed = [gone, again, customer("Y"), customer("Z")]  # Y, Z keep the removal under max_destroy_fraction
+    r, master = await reconciler(
+        opened, config(tmp_path), listed, dns, proven={"X"}, records=[live("X"), live("Y"), live("Z")]
+    )
     report = await r.tick()
     assert report.ok, report.error
     assert master.titles("destroyed") == [title("X")] and title("X") not in master.titles()

@@ -17,6 +17,7 @@ from cdnreq.dns.challenge import issue
 from cdnreq.dns.resolver import Lookup
 from cdnreq.model import Challenge, Event, HostClaim, InstanceGuid, Record, SharedInstance
 from cdnreq.reconcile import recheck
+from cdnreq.reconcile.guards import CONFIRM_TICKS, release_due
 from cdnreq.reconcile.gate import Claims, DomainPolicy, Gate, HostIndex, Status, decide
 from cdnreq.reconcile.stages import DomainRun, DomainStep
 from cdnreq.validate.verdict import Verdict, validate
@@ -45,6 +46,7 @@ class Domains:
         resolver: Lookups,
         hosts: Iterable[HostClaim] = (),
         challenges: Mapping[InstanceGuid, Challenge] | None = None,
+        confirm_ticks: int = CONFIRM_TICKS,
     ):
         self.policy = policy
         self.secret = secret
@@ -58,6 +60,9 @@ class Domains:
         self._settled_policy = policy
         # pending challenges are looked up less often as they age: (param_hash, next lookup)
         self._next_lookup: dict[str, tuple[str, float]] = {}
+        # hosts their owner stopped naming: consecutive ticks (see _release_unlisted)
+        self.confirm_ticks = confirm_ticks
+        self._unnamed: dict[str, int] = {}
 
     def verdict(self, instance: SharedInstance) -> Verdict:
         cached = self._verdicts.get(instance.guid)
@@ -242,7 +247,11 @@ class Domains:
         tick: int | None,
         out: DomainStep,
     ) -> None:
-        """A present instance keeps only the hosts it names or still serves."""
+        """A present instance keeps only the hosts it names or still serves,
+        and a host it stops naming only once it has not named it for
+        `confirm_ticks` consecutive ticks: a master that lists everyone
+        without a custom_domain for one tick releases no claim."""
+        unnamed: dict[str, int] = {}
         for guid, verdict in verdicts.items():
             owned = self.index.hosts_of(guid)
             if not owned or not verdict.ok:
@@ -250,7 +259,12 @@ class Domains:
             record = known.get(InstanceGuid(guid))
             keep = set(verdict.hosts) | set((record.served if record else None) or ())
             for host in sorted(owned - keep):
+                ticks = unnamed[host] = self._unnamed.get(host, 0) + 1
+                if not release_due(ticks, self.confirm_ticks):
+                    continue
+                del unnamed[host]
                 self.index.drop(host)
                 self.lost_claim(guid)
                 out.release(host)
                 out.events.append(Event(guid, "release", "ok", now, f"{host}: no longer named", tick))
+        self._unnamed = unnamed

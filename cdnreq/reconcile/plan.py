@@ -27,6 +27,7 @@ from cdnreq.model import (
     digest,
 )
 from cdnreq.reconcile.gate import Gate, waiting
+from cdnreq.reconcile.guards import Departures, removal_guard
 from cdnreq.reconcile.records import destroy_pending, needs_publish, resumed
 from cdnreq.reconcile.served import ServedHosts
 from cdnreq.reconcile.titles import technical_title
@@ -134,9 +135,11 @@ def plan(
     ownership: Ownership | None = None,
     quiet: Quiet | None = None,
     later: Collection[str] = frozenset(),
+    recent: Iterable[Departures] = (),
 ) -> Plan:
     """The tick's plan. Instances in `later` wait for DNS: they count as
-    listed (never gone) but get no action here; `plan_decided` plans them."""
+    listed (never gone) but get no action here; `plan_decided` plans them.
+    `recent`: departures decided inside the removal guard's window."""
     counts: Counter[str] = Counter()
     actions: list[Action] = []
     updates: list[Record] = []
@@ -196,7 +199,7 @@ def plan(
     retained = [r for r in gone if r.phase is Phase.RETAINED and not destroy_sent(r)]
     explicit = {r.guid for r in destroyed}
     held: tuple[Record, ...] = ()
-    hold_reason = _removal_guard(listing, len(known), len(departing), policy)
+    hold_reason = removal_guard(listing, len(known), len(departing), policy, recent)
     forgets: list[InstanceGuid] = []
     if hold_reason is not None:
         held = tuple(departing)
@@ -411,30 +414,6 @@ def _by_title(record: Record, reason: str) -> Action:
     serves the hosts: destroyed by title (a no-op when there is none), then
     forgotten."""
     return Action(Kind.DESTROY, record, f"{reason}; no technical entry known, destroyed by title")
-
-
-def _removal_guard(listing: Listing, known: int, gone: int, policy: Policy) -> str | None:
-    """Why removals must be held this tick, or None when they may go ahead."""
-    if gone == 0:
-        return None
-    if listing.anonymous:
-        return (
-            f"the master listed {listing.anonymous} entries without an instance_guid;"
-            " a missing instance may be one of them"
-        )
-    if not listing.instances and not listing.unusable:
-        if policy.allow_empty:
-            return None  # the operator said an empty list may be true
-        return (
-            f"the master listed no instance while {known} are known;"
-            " set [daemon].allow_empty = true if that is really so"
-        )
-    if gone > policy.max_destroy_fraction * known:
-        return (
-            f"{gone} of {known} known instances are gone, more than"
-            f" [daemon].max_destroy_fraction = {policy.max_destroy_fraction:g}"
-        )
-    return None
 
 
 def held_records(plan_: Plan, now: float) -> Iterable[Record]:

@@ -31,6 +31,7 @@ from cdnreq.reconcile.committer import Committer
 from cdnreq.reconcile.domains import DomainRun, Domains, DomainStep, Lookups
 from cdnreq.reconcile.execute import Feed, Outcome, Settings, execute
 from cdnreq.reconcile.gate import DomainPolicy
+from cdnreq.reconcile.guardrun import GuardRun
 from cdnreq.reconcile.plan import (
     Kind,
     Plan,
@@ -120,6 +121,8 @@ class TickReport:
     results: dict[str, int] = field(default_factory=dict)
     master_calls: dict[str, int] = field(default_factory=dict)
     hold_reason: str | None = None
+    held_removals: int = 0
+    held_updates: dict[str, Any] | None = None  # cdnreq/reconcile/guardrun.py held_view
     error: str | None = None
     shortages: dict[str, int] = field(default_factory=dict)  # failures for lack of local resources
 
@@ -132,6 +135,8 @@ class TickReport:
             "results": self.results,
             "master_calls": self.master_calls,
             "hold_reason": self.hold_reason,
+            "held_removals": self.held_removals or None,
+            "held_updates": self.held_updates,
             "error": self.error,
             "shortages": self.shortages,
         }
@@ -200,6 +205,7 @@ class Reconciler:
             resolver=self.resolver,
             hosts=(await self.store.load_hosts()).values(),
             challenges=await self.store.load_challenges(),
+            confirm_ticks=self.config.daemon.confirm_ticks,
         )
         # The loaded state lives as long as the process: keep the collector
         # from walking it again and again (two full passes over 600 MB cost
@@ -271,11 +277,13 @@ class Reconciler:
             await self.load()
         assert self.known is not None and self.domains is not None
         self.domains.policy = domain_policy_of(self.config)
+        self.domains.confirm_ticks = self.config.daemon.confirm_ticks
         progress = self.progress
         with collector_paused():  # the listing and the plan: 100,000s of short-lived objects
             progress.phase("listing", None, self.clock())
             listing = await self.master.list_hosted(self.config.master.instance_guid)
             now = self.clock()
+            guard = await GuardRun.start(self.store, self.config, self.known, now)
             progress.phase("validating", len(listing.instances), now)
             run = self.domains.start(listing.instances, self.known, now, report.id)
             progress.phase("planning", None, self.clock())
@@ -288,14 +296,19 @@ class Reconciler:
                 ownership=self.domains.index,
                 quiet=self.quiet,
                 later=run.later,
+                recent=guard.recent,
             )
+            the_plan = guard.sift(the_plan)
             report.hold_reason = the_plan.hold_reason
+            report.held_removals = len(the_plan.held)
         planned = Counter(the_plan.counts)
         planned.update(run.first.counts)
         report.planned = dict(planned)
         leaving = [a.guid for a in the_plan.actions if a.kind is Kind.DESTROY and a.forget]
         if leaving:  # their hosts and challenges go with the decision, see Domains.leave
             run.first.merge(self.domains.leave(leaving, now, report.id))
+        await guard.save(the_plan, report.id)  # before any call: a crash errs on holding
+        report.held_updates = guard.view()
         await self._reserve(the_plan, run.first, now, report.id)
         committer = Committer(
             self.store, self.known, self.domains, self.batch, self.flush_every_s, self._outcome
@@ -318,7 +331,10 @@ class Reconciler:
                 progress.phase("dns", run.dns_total, self.clock())
                 self._quiet_progress = True
                 with collector_paused():  # the step's objects, as in the first stage
-                    await self._decide_later(run, the_plan, feed, executing, planned, now, report, stop)
+                    await self._decide_later(run, the_plan, feed, executing, planned, now, report, stop, guard)
+                if guard.view() != report.held_updates:  # a later stage held more
+                    await guard.save(None, report.id)
+                    report.held_updates = guard.view()
                 self._quiet_progress = False
             await self._reserve(Plan(()), run.finish(), now, report.id)
             feed.close()
@@ -346,6 +362,7 @@ class Reconciler:
         now: float,
         report: TickReport,
         stop: asyncio.Event | None,
+        guard: GuardRun,
     ) -> None:
         """Plan, store and hand over each group of instances as DNS decides
         it; an instance still waiting for its answers is never requested."""
@@ -364,6 +381,7 @@ class Reconciler:
                     ownership=self.domains.index,
                     losers=losers,
                 )
+                the_plan = guard.sift(the_plan)
                 acted.update(a.guid for a in the_plan.actions)
                 planned.update(the_plan.counts)
                 planned.update(part.counts)

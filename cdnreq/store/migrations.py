@@ -92,6 +92,17 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         );
         """,
     ),
+    (
+        3,
+        "guard state kept between ticks (held updates, removal window, approvals)",
+        """
+        CREATE TABLE guards (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        """,
+    ),
 )
 
 LATEST: Final[int] = MIGRATIONS[-1][0]

@@ -78,6 +78,12 @@ _UPSERT_CHALLENGE = (
 _DELETE_CHALLENGE = "DELETE FROM challenges WHERE guid = ?"
 _EVENT_COLUMNS = "id, instance_guid, action, outcome, at, detail, tick"
 
+_UPSERT_GUARD = (
+    "INSERT INTO guards (name, value, updated_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
+)
+_DELETE_GUARD = "DELETE FROM guards WHERE name = ?"
+
 _PHASES = {p.value: p for p in Phase}
 _STATES = {s.value: s for s in RequestedState}
 
@@ -439,6 +445,28 @@ class Store:
             (after_id, limit),
         )
         return [_to_event(r) for r in rows]
+
+    async def load_guards(self) -> dict[str, Any]:
+        """The guards' state by name (cdnreq/reconcile/guards.py)."""
+        rows = await self._all("SELECT name, value FROM guards")
+        return {name: _load_json(value) for name, value in rows}
+
+    async def save_guards(self, values: Mapping[str, Any], now: float) -> None:
+        """Write the named guard states in one transaction (None deletes one).
+        A second process (`cdnreq approve`) may write next to the daemon."""
+        try:
+            rows = [(n, json.dumps(v, sort_keys=True), now) for n, v in values.items() if v is not None]
+        except (ValueError, TypeError) as exc:
+            raise StoreError(f"{self._path}: cannot encode guard state: {exc}") from exc
+        deletes = [(n,) for n, v in values.items() if v is None]
+        steps = [(sql, r) for sql, r in ((_UPSERT_GUARD, rows), (_DELETE_GUARD, deletes)) if r]
+        if steps:
+            await asyncio.shield(asyncio.ensure_future(self._transaction(steps)))
+
+    async def clear_guard(self, name: str, value: Any) -> None:
+        """Delete a guard state only if it still holds `value` (another
+        process may have written a new one meanwhile)."""
+        await self._write("DELETE FROM guards WHERE name = ? AND value = ?", (name, json.dumps(value, sort_keys=True)))
 
     async def _write(self, sql: str, params: tuple[Any, ...]) -> tuple[int | None, int]:
         async with self._busy:

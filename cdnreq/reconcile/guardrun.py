@@ -1,0 +1,171 @@
+"""One tick's guards, between the store and the pure rules of guards.py.
+
+Loads the guards' state at the start of the tick, takes held updates out of
+each stage's plan, and stores the next state before any call of the tick is
+made, so a crash or a restart never resets a confirmation streak or the
+removal window (a lost write errs on the side of holding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Mapping
+
+import structlog
+
+from cdnreq.config import Config
+from cdnreq.model import Event, InstanceGuid, Record
+from cdnreq.reconcile.guards import (
+    Departures,
+    GuardPolicy,
+    HeldUpdates,
+    UpdateGuard,
+    changes,
+    live_count,
+    window,
+)
+from cdnreq.reconcile.plan import Kind, Plan
+from cdnreq.store import Store
+
+log = structlog.get_logger("cdnreq.guards")
+
+UPDATES, REMOVALS, APPROVAL = "updates", "removals", "approval"
+
+
+def guard_policy_of(config: Config) -> GuardPolicy:
+    d = config.daemon
+    return GuardPolicy(
+        allow_empty=d.allow_empty,
+        max_destroy_fraction=d.max_destroy_fraction,
+        removal_window_s=d.removal_window_s,
+        max_update_fraction=d.max_update_fraction,
+        min_update_hold=d.min_update_hold,
+        confirm_ticks=d.confirm_ticks,
+    )
+
+
+def held_view(state: HeldUpdates, policy: GuardPolicy) -> dict[str, Any] | None:
+    """Held updates as /status, the tick summary and `cdnreq approve` show them."""
+    if not state.count:
+        return None
+    return {
+        "count": state.count,
+        "reason": state.reason,
+        "fingerprint": state.fingerprint,
+        "streak": min(s for _, s in state.streaks.values()),
+        "needed": policy.confirm_ticks,
+        "sample": [{"guid": g, "reason": r} for g, r in state.sample],
+    }
+
+
+class GuardRun:
+    def __init__(self, store: Store, policy: GuardPolicy, saved: Mapping[str, Any], live: int | None, now: float):
+        self.store, self.policy, self.now = store, policy, now
+        self.saved = dict(saved)  # as stored: an idle tick writes nothing
+        history = [Departures(*d) for d in saved.get(REMOVALS) or ()]
+        self.recent = window(history, now, policy)
+        self.previous = HeldUpdates.from_json(saved.get(UPDATES))
+        approval = saved.get(APPROVAL)
+        self.approval = approval.get("fingerprint") if isinstance(approval, dict) else None
+        self.updates = UpdateGuard(self.previous, self.approval, live or 0, policy)
+        self._live_of: Mapping[InstanceGuid, Record] | None = None  # counted when first needed
+        self.held_count = 0
+        self.known = 0  # instances known when the tick was planned
+        self._announced: set[str] = set()  # held guids with an event this tick
+        self._logged = False
+
+    @classmethod
+    async def start(cls, store: Store, config: Config, known: Mapping[InstanceGuid, Record], now: float) -> "GuardRun":
+        run = cls(store, guard_policy_of(config), await store.load_guards(), None, now)
+        run.known, run._live_of = len(known), known
+        return run
+
+    def sift(self, the_plan: Plan) -> Plan:
+        """The plan without the updates the guard holds this tick."""
+        found = changes(the_plan.actions)
+        if not found:
+            return the_plan
+        if self._live_of is not None:  # an idle tick at 100,000 need not count them
+            self.updates.live, self._live_of = live_count(self._live_of.values()), None
+        held = self.updates.sift(found)
+        if not held:
+            return the_plan
+        self.held_count += len(held)
+        actions = tuple(a for a in the_plan.actions if not (a.kind is Kind.UPDATE and a.guid in held))
+        counts = dict(the_plan.counts)
+        counts["update"] = counts.get("update", 0) - len(held)
+        counts["held_updates"] = counts.get("held_updates", 0) + len(held)
+        return replace(the_plan, actions=actions, counts=counts)
+
+    def view(self) -> dict[str, Any] | None:
+        return held_view(self.updates.state(), self.policy)
+
+    async def save(self, first: Plan | None, tick: int) -> None:
+        """Store the window (with this tick's departures) and the held updates;
+        log a hold when it starts and when it ends."""
+        state = self.updates.state()
+        values: dict[str, Any] = {UPDATES: state.to_json() if state.count else None}
+        if first is not None:
+            history = [[d.at, d.gone, d.known] for d in self.recent]
+            gone = first.counts.get("removed", 0)
+            if gone:
+                history.append([self.now, gone, self.known])
+            values[REMOVALS] = history or None
+        changed = {k: v for k, v in values.items() if v != self.saved.get(k)}
+        if changed:
+            await self.store.save_guards(changed, self.now)
+            self.saved.update(changed)
+        if self.updates.applied_on_approval and self.approval is not None:
+            await self.store.clear_guard(APPROVAL, {"fingerprint": self.approval})
+        fresh = [Event(g, "hold", "held", self.now, state.reason, tick)
+                 for g, (_, streak) in state.streaks.items() if streak == 1 and g not in self._announced]  # fmt: skip
+        if fresh:
+            await self.store.commit(events=fresh)
+            self._announced.update(e.instance_guid for e in fresh)
+        if self._logged:
+            return
+        self._logged = True
+        if state.count and not self.previous.count:
+            log.error("updates held", **(held_view(state, self.policy) or {}))
+        elif self.previous.count and not state.count:
+            log.warning(
+                "held updates released",
+                confirmed=self.updates.confirmed,
+                approved=self.updates.applied_on_approval,
+            )
+
+
+def held_removals(report: Any) -> dict[str, Any] | None:
+    """Held removals of a TickReport, as /status shows them."""
+    if report is None or not report.hold_reason:
+        return None
+    return {"count": report.held_removals, "reason": report.hold_reason}
+
+
+def held_reason(report: Any) -> str | None:
+    """What the last tick held, in one sentence for /readyz; None when nothing."""
+    if report is None:
+        return None
+    parts = []
+    if report.hold_reason:
+        parts.append(f"removals held: {report.hold_reason}")
+    if report.held_updates:
+        parts.append(f"updates held: {report.held_updates['reason']}")
+    return "; ".join(parts) or None
+
+
+async def approve(store: Store, policy: GuardPolicy, expected: str | None, now: float) -> dict[str, Any] | None:
+    """Approve the held updates (`cdnreq approve`): the daemon applies them at
+    its next tick if the held set is still the one approved. Written to the
+    guards table, which the daemon reads at every tick: a row in a WAL
+    database is safe to write next to it, and works with no daemon running.
+    None when nothing is held; ValueError when `expected` is not the held set."""
+    state = HeldUpdates.from_json((await store.load_guards()).get(UPDATES))
+    if not state.count:
+        return None
+    if expected is not None and expected != state.fingerprint:
+        raise ValueError(
+            f"the held updates are now {state.fingerprint!r}, not --fingerprint {expected!r}: look again"
+        )
+    await store.save_guards({APPROVAL: {"fingerprint": state.fingerprint}}, now)
+    return held_view(state, policy)
