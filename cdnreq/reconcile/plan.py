@@ -30,6 +30,9 @@ from cdnreq.reconcile.records import needs_publish, resumed
 from cdnreq.reconcile.titles import technical_title
 
 
+READ_BACK = "periodic read-back"  # also reads the customer's instance: see records.still_shown
+
+
 class Kind(str, enum.Enum):
     REQUEST = "request"  # first request of a new instance on the technical CDN
     UPDATE = "update"  # request again: parameters, state or CDN settings changed
@@ -306,7 +309,7 @@ def _for_present(
         return Action(Kind.PUBLISH, record, "new information for the customer", instance, gate)
     if now >= _read_back_at(record, policy):
         # a technical CDN may lose an entry long after it went live
-        return Action(Kind.POLL, record, "periodic read-back", instance, gate)
+        return Action(Kind.POLL, record, READ_BACK, instance, gate)
     return None
 
 
