@@ -162,6 +162,7 @@ class Daemon:
         self._new_resolver = False
         self._watchdog: asyncio.Task | None = None
         self._backup_task: asyncio.Task | None = None
+        self.exit_code = EXIT_OK
 
     # -- signals ------------------------------------------------------------
 
@@ -301,7 +302,7 @@ class Daemon:
             await store.close()
             self.notifier.close()
         log.info("stopped")
-        return EXIT_OK
+        return self.exit_code
 
     def _resolver(self):
         resolver = resolver_of(self.config)
@@ -337,6 +338,8 @@ class Daemon:
             report = await tick
             if report is not None:
                 self._after(report)
+                if self._store_lost():
+                    return
                 # after the first tick whatever its result (the state the daemon
                 # started from, a restored one for instance), then after successes
                 if report.ok or not backed_up:
@@ -348,6 +351,19 @@ class Daemon:
                 await asyncio.wait_for(self.stop.wait(), timeout=delay)
             except asyncio.TimeoutError:
                 pass
+
+    def _store_lost(self) -> bool:
+        """The database file was deleted or replaced: every later write would
+        be lost, so the daemon stops (exit 3) once the failed tick is recorded
+        (readyz, systemd status, log); a restart refuses an empty store while
+        backups exist."""
+        why = self.store.lost() if self.store is not None else None
+        if why is None:
+            return False
+        log.error("the database is gone; exiting", error=why, exit_code=EXIT_DATABASE)
+        self.exit_code = EXIT_DATABASE
+        self.stop.set()
+        return True
 
     # -- backups ----------------------------------------------------------------
 
