@@ -146,3 +146,20 @@ def test_a_master_that_dropped_a_publication_gets_it_again_at_the_read_back(tmp_
         assert served.run(lambda: dict(double.published.get(guids[0], {}))) == shown
         done = next(json.loads(l) for l in stderr.splitlines() if '"tick done"' in l)
         assert done["planned"].get("poll", 0) >= len(guids), done
+
+
+def test_a_failed_read_back_is_retried_after_its_backoff_not_a_period_later():
+    from cdnreq.master import Listing
+    from cdnreq.reconcile.plan import Policy, plan
+
+    action, _ = live()
+    policy = Policy(request_prefix="cdnreq-", spec_hash="spec", verify_interval_s=86400.0)
+    record = replace(action.record, spec_hash="spec", requested_state=action.instance.state,
+                     param_hash=action.gate.forward_hash, updated_at=NOW - 100)
+    listed = Listing((action.instance,))
+    assert plan(listed, {record.guid: record}, NOW, policy).actions == ()  # read back a day later
+    failed = replace(record, failures=1, retry_at=NOW - 1)
+    assert [(a.kind, a.reason) for a in plan(listed, {record.guid: failed}, NOW, policy).actions] == [
+        (Kind.POLL, READ_BACK)]
+    waiting = replace(failed, retry_at=NOW + 10)
+    assert plan(listed, {record.guid: waiting}, NOW, policy).actions == ()

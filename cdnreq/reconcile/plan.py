@@ -319,6 +319,8 @@ _NEVER = float("inf")
 def _read_back_at(record: Record, policy: Policy) -> float:
     if not policy.verify_interval_s:
         return _NEVER
+    if record.failures and record.retry_at is not None:
+        return record.retry_at  # a failed read-back is retried after its backoff, not a period later
     return record.updated_at + policy.verify_interval_s * _spread(record.guid)
 
 
