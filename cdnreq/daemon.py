@@ -338,7 +338,7 @@ class Daemon:
             report = await tick
             if report is not None:
                 self._after(report)
-                if self._store_lost():
+                if await self._store_lost():
                     return
                 # after the first tick whatever its result (the state the daemon
                 # started from, a restored one for instance), then after successes
@@ -352,17 +352,27 @@ class Daemon:
             except asyncio.TimeoutError:
                 pass
 
-    def _store_lost(self) -> bool:
+    async def _store_lost(self) -> bool:
         """The database file was deleted or replaced: every later write would
         be lost, so the daemon stops (exit 3) once the failed tick is recorded
-        (readyz, systemd status, log); a restart refuses an empty store while
-        backups exist."""
+        (readyz, systemd status, log). What the open file still holds is
+        first saved as a backup, which `cdnreq restore` puts back; a restart
+        refuses the empty store meanwhile."""
         why = self.store.lost() if self.store is not None else None
         if why is None:
             return False
-        log.error("the database is gone; exiting", error=why, exit_code=EXIT_DATABASE)
+        assert self.store is not None
+        log.error("the database is gone; saving what it held and exiting", error=why, exit_code=EXIT_DATABASE)
         self.exit_code = EXIT_DATABASE
         self.stop.set()
+        directory = self.config.backup_path()
+        try:
+            path = await take_backup(self.store, directory, secret=self.config.secret_path(),
+                                     keep=self.config.store.backup_keep)
+        except Exception as error:  # noqa: BLE001 -- exiting anyway; say why nothing was saved
+            log.error("could not save the lost database", backup_dir=str(directory), error=str(error))
+        else:
+            log.error("the lost database was saved; put it back with cdnreq restore", path=str(path))
         return True
 
     # -- backups ----------------------------------------------------------------

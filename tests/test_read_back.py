@@ -163,3 +163,36 @@ def test_a_failed_read_back_is_retried_after_its_backoff_not_a_period_later():
         (Kind.POLL, READ_BACK)]
     waiting = replace(failed, retry_at=NOW + 10)
     assert plan(listed, {record.guid: waiting}, NOW, policy).actions == ()
+
+
+@pytest.mark.slapproxy
+def test_slapproxy_customer_that_lost_its_parameters_gets_them_at_the_read_back(cdn_site, tmp_path):
+    """slapproxy answers slapos.get.v0.software_instance for a customer's shared
+    instance with the connection parameters it holds (as text)."""
+    import subprocess
+
+    from cdnreq.devmaster import write_config
+    from cdnreq.reconcile.titles import technical_title
+    from test_faults_hostile import CDNREQ
+
+    site = cdn_site
+    config = write_config(tmp_path / "c.toml", site, database=tmp_path / "state" / "cdnreq.db",
+                          daemon={"verify_interval_s": 0.001})
+
+    def once():
+        result = subprocess.run([CDNREQ, "once", "--config", str(config)], capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    guid = site.add_customer("shop", {"url": "https://shop.example"})
+    once()
+    entry = next(e for e in site.technical_entries() if e["title"] == technical_title("cdnreq-", guid))
+    site.publish_as_cdn(entry["instance_guid"], {"domain": "shop.cdn.example", "replication": 1})
+    once()
+    once()  # live, read back: nothing to do
+    answer = site.customer(guid)["connection_parameters"]
+    assert answer == {"domain": "shop.cdn.example", "replication": "1"}
+    site.proxy.publish(guid, {}, partition=site.requester_partition)  # what a master that dropped it shows
+    assert site.customer(guid)["connection_parameters"] == {}
+    once()
+    assert site.customer(guid)["connection_parameters"] == answer

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -160,8 +161,15 @@ def test_a_running_daemon_stops_when_its_database_file_is_deleted(tmp_path):
     assert code == 3, logs.read_text()[-3000:]
     failed = [t for t in _ticks(logs) if t["event"] == "tick failed"]
     assert failed and f"database file {database} was deleted" in failed[-1]["error"], failed
-    assert "the database is gone; exiting" in logs.read_text()
+    assert "the database is gone; saving what it held and exiting" in logs.read_text()
     assert "Traceback" not in logs.read_text()
+    # what the unlinked file held was saved, and a restart refuses the empty store
+    saved = list((database.parent / "backups").glob("cdnreq-*.db"))
+    assert len(saved) == 1, logs.read_text()[-3000:]
+    with sqlite3.connect(saved[0]) as copy:
+        assert copy.execute("SELECT COUNT(*) FROM instances").fetchone()[0] == 3
+    again = subprocess.run([CDNREQ, "once", "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 3 and "restore" in again.stderr, again.stderr[-2000:]
 
 
 def test_files_are_private_whatever_the_umask(tmp_path):
