@@ -52,7 +52,7 @@ class DatabaseLock:
                 os.close(fd)
                 holder = _read_pid(f"{real}.lock")
                 raise StoreLocked(
-                    f"another cdnreq is using {path} (pid {holder}, written in {real}.lock)"
+                    f"another cdnreq is using {path} (its lock held by pid {holder}, as {real}.lock says)"
                 ) from None
             except OSError as exc:
                 os.close(fd)
