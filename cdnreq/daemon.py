@@ -166,6 +166,7 @@ class Daemon:
         self._new_resolver = False
         self._watchdog: asyncio.Task | None = None
         self._backup_task: asyncio.Task | None = None
+        self.exit_code = EXIT_OK
 
     # -- signals ------------------------------------------------------------
 
@@ -313,7 +314,7 @@ class Daemon:
             await store.close()
             self.notifier.close()
         log.info("stopped")
-        return EXIT_OK
+        return self.exit_code
 
     def _resolver(self):
         resolver = resolver_of(self.config)
@@ -349,6 +350,8 @@ class Daemon:
             report = await tick
             if report is not None:
                 self._after(report)
+                if await self._store_lost():
+                    return
                 # after the first tick whatever its result (the state the daemon
                 # started from, a restored one for instance), then after successes
                 if report.ok or not backed_up:
@@ -360,6 +363,29 @@ class Daemon:
                 await asyncio.wait_for(self.stop.wait(), timeout=delay)
             except asyncio.TimeoutError:
                 pass
+
+    async def _store_lost(self) -> bool:
+        """The database file was deleted or replaced: every later write would
+        be lost, so the daemon stops (exit 3) once the failed tick is recorded
+        (readyz, systemd status, log). What the open file still holds is
+        first saved as a backup, which `cdnreq restore` puts back; a restart
+        refuses the empty store meanwhile."""
+        why = self.store.lost() if self.store is not None else None
+        if why is None:
+            return False
+        assert self.store is not None
+        log.error("the database is gone; saving what it held and exiting", error=why, exit_code=EXIT_DATABASE)
+        self.exit_code = EXIT_DATABASE
+        self.stop.set()
+        directory = self.config.backup_path()
+        try:
+            path = await take_backup(self.store, directory, secret=self.config.secret_path(),
+                                     keep=self.config.store.backup_keep)
+        except Exception as error:  # noqa: BLE001 -- exiting anyway; say why nothing was saved
+            log.error("could not save the lost database", backup_dir=str(directory), error=str(error))
+        else:
+            log.error("the lost database was saved; put it back with cdnreq restore", path=str(path))
+        return True
 
     # -- backups ----------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping
 import aiohttp
 import orjson
 
+from cdnreq.scrub import scrub
 from cdnreq.model import InstanceAnswer, RequestedState, SharedInstance, digest, fast_maker
 from cdnreq.resources import local_errno, shortage
 
@@ -28,6 +29,9 @@ PUBLISH = "slapos.put.v0.software_instance_connection_parameter"
 ERROR = "slapos.put.v0.software_instance_error"
 
 
+DETAIL_LIMIT = 240  # room for "HTTP 400: " before a title cut at scrub.LIMIT
+
+
 class MasterError(Exception):
     """A call to the master did not give a usable answer."""
 
@@ -35,10 +39,12 @@ class MasterError(Exception):
         self, call: str, detail: str, *, status: int | None = None, title: str | None = None
     ):
         self.call = call
-        self.detail = detail
+        # scrubbed here, where the master's words enter: they are stored, logged,
+        # shown and relayed to customers from here on
+        self.detail = scrub(detail, DETAIL_LIMIT)
         self.status = status
-        self.title = title  # the master's own words, when it gave some
-        super().__init__(f"{call}: {detail}")
+        self.title = None if title is None else scrub(title)  # the master's own words, when it gave some
+        super().__init__(f"{call}: {self.detail}")
 
 
 class MasterUnavailable(MasterError):
@@ -300,6 +306,5 @@ def _error_title(text: str) -> str:
     return _excerpt(text) or "no body"
 
 
-def _excerpt(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit] + "..."
+def _excerpt(text: str) -> str:
+    return scrub(text)

@@ -10,6 +10,13 @@ from typing import Any, Iterable
 
 from cdnreq.explain import iso
 from cdnreq.model import Phase, Record
+from cdnreq.scrub import printable
+
+
+def _text(lines: Iterable[str]) -> str:
+    """Lines for a terminal: a value holding an escape sequence or a newline
+    (a guid, a master's error) is shown escaped, never interpreted."""
+    return "".join(printable(line) + "\n" for line in lines)
 
 
 def record_row(record: Record) -> dict[str, Any]:
@@ -37,14 +44,15 @@ def table(records: Iterable[Record], *, everything: bool) -> str:
     out = []
     if shown:
         header = ("INSTANCE_GUID", "STATE", "LAST ACTION", "LAST ERROR")
-        lines = [(r.guid, r.phase.value, r.last_action or "-", r.last_error or "-") for r in shown]
+        lines = [tuple(map(printable, (r.guid, r.phase.value, r.last_action or "-", r.last_error or "-")))
+                 for r in shown]
         widths = [max([len(header[i])] + [len(line[i]) for line in lines]) for i in range(3)]
         for line in [header, *lines]:
             out.append("  ".join(c.ljust(w) for c, w in zip(line[:3], widths, strict=True)) + "  " + line[3])
     summary = ", ".join(f"{n} {phase}" for phase, n in sorted(counts.items())) or "no instance"
     hidden = "" if everything or len(shown) == len(rows) else " (live ones not listed; --all lists them)"
     out.append(f"{len(rows)} instances: {summary}{hidden}")
-    return "\n".join(out) + "\n"
+    return _text(out)
 
 
 def summary(status: dict[str, Any]) -> str:
@@ -78,12 +86,16 @@ def summary(status: dict[str, Any]) -> str:
         lines.append(f"REMOVALS HELD: {removals.get('count') or 0}: {removals.get('reason')}")
     updates = status.get("held_updates") or last_summary.get("held_updates")
     if updates:
-        lines.append(held_updates(updates).rstrip("\n"))
-    return "\n".join(lines) + "\n"
+        lines.extend(_held_lines(updates))
+    return _text(lines)
 
 
 def held_updates(held: dict[str, Any], approved: bool = False) -> str:
     """Held updates: how many, why, which ones, and how to let them through."""
+    return _text(_held_lines(held, approved))
+
+
+def _held_lines(held: dict[str, Any], approved: bool = False) -> list[str]:
     head = "approved" if approved else "UPDATES HELD:"
     lines = [
         f"{head} {held.get('count')} update(s), fingerprint {held.get('fingerprint')},"
@@ -95,7 +107,7 @@ def held_updates(held: dict[str, Any], approved: bool = False) -> str:
         lines.append("  applied at the daemon's next tick, if the held set is still the same")
     else:
         lines.append(f"  `cdnreq approve --fingerprint {held.get('fingerprint')}` applies them at the next tick")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def progress_line(progress: dict[str, Any], width: int = 30) -> str:
@@ -110,7 +122,7 @@ def progress_line(progress: dict[str, Any], width: int = 30) -> str:
         bar = f"{done} done"
     eta = progress.get("eta_s")
     eta_text = f" ETA {eta:.0f} s" if isinstance(eta, (int, float)) else ""
-    return f"tick {progress.get('tick')} {progress.get('phase') or 'starting'} {bar}{eta_text}"
+    return printable(f"tick {progress.get('tick')} {progress.get('phase') or 'starting'} {bar}{eta_text}")
 
 
 def explained(data: dict[str, Any]) -> str:
@@ -133,4 +145,4 @@ def explained(data: dict[str, Any]) -> str:
         for event in data["events"]:
             detail = f" ({event['detail']})" if event.get("detail") else ""
             lines.append(f"    {event['at']} tick {event['tick']}: {event['action']} {event['outcome']}{detail}")
-    return "\n".join(lines) + "\n"
+    return _text(lines)

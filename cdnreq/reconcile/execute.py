@@ -18,7 +18,7 @@ from cdnreq.master import LocalResourceError, MasterError, MasterRejected, Maste
 from cdnreq.model import Event, InstanceAnswer, Phase, Record, RequestedState, SharedInstance, shown_digest
 from cdnreq.reconcile import records
 from cdnreq.reconcile.gate import Gate, Status
-from cdnreq.reconcile.plan import Action, Kind
+from cdnreq.reconcile.plan import READ_BACK, Action, Kind
 
 
 class Master(Protocol):
@@ -236,7 +236,25 @@ class _Runner:
             return await self.request(action, record)
         if answer.connection_parameters:  # "no answer yet" each tick would only bloat the audit trail
             self.event(record.guid, "poll", "ok", "answer received")
-        return await self.relay(action, records.polled(record, answer, self.clock()))
+        record = records.polled(record, answer, self.clock())
+        if action.reason == READ_BACK:
+            try:
+                record = await self.read_customer(action, record)
+            except MasterError as error:
+                return self.failure(action, record, "read-back", error)
+        return await self.relay(action, record)
+
+    async def read_customer(self, action: Action, record: Record) -> Record:
+        """On the periodic read-back only (a read per instance each tick would
+        cost too much): check the customer still holds what it was shown."""
+        shown = records.compose(record.connection, action.gate, True)
+        if shown_digest(shown) != record.published:
+            return record  # relay publishes it anyway
+        held = await self.master.get_instance(record.guid)
+        if records.still_shown(held.connection_parameters, shown):
+            return record
+        self.event(record.guid, "publish", "lost", "the customer's instance does not hold what it was shown")
+        return records.unshown(record)
 
     async def relay(self, action: Action, record: Record) -> Outcome:
         """Publish what the customer should see, when it changed."""

@@ -33,6 +33,9 @@ from cdnreq.reconcile.served import ServedHosts
 from cdnreq.reconcile.titles import technical_title
 
 
+READ_BACK = "periodic read-back"  # also reads the customer's instance: see records.still_shown
+
+
 class Kind(str, enum.Enum):
     REQUEST = "request"  # first request of a new instance on the technical CDN
     UPDATE = "update"  # request again: parameters, state or CDN settings changed
@@ -321,7 +324,7 @@ def _for_present(
         return Action(Kind.PUBLISH, record, "new information for the customer", instance, gate)
     if now >= _read_back_at(record, policy):
         # a technical CDN may lose an entry long after it went live
-        return Action(Kind.POLL, record, "periodic read-back", instance, gate)
+        return Action(Kind.POLL, record, READ_BACK, instance, gate)
     return None
 
 
@@ -331,6 +334,8 @@ _NEVER = float("inf")
 def _read_back_at(record: Record, policy: Policy) -> float:
     if not policy.verify_interval_s:
         return _NEVER
+    if record.failures and record.retry_at is not None:
+        return record.retry_at  # a failed read-back is retried after its backoff, not a period later
     return record.updated_at + policy.verify_interval_s * _spread(record.guid)
 
 

@@ -43,6 +43,30 @@ def needs_publish(record: Record, gate: "Gate") -> bool:
     return gate.error is not None and gate.error != record.published_error
 
 
+def still_shown(held: Mapping[str, Any], shown: Mapping[str, Any]) -> bool:
+    """Whether the customer's instance holds what it was shown. A master may
+    acknowledge a publication and drop it, and the customer would be left
+    with nothing for ever; masters may stringify values, so they are
+    compared as text too."""
+    if set(held) != set(shown):
+        return False
+    return all(_same(held[k], v) for k, v in shown.items())
+
+
+def _same(held: Any, shown: Any) -> bool:
+    if held == shown or str(held) == str(shown):
+        return True
+    try:
+        return str(held) == json.dumps(shown, sort_keys=True, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return False
+
+
+def unshown(record: Record) -> Record:
+    """What the customer was shown is gone from the master: publish it again."""
+    return replace(record, published=None)
+
+
 def rejection(reason: str) -> tuple[str, dict[str, Any]]:
     """The customer-facing error for a request the master refused."""
     message = f"The CDN could not accept this entry: {reason}"

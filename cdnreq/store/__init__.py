@@ -1,7 +1,7 @@
 """cdnreq's memory between ticks: one SQLite file, one writer."""
 
 from cdnreq.store.backup import BackupInfo, RestoreResult, restore, start_refusal, take_backup
-from cdnreq.store.errors import SchemaTooNew, StoreError, StoreLocked
+from cdnreq.store.errors import SchemaTooNew, StoreError, StoreLocked, StoreLost
 from cdnreq.store.sqlite import Store
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreLocked",
+    "StoreLost",
     "restore",
     "start_refusal",
     "take_backup",

@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from cdnreq.store.errors import SchemaTooNew, StoreError
-from cdnreq.store.lock import FileLock
+from cdnreq.store.files import make_private_dirs
+from cdnreq.store.lock import DatabaseLock
 from cdnreq.store.migrations import LATEST
 
 if TYPE_CHECKING:
@@ -174,7 +175,7 @@ def _unlink(path: str | os.PathLike[str]) -> None:
 def make_backup_dir(directory: Path) -> None:
     """The backup directory, created private (0700) when missing."""
     try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dirs(directory)
     except OSError as exc:
         raise StoreError(f"cannot create the backup directory {directory}: {exc.strerror or exc}") from exc
     if not directory.is_dir():
@@ -417,10 +418,10 @@ def restore(
     if not backup_file.is_file():
         raise StoreError(f"no backup file at {backup_file}")
     try:
-        database.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(database.parent)
     except OSError as exc:
         raise StoreError(f"cannot create directory for {database}: {exc.strerror or exc}") from exc
-    lock = FileLock.acquire(f"{database}.lock", str(database))
+    lock = DatabaseLock.acquire(database)  # creates it empty when missing: nothing to set aside
     try:
         if database.exists() and os.path.samefile(backup_file, database):
             raise StoreError(f"{backup_file} is the database itself")
@@ -473,7 +474,7 @@ def _set_aside(database: Path, now: float) -> Path | None:
     -shm; the database's own name stays in place until os.replace overwrites it."""
     wal, journal, shm = (Path(f"{database}{s}") for s in ("-wal", "-journal", "-shm"))
     replaced = None
-    if database.exists():
+    if database.exists() and database.stat().st_size > 0:
         replaced = _free_name(f"{database}.replaced-{_stamp(now)}")
         try:
             os.link(database, replaced)

@@ -17,3 +17,8 @@ class SchemaTooNew(StoreError):
 
 class StoreLocked(StoreError):
     """Another cdnreq process holds the database's lock."""
+
+
+class StoreLost(StoreError):
+    """The database file was deleted or replaced under a running cdnreq:
+    what it writes from then on would be lost. The daemon exits."""

@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Any, Iterable, Mapping
 
 import aiosqlite
+import structlog
 
 from cdnreq.model import (
     Challenge,
@@ -33,9 +34,12 @@ from cdnreq.model import (
     shown_digest,
 )
 from cdnreq.store import backup as _backup
-from cdnreq.store.errors import SchemaTooNew, StoreError
-from cdnreq.store.lock import FileLock
+from cdnreq.store.errors import SchemaTooNew, StoreError, StoreLost
+from cdnreq.store.files import make_private_dirs, too_open
+from cdnreq.store.lock import DatabaseLock
 from cdnreq.store.migrations import LATEST, migrate, read_version
+
+log = structlog.get_logger("cdnreq.store")
 
 _COLUMNS = (
     "guid, title, phase, created_at, updated_at, param_hash, requested_state, "
@@ -181,7 +185,7 @@ class Store:
     """cdnreq's SQLite database. Build it with `await Store.open(path)`."""
 
     def __init__(
-        self, path: Path, conn: aiosqlite.Connection, lock: FileLock | None, version: int
+        self, path: Path, conn: aiosqlite.Connection, lock: DatabaseLock | None, version: int
     ) -> None:
         self._path = path
         self._conn = conn
@@ -243,14 +247,15 @@ class Store:
     @classmethod
     async def _open(cls, db: Path, *, lock: bool) -> "Store":
         try:
-            db.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(db.parent)
         except OSError as exc:
             raise StoreError(f"cannot create directory for {db}: {exc}") from exc
-        file_lock = FileLock.acquire(f"{db}.lock", str(db)) if lock else None
+        # the writer creates the file (0600: SQLite gives -wal and -shm its mode) and locks it
+        file_lock = DatabaseLock.acquire(db) if lock else None
         conn: aiosqlite.Connection | None = None
         try:
             try:
-                conn = await aiosqlite.connect(db, isolation_level=None)
+                conn = await aiosqlite.connect(file_lock.real if file_lock else db, isolation_level=None)
                 mode = await _pragma(conn, "journal_mode = WAL")
                 await conn.execute("PRAGMA synchronous = NORMAL")
                 await conn.execute("PRAGMA busy_timeout = 5000")
@@ -279,6 +284,10 @@ class Store:
             if file_lock is not None:
                 file_lock.release()
             raise
+        if file_lock is not None:
+            files = [file_lock.real + suffix for suffix in ("", "-wal", "-shm", ".lock")]
+            if wide := too_open(files):
+                log.warning("database files readable by others than their owner; chmod 600 them", files=wide)
         return cls(db, conn, file_lock, version)
 
     async def close(self) -> None:
@@ -476,7 +485,16 @@ class Store:
             except sqlite3.Error as exc:
                 raise StoreError(f"{self._path}: {exc}") from exc
 
+    def lost(self) -> str | None:
+        """Why the database file is no longer the one this store opened
+        (deleted, replaced); None while it is, and for readers."""
+        return None if self._lock is None else self._lock.lost()
+
     async def begin_tick(self, started_at: float) -> int:
+        """Checks first that the file is still the store's: writing on would
+        go into an unlinked file, lost at the next start."""
+        if (why := self.lost()) is not None:
+            raise StoreLost(why)
         rowid, _ = await self._write("INSERT INTO ticks (started_at) VALUES (?)", (started_at,))
         return int(rowid)
 

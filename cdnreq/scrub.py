@@ -1,0 +1,73 @@
+"""Words from outside made safe to store, log, show and relay.
+
+A master's error title (or the body of an answer that is not JSON) goes to
+the events table, the logs, `/status`, `cdnreq explain` and, for a refused
+request, to the customer. It may hold anything: a private key a proxy echoed
+back, escape sequences that repaint an operator's terminal, megabytes. So it
+is cut to a few hundred characters once key material is removed and control
+characters are escaped.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+LIMIT = 200
+_READ = 1 << 16  # only the start of a long text can be shown; bounds the work on megabytes
+REMOVED = "[removed]"
+
+# a PEM block, up to its END line, or to the end of the text when unterminated
+_PEM = re.compile(r"-----BEGIN[^\n-]{0,80}-----.*?(?:-----END[^\n-]{0,80}-----|\Z)", re.DOTALL)
+# `password=...`, `"token": "..."`, `Authorization: Bearer ...`
+_SECRET_VALUE = re.compile(
+    r"""(?ix)
+    (\b(?:[a-z_-]{0,40}(?:key|password|passwd|passphrase|secret|token|credential)s?|authorization|cookie)
+     ["']?\s*[=:]\s*)
+    (?:bearer\s+|basic\s+)?
+    ("[^"]*"|'[^']*'|[^\s,;&}]+)
+    """
+)
+# a run of base64 or hex long enough to be key material rather than a word,
+# mixing letters and digits (a row of dashes or of "x" is no key)
+_KEY_LIKE = re.compile(r"[A-Za-z0-9+/=_-]{40,}")
+_DIGIT, _LETTER = re.compile(r"[0-9]"), re.compile(r"[A-Za-z]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_HIDDEN = frozenset(("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"))
+
+
+def printable(text: str) -> str:
+    """`text` with every control, format (bidi overrides, zero widths) and
+    line-separator character escaped, so it prints as one harmless line."""
+    if text.isprintable():
+        return text
+    return "".join(_escaped(c) for c in text)
+
+
+def _escaped(char: str) -> str:
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    if char == " " or unicodedata.category(char) not in _HIDDEN:
+        return char
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def redact(text: str) -> str:
+    """`text` without PEM blocks, secret-looking values or key-like runs."""
+    text = _PEM.sub(REMOVED, text)
+    text = _SECRET_VALUE.sub(lambda m: m.group(1) + REMOVED, text)
+    return _KEY_LIKE.sub(_key_like, text)
+
+
+def _key_like(match: re.Match[str]) -> str:
+    run = match.group(0)
+    return REMOVED if _DIGIT.search(run) and _LETTER.search(run) else run
+
+
+def scrub(text: str, limit: int = LIMIT) -> str:
+    """Outside words as cdnreq keeps them: key material removed, whitespace
+    runs made one space, other control characters escaped, at most `limit`
+    characters (an ellipsis marks a cut)."""
+    text = printable(" ".join(redact(text[:_READ]).split()))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
