@@ -41,6 +41,7 @@ __all__ = [
     "MasterConfig",
     "TechnicalCdnConfig",
     "TcpListen",
+    "ValidationConfig",
     "config_json_schema",
 ]
 
@@ -107,6 +108,12 @@ class MasterConfig(BaseModel):
         description="CA bundle to verify the master (default: system CAs)",
     )
     timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False, description="per call")
+    max_listing_bytes: int = Field(
+        default=1 << 30,
+        ge=1024,
+        description="the largest answer read from the master (the listing is the largest);"
+        " a larger listing fails the tick",
+    )
 
     @field_validator("url")
     @classmethod
@@ -352,6 +359,19 @@ class StoreConfig(BaseModel):
     _resolve = field_validator("backup_dir")(_resolve_path)
 
 
+class ValidationConfig(BaseModel):
+    """Limits on what a customer's parameters may be."""
+
+    model_config = _MODEL_CONFIG
+
+    max_parameters_bytes: int = Field(
+        default=65536,
+        ge=1024,
+        description="the largest parameters of one instance, known and unknown keys together,"
+        " as compact JSON; larger ones are refused for that instance",
+    )
+
+
 class Config(BaseModel):
     """The whole configuration file."""
 
@@ -363,6 +383,7 @@ class Config(BaseModel):
     domain: DomainConfig = Field(default_factory=DomainConfig)
     dns: DnsConfig = Field(default_factory=DnsConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     def secret_path(self) -> Path:

@@ -380,7 +380,7 @@ async def test_request_bodies_conform_to_spec(start_master: StartMaster):
         (customer, RequestedState.STARTED, customer_params),
         ("SOFTINST-302", RequestedState.STOPPED, {}),
     ]
-    assert listing.unusable == () and listing.anonymous == 0
+    assert listing.unusable == {} and listing.anonymous == 0
     assert (started.guid, started.connection_parameters, started.state) == ("SOFTINST-401", tech_connection, "started")
     assert destroyed == started  # the fake answers every request alike
     assert (got.guid, got.connection_parameters, got.state) == (customer, {"domain": "a.example.com"}, "started")
@@ -469,10 +469,17 @@ async def test_list_hosted_sorts_out_unusable_and_anonymous(start_master: StartM
 
     assert [(i.guid, i.state, dict(i.parameters)) for i in listing.instances] == [
         ("SOFTINST-1", RequestedState.STARTED, {"url": "https://g.example"}),
-        ("SOFTINST-7", RequestedState.STARTED, {}),  # missing state: started
-        ("SOFTINST-8", RequestedState.STARTED, {}),  # missing parameters: none
     ]
-    assert listing.unusable == ("SOFTINST-2", "SOFTINST-3", "SOFTINST-4", "SOFTINST-5", "SOFTINST-6")
+    # a missing state or parameters is unusable, not "started" or {} (issue 10, item 11)
+    assert listing.unusable == {
+        "SOFTINST-2": "parameters: not a JSON object (got a string)",
+        "SOFTINST-3": "parameters: not a JSON object (got an array)",
+        "SOFTINST-4": "parameters: not a JSON object (got null)",
+        "SOFTINST-5": 'state: "start_requested" is not one of started, stopped, destroyed',
+        "SOFTINST-6": "state: null is not one of started, stopped, destroyed",
+        "SOFTINST-7": "state: missing from the listing",
+        "SOFTINST-8": "parameters: missing from the listing",
+    }
     assert listing.anonymous == 4
 
 
@@ -491,7 +498,7 @@ async def test_list_hosted_unhashable_state_is_unusable(start_master: StartMaste
     }
     listing = await _list(start_master, answer)
     assert [i.guid for i in listing.instances] == ["SOFTINST-1"]
-    assert listing.unusable == ("SOFTINST-2", "SOFTINST-3")
+    assert list(listing.unusable) == ["SOFTINST-2", "SOFTINST-3"]
 
 
 @pytest.mark.parametrize(

@@ -39,7 +39,8 @@ def kinds(p):
 
 
 def listing(*instances, anonymous=0, unusable=()):
-    return Listing(tuple(instances), tuple(unusable), anonymous)
+    reasons = unusable if isinstance(unusable, dict) else dict.fromkeys(unusable, "state: missing from the listing")
+    return Listing(tuple(instances), reasons, anonymous)
 
 
 def test_new_instance_is_reserved_and_requested():
@@ -137,8 +138,11 @@ def test_entries_without_guid_hold_destroys():
 def test_unusable_entries_are_neither_requested_nor_destroyed():
     a, b = inst("A"), inst("B")
     p = plan(listing(a, unusable=("B",)), known(live(a), live(b)), NOW, POLICY)
-    assert p.actions == () and p.held == ()
+    assert p.held == ()
     assert p.counts["unusable"] == 1
+    # the customer is told why, and that is all (issue 10, item 1)
+    assert kinds(p) == [(Kind.PUBLISH, "B")]
+    assert p.actions[0].gate.error == "The CDN could not accept this entry: state: missing from the listing"
 
 
 def test_duplicates_are_counted_once():

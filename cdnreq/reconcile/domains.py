@@ -63,7 +63,7 @@ class Domains:
         cached = self._verdicts.get(instance.guid)
         if cached is not None and cached[0] == instance.param_hash:
             return cached[1]
-        verdict = validate(instance.parameters)
+        verdict = validate(instance.parameters, self.policy.max_parameters_bytes)
         self._verdicts[instance.guid] = (instance.param_hash, verdict)
         return verdict
 

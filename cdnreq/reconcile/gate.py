@@ -55,6 +55,7 @@ class DomainPolicy:
     grace_s: float = 7 * 86400.0
     release_on_recheck_failure: bool = False
     cdn_targets: tuple[str, ...] = ()
+    max_parameters_bytes: int = 65536  # [validation].max_parameters_bytes
 
 
 class HostIndex:
@@ -248,6 +249,11 @@ def _ok(
     extras = _base_extras(verdict, challenge, policy, _warnings(verdict, hosts, index, policy))
     forward_hash = verdict.forward_hash if verdict.forward is not None else instance.param_hash
     return Gate(Status.OK, verdict.forward, forward_hash, tuple(hosts), extras)
+
+
+def refused(errors: tuple[str, ...]) -> Gate:
+    """The gate of an instance refused before validation (an unusable listing entry)."""
+    return _invalid(Verdict(errors=errors), errors)
 
 
 def _invalid(verdict: Verdict, errors: tuple[str, ...]) -> Gate:

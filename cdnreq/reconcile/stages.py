@@ -80,6 +80,7 @@ class DomainRun:
         out = self.first = DomainStep()
         if d.policy != d._settled_policy:
             d._settled.clear()
+            d._verdicts.clear()  # the parameters' size cap may have changed
             d._settled_policy = d.policy
         for guid in d.index.take_touched():
             d._settled.pop(guid, None)

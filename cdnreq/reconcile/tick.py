@@ -83,6 +83,7 @@ def domain_policy_of(config: Config) -> DomainPolicy:
         grace_s=domain.grace_s,
         release_on_recheck_failure=domain.release_on_recheck_failure,
         cdn_targets=tuple(domain.cdn_targets),
+        max_parameters_bytes=config.validation.max_parameters_bytes,
     )
 
 

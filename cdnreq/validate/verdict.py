@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from cdnreq.model import digest
 from cdnreq.validate.ciphers import check_ciphers
+from cdnreq.validate.encoding import DEFAULT_MAX_BYTES, encoding_problems
 from cdnreq.validate.hosts import HostError, normalise_host, parse_aliases, quote_value, registrable_domain
 from cdnreq.validate.netloc import parse_netloc_list
 from cdnreq.validate.schema import schema_problems
@@ -46,8 +47,10 @@ class Verdict:
         return not self.errors
 
 
-def validate(parameters: Mapping[str, Any]) -> Verdict:
+def validate(parameters: Mapping[str, Any], max_bytes: int = DEFAULT_MAX_BYTES) -> Verdict:
     try:
+        if unencodable := encoding_problems(parameters, max_bytes):  # nothing else sees such values
+            return Verdict(errors=tuple(unencodable))
         return _validate(parameters)
     except Exception:  # a checker's bug must not stop the tick, nor pass the instance
         return Verdict(errors=("parameters: could not be checked; please report this entry to the CDN operator",))

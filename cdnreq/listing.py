@@ -1,0 +1,348 @@
+"""The master's listing, read so that one broken entry is one unusable entry.
+
+orjson reads a healthy listing whole (the fast path: 100,000 instances in a
+fraction of a second). A body orjson refuses (one customer's NaN, lone
+surrogate, 1,100 levels of nesting or stray byte) is not a failed listing:
+`result_list` is cut into one byte span per entry by a small scanner
+(strings, escapes, depth), and each entry is read on its own. An entry that
+still cannot be read becomes unusable with a reason, its `instance_guid`
+recovered from the entry's top level; without a guid it counts as anonymous
+(which holds every removal). A body whose structure is broken (truncated,
+not JSON, no `result_list`) is refused whole: a partial listing would make
+the missing instances look gone.
+
+Pure: bytes in, a Listing out.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import orjson
+
+from cdnreq.model import RequestedState, SharedInstance, digest, fast_maker
+
+MAX_DEPTH = 512  # an entry nested deeper is unusable (the standard library's parser recurses)
+DIFFERENT = "listed twice with different content"
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """The shared instances hosted by the requester.
+
+    `unusable` maps guids whose entry could not be used to the reason (they
+    must be neither requested, updated nor destroyed; the customer is told
+    the reason); `anonymous` counts entries without a usable guid, which
+    means some known instance may be missing from `instances` for no reason
+    of its own. `duplicates` counts identical repeated entries, kept once.
+    """
+
+    instances: tuple[SharedInstance, ...]
+    unusable: Mapping[str, str] = field(default_factory=dict)
+    anonymous: int = 0
+    duplicates: int = 0
+
+
+class ListingMalformed(ValueError):
+    """The body as a whole is not a listing; `excerpt`: show the body's start."""
+
+    def __init__(self, problem: str, *, excerpt: bool = True):
+        self.problem = problem
+        self.excerpt = excerpt
+        super().__init__(problem)
+
+
+@dataclass(frozen=True, slots=True)
+class Broken:
+    """An entry that could not be read: its guid when recovered, and why."""
+
+    guid: str | None
+    reason: str
+
+
+def read_listing(raw: bytes | bytearray) -> Listing:
+    """The listing in a body of `instance_node_instance_list`."""
+    try:
+        answer = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return parse_listing(salvage(raw))
+    if not isinstance(answer, dict):
+        raise ListingMalformed("answer is not a JSON object")
+    entries = answer.pop("result_list", None)
+    if not isinstance(entries, list):
+        raise ListingMalformed("answer has no result_list array", excerpt=False)
+    del answer
+    return parse_listing(entries)
+
+
+def parse_listing(entries: list[Any]) -> Listing:
+    """The listing's entries as SharedInstances.
+
+    Each entry is released from `entries` once read, so the parsed JSON and
+    the instances built from it are never both whole in memory (at 100,000
+    instances each is about 80 MB). A guid listed twice with different
+    content is unusable for this tick: no "first one wins".
+    """
+    instances: dict[str, SharedInstance] = {}
+    unusable: dict[str, str] = {}
+    anonymous = duplicates = 0
+    make, states = _make_instance, _STATES
+    for index, entry in enumerate(entries):
+        entries[index] = None
+        if isinstance(entry, Broken):
+            guid, reason, instance = entry.guid, entry.reason, None
+        else:
+            guid = entry.get("instance_guid") if isinstance(entry, dict) else None
+            reason = instance = None
+        if not _addressable(guid):
+            anonymous += 1
+            continue
+        if reason is None:
+            parameters = entry.get("parameters", _MISSING)
+            raw_state = entry.get("state", _MISSING)
+            state = states.get(raw_state) if isinstance(raw_state, str) else None
+            if parameters is _MISSING:
+                reason = "parameters: missing from the listing"
+            elif not isinstance(parameters, dict):
+                reason = f"parameters: not a JSON object (got {_kind(parameters)})"
+            elif raw_state is _MISSING:
+                reason = "state: missing from the listing"
+            elif state is None:
+                reason = f"state: {_show(raw_state)} is not one of started, stopped, destroyed"
+            else:
+                try:
+                    instance = make(guid, state, parameters, digest(parameters))
+                except (RecursionError, ValueError, TypeError):
+                    reason = "parameters: cannot be encoded as JSON"
+        if guid in unusable:
+            continue  # already refused this tick: the first reason stands
+        first = instances.get(guid)
+        if first is not None:
+            if instance is not None and instance.state is first.state and instance.param_hash == first.param_hash:
+                duplicates += 1
+                continue
+            del instances[guid]
+            unusable[guid] = DIFFERENT
+        elif instance is None:
+            unusable[guid] = reason  # type: ignore[assignment]
+        else:
+            instances[guid] = instance
+    return Listing(tuple(instances.values()), unusable, anonymous, duplicates)
+
+
+_make_instance = fast_maker(SharedInstance)
+_STATES = {s.value: s for s in RequestedState}
+_MISSING: Any = object()
+
+
+def _addressable(guid: Any) -> bool:
+    """A guid cdnreq can store and publish to: a non-empty string of
+    Unicode scalar values (a lone surrogate can be neither)."""
+    if not isinstance(guid, str) or not guid:
+        return False
+    try:
+        guid.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# -- the scanner for a body orjson refused ---------------------------------------------------
+
+# a whole string (escapes included), a structural character, or a lone quote
+# (a string never closed: the body is broken)
+_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},:]|"', re.DOTALL)
+_QUOTE, _COLON, _COMMA = ord('"'), ord(":"), ord(",")
+_OPEN, _CLOSE = frozenset(b"[{"), frozenset(b"]}")
+_SPACE = b" \t\r\n"
+_BLANKS = re.compile(rb"[ \t\r\n]*")
+
+
+def salvage(raw: bytes | bytearray) -> list[Any]:
+    """The entries of `result_list`, each parsed alone: a dict (or any JSON
+    value) when it can be read, else Broken. Raises ListingMalformed when
+    the body's own structure (outside the entries) is broken."""
+    view = memoryview(raw)
+    return [_entry(view[start:end]) for start, end in _entry_spans(raw)]
+
+
+def _entry_spans(raw: bytes | bytearray) -> list[tuple[int, int]]:
+    """Byte spans of result_list's elements (whitespace trimmed)."""
+    depth = 0
+    key: bytes | None = None  # the last string seen at the top level
+    in_list = False
+    found = False
+    spans: list[tuple[int, int]] = []
+    start = 0
+    end_of_body = None
+    for match in _TOKENS.finditer(raw):
+        at = match.start()
+        char = raw[at]
+        if char == _QUOTE:
+            if match.end() - at == 1:
+                raise ListingMalformed("answer is not JSON (a string is never closed)")
+            if depth == 1:
+                key = match.group()
+            continue
+        if end_of_body is not None:
+            raise ListingMalformed("answer is not JSON (text after the top-level object)")
+        if char in _OPEN:
+            if depth == 0 and char != ord("{"):
+                raise ListingMalformed("answer is not a JSON object")
+            if depth == 1 and key == b'"result_list"' and char == ord("["):
+                if found:
+                    raise ListingMalformed("answer has two result_list arrays", excerpt=False)
+                found = in_list = True
+                start = match.end()
+            depth += 1
+        elif char in _CLOSE:
+            depth -= 1
+            if depth < 0:
+                raise ListingMalformed("answer is not JSON (unbalanced brackets)")
+            if depth == 1 and in_list:
+                if char != ord("]"):
+                    raise ListingMalformed("answer is not JSON (result_list is not closed)")
+                _add_span(raw, start, at, spans, last=True)
+                in_list = False
+            elif depth == 0:
+                if char != ord("}"):
+                    raise ListingMalformed("answer is not JSON (unbalanced brackets)")
+                end_of_body = match.end()
+        elif char == _COMMA:
+            if depth == 2 and in_list:
+                _add_span(raw, start, at, spans, last=False)
+                start = match.end()
+            elif depth == 1:
+                key = None
+    if depth != 0 or end_of_body is None:
+        raise ListingMalformed("answer is not JSON (truncated)")
+    if raw[end_of_body:].strip(_SPACE):
+        raise ListingMalformed("answer is not JSON (text after the top-level object)")
+    if not found:
+        raise ListingMalformed("answer has no result_list array", excerpt=False)
+    return spans
+
+
+def _add_span(raw: bytes | bytearray, start: int, end: int, spans: list[tuple[int, int]], *, last: bool) -> None:
+    while start < end and raw[start] in _SPACE:
+        start += 1
+    while end > start and raw[end - 1] in _SPACE:
+        end -= 1
+    if start == end:
+        if last and not spans:
+            return  # an empty array
+        raise ListingMalformed("answer is not JSON (an empty element in result_list)")
+    spans.append((start, end))
+
+
+def _entry(span: memoryview) -> Any:
+    """One entry, parsed on its own; Broken when it cannot be."""
+    try:
+        return orjson.loads(span)
+    except orjson.JSONDecodeError:
+        pass
+    raw = bytes(span)
+    members = _members(raw)
+    deep = next((name for name, depth, _ in members if depth > MAX_DEPTH), None)
+    problem = "unbalanced brackets"
+    if deep is None:
+        try:  # what only orjson refuses: NaN, Infinity, lone surrogates, huge numbers
+            return json.loads(raw)
+        except RecursionError:
+            deep = "entry"
+        except ValueError as error:
+            problem = str(error).split(":")[0]
+    guid = _guid(raw, members)
+    if deep is not None:
+        return Broken(guid, f"{deep}: nested deeper than {MAX_DEPTH} levels")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        name, offset = _member_at(members, error.start)
+        return Broken(guid, f"{name}: not valid UTF-8 at byte {offset}")
+    return Broken(guid, f"entry: not valid JSON ({problem})")
+
+
+def _members(raw: bytes) -> list[tuple[str, int, int]]:
+    """The entry's top-level keys: (name as shown, how deep its value nests,
+    where its value starts). Empty when the entry is not an object."""
+    members: list[tuple[str, int, int]] = []
+    if not raw.startswith(b"{"):
+        return members
+    depth = 0
+    key: bytes | None = None
+    current: list[Any] | None = None  # [name, deepest, start] of the value being read
+    for match in _TOKENS.finditer(raw):
+        at = match.start()
+        char = raw[at]
+        if char == _QUOTE:
+            if depth == 1 and current is None:
+                key = match.group()
+        elif char in _OPEN:
+            depth += 1
+            if current is not None and depth - 1 > current[1]:
+                current[1] = depth - 1
+        elif char in _CLOSE:
+            depth -= 1
+            if depth == 0:
+                break
+        elif depth == 1 and char == _COLON and key is not None:
+            current, key = [_key_name(key), 0, match.end()], None
+        elif depth == 1 and char == _COMMA and current is not None:
+            members.append((current[0], current[1], current[2]))
+            current = None
+    if current is not None:
+        members.append((current[0], current[1], current[2]))
+    return members
+
+
+def _key_name(token: bytes) -> str:
+    """A key as shown in a message: escaped, cut to 60 characters."""
+    try:
+        name = json.loads(token)
+    except ValueError:
+        name = token[1:-1].decode("utf-8", "backslashreplace")
+    shown = json.dumps(name)[1:-1]
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+def _guid(raw: bytes, members: list[tuple[str, int, int]]) -> str | None:
+    """The entry's instance_guid, when it is a string at its top level (the
+    last one, as a JSON parser would read it)."""
+    for name, _, start in reversed(members):
+        if name == "instance_guid":
+            match = _TOKENS.match(raw, _BLANKS.match(raw, start).end())
+            if match is None or raw[match.start()] != _QUOTE or match.end() - match.start() < 2:
+                return None
+            try:
+                guid = json.loads(match.group())
+            except ValueError:
+                return None
+            return guid if isinstance(guid, str) else None
+    return None
+
+
+def _member_at(members: list[tuple[str, int, int]], offset: int) -> tuple[str, int]:
+    """The top-level key whose value holds byte `offset`, and the offset in that value."""
+    name, start = "entry", 0
+    for key, _, value_start in members:
+        if value_start <= offset:
+            name, start = key, value_start
+    return name, offset - start
