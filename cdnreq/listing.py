@@ -19,13 +19,14 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import orjson
 
 from cdnreq.model import RequestedState, SharedInstance, digest, fast_maker
 
 MAX_DEPTH = 512  # an entry nested deeper is unusable (the standard library's parser recurses)
+LARGE = 64 << 20  # a larger body is read entry by entry: orjson needs three times a body read whole
 DIFFERENT = "listed twice with different content"
 
 
@@ -64,7 +65,10 @@ class Broken:
 
 
 def read_listing(raw: bytes | bytearray) -> Listing:
-    """The listing in a body of `instance_node_instance_list`."""
+    """The listing in a body of `instance_node_instance_list`. A large body
+    in a bytearray is consumed (emptied) as its entries are read."""
+    if len(raw) > LARGE and isinstance(raw, bytearray):
+        return parse_listing(_consumed(raw))
     try:
         answer = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -169,10 +173,44 @@ def _show(value: Any, limit: int = 60) -> str:
 # a whole string (escapes included), a structural character, or a lone quote
 # (a string never closed: the body is broken)
 _TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},:]|"', re.DOTALL)
+_NEXT = re.compile(rb'["\[\]{},:]')
+_BACKSLASH = ord("\\")
 _QUOTE, _COLON, _COMMA = ord('"'), ord(":"), ord(",")
 _OPEN, _CLOSE = frozenset(b"[{"), frozenset(b"]}")
 _SPACE = b" \t\r\n"
 _BLANKS = re.compile(rb"[ \t\r\n]*")
+
+
+def _tokens(raw: bytes | bytearray) -> Iterator[tuple[int, int, int]]:
+    """(start, character, end) of each string and structural character; a
+    string's end is -1 when it is never closed. A string's closing quote is
+    found by memchr (bytes.find), not character by character: a listing of
+    10,000 x 64 KiB is mostly strings."""
+    search, find = _NEXT.search, raw.find
+    pos = 0
+    while (match := search(raw, pos)) is not None:
+        at = match.start()
+        char = raw[at]
+        if char != _QUOTE:
+            pos = at + 1
+            yield at, char, pos
+            continue
+        end = find(b'"', at + 1)
+        while end != -1 and _escaped(raw, end):
+            end = find(b'"', end + 1)
+        if end == -1:
+            yield at, char, -1
+            return
+        pos = end + 1
+        yield at, char, pos
+
+
+def _escaped(raw: bytes | bytearray, quote: int) -> bool:
+    """Whether the quote at `quote` is escaped (an odd run of backslashes before it)."""
+    run = 0
+    while raw[quote - 1 - run] == _BACKSLASH:
+        run += 1
+    return run % 2 == 1
 
 
 def salvage(raw: bytes | bytearray) -> list[Any]:
@@ -181,6 +219,20 @@ def salvage(raw: bytes | bytearray) -> list[Any]:
     the body's own structure (outside the entries) is broken."""
     view = memoryview(raw)
     return [_entry(view[start:end]) for start, end in _entry_spans(raw)]
+
+
+def _consumed(raw: bytearray) -> list[Any]:
+    """The entries of a large body, read from the last one back, the body
+    cut short behind each: it shrinks while the entries grow, so the
+    daemon holds about one copy of the listing, not three (the body,
+    orjson's own document, the objects) as when read whole."""
+    spans = _entry_spans(raw)
+    entries = []
+    for start, end in reversed(spans):
+        entries.append(_entry(memoryview(raw[start:end])))
+        del raw[start:]
+    entries.reverse()
+    return entries
 
 
 def _entry_spans(raw: bytes | bytearray) -> list[tuple[int, int]]:
@@ -192,14 +244,12 @@ def _entry_spans(raw: bytes | bytearray) -> list[tuple[int, int]]:
     spans: list[tuple[int, int]] = []
     start = 0
     end_of_body = None
-    for match in _TOKENS.finditer(raw):
-        at = match.start()
-        char = raw[at]
+    for at, char, after in _tokens(raw):
         if char == _QUOTE:
-            if match.end() - at == 1:
+            if after == -1:
                 raise ListingMalformed("answer is not JSON (a string is never closed)")
             if depth == 1:
-                key = match.group()
+                key = bytes(raw[at:after])
             continue
         if end_of_body is not None:
             raise ListingMalformed("answer is not JSON (text after the top-level object)")
@@ -210,7 +260,7 @@ def _entry_spans(raw: bytes | bytearray) -> list[tuple[int, int]]:
                 if found:
                     raise ListingMalformed("answer has two result_list arrays", excerpt=False)
                 found = in_list = True
-                start = match.end()
+                start = after
             depth += 1
         elif char in _CLOSE:
             depth -= 1
@@ -224,11 +274,11 @@ def _entry_spans(raw: bytes | bytearray) -> list[tuple[int, int]]:
             elif depth == 0:
                 if char != ord("}"):
                     raise ListingMalformed("answer is not JSON (unbalanced brackets)")
-                end_of_body = match.end()
+                end_of_body = after
         elif char == _COMMA:
             if depth == 2 and in_list:
                 _add_span(raw, start, at, spans, last=False)
-                start = match.end()
+                start = after
             elif depth == 1:
                 key = None
     if depth != 0 or end_of_body is None:
@@ -289,12 +339,12 @@ def _members(raw: bytes) -> list[tuple[str, int, int]]:
     depth = 0
     key: bytes | None = None
     current: list[Any] | None = None  # [name, deepest, start] of the value being read
-    for match in _TOKENS.finditer(raw):
-        at = match.start()
-        char = raw[at]
+    for at, char, after in _tokens(raw):
         if char == _QUOTE:
+            if after == -1:
+                break
             if depth == 1 and current is None:
-                key = match.group()
+                key = raw[at:after]
         elif char in _OPEN:
             depth += 1
             if current is not None and depth - 1 > current[1]:
@@ -304,7 +354,7 @@ def _members(raw: bytes) -> list[tuple[str, int, int]]:
             if depth == 0:
                 break
         elif depth == 1 and char == _COLON and key is not None:
-            current, key = [_key_name(key), 0, match.end()], None
+            current, key = [_key_name(key), 0, after], None
         elif depth == 1 and char == _COMMA and current is not None:
             members.append((current[0], current[1], current[2]))
             current = None

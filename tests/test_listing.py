@@ -15,6 +15,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from cdnreq import listing as listing_module
 from cdnreq.listing import Listing, ListingMalformed, parse_listing, read_listing
 from cdnreq.model import RequestedState, SharedInstance
 from cdnreq.validate.verdict import validate
@@ -83,26 +84,36 @@ CASES = [
 ]
 
 
+@pytest.fixture(params=["whole", "entry by entry"])
+def large(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Read as a small body (orjson first), or as a large one (consumed entry by entry)."""
+    if request.param == "entry by entry":
+        monkeypatch.setattr(listing_module, "LARGE", 0)
+    return request.param == "entry by entry"
+
+
 @pytest.mark.parametrize(("hostile", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_one_hostile_entry_is_that_instance_s_error_alone(hostile: bytes, expected: str) -> None:
+def test_one_hostile_entry_is_that_instance_s_error_alone(hostile: bytes, expected: str, large: bool) -> None:
     HOSTILE_RUN.append(expected)
-    listing = read_listing(body(hostile))
+    raw = bytearray(body(hostile))
+    listing = read_listing(raw)
+    assert not large or raw == b'{"result_list":['  # a large body is consumed as it is read
     assert refusal(listing) == (expected,)
     assert_others_intact(listing)
 
 
-def test_every_hostile_entry_at_once() -> None:
+def test_every_hostile_entry_at_once(large: bool) -> None:
     """All of them in one listing, each under its own guid."""
     hostile = [h.replace(b'"instance_guid":"H"', b'"instance_guid":"H%d"' % n) for n, (_, h, _) in enumerate(CASES)]
-    listing = read_listing(body(*hostile))
+    listing = read_listing(bytearray(body(*hostile)))
     for n, (_, _, expected) in enumerate(CASES):
         assert refusal(listing, f"H{n}") == (expected,), n
     assert {i.guid for i in listing.instances} >= set(GOOD)
     assert listing.anonymous == 0
 
 
-def test_identical_duplicates_count_once() -> None:
-    listing = read_listing(body(entry(params(b"1")), entry(params(b"1"))))
+def test_identical_duplicates_count_once(large: bool) -> None:
+    listing = read_listing(bytearray(body(entry(params(b"1")), entry(params(b"1")))))
     assert listing.duplicates == 1 and not listing.unusable
     assert [i.guid for i in listing.instances] == ["A", "H", "B"]
 
@@ -131,10 +142,10 @@ def test_a_deep_entry_without_guid_is_anonymous() -> None:
     b'{"result_list":[' + entry(params(b"NaN")) + b"}}",
 ], ids=["truncated", "unclosed", "unterminated string", "trailing text", "no result_list", "array", "html",
         "empty element", "list closed by a brace"])
-def test_a_body_whose_structure_is_broken_fails_whole(raw: bytes) -> None:
+def test_a_body_whose_structure_is_broken_fails_whole(raw: bytes, large: bool) -> None:
     """A partial listing would make the missing instances look gone."""
     with pytest.raises(ListingMalformed):
-        read_listing(raw)
+        read_listing(bytearray(raw))
 
 
 def test_parse_listing_of_a_healthy_listing_is_unchanged() -> None:
@@ -146,5 +157,5 @@ def test_parse_listing_of_a_healthy_listing_is_unchanged() -> None:
 
 def test_hostile_inputs_counted() -> None:
     """Not a property: the number of hostile inputs this file runs, for the report."""
-    print(f"\nhostile listing inputs: {len(CASES)} single-entry cases, all {len(CASES)} again in one listing, "
-          f"3 unreadable guids, 2 deep anonymous entries, 9 broken bodies")
+    print(f"\nhostile listing inputs: {len(CASES)} single-entry cases and all {len(CASES)} in one listing,"
+          f" each read whole and entry by entry; 3 unreadable guids, 2 deep anonymous entries, 9 broken bodies")
