@@ -119,7 +119,9 @@ def parse_listing(entries: list[Any]) -> Listing:
             else:
                 try:
                     instance = make(guid, state, parameters, digest(parameters))
-                except (RecursionError, ValueError, TypeError):
+                except RecursionError:  # orjson reads 1,024 levels, the standard library writes fewer
+                    reason = "parameters: nested too deeply to be encoded"
+                except (ValueError, TypeError):
                     reason = "parameters: cannot be encoded as JSON"
         if guid in unusable:
             continue  # already refused this tick: the first reason stands
@@ -239,6 +241,7 @@ def _entry_spans(raw: bytes | bytearray) -> list[tuple[int, int]]:
     """Byte spans of result_list's elements (whitespace trimmed)."""
     depth = 0
     key: bytes | None = None  # the last string seen at the top level
+    named: bytes | None = None  # the key whose value comes next at the top level
     in_list = False
     found = False
     spans: list[tuple[int, int]] = []
@@ -256,7 +259,7 @@ def _entry_spans(raw: bytes | bytearray) -> list[tuple[int, int]]:
         if char in _OPEN:
             if depth == 0 and char != ord("{"):
                 raise ListingMalformed("answer is not a JSON object")
-            if depth == 1 and key == b'"result_list"' and char == ord("["):
+            if depth == 1 and named == b'"result_list"' and char == ord("["):
                 if found:
                     raise ListingMalformed("answer has two result_list arrays", excerpt=False)
                 found = in_list = True
@@ -280,7 +283,9 @@ def _entry_spans(raw: bytes | bytearray) -> list[tuple[int, int]]:
                 _add_span(raw, start, at, spans, last=False)
                 start = after
             elif depth == 1:
-                key = None
+                key = named = None
+        elif char == _COLON and depth == 1:
+            named, key = key, None
     if depth != 0 or end_of_body is None:
         raise ListingMalformed("answer is not JSON (truncated)")
     if raw[end_of_body:].strip(_SPACE):

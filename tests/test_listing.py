@@ -64,6 +64,7 @@ CASES = [
      "foo: the value holds a lone surrogate ('\\ud800' at character 0)"),
     ("nested 250 levels", entry(params(NEST_250)), "foo: nested deeper than 32 levels"),
     ("nested 1,100 levels", entry(params(NEST_1100)), "parameters: nested deeper than 512 levels"),
+    ("nested 1,020 levels", entry(params(b"[" * 1020 + b"]" * 1020)), "parameters: nested too deeply to be encoded"),
     ("2**70", entry(params(b"%d" % 2**70)), "foo: the number 1.1805916207174113e+21 is beyond the 64-bit integer range"),
     ("2**70 next to a NaN", entry(params(b"[%d, NaN]" % 2**70)),
      "foo: the integer 1180591620717411303424 does not fit in 64 bits"),
@@ -140,8 +141,9 @@ def test_a_deep_entry_without_guid_is_anonymous() -> None:
     b"<html>NaN</html>",
     b'{"result_list":[' + entry(params(b"NaN")) + b",]}",
     b'{"result_list":[' + entry(params(b"NaN")) + b"}}",
+    b'{"result_list" [' + entry(params(b"NaN")) + b"]}",
 ], ids=["truncated", "unclosed", "unterminated string", "trailing text", "no result_list", "array", "html",
-        "empty element", "list closed by a brace"])
+        "empty element", "list closed by a brace", "no colon"])
 def test_a_body_whose_structure_is_broken_fails_whole(raw: bytes, large: bool) -> None:
     """A partial listing would make the missing instances look gone."""
     with pytest.raises(ListingMalformed):
@@ -158,4 +160,4 @@ def test_parse_listing_of_a_healthy_listing_is_unchanged() -> None:
 def test_hostile_inputs_counted() -> None:
     """Not a property: the number of hostile inputs this file runs, for the report."""
     print(f"\nhostile listing inputs: {len(CASES)} single-entry cases and all {len(CASES)} in one listing,"
-          f" each read whole and entry by entry; 3 unreadable guids, 2 deep anonymous entries, 9 broken bodies")
+          f" each read whole and entry by entry; 3 unreadable guids, 2 deep anonymous entries, 10 broken bodies")
