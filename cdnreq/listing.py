@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+from operator import attrgetter
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
@@ -87,61 +88,81 @@ def parse_listing(entries: list[Any]) -> Listing:
 
     Each entry is released from `entries` once read, so the parsed JSON and
     the instances built from it are never both whole in memory (at 100,000
-    instances each is about 80 MB). A guid listed twice with different
-    content is unusable for this tick: no "first one wins".
+    instances each is about 80 MB). The loop is the idle tick's first pass
+    over every instance: the healthy case goes straight through.
     """
-    instances: dict[str, SharedInstance] = {}
+    instances: list[SharedInstance] = []
     unusable: dict[str, str] = {}
-    anonymous = duplicates = 0
-    make, states = _make_instance, _STATES
+    anonymous = 0
+    make, states, append = _make_instance, _STATES, instances.append
     for index, entry in enumerate(entries):
         entries[index] = None
-        if isinstance(entry, Broken):
-            guid, reason, instance = entry.guid, entry.reason, None
-        else:
-            guid = entry.get("instance_guid") if isinstance(entry, dict) else None
-            reason = instance = None
-        if not _addressable(guid):
-            anonymous += 1
-            continue
-        if reason is None:
+        if entry.__class__ is dict:
+            guid = entry.get("instance_guid")
+            if guid.__class__ is not str or not guid or not (guid.isascii() or _addressable(guid)):
+                anonymous += 1
+                continue
             parameters = entry.get("parameters", _MISSING)
             raw_state = entry.get("state", _MISSING)
-            state = states.get(raw_state) if isinstance(raw_state, str) else None
-            if parameters is _MISSING:
-                reason = "parameters: missing from the listing"
-            elif not isinstance(parameters, dict):
-                reason = f"parameters: not a JSON object (got {_kind(parameters)})"
-            elif raw_state is _MISSING:
-                reason = "state: missing from the listing"
-            elif state is None:
-                reason = f"state: {_show(raw_state)} is not one of started, stopped, destroyed"
-            else:
+            state = states.get(raw_state) if raw_state.__class__ is str else None
+            if parameters.__class__ is dict and state is not None:
                 try:
-                    instance = make(guid, state, parameters, digest(parameters))
+                    append(make(guid, state, parameters, digest(parameters)))
+                    continue
                 except RecursionError:  # orjson reads 1,024 levels, the standard library writes fewer
                     reason = "parameters: nested too deeply to be encoded"
                 except (ValueError, TypeError):
                     reason = "parameters: cannot be encoded as JSON"
-        if guid in unusable:
-            continue  # already refused this tick: the first reason stands
-        first = instances.get(guid)
-        if first is not None:
-            if instance is not None and instance.state is first.state and instance.param_hash == first.param_hash:
-                duplicates += 1
-                continue
-            del instances[guid]
-            unusable[guid] = DIFFERENT
-        elif instance is None:
-            unusable[guid] = reason  # type: ignore[assignment]
+            else:
+                reason = _refusal(parameters, raw_state)
+        elif isinstance(entry, Broken) and _addressable(entry.guid):
+            guid, reason = entry.guid, entry.reason
         else:
-            instances[guid] = instance
-    return Listing(tuple(instances.values()), unusable, anonymous, duplicates)
+            anonymous += 1
+            continue
+        unusable.setdefault(guid, reason)  # listed twice, broken twice: the first reason
+    kept, duplicates = _once(instances, unusable)
+    return Listing(kept, unusable, anonymous, duplicates)
+
+
+def _refusal(parameters: Any, raw_state: Any) -> str:
+    if parameters is _MISSING:
+        return "parameters: missing from the listing"
+    if parameters.__class__ is not dict:
+        return f"parameters: not a JSON object (got {_kind(parameters)})"
+    if raw_state is _MISSING:
+        return "state: missing from the listing"
+    return f"state: {_show(raw_state)} is not one of started, stopped, destroyed"
+
+
+def _once(instances: list[SharedInstance], unusable: dict[str, str]) -> tuple[tuple[SharedInstance, ...], int]:
+    """Each guid once: identical repeats are counted and dropped; a guid
+    listed with different content (or also as unusable) is unusable this
+    tick, never "first one wins"."""
+    guids = set(map(_GUID, instances))
+    if len(guids) == len(instances) and (not unusable or guids.isdisjoint(unusable)):
+        return tuple(instances), 0  # the usual case: one pass in C
+    first: dict[str, SharedInstance] = {}
+    duplicates = 0
+    for instance in instances:
+        guid = instance.guid
+        if guid in unusable:
+            continue
+        seen = first.get(guid)
+        if seen is None:
+            first[guid] = instance
+        elif seen.state is instance.state and seen.param_hash == instance.param_hash:
+            duplicates += 1
+        else:
+            del first[guid]
+            unusable[guid] = DIFFERENT
+    return tuple(first.values()), duplicates  # listed usable and unusable: the unusable reason stands
 
 
 _make_instance = fast_maker(SharedInstance)
 _STATES = {s.value: s for s in RequestedState}
 _MISSING: Any = object()
+_GUID = attrgetter("guid")
 
 
 def _addressable(guid: Any) -> bool:
