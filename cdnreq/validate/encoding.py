@@ -43,9 +43,12 @@ def encoding_problems(parameters: Mapping[str, Any], max_bytes: int = DEFAULT_MA
     except TypeError as error:  # every cause is ruled out above: keep the message honest anyway
         return [f"parameters: cannot be encoded as JSON ({error})"]
     if size > max_bytes:
+        sizes = {key: len(orjson.dumps(value)) for key, value in parameters.items()}
+        largest = max(sizes, key=sizes.__getitem__)
         problems.append(
             f"parameters: {size} bytes, more than the {max_bytes} allowed"
-            " ([validation].max_parameters_bytes)"
+            f" ([validation].max_parameters_bytes); the largest is {_show_name(largest)}"
+            f" ({sizes[largest]} bytes)"
         )
     return problems
 
