@@ -2,6 +2,8 @@
 
     python -m bench [--sizes 1000,10000,100000] [--out bench-results.json]
                     [--skip-slapproxy] [--skip-latency] [--keep]
+    python -m bench large [--customers 10000] [--parameter-bytes 65000]
+                    (the daemon's memory with 64 KiB parameters: bench/large.py)
 
 Prints progress on stderr, then a table and the targets on stdout, and
 writes every figure to the JSON file. Needs root for two things, both
@@ -29,6 +31,11 @@ def _sizes(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["large"]:
+        from bench.large import main as large
+
+        return large(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=_sizes, default=[1000, 10000, 100000],
                         help="customers per run, comma-separated (default 1000,10000,100000)")

@@ -23,7 +23,7 @@ import orjson
 
 from cdnreq.dns.challenge import issue
 from cdnreq.dns.resolver import Lookup
-from cdnreq.master import parse_listing
+from cdnreq.listing import read_listing
 from cdnreq.model import InstanceGuid
 from cdnreq.reconcile.domains import Domains
 from cdnreq.reconcile.gate import DomainPolicy
@@ -120,7 +120,7 @@ async def main(size: int) -> None:
 
     policy = Policy(request_prefix=PREFIX, spec_hash=spec_hash("sr", "default", {}))
     domains = Domains(policy=DomainPolicy(label=LABEL), secret=SECRET, resolver=ZoneResolver(tokens), challenges=challenges)
-    listing = parse_listing(orjson.loads(body)["result_list"])
+    listing = read_listing(body)
     step = await domains.step(listing.instances, {}, now, 1)
     known = {}
     for instance in listing.instances:
@@ -146,7 +146,7 @@ async def main(size: int) -> None:
     for tick in range(3):
         with collector_paused():
             t0 = time.perf_counter()
-            listing = parse_listing(orjson.loads(body)["result_list"])
+            listing = read_listing(body)
             t1 = time.perf_counter()
             step = await domains.step(listing.instances, known, time.time(), 2 + tick)
             t2 = time.perf_counter()

@@ -43,6 +43,7 @@ __all__ = [
     "MasterConfig",
     "TechnicalCdnConfig",
     "TcpListen",
+    "ValidationConfig",
     "config_json_schema",
 ]
 
@@ -109,6 +110,12 @@ class MasterConfig(BaseModel):
         description="CA bundle to verify the master (default: system CAs)",
     )
     timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False, description="per call")
+    max_listing_bytes: int = Field(
+        default=1 << 30,
+        ge=1024,
+        description="the largest answer read from the master (the listing is the largest);"
+        " a larger listing fails the tick",
+    )
 
     @field_validator("url")
     @classmethod
@@ -399,6 +406,12 @@ class ValidationConfig(BaseModel):
         " warning); names that can carry a host (domain, alias, host, server-name) are"
         " refused either way",
     )
+    max_parameters_bytes: int = Field(
+        default=65536,
+        ge=1024,
+        description="the largest parameters of one instance, known and unknown keys together,"
+        " as compact JSON; larger ones are refused for that instance",
+    )
     backend_deny: list[str] = Field(
         default_factory=lambda: list(DEFAULT_BACKEND_DENY),
         description="CIDR networks a backend address (url, https-url, failover urls,"
@@ -421,6 +434,7 @@ class ValidationConfig(BaseModel):
     def policy(self) -> ValidationPolicy:
         return ValidationPolicy(
             forward_unknown=self.forward_unknown,
+            max_parameters_bytes=self.max_parameters_bytes,
             backend_deny=networks(self.backend_deny),
             backend_allow=networks(self.backend_allow),
         )

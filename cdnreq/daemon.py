@@ -56,6 +56,7 @@ def master_client(config: Config, metrics: Metrics | None = None) -> MasterClien
             ca_file=_path(master.ca_file),
         ),
         max_connections=config.daemon.concurrency + 2,
+        max_listing_bytes=master.max_listing_bytes,
         observer=metrics.master_call if metrics is not None else None,
     )
 

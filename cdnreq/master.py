@@ -18,9 +18,13 @@ from typing import Any, Callable, Mapping
 import aiohttp
 import orjson
 
-from cdnreq.scrub import scrub
-from cdnreq.model import InstanceAnswer, RequestedState, SharedInstance, digest, fast_maker
+from cdnreq.listing import Listing, ListingMalformed, read_listing
+from cdnreq.model import InstanceAnswer
 from cdnreq.resources import local_errno, shortage
+from cdnreq.scrub import scrub
+
+__all__ = ["Listing", "MasterClient", "MasterError", "MasterMalformed", "MasterRejected",
+           "MasterTooLarge", "MasterUnavailable", "MasterUnencodable", "TlsFiles"]
 
 LIST_HOSTED = "slapos.allDocs.v0.instance_node_instance_list"
 REQUEST = "slapos.post.v0.software_instance"
@@ -73,19 +77,13 @@ class MasterMalformed(MasterError):
     """2xx, but not the JSON shape the API promises."""
 
 
-@dataclass(frozen=True, slots=True)
-class Listing:
-    """The shared instances hosted by the requester.
+class MasterTooLarge(MasterMalformed):
+    """An answer longer than the cap set for it."""
 
-    `unusable` are guids whose entry could not be read (they must be neither
-    requested nor destroyed); `anonymous` counts entries without a guid, which
-    means some known instance may be missing from `instances` for no reason of
-    its own.
-    """
 
-    instances: tuple[SharedInstance, ...]
-    unusable: tuple[str, ...] = ()
-    anonymous: int = 0
+class MasterUnencodable(MasterError):
+    """The call's body cannot be encoded as JSON: nothing was sent. Validation
+    keeps unencodable values from every request; this is the last line."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +106,7 @@ class MasterClient:
     partition_header: str | None = None
     tls: TlsFiles = field(default_factory=TlsFiles)
     max_connections: int = 16
+    max_listing_bytes: int = 1 << 30
     observer: CallObserver | None = None
     calls: Counter = field(default_factory=Counter)
     in_flight: int = 0
@@ -149,15 +148,31 @@ class MasterClient:
             self._session = None
 
     async def call(self, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        status, raw = await self._post(name, body)
+        try:
+            answer = _loads(raw)
+        except (ValueError, RecursionError):
+            raise MasterMalformed(name, f"answer is not JSON: {_excerpt(raw)}", status=status) from None
+        if not isinstance(answer, dict):
+            raise MasterMalformed(name, f"answer is not a JSON object: {_excerpt(raw)}")
+        return answer
+
+    async def _post(self, name: str, body: Mapping[str, Any]) -> tuple[int, bytearray]:
+        """The 2xx answer's status and body (at most max_listing_bytes, the
+        largest answer a master gives); typed errors otherwise."""
+        try:
+            data = orjson.dumps(body)
+        except TypeError as error:  # orjson.JSONEncodeError: a lone surrogate, a huge integer...
+            raise MasterUnencodable(name, f"the request cannot be encoded as JSON ({error})") from None
         session = self._open()
         self.calls[name] += 1
         self.in_flight += 1
         started = time.monotonic()
         status = "error"
         try:
-            async with session.post(name, data=orjson.dumps(body), headers=_JSON) as response:
+            async with session.post(name, data=data, headers=_JSON) as response:
                 status = str(response.status)
-                raw = await response.read()
+                raw = await _read(response, name, self.max_listing_bytes)
         except asyncio.TimeoutError:
             status = "timeout"
             raise MasterUnavailable(name, f"no answer within {self.timeout_s:g} s") from None
@@ -176,24 +191,15 @@ class MasterClient:
             raise error(
                 name, f"HTTP {response.status}: {title}", status=response.status, title=title
             )
-        try:
-            answer = _loads(raw)
-        except ValueError:
-            text = raw.decode("utf-8", "replace")
-            raise MasterMalformed(
-                name, f"answer is not JSON: {_excerpt(text)}", status=response.status
-            ) from None
-        if not isinstance(answer, dict):
-            text = raw.decode("utf-8", "replace")
-            raise MasterMalformed(name, f"answer is not a JSON object: {_excerpt(text)}")
-        return answer
+        return response.status, raw
 
     async def list_hosted(self, instance_guid: str) -> Listing:
-        answer = await self.call(LIST_HOSTED, {"instance_guid": instance_guid})
-        entries = answer.get("result_list")
-        if not isinstance(entries, list):
-            raise MasterMalformed(LIST_HOSTED, "answer has no result_list array")
-        return parse_listing(entries)
+        status, raw = await self._post(LIST_HOSTED, {"instance_guid": instance_guid})
+        try:
+            return read_listing(raw)
+        except ListingMalformed as error:
+            detail = f"{error.problem}: {_excerpt(raw)}" if error.excerpt else error.problem
+            raise MasterMalformed(LIST_HOSTED, detail, status=status) from None
 
     async def request_instance(
         self,
@@ -238,39 +244,31 @@ class MasterClient:
         await self.call(ERROR, {"instance_guid": instance_guid, "message": message})
 
 
-def parse_listing(entries: list[Any]) -> Listing:
-    """The listing's entries as SharedInstances.
-
-    Each entry is released from `entries` once read, so the parsed JSON and
-    the instances built from it are never both whole in memory (at 100,000
-    instances each is about 80 MB).
-    """
-    instances: list[SharedInstance] = []
-    unusable: list[str] = []
-    anonymous = 0
-    make, states, started = _make_instance, _STATES, RequestedState.STARTED
-    for index, entry in enumerate(entries):
-        entries[index] = None
-        guid = entry.get("instance_guid") if isinstance(entry, dict) else None
-        if not isinstance(guid, str) or not guid:
-            anonymous += 1
-            continue
-        parameters = entry.get("parameters", {})
-        raw_state = entry.get("state", started)
-        state = raw_state if raw_state is started else states.get(raw_state) if isinstance(raw_state, str) else None
-        if not isinstance(parameters, dict) or state is None:
-            unusable.append(guid)
-            continue
-        instances.append(make(guid, state, parameters, digest(parameters)))
-    return Listing(tuple(instances), tuple(unusable), anonymous)
-
-
-_make_instance = fast_maker(SharedInstance)
-_STATES = {s.value: s for s in RequestedState}
 _JSON = {"Content-Type": "application/json"}
 
 
-def _loads(raw: bytes) -> Any:
+async def _read(response: aiohttp.ClientResponse, name: str, limit: int | None) -> bytearray:
+    """The body, read in chunks into one buffer (orjson reads a bytearray
+    as it is: no second copy of a listing of hundreds of megabytes)."""
+    declared = response.content_length
+    if limit is not None and declared is not None and declared > limit:
+        raise MasterTooLarge(name, _too_large(declared, limit, "announced"), status=response.status)
+    raw = bytearray()
+    async for chunk in response.content.iter_chunked(1 << 20):
+        raw += chunk
+        if limit is not None and len(raw) > limit:
+            raise MasterTooLarge(name, _too_large(len(raw), limit, "read so far"), status=response.status)
+    return raw
+
+
+def _too_large(size: int, limit: int, how: str) -> str:
+    return (
+        f"answer is too large: {size} bytes {how}, more than the {limit} allowed"
+        " ([master].max_listing_bytes)"
+    )
+
+
+def _loads(raw: bytes | bytearray) -> Any:
     """orjson, or the standard library for what orjson refuses but masters
     send (a bare `Infinity` that one customer's parameter became)."""
     try:
@@ -299,12 +297,15 @@ def _instance_answer(call: str, answer: dict[str, Any]) -> InstanceAnswer:
 def _error_title(text: str) -> str:
     try:
         body = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         body = None
     if isinstance(body, dict) and isinstance(body.get("title"), str):
         return body["title"]
     return _excerpt(text) or "no body"
 
 
-def _excerpt(text: str) -> str:
+def _excerpt(text: str | bytes | bytearray, limit: int = 200) -> str:
+    """The start of a body, scrubbed (see cdnreq/scrub.py)."""
+    if not isinstance(text, str):  # only the start of a body can be shown
+        text = bytes(text[: 8 * limit]).decode("utf-8", "replace")
     return scrub(text)

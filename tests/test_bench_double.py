@@ -415,7 +415,7 @@ async def test_master_client_against_the_double(api: Api) -> None:
     async with MasterClient(api.server.url, timeout_s=5) as client:
         listing = await client.list_hosted(REQUESTER_GUID)
         assert [i.guid for i in listing.instances] == [customer_guid(i) for i in range(5)]
-        assert listing.unusable == () and listing.anonymous == 0
+        assert listing.unusable == {} and listing.anonymous == 0
         answer = await client.request_instance(
             title="cdnreq-SOFTINST-0", software_release_uri=SR, software_type="default",
             parameters={"url": "https://backend-0.example"}, state="started",

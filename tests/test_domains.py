@@ -300,9 +300,9 @@ async def test_recheck_by_address_with_cdn_targets(devdns: DevDns, dns: Recordin
 async def test_verdict_is_cached_by_param_hash(dns: Recording, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[dict] = []
 
-    def counting(parameters, policy):
+    def counting(parameters, *limits):
         calls.append(dict(parameters))
-        return validate(parameters, policy)
+        return validate(parameters, *limits)
 
     monkeypatch.setattr(domains_module, "validate", counting)
     d = domains(dns)

@@ -458,12 +458,15 @@ def test_one_tick_with_hostile_customers_next_to_good_ones(tmp_path: Path) -> No
         assert errors[guid] == shown["message"] and errors[guid].startswith("The CDN could not accept this entry")
         assert len(json.dumps(shown)) < 16 * 1024, guid  # a 1 MB value is not echoed back
         print(f"  {guid}: {problems}")
-    # the unusable entry: neither requested nor destroyed, nor failing the tick
-    assert "SOFTINST-h-not-an-object" not in published and summary["planned"].get("unusable") == 1
+    # the unusable entry: neither requested nor destroyed, nor failing the tick; its customer
+    # is told why (issue 10, item 1)
+    assert json.loads(published["SOFTINST-h-not-an-object"]["request-error-list"]) == [
+        "parameters: not a JSON object (got an array)"]
+    assert summary["planned"].get("unusable") == 1
     # the second tick requests nothing again, and each error was published once
     assert "request" not in summary["planned"] and "update" not in summary["planned"]
     assert calls["slapos.post.v0.software_instance"] == len(GOOD) + len(ODD_GUIDS)
-    assert calls["slapos.put.v0.software_instance_error"] == len(HOSTILE)
+    assert calls["slapos.put.v0.software_instance_error"] == len(HOSTILE) + 1
 
 
 @pytest.mark.slapproxy

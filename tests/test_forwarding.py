@@ -12,10 +12,11 @@ import json
 
 import pytest
 import trustme
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from cdnreq.model import digest
+from cdnreq.validate.encoding import encoding_problems
 from cdnreq.validate.policy import ValidationPolicy
 from cdnreq.validate.schema import KNOWN_PARAMETERS, SCHEMA, schema_problems
 from cdnreq.validate.text import PEM_FIELDS
@@ -66,7 +67,8 @@ PLAIN_STRINGS = sorted(
         ("path", "/\u202eevil", 'path: must not contain the bidirectional control U+202E at character 2'
          ' (got "/\\u202eevil")'),
         ("path", "/a\u2028b", 'path: must not contain the line separator U+2028 at character 3 (got "/a\\u2028b")'),
-        ("path", "/a\ud800", 'path: must not contain an unpaired surrogate U+D800 at character 3 (got "/a\\ud800")'),
+        # a lone surrogate is refused first by the encoding check (cdnreq/validate/encoding.py)
+        ("path", "/a\ud800", "path: the value holds a lone surrogate ('\\ud800' at character 2)"),
     ],
 )
 def test_a_control_character_is_refused_naming_the_field_and_showing_it_escaped(name, value, message) -> None:
@@ -82,7 +84,8 @@ def test_any_forbidden_character_in_any_known_string_field_is_refused(name, head
 
 
 @SETTINGS
-@given(st.sampled_from(sorted(PEM_FIELDS)), st.sampled_from([c for c in FORBIDDEN if c not in "\t\r\n"]))
+@given(st.sampled_from(sorted(PEM_FIELDS)),
+       st.sampled_from([c for c in FORBIDDEN if c not in "\t\r\n" and not "\ud800" <= c <= "\udfff"]))
 def test_pem_fields_refuse_controls_but_line_breaks_and_tabs(name, char) -> None:
     value = "-----BEGIN CERTIFICATE-----\nMIIB" + char + "\n-----END CERTIFICATE-----\n"
     errors = refused({**BASE, name: value})
@@ -162,7 +165,8 @@ def test_the_operator_may_forward_other_unknown_keys_still_checked() -> None:
                 {"foo": {"k\x1b": 1}}, {"foo": ("not", "json")}, {"foo": [2**64]}):
         errors = refused({**BASE, **bad}, FORWARD)
         assert len(errors) == 1 and errors[0].startswith(json.dumps(next(iter(bad)))[1:-1] + ": "), errors
-        assert validate({**BASE, **bad}).ok  # dropped by default: nothing to refuse
+        # dropped by default: nothing to refuse but what cannot be encoded at all (issue 10, 1)
+        assert validate({**BASE, **bad}).errors == tuple(encoding_problems({**BASE, **bad}))
 
 
 # -- 5. SlapOS's "_" --------------------------------------------------------------------------
@@ -213,7 +217,7 @@ def test_underscore_content_is_checked_exactly_as_if_sent_directly(inner: dict) 
         ({"_": {"url": "https://b.example"}}, "_: must be a string holding a JSON object (got an object)"),
         ({"_": None}, "_: must be a string holding a JSON object (got null)"),
         ({"_": json.dumps({"_": "{}"})}, '_: must not hold another "_"'),
-        ({"_": "[" * 100_000}, None),
+        ({"_": "[" * 60_000}, None),
     ],
 )
 def test_underscore_that_cannot_be_used_is_refused_naming_it(parameters: dict, message: str | None) -> None:
@@ -269,6 +273,8 @@ def test_underscore_gives_the_same_verdict_as_the_parameters_sent_directly(param
     params = {k: v for k, v in params.items() if k != "_"}
     HOSTILE_RUN.append("x")
     direct, unwrapped = validate(params), validate(wrapped(params))
+    # the wrapper's own bytes count against the size cap: judged alike below it
+    assume(not any("max_parameters_bytes" in e for e in direct.errors + unwrapped.errors))
     assert (unwrapped.errors, unwrapped.warnings, unwrapped.hosts) == (direct.errors, direct.warnings, direct.hosts)
     if direct.ok:
         assert dict(unwrapped.forward) == dict(direct.forward if direct.forward is not None else params)

@@ -46,7 +46,7 @@ def live(instance: SharedInstance) -> Record:
 
 
 def listing(*instances: SharedInstance) -> Listing:
-    return Listing(tuple(instances), (), 0)
+    return Listing(tuple(instances), {}, 0)
 
 
 # -- removals: strict at the threshold, over a sliding window --------------------

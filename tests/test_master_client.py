@@ -380,7 +380,7 @@ async def test_request_bodies_conform_to_spec(start_master: StartMaster):
         (customer, RequestedState.STARTED, customer_params),
         ("SOFTINST-302", RequestedState.STOPPED, {}),
     ]
-    assert listing.unusable == () and listing.anonymous == 0
+    assert listing.unusable == {} and listing.anonymous == 0
     assert (started.guid, started.connection_parameters, started.state) == ("SOFTINST-401", tech_connection, "started")
     assert destroyed == started  # the fake answers every request alike
     assert (got.guid, got.connection_parameters, got.state) == (customer, {"domain": "a.example.com"}, "started")
@@ -469,10 +469,17 @@ async def test_list_hosted_sorts_out_unusable_and_anonymous(start_master: StartM
 
     assert [(i.guid, i.state, dict(i.parameters)) for i in listing.instances] == [
         ("SOFTINST-1", RequestedState.STARTED, {"url": "https://g.example"}),
-        ("SOFTINST-7", RequestedState.STARTED, {}),  # missing state: started
-        ("SOFTINST-8", RequestedState.STARTED, {}),  # missing parameters: none
     ]
-    assert listing.unusable == ("SOFTINST-2", "SOFTINST-3", "SOFTINST-4", "SOFTINST-5", "SOFTINST-6")
+    # a missing state or parameters is unusable, not "started" or {} (issue 10, item 11)
+    assert listing.unusable == {
+        "SOFTINST-2": "parameters: not a JSON object (got a string)",
+        "SOFTINST-3": "parameters: not a JSON object (got an array)",
+        "SOFTINST-4": "parameters: not a JSON object (got null)",
+        "SOFTINST-5": 'state: "start_requested" is not one of started, stopped, destroyed',
+        "SOFTINST-6": "state: null is not one of started, stopped, destroyed",
+        "SOFTINST-7": "state: missing from the listing",
+        "SOFTINST-8": "parameters: missing from the listing",
+    }
     assert listing.anonymous == 4
 
 
@@ -491,7 +498,7 @@ async def test_list_hosted_unhashable_state_is_unusable(start_master: StartMaste
     }
     listing = await _list(start_master, answer)
     assert [i.guid for i in listing.instances] == ["SOFTINST-1"]
-    assert listing.unusable == ("SOFTINST-2", "SOFTINST-3")
+    assert list(listing.unusable) == ["SOFTINST-2", "SOFTINST-3"]
 
 
 @pytest.mark.parametrize(
@@ -810,3 +817,65 @@ async def test_observer_and_calls(
             await client.get_instance("SOFTINST-1")
         assert client.calls == {GET: 1}
     assert [(n, label) for n, label, _ in seen] == [(GET, "error")]
+
+
+# --------------------------------------------------------------------------
+# Issue 10, items 1 and 2: hostile listings, the listing cap, unencodable bodies
+# --------------------------------------------------------------------------
+
+
+async def test_a_listing_orjson_refuses_is_read_entry_by_entry(start_master: StartMaster):
+    body = (
+        b'{"result_list":[' + json.dumps(hosted_entry("SOFTINST-1", "good", {"url": "https://g.example"})).encode()
+        + b',{"instance_guid":"SOFTINST-2","parameters":{"x":"\xff"},"state":"started"}'
+        + b',{"instance_guid":"SOFTINST-3","parameters":{"x":NaN},"state":"started"}]}'
+    )
+    master = await start_master(replying(lambda: web.Response(body=body, content_type="application/json")))
+    async with MasterClient(url=master.url, timeout_s=5) as client:
+        listing = await client.list_hosted(REQUESTER_GUID)
+    assert [i.guid for i in listing.instances] == ["SOFTINST-1", "SOFTINST-3"]
+    assert listing.unusable == {"SOFTINST-2": "parameters: not valid UTF-8 at byte 6"}
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_a_listing_larger_than_the_cap_fails_naming_cap_and_size(start_master: StartMaster, chunked: bool):
+    entries = [hosted_entry(f"SOFTINST-{n}", f"c{n}", {"url": "https://x.example/" + "a" * 1000}) for n in range(300)]
+    body = json.dumps({"result_list": entries}).encode()
+
+    async def pieces():  # an async iterable body goes out chunked, without a Content-Length
+        for start in range(0, len(body), 65536):
+            yield body[start:start + 65536]
+
+    def respond() -> web.StreamResponse:
+        payload = pieces() if chunked else body
+        return web.Response(body=payload, content_type="application/json")
+
+    master = await start_master(replying(respond))
+    async with MasterClient(url=master.url, timeout_s=5, max_listing_bytes=100_000) as client:
+        with pytest.raises(MasterMalformed) as caught:
+            await client.list_hosted(REQUESTER_GUID)
+    detail = caught.value.detail
+    assert "more than the 100000 allowed ([master].max_listing_bytes)" in detail
+    if chunked:
+        assert "read so far" in detail and int(detail.split(" bytes")[0].split()[-1]) > 100_000
+    else:
+        assert f"answer is too large: {len(body)} bytes announced" in detail
+
+
+async def test_an_unencodable_body_is_a_typed_error_and_nothing_is_sent(start_master: StartMaster):
+    from cdnreq.master import MasterUnencodable
+
+    master = await start_master(answering({}))
+    async with MasterClient(url=master.url, timeout_s=5) as client:
+        for value in ("\ud800", 2**70, [[[]]]):
+            params = {"x": value} if not isinstance(value, list) else {"x": value}
+            if isinstance(value, list):
+                for _ in range(300):
+                    params = {"x": params}
+            with pytest.raises(MasterUnencodable) as caught:
+                await client.request_instance(
+                    title="t", software_release_uri=SR_CDN, software_type="default",
+                    parameters=params, state="started", sla_parameters={},
+                )
+            assert isinstance(caught.value, MasterError) and "cannot be encoded as JSON" in caught.value.detail
+    assert master.received == []

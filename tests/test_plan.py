@@ -39,7 +39,8 @@ def kinds(p):
 
 
 def listing(*instances, anonymous=0, unusable=()):
-    return Listing(tuple(instances), tuple(unusable), anonymous)
+    reasons = unusable if isinstance(unusable, dict) else dict.fromkeys(unusable, "state: missing from the listing")
+    return Listing(tuple(instances), reasons, anonymous)
 
 
 def test_new_instance_is_reserved_and_requested():
@@ -140,8 +141,29 @@ def test_entries_without_guid_hold_destroys():
 def test_unusable_entries_are_neither_requested_nor_destroyed():
     a, b = inst("A"), inst("B")
     p = plan(listing(a, unusable=("B",)), known(live(a), live(b)), NOW, POLICY)
-    assert p.actions == () and p.held == ()
+    assert p.held == ()
     assert p.counts["unusable"] == 1
+    # the customer is told why, and that is all (issue 10, item 1)
+    assert kinds(p) == [(Kind.PUBLISH, "B")]
+    assert p.actions[0].gate.error == "The CDN could not accept this entry: state: missing from the listing"
+
+
+def test_an_unusable_entry_is_told_once_and_nothing_else():
+    """Issue 10, item 1: a new guid gets a record (what it was told is kept), one publication."""
+    from cdnreq.reconcile.records import compose, published
+
+    a = inst("A")
+    reason = {"B": "parameters: not valid UTF-8 at byte 3"}
+    p = plan(listing(a, unusable=reason), {}, NOW, POLICY)
+    assert kinds(p) == [(Kind.REQUEST, "A"), (Kind.PUBLISH, "B")]
+    told = p.actions[1]
+    assert told.record.phase is Phase.NEW and told.record in p.updates and told.instance is None
+    assert told.gate.extras["request-error-list"] == '["parameters: not valid UTF-8 at byte 3"]'
+    assert p.counts["added"] == 1 and p.counts["unusable"] == 1
+    # once published, the next tick has nothing to do for it, and never destroys it
+    b = published(told.record, compose(None, told.gate, False), told.gate.error, NOW)
+    again = plan(listing(a, unusable=reason), known(live(a), b), NOW + 60, POLICY)
+    assert kinds(again) == [] and again.held == ()
 
 
 def test_duplicates_are_counted_once():

@@ -276,6 +276,11 @@ def waiting(gate: Gate, hosts: Iterable[str]) -> Gate:
     return Gate(Status.PENDING, extras=extras, hosts=gate.hosts, pending=tuple(busy), reason=extras["message"])
 
 
+def refused(errors: tuple[str, ...]) -> Gate:
+    """The gate of an instance refused before validation (an unusable listing entry)."""
+    return _invalid(Verdict(errors=errors), errors)
+
+
 def _invalid(verdict: Verdict, errors: tuple[str, ...]) -> Gate:
     message = "The CDN could not accept this entry: " + "; ".join(errors)
     extras = {"request-error-list": json.dumps(list(errors)), "message": message}

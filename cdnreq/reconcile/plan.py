@@ -26,7 +26,7 @@ from cdnreq.model import (
     SharedInstance,
     digest,
 )
-from cdnreq.reconcile.gate import Gate, waiting
+from cdnreq.reconcile.gate import Gate, refused, waiting
 from cdnreq.reconcile.guards import Departures, removal_guard
 from cdnreq.reconcile.records import destroy_pending, needs_publish, resumed
 from cdnreq.reconcile.served import ServedHosts
@@ -149,6 +149,7 @@ def plan(
     seen: set[str] = set(listing.unusable)
     counts["unusable"] = len(listing.unusable)
     counts["anonymous"] = listing.anonymous
+    counts["duplicate"] = listing.duplicates
     destroyed: list[Record] = []  # the customer asked for it
 
     def add(action: Action | None, record: Record) -> None:
@@ -192,6 +193,10 @@ def plan(
         add(action, record)
         if action is None and not held_back and gate is gates.get(guid):
             still[guid] = (record, gate)
+    for guid, reason in listing.unusable.items():
+        record = known.get(InstanceGuid(guid)) or _reserved(InstanceGuid(guid), now, policy, updates)
+        if (told := _told(record, reason)) is not None:
+            add(told, record)
     counts["unchanged"] += unchanged
     if quiet is not None:
         quiet.entries, quiet.policy = still, policy
@@ -291,6 +296,20 @@ def _current(
         updates.append(record)
         counts["back"] += 1
     return record
+
+
+def _reserved(guid: InstanceGuid, now: float, policy: Policy, updates: list[Record]) -> Record:
+    """A record for an unusable entry never seen before: what it was told is kept."""
+    record = new_record(guid, policy.request_prefix, now)
+    updates.append(record)
+    return record
+
+
+def _told(record: Record, reason: str) -> Action | None:
+    """An entry the listing could not use: its customer is told why, once;
+    nothing else happens to it (a live entry keeps running as it was)."""
+    gate = refused((reason,))
+    return Action(Kind.PUBLISH, record, "unusable listing entry", gate=gate) if needs_publish(record, gate) else None
 
 
 def _for_present(

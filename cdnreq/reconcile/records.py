@@ -12,7 +12,7 @@ import json
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Mapping
 
-from cdnreq.model import InstanceAnswer, Phase, Record, SharedInstance, frozen_json, shown_digest
+from cdnreq.model import InstanceAnswer, Phase, Record, SharedInstance, canonical_json, frozen_json, shown_digest
 
 if TYPE_CHECKING:
     from cdnreq.reconcile.gate import Gate
@@ -111,11 +111,28 @@ def requested(
 def kept(answer: InstanceAnswer, requested: Mapping[str, Any]) -> bool:
     """Whether the technical entry holds what was last requested (a master
     may answer 200 and not keep a request). Extra keys are the master's
-    business; values are compared as text, since masters stringify them."""
+    business. Values are compared on their canonical JSON, so a value that a
+    master spells differently (key order, 1 and 1.0, a stringified number or
+    boolean, a large integer read back as a float) never looks lost, which
+    would request it again every tick."""
     if answer.parameters is None:
         return True
     held = answer.parameters
-    return all(k in held and (held[k] == v or str(held[k]) == str(v)) for k, v in requested.items())
+    return all(k in held and _same(held[k], v) for k, v in requested.items())
+
+
+def _same(held: Any, sent: Any) -> bool:
+    if held == sent:
+        return True
+    if isinstance(held, float) and isinstance(sent, int) and not isinstance(sent, bool):
+        return held == float(sent)  # a master that reads numbers as doubles
+    try:
+        text = canonical_json(sent)
+        if isinstance(held, str):  # masters stringify values
+            return held.encode("utf-8", "surrogatepass") == text or held == str(sent)
+        return canonical_json(held) == text
+    except (TypeError, ValueError, RecursionError):
+        return False
 
 
 def polled(record: Record, answer: InstanceAnswer, now: float) -> Record:

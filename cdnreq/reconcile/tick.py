@@ -282,6 +282,9 @@ class Reconciler:
         with collector_paused():  # the listing and the plan: 100,000s of short-lived objects
             progress.phase("listing", None, self.clock())
             listing = await self.master.list_hosted(self.config.master.instance_guid)
+            if listing.unusable:  # each is told why; nothing else happens to them this tick
+                log.warning("unusable listing entries", count=len(listing.unusable),
+                            entries=dict(list(listing.unusable.items())[:20]))
             now = self.clock()
             guard = await GuardRun.start(self.store, self.config, self.known, now)
             progress.phase("validating", len(listing.instances), now)

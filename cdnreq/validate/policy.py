@@ -10,6 +10,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Iterable
 
+from cdnreq.validate.encoding import DEFAULT_MAX_BYTES
+
 __all__ = ["DEFAULT_BACKEND_DENY", "Network", "ValidationPolicy", "networks"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -51,5 +53,6 @@ def networks(texts: Iterable[str]) -> tuple[Network, ...]:
 class ValidationPolicy:
     #: forward unknown parameters (host-bearing names are refused whatever this says)
     forward_unknown: bool = False
+    max_parameters_bytes: int = DEFAULT_MAX_BYTES  # all the parameters of one instance, as compact JSON
     backend_deny: tuple[Network, ...] = networks(DEFAULT_BACKEND_DENY)
     backend_allow: tuple[Network, ...] = ()

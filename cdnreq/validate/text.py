@@ -11,10 +11,8 @@ refused if it holds:
   for a line break;
 * a bidirectional override or isolate (U+202A-U+202E, U+2066-U+2069), which
   makes a value read differently from what it is;
-* an unpaired surrogate, which is not text and cannot be encoded as UTF-8.
-
-A forwarded unknown parameter must also be plain JSON: no NaN or infinity,
-no integer beyond 64 bits (parsers turn it into a float).
+* an unpaired surrogate (cdnreq/validate/encoding.py refuses those first,
+  with the numbers no JSON parser reads back alike, in every parameter).
 
 PEM fields may hold line breaks and tabs, nothing else of the above. The
 message names the field, the character and where it is, and shows the value
@@ -25,7 +23,6 @@ Pure, and one regular-expression scan per string: it runs on every instance.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -69,7 +66,8 @@ def _string_problem(name: str, value: str, pem: bool) -> str | None:
 
 
 def _nested_problem(name: str, value: Any) -> str | None:
-    """The first problem in an unknown parameter's value (any JSON), or None."""
+    """The first forbidden character in an unknown parameter's value, or None.
+    Its numbers and types were checked by cdnreq/validate/encoding.py."""
     stack = [value]
     while stack:
         item = stack.pop()
@@ -77,19 +75,12 @@ def _nested_problem(name: str, value: Any) -> str | None:
             found = _FORBIDDEN.search(item)
             if found is not None:
                 return f"{name}: must not contain {_what(found.group())} (got {quote_value(item)})"
-        elif isinstance(item, float):
-            if not math.isfinite(item):
-                return f"{name}: must not hold {item!r}, which is not a JSON number"
-        elif isinstance(item, int) and not isinstance(item, bool) and not -(2**63) <= item < 2**64:
-            return f"{name}: must not hold an integer beyond 64 bits, which JSON parsers change"
         elif isinstance(item, Mapping):
             for key, inner in item.items():
                 stack.append(key)
                 stack.append(inner)
         elif isinstance(item, list):
             stack.extend(item)
-        elif not (item is None or isinstance(item, (bool, int))):
-            return f"{name}: must hold JSON values only"
     return None
 
 

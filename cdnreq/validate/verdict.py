@@ -22,6 +22,7 @@ from typing import Any, Mapping
 from cdnreq.model import FrozenJson
 from cdnreq.validate.backend import backend_problems
 from cdnreq.validate.ciphers import check_ciphers
+from cdnreq.validate.encoding import encoding_problems
 from cdnreq.validate.hosts import HostError, normalise_host, parse_aliases, quote_value, registrable_domain
 from cdnreq.validate.netloc import parse_netloc_list
 from cdnreq.validate.policy import ValidationPolicy
@@ -63,6 +64,8 @@ WRAPPER = "_"  # SlapOS's serialised parameters: {"_": "<JSON object>"}
 
 def validate(parameters: Mapping[str, Any], policy: ValidationPolicy = DEFAULT_POLICY) -> Verdict:
     try:
+        if unencodable := encoding_problems(parameters, policy.max_parameters_bytes):
+            return Verdict(errors=tuple(unencodable))  # nothing else sees such values
         if isinstance(parameters, Mapping) and WRAPPER in parameters:
             return _wrapped(parameters, policy)
         return _validate(parameters, policy)
@@ -98,6 +101,8 @@ def _wrapped(parameters: Mapping[str, Any], policy: ValidationPolicy) -> Verdict
     inner, error = _unwrap(parameters)
     if inner is None:
         return Verdict(errors=(error or WRAPPER,))
+    if unencodable := encoding_problems(inner, policy.max_parameters_bytes):
+        return Verdict(errors=tuple(unencodable))
     verdict = _validate(inner, policy)
     if verdict.forward is None:  # what was checked is forwarded, never the wrapper
         verdict = replace(verdict, **_forwarding(inner))

@@ -1,0 +1,424 @@
+"""The master's listing, read so that one broken entry is one unusable entry.
+
+orjson reads a healthy listing whole (the fast path: 100,000 instances in a
+fraction of a second). A body orjson refuses (one customer's NaN, lone
+surrogate, 1,100 levels of nesting or stray byte) is not a failed listing:
+`result_list` is cut into one byte span per entry by a small scanner
+(strings, escapes, depth), and each entry is read on its own. An entry that
+still cannot be read becomes unusable with a reason, its `instance_guid`
+recovered from the entry's top level; without a guid it counts as anonymous
+(which holds every removal). A body whose structure is broken (truncated,
+not JSON, no `result_list`) is refused whole: a partial listing would make
+the missing instances look gone.
+
+Pure: bytes in, a Listing out.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from operator import attrgetter
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping
+
+import orjson
+
+from cdnreq.model import RequestedState, SharedInstance, digest, fast_maker
+
+MAX_DEPTH = 512  # an entry nested deeper is unusable (the standard library's parser recurses)
+LARGE = 64 << 20  # a larger body is read entry by entry: orjson needs three times a body read whole
+DIFFERENT = "listed twice with different content"
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """The shared instances hosted by the requester.
+
+    `unusable` maps guids whose entry could not be used to the reason (they
+    must be neither requested, updated nor destroyed; the customer is told
+    the reason); `anonymous` counts entries without a usable guid, which
+    means some known instance may be missing from `instances` for no reason
+    of its own. `duplicates` counts identical repeated entries, kept once.
+    """
+
+    instances: tuple[SharedInstance, ...]
+    unusable: Mapping[str, str] = field(default_factory=dict)
+    anonymous: int = 0
+    duplicates: int = 0
+
+
+class ListingMalformed(ValueError):
+    """The body as a whole is not a listing; `excerpt`: show the body's start."""
+
+    def __init__(self, problem: str, *, excerpt: bool = True):
+        self.problem = problem
+        self.excerpt = excerpt
+        super().__init__(problem)
+
+
+@dataclass(frozen=True, slots=True)
+class Broken:
+    """An entry that could not be read: its guid when recovered, and why."""
+
+    guid: str | None
+    reason: str
+
+
+def read_listing(raw: bytes | bytearray) -> Listing:
+    """The listing in a body of `instance_node_instance_list`. A large body
+    in a bytearray is consumed (emptied) as its entries are read."""
+    if len(raw) > LARGE and isinstance(raw, bytearray):
+        return parse_listing(_consumed(raw))
+    try:
+        answer = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return parse_listing(salvage(raw))
+    if not isinstance(answer, dict):
+        raise ListingMalformed("answer is not a JSON object")
+    entries = answer.pop("result_list", None)
+    if not isinstance(entries, list):
+        raise ListingMalformed("answer has no result_list array", excerpt=False)
+    del answer
+    return parse_listing(entries)
+
+
+def parse_listing(entries: list[Any]) -> Listing:
+    """The listing's entries as SharedInstances.
+
+    Each entry is released from `entries` once read, so the parsed JSON and
+    the instances built from it are never both whole in memory (at 100,000
+    instances each is about 80 MB). The loop is the idle tick's first pass
+    over every instance: the healthy case goes straight through.
+    """
+    instances: list[SharedInstance] = []
+    unusable: dict[str, str] = {}
+    anonymous = 0
+    make, states, append = _make_instance, _STATES, instances.append
+    for index, entry in enumerate(entries):
+        entries[index] = None
+        if entry.__class__ is dict:
+            guid = entry.get("instance_guid")
+            if guid.__class__ is not str or not guid or not (guid.isascii() or _addressable(guid)):
+                anonymous += 1
+                continue
+            parameters = entry.get("parameters", _MISSING)
+            raw_state = entry.get("state", _MISSING)
+            state = states.get(raw_state) if raw_state.__class__ is str else None
+            if parameters.__class__ is dict and state is not None:
+                try:
+                    append(make(guid, state, parameters, digest(parameters)))
+                    continue
+                except RecursionError:  # orjson reads 1,024 levels, the standard library writes fewer
+                    reason = "parameters: nested too deeply to be encoded"
+                except (ValueError, TypeError):
+                    reason = "parameters: cannot be encoded as JSON"
+            else:
+                reason = _refusal(parameters, raw_state)
+        elif isinstance(entry, Broken) and _addressable(entry.guid):
+            guid, reason = entry.guid, entry.reason
+        else:
+            anonymous += 1
+            continue
+        unusable.setdefault(guid, reason)  # listed twice, broken twice: the first reason
+    kept, duplicates = _once(instances, unusable)
+    return Listing(kept, unusable, anonymous, duplicates)
+
+
+def _refusal(parameters: Any, raw_state: Any) -> str:
+    if parameters is _MISSING:
+        return "parameters: missing from the listing"
+    if parameters.__class__ is not dict:
+        return f"parameters: not a JSON object (got {_kind(parameters)})"
+    if raw_state is _MISSING:
+        return "state: missing from the listing"
+    return f"state: {_show(raw_state)} is not one of started, stopped, destroyed"
+
+
+def _once(instances: list[SharedInstance], unusable: dict[str, str]) -> tuple[tuple[SharedInstance, ...], int]:
+    """Each guid once: identical repeats are counted and dropped; a guid
+    listed with different content (or also as unusable) is unusable this
+    tick, never "first one wins"."""
+    guids = set(map(_GUID, instances))
+    if len(guids) == len(instances) and (not unusable or guids.isdisjoint(unusable)):
+        return tuple(instances), 0  # the usual case: one pass in C
+    first: dict[str, SharedInstance] = {}
+    duplicates = 0
+    for instance in instances:
+        guid = instance.guid
+        if guid in unusable:
+            continue
+        seen = first.get(guid)
+        if seen is None:
+            first[guid] = instance
+        elif seen.state is instance.state and seen.param_hash == instance.param_hash:
+            duplicates += 1
+        else:
+            del first[guid]
+            unusable[guid] = DIFFERENT
+    return tuple(first.values()), duplicates  # listed usable and unusable: the unusable reason stands
+
+
+_make_instance = fast_maker(SharedInstance)
+_STATES = {s.value: s for s in RequestedState}
+_MISSING: Any = object()
+_GUID = attrgetter("guid")
+
+
+def _addressable(guid: Any) -> bool:
+    """A guid cdnreq can store and publish to: a non-empty string of
+    Unicode scalar values (a lone surrogate can be neither)."""
+    if not isinstance(guid, str) or not guid:
+        return False
+    try:
+        guid.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# -- the scanner for a body orjson refused ---------------------------------------------------
+
+# a whole string (escapes included), a structural character, or a lone quote
+# (a string never closed: the body is broken)
+_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},:]|"', re.DOTALL)
+_NEXT = re.compile(rb'["\[\]{},:]')
+_BACKSLASH = ord("\\")
+_QUOTE, _COLON, _COMMA = ord('"'), ord(":"), ord(",")
+_OPEN, _CLOSE = frozenset(b"[{"), frozenset(b"]}")
+_SPACE = b" \t\r\n"
+_BLANKS = re.compile(rb"[ \t\r\n]*")
+
+
+def _tokens(raw: bytes | bytearray) -> Iterator[tuple[int, int, int]]:
+    """(start, character, end) of each string and structural character; a
+    string's end is -1 when it is never closed. A string's closing quote is
+    found by memchr (bytes.find), not character by character: a listing of
+    10,000 x 64 KiB is mostly strings."""
+    search, find = _NEXT.search, raw.find
+    pos = 0
+    while (match := search(raw, pos)) is not None:
+        at = match.start()
+        char = raw[at]
+        if char != _QUOTE:
+            pos = at + 1
+            yield at, char, pos
+            continue
+        end = find(b'"', at + 1)
+        while end != -1 and _escaped(raw, end):
+            end = find(b'"', end + 1)
+        if end == -1:
+            yield at, char, -1
+            return
+        pos = end + 1
+        yield at, char, pos
+
+
+def _escaped(raw: bytes | bytearray, quote: int) -> bool:
+    """Whether the quote at `quote` is escaped (an odd run of backslashes before it)."""
+    run = 0
+    while raw[quote - 1 - run] == _BACKSLASH:
+        run += 1
+    return run % 2 == 1
+
+
+def salvage(raw: bytes | bytearray) -> list[Any]:
+    """The entries of `result_list`, each parsed alone: a dict (or any JSON
+    value) when it can be read, else Broken. Raises ListingMalformed when
+    the body's own structure (outside the entries) is broken."""
+    view = memoryview(raw)
+    return [_entry(view[start:end]) for start, end in _entry_spans(raw)]
+
+
+def _consumed(raw: bytearray) -> list[Any]:
+    """The entries of a large body, read from the last one back, the body
+    cut short behind each: it shrinks while the entries grow, so the
+    daemon holds about one copy of the listing, not three (the body,
+    orjson's own document, the objects) as when read whole."""
+    spans = _entry_spans(raw)
+    entries = []
+    for start, end in reversed(spans):
+        entries.append(_entry(memoryview(raw[start:end])))
+        del raw[start:]
+    entries.reverse()
+    return entries
+
+
+def _entry_spans(raw: bytes | bytearray) -> list[tuple[int, int]]:
+    """Byte spans of result_list's elements (whitespace trimmed)."""
+    depth = 0
+    key: bytes | None = None  # the last string seen at the top level
+    named: bytes | None = None  # the key whose value comes next at the top level
+    in_list = False
+    found = False
+    spans: list[tuple[int, int]] = []
+    start = 0
+    end_of_body = None
+    for at, char, after in _tokens(raw):
+        if char == _QUOTE:
+            if after == -1:
+                raise ListingMalformed("answer is not JSON (a string is never closed)")
+            if depth == 1:
+                key = bytes(raw[at:after])
+            continue
+        if end_of_body is not None:
+            raise ListingMalformed("answer is not JSON (text after the top-level object)")
+        if char in _OPEN:
+            if depth == 0 and char != ord("{"):
+                raise ListingMalformed("answer is not a JSON object")
+            if depth == 1 and named == b'"result_list"' and char == ord("["):
+                if found:
+                    raise ListingMalformed("answer has two result_list arrays", excerpt=False)
+                found = in_list = True
+                start = after
+            depth += 1
+        elif char in _CLOSE:
+            depth -= 1
+            if depth < 0:
+                raise ListingMalformed("answer is not JSON (unbalanced brackets)")
+            if depth == 1 and in_list:
+                if char != ord("]"):
+                    raise ListingMalformed("answer is not JSON (result_list is not closed)")
+                _add_span(raw, start, at, spans, last=True)
+                in_list = False
+            elif depth == 0:
+                if char != ord("}"):
+                    raise ListingMalformed("answer is not JSON (unbalanced brackets)")
+                end_of_body = after
+        elif char == _COMMA:
+            if depth == 2 and in_list:
+                _add_span(raw, start, at, spans, last=False)
+                start = after
+            elif depth == 1:
+                key = named = None
+        elif char == _COLON and depth == 1:
+            named, key = key, None
+    if depth != 0 or end_of_body is None:
+        raise ListingMalformed("answer is not JSON (truncated)")
+    if raw[end_of_body:].strip(_SPACE):
+        raise ListingMalformed("answer is not JSON (text after the top-level object)")
+    if not found:
+        raise ListingMalformed("answer has no result_list array", excerpt=False)
+    return spans
+
+
+def _add_span(raw: bytes | bytearray, start: int, end: int, spans: list[tuple[int, int]], *, last: bool) -> None:
+    while start < end and raw[start] in _SPACE:
+        start += 1
+    while end > start and raw[end - 1] in _SPACE:
+        end -= 1
+    if start == end:
+        if last and not spans:
+            return  # an empty array
+        raise ListingMalformed("answer is not JSON (an empty element in result_list)")
+    spans.append((start, end))
+
+
+def _entry(span: memoryview) -> Any:
+    """One entry, parsed on its own; Broken when it cannot be."""
+    try:
+        return orjson.loads(span)
+    except orjson.JSONDecodeError:
+        pass
+    raw = bytes(span)
+    members = _members(raw)
+    deep = next((name for name, depth, _ in members if depth > MAX_DEPTH), None)
+    problem = "unbalanced brackets"
+    if deep is None:
+        try:  # what only orjson refuses: NaN, Infinity, lone surrogates, huge numbers
+            return json.loads(raw)
+        except RecursionError:
+            deep = "entry"
+        except ValueError as error:
+            problem = str(error).split(":")[0]
+    guid = _guid(raw, members)
+    if deep is not None:
+        return Broken(guid, f"{deep}: nested deeper than {MAX_DEPTH} levels")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        name, offset = _member_at(members, error.start)
+        return Broken(guid, f"{name}: not valid UTF-8 at byte {offset}")
+    return Broken(guid, f"entry: not valid JSON ({problem})")
+
+
+def _members(raw: bytes) -> list[tuple[str, int, int]]:
+    """The entry's top-level keys: (name as shown, how deep its value nests,
+    where its value starts). Empty when the entry is not an object."""
+    members: list[tuple[str, int, int]] = []
+    if not raw.startswith(b"{"):
+        return members
+    depth = 0
+    key: bytes | None = None
+    current: list[Any] | None = None  # [name, deepest, start] of the value being read
+    for at, char, after in _tokens(raw):
+        if char == _QUOTE:
+            if after == -1:
+                break
+            if depth == 1 and current is None:
+                key = raw[at:after]
+        elif char in _OPEN:
+            depth += 1
+            if current is not None and depth - 1 > current[1]:
+                current[1] = depth - 1
+        elif char in _CLOSE:
+            depth -= 1
+            if depth == 0:
+                break
+        elif depth == 1 and char == _COLON and key is not None:
+            current, key = [_key_name(key), 0, after], None
+        elif depth == 1 and char == _COMMA and current is not None:
+            members.append((current[0], current[1], current[2]))
+            current = None
+    if current is not None:
+        members.append((current[0], current[1], current[2]))
+    return members
+
+
+def _key_name(token: bytes) -> str:
+    """A key as shown in a message: escaped, cut to 60 characters."""
+    try:
+        name = json.loads(token)
+    except ValueError:
+        name = token[1:-1].decode("utf-8", "backslashreplace")
+    shown = json.dumps(name)[1:-1]
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+def _guid(raw: bytes, members: list[tuple[str, int, int]]) -> str | None:
+    """The entry's instance_guid, when it is a string at its top level (the
+    last one, as a JSON parser would read it)."""
+    for name, _, start in reversed(members):
+        if name == "instance_guid":
+            match = _TOKENS.match(raw, _BLANKS.match(raw, start).end())
+            if match is None or raw[match.start()] != _QUOTE or match.end() - match.start() < 2:
+                return None
+            try:
+                guid = json.loads(match.group())
+            except ValueError:
+                return None
+            return guid if isinstance(guid, str) else None
+    return None
+
+
+def _member_at(members: list[tuple[str, int, int]], offset: int) -> tuple[str, int]:
+    """The top-level key whose value holds byte `offset`, and the offset in that value."""
+    name, start = "entry", 0
+    for key, _, value_start in members:
+        if value_start <= offset:
+            name, start = key, value_start
+    return name, offset - start

@@ -1,0 +1,163 @@
+"""Issue 10, items 1, 10 and 11: one broken listing entry is one instance's
+error, never a failed listing nor the tick's.
+
+Each hostile entry sits between two healthy ones in a body as a master
+sends it. It must come out as that instance's error, with a message naming
+the field: either unusable in the listing (what cannot be read at all:
+nesting past 512 levels, a byte that is not UTF-8, a missing field, a guid
+listed twice with different content) or refused by validation (what can be
+read but not forwarded: lone surrogates, NaN, infinities, integers beyond
+64 bits, nesting past 32 levels). The healthy entries are always intact.
+"""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from cdnreq import listing as listing_module
+from cdnreq.listing import Listing, ListingMalformed, parse_listing, read_listing
+from cdnreq.model import RequestedState, SharedInstance
+from cdnreq.validate.verdict import validate
+
+GOOD = {"A": {"url": "https://a.example"}, "B": {"url": "https://b.example", "enable_cache": "true"}}
+HOSTILE_RUN: list[str] = []
+
+
+def entry(params: bytes, guid: bytes = b"H", state: bytes = b'"started"') -> bytes:
+    return b'{"instance_guid":"%s","title":"t","parameters":%s,"state":%s}' % (guid, params, state)
+
+
+def body(*hostile: bytes) -> bytes:
+    good = [orjson.dumps({"instance_guid": g, "parameters": p, "state": "started"}) for g, p in GOOD.items()]
+    return b'{"result_list":[' + b",".join([good[0], *hostile, good[1]]) + b'],"count":3}'
+
+
+def params(unknown: bytes) -> bytes:
+    return b'{"url":"https://h.example","foo":%s}' % unknown
+
+
+def refusal(listing: Listing, guid: str = "H") -> tuple[str, ...]:
+    """The instance's error: its unusable reason, or what validation refuses."""
+    if guid in listing.unusable:
+        return (listing.unusable[guid],)
+    instance = next(i for i in listing.instances if i.guid == guid)
+    return validate(instance.parameters).errors
+
+
+def assert_others_intact(listing: Listing) -> None:
+    others = {i.guid: i for i in listing.instances if i.guid != "H"}
+    assert {g: dict(i.parameters) for g, i in others.items()} == GOOD
+    assert all(i.state is RequestedState.STARTED for i in others.values())
+    assert {g: i.param_hash for g, i in others.items()} == {g: SharedInstance.of(g, p).param_hash for g, p in GOOD.items()}
+    assert listing.anonymous == 0 and set(listing.unusable) <= {"H"}
+
+
+NEST_250 = b"[" * 250 + b"]" * 250
+NEST_1100 = b"[" * 1100 + b"]" * 1100
+CASES = [
+    ("lone surrogate in a key", entry(b'{"url":"https://h.example","\\ud800x":"v"}'),
+     "\\ud800x: the name holds a lone surrogate ('\\ud800' at character 0)"),
+    ("lone surrogate in a value", entry(params(b'"a\\udc80b"')),
+     "foo: the value holds a lone surrogate ('\\udc80' at character 1)"),
+    ("lone surrogate deep in a value", entry(params(b'{"x":["\\ud800"]}')),
+     "foo: the value holds a lone surrogate ('\\ud800' at character 0)"),
+    ("nested 250 levels", entry(params(NEST_250)), "foo: nested deeper than 32 levels"),
+    ("nested 1,100 levels", entry(params(NEST_1100)), "parameters: nested deeper than 512 levels"),
+    ("nested 1,020 levels", entry(params(b"[" * 1020 + b"]" * 1020)), "parameters: nested too deeply to be encoded"),
+    ("2**70", entry(params(b"%d" % 2**70)), "foo: the number 1.1805916207174113e+21 is beyond the 64-bit integer range"),
+    ("2**70 next to a NaN", entry(params(b"[%d, NaN]" % 2**70)),
+     "foo: the integer 1180591620717411303424 does not fit in 64 bits"),
+    ("NaN", entry(params(b"NaN")), "foo: NaN is not a JSON number (only finite numbers are)"),
+    ("Infinity", entry(params(b"Infinity")), "foo: Infinity is not a JSON number (only finite numbers are)"),
+    ("-Infinity", entry(params(b"-Infinity")), "foo: -Infinity is not a JSON number (only finite numbers are)"),
+    ("1e400", entry(params(b"1e400")), "foo: Infinity is not a JSON number (only finite numbers are)"),
+    ("0xff in a string", entry(params(b'"ab\xffcd"')), "parameters: not valid UTF-8 at byte 36"),
+    ("0xff in the state", entry(b"{}", state=b'"start\xffed"'), "state: not valid UTF-8 at byte 6"),
+    ("missing parameters", b'{"instance_guid":"H","state":"started"}', "parameters: missing from the listing"),
+    ("missing state", b'{"instance_guid":"H","parameters":{"url":"https://h.example"}}', "state: missing from the listing"),
+    ("broken JSON", entry(b'{"url": tru}'), "entry: not valid JSON (Expecting value)"),
+    ("listed twice, different parameters", entry(params(b"1")) + b"," + entry(params(b"2")),
+     "listed twice with different content"),
+    ("listed twice, different state", entry(params(b"1")) + b"," + entry(params(b"1"), state=b'"stopped"'),
+     "listed twice with different content"),
+    ("listed twice, one broken", entry(params(b"1")) + b"," + entry(params(b"NaN")), "listed twice with different content"),
+]
+
+
+@pytest.fixture(params=["whole", "entry by entry"])
+def large(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Read as a small body (orjson first), or as a large one (consumed entry by entry)."""
+    if request.param == "entry by entry":
+        monkeypatch.setattr(listing_module, "LARGE", 0)
+    return request.param == "entry by entry"
+
+
+@pytest.mark.parametrize(("hostile", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_one_hostile_entry_is_that_instance_s_error_alone(hostile: bytes, expected: str, large: bool) -> None:
+    HOSTILE_RUN.append(expected)
+    raw = bytearray(body(hostile))
+    listing = read_listing(raw)
+    assert not large or raw == b'{"result_list":['  # a large body is consumed as it is read
+    assert refusal(listing) == (expected,)
+    assert_others_intact(listing)
+
+
+def test_every_hostile_entry_at_once(large: bool) -> None:
+    """All of them in one listing, each under its own guid."""
+    hostile = [h.replace(b'"instance_guid":"H"', b'"instance_guid":"H%d"' % n) for n, (_, h, _) in enumerate(CASES)]
+    listing = read_listing(bytearray(body(*hostile)))
+    for n, (_, _, expected) in enumerate(CASES):
+        assert refusal(listing, f"H{n}") == (expected,), n
+    assert {i.guid for i in listing.instances} >= set(GOOD)
+    assert listing.anonymous == 0
+
+
+def test_identical_duplicates_count_once(large: bool) -> None:
+    listing = read_listing(bytearray(body(entry(params(b"1")), entry(params(b"1")))))
+    assert listing.duplicates == 1 and not listing.unusable
+    assert [i.guid for i in listing.instances] == ["A", "H", "B"]
+
+
+@pytest.mark.parametrize("guid", [b"H\xff", b"\\ud800", b""], ids=["not UTF-8", "lone surrogate", "empty"])
+def test_an_entry_whose_guid_cannot_be_read_is_anonymous(guid: bytes) -> None:
+    listing = read_listing(body(entry(params(b"NaN"), guid=guid)))
+    assert listing.anonymous == 1 and not listing.unusable
+    assert {i.guid for i in listing.instances} == set(GOOD)
+
+
+def test_a_deep_entry_without_guid_is_anonymous() -> None:
+    listing = read_listing(body(b'{"parameters":' + NEST_1100 + b"}", b"[" * 2000 + b"]" * 2000))
+    assert listing.anonymous == 2 and {i.guid for i in listing.instances} == set(GOOD)
+
+
+@pytest.mark.parametrize("raw", [
+    body(entry(params(b"NaN")))[:-10],  # truncated inside the body
+    body(entry(params(b"NaN")))[:-2],  # result_list closed, the object not
+    b'{"result_list":[{"instance_guid":"A","parameters":{"x":"unterminated}}]}',
+    b'{"result_list":[' + entry(params(b"NaN")) + b"]} trailing",
+    b'{"other":[' + entry(params(b"NaN")) + b"]}",
+    b'[' + entry(params(b"NaN")) + b"]",
+    b"<html>NaN</html>",
+    b'{"result_list":[' + entry(params(b"NaN")) + b",]}",
+    b'{"result_list":[' + entry(params(b"NaN")) + b"}}",
+    b'{"result_list" [' + entry(params(b"NaN")) + b"]}",
+], ids=["truncated", "unclosed", "unterminated string", "trailing text", "no result_list", "array", "html",
+        "empty element", "list closed by a brace", "no colon"])
+def test_a_body_whose_structure_is_broken_fails_whole(raw: bytes, large: bool) -> None:
+    """A partial listing would make the missing instances look gone."""
+    with pytest.raises(ListingMalformed):
+        read_listing(bytearray(raw))
+
+
+def test_parse_listing_of_a_healthy_listing_is_unchanged() -> None:
+    entries = [{"instance_guid": g, "parameters": p, "state": "started"} for g, p in GOOD.items()]
+    listing = parse_listing(entries)
+    assert [i.guid for i in listing.instances] == list(GOOD) and listing.unusable == {} and listing.duplicates == 0
+    assert entries == [None, None]  # released as read
+
+
+def test_hostile_inputs_counted() -> None:
+    """Not a property: the number of hostile inputs this file runs, for the report."""
+    print(f"\nhostile listing inputs: {len(CASES)} single-entry cases and all {len(CASES)} in one listing,"
+          f" each read whole and entry by entry; 3 unreadable guids, 2 deep anonymous entries, 10 broken bodies")
