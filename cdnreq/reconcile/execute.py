@@ -178,6 +178,7 @@ class _Runner:
     async def request(self, action: Action, record: Record) -> Outcome:
         instance, gate = action.instance, action.gate or Gate.accept(action.instance)
         assert instance is not None
+        record = records.requesting(record, gate)  # kept by a failure: it may have been applied
         step = action.kind.value if action.kind is not Kind.POLL else Kind.REQUEST.value
         try:
             answer = await self.master.request_instance(

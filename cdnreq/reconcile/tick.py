@@ -43,6 +43,7 @@ from cdnreq.reconcile.plan import (
     plan_decided,
     spec_hash,
 )
+from cdnreq.reconcile.records import requesting
 from cdnreq.progress import Progress
 from cdnreq.resources import starved
 from cdnreq.store import Store, StoreError
@@ -406,9 +407,13 @@ class Reconciler:
             log.error("removals held", count=len(the_plan.held), reason=the_plan.hold_reason)
         updates = {r.guid: r for r in the_plan.updates}
         for action in the_plan.actions:  # a request may reach the master before a crash
-            if action.kind is Kind.REQUEST and not has_entry(action.record):
+            if action.kind in (Kind.REQUEST, Kind.UPDATE) and action.gate is not None:
                 record = updates.get(action.guid, action.record)
-                updates[action.guid] = replace(record, last_action="requesting")
+                widened = requesting(record, action.gate)  # its hosts count as served from now on
+                if not has_entry(action.record):
+                    updates[action.guid] = replace(widened, last_action="requesting")
+                elif widened is not record:
+                    updates[action.guid] = widened
         upserts = [*updates.values(), *held]
         events = [*step.events, *(Event(r.guid, "hold", "held", now, r.last_error, tick) for r in held)]
         events += [Event(g, "forget", "ok", now, "gone, without a technical entry", tick) for g in the_plan.forgets]
