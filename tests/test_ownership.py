@@ -173,7 +173,10 @@ async def test_a_host_its_owner_no_longer_names_can_be_taken_by_proof(devdns: De
     known_ = {a: replace(record(a, created_at=NOW - 9 * DAY), served=(SHOP,)), b: record(b)}
     moved = instance(a, "new.example.org")  # A moved to a new domain, not proven yet
     devdns.set_txt(f"{LABEL}.{SHOP}", d.challenges[b].token)
-    out = await d.step([moved, instance(b, SHOP)], known_, NOW, tick=1)
+    for tick in (1, 2):  # not named for fewer than confirm_ticks (3) ticks: still A's
+        out = await d.step([moved, instance(b, SHOP)], known_, NOW + tick, tick=tick)
+        assert out.gates[b].status is Status.INVALID and d.index.owns(a, SHOP)
+    out = await d.step([moved, instance(b, SHOP)], known_, NOW + 3, tick=3)
     assert out.gates[a].status is Status.PENDING
     assert out.gates[b].ok and out.host_upserts[SHOP].guid == b and out.taken_from == {a}
     # A's entry still serves the host: the planner destroys it before B is requested

@@ -324,3 +324,55 @@ async def test_hosts_are_stored_as_served_before_the_request_goes_out(world) -> 
     await w.tick(moved, *FILL)
     assert seen == [(SHOP,), (SHOP, OTHER)]
     assert w.r.known["A"].served == (OTHER,)  # type: ignore[index]
+
+
+# -- 9 and 12: one listing never hands a live host to a rival ----------------------------------
+
+
+async def test_one_listing_with_another_domain_does_not_hand_the_host_to_a_waiting_rival(world) -> None:
+    """B has its proof in place and waits, refused, while A names the host.
+    The master lists A with another custom_domain for one tick: B must not
+    take the host, nor A's live entry be destroyed. Only once A has not named
+    it for confirm_ticks (3) ticks in a row may B prove it (property 9)."""
+    w = await world()
+    a, b = customer("A", SHOP), customer("B", SHOP)
+    await w.tick(a, *FILL)
+    w.prove("A", SHOP)
+    await w.tick(a, *FILL)
+    await w.tick(a, b, *FILL)
+    w.prove("B", SHOP)
+    await w.tick(a, b, *FILL)
+    assert w.serves("A", SHOP)
+    glitch = customer("A", OTHER)
+    await w.tick(glitch, b, *FILL)
+    assert w.serves("A", SHOP) and w.r.domains.index.owns("A", SHOP)  # type: ignore[union-attr]
+    for _ in range(3):
+        await w.tick(a, b, *FILL)
+    assert w.serves("A", SHOP) and "already used by another CDN entry" in (w.r.known["B"].last_error or "")  # type: ignore[index]
+    for _ in range(2):  # moved away for good: two ticks still held
+        await w.tick(glitch, b, *FILL)
+        assert w.serves("A", SHOP) and w.r.domains.index.owns("A", SHOP)  # type: ignore[union-attr]
+    for _ in range(4):  # the third: contestable, B proves it; A's entry goes first
+        await w.tick(glitch, b, *FILL)
+    assert w.serves("B", SHOP) and not w.serves("A", SHOP)
+
+
+async def test_the_unnamed_streak_survives_a_restart(world) -> None:
+    """`cdnreq once` (or a restart) between ticks neither resets the streak
+    (a host its owner moved away from stays contestable after three runs,
+    property 9) nor shortens it."""
+    w = await world()
+    a, b = customer("A", SHOP), customer("B", SHOP)
+    await w.tick(a, *FILL)
+    w.prove("A", SHOP)
+    await w.tick(a, *FILL)
+    moved = customer("A", OTHER)
+    await w.tick(moved, b, *FILL)
+    w.prove("B", SHOP)
+    await w.r.load()
+    await w.tick(moved, b, *FILL)
+    assert w.r.domains.index.owns("A", SHOP)  # type: ignore[union-attr]  # two runs: still A's
+    for _ in range(4):
+        await w.r.load()
+        await w.tick(moved, b, *FILL)
+    assert w.serves("B", SHOP) and not w.serves("A", SHOP)

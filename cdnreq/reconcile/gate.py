@@ -74,7 +74,8 @@ class HostIndex:
         self.by_guid: dict[str, tuple[str, ...]] = {}
         self.by_domain: dict[str, tuple[str, ...]] = {}
         self.touched: set[str] = set()  # guids whose claims changed since last taken
-        # hosts whose owner is listed but no longer names them: contestable (set by each tick)
+        # hosts whose owner is listed but has not named them for confirm_ticks
+        # ticks: contestable (set by each tick, see Domains.contestable)
         self.unnamed: frozenset[str] = frozenset()
         for claim in claims:
             self.put(claim)

@@ -92,7 +92,7 @@ class DomainRun:
         active.update(settled)
         self.present, self.settled, self.active = present, settled, active
         self.verdicts = {g: d.verdict(i) for g, i in present.items()}
-        d.index.unnamed = _unnamed(d.index, self.verdicts)
+        d.index.unnamed = d.contestable(_unnamed(d.index, self.verdicts))
         self.decided: dict[str, Verdict] = {}  # for finish()
         self.asked: set[str] = set()
         self.asking: dict[str, list[tuple[str, ...]]] = {}
@@ -238,7 +238,8 @@ class DomainRun:
 
 def _unnamed(index: HostIndex, verdicts: Mapping[str, Verdict]) -> frozenset[str]:
     """Hosts owned by a listed instance that no longer names them (settled
-    instances name all theirs): contestable by DNS proof, see HostIndex.blocking."""
+    instances name all theirs): contestable by DNS proof once not named for
+    confirm_ticks ticks, see Domains.contestable and HostIndex.blocking."""
     unnamed: set[str] = set()
     for guid, verdict in verdicts.items():
         owned = index.by_guid.get(guid)

@@ -48,6 +48,8 @@ from cdnreq.progress import Progress
 from cdnreq.resources import starved
 from cdnreq.store import Store, StoreError
 
+UNNAMED = "unnamed"  # guard state: hosts their owner stopped naming (Domains.streaks)
+
 log = structlog.get_logger("cdnreq.tick")
 
 
@@ -194,6 +196,7 @@ class Reconciler:
         self.domains: Domains | None = None
         self.quiet = Quiet()
         self._quiet_progress = False
+        self._streaks: dict[str, Any] | None = None
 
     async def load(self) -> None:
         """Read the store (and the domain secret) into memory."""
@@ -207,7 +210,9 @@ class Reconciler:
             hosts=(await self.store.load_hosts()).values(),
             challenges=await self.store.load_challenges(),
             confirm_ticks=self.config.daemon.confirm_ticks,
+            streaks=(await self.store.load_guards()).get(UNNAMED),
         )
+        self._streaks = self.domains.streaks()
         # The loaded state lives as long as the process: keep the collector
         # from walking it again and again (two full passes over 600 MB cost
         # more than a second a tick at 100,000 instances).
@@ -338,6 +343,9 @@ class Reconciler:
                     report.held_updates = guard.view()
                 self._quiet_progress = False
             await self._reserve(Plan(()), run.finish(), now, report.id)
+            if (streaks := self.domains.streaks()) != self._streaks:  # idle ticks write nothing
+                await self.store.save_guards({UNNAMED: streaks}, now)
+                self._streaks = streaks
             feed.close()
             progress.phase("executing", feed.total - committer.count, self.clock())
             await executing
