@@ -35,6 +35,7 @@ class Cdn:
         self.entries: dict[str, dict[str, Any]] = {}  # title -> {"state", "parameters"}
         self.fail: dict[str, int] = {}  # call -> how many more times it fails
         self.applied_then_fail: dict[str, int] = {}  # the call is applied, then times out
+        self.dropped: dict[str, int] = {}  # the call is answered 200 and not applied
         self.calls: dict[str, int] = {}
 
     def _fault(self, call: str, applied: bool) -> None:
@@ -49,6 +50,9 @@ class Cdn:
     async def request_instance(self, *, title: str, state: str, parameters=None, **_: Any) -> InstanceAnswer:
         call = "destroy" if state == "destroyed" else "request"
         self._fault(call, False)
+        if self.dropped.get(call, 0) > 0:
+            self.dropped[call] -= 1
+            return InstanceAnswer(guid=f"tech-{title}", connection_parameters={}, state=state)
         entry = self.entries.setdefault(title, {})
         entry["state"] = state
         if parameters is not None:
@@ -375,4 +379,28 @@ async def test_the_unnamed_streak_survives_a_restart(world) -> None:
     for _ in range(4):
         await w.r.load()
         await w.tick(moved, b, *FILL)
+    assert w.serves("B", SHOP) and not w.serves("A", SHOP)
+
+
+# -- 17: a destroy by title counts once read back too ------------------------------------------
+
+
+async def test_a_destroy_by_title_the_master_drops_is_read_back_before_the_host_moves(world) -> None:
+    """A's request was applied but its answer lost (no technical guid known).
+    A leaves; its destroy by title is answered 200 and dropped: it is read
+    back by the guid the answer names, destroyed again, and only then is B
+    requested."""
+    w = await world()
+    a, b = customer("A", SHOP), customer("B", SHOP)
+    await w.tick(a, *FILL)
+    w.prove("A", SHOP)
+    w.cdn.applied_then_fail["request"] = 1
+    await w.tick(a, *FILL)
+    assert w.serves("A", SHOP) and w.r.known["A"].tech_guid is None  # type: ignore[index]
+    w.cdn.dropped["destroy"] = 1
+    await w.tick(*FILL)  # A leaves: destroyed by title, dropped
+    await w.tick(b, *FILL)
+    w.prove("B", SHOP)
+    for _ in range(6):
+        await w.tick(b, *FILL)
     assert w.serves("B", SHOP) and not w.serves("A", SHOP)
