@@ -78,9 +78,12 @@ async def test_retained_owner_that_lost_its_host_is_refused_on_return_unchanged(
     out = await d.step([instance(a, SHOP)], known_, NOW, tick=1)
     assert out.gates[a].ok  # settled: its gate is reused while its parameters do not change
     devdns.set_txt(f"{LABEL}.{SHOP}", d.challenges[b].token)
-    out = await d.step([instance(b, SHOP)], known_, NOW + 60, tick=2)  # A retained: B proves and takes it
+    for n in (2, 3):  # A retained for fewer than confirm_ticks (3) ticks: still A's
+        out = await d.step([instance(b, SHOP)], known_, NOW + n * 60, tick=n)
+        assert out.gates[b].status is Status.INVALID and d.index.owns(a, SHOP)
+    out = await d.step([instance(b, SHOP)], known_, NOW + 4 * 60, tick=4)  # B proves and takes it
     assert out.gates[b].ok and out.taken_from == {a}
-    for n in range(3, 8):  # A comes back unchanged, tick after tick
+    for n in range(5, 10):  # A comes back unchanged, tick after tick
         out = await d.step([instance(a, SHOP), instance(b, SHOP)], known_, NOW + n * 60, tick=n)
         assert out.gates[a].status is Status.INVALID and ALREADY_USED in (out.gates[a].error or "")
         assert out.gates[b].ok and d.index.owns(b, SHOP)

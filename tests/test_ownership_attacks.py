@@ -242,8 +242,8 @@ async def test_a_wildcard_owner_that_left_and_returns_changed_stays_refused(worl
     for _ in range(3):
         await w.tick(a, b, *FILL)
     assert w.serves("A", "*.shop.example") and not w.serves("B", SHOP)
-    for _ in range(3):
-        await w.tick(b, *FILL)  # A gone (retained): B takes www under its wildcard
+    for _ in range(6):
+        await w.tick(b, *FILL)  # A gone (retained) for 3 ticks: B takes www under its wildcard
     assert w.serves("B", SHOP) and "cdnreq-A" not in w.cdn.serving()
     changed = customer("A", "shop.example", **{"server-alias": "*.shop.example", "enable_cache": "true"})
     for returning in (a, a, changed, changed):
@@ -402,5 +402,30 @@ async def test_a_destroy_by_title_the_master_drops_is_read_back_before_the_host_
     await w.tick(b, *FILL)
     w.prove("B", SHOP)
     for _ in range(6):
+        await w.tick(b, *FILL)
+    assert w.serves("B", SHOP) and not w.serves("A", SHOP)
+
+
+async def test_one_listing_without_the_owner_does_not_hand_its_host_to_a_waiting_rival(world) -> None:
+    """Retention keeps a site through a short absence: a master that leaves
+    A out of one listing must not let B, proof in place, take A's live host
+    (nor destroy A's entry). Gone for confirm_ticks (3) ticks, it may."""
+    w = await world(retention_s=3600)
+    a, b = customer("A", SHOP), customer("B", SHOP)
+    await w.tick(a, *FILL)
+    w.prove("A", SHOP)
+    await w.tick(a, *FILL)
+    await w.tick(a, b, *FILL)
+    w.prove("B", SHOP)
+    await w.tick(a, b, *FILL)
+    await w.tick(b, *FILL)  # A left out of one listing
+    assert w.serves("A", SHOP) and w.r.domains.index.owns("A", SHOP)  # type: ignore[union-attr]
+    for _ in range(3):
+        await w.tick(a, b, *FILL)
+    assert w.serves("A", SHOP) and "already used by another CDN entry" in (w.r.known["B"].last_error or "")  # type: ignore[index]
+    for _ in range(2):
+        await w.tick(b, *FILL)
+        assert w.serves("A", SHOP)
+    for _ in range(4):
         await w.tick(b, *FILL)
     assert w.serves("B", SHOP) and not w.serves("A", SHOP)

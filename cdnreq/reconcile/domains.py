@@ -252,12 +252,14 @@ class Domains:
         return {"contest": dict(self._unnamed), "release": dict(self._unserved)}
 
     def contestable(self, unnamed: Iterable[str]) -> frozenset[str]:
-        """Of the hosts their listed owner does not name this tick, those it
-        has not named for `confirm_ticks` consecutive ticks: only these may be
-        proven by another (HostIndex.blocking). One listing is
+        """Of the hosts their owner does not name this tick (or is not listed),
+        those it has not named for `confirm_ticks` consecutive ticks: only
+        these may be proven by another (HostIndex.blocking). One listing is
         never enough evidence: a master that lists an owner with another
-        custom_domain for one tick must not hand its live host to a rival."""
-        streaks = {host: self._unnamed.get(host, 0) + 1 for host in unnamed}
+        custom_domain, or leaves it out, for one tick must not hand its live
+        host to a rival."""
+        cap = max(1, self.confirm_ticks)  # a due streak stops changing: idle ticks write nothing
+        streaks = {host: min(cap, self._unnamed.get(host, 0) + 1) for host in unnamed}
         self._unnamed = streaks
         return frozenset(h for h, ticks in streaks.items() if release_due(ticks, self.confirm_ticks))
 
