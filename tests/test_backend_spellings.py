@@ -46,6 +46,7 @@ HOSTILE = [
     "http://localhost%2f/",
     "http://x%40localhost/",
     "http://localhost:80:80/",
+    "http://127.0.0.1%2500.example.com/",
 ]
 
 

@@ -145,7 +145,9 @@ def host_addresses(host: str) -> tuple[Address, ...]:
     if "%" in host:
         bracketed = host.startswith("[")
         host = unquote(host, errors="replace")
-        if _NOT_IN_A_HOST.search(host[1:-1] if bracketed else host) or (":" in host and not bracketed):
+        if _NOT_IN_A_HOST.search(host[1:-1] if bracketed else host) or (
+            not bracketed and (":" in host or "%" in host)  # "%" too: a second decoding
+        ):
             raise NotAnAddress(host, "holds a character no host may hold once percent-decoded")
     if host.isascii():
         return _addresses_of(host)
