@@ -98,7 +98,10 @@ def test_the_new_owner_waits_while_the_old_entry_fails_to_go(cdn_site: CdnSite, 
     told it waits, and is requested only after A's entry reads back gone."""
     site = cdn_site
     with FaultProxy(site.proxy.url, host_partition=site.cdn_partition) as proxy:
-        config = make_config(master={"url": proxy.url}, domain={"retention_s": 3600}, daemon=FAST_RETRY)
+        # a bystander: A alone gone would be an empty listing, held (issue 10 #12, #13)
+        config = make_config(master={"url": proxy.url}, domain={"retention_s": 3600},
+                             daemon={**FAST_RETRY, "max_destroy_fraction": 0.75})
+        site.add_customer("bystander", {"url": "https://bystander.example"})
         a = proven(site, devdns, config, "a")
         rule = proxy.inject(REQUEST, status(503), times=3,
                             match=lambda body: body.get("title") == title_of(a) and body.get("state") == "destroyed")
@@ -128,7 +131,9 @@ def test_a_destroy_counts_only_once_read_back_gone(cdn_site: CdnSite, devdns: De
     own answer for a destroyed shared instance confirms it."""
     site = cdn_site
     with FaultProxy(site.proxy.url, host_partition=site.cdn_partition) as proxy:
-        config = make_config(master={"url": proxy.url}, domain={"retention_s": 0}, daemon=FAST_RETRY)
+        # 1 of 2 gone reaches the default max_destroy_fraction (>=, issue 10 #13)
+        config = make_config(master={"url": proxy.url}, domain={"retention_s": 0},
+                             daemon={**FAST_RETRY, "max_destroy_fraction": 0.75})
         site.add_customer("bystander", {"url": "https://bystander.example"})
         a = proven(site, devdns, config, "a")
         site.remove_customer("a")
