@@ -369,17 +369,20 @@ async def test_active_owner_keeps_host_and_retained_owner_loses_it_to_proof(devd
     assert out.host_upserts == {}
 
     devdns.remove(f"{LABEL}.shop.example")
-    out = await d.step([new], known, NOW + 60, tick=2)  # owner retained, no proof: pending
-    assert out.gates[claimant].status is Status.PENDING and out.host_upserts == {}
+    out = await d.step([new], known, NOW + 60, tick=2)  # owner retained one tick: still its host
+    assert out.gates[claimant].status is Status.INVALID and out.host_upserts == {}
     assert d.index.owns(owner, "shop.example")
 
     devdns.set_txt(f"{LABEL}.shop.example", d.challenges[claimant].token)
     later = NOW + 60 + PENDING_MAX_S  # a day-old pending challenge is looked up every PENDING_MAX_S
-    out = await d.step([new], known, later, tick=3)
+    out = await d.step([new], known, later, tick=3)  # retained for 2 ticks: not yet contestable
+    assert out.gates[claimant].status is Status.INVALID and d.index.owns(owner, "shop.example")
+    later += 60
+    out = await d.step([new], known, later, tick=4)  # confirm_ticks (3) ticks gone: taken by proof
     assert out.gates[claimant].status is Status.OK
     assert out.host_upserts["shop.example"].guid == claimant
-    assert Event(owner, "release", "taken", later, "a host was proven by another entry", 3) in out.events
-    assert Event(claimant, "claim", "ok", later, "shop.example", 3) in out.events
+    assert Event(owner, "release", "taken", later, "a host was proven by another entry", 4) in out.events
+    assert Event(claimant, "claim", "ok", later, "shop.example", 4) in out.events
 
 
 async def test_first_created_wins_a_host_claimed_twice_in_one_step(devdns: DevDns, dns: Recording) -> None:

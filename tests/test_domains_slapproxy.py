@@ -342,10 +342,11 @@ def test_removed_and_returned_unproven_domain_gets_no_free_pass(cdn_site: CdnSit
 
     site.remove_customer("x")
     once(config)
+    once(config)  # a destroy by title is read back (by the guid its answer names) before x is forgotten
     records, _, challenges, _ = load(database)
     assert x not in records and x not in challenges  # nothing to retain: it had no entry, no host
     # no entry known: destroyed by title (issue 10, property 15), which slapproxy knows nothing of
-    assert events_of(database, x, "destroy") in ([("destroy", "ok")], [("destroy", "absent")])
+    assert events_of(database, x, "destroy") in ([("destroy", "ok"), ("destroy", "confirmed")], [("destroy", "absent")])
 
     again = site.add_customer("x", {"url": "https://x.example", "custom_domain": "never.example.com"})
     assert again == x, "slapproxy gives the same guid to the same title"

@@ -224,6 +224,10 @@ async def test_a_retained_entry_losing_its_host_to_a_new_proof_is_destroyed_in_t
     owned = HostClaim("www.r.example", InstanceGuid("OLD"), "r.example", 1.0, time.time())
     r, master = await reconciler(opened, config(tmp_path, retention_s=86400), [customer("NEW", "www.r.example")], dns,
                                  proven={"NEW"}, records=[gone], hosts=[owned])
+    for _ in range(2):  # retained for fewer than confirm_ticks (3) ticks: still OLD's
+        report = await r.tick()
+        assert report.ok, report.error
+        assert master.requests == [] and (await r.store.load_hosts())["www.r.example"].guid == "OLD"
     report = await r.tick()
     assert report.ok, report.error
     assert master.titles() == [] and master.titles("destroyed") == [title("OLD")]

@@ -11,7 +11,7 @@ names at a time, with a bounded number in flight.
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, Iterable, Mapping, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from cdnreq.dns.challenge import issue
 from cdnreq.dns.resolver import Lookup
@@ -47,6 +47,7 @@ class Domains:
         hosts: Iterable[HostClaim] = (),
         challenges: Mapping[InstanceGuid, Challenge] | None = None,
         confirm_ticks: int = CONFIRM_TICKS,
+        streaks: Mapping[str, Any] | None = None,
     ):
         self.policy = policy
         self.secret = secret
@@ -60,9 +61,13 @@ class Domains:
         self._settled_policy = policy
         # pending challenges are looked up less often as they age: (param_hash, next lookup)
         self._next_lookup: dict[str, tuple[str, float]] = {}
-        # hosts their owner stopped naming: consecutive ticks (see _release_unlisted)
+        # hosts their listed owner stopped naming: consecutive ticks (see
+        # contestable); and of those, the ones it no longer serves either
+        # (see _release_unlisted)
         self.confirm_ticks = confirm_ticks
-        self._unnamed: dict[str, int] = {}
+        saved = streaks if isinstance(streaks, Mapping) else {}
+        self._unnamed: dict[str, int] = _counts(saved.get("contest"))
+        self._unserved: dict[str, int] = _counts(saved.get("release"))
 
     def verdict(self, instance: SharedInstance) -> Verdict:
         cached = self._verdicts.get(instance.guid)
@@ -239,6 +244,25 @@ class Domains:
             self.lost_claim(loser)
             out.events.append(Event(loser, "release", "taken", now, "a host was proven by another entry", tick))
 
+    def streaks(self) -> dict[str, dict[str, int]] | None:
+        """The unnamed-host streaks, stored between ticks (a restart or
+        `cdnreq once` must not start them again from nothing); None when empty."""
+        if not self._unnamed and not self._unserved:
+            return None
+        return {"contest": dict(self._unnamed), "release": dict(self._unserved)}
+
+    def contestable(self, unnamed: Iterable[str]) -> frozenset[str]:
+        """Of the hosts their owner does not name this tick (or is not listed),
+        those it has not named for `confirm_ticks` consecutive ticks: only
+        these may be proven by another (HostIndex.blocking). One listing is
+        never enough evidence: a master that lists an owner with another
+        custom_domain, or leaves it out, for one tick must not hand its live
+        host to a rival."""
+        cap = max(1, self.confirm_ticks)  # a due streak stops changing: idle ticks write nothing
+        streaks = {host: min(cap, self._unnamed.get(host, 0) + 1) for host in unnamed}
+        self._unnamed = streaks
+        return frozenset(h for h, ticks in streaks.items() if release_due(ticks, self.confirm_ticks))
+
     def _release_unlisted(
         self,
         verdicts: Mapping[str, Verdict],
@@ -251,7 +275,7 @@ class Domains:
         and a host it stops naming only once it has not named it for
         `confirm_ticks` consecutive ticks: a master that lists everyone
         without a custom_domain for one tick releases no claim."""
-        unnamed: dict[str, int] = {}
+        unserved: dict[str, int] = {}
         for guid, verdict in verdicts.items():
             owned = self.index.hosts_of(guid)
             if not owned or not verdict.ok:
@@ -259,12 +283,19 @@ class Domains:
             record = known.get(InstanceGuid(guid))
             keep = set(verdict.hosts) | set((record.served if record else None) or ())
             for host in sorted(owned - keep):
-                ticks = unnamed[host] = self._unnamed.get(host, 0) + 1
+                ticks = unserved[host] = self._unserved.get(host, 0) + 1
                 if not release_due(ticks, self.confirm_ticks):
                     continue
-                del unnamed[host]
+                del unserved[host]
                 self.index.drop(host)
                 self.lost_claim(guid)
                 out.release(host)
                 out.events.append(Event(guid, "release", "ok", now, f"{host}: no longer named", tick))
-        self._unnamed = unnamed
+        self._unserved = unserved
+
+
+def _counts(saved: Any) -> dict[str, int]:
+    """Streaks as stored (JSON): anything unexpected counts as no streak."""
+    if not isinstance(saved, Mapping):
+        return {}
+    return {h: n for h, n in saved.items() if isinstance(h, str) and isinstance(n, int) and n > 0}

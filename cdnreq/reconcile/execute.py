@@ -178,6 +178,7 @@ class _Runner:
     async def request(self, action: Action, record: Record) -> Outcome:
         instance, gate = action.instance, action.gate or Gate.accept(action.instance)
         assert instance is not None
+        record = records.requesting(record, gate)  # kept by a failure: it may have been applied
         step = action.kind.value if action.kind is not Kind.POLL else Kind.REQUEST.value
         try:
             answer = await self.master.request_instance(
@@ -284,7 +285,7 @@ class _Runner:
     async def destroy(self, action: Action) -> Outcome:
         record = action.record
         try:
-            await self.master.request_instance(
+            answer = await self.master.request_instance(
                 title=record.title,
                 software_release_uri=self.settings.software_release_uri,
                 software_type=self.settings.software_type,
@@ -301,8 +302,10 @@ class _Runner:
                 record = replace(record, phase=Phase.REMOVING)  # gone: retried as a removal
             return self.failure(action, record, "destroy", error)
         self.event(record.guid, "destroy", "ok", f"{action.reason}; title {record.title}")
-        if record.tech_guid is None:  # nothing to read back by
-            return await self.gone(action, records.cleared(record, self.clock()), forget=action.forget)
+        if record.tech_guid is None:  # destroyed by title: read back by the guid the answer names
+            if not answer.guid:  # nothing to read back by
+                return await self.gone(action, records.cleared(record, self.clock()), forget=action.forget)
+            record = replace(record, tech_guid=answer.guid)
         sent = records.destroy_sent(record, self.clock(), keep=not action.forget)
         return await self.gone(action, sent, forget=False)
 

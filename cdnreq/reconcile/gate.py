@@ -4,9 +4,9 @@ An instance passes only when its parameters are valid and every host it
 names (custom_domain and aliases) is proven by DNS to be its own. A host
 belongs to the first instance to prove it; a later claimant is refused while
 the owner is on the master and names it, and may take the host over by DNS
-proof while the owner is retained (gone from the master) or no longer names
-it (its entry still serving it until its new hosts are requested). Pure: the DNS answers and the
-tokens come in as data, the decisions go out as data.
+proof once the owner has been retained (gone from the master) or not named
+it for confirm_ticks ticks (its entry still serving it until then). Pure:
+the DNS answers and the tokens come in as data, the decisions go out as data.
 """
 
 from __future__ import annotations
@@ -74,8 +74,11 @@ class HostIndex:
         self.by_guid: dict[str, tuple[str, ...]] = {}
         self.by_domain: dict[str, tuple[str, ...]] = {}
         self.touched: set[str] = set()  # guids whose claims changed since last taken
-        # hosts whose owner is listed but no longer names them: contestable (set by each tick)
+        # hosts whose owner has not named them, or not been listed, for
+        # confirm_ticks ticks: contestable (set by each tick, see Domains.contestable)
         self.unnamed: frozenset[str] = frozenset()
+        # hosts whose owner left the master fewer than confirm_ticks ticks ago: still blocking
+        self.recent: frozenset[str] = frozenset()
         for claim in claims:
             self.put(claim)
 
@@ -110,10 +113,15 @@ class HostIndex:
 
     def blocking(self, host: str, registrable: str, guid: str, active: set[str]) -> list[HostClaim]:
         """Rivals that make a claim on `host` fail at once: owners on the
-        master that still name their host. A retained owner's host, or one
-        its owner no longer names, may be taken by DNS proof."""
-        unnamed = self.unnamed
-        return [r for r in self.rivals(host, registrable, guid) if r.guid in active and r.host not in unnamed]
+        master that name it, and owners gone from it (retained) for fewer than
+        confirm_ticks ticks (`recent`). A host its owner has not named, or
+        been listed, for longer (`unnamed`) may be taken by DNS proof: one
+        listing never hands a live host over."""
+        unnamed, recent = self.unnamed, self.recent
+        return [
+            r for r in self.rivals(host, registrable, guid)
+            if (r.guid in active or r.host in recent) and r.host not in unnamed
+        ]
 
     def rivals(self, host: str, registrable: str, guid: str) -> list[HostClaim]:
         """Claims of other instances on this host or overlapping it (wildcards)."""

@@ -28,7 +28,7 @@ from cdnreq.model import (
 )
 from cdnreq.reconcile.gate import Gate, refused, waiting
 from cdnreq.reconcile.guards import Departures, removal_guard
-from cdnreq.reconcile.records import destroy_pending, needs_publish, resumed
+from cdnreq.reconcile.records import destroy_pending, may_serve, needs_publish, resumed
 from cdnreq.reconcile.served import ServedHosts
 from cdnreq.reconcile.titles import technical_title
 
@@ -125,6 +125,7 @@ def has_entry(record: Record) -> bool:
         record.param_hash is not None
         or record.tech_guid is not None
         or record.last_action in ("requesting", "request")
+        or may_serve(record)
     )
 
 

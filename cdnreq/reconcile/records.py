@@ -81,6 +81,23 @@ def backoff_s(guid: str, failures: int, base_s: float, max_s: float) -> float:
     return delay * (1 + 0.25 * spread / 0xFFFF)
 
 
+def requesting(record: Record, gate: "Gate") -> Record:
+    """Before a request goes out: the master may apply it and lose the
+    answer, so its hosts count as served from now on, on top of those the
+    entry served before, until an answer says what the entry holds
+    (`requested`) or it reads back gone (`cleared`)."""
+    hosts = tuple(dict.fromkeys((*(record.served or ()), *gate.hosts)))
+    if hosts == (record.served or ()):
+        return record
+    return replace(record, served=hosts)
+
+
+def may_serve(record: Record) -> bool:
+    """Whether the record's entry may name its `served` hosts: they are
+    cleared only once the entry is known gone."""
+    return bool(record.served)
+
+
 def requested(
     record: Record,
     instance: SharedInstance,

@@ -11,12 +11,8 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 from cdnreq.model import Record
+from cdnreq.reconcile.records import may_serve as serving
 from cdnreq.validate.hosts import overlaps
-
-
-def serving(record: Record) -> bool:
-    """Whether the record's entry may still name its `served` hosts."""
-    return bool(record.served) and (record.param_hash is not None or record.tech_guid is not None)
 
 
 def _base(host: str) -> str:

@@ -92,7 +92,9 @@ class DomainRun:
         active.update(settled)
         self.present, self.settled, self.active = present, settled, active
         self.verdicts = {g: d.verdict(i) for g, i in present.items()}
-        d.index.unnamed = _unnamed(d.index, self.verdicts)
+        unnamed, absent = _unnamed(d.index, self.verdicts, active)
+        d.index.unnamed = d.contestable(unnamed | absent)
+        d.index.recent = absent - d.index.unnamed
         self.decided: dict[str, Verdict] = {}  # for finish()
         self.asked: set[str] = set()
         self.asking: dict[str, list[tuple[str, ...]]] = {}
@@ -236,15 +238,20 @@ class DomainRun:
         return out
 
 
-def _unnamed(index: HostIndex, verdicts: Mapping[str, Verdict]) -> frozenset[str]:
+def _unnamed(
+    index: HostIndex, verdicts: Mapping[str, Verdict], active: set[str]
+) -> tuple[frozenset[str], frozenset[str]]:
     """Hosts owned by a listed instance that no longer names them (settled
-    instances name all theirs): contestable by DNS proof, see HostIndex.blocking."""
+    instances name all theirs), and hosts whose owner is not listed: each
+    contestable by DNS proof once so for confirm_ticks ticks, see
+    Domains.contestable and HostIndex.blocking."""
     unnamed: set[str] = set()
     for guid, verdict in verdicts.items():
         owned = index.by_guid.get(guid)
         if owned and verdict.ok:
             unnamed.update(h for h in owned if h not in verdict.hosts)
-    return frozenset(unnamed)
+    absent = {h for guid, owned in index.by_guid.items() if guid not in active for h in owned}
+    return frozenset(unnamed), frozenset(absent)
 
 
 def _split(

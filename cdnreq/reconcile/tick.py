@@ -43,9 +43,12 @@ from cdnreq.reconcile.plan import (
     plan_decided,
     spec_hash,
 )
+from cdnreq.reconcile.records import requesting
 from cdnreq.progress import Progress
 from cdnreq.resources import starved
 from cdnreq.store import Store, StoreError
+
+UNNAMED = "unnamed"  # guard state: hosts their owner stopped naming (Domains.streaks)
 
 log = structlog.get_logger("cdnreq.tick")
 
@@ -193,6 +196,7 @@ class Reconciler:
         self.domains: Domains | None = None
         self.quiet = Quiet()
         self._quiet_progress = False
+        self._streaks: dict[str, Any] | None = None
 
     async def load(self) -> None:
         """Read the store (and the domain secret) into memory."""
@@ -206,7 +210,9 @@ class Reconciler:
             hosts=(await self.store.load_hosts()).values(),
             challenges=await self.store.load_challenges(),
             confirm_ticks=self.config.daemon.confirm_ticks,
+            streaks=(await self.store.load_guards()).get(UNNAMED),
         )
+        self._streaks = self.domains.streaks()
         # The loaded state lives as long as the process: keep the collector
         # from walking it again and again (two full passes over 600 MB cost
         # more than a second a tick at 100,000 instances).
@@ -340,6 +346,9 @@ class Reconciler:
                     report.held_updates = guard.view()
                 self._quiet_progress = False
             await self._reserve(Plan(()), run.finish(), now, report.id)
+            if (streaks := self.domains.streaks()) != self._streaks:  # idle ticks write nothing
+                await self.store.save_guards({UNNAMED: streaks}, now)
+                self._streaks = streaks
             feed.close()
             progress.phase("executing", feed.total - committer.count, self.clock())
             await executing
@@ -409,9 +418,13 @@ class Reconciler:
             log.error("removals held", count=len(the_plan.held), reason=the_plan.hold_reason)
         updates = {r.guid: r for r in the_plan.updates}
         for action in the_plan.actions:  # a request may reach the master before a crash
-            if action.kind is Kind.REQUEST and not has_entry(action.record):
+            if action.kind in (Kind.REQUEST, Kind.UPDATE) and action.gate is not None:
                 record = updates.get(action.guid, action.record)
-                updates[action.guid] = replace(record, last_action="requesting")
+                widened = requesting(record, action.gate)  # its hosts count as served from now on
+                if not has_entry(action.record):
+                    updates[action.guid] = replace(widened, last_action="requesting")
+                elif widened is not record:
+                    updates[action.guid] = widened
         upserts = [*updates.values(), *held]
         events = [*step.events, *(Event(r.guid, "hold", "held", now, r.last_error, tick) for r in held)]
         events += [Event(g, "forget", "ok", now, "gone, without a technical entry", tick) for g in the_plan.forgets]

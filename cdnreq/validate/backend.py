@@ -11,11 +11,16 @@ checked against ``[validation].backend_deny``, unless in
 Hosts are read the way URL parsers read them, so no spelling slips through:
 user information (``a@b``) dropped, a backslash taken as the end of the host
 too (browsers do), percent-escapes and full-width characters decoded, one
-trailing dot ignored; numeric IPv4 in any form ``inet_aton`` and browsers
+trailing dot ignored; characters IDNA maps to nothing (soft hyphen,
+zero-width space, variation selectors...) dropped as UTS #46 and Python's
+``idna`` codec drop them, each reading checked; numeric IPv4 in any form ``inet_aton`` and browsers
 accept (``2130706433``, ``0177.0.0.1``, ``0x7f.1``, ``127.1``); IPv6 with
 its zone id dropped, and the IPv4 address inside IPv4-mapped, -compatible,
 NAT64 and 6to4 addresses checked too. ``localhost`` and the names under it
-count as 127.0.0.1. Other names are not resolved (no DNS here): a customer
+count as 127.0.0.1. A URL is also read as browsers read special schemes
+(slashes and backslashes after ``http:`` skipped: ``http:///127.0.0.1/``);
+a URL without a host, a bare IPv6 address outside brackets, and a host that
+holds a character no host may hold once percent-decoded are refused. Other names are not resolved (no DNS here): a customer
 could still name a host whose DNS points inside; the technical CDN's own
 network rules are the defence for that.
 
@@ -26,10 +31,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import stringprep
 import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote
+
+import idna
 
 from cdnreq.validate.hosts import quote_value
 from cdnreq.validate.policy import ValidationPolicy
@@ -49,7 +57,11 @@ _COMPATIBLE = ipaddress.IPv6Network("::/96")
 
 
 class NotAnAddress(ValueError):
-    """A host that reads as a number but is no IPv4 address."""
+    """A host that reads as a number but is no IPv4 address, or no host at all."""
+
+    def __init__(self, host: str, reason: str = "reads as a number but is not an IPv4 address") -> None:
+        super().__init__(host)
+        self.reason = reason
 
 
 def _part(text: str) -> int:
@@ -92,13 +104,23 @@ def _embedded(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     return None
 
 
-def host_addresses(host: str) -> tuple[Address, ...]:
-    """The addresses a URL or netloc host stands for: () for a name that
-    would need DNS. Raises NotAnAddress for a number that is no address."""
-    if "%" in host:
-        host = unquote(host, errors="replace")
-    if not host.isascii():
-        host = unicodedata.normalize("NFKC", host.translate(_DOTS))
+def _readings(host: str) -> tuple[str, ...]:
+    """A non-ASCII host as each kind of parser reads it: NFKC (with the
+    ideographic dots), nameprep (Python's ``idna`` codec, which
+    ``getaddrinfo`` callers use) and UTS #46 (browsers)."""
+    dotted = host.translate(_DOTS)
+    readings = [
+        unicodedata.normalize("NFKC", dotted),
+        unicodedata.normalize("NFKC", "".join(c for c in dotted if not stringprep.in_table_b1(c))),
+    ]
+    try:
+        readings.append(idna.uts46_remap(dotted, std3_rules=False).translate(_DOTS))
+    except (idna.IDNAError, UnicodeError, ValueError):
+        pass  # a character UTS #46 refuses: browsers refuse the whole URL
+    return tuple(dict.fromkeys(readings))
+
+
+def _addresses_of(host: str) -> tuple[Address, ...]:
     host = host.lower()
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -116,7 +138,29 @@ def host_addresses(host: str) -> tuple[Address, ...]:
     return () if v4 is None else (v4,)
 
 
+def host_addresses(host: str) -> tuple[Address, ...]:
+    """The addresses a URL or netloc host stands for: () for a name that
+    would need DNS. Raises NotAnAddress for a number that is no address,
+    or a host holding a space or control character once decoded."""
+    if "%" in host:
+        bracketed = host.startswith("[")
+        host = unquote(host, errors="replace")
+        if _NOT_IN_A_HOST.search(host[1:-1] if bracketed else host) or (
+            not bracketed and (":" in host or "%" in host)  # "%" too: a second decoding
+        ):
+            raise NotAnAddress(host, "holds a character no host may hold once percent-decoded")
+    if host.isascii():
+        return _addresses_of(host)
+    found: dict[Address, None] = {}
+    for reading in _readings(host):
+        found.update(dict.fromkeys(_addresses_of(reading)))
+    return tuple(found)
+
+
 _AUTHORITY = re.compile(r"[^/?#]*")
+_BROWSER_AUTHORITY = re.compile(r"[^/\\?#]*")
+# Characters no host holds (WHATWG's forbidden host code points, C1 controls).
+_NOT_IN_A_HOST = re.compile(r"[\s\x00-\x1f\x7f-\x9f/\\\\@?#\[\]<>^|]")
 
 
 def _host_of(authority: str) -> str:
@@ -124,19 +168,20 @@ def _host_of(authority: str) -> str:
     if hostport.startswith("["):
         return hostport.partition("]")[0] + "]"
     if hostport.count(":") > 1:
-        return hostport  # a bare IPv6 address: read it as one
+        raise NotAnAddress(hostport, "is a bare IPv6 address; put it in brackets")
     return hostport.partition(":")[0]
 
 
 def _authority_hosts(url: str) -> tuple[str, ...]:
     """The host of a URL as RFC 3986 reads it and, when they differ, as
-    browsers read it (a backslash ends the authority too): both are checked."""
-    authority = _AUTHORITY.match(url.partition("://")[2]).group()  # type: ignore[union-attr]
-    host = _host_of(authority)
-    if "\\" not in authority:
-        return (host,)
-    other = _host_of(authority.partition("\\")[0])
-    return (host,) if other == host else (host, other)
+    browsers read it (slashes and backslashes after the scheme skipped, a
+    backslash ending the authority too): both are checked."""
+    rest = url.partition("://")[2]
+    host = _host_of(_AUTHORITY.match(rest).group())  # type: ignore[union-attr]
+    if host == "":
+        raise NotAnAddress(host, "is missing: the URL has no host")
+    other = _host_of(_BROWSER_AUTHORITY.match(rest.lstrip("/\\")).group())  # type: ignore[union-attr]
+    return (host,) if other in (host, "") else (host, other)
 
 
 def _refused(addresses: Iterable[Address], policy: ValidationPolicy) -> Address | None:
@@ -151,11 +196,8 @@ def _refused(addresses: Iterable[Address], policy: ValidationPolicy) -> Address 
 def _problem(name: str, host: str, given: str, policy: ValidationPolicy) -> str | None:
     try:
         addresses = host_addresses(host)
-    except NotAnAddress:
-        return (
-            f"{name}: host {quote_value(host)} ({quote_value(given)}) reads as a number"
-            " but is not an IPv4 address"
-        )
+    except NotAnAddress as error:
+        return f"{name}: host {quote_value(host)} ({quote_value(given)}) {error.reason}"
     refused = _refused(addresses, policy)
     if refused is None:
         return None
@@ -179,7 +221,12 @@ def backend_problems(
         value = parameters.get(name)
         if not isinstance(value, str) or name in skip:
             continue
-        for host in _authority_hosts(value):
+        try:
+            hosts = _authority_hosts(value)
+        except NotAnAddress as error:
+            errors.append(f"{name}: host {quote_value(str(error))} ({quote_value(value)}) {error.reason}")
+            continue
+        for host in hosts:
             problem = _problem(name, host, value, policy)
             if problem is not None:
                 errors.append(problem)
