@@ -294,3 +294,29 @@ async def test_one_listing_without_any_custom_domain_changes_nothing(tmp_path: P
     finally:
         for store in opened:
             await store.close()
+
+
+async def test_an_approval_is_used_up_by_the_next_tick_even_when_the_held_set_went_away(tmp_path: Path) -> None:
+    """An approval names one held set; the master recovers before the next
+    tick, so nothing is applied. When the same glitch comes back weeks later
+    (everyone stopped again: same guids, same targets, same fingerprint), the
+    old approval must not apply it on its second tick (#12: held until
+    confirmed or approved again)."""
+    found, _ = stopped_fleet()
+    store = await Store.open(tmp_path / "x.db")
+    try:
+        run = GuardRun(store, GUARDS, {}, live=20, now=NOW)
+        run.updates.sift(found)
+        await run.save(None, tick=1)
+        assert await approve(store, GUARDS, None, NOW) is not None
+        # tick 2: the master lists everyone started again, nothing to change
+        run = GuardRun(store, GUARDS, await store.load_guards(), live=20, now=NOW + 60)
+        await run.save(None, tick=2)
+        assert "approval" not in await store.load_guards()
+        # ticks 3 and 4: the same glitch is back; seen twice, it is still held
+        for tick in (3, 4):
+            run = GuardRun(store, GUARDS, await store.load_guards(), live=20, now=NOW + 60 * tick)
+            assert run.updates.sift(found) == {c.guid for c in found}, f"tick {tick}"
+            await run.save(None, tick=tick)
+    finally:
+        await store.close()

@@ -102,7 +102,9 @@ class GuardRun:
 
     async def save(self, first: Plan | None, tick: int) -> None:
         """Store the window (with this tick's departures) and the held updates;
-        log a hold when it starts and when it ends."""
+        log a hold when it starts and when it ends. The approval read at the
+        start of the tick is used up here even when the held set it named has
+        gone: kept, it would approve the same glitch when it comes back."""
         state = self.updates.state()
         values: dict[str, Any] = {UPDATES: state.to_json() if state.count else None}
         if first is not None:
@@ -115,8 +117,9 @@ class GuardRun:
         if changed:
             await self.store.save_guards(changed, self.now)
             self.saved.update(changed)
-        if self.updates.applied_on_approval and self.approval is not None:
+        if self.approval is not None:  # used or not, an approval is for this tick only
             await self.store.clear_guard(APPROVAL, {"fingerprint": self.approval})
+            self.approval = None
         fresh = [Event(g, "hold", "held", self.now, state.reason, tick)
                  for g, (_, streak) in state.streaks.items() if streak == 1 and g not in self._announced]  # fmt: skip
         if fresh:
