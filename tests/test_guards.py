@@ -320,3 +320,25 @@ async def test_an_approval_is_used_up_by_the_next_tick_even_when_the_held_set_we
             await run.save(None, tick=tick)
     finally:
         await store.close()
+
+
+def test_retained_entries_the_master_then_lists_destroyed_count_against_the_removal_guard() -> None:
+    """Retention keeps the entries of instances the master stopped listing. A
+    master that then lists them destroyed (the same glitch, gone one way then
+    the other) must not cut their retention short for all at once: a destroy
+    of a retained entry asked by the master is a departure like any other
+    for max_destroy_fraction and its window (#13)."""
+    retain = replace(POLICY, retention_s=3600.0)
+    instances = [inst(f"I{i}") for i in range(10)]
+    records = {i.guid: live(i) for i in instances}
+    first = plan(listing(*instances[4:]), records, NOW, retain)  # 4 of 10 unlisted: retained
+    assert first.hold_reason is None and first.actions == () and first.counts["removed"] == 4
+    records.update({r.guid: r for r in first.updates})
+    back_destroyed = listing(*(inst(i.guid, state="destroyed") for i in instances[:4]), *instances[4:])
+    second = plan(back_destroyed, records, NOW + 60, retain, recent=[Departures(NOW, 4, 10)])
+    assert [a.guid for a in second.actions if a.kind is Kind.DESTROY] == []
+    assert second.hold_reason is not None and "4 of 10" in second.hold_reason
+    # one customer's destroy of its retained entry still goes at once
+    one = listing(inst("I0", state="destroyed"), *instances[4:])
+    alone = plan(one, records, NOW + 60, retain)
+    assert [a.guid for a in alone.actions if a.kind is Kind.DESTROY] == ["I0"] and alone.hold_reason is None

@@ -198,13 +198,19 @@ def plan(
     departing = [r for r in gone if r.phase is not Phase.RETAINED and not destroy_sent(r)]
     retained = [r for r in gone if r.phase is Phase.RETAINED and not destroy_sent(r)]
     explicit = {r.guid for r in destroyed}
+    # a retained entry the master lists destroyed loses its retention now, on
+    # the master's word: guarded like a departure
+    ending = [r for r in retained if r.guid in explicit and has_entry(r)]
     held: tuple[Record, ...] = ()
-    hold_reason = removal_guard(listing, len(known), len(departing), policy, recent)
+    hold_reason = removal_guard(listing, len(known), len(departing) + len(ending), policy, recent)
     forgets: list[InstanceGuid] = []
     if hold_reason is not None:
         held = tuple(departing)
-        counts["held"] = len(held)
+        counts["held"] = len(held) + len(ending)
         departing = []
+        explicit -= {r.guid for r in ending}  # kept retained
+    else:
+        counts["removed"] += len(ending)
     for record in departing:
         counts["removed"] += 1
         action = _departure(record, record.guid in explicit, now, policy, ownership, updates, forgets)
