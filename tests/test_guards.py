@@ -342,3 +342,20 @@ def test_retained_entries_the_master_then_lists_destroyed_count_against_the_remo
     one = listing(inst("I0", state="destroyed"), *instances[4:])
     alone = plan(one, records, NOW + 60, retain)
     assert [a.guid for a in alone.actions if a.kind is Kind.DESTROY] == ["I0"] and alone.hold_reason is None
+
+
+def test_a_held_update_stays_held_when_the_glitch_shrinks_below_the_threshold() -> None:
+    """The master lists all 20 stopped, then 2 of them still stopped: those 2
+    were held as part of a mass change and have been seen twice, not
+    confirm_ticks times. A glitch that recedes below the threshold must not
+    apply its remainder at once (#12); an unrelated small change still goes."""
+    found, _ = stopped_fleet()
+    guard = UpdateGuard(HeldUpdates(), None, live=20, policy=GUARDS)
+    assert guard.sift(found) == {c.guid for c in found}
+    other = Change("OTHER", "h:started", "parameters changed")  # never held
+    guard = UpdateGuard(guard.state(), None, live=20, policy=GUARDS)
+    assert guard.sift([*found[:2], other]) == {c.guid for c in found[:2]}
+    state = guard.state()
+    assert state.count == 2 and "max_update_fraction" in (state.reason or "")
+    guard = UpdateGuard(state, None, live=20, policy=GUARDS)  # seen a third time: confirmed
+    assert guard.sift(found[:2]) == set() and guard.confirmed == 2
