@@ -83,6 +83,16 @@ def test_removal_guard_counts_the_departures_of_the_window() -> None:
     assert removal_guard(listing(*(inst(f"I{i}") for i in range(17))), 20, 3, POLICY, ()) is None
 
 
+def test_departures_from_a_clock_that_stepped_back_still_count() -> None:
+    """The window is kept in wall-clock time (it survives restarts). When the
+    clock steps back past the last departures (NTP, a VM restored), those
+    departures are not dropped from the window, which a drip would use to
+    start over (#13): they count as if made now, for one window."""
+    ahead = [Departures(NOW + 7200, 18, 40)]
+    assert window(ahead, NOW, GUARDS) == [Departures(NOW, 18, 40)]
+    assert window(window(ahead, NOW, GUARDS), NOW + 3600, GUARDS) == []  # stored as clamped: one window
+
+
 def shrinking(recent_of) -> int:
     """A master whose listing shrinks by 45 % per tick, 8 ticks at 60 s,
     retention 0, max_destroy_fraction 0.5: how many of 40 are destroyed.

@@ -55,8 +55,14 @@ class Departures:
 
 
 def window(history: Iterable[Departures], now: float, policy: GuardPolicy) -> list[Departures]:
-    """The departures still inside the sliding window."""
-    return [d for d in history if now - d.at < policy.removal_window_s and d.at <= now]
+    """The departures still inside the sliding window. One dated after `now`
+    (the clock stepped back) counts as made now: dropped, it would let a
+    shrinking listing start over."""
+    return [
+        d if d.at <= now else Departures(now, d.gone, d.known)
+        for d in history
+        if now - d.at < policy.removal_window_s
+    ]
 
 
 def removal_guard(
