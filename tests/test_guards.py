@@ -369,3 +369,34 @@ def test_a_held_update_stays_held_when_the_glitch_shrinks_below_the_threshold() 
     assert state.count == 2 and "max_update_fraction" in (state.reason or "")
     guard = UpdateGuard(state, None, live=20, policy=GUARDS)  # seen a third time: confirmed
     assert guard.sift(found[:2]) == set() and guard.confirmed == 2
+
+
+async def test_a_host_no_longer_named_is_released_under_cron_style_ticks(tmp_path: Path) -> None:
+    """`cdnreq once` from cron starts a new process each tick. The ticks a
+    host has gone unnamed are counted towards confirm_ticks across them (as
+    held updates' streaks are), or a host its owner dropped would be kept for
+    ever and nobody else could ever prove it (#12 with #9)."""
+    from test_tick_stages import Dns, customer, reconciler
+    from test_tick_stages import config as tick_config
+
+    opened: list[Store] = []
+    try:
+        owner = customer("C0", "www.c0.example")
+        r, master = await reconciler(opened, tick_config(tmp_path), [owner], Dns({}), proven={owner.guid})
+        for _ in range(3):  # requested, read back, live
+            assert (await r.tick()).ok
+        store = opened[0]
+        assert set(await store.load_hosts()) == {"www.c0.example"}
+        master.instances = (customer("C0"),)  # its customer drops the custom domain
+        for tick in range(10):
+            await r.load()  # a new process, as `cdnreq once` is
+            report = await r.tick()
+            assert report.ok, report.error
+            if not await store.load_hosts():
+                break
+        else:
+            raise AssertionError("www.c0.example is never released")
+        assert tick >= 3  # not on one tick's evidence: updated, read back, then 3 unnamed ticks
+    finally:
+        for store in opened:
+            await store.close()

@@ -47,6 +47,7 @@ class Domains:
         hosts: Iterable[HostClaim] = (),
         challenges: Mapping[InstanceGuid, Challenge] | None = None,
         confirm_ticks: int = CONFIRM_TICKS,
+        unnamed: Mapping[str, int] | None = None,
     ):
         self.policy = policy
         self.secret = secret
@@ -62,7 +63,13 @@ class Domains:
         self._next_lookup: dict[str, tuple[str, float]] = {}
         # hosts their owner stopped naming: consecutive ticks (see _release_unlisted)
         self.confirm_ticks = confirm_ticks
-        self._unnamed: dict[str, int] = {}
+        self._unnamed: dict[str, int] = dict(unnamed or {})
+
+    @property
+    def unnamed(self) -> Mapping[str, int]:
+        """Ticks each host has gone unnamed by its owner; the tick stores
+        them, so a restart (or `cdnreq once` from cron) counts on."""
+        return self._unnamed
 
     def verdict(self, instance: SharedInstance) -> Verdict:
         cached = self._verdicts.get(instance.guid)

@@ -3,7 +3,9 @@
 Loads the guards' state at the start of the tick, takes held updates out of
 each stage's plan, and stores the next state before any call of the tick is
 made, so a crash or a restart never resets a confirmation streak or the
-removal window (a lost write errs on the side of holding).
+removal window (a lost write errs on the side of holding). The ticks each
+host has gone unnamed by its owner are stored at the end of the tick, so
+`cdnreq once` from cron releases a dropped host as the daemon does.
 """
 
 from __future__ import annotations
@@ -29,7 +31,14 @@ from cdnreq.store import Store
 
 log = structlog.get_logger("cdnreq.guards")
 
-UPDATES, REMOVALS, APPROVAL = "updates", "removals", "approval"
+UPDATES, REMOVALS, APPROVAL, UNNAMED = "updates", "removals", "approval", "unnamed"
+
+
+def unnamed_of(saved: Mapping[str, Any]) -> dict[str, int]:
+    """The stored count of ticks each host has gone unnamed by its owner
+    (cdnreq/reconcile/guards.py release_due)."""
+    value = saved.get(UNNAMED)
+    return {str(h): int(n) for h, n in value.items()} if isinstance(value, dict) else {}
 
 
 def guard_policy_of(config: Config) -> GuardPolicy:
@@ -96,6 +105,14 @@ class GuardRun:
         counts["update"] = counts.get("update", 0) - len(held)
         counts["held_updates"] = counts.get("held_updates", 0) + len(held)
         return replace(the_plan, actions=actions, counts=counts)
+
+    async def save_unnamed(self, unnamed: Mapping[str, int]) -> None:
+        """Store the unnamed hosts' counts when they changed: one listing is
+        never enough to release a claim, across restarts too."""
+        value = dict(unnamed) or None
+        if value != self.saved.get(UNNAMED):
+            await self.store.save_guards({UNNAMED: value}, self.now)
+            self.saved[UNNAMED] = value
 
     def view(self) -> dict[str, Any] | None:
         return held_view(self.updates.state(), self.policy)

@@ -31,7 +31,7 @@ from cdnreq.reconcile.committer import Committer
 from cdnreq.reconcile.domains import DomainRun, Domains, DomainStep, Lookups
 from cdnreq.reconcile.execute import Feed, Outcome, Settings, execute
 from cdnreq.reconcile.gate import DomainPolicy
-from cdnreq.reconcile.guardrun import GuardRun
+from cdnreq.reconcile.guardrun import GuardRun, unnamed_of
 from cdnreq.reconcile.plan import (
     Kind,
     Plan,
@@ -206,6 +206,7 @@ class Reconciler:
             hosts=(await self.store.load_hosts()).values(),
             challenges=await self.store.load_challenges(),
             confirm_ticks=self.config.daemon.confirm_ticks,
+            unnamed=unnamed_of(await self.store.load_guards()),
         )
         # The loaded state lives as long as the process: keep the collector
         # from walking it again and again (two full passes over 600 MB cost
@@ -337,6 +338,7 @@ class Reconciler:
                     report.held_updates = guard.view()
                 self._quiet_progress = False
             await self._reserve(Plan(()), run.finish(), now, report.id)
+            await guard.save_unnamed(self.domains.unnamed)
             feed.close()
             progress.phase("executing", feed.total - committer.count, self.clock())
             await executing
