@@ -400,3 +400,23 @@ async def test_a_host_no_longer_named_is_released_under_cron_style_ticks(tmp_pat
     finally:
         for store in opened:
             await store.close()
+
+
+def test_entries_already_gone_do_not_dilute_the_removal_guard() -> None:
+    """Retention (90 days by default) keeps the entries of customers who
+    left. They are not part of the fleet a glitching master can remove: a
+    listing naming 6 of 10 live instances destroyed must be held even with
+    20 retained entries known (6 of 30 would pass max_destroy_fraction)."""
+    retain = replace(POLICY, retention_s=90 * 86400.0)
+    instances = [inst(f"I{i}") for i in range(10)]
+    records = {i.guid: live(i) for i in instances}
+    for k in range(20):
+        left = live(inst(f"R{k:02}"))
+        records[left.guid] = replace(left, phase=Phase.RETAINED, gone_at=NOW - 86400)
+    glitch = listing(*(inst(i.guid, state="destroyed") for i in instances[:6]), *instances[6:])
+    p = plan(glitch, records, NOW, retain)
+    assert [a.guid for a in p.actions if a.kind is Kind.DESTROY] == []
+    assert p.hold_reason is not None and "6 of 10" in p.hold_reason
+    # and the window remembers departures against the same fleet
+    ok = plan(listing(inst("I0", state="destroyed"), *instances[1:]), records, NOW, retain)
+    assert ok.hold_reason is None and ok.counts["removed"] == 1 and ok.fleet == 10

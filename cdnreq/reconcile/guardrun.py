@@ -128,7 +128,7 @@ class GuardRun:
             history = [[d.at, d.gone, d.known] for d in self.recent]
             gone = first.counts.get("removed", 0)
             if gone:
-                history.append([self.now, gone, self.known])
+                history.append([self.now, gone, self.known if first.fleet is None else first.fleet])
             values[REMOVALS] = history or None
         changed = {k: v for k, v in values.items() if v != self.saved.get(k)}
         if changed:
