@@ -370,3 +370,44 @@ def test_accept_errors_out_of_descriptors_are_one_json_line_a_second_at_most(tmp
             sock.close()
         server.kill()
         server.wait()
+
+
+class CountedFleet(dict):
+    """The daemon's known records; counts the walks over them."""
+
+    walks = 0
+
+    def values(self):  # type: ignore[override]
+        CountedFleet.walks += 1
+        return super().values()
+
+
+def test_a_flood_of_status_requests_walks_the_fleet_once_a_second(tmp_path, monkeypatch) -> None:
+    """/status counts instances by phase, a walk over the whole fleet (tens of
+    milliseconds at 100,000, on the event loop). A client on the loopback
+    listener (no token) pipelining /status would stall ticks: the count is
+    made at most once a second, whatever the number of requests (#20)."""
+    from types import SimpleNamespace
+
+    from cdnreq import daemon as daemon_module
+    from cdnreq.config import Config
+    from cdnreq.model import Phase
+
+    config = Config.model_validate({
+        "master": {"url": "http://master.invalid", "instance_guid": "REQUESTER"},
+        "technical_cdn": {"software_release_uri": "http://sr.invalid/cdn"},
+        "daemon": {"database": str(tmp_path / "cdnreq.db")},
+    })
+    daemon = daemon_module.Daemon(tmp_path / "cdnreq.toml", config)
+    fleet = CountedFleet({f"S{i}": SimpleNamespace(phase=Phase.LIVE) for i in range(1000)})
+    daemon.reconciler = SimpleNamespace(known=fleet)  # type: ignore[assignment]
+    clock = [100.0]
+    monkeypatch.setattr(daemon_module.time, "monotonic", lambda: clock[0])
+    CountedFleet.walks = 0
+    for _ in range(500):
+        assert daemon.status()["instances"] == {"live": 1000}
+    assert CountedFleet.walks == 1
+    fleet["S0"] = SimpleNamespace(phase=Phase.REQUESTED)
+    clock[0] += 1.0  # a second later the count is fresh again
+    assert daemon.status()["instances"] == {"live": 999, "requested": 1}
+    assert CountedFleet.walks == 2
