@@ -43,6 +43,9 @@ EXIT_TICK_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_DATABASE = 3
 
+# /status counts the instances by phase at most this often (a walk over the fleet)
+STATUS_COUNT_S = 1.0
+
 
 def master_client(config: Config, metrics: Metrics | None = None) -> MasterClient:
     master = config.master
@@ -168,6 +171,7 @@ class Daemon:
         self._watchdog: asyncio.Task | None = None
         self._backup_task: asyncio.Task | None = None
         self.exit_code = EXIT_OK
+        self._phases: tuple[float, dict[str, int]] | None = None  # (when, instances by phase)
 
     # -- signals ------------------------------------------------------------
 
@@ -243,16 +247,24 @@ class Daemon:
             why["reason"] = held
         return True, why
 
+    def phase_counts(self) -> dict[str, int]:
+        """Instances by phase, counted at most once per STATUS_COUNT_S: the
+        count walks the whole fleet on the event loop, and a flood of /status
+        must not stall the ticks."""
+        now = time.monotonic()
+        if self._phases is None or not 0 <= now - self._phases[0] < STATUS_COUNT_S:
+            known = self.reconciler.known if self.reconciler is not None else None
+            self._phases = (now, dict(Counter(r.phase.value for r in known.values())) if known else {})
+        return self._phases[1]
+
     def status(self) -> dict[str, Any]:
-        known = self.reconciler.known if self.reconciler is not None else None
-        counts = Counter(r.phase.value for r in known.values()) if known else Counter()
         ready, why = self.readiness()
         return {
             "version": __version__,
             "pid": os.getpid(),
             "ready": ready,
             "readiness": why,
-            "instances": dict(counts),
+            "instances": self.phase_counts(),
             "consecutive_failed_ticks": self.failed_ticks,
             "held_updates": self.last_report.held_updates if self.last_report else None,
             "held_removals": held_removals(self.last_report),

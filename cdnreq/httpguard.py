@@ -12,11 +12,16 @@ accepted:
   `header_timeout_s` of its first byte; otherwise it is cut;
 - between requests, aiohttp's `keepalive_timeout` (`idle_timeout_s`) closes
   an idle keep-alive connection;
+- a client that stops reading its answers (pipelined requests piling up
+  unread) stalls the server's write with a request in flight, which no
+  aiohttp timeout ends: a write stalled for `idle_timeout_s` is cut;
 - at most `max_connections` are open. A new connection beyond it takes the
   place of the oldest one that has not sent a complete head yet (a silent
-  one is the cheapest to drop and the likeliest attacker), so a probe of
-  /healthz gets in at once even while the cap is held by idle sockets; when
-  every open connection has sent a request, the new one is closed at once.
+  one is the cheapest to drop and the likeliest attacker), or else of the
+  one whose last head is the oldest (an answered keep-alive connection is
+  idle, and HTTP lets a server close an idle one). So a probe of /healthz
+  gets in at once even while the cap is held by sockets that sent nothing,
+  or that each sent one request and then idle.
 
 The watch is a wrapper around aiohttp's protocol: it sees the bytes and the
 transport, forwards everything, and never parses HTTP beyond looking for the
@@ -63,17 +68,20 @@ class ConnectionGuard:
         self.limits = limits
         self.open: set[_Watch] = set()
         self.silent: dict[_Watch, None] = {}  # no complete head yet, oldest first
+        self.spoken: dict[_Watch, None] = {}  # the others, least recent head first
         self.refused = 0
         self.evicted = 0
         self.timed_out = 0
+        self.stalled = 0
 
     def __call__(self) -> asyncio.Protocol:
         return _Watch(self)
 
     def admit(self, watch: _Watch) -> bool:
-        """Room for `watch`, evicting the oldest silent connection if need be."""
+        """Room for `watch`, evicting the oldest silent connection, or else the
+        least recently active one, if need be."""
         if len(self.open) >= self.limits.max_connections:
-            victim = next(iter(self.silent), None)
+            victim = next(iter(self.silent), None) or next(iter(self.spoken), None)
             if victim is None:
                 self.refused += 1
                 return False
@@ -85,10 +93,13 @@ class ConnectionGuard:
 
     def spoke(self, watch: _Watch) -> None:
         self.silent.pop(watch, None)
+        self.spoken.pop(watch, None)
+        self.spoken[watch] = None  # the most recent now
 
     def release(self, watch: _Watch) -> None:
         self.open.discard(watch)
         self.silent.pop(watch, None)
+        self.spoken.pop(watch, None)
 
 
 class _Watch(asyncio.Protocol):
@@ -99,6 +110,7 @@ class _Watch(asyncio.Protocol):
         self.inner: asyncio.Protocol | None = None
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.stall: asyncio.TimerHandle | None = None  # armed while writing is paused
         self.tail = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -121,14 +133,20 @@ class _Watch(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self.inner is not None:
+            if self.stall is None:
+                loop = asyncio.get_running_loop()
+                self.stall = loop.call_later(self.guard.limits.idle_timeout_s, self._stalled)
             self.inner.pause_writing()
 
     def resume_writing(self) -> None:
+        if self.stall is not None:
+            self.stall.cancel()
+            self.stall = None
         if self.inner is not None:
             self.inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._unwatch()
         self.guard.release(self)
         inner, self.inner = self.inner, None
         if inner is not None:
@@ -136,7 +154,7 @@ class _Watch(asyncio.Protocol):
 
     def cut(self) -> None:
         """Drop the connection now (its descriptor is freed at once)."""
-        self._disarm()
+        self._unwatch()
         self.guard.release(self)
         if self.transport is not None:
             self.transport.abort()
@@ -166,9 +184,21 @@ class _Watch(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
 
+    def _unwatch(self) -> None:
+        self._disarm()
+        if self.stall is not None:
+            self.stall.cancel()
+            self.stall = None
+
     def _expire(self) -> None:
         self.timer = None
         self.guard.timed_out += 1
+        self.cut()
+
+    def _stalled(self) -> None:
+        """The client read nothing of an answer for `idle_timeout_s`."""
+        self.stall = None
+        self.guard.stalled += 1
         self.cut()
 
 

@@ -152,15 +152,47 @@ async def test_1100_silent_connections_leave_healthz_reachable_at_once() -> None
             close_all(writers)
 
 
-async def test_when_every_connection_has_sent_a_request_a_new_one_is_refused() -> None:
+async def test_when_every_connection_has_sent_a_request_the_least_recently_active_makes_room() -> None:
+    """Connections that each sent one request and then idle (renewed every
+    idle timeout) would otherwise keep a probe out for good: an answered
+    keep-alive connection is idle, and a server may close an idle one."""
     async with served(ConnectionLimits(header_timeout_s=60, idle_timeout_s=60, max_connections=2)) as (port, guard):
         first, second = await connect(port), await connect(port)
         assert await get(*first) == 200 and await get(*second) == 200
+        assert await get(*first) == 200  # `second` is now the least recently active
+        assert await probe(port) == 200
+        assert await closed_without_answer(second[0])
+        assert guard.refused == 0 and guard.evicted == 1
+        assert await get(*first) == 200  # untouched
+        close_all([first[1], second[1]])
+
+
+class BigEndpoint(FakeEndpoint):
+    def metrics(self) -> tuple[bytes, str]:
+        return b"# filler\n" * 20_000, "text/plain; version=0.0.4"  # 180 KB: a real fleet's metrics
+
+
+async def test_a_client_that_pipelines_requests_and_never_reads_is_cut() -> None:
+    """Answers pile up unread, the server stops writing and waits for ever
+    with a request in flight, holding the connection: a stalled write is cut
+    after the idle timeout."""
+    limits = ConnectionLimits(header_timeout_s=60, idle_timeout_s=0.3, max_connections=4)
+    runner = await serve(make_app(BigEndpoint()), TcpListen("127.0.0.1", 0), limits)
+    try:
+        port, guard = runner.addresses[0][1], runner.server
+        assert isinstance(guard, ConnectionGuard)
         reader, writer = await connect(port)
-        assert await closed_without_answer(reader)
-        assert guard.refused == 1 and guard.evicted == 0
-        assert await get(*first) == 200 and await get(*second) == 200  # untouched
-        close_all([first[1], second[1], writer])
+        writer.transport.pause_reading()  # type: ignore[attr-defined]  # never reads an answer
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n" * 100)  # 18 MB of answers
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DEADLINE_S
+        while guard.open and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        assert not guard.open and guard.stalled == 1
+        writer.close()
+        assert await probe(port) == 200
+    finally:
+        await runner.cleanup()
 
 
 async def test_a_silent_connection_makes_room_for_a_probe_not_a_busy_one() -> None:
@@ -338,3 +370,44 @@ def test_accept_errors_out_of_descriptors_are_one_json_line_a_second_at_most(tmp
             sock.close()
         server.kill()
         server.wait()
+
+
+class CountedFleet(dict):
+    """The daemon's known records; counts the walks over them."""
+
+    walks = 0
+
+    def values(self):  # type: ignore[override]
+        CountedFleet.walks += 1
+        return super().values()
+
+
+def test_a_flood_of_status_requests_walks_the_fleet_once_a_second(tmp_path, monkeypatch) -> None:
+    """/status counts instances by phase, a walk over the whole fleet (tens of
+    milliseconds at 100,000, on the event loop). A client on the loopback
+    listener (no token) pipelining /status would stall ticks: the count is
+    made at most once a second, whatever the number of requests (#20)."""
+    from types import SimpleNamespace
+
+    from cdnreq import daemon as daemon_module
+    from cdnreq.config import Config
+    from cdnreq.model import Phase
+
+    config = Config.model_validate({
+        "master": {"url": "http://master.invalid", "instance_guid": "REQUESTER"},
+        "technical_cdn": {"software_release_uri": "http://sr.invalid/cdn"},
+        "daemon": {"database": str(tmp_path / "cdnreq.db")},
+    })
+    daemon = daemon_module.Daemon(tmp_path / "cdnreq.toml", config)
+    fleet = CountedFleet({f"S{i}": SimpleNamespace(phase=Phase.LIVE) for i in range(1000)})
+    daemon.reconciler = SimpleNamespace(known=fleet)  # type: ignore[assignment]
+    clock = [100.0]
+    monkeypatch.setattr(daemon_module.time, "monotonic", lambda: clock[0])
+    CountedFleet.walks = 0
+    for _ in range(500):
+        assert daemon.status()["instances"] == {"live": 1000}
+    assert CountedFleet.walks == 1
+    fleet["S0"] = SimpleNamespace(phase=Phase.REQUESTED)
+    clock[0] += 1.0  # a second later the count is fresh again
+    assert daemon.status()["instances"] == {"live": 999, "requested": 1}
+    assert CountedFleet.walks == 2

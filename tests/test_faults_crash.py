@@ -280,12 +280,14 @@ class Daemon:
 
 
 def quiet(summary: dict) -> bool:
-    """A tick that only listed: nothing planned, nothing done."""
+    """A tick that only listed: nothing planned, nothing done, nothing held
+    (held updates are work waiting for confirm_ticks, not a quiet fleet)."""
     planned = summary.get("planned", {})
     return (
         summary.get("ok") is True
         and not any(planned.get(kind) for kind in WORK)
         and not planned.get("backoff")
+        and not planned.get("held_updates")
         and set(summary.get("master_calls", {})) <= {LIST_HOSTED}
     )
 

@@ -83,6 +83,16 @@ def test_removal_guard_counts_the_departures_of_the_window() -> None:
     assert removal_guard(listing(*(inst(f"I{i}") for i in range(17))), 20, 3, POLICY, ()) is None
 
 
+def test_departures_from_a_clock_that_stepped_back_still_count() -> None:
+    """The window is kept in wall-clock time (it survives restarts). When the
+    clock steps back past the last departures (NTP, a VM restored), those
+    departures are not dropped from the window, which a drip would use to
+    start over (#13): they count as if made now, for one window."""
+    ahead = [Departures(NOW + 7200, 18, 40)]
+    assert window(ahead, NOW, GUARDS) == [Departures(NOW, 18, 40)]
+    assert window(window(ahead, NOW, GUARDS), NOW + 3600, GUARDS) == []  # stored as clamped: one window
+
+
 def shrinking(recent_of) -> int:
     """A master whose listing shrinks by 45 % per tick, 8 ticks at 60 s,
     retention 0, max_destroy_fraction 0.5: how many of 40 are destroyed.
@@ -294,3 +304,119 @@ async def test_one_listing_without_any_custom_domain_changes_nothing(tmp_path: P
     finally:
         for store in opened:
             await store.close()
+
+
+async def test_an_approval_is_used_up_by_the_next_tick_even_when_the_held_set_went_away(tmp_path: Path) -> None:
+    """An approval names one held set; the master recovers before the next
+    tick, so nothing is applied. When the same glitch comes back weeks later
+    (everyone stopped again: same guids, same targets, same fingerprint), the
+    old approval must not apply it on its second tick (#12: held until
+    confirmed or approved again)."""
+    found, _ = stopped_fleet()
+    store = await Store.open(tmp_path / "x.db")
+    try:
+        run = GuardRun(store, GUARDS, {}, live=20, now=NOW)
+        run.updates.sift(found)
+        await run.save(None, tick=1)
+        assert await approve(store, GUARDS, None, NOW) is not None
+        # tick 2: the master lists everyone started again, nothing to change
+        run = GuardRun(store, GUARDS, await store.load_guards(), live=20, now=NOW + 60)
+        await run.save(None, tick=2)
+        assert "approval" not in await store.load_guards()
+        # ticks 3 and 4: the same glitch is back; seen twice, it is still held
+        for tick in (3, 4):
+            run = GuardRun(store, GUARDS, await store.load_guards(), live=20, now=NOW + 60 * tick)
+            assert run.updates.sift(found) == {c.guid for c in found}, f"tick {tick}"
+            await run.save(None, tick=tick)
+    finally:
+        await store.close()
+
+
+def test_retained_entries_the_master_then_lists_destroyed_count_against_the_removal_guard() -> None:
+    """Retention keeps the entries of instances the master stopped listing. A
+    master that then lists them destroyed (the same glitch, gone one way then
+    the other) must not cut their retention short for all at once: a destroy
+    of a retained entry asked by the master is a departure like any other
+    for max_destroy_fraction and its window (#13)."""
+    retain = replace(POLICY, retention_s=3600.0)
+    instances = [inst(f"I{i}") for i in range(10)]
+    records = {i.guid: live(i) for i in instances}
+    first = plan(listing(*instances[4:]), records, NOW, retain)  # 4 of 10 unlisted: retained
+    assert first.hold_reason is None and first.actions == () and first.counts["removed"] == 4
+    records.update({r.guid: r for r in first.updates})
+    back_destroyed = listing(*(inst(i.guid, state="destroyed") for i in instances[:4]), *instances[4:])
+    second = plan(back_destroyed, records, NOW + 60, retain, recent=[Departures(NOW, 4, 10)])
+    assert [a.guid for a in second.actions if a.kind is Kind.DESTROY] == []
+    assert second.hold_reason is not None and "4 of 10" in second.hold_reason and second.counts["held"] == 4
+    # one customer's destroy of its retained entry still goes at once
+    one = listing(inst("I0", state="destroyed"), *instances[4:])
+    alone = plan(one, records, NOW + 60, retain)
+    assert [a.guid for a in alone.actions if a.kind is Kind.DESTROY] == ["I0"] and alone.hold_reason is None
+
+
+def test_a_held_update_stays_held_when_the_glitch_shrinks_below_the_threshold() -> None:
+    """The master lists all 20 stopped, then 2 of them still stopped: those 2
+    were held as part of a mass change and have been seen twice, not
+    confirm_ticks times. A glitch that recedes below the threshold must not
+    apply its remainder at once (#12); an unrelated small change still goes."""
+    found, _ = stopped_fleet()
+    guard = UpdateGuard(HeldUpdates(), None, live=20, policy=GUARDS)
+    assert guard.sift(found) == {c.guid for c in found}
+    other = Change("OTHER", "h:started", "parameters changed")  # never held
+    guard = UpdateGuard(guard.state(), None, live=20, policy=GUARDS)
+    assert guard.sift([*found[:2], other]) == {c.guid for c in found[:2]}
+    state = guard.state()
+    assert state.count == 2 and "max_update_fraction" in (state.reason or "")
+    guard = UpdateGuard(state, None, live=20, policy=GUARDS)  # seen a third time: confirmed
+    assert guard.sift(found[:2]) == set() and guard.confirmed == 2
+
+
+async def test_a_host_no_longer_named_is_released_under_cron_style_ticks(tmp_path: Path) -> None:
+    """`cdnreq once` from cron starts a new process each tick. The ticks a
+    host has gone unnamed are counted towards confirm_ticks across them (as
+    held updates' streaks are), or a host its owner dropped would be kept for
+    ever and nobody else could ever prove it (#12 with #9)."""
+    from test_tick_stages import Dns, customer, reconciler
+    from test_tick_stages import config as tick_config
+
+    opened: list[Store] = []
+    try:
+        owner = customer("C0", "www.c0.example")
+        r, master = await reconciler(opened, tick_config(tmp_path), [owner], Dns({}), proven={owner.guid})
+        for _ in range(3):  # requested, read back, live
+            assert (await r.tick()).ok
+        store = opened[0]
+        assert set(await store.load_hosts()) == {"www.c0.example"}
+        master.instances = (customer("C0"),)  # its customer drops the custom domain
+        for tick in range(10):
+            await r.load()  # a new process, as `cdnreq once` is
+            report = await r.tick()
+            assert report.ok, report.error
+            if not await store.load_hosts():
+                break
+        else:
+            raise AssertionError("www.c0.example is never released")
+        assert tick >= 3  # not on one tick's evidence: updated, read back, then 3 unnamed ticks
+    finally:
+        for store in opened:
+            await store.close()
+
+
+def test_entries_already_gone_do_not_dilute_the_removal_guard() -> None:
+    """Retention (90 days by default) keeps the entries of customers who
+    left. They are not part of the fleet a glitching master can remove: a
+    listing naming 6 of 10 live instances destroyed must be held even with
+    20 retained entries known (6 of 30 would pass max_destroy_fraction)."""
+    retain = replace(POLICY, retention_s=90 * 86400.0)
+    instances = [inst(f"I{i}") for i in range(10)]
+    records = {i.guid: live(i) for i in instances}
+    for k in range(20):
+        left = live(inst(f"R{k:02}"))
+        records[left.guid] = replace(left, phase=Phase.RETAINED, gone_at=NOW - 86400)
+    glitch = listing(*(inst(i.guid, state="destroyed") for i in instances[:6]), *instances[6:])
+    p = plan(glitch, records, NOW, retain)
+    assert [a.guid for a in p.actions if a.kind is Kind.DESTROY] == []
+    assert p.hold_reason is not None and "6 of 10" in p.hold_reason
+    # and the window remembers departures against the same fleet
+    ok = plan(listing(inst("I0", state="destroyed"), *instances[1:]), records, NOW, retain)
+    assert ok.hold_reason is None and ok.counts["removed"] == 1 and ok.fleet == 10

@@ -3,7 +3,9 @@
 Loads the guards' state at the start of the tick, takes held updates out of
 each stage's plan, and stores the next state before any call of the tick is
 made, so a crash or a restart never resets a confirmation streak or the
-removal window (a lost write errs on the side of holding).
+removal window (a lost write errs on the side of holding). The ticks each
+host has gone unnamed by its owner are stored at the end of the tick, so
+`cdnreq once` from cron releases a dropped host as the daemon does.
 """
 
 from __future__ import annotations
@@ -102,21 +104,24 @@ class GuardRun:
 
     async def save(self, first: Plan | None, tick: int) -> None:
         """Store the window (with this tick's departures) and the held updates;
-        log a hold when it starts and when it ends."""
+        log a hold when it starts and when it ends. The approval read at the
+        start of the tick is used up here even when the held set it named has
+        gone: kept, it would approve the same glitch when it comes back."""
         state = self.updates.state()
         values: dict[str, Any] = {UPDATES: state.to_json() if state.count else None}
         if first is not None:
             history = [[d.at, d.gone, d.known] for d in self.recent]
             gone = first.counts.get("removed", 0)
             if gone:
-                history.append([self.now, gone, self.known])
+                history.append([self.now, gone, self.known if first.fleet is None else first.fleet])
             values[REMOVALS] = history or None
         changed = {k: v for k, v in values.items() if v != self.saved.get(k)}
         if changed:
             await self.store.save_guards(changed, self.now)
             self.saved.update(changed)
-        if self.updates.applied_on_approval and self.approval is not None:
+        if self.approval is not None:  # used or not, an approval is for this tick only
             await self.store.clear_guard(APPROVAL, {"fingerprint": self.approval})
+            self.approval = None
         fresh = [Event(g, "hold", "held", self.now, state.reason, tick)
                  for g, (_, streak) in state.streaks.items() if streak == 1 and g not in self._announced]  # fmt: skip
         if fresh:

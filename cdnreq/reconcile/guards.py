@@ -55,8 +55,14 @@ class Departures:
 
 
 def window(history: Iterable[Departures], now: float, policy: GuardPolicy) -> list[Departures]:
-    """The departures still inside the sliding window."""
-    return [d for d in history if now - d.at < policy.removal_window_s and d.at <= now]
+    """The departures still inside the sliding window. One dated after `now`
+    (the clock stepped back) counts as made now: dropped, it would let a
+    shrinking listing start over."""
+    return [
+        d if d.at <= now else Departures(now, d.gone, d.known)
+        for d in history
+        if now - d.at < policy.removal_window_s
+    ]
 
 
 def removal_guard(
@@ -150,7 +156,10 @@ class UpdateGuard:
     """One tick's update guard. `sift` is called once per planning stage; the
     count runs over the whole tick, so a stage cannot slip under the bar by
     coming after another. Once the tick's count is a mass change, every
-    further change is held unless confirmed or approved."""
+    further change is held unless confirmed or approved. An instance held at
+    the last tick stays held, mass change or not, until confirmed or
+    approved: a glitch that recedes below the bar does not apply what is
+    left of it on less evidence."""
 
     def __init__(self, previous: HeldUpdates, approved: str | None, live: int, policy: GuardPolicy):
         self.previous = previous
@@ -171,10 +180,13 @@ class UpdateGuard:
         """The guids whose change is held this tick."""
         changes = list(changes)
         self.seen += len(changes)
-        if not is_mass(self.seen, self.live, self.policy):
+        mass = is_mass(self.seen, self.live, self.policy)
+        if not mass and not self.previous.streaks:
             return set()
         held: set[str] = set()
         for change in changes:
+            if not mass and change.guid not in self.previous.streaks:
+                continue
             streak = self._streak(change)
             if self.approved and self.previous.streaks.get(change.guid, ("", 0))[0] == change.target:
                 self.applied_on_approval += 1
@@ -193,10 +205,14 @@ class UpdateGuard:
             return HeldUpdates()
         changes = sorted(self.held.values(), key=lambda c: c.guid)
         least = min(s for _, s in self.streaks.values())
+        bar = f"[daemon].max_update_fraction = {self.policy.max_update_fraction:g}"
+        why = (
+            f"{self.seen} of {self.live} live instances would be updated in one tick, at least {bar}"
+            if is_mass(self.seen, self.live, self.policy)
+            else f"{len(changes)} updates held since a mass change (at least {bar}) are still asked for"
+        )
         reason = (
-            f"{self.seen} of {self.live} live instances would be updated in one tick, at least"
-            f" [daemon].max_update_fraction = {self.policy.max_update_fraction:g};"
-            f" held until seen for {self.policy.confirm_ticks} ticks (seen {least}) or `cdnreq approve`"
+            f"{why}; held until seen for {self.policy.confirm_ticks} ticks (seen {least}) or `cdnreq approve`"
         )
         sample = tuple((c.guid, c.reason) for c in changes[:SAMPLE])
         return HeldUpdates(dict(self.streaks), fingerprint(changes), reason, sample)

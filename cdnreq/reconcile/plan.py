@@ -84,6 +84,7 @@ class Plan:
     held: tuple[Record, ...] = ()  # gone from the master, removal held back
     hold_reason: str | None = None
     counts: Mapping[str, int] = field(default_factory=dict)
+    fleet: int | None = None  # instances the removal guard judged against (None: no removal planned)
 
 
 class Quiet:
@@ -207,13 +208,22 @@ def plan(
     departing = [r for r in gone if r.phase is not Phase.RETAINED and not destroy_sent(r)]
     retained = [r for r in gone if r.phase is Phase.RETAINED and not destroy_sent(r)]
     explicit = {r.guid for r in destroyed}
+    # a retained entry the master lists destroyed loses its retention now, on
+    # the master's word: guarded like a departure
+    ending = [r for r in retained if r.guid in explicit and has_entry(r)]
+    # the fleet the master can still remove: entries already gone (retained
+    # for 90 days, destroys awaiting read-back) must not dilute the guard
+    fleet = len(known) - len(confirming) - len(retained) + len(ending)
     held: tuple[Record, ...] = ()
-    hold_reason = removal_guard(listing, len(known), len(departing), policy, recent)
+    hold_reason = removal_guard(listing, fleet, len(departing) + len(ending), policy, recent)
     forgets: list[InstanceGuid] = []
     if hold_reason is not None:
         held = tuple(departing)
-        counts["held"] = len(held)
+        counts["held"] = len(held) + len(ending)
         departing = []
+        explicit -= {r.guid for r in ending}  # kept retained
+    else:
+        counts["removed"] += len(ending)
     for record in departing:
         counts["removed"] += 1
         action = _departure(record, record.guid in explicit, now, policy, ownership, updates, forgets)
@@ -228,7 +238,7 @@ def plan(
     for action in actions:
         counts[action.kind.value] += 1
     counts["forget"] = len(forgets)
-    return Plan(tuple(actions), tuple(updates), tuple(forgets), held, hold_reason, dict(counts))
+    return Plan(tuple(actions), tuple(updates), tuple(forgets), held, hold_reason, dict(counts), fleet)
 
 
 def plan_decided(

@@ -309,7 +309,7 @@ class Reconciler:
             )
             the_plan = guard.sift(the_plan)
             report.hold_reason = the_plan.hold_reason
-            report.held_removals = len(the_plan.held)
+            report.held_removals = the_plan.counts.get("held", 0)  # retained entries listed destroyed too
         planned = Counter(the_plan.counts)
         planned.update(run.first.counts)
         report.planned = dict(planned)
