@@ -205,8 +205,9 @@ class DaemonConfig(BaseModel):
         " this fraction of the live ones (and min_update_hold)",
     )
     min_update_hold: int = Field(
-        default=3, ge=1,
-        description="fewer updates in one tick than this are never a mass change",
+        default=2, ge=1,
+        description="fewer updates in one tick than this are never a mass change (one customer's"
+        " own edit never waits on the guard)",
     )
     confirm_ticks: int = Field(
         default=CONFIRM_TICKS, ge=1,

@@ -152,8 +152,10 @@ async def test_the_removal_window_survives_a_restart(tmp_path: Path) -> None:
         (3, 20, False),  # below 0.2
         (4, 20, True),  # at 0.2: held (>=)
         (20, 20, True),
-        (1, 3, False),  # under the floor of min_update_hold = 3
-        (2, 3, False),
+        (1, 3, False),  # under the floor of min_update_hold = 2: one customer's own edit
+        (1, 1, False),
+        (2, 3, True),  # a fleet of 2 or 3 is not stopped by one bad listing
+        (2, 2, True),
         (3, 3, True),
     ],
 )

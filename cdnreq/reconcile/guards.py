@@ -38,7 +38,7 @@ class GuardPolicy:
     max_destroy_fraction: float = 0.5
     removal_window_s: float = 3600.0
     max_update_fraction: float = 0.2
-    min_update_hold: int = 3
+    min_update_hold: int = 2
     confirm_ticks: int = CONFIRM_TICKS
 
 
