@@ -335,6 +335,10 @@ def _entry(span: memoryview) -> Any:
     except orjson.JSONDecodeError:
         pass
     raw = bytes(span)
+    if _more_than_one_value(raw):
+        # a missing comma: one span holds two entries, and the second, read as
+        # the first's trailing text, would vanish without a trace
+        raise ListingMalformed("answer is not JSON (two values in one element of result_list)")
     members = _members(raw)
     deep = next((name for name, depth, _ in members if depth > MAX_DEPTH), None)
     problem = "unbalanced brackets"
@@ -354,6 +358,23 @@ def _entry(span: memoryview) -> Any:
         name, offset = _member_at(members, error.start)
         return Broken(guid, f"{name}: not valid UTF-8 at byte {offset}")
     return Broken(guid, f"entry: not valid JSON ({problem})")
+
+
+def _more_than_one_value(raw: bytes) -> bool:
+    """Whether an element that opens with a bracket goes on after it closes."""
+    if not raw.startswith((b"{", b"[")):
+        return False  # a scalar's entry is anonymous, whatever follows it
+    depth = 0
+    for _, char, after in _tokens(raw):
+        if char in _OPEN:
+            depth += 1
+        elif char in _CLOSE:
+            depth -= 1
+            if depth == 0:
+                return bool(raw[after:].strip(_SPACE))
+        elif after == -1:
+            return False
+    return False
 
 
 def _members(raw: bytes) -> list[tuple[str, int, int]]:

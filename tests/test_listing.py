@@ -142,8 +142,14 @@ def test_a_deep_entry_without_guid_is_anonymous() -> None:
     b'{"result_list":[' + entry(params(b"NaN")) + b",]}",
     b'{"result_list":[' + entry(params(b"NaN")) + b"}}",
     b'{"result_list" [' + entry(params(b"NaN")) + b"]}",
+    # issue 10 #1 #11 (attack): a comma lost between two entries made the second
+    # the first's trailing text; it vanished without a trace, as if gone
+    b'{"result_list":[' + entry(params(b"1")) + b" " + entry(params(b"2"), guid=b"C") + b"]}",
+    b'{"result_list":[' + entry(params(b"1")) + b":" + entry(params(b"NaN"), guid=b"C") + b"]}",
+    b'{"result_list":[' + entry(params(b"1")) + b" 0, " + entry(params(b"2"), guid=b"C") + b"]}",
 ], ids=["truncated", "unclosed", "unterminated string", "trailing text", "no result_list", "array", "html",
-        "empty element", "list closed by a brace", "no colon"])
+        "empty element", "list closed by a brace", "no colon", "comma missing", "colon for a comma",
+        "text after an entry"])
 def test_a_body_whose_structure_is_broken_fails_whole(raw: bytes, large: bool) -> None:
     """A partial listing would make the missing instances look gone."""
     with pytest.raises(ListingMalformed):
@@ -160,4 +166,4 @@ def test_parse_listing_of_a_healthy_listing_is_unchanged() -> None:
 def test_hostile_inputs_counted() -> None:
     """Not a property: the number of hostile inputs this file runs, for the report."""
     print(f"\nhostile listing inputs: {len(CASES)} single-entry cases and all {len(CASES)} in one listing,"
-          f" each read whole and entry by entry; 3 unreadable guids, 2 deep anonymous entries, 10 broken bodies")
+          f" each read whole and entry by entry; 3 unreadable guids, 2 deep anonymous entries, 13 broken bodies")
