@@ -109,6 +109,7 @@ class MasterClient:
     tls: TlsFiles = field(default_factory=TlsFiles)
     max_connections: int = 16
     max_listing_bytes: int = 1 << 30
+    max_parameters_bytes: int | None = None  # an entry far larger is not read (see listing.read_listing)
     observer: CallObserver | None = None
     calls: Counter = field(default_factory=Counter)
     in_flight: int = 0
@@ -198,7 +199,7 @@ class MasterClient:
     async def list_hosted(self, instance_guid: str) -> Listing:
         status, raw = await self._post(LIST_HOSTED, {"instance_guid": instance_guid})
         try:
-            return read_listing(raw)
+            return read_listing(raw, self.max_parameters_bytes)
         except ListingMalformed as error:
             detail = f"{error.problem}: {_excerpt(raw)}" if error.excerpt else error.problem
             raise MasterMalformed(LIST_HOSTED, detail, status=status) from None

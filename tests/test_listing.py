@@ -156,6 +156,55 @@ def test_a_body_whose_structure_is_broken_fails_whole(raw: bytes, large: bool) -
         read_listing(bytearray(raw))
 
 
+SMALL_KEYS = b"{" + b",".join(b'"%x":0' % n for n in range(40000)) + b"}"  # ten times its size as objects
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["valid JSON", "with a NaN"])
+def test_an_entry_far_larger_than_the_parameters_cap_is_not_read(broken: bool) -> None:
+    """Issue 10 #2 (attack): read entry by entry (a large body), an entry of
+    small keys became ten times its size in memory before the per-instance
+    cap refused it: one customer's huge entry (or thousands at the cap) could
+    take the daemon of every customer past its memory. An entry larger than
+    the cap allows (six bytes per byte, as a master may escape) is not
+    parsed; it is that instance's error, naming the cap and the size."""
+    hostile = entry(SMALL_KEYS[:-1] + (b',"z":NaN}' if broken else b"}"))
+    raw = bytearray(body(hostile))
+    original = listing_module.LARGE
+    listing_module.LARGE = 0
+    try:
+        listing = read_listing(raw, 4096)
+    finally:
+        listing_module.LARGE = original
+    reason = listing.unusable.get("H", "")
+    assert reason.startswith("parameters: the entry takes %d bytes" % len(hostile)), listing.unusable
+    assert "4096 allowed ([validation].max_parameters_bytes)" in reason
+    assert_others_intact(listing)
+    small = read_listing(bytearray(body(entry(params(b'"%s"' % (b"x" * 4000))))), 4096)
+    assert "H" not in small.unusable  # at the cap, an entry is read and validation decides
+
+
+async def test_the_daemon_s_master_client_reads_the_listing_with_the_parameters_cap(tmp_path, monkeypatch) -> None:
+    from cdnreq.config import Config
+    from cdnreq.daemon import master_client
+
+    seen: list[tuple] = []
+
+    async def post(self, name, body):
+        return 200, bytearray(b'{"result_list":[]}')
+
+    monkeypatch.setattr("cdnreq.master.MasterClient._post", post)
+    monkeypatch.setattr("cdnreq.master.read_listing", lambda raw, *cap: seen.append(cap) or Listing(()))
+    config = Config.model_validate({
+        "master": {"url": "http://master.invalid", "instance_guid": "REQUESTER"},
+        "technical_cdn": {"software_release_uri": "http://sr.invalid/cdn"},
+        "daemon": {"database": str(tmp_path / "cdnreq.db")},
+        "domain": {"secret_file": str(tmp_path / "domain-secret")},
+        "validation": {"max_parameters_bytes": 5000},
+    })
+    await master_client(config).list_hosted("REQUESTER")
+    assert seen == [(5000,)]
+
+
 def test_parse_listing_of_a_healthy_listing_is_unchanged() -> None:
     entries = [{"instance_guid": g, "parameters": p, "state": "started"} for g, p in GOOD.items()]
     listing = parse_listing(entries)
