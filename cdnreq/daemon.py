@@ -60,6 +60,7 @@ def master_client(config: Config, metrics: Metrics | None = None) -> MasterClien
         ),
         max_connections=config.daemon.concurrency + 2,
         max_listing_bytes=master.max_listing_bytes,
+        max_parameters_bytes=config.validation.max_parameters_bytes,
         observer=metrics.master_call if metrics is not None else None,
     )
 

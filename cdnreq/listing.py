@@ -28,6 +28,8 @@ from cdnreq.model import RequestedState, SharedInstance, digest, fast_maker
 
 MAX_DEPTH = 512  # an entry nested deeper is unusable (the standard library's parser recurses)
 LARGE = 64 << 20  # a larger body is read entry by entry: orjson needs three times a body read whole
+ESCAPED = 6  # a master may spell one byte of a value as six (\u0001): the room a listed entry may take
+ENTRY_SLACK = 64 << 10  # the entry's other fields (guid, title, state...)
 DIFFERENT = "listed twice with different content"
 
 
@@ -65,15 +67,21 @@ class Broken:
     reason: str
 
 
-def read_listing(raw: bytes | bytearray) -> Listing:
+def read_listing(raw: bytes | bytearray, max_parameters_bytes: int | None = None) -> Listing:
     """The listing in a body of `instance_node_instance_list`. A large body
-    in a bytearray is consumed (emptied) as its entries are read."""
+    in a bytearray is consumed (emptied) as its entries are read.
+
+    When read entry by entry, an entry far larger than `max_parameters_bytes`
+    allows is not parsed: as Python objects a body of small keys takes ten
+    times its size, and one customer's huge entry would exhaust the memory of
+    the daemon serving every other customer."""
+    bound = None if max_parameters_bytes is None else max_parameters_bytes * ESCAPED + ENTRY_SLACK
     if len(raw) > LARGE and isinstance(raw, bytearray):
-        return parse_listing(_consumed(raw))
+        return parse_listing(_consumed(raw, bound, max_parameters_bytes))
     try:
         answer = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return parse_listing(salvage(raw))
+        return parse_listing(salvage(raw, bound, max_parameters_bytes))
     if not isinstance(answer, dict):
         raise ListingMalformed("answer is not a JSON object")
     entries = answer.pop("result_list", None)
@@ -236,15 +244,28 @@ def _escaped(raw: bytes | bytearray, quote: int) -> bool:
     return run % 2 == 1
 
 
-def salvage(raw: bytes | bytearray) -> list[Any]:
+def salvage(raw: bytes | bytearray, bound: int | None = None, cap: int | None = None) -> list[Any]:
     """The entries of `result_list`, each parsed alone: a dict (or any JSON
     value) when it can be read, else Broken. Raises ListingMalformed when
     the body's own structure (outside the entries) is broken."""
     view = memoryview(raw)
-    return [_entry(view[start:end]) for start, end in _entry_spans(raw)]
+    return [
+        _oversized(view[start:end], cap) if bound is not None and end - start > bound else _entry(view[start:end])
+        for start, end in _entry_spans(raw)
+    ]
 
 
-def _consumed(raw: bytearray) -> list[Any]:
+def _oversized(span: bytearray | memoryview, cap: int | None) -> Broken:
+    """An entry too large to be read into memory: its guid from a scan."""
+    raw = span if isinstance(span, bytearray) else bytes(span)
+    return Broken(
+        _guid(raw, _members(raw)),
+        f"parameters: the entry takes {len(raw)} bytes in the listing, far more than the {cap}"
+        " allowed ([validation].max_parameters_bytes); not read",
+    )
+
+
+def _consumed(raw: bytearray, bound: int | None = None, cap: int | None = None) -> list[Any]:
     """The entries of a large body, read from the last one back, the body
     cut short behind each: it shrinks while the entries grow, so the
     daemon holds about one copy of the listing, not three (the body,
@@ -252,7 +273,10 @@ def _consumed(raw: bytearray) -> list[Any]:
     spans = _entry_spans(raw)
     entries = []
     for start, end in reversed(spans):
-        entries.append(_entry(memoryview(raw[start:end])))
+        if bound is not None and end - start > bound:
+            entries.append(_oversized(raw[start:end], cap))
+        else:
+            entries.append(_entry(memoryview(raw[start:end])))
         del raw[start:]
     entries.reverse()
     return entries
@@ -335,6 +359,10 @@ def _entry(span: memoryview) -> Any:
     except orjson.JSONDecodeError:
         pass
     raw = bytes(span)
+    if _more_than_one_value(raw):
+        # a missing comma: one span holds two entries, and the second, read as
+        # the first's trailing text, would vanish without a trace
+        raise ListingMalformed("answer is not JSON (two values in one element of result_list)")
     members = _members(raw)
     deep = next((name for name, depth, _ in members if depth > MAX_DEPTH), None)
     problem = "unbalanced brackets"
@@ -354,6 +382,23 @@ def _entry(span: memoryview) -> Any:
         name, offset = _member_at(members, error.start)
         return Broken(guid, f"{name}: not valid UTF-8 at byte {offset}")
     return Broken(guid, f"entry: not valid JSON ({problem})")
+
+
+def _more_than_one_value(raw: bytes) -> bool:
+    """Whether an element that opens with a bracket goes on after it closes."""
+    if not raw.startswith((b"{", b"[")):
+        return False  # a scalar's entry is anonymous, whatever follows it
+    depth = 0
+    for _, char, after in _tokens(raw):
+        if char in _OPEN:
+            depth += 1
+        elif char in _CLOSE:
+            depth -= 1
+            if depth == 0:
+                return bool(raw[after:].strip(_SPACE))
+        elif after == -1:
+            return False
+    return False
 
 
 def _members(raw: bytes) -> list[tuple[str, int, int]]:

@@ -22,6 +22,7 @@ from cdnreq.listing import Listing, ListingMalformed, read_listing
 from cdnreq.model import InstanceAnswer
 from cdnreq.resources import local_errno, shortage
 from cdnreq.scrub import scrub
+from cdnreq.validate.encoding import encoding_problems
 
 __all__ = ["Listing", "MasterClient", "MasterError", "MasterMalformed", "MasterRejected",
            "MasterTooLarge", "MasterUnavailable", "MasterUnencodable", "TlsFiles"]
@@ -33,6 +34,7 @@ PUBLISH = "slapos.put.v0.software_instance_connection_parameter"
 ERROR = "slapos.put.v0.software_instance_error"
 
 
+UNBOUNDED = 1 << 62  # an answer's size is bounded by [master].max_listing_bytes
 DETAIL_LIMIT = 240  # room for "HTTP 400: " before a title cut at scrub.LIMIT
 
 
@@ -107,6 +109,7 @@ class MasterClient:
     tls: TlsFiles = field(default_factory=TlsFiles)
     max_connections: int = 16
     max_listing_bytes: int = 1 << 30
+    max_parameters_bytes: int | None = None  # an entry far larger is not read (see listing.read_listing)
     observer: CallObserver | None = None
     calls: Counter = field(default_factory=Counter)
     in_flight: int = 0
@@ -196,7 +199,7 @@ class MasterClient:
     async def list_hosted(self, instance_guid: str) -> Listing:
         status, raw = await self._post(LIST_HOSTED, {"instance_guid": instance_guid})
         try:
-            return read_listing(raw)
+            return read_listing(raw, self.max_parameters_bytes)
         except ListingMalformed as error:
             detail = f"{error.problem}: {_excerpt(raw)}" if error.excerpt else error.problem
             raise MasterMalformed(LIST_HOSTED, detail, status=status) from None
@@ -282,6 +285,10 @@ def _instance_answer(call: str, answer: dict[str, Any]) -> InstanceAnswer:
     connection = answer.get("connection_parameters", {})
     if not isinstance(guid, str) or not isinstance(connection, dict):
         raise MasterMalformed(call, "answer lacks instance_guid or connection_parameters")
+    # the technical CDN's answer is published to the customer as it is: what
+    # cannot be encoded (or that orjson would write as null) is no answer
+    if problems := encoding_problems(connection, max_bytes=UNBOUNDED):
+        raise MasterMalformed(call, "connection_parameters: " + "; ".join(problems[:3]))
     state = answer.get("state")
     title = answer.get("title")
     parameters = answer.get("parameters")

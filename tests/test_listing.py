@@ -142,12 +142,67 @@ def test_a_deep_entry_without_guid_is_anonymous() -> None:
     b'{"result_list":[' + entry(params(b"NaN")) + b",]}",
     b'{"result_list":[' + entry(params(b"NaN")) + b"}}",
     b'{"result_list" [' + entry(params(b"NaN")) + b"]}",
+    # issue 10 #1 #11 (attack): a comma lost between two entries made the second
+    # the first's trailing text; it vanished without a trace, as if gone
+    b'{"result_list":[' + entry(params(b"1")) + b" " + entry(params(b"2"), guid=b"C") + b"]}",
+    b'{"result_list":[' + entry(params(b"1")) + b":" + entry(params(b"NaN"), guid=b"C") + b"]}",
+    b'{"result_list":[' + entry(params(b"1")) + b" 0, " + entry(params(b"2"), guid=b"C") + b"]}",
 ], ids=["truncated", "unclosed", "unterminated string", "trailing text", "no result_list", "array", "html",
-        "empty element", "list closed by a brace", "no colon"])
+        "empty element", "list closed by a brace", "no colon", "comma missing", "colon for a comma",
+        "text after an entry"])
 def test_a_body_whose_structure_is_broken_fails_whole(raw: bytes, large: bool) -> None:
     """A partial listing would make the missing instances look gone."""
     with pytest.raises(ListingMalformed):
         read_listing(bytearray(raw))
+
+
+SMALL_KEYS = b"{" + b",".join(b'"%x":0' % n for n in range(40000)) + b"}"  # ten times its size as objects
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["valid JSON", "with a NaN"])
+def test_an_entry_far_larger_than_the_parameters_cap_is_not_read(broken: bool) -> None:
+    """Issue 10 #2 (attack): read entry by entry (a large body), an entry of
+    small keys became ten times its size in memory before the per-instance
+    cap refused it: one customer's huge entry (or thousands at the cap) could
+    take the daemon of every customer past its memory. An entry larger than
+    the cap allows (six bytes per byte, as a master may escape) is not
+    parsed; it is that instance's error, naming the cap and the size."""
+    hostile = entry(SMALL_KEYS[:-1] + (b',"z":NaN}' if broken else b"}"))
+    raw = bytearray(body(hostile))
+    original = listing_module.LARGE
+    listing_module.LARGE = 0
+    try:
+        listing = read_listing(raw, 4096)
+    finally:
+        listing_module.LARGE = original
+    reason = listing.unusable.get("H", "")
+    assert reason.startswith("parameters: the entry takes %d bytes" % len(hostile)), listing.unusable
+    assert "4096 allowed ([validation].max_parameters_bytes)" in reason
+    assert_others_intact(listing)
+    small = read_listing(bytearray(body(entry(params(b'"%s"' % (b"x" * 4000))))), 4096)
+    assert "H" not in small.unusable  # at the cap, an entry is read and validation decides
+
+
+async def test_the_daemon_s_master_client_reads_the_listing_with_the_parameters_cap(tmp_path, monkeypatch) -> None:
+    from cdnreq.config import Config
+    from cdnreq.daemon import master_client
+
+    seen: list[tuple] = []
+
+    async def post(self, name, body):
+        return 200, bytearray(b'{"result_list":[]}')
+
+    monkeypatch.setattr("cdnreq.master.MasterClient._post", post)
+    monkeypatch.setattr("cdnreq.master.read_listing", lambda raw, *cap: seen.append(cap) or Listing(()))
+    config = Config.model_validate({
+        "master": {"url": "http://master.invalid", "instance_guid": "REQUESTER"},
+        "technical_cdn": {"software_release_uri": "http://sr.invalid/cdn"},
+        "daemon": {"database": str(tmp_path / "cdnreq.db")},
+        "domain": {"secret_file": str(tmp_path / "domain-secret")},
+        "validation": {"max_parameters_bytes": 5000},
+    })
+    await master_client(config).list_hosted("REQUESTER")
+    assert seen == [(5000,)]
 
 
 def test_parse_listing_of_a_healthy_listing_is_unchanged() -> None:
@@ -160,4 +215,4 @@ def test_parse_listing_of_a_healthy_listing_is_unchanged() -> None:
 def test_hostile_inputs_counted() -> None:
     """Not a property: the number of hostile inputs this file runs, for the report."""
     print(f"\nhostile listing inputs: {len(CASES)} single-entry cases and all {len(CASES)} in one listing,"
-          f" each read whole and entry by entry; 3 unreadable guids, 2 deep anonymous entries, 10 broken bodies")
+          f" each read whole and entry by entry; 3 unreadable guids, 2 deep anonymous entries, 13 broken bodies")

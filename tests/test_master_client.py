@@ -428,6 +428,30 @@ async def test_instance_answer_with_non_dict_connection_is_malformed(start_maste
             await client.get_instance("SOFTINST-1")
 
 
+@pytest.mark.parametrize("value, named", [
+    ("a.cdn.example\ud800", "lone surrogate"),
+    (2**70, "64-bit"),  # orjson reads it as a float
+    (float("nan"), "NaN"),
+    ({"deep": 1e400}, "Infinity"),
+])
+async def test_instance_answer_whose_connection_cannot_be_published_is_malformed(
+    start_master: StartMaster, value: Any, named: str
+):
+    """Issue 10 #1 #18 (attack): the technical CDN's connection parameters
+    are published to the customer as they are; one that cannot be encoded
+    (or that orjson would silently turn into null) made every publication
+    fail with an error naming no field, or showed the customer null. The
+    answer is malformed, naming the key and the value's problem."""
+    doc = instance_doc("SOFTINST-1", title="x")
+    doc["connection_parameters"] = {"domain": "ok.cdn.example", "site_url": value}
+    master = await start_master(answering({GET: doc}))
+    async with MasterClient(url=master.url, timeout_s=5) as client:
+        with pytest.raises(MasterMalformed) as caught:
+            await client.get_instance("SOFTINST-1")
+    assert "connection_parameters: site_url" in caught.value.detail
+    assert named in caught.value.detail
+
+
 # --------------------------------------------------------------------------
 # 2. list_hosted parsing
 # --------------------------------------------------------------------------

@@ -94,6 +94,40 @@ async def test_a_database_file_deleted_or_replaced_is_noticed_before_the_next_ti
         await store.close()
 
 
+def test_a_database_path_that_is_no_regular_file_is_refused_at_once(tmp_path):
+    """Issue 10 #16 (attack): a FIFO put at the database's path froze the
+    daemon at start (its open for reading waits for a writer, for ever);
+    what is not a regular file is refused, naming the path."""
+    import asyncio
+    import threading
+
+    from cdnreq.store import StoreError
+
+    db = tmp_path / "cdnreq.db"
+    os.mkfifo(db)
+    outcome: list[BaseException | None] = []
+
+    def start() -> None:
+        try:
+            store = asyncio.run(Store.open(db))
+            asyncio.run(store.close())
+            outcome.append(None)
+        except BaseException as error:  # noqa: BLE001 - reported below
+            outcome.append(error)
+
+    thread = threading.Thread(target=start, daemon=True)
+    thread.start()
+    thread.join(timeout=20)
+    try:
+        assert not thread.is_alive(), "Store.open froze on a FIFO"
+        assert isinstance(outcome[0], StoreError) and str(db) in str(outcome[0]), outcome
+        assert "not a regular file" in str(outcome[0])
+    finally:
+        if thread.is_alive():  # release the frozen open
+            os.close(os.open(db, os.O_WRONLY | os.O_NONBLOCK))
+            thread.join(timeout=20)
+
+
 # -- the real daemon ------------------------------------------------------------------------
 
 

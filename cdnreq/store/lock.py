@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 from pathlib import Path
 
 from cdnreq.store.errors import StoreError, StoreLocked
@@ -41,11 +42,15 @@ class DatabaseLock:
         path = Path(db)
         for _ in range(3):  # the file may be replaced between open and flock: lock the new one
             real = os.path.realpath(path)
-            flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_CREAT if create else 0)
+            # O_NONBLOCK: a FIFO put at the path would hold the open for ever
+            flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | (os.O_CREAT if create else 0)
             try:
                 fd = os.open(real, flags, PRIVATE_FILE)
             except OSError as exc:
                 raise StoreError(f"cannot open {path}: {exc.strerror or exc}") from exc
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise StoreError(f"cannot open {path}: {real} is not a regular file")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
