@@ -16,6 +16,7 @@ Pure: bytes in, a Listing out.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from operator import attrgetter
@@ -24,7 +25,7 @@ from typing import Any, Iterator, Mapping
 
 import orjson
 
-from cdnreq.model import RequestedState, SharedInstance, digest, fast_maker
+from cdnreq.model import FrozenJson, RequestedState, SharedInstance, digest, fast_maker
 
 MAX_DEPTH = 512  # an entry nested deeper is unusable (the standard library's parser recurses)
 LARGE = 64 << 20  # a larger body is read entry by entry: orjson needs three times a body read whole
@@ -121,6 +122,9 @@ def parse_listing(entries: list[Any]) -> Listing:
                     reason = "parameters: nested too deeply to be encoded"
                 except (ValueError, TypeError):
                     reason = "parameters: cannot be encoded as JSON"
+            elif parameters.__class__ is FrozenJson and state is not None:  # see _compact
+                append(make(guid, state, parameters, hashlib.sha256(parameters.raw).hexdigest()))
+                continue
             else:
                 reason = _refusal(parameters, raw_state)
         elif isinstance(entry, Broken) and _addressable(entry.guid):
@@ -136,7 +140,7 @@ def parse_listing(entries: list[Any]) -> Listing:
 def _refusal(parameters: Any, raw_state: Any) -> str:
     if parameters is _MISSING:
         return "parameters: missing from the listing"
-    if parameters.__class__ is not dict:
+    if parameters.__class__ is not dict and parameters.__class__ is not FrozenJson:
         return f"parameters: not a JSON object (got {_kind(parameters)})"
     if raw_state is _MISSING:
         return "state: missing from the listing"
@@ -250,9 +254,41 @@ def salvage(raw: bytes | bytearray, bound: int | None = None, cap: int | None = 
     the body's own structure (outside the entries) is broken."""
     view = memoryview(raw)
     return [
-        _oversized(view[start:end], cap) if bound is not None and end - start > bound else _entry(view[start:end])
+        _oversized(view[start:end], cap) if bound is not None and end - start > bound
+        else _entry(view[start:end])
         for start, end in _entry_spans(raw)
     ]
+
+
+COMPACT = 8 << 10  # parameters larger than this, read entry by entry, are kept as their text
+
+
+def _compact(entry: Any, *, exact: bool) -> Any:
+    """An entry whose parameters are large, with the parameters kept as their
+    canonical JSON text (a FrozenJson, parsed again by validation alone).
+
+    Parsed, 64 KiB of small keys take ten times that as Python objects; the
+    entries of a body read entry by entry are all alive until the listing is
+    built, so 10,000 such entries would take gigabytes. As text they take
+    their size. `exact`: orjson read the entry, so it writes it back as it
+    was; otherwise (NaN, a lone surrogate, a huge integer: orjson would write
+    null or refuse) the standard library writes it, escaped, and reads back
+    the same values."""
+    if entry.__class__ is not dict:
+        return entry
+    parameters = entry.get("parameters")
+    if parameters.__class__ is not dict or len(parameters) < 8:
+        return entry
+    try:
+        if exact:
+            text = orjson.dumps(parameters, option=orjson.OPT_SORT_KEYS)
+        else:
+            text = json.dumps(parameters, sort_keys=True, separators=(",", ":")).encode("ascii")
+    except (TypeError, ValueError, RecursionError):
+        return entry
+    if len(text) > COMPACT:
+        entry["parameters"] = FrozenJson(bytes(text))
+    return entry
 
 
 def _oversized(span: bytearray | memoryview, cap: int | None) -> Broken:
@@ -355,7 +391,7 @@ def _add_span(raw: bytes | bytearray, start: int, end: int, spans: list[tuple[in
 def _entry(span: memoryview) -> Any:
     """One entry, parsed on its own; Broken when it cannot be."""
     try:
-        return orjson.loads(span)
+        return _compact(orjson.loads(span), exact=True)
     except orjson.JSONDecodeError:
         pass
     raw = bytes(span)
@@ -368,7 +404,7 @@ def _entry(span: memoryview) -> Any:
     problem = "unbalanced brackets"
     if deep is None:
         try:  # what only orjson refuses: NaN, Infinity, lone surrogates, huge numbers
-            return json.loads(raw)
+            return _compact(json.loads(raw), exact=False)
         except RecursionError:
             deep = "entry"
         except ValueError as error:

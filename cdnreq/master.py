@@ -224,7 +224,7 @@ class MasterClient:
             "sla_parameters": dict(sla_parameters),
         }
         if parameters is not None:
-            body["parameters"] = dict(parameters)
+            body["parameters"] = dict(parameters.items())  # a FrozenJson parses once
         answer = _instance_answer(REQUEST, await self.call(REQUEST, body))
         if answer.title is not None and answer.title != title:
             # never take another entry's answer for this one's

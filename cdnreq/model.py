@@ -67,6 +67,11 @@ class FrozenJson(Mapping[str, Any]):
         # a copy: orjson hands back its whole working buffer (4 KB) for a short text
         self.raw = value if isinstance(value, bytes) else bytes(memoryview(canonical_json(dict(value))))
 
+    def value(self) -> dict[str, Any]:
+        """The object, parsed once: for a caller that reads many keys (each
+        access through the Mapping interface parses the text again)."""
+        return self._load()
+
     def _load(self) -> dict[str, Any]:
         try:
             return orjson.loads(self.raw)

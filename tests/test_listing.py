@@ -17,7 +17,8 @@ import pytest
 
 from cdnreq import listing as listing_module
 from cdnreq.listing import Listing, ListingMalformed, parse_listing, read_listing
-from cdnreq.model import RequestedState, SharedInstance
+from cdnreq.model import FrozenJson, RequestedState, SharedInstance, digest
+from cdnreq.validate.encoding import encoding_problems
 from cdnreq.validate.verdict import validate
 
 GOOD = {"A": {"url": "https://a.example"}, "B": {"url": "https://b.example", "enable_cache": "true"}}
@@ -210,6 +211,41 @@ def test_parse_listing_of_a_healthy_listing_is_unchanged() -> None:
     listing = parse_listing(entries)
     assert [i.guid for i in listing.instances] == list(GOOD) and listing.unusable == {} and listing.duplicates == 0
     assert entries == [None, None]  # released as read
+
+
+@pytest.mark.parametrize("path", ["salvage", "consumed"])
+def test_large_parameters_read_entry_by_entry_are_kept_as_text_and_judged_alike(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 10, 2: read entry by entry, every entry is alive until the
+    listing is built; 64 KiB of small keys take ten times that parsed, so
+    10,000 of them took gigabytes. Large parameters stay text until
+    validation, with the same hash and the same verdict as parsed ones."""
+    small_keys = {f"k{n:05}": n for n in range(6000)}  # ~65 KB: at the cap, refused by validation
+    large_ok = {"url": "https://backend.example", **{f"x{n}": "v" * 500 for n in range(20)}}  # ~10 KB, valid
+    nan = {**{f"k{n:05}": n for n in range(2000)}, "bad": float("nan")}
+    entries = {"A": small_keys, "B": large_ok, "C": nan, "D": {"url": "https://small.example"}}
+    body = orjson.dumps({"result_list": [
+        {"instance_guid": g, "state": "started", "parameters": p} for g, p in entries.items()
+        if g != "C"]})
+    c = b'{"instance_guid":"C","state":"started","parameters":' + __import__("json").dumps(nan).encode() + b"}"
+    body = body[:-2] + b"," + c + b"]}"  # NaN: orjson refuses the body, read entry by entry
+    if path == "consumed":
+        monkeypatch.setattr(listing_module, "LARGE", 1024)
+        body = bytearray(body)
+    listing = read_listing(body)
+    got = {i.guid: i for i in listing.instances}
+    assert set(got) == {"A", "B", "C", "D"} and listing.unusable == {}
+    for guid in "ABC":
+        assert isinstance(got[guid].parameters, FrozenJson), guid
+    assert isinstance(got["D"].parameters, dict)  # small ones as they are
+    for guid in "ABD":
+        assert got[guid].param_hash == digest(entries[guid])
+    for guid, params in entries.items():
+        assert validate(got[guid].parameters) == validate(params), guid
+    assert not validate(got["A"].parameters).ok and "max_parameters_bytes" in validate(got["A"].parameters).errors[0]
+    assert validate(got["C"].parameters).errors == tuple(encoding_problems(nan))
+    assert validate(got["B"].parameters).ok and validate(got["B"].parameters).forward is not None
 
 
 def test_hostile_inputs_counted() -> None:

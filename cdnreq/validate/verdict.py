@@ -64,6 +64,8 @@ WRAPPER = "_"  # SlapOS's serialised parameters: {"_": "<JSON object>"}
 
 def validate(parameters: Mapping[str, Any], policy: ValidationPolicy = DEFAULT_POLICY) -> Verdict:
     try:
+        if isinstance(parameters, FrozenJson):  # a large entry kept as text (cdnreq/listing.py)
+            parameters = parameters.value()
         if unencodable := encoding_problems(parameters, policy.max_parameters_bytes):
             return Verdict(errors=tuple(unencodable))  # nothing else sees such values
         if isinstance(parameters, Mapping) and WRAPPER in parameters:
