@@ -2,7 +2,7 @@
 
     python -m bench [--sizes 1000,10000,100000] [--out bench-results.json]
                     [--skip-slapproxy] [--skip-latency] [--keep]
-    python -m bench large [--customers 10000] [--parameter-bytes 65000]
+    python -m bench large [--customers 10000] [--parameter-bytes 65000] [--parameter-piece 4000]
                     (the daemon's memory with 64 KiB parameters: bench/large.py)
 
 Prints progress on stderr, then a table and the targets on stdout, and

@@ -190,13 +190,14 @@ def customer_parameters(index: int, with_domains: bool = False, revision: int = 
     return parameters
 
 
-def padded(parameters: dict[str, str], size: int, index: int) -> dict[str, str]:
+def padded(parameters: dict[str, str], size: int, index: int, piece: int = 4000) -> dict[str, str]:
     """`parameters` grown to about `size` bytes of JSON (never more) with
-    unknown keys of 4,000 characters each (a certificate chain's worth of
-    text), distinct per customer."""
-    pieces = max(0, size - len(_dumps(parameters))) // 4020  # a key and its quotes: 20 bytes
+    unknown keys of `piece` characters each (4,000: a certificate chain's
+    worth of text; a few: the many small keys that cost the most as Python
+    objects), distinct per customer."""
+    pieces = max(0, size - len(_dumps(parameters))) // (piece + 20)  # a key and its quotes: 20 bytes
     for n in range(pieces):
-        parameters[f"x-pad-{n:03d}"] = (f"{index:08d}-{n:03d}-" * 400)[:4000]
+        parameters[f"x-pad-{n:05d}"] = (f"{index:08d}-{n:05d}-" * (piece // 15 + 1))[:piece]
     return parameters
 
 
@@ -270,6 +271,7 @@ class Double:
         validate: bool = False,
         with_domains: bool = False,
         parameter_bytes: int = 0,
+        parameter_piece: int = 4000,
         requester_guid: str = REQUESTER_GUID,
         technical_guid: str = TECHNICAL_GUID,
         clock: Callable[[], float] = time.time,
@@ -289,6 +291,7 @@ class Double:
         self.calls: Counter = Counter()
         self.next_index = 0  # the next index `populate` uses by default
         self.parameter_bytes = parameter_bytes  # pad each populated customer's parameters to about this
+        self.parameter_piece = parameter_piece  # with unknown keys of this many characters
         self._revisions: Counter = Counter()
         self._tech_by_guid: dict[str, str] = {}
         self._undeployed: set[str] = set()  # titles waiting for a read (next_read)
@@ -381,7 +384,7 @@ class Double:
         guids = []
         for index in range(start, start + count):
             guid = customer_guid(index)
-            self.add(guid, padded(customer_parameters(index, domains), self.parameter_bytes, index))
+            self.add(guid, padded(customer_parameters(index, domains), self.parameter_bytes, index, self.parameter_piece))
             guids.append(guid)
         self.next_index = max(self.next_index, start + count)
         return guids
@@ -877,10 +880,11 @@ class DoubleProcess:
 
     def __init__(self, *, customers: int = 0, domains: bool = False,
                  publish_after: str = "immediately", port: int = 0, validate: bool = False,
-                 host: str = "127.0.0.1", parameter_bytes: int = 0):
+                 host: str = "127.0.0.1", parameter_bytes: int = 0, parameter_piece: int = 4000):
         self.args = [
             "--host", host, "--port", str(port), "--customers", str(customers),
             "--publish-after", publish_after, "--parameter-bytes", str(parameter_bytes),
+            "--parameter-piece", str(parameter_piece),
         ] + (["--domains"] if domains else []) + (["--validate"] if validate else [])
         self.host = host
         self.port: int | None = None
@@ -950,7 +954,7 @@ def stop_child(process: subprocess.Popen | None) -> None:
 
 async def _run(args: argparse.Namespace) -> None:
     double = Double(publish_after=args.publish_after, validate=args.validate, parameter_bytes=args.parameter_bytes,
-                    with_domains=args.domains)
+                    parameter_piece=args.parameter_piece, with_domains=args.domains)
     double.populate(args.customers)
     double.list_body()  # serialise once before READY, so no list pays for it
     server = await start(double, args.host, args.port)
@@ -973,6 +977,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--domains", action="store_true", help="give customers a custom_domain")
     parser.add_argument("--parameter-bytes", type=int, default=0,
                         help="pad each customer's parameters to about this many bytes of JSON")
+    parser.add_argument("--parameter-piece", type=int, default=4000,
+                        help="with unknown keys of this many characters each")
     parser.add_argument("--publish-after", choices=PUBLISH_MODES, default="immediately")
     parser.add_argument("--validate", action="store_true",
                         help="validate bodies against slapos.core's json_rpc.json (slower)")

@@ -27,9 +27,10 @@ from bench.runner import daemon_config
 LIMIT_MB = 2048
 
 
-def run(customers: int, parameter_bytes: int, concurrency: int, workdir: Path) -> dict[str, Any]:
-    results: dict[str, Any] = {"customers": customers, "parameter_bytes": parameter_bytes, "ticks": []}
-    with DoubleProcess(customers=customers, parameter_bytes=parameter_bytes) as double:
+def run(customers: int, parameter_bytes: int, concurrency: int, workdir: Path, piece: int = 4000) -> dict[str, Any]:
+    results: dict[str, Any] = {"customers": customers, "parameter_bytes": parameter_bytes,
+                               "parameter_piece": piece, "ticks": []}
+    with DoubleProcess(customers=customers, parameter_bytes=parameter_bytes, parameter_piece=piece) as double:
         database = workdir / "cdnreq.db"
         config = daemon_config(
             workdir / "cdnreq.toml", master_url=double.url, database=database,
@@ -60,13 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench large", description=__doc__.split("\n")[0])
     parser.add_argument("--customers", type=int, default=10_000)
     parser.add_argument("--parameter-bytes", type=int, default=65_000, help="about this much JSON each")
+    parser.add_argument("--parameter-piece", type=int, default=4000,
+                        help="characters in each padding key's value: 4000 (a certificate chain), or a few"
+                        " (thousands of small keys, the costliest as Python objects)")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--out", type=Path, help="write the figures here as JSON")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="cdnreq-bench-large-") as tmp:
-        results = run(args.customers, args.parameter_bytes, args.concurrency, Path(tmp))
+        results = run(args.customers, args.parameter_bytes, args.concurrency, Path(tmp), args.parameter_piece)
     verdict = "under" if results["under_limit"] else "NOT under"
-    print(f"{args.customers} instances x ~{args.parameter_bytes} bytes of parameters: daemon peak RSS "
+    print(f"{args.customers} instances x ~{args.parameter_bytes} bytes of parameters in keys of"
+          f" {args.parameter_piece} characters: daemon peak RSS "
           f"{results['peak_rss_mb']} MB, {verdict} {LIMIT_MB} MB")
     if args.out is not None:
         args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
