@@ -148,6 +148,17 @@ def test_unusable_entries_are_neither_requested_nor_destroyed():
     assert p.actions[0].gate.error == "The CDN could not accept this entry: state: missing from the listing"
 
 
+def test_an_instance_the_domain_step_did_not_judge_is_never_requested():
+    """Issue 10, 4: only what cdnreq validated reaches the technical CDN.
+    With gates given, a listed instance without one gets no action (and no
+    record), instead of being forwarded as listed."""
+    a, b = inst("A"), inst("B")
+    from cdnreq.reconcile.gate import Gate as _Gate
+    p = plan(listing(a, b), {}, NOW, POLICY, gates={"A": _Gate.accept(a)})
+    assert [(x.kind, x.guid) for x in p.actions] == [(Kind.REQUEST, "A")]
+    assert p.counts["ungated"] == 1 and [r.guid for r in p.updates] == ["A"]
+
+
 def test_an_unusable_entry_is_told_once_and_nothing_else():
     """Issue 10, item 1: a new guid gets a record (what it was told is kept), one publication."""
     from cdnreq.reconcile.records import compose, published

@@ -161,6 +161,7 @@ def plan(
     still: dict[str, tuple[Record, Gate]] = {}
     if quiet is not None and quiet.policy == policy:
         last = quiet.entries
+    unchecked = gates is None  # tools and tests: every instance as listed
     gates = gates or {}
     served = ServedHosts(known)
     unchanged = 0
@@ -188,8 +189,13 @@ def plan(
             still[guid] = hit
             unchanged += 1
             continue
+        gate = gates.get(guid)
+        if gate is None:
+            if not unchecked:  # not judged by the domain step: nothing unvalidated reaches the CDN
+                counts["ungated"] += 1
+                continue
+            gate = Gate.accept(instance)
         record = _current(instance, record, now, policy, updates, counts)
-        gate = gates.get(guid) or Gate.accept(instance)
         action = _for_present(instance, gate, record, policy, ownership, now)
         action, held_back = _after_previous(action, served, counts)
         add(action, record)
