@@ -32,6 +32,8 @@ _SECRET_VALUE = re.compile(
 # mixing letters and digits (a row of dashes or of "x" is no key)
 _KEY_LIKE = re.compile(r"[A-Za-z0-9+/=_-]{40,}")
 _DIGIT, _LETTER = re.compile(r"[0-9]"), re.compile(r"[A-Za-z]")
+# key material as `openssl -text` prints it: colon-separated hex bytes over lines
+_HEX_BYTES = re.compile(r"(?:\b[0-9A-Fa-f]{2}:\s*){15,}[0-9A-Fa-f]{2}\b")
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _HIDDEN = frozenset(("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"))
 
@@ -56,6 +58,7 @@ def _escaped(char: str) -> str:
 def redact(text: str) -> str:
     """`text` without PEM blocks, secret-looking values or key-like runs."""
     text = _PEM.sub(REMOVED, text)
+    text = _HEX_BYTES.sub(REMOVED, text)
     text = _SECRET_VALUE.sub(lambda m: m.group(1) + REMOVED, text)
     return _KEY_LIKE.sub(_key_like, text)
 

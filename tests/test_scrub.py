@@ -48,6 +48,10 @@ def leaks(text: str) -> list[str]:
     ('{"api_key": "abc def", "x": 1}', '{"api_key": [removed], "x": 1}'),
     ("Authorization: Bearer abc.def", "Authorization: [removed]"),
     ("hash 0123456789abcdef0123456789abcdef01234567 ok", "hash [removed] ok"),
+    # a private key as `openssl rsa -text` prints it (issue 10, 18)
+    ("modulus:\n    00:c4:1f:9a:33:0b:7e:41:52:aa:90:12:34:56:78:9a:bc:\n    de:f0:11:22:33 end",
+     "modulus: [removed] end"),
+    ("mac 00:1a:2b:3c:4d:5e kept", "mac 00:1a:2b:3c:4d:5e kept"),
     ("a row " + "-" * 50, "a row " + "-" * 50),
 ])
 def test_scrub(text, expected):
