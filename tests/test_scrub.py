@@ -155,3 +155,24 @@ def test_a_hostile_master_error_title_reaches_no_store_log_page_or_customer(tmp_
         "daemon log": logs.read_text(),
     }
     assert {name: leaks(text) for name, text in outputs.items() if leaks(text)} == {}
+
+
+def test_console_logs_escape_control_characters() -> None:
+    """Issue 10, 18: a console log line shows a guid holding an escape
+    sequence escaped, as JSON lines always did."""
+    import io
+
+    import structlog
+
+    from cdnreq import logs
+
+    stream = io.StringIO()
+    before = structlog.get_config()
+    logs.configure("console", stream=stream)
+    try:
+        structlog.get_logger("t").warning("instance failing", instance_guid="evil\x1b]0;owned\x07\x1b[2J")
+    finally:
+        structlog.configure(**before)
+    line = stream.getvalue()
+    assert "\x1b" not in line and "\x07" not in line
+    assert "evil\\x1b]0;owned\\x07\\x1b[2J" in line
