@@ -50,6 +50,7 @@ DNS_OUTCOMES = ("found", "absent", "unknown")
 ACTION_KINDS = ("request", "update", "poll", "publish", "destroy")
 RESULTS = ("ok", "failed")
 INSTANCE_STATES = tuple(p.value for p in Phase)
+PRUNED_TABLES = ("events", "ticks")
 
 # 1 ms .. 30 s: a healthy master answers in tens of ms; 30 s is the default timeout.
 MASTER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30)
@@ -175,6 +176,33 @@ class Metrics:
             registry=r,
         )
         self.build = Info("cdnreq_build", "The running cdnreq.", registry=r)
+        self.config_info = Info(
+            "cdnreq_config",
+            "The configuration the daemon runs: digest of its effective settings and the file it came from.",
+            registry=r,
+        )
+        self.config_reload_success = Gauge(
+            "cdnreq_config_last_reload_success",
+            "1 if the configuration file was accepted at the last start or reload, 0 if it was refused"
+            " (the daemon then keeps running the previous one).",
+            registry=r,
+        )
+        self.config_reload_time = Gauge(
+            "cdnreq_config_last_reload_timestamp_seconds",
+            "Unix time of the last start or reload attempt, accepted or refused.",
+            registry=r,
+        )
+        self.pruned_rows = Counter(
+            "cdnreq_store_pruned_rows",
+            "Rows of history (events, ticks) removed past [store].events_retention_days, by table.",
+            ["table"],
+            registry=r,
+        )
+        self.store_size = Gauge(
+            "cdnreq_store_size_bytes",
+            "Size of the database file and its write-ahead log, as last measured.",
+            registry=r,
+        )
 
         # Series known up front exist at 0 before the first event, so rate()
         # and absent() behave from the start.
@@ -185,6 +213,8 @@ class Metrics:
                 self.actions.labels(kind=kind, result=result)
         for outcome in DNS_OUTCOMES:
             self.dns_lookups.labels(outcome=outcome)
+        for table in PRUNED_TABLES:
+            self.pruned_rows.labels(table=table)
         self._failed_in_a_row = 0
         self._states_seen: set[str] = set()
 
@@ -285,3 +315,17 @@ class Metrics:
     def info(self, version: str) -> None:
         """cdnreq_build_info{version="..."} 1."""
         self.build.info({"version": str(version)[:_VERSION_MAX]})
+
+    def config_loaded(self, ok: bool, when: float, digest: str | None = None, path: str | None = None) -> None:
+        """A start or reload: `ok` False when the file was refused (the digest
+        then stays the one of the configuration still running)."""
+        self.config_reload_success.set(1 if ok else 0)
+        stamp = _seconds(when)
+        if stamp is not None:
+            self.config_reload_time.set(stamp)
+        if ok and digest is not None:
+            self.config_info.info({"digest": str(digest)[:_VERSION_MAX], "path": str(path or "")[:256]})
+
+    def pruned(self, table: str, rows: int) -> None:
+        if rows > 0:
+            self.pruned_rows.labels(table=_label(table, PRUNED_TABLES)).inc(rows)
