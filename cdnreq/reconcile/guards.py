@@ -99,6 +99,33 @@ def removal_guard(
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class HeldRemovals:
+    """The removals the last tick held, kept so an operator can approve
+    exactly that set (`cdnreq approve`): the next tick applies them if every
+    removal it would hold is in it."""
+
+    guids: tuple[str, ...] = ()
+    fingerprint: str | None = None
+    reason: str | None = None
+
+    @classmethod
+    def of(cls, guids: Iterable[str], reason: str | None) -> "HeldRemovals":
+        held = tuple(sorted(set(guids)))
+        return cls(held, digest(["removals", list(held)])[:16], reason) if held else cls()
+
+    def to_json(self) -> dict[str, Any] | None:
+        if not self.guids:
+            return None
+        return {"guids": list(self.guids), "fingerprint": self.fingerprint, "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> "HeldRemovals":
+        if not data or not data.get("guids"):
+            return cls()
+        return cls(tuple(str(g) for g in data["guids"]), data.get("fingerprint"), data.get("reason"))
+
+
 # -- updates ------------------------------------------------------------------
 
 

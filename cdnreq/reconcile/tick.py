@@ -306,6 +306,7 @@ class Reconciler:
                 quiet=self.quiet,
                 later=run.later,
                 recent=guard.recent,
+                approved_removals=guard.approved_removals,
             )
             the_plan = guard.sift(the_plan)
             report.hold_reason = the_plan.hold_reason
