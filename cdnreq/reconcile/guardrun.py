@@ -82,6 +82,7 @@ class GuardRun:
         self._live_of: Mapping[InstanceGuid, Record] | None = None  # counted when first needed
         self.held_count = 0
         self.known = 0  # instances known when the tick was planned
+        self.removals_fingerprint: str | None = None  # of the removals held this tick, for `cdnreq approve`
         self._announced: set[str] = set()  # held guids with an event this tick
         self._logged = False
 
@@ -124,7 +125,9 @@ class GuardRun:
             if gone:
                 history.append([self.now, gone, self.known if first.fleet is None else first.fleet])
             values[REMOVALS] = history or None
-            values[HELD_REMOVALS] = HeldRemovals.of(first.withheld, first.hold_reason).to_json()
+            removals = HeldRemovals.of(first.withheld, first.hold_reason)
+            self.removals_fingerprint = removals.fingerprint
+            values[HELD_REMOVALS] = removals.to_json()
         changed = {k: v for k, v in values.items() if v != self.saved.get(k)}
         if changed:
             await self.store.save_guards(changed, self.now)
@@ -154,7 +157,10 @@ def held_removals(report: Any) -> dict[str, Any] | None:
     """Held removals of a TickReport, as /status shows them."""
     if report is None or not report.hold_reason:
         return None
-    return {"count": report.held_removals, "reason": report.hold_reason}
+    view = {"count": report.held_removals, "reason": report.hold_reason}
+    if getattr(report, "removals_fingerprint", None):
+        view["fingerprint"] = report.removals_fingerprint
+    return view
 
 
 def held_reason(report: Any) -> str | None:

@@ -126,6 +126,7 @@ class TickReport:
     hold_reason: str | None = None
     held_removals: int = 0
     held_updates: dict[str, Any] | None = None  # cdnreq/reconcile/guardrun.py held_view
+    removals_fingerprint: str | None = None  # of the held removals, for `cdnreq approve --fingerprint`
     error: str | None = None
     shortages: dict[str, int] = field(default_factory=dict)  # failures for lack of local resources
 
@@ -139,6 +140,7 @@ class TickReport:
             "master_calls": self.master_calls,
             "hold_reason": self.hold_reason,
             "held_removals": self.held_removals or None,
+            "removals_fingerprint": self.removals_fingerprint,
             "held_updates": self.held_updates,
             "error": self.error,
             "shortages": self.shortages,
@@ -318,6 +320,7 @@ class Reconciler:
         if leaving:  # their hosts and challenges go with the decision, see Domains.leave
             run.first.merge(self.domains.leave(leaving, now, report.id))
         await guard.save(the_plan, report.id)  # before any call: a crash errs on holding
+        report.removals_fingerprint = guard.removals_fingerprint
         report.held_updates = guard.view()
         await self._reserve(the_plan, run.first, now, report.id)
         committer = Committer(
