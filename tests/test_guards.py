@@ -17,6 +17,7 @@ from cdnreq.reconcile.guards import (
     Change,
     Departures,
     GuardPolicy,
+    HeldRemovals,
     HeldUpdates,
     UpdateGuard,
     changes,
@@ -431,3 +432,19 @@ def test_entries_already_gone_do_not_dilute_the_removal_guard() -> None:
     # and the window remembers departures against the same fleet
     ok = plan(listing(inst("I0", state="destroyed"), *instances[1:]), records, NOW, retain)
     assert ok.hold_reason is None and ok.counts["removed"] == 1 and ok.fleet == 10
+
+
+def test_approved_removals_go_ahead_only_when_they_cover_every_held_one() -> None:
+    """Issue 11 #4 (`cdnreq approve` of held removals): the approved set is
+    the one the operator saw held; a listing that lost one more instance
+    since is held again, with a new fingerprint."""
+    instances = [inst(f"I{i}") for i in range(4)]
+    records = {i.guid: live(i) for i in instances}
+    held = plan(listing(instances[0]), records, NOW, POLICY)
+    assert held.hold_reason is not None and sorted(held.withheld) == ["I1", "I2", "I3"]
+    approved = plan(listing(instances[0]), records, NOW, POLICY, approved_removals=set(held.withheld))
+    assert approved.hold_reason is None and approved.counts["approved_removals"] == 3
+    assert sorted(a.guid for a in approved.actions if a.kind is Kind.DESTROY) == ["I1", "I2", "I3"]
+    one_more = plan(listing(), records, NOW, replace(POLICY, allow_empty=False), approved_removals=set(held.withheld))
+    assert one_more.hold_reason is not None and sorted(one_more.withheld) == ["I0", "I1", "I2", "I3"]
+    assert HeldRemovals.of(one_more.withheld, None).fingerprint != HeldRemovals.of(held.withheld, None).fingerprint

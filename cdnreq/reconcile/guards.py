@@ -6,7 +6,9 @@ would break live sites, so both kinds of mass decision are held back:
 
 - removals, when the instances gone (this tick plus the departures decided
   over the last `removal_window_s`) reach `max_destroy_fraction` of the
-  largest known count of that window;
+  largest known count of that window; the set held is kept, and an
+  operator may approve it (`cdnreq approve`): the next tick removes them if
+  every removal it would hold is in the approved set;
 - updates of live entries asked by the master (new parameters or a new
   state), when they reach `max_update_fraction` of the live entries (those
   with a technical entry, LIVE or REQUESTED) and at

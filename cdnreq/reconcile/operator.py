@@ -133,17 +133,20 @@ def approve(
     if unknown:
         now_held = ", ".join(f"{k} {f}" for f, k in held.items())
         return Refusal(
-            f"--fingerprint {', '.join(unknown)} is not a held set (held now: {now_held}): look again with `cdnreq status`"
+            f"--fingerprint {', '.join(unknown)} is not a held set (held now: {now_held}):"
+            " look again with `cdnreq status`"
         )
     chosen = {held[f] for f in wanted}
     value: dict[str, Any] = {}
     events: list[Event] = []
     if "updates" in chosen:
         value["fingerprint"] = updates.fingerprint
-        events += [_event(g, action, f"held updates {updates.fingerprint} approved", now) for g in sorted(updates.streaks)]
+        said = f"held updates {updates.fingerprint} approved"
+        events += [_event(g, action, said, now) for g in sorted(updates.streaks)]
     if "removals" in chosen:
         value["removals"] = removals.fingerprint
-        events += [_event(g, action, f"held removals {removals.fingerprint} approved", now) for g in removals.guids]
+        said = f"held removals {removals.fingerprint} approved"
+        events += [_event(g, action, said, now) for g in removals.guids]
     parts = [f"{updates.count} update(s)"] if "updates" in chosen else []
     parts += [f"{len(removals.guids)} removal(s)"] if "removals" in chosen else []
     return Change(
@@ -219,7 +222,8 @@ def forget_check(action: OperatorAction, record: Record | None) -> Refusal | str
         return Refusal(f"no instance {guid!r} is known")
     if record.phase not in (Phase.REMOVING, Phase.RETAINED):
         return Refusal(
-            f"{guid} is still listed by the master (state {record.phase.value}): only an instance gone from it is forgotten"
+            f"{guid} is still listed by the master (state {record.phase.value}):"
+            " only an instance gone from it is forgotten"
         )
     if not has_entry(record):
         return None
@@ -240,6 +244,10 @@ def forget(action: OperatorAction, record: Record, read_back: tuple[bool, str] |
             f"{guid}: its technical entry {record.tech_guid} is still on the master ({read_back[1]});"
             " it must be destroyed before the record is forgotten"
         )
-    seen = "no technical entry" if read_back is None else f"technical entry {record.tech_guid} read back: {read_back[1]}"
-    return Change(f"{guid} forgotten ({seen})", forgets=(guid,), events=(_event(guid, action, f"forgotten, {seen}", now),))
+    if read_back is None:
+        seen = "no technical entry"
+    else:
+        seen = f"technical entry {record.tech_guid} read back: {read_back[1]}"
+    events = (_event(guid, action, f"forgotten, {seen}", now),)
+    return Change(f"{guid} forgotten ({seen})", forgets=(guid,), events=events)
 
