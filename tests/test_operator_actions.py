@@ -370,6 +370,9 @@ def test_held_removals_approved_then_forgotten_without_a_daemon(cdn_site: CdnSit
     assert guids["c1"] not in stored(database)[0]
     (event,) = [e for e in operator_events(database, guids["c1"]) if e.startswith("forget")]
     assert event.endswith(f"; {me()})") and "read back" in event
+    explained = act("explain", guids["c1"], config=config)
+    assert explained.returncode == 0 and f"{guids['c1']}: forgotten" in explained.stdout, explained.stderr
+    assert "operator: forget (forgotten, technical entry" in explained.stdout
     again = once(config)  # the approval was for one tick: nothing more is removed
     assert "removals held" not in again.stderr
     assert entry_of(cdn_site, guids["c0"])["state"] == "started"
