@@ -288,9 +288,8 @@ class Daemon:
     async def act(self, name: str, query: Any, via: str) -> tuple[int, dict[str, Any]]:
         """An operator action from the endpoint: applied between ticks, then
         the store's records are read again at the next tick."""
-        user, uid = str(query.get("user") or "unknown")[:64], str(query.get("uid") or "?")[:16]
         try:
-            action = action_of(name, query, who(user, uid, via))
+            action = action_of(name, query, who(query.get("user") or "unknown", query.get("uid") or "?", via))
         except ValueError as error:
             return 400, {"ok": False, "message": str(error)}
         if self.store is None or self.reconciler is None:

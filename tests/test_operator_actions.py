@@ -376,3 +376,9 @@ def test_held_removals_approved_then_forgotten_without_a_daemon(cdn_site: CdnSit
     again = once(config)  # the approval was for one tick: nothing more is removed
     assert "removals held" not in again.stderr
     assert entry_of(cdn_site, guids["c0"])["state"] == "started"
+
+
+def test_who_asked_is_one_printable_line() -> None:
+    assert decide.who("alice", 1000) == "by alice (uid 1000)"
+    claimed = decide.who("eve\nforged line" + "x" * 100, "0\x1b[2J", "HTTP from 127.0.0.1")
+    assert "\n" not in claimed and "\x1b" not in claimed and claimed.endswith("as the client claims, via HTTP from 127.0.0.1)")

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from cdnreq.model import Event, HostClaim, InstanceGuid, Phase, Record
 from cdnreq.reconcile.guards import HeldRemovals, HeldUpdates
 from cdnreq.reconcile.plan import has_entry
+from cdnreq.scrub import printable
 from cdnreq.validate.hosts import HostError, normalise_host
 
 APPROVE, RETRY, RELEASE, FORGET = "approve", "retry", "release", "forget"
@@ -42,7 +43,9 @@ class OperatorAction:
 
 
 def who(user: str, uid: int | str, via: str | None = None) -> str:
-    """'by alice (uid 1000)'; over HTTP the user is the client's claim, so say so."""
+    """'by alice (uid 1000)'; over HTTP the user is the client's claim, so say
+    so (escaped and cut short: it is the client's text)."""
+    user, uid = printable(str(user))[:64], printable(str(uid))[:16]
     if via is None:
         return f"by {user} (uid {uid})"
     return f"by {user} (uid {uid}, as the client claims, via {via})"
