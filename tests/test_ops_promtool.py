@@ -67,10 +67,28 @@ SCENARIOS = {
     "down": ("CdnreqDown", [_series("up", "0x10")], "8m", {}),
     "up": ("CdnreqDown", [_series("up", "1x10")], "8m", None),
     "reload refused": (
-        "CdnreqConfigReloadRefused", [_series("cdnreq_config_last_reload_success", "1 1 0 0 0 0")], "5m", {},
+        "CdnreqConfigReloadRefused",
+        [
+            _series("cdnreq_config_last_reload_success", "1 1 0 0 0 0"),
+            _series("cdnreq_config_last_reload_timestamp_seconds", "100 100 160 160 160 160"),
+        ],
+        "5m", {},
     ),
     "reload accepted": (
-        "CdnreqConfigReloadRefused", [_series("cdnreq_config_last_reload_success", "1x6")], "5m", None,
+        "CdnreqConfigReloadRefused",
+        [
+            _series("cdnreq_config_last_reload_success", "1x6"),
+            _series("cdnreq_config_last_reload_timestamp_seconds", "100x6"),
+        ],
+        "5m", None,
+    ),
+    "no configuration loaded yet": (
+        "CdnreqConfigReloadRefused",
+        [
+            _series("cdnreq_config_last_reload_success", "0x6"),
+            _series("cdnreq_config_last_reload_timestamp_seconds", "0x6"),
+        ],
+        "5m", None,
     ),
     "three failed ticks": ("CdnreqTicksFailing", [_series("cdnreq_consecutive_failed_ticks", "3x10")], "8m", {}),
     "two failed ticks": ("CdnreqTicksFailing", [_series("cdnreq_consecutive_failed_ticks", "2x10")], "8m", None),
