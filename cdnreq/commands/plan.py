@@ -91,7 +91,7 @@ def document(
         "ok": report.error is None,
         "error": report.error,
         "would": would,
-        "forget": sorted({*first.forgets, *(a["instance_guid"] for a in would["destroy"] if a["forget"])}),
+        "forget": sorted(first.forgets),  # no entry to destroy (a destroy forgets once read back gone)
         "held": {
             "removals": {
                 "reason": first.hold_reason,
