@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from cdnreq.devdns import DevDns
 from cdnreq.devmaster import CdnSite, MasterLog, write_config
 from cdnreq.store import Store
 
@@ -103,6 +104,8 @@ def assert_plan_then_once_agree(config: Path, database: Path, site: CdnSite) -> 
     assert {p for p in performed if p[1] == "poll"} <= planned  # a read-back with no answer leaves no event
     assert {k: v for k, v in doc["counts"].items() if k in EXECUTED} == performed_counts(tick)
     assert doc["planned"] == {k: v for k, v in tick["summary"]["planned"].items() if v}
+    issued = {e.instance_guid for e in events if (e.action, e.outcome) == ("challenge", "issued")}
+    assert issued == {r["instance_guid"] for r in doc["challenges"]}
     held = {e.instance_guid for e in events if e.action == "hold"}
     assert held == set(doc["held"]["removals"]["instances"]) | {
         r["instance_guid"] for r in doc["held"]["updates"]["instances"] if r["seen"] == 1
@@ -214,3 +217,46 @@ def test_plan_with_the_master_down_exits_1(fleet):
     assert result.returncode == 1
     assert "no plan could be made" in result.stderr and "master" in result.stderr
     assert digests(database) == before
+
+
+def stored_challenges(database: Path) -> dict:
+    async def go():
+        store = await Store.open(database, lock=False)
+        try:
+            return await store.load_challenges()
+        finally:
+            await store.close()
+
+    import asyncio
+
+    return asyncio.run(go())
+
+
+def test_plan_issues_no_challenge_and_sees_a_proof(cdn_site: CdnSite, devdns: DevDns, tmp_path: Path):
+    site = cdn_site
+    database = tmp_path / "state" / "cdnreq.db"
+    dns = {"nameservers": [devdns.address], "timeout_s": 0.5, "tries": 1}
+    config = write_config(tmp_path / "cdnreq.toml", site, database=database, dns=dns, domain={"retention_s": 0})
+    site.add_customer("first", {"url": "https://first.example"})
+    once(config)
+    guid = site.add_customer("shop", {"url": "https://backend.example", "custom_domain": "shop.example.com"})
+    shown = site.customer(guid)["connection_parameters"]
+
+    log = MasterLog(site)
+    log.mark()
+    doc = plan(config)
+    assert doc["challenges"] == [{"instance_guid": guid, "domain": "shop.example.com"}]
+    assert [r["instance_guid"] for r in doc["pending"]] == [guid]
+    assert [r["instance_guid"] for r in doc["would"]["publish"]] == [guid]
+    assert log.calls() == [LIST]
+    assert stored_challenges(database) == {}  # not issued: no token stored...
+    assert site.customer(guid)["connection_parameters"] == shown  # ...nor shown to the customer
+
+    assert_plan_then_once_agree(config, database, site)
+    token = site.customer(guid)["connection_parameters"]["txt_value"]
+    assert stored_challenges(database)[guid].token == token
+
+    devdns.set_txt("_slapos-challenge.shop.example.com", token)
+    doc, events = assert_plan_then_once_agree(config, database, site)
+    assert [r["instance_guid"] for r in doc["would"]["request"]] == [guid]
+    assert ("request", "ok") in [(e.action, e.outcome) for e in events if e.instance_guid == guid]
