@@ -216,6 +216,9 @@ def test_plan_with_the_master_down_exits_1(fleet):
     result = cdnreq("plan", "--config", str(config))
     assert result.returncode == 1
     assert "no plan could be made" in result.stderr and "master" in result.stderr
+    as_json = cdnreq("plan", "--config", str(config), "--json")
+    doc = json.loads(as_json.stdout)
+    assert as_json.returncode == 1 and doc["ok"] is False and doc["error"].startswith("master: ")
     assert digests(database) == before
 
 

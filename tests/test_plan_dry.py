@@ -16,7 +16,7 @@ from cdnreq.master import MasterClient
 from cdnreq.model import Challenge, Event, InstanceGuid, Phase, Record, RequestedState, SharedInstance
 from cdnreq.reconcile.dry import ActionLog, DryStore, ReadOnlyMaster, WriteRefused, read_secret
 from cdnreq.reconcile.execute import Feed
-from cdnreq.reconcile.gate import Gate, Status
+from cdnreq.reconcile.gate import Gate, Status, refused
 from cdnreq.reconcile.guards import HeldUpdates
 from cdnreq.reconcile.plan import Action, Kind, Plan
 from cdnreq.reconcile.stages import DomainStep
@@ -171,6 +171,7 @@ async def test_document_groups_actions_held_and_errors(tmp_path):
         Action(Kind.REQUEST, rec("n"), "added", instance, Gate.accept(instance)),
         Action(Kind.PUBLISH, rec("x"), "invalid", None, bad),
         Action(Kind.DESTROY, rec("d", tech_guid="T"), "removed from the master"),
+        Action(Kind.PUBLISH, rec("y"), "unusable listing entry", None, refused(("parameters: not JSON",))),
     ]
     stages = Stages()
     stages("planned", (Plan(tuple(actions), held=(rec("h"),), hold_reason="too many gone"), DomainStep(gates={"x": bad})))
@@ -179,18 +180,19 @@ async def test_document_groups_actions_held_and_errors(tmp_path):
     known = {"r": rec("r", retry_at=200.0, last_error="master: down")}
     doc = document(actions, stages, dry, report, known, now=100.0, confirm_ticks=3)
     assert doc["counts"] == {
-        "request": 1, "update": 0, "destroy": 1, "publish": 1, "poll": 0, "forget": 0, "held_removals": 1,
-        "held_updates": 1, "errors": 1, "pending": 0, "backoff": 1, "challenges": 0,
+        "request": 1, "update": 0, "destroy": 1, "publish": 2, "poll": 0, "forget": 0, "held_removals": 1,
+        "held_updates": 1, "errors": 2, "pending": 0, "backoff": 1, "challenges": 0,
     }
     assert doc["held"]["removals"] == {"reason": "too many gone", "instances": ["h"]}
     assert doc["held"]["updates"]["instances"] == [{"instance_guid": "u", "seen": 1, "needed": 3}]
-    assert doc["errors"] == [{"instance_guid": "x", "error": "domain: refused"}]
+    assert doc["errors"][1] == {"instance_guid": "y", "error": refused(("parameters: not JSON",)).why}
+    assert doc["errors"][0] == {"instance_guid": "x", "error": "domain: refused"}
     assert doc["would"]["publish"][0]["why"] == "domain: refused"
     text = render(doc)
     assert "would request (1):\n  n  cdn-n  added" in text
     assert "held removals (1): too many gone\n  h" in text
     assert "held updates (1): mass change\n  u  seen 1 of 3 ticks" in text
-    assert "errors (1):\n  x  domain: refused" in text
-    assert "totals: request 1, update 0, destroy 1, publish 1" in text
+    assert "errors (2):\n  x  domain: refused\n  y  " in text
+    assert "totals: request 1, update 0, destroy 1, publish 2" in text
     failed = TickReport(id=8, started_at=0.0, error="master: unreachable")
     assert render(document([], Stages(), dry, failed, {}, 0.0, 3)) == "no plan: master: unreachable\n"

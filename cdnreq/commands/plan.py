@@ -79,8 +79,11 @@ def document(
     """The plan as one JSON-ready document, every list sorted: the same
     state of master and store gives the same document."""
     would: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
+    refused = {g: gate for g, gate in stages.gates.items() if gate.status is Status.INVALID}
     for action in actions:
         would[action.kind.value].append(_action_row(action))
+        if action.gate is not None and action.gate.status is Status.INVALID:  # unusable listing entries too
+            refused.setdefault(action.guid, action.gate)
     for rows in would.values():
         rows.sort(key=lambda r: (r["instance_guid"], r["reason"]))
     first = stages.plans[0] if stages.plans else Plan(())
@@ -106,10 +109,7 @@ def document(
                 ],
             },
         },
-        "errors": sorted(
-            ({"instance_guid": g, "error": gate.why} for g, gate in gates.items() if gate.status is Status.INVALID),
-            key=lambda r: r["instance_guid"],
-        ),
+        "errors": [{"instance_guid": g, "error": gate.why} for g, gate in sorted(refused.items())],
         "pending": sorted(
             ({"instance_guid": g, "why": gate.why} for g, gate in gates.items() if gate.status is Status.PENDING),
             key=lambda r: r["instance_guid"],
@@ -217,10 +217,10 @@ def run_plan(config: Config, *, as_json: bool, out: TextIO = sys.stdout) -> int:
         return EXIT_DATABASE
     config = fit_config(config, raise_fd_limit())
     doc = asyncio.run(make_plan(config))
-    if as_json:
+    if as_json:  # a failure too: {"ok": false, "error": ...} for scripts
         json.dump(doc, out, indent=2, sort_keys=True)
         out.write("\n")
-    else:
+    elif doc["ok"]:
         out.write(render(doc))
     if not doc["ok"]:
         print(f"cdnreq: no plan could be made: {doc['error']}", file=sys.stderr)
