@@ -156,6 +156,19 @@ def test_plan_shows_what_the_next_once_does(fleet):
     assert "totals: request 0, update 0" in text.stdout
 
 
+def test_plan_shows_removals_held_by_the_guard(fleet):
+    site, config, database, guids = fleet
+    gone = ("c0", "c1", "c2", "c3")  # 4 of 6: at least [daemon].max_destroy_fraction
+    for name in gone:
+        site.remove_customer(name)
+    doc, events = assert_plan_then_once_agree(config, database, site)
+    assert doc["held"]["removals"]["instances"] == sorted(guids[n] for n in gone)
+    assert doc["held"]["removals"]["reason"] and doc["would"]["destroy"] == []
+    assert not [e for e in events if e.action == "destroy"]
+    text = cdnreq("plan", "--config", str(config))
+    assert f"held removals (4): {doc['held']['removals']['reason']}" in text.stdout
+
+
 def digests(database: Path) -> dict[str, str | None]:
     out = {}
     for suffix in ("", "-wal"):
