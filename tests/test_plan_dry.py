@@ -65,8 +65,13 @@ async def test_snapshot_next_to_a_writer_sees_one_moment(tmp_path):
     writer = await Store.open(db)  # takes the lock, as the daemon does
     try:
         await writer.commit(upserts=[rec("a")])
+        wal = Path(f"{db}-wal")
+        before = {p: p.read_bytes() for p in (db, wal)}
+        assert before[wal]  # the commit is in the write-ahead log: read with mode=ro
         snapshot = await Store.open_snapshot(db)
         try:
+            assert set(await snapshot.load()) == {"a"}
+            assert {p: p.read_bytes() for p in (db, wal)} == before  # the reader wrote neither
             await writer.commit(upserts=[rec("b")])
             assert set(await snapshot.load()) == {"a"}  # the later commit is not in the snapshot
             assert await snapshot.last_ticks(1) == []
