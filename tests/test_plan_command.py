@@ -3,6 +3,7 @@ the next `cdnreq once` then does, writes nothing, and runs next to a daemon."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -54,8 +55,6 @@ def tick_record(database: Path) -> tuple[dict, list]:
             return tick, events
         finally:
             await store.close()
-
-    import asyncio
 
     return asyncio.run(go())
 
@@ -242,8 +241,6 @@ def stored_challenges(database: Path) -> dict:
             return await store.load_challenges()
         finally:
             await store.close()
-
-    import asyncio
 
     return asyncio.run(go())
 

@@ -63,8 +63,23 @@ def _action_row(action: Action) -> dict[str, Any]:
         "why": action.gate.why if action.gate is not None else None,
     }
     if action.kind is Kind.DESTROY:
-        row["forget"] = action.forget
+        row["forget_after_read_back"] = action.forget  # False: kept (retained, or still listed)
     return row
+
+
+def _held(first: Plan, updates: HeldUpdates, confirm_ticks: int) -> dict[str, Any]:
+    """Removals held by the removal guard, updates held by the update guard."""
+    return {
+        "removals": {"reason": first.hold_reason, "instances": sorted(r.guid for r in first.held)},
+        "updates": {
+            "reason": updates.reason,
+            "fingerprint": updates.fingerprint,
+            "instances": [
+                {"instance_guid": g, "seen": streak, "needed": confirm_ticks}
+                for g, (_, streak) in sorted(updates.streaks.items())
+            ],
+        },
+    }
 
 
 def document(
@@ -95,20 +110,7 @@ def document(
         "error": report.error,
         "would": would,
         "forget": sorted(first.forgets),  # no entry to destroy (a destroy forgets once read back gone)
-        "held": {
-            "removals": {
-                "reason": first.hold_reason,
-                "instances": sorted(r.guid for r in first.held),
-            },
-            "updates": {
-                "reason": held_updates.reason,
-                "fingerprint": held_updates.fingerprint,
-                "instances": [
-                    {"instance_guid": g, "seen": streak, "needed": confirm_ticks}
-                    for g, (_, streak) in sorted(held_updates.streaks.items())
-                ],
-            },
-        },
+        "held": _held(first, held_updates, confirm_ticks),
         "errors": [{"instance_guid": g, "error": gate.why} for g, gate in sorted(refused.items())],
         "pending": sorted(
             ({"instance_guid": g, "why": gate.why} for g, gate in gates.items() if gate.status is Status.PENDING),
