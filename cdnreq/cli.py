@@ -84,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     explain_ = command("explain", _explain, "why one instance is in its state")
     explain_.add_argument("instance_guid", metavar="INSTANCE_GUID")
     explain_.add_argument("--json", action="store_true", help="the JSON document instead of text")
+    plan = command("plan", _plan, "show what the next tick would do, changing nothing (works next to the daemon)")
+    plan.add_argument("--json", action="store_true", help="one JSON document instead of text")
     actions.register(command)
     backup = command(
         "backup", _backup, "write an online backup of the database to [store].backup_dir; print its path"
@@ -108,6 +110,13 @@ def _once(args: argparse.Namespace, config: Config) -> int:
     logs.configure(config.logging.format, config.logging.level)
     report = asyncio.run(run_once(config, fresh=args.fresh, config_path=args.config))
     return EXIT_OK if report.ok else EXIT_TICK_FAILED
+
+
+def _plan(args: argparse.Namespace, config: Config) -> int:
+    from cdnreq.commands.plan import run_plan
+
+    logs.configure(config.logging.format, "warning")  # the plan is the output; the log only warns
+    return run_plan(config, as_json=args.json)
 
 
 def _backup(args: argparse.Namespace, config: Config) -> int:

@@ -12,15 +12,21 @@ changes and removes customers so every path shows in the logs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from cdnreq.devdns import DevDns
 from cdnreq.devmaster import CdnSite, Slapproxy, setup_cdn, write_config
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Above the daemon's own [daemon].shutdown_timeout_s default, so it finishes its calls in flight.
+DAEMON_STOP_S = 60.0
 
 PARAMETERS = [
     {"url": "https://shop-backend.example", "custom_domain": "shop.example.com", "enable_cache": "true"},
@@ -78,18 +84,82 @@ def play_customers(site: CdnSite, dns: DevDns, proven: set[str]) -> int:
     return count
 
 
+class Interrupted(Exception):
+    """SIGINT or SIGTERM reached the demo; everything it started is being stopped."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _ignore_stop_signals() -> None:
+    """Once stopping has begun, a second Ctrl-C must not cut it short (and leave a process)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    """The first SIGINT/SIGTERM stops the demo; later ones are ignored while it cleans up."""
+    _ignore_stop_signals()
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _deferred_signals() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM while starting processes, so none is left running unknown to
+    the demo (a Popen cut short after its fork); the signal lands right after."""
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _f: caught.append(signum)) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:
+            _interrupt(caught[0], None)
+
+
+def _stop_daemon(daemon: subprocess.Popen, signum: int) -> None:
+    """Forward the stop signal to the daemon (its own session: a terminal's Ctrl-C
+    reaches only the demo) and wait for it; SIGKILL if it hangs."""
+    if daemon.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            daemon.send_signal(signum)
+        try:
+            daemon.wait(timeout=DAEMON_STOP_S)
+        except subprocess.TimeoutExpired:
+            say(f"the daemon did not stop within {DAEMON_STOP_S:.0f} s; killing it")
+            daemon.kill()
+            daemon.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cdnreq.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=Path("demo-run"), help="where to keep everything (wiped first)")
     parser.add_argument("--customers", type=int, default=len(PARAMETERS))
     parser.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: until Ctrl-C)")
     args = parser.parse_args(argv)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _interrupt)
+    try:
+        return _run(args)
+    except Interrupted as stop:
+        say(f"{stop} received: stopped everything")
+        return 128 + stop.signum
 
+
+def _run(args: argparse.Namespace) -> int:
     workdir = args.dir.resolve()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    with Slapproxy(workdir / "slapproxy") as proxy, DevDns() as dns:
-        proxy.start()
+    with contextlib.ExitStack() as stack:
+        with _deferred_signals():
+            proxy, dns = Slapproxy(workdir / "slapproxy"), DevDns()
+            stack.callback(dns.stop)
+            stack.callback(proxy.stop)
+            stack.callback(_ignore_stop_signals)  # callbacks run last in, first out
+            proxy.start()
+            dns.start()
         site = setup_cdn(proxy)
         guids = [
             site.add_customer(f"customer-{i}", PARAMETERS[i % len(PARAMETERS)])
@@ -109,14 +179,22 @@ def main(argv: list[str] | None = None) -> int:
         say(f"{len(guids)} customer shared instances hosted by {site.requester_guid}")
         say(f"configuration: {config}")
         say(f"look at it with: cdnreq status --config {config}")
-        daemon = subprocess.Popen([str(Path(sys.executable).with_name("cdnreq")), "run", "--config", str(config)])
+        say("Ctrl-C stops the daemon, slapproxy and the DNS server")
+        signum = signal.SIGTERM
+        with _deferred_signals():
+            daemon = subprocess.Popen(
+                [str(Path(sys.executable).with_name("cdnreq")), "run", "--config", str(config)],
+                start_new_session=True,
+            )
         try:
             return _story(site, dns, guids, daemon, args.duration)
+        except Interrupted as stop:
+            signum = stop.signum
+            raise
         finally:
-            if daemon.poll() is None:
-                daemon.send_signal(signal.SIGTERM)
-                daemon.wait(timeout=60)
-            say(f"stopped; the database stays in {workdir / 'cdnreq.db'}")
+            _ignore_stop_signals()
+            _stop_daemon(daemon, signum)
+            say(f"the database stays in {workdir / 'cdnreq.db'}")
 
 
 def _story(site: CdnSite, dns: DevDns, guids: list[str], daemon: subprocess.Popen, duration: float) -> int:
@@ -153,7 +231,4 @@ def _story(site: CdnSite, dns: DevDns, guids: list[str], daemon: subprocess.Pope
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(0)
+    sys.exit(main())

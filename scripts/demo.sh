@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Install cdnreq and a local slapproxy into .venv, then run the demo:
-# a real master on loopback, customers, the daemon, and the technical CDN played by the demo.
+# Install cdnreq and a local slapproxy into .venv (only when pyproject.toml changed), then run
+# the demo: a real master on loopback, customers, the daemon, and the technical CDN played by
+# the demo. One Ctrl-C stops all of it (exit 130).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m venv .venv
-.venv/bin/pip install --quiet --disable-pip-version-check -e '.[devmaster]'
+bash scripts/venv.sh devmaster
 exec .venv/bin/python -m cdnreq.demo "$@"

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Install what the tests need into .venv (created if missing) and run them.
-# Everything comes from this script: a fresh clone needs nothing else.
+# Install what the tests need into .venv (only when pyproject.toml changed) and run them.
+# Everything comes from this script: a fresh clone needs nothing else. promtool (for the
+# Prometheus rules test) is put in .venv/tools/bin when it is not on PATH; if that fails,
+# that test skips and says why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m venv .venv
-.venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
+bash scripts/venv.sh test
+bash scripts/promtool.sh || true
+export PATH="$PWD/.venv/tools/bin:$PATH"
 exec .venv/bin/python -m pytest "$@"

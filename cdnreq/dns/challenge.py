@@ -36,6 +36,11 @@ def load_secret(path: Path) -> bytes:
     else:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(SECRET_BYTES) + "\n")
+    return read_secret(path)
+
+
+def read_secret(path: Path) -> bytes:
+    """Read the secret, which must exist (`cdnreq plan` creates nothing)."""
     try:
         secret = path.read_bytes().strip()
     except OSError as error:

@@ -278,8 +278,7 @@ class _Runner:
         record = records.published(record, shown, error, self.clock())
         self.shown = shown
         if gate is not None and not gate.ok:  # say why in `cdnreq status`
-            reason = gate.error or gate.reason or f"waiting for DNS proof of {', '.join(gate.pending)}"
-            record = replace(record, last_error=reason)
+            record = replace(record, last_error=gate.why)
         return self.done(action, record, True)
 
     async def destroy(self, action: Action) -> Outcome:

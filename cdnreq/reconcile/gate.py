@@ -50,6 +50,14 @@ class Gate:
     def ok(self) -> bool:
         return self.status is Status.OK
 
+    @property
+    def why(self) -> str | None:
+        """Why the instance is not requested as it is, in one sentence
+        (`cdnreq status`, `cdnreq plan`); None when it passes."""
+        if self.ok:
+            return None
+        return self.error or self.reason or f"waiting for DNS proof of {', '.join(self.pending)}"
+
 
 @dataclass(frozen=True, slots=True)
 class DomainPolicy:

@@ -18,6 +18,7 @@ import gc
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator
 
 import structlog
@@ -51,6 +52,12 @@ from cdnreq.store import Store, StoreError
 UNNAMED = "unnamed"  # guard state: hosts their owner stopped naming (Domains.streaks)
 
 log = structlog.get_logger("cdnreq.tick")
+
+StageHook = Callable[[str, Any], None]
+"""Sees the tick's decisions as they are made (`cdnreq plan`):
+("planned", (Plan, DomainStep)) for the first stage, ("decided", (Plan,
+DomainStep)) for each stage DNS decides later, ("held", HeldUpdates) at the
+end. Plans are as the guards left them: what is handed to the executor."""
 
 
 @contextlib.contextmanager
@@ -184,6 +191,9 @@ class Reconciler:
         clock: Callable[[], float] = time.time,
         batch: int = 500,
         flush_every_s: float = 1.0,
+        executor: Callable[..., Any] = execute,
+        on_stage: StageHook | None = None,
+        read_secret: Callable[[Path], bytes] = load_secret,
     ):
         self.config = config
         self.store = store
@@ -194,6 +204,9 @@ class Reconciler:
         self.clock = clock
         self.batch = batch
         self.flush_every_s = flush_every_s
+        self.executor = executor  # `cdnreq plan` passes one that only records the actions
+        self.on_stage = on_stage
+        self.read_secret = read_secret  # `cdnreq plan` must not create a missing secret
         self.known: dict[InstanceGuid, Record] | None = None
         self.domains: Domains | None = None
         self.quiet = Quiet()
@@ -202,7 +215,7 @@ class Reconciler:
 
     async def load(self) -> None:
         """Read the store (and the domain secret) into memory."""
-        secret = load_secret(self.config.secret_path())
+        secret = self.read_secret(self.config.secret_path())
         self.quiet = Quiet()
         self.known = await self.store.load()
         self.domains = Domains(
@@ -319,6 +332,7 @@ class Reconciler:
         leaving = [a.guid for a in the_plan.actions if a.kind is Kind.DESTROY and a.forget]
         if leaving:  # their hosts and challenges go with the decision, see Domains.leave
             run.first.merge(self.domains.leave(leaving, now, report.id))
+        self._stage("planned", (the_plan, run.first))
         await guard.save(the_plan, report.id)  # before any call: a crash errs on holding
         report.removals_fingerprint = guard.removals_fingerprint
         report.held_updates = guard.view()
@@ -328,7 +342,7 @@ class Reconciler:
         )
         feed = Feed(the_plan.actions)
         executing = asyncio.create_task(
-            execute(
+            self.executor(
                 feed,
                 master=self.master,
                 settings=settings_of(self.config),
@@ -349,6 +363,7 @@ class Reconciler:
                     await guard.save(None, report.id)
                     report.held_updates = guard.view()
                 self._quiet_progress = False
+            self._stage("held", guard.updates.state())
             await self._reserve(Plan(()), run.finish(), now, report.id)
             if (streaks := self.domains.streaks()) != self._streaks:  # idle ticks write nothing
                 await self.store.save_guards({UNNAMED: streaks}, now)
@@ -398,6 +413,7 @@ class Reconciler:
                     losers=losers,
                 )
                 the_plan = guard.sift(the_plan)
+                self._stage("decided", (the_plan, part))
                 acted.update(a.guid for a in the_plan.actions)
                 planned.update(the_plan.counts)
                 planned.update(part.counts)
@@ -405,6 +421,10 @@ class Reconciler:
                 feed.extend(the_plan.actions)
                 if executing.done():
                     break  # the executor failed: raised by the caller
+
+    def _stage(self, name: str, decided: Any) -> None:
+        if self.on_stage is not None:
+            self.on_stage(name, decided)
 
     def _outcome(self, outcome: Outcome) -> None:
         if not self._quiet_progress:  # while DNS runs, its phase counts lookups

@@ -245,6 +245,36 @@ class Store:
         raise StoreError(f"cannot open {db} read-only: {problem}")
 
     @classmethod
+    async def open_snapshot(cls, path: str | os.PathLike[str]) -> "Store":
+        """One consistent, read-only view of the database for `cdnreq plan`:
+        no lock taken (it works next to a running daemon), nothing migrated,
+        nothing created. `mode=ro` reads through the daemon's write-ahead log;
+        with no -wal file, `immutable=1`, since `mode=ro` would create the
+        -wal and -shm files. A read transaction is held until close, so every
+        read sees the database as it was at the first one."""
+        db = Path(path)
+        if not db.is_file():
+            raise StoreError(f"no database at {db}")
+        uri = db.resolve().as_uri()
+        wal = Path(f"{db}-wal").exists()
+        target = f"{uri}?mode=ro" if wal else f"{uri}?immutable=1"
+        conn: aiosqlite.Connection | None = None
+        try:
+            conn = await aiosqlite.connect(target, uri=True, isolation_level=None)
+            await conn.execute("BEGIN")
+            version = await read_version(conn, str(db))  # the snapshot starts at this first read
+        except (sqlite3.Error, StoreError) as exc:
+            if conn is not None:
+                await conn.close()
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(f"cannot read {db}: {exc}") from exc
+        if version != LATEST:
+            await conn.close()
+            raise StoreError(f"{db}: schema version {version}, not {LATEST}; run `cdnreq once` to migrate it first")
+        return cls(db, conn, None, version)
+
+    @classmethod
     async def _open(cls, db: Path, *, lock: bool) -> "Store":
         try:
             make_private_dirs(db.parent)

@@ -1,0 +1,203 @@
+"""Issue 11 #3: the pieces `cdnreq plan` runs a tick with, which must read
+and never write: the store's snapshot, the dry store, the read-only master,
+the recording executor, the secret reader, and the plan document."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from cdnreq.commands.plan import Stages, document, render
+from cdnreq.dns.challenge import SecretError
+from cdnreq.master import MasterClient
+from cdnreq.model import Challenge, Event, InstanceGuid, Phase, Record, RequestedState, SharedInstance
+from cdnreq.reconcile.dry import ActionLog, DryStore, ReadOnlyMaster, WriteRefused, read_secret
+from cdnreq.reconcile.execute import Feed
+from cdnreq.reconcile.gate import Gate, Status, refused
+from cdnreq.reconcile.guards import HeldUpdates
+from cdnreq.reconcile.plan import Action, Kind, Plan
+from cdnreq.reconcile.stages import DomainStep
+from cdnreq.reconcile.tick import TickReport
+from cdnreq.store import Store, StoreError
+
+
+def rec(guid: str, **kw) -> Record:
+    base = dict(guid=InstanceGuid(guid), title=f"cdn-{guid}", phase=Phase.NEW, created_at=1.0, updated_at=2.0)
+    base.update(kw)
+    return Record(**base)
+
+
+def files(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+async def make_db(path: Path, *guids: str) -> None:
+    store = await Store.open(path)
+    try:
+        await store.commit(upserts=[rec(g) for g in guids])
+    finally:
+        await store.close()
+
+
+# -- Store.open_snapshot --------------------------------------------------------
+
+
+async def test_snapshot_of_a_closed_database_creates_no_file(tmp_path):
+    db = tmp_path / "cdnreq.db"
+    await make_db(db, "a")
+    assert not Path(f"{db}-wal").exists()
+    before = files(tmp_path)
+    snapshot = await Store.open_snapshot(db)
+    try:
+        assert set(await snapshot.load()) == {"a"}
+        with pytest.raises(StoreError):  # read-only: a write fails, it is not made
+            await snapshot.commit(upserts=[rec("b")])
+    finally:
+        await snapshot.close()
+    assert files(tmp_path) == before  # no -wal, -shm, lock file
+
+
+async def test_snapshot_next_to_a_writer_sees_one_moment(tmp_path):
+    db = tmp_path / "cdnreq.db"
+    writer = await Store.open(db)  # takes the lock, as the daemon does
+    try:
+        await writer.commit(upserts=[rec("a")])
+        wal = Path(f"{db}-wal")
+        before = {p: p.read_bytes() for p in (db, wal)}
+        assert before[wal]  # the commit is in the write-ahead log: read with mode=ro
+        snapshot = await Store.open_snapshot(db)
+        try:
+            assert set(await snapshot.load()) == {"a"}
+            assert {p: p.read_bytes() for p in (db, wal)} == before  # the reader wrote neither
+            await writer.commit(upserts=[rec("b")])
+            assert set(await snapshot.load()) == {"a"}  # the later commit is not in the snapshot
+            assert await snapshot.last_ticks(1) == []
+        finally:
+            await snapshot.close()
+        assert set(await writer.load()) == {"a", "b"}
+    finally:
+        await writer.close()
+
+
+async def test_snapshot_of_no_database_creates_nothing(tmp_path):
+    with pytest.raises(StoreError, match="no database"):
+        await Store.open_snapshot(tmp_path / "missing" / "cdnreq.db")
+    assert not (tmp_path / "missing").exists()
+
+
+# -- DryStore -----------------------------------------------------------------
+
+
+async def test_dry_store_keeps_the_writes_and_makes_none(tmp_path):
+    db = tmp_path / "cdnreq.db"
+    await make_db(db, "a")
+    before = files(tmp_path)
+    dry = DryStore(await Store.open_snapshot(db))
+    try:
+        assert await dry.begin_tick(10.0) == 1
+        challenge = Challenge(InstanceGuid("b"), "shop.example", "salt", "token", 10.0)
+        await dry.commit(upserts=[rec("b")], events=[Event("b", "challenge", "issued", 10.0, None, 1)],
+                         challenge_upserts=[challenge], forgets=["a"])
+        await dry.save_guards({"updates": None}, 10.0)
+        await dry.end_tick(1, finished_at=11.0, result="ok", summary={})
+        assert set(dry.upserts) == {"b"} and dry.forgets == ["a"] and dry.challenges == [challenge]
+        assert dict(dry.writes) == {"begin_tick": 1, "commit": 1, "save_guards": 1, "end_tick": 1}
+        assert set(await dry.load()) == {"a"}  # reads come from the snapshot, as it was
+    finally:
+        await dry.close()
+    assert files(tmp_path) == before
+
+
+# -- ReadOnlyMaster, ActionLog --------------------------------------------------
+
+
+async def test_read_only_master_sends_no_write():
+    client = MasterClient(url="http://127.0.0.1:9/")
+    master = ReadOnlyMaster(client)
+    try:
+        with pytest.raises(WriteRefused):
+            await master.request_instance(title="t", software_release_uri="sr", software_type="default",
+                                          parameters=None, state="destroyed", sla_parameters={})
+        with pytest.raises(WriteRefused):
+            await master.publish_connection("g", {})
+        with pytest.raises(WriteRefused):
+            await master.publish_error("g", "e")
+    finally:
+        await master.close()
+    assert sum(client.calls.values()) == 0
+    assert dict(master.refused) == {"request_instance": 1, "publish_connection": 1, "publish_error": 1}
+
+
+async def test_action_log_keeps_every_action_and_runs_none():
+    actions = [Action(Kind.REQUEST, rec("a"), "added"), Action(Kind.DESTROY, rec("b"), "removed from the master")]
+    feed = Feed(actions[:1])
+    feed.extend(actions[1:])
+    feed.close()
+    log = ActionLog()
+    assert await log(feed, master=None, sink=None) == 2
+    assert log.actions == actions
+
+
+# -- the secret -----------------------------------------------------------------
+
+
+def test_read_secret_creates_no_missing_secret(tmp_path):
+    path = tmp_path / "secret"
+    assert len(read_secret(path)) >= 16
+    assert not path.exists()
+    path.write_text("x" * 32 + "\n")
+    assert read_secret(path) == b"x" * 32
+    path.write_text("short")
+    with pytest.raises(SecretError, match="too short"):
+        read_secret(path)
+
+
+# -- Gate.why, the document -------------------------------------------------------
+
+
+def test_gate_why():
+    assert Gate(Status.OK).why is None
+    assert Gate(Status.INVALID, error="url: refused").why == "url: refused"
+    assert Gate(Status.PENDING, pending=("a.example", "b.example")).why == "waiting for DNS proof of a.example, b.example"
+    assert Gate(Status.PENDING, reason="a previous entry serves it").why == "a previous entry serves it"
+
+
+async def test_document_groups_actions_held_and_errors(tmp_path):
+    db = tmp_path / "cdnreq.db"
+    await make_db(db)
+    dry = DryStore(await Store.open_snapshot(db))
+    await dry.close()
+    instance = SharedInstance(InstanceGuid("n"), RequestedState.STARTED, {"url": "https://n.example"}, "h" * 64)
+    bad = Gate(Status.INVALID, error="domain: refused")
+    actions = [
+        Action(Kind.REQUEST, rec("n"), "added", instance, Gate.accept(instance)),
+        Action(Kind.PUBLISH, rec("x"), "invalid", None, bad),
+        Action(Kind.DESTROY, rec("d", tech_guid="T"), "removed from the master"),
+        Action(Kind.PUBLISH, rec("y"), "unusable listing entry", None, refused(("parameters: not JSON",))),
+    ]
+    stages = Stages()
+    stages("planned", (Plan(tuple(actions), held=(rec("h"),), hold_reason="too many gone"), DomainStep(gates={"x": bad})))
+    stages("held", HeldUpdates({"u": ("t", 1)}, "fp", "mass change", (("u", "parameters changed"),)))
+    report = TickReport(id=7, started_at=0.0, planned={"request": 1, "publish": 1, "destroy": 1, "held": 1})
+    known = {"r": rec("r", retry_at=200.0, last_error="master: down")}
+    doc = document(actions, stages, dry, report, known, now=100.0, confirm_ticks=3)
+    assert doc["counts"] == {
+        "request": 1, "update": 0, "destroy": 1, "publish": 2, "poll": 0, "forget": 0, "held_removals": 1,
+        "held_updates": 1, "errors": 2, "pending": 0, "backoff": 1, "challenges": 0,
+    }
+    assert doc["held"]["removals"] == {"reason": "too many gone", "instances": ["h"]}
+    assert doc["held"]["updates"]["instances"] == [{"instance_guid": "u", "seen": 1, "needed": 3}]
+    assert doc["errors"][1] == {"instance_guid": "y", "error": refused(("parameters: not JSON",)).why}
+    assert doc["errors"][0] == {"instance_guid": "x", "error": "domain: refused"}
+    assert doc["would"]["publish"][0]["why"] == "domain: refused"
+    text = render(doc)
+    assert "would request (1):\n  n  cdn-n  added" in text
+    assert "held removals (1): too many gone\n  h" in text
+    assert "held updates (1): mass change\n  u  seen 1 of 3 ticks" in text
+    assert "errors (2):\n  x  domain: refused\n  y  " in text
+    assert "totals: request 1, update 0, destroy 1, publish 2" in text
+    failed = TickReport(id=8, started_at=0.0, error="master: unreachable")
+    assert render(document([], Stages(), dry, failed, {}, 0.0, 3)) == "no plan: master: unreachable\n"
