@@ -1,4 +1,5 @@
-"""`cdnreq` on the command line: run, once, check-config, status, explain, approve, backup, restore.
+"""`cdnreq` on the command line: run, once, check-config, status, explain, backup, restore,
+and the operator actions approve, retry, release, forget (cdnreq/commands/actions.py).
 
 Exit codes: 0 success, 1 the tick failed, 2 the configuration was refused,
 3 the database cannot be used (locked, newer schema, not a database).
@@ -16,6 +17,7 @@ from typing import Any, Sequence
 
 from cdnreq import __version__, logs, render
 from cdnreq.client import NotRunning, fetch, instance_path
+from cdnreq.commands import actions
 from cdnreq.config import Config
 from cdnreq.configfile import ConfigError, effective_toml, load_config
 from cdnreq.daemon import (
@@ -31,7 +33,6 @@ from cdnreq.daemon import (
 from cdnreq.explain import explain, iso
 from cdnreq.dns.challenge import SecretError
 from cdnreq.model import Record
-from cdnreq.reconcile.guardrun import approve, guard_policy_of
 from cdnreq.store import StoreError, restore, take_backup
 from cdnreq.store.backup import lost_store_evidence, restore_secret
 
@@ -85,8 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     explain_.add_argument("--json", action="store_true", help="the JSON document instead of text")
     plan = command("plan", _plan, "show what the next tick would do, changing nothing (works next to the daemon)")
     plan.add_argument("--json", action="store_true", help="one JSON document instead of text")
-    approve_ = command("approve", _approve, "apply the updates held by the mass-change guard at the next tick")
-    approve_.add_argument("--fingerprint", help="approve only if the held set is still this one (from `cdnreq status`)")
+    actions.register(command)
     backup = command(
         "backup", _backup, "write an online backup of the database to [store].backup_dir; print its path"
     )
@@ -168,31 +168,6 @@ def _restore(args: argparse.Namespace, config: Config) -> int:
             file=sys.stderr,
         )
     return EXIT_OK
-
-
-def _approve(args: argparse.Namespace, config: Config) -> int:
-    """Works next to a running daemon, and with none (then at the next `cdnreq once`)."""
-    if not config.daemon.database.exists():
-        print(f"cdnreq: no database at {config.daemon.database}: cdnreq has not run yet", file=sys.stderr)
-        return EXIT_DATABASE
-    try:
-        held = asyncio.run(_approve_held(config, args.fingerprint))
-    except ValueError as error:
-        print(f"cdnreq: {error}", file=sys.stderr)
-        return EXIT_TICK_FAILED
-    if held is None:
-        print("cdnreq: no update is held: nothing to approve", file=sys.stderr)
-        return EXIT_TICK_FAILED
-    sys.stdout.write(render.held_updates(held, approved=True))
-    return EXIT_OK
-
-
-async def _approve_held(config: Config, fingerprint: str | None) -> dict[str, Any] | None:
-    store = await open_store(config, lock=False)
-    try:
-        return await approve(store, guard_policy_of(config), fingerprint, time.time())
-    finally:
-        await store.close()
 
 
 def _check_config(args: argparse.Namespace, config: Config) -> int:

@@ -22,6 +22,21 @@ class NotRunning(Exception):
 
 async def fetch(config: Config, path: str, token: str | None, *, timeout_s: float = 3.0) -> tuple[int, Any]:
     """GET `path` on the daemon; (status, JSON body)."""
+    return await _call(config, "GET", path, token, timeout_s=timeout_s)
+
+
+async def post(
+    config: Config, path: str, token: str | None, query: list[tuple[str, str]], *, timeout_s: float = 300.0
+) -> tuple[int, Any]:
+    """POST to `path` on the daemon (an operator action); (status, JSON body).
+    The timeout is long: the action waits for a running tick to end."""
+    return await _call(config, "POST", path, token, query=query, timeout_s=timeout_s)
+
+
+async def _call(
+    config: Config, method: str, path: str, token: str | None, *,
+    query: list[tuple[str, str]] | None = None, timeout_s: float,
+) -> tuple[int, Any]:
     listen = config.daemon.listen_endpoint()
     if isinstance(listen, Path):
         connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=str(listen))
@@ -35,7 +50,7 @@ async def fetch(config: Config, path: str, token: str | None, *, timeout_s: floa
         async with aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s), headers=headers
         ) as session:
-            async with session.get(base + path) as response:
+            async with session.request(method, base + path, params=query) as response:
                 return response.status, await response.json(content_type=None)
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as error:
         raise NotRunning(f"no cdnreq daemon answered on {config.daemon.listen}: {error}") from None

@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from cdnreq import __version__, logs
+from cdnreq import __version__, logs, operator
 from cdnreq.config import Config
 from cdnreq.configfile import ConfigError, load_config
 from cdnreq.explain import explain, iso
@@ -31,7 +31,8 @@ from cdnreq.metrics import Metrics
 from cdnreq.notify import Notifier, watchdog_interval_s, watchdog_loop
 from cdnreq.progress import Progress
 from cdnreq.reconcile.execute import Outcome
-from cdnreq.reconcile.guardrun import held_reason, held_removals
+from cdnreq.reconcile.guardrun import guard_policy_of, held_reason, held_removals
+from cdnreq.reconcile.operator import action_of, who
 from cdnreq.reconcile.tick import Reconciler, TickReport, resolver_of
 from cdnreq.store import Store, StoreError, start_refusal, take_backup
 from cdnreq.store.backup import backup_time, last_backup
@@ -173,6 +174,7 @@ class Daemon:
         self._backup_task: asyncio.Task | None = None
         self.exit_code = EXIT_OK
         self._phases: tuple[float, dict[str, int]] | None = None  # (when, instances by phase)
+        self.writing = asyncio.Lock()  # ticks and operator actions, one at a time
 
     # -- signals ------------------------------------------------------------
 
@@ -282,6 +284,23 @@ class Daemon:
             retention_s=self.config.domain.retention_s,
             now=time.time(),
         )
+
+    async def act(self, name: str, query: Any, via: str) -> tuple[int, dict[str, Any]]:
+        """An operator action from the endpoint: applied between ticks, then
+        the store's records are read again at the next tick."""
+        try:
+            action = action_of(name, query, who(query.get("user") or "unknown", query.get("uid") or "?", via))
+        except ValueError as error:
+            return 400, {"ok": False, "message": str(error)}
+        if self.store is None or self.reconciler is None:
+            return 503, {"ok": False, "message": "the daemon is starting"}
+        async with self.writing:
+            result = await operator.apply(
+                self.store, self.reconciler.master, action, policy=guard_policy_of(self.config)
+            )
+            if result.ok:
+                self.reconciler.known = None
+        return (200 if result.ok else 409), {"ok": result.ok, "message": result.message}
 
     def render_metrics(self) -> tuple[bytes, str]:
         return self.metrics.render()
@@ -474,6 +493,10 @@ class Daemon:
         self.notifier.status(_status_line(report))
 
     async def _tick(self) -> TickReport | None:
+        async with self.writing:  # no operator action in the middle of a tick
+            return await self._tick_locked()
+
+    async def _tick_locked(self) -> TickReport | None:
         assert self.reconciler is not None
         self.reconciler.config = self.config
         if self._new_master:
@@ -531,3 +554,6 @@ class _Endpoint:
 
     async def instance(self, guid: str) -> dict | None:
         return await self.daemon.instance(guid)
+
+    async def act(self, name: str, query: Any, via: str) -> tuple[int, dict]:
+        return await self.daemon.act(name, query, via)

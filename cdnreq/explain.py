@@ -46,7 +46,7 @@ async def explain(
 ) -> dict[str, Any] | None:
     record = await store.get(guid)
     if record is None:
-        return None
+        return await _forgotten(store, guid, events)
     challenge = await store.challenge_of(guid)
     return {
         "instance_guid": record.guid,
@@ -80,15 +80,28 @@ async def explain(
             "txt_value": challenge.token,
             "issued_at": iso(challenge.created_at),
         },
-        "events": [
-            {
-                "id": event_id,
-                "at": iso(event.at),
-                "tick": event.tick,
-                "action": event.action,
-                "outcome": event.outcome,
-                "detail": event.detail,
-            }
-            for event_id, event in await store.events_for(guid, limit=events)
-        ],
+        "events": await _events(store, guid, events),
     }
+
+
+async def _events(store: Store, guid: str, limit: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": event_id,
+            "at": iso(event.at),
+            "tick": event.tick,
+            "action": event.action,
+            "outcome": event.outcome,
+            "detail": event.detail,
+        }
+        for event_id, event in await store.events_for(guid, limit=limit)
+    ]
+
+
+async def _forgotten(store: Store, guid: str, limit: int) -> dict[str, Any] | None:
+    """An instance whose record was dropped (gone from the master, or by
+    `cdnreq forget`) still has its events: say so rather than 'unknown'."""
+    events = await _events(store, guid, limit)
+    if not events:
+        return None
+    return {"instance_guid": guid, "state": "forgotten", "why": "no longer known: its record was dropped", "events": events}

@@ -13,6 +13,10 @@ a given instance is not live yet:
 - ``GET /status``    the running tick's progress and the last tick's summary.
 - ``GET /instances/{guid}``  one customer instance: state, last error, why
   it waits. The guid may hold any character, percent-encoded (``%2F`` too).
+- ``POST /actions/{name}?guid=..&host=..``  an operator action (`cdnreq
+  approve`, `retry`, `release`, `forget`). It changes state, so it always
+  needs the token, whatever the listener: 403 when the daemon has none
+  configured, 401 when the one given is wrong.
 
 The app only reads from an `Endpoint` the daemon implements, so it is tested
 with a fake one. Answers are JSON (sorted keys, ``Cache-Control: no-store``:
@@ -52,6 +56,7 @@ log = structlog.get_logger("cdnreq.http")
 SHUTDOWN_TIMEOUT_S = 2.0
 
 _OPEN_ROUTES = frozenset({"healthz"})
+_ACTION_ROUTE = "actions"  # always behind the token
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -80,6 +85,10 @@ class Endpoint(Protocol):
         """One customer instance's state, or None when unknown."""
         ...
 
+    async def act(self, name: str, query: Any, peer: str) -> tuple[int, dict]:
+        """Run an operator action; (HTTP status, JSON body)."""
+        ...
+
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
@@ -101,6 +110,12 @@ def make_app(endpoint: Endpoint, *, token: str | None = None) -> web.Application
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
+            if request.match_info.route.name == _ACTION_ROUTE and expected is None:
+                response = _json(
+                    {"error": "operator actions need a token: set [daemon].token_file and reload"}, status=403
+                )
+                response.headers["Cache-Control"] = "no-store"
+                return response
             if expected is not None and request.match_info.route.name not in _OPEN_ROUTES:
                 if not _authorized(request, expected):
                     response: web.StreamResponse = _json(
@@ -151,12 +166,18 @@ def make_app(endpoint: Endpoint, *, token: str | None = None) -> web.Application
             return _json({"error": "unknown instance"}, status=404)
         return _json(found)
 
+    async def action(request: web.Request) -> web.Response:
+        peer = request.remote or "a unix socket"
+        code, body = await endpoint.act(request.match_info["name"], request.query, f"HTTP from {peer}")
+        return _json(body, status=code)
+
     app = web.Application(middlewares=[middleware])
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/readyz", readyz, name="readyz")
     app.router.add_get("/metrics", metrics, name="metrics")
     app.router.add_get("/status", status, name="status")
     app.router.add_get("/instances/{guid:.+}", instance, name="instance")
+    app.router.add_post("/actions/{name}", action, name=_ACTION_ROUTE)
     return app
 
 

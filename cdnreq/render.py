@@ -79,11 +79,14 @@ def summary(status: dict[str, Any]) -> str:
             lines.append(f"  error: {error}")
     last_summary = (last or {}).get("summary") or {}
     removals = status.get("held_removals") or (
-        {"count": last_summary.get("held_removals"), "reason": last_summary["hold_reason"]}
+        {"count": last_summary.get("held_removals"), "reason": last_summary["hold_reason"],
+         "fingerprint": last_summary.get("removals_fingerprint")}
         if last_summary.get("hold_reason") else None
     )
     if removals:
         lines.append(f"REMOVALS HELD: {removals.get('count') or 0}: {removals.get('reason')}")
+        if removals.get("fingerprint"):
+            lines.append(f"  `cdnreq approve --fingerprint {removals['fingerprint']}` applies them at the next tick")
     updates = status.get("held_updates") or last_summary.get("held_updates")
     if updates:
         lines.extend(_held_lines(updates))
@@ -144,5 +147,8 @@ def explained(data: dict[str, Any]) -> str:
         lines.append("  recent events (newest first):")
         for event in data["events"]:
             detail = f" ({event['detail']})" if event.get("detail") else ""
+            if event["action"] == "operator":  # cdnreq/reconcile/operator.py: no tick, who asked
+                lines.append(f"    {event['at']} operator: {event['outcome']}{detail}")
+                continue
             lines.append(f"    {event['at']} tick {event['tick']}: {event['action']} {event['outcome']}{detail}")
     return _text(lines)

@@ -11,11 +11,13 @@ import pytest
 
 from cdnreq.master import Listing
 from cdnreq.model import Phase, Record, SharedInstance, shown_digest
-from cdnreq.reconcile.guardrun import GuardRun, approve
+from cdnreq.operator import apply
+from cdnreq.reconcile.guardrun import GuardRun
 from cdnreq.reconcile.guards import (
     Change,
     Departures,
     GuardPolicy,
+    HeldRemovals,
     HeldUpdates,
     UpdateGuard,
     changes,
@@ -25,7 +27,14 @@ from cdnreq.reconcile.guards import (
     window,
 )
 from cdnreq.reconcile.plan import Kind, Policy, held_records, new_record, plan
+from cdnreq.reconcile.operator import OperatorAction
 from cdnreq.store import Store
+
+
+async def approve(store: Store, policy: GuardPolicy, fingerprint: str | None, now: float):
+    """`cdnreq approve [--fingerprint F]` on the store, as the command runs it with no daemon."""
+    action = OperatorAction("approve", fingerprints=(fingerprint,) if fingerprint else (), by="by test (uid 0)")
+    return await apply(store, None, action, policy=policy, now=now)
 
 NOW = 1_000_000.0
 POLICY = Policy(request_prefix="cdnreq-", spec_hash="spec-1")
@@ -241,14 +250,15 @@ async def test_approve_writes_the_held_fingerprint(tmp_path: Path) -> None:
     found, _ = stopped_fleet()
     store = await Store.open(tmp_path / "x.db")
     try:
-        assert await approve(store, GUARDS, None, NOW) is None  # nothing held
+        nothing = await approve(store, GUARDS, None, NOW)
+        assert not nothing.ok and "nothing is held" in nothing.message
         run = GuardRun(store, GUARDS, {}, live=20, now=NOW)
         run.updates.sift(found)
         await run.save(None, tick=1)
-        with pytest.raises(ValueError, match="not --fingerprint 'stale'"):
-            await approve(store, GUARDS, "stale", NOW)
+        stale = await approve(store, GUARDS, "stale", NOW)
+        assert not stale.ok and "--fingerprint stale is not a held set" in stale.message
         shown = await approve(store, GUARDS, None, NOW)
-        assert shown is not None and shown["count"] == 20 and shown["streak"] == 1 and shown["needed"] == 3
+        assert shown.ok and "approved 20 update(s)" in shown.message and "seen 1 of 3 ticks" in shown.message
         saved = await store.load_guards()
         assert saved["approval"] == {"fingerprint": fingerprint(found)}
         # the next tick applies them, and the approval is used up
@@ -320,7 +330,7 @@ async def test_an_approval_is_used_up_by_the_next_tick_even_when_the_held_set_we
         run = GuardRun(store, GUARDS, {}, live=20, now=NOW)
         run.updates.sift(found)
         await run.save(None, tick=1)
-        assert await approve(store, GUARDS, None, NOW) is not None
+        assert (await approve(store, GUARDS, None, NOW)).ok
         # tick 2: the master lists everyone started again, nothing to change
         run = GuardRun(store, GUARDS, await store.load_guards(), live=20, now=NOW + 60)
         await run.save(None, tick=2)
@@ -422,3 +432,19 @@ def test_entries_already_gone_do_not_dilute_the_removal_guard() -> None:
     # and the window remembers departures against the same fleet
     ok = plan(listing(inst("I0", state="destroyed"), *instances[1:]), records, NOW, retain)
     assert ok.hold_reason is None and ok.counts["removed"] == 1 and ok.fleet == 10
+
+
+def test_approved_removals_go_ahead_only_when_they_cover_every_held_one() -> None:
+    """Issue 11 #4 (`cdnreq approve` of held removals): the approved set is
+    the one the operator saw held; a listing that lost one more instance
+    since is held again, with a new fingerprint."""
+    instances = [inst(f"I{i}") for i in range(4)]
+    records = {i.guid: live(i) for i in instances}
+    held = plan(listing(instances[0]), records, NOW, POLICY)
+    assert held.hold_reason is not None and sorted(held.withheld) == ["I1", "I2", "I3"]
+    approved = plan(listing(instances[0]), records, NOW, POLICY, approved_removals=set(held.withheld))
+    assert approved.hold_reason is None and approved.counts["approved_removals"] == 3
+    assert sorted(a.guid for a in approved.actions if a.kind is Kind.DESTROY) == ["I1", "I2", "I3"]
+    one_more = plan(listing(), records, NOW, replace(POLICY, allow_empty=False), approved_removals=set(held.withheld))
+    assert one_more.hold_reason is not None and sorted(one_more.withheld) == ["I0", "I1", "I2", "I3"]
+    assert HeldRemovals.of(one_more.withheld, None).fingerprint != HeldRemovals.of(held.withheld, None).fingerprint

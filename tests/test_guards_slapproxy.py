@@ -7,13 +7,16 @@ change goes through at once."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import tomllib
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
-from test_faults_master import _OPENER, http_get, wait_for
+from test_faults_master import _OPENER, wait_for
 from test_reconcile_slapproxy import CDNREQ, cdnreq, load, once
 
 from cdnreq.devmaster import CdnSite, write_config
@@ -48,6 +51,22 @@ def fleet(cdn_site: CdnSite, tmp_path: Path) -> tuple[CdnSite, Path, Path]:
     return cdn_site, config, database
 
 
+def authorized_get(token: str):
+    """A GET of the daemon's endpoint with its token: (status, JSON) or None."""
+
+    def get(url: str):
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        try:
+            with _OPENER.open(request, timeout=5) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return None
+
+    return get
+
+
 def empty_every_url(site: CdnSite) -> None:
     for i in range(CUSTOMERS):
         site.add_customer(f"customer-{i}", {"enable_cache": "true"})
@@ -75,25 +94,30 @@ def test_a_fleet_without_url_is_held_until_seen_for_confirm_ticks(fleet):
     after = entries(site)
     assert len(after) == CUSTOMERS and all(p == {"enable_cache": "true"} for p in after.values()), after
     assert "UPDATES HELD" not in cdnreq("status", "--config", str(config)).stdout
-    refused = cdnreq("approve", "--config", str(config))
-    assert refused.returncode == 1 and "no update is held" in refused.stderr
+    refused = cdnreq("approve", "--config", str(config))  # no daemon: under the store's lock
+    assert refused.returncode == 1 and "nothing is held" in refused.stderr
 
 
 def test_approve_applies_held_updates_while_the_daemon_runs(fleet, tmp_path: Path):
     site, config, database = fleet
     nothing = cdnreq("approve", "--config", str(config))
-    assert nothing.returncode == 1 and "nothing to approve" in nothing.stderr
+    assert nothing.returncode == 1 and "nothing is held" in nothing.stderr
 
     # an operator's own change of one customer in twenty: applied at once
     site.add_customer("customer-0", {"url": "https://moved.example"})
     assert once(config).returncode == 0
     assert entries(site)[next(t for t in entries(site) if "customer-0" in t)] == {"url": "https://moved.example"}
 
-    # the daemon, with a streak it never reaches: only an approval lets the change through
+    # the daemon, with a streak it never reaches: only an approval lets the change through;
+    # an approval sent to a daemon needs its token (cdnreq/commands/actions.py)
+    token = tmp_path / "token"
+    token.write_text("t" * 32)
+    token.chmod(0o600)
     daemon = write_config(
         tmp_path / "daemon.toml", site, database=database, domain={"retention_s": 0},
-        daemon={"tick_interval_s": 0.3, "confirm_ticks": 1000},
+        daemon={"tick_interval_s": 0.3, "confirm_ticks": 1000, "token_file": str(token)},
     )  # fmt: skip
+    http_get = authorized_get("t" * 32)
     endpoint = "http://127.0.0.1:" + tomllib.loads(daemon.read_text())["daemon"]["listen"].rpartition(":")[2]
     before = entries(site)
     empty_every_url(site)
@@ -109,7 +133,8 @@ def test_approve_applies_held_updates_while_the_daemon_runs(fleet, tmp_path: Pat
         assert held["count"] == CUSTOMERS and held["needed"] == 1000 and "max_update_fraction" in held["reason"]
         code, ready = http_get(endpoint + "/readyz")
         assert code == 200 and "updates held" in ready["reason"], ready
-        with _OPENER.open(endpoint + "/metrics", timeout=5) as answer:
+        request = urllib.request.Request(endpoint + "/metrics", headers={"Authorization": "Bearer " + "t" * 32})
+        with _OPENER.open(request, timeout=5) as answer:
             metrics = answer.read().decode()
         assert re.search(rf"^cdnreq_held_updates {CUSTOMERS}(\.0)?$", metrics, re.MULTILINE), metrics[:3000]
         wait_for(lambda: (r := http_get(endpoint + "/status")) and r[1]["held_updates"]["streak"] >= 3,

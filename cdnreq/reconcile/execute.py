@@ -321,23 +321,36 @@ class _Runner:
         record = action.record
         assert record.tech_guid is not None
         try:
-            answer = await self.master.get_instance(record.tech_guid)
-        except MasterRejected as error:
-            if not error.not_found:
-                return self.failure(action, record, "confirm", error)
-            gone = error.detail
-        except MasterError as error:
-            if not absent_answer(error):  # timeouts, gateways, other 5xx: ask again later
-                return self.failure(action, record, "confirm", error)
-            gone = error.detail
-        else:
-            if answer.state != RequestedState.DESTROYED.value:
-                self.event(record.guid, "destroy", "lost", "the technical entry is still there")
-                return await self.destroy(replace(action, kind=Kind.DESTROY))
-            gone = "state destroyed"
+            destroyed, gone = await read_back_destroyed(self.master, record.tech_guid)
+        except MasterError as error:  # timeouts, gateways, other 5xx: ask again later
+            return self.failure(action, record, "confirm", error)
+        if not destroyed:
+            self.event(record.guid, "destroy", "lost", "the technical entry is still there")
+            return await self.destroy(replace(action, kind=Kind.DESTROY))
         self.event(record.guid, "destroy", "confirmed", gone)
         after = records.confirmed(record, self.clock())
         return await self.gone(action, after or record, forget=after is None)
+
+
+async def read_back_destroyed(master: Master, tech_guid: str) -> tuple[bool, str]:
+    """Read a technical entry back: (True, why) when it is destroyed or the
+    master knows no such entry, (False, its state) when it is still there.
+    An answer that proves neither (a timeout, a gateway, another 5xx)
+    raises its MasterError: nothing is concluded from it. Shared by the
+    destroy confirmation and `cdnreq forget`."""
+    try:
+        answer = await master.get_instance(tech_guid)
+    except MasterRejected as error:
+        if not error.not_found:
+            raise
+        return True, error.detail
+    except MasterError as error:
+        if not absent_answer(error):
+            raise
+        return True, error.detail
+    if answer.state != RequestedState.DESTROYED.value:
+        return False, f"state {answer.state}"
+    return True, "state destroyed"
 
 
 # slapproxy answers a read-back of a destroyed shared instance (and a destroy

@@ -20,6 +20,7 @@ from cdnreq.model import Event, InstanceGuid, Record
 from cdnreq.reconcile.guards import (
     Departures,
     GuardPolicy,
+    HeldRemovals,
     HeldUpdates,
     UpdateGuard,
     changes,
@@ -32,6 +33,7 @@ from cdnreq.store import Store
 log = structlog.get_logger("cdnreq.guards")
 
 UPDATES, REMOVALS, APPROVAL = "updates", "removals", "approval"
+HELD_REMOVALS = "held_removals"  # the removal set held at the last tick, for `cdnreq approve`
 
 
 def guard_policy_of(config: Config) -> GuardPolicy:
@@ -68,11 +70,19 @@ class GuardRun:
         self.recent = window(history, now, policy)
         self.previous = HeldUpdates.from_json(saved.get(UPDATES))
         approval = saved.get(APPROVAL)
-        self.approval = approval.get("fingerprint") if isinstance(approval, dict) else None
+        self.approval_saved = approval if isinstance(approval, dict) else None
+        self.approval = self.approval_saved.get("fingerprint") if self.approval_saved else None
+        held_removals_ = HeldRemovals.from_json(saved.get(HELD_REMOVALS))
+        approved = self.approval_saved.get("removals") if self.approval_saved else None
+        # the removals approved for this tick: exactly the set the operator saw held
+        self.approved_removals = (
+            frozenset(held_removals_.guids) if approved and approved == held_removals_.fingerprint else frozenset()
+        )
         self.updates = UpdateGuard(self.previous, self.approval, live or 0, policy)
         self._live_of: Mapping[InstanceGuid, Record] | None = None  # counted when first needed
         self.held_count = 0
         self.known = 0  # instances known when the tick was planned
+        self.removals_fingerprint: str | None = None  # of the removals held this tick, for `cdnreq approve`
         self._announced: set[str] = set()  # held guids with an event this tick
         self._logged = False
 
@@ -115,13 +125,16 @@ class GuardRun:
             if gone:
                 history.append([self.now, gone, self.known if first.fleet is None else first.fleet])
             values[REMOVALS] = history or None
+            removals = HeldRemovals.of(first.withheld, first.hold_reason)
+            self.removals_fingerprint = removals.fingerprint
+            values[HELD_REMOVALS] = removals.to_json()
         changed = {k: v for k, v in values.items() if v != self.saved.get(k)}
         if changed:
             await self.store.save_guards(changed, self.now)
             self.saved.update(changed)
-        if self.approval is not None:  # used or not, an approval is for this tick only
-            await self.store.clear_guard(APPROVAL, {"fingerprint": self.approval})
-            self.approval = None
+        if self.approval_saved is not None:  # used or not, an approval is for this tick only
+            await self.store.clear_guard(APPROVAL, self.approval_saved)
+            self.approval_saved = self.approval = None
         fresh = [Event(g, "hold", "held", self.now, state.reason, tick)
                  for g, (_, streak) in state.streaks.items() if streak == 1 and g not in self._announced]  # fmt: skip
         if fresh:
@@ -144,7 +157,10 @@ def held_removals(report: Any) -> dict[str, Any] | None:
     """Held removals of a TickReport, as /status shows them."""
     if report is None or not report.hold_reason:
         return None
-    return {"count": report.held_removals, "reason": report.hold_reason}
+    view = {"count": report.held_removals, "reason": report.hold_reason}
+    if getattr(report, "removals_fingerprint", None):
+        view["fingerprint"] = report.removals_fingerprint
+    return view
 
 
 def held_reason(report: Any) -> str | None:
@@ -157,20 +173,3 @@ def held_reason(report: Any) -> str | None:
     if report.held_updates:
         parts.append(f"updates held: {report.held_updates['reason']}")
     return "; ".join(parts) or None
-
-
-async def approve(store: Store, policy: GuardPolicy, expected: str | None, now: float) -> dict[str, Any] | None:
-    """Approve the held updates (`cdnreq approve`): the daemon applies them at
-    its next tick if the held set is still the one approved. Written to the
-    guards table, which the daemon reads at every tick: a row in a WAL
-    database is safe to write next to it, and works with no daemon running.
-    None when nothing is held; ValueError when `expected` is not the held set."""
-    state = HeldUpdates.from_json((await store.load_guards()).get(UPDATES))
-    if not state.count:
-        return None
-    if expected is not None and expected != state.fingerprint:
-        raise ValueError(
-            f"the held updates are now {state.fingerprint!r}, not --fingerprint {expected!r}: look again"
-        )
-    await store.save_guards({APPROVAL: {"fingerprint": state.fingerprint}}, now)
-    return held_view(state, policy)

@@ -6,7 +6,9 @@ would break live sites, so both kinds of mass decision are held back:
 
 - removals, when the instances gone (this tick plus the departures decided
   over the last `removal_window_s`) reach `max_destroy_fraction` of the
-  largest known count of that window;
+  largest known count of that window; the set held is kept, and an
+  operator may approve it (`cdnreq approve`): the next tick removes them if
+  every removal it would hold is in the approved set;
 - updates of live entries asked by the master (new parameters or a new
   state), when they reach `max_update_fraction` of the live entries (those
   with a technical entry, LIVE or REQUESTED) and at
@@ -97,6 +99,33 @@ def removal_guard(
             f" [daemon].max_destroy_fraction = {policy.max_destroy_fraction:g} of {base}"
         )
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class HeldRemovals:
+    """The removals the last tick held, kept so an operator can approve
+    exactly that set (`cdnreq approve`): the next tick applies them if every
+    removal it would hold is in it."""
+
+    guids: tuple[str, ...] = ()
+    fingerprint: str | None = None
+    reason: str | None = None
+
+    @classmethod
+    def of(cls, guids: Iterable[str], reason: str | None) -> "HeldRemovals":
+        held = tuple(sorted(set(guids)))
+        return cls(held, digest(["removals", list(held)])[:16], reason) if held else cls()
+
+    def to_json(self) -> dict[str, Any] | None:
+        if not self.guids:
+            return None
+        return {"guids": list(self.guids), "fingerprint": self.fingerprint, "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> "HeldRemovals":
+        if not data or not data.get("guids"):
+            return cls()
+        return cls(tuple(str(g) for g in data["guids"]), data.get("fingerprint"), data.get("reason"))
 
 
 # -- updates ------------------------------------------------------------------

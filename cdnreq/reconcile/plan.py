@@ -85,6 +85,7 @@ class Plan:
     hold_reason: str | None = None
     counts: Mapping[str, int] = field(default_factory=dict)
     fleet: int | None = None  # instances the removal guard judged against (None: no removal planned)
+    withheld: tuple[InstanceGuid, ...] = ()  # every removal held (held, and retained entries listed destroyed)
 
 
 class Quiet:
@@ -141,10 +142,13 @@ def plan(
     quiet: Quiet | None = None,
     later: Collection[str] = frozenset(),
     recent: Iterable[Departures] = (),
+    approved_removals: Collection[str] = frozenset(),
 ) -> Plan:
     """The tick's plan. Instances in `later` wait for DNS: they count as
     listed (never gone) but get no action here; `plan_decided` plans them.
-    `recent`: departures decided inside the removal guard's window."""
+    `recent`: departures decided inside the removal guard's window.
+    `approved_removals`: the held removals an operator approved; they go
+    ahead when every removal the guard would hold is among them."""
     counts: Counter[str] = Counter()
     actions: list[Action] = []
     updates: list[Record] = []
@@ -222,6 +226,12 @@ def plan(
     fleet = len(known) - len(confirming) - len(retained) + len(ending)
     held: tuple[Record, ...] = ()
     hold_reason = removal_guard(listing, fleet, len(departing) + len(ending), policy, recent)
+    withheld: tuple[InstanceGuid, ...] = ()
+    if hold_reason is not None:
+        withheld = tuple(r.guid for r in (*departing, *ending))
+        if approved_removals and all(g in approved_removals for g in withheld):
+            hold_reason, withheld = None, ()
+            counts["approved_removals"] = len(departing) + len(ending)
     forgets: list[InstanceGuid] = []
     if hold_reason is not None:
         held = tuple(departing)
@@ -244,7 +254,7 @@ def plan(
     for action in actions:
         counts[action.kind.value] += 1
     counts["forget"] = len(forgets)
-    return Plan(tuple(actions), tuple(updates), tuple(forgets), held, hold_reason, dict(counts), fleet)
+    return Plan(tuple(actions), tuple(updates), tuple(forgets), held, hold_reason, dict(counts), fleet, withheld)
 
 
 def plan_decided(

@@ -133,6 +133,7 @@ class TickReport:
     hold_reason: str | None = None
     held_removals: int = 0
     held_updates: dict[str, Any] | None = None  # cdnreq/reconcile/guardrun.py held_view
+    removals_fingerprint: str | None = None  # of the held removals, for `cdnreq approve --fingerprint`
     error: str | None = None
     shortages: dict[str, int] = field(default_factory=dict)  # failures for lack of local resources
 
@@ -146,6 +147,7 @@ class TickReport:
             "master_calls": self.master_calls,
             "hold_reason": self.hold_reason,
             "held_removals": self.held_removals or None,
+            "removals_fingerprint": self.removals_fingerprint,
             "held_updates": self.held_updates,
             "error": self.error,
             "shortages": self.shortages,
@@ -319,6 +321,7 @@ class Reconciler:
                 quiet=self.quiet,
                 later=run.later,
                 recent=guard.recent,
+                approved_removals=guard.approved_removals,
             )
             the_plan = guard.sift(the_plan)
             report.hold_reason = the_plan.hold_reason
@@ -331,6 +334,7 @@ class Reconciler:
             run.first.merge(self.domains.leave(leaving, now, report.id))
         self._stage("planned", (the_plan, run.first))
         await guard.save(the_plan, report.id)  # before any call: a crash errs on holding
+        report.removals_fingerprint = guard.removals_fingerprint
         report.held_updates = guard.view()
         await self._reserve(the_plan, run.first, now, report.id)
         committer = Committer(

@@ -1,0 +1,114 @@
+"""`cdnreq approve`, `retry`, `release`, `forget`: operator actions.
+
+With a daemon answering on [daemon].listen, the action is sent to it
+(`POST /actions/NAME`, always with the token) and applied between two of
+its ticks. With none, the command takes the store's lock and applies it
+itself; a `cdnreq once` running meanwhile makes it exit 3.
+
+Exit codes: 0 done, 1 refused (the reason is printed), 2 the daemon refused
+the token (401) or has none configured (403), 3 the store is locked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+from typing import Any, Callable
+
+from cdnreq.client import NotRunning, post
+from cdnreq.config import Config
+from cdnreq.configfile import ConfigError
+from cdnreq.daemon import EXIT_CONFIG, EXIT_DATABASE, EXIT_OK, EXIT_TICK_FAILED, master_client, open_store, read_token
+from cdnreq.operator import Result, apply, guard_policy_of
+from cdnreq.reconcile.operator import APPROVE, FORGET, RELEASE, RETRY, OperatorAction, who
+
+EXIT_REFUSED = EXIT_TICK_FAILED
+EXIT_AUTH = EXIT_CONFIG
+
+
+def register(command: Callable[[str, Any, str], argparse.ArgumentParser]) -> None:
+    """Add the four commands to cdnreq's parser (`command` is cli's helper)."""
+    approve = command(APPROVE, _run, "apply the removals and updates held by the guards once, at the next tick")
+    approve.add_argument(
+        "--fingerprint", action="append", default=[],
+        help="approve only this held set (from `cdnreq status`); may be repeated. Without it, every held set",
+    )  # fmt: skip
+    retry = command(RETRY, _run, "skip an instance's backoff: its failed call is tried again at the next tick")
+    retry.add_argument("guid", metavar="INSTANCE_GUID")
+    release = command(RELEASE, _run, "free a host proven by an instance, or hand it to another one (--to)")
+    release.add_argument("host", metavar="HOST")
+    release.add_argument("--to", metavar="INSTANCE_GUID", help="the instance that takes the host over")
+    forget = command(
+        FORGET, _run,
+        "drop the record of an instance gone from the master, once its technical entry is read back destroyed",
+    )  # fmt: skip
+    forget.add_argument("guid", metavar="INSTANCE_GUID")
+
+
+def _action(args: argparse.Namespace) -> OperatorAction:
+    return OperatorAction(
+        name=args.command,
+        guid=getattr(args, "guid", None),
+        host=getattr(args, "host", None),
+        to=getattr(args, "to", None),
+        fingerprints=tuple(getattr(args, "fingerprint", None) or ()),
+        by=who(_user(), os.getuid()),
+    )
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _run(args: argparse.Namespace, config: Config) -> int:
+    action = _action(args)
+    try:
+        token = read_token(config)
+    except ConfigError:
+        token = None  # not readable by this user: the daemon will say 401/403
+    query = action.query() + [("user", _user()), ("uid", str(os.getuid()))]
+    try:
+        code, body = asyncio.run(post(config, f"/actions/{action.name}", token, query))
+    except NotRunning:
+        return _local(config, action)
+    message = str((body or {}).get("message") or (body or {}).get("error") or body)
+    if code in (401, 403):
+        hint = "" if token else " (the token file could not be read)"
+        print(f"cdnreq: the daemon refused the action ({code}): {message}{hint}", file=sys.stderr)
+        return EXIT_AUTH
+    if code == 200:
+        sys.stdout.write(message if message.endswith("\n") else message + "\n")
+        return EXIT_OK
+    print(f"cdnreq: {action.name} refused: {message.rstrip()}", file=sys.stderr)
+    return EXIT_REFUSED
+
+
+def _local(config: Config, action: OperatorAction) -> int:
+    """No daemon: hold the store's lock (StoreLocked is exit 3, in cli.main)."""
+    if not config.daemon.database.exists():
+        print(f"cdnreq: no database at {config.daemon.database}: cdnreq has not run yet", file=sys.stderr)
+        return EXIT_DATABASE
+    result = asyncio.run(_apply_locked(config, action))
+    if not result.ok:
+        print(f"cdnreq: {action.name} refused: {result.message}", file=sys.stderr)
+        return EXIT_REFUSED
+    sys.stdout.write(result.message)
+    return EXIT_OK
+
+
+async def _apply_locked(config: Config, action: OperatorAction) -> Result:
+    store = await open_store(config, lock=True)
+    try:
+        if action.name != FORGET:
+            return await apply(store, None, action, policy=guard_policy_of(config))
+        async with master_client(config) as master:
+            return await apply(store, master, action, policy=guard_policy_of(config))
+    finally:
+        await store.close()
+
