@@ -31,6 +31,7 @@ from cdnreq.daemon import (
 from cdnreq.explain import explain, iso
 from cdnreq.dns.challenge import SecretError
 from cdnreq.model import Record
+from cdnreq.preflight import check
 from cdnreq.reconcile.guardrun import approve, guard_policy_of
 from cdnreq.store import StoreError, restore, take_backup
 from cdnreq.store.backup import lost_store_evidence, restore_secret
@@ -48,7 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as error:
         print(f"cdnreq: {error}", file=sys.stderr)
         return EXIT_DATABASE
-    except (SecretError, ConfigError) as error:
+    except ConfigError as error:  # from preflight.check: the same words as check-config
+        print(f"cdnreq: configuration refused:\n{error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except SecretError as error:
         print(f"cdnreq: {error}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
@@ -187,6 +191,8 @@ async def _approve_held(config: Config, fingerprint: str | None) -> dict[str, An
 
 
 def _check_config(args: argparse.Namespace, config: Config) -> int:
+    """Refuses (exit 2) whatever `run` would refuse: preflight.check is the one home of both."""
+    check(config, args.config)
     sys.stdout.write(effective_toml(config))
     return EXIT_OK
 
