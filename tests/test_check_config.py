@@ -352,3 +352,17 @@ async def _until(condition: Callable[[], bool], process, log: Path, deadline_s: 
         if time.monotonic() > deadline:
             pytest.fail(f"timed out:\n{log.read_text()[-3000:]}")
         await asyncio.sleep(0.05)
+
+
+def test_the_unit_runs_check_config_before_run_on_the_same_file() -> None:
+    """ExecStartPre refuses to start what run would refuse (as the service user, no '-' prefix)."""
+    lines = (REPO / "systemd" / "cdnreq.service").read_text().splitlines()
+    values = {}
+    for line in lines:
+        key, sep, value = line.partition("=")
+        if sep and key in ("ExecStartPre", "ExecStart"):
+            values[key] = value.split()
+    pre, start = values["ExecStartPre"], values["ExecStart"]
+    assert pre[0][0] not in "-+!:@", "a failed check must stop the start, as the service user"
+    assert pre[1] == "check-config" and start[1] == "run" and pre[0] == start[0]
+    assert pre[pre.index("--config") + 1] == start[start.index("--config") + 1]
