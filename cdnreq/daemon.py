@@ -207,7 +207,9 @@ class Daemon:
         ]
         if restart:
             log.warning("these changes apply after a restart", keys=restart)
-        if (config.master, config.daemon.concurrency) != (self.config.master, self.config.daemon.concurrency):
+        # TLS files are read again at each reload: a renewed certificate at the same path is taken
+        renewed = config.master.cert_file is not None or config.master.ca_file is not None
+        if renewed or (config.master, config.daemon.concurrency) != (self.config.master, self.config.daemon.concurrency):
             self._new_master = True
             self.ssl_context = ssl_context
         if config.dns != self.config.dns:

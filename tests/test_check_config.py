@@ -52,6 +52,7 @@ class Site:
     cert_file: Path
     key_file: Path
     other_key: Path  # the key of another certificate from the same CA
+    ca: trustme.CA
     calls: list[tuple[str, dict | None]] = field(default_factory=list)
 
     def config(self, **sections: dict[str, Any]) -> Path:
@@ -131,7 +132,7 @@ async def site(home: Path) -> Site:
     await server.start_server(ssl=server_context)
     try:
         yield Site(home, str(server.make_url("/")), home / "ca.crt", home / "partition.crt",
-                   home / "partition.key", home / "other.key", calls)
+                   home / "partition.key", home / "other.key", ca, calls)
     finally:
         await server.close()
 
@@ -337,11 +338,23 @@ async def test_a_reload_that_run_would_refuse_is_refused(site: Site) -> None:
         problem = expected.removeprefix(HEADER).strip()
         assert problem.replace("\\", "\\\\").replace('"', '\\"') in text, (problem, text[-3000:])
         assert all(peer is not None for _, peer in site.calls)
+
+        # the certificate renewed in place (same paths): a reload takes it
+        renewed = site.ca.issue_cert("renewed.example.org")
+        renewed.cert_chain_pems[0].write_to_path(str(site.cert_file))
+        renewed.private_key_pem.write_to_path(str(site.key_file))
+        site.config()
+        process.send_signal(signal.SIGHUP)
+        await _until(lambda: any(_san(peer) == "renewed.example.org" for _, peer in site.calls), process, log)
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
             await asyncio.wait_for(process.wait(), 60)
     assert process.returncode == 0, log.read_text()[-3000:]
+
+
+def _san(peer: dict | None) -> str | None:
+    return dict((peer or {}).get("subjectAltName", ())).get("DNS")
 
 
 async def _until(condition: Callable[[], bool], process, log: Path, deadline_s: float = 30) -> None:
