@@ -123,7 +123,7 @@ class MasterClient:
         await self.close()
 
     def _ssl(self) -> ssl.SSLContext | None:
-        if not self.url.startswith("https:"):
+        if not self.url.lower().startswith("https:"):
             return None
         if self.ssl_context is not None:
             return self.ssl_context

@@ -379,3 +379,35 @@ def test_the_unit_runs_check_config_before_run_on_the_same_file() -> None:
     assert pre[0][0] not in "-+!:@", "a failed check must stop the start, as the service user"
     assert pre[1] == "check-config" and start[1] == "run" and pre[0] == start[0]
     assert pre[pre.index("--config") + 1] == start[start.index("--config") + 1]
+
+
+# -- the TLS checks, in process --------------------------------------------------------------------
+
+
+def test_tls_files_in_the_forms_operators_have(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from cdnreq.config import MasterConfig
+    from cdnreq.mastertls import client_context, tls_problems
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("slappart0.example.org")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "c.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "k.pem"))
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "both.pem"))
+    key = serialization.load_pem_private_key(cert.private_key_pem.bytes(), None)
+    (tmp_path / "enc.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"pw")))
+
+    def master(**files: Path) -> MasterConfig:
+        return MasterConfig(url="https://master.example/", instance_guid="g", **{k: str(v) for k, v in files.items()})
+
+    combined = master(cert_file=tmp_path / "both.pem", key_file=tmp_path / "k.pem")  # key and chain in one file
+    assert tls_problems(combined) == [] and client_context(combined) is not None
+    assert tls_problems(master(cert_file=tmp_path / "c.pem", key_file=tmp_path / "enc.pem")) == [
+        f"[master].key_file: {tmp_path / 'enc.pem'} is encrypted; cdnreq needs an unencrypted key"]
+    assert tls_problems(master(cert_file=tmp_path, key_file=tmp_path / "k.pem")) == [
+        f"[master].cert_file: {tmp_path} is a directory, not a file"]
+    assert "no PEM certificate" in tls_problems(master(ca_file=tmp_path / "k.pem"))[0]
+    upper = MasterConfig(url="HTTPS://master.example/", instance_guid="g", ca_file=str(tmp_path / "c.pem"))
+    assert tls_problems(upper) == [] and client_context(upper) is not None
