@@ -1,4 +1,4 @@
-"""`cdnreq` on the command line: run, once, check-config, status, explain, backup, restore,
+"""`cdnreq` on the command line: run, once, check-config, status, explain, plan, backup, restore,
 and the operator actions approve, retry, release, forget (cdnreq/commands/actions.py).
 
 Exit codes: 0 success, 1 the tick failed, 2 the configuration was refused,
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,7 +21,7 @@ from cdnreq import __version__, logs, render
 from cdnreq.client import NotRunning, fetch, instance_path
 from cdnreq.commands import actions
 from cdnreq.config import Config
-from cdnreq.configfile import ConfigError, effective_toml, load_config
+from cdnreq.configfile import CONFIG_ENV, DEFAULT_CONFIG, ConfigError, config_path, effective_toml, load_config
 from cdnreq.daemon import (
     EXIT_CONFIG,
     EXIT_DATABASE,
@@ -33,23 +35,30 @@ from cdnreq.daemon import (
 from cdnreq.explain import explain, iso
 from cdnreq.dns.challenge import SecretError
 from cdnreq.model import Record
+from cdnreq.preflight import check
 from cdnreq.store import StoreError, restore, take_backup
 from cdnreq.store.backup import lost_store_evidence, restore_secret
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.config, origin = config_path(args.config, os.environ)
     try:
         config = load_config(args.config)
     except ConfigError as error:
         print(f"cdnreq: configuration refused:\n{error}", file=sys.stderr)
+        if origin is not None:
+            print(f"cdnreq: no --config given; {args.config} is {origin}", file=sys.stderr)
         return EXIT_CONFIG
     try:
         return args.handler(args, config)
     except StoreError as error:
         print(f"cdnreq: {error}", file=sys.stderr)
         return EXIT_DATABASE
-    except (SecretError, ConfigError) as error:
+    except ConfigError as error:  # from preflight.check: the same words as check-config
+        print(f"cdnreq: configuration refused:\n{error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except SecretError as error:
         print(f"cdnreq: {error}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
@@ -61,11 +70,15 @@ def _parser() -> argparse.ArgumentParser:
         prog="cdnreq",
         description="Keep a SlapOS technical CDN in step with the shared instances customers order.",
     )
+    parser.add_argument("--version", action="version", version=f"cdnreq {installed_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Any, help: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
-        sub.add_argument("--config", "-c", required=True, type=Path, help="TOML configuration file")
+        sub.add_argument(
+            "--config", "-c", type=Path, default=None,
+            help=f"TOML configuration file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG})",
+        )
         sub.set_defaults(handler=handler)
         return sub
 
@@ -99,6 +112,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     restore_.add_argument("backup_file", metavar="FILE", type=Path, help="a backup, e.g. from [store].backup_dir")
     return parser
+
+
+def installed_version() -> str:
+    """The installed distribution's version (the package's own when not installed)."""
+    try:
+        return importlib.metadata.version("cdnreq")
+    except importlib.metadata.PackageNotFoundError:
+        return __version__
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:
@@ -171,6 +192,8 @@ def _restore(args: argparse.Namespace, config: Config) -> int:
 
 
 def _check_config(args: argparse.Namespace, config: Config) -> int:
+    """Refuses (exit 2) whatever `run` would refuse: preflight.check is the one home of both."""
+    check(config, args.config)
     sys.stdout.write(effective_toml(config))
     return EXIT_OK
 

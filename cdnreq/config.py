@@ -85,31 +85,43 @@ class MasterConfig(BaseModel):
     model_config = _MODEL_CONFIG
 
     url: str = Field(
-        description="http or https base URL of the master's JSON API",
+        description="http or https base URL of the master's JSON API (https when cert_file or"
+        " ca_file is set)",
+        examples=["https://slap.example.org/api/"],
         json_schema_extra={"pattern": "^[Hh][Tt][Tt][Pp][Ss]?://[^/?#]+"},
     )
     instance_guid: str = Field(
         min_length=1,
         description="the requester instance hosting the customers' shared instances",
+        examples=["SOFTINST-100"],
     )
     computer_id: str | None = Field(
-        default=None, min_length=1, description="with partition_id, sends the slapproxy header"
+        default=None, min_length=1, description="with partition_id, sends the slapproxy header",
+        examples=["COMP-1"],
     )
     partition_id: str | None = Field(
-        default=None, min_length=1, description="with computer_id, sends the slapproxy header"
+        default=None, min_length=1, description="with computer_id, sends the slapproxy header",
+        examples=["slappart0"],
     )
     cert_file: Path | None = Field(
-        default=None, strict=False, description="TLS client certificate (needs key_file)"
+        default=None, strict=False,
+        description="TLS client certificate, PEM (needs key_file and an https url)",
+        examples=["/etc/cdnreq/partition.crt"],
     )
     key_file: Path | None = Field(
-        default=None, strict=False, description="TLS client key (needs cert_file)"
+        default=None, strict=False,
+        description="TLS client key, unencrypted PEM, matching cert_file",
+        examples=["/etc/cdnreq/partition.key"],
     )
     ca_file: Path | None = Field(
         default=None,
         strict=False,
-        description="CA bundle to verify the master (default: system CAs)",
+        description="CA bundle (PEM) to verify the master (default: system CAs)",
+        examples=["/etc/cdnreq/master-ca.crt"],
     )
-    timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False, description="per call")
+    timeout_s: float = Field(
+        default=30.0, gt=0, allow_inf_nan=False, description="seconds one call to the master may take"
+    )
     max_listing_bytes: int = Field(
         default=1 << 30,
         ge=1024,
@@ -161,14 +173,21 @@ class TechnicalCdnConfig(BaseModel):
 
     model_config = _MODEL_CONFIG
 
-    software_release_uri: str = Field(min_length=1)
-    software_type: str = Field(default="default", min_length=1)
+    software_release_uri: str = Field(
+        min_length=1,
+        description="the software release of the technical CDN (rapid-cdn) entries are requested on",
+        examples=["https://lab.example.org/software/rapid-cdn/software.cfg"],
+    )
+    software_type: str = Field(
+        default="default", min_length=1, description="software type of the technical entries"
+    )
     request_prefix: str = Field(
         default="cdnreq-",
         description="titles are request_prefix + customer instance_guid",
     )
     sla: dict[str, str] = Field(
-        default_factory=dict, description="table of strings; sent as sla_parameters"
+        default_factory=dict, description="table of strings; sent as sla_parameters",
+        examples=[{"computer_guid": "COMP-1"}],
     )
 
 
@@ -178,11 +197,19 @@ class TcpListen(NamedTuple):
 
 
 class DaemonConfig(BaseModel):
+    """The daemon: its schedule, its store, its HTTP endpoint and its guards."""
+
     model_config = _MODEL_CONFIG
 
-    tick_interval_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
-    concurrency: int = Field(default=8, ge=1, le=1024, description="calls in flight")
-    database: Path = Field(default=Path("/var/lib/cdnreq/cdnreq.db"), strict=False)
+    tick_interval_s: float = Field(
+        default=60.0, gt=0, allow_inf_nan=False,
+        description="seconds from the start of one tick to the start of the next",
+    )
+    concurrency: int = Field(default=8, ge=1, le=1024, description="calls to the master in flight")
+    database: Path = Field(
+        default=Path("/var/lib/cdnreq/cdnreq.db"), strict=False,
+        description="the SQLite store; its directory must be writable",
+    )
     listen: str = Field(
         default="127.0.0.1:9780",
         description="host:port, [v6]:port, or an absolute unix socket path",
@@ -220,7 +247,10 @@ class DaemonConfig(BaseModel):
     retry_max_s: float = Field(
         default=3600.0, gt=0, allow_inf_nan=False, description="backoff cap, >= retry_base_s"
     )
-    shutdown_timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    shutdown_timeout_s: float = Field(
+        default=30.0, gt=0, allow_inf_nan=False,
+        description="at SIGTERM, how long the calls in flight may finish before they are cancelled",
+    )
     verify_interval_s: float = Field(
         default=86400.0,
         ge=0,
@@ -233,6 +263,7 @@ class DaemonConfig(BaseModel):
         strict=False,
         description="bearer token the HTTP endpoint requires (but for /healthz); needed when"
         " listen is not loopback",
+        examples=["/etc/cdnreq/token"],
     )
     http_header_timeout_s: float = Field(
         default=10.0, gt=0, le=3600, allow_inf_nan=False,
@@ -305,6 +336,8 @@ def _parse_listen(value: str) -> TcpListen | Path:
 
 
 class LoggingConfig(BaseModel):
+    """Log lines on stderr."""
+
     model_config = _MODEL_CONFIG
 
     format: Literal["auto", "json", "console"] = Field(
@@ -328,22 +361,35 @@ class DomainConfig(BaseModel):
     secret_file: Path | None = Field(
         default=None,
         strict=False,
-        description="HMAC secret for challenge tokens; default: domain-secret beside the"
-        " database, created (mode 0600) when missing",
+        description="HMAC secret for challenge tokens (16+ bytes, mode 0600); default:"
+        " domain-secret beside the database, created (mode 0600) when missing",
+        examples=["/var/lib/cdnreq/domain-secret"],
     )
     challenge_label: str = Field(
         default="_slapos-challenge",
         pattern=r"^_?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
         description="the TXT record is <challenge_label>.<host>",
     )
-    recheck_interval_s: float = Field(default=86400.0, gt=0, allow_inf_nan=False)
+    recheck_interval_s: float = Field(
+        default=86400.0, gt=0, allow_inf_nan=False,
+        description="how often a proven host is checked again (challenge or cdn_targets)",
+    )
     cdn_targets: list[str] = Field(
         default_factory=list,
         description="CNAME targets and addresses of the CDN; when set, a re-check passes"
         " if the host points at one of them",
+        examples=[["cdn.example.net", "192.0.2.10"]],
     )
-    grace_s: float = Field(default=7 * 86400.0, ge=0, allow_inf_nan=False)
-    release_on_recheck_failure: bool = False
+    grace_s: float = Field(
+        default=7 * 86400.0, ge=0, allow_inf_nan=False,
+        description="how long a re-check may fail before the host can be released (see"
+        " release_on_recheck_failure)",
+    )
+    release_on_recheck_failure: bool = Field(
+        default=False,
+        description="release a host whose re-checks failed for grace_s (its entry goes back to"
+        " pending); default: keep it and warn the customer",
+    )
     retention_s: float = Field(
         default=90 * 86400.0,
         ge=0,
@@ -362,10 +408,11 @@ class DnsConfig(BaseModel):
     nameservers: list[str] = Field(
         default_factory=list,
         description="ip or ip:port ([v6]:port); empty: the system resolver",
+        examples=[["192.0.2.53", "[2001:db8::53]:53"]],
     )
     concurrency: int = Field(default=256, ge=1, le=4096, description="lookups in flight")
     timeout_s: float = Field(default=2.0, gt=0, allow_inf_nan=False, description="per try")
-    tries: int = Field(default=2, ge=1, le=10)
+    tries: int = Field(default=2, ge=1, le=10, description="tries per lookup")
 
     @field_validator("nameservers")
     @classmethod
@@ -387,6 +434,7 @@ class StoreConfig(BaseModel):
         default=None,
         strict=False,
         description="where online backups of the database go; default: backups/ beside the database",
+        examples=["/var/backups/cdnreq"],
     )
     backup_interval_s: float = Field(
         default=6 * 3600.0, ge=0, allow_inf_nan=False, description="0 disables scheduled backups"
@@ -446,14 +494,14 @@ class Config(BaseModel):
 
     model_config = _MODEL_CONFIG
 
-    master: MasterConfig
-    technical_cdn: TechnicalCdnConfig
-    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
-    domain: DomainConfig = Field(default_factory=DomainConfig)
-    dns: DnsConfig = Field(default_factory=DnsConfig)
-    store: StoreConfig = Field(default_factory=StoreConfig)
-    validation: ValidationConfig = Field(default_factory=ValidationConfig)
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    master: MasterConfig = Field(description=MasterConfig.__doc__)
+    technical_cdn: TechnicalCdnConfig = Field(description=TechnicalCdnConfig.__doc__)
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig, description=DaemonConfig.__doc__)
+    domain: DomainConfig = Field(default_factory=DomainConfig, description=DomainConfig.__doc__)
+    dns: DnsConfig = Field(default_factory=DnsConfig, description=DnsConfig.__doc__)
+    store: StoreConfig = Field(default_factory=StoreConfig, description=StoreConfig.__doc__)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig, description=ValidationConfig.__doc__)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description=LoggingConfig.__doc__)
 
     def secret_path(self) -> Path:
         return self.domain.secret_file or self.daemon.database.parent / "domain-secret"
@@ -468,15 +516,28 @@ def config_json_schema() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cdnreq import configdoc  # it imports this module
+
     parser = argparse.ArgumentParser(prog="python -m cdnreq.config")
-    parser.add_argument(
-        "--schema", action="store_true", help="print the JSON Schema of the configuration"
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--schema", action="store_true", help="print the JSON Schema of the configuration")
+    what.add_argument("--example", action="store_true", help="print the example configuration, every key commented")
+    what.add_argument("--markdown", action="store_true", help="print the configuration reference (Markdown)")
+    what.add_argument(
+        "--write", action="store_true",
+        help="write the three into the repository (schemas/, examples/, docs/)",
     )
     args = parser.parse_args(argv)
-    if not args.schema:
-        parser.print_usage(sys.stderr)
-        return 2
-    sys.stdout.write(json.dumps(config_json_schema(), indent=2, sort_keys=True) + "\n")
+    if args.write:
+        for path in configdoc.write(Path(__file__).resolve().parent.parent):
+            print(path)
+        return 0
+    if args.example:
+        sys.stdout.write(configdoc.example_toml())
+    elif args.markdown:
+        sys.stdout.write(configdoc.markdown())
+    else:
+        sys.stdout.write(configdoc.schema_json())
     return 0
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import tomllib
+from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
@@ -23,6 +24,20 @@ from cdnreq.config import Config
 
 _SECRET_NAME = re.compile(r"token|secret|password", re.IGNORECASE)
 _MASK = "***"
+
+
+DEFAULT_CONFIG = Path("/etc/cdnreq/cdnreq.toml")
+CONFIG_ENV = "CDNREQ_CONFIG"
+
+
+def config_path(given: Path | None, environ: Mapping[str, str]) -> tuple[Path, str | None]:
+    """The file to read: `given`, else $CDNREQ_CONFIG, else /etc/cdnreq/cdnreq.toml;
+    and, when it was not given, where its name came from (for the error)."""
+    if given is not None:
+        return given, None
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV]), f"${CONFIG_ENV}"
+    return DEFAULT_CONFIG, f"the default (${CONFIG_ENV} is not set)"
 
 
 class ConfigError(Exception):

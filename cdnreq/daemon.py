@@ -13,6 +13,7 @@ import asyncio
 import os
 import random
 import signal
+import ssl
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,10 +26,11 @@ from cdnreq.config import Config
 from cdnreq.configfile import ConfigError, load_config
 from cdnreq.explain import explain, iso
 from cdnreq.fdlimit import fit_config, limits_of, raise_fd_limit
-from cdnreq.http import make_app, needs_token, serve, bound_address
+from cdnreq.http import make_app, serve, bound_address
 from cdnreq.master import MasterClient, TlsFiles
 from cdnreq.metrics import Metrics
 from cdnreq.notify import Notifier, watchdog_interval_s, watchdog_loop
+from cdnreq.preflight import check, read_token
 from cdnreq.progress import Progress
 from cdnreq.reconcile.execute import Outcome
 from cdnreq.reconcile.guardrun import guard_policy_of, held_reason, held_removals
@@ -48,12 +50,17 @@ EXIT_DATABASE = 3
 STATUS_COUNT_S = 1.0
 
 
-def master_client(config: Config, metrics: Metrics | None = None) -> MasterClient:
+def master_client(
+    config: Config, metrics: Metrics | None = None, ssl_context: ssl.SSLContext | None = None
+) -> MasterClient:
+    """The client for [master]; `ssl_context` is the one preflight.check built
+    at start-up (without it, the TLS files are loaded at the first call)."""
     master = config.master
     return MasterClient(
         url=str(master.url),
         timeout_s=master.timeout_s,
         partition_header=master.partition_header(),
+        ssl_context=ssl_context,
         tls=TlsFiles(
             cert_file=_path(master.cert_file),
             key_file=_path(master.key_file),
@@ -68,20 +75,6 @@ def master_client(config: Config, metrics: Metrics | None = None) -> MasterClien
 
 def _path(value: object) -> str | None:
     return None if value is None else str(value)
-
-
-def read_token(config: Config) -> str | None:
-    """The bearer token of the HTTP endpoint, when one is configured."""
-    path = config.daemon.token_file
-    if path is None:
-        return None
-    try:
-        token = path.read_text().strip()
-    except OSError as error:
-        raise ConfigError(str(path), [f"[daemon].token_file: cannot read {path}: {error.strerror}"]) from None
-    if len(token) < 16:
-        raise ConfigError(str(path), [f"[daemon].token_file: the token in {path} is shorter than 16 characters"])
-    return token
 
 
 async def open_store(config: Config, *, lock: bool = True) -> Store:
@@ -131,10 +124,11 @@ async def open_checked(config: Config, *, fresh: bool = False, config_path: Path
 
 
 async def run_once(config: Config, *, fresh: bool = False, config_path: Path | None = None) -> TickReport:
+    context = check(config, config_path or "(configuration)")
     config = fit_config(config, raise_fd_limit())
     store = await open_checked(config, fresh=fresh, config_path=config_path)
     try:
-        async with master_client(config) as master:
+        async with master_client(config, ssl_context=context) as master:
             reconciler = Reconciler(config=config, store=store, master=master)
             try:
                 await reconciler.load()
@@ -162,6 +156,7 @@ class Daemon:
         self.progress = Progress()
         self.notifier = Notifier()
         self.reconciler: Reconciler | None = None
+        self.ssl_context: ssl.SSLContext | None = None  # the master's, built by preflight.check
         self.store: Store | None = None
         self.last_report: TickReport | None = None
         self.last_success_at: float | None = None
@@ -196,7 +191,7 @@ class Daemon:
     def reload(self) -> None:
         try:
             config = load_config(self.config_path)
-            read_token(config)
+            ssl_context = check(config, self.config_path)  # what run would refuse, a reload refuses
         except ConfigError as error:
             log.error("configuration refused, keeping the running one", error=str(error))
             return
@@ -214,8 +209,11 @@ class Daemon:
         ]
         if restart:
             log.warning("these changes apply after a restart", keys=restart)
-        if (config.master, config.daemon.concurrency) != (self.config.master, self.config.daemon.concurrency):
+        # TLS files are read again at each reload: a renewed certificate at the same path is taken
+        renewed = config.master.cert_file is not None or config.master.ca_file is not None
+        if renewed or (config.master, config.daemon.concurrency) != (self.config.master, self.config.daemon.concurrency):
             self._new_master = True
+            self.ssl_context = ssl_context
         if config.dns != self.config.dns:
             self._new_resolver = True
         new_logging = config.logging != self.config.logging
@@ -308,15 +306,11 @@ class Daemon:
     # -- the loop -------------------------------------------------------------
 
     async def run(self) -> int:
+        self.ssl_context = check(self.config, self.config_path)  # ConfigError: exit 2, nothing started
         token = read_token(self.config)
         listen = self.config.daemon.listen_endpoint()
-        if needs_token(listen) and token is None:
-            raise ConfigError(
-                str(self.config_path),
-                [f"[daemon].listen: {self.config.daemon.listen} is not loopback; set [daemon].token_file"],
-            )
         self.store = store = await open_checked(self.config, fresh=self.fresh, config_path=self.config_path)
-        master = master_client(self.config, self.metrics)
+        master = master_client(self.config, self.metrics, self.ssl_context)
         self.reconciler = Reconciler(
             config=self.config,
             store=store,
@@ -502,7 +496,7 @@ class Daemon:
         if self._new_master:
             self._new_master = False
             await self.reconciler.master.close()
-            self.reconciler.master = master_client(self.config, self.metrics)
+            self.reconciler.master = master_client(self.config, self.metrics, self.ssl_context)
         if self._new_resolver:
             self._new_resolver = False
             await self.reconciler.resolver.close()

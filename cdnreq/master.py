@@ -107,6 +107,7 @@ class MasterClient:
     timeout_s: float = 30.0
     partition_header: str | None = None
     tls: TlsFiles = field(default_factory=TlsFiles)
+    ssl_context: ssl.SSLContext | None = None  # built at start-up (cdnreq.mastertls); wins over `tls`
     max_connections: int = 16
     max_listing_bytes: int = 1 << 30
     max_parameters_bytes: int | None = None  # an entry far larger is not read (see listing.read_listing)
@@ -122,8 +123,10 @@ class MasterClient:
         await self.close()
 
     def _ssl(self) -> ssl.SSLContext | None:
-        if not self.url.startswith("https:"):
+        if not self.url.lower().startswith("https:"):
             return None
+        if self.ssl_context is not None:
+            return self.ssl_context
         context = ssl.create_default_context(cafile=self.tls.ca_file)
         if self.tls.cert_file:
             context.load_cert_chain(self.tls.cert_file, self.tls.key_file)

@@ -442,6 +442,7 @@ async def test_cli_backup_restore_and_the_refusal_without_a_master(tmp_path: Pat
 
     await make_db(db, ["a", "b"])
     (tmp_path / "state" / "domain-secret").write_text("k" * 64 + "\n")
+    (tmp_path / "state" / "domain-secret").chmod(0o600)  # once/run refuse a secret others may read
     made = cdnreq("backup", "--config", config)
     assert made.returncode == 0, made.stderr
     path = Path(made.stdout.strip())

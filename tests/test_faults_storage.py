@@ -391,7 +391,7 @@ def test_daemon_survives_a_full_disk_and_recovers(tmp_path: Path, golden: Path, 
 
 
 @pytest.mark.parametrize("what", ["directory", "file"])
-def test_read_only_database_is_refused_with_exit_3_and_left_alone(
+def test_read_only_database_is_refused_and_left_alone(
     tmp_path: Path, golden: Path, double: DoubleProcess, what: str
 ) -> None:
     state = tmp_path / "state"
@@ -404,8 +404,14 @@ def test_read_only_database_is_refused_with_exit_3_and_left_alone(
     with read_only(state if what == "directory" else database) as how:
         once = cdnreq("once", config)
         run = cdnreq("run", config, timeout=60)
-    assert_clear_failure(once, 3, "read-only", "readonly", "permission denied")
-    assert_clear_failure(run, 3, "read-only", "readonly", "permission denied")
+    if what == "directory":
+        # issue 11: refused before anything starts, as check-config refuses it (exit 2, naming the key)
+        for result in (once, run):
+            text = assert_clear_failure(result, 2, "read-only", "not writable")
+            assert "[daemon].database:" in text and str(state) in text, text
+    else:  # the file itself: the store refuses it when it opens it (exit 3)
+        assert_clear_failure(once, 3, "read-only", "readonly", "permission denied")
+        assert_clear_failure(run, 3, "read-only", "readonly", "permission denied")
     print(f"\nread-only {what} ({how}): once -> {once.stderr.strip().splitlines()[-1]}")
     # nothing asked of the master, nothing written
     calls = double.control("counts", method="GET")["calls"]
