@@ -4,7 +4,9 @@ The next tick is scheduled when the previous one ends. SIGTERM/SIGINT stop
 the scheduling, let the calls in flight finish (up to
 `[daemon].shutdown_timeout_s`), commit, and exit 0; a second signal exits at
 once. SIGHUP re-reads the configuration; a bad file is refused and the
-running one is kept. The HTTP endpoint and systemd see the same state.
+running one is kept, and /status, `cdnreq status`, the metrics and systemd
+(RELOADING=1 ... READY=1, Type=notify-reload) all say so. The HTTP endpoint
+and systemd see the same state.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from cdnreq.master import MasterClient, TlsFiles
 from cdnreq.metrics import Metrics
 from cdnreq.notify import Notifier, watchdog_interval_s, watchdog_loop
 from cdnreq.progress import Progress
+from cdnreq.reloadstate import ConfigState, digest_of
 from cdnreq.reconcile.execute import Outcome
 from cdnreq.reconcile.guardrun import held_reason, held_removals
 from cdnreq.reconcile.tick import Reconciler, TickReport, resolver_of
@@ -160,6 +163,10 @@ class Daemon:
         )
         self.progress = Progress()
         self.notifier = Notifier()
+        self._announced = False  # READY=1 sent once: only then may a reload say RELOADING=1
+        digest, _ = file_digest(config_path)
+        self.config_state = ConfigState(str(config_path), digest, time.time())
+        self.metrics.config_loaded(True, self.config_state.loaded_at, digest, str(config_path))
         self.reconciler: Reconciler | None = None
         self.store: Store | None = None
         self.last_report: TickReport | None = None
@@ -192,12 +199,30 @@ class Daemon:
         self.stop.set()
 
     def reload(self) -> None:
+        """SIGHUP: RELOADING=1, re-read the file, then READY=1 with a STATUS=
+        saying which configuration runs or why the file was refused."""
+        if self._announced:
+            self.notifier.reloading()
         try:
-            config = load_config(self.config_path)
+            self._reload()
+        finally:
+            if self._announced:
+                self.notifier.send(READY=1, STATUS=self.config_state.status_line())
+
+    def _reload(self) -> None:
+        now = time.time()
+        try:
+            config, digest = load_with_digest(self.config_path)
             read_token(config)
         except ConfigError as error:
-            log.error("configuration refused, keeping the running one", error=str(error))
+            digest, _ = file_digest(self.config_path)
+            self.config_state = self.config_state.refusal(digest, str(error), now)
+            self.metrics.config_loaded(False, now)
+            log.error("configuration refused, keeping the running one", error=str(error),
+                      running_digest=self.config_state.digest, refused_digest=digest)
             return
+        self.config_state = self.config_state.reloaded(digest, now)
+        self.metrics.config_loaded(True, now, digest, str(self.config_path))
         config = fit_config(config, self.fd_limit)
         restart = [
             key
@@ -218,7 +243,7 @@ class Daemon:
             self._new_resolver = True
         new_logging = config.logging != self.config.logging
         self.config = config
-        log.info("configuration reloaded; applies from the next tick", path=str(self.config_path))
+        log.info("configuration reloaded; applies from the next tick", path=str(self.config_path), digest=digest)
         if new_logging:
             logs.configure(config.logging.format, config.logging.level)
 
@@ -271,6 +296,7 @@ class Daemon:
             "held_removals": held_removals(self.last_report),
             "tick_interval_s": self.config.daemon.tick_interval_s,
             "progress": self.progress.snapshot(time.time()),
+            "config": self.config_state.view(*file_digest(self.config_path)),
         }
 
     async def instance(self, guid: str) -> dict[str, Any] | None:
@@ -359,6 +385,7 @@ class Daemon:
             tick = asyncio.create_task(self._tick())
             if first:
                 self.notifier.ready()  # the endpoint listens and the first tick has started
+                self._announced = True
                 self._watchdog = self._start_watchdog()
                 first = False
             report = await tick
@@ -471,7 +498,7 @@ class Daemon:
         if self.reconciler.domains is not None:
             claims = self.reconciler.domains.index.by_host.values()
             self.metrics.hosts(len(claims), sum(1 for c in claims if c.failing_since is not None))
-        self.notifier.status(_status_line(report))
+        self.notifier.status(_status_line(report) + self.config_state.suffix())
 
     async def _tick(self) -> TickReport | None:
         assert self.reconciler is not None
@@ -501,6 +528,26 @@ class Daemon:
             return task.result()
         finally:
             stopping.cancel()
+
+
+def file_digest(path: Path) -> tuple[str | None, str | None]:
+    """The digest of the configuration file now, or why it cannot be read."""
+    try:
+        return digest_of(Path(path).read_bytes()), None
+    except OSError as error:
+        return None, f"cannot read {path}: {error.strerror}"
+
+
+def load_with_digest(path: Path) -> tuple[Config, str | None]:
+    """The configuration and the digest of the very bytes it came from: read
+    again when the file changed while it was being loaded."""
+    for _ in range(3):
+        before, _ = file_digest(path)
+        config = load_config(path)
+        after, _ = file_digest(path)
+        if before == after:
+            break
+    return config, after
 
 
 def _status_line(report: TickReport) -> str:

@@ -408,7 +408,7 @@ def test_readyz_reports_failed_ticks_until_the_master_answers(cdn_site: CdnSite,
     failed = daemon.logged("tick failed")
     assert failed and all("master" in e["error"] for e in failed)
     shown = cdnreq("status", "--config", config)
-    assert shown.returncode == 0, shown.stderr
+    assert shown.returncode == 1, shown.stderr  # not ready
     assert "NOT READY" in shown.stdout and "tick(s) failed" in shown.stdout
 
     cdn_site.proxy.start()  # same port, same database
@@ -463,7 +463,7 @@ def test_a_tick_cancelled_at_shutdown_is_recorded(black_hole: str, tmp_path: Pat
     assert daemon.stop() == 0
     assert daemon.logged("calls still in flight after the shutdown timeout; cancelling")
     shown = cdnreq("status", "--config", config)
-    assert shown.returncode == 0 and "daemon: not running" in shown.stdout, shown
+    assert shown.returncode == 1 and "daemon: not running" in shown.stdout, shown
     last = next(line for line in shown.stdout.splitlines() if line.startswith("last tick"))
     assert "None" not in last, last
     with sqlite3.connect(daemon.database) as db:
@@ -543,7 +543,7 @@ def test_cli_status_and_explain_ask_the_daemon_then_the_database(cdn_site: CdnSi
         assert stored and all(stored[e["id"]] == e for e in running_answers[who]["events"] if e["id"] in stored)
         assert from_store["events"][0]["id"] >= running_answers[who]["events"][0]["id"]
     shown = cdnreq("status", "--config", config)
-    assert shown.returncode == 0, shown.stderr
+    assert shown.returncode == 1, shown.stderr  # no daemon answers
     assert "daemon: not running" in shown.stdout
     assert "last tick" in shown.stdout and "3 instances: 3 requested" in shown.stdout
     document = json.loads(cdnreq("status", "--config", config, "--json").stdout)
@@ -818,6 +818,6 @@ def test_non_loopback_listen_needs_a_token(tmp_path: Path, spawn):
     assert daemon.get("/metrics", token=token).status == 200
     assert daemon.get("/instances/x______1", token=token).status == 404
     shown = cdnreq("status", "--config", config)  # the CLI reads the token file
-    assert shown.returncode == 0, shown.stderr
+    assert shown.returncode == 1, shown.stderr  # no master: not ready
     assert f"(pid {daemon.pid}): NOT READY" in shown.stdout, shown.stdout
     assert daemon.stop() == 0
