@@ -320,7 +320,7 @@ async def _last_tick(config: Config) -> dict[str, Any]:
                               "readiness": {"reason": "no daemon is running"}, "progress": {}}
     if ticks:
         t = ticks[0]
-        summary = t["summary"] or {"error": "did not finish: the daemon stopped during this tick"}
+        summary = t["summary"] or {"interrupted": True, "error": "did not finish: the process ended during this tick"}
         status["progress"]["last"] = {
             "tick": t["id"], "ok": t["result"] == "ok", "finished_at": iso(t["finished_at"]) or "-",
             "duration_s": summary.get("duration_s", "-"), "summary": summary,

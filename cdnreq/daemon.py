@@ -24,7 +24,7 @@ import structlog
 
 from cdnreq import __version__, logs
 from cdnreq.config import Config
-from cdnreq.configfile import ConfigError, load_config
+from cdnreq.configfile import ConfigError
 from cdnreq.explain import explain, iso
 from cdnreq.fdlimit import fit_config, limits_of, raise_fd_limit
 from cdnreq.http import make_app, needs_token, serve, bound_address
@@ -32,7 +32,8 @@ from cdnreq.master import MasterClient, TlsFiles
 from cdnreq.metrics import Metrics
 from cdnreq.notify import Notifier, watchdog_interval_s, watchdog_loop
 from cdnreq.progress import Progress
-from cdnreq.reloadstate import ConfigState, digest_of
+from cdnreq.configdigest import file_digest, load_with_digest
+from cdnreq.reloadstate import ConfigState
 from cdnreq.reconcile.execute import Outcome
 from cdnreq.reconcile.guardrun import held_reason, held_removals
 from cdnreq.reconcile.tick import Reconciler, TickReport, resolver_of
@@ -126,10 +127,21 @@ async def open_checked(config: Config, *, fresh: bool = False, config_path: Path
                     "starting on an empty store (--fresh) although backups exist",
                     database=str(database), backup_dir=str(backups),
                 )
+        await _end_unfinished(store)
     except BaseException:
         await store.close()
         raise
     return store
+
+
+KILLED_MID_TICK = "interrupted: the process ended during this tick (killed or crashed); found at the next start"
+
+
+async def _end_unfinished(store: Store) -> None:
+    """A tick the last process began and never ended is recorded as
+    interrupted, not left open (nor mistaken for a success)."""
+    for tick in await store.end_unfinished_ticks(time.time(), KILLED_MID_TICK):
+        log.warning("tick interrupted", tick=tick, error=KILLED_MID_TICK)
 
 
 async def run_once(config: Config, *, fresh: bool = False, config_path: Path | None = None) -> TickReport:
@@ -530,31 +542,13 @@ class Daemon:
             stopping.cancel()
 
 
-def file_digest(path: Path) -> tuple[str | None, str | None]:
-    """The digest of the configuration file now, or why it cannot be read."""
-    try:
-        return digest_of(Path(path).read_bytes()), None
-    except OSError as error:
-        return None, f"cannot read {path}: {error.strerror}"
-
-
-def load_with_digest(path: Path) -> tuple[Config, str | None]:
-    """The configuration and the digest of the very bytes it came from: read
-    again when the file changed while it was being loaded."""
-    for _ in range(3):
-        before, _ = file_digest(path)
-        config = load_config(path)
-        after, _ = file_digest(path)
-        if before == after:
-            break
-    return config, after
-
-
 def _status_line(report: TickReport) -> str:
     """One line for `systemctl status`."""
     done = ", ".join(f"{n} {k}" for k, n in sorted(report.results.items())) or "nothing to do"
     if report.ok:
         return f"tick {report.id} ok in {report.duration_s:.2f} s: {done}"
+    if report.interrupted:
+        return f"tick {report.id} interrupted after {report.duration_s:.2f} s: {done}"
     return f"tick {report.id} FAILED after {report.duration_s:.2f} s: {report.error}"
 
 

@@ -466,10 +466,12 @@ def test_a_tick_cancelled_at_shutdown_is_recorded(black_hole: str, tmp_path: Pat
     assert shown.returncode == 1 and "daemon: not running" in shown.stdout, shown
     last = next(line for line in shown.stdout.splitlines() if line.startswith("last tick"))
     assert "None" not in last, last
+    assert "INTERRUPTED" in last, last
     with sqlite3.connect(daemon.database) as db:
         rows = db.execute("SELECT id, finished_at, result FROM ticks").fetchall()
     db.close()
-    assert all(finished is not None and result is not None for _, finished, result in rows), rows
+    assert all(finished is not None and result == "interrupted" for _, finished, result in rows), rows
+    assert daemon.logged("tick interrupted")
 
 
 def test_second_signal_exits_at_once(black_hole: str, tmp_path: Path, spawn):
@@ -668,18 +670,20 @@ def test_sigterm_mid_tick_commits_and_once_finishes_the_rest(cdn_site: CdnSite, 
     before = [e["title"] for e in cdn_site.technical_entries()]
     assert 5 <= len(before) < 60, f"{len(before)} entries: the tick was not interrupted, nothing was tested"
     assert daemon.logged("stopping: no new tick, finishing the calls in flight")
-    (summary,) = daemon.logged("tick done")  # the interrupted tick still ends cleanly
+    (summary,) = daemon.logged("tick interrupted")  # it still ends cleanly, and says it was cut short
     assert summary["results"].get("request:ok", 0) == len(before), summary
-    assert not daemon.logged("tick failed")
+    assert summary["level"] == "warning" and summary["error"].startswith("interrupted"), summary
+    assert not daemon.logged("tick failed") and not daemon.logged("tick done")
 
     with sqlite3.connect(daemon.database) as db:
         assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         unfinished = db.execute("SELECT id FROM ticks WHERE finished_at IS NULL").fetchall()
+        results = [r for (r,) in db.execute("SELECT result FROM ticks ORDER BY id")]
         committed = db.execute(
             "SELECT instance_guid FROM events WHERE action = 'request' AND outcome = 'ok'"
         ).fetchall()
     db.close()
-    assert unfinished == []
+    assert unfinished == [] and results == ["interrupted"], results
     # every request the master acknowledged was committed before the exit
     assert sorted(technical_title(PREFIX, g) for (g,) in committed) == sorted(before)
 
