@@ -3,6 +3,8 @@ and the operator actions approve, retry, release, forget (cdnreq/commands/action
 
 Exit codes: 0 success, 1 the tick failed, 2 the configuration was refused,
 3 the database cannot be used (locked, newer schema, not a database).
+`cdnreq status` has its own (see status_exit): 0 ready, 1 not ready or a
+reload refused or no daemon, 2 no daemon and no database.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Sequence
 from cdnreq import __version__, logs, render
 from cdnreq.client import NotRunning, fetch, instance_path
 from cdnreq.commands import actions
+from cdnreq.commands.status_refused import reachable
 from cdnreq.config import Config
 from cdnreq.configfile import CONFIG_ENV, DEFAULT_CONFIG, ConfigError, config_path, effective_toml, load_config
 from cdnreq.daemon import (
@@ -36,6 +39,7 @@ from cdnreq.explain import explain, iso
 from cdnreq.dns.challenge import SecretError
 from cdnreq.model import Record
 from cdnreq.preflight import check
+from cdnreq.reloadstate import describe as describe_config
 from cdnreq.store import StoreError, restore, take_backup
 from cdnreq.store.backup import lost_store_evidence, restore_secret
 
@@ -49,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cdnreq: configuration refused:\n{error}", file=sys.stderr)
         if origin is not None:
             print(f"cdnreq: no --config given; {args.config} is {origin}", file=sys.stderr)
+        if args.handler is _status:
+            return _status_of_refused_file(args)
         return EXIT_CONFIG
     try:
         return args.handler(args, config)
@@ -94,6 +100,10 @@ def _parser() -> argparse.ArgumentParser:
     status = command("status", _status, "the daemon's state, the running tick's progress, and the instances")
     status.add_argument("--json", action="store_true", help="one JSON document instead of text")
     status.add_argument("--all", action="store_true", help="list live instances too")
+    status.epilog = (
+        "exit status: 0 the daemon is ready; 1 it is not ready, or its last reload was refused,"
+        " or no daemon answers; 2 no daemon answers and there is no database"
+    )
     explain_ = command("explain", _explain, "why one instance is in its state")
     explain_.add_argument("instance_guid", metavar="INSTANCE_GUID")
     explain_.add_argument("--json", action="store_true", help="the JSON document instead of text")
@@ -198,30 +208,62 @@ def _check_config(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
+STATUS_NO_DAEMON_NO_DATABASE = 2
+
+
+def status_exit(status: dict[str, Any] | None) -> int:
+    """`cdnreq status`'s exit code, for scripts and monitoring: 0 the daemon
+    is ready on the configuration it was last given; 1 it is not ready, or
+    its last reload was refused (the file on disk is not what runs), or no
+    daemon answers (the database exists). No daemon and no database is 2."""
+    if status is None:
+        return EXIT_TICK_FAILED
+    refused = ((status.get("config") or {}).get("last_reload") or {}).get("ok") is False
+    return EXIT_OK if status.get("ready") and not refused else EXIT_TICK_FAILED
+
+
 def _status(args: argparse.Namespace, config: Config) -> int:
     token = _token(config)
     try:
         _, status = asyncio.run(fetch(config, "/status", token))
     except NotRunning as error:
         status, reason = None, str(error)
-    if not config.daemon.database.exists():
-        print(f"cdnreq: no database at {config.daemon.database}: cdnreq has not run yet", file=sys.stderr)
-        return EXIT_DATABASE
+    database = config.daemon.database.exists()
+    if status is None and not database:
+        print(f"cdnreq: no daemon answers and no database at {config.daemon.database}: "
+              "cdnreq has not run yet", file=sys.stderr)
+        return STATUS_NO_DAEMON_NO_DATABASE
     if status is not None and not args.json and sys.stdout.isatty():
         status = _follow(config, token, status)
-    records = asyncio.run(_load(config))
+    records = asyncio.run(_load(config)) if database else {}
     if args.json:
         rows = [render.record_row(r) for r in sorted(records.values(), key=lambda r: r.guid)]
         json.dump({"daemon": status, "instances": rows}, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
-        return EXIT_OK
+        return status_exit(status)
     if status is not None:
         sys.stdout.write(render.summary(status))
+        sys.stdout.writelines(line + "\n" for line in describe_config(status.get("config")))
     else:
         sys.stdout.write(f"daemon: not running ({reason}); from the database:\n")
         sys.stdout.write(render.summary(asyncio.run(_last_tick(config))))
     sys.stdout.write(render.table(records.values(), everything=args.all))
-    return EXIT_OK
+    return status_exit(status)
+
+
+def _status_of_refused_file(args: argparse.Namespace) -> int:
+    """The daemon may well run on an older configuration: show it, and exit
+    non-zero since this file would be refused at the next reload or start."""
+    reached = reachable(args.config)
+    if reached is None:
+        return EXIT_CONFIG
+    print("cdnreq: the file above is refused; what runs, reached through its [daemon] section:", file=sys.stderr)
+    try:
+        code = _status(args, reached)
+    except StoreError as error:
+        print(f"cdnreq: {error}", file=sys.stderr)
+        return EXIT_DATABASE
+    return EXIT_TICK_FAILED if code == EXIT_OK else code
 
 
 def _follow(config: Config, token: str | None, status: dict[str, Any]) -> dict[str, Any]:
@@ -285,7 +327,7 @@ async def _last_tick(config: Config) -> dict[str, Any]:
                               "readiness": {"reason": "no daemon is running"}, "progress": {}}
     if ticks:
         t = ticks[0]
-        summary = t["summary"] or {"error": "did not finish: the daemon stopped during this tick"}
+        summary = t["summary"] or {"interrupted": True, "error": "did not finish: the process ended during this tick"}
         status["progress"]["last"] = {
             "tick": t["id"], "ok": t["result"] == "ok", "finished_at": iso(t["finished_at"]) or "-",
             "duration_s": summary.get("duration_s", "-"), "summary": summary,

@@ -4,7 +4,9 @@ The next tick is scheduled when the previous one ends. SIGTERM/SIGINT stop
 the scheduling, let the calls in flight finish (up to
 `[daemon].shutdown_timeout_s`), commit, and exit 0; a second signal exits at
 once. SIGHUP re-reads the configuration; a bad file is refused and the
-running one is kept. The HTTP endpoint and systemd see the same state.
+running one is kept, and /status, `cdnreq status`, the metrics and systemd
+(RELOADING=1 ... READY=1, Type=notify-reload) all say so. The HTTP endpoint
+and systemd see the same state.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import structlog
 
 from cdnreq import __version__, logs, operator
 from cdnreq.config import Config
-from cdnreq.configfile import ConfigError, load_config
+from cdnreq.configfile import ConfigError
 from cdnreq.explain import explain, iso
 from cdnreq.fdlimit import fit_config, limits_of, raise_fd_limit
 from cdnreq.http import make_app, serve, bound_address
@@ -32,6 +34,8 @@ from cdnreq.metrics import Metrics
 from cdnreq.notify import Notifier, watchdog_interval_s, watchdog_loop
 from cdnreq.preflight import check, read_token
 from cdnreq.progress import Progress
+from cdnreq.configdigest import file_digest, load_with_digest
+from cdnreq.reloadstate import ConfigState
 from cdnreq.reconcile.execute import Outcome
 from cdnreq.reconcile.guardrun import guard_policy_of, held_reason, held_removals
 from cdnreq.reconcile.operator import action_of, who
@@ -117,10 +121,21 @@ async def open_checked(config: Config, *, fresh: bool = False, config_path: Path
                     "starting on an empty store (--fresh) although backups exist",
                     database=str(database), backup_dir=str(backups),
                 )
+        await _end_unfinished(store)
     except BaseException:
         await store.close()
         raise
     return store
+
+
+KILLED_MID_TICK = "interrupted: the process ended during this tick (killed or crashed); found at the next start"
+
+
+async def _end_unfinished(store: Store) -> None:
+    """A tick the last process began and never ended is recorded as
+    interrupted, not left open (nor mistaken for a success)."""
+    for tick in await store.end_unfinished_ticks(time.time(), KILLED_MID_TICK):
+        log.warning("tick interrupted", tick=tick, error=KILLED_MID_TICK)
 
 
 async def run_once(config: Config, *, fresh: bool = False, config_path: Path | None = None) -> TickReport:
@@ -155,6 +170,10 @@ class Daemon:
         )
         self.progress = Progress()
         self.notifier = Notifier()
+        self._announced = False  # READY=1 sent once: only then may a reload say RELOADING=1
+        digest, _ = file_digest(config_path)
+        self.config_state = ConfigState(str(config_path), digest, time.time())
+        self.metrics.config_loaded(True, self.config_state.loaded_at, digest, str(config_path))
         self.reconciler: Reconciler | None = None
         self.ssl_context: ssl.SSLContext | None = None  # the master's, built by preflight.check
         self.store: Store | None = None
@@ -189,12 +208,30 @@ class Daemon:
         self.stop.set()
 
     def reload(self) -> None:
+        """SIGHUP: RELOADING=1, re-read the file, then READY=1 with a STATUS=
+        saying which configuration runs or why the file was refused."""
+        if self._announced:
+            self.notifier.reloading()
         try:
-            config = load_config(self.config_path)
+            self._reload()
+        finally:
+            if self._announced:
+                self.notifier.send(READY=1, STATUS=self.config_state.status_line())
+
+    def _reload(self) -> None:
+        now = time.time()
+        try:
+            config, digest = load_with_digest(self.config_path)
             ssl_context = check(config, self.config_path)  # what run would refuse, a reload refuses
         except ConfigError as error:
-            log.error("configuration refused, keeping the running one", error=str(error))
+            digest, _ = file_digest(self.config_path)
+            self.config_state = self.config_state.refusal(digest, str(error), now)
+            self.metrics.config_loaded(False, now)
+            log.error("configuration refused, keeping the running one", error=str(error),
+                      running_digest=self.config_state.digest, refused_digest=digest)
             return
+        self.config_state = self.config_state.reloaded(digest, now)
+        self.metrics.config_loaded(True, now, digest, str(self.config_path))
         config = fit_config(config, self.fd_limit)
         restart = [
             key
@@ -218,7 +255,7 @@ class Daemon:
             self._new_resolver = True
         new_logging = config.logging != self.config.logging
         self.config = config
-        log.info("configuration reloaded; applies from the next tick", path=str(self.config_path))
+        log.info("configuration reloaded; applies from the next tick", path=str(self.config_path), digest=digest)
         if new_logging:
             logs.configure(config.logging.format, config.logging.level)
 
@@ -271,6 +308,7 @@ class Daemon:
             "held_removals": held_removals(self.last_report),
             "tick_interval_s": self.config.daemon.tick_interval_s,
             "progress": self.progress.snapshot(time.time()),
+            "config": self.config_state.view(*file_digest(self.config_path)),
         }
 
     async def instance(self, guid: str) -> dict[str, Any] | None:
@@ -372,6 +410,7 @@ class Daemon:
             tick = asyncio.create_task(self._tick())
             if first:
                 self.notifier.ready()  # the endpoint listens and the first tick has started
+                self._announced = True
                 self._watchdog = self._start_watchdog()
                 first = False
             report = await tick
@@ -484,7 +523,7 @@ class Daemon:
         if self.reconciler.domains is not None:
             claims = self.reconciler.domains.index.by_host.values()
             self.metrics.hosts(len(claims), sum(1 for c in claims if c.failing_since is not None))
-        self.notifier.status(_status_line(report))
+        self.notifier.status(_status_line(report) + self.config_state.suffix())
 
     async def _tick(self) -> TickReport | None:
         async with self.writing:  # no operator action in the middle of a tick
@@ -525,6 +564,8 @@ def _status_line(report: TickReport) -> str:
     done = ", ".join(f"{n} {k}" for k, n in sorted(report.results.items())) or "nothing to do"
     if report.ok:
         return f"tick {report.id} ok in {report.duration_s:.2f} s: {done}"
+    if report.interrupted:
+        return f"tick {report.id} interrupted after {report.duration_s:.2f} s: {done}"
     return f"tick {report.id} FAILED after {report.duration_s:.2f} s: {report.error}"
 
 

@@ -69,7 +69,8 @@ def summary(status: dict[str, Any]) -> str:
         lines.append(progress_line(progress))
     last = progress.get("last")
     if last:
-        state = "ok" if last.get("ok") else "FAILED"
+        cut = (last.get("summary") or {}).get("interrupted")
+        state = "ok" if last.get("ok") else "INTERRUPTED" if cut else "FAILED"
         lines.append(f"last tick {last.get('tick')}: {state} at {last.get('finished_at')} in {last.get('duration_s')} s")
         results = (last.get("summary") or {}).get("results") or {}
         if results:

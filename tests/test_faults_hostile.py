@@ -769,7 +769,9 @@ def test_secrets_never_appear_in_logs_metrics_status_or_events(tmp_path: Path, d
             for command in (["status", "--json", "--all"], *(["explain", g, "--json"] for g in customers)):
                 result = subprocess.run([CDNREQ, *command, "--config", str(config)], capture_output=True,
                                         text=True, timeout=60)
-                assert result.returncode == 0, result.stderr
+                # status exits 1 while the daemon is not ready (/readyz 503 above)
+                assert result.returncode in ((0, 1) if command[0] == "status" else (0,)), result.stderr
+                assert "Traceback" not in result.stderr, result.stderr
                 pages["cdnreq " + " ".join(command)] = result.stdout + result.stderr
             check = subprocess.run([CDNREQ, "check-config", "--config", str(config)], capture_output=True, text=True)
             pages["cdnreq check-config"] = check.stdout + check.stderr

@@ -59,6 +59,8 @@ StageHook = Callable[[str, Any], None]
 DomainStep)) for each stage DNS decides later, ("held", HeldUpdates) at the
 end. Plans are as the guards left them: what is handed to the executor."""
 
+INTERRUPTED = "interrupted"  # the ticks table's result of a tick stopped mid-way
+
 
 @contextlib.contextmanager
 def collector_paused() -> Iterator[None]:
@@ -136,6 +138,7 @@ class TickReport:
     removals_fingerprint: str | None = None  # of the held removals, for `cdnreq approve --fingerprint`
     error: str | None = None
     shortages: dict[str, int] = field(default_factory=dict)  # failures for lack of local resources
+    interrupted: bool = False  # stopped mid-way: some planned work was not done (see INTERRUPTED)
 
     def summary(self) -> dict[str, Any]:
         """The tick in one log line: zero counts and empty fields left out."""
@@ -151,6 +154,7 @@ class TickReport:
             "held_updates": self.held_updates,
             "error": self.error,
             "shortages": self.shortages,
+            "interrupted": self.interrupted or None,
         }
         return {k: v for k, v in summary.items() if v is not None and v != {}}
 
@@ -235,6 +239,9 @@ class Reconciler:
         gc.freeze()
 
     async def tick(self, stop: asyncio.Event | None = None) -> TickReport:
+        """One tick. Stopped mid-way (`stop` set while work was left, or
+        cancelled at the shutdown timeout) it is recorded as INTERRUPTED, not
+        ok: what was done is committed, the rest waits for the next tick."""
         started = self.clock()
         try:
             tick_id = await self.store.begin_tick(started)
@@ -250,12 +257,14 @@ class Reconciler:
                 await self._tick(report, stop)
         except asyncio.CancelledError:
             # cancelled at the shutdown timeout: say so in the ticks table
-            report.error = "cancelled: calls still in flight at the shutdown timeout"
+            report.error = "interrupted: cancelled with calls still in flight at the shutdown timeout"
+            report.interrupted = True
             report.duration_s = self.clock() - started
             end = self.store.end_tick(
-                report.id, finished_at=self.clock(), result="cancelled", summary=report.summary()
+                report.id, finished_at=self.clock(), result=INTERRUPTED, summary=report.summary()
             )
             await asyncio.shield(asyncio.ensure_future(end))
+            log.warning("tick interrupted", tick=report.id, **report.summary())
             raise
         finally:
             self.progress.finish_tick(report.ok, report.summary(), self.clock())
@@ -267,6 +276,10 @@ class Reconciler:
             await self._run(report, stop)
             report.error = starved(report.shortages, sum(report.results.values()))
             report.ok = report.error is None
+            if report.interrupted:
+                report.ok = False
+                also = f"; {report.error}" if report.error else ""
+                report.error = f"interrupted: the daemon stopped during this tick{also}"
         except MasterError as error:  # a shortage here is not the master's
             report.error = f"{'local resources' if isinstance(error, LocalResourceError) else 'master'}: {error}"
         except StoreError as error:
@@ -279,19 +292,24 @@ class Reconciler:
         finally:
             report.duration_s = self.clock() - report.started_at
             report.master_calls = dict(Counter(self.master.calls) - calls_before)
+        if report.interrupted and not (report.error or "").startswith("interrupted"):
+            report.interrupted = False  # it failed on its own account: a failure, not an interruption
         try:
             await self.store.end_tick(
                 report.id,
                 finished_at=self.clock(),
-                result="ok" if report.ok else "failed",
+                result=INTERRUPTED if report.interrupted else "ok" if report.ok else "failed",
                 summary=report.summary(),
             )
         except StoreError as error:
             report.ok = False
             report.error = report.error or f"database: {error}"
-        (log.info if report.ok else log.error)(
-            "tick done" if report.ok else "tick failed", **report.summary()
-        )
+        if report.interrupted:
+            log.warning("tick interrupted", **report.summary())
+        else:
+            (log.info if report.ok else log.error)(
+                "tick done" if report.ok else "tick failed", **report.summary()
+            )
 
     async def _run(self, report: TickReport, stop: asyncio.Event | None) -> None:
         if self.known is None or self.domains is None:
@@ -379,6 +397,8 @@ class Reconciler:
             await asyncio.gather(executing, return_exceptions=True)
             progress.phase("committing", None, self.clock())
             await committer.flush()
+            if stop is not None and stop.is_set() and committer.count < feed.total:
+                report.interrupted = True  # planned actions never started
             report.results = committer.results
             report.shortages = dict(committer.shortages)
             report.planned = dict(planned)
@@ -421,6 +441,8 @@ class Reconciler:
                 feed.extend(the_plan.actions)
                 if executing.done():
                     break  # the executor failed: raised by the caller
+        if stop is not None and stop.is_set():
+            report.interrupted = True  # DNS stages left undecided (or, rarely, just decided: stop came between)
 
     def _stage(self, name: str, decided: Any) -> None:
         if self.on_stage is not None:

@@ -554,6 +554,19 @@ class Store:
             for i, s, f, r, j in rows
         ]  # fmt: skip
 
+    async def end_unfinished_ticks(self, now: float, error: str) -> list[int]:
+        """Ticks begun and never ended (the process was killed or crashed
+        mid-tick) ended now as `interrupted`; their ids. Only the holder of
+        the store's lock may call it: nobody else can have a tick running."""
+        rows = await self._all("SELECT id FROM ticks WHERE finished_at IS NULL ORDER BY id")
+        if rows:
+            text = _dump({"ok": False, "interrupted": True, "error": error})
+            await self._write(
+                "UPDATE ticks SET finished_at = ?, result = 'interrupted', summary = ? WHERE finished_at IS NULL",
+                (now, text),
+            )
+        return [i for (i,) in rows]
+
     async def is_empty(self) -> bool:
         """Nothing worth keeping: no instance, no proven host, no challenge
         (ticks do not count). What a freshly created database looks like."""

@@ -1,0 +1,45 @@
+"""`cdnreq status` when the configuration file on disk is refused.
+
+After an edit that a reload refused, the daemon runs on with its older
+configuration, and the operator's next step is `cdnreq status --config`
+with that very file. Refusing to say anything then would hide the daemon
+exactly when it matters, so status reads only what it needs to reach the
+daemon and its database ([daemon].listen, token_file, database; a value that
+is itself invalid falls back to its default), shows the state, and exits
+non-zero: the file on disk would be refused at the next reload or start.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from pydantic import ValidationError
+
+from cdnreq.config import DaemonConfig
+
+NEEDED = ("listen", "token_file", "database")
+
+
+def reachable(path: Path) -> SimpleNamespace | None:
+    """A stand-in for Config with only `.daemon` (what status reads), or None
+    when the file cannot even be read as TOML."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    section = data.get("daemon")
+    wanted: dict[str, Any] = {k: section[k] for k in NEEDED if k in section} if isinstance(section, dict) else {}
+    context = {"base_dir": os.path.dirname(os.path.abspath(path))}
+    while True:
+        try:
+            return SimpleNamespace(daemon=DaemonConfig.model_validate(wanted, context=context))
+        except ValidationError as error:
+            bad = {str(e["loc"][0]) for e in error.errors() if e["loc"]}
+            if not bad & set(wanted):
+                return None
+            wanted = {k: v for k, v in wanted.items() if k not in bad}
