@@ -103,6 +103,19 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         );
         """,
     ),
+    (
+        4,
+        "history pruned past [store].events_retention_days: events indexed by instance and action;"
+        " incremental auto-vacuum",
+        # Pruning keeps each instance's newest event of every action: with
+        # the action in the index, "is there a newer one?" is one seek.
+        # (The switch to auto_vacuum=INCREMENTAL needs a VACUUM, which cannot
+        # run in a transaction: see incremental_auto_vacuum.)
+        """
+        DROP INDEX events_instance;
+        CREATE INDEX events_instance_action ON events (instance_guid, action, id);
+        """,
+    ),
 )
 
 LATEST: Final[int] = MIGRATIONS[-1][0]
@@ -206,3 +219,29 @@ async def migrate(conn: aiosqlite.Connection, path: str) -> int:
             raise StoreError(f"{path}: migration {number} ({description}) failed: {exc}") from exc
         version = max(version, number)
     return version
+
+
+# SQLite's PRAGMA auto_vacuum values
+_INCREMENTAL: Final[int] = 2
+
+
+async def incremental_auto_vacuum(conn: aiosqlite.Connection, path: str) -> float | None:
+    """Switch the file to auto_vacuum=INCREMENTAL, so pages freed by pruning
+    can be given back to the file system a few at a time; return the seconds
+    the switch took, or None when the file was already switched.
+
+    An existing file only switches through a full VACUUM (one long write, a
+    temporary copy of the database's size): only the writer holding the store
+    lock calls this, after `migrate`, and it happens once per file.
+    """
+    try:
+        async with conn.execute("PRAGMA auto_vacuum") as cur:
+            row = await cur.fetchone()
+        if row is not None and int(row[0]) == _INCREMENTAL:
+            return None
+        began = time.monotonic()
+        await conn.execute(f"PRAGMA auto_vacuum = {_INCREMENTAL}")
+        await conn.execute("VACUUM")
+        return time.monotonic() - began
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot switch to incremental auto-vacuum (VACUUM failed: {exc})") from exc
