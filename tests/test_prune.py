@@ -7,6 +7,7 @@ auto-vacuum), and the daemon and `cdnreq once` prune on their own.
 from __future__ import annotations
 
 import asyncio
+import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -183,9 +184,15 @@ def make_v3(db: Path, instances: int, events_per_instance: int) -> None:
         conn.close()
 
 
-async def test_a_populated_schema_3_database_migrates_to_incremental_auto_vacuum(tmp_path: Path):
+async def test_a_populated_schema_3_database_migrates_to_incremental_auto_vacuum(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     db = tmp_path / "cdnreq.db"
     make_v3(db, 20, 5)
+    systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    systemd.bind(str(tmp_path / "notify"))
+    systemd.settimeout(10)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
     assert rows(db, "PRAGMA auto_vacuum") == [(0,)]
     # a reader (no store lock) migrates but leaves the VACUUM to the writer
     async with await Store.open(db, lock=False) as reader:
@@ -196,6 +203,10 @@ async def test_a_populated_schema_3_database_migrates_to_incremental_auto_vacuum
         assert len(await store.load()) == 20
         assert [e.action for _, e in await store.events_for("g3")] == ["poll"] * 5
     assert rows(db, "PRAGMA auto_vacuum") == [(2,)]  # INCREMENTAL
+    # the VACUUM may take a while: systemd's start timeout was extended for it
+    told = systemd.recv(4096).decode()
+    systemd.close()
+    assert "EXTEND_TIMEOUT_USEC=" in told and "VACUUM" in told
     assert [v for (v,) in rows(db, "SELECT version FROM migrations ORDER BY version")] == [1, 2, 3, 4]
     indexes = {n for (n,) in rows(db, "SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "events_instance_action" in indexes and "events_instance" not in indexes

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Final
+from typing import Callable, Final
 
 import aiosqlite
 
@@ -225,20 +225,25 @@ async def migrate(conn: aiosqlite.Connection, path: str) -> int:
 _INCREMENTAL: Final[int] = 2
 
 
-async def incremental_auto_vacuum(conn: aiosqlite.Connection, path: str) -> float | None:
+async def incremental_auto_vacuum(
+    conn: aiosqlite.Connection, path: str, *, before: Callable[[], None] | None = None
+) -> float | None:
     """Switch the file to auto_vacuum=INCREMENTAL, so pages freed by pruning
     can be given back to the file system a few at a time; return the seconds
     the switch took, or None when the file was already switched.
 
     An existing file only switches through a full VACUUM (one long write, a
     temporary copy of the database's size): only the writer holding the store
-    lock calls this, after `migrate`, and it happens once per file.
+    lock calls this, after `migrate`, and it happens once per file. `before`
+    is called just before the VACUUM starts (to say why the start is slow).
     """
     try:
         async with conn.execute("PRAGMA auto_vacuum") as cur:
             row = await cur.fetchone()
         if row is not None and int(row[0]) == _INCREMENTAL:
             return None
+        if before is not None:
+            before()
         began = time.monotonic()
         await conn.execute(f"PRAGMA auto_vacuum = {_INCREMENTAL}")
         await conn.execute("VACUUM")

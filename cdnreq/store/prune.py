@@ -70,7 +70,9 @@ class _Window:
     finished: bool
 
 
-def _delete_step(table: str, time_column: str, deletable: str, cursor: int, cutoff: float, batch: int):
+def _delete_step(
+    table: str, time_column: str, deletable: str, cursor: int, cutoff: float, batch: int
+) -> Callable[[aiosqlite.Connection], Awaitable[_Window]]:
     """One transaction: the next `batch` rows after `cursor` (by id, so by
     time), up to the first one young enough to keep; those that may go, go."""
 
@@ -202,7 +204,10 @@ async def prune_passes(
     """The daemon's background task: a pass now, then every `interval_s`,
     until `stop` is set. `days` is read at each pass (a reload may change it)."""
     while not stop.is_set():
-        await prune_logged(store, days(), metrics=metrics, stop=stop)
+        try:
+            await prune_logged(store, days(), metrics=metrics, stop=stop)
+        except Exception as error:  # a failed pass is an error to see, never a reason to stop
+            log.error("pruning the history failed", error=f"{type(error).__name__}: {error}")
         try:
             await asyncio.wait_for(stop.wait(), timeout=interval_s)
         except asyncio.TimeoutError:

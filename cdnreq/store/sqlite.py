@@ -33,6 +33,7 @@ from cdnreq.model import (
     fast_maker,
     shown_digest,
 )
+from cdnreq.notify import Notifier
 from cdnreq.store import backup as _backup
 from cdnreq.store.errors import SchemaTooNew, StoreError, StoreLost
 from cdnreq.store.files import make_private_dirs, too_open
@@ -93,6 +94,7 @@ _T = TypeVar("_T")
 # the -wal file is cut back to this after a checkpoint (pruning and its
 # vacuum steps write a lot through it, once)
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+VACUUM_START_BUDGET_US = 30 * 60 * 1_000_000  # systemd's start timeout, extended for the one-time VACUUM
 _STATES = {s.value: s for s in RequestedState}
 
 
@@ -640,12 +642,23 @@ async def _writer_settings(conn: aiosqlite.Connection, db: Path) -> None:
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open {db}: {exc}") from exc
     try:
-        took = await incremental_auto_vacuum(conn, str(db))
+        took = await incremental_auto_vacuum(conn, str(db), before=lambda: _announce_vacuum(db))
     except StoreError as error:
         log.warning("database keeps its vacuum mode for now", database=str(db), error=str(error))
         return
     if took is not None:
         log.info("database switched to incremental auto-vacuum", database=str(db), duration_s=round(took, 3))
+
+
+def _announce_vacuum(db: Path) -> None:
+    """The one-time VACUUM rewrites the whole file (tens of seconds for a large
+    store): say so in the log and to systemd, whose start timeout it must not
+    trip (a killed start would roll it back and try again, for ever)."""
+    size = os.stat(db).st_size
+    log.info("switching the database to incremental auto-vacuum: a VACUUM, once", database=str(db), size_bytes=size)
+    notifier = Notifier()
+    notifier.send(EXTEND_TIMEOUT_USEC=VACUUM_START_BUDGET_US, STATUS="VACUUM of the database, once (schema 4)")
+    notifier.close()
 
 
 async def _pragma(conn: aiosqlite.Connection, assignment: str) -> Any:
