@@ -189,6 +189,12 @@ async def measure(db: Path, size: int, days: int, retention: int, now: float) ->
     return results
 
 
+def _longest(p: dict[str, Any]) -> str:
+    kinds = ", ".join(f"{k} {p[f'longest_{k}_ms']}" for k in ("delete", "vacuum", "checkpoint")
+                      if f"longest_{k}_ms" in p)
+    return f"longest {p['longest_step_ms']} ms ({kinds})"
+
+
 def text(r: dict[str, Any]) -> str:
     p, n = r["prune"], r["next_day"]
     return "\n".join([
@@ -199,11 +205,11 @@ def text(r: dict[str, Any]) -> str:
         f" {r['migrated_mb']} MB",
         f"  backup before pruning     {r['before']['backup_s']:>8} s, {r['before']['backup_mb']} MB",
         f"  prune                     {p['duration_s']:>8} s, {p['steps']} steps ({p['vacuum_steps']} vacuum),"
-        f" longest {p['longest_step_ms']} ms; {p['events_deleted']} events, {p['ticks_deleted']} ticks deleted",
+        f" {_longest(p)}; {p['events_deleted']} events, {p['ticks_deleted']} ticks deleted",
         f"  database after pruning    {r['pruned_mb']:>8} MB",
         f"  backup after pruning      {r['after']['backup_s']:>8} s, {r['after']['backup_mb']} MB",
         f"  next day's pass           {n['duration_s']:>8} s, {n['steps']} steps ({n['vacuum_steps']} vacuum),"
-        f" longest {n['longest_step_ms']} ms; {n['events_deleted']} events, {n['ticks_deleted']} ticks deleted;"
+        f" {_longest(n)}; {n['events_deleted']} events, {n['ticks_deleted']} ticks deleted;"
         f" {r['next_day_mb']} MB",
         f"  left: {r['events_left']} events, {r['ticks_left']} ticks",
     ])

@@ -48,6 +48,7 @@ class PruneReport:
     steps: int = 0
     vacuum_steps: int = 0
     longest_step_s: float = 0.0
+    longest_s: dict[str, float] = field(default_factory=dict)  # by kind: delete, vacuum, checkpoint
     duration_s: float = 0.0
     size_bytes: int = 0
     stopped: bool = False  # the daemon stopped it between two steps
@@ -58,6 +59,7 @@ class PruneReport:
             "steps": self.steps,
             "vacuum_steps": self.vacuum_steps,
             "longest_step_ms": round(self.longest_step_s * 1000, 1),
+            **{f"longest_{kind}_ms": round(s * 1000, 1) for kind, s in self.longest_s.items()},
             "duration_s": round(self.duration_s, 3),
             "size_bytes": self.size_bytes,
         }
@@ -125,11 +127,13 @@ class _Steps:
         self.report.stopped = self.stop is not None and self.stop.is_set()
         return self.report.stopped
 
-    async def run(self, work: Callable[[aiosqlite.Connection], Awaitable]):
+    async def run(self, kind: str, work: Callable[[aiosqlite.Connection], Awaitable]):
         began = time.monotonic()
         result = await self.store.in_turn(work)
+        took = time.monotonic() - began
         self.report.steps += 1
-        self.report.longest_step_s = max(self.report.longest_step_s, time.monotonic() - began)
+        self.report.longest_step_s = max(self.report.longest_step_s, took)
+        self.report.longest_s[kind] = max(self.report.longest_s.get(kind, 0.0), took)
         return result
 
 
@@ -152,7 +156,7 @@ async def prune(
         for table, time_column, deletable in _TABLES:
             cursor, finished = 0, False
             while not finished and not steps.stopping:
-                window = await steps.run(_delete_step(table, time_column, deletable, cursor, cutoff, batch))
+                window = await steps.run("delete", _delete_step(table, time_column, deletable, cursor, cutoff, batch))
                 report.deleted[table] += window.deleted
                 cursor, finished = window.cursor, window.finished
         await _vacuum(steps)
@@ -162,14 +166,14 @@ async def prune(
 
 
 async def _vacuum(steps: _Steps) -> None:
-    free = await steps.run(_free_pages)
+    free = await steps.run("vacuum", _free_pages)
     budget = free // VACUUM_PAGES + 2  # never loops for ever, whatever SQLite answers
     while free > 0 and budget > 0 and not steps.stopping:
-        free = await steps.run(_vacuum_step)
+        free = await steps.run("vacuum", _vacuum_step)
         steps.report.vacuum_steps += 1
         budget -= 1
     if not steps.stopping:
-        await steps.run(_checkpoint)
+        await steps.run("checkpoint", _checkpoint)
 
 
 def record(metrics: Metrics | None, report: PruneReport) -> None:
