@@ -156,6 +156,24 @@ async def test_pruning_runs_in_small_transactions_that_a_tick_can_come_between(t
     assert "commit" in order[first:last]  # the other writer got in between the steps
 
 
+async def test_a_pass_stops_between_two_steps_when_the_daemon_stops(tmp_path: Path):
+    db = tmp_path / "cdnreq.db"
+    async with await Store.open(db) as store:
+        await daily_history(store, [f"i{n}" for n in range(20)], 40)  # 200 polls past 30 days
+        stop = asyncio.Event()
+        step = store.in_turn
+
+        async def then_stop(work):
+            stop.set()  # the daemon stops while a step runs: that step finishes, no other starts
+            return await step(work)
+
+        store.in_turn = then_stop  # type: ignore[method-assign]
+        # the first 60 rows: the 40 requests and publications (kept), 20 polls
+        report = await prune(store, Retention(30), now=NOW, stop=stop, batch=60)
+    assert report.stopped and report.steps == 1 and report.deleted["events"] == 20
+    assert rows(db, "SELECT COUNT(*) FROM events WHERE at < ?", (NOW - 30 * DAY_S,)) == [(200 - 20 + 40,)]
+
+
 # -- the file ------------------------------------------------------------------------
 
 

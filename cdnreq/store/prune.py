@@ -159,7 +159,8 @@ async def prune(
                 window = await steps.run("delete", _delete_step(table, time_column, deletable, cursor, cutoff, batch))
                 report.deleted[table] += window.deleted
                 cursor, finished = window.cursor, window.finished
-        await _vacuum(steps)
+        if not steps.stopping:
+            await _vacuum(steps)
     report.duration_s = time.monotonic() - began
     report.size_bytes = store.size_bytes()
     return report
