@@ -57,7 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status_of_refused_file(args)
         return EXIT_CONFIG
     try:
-        return args.handler(args, config)
+        code = args.handler(args, config)
+        sys.stdout.flush()  # here, so a reader that left is met by the handler below
+        return code
     except StoreError as error:
         print(f"cdnreq: {error}", file=sys.stderr)
         return EXIT_DATABASE
@@ -69,6 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `cdnreq plan --json | head`: the reader left; not an error worth a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not raise again
+        return 141
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -147,7 +152,7 @@ def _plan(args: argparse.Namespace, config: Config) -> int:
     from cdnreq.commands.plan import run_plan
 
     logs.configure(config.logging.format, "warning")  # the plan is the output; the log only warns
-    return run_plan(config, as_json=args.json)
+    return run_plan(config, as_json=args.json, config_path=args.config)
 
 
 def _backup(args: argparse.Namespace, config: Config) -> int:
