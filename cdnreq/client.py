@@ -52,6 +52,9 @@ async def _call(
         ) as session:
             async with session.request(method, base + path, params=query) as response:
                 return response.status, await response.json(content_type=None)
+    except aiohttp.ClientConnectorError as error:  # its text drags in aiohttp's `ssl:default`
+        why = error.os_error.strerror or str(error.os_error)
+        raise NotRunning(f"no cdnreq daemon answered on {config.daemon.listen}: {why}") from None
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as error:
         raise NotRunning(f"no cdnreq daemon answered on {config.daemon.listen}: {error}") from None
 

@@ -58,10 +58,13 @@ def table(records: Iterable[Record], *, everything: bool) -> str:
 def summary(status: dict[str, Any]) -> str:
     """The daemon's own view: readiness, the last or running tick."""
     readiness = status.get("readiness", {})
-    lines = [
-        f"cdnreq {status.get('version')} (pid {status.get('pid')}): "
-        + ("ready" if status.get("ready") else f"NOT READY: {readiness.get('reason')}")
-    ]
+    if status.get("pid") is None:  # read from the database: no daemon to be ready or not
+        lines = [f"cdnreq {status.get('version')}: no daemon running"]
+    else:
+        lines = [
+            f"cdnreq {status.get('version')} (pid {status.get('pid')}): "
+            + ("ready" if status.get("ready") else f"NOT READY: {readiness.get('reason')}")
+        ]
     if readiness.get("last_success_at"):
         lines.append(f"last successful tick: {readiness['last_success_at']}")
     progress = status.get("progress") or {}

@@ -48,6 +48,8 @@ def test_ready_then_no_daemon_with_a_database(cdn_site: CdnSite, tmp_path: Path,
     shown = cdnreq("status", "--config", config)
     assert shown.returncode == 1, shown
     assert "daemon: not running" in shown.stdout
+    assert "no daemon running" in shown.stdout  # not a "(pid None)" nor aiohttp's "ssl:default"
+    assert "pid None" not in shown.stdout and "ssl:default" not in shown.stdout
     as_json = cdnreq("status", "--config", config, "--json")
     assert as_json.returncode == 1 and json.loads(as_json.stdout)["daemon"] is None
 
