@@ -281,13 +281,19 @@ class Daemon:
 
 def quiet(summary: dict) -> bool:
     """A tick that only listed: nothing planned, nothing done, nothing held
-    (held updates are work waiting for confirm_ticks, not a quiet fleet)."""
+    (held updates are work waiting for confirm_ticks, not a quiet fleet; held
+    removals are destroys the mass-removal guard keeps back: a tick that holds
+    them is not the end state, and the comparison with the clean run would
+    then blame the store for what the guard did. Issue 11: departures
+    decided again after each kill were counted again, and under load the
+    guard held every removal at the end)."""
     planned = summary.get("planned", {})
     return (
         summary.get("ok") is True
         and not any(planned.get(kind) for kind in WORK)
         and not planned.get("backoff")
         and not planned.get("held_updates")
+        and not planned.get("held")
         and set(summary.get("master_calls", {})) <= {LIST_HOSTED}
     )
 
