@@ -477,3 +477,13 @@ def test_approved_removals_go_ahead_only_when_they_cover_every_held_one() -> Non
     one_more = plan(listing(), records, NOW, replace(POLICY, allow_empty=False), approved_removals=set(held.withheld))
     assert one_more.hold_reason is not None and sorted(one_more.withheld) == ["I0", "I1", "I2", "I3"]
     assert HeldRemovals.of(one_more.withheld, None).fingerprint != HeldRemovals.of(held.withheld, None).fingerprint
+
+
+def test_a_window_stored_without_guids_still_counts_in_full() -> None:
+    """A store written before the window named its instances: its departures
+    cannot be matched to this tick's, so they all count (erring on holding)."""
+    old = Departures.from_json([NOW - 60, 16, 40])
+    assert old == Departures(NOW - 60, 16, 40, frozenset())
+    fleet = {f"I{i:02}": live(inst(f"I{i:02}")) for i in range(40)}
+    p = plan(listing(*(inst(f"I{i:02}") for i in range(36))), fleet, NOW, POLICY, recent=[old])
+    assert p.hold_reason is not None and "(and 16 more" in p.hold_reason
