@@ -146,7 +146,36 @@ async def test_the_removal_window_survives_a_restart(tmp_path: Path) -> None:
     store = await Store.open(tmp_path / "x.db")
     try:
         again = GuardRun(store, GUARDS, await store.load_guards(), live=0, now=NOW + 60)
-        assert again.recent == [Departures(NOW, 18, 40)]
+        assert [(d.at, d.gone, d.known) for d in again.recent] == [(NOW, 18, 40)]
+        assert again.recent[0].guids == {f"I{i}" for i in range(22, 40)}
+    finally:
+        await store.close()
+
+
+async def test_a_departure_decided_again_counts_once_in_the_window(tmp_path: Path) -> None:
+    """Issue 11: 4 of 40 leave, and their destroys never go out (the daemon is
+    killed after the guard's save, each time, or the calls fail). Every tick
+    decides the same 4 departures again; counted each time, they added up to
+    half the fleet at the fifth tick and every removal was held for the rest
+    of the window. Each instance counts once; a new one still adds to them."""
+    store = await Store.open(tmp_path / "x.db")
+    fleet = {f"I{i:02}": live(inst(f"I{i:02}")) for i in range(40)}
+    try:
+        for tick in range(12):
+            now = NOW + 60 * tick
+            run = GuardRun(store, GUARDS, await store.load_guards(), live=0, now=now)
+            run.known = len(fleet)
+            p = plan(listing(*(inst(f"I{i:02}") for i in range(36))), fleet, now, POLICY, recent=run.recent)
+            assert p.hold_reason is None, f"tick {tick}: {p.hold_reason}"
+            assert sorted(a.guid for a in p.actions if a.kind is Kind.DESTROY) == ["I36", "I37", "I38", "I39"]
+            await run.save(p, tick=tick)  # ... and the destroys are lost: the fleet is unchanged
+        run = GuardRun(store, GUARDS, await store.load_guards(), live=0, now=now + 60)
+        assert sum(d.gone for d in run.recent) == 4
+        # the 4 destroyed at last, then 16 more leave: 20 of the 40 in the window, held
+        for guid in ("I36", "I37", "I38", "I39"):
+            del fleet[guid]
+        p = plan(listing(*(inst(f"I{i:02}") for i in range(20))), fleet, now + 60, POLICY, recent=run.recent)
+        assert p.hold_reason is not None and "(and 4 more" in p.hold_reason and p.counts["held"] == 16
     finally:
         await store.close()
 
@@ -448,3 +477,13 @@ def test_approved_removals_go_ahead_only_when_they_cover_every_held_one() -> Non
     one_more = plan(listing(), records, NOW, replace(POLICY, allow_empty=False), approved_removals=set(held.withheld))
     assert one_more.hold_reason is not None and sorted(one_more.withheld) == ["I0", "I1", "I2", "I3"]
     assert HeldRemovals.of(one_more.withheld, None).fingerprint != HeldRemovals.of(held.withheld, None).fingerprint
+
+
+def test_a_window_stored_without_guids_still_counts_in_full() -> None:
+    """A store written before the window named its instances: its departures
+    cannot be matched to this tick's, so they all count (erring on holding)."""
+    old = Departures.from_json([NOW - 60, 16, 40])
+    assert old == Departures(NOW - 60, 16, 40, frozenset())
+    fleet = {f"I{i:02}": live(inst(f"I{i:02}")) for i in range(40)}
+    p = plan(listing(*(inst(f"I{i:02}") for i in range(36))), fleet, NOW, POLICY, recent=[old])
+    assert p.hold_reason is not None and "(and 16 more" in p.hold_reason

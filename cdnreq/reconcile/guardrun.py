@@ -24,6 +24,7 @@ from cdnreq.reconcile.guards import (
     HeldUpdates,
     UpdateGuard,
     changes,
+    counted,
     live_count,
     window,
 )
@@ -66,7 +67,7 @@ class GuardRun:
     def __init__(self, store: Store, policy: GuardPolicy, saved: Mapping[str, Any], live: int | None, now: float):
         self.store, self.policy, self.now = store, policy, now
         self.saved = dict(saved)  # as stored: an idle tick writes nothing
-        history = [Departures(*d) for d in saved.get(REMOVALS) or ()]
+        history = [Departures.from_json(d) for d in saved.get(REMOVALS) or ()]
         self.recent = window(history, now, policy)
         self.previous = HeldUpdates.from_json(saved.get(UPDATES))
         approval = saved.get(APPROVAL)
@@ -120,10 +121,12 @@ class GuardRun:
         state = self.updates.state()
         values: dict[str, Any] = {UPDATES: state.to_json() if state.count else None}
         if first is not None:
-            history = [[d.at, d.gone, d.known] for d in self.recent]
-            gone = first.counts.get("removed", 0)
+            history = [d.to_json() for d in self.recent]
+            # each departure once: one decided again (its destroy never went out) is in already
+            gone = set(first.departed) - counted(self.recent, first.departed)
             if gone:
-                history.append([self.now, gone, self.known if first.fleet is None else first.fleet])
+                fleet = self.known if first.fleet is None else first.fleet
+                history.append(Departures(self.now, len(gone), fleet, frozenset(gone)).to_json())
             values[REMOVALS] = history or None
             removals = HeldRemovals.of(first.withheld, first.hold_reason)
             self.removals_fingerprint = removals.fingerprint

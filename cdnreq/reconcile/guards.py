@@ -22,7 +22,7 @@ and across restarts), the decisions and the next state go out as data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from cdnreq.model import Phase, digest
@@ -49,11 +49,22 @@ class GuardPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Departures:
-    """Departures decided in one tick: `gone` of `known`, at `at`."""
+    """Departures decided in one tick: `gone` of `known`, at `at`; `guids`
+    are the instances first counted then (empty in a window stored before
+    they were kept: those cannot be told apart and count in full)."""
 
     at: float
     gone: int
     known: int
+    guids: frozenset[str] = frozenset()
+
+    def to_json(self) -> list[Any]:
+        return [self.at, self.gone, self.known, sorted(self.guids)]
+
+    @classmethod
+    def from_json(cls, data: list[Any]) -> "Departures":
+        """[at, gone, known, guids]; a window stored before guids were kept has no fourth."""
+        return cls(data[0], data[1], data[2], frozenset(data[3]) if len(data) > 3 else frozenset())
 
 
 def window(history: Iterable[Departures], now: float, policy: GuardPolicy) -> list[Departures]:
@@ -61,20 +72,38 @@ def window(history: Iterable[Departures], now: float, policy: GuardPolicy) -> li
     (the clock stepped back) counts as made now: dropped, it would let a
     shrinking listing start over."""
     return [
-        d if d.at <= now else Departures(now, d.gone, d.known)
+        d if d.at <= now else replace(d, at=now)
         for d in history
         if now - d.at < policy.removal_window_s
     ]
 
 
+def counted(recent: Iterable[Departures], leaving: Iterable[str]) -> frozenset[str]:
+    """The instances leaving this tick that the window already counts.
+
+    A departure whose destroy did not go out (the process was killed before,
+    the call failed and waits in backoff) is decided again at the next tick;
+    counted again, the same few instances would add up tick after tick until
+    the guard holds every removal of a fleet that lost only those (issue 11)."""
+    leaving = set(leaving)
+    return frozenset(g for d in recent for g in d.guids if g in leaving)
+
+
 def removal_guard(
-    listing: "Listing", known: int, gone: int, policy: Any, recent: Iterable[Departures] = ()
+    listing: "Listing",
+    known: int,
+    gone: int,
+    policy: Any,
+    recent: Iterable[Departures] = (),
+    again: int = 0,
 ) -> str | None:
     """Why removals must be held this tick, or None when they may go ahead.
 
     `recent` are the departures decided inside the window: a listing that
     shrinks a little each tick is judged on the sum, against the largest
-    fleet the window saw, not against the shrinking current one."""
+    fleet the window saw, not against the shrinking current one. `again`
+    of the `gone` are already in that sum (see `counted`): each instance
+    counts once."""
     if gone == 0:
         return None
     if listing.anonymous:
@@ -90,7 +119,7 @@ def removal_guard(
             " set [daemon].allow_empty = true if that is really so"
         )
     recent = list(recent)
-    before = sum(d.gone for d in recent)
+    before = sum(d.gone for d in recent) - again
     base = max([known, *(d.known for d in recent)])
     if gone + before >= policy.max_destroy_fraction * base:
         since = f" (and {before} more within [daemon].removal_window_s)" if before else ""

@@ -27,7 +27,7 @@ from cdnreq.model import (
     digest,
 )
 from cdnreq.reconcile.gate import Gate, refused, waiting
-from cdnreq.reconcile.guards import Departures, removal_guard
+from cdnreq.reconcile.guards import Departures, counted, removal_guard
 from cdnreq.reconcile.records import destroy_pending, may_serve, needs_publish, resumed
 from cdnreq.reconcile.served import ServedHosts
 from cdnreq.reconcile.titles import technical_title
@@ -86,6 +86,7 @@ class Plan:
     counts: Mapping[str, int] = field(default_factory=dict)
     fleet: int | None = None  # instances the removal guard judged against (None: no removal planned)
     withheld: tuple[InstanceGuid, ...] = ()  # every removal held (held, and retained entries listed destroyed)
+    departed: tuple[InstanceGuid, ...] = ()  # the removals decided (counts["removed"]), for the guard's window
 
 
 class Quiet:
@@ -225,7 +226,10 @@ def plan(
     # for 90 days, destroys awaiting read-back) must not dilute the guard
     fleet = len(known) - len(confirming) - len(retained) + len(ending)
     held: tuple[Record, ...] = ()
-    hold_reason = removal_guard(listing, fleet, len(departing) + len(ending), policy, recent)
+    recent = list(recent)
+    leaving = [r.guid for r in (*departing, *ending)]
+    again = len(counted(recent, leaving))  # decided at an earlier tick, not done yet
+    hold_reason = removal_guard(listing, fleet, len(leaving), policy, recent, again)
     withheld: tuple[InstanceGuid, ...] = ()
     if hold_reason is not None:
         withheld = tuple(r.guid for r in (*departing, *ending))
@@ -233,6 +237,7 @@ def plan(
             hold_reason, withheld = None, ()
             counts["approved_removals"] = len(departing) + len(ending)
     forgets: list[InstanceGuid] = []
+    departed: tuple[InstanceGuid, ...] = ()
     if hold_reason is not None:
         held = tuple(departing)
         counts["held"] = len(held) + len(ending)
@@ -240,6 +245,7 @@ def plan(
         explicit -= {r.guid for r in ending}  # kept retained
     else:
         counts["removed"] += len(ending)
+        departed = tuple(leaving)
     for record in departing:
         counts["removed"] += 1
         action = _departure(record, record.guid in explicit, now, policy, ownership, updates, forgets)
@@ -254,7 +260,9 @@ def plan(
     for action in actions:
         counts[action.kind.value] += 1
     counts["forget"] = len(forgets)
-    return Plan(tuple(actions), tuple(updates), tuple(forgets), held, hold_reason, dict(counts), fleet, withheld)
+    return Plan(
+        tuple(actions), tuple(updates), tuple(forgets), held, hold_reason, dict(counts), fleet, withheld, departed
+    )
 
 
 def plan_decided(
