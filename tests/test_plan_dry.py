@@ -201,3 +201,25 @@ async def test_document_groups_actions_held_and_errors(tmp_path):
     assert "totals: request 1, update 0, destroy 1, publish 2" in text
     failed = TickReport(id=8, started_at=0.0, error="master: unreachable")
     assert render(document([], Stages(), dry, failed, {}, 0.0, 3)) == "no plan: master: unreachable\n"
+
+
+async def test_render_escapes_what_the_master_and_customers_wrote(tmp_path):
+    """A listed guid may hold any ASCII, an escape sequence too (the listing
+    accepts it); the plan's text must show it escaped, one line per row."""
+    db = tmp_path / "cdnreq.db"
+    await make_db(db)
+    dry = DryStore(await Store.open_snapshot(db))
+    await dry.close()
+    evil = "g\x1b]0;owned\x07\x1b[2J"
+    bad = Gate(Status.INVALID, error="url: refused\nsecond line \x1b[31m")
+    actions = [Action(Kind.PUBLISH, rec(evil), "invalid", None, bad)]
+    stages = Stages()
+    stages("planned", (Plan(tuple(actions)), DomainStep(gates={evil: bad})))
+    report = TickReport(id=1, started_at=0.0, planned={"publish": 1})
+    known = {evil: rec(evil, retry_at=200.0, last_error="master: \x1b[2Jdown")}
+    text = render(document(actions, stages, dry, report, known, now=100.0, confirm_ticks=3))
+    assert "\x1b" not in text and "\x07" not in text
+    assert "g\\x1b]0;owned\\x07\\x1b[2J" in text
+    assert "second line" in text and "url: refused\nsecond line" not in text
+    failed = TickReport(id=2, started_at=0.0, error="master: said \x1b[2J")
+    assert "\x1b" not in render(document([], Stages(), dry, failed, {}, 0.0, 3))

@@ -28,6 +28,7 @@ from cdnreq.reconcile.guards import HeldUpdates
 from cdnreq.reconcile.plan import Action, Kind, Plan
 from cdnreq.reconcile.stages import DomainStep
 from cdnreq.reconcile.tick import Reconciler, TickReport
+from cdnreq.scrub import printable
 from cdnreq.store import Store
 
 KINDS = ("request", "update", "destroy", "publish", "poll")  # in the order they are shown
@@ -161,7 +162,7 @@ def render(doc: Mapping[str, Any]) -> str:
     """The plan for a reader: one group per kind of action, then what is
     held and why, then the errors per instance, then the totals."""
     if not doc["ok"]:
-        return f"no plan: {doc['error']}\n"
+        return printable(f"no plan: {doc['error']}") + "\n"
     out = [f"plan of tick {doc['tick']} (dry run: nothing was sent to the master or written)"]
     for kind in KINDS:
         _rows(out, TITLES[kind], doc["would"][kind], "instance_guid", "title", "reason", "why")
@@ -185,7 +186,9 @@ def render(doc: Mapping[str, Any]) -> str:
             ("held updates", "held_updates"), ("errors", "errors"), ("pending", "pending"),
         ))
     )
-    return "\n".join(out) + "\n"
+    # guids, titles and reasons come from the master and its customers: an
+    # escape sequence in one must not repaint the operator's terminal
+    return "".join(printable(line) + "\n" for line in out)
 
 
 async def make_plan(config: Config) -> dict[str, Any]:
@@ -225,6 +228,6 @@ def run_plan(config: Config, *, as_json: bool, out: TextIO = sys.stdout) -> int:
     elif doc["ok"]:
         out.write(render(doc))
     if not doc["ok"]:
-        print(f"cdnreq: no plan could be made: {doc['error']}", file=sys.stderr)
+        print(printable(f"cdnreq: no plan could be made: {doc['error']}"), file=sys.stderr)
         return EXIT_TICK_FAILED
     return EXIT_OK
