@@ -20,6 +20,12 @@ class NotRunning(Exception):
     """No daemon answered on the configured endpoint."""
 
 
+class NoAnswer(NotRunning):
+    """A daemon took the request but gave no answer (a timeout, a dropped
+    connection): it may still act on it, so nothing must be done in its
+    place."""
+
+
 async def fetch(config: Config, path: str, token: str | None, *, timeout_s: float = 3.0) -> tuple[int, Any]:
     """GET `path` on the daemon; (status, JSON body)."""
     return await _call(config, "GET", path, token, timeout_s=timeout_s)
@@ -52,8 +58,13 @@ async def _call(
         ) as session:
             async with session.request(method, base + path, params=query) as response:
                 return response.status, await response.json(content_type=None)
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as error:
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:  # nothing was sent
         raise NotRunning(f"no cdnreq daemon answered on {config.daemon.listen}: {error}") from None
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as error:
+        raise NoAnswer(
+            f"the daemon on {config.daemon.listen} took the request but gave no answer"
+            f" ({type(error).__name__}: {error or 'timed out'})"
+        ) from None
 
 
 def instance_path(guid: str) -> str:

@@ -5,8 +5,10 @@ With a daemon answering on [daemon].listen, the action is sent to it
 its ticks. With none, the command takes the store's lock and applies it
 itself; a `cdnreq once` running meanwhile makes it exit 3.
 
-Exit codes: 0 done, 1 refused (the reason is printed), 2 the daemon refused
-the token (401) or has none configured (403), 3 the store is locked.
+Exit codes: 0 done, 1 refused (the reason is printed) or sent to a daemon
+that gave no answer in time (it may still apply it after its running tick:
+look with `cdnreq explain`), 2 the daemon refused the token (401) or has
+none configured (403), 3 the store is locked.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import os
 import sys
 from typing import Any, Callable
 
-from cdnreq.client import NotRunning, post
+from cdnreq.client import NoAnswer, NotRunning, post
 from cdnreq.config import Config
 from cdnreq.configfile import ConfigError
 from cdnreq.daemon import EXIT_CONFIG, EXIT_DATABASE, EXIT_OK, EXIT_TICK_FAILED, master_client, open_store, read_token
@@ -27,6 +29,7 @@ from cdnreq.reconcile.operator import APPROVE, FORGET, RELEASE, RETRY, OperatorA
 
 EXIT_REFUSED = EXIT_TICK_FAILED
 EXIT_AUTH = EXIT_CONFIG
+ANSWER_TIMEOUT_S = 300.0  # the action waits for a running tick to end
 
 
 def register(command: Callable[[str, Any, str], argparse.ArgumentParser]) -> None:
@@ -74,7 +77,13 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         token = None  # not readable by this user: the daemon will say 401/403
     query = action.query() + [("user", _user()), ("uid", str(os.getuid()))]
     try:
-        code, body = asyncio.run(post(config, f"/actions/{action.name}", token, query))
+        code, body = asyncio.run(
+            post(config, f"/actions/{action.name}", token, query, timeout_s=ANSWER_TIMEOUT_S)
+        )
+    except NoAnswer as error:  # not applied here too: the daemon may still apply it
+        print(f"cdnreq: {action.name}: {error}; it may still be applied after the running tick:"
+              " look with `cdnreq status` or `cdnreq explain`", file=sys.stderr)
+        return EXIT_REFUSED
     except NotRunning:
         return _local(config, action)
     message = str((body or {}).get("message") or (body or {}).get("error") or body)

@@ -1,0 +1,54 @@
+"""Issue 11 #4, attacked: an operator action sent to a daemon that takes the
+request but does not answer in time (a tick longer than the wait, a daemon
+stuck) must not be applied a second time by the command itself: the
+daemon's handler still waits for its tick and applies it afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+from test_service import config_for, offline_site
+
+from cdnreq import cli
+from cdnreq.commands import actions
+from cdnreq.model import InstanceGuid, Phase, Record
+from cdnreq.store import Store
+
+GUID = "backing-off"
+
+
+async def _seed(database: Path) -> None:
+    store = await Store.open(database)
+    try:
+        record = Record(guid=InstanceGuid(GUID), title="cdn-x", phase=Phase.NEW, created_at=1.0,
+                        updated_at=2.0, failures=3, retry_at=4e9, last_error="master: down")  # fmt: skip
+        await store.commit(upserts=[record])
+    finally:
+        await store.close()
+
+
+async def _stored(database: Path) -> tuple[Record | None, list]:
+    store = await Store.open(database, lock=False)
+    try:
+        return await store.get(GUID), [e for _, e in await store.events_since(0, 1000) if e.action == "operator"]
+    finally:
+        await store.close()
+
+
+def test_an_action_the_daemon_took_but_did_not_answer_is_not_applied_locally(tmp_path, monkeypatch, capsys):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:  # connects, never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        config = config_for(offline_site(tmp_path), tmp_path, daemon={"listen": f"127.0.0.1:{port}"})
+        database = tmp_path / "state" / "cdnreq.db"
+        asyncio.run(_seed(database))
+        monkeypatch.setattr(actions, "ANSWER_TIMEOUT_S", 1.0)
+        code = cli.main(["retry", GUID, "--config", str(config)])
+    err = capsys.readouterr().err
+    record, events = asyncio.run(_stored(database))
+    assert events == [] and record is not None and record.retry_at == 4e9  # nothing applied in its place
+    assert code == actions.EXIT_REFUSED, err
+    assert "gave no answer" in err and "may still be applied" in err
