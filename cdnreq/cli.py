@@ -147,7 +147,7 @@ def _plan(args: argparse.Namespace, config: Config) -> int:
     from cdnreq.commands.plan import run_plan
 
     logs.configure(config.logging.format, "warning")  # the plan is the output; the log only warns
-    return run_plan(config, as_json=args.json)
+    return run_plan(config, as_json=args.json, config_path=args.config)
 
 
 def _backup(args: argparse.Namespace, config: Config) -> int:

@@ -56,6 +56,21 @@ def check(config: Config, path: str | Path) -> ssl.SSLContext | None:
     found = problems(config)
     if found:
         raise ConfigError(str(path), found)
+    return _context(config, path)
+
+
+def master_context(config: Config, path: str | Path) -> ssl.SSLContext | None:
+    """Only the master's TLS context, for the commands that create nothing
+    (`plan`, a local `forget`) and so skip the checks of what `run` writes:
+    a bad certificate is refused naming the key (exit 2), not found by the
+    first call as an SSLError inside a tick."""
+    found = tls_problems(config.master)
+    if found:
+        raise ConfigError(str(path), found)
+    return _context(config, path)
+
+
+def _context(config: Config, path: str | Path) -> ssl.SSLContext | None:
     try:
         return client_context(config.master)
     except TlsConfigError as error:

@@ -25,6 +25,7 @@ from cdnreq.config import Config
 from cdnreq.configfile import ConfigError
 from cdnreq.daemon import EXIT_CONFIG, EXIT_DATABASE, EXIT_OK, EXIT_TICK_FAILED, master_client, open_store, read_token
 from cdnreq.operator import Result, apply, guard_policy_of
+from cdnreq.preflight import master_context
 from cdnreq.reconcile.operator import APPROVE, FORGET, RELEASE, RETRY, OperatorAction, who
 
 EXIT_REFUSED = EXIT_TICK_FAILED
@@ -116,7 +117,7 @@ async def _apply_locked(config: Config, action: OperatorAction) -> Result:
     try:
         if action.name != FORGET:
             return await apply(store, None, action, policy=guard_policy_of(config))
-        async with master_client(config) as master:
+        async with master_client(config, None, master_context(config, "the configuration")) as master:
             return await apply(store, master, action, policy=guard_policy_of(config))
     finally:
         await store.close()

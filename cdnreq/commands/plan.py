@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import sys
 import time
+from pathlib import Path
 from typing import Any, Iterable, Mapping, TextIO
 
 from cdnreq.config import Config
@@ -22,6 +24,7 @@ from cdnreq.daemon import EXIT_DATABASE, EXIT_OK, EXIT_TICK_FAILED, master_clien
 from cdnreq.explain import iso
 from cdnreq.fdlimit import fit_config, raise_fd_limit
 from cdnreq.model import InstanceGuid, Record
+from cdnreq.preflight import master_context
 from cdnreq.reconcile.dry import ActionLog, DryStore, ReadOnlyMaster, read_secret
 from cdnreq.reconcile.gate import Gate, Status
 from cdnreq.reconcile.guards import HeldUpdates
@@ -191,12 +194,12 @@ def render(doc: Mapping[str, Any]) -> str:
     return "".join(printable(line) + "\n" for line in out)
 
 
-async def make_plan(config: Config) -> dict[str, Any]:
+async def make_plan(config: Config, ssl_context: ssl.SSLContext | None = None) -> dict[str, Any]:
     """Run one dry tick; StoreError when the snapshot cannot be read."""
     dry = DryStore(await Store.open_snapshot(config.daemon.database))
     stages, log = Stages(), ActionLog()
     try:
-        async with master_client(config) as client:
+        async with master_client(config, None, ssl_context) as client:
             master = ReadOnlyMaster(client)
             reconciler = Reconciler(
                 config=config, store=dry, master=master,  # type: ignore[arg-type]
@@ -216,12 +219,16 @@ async def make_plan(config: Config) -> dict[str, Any]:
     )
 
 
-def run_plan(config: Config, *, as_json: bool, out: TextIO = sys.stdout) -> int:
+def run_plan(
+    config: Config, *, as_json: bool, out: TextIO = sys.stdout, config_path: str | Path = "the configuration"
+) -> int:
+    # a bad certificate: refused naming the key (ConfigError, exit 2), as `once` does
+    ssl_context = master_context(config, config_path)
     if not config.daemon.database.exists():
         print(f"cdnreq: no database at {config.daemon.database}: cdnreq has not run yet", file=sys.stderr)
         return EXIT_DATABASE
     config = fit_config(config, raise_fd_limit())
-    doc = asyncio.run(make_plan(config))
+    doc = asyncio.run(make_plan(config, ssl_context))
     if as_json:  # a failure too: {"ok": false, "error": ...} for scripts
         json.dump(doc, out, indent=2, sort_keys=True)
         out.write("\n")
