@@ -18,7 +18,7 @@ import asyncio
 import getpass
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, TextIO
 
 from cdnreq.client import NoAnswer, NotRunning, post
 from cdnreq.config import Config
@@ -26,6 +26,7 @@ from cdnreq.configfile import ConfigError
 from cdnreq.daemon import EXIT_CONFIG, EXIT_DATABASE, EXIT_OK, EXIT_TICK_FAILED, master_client, open_store, read_token
 from cdnreq.operator import Result, apply, guard_policy_of
 from cdnreq.preflight import master_context
+from cdnreq.scrub import printable
 from cdnreq.reconcile.operator import APPROVE, FORGET, RELEASE, RETRY, OperatorAction, who
 
 EXIT_REFUSED = EXIT_TICK_FAILED
@@ -90,12 +91,12 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     message = str((body or {}).get("message") or (body or {}).get("error") or body)
     if code in (401, 403):
         hint = "" if token else " (the token file could not be read)"
-        print(f"cdnreq: the daemon refused the action ({code}): {message}{hint}", file=sys.stderr)
+        _say(f"cdnreq: the daemon refused the action ({code}): {message}{hint}", sys.stderr)
         return EXIT_AUTH
     if code == 200:
-        sys.stdout.write(message if message.endswith("\n") else message + "\n")
+        _say(message, sys.stdout)
         return EXIT_OK
-    print(f"cdnreq: {action.name} refused: {message.rstrip()}", file=sys.stderr)
+    _say(f"cdnreq: {action.name} refused: {message}", sys.stderr)
     return EXIT_REFUSED
 
 
@@ -106,10 +107,16 @@ def _local(config: Config, action: OperatorAction) -> int:
         return EXIT_DATABASE
     result = asyncio.run(_apply_locked(config, action))
     if not result.ok:
-        print(f"cdnreq: {action.name} refused: {result.message}", file=sys.stderr)
+        _say(f"cdnreq: {action.name} refused: {result.message}", sys.stderr)
         return EXIT_REFUSED
-    sys.stdout.write(result.message)
+    _say(result.message, sys.stdout)
     return EXIT_OK
+
+
+def _say(text: str, to: TextIO) -> None:
+    """Each line escaped: the messages name guids the master listed, which
+    may hold an escape sequence that would repaint the operator's terminal."""
+    to.write("".join(printable(line) + "\n" for line in text.rstrip("\n").split("\n")))
 
 
 async def _apply_locked(config: Config, action: OperatorAction) -> Result:

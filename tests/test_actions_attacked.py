@@ -52,3 +52,27 @@ def test_an_action_the_daemon_took_but_did_not_answer_is_not_applied_locally(tmp
     assert events == [] and record is not None and record.retry_at == 4e9  # nothing applied in its place
     assert code == actions.EXIT_REFUSED, err
     assert "gave no answer" in err and "may still be applied" in err
+
+
+def test_messages_naming_a_listed_guid_are_shown_escaped(tmp_path, capsys):
+    """A listed guid may hold an escape sequence (ASCII is all the listing
+    asks); refused or done, the command prints it escaped."""
+    evil = "evil\x1b]0;owned\x07\x1b[2J"
+
+    async def seed() -> None:
+        store = await Store.open(database)
+        try:
+            await store.commit(upserts=[Record(guid=InstanceGuid(evil), title="cdn-e", phase=Phase.LIVE,
+                                               created_at=1.0, updated_at=2.0)])  # fmt: skip
+        finally:
+            await store.close()
+
+    database = tmp_path / "state" / "cdnreq.db"
+    config = config_for(offline_site(tmp_path), tmp_path)  # its listen answers nothing: applied locally
+    asyncio.run(seed())
+    for argv in (["retry", evil], ["forget", evil]):
+        code = cli.main([*argv, "--config", str(config)])
+        captured = capsys.readouterr()
+        assert code == actions.EXIT_REFUSED, captured
+        assert "\x1b" not in captured.err + captured.out and "\x07" not in captured.err, captured
+        assert "evil\\x1b]0;owned\\x07\\x1b[2J" in captured.err
