@@ -154,6 +154,19 @@ async def run_once(config: Config, *, fresh: bool = False, config_path: Path | N
         await store.close()
 
 
+def _keep_running(new: Config, running: Config) -> Config:
+    """`new` with the keys that apply only after a restart at their running
+    values: what is derived from them (the domain secret's path, the
+    backups' directory) must not move under the open store, or the next
+    reload of the store's state would read, or create, another secret."""
+    daemon = new.daemon.model_copy(update={
+        "database": running.daemon.database, "listen": running.daemon.listen,
+        "token_file": running.daemon.token_file,
+    })  # fmt: skip
+    domain = new.domain.model_copy(update={"secret_file": running.domain.secret_file})
+    return new.model_copy(update={"daemon": daemon, "domain": domain})
+
+
 class Daemon:
     """Owns the store, the master client, the endpoint and the schedule of ticks."""
 
@@ -246,6 +259,7 @@ class Daemon:
         ]
         if restart:
             log.warning("these changes apply after a restart", keys=restart)
+            config = _keep_running(config, self.config)
         # TLS files are read again at each reload: a renewed certificate at the same path is taken
         renewed = config.master.cert_file is not None or config.master.ca_file is not None
         if renewed or (config.master, config.daemon.concurrency) != (self.config.master, self.config.daemon.concurrency):
