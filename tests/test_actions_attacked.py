@@ -76,3 +76,40 @@ def test_messages_naming_a_listed_guid_are_shown_escaped(tmp_path, capsys):
         assert code == actions.EXIT_REFUSED, captured
         assert "\x1b" not in captured.err + captured.out and "\x07" not in captured.err, captured
         assert "evil\\x1b]0;owned\\x07\\x1b[2J" in captured.err
+
+
+def test_status_refused_by_the_daemon_is_not_shown_as_its_state(tmp_path, capsys):
+    """`cdnreq status` run by a user who cannot read the token: the daemon's
+    401 is not a status ('cdnreq None (pid None): NOT READY: None')."""
+    import http.server
+    import json
+    import threading
+
+    class Refusing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            body = json.dumps({"error": "unauthorized"}).encode()
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        config = config_for(offline_site(tmp_path), tmp_path, daemon={"listen": f"127.0.0.1:{port}"})
+        asyncio.run(_seed(tmp_path / "state" / "cdnreq.db"))
+        code = cli.main(["status", "--config", str(config)])
+        out = capsys.readouterr().out
+        assert code == 1
+        assert "NOT READY: None" not in out, out
+        assert "answered HTTP 401 (unauthorized)" in out and "token_file" in out, out
+        assert cli.main(["status", "--json", "--config", str(config)]) == 1
+        assert json.loads(capsys.readouterr().out)["daemon"] is None
+    finally:
+        server.shutdown()
+        server.server_close()
