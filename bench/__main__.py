@@ -4,6 +4,8 @@
                     [--skip-slapproxy] [--skip-latency] [--keep]
     python -m bench large [--customers 10000] [--parameter-bytes 65000] [--parameter-piece 4000]
                     (the daemon's memory with 64 KiB parameters: bench/large.py)
+    python -m bench history [--size 100000] [--days 60] [--retention 30] [--out FILE]
+                    (the store after months of read-backs, pruned: bench/history.py)
 
 Prints progress on stderr, then a table and the targets on stdout, and
 writes every figure to the JSON file. Needs root for two things, both
@@ -36,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.large import main as large
 
         return large(argv[1:])
+    if argv[:1] == ["history"]:
+        from bench.history import main as history
+
+        return history(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=_sizes, default=[1000, 10000, 100000],
                         help="customers per run, comma-separated (default 1000,10000,100000)")

@@ -426,7 +426,8 @@ class DnsConfig(BaseModel):
 
 
 class StoreConfig(BaseModel):
-    """Online backups of the store: what proves which customer owns which host."""
+    """Online backups of the store (what proves which customer owns which host)
+    and how long its history is kept."""
 
     model_config = _MODEL_CONFIG
 
@@ -440,6 +441,14 @@ class StoreConfig(BaseModel):
         default=6 * 3600.0, ge=0, allow_inf_nan=False, description="0 disables scheduled backups"
     )
     backup_keep: int = Field(default=14, ge=1, le=10000, description="how many backups to keep")
+    events_retention_days: int = Field(
+        default=30,
+        ge=0,
+        le=3650,
+        description="events and ticks older than this many days are deleted, in small batches"
+        " off the tick's path (an instance's newest event of each action and the last 10 ticks"
+        " are kept); 0 keeps everything",
+    )
 
     _resolve = field_validator("backup_dir")(_resolve_path)
 

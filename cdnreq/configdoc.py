@@ -47,7 +47,8 @@ def sections() -> list[tuple[str, type[BaseModel], str]]:
     for name, field in Config.model_fields.items():
         model = field.annotation
         assert isinstance(model, type) and issubclass(model, BaseModel), name
-        found.append((name, model, (field.description or model.__doc__ or "").strip()))
+        text = field.description or model.__doc__ or ""
+        found.append((name, model, " ".join(text.split())))  # one line: a docstring may wrap
     return found
 
 

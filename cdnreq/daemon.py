@@ -42,6 +42,7 @@ from cdnreq.reconcile.operator import action_of, who
 from cdnreq.reconcile.tick import Reconciler, TickReport, resolver_of
 from cdnreq.store import Store, StoreError, start_refusal, take_backup
 from cdnreq.store.backup import backup_time, last_backup
+from cdnreq.store.prune import prune_logged, prune_passes
 
 log = structlog.get_logger("cdnreq.daemon")
 
@@ -147,9 +148,12 @@ async def run_once(config: Config, *, fresh: bool = False, config_path: Path | N
             reconciler = Reconciler(config=config, store=store, master=master)
             try:
                 await reconciler.load()
-                return await reconciler.tick()
+                report = await reconciler.tick()
             finally:
                 await reconciler.resolver.close()
+        # after the tick, whatever its result: `once` from a timer keeps the history bounded too
+        await prune_logged(store, config.store.events_retention_days)
+        return report
     finally:
         await store.close()
 
@@ -199,6 +203,7 @@ class Daemon:
         self._new_resolver = False
         self._watchdog: asyncio.Task | None = None
         self._backup_task: asyncio.Task | None = None
+        self._prune_task: asyncio.Task | None = None
         self.exit_code = EXIT_OK
         self._phases: tuple[float, dict[str, int]] | None = None  # (when, instances by phase)
         self.writing = asyncio.Lock()  # ticks and operator actions, one at a time
@@ -385,6 +390,7 @@ class Daemon:
                 if self._watchdog is not None:
                     self._watchdog.cancel()
                 await self._finish_backup()
+                await self._finish_pruning()
         finally:
             if runner is not None:
                 await runner.cleanup()
@@ -428,6 +434,7 @@ class Daemon:
                 self._watchdog = self._start_watchdog()
                 first = False
             report = await tick
+            self._start_pruning()
             if report is not None:
                 self._after(report)
                 if await self._store_lost():
@@ -520,6 +527,28 @@ class Daemon:
             log.warning("backup still running at the shutdown timeout; cancelling")
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+    # -- history -----------------------------------------------------------------
+
+    def _start_pruning(self) -> None:
+        """After the first tick: the hourly pass over events and ticks past
+        `[store].events_retention_days`, in small steps between the ticks' own."""
+        if self._prune_task is None and self.store is not None:
+            self._prune_task = asyncio.create_task(prune_passes(
+                self.store, lambda: self.config.store.events_retention_days, self.stop, metrics=self.metrics
+            ))
+
+    async def _finish_pruning(self) -> None:
+        """At stop: the pass ends after its current step (a step is short)."""
+        task, self._prune_task = self._prune_task, None
+        if task is None:
+            return
+        if not self.stop.is_set():
+            task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=self.config.daemon.shutdown_timeout_s)
+        if not done:
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
     def _after(self, report: TickReport) -> None:
         self.last_report = report

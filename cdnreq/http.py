@@ -112,7 +112,7 @@ def make_app(endpoint: Endpoint, *, token: str | None = None) -> web.Application
         try:
             if request.match_info.route.name == _ACTION_ROUTE and expected is None:
                 response = _json(
-                    {"error": "operator actions need a token: set [daemon].token_file and reload"}, status=403
+                    {"error": "operator actions need a token: set [daemon].token_file and restart the daemon (a reload does not change the token)"}, status=403
                 )
                 response.headers["Cache-Control"] = "no-store"
                 return response

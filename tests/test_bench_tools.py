@@ -311,3 +311,22 @@ def test_sizes_argument():
     assert _sizes("1000,10_000") == [1000, 10000]
     with pytest.raises(Exception):
         _sizes("a,b")
+
+
+def test_history_bench_on_a_small_store(tmp_path: Path):
+    """bench/history.py end to end, small: what it reports adds up."""
+    import json
+
+    from bench.history import main as history
+
+    out = tmp_path / "history.json"
+    assert history(["--size", "40", "--days", "6", "--retention", "2", "--workdir", str(tmp_path / "w"),
+                    "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    # day 0: request, poll, publish (+ a claim for 9 in 10) then a poll a day; 1,440 ticks a day
+    assert r["events"] == 40 * (3 + 5) + 36 and r["ticks"] == 6 * 1440
+    # past 2 days: the polls of days 0 to 3 (not day 0's request, publication or claim,
+    # each the newest of its action) and those days' ticks
+    assert r["prune"]["events_deleted"] == 40 * 4 and r["prune"]["ticks_deleted"] == 4 * 1440
+    assert r["next_day"]["events_deleted"] == 40 and r["next_day"]["ticks_deleted"] == 1440
+    assert r["pruned_mb"] < r["migrated_mb"]

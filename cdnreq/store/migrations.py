@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Final
+from typing import Callable, Final
 
 import aiosqlite
 
@@ -101,6 +101,19 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
             value TEXT NOT NULL,
             updated_at REAL NOT NULL
         );
+        """,
+    ),
+    (
+        4,
+        "history pruned past [store].events_retention_days: events indexed by instance and action;"
+        " incremental auto-vacuum",
+        # Pruning keeps each instance's newest event of every action: with
+        # the action in the index, "is there a newer one?" is one seek.
+        # (The switch to auto_vacuum=INCREMENTAL needs a VACUUM, which cannot
+        # run in a transaction: see incremental_auto_vacuum.)
+        """
+        DROP INDEX events_instance;
+        CREATE INDEX events_instance_action ON events (instance_guid, action, id);
         """,
     ),
 )
@@ -206,3 +219,34 @@ async def migrate(conn: aiosqlite.Connection, path: str) -> int:
             raise StoreError(f"{path}: migration {number} ({description}) failed: {exc}") from exc
         version = max(version, number)
     return version
+
+
+# SQLite's PRAGMA auto_vacuum values
+_INCREMENTAL: Final[int] = 2
+
+
+async def incremental_auto_vacuum(
+    conn: aiosqlite.Connection, path: str, *, before: Callable[[], None] | None = None
+) -> float | None:
+    """Switch the file to auto_vacuum=INCREMENTAL, so pages freed by pruning
+    can be given back to the file system a few at a time; return the seconds
+    the switch took, or None when the file was already switched.
+
+    An existing file only switches through a full VACUUM (one long write, a
+    temporary copy of the database's size): only the writer holding the store
+    lock calls this, after `migrate`, and it happens once per file. `before`
+    is called just before the VACUUM starts (to say why the start is slow).
+    """
+    try:
+        async with conn.execute("PRAGMA auto_vacuum") as cur:
+            row = await cur.fetchone()
+        if row is not None and int(row[0]) == _INCREMENTAL:
+            return None
+        if before is not None:
+            before()
+        began = time.monotonic()
+        await conn.execute(f"PRAGMA auto_vacuum = {_INCREMENTAL}")
+        await conn.execute("VACUUM")
+        return time.monotonic() - began
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot switch to incremental auto-vacuum (VACUUM failed: {exc})") from exc

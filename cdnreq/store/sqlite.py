@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Iterable, Mapping
+from typing import Any, Awaitable, Callable, Iterable, Mapping, TypeVar
 
 import aiosqlite
 import structlog
@@ -33,11 +33,12 @@ from cdnreq.model import (
     fast_maker,
     shown_digest,
 )
+from cdnreq.notify import Notifier
 from cdnreq.store import backup as _backup
 from cdnreq.store.errors import SchemaTooNew, StoreError, StoreLost
 from cdnreq.store.files import make_private_dirs, too_open
 from cdnreq.store.lock import DatabaseLock
-from cdnreq.store.migrations import LATEST, migrate, read_version
+from cdnreq.store.migrations import LATEST, incremental_auto_vacuum, migrate, read_version
 
 log = structlog.get_logger("cdnreq.store")
 
@@ -89,6 +90,11 @@ _UPSERT_GUARD = (
 _DELETE_GUARD = "DELETE FROM guards WHERE name = ?"
 
 _PHASES = {p.value: p for p in Phase}
+_T = TypeVar("_T")
+# the -wal file is cut back to this after a checkpoint (pruning and its
+# vacuum steps write a lot through it, once)
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+VACUUM_START_BUDGET_US = 30 * 60 * 1_000_000  # systemd's start timeout, extended for the one-time VACUUM
 _STATES = {s.value: s for s in RequestedState}
 
 
@@ -286,6 +292,10 @@ class Store:
         try:
             try:
                 conn = await aiosqlite.connect(file_lock.real if file_lock else db, isolation_level=None)
+                if await _pragma(conn, "page_count") == 0:
+                    # a new file starts in incremental auto-vacuum (set before WAL writes
+                    # its header); an existing one switches by a VACUUM (_writer_settings)
+                    await conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
                 mode = await _pragma(conn, "journal_mode = WAL")
                 await conn.execute("PRAGMA synchronous = NORMAL")
                 await conn.execute("PRAGMA busy_timeout = 5000")
@@ -299,6 +309,8 @@ class Store:
             if str(mode).lower() != "wal":
                 raise StoreError(f"{db}: cannot switch to WAL journal mode (got {mode!r})")
             version = await migrate(conn, str(db))
+            if lock:
+                await _writer_settings(conn, db)
             if lock:  # the writer: refuse a database it cannot write now, not at the first commit
                 try:
                     await conn.execute("BEGIN IMMEDIATE")
@@ -515,6 +527,37 @@ class Store:
             except sqlite3.Error as exc:
                 raise StoreError(f"{self._path}: {exc}") from exc
 
+    async def in_turn(self, work: Callable[[aiosqlite.Connection], Awaitable[_T]]) -> _T:
+        """Run `work` on the connection between the store's other statement
+        sequences (cdnreq.store.prune's small steps). Shielded like a commit:
+        a cancelled caller never leaves a transaction half-run."""
+
+        async def turn() -> _T:
+            async with self._busy:
+                if self._closed:
+                    raise StoreError(f"{self._path}: the store is closed")
+                try:
+                    return await work(self._conn)
+                except BaseException as exc:
+                    await self._rollback()
+                    if isinstance(exc, sqlite3.Error):
+                        raise StoreError(f"{self._path}: {exc}") from exc
+                    raise
+
+        task = asyncio.ensure_future(turn())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return await asyncio.shield(task)
+
+    def size_bytes(self) -> int:
+        """The database file and its write-ahead log, in bytes."""
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += os.stat(f"{self._path}{suffix}").st_size
+            except OSError:
+                pass
+        return total
+
     def lost(self) -> str | None:
         """Why the database file is no longer the one this store opened
         (deleted, replaced); None while it is, and for readers."""
@@ -632,6 +675,33 @@ class Store:
         for phase, n in await self._all("SELECT phase, COUNT(*) FROM instances GROUP BY phase"):
             counts[phase] = n
         return counts
+
+
+async def _writer_settings(conn: aiosqlite.Connection, db: Path) -> None:
+    """The writer's: a bounded -wal, and (once per file) incremental auto-vacuum.
+    A failed switch (a full disk) is logged and tried again at the next start."""
+    try:
+        await conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open {db}: {exc}") from exc
+    try:
+        took = await incremental_auto_vacuum(conn, str(db), before=lambda: _announce_vacuum(db))
+    except StoreError as error:
+        log.warning("database keeps its vacuum mode for now", database=str(db), error=str(error))
+        return
+    if took is not None:
+        log.info("database switched to incremental auto-vacuum", database=str(db), duration_s=round(took, 3))
+
+
+def _announce_vacuum(db: Path) -> None:
+    """The one-time VACUUM rewrites the whole file (tens of seconds for a large
+    store): say so in the log and to systemd, whose start timeout it must not
+    trip (a killed start would roll it back and try again, for ever)."""
+    size = os.stat(db).st_size
+    log.info("switching the database to incremental auto-vacuum: a VACUUM, once", database=str(db), size_bytes=size)
+    notifier = Notifier()
+    notifier.send(EXTEND_TIMEOUT_USEC=VACUUM_START_BUDGET_US, STATUS="VACUUM of the database, once (schema 4)")
+    notifier.close()
 
 
 async def _pragma(conn: aiosqlite.Connection, assignment: str) -> Any:
