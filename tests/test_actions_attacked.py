@@ -9,6 +9,8 @@ import asyncio
 import socket
 from pathlib import Path
 
+import pytest
+import structlog
 from test_service import config_for, offline_site
 
 from cdnreq import cli
@@ -18,6 +20,14 @@ from cdnreq.store import Store
 
 GUID = "backing-off"
 
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored():
+    """cli.main configures structlog on the captured stderr: put it back."""
+    before = structlog.get_config()
+    yield
+    structlog.configure(**before)
 
 async def _seed(database: Path) -> None:
     store = await Store.open(database)

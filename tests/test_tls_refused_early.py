@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+import structlog
 from test_service import config_for, offline_site
 
 from cdnreq import cli
@@ -15,6 +17,14 @@ from cdnreq.daemon import EXIT_CONFIG
 from cdnreq.model import InstanceGuid, Phase, Record
 from cdnreq.store import Store
 
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored():
+    """cli.main configures structlog on the captured stderr: put it back."""
+    before = structlog.get_config()
+    yield
+    structlog.configure(**before)
 
 def _config(tmp_path: Path) -> Path:
     (tmp_path / "cert.pem").write_text("not a certificate\n")
