@@ -223,3 +223,28 @@ async def test_render_escapes_what_the_master_and_customers_wrote(tmp_path):
     assert "second line" in text and "url: refused\nsecond line" not in text
     failed = TickReport(id=2, started_at=0.0, error="master: said \x1b[2J")
     assert "\x1b" not in render(document([], Stages(), dry, failed, {}, 0.0, 3))
+
+
+async def test_snapshot_through_a_symlink_reads_the_daemons_write_ahead_log(tmp_path):
+    """The daemon opens the database's real path, so its -wal sits beside the
+    real file, not beside a symlink to it. The snapshot must look there, or
+    it opens the main file alone (immutable) and misses every commit still
+    in the log: a fresh database even reads as schema version 0."""
+    real, link = tmp_path / "real", tmp_path / "link"
+    real.mkdir()
+    link.mkdir()
+    (link / "cdnreq.db").symlink_to(real / "cdnreq.db")
+    writer = await Store.open(link / "cdnreq.db")  # takes the lock, as the daemon does
+    try:
+        await writer.commit(upserts=[rec("a")])
+        await writer.commit(upserts=[rec("b")])
+        assert Path(f"{real / 'cdnreq.db'}-wal").exists() and not Path(f"{link / 'cdnreq.db'}-wal").exists()
+        before = files(real)
+        snapshot = await Store.open_snapshot(link / "cdnreq.db")
+        try:
+            assert set(await snapshot.load()) == {"a", "b"}
+        finally:
+            await snapshot.close()
+        assert set(files(real)) == set(before) and sorted(p.name for p in link.iterdir()) == ["cdnreq.db"]
+    finally:
+        await writer.close()

@@ -261,8 +261,9 @@ class Store:
         db = Path(path)
         if not db.is_file():
             raise StoreError(f"no database at {db}")
-        uri = db.resolve().as_uri()
-        wal = Path(f"{db}-wal").exists()
+        real = db.resolve()  # the daemon opens the real path: its -wal is beside it, not beside a symlink
+        uri = real.as_uri()
+        wal = Path(f"{real}-wal").exists()
         target = f"{uri}?mode=ro" if wal else f"{uri}?immutable=1"
         conn: aiosqlite.Connection | None = None
         try:
