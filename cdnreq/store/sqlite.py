@@ -228,8 +228,9 @@ class Store:
         """For readers of a database in a read-only place (a snapshot, a
         read-only mount): `mode=ro` when SQLite's -shm and -wal files are there
         to read, `immutable=1` when there is no write-ahead log to miss."""
-        uri = db.resolve().as_uri()
-        wal = Path(f"{db}-wal")
+        real = db.resolve()  # SQLite keeps the -wal beside the real file, not beside a symlink
+        uri = real.as_uri()
+        wal = Path(f"{real}-wal")
         targets = [f"{uri}?mode=ro"]
         if not wal.exists() or wal.stat().st_size == 0:
             targets.append(f"{uri}?immutable=1")
