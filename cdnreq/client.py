@@ -20,6 +20,13 @@ class NotRunning(Exception):
     """No daemon answered on the configured endpoint."""
 
 
+# could not connect: nothing was sent (ConnectionTimeoutError: aiohttp >= 3.10;
+# before it, a connect timeout is taken for no answer, the safe side)
+_NOT_CONNECTED = (aiohttp.ClientConnectorError,) + tuple(
+    e for e in (getattr(aiohttp, "ConnectionTimeoutError", None),) if e is not None
+)
+
+
 class NoAnswer(NotRunning):
     """A daemon took the request but gave no answer (a timeout, a dropped
     connection): it may still act on it, so nothing must be done in its
@@ -58,7 +65,7 @@ async def _call(
         ) as session:
             async with session.request(method, base + path, params=query) as response:
                 return response.status, await response.json(content_type=None)
-    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:  # nothing was sent
+    except _NOT_CONNECTED as error:  # nothing was sent
         raise NotRunning(f"no cdnreq daemon answered on {config.daemon.listen}: {error}") from None
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as error:
         raise NoAnswer(
