@@ -379,7 +379,12 @@ class Daemon:
         runner = None
         try:
             await self.reconciler.load()
-            runner = await serve(make_app(_Endpoint(self), token=token), listen, limits_of(self.config))
+            try:
+                runner = await serve(make_app(_Endpoint(self), token=token), listen, limits_of(self.config))
+            except OSError as error:  # a port in use may free itself: exit 1, restarted, no traceback
+                log.error("cannot listen on [daemon].listen", listen=self.config.daemon.listen,
+                          error=error.strerror or str(error), exit_code=EXIT_TICK_FAILED)
+                return EXIT_TICK_FAILED
             self.address = bound_address(runner)
             self.install_signals()
             log.info("started", database=str(self.config.daemon.database), listen=self.address, version=__version__)

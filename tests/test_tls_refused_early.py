@@ -53,3 +53,17 @@ def test_plan_and_a_local_forget_refuse_a_bad_certificate_naming_the_key(tmp_pat
         assert code == EXIT_CONFIG, (argv, captured)
         assert "[master].cert_file:" in captured.err and "no PEM certificate" in captured.err, argv
         assert "Traceback" not in captured.err + captured.out and "SSLError" not in captured.err, argv
+
+
+def test_run_on_a_listen_address_in_use_names_the_key_without_a_traceback(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        config = config_for(offline_site(tmp_path), tmp_path, daemon={"listen": address})
+        code = cli.main(["run", "--config", str(config)])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "[daemon].listen" in err and address in err and "Traceback" not in err, err
