@@ -79,11 +79,18 @@ def _endpoint(config: Config) -> list[str]:
         token = read_token(config)
     except ConfigError as error:
         return list(error.problems)
-    if token is None and needs_token(config.daemon.listen_endpoint()):
+    listen = config.daemon.listen_endpoint()
+    if token is None and needs_token(listen):
         return [
             f"[daemon].listen: {config.daemon.listen} is not loopback; set [daemon].token_file"
             " (the endpoint would be open to the network without a token)"
         ]
+    if isinstance(listen, Path):  # run binds the socket there and creates no directory
+        if not listen.parent.is_dir():
+            return [f"[daemon].listen: {listen}: its directory {listen.parent} does not exist"]
+        why = unwritable_dir(listen.parent)
+        if why is not None:
+            return [f"[daemon].listen: {listen}: its directory {why}"]
     return []
 
 

@@ -28,3 +28,13 @@ def test_a_fifo_in_place_of_a_file_is_refused_without_blocking(tmp_path: Path):
             pass
     assert found, "check-config blocked reading a FIFO"
     assert any(p.startswith("[daemon].token_file:") and "not a regular file" in p for p in found[0]), found
+
+
+def test_a_unix_socket_in_a_missing_directory_is_refused_by_check_config(tmp_path: Path):
+    """`run` binds the socket and creates no directory: it would fail at start."""
+    socket_path = tmp_path / "no-such-dir" / "cdnreq.sock"
+    config = load_config(config_for(offline_site(tmp_path), tmp_path, daemon={"listen": str(socket_path)}))
+    found = problems(config)
+    assert any(p.startswith("[daemon].listen:") and "does not exist" in p for p in found), found
+    fine = load_config(config_for(offline_site(tmp_path), tmp_path, daemon={"listen": str(tmp_path / "s.sock")}))
+    assert not [p for p in problems(fine) if p.startswith("[daemon].listen")]
