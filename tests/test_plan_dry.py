@@ -248,3 +248,27 @@ async def test_snapshot_through_a_symlink_reads_the_daemons_write_ahead_log(tmp_
         assert set(files(real)) == set(before) and sorted(p.name for p in link.iterdir()) == ["cdnreq.db"]
     finally:
         await writer.close()
+
+
+async def test_snapshot_of_a_log_without_its_shm_creates_nothing(tmp_path):
+    """A -wal without its -shm (no writer has the file open): `mode=ro` would
+    create the -shm to read the log. The plan says so and writes nothing."""
+    db = tmp_path / "cdnreq.db"
+    await make_db(db, "a")
+    script = (  # a writer that dies without checkpointing, then its -shm is removed
+        "import sqlite3, os\n"
+        f"c = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+        "c.execute('PRAGMA wal_autocheckpoint = 0')\n"
+        "c.execute(\"INSERT INTO events (at, instance_guid, action, outcome) VALUES (9, 'z', 'in-wal', 'ok')\")\n"
+        f"os.unlink({str(db) + '-shm'!r})\n"
+        "os._exit(0)\n"
+    )
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", script], check=True)
+    assert Path(f"{db}-wal").exists() and not Path(f"{db}-shm").exists()
+    before = files(tmp_path)
+    with pytest.raises(StoreError, match="without its -shm"):
+        await Store.open_snapshot(db)
+    assert files(tmp_path) == before

@@ -265,6 +265,13 @@ class Store:
         real = db.resolve()  # the daemon opens the real path: its -wal is beside it, not beside a symlink
         uri = real.as_uri()
         wal = Path(f"{real}-wal").exists()
+        if wal and not Path(f"{real}-shm").exists():
+            # a writer that has it open keeps the -shm: this log was left by a
+            # killed one, and `mode=ro` would create the -shm to read it
+            raise StoreError(
+                f"{db}: a write-ahead log without its -shm file (left by a stopped cdnreq);"
+                " reading it would create a file, so the plan waits: run `cdnreq once` or start the daemon"
+            )
         target = f"{uri}?mode=ro" if wal else f"{uri}?immutable=1"
         conn: aiosqlite.Connection | None = None
         try:
