@@ -58,7 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status_of_refused_file(args)
         return EXIT_CONFIG
     try:
-        return args.handler(args, config)
+        code = args.handler(args, config)
+        sys.stdout.flush()  # here, so a reader that left is met by the handler below
+        return code
     except StoreError as error:
         print(f"cdnreq: {error}", file=sys.stderr)
         return EXIT_DATABASE
@@ -70,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `cdnreq plan --json | head`: the reader left; not an error worth a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not raise again
+        return 141
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -162,7 +162,7 @@ def _mask_url(value: str) -> str:
 def _mask(value: Any) -> Any:
     if isinstance(value, dict):
         return {
-            k: (_MASK if _SECRET_NAME.search(k) else _mask(v))
+            k: (_MASK if _SECRET_NAME.search(k) and not k.endswith("_file") else _mask(v))
             for k, v in value.items()
             if v is not None
         }

@@ -10,6 +10,7 @@ because root passes `os.access` whatever the mode bits say.
 from __future__ import annotations
 
 import os
+import pwd
 import stat
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def read_file(path: Path, *, limit: int = 1 << 20) -> tuple[bytes | None, str | 
     if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read, and a SIGHUP reload with it
         return None, f"{path} is not a regular file ({stat.filemode(st.st_mode)})"
     if not os.access(path, os.R_OK):
-        return None, f"{path} is not readable by uid {os.getuid()} (mode {stat.filemode(st.st_mode)})"
+        return None, f"{path} is not readable by {running_user()} ({owned(st)})"
     try:
         with open(path, "rb") as f:
             return f.read(limit), None
@@ -54,10 +55,9 @@ def unwritable_dir(directory: Path) -> str | None:
     if not here.is_dir():
         return f"{here} is not a directory"
     if not os.access(here, os.W_OK | os.X_OK):
-        mode = stat.filemode(here.stat().st_mode)
         what = f"{directory} is" if here == directory else f"{directory} is missing and {here} is"
-        ro = " (read-only file system)" if _read_only_mount(here) else f" (mode {mode})"
-        return f"{what} not writable by uid {os.getuid()}{ro}"
+        ro = " (read-only file system)" if _read_only_mount(here) else f" ({owned(here.stat())})"
+        return f"{what} not writable by {running_user()}{ro}"
     return None
 
 
@@ -77,3 +77,21 @@ def open_mode(path: Path) -> str | None:
     if mode & OPEN_BITS:
         return f"{stat.S_IMODE(mode):04o} ({stat.filemode(mode)})"
     return None
+
+
+def running_user() -> str:
+    """The user a check ran as, by name when it has one: `cdnreq (uid 999)`."""
+    uid = os.getuid()
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def owned(st: os.stat_result) -> str:
+    """Owner and mode, since a mode alone hides who may write: `owner root, mode drwx------`."""
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
+    return f"owner {owner}, mode {stat.filemode(st.st_mode)}"

@@ -197,6 +197,17 @@ def test_secret_named_fields_masked(tmp_path):
     assert sla == {"api_token": "***", "db-password": "***", "x": "y"}
 
 
+def test_paths_of_secret_files_are_shown(tmp_path):
+    """`token_file` and `secret_file` name where a secret is, not the secret:
+    an operator checking the effective configuration needs to see them."""
+    (tmp_path / "token").write_text("t0k3n\n")
+    text = with_section("daemon", 'token_file = "token"')
+    config = load_config(write(tmp_path, text))
+    shown = tomllib.loads(effective_toml(config))
+    assert shown["daemon"]["token_file"] == str(tmp_path / "token")
+    assert "t0k3n" not in effective_toml(config)
+
+
 # ---------------------------------------------------------------- refusals
 
 

@@ -214,11 +214,46 @@ def test_plan_runs_next_to_a_daemon(fleet):
     assert daemon.returncode == 0
 
 
-def test_plan_without_a_database_exits_3(cdn_site, tmp_path):
-    config = write_config(tmp_path / "c.toml", cdn_site, database=tmp_path / "none" / "cdnreq.db")
-    result = cdnreq("plan", "--config", str(config))
-    assert result.returncode == 3 and "no database" in result.stderr
-    assert not (tmp_path / "none").exists()
+def test_plan_of_a_first_deployment_is_the_first_tick_and_creates_nothing(cdn_site, tmp_path):
+    """No database yet: the plan starts from an empty store, as the first
+    tick does, creates nothing in the configured place, and agrees with the
+    `once` that follows."""
+    state = tmp_path / "state"
+    database = state / "cdnreq.db"
+    config = write_config(tmp_path / "c.toml", cdn_site, database=database)
+    guids = {cdn_site.add_customer(f"first{i}", {"url": f"https://first-{i}.example"}) for i in range(3)}
+    bad = cdn_site.add_customer("bad", {"url": "https://b.example", "domain": "victim.example"})
+
+    text = cdnreq("plan", "--config", str(config))
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.startswith("no database yet: this is the plan of the first tick")
+    assert "would request (3):" in text.stdout and "not in `publish`" in text.stdout
+    assert not state.exists()  # no database, no secret, no backup directory made
+
+    doc, _ = assert_plan_then_once_agree(config, database, cdn_site)
+    assert doc["first_tick"] is True and doc["tick"] == 1
+    assert {r["instance_guid"] for r in doc["would"]["request"]} == guids
+    assert [r["instance_guid"] for r in doc["errors"]] == [bad]
+
+
+def test_plan_on_a_lost_database_refuses_as_run_does(cdn_site, tmp_path):
+    """A missing database while backups of it exist: `run` and `once` refuse
+    (the store was lost), so the plan does not pretend to be a first tick."""
+    database = tmp_path / "state" / "cdnreq.db"
+    config = write_config(tmp_path / "c.toml", cdn_site, database=database)
+    cdn_site.add_customer("kept", {"url": "https://kept.example"})
+    once(config)
+    backup = cdnreq("backup", "--config", str(config))
+    assert backup.returncode == 0, backup.stderr
+    database.unlink()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{database}{suffix}").unlink(missing_ok=True)
+
+    planned = cdnreq("plan", "--config", str(config))
+    refused = cdnreq("once", "--config", str(config))
+    assert planned.returncode == 3 == refused.returncode, (planned.stderr, refused.stderr)
+    assert "backups of it exist" in planned.stderr and "cdnreq restore" in planned.stderr
+    assert not database.exists()
 
 
 def test_plan_with_the_master_down_exits_1(fleet):

@@ -272,3 +272,31 @@ async def test_snapshot_of_a_log_without_its_shm_creates_nothing(tmp_path):
     with pytest.raises(StoreError, match="without its -shm"):
         await Store.open_snapshot(db)
     assert files(tmp_path) == before
+
+
+def test_a_reader_that_left_is_no_traceback(tmp_path):
+    """`cdnreq check-config | head -0`, `cdnreq plan --json | head`: the
+    output's reader is gone; the command ends quietly (141, as a shell
+    reports SIGPIPE), with no BrokenPipeError traceback."""
+    import subprocess
+    import sys as _sys
+
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[master]\nurl = "http://127.0.0.1:9/"\ninstance_guid = "SOFTINST-1"\n'
+        '[technical_cdn]\nsoftware_release_uri = "http://sr.invalid/cdn.cfg"\n'
+        f'[daemon]\ndatabase = "{tmp_path / "db" / "cdnreq.db"}"\n',
+        encoding="utf-8",
+    )
+    read, write = os.pipe()
+    os.close(read)  # the reader left before the first byte
+    try:
+        result = subprocess.run(
+            [_sys.executable, "-m", "cdnreq.cli", "check-config", "--config", str(config)],
+            stdout=write, stderr=subprocess.PIPE, text=True, timeout=60,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )
+    finally:
+        os.close(write)
+    assert result.returncode == 141, result.stderr
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr

@@ -6,7 +6,10 @@ validated, checked by DNS and planned by the same code as `cdnreq once`, and
 the actions handed to the executor are shown instead of carried out. No
 write reaches the master, the database or the file system; no lock is
 taken, so it runs next to the daemon. Exit codes: 0 a plan was made, 1 none
-could be (master unreachable...), 2 configuration refused, 3 no database.
+could be (master unreachable...), 2 configuration refused, 3 the database
+was lost (missing while backups of it exist: `run` would refuse too) or
+cannot be read. With no database at all (a first deployment), the plan starts
+from an empty store in a temporary directory, as the first tick would.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import json
 import ssl
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, TextIO
@@ -32,7 +36,7 @@ from cdnreq.reconcile.plan import Action, Kind, Plan
 from cdnreq.reconcile.stages import DomainStep
 from cdnreq.reconcile.tick import Reconciler, TickReport
 from cdnreq.scrub import printable
-from cdnreq.store import Store
+from cdnreq.store import Store, start_refusal
 
 KINDS = ("request", "update", "destroy", "publish", "poll")  # in the order they are shown
 TITLES = {
@@ -166,7 +170,10 @@ def render(doc: Mapping[str, Any]) -> str:
     held and why, then the errors per instance, then the totals."""
     if not doc["ok"]:
         return printable(f"no plan: {doc['error']}") + "\n"
-    out = [f"plan of tick {doc['tick']} (dry run: nothing was sent to the master or written)"]
+    out = []
+    if doc.get("first_tick"):
+        out.append("no database yet: this is the plan of the first tick, from an empty store")
+    out.append(f"plan of tick {doc['tick']} (dry run: nothing was sent to the master or written)")
     for kind in KINDS:
         _rows(out, TITLES[kind], doc["would"][kind], "instance_guid", "title", "reason", "why")
     _rows(out, "would forget", [{"g": g} for g in doc["forget"]], "g")
@@ -189,14 +196,32 @@ def render(doc: Mapping[str, Any]) -> str:
             ("held updates", "held_updates"), ("errors", "errors"), ("pending", "pending"),
         ))
     )
+    if any(c[k] for k in ("request", "update", "poll")):
+        out.append(FOLLOW_UPS)
     # guids, titles and reasons come from the master and its customers: an
     # escape sequence in one must not repaint the operator's terminal
     return "".join(printable(line) + "\n" for line in out)
 
 
+FOLLOW_UPS = (
+    "(a request, update or read-back is also followed by a publication to its customer when what the"
+    " customer is shown changes: that the entry is being deployed, then the technical CDN's answer."
+    " Those depend on the master's answers, so they are not in `publish`.)"
+)
+
+
 async def make_plan(config: Config, ssl_context: ssl.SSLContext | None = None) -> dict[str, Any]:
     """Run one dry tick; StoreError when the snapshot cannot be read."""
-    dry = DryStore(await Store.open_snapshot(config.daemon.database))
+    if config.daemon.database.exists():
+        return await _plan_on(config, await Store.open_snapshot(config.daemon.database), ssl_context)
+    with tempfile.TemporaryDirectory(prefix="cdnreq-plan-") as scratch:  # never the configured place
+        doc = await _plan_on(config, await Store.open(Path(scratch) / "empty.db", lock=False), ssl_context)
+    doc["first_tick"] = True
+    return doc
+
+
+async def _plan_on(config: Config, snapshot: Store, ssl_context: ssl.SSLContext | None) -> dict[str, Any]:
+    dry = DryStore(snapshot)
     stages, log = Stages(), ActionLog()
     try:
         async with master_client(config, None, ssl_context) as client:
@@ -220,13 +245,16 @@ async def make_plan(config: Config, ssl_context: ssl.SSLContext | None = None) -
 
 
 def run_plan(
-    config: Config, *, as_json: bool, out: TextIO = sys.stdout, config_path: str | Path = "the configuration"
+    config: Config, *, as_json: bool, out: TextIO = sys.stdout, config_path: Path | None = None
 ) -> int:
     # a bad certificate: refused naming the key (ConfigError, exit 2), as `once` does
-    ssl_context = master_context(config, config_path)
-    if not config.daemon.database.exists():
-        print(f"cdnreq: no database at {config.daemon.database}: cdnreq has not run yet", file=sys.stderr)
-        return EXIT_DATABASE
+    ssl_context = master_context(config, config_path or "the configuration")
+    database = config.daemon.database
+    if not database.exists():  # lost, or never made? `run` tells them apart by the backups
+        refusal = start_refusal(database, config.backup_path(), missing=True, config=config_path)
+        if refusal is not None:
+            print(f"cdnreq: {refusal}", file=sys.stderr)
+            return EXIT_DATABASE
     config = fit_config(config, raise_fd_limit())
     doc = asyncio.run(make_plan(config, ssl_context))
     if as_json:  # a failure too: {"ok": false, "error": ...} for scripts
