@@ -40,6 +40,7 @@ from cdnreq.dns.challenge import SecretError
 from cdnreq.model import Record
 from cdnreq.preflight import check
 from cdnreq.reloadstate import describe as describe_config
+from cdnreq.scrub import printable
 from cdnreq.store import StoreError, restore, take_backup
 from cdnreq.store.backup import lost_store_evidence, restore_secret
 
@@ -230,9 +231,14 @@ def status_exit(status: dict[str, Any] | None) -> int:
 def _status(args: argparse.Namespace, config: Config) -> int:
     token = _token(config)
     try:
-        _, status = asyncio.run(fetch(config, "/status", token))
+        code, status = asyncio.run(fetch(config, "/status", token))
     except NotRunning as error:
-        status, reason = None, str(error)
+        status, reason = None, f"not running ({error})"
+    else:
+        if code != 200 or not isinstance(status, dict):  # a refused token is not a daemon's state
+            error = status.get("error") if isinstance(status, dict) else None
+            why = " to this token: is [daemon].token_file readable by this user?" if code in (401, 403) else ""
+            status, reason = None, f"answered HTTP {code} ({error or 'not a status'}){why}"
     database = config.daemon.database.exists()
     if status is None and not database:
         print(f"cdnreq: no daemon answers and no database at {config.daemon.database}: "
@@ -250,7 +256,7 @@ def _status(args: argparse.Namespace, config: Config) -> int:
         sys.stdout.write(render.summary(status))
         sys.stdout.writelines(line + "\n" for line in describe_config(status.get("config")))
     else:
-        sys.stdout.write(f"daemon: not running ({reason}); from the database:\n")
+        sys.stdout.write(printable(f"daemon: {reason}; from the database:") + "\n")
         sys.stdout.write(render.summary(asyncio.run(_last_tick(config))))
     sys.stdout.write(render.table(records.values(), everything=args.all))
     return status_exit(status)

@@ -20,6 +20,19 @@ class NotRunning(Exception):
     """No daemon answered on the configured endpoint."""
 
 
+# could not connect: nothing was sent (ConnectionTimeoutError: aiohttp >= 3.10;
+# before it, a connect timeout is taken for no answer, the safe side)
+_NOT_CONNECTED = (aiohttp.ClientConnectorError,) + tuple(
+    e for e in (getattr(aiohttp, "ConnectionTimeoutError", None),) if e is not None
+)
+
+
+class NoAnswer(NotRunning):
+    """A daemon took the request but gave no answer (a timeout, a dropped
+    connection): it may still act on it, so nothing must be done in its
+    place."""
+
+
 async def fetch(config: Config, path: str, token: str | None, *, timeout_s: float = 3.0) -> tuple[int, Any]:
     """GET `path` on the daemon; (status, JSON body)."""
     return await _call(config, "GET", path, token, timeout_s=timeout_s)
@@ -52,11 +65,15 @@ async def _call(
         ) as session:
             async with session.request(method, base + path, params=query) as response:
                 return response.status, await response.json(content_type=None)
-    except aiohttp.ClientConnectorError as error:  # its text drags in aiohttp's `ssl:default`
-        why = error.os_error.strerror or str(error.os_error)
+    except _NOT_CONNECTED as error:  # nothing was sent
+        os_error = getattr(error, "os_error", None)  # its text drags in aiohttp's `ssl:default`
+        why = (os_error.strerror or str(os_error)) if os_error is not None else str(error)
         raise NotRunning(f"no cdnreq daemon answered on {config.daemon.listen}: {why}") from None
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as error:
-        raise NotRunning(f"no cdnreq daemon answered on {config.daemon.listen}: {error}") from None
+        raise NoAnswer(
+            f"the daemon on {config.daemon.listen} took the request but gave no answer"
+            f" ({type(error).__name__}: {error or 'timed out'})"
+        ) from None
 
 
 def instance_path(guid: str) -> str:

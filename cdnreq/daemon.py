@@ -158,6 +158,19 @@ async def run_once(config: Config, *, fresh: bool = False, config_path: Path | N
         await store.close()
 
 
+def _keep_running(new: Config, running: Config) -> Config:
+    """`new` with the keys that apply only after a restart at their running
+    values: what is derived from them (the domain secret's path, the
+    backups' directory) must not move under the open store, or the next
+    reload of the store's state would read, or create, another secret."""
+    daemon = new.daemon.model_copy(update={
+        "database": running.daemon.database, "listen": running.daemon.listen,
+        "token_file": running.daemon.token_file,
+    })  # fmt: skip
+    domain = new.domain.model_copy(update={"secret_file": running.domain.secret_file})
+    return new.model_copy(update={"daemon": daemon, "domain": domain})
+
+
 class Daemon:
     """Owns the store, the master client, the endpoint and the schedule of ticks."""
 
@@ -251,6 +264,7 @@ class Daemon:
         ]
         if restart:
             log.warning("these changes apply after a restart", keys=restart)
+            config = _keep_running(config, self.config)
         # TLS files are read again at each reload: a renewed certificate at the same path is taken
         renewed = config.master.cert_file is not None or config.master.ca_file is not None
         if renewed or (config.master, config.daemon.concurrency) != (self.config.master, self.config.daemon.concurrency):
@@ -365,7 +379,12 @@ class Daemon:
         runner = None
         try:
             await self.reconciler.load()
-            runner = await serve(make_app(_Endpoint(self), token=token), listen, limits_of(self.config))
+            try:
+                runner = await serve(make_app(_Endpoint(self), token=token), listen, limits_of(self.config))
+            except OSError as error:  # a port in use may free itself: exit 1, restarted, no traceback
+                log.error("cannot listen on [daemon].listen", listen=self.config.daemon.listen,
+                          error=error.strerror or str(error), exit_code=EXIT_TICK_FAILED)
+                return EXIT_TICK_FAILED
             self.address = bound_address(runner)
             self.install_signals()
             log.info("started", database=str(self.config.daemon.database), listen=self.address, version=__version__)

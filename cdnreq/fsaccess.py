@@ -29,6 +29,8 @@ def read_file(path: Path, *, limit: int = 1 << 20) -> tuple[bytes | None, str | 
         return None, f"cannot read {path}: {error.strerror}"
     if stat.S_ISDIR(st.st_mode):
         return None, f"{path} is a directory, not a file"
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read, and a SIGHUP reload with it
+        return None, f"{path} is not a regular file ({stat.filemode(st.st_mode)})"
     if not os.access(path, os.R_OK):
         return None, f"{path} is not readable by {running_user()} ({owned(st)})"
     try:

@@ -56,6 +56,18 @@ def check(config: Config, path: str | Path) -> ssl.SSLContext | None:
     found = problems(config)
     if found:
         raise ConfigError(str(path), found)
+    return _context(config, path)
+
+
+def master_context(config: Config, path: str | Path) -> ssl.SSLContext | None:
+    """Only the master's TLS context, for the commands that create nothing
+    (`plan`, a local `forget`) and so skip the checks of what `run` writes:
+    a bad certificate is refused naming the key (exit 2), not found by the
+    first call as an SSLError inside a tick."""
+    return _context(config, path)
+
+
+def _context(config: Config, path: str | Path) -> ssl.SSLContext | None:
     try:
         return client_context(config.master)
     except TlsConfigError as error:
@@ -67,11 +79,18 @@ def _endpoint(config: Config) -> list[str]:
         token = read_token(config)
     except ConfigError as error:
         return list(error.problems)
-    if token is None and needs_token(config.daemon.listen_endpoint()):
+    listen = config.daemon.listen_endpoint()
+    if token is None and needs_token(listen):
         return [
             f"[daemon].listen: {config.daemon.listen} is not loopback; set [daemon].token_file"
             " (the endpoint would be open to the network without a token)"
         ]
+    if isinstance(listen, Path):  # run binds the socket there and creates no directory
+        if not listen.parent.is_dir():
+            return [f"[daemon].listen: {listen}: its directory {listen.parent} does not exist"]
+        why = unwritable_dir(listen.parent)
+        if why is not None:
+            return [f"[daemon].listen: {listen}: its directory {why}"]
     return []
 
 

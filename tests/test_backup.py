@@ -731,3 +731,30 @@ def test_the_daemon_backs_up_on_schedule_and_survives_a_failing_backup(cdn_site:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+async def test_restore_through_a_symlinked_database_keeps_the_link(tmp_path: Path):
+    """/var/lib/cdnreq/cdnreq.db may be a link to another disk. The restored
+    file goes to the real path, where the daemon opens it, and the replaced
+    one is set aside with its -wal, which lives beside the real file."""
+    real, link = tmp_path / "disk" / "cdnreq.db", tmp_path / "state" / "cdnreq.db"
+    await make_db(real, ["a", "b"])
+    link.parent.mkdir()
+    link.symlink_to(real)
+    async with await Store.open(link) as store:
+        backup = await store.backup(tmp_path / "backups", now=T0)
+    script = (  # a writer that dies without checkpointing: its last commit lives only in the -wal
+        "import sqlite3, os\n"
+        f"c = sqlite3.connect({str(real)!r}, isolation_level=None)\n"
+        "c.execute('PRAGMA wal_autocheckpoint = 0')\n"
+        "c.execute(\"INSERT INTO events (at, instance_guid, action, outcome) VALUES (9, 'z', 'in-wal', 'ok')\")\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
+    result = restore(backup, link, now=T0 + 3600)
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert real.read_bytes() == backup.read_bytes() and result.database == link
+    assert result.replaced is not None and result.replaced.parent == real.parent
+    async with await Store.open(result.replaced, lock=False) as old:
+        assert [e.action for _, e in await old.events_since(0)][-1] == "in-wal"
+    assert not Path(f"{real}-wal").exists() and not Path(f"{real}-shm").exists()

@@ -203,6 +203,77 @@ async def test_document_groups_actions_held_and_errors(tmp_path):
     assert render(document([], Stages(), dry, failed, {}, 0.0, 3)) == "no plan: master: unreachable\n"
 
 
+async def test_render_escapes_what_the_master_and_customers_wrote(tmp_path):
+    """A listed guid may hold any ASCII, an escape sequence too (the listing
+    accepts it); the plan's text must show it escaped, one line per row."""
+    db = tmp_path / "cdnreq.db"
+    await make_db(db)
+    dry = DryStore(await Store.open_snapshot(db))
+    await dry.close()
+    evil = "g\x1b]0;owned\x07\x1b[2J"
+    bad = Gate(Status.INVALID, error="url: refused\nsecond line \x1b[31m")
+    actions = [Action(Kind.PUBLISH, rec(evil), "invalid", None, bad)]
+    stages = Stages()
+    stages("planned", (Plan(tuple(actions)), DomainStep(gates={evil: bad})))
+    report = TickReport(id=1, started_at=0.0, planned={"publish": 1})
+    known = {evil: rec(evil, retry_at=200.0, last_error="master: \x1b[2Jdown")}
+    text = render(document(actions, stages, dry, report, known, now=100.0, confirm_ticks=3))
+    assert "\x1b" not in text and "\x07" not in text
+    assert "g\\x1b]0;owned\\x07\\x1b[2J" in text
+    assert "second line" in text and "url: refused\nsecond line" not in text
+    failed = TickReport(id=2, started_at=0.0, error="master: said \x1b[2J")
+    assert "\x1b" not in render(document([], Stages(), dry, failed, {}, 0.0, 3))
+
+
+async def test_snapshot_through_a_symlink_reads_the_daemons_write_ahead_log(tmp_path):
+    """The daemon opens the database's real path, so its -wal sits beside the
+    real file, not beside a symlink to it. The snapshot must look there, or
+    it opens the main file alone (immutable) and misses every commit still
+    in the log: a fresh database even reads as schema version 0."""
+    real, link = tmp_path / "real", tmp_path / "link"
+    real.mkdir()
+    link.mkdir()
+    (link / "cdnreq.db").symlink_to(real / "cdnreq.db")
+    writer = await Store.open(link / "cdnreq.db")  # takes the lock, as the daemon does
+    try:
+        await writer.commit(upserts=[rec("a")])
+        await writer.commit(upserts=[rec("b")])
+        assert Path(f"{real / 'cdnreq.db'}-wal").exists() and not Path(f"{link / 'cdnreq.db'}-wal").exists()
+        before = files(real)
+        snapshot = await Store.open_snapshot(link / "cdnreq.db")
+        try:
+            assert set(await snapshot.load()) == {"a", "b"}
+        finally:
+            await snapshot.close()
+        assert set(files(real)) == set(before) and sorted(p.name for p in link.iterdir()) == ["cdnreq.db"]
+    finally:
+        await writer.close()
+
+
+async def test_snapshot_of_a_log_without_its_shm_creates_nothing(tmp_path):
+    """A -wal without its -shm (no writer has the file open): `mode=ro` would
+    create the -shm to read the log. The plan says so and writes nothing."""
+    db = tmp_path / "cdnreq.db"
+    await make_db(db, "a")
+    script = (  # a writer that dies without checkpointing, then its -shm is removed
+        "import sqlite3, os\n"
+        f"c = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+        "c.execute('PRAGMA wal_autocheckpoint = 0')\n"
+        "c.execute(\"INSERT INTO events (at, instance_guid, action, outcome) VALUES (9, 'z', 'in-wal', 'ok')\")\n"
+        f"os.unlink({str(db) + '-shm'!r})\n"
+        "os._exit(0)\n"
+    )
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", script], check=True)
+    assert Path(f"{db}-wal").exists() and not Path(f"{db}-shm").exists()
+    before = files(tmp_path)
+    with pytest.raises(StoreError, match="without its -shm"):
+        await Store.open_snapshot(db)
+    assert files(tmp_path) == before
+
+
 def test_a_reader_that_left_is_no_traceback(tmp_path):
     """`cdnreq check-config | head -0`, `cdnreq plan --json | head`: the
     output's reader is gone; the command ends quietly (141, as a shell

@@ -119,3 +119,16 @@ def test_before_253_drop_in_restores_notify_and_exec_reload():
     drop_in = parse(BEFORE_253.read_text())
     assert set(drop_in) == {"Service"}
     assert drop_in["Service"] == {"Type": ["notify"], "ExecReload": ["/bin/kill -HUP $MAINPID"]}
+
+
+def test_a_refusal_by_exec_start_pre_is_not_retried_for_ever():
+    """RestartPreventExitStatus= tests the main process's status only; check-config
+    runs as ExecStartPre (a control process), so its exit 2 would restart the
+    unit every RestartSec for ever. The start limit must trip first."""
+    unit = parse(UNIT.read_text())
+    service = unit["Service"]
+    assert "ExecStartPre" in service and service["Restart"] == ["on-failure"]
+    interval = float(unit["Unit"]["StartLimitIntervalSec"][0])
+    burst = int(unit["Unit"]["StartLimitBurst"][0])
+    restart_s = float(service["RestartSec"][0])
+    assert burst * restart_s < interval  # refused at each start: the limit is reached

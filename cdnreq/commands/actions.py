@@ -5,8 +5,10 @@ With a daemon answering on [daemon].listen, the action is sent to it
 its ticks. With none, the command takes the store's lock and applies it
 itself; a `cdnreq once` running meanwhile makes it exit 3.
 
-Exit codes: 0 done, 1 refused (the reason is printed), 2 the daemon refused
-the token (401) or has none configured (403), 3 the store is locked.
+Exit codes: 0 done, 1 refused (the reason is printed) or sent to a daemon
+that gave no answer in time (it may still apply it after its running tick:
+look with `cdnreq explain`), 2 the daemon refused the token (401) or has
+none configured (403), 3 the store is locked.
 """
 
 from __future__ import annotations
@@ -16,17 +18,20 @@ import asyncio
 import getpass
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, TextIO
 
-from cdnreq.client import NotRunning, post
+from cdnreq.client import NoAnswer, NotRunning, post
 from cdnreq.config import Config
 from cdnreq.configfile import ConfigError
 from cdnreq.daemon import EXIT_CONFIG, EXIT_DATABASE, EXIT_OK, EXIT_TICK_FAILED, master_client, open_store, read_token
 from cdnreq.operator import Result, apply, guard_policy_of
+from cdnreq.preflight import master_context
+from cdnreq.scrub import printable
 from cdnreq.reconcile.operator import APPROVE, FORGET, RELEASE, RETRY, OperatorAction, who
 
 EXIT_REFUSED = EXIT_TICK_FAILED
 EXIT_AUTH = EXIT_CONFIG
+ANSWER_TIMEOUT_S = 300.0  # the action waits for a running tick to end
 
 
 def register(command: Callable[[str, Any, str], argparse.ArgumentParser]) -> None:
@@ -74,18 +79,24 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         token = None  # not readable by this user: the daemon will say 401/403
     query = action.query() + [("user", _user()), ("uid", str(os.getuid()))]
     try:
-        code, body = asyncio.run(post(config, f"/actions/{action.name}", token, query))
+        code, body = asyncio.run(
+            post(config, f"/actions/{action.name}", token, query, timeout_s=ANSWER_TIMEOUT_S)
+        )
+    except NoAnswer as error:  # not applied here too: the daemon may still apply it
+        print(f"cdnreq: {action.name}: {error}; it may still be applied after the running tick:"
+              " look with `cdnreq status` or `cdnreq explain`", file=sys.stderr)
+        return EXIT_REFUSED
     except NotRunning:
         return _local(config, action)
     message = str((body or {}).get("message") or (body or {}).get("error") or body)
     if code in (401, 403):
         hint = "" if token else " (the token file could not be read)"
-        print(f"cdnreq: the daemon refused the action ({code}): {message}{hint}", file=sys.stderr)
+        _say(f"cdnreq: the daemon refused the action ({code}): {message}{hint}", sys.stderr)
         return EXIT_AUTH
     if code == 200:
-        sys.stdout.write(message if message.endswith("\n") else message + "\n")
+        _say(message, sys.stdout)
         return EXIT_OK
-    print(f"cdnreq: {action.name} refused: {message.rstrip()}", file=sys.stderr)
+    _say(f"cdnreq: {action.name} refused: {message}", sys.stderr)
     return EXIT_REFUSED
 
 
@@ -96,10 +107,16 @@ def _local(config: Config, action: OperatorAction) -> int:
         return EXIT_DATABASE
     result = asyncio.run(_apply_locked(config, action))
     if not result.ok:
-        print(f"cdnreq: {action.name} refused: {result.message}", file=sys.stderr)
+        _say(f"cdnreq: {action.name} refused: {result.message}", sys.stderr)
         return EXIT_REFUSED
-    sys.stdout.write(result.message)
+    _say(result.message, sys.stdout)
     return EXIT_OK
+
+
+def _say(text: str, to: TextIO) -> None:
+    """Each line escaped: the messages name guids the master listed, which
+    may hold an escape sequence that would repaint the operator's terminal."""
+    to.write("".join(printable(line) + "\n" for line in text.rstrip("\n").split("\n")))
 
 
 async def _apply_locked(config: Config, action: OperatorAction) -> Result:
@@ -107,7 +124,7 @@ async def _apply_locked(config: Config, action: OperatorAction) -> Result:
     try:
         if action.name != FORGET:
             return await apply(store, None, action, policy=guard_policy_of(config))
-        async with master_client(config) as master:
+        async with master_client(config, None, master_context(config, "the configuration")) as master:
             return await apply(store, master, action, policy=guard_policy_of(config))
     finally:
         await store.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import sys
 import tempfile
 import time
@@ -27,12 +28,14 @@ from cdnreq.daemon import EXIT_DATABASE, EXIT_OK, EXIT_TICK_FAILED, master_clien
 from cdnreq.explain import iso
 from cdnreq.fdlimit import fit_config, raise_fd_limit
 from cdnreq.model import InstanceGuid, Record
+from cdnreq.preflight import master_context
 from cdnreq.reconcile.dry import ActionLog, DryStore, ReadOnlyMaster, read_secret
 from cdnreq.reconcile.gate import Gate, Status
 from cdnreq.reconcile.guards import HeldUpdates
 from cdnreq.reconcile.plan import Action, Kind, Plan
 from cdnreq.reconcile.stages import DomainStep
 from cdnreq.reconcile.tick import Reconciler, TickReport
+from cdnreq.scrub import printable
 from cdnreq.store import Store, start_refusal
 
 KINDS = ("request", "update", "destroy", "publish", "poll")  # in the order they are shown
@@ -166,7 +169,7 @@ def render(doc: Mapping[str, Any]) -> str:
     """The plan for a reader: one group per kind of action, then what is
     held and why, then the errors per instance, then the totals."""
     if not doc["ok"]:
-        return f"no plan: {doc['error']}\n"
+        return printable(f"no plan: {doc['error']}") + "\n"
     out = []
     if doc.get("first_tick"):
         out.append("no database yet: this is the plan of the first tick, from an empty store")
@@ -195,7 +198,9 @@ def render(doc: Mapping[str, Any]) -> str:
     )
     if any(c[k] for k in ("request", "update", "poll")):
         out.append(FOLLOW_UPS)
-    return "\n".join(out) + "\n"
+    # guids, titles and reasons come from the master and its customers: an
+    # escape sequence in one must not repaint the operator's terminal
+    return "".join(printable(line) + "\n" for line in out)
 
 
 FOLLOW_UPS = (
@@ -205,21 +210,21 @@ FOLLOW_UPS = (
 )
 
 
-async def make_plan(config: Config) -> dict[str, Any]:
+async def make_plan(config: Config, ssl_context: ssl.SSLContext | None = None) -> dict[str, Any]:
     """Run one dry tick; StoreError when the snapshot cannot be read."""
     if config.daemon.database.exists():
-        return await _plan_on(config, await Store.open_snapshot(config.daemon.database))
+        return await _plan_on(config, await Store.open_snapshot(config.daemon.database), ssl_context)
     with tempfile.TemporaryDirectory(prefix="cdnreq-plan-") as scratch:  # never the configured place
-        doc = await _plan_on(config, await Store.open(Path(scratch) / "empty.db", lock=False))
+        doc = await _plan_on(config, await Store.open(Path(scratch) / "empty.db", lock=False), ssl_context)
     doc["first_tick"] = True
     return doc
 
 
-async def _plan_on(config: Config, snapshot: Store) -> dict[str, Any]:
+async def _plan_on(config: Config, snapshot: Store, ssl_context: ssl.SSLContext | None) -> dict[str, Any]:
     dry = DryStore(snapshot)
     stages, log = Stages(), ActionLog()
     try:
-        async with master_client(config) as client:
+        async with master_client(config, None, ssl_context) as client:
             master = ReadOnlyMaster(client)
             reconciler = Reconciler(
                 config=config, store=dry, master=master,  # type: ignore[arg-type]
@@ -242,6 +247,8 @@ async def _plan_on(config: Config, snapshot: Store) -> dict[str, Any]:
 def run_plan(
     config: Config, *, as_json: bool, out: TextIO = sys.stdout, config_path: Path | None = None
 ) -> int:
+    # a bad certificate: refused naming the key (ConfigError, exit 2), as `once` does
+    ssl_context = master_context(config, config_path or "the configuration")
     database = config.daemon.database
     if not database.exists():  # lost, or never made? `run` tells them apart by the backups
         refusal = start_refusal(database, config.backup_path(), missing=True, config=config_path)
@@ -249,13 +256,13 @@ def run_plan(
             print(f"cdnreq: {refusal}", file=sys.stderr)
             return EXIT_DATABASE
     config = fit_config(config, raise_fd_limit())
-    doc = asyncio.run(make_plan(config))
+    doc = asyncio.run(make_plan(config, ssl_context))
     if as_json:  # a failure too: {"ok": false, "error": ...} for scripts
         json.dump(doc, out, indent=2, sort_keys=True)
         out.write("\n")
     elif doc["ok"]:
         out.write(render(doc))
     if not doc["ok"]:
-        print(f"cdnreq: no plan could be made: {doc['error']}", file=sys.stderr)
+        print(printable(f"cdnreq: no plan could be made: {doc['error']}"), file=sys.stderr)
         return EXIT_TICK_FAILED
     return EXIT_OK

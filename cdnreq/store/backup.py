@@ -414,7 +414,10 @@ def restore(
     was committed but not yet checkpointed is kept too); a stale -shm is
     removed.
     """
-    backup_file, database = Path(backup_file), Path(database)
+    backup_file, asked = Path(backup_file), Path(database)
+    # a symlinked database is restored at its real path (where the daemon
+    # opens it and its -wal lives), so the link stays a link
+    database = Path(os.path.realpath(asked))
     if not backup_file.is_file():
         raise StoreError(f"no backup file at {backup_file}")
     try:
@@ -452,7 +455,7 @@ def restore(
             raise
     finally:
         lock.release()
-    return RestoreResult(database, info, replaced)
+    return RestoreResult(asked, info, replaced)
 
 
 def _same_owner_and_mode(database: Path, tmp: str) -> None:

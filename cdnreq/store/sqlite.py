@@ -228,8 +228,9 @@ class Store:
         """For readers of a database in a read-only place (a snapshot, a
         read-only mount): `mode=ro` when SQLite's -shm and -wal files are there
         to read, `immutable=1` when there is no write-ahead log to miss."""
-        uri = db.resolve().as_uri()
-        wal = Path(f"{db}-wal")
+        real = db.resolve()  # SQLite keeps the -wal beside the real file, not beside a symlink
+        uri = real.as_uri()
+        wal = Path(f"{real}-wal")
         targets = [f"{uri}?mode=ro"]
         if not wal.exists() or wal.stat().st_size == 0:
             targets.append(f"{uri}?immutable=1")
@@ -261,8 +262,16 @@ class Store:
         db = Path(path)
         if not db.is_file():
             raise StoreError(f"no database at {db}")
-        uri = db.resolve().as_uri()
-        wal = Path(f"{db}-wal").exists()
+        real = db.resolve()  # the daemon opens the real path: its -wal is beside it, not beside a symlink
+        uri = real.as_uri()
+        wal = Path(f"{real}-wal").exists()
+        if wal and not Path(f"{real}-shm").exists():
+            # a writer that has it open keeps the -shm: this log was left by a
+            # killed one, and `mode=ro` would create the -shm to read it
+            raise StoreError(
+                f"{db}: a write-ahead log without its -shm file (left by a stopped cdnreq);"
+                " reading it would create a file, so the plan waits: run `cdnreq once` or start the daemon"
+            )
         target = f"{uri}?mode=ro" if wal else f"{uri}?immutable=1"
         conn: aiosqlite.Connection | None = None
         try:
