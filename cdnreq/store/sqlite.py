@@ -513,7 +513,8 @@ class Store:
 
     async def save_guards(self, values: Mapping[str, Any], now: float) -> None:
         """Write the named guard states in one transaction (None deletes one).
-        A second process (`cdnreq approve`) may write next to the daemon."""
+        Only the lock holder writes: the daemon, or `cdnreq approve` when no
+        daemon runs (with one, approve goes through its endpoint)."""
         try:
             rows = [(n, json.dumps(v, sort_keys=True), now) for n, v in values.items() if v is not None]
         except (ValueError, TypeError) as exc:
