@@ -189,6 +189,13 @@ class TechnicalCdnConfig(BaseModel):
         default_factory=dict, description="table of strings; sent as sla_parameters",
         examples=[{"computer_guid": "COMP-1"}],
     )
+    host_instance_guid: str | None = Field(
+        default=None,
+        min_length=1,
+        description="the technical CDN instance that hosts the entries: `cdnreq orphans` and"
+        " `cdnreq import-legacy` list what it hosts (read-only)",
+        examples=["SOFTINST-42"],
+    )
 
 
 class TcpListen(NamedTuple):
@@ -400,6 +407,26 @@ class DomainConfig(BaseModel):
     _resolve = field_validator("secret_file")(_resolve_path)
 
 
+class LegacyConfig(BaseModel):
+    """The cron requester cdnreq replaces (recipes of slapos.cookbook): what `cdnreq import-legacy` and `cdnreq orphans` need to know of it."""
+
+    model_config = _MODEL_CONFIG
+
+    request_prefix: str | None = Field(
+        default=None,
+        min_length=1,
+        description="its request-name-prefix: its titles are this prefix + the customer's"
+        " reference; `cdnreq orphans` looks under it too",
+        examples=["_cdnreq_"],
+    )
+    reference_style: Literal["guid", "slapproxy"] = Field(
+        default="guid",
+        description="how its references name customers: guid (a production master: the"
+        " reference is the instance_guid) or slapproxy (`<requested_by>_<title>` for the guid"
+        " `<title>___<requested_by>___1`)",
+    )
+
+
 class DnsConfig(BaseModel):
     """The resolver used for challenges."""
 
@@ -511,6 +538,7 @@ class Config(BaseModel):
     store: StoreConfig = Field(default_factory=StoreConfig, description=StoreConfig.__doc__)
     validation: ValidationConfig = Field(default_factory=ValidationConfig, description=ValidationConfig.__doc__)
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description=LoggingConfig.__doc__)
+    legacy: LegacyConfig = Field(default_factory=LegacyConfig, description=LegacyConfig.__doc__)
 
     def secret_path(self) -> Path:
         return self.domain.secret_file or self.daemon.database.parent / "domain-secret"

@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping
 import aiohttp
 import orjson
 
+from cdnreq.entries import Entries, EntriesMalformed, read_entries
 from cdnreq.listing import Listing, ListingMalformed, read_listing
 from cdnreq.model import InstanceAnswer
 from cdnreq.resources import local_errno, shortage
@@ -206,6 +207,15 @@ class MasterClient:
         except ListingMalformed as error:
             detail = f"{error.problem}: {_excerpt(raw)}" if error.excerpt else error.problem
             raise MasterMalformed(LIST_HOSTED, detail, status=status) from None
+
+    async def list_entries(self, host_guid: str) -> Entries:
+        """The entries the technical CDN's instance `host_guid` hosts, with
+        their titles (for `orphans` and `import-legacy`, never the tick)."""
+        status, raw = await self._post(LIST_HOSTED, {"instance_guid": host_guid})
+        try:
+            return read_entries(raw)
+        except EntriesMalformed as error:
+            raise MasterMalformed(LIST_HOSTED, f"{error}: {_excerpt(raw)}", status=status) from None
 
     async def request_instance(
         self,
