@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 from cdnreq import __version__, logs, render
 from cdnreq.client import NotRunning, fetch, instance_path
-from cdnreq.commands import actions
+from cdnreq.commands import actions, import_legacy
 from cdnreq.commands.status_refused import reachable
 from cdnreq.config import Config
 from cdnreq.configfile import CONFIG_ENV, DEFAULT_CONFIG, ConfigError, config_path, effective_toml, load_config
@@ -116,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     plan = command("plan", _plan, "show what the next tick would do, changing nothing (works next to the daemon)")
     plan.add_argument("--json", action="store_true", help="one JSON document instead of text")
     actions.register(command)
+    import_legacy.register(command)
     backup = command(
         "backup", _backup, "write an online backup of the database to [store].backup_dir; print its path"
     )

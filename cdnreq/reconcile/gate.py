@@ -275,8 +275,13 @@ def _ok(
     index: HostIndex,
 ) -> Gate:
     extras = _base_extras(verdict, challenge, policy, _warnings(verdict, hosts, index, policy))
-    forward_hash = verdict.forward_hash if verdict.forward is not None else instance.param_hash
-    return Gate(Status.OK, verdict.forward, forward_hash, tuple(hosts), extras)
+    return Gate(Status.OK, verdict.forward, forward_hash(instance, verdict), tuple(hosts), extras)
+
+
+def forward_hash(instance: SharedInstance, verdict: Verdict) -> str:
+    """The hash of what is requested for a valid instance: its parameters as
+    listed unless validation respelled or dropped some."""
+    return verdict.forward_hash if verdict.forward is not None else instance.param_hash  # type: ignore[return-value]
 
 
 def waiting(gate: Gate, hosts: Iterable[str]) -> Gate:

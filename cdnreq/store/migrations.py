@@ -116,6 +116,29 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         CREATE INDEX events_instance_action ON events (instance_guid, action, id);
         """,
     ),
+    (
+        5,
+        "imports from the cron requester and what they found",
+        """
+        CREATE TABLE imports (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at REAL NOT NULL,
+            source TEXT NOT NULL,
+            summary TEXT NOT NULL
+        );
+        CREATE TABLE import_findings (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            import_id INTEGER NOT NULL,
+            guid TEXT NOT NULL,
+            reference TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            host TEXT,
+            found TEXT NOT NULL,
+            decision TEXT NOT NULL
+        );
+        CREATE INDEX import_findings_guid ON import_findings (guid);
+        """,
+    ),
 )
 
 LATEST: Final[int] = MIGRATIONS[-1][0]

@@ -413,8 +413,12 @@ class Store:
         challenge_upserts: Iterable[Challenge] = (),
         challenge_deletes: Iterable[str] = (),
         shown: Mapping[str, Mapping[str, Any]] | None = None,
+        also: Iterable[tuple[str, list[Any]]] = (),
     ) -> None:
         """Write everything in one transaction, or nothing.
+
+        `also`: further (sql, rows) steps run last in the same transaction
+        (an import's own bookkeeping, see cdnreq.store.imports).
 
         In order: forgets (each with the instance's hosts and challenge, since
         a forgotten instance owns nothing), host deletes, challenge deletes,
@@ -456,6 +460,7 @@ class Store:
             (_UPSERT_HOST, host_rows),
             (_UPSERT_CHALLENGE, challenge_rows),
             (_INSERT_EVENT, event_rows),
+            *also,
         ]
         steps = [(sql, rows) for sql, rows in steps if rows]
         if not steps:

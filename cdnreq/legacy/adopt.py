@@ -1,0 +1,304 @@
+"""What cdnreq keeps of the cron requester's state: pure decisions.
+
+For each customer the old requester knew, the record cdnreq would have
+written had it served that customer from the start: the title its entry was
+requested under (adopted, not recomputed), the technical entry found under
+that title on the CDN, the parameters that entry holds, what the customer
+was last shown, its retention, its proven hosts and its DNS token. Anything
+the old state holds that cdnreq's rules would not have allowed is a
+Finding, with the decision taken (see FINDINGS; the README documents them).
+The first tick after an import then finds nothing to request or publish for
+an unchanged live customer.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from cdnreq.entries import TechnicalEntry
+from cdnreq.legacy.claims import PROVEN, Candidate, judge, named_hosts, settle
+from cdnreq.legacy.findings import Finding, finding
+from cdnreq.legacy.state import STOPPED, VALID, LegacyProof, LegacyState
+from cdnreq.model import (
+    Challenge, Event, HostClaim, InstanceAnswer, InstanceGuid, Phase, Record, RequestedState,
+    SharedInstance, Title, digest, frozen_json, shown_digest,
+)
+from cdnreq.reconcile import gate as gates
+from cdnreq.reconcile.records import compose, kept
+from cdnreq.reconcile.titles import technical_title
+from cdnreq.validate.hosts import HostError, normalise_host
+from cdnreq.validate.verdict import validate
+
+LEGACY_SALT = "legacy"  # a Challenge's salt when its token came from the old requester
+
+
+@dataclass(frozen=True, slots=True)
+class AdoptPolicy:
+    legacy_prefix: str
+    reference_style: str  # "guid" or "slapproxy"
+    request_prefix: str  # cdnreq's own, for instances without an entry
+    spec_hash: str
+    domain: gates.DomainPolicy = gates.DomainPolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """What the store already holds (for --merge)."""
+
+    guids: frozenset[str] = frozenset()
+    titles: frozenset[str] = frozenset()
+    hosts: Mapping[str, str] = field(default_factory=dict)  # host -> guid
+
+
+@dataclass
+class Adoption:
+    records: list[Record] = field(default_factory=list)
+    claims: list[HostClaim] = field(default_factory=list)
+    challenges: list[Challenge] = field(default_factory=list)
+    shown: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+
+
+def guid_of(reference: str, style: str) -> str | None:
+    """The instance_guid the master lists for an old reference."""
+    if style == "guid":
+        return reference
+    requested_by, sep, title = reference.partition("_")  # as slapproxy splits its own references
+    return f"{title}___{requested_by}___1" if sep and title else None
+
+
+@dataclass
+class _Draft:
+    reference: str
+    guid: str
+    title: str
+    instance: SharedInstance | None
+    entry: TechnicalEntry | None
+    proof: LegacyProof | None
+    proven: bool
+    shown: Mapping[str, Any]
+    connection: Mapping[str, Any] | None
+    retained_at: float | None
+    candidates: list[Candidate] = field(default_factory=list)
+
+
+def adopt(
+    state: LegacyState,
+    listed: Mapping[str, SharedInstance],
+    entries: Mapping[str, TechnicalEntry],
+    policy: AdoptPolicy,
+    now: float,
+    known: Known = Known(),
+) -> Adoption:
+    out = Adoption()
+    drafts: list[_Draft] = []
+    titles = set(known.titles)
+    for reference in state.references():
+        draft = _draft(reference, state, listed, entries, policy, known, titles, out)
+        if draft is not None:
+            drafts.append(draft)
+            titles.add(draft.title)
+    owners = _claims(drafts, known, now, out)
+    index = gates.HostIndex(out.claims)
+    tokens = {c.guid: c for c in out.challenges}
+    active = set(listed)
+    for draft in drafts:
+        _finish(draft, owners.get(draft.guid, set()), tokens.get(draft.guid), index, active, policy, now, out)
+    out.counts["findings"] = len(out.findings)
+    return out
+
+
+def _draft(
+    reference: str,
+    state: LegacyState,
+    listed: Mapping[str, SharedInstance],
+    entries: Mapping[str, TechnicalEntry],
+    policy: AdoptPolicy,
+    known: Known,
+    titles: set[str],
+    out: Adoption,
+) -> _Draft | None:
+    guid = guid_of(reference, policy.reference_style)
+    if guid is None:
+        out.findings.append(finding("unmapped-reference", "", reference, style=policy.reference_style))
+        return None
+    if guid in known.guids:
+        out.findings.append(finding("already-known", guid, reference))
+        return None
+    requested, validated = state.requested.get(reference), state.validated.get(reference)
+    title = policy.legacy_prefix + reference
+    entry = entries.get(title)
+    instance = listed.get(guid)
+    retained_at = validated.at if validated is not None and validated.state == STOPPED else None
+    if entry is None:
+        if instance is None:
+            if requested is not None and requested.state == VALID:
+                out.findings.append(finding("gone", guid, reference, title=title))
+            return None  # nothing on the master, nothing on the CDN: nothing to keep
+        if requested is not None and requested.state == VALID:
+            out.findings.append(finding("entry-missing", guid, reference, title=title))
+        title = technical_title(policy.request_prefix, guid)  # nothing to adopt: cdnreq's own title
+    elif reason := _unsafe(title):
+        out.findings.append(finding("unsafe-title", guid, reference, title=title, reason=reason))
+    if title in titles:
+        out.findings.append(finding("title-taken", guid, reference, title=title))
+        return None
+    if instance is None and entry is not None and retained_at is None:
+        out.findings.append(finding("not-listed", guid, reference))
+    shown = (requested or validated).published if (requested or validated) else {}
+    connection = requested.published if requested is not None and requested.state == VALID and entry else None
+    proof = state.proofs.get(reference)
+    proven = proof is not None and (proof.validated or (retained_at is not None and entry is not None))
+    return _Draft(reference, guid, title, instance, entry, proof, proven, shown, connection, retained_at)
+
+
+def _unsafe(title: str) -> str | None:
+    """Why the master may mishandle a title (slapproxy splits guids on `___`)."""
+    if "___" in title:
+        return 'it holds "___"'
+    if title.endswith("_"):
+        return 'it ends with "_"'
+    if len(title) > 200:
+        return "it is longer than 200 characters"
+    return None
+
+
+def _claims(drafts: list[_Draft], known: Known, now: float, out: Adoption) -> dict[str, set[str]]:
+    """Judge and settle every instance's hosts; returns the hosts each keeps."""
+    pool: list[Candidate] = []
+    for d in drafts:
+        if d.proof is None:
+            continue
+        domain = _host(_current(d).get("custom_domain")) if _current(d) else _host(d.proof.domain)
+        if domain != _host(d.proof.domain):
+            out.findings.append(finding("changed-domain", d.guid, d.reference, old=d.proof.domain, new=domain or "none"))
+            d.proof = None
+            continue
+        out.challenges.append(Challenge(InstanceGuid(d.guid), domain, LEGACY_SALT, d.proof.token, d.proof.at))
+        if not d.proven:
+            out.counts["pending challenges"] += 1
+            continue
+        hosts = dict.fromkeys(named_hosts(d.instance.parameters if d.instance else None)
+                              + named_hosts(d.entry.parameters if d.entry else None))
+        judged = judge(domain, hosts, guid=d.guid, reference=d.reference, proven_at=d.proof.at,
+                       active=d.instance is not None, live=d.entry is not None)
+        for host, kind in judged.refused:
+            out.findings.append(finding(kind, d.guid, d.reference, host=host))
+        pool.extend(judged.candidates)
+    kept_, lost = settle(pool)
+    for loser, winner in lost:
+        out.findings.append(finding("host-conflict", loser.guid, loser.reference, host=loser.host, winner=winner.guid))
+    owners: dict[str, set[str]] = {}
+    for c in kept_:
+        holder = known.hosts.get(c.host)
+        if holder is not None and holder != c.guid:
+            out.findings.append(finding("host-conflict", c.guid, c.reference, host=c.host, winner=holder))
+            continue
+        if c.strength != PROVEN:
+            out.findings.append(finding("alias-unproven", c.guid, c.reference, host=c.host))
+        # an unproven alias is re-checked at the first tick (checked long ago)
+        checked = c.proven_at if c.strength == PROVEN else 0.0
+        out.claims.append(HostClaim(c.host, InstanceGuid(c.guid), c.registrable, c.proven_at, checked))
+        owners.setdefault(c.guid, set()).add(c.host)
+    out.counts["proven hosts"] = len(out.claims)
+    return owners
+
+
+def _current(d: _Draft) -> Mapping[str, Any]:
+    """The parameters the instance names now: as listed, else as its entry holds them."""
+    if d.instance is not None:
+        return d.instance.parameters
+    return d.entry.parameters if d.entry is not None else {}
+
+
+def _host(value: Any) -> str | None:
+    try:
+        return normalise_host(value, wildcard=True) if isinstance(value, str) and value else None
+    except HostError:
+        return None
+
+
+def _finish(
+    d: _Draft,
+    owned: set[str],
+    challenge: Challenge | None,
+    index: gates.HostIndex,
+    active: set[str],
+    policy: AdoptPolicy,
+    now: float,
+    out: Adoption,
+) -> None:
+    """The record of one instance, once every instance's hosts are settled."""
+    served = None
+    param_hash = None
+    gate = None
+    if d.instance is not None:
+        verdict = validate(d.instance.parameters, policy.domain.validation)
+        if not verdict.ok:
+            out.findings.append(finding("parameters-refused", d.guid, d.reference, errors="; ".join(verdict.errors)))
+        gate, _ = gates.decide(d.instance, verdict, index=index, active=active, challenge=challenge,
+                               lookups={}, policy=policy.domain, now=now)
+    if d.entry is not None:
+        named = named_hosts(d.entry.parameters)
+        served = tuple(h for h in named if h in owned)
+        for host in named:
+            if host not in owned:
+                out.findings.append(finding("served-unproven", d.guid, d.reference, host=host))
+        param_hash = _held_hash(d, gate)
+    phase = _phase(d)
+    out.counts[phase.value] += 1
+    published = _published(d, gate)
+    out.records.append(Record(
+        guid=InstanceGuid(d.guid), title=Title(d.title), phase=phase, created_at=now, updated_at=now,
+        param_hash=param_hash, requested_state=RequestedState.STARTED if d.entry else None,
+        spec_hash=policy.spec_hash if d.entry else None, tech_guid=d.entry.guid if d.entry else None,
+        connection=frozen_json(d.connection) if d.connection else None, published=published,
+        last_action="import", served=served,
+        gone_at=d.retained_at if phase is Phase.RETAINED else None,
+    ))
+    if d.shown:
+        out.shown[d.guid] = d.shown
+    detail = f"from the cron requester (reference {d.reference}): title {d.title}"
+    detail += f", entry {d.entry.guid}" if d.entry else ", no entry on the CDN"
+    out.events.append(Event(d.guid, "import", "ok", now, f"{detail}; {phase.value}"))
+    out.counts["instances"] += 1
+    out.counts["listed"] += d.instance is not None
+
+
+def _phase(d: _Draft) -> Phase:
+    if d.entry is None:
+        return Phase.NEW
+    if d.instance is None and d.retained_at is not None:
+        return Phase.RETAINED
+    return Phase.LIVE if d.connection else Phase.REQUESTED
+
+
+def _held_hash(d: _Draft, gate: gates.Gate | None) -> str:
+    """What the entry holds, as cdnreq hashes requests: the hash cdnreq would
+    request for the customer's parameters when the entry already holds them
+    (the tick's own test, records.kept), so nothing is requested again; else
+    the entry's own, so the first tick updates it."""
+    assert d.entry is not None
+    if d.instance is not None and gate is not None and gate.ok and gate.forward_hash is not None:
+        wanted = gate.forward if gate.forward is not None else d.instance.parameters
+        if kept(InstanceAnswer(d.entry.guid, parameters=d.entry.parameters), wanted):
+            return gate.forward_hash
+    return digest(d.entry.parameters)
+
+
+def _published(d: _Draft, gate: gates.Gate | None) -> bytes | None:
+    """The digest of what the customer was shown. When cdnreq would show a
+    live customer the same values plus reminders of its own (the TXT record
+    it keeps for re-checks, warnings), that is taken as shown: it reaches the
+    customer with the first periodic read-back, not as a burst at cut-over."""
+    if not d.shown:
+        return None
+    if gate is not None and gate.ok and d.connection:
+        ours = compose(d.connection, gate, True)
+        if all(k in ours and ours[k] == v for k, v in d.shown.items()):
+            return shown_digest(ours)
+    return shown_digest(d.shown)

@@ -1,0 +1,175 @@
+"""cdnreq.legacy.adopt and claims: what an import keeps of the old state (pure)."""
+
+from __future__ import annotations
+
+from cdnreq.entries import TechnicalEntry
+from cdnreq.legacy.adopt import AdoptPolicy, Known, adopt, guid_of
+from cdnreq.legacy.state import STOPPED, VALID, LegacyProof, LegacyRow, LegacyState
+from cdnreq.model import Phase, RequestedState, SharedInstance, digest
+from cdnreq.reconcile import gate as gates
+from cdnreq.reconcile.records import needs_publish
+from cdnreq.reconcile.titles import technical_title
+from cdnreq.validate.verdict import validate
+
+PREFIX = "_cdnreq_"
+POLICY = AdoptPolicy(legacy_prefix=PREFIX, reference_style="guid", request_prefix="cdnreq-", spec_hash="S")
+NOW = 1_800_000_000.0
+CONN = {"site_url": "https://x.cdn.test", "domain": "x.cdn.test"}
+
+
+def params(domain: str | None = None, alias: str | None = None, url: str = "https://198.51.100.7") -> dict:
+    p = {"url": url}
+    if domain:
+        p["custom_domain"] = domain
+    if alias:
+        p["server-alias"] = alias
+    return p
+
+
+class Old:
+    """A legacy state built customer by customer."""
+
+    def __init__(self) -> None:
+        self.requested: dict = {}
+        self.validated: dict = {}
+        self.proofs: dict = {}
+        self.entries: dict = {}
+        self.listed: dict = {}
+
+    def live(self, ref: str, p: dict, *, proven_at: float = 100.0, listed: bool = True, entry_params: dict | None = None):
+        self.requested[ref] = LegacyRow(ref, p, dict(CONN), VALID, 50.0)
+        self.validated[ref] = LegacyRow(ref, p, {}, VALID, 50.0)
+        if p.get("custom_domain"):
+            self.proofs[ref] = LegacyProof(ref, p["custom_domain"], f"tok-{ref}", True, proven_at)
+        title = PREFIX + ref
+        self.entries[title] = TechnicalEntry(title, f"T-{ref}", entry_params if entry_params is not None else p, "started")
+        if listed:
+            self.listed[ref] = SharedInstance.of(ref, p)
+        return self
+
+    def state(self) -> LegacyState:
+        return LegacyState(self.requested, self.validated, self.proofs, {})
+
+    def adopt(self, known: Known = Known()):
+        return adopt(self.state(), self.listed, self.entries, POLICY, NOW, known)
+
+
+def by_guid(adoption):
+    return {r.guid: r for r in adoption.records}
+
+
+def kinds(adoption, guid=None):
+    return sorted(f.kind for f in adoption.findings if guid is None or f.guid == guid)
+
+
+def test_a_proven_live_customer_is_adopted_as_it_is():
+    old = Old().live("A", params("a.test", "www.a.test *.a.test"))
+    out = old.adopt()
+    record = by_guid(out)["A"]
+    assert (record.title, record.phase, record.tech_guid) == ("_cdnreq_A", Phase.LIVE, "T-A")
+    assert record.requested_state is RequestedState.STARTED and record.spec_hash == "S"
+    assert set(record.served) == {"a.test", "www.a.test", "*.a.test"}
+    assert {(c.host, c.checked_at) for c in out.claims} == {("a.test", 100.0), ("www.a.test", 100.0), ("*.a.test", 100.0)}
+    assert [(c.domain, c.token) for c in out.challenges] == [("a.test", "tok-A")]
+    assert out.findings == []
+    # what the first tick decides: the same request hash, and nothing new to publish
+    instance = old.listed["A"]
+    gate, _ = gates.decide(instance, validate(instance.parameters), index=gates.HostIndex(out.claims),
+                           active={"A"}, challenge=out.challenges[0], lookups={}, policy=gates.DomainPolicy(), now=NOW)
+    assert gate.ok and record.param_hash == gate.forward_hash
+    assert not needs_publish(record, gate)
+    assert out.shown["A"] == CONN  # what the customer holds is kept as it is
+
+
+def test_an_alias_the_old_token_does_not_prove_is_kept_with_a_recheck_due_now():
+    out = Old().live("B", params("www.b.test", "shop.b.test")).adopt()
+    assert kinds(out) == ["alias-unproven"]
+    claims = {c.host: c for c in out.claims}
+    assert claims["www.b.test"].checked_at == 100.0 and claims["shop.b.test"].checked_at == 0.0
+
+
+def test_an_alias_only_the_last_two_labels_rule_allowed_is_not_kept():
+    out = Old().live("C", params("alice.github.io", "bob.github.io")).adopt()
+    assert ("psl-unconfirmed", "bob.github.io") in {(f.kind, f.host) for f in out.findings}
+    assert ("served-unproven", "bob.github.io") in {(f.kind, f.host) for f in out.findings}
+    assert {c.host for c in out.claims} == {"alice.github.io"}
+    assert by_guid(out)["C"].served == ("alice.github.io",)  # so the first tick does not destroy it
+
+
+def test_two_instances_holding_one_host_leave_it_to_the_one_ranked_first():
+    old = Old().live("D1", params("www.c.test", "shop.c.test"), proven_at=10.0).live("D2", params("shop.c.test"), proven_at=20.0)
+    out = old.adopt()
+    owners = {c.host: c.guid for c in out.claims}
+    # D2 proved shop.c.test with its own token; D1 held it as an alias nobody proved
+    assert owners["shop.c.test"] == "D2" and owners["www.c.test"] == "D1"
+    conflict = [f for f in out.findings if f.kind == "host-conflict"]
+    assert [(f.guid, f.host) for f in conflict] == [("D1", "shop.c.test")] and "D2" in conflict[0].decision
+    assert by_guid(out)["D1"].served == ("www.c.test",)
+
+
+def test_between_two_proofs_the_first_wins_and_a_listed_instance_beats_a_retained_one():
+    # a token at the registrable domain proves every host under it, by cdnreq's rule too
+    old = Old().live("D1", params("c.test", "shop.c.test"), proven_at=10.0).live("D2", params("shop.c.test"), proven_at=20.0)
+    assert {c.host: c.guid for c in old.adopt().claims}["shop.c.test"] == "D1"
+    old = Old().live("D1", params("c.test", "shop.c.test"), proven_at=10.0, listed=False)
+    old.validated["D1"] = LegacyRow("D1", params("c.test", "shop.c.test"), {}, STOPPED, 500.0)
+    old.live("D2", params("shop.c.test"), proven_at=20.0)
+    assert {c.host: c.guid for c in old.adopt().claims}["shop.c.test"] == "D2"
+
+
+def test_a_token_of_a_domain_that_changed_is_dropped():
+    old = Old().live("E", params("new.test"), entry_params=params("old.test"))
+    old.proofs["E"] = LegacyProof("E", "old.test", "tok-old", True, 100.0)
+    out = old.adopt()
+    assert "changed-domain" in kinds(out) and out.challenges == [] and out.claims == []
+    record = by_guid(out)["E"]
+    assert record.served == () and record.param_hash == digest(params("old.test"))  # the first tick updates it
+
+
+def test_a_retained_customer_keeps_its_entry_hosts_and_departure_time():
+    old = Old().live("F", params("f.test"), listed=False)
+    old.validated["F"] = LegacyRow("F", params("f.test"), {}, STOPPED, 777.0)
+    old.proofs["F"] = LegacyProof("F", "f.test", "tok-F", False, 100.0)  # the old retention unsets validated
+    out = old.adopt()
+    record = by_guid(out)["F"]
+    assert (record.phase, record.gone_at, record.served) == (Phase.RETAINED, 777.0, ("f.test",))
+    assert [c.host for c in out.claims] == ["f.test"] and "not-listed" not in kinds(out)
+
+
+def test_a_pending_customer_keeps_its_token_and_gets_cdnreqs_own_title():
+    old = Old()
+    old.validated["G"] = LegacyRow("G", params("g.test"), {"txt_value": "tok-G"}, "invalid", 50.0)
+    old.proofs["G"] = LegacyProof("G", "g.test", "tok-G", False, 100.0)
+    old.listed["G"] = SharedInstance.of("G", params("g.test"))
+    out = old.adopt()
+    record = by_guid(out)["G"]
+    assert (record.phase, record.title, record.param_hash) == (Phase.NEW, technical_title("cdnreq-", "G"), None)
+    assert [(c.guid, c.token) for c in out.challenges] == [("G", "tok-G")] and out.claims == []
+    assert out.counts["pending challenges"] == 1
+
+
+def test_parameters_changed_since_the_old_request_are_updated_at_the_first_tick():
+    old = Old().live("H", params(url="https://198.51.100.9"), entry_params=params(url="https://198.51.100.8"))
+    record = by_guid(old.adopt())["H"]
+    assert record.param_hash == digest(params(url="https://198.51.100.8"))
+    assert record.param_hash != old.listed["H"].param_hash
+
+
+def test_merge_keeps_what_the_store_knows():
+    old = Old().live("A", params("a.test")).live("B", params("b.test"))
+    out = old.adopt(Known(guids=frozenset({"A"}), titles=frozenset(), hosts={"b.test": "Z"}))
+    assert "A" not in by_guid(out) and ("already-known", "A") in {(f.kind, f.guid) for f in out.findings}
+    assert ("host-conflict", "b.test") in {(f.kind, f.host) for f in out.findings} and out.claims == []
+
+
+def test_references_map_to_guids_by_the_configured_style():
+    assert guid_of("SOFTINST-12", "guid") == "SOFTINST-12"
+    assert guid_of("_site-1", "slapproxy") == "site-1______1"
+    assert guid_of("slappart3_site_2", "slapproxy") == "site_2___slappart3___1"
+    assert guid_of("nounderscore", "slapproxy") is None
+
+
+def test_an_unsafe_title_is_kept_and_reported():
+    old = Old().live("x___y", params())
+    out = old.adopt()
+    assert by_guid(out)["x___y"].title == "_cdnreq_x___y" and "unsafe-title" in kinds(out)
