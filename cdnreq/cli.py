@@ -22,6 +22,7 @@ from typing import Any, Sequence
 from cdnreq import __version__, logs, render
 from cdnreq.client import NotRunning, fetch, instance_path
 from cdnreq.commands import actions, import_legacy
+from cdnreq.store import imports
 from cdnreq.commands.status_refused import reachable
 from cdnreq.config import Config
 from cdnreq.configfile import CONFIG_ENV, DEFAULT_CONFIG, ConfigError, config_path, effective_toml, load_config
@@ -247,10 +248,10 @@ def _status(args: argparse.Namespace, config: Config) -> int:
         return STATUS_NO_DAEMON_NO_DATABASE
     if status is not None and not args.json and sys.stdout.isatty():
         status = _follow(config, token, status)
-    records = asyncio.run(_load(config)) if database else {}
+    records, imported = asyncio.run(_load(config)) if database else ({}, None)
     if args.json:
         rows = [render.record_row(r) for r in sorted(records.values(), key=lambda r: r.guid)]
-        json.dump({"daemon": status, "instances": rows}, sys.stdout, indent=2, sort_keys=True)
+        json.dump({"daemon": status, "instances": rows, "import": imported}, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
         return status_exit(status)
     if status is not None:
@@ -260,6 +261,7 @@ def _status(args: argparse.Namespace, config: Config) -> int:
         sys.stdout.write(printable(f"daemon: {reason}; from the database:") + "\n")
         sys.stdout.write(render.summary(asyncio.run(_last_tick(config))))
     sys.stdout.write(render.table(records.values(), everything=args.all))
+    sys.stdout.write(render.imported(imported))
     return status_exit(status)
 
 
@@ -320,10 +322,11 @@ def _token(config: Config) -> str | None:
         return None
 
 
-async def _load(config: Config) -> dict[str, Record]:
+async def _load(config: Config) -> tuple[dict[str, Record], dict[str, Any] | None]:
+    """The instances, and the last import from the cron requester with its findings."""
     store = await open_store(config, lock=False)
     try:
-        return dict(await store.load())
+        return dict(await store.load()), await imports.last_import(store)
     finally:
         await store.close()
 

@@ -156,3 +156,22 @@ def explained(data: dict[str, Any]) -> str:
                 continue
             lines.append(f"    {event['at']} tick {event['tick']}: {event['action']} {event['outcome']}{detail}")
     return _text(lines)
+
+
+SHOWN_FINDINGS = 50
+
+
+def imported(last: dict[str, Any] | None) -> str:
+    """The last import from the cron requester and what it found (each
+    finding with the decision taken), so the damage it inherited stays in
+    sight after the cut-over."""
+    if not last:
+        return ""
+    summary = ", ".join(f"{k}: {v}" for k, v in last["summary"].items())
+    lines = [f"imported from the cron requester at {iso(last['at'])} ({last['source']}): {summary}"]
+    for f in last["findings"][:SHOWN_FINDINGS]:
+        lines.append(f"  {f['kind']}: {f['guid'] or f['reference']}: {f['found']}; {f['decision']}")
+    more = last["findings_total"] - min(len(last["findings"]), SHOWN_FINDINGS)
+    if more > 0:
+        lines.append(f"  ... and {more} more (cdnreq status --json lists {len(last['findings'])})")
+    return "".join(printable(line) + "\n" for line in lines)

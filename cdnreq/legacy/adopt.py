@@ -13,6 +13,7 @@ an unchanged live customer.
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -102,7 +103,7 @@ def adopt(
         if draft is not None:
             drafts.append(draft)
             titles.add(draft.title)
-    owners = _claims(drafts, known, now, out)
+    owners = _claims(drafts, known, now, policy.domain.recheck_interval_s, out)
     index = gates.HostIndex(out.claims)
     tokens = {c.guid: c for c in out.challenges}
     active = set(listed)
@@ -167,7 +168,7 @@ def _unsafe(title: str) -> str | None:
     return None
 
 
-def _claims(drafts: list[_Draft], known: Known, now: float, out: Adoption) -> dict[str, set[str]]:
+def _claims(drafts: list[_Draft], known: Known, now: float, interval: float, out: Adoption) -> dict[str, set[str]]:
     """Judge and settle every instance's hosts; returns the hosts each keeps."""
     pool: list[Candidate] = []
     for d in drafts:
@@ -200,12 +201,23 @@ def _claims(drafts: list[_Draft], known: Known, now: float, out: Adoption) -> di
             continue
         if c.strength != PROVEN:
             out.findings.append(finding("alias-unproven", c.guid, c.reference, host=c.host))
-        # an unproven alias is re-checked at the first tick (checked long ago)
-        checked = c.proven_at if c.strength == PROVEN else 0.0
+        checked = _first_check(c, now, interval)
         out.claims.append(HostClaim(c.host, InstanceGuid(c.guid), c.registrable, c.proven_at, checked))
         owners.setdefault(c.guid, set()).add(c.host)
     out.counts["proven hosts"] = len(out.claims)
     return owners
+
+
+def _first_check(c: Candidate, now: float, interval: float) -> float:
+    """When the claim counts as last checked. A proof the old token still
+    gives is re-checked on cdnreq's schedule, the first ones spread over one
+    [domain].recheck_interval_s after the import (a burst of lookups, and of
+    warnings to customers who removed their record long ago, at cut-over is
+    what the import must avoid); an alias nobody proved is due at once."""
+    if c.strength != PROVEN:
+        return 0.0
+    spread = zlib.crc32(c.host.encode("utf-8", "surrogatepass")) / 2**32
+    return now - interval * spread
 
 
 def _current(d: _Draft) -> Mapping[str, Any]:

@@ -31,6 +31,8 @@ def steps(at: float, source: str, summary: Mapping[str, Any], findings: Iterable
 
 async def last_import(store: Any, limit: int = 200) -> dict[str, Any] | None:
     """The newest import, with its findings (at most `limit`) and their count."""
+    if store.schema_version < 5:  # a reader of a store not yet migrated: no import ever ran
+        return None
     rows = await store._all("SELECT id, at, source, summary FROM imports ORDER BY id DESC LIMIT 1")
     if not rows:
         return None
