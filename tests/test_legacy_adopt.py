@@ -177,3 +177,11 @@ def test_an_unsafe_title_is_kept_and_reported():
     old = Old().live("x___y", params())
     out = old.adopt()
     assert by_guid(out)["x___y"].title == "_cdnreq_x___y" and "unsafe-title" in kinds(out)
+
+
+def test_a_token_no_txt_record_can_hold_is_not_kept():
+    old = Old().live("K", params("k.test"))
+    old.proofs["K"] = LegacyProof("K", "k.test", "tok with space\n<script>", True, 100.0)
+    out = old.adopt()
+    assert "token-unusable" in kinds(out) and out.challenges == [] and out.claims == []
+    assert by_guid(out)["K"].served == ()

@@ -13,6 +13,7 @@ an unchanged live customer.
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from cdnreq.reconcile.titles import technical_title
 from cdnreq.validate.hosts import HostError, normalise_host
 from cdnreq.validate.verdict import validate
 
+_TOKEN = re.compile(r"[\x21-\x7e]{1,255}")  # what one TXT string can hold and a customer can type
 LEGACY_SALT = "legacy"  # a Challenge's salt when its token came from the old requester
 
 
@@ -175,6 +177,10 @@ def _claims(drafts: list[_Draft], known: Known, now: float, interval: float, out
         if d.proof is None:
             continue
         domain = _host(_current(d).get("custom_domain")) if _current(d) else _host(d.proof.domain)
+        if not _TOKEN.fullmatch(d.proof.token):
+            out.findings.append(finding("token-unusable", d.guid, d.reference, token=d.proof.token[:80]))
+            d.proof, d.proven = None, False
+            continue
         if domain != _host(d.proof.domain):
             out.findings.append(finding("changed-domain", d.guid, d.reference, old=d.proof.domain, new=domain or "none"))
             d.proof = None

@@ -39,6 +39,10 @@ FINDINGS: dict[str, tuple[str, str]] = {
         "the old token was issued for {old}; the instance names {new}",
         "token dropped: {new} needs a new proof (cdnreq issues a challenge at the first tick)",
     ),
+    "token-unusable": (
+        "its token {token!r} is not something a TXT record can hold",
+        "dropped: a new proof is required (cdnreq issues a challenge at the first tick)",
+    ),
     "served-unproven": (
         "its entry serves {host}, which no kept proof covers",
         "not counted as served by it: the entry keeps serving it unchanged until the customer's"
