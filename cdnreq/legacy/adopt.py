@@ -269,17 +269,18 @@ def _finish(
         param_hash = _held_hash(d, gate)
     phase = _phase(d)
     out.counts[phase.value] += 1
-    published = _published(d, gate)
+    shown = _shown(d, gate)
     out.records.append(Record(
         guid=InstanceGuid(d.guid), title=Title(d.title), phase=phase, created_at=now, updated_at=now,
         param_hash=param_hash, requested_state=RequestedState.STARTED if d.entry else None,
         spec_hash=policy.spec_hash if d.entry else None, tech_guid=d.entry.guid if d.entry else None,
-        connection=frozen_json(d.connection) if d.connection else None, published=published,
+        connection=frozen_json(d.connection) if d.connection else None,
+        published=shown_digest(shown) if shown else None,
         last_action="import", served=served,
         gone_at=d.retained_at if phase is Phase.RETAINED else None,
     ))
-    if d.shown:
-        out.shown[d.guid] = d.shown
+    if shown:
+        out.shown[d.guid] = shown
     detail = f"from the cron requester (reference {d.reference}): title {d.title}"
     detail += f", entry {d.entry.guid}" if d.entry else ", no entry on the CDN"
     out.events.append(Event(d.guid, "import", "ok", now, f"{detail}; {phase.value}"))
@@ -308,15 +309,15 @@ def _held_hash(d: _Draft, gate: gates.Gate | None) -> str:
     return digest(d.entry.parameters)
 
 
-def _published(d: _Draft, gate: gates.Gate | None) -> bytes | None:
-    """The digest of what the customer was shown. When cdnreq would show a
-    live customer the same values plus reminders of its own (the TXT record
-    it keeps for re-checks, warnings), that is taken as shown: it reaches the
-    customer with the first periodic read-back, not as a burst at cut-over."""
-    if not d.shown:
-        return None
-    if gate is not None and gate.ok and d.connection:
+def _shown(d: _Draft, gate: gates.Gate | None) -> Mapping[str, Any]:
+    """What counts as shown to the customer: what the old requester
+    published, or, when cdnreq would show a live customer the same values
+    plus reminders of its own (the TXT record it keeps for re-checks,
+    warnings), cdnreq's view. Those reach the customer with the entry's first
+    periodic read-back (which finds them missing), not as a burst of
+    publications at the cut-over."""
+    if gate is not None and gate.ok and d.connection and d.shown:
         ours = compose(d.connection, gate, True)
         if all(k in ours and ours[k] == v for k, v in d.shown.items()):
-            return shown_digest(ours)
-    return shown_digest(d.shown)
+            return ours
+    return d.shown
