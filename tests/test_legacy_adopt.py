@@ -9,7 +9,7 @@ from cdnreq.model import Phase, RequestedState, SharedInstance, digest
 from cdnreq.reconcile import gate as gates
 from cdnreq.reconcile.records import needs_publish
 from cdnreq.reconcile.titles import technical_title
-from cdnreq.validate.verdict import validate
+from cdnreq.validate.verdict import unwrapped, validate
 
 PREFIX = "_cdnreq_"
 POLICY = AdoptPolicy(legacy_prefix=PREFIX, reference_style="guid", request_prefix="cdnreq-", spec_hash="S")
@@ -39,8 +39,9 @@ class Old:
     def live(self, ref: str, p: dict, *, proven_at: float = 100.0, listed: bool = True, entry_params: dict | None = None):
         self.requested[ref] = LegacyRow(ref, p, dict(CONN), VALID, 50.0)
         self.validated[ref] = LegacyRow(ref, p, {}, VALID, 50.0)
-        if p.get("custom_domain"):
-            self.proofs[ref] = LegacyProof(ref, p["custom_domain"], f"tok-{ref}", True, proven_at)
+        domain = unwrapped(p).get("custom_domain")
+        if domain:
+            self.proofs[ref] = LegacyProof(ref, domain, f"tok-{ref}", True, proven_at)
         title = PREFIX + ref
         self.entries[title] = TechnicalEntry(title, f"T-{ref}", entry_params if entry_params is not None else p, "started")
         if listed:
@@ -186,3 +187,10 @@ def test_a_token_no_txt_record_can_hold_is_not_kept():
     out = old.adopt()
     assert "token-unusable" in kinds(out) and out.challenges == [] and out.claims == []
     assert by_guid(out)["K"].served == ()
+
+
+def test_parameters_serialised_in_slapos_underscore_are_read_inside():
+    import json
+    wrapped = {"_": json.dumps(params("w.test", "www.w.test"))}
+    out = Old().live("W", wrapped).adopt()
+    assert {c.host for c in out.claims} == {"w.test", "www.w.test"} and out.findings == []

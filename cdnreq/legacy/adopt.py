@@ -31,7 +31,7 @@ from cdnreq.reconcile import gate as gates
 from cdnreq.reconcile.records import compose, kept
 from cdnreq.reconcile.titles import technical_title
 from cdnreq.validate.hosts import HostError, normalise_host
-from cdnreq.validate.verdict import validate
+from cdnreq.validate.verdict import unwrapped, validate
 
 _TOKEN = re.compile(r"[\x21-\x7e]{1,255}")  # what one TXT string can hold and a customer can type
 LEGACY_SALT = "legacy"  # a Challenge's salt when its token came from the old requester
@@ -229,8 +229,8 @@ def _first_check(c: Candidate, now: float, interval: float) -> float:
 def _current(d: _Draft) -> Mapping[str, Any]:
     """The parameters the instance names now: as listed, else as its entry holds them."""
     if d.instance is not None:
-        return d.instance.parameters
-    return d.entry.parameters if d.entry is not None else {}
+        return unwrapped(d.instance.parameters)
+    return unwrapped(d.entry.parameters) if d.entry is not None else {}
 
 
 def _host(value: Any) -> str | None:

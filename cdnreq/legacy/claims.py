@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
+from cdnreq.validate.verdict import unwrapped
 from cdnreq.validate.hosts import HostError, normalise_host, overlaps, proof_names, registrable_domain
 
 PROVEN = 2  # the old token proves it by cdnreq's rule
@@ -47,6 +48,7 @@ def named_hosts(parameters: Mapping[str, Any] | None) -> list[str]:
     """custom_domain then the aliases, normalised; what cannot be read is left out."""
     if not parameters:
         return []
+    parameters = unwrapped(parameters)
     raw = [parameters.get("custom_domain")]
     alias = parameters.get("server-alias")
     if isinstance(alias, str):

@@ -99,6 +99,15 @@ def _unwrap(parameters: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str |
     return inner, None
 
 
+def unwrapped(parameters: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The parameters themselves, out of SlapOS's "_" when serialised there
+    (for a reader that only looks, e.g. the legacy import; {} if unusable)."""
+    if WRAPPER not in parameters:
+        return parameters
+    inner, _ = _unwrap(parameters)
+    return inner or {}
+
+
 def _wrapped(parameters: Mapping[str, Any], policy: ValidationPolicy) -> Verdict:
     inner, error = _unwrap(parameters)
     if inner is None:
