@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from cdnreq.model import Phase, Record
-from cdnreq.store import Store
+from cdnreq.store import Store, imports
 
 
 def iso(t: float | None) -> str | None:
@@ -81,6 +81,7 @@ async def explain(
             "issued_at": iso(challenge.created_at),
         },
         "events": await _events(store, guid, events),
+        "import_findings": await imports.findings_of(store, guid),
     }
 
 

@@ -143,6 +143,8 @@ def explained(data: dict[str, Any]) -> str:
     challenge = data.get("challenge")
     if challenge:
         lines.append(f"  challenge: TXT {challenge['txt_record']} = {challenge['txt_value']}")
+    for f in data.get("import_findings") or []:
+        lines.append(f"  imported with a finding, {f['kind']}: {f['found']}; {f['decision']}")
     if data.get("published"):
         lines.append("  published to the customer:")
         for key, value in sorted(data["published"].items()):

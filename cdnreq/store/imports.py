@@ -49,6 +49,8 @@ async def last_import(store: Any, limit: int = 200) -> dict[str, Any] | None:
 
 
 async def findings_of(store: Any, guid: str) -> list[dict[str, Any]]:
+    if store.schema_version < 5:
+        return []
     rows = await store._all(
         "SELECT kind, host, found, decision FROM import_findings WHERE guid = ? ORDER BY id", (guid,)
     )
