@@ -142,14 +142,14 @@ def test_a_retained_customer_keeps_its_entry_hosts_and_departure_time():
     assert [c.host for c in out.claims] == ["f.test"] and "not-listed" not in kinds(out)
 
 
-def test_a_pending_customer_keeps_its_token_and_gets_cdnreqs_own_title():
+def test_a_pending_customer_keeps_its_token_and_its_title():
     old = Old()
     old.validated["G"] = LegacyRow("G", params("g.test"), {"txt_value": "tok-G"}, "invalid", 50.0)
     old.proofs["G"] = LegacyProof("G", "g.test", "tok-G", False, 100.0)
     old.listed["G"] = SharedInstance.of("G", params("g.test"))
     out = old.adopt()
     record = by_guid(out)["G"]
-    assert (record.phase, record.title, record.param_hash) == (Phase.NEW, technical_title("cdnreq-", "G"), None)
+    assert (record.phase, record.title, record.param_hash) == (Phase.NEW, "_cdnreq_G", None)
     assert [(c.guid, c.token) for c in out.challenges] == [("G", "tok-G")] and out.claims == []
     assert out.counts["pending challenges"] == 1
 
@@ -194,3 +194,12 @@ def test_parameters_serialised_in_slapos_underscore_are_read_inside():
     wrapped = {"_": json.dumps(params("w.test", "www.w.test"))}
     out = Old().live("W", wrapped).adopt()
     assert {c.host for c in out.claims} == {"w.test", "www.w.test"} and out.findings == []
+
+
+def test_an_entry_the_cdn_did_not_list_is_requested_again_under_the_same_title():
+    old = Old().live("M", params())
+    del old.entries["_cdnreq_M"]
+    out = old.adopt()
+    record = by_guid(out)["M"]
+    assert (record.phase, record.title, record.param_hash) == (Phase.NEW, "_cdnreq_M", None)
+    assert "entry-missing" in kinds(out)

@@ -99,7 +99,7 @@ async def _import(args: argparse.Namespace, config: Config) -> dict[str, Any]:
         known = await _known(store, args.merge)
         now = time.time()
         adoption = adopt(state, listed, entries.by_title(), policy, now, known)
-        _check_mapping(state, adoption, listed, config)
+        _check_mapping(state, adoption, listed, entries.entries, config)
         if not args.dry_run and store is not None:
             await store.commit(
                 upserts=adoption.records, host_upserts=adoption.claims,
@@ -140,12 +140,28 @@ async def _known(store: Store | None, merge: bool) -> Known:
     )
 
 
-def _check_mapping(state: LegacyState, adoption: Adoption, listed: dict[str, Any], config: Config) -> None:
-    """Refuse an import in which no live customer of the old requester is
-    listed by the master: the references were surely read the wrong way,
-    and the first tick would take every entry for gone."""
+def _check_mapping(
+    state: LegacyState, adoption: Adoption, listed: dict[str, Any], entries: Any, config: Config
+) -> None:
+    """Refuse an import that a glitch or a wrong setting would make wrong: a
+    master or technical CDN listing nothing while the old requester served
+    customers (a lost listing, or the wrong host instance), or no live
+    customer of the old requester listed by the master (the references were
+    read the wrong way: the first tick would take every entry for gone)."""
     live = sum(1 for r in state.requested.values() if r.state == VALID)
-    if live and listed and not adoption.counts["listed"]:
+    if live and not listed:
+        raise Refused(
+            EXIT_TICK_FAILED,
+            f"the master lists no customer while the old requester served {live}: a master that"
+            " lost its listing for a moment must not decide an import; try again",
+        )
+    if live and not entries:
+        raise Refused(
+            EXIT_TICK_FAILED,
+            f"the technical CDN ([technical_cdn].host_instance_guid) lists no entry while the old"
+            f" requester served {live}: is it the instance hosting them? (try again if so)",
+        )
+    if live and not adoption.counts["listed"]:
         raise Refused(
             EXIT_CONFIG,
             f"none of the {live} live customers of the old requester is listed by the master under"

@@ -29,7 +29,6 @@ from cdnreq.model import (
 )
 from cdnreq.reconcile import gate as gates
 from cdnreq.reconcile.records import compose, kept
-from cdnreq.reconcile.titles import technical_title
 from cdnreq.validate.hosts import HostError, normalise_host
 from cdnreq.validate.verdict import unwrapped, validate
 
@@ -144,8 +143,7 @@ def _draft(
             return None  # nothing on the master, nothing on the CDN: nothing to keep
         if requested is not None and requested.state == VALID:
             out.findings.append(finding("entry-missing", guid, reference, title=title))
-        title = technical_title(policy.request_prefix, guid)  # nothing to adopt: cdnreq's own title
-    elif reason := _unsafe(title):
+    if reason := _unsafe(title):
         out.findings.append(finding("unsafe-title", guid, reference, title=title, reason=reason))
     if title in titles:
         out.findings.append(finding("title-taken", guid, reference, title=title))

@@ -54,7 +54,8 @@ FINDINGS: dict[str, tuple[str, str]] = {
     ),
     "entry-missing": (
         "the old requester requested {title}, but the technical CDN does not host it",
-        "requested again at the first tick, under cdnreq's own title",
+        "requested again at the first tick, under the same title (if the entry exists after all,"
+        " the master answers with it: never a second entry)",
     ),
     "gone": (
         "neither the master nor the technical CDN knows it any more",

@@ -51,6 +51,8 @@ def _databases(paths: Iterable[Path]) -> list[Path]:
             candidates = sorted(p for p in path.iterdir() if p.is_file() and not p.is_symlink())
         elif path.is_file():
             candidates = [path]
+        elif path.exists():
+            raise LegacyError(f"{path}: neither a regular file nor a directory")
         else:
             raise LegacyError(f"{path}: no such file or directory")
         for candidate in candidates:
