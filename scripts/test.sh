@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/venv.sh test
+bash scripts/legacy-venv.sh  # the old cron requester, for tests/legacy (issue 12)
 bash scripts/promtool.sh || true
 export PATH="$PWD/.venv/tools/bin:$PATH"
 exec .venv/bin/python -m pytest "$@"
