@@ -9,6 +9,7 @@ import pytest
 
 from cdnreq.devdns import DevDns
 from cdnreq.devmaster import CdnSite, Slapproxy, find_slapos, setup_cdn
+from legacy.fixtures import legacy_population, legacy_site  # noqa: F401  (issue 12)
 
 
 @pytest.fixture
