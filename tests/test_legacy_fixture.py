@@ -2,9 +2,11 @@
 
 The old cron requester (slapos.cookbook 1.0.514, run from .venv-legacy) wrote
 the databases; these tests read them with sqlite3 read-only and read slapproxy
-through cdnreq.devmaster, so a fixture that silently built less (a category
-missing, an entry never requested, a proof never validated) fails here before
-an importer test trusts it.
+through cdnreq.devmaster (most tests share one module-scoped build,
+``legacy_site_shared``; the first uses the per-test ``legacy_site``), so a
+fixture that silently built less (a category missing, an entry never
+requested, a proof never validated) fails here before an importer test
+trusts it.
 """
 
 from __future__ import annotations
@@ -79,8 +81,8 @@ def test_database_directory_and_identities(legacy_site: LegacySite):
     assert ls.prefix == "_cdnreq_"
 
 
-def test_proven_plain_psl_and_conflicting_are_live(legacy_site: LegacySite):
-    ls, tech = legacy_site, entries(legacy_site)
+def test_proven_plain_psl_and_conflicting_are_live(legacy_site_shared: LegacySite):
+    ls, tech = legacy_site_shared, entries(legacy_site_shared)
     for customer in ls.proven + ls.psl + ls.conflicting:
         assert_proven(ls, customer)
         assert_live(ls, customer, tech)
@@ -94,16 +96,16 @@ def test_proven_plain_psl_and_conflicting_are_live(legacy_site: LegacySite):
     assert "shop.x.test" in used_hosts(ls, www)  # held, never proven by DNS
 
 
-def test_psl_hosts_pass_only_the_last_two_labels_rule(legacy_site: LegacySite):
-    ls = legacy_site
+def test_psl_hosts_pass_only_the_last_two_labels_rule(legacy_site_shared: LegacySite):
+    ls = legacy_site_shared
     held = {host for c in ls.psl for host in used_hosts(ls, c)}
     assert held == {"alice.github.io", "bob.github.io", "www.alpha.co.uk", "www.beta.co.uk"}
     proofs = {row(ls, "domains", "domain_validation", c)["domain"] for c in ls.psl}
     assert proofs == {"alice.github.io", "www.alpha.co.uk"}  # the aliases were never proven
 
 
-def test_conflicting_entries_hold_the_same_host(legacy_site: LegacySite):
-    ls = legacy_site
+def test_conflicting_entries_hold_the_same_host(legacy_site_shared: LegacySite):
+    ls = legacy_site_shared
     holders = read_rows(ls.db("domains"), "SELECT instance_reference FROM used_hosts"
                         " WHERE host = 'shop.c.test'")
     assert sorted(r["instance_reference"] for r in holders) == sorted(
@@ -114,8 +116,8 @@ def test_conflicting_entries_hold_the_same_host(legacy_site: LegacySite):
     assert len(served) == 2
 
 
-def test_pending_has_a_token_and_no_entry(legacy_site: LegacySite):
-    ls, tech = legacy_site, entries(legacy_site)
+def test_pending_has_a_token_and_no_entry(legacy_site_shared: LegacySite):
+    ls, tech = legacy_site_shared, entries(legacy_site_shared)
     for customer in ls.pending:
         proof = row(ls, "domains", "domain_validation", customer)
         assert proof["validated"] == 0 and TOKEN.fullmatch(proof["token"])
@@ -126,8 +128,8 @@ def test_pending_has_a_token_and_no_entry(legacy_site: LegacySite):
         assert row(ls, "requested", "instance", customer)["valid_parameter"] == "invalid"
 
 
-def test_retained_is_stopped_and_its_entry_stays(legacy_site: LegacySite):
-    ls, tech = legacy_site, entries(legacy_site)
+def test_retained_is_stopped_and_its_entry_stays(legacy_site_shared: LegacySite):
+    ls, tech = legacy_site_shared, entries(legacy_site_shared)
     listed = {c["title"] for c in ls.site.customers()}
     for customer in ls.retained:
         assert customer.title not in listed  # destroyed by its customer
@@ -140,8 +142,8 @@ def test_retained_is_stopped_and_its_entry_stays(legacy_site: LegacySite):
         assert row(ls, "requested", "instance", customer)["valid_parameter"] == "valid"
 
 
-def test_changed_domain_entry_still_serves_the_old_domain(legacy_site: LegacySite):
-    ls, tech = legacy_site, entries(legacy_site)
+def test_changed_domain_entry_still_serves_the_old_domain(legacy_site_shared: LegacySite):
+    ls, tech = legacy_site_shared, entries(legacy_site_shared)
     for customer in ls.changed_domain:
         new = customer.parameters["custom_domain"]
         proof = row(ls, "domains", "domain_validation", customer)

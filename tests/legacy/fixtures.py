@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from cdnreq.devdns import DevDns
-from cdnreq.devmaster import CdnSite
+from cdnreq.devmaster import CdnSite, Slapproxy, setup_cdn
 
 from .pipeline import DB_NAMES, LegacyPipeline, legacy_reference
 
@@ -193,6 +193,20 @@ def build_legacy_population(site: CdnSite, dns: DevDns, workdir: Path, n: int = 
 def legacy_site(cdn_site: CdnSite, devdns: DevDns, tmp_path: Path) -> LegacySite:
     """Every category of legacy state on a fresh slapproxy + DevDns (both still running)."""
     return build_legacy_site(cdn_site, devdns, tmp_path / "legacy")
+
+
+@pytest.fixture(scope="module")
+def legacy_site_shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LegacySite]:
+    """The same as ``legacy_site``, built once per module, for tests that only read it."""
+    workdir = tmp_path_factory.mktemp("legacy-site")
+    proxy, dns = Slapproxy(workdir / "slapproxy"), DevDns()
+    try:
+        proxy.start()
+        dns.start()
+        yield build_legacy_site(setup_cdn(proxy), dns, workdir / "legacy")
+    finally:
+        dns.stop()
+        proxy.stop()
 
 
 @pytest.fixture
