@@ -1,12 +1,23 @@
 """pytest fixtures: real legacy state, built by running the old cron requester.
 
-``legacy_site`` gives one customer set per category the issue-12 importer must
-handle; ``legacy_population`` (a builder) gives N customers served by legacy
-titles. Both order the customers' shared instances on the ``cdn_site``
-slapproxy, then run the old requester (tests/legacy/pipeline.py) as often as
-its cron would, publishing its DNS tokens and the technical CDN's connection
-parameters in between. Names are .test, github.io and co.uk names that only
-the fixture's DevDns serves.
+``legacy_site`` (per test) and ``legacy_site_shared`` (per module, read-only
+users) give one customer set per category the issue-12 importer must handle;
+``legacy_population(n=200, proven_every=4)`` (a builder) gives n customers
+served by legacy titles. Each orders the customers' shared instances on a
+slapproxy (``cdn_site``), then runs the old requester (tests/legacy/pipeline.py)
+as often as its cron would, publishing its DNS tokens in DevDns and the
+technical CDN's connection parameters in between. Names are .test, github.io
+and co.uk names that only the fixture's DevDns serves.
+
+A :class:`LegacySite` has ``db_dir`` (instance.db, validated.db, domains.db,
+requested.db; ``db(role)`` with role source/validated/domains/requested),
+``site`` (the CdnSite), ``dns`` (the DevDns), ``prefix`` ("_cdnreq_"),
+``pipeline`` (``pipeline.run()`` is one more cron run) and one list of
+:class:`Customer` (title, reference, guid, parameters, note) per category:
+``proven``, ``plain``, ``pending``, ``retained``, ``conflicting``, ``psl``,
+``changed_domain``. On slapproxy a customer titled T has the legacy reference
+``_T`` and the guid ``T______1``; its technical entry is titled
+``_cdnreq__T`` with the guid ``_cdnreq__T___cdn-requester___1``.
 """
 
 from __future__ import annotations
