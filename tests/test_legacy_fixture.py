@@ -104,16 +104,35 @@ def test_psl_hosts_pass_only_the_last_two_labels_rule(legacy_site_shared: Legacy
     assert proofs == {"alice.github.io", "www.alpha.co.uk"}  # the aliases were never proven
 
 
-def test_conflicting_entries_hold_the_same_host(legacy_site_shared: LegacySite):
+def test_conflicting_entries_serve_the_same_host(legacy_site_shared: LegacySite):
     ls = legacy_site_shared
+    served: dict[str, set[str]] = {}
+    for entry in ls.site.technical_entries():
+        params = entry["parameters"]
+        for host in [params.get("custom_domain"), *params.get("server-alias", "").split()]:
+            if host:
+                served.setdefault(host, set()).add(entry["title"][len(ls.prefix):])
+    shared = {host: refs for host, refs in served.items() if len(refs) > 1}
+    assert shared == {"shop.c.test": {"_conflict-root", "_conflict-leaf"},
+                      "reclaim.test": {"_retained-2", "_conflict-reclaimer"}}
+    # conflict-root's alias and conflict-leaf's custom_domain are both held in used_hosts;
+    # retained-2 lost its hosts when it was stopped, its entry did not.
     holders = read_rows(ls.db("domains"), "SELECT instance_reference FROM used_hosts"
                         " WHERE host = 'shop.c.test'")
-    assert sorted(r["instance_reference"] for r in holders) == sorted(
-        c.reference for c in ls.conflicting)
-    served = [e for e in ls.site.technical_entries()
-              if "shop.c.test" in [e["parameters"].get("custom_domain"),
-                                   *e["parameters"].get("server-alias", "").split()]]
-    assert len(served) == 2
+    assert {r["instance_reference"] for r in holders} == {"_conflict-root", "_conflict-leaf"}
+    assert {c.reference for c in ls.conflicting} == {"_conflict-root", "_conflict-leaf",
+                                                     "_conflict-reclaimer"}
+
+
+def test_rejected_alias_clash_has_no_token_and_no_entry(legacy_site_shared: LegacySite):
+    ls, tech = legacy_site_shared, entries(legacy_site_shared)
+    for customer in ls.rejected:
+        assert row(ls, "domains", "domain_validation", customer) is None
+        assert ls.technical_title(customer) not in tech
+        validated = row(ls, "validated", "instance", customer)
+        assert validated["valid_parameter"] == "invalid"
+        assert "clashes" in json.loads(validated["json_error"])["message"]
+        assert "clashes" in shown(ls, customer)["message"]
 
 
 def test_pending_has_a_token_and_no_entry(legacy_site_shared: LegacySite):

@@ -34,7 +34,8 @@ from cdnreq.devmaster import CdnSite, Slapproxy, setup_cdn
 
 from .pipeline import DB_NAMES, LegacyPipeline, legacy_reference
 
-CATEGORIES = ("proven", "plain", "pending", "retained", "conflicting", "psl", "changed_domain")
+CATEGORIES = ("proven", "plain", "pending", "retained", "conflicting", "psl", "changed_domain",
+              "rejected")
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,8 @@ def _order_first_wave(orders: _Orders) -> None:
       "TXT never published")
     o("retained", "retained-1", {"url": web, "custom_domain": "retained-1.test"},
       "proven and live, then destroyed by its customer")
+    o("retained", "retained-2", {"url": web, "custom_domain": "reclaim.test"},
+      "proven and live, then destroyed; conflict-reclaimer then proved reclaim.test")
     o("conflicting", "conflict-root", {"url": web, "custom_domain": "c.test",
                                        "server-alias": "shop.c.test"},
       "proven first: holds shop.c.test as an alias")
@@ -171,7 +174,18 @@ def build_legacy_site(site: CdnSite, dns: DevDns, workdir: Path) -> LegacySite:
                        f"was proven for {changed.parameters['custom_domain']};"
                        " the new domain is not proven, its entry still serves the old one")
     pipeline.run()  # retained -> stopped, new tokens for conflict-leaf and the changed ones
-    _prove(pipeline, [conflict])
+
+    # Third wave: orders that need the retention to have happened, or a held alias.
+    reclaimer = orders.order("conflicting", "conflict-reclaimer", {
+        "url": "http://backend.test", "custom_domain": "reclaim.test"},
+        "proved reclaim.test while retained-2 (stopped) kept its entry serving it:"
+        " retention frees the domain, not the entry")
+    orders.order("rejected", "rejected-clash", {
+        "url": "http://backend.test", "custom_domain": "blog.example-1.test",
+        "server-alias": "www.example-1.test"},
+        "refused by the old code: its alias is held by proven-apex (no token, no entry)")
+    pipeline.run()  # tokens for the reclaimer; rejected-clash refused
+    _prove(pipeline, [conflict, reclaimer])
     _go_live(pipeline)
     return LegacySite(pipeline.db_dir, site, dns, pipeline.prefix, pipeline,
                       {k: list(v) for k, v in cats.items()},
