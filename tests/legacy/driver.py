@@ -13,16 +13,16 @@ JSON object, on stdin or in the file named by the first argument:
      "stages": ["source", "A", "B"]}
 
 Stages: ``source`` writes what slapconfiguration writes (SharedInstanceResultDB)
-from the shared instances the master lists for the requester partition (the
+from the shared instances the master lists for the requester partition: the
 old slap API's slave_instance_list, slave_reference popped, the rest kept as
 the parameters; references named in ``invalid`` go to the invalid list with
-that error, as a schema failure would; ``strip_keys`` are dropped from the
+that error, as a schema failure would. ``strip_keys`` are dropped from the
 parameters: the master adds slave_title and slap_software_type to each item
 and slapconfiguration keeps them, but forwarded by stage B to slapproxy they
-overwrite the technical entry's own slave_title), ``A`` runs cdninstancenode (domain proofs,
-conflicts, retention), ``B`` runs instancenode (requests the technical
-entries, publishes their connection parameters to the customers). It prints
-one JSON line: the stages run and how long each took.
+overwrite the technical entry's own slave_title. ``A`` runs cdninstancenode
+(domain proofs, conflicts, retention), ``B`` runs instancenode (requests the
+technical entries, publishes their connection parameters to the customers).
+It prints one JSON line: the stages run and how long each took.
 """
 
 import json
@@ -37,7 +37,7 @@ from slapos.recipe.localinstancedb import SharedInstanceResultDB
 
 
 def write_source(job):
-    """What slapconfiguration leaves for the cron job: the master's shared list, split valid/invalid."""
+    """What slapconfiguration leaves for the cron job: the master's shared list, valid or not."""
     partition = _computer_partition(job)
     shared_list = partition.getInstanceParameterDict().get("slave_instance_list") or []
     invalid_errors = job.get("invalid", {})
