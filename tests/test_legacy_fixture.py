@@ -17,6 +17,7 @@ import re
 
 import pytest
 
+from cdnreq.configfile import load_config
 from legacy.fixtures import CATEGORIES, Customer, LegacySite
 from legacy.pipeline import DB_NAMES, connection_for, read_rows
 
@@ -79,6 +80,15 @@ def test_database_directory_and_identities(legacy_site: LegacySite):
         assert customer.reference == f"_{customer.title}"
         assert customer.guid == f"{customer.title}______1"
     assert ls.prefix == "_cdnreq_"
+
+
+def test_write_config_names_the_legacy_requester(legacy_site_shared: LegacySite, tmp_path):
+    ls = legacy_site_shared
+    config = load_config(ls.write_config(tmp_path / "cdnreq.toml", database=tmp_path / "s.db"))
+    assert config.legacy.request_prefix == "_cdnreq_"
+    assert config.legacy.reference_style == "slapproxy"
+    assert config.technical_cdn.host_instance_guid == ls.site.cdn_guid == "cdn-tech______0"
+    assert config.master.partition_id == ls.site.requester_partition
 
 
 def test_proven_plain_psl_and_conflicting_are_live(legacy_site_shared: LegacySite):

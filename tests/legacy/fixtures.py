@@ -12,10 +12,11 @@ and co.uk names that only the fixture's DevDns serves.
 A :class:`LegacySite` has ``db_dir`` (instance.db, validated.db, domains.db,
 requested.db; ``db(role)`` with role source/validated/domains/requested),
 ``site`` (the CdnSite), ``dns`` (the DevDns), ``prefix`` ("_cdnreq_"),
-``pipeline`` (``pipeline.run()`` is one more cron run) and one list of
+``pipeline`` (``pipeline.run()`` is one more cron run), ``write_config(path,
+database=...)`` (a cdnreq configuration with its [legacy] section) and one list of
 :class:`Customer` (title, reference, guid, parameters, note) per category:
 ``proven``, ``plain``, ``pending``, ``retained``, ``conflicting``, ``psl``,
-``changed_domain``. On slapproxy a customer titled T has the legacy reference
+``changed_domain``, ``rejected``. On slapproxy a customer titled T has the legacy reference
 ``_T`` and the guid ``T______1``; its technical entry is titled
 ``_cdnreq__T`` with the guid ``_cdnreq__T___cdn-requester___1``.
 """
@@ -30,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from cdnreq.devdns import DevDns
-from cdnreq.devmaster import CdnSite, Slapproxy, setup_cdn
+from cdnreq.devmaster import CdnSite, Slapproxy, setup_cdn, write_config
 
 from .pipeline import DB_NAMES, LegacyPipeline, legacy_reference
 
@@ -82,6 +83,15 @@ class LegacySite:
 
     def all(self) -> list[Customer]:
         return [c for category in CATEGORIES for c in self.customers.get(category, [])]
+
+    def write_config(self, path: Path, *, database: Path, **sections: dict) -> Path:
+        """A cdnreq configuration for this site: its DevDns, its CDN host, its [legacy]."""
+        dns = {"nameservers": [self.dns.address], "timeout_s": 0.5, "tries": 1}
+        tables = {"dns": dns, "technical_cdn": {"host_instance_guid": self.site.cdn_guid},
+                  "legacy": {"request_prefix": self.prefix, "reference_style": "slapproxy"}}
+        for name, overrides in sections.items():
+            tables[name] = {**tables.get(name, {}), **overrides}
+        return write_config(path, self.site, database=database, **tables)
 
 
 class _Orders:
