@@ -9,6 +9,9 @@ import pytest
 
 from cdnreq.devdns import DevDns
 from cdnreq.devmaster import CdnSite, Slapproxy, find_slapos, setup_cdn
+from legacy.fixtures import (  # noqa: F401  (issue 12)
+    legacy_population, legacy_site, legacy_site_shared,
+)
 
 
 @pytest.fixture

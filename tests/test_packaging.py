@@ -138,3 +138,33 @@ def test_promtool_script_says_why_when_apt_fails(tmp_path):
     done = _promtool_script(tmp_path, {"apt-get": "exit 100", "dpkg": "exit 1"})
     assert done.returncode != 0
     assert "'apt-get download prometheus' failed" in done.stderr
+
+
+def test_legacy_venv_installs_once_until_the_script_changes(tmp_path: Path):
+    """scripts/legacy-venv.sh (issue 12): pip only on a change of the script or the Python."""
+    (tmp_path / "scripts").mkdir()
+    script = tmp_path / "scripts" / "legacy-venv.sh"
+    shutil.copy(ROOT / "scripts" / "legacy-venv.sh", script)
+    python = tmp_path / ".venv-legacy" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(FAKE_PYTHON)
+    python.chmod(0o755)
+
+    def run() -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
+
+    def installs() -> list[str]:
+        lines = (tmp_path / "calls").read_text().splitlines()
+        return [line for line in lines if line.startswith("-m pip install")]
+
+    assert run().returncode == 0
+    assert len(installs()) == 1 and "slapos.cookbook==1.0.514" in installs()[0]
+    assert "--no-deps" in installs()[0]
+    second = run()
+    assert second.returncode == 0 and second.stderr == ""
+    assert len(installs()) == 1
+    with script.open("a") as f:
+        f.write("\n# changed\n")
+    assert run().returncode == 0
+    assert len(installs()) == 2
+    assert "bash scripts/legacy-venv.sh" in (ROOT / "scripts" / "test.sh").read_text()
