@@ -23,6 +23,7 @@ import asyncio
 import json
 import sys
 import time
+from collections import Counter
 from typing import Any, Callable
 
 from cdnreq.config import Config
@@ -97,7 +98,11 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     if not doc["ok"]:
         print(printable(f"cdnreq: orphans: {doc['error']}"), file=sys.stderr)
         return EXIT_REMAIN
-    return exit_code(doc, destroy=args.destroy)
+    code = exit_code(doc, destroy=args.destroy)
+    if code == EXIT_HELD:
+        held = f"cdnreq: orphans --destroy held, nothing destroyed: {doc['guard']['reason']}"
+        print(printable(held), file=sys.stderr)
+    return code
 
 
 async def _orphans(config: Config, host: str, args: argparse.Namespace, ssl_context: Any) -> dict[str, Any]:
@@ -216,16 +221,21 @@ def render(doc: dict[str, Any]) -> str:
         out.append(line)
     prefixes = ", ".join(repr(p) for p in doc["prefixes"])
     out.append(
-        f"{c['orphans']} orphans of {c['under_prefixes']} entries under {prefixes} on {doc['host_instance_guid']}"
+        f"orphans: {c['orphans']} of {c['under_prefixes']} entries under {prefixes} on {doc['host_instance_guid']}"
         f" ({c['owned']} owned; {c['ignored']} under other prefixes, left alone"
         + (f"; {c['unreadable']} without a title or guid" if c["unreadable"] else "") + ")"
     )
-    if doc["orphans"] and doc["destroy"] is None:
+    if doc["destroy"] is not None:
+        tally = Counter(r["outcome"] for r in doc["destroy"])
+        out.append(", ".join(f"{what} {tally[what]}" for what in (DESTROYED, STILL_THERE, FAILED)))
+    elif doc["orphans"]:
         if guard["held"]:
             out.append(f"--destroy is held: {guard['reason']}")
             if guard["approve_mismatch"]:
-                out.append("the --approve fingerprint given is not this set's: the orphans changed")
-            out.append(f"to destroy exactly these {c['orphans']}: --destroy --approve {guard['fingerprint']}")
+                out.append("the --approve fingerprint given is not this set's: the orphans changed since")
+            out.append(
+                f"to destroy exactly these {c['orphans']}: cdnreq orphans --destroy --approve {guard['fingerprint']}"
+            )
         else:
             out.append(f"--destroy would destroy them (fingerprint {guard['fingerprint']})")
     return "\n".join(out) + "\n"
