@@ -78,7 +78,19 @@ def test_approval_releases_only_the_exact_set():
                   policy=POLICY, approved=held.fingerprint)  # fmt: skip
     assert grown.hold is not None and grown.fingerprint != held.fingerprint
     wrong = sweep(listed, PREFIXES, titles=[], guids=[], records=0, policy=POLICY, approved="0" * 16)
-    assert wrong.hold is not None
+    assert wrong.hold is not None and "not the fingerprint" in wrong.hold
+
+
+def test_an_approval_of_another_set_holds_even_below_the_bar():
+    listed = entries("cdnreq-a", "cdnreq-b", "cdnreq-c")
+    below = sweep(listed, PREFIXES, titles=["cdnreq-a", "cdnreq-b"], guids=[], records=2, policy=POLICY)
+    assert below.hold is None
+    other = sweep(listed, PREFIXES, titles=["cdnreq-a", "cdnreq-b"], guids=[], records=2, policy=POLICY,
+                  approved="0" * 16)  # fmt: skip
+    assert other.hold is not None and below.fingerprint in other.hold
+    same = sweep(listed, PREFIXES, titles=["cdnreq-a", "cdnreq-b"], guids=[], records=2, policy=POLICY,
+                 approved=below.fingerprint)  # fmt: skip
+    assert same.hold is None
 
 
 def test_the_fingerprint_ignores_order_and_covers_guids():

@@ -161,6 +161,7 @@ def test_an_approval_of_another_set_does_not_release_a_grown_one(cdn_site, tmp_p
     request_entry(cdn_site, "cdnreq-b")  # appeared after the operator looked
     code, doc = orphans(config, "--destroy", "--approve", seen["guard"]["fingerprint"])
     assert code == 3 and doc["guard"]["approve_mismatch"] and {"cdnreq-a", "cdnreq-b"} <= set(entries(cdn_site))
+    assert "they changed since it was printed" in doc["guard"]["reason"]
 
 
 def test_destroy_refuses_while_a_daemon_holds_the_store_and_listing_works(cdn):
@@ -180,6 +181,8 @@ def test_destroy_refuses_while_a_daemon_holds_the_store_and_listing_works(cdn):
         refused = cdnreq("orphans", "--config", str(cdn["config"]), "--destroy")
         assert refused.returncode == 3 and "stop cdnreq first" in refused.stderr
         assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+        code, doc = orphans(cdn["config"], "--destroy")
+        assert code == 3 and doc["ok"] is False and "stop cdnreq first" in doc["error"]
         assert set(cdn["orphans"]) <= set(entries(cdn["site"]))
         assert daemon.poll() is None
     finally:

@@ -88,11 +88,13 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     try:
         doc = asyncio.run(_orphans(config, host, args, ssl_context))
     except StoreLocked as error:
-        print(printable(f"cdnreq: orphans --destroy: {error}: stop cdnreq first, then run it again"), file=sys.stderr)
+        refusal = f"{error}: stop cdnreq first, then run it again"
+        if args.json:
+            _dump({"ok": False, "error": refusal})
+        print(printable(f"cdnreq: orphans --destroy: {refusal}"), file=sys.stderr)
         return EXIT_DATABASE
     if args.json:
-        json.dump(doc, sys.stdout, indent=2, sort_keys=True)
-        sys.stdout.write("\n")
+        _dump(doc)
     else:
         _say(render(doc), sys.stdout)
     if not doc["ok"]:
@@ -231,14 +233,17 @@ def render(doc: dict[str, Any]) -> str:
     elif doc["orphans"]:
         if guard["held"]:
             out.append(f"--destroy is held: {guard['reason']}")
-            if guard["approve_mismatch"]:
-                out.append("the --approve fingerprint given is not this set's: the orphans changed since")
             out.append(
                 f"to destroy exactly these {c['orphans']}: cdnreq orphans --destroy --approve {guard['fingerprint']}"
             )
         else:
             out.append(f"--destroy would destroy them (fingerprint {guard['fingerprint']})")
     return "\n".join(out) + "\n"
+
+
+def _dump(doc: dict[str, Any]) -> None:
+    json.dump(doc, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
 
 
 def _say(text: str, to: Any) -> None:

@@ -89,8 +89,10 @@ def sweep(
     approved: str | None = None,
 ) -> Sweep:
     """Sort the CDN's entries into orphans, owned and ignored, and judge the
-    destroy. `titles` and `guids` are every record's title and tech_guid;
-    `approved` releases a held sweep only when it is this set's fingerprint."""
+    destroy. `titles` and `guids` are every record's title and tech_guid.
+    `approved` releases a held sweep when it is this set's fingerprint; any
+    other fingerprint holds even a sweep the bar lets through: the operator
+    approved another set."""
     known_titles, known_guids = set(titles), {g for g in guids if g}
     orphans: list[Orphan] = []
     ignored: list[TechnicalEntry] = []
@@ -106,8 +108,11 @@ def sweep(
     orphans.sort(key=lambda o: (o.entry.title, o.entry.guid))
     mark = fingerprint(orphans)
     hold = orphan_guard(len(orphans), owned + len(orphans), records, policy)
-    if hold is not None and approved is not None and approved == mark:
-        hold = None
+    if approved is not None and orphans:  # an approval names one exact set, held or not
+        hold = None if approved == mark else (
+            f"--approve {approved} is not the fingerprint of these {len(orphans)} orphans ({mark}):"
+            " they changed since it was printed"
+        )
     return Sweep(tuple(orphans), owned, tuple(ignored), entries.unreadable, mark, hold)
 
 
