@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from cdnreq.devmaster import CdnSite, free_port, write_config
-from faultproxy import FaultProxy, status
+from faultproxy import FaultProxy, status, trickle
 from cdnreq.model import Phase, Record
 from cdnreq.store import Store
 
@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]  # this tree's cdnreq, not the instal
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 LEGACY = "_cdnreq_"
 REQUEST = "slapos.post.v0.software_instance"
+LIST = "slapos.allDocs.v0.instance_node_instance_list"
 
 
 def cdnreq(*args: str) -> subprocess.CompletedProcess:
@@ -63,14 +64,14 @@ def store_events(database: Path) -> list:
     return asyncio.run(go())
 
 
-def adopt(database: Path, title: str, tech_guid: str) -> None:
+def adopt(database: Path, title: str, tech_guid: str, customer: str = "LEGACY-CUSTOMER") -> None:
     """A record that owns a legacy entry by its guid (as an import would make it)."""
 
     async def go():
         store = await Store.open(database)
         try:
             now = time.time()
-            await store.commit(upserts=[Record("LEGACY-CUSTOMER", title, Phase.LIVE, now, now, tech_guid=tech_guid)])
+            await store.commit(upserts=[Record(customer, title, Phase.LIVE, now, now, tech_guid=tech_guid)])
         finally:
             await store.close()
 
@@ -229,3 +230,31 @@ def test_each_orphan_is_reported_destroyed_still_there_or_failed(cdn, tmp_path):
     assert events == {refused: "failed", elsewhere["instance_guid"]: "still-there",
                       cdn["orphans"][f"{LEGACY}slappart0_gone"]: "destroyed"}  # fmt: skip
     assert {"cdnreq-left-behind", "cdnreq-other-partition"} <= set(entries(site))
+
+
+def test_the_store_is_read_after_the_listing(cdn, tmp_path):
+    """A record stored while the CDN's entries are being listed (as a daemon
+    stores a title before requesting it) is in what the sweep reads: its
+    entry is owned, not an orphan. Read before the listing, it would be one."""
+    site = cdn["site"]
+    size = len(json.dumps({"result_list": site.technical_entries()}))
+    with FaultProxy(site.proxy.url) as proxy:
+        proxy.inject(LIST, trickle(size / 3), times=1)  # the answer takes about 3 s to arrive
+        config = configure(site, tmp_path, cdn["database"], master={"url": proxy.url})
+        command = [sys.executable, "-m", "cdnreq.cli", "orphans", "--config", str(config), "--json"]
+        sweep = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+        try:
+            deadline = time.monotonic() + 30
+            while not proxy.calls(name=LIST):
+                assert sweep.poll() is None and time.monotonic() < deadline, "the sweep did not list"
+                time.sleep(0.02)
+            adopt(cdn["database"], "cdnreq-left-behind", "not-its-guid", customer="LATE-CUSTOMER")  # owns it by title
+            out, err = sweep.communicate(timeout=60)
+        finally:
+            if sweep.poll() is None:
+                sweep.kill()
+                sweep.wait()
+    assert proxy.calls(name=LIST)[0].fault.startswith("trickle")  # the record came in while the answer was on its way
+    doc = json.loads(out)
+    assert sweep.returncode == 1, err
+    assert [r["title"] for r in doc["orphans"]] == [f"{LEGACY}slappart0_gone"]
