@@ -1,5 +1,6 @@
 """`cdnreq` on the command line: run, once, check-config, status, explain, plan, backup, restore,
-and the operator actions approve, retry, release, forget (cdnreq/commands/actions.py).
+the operator actions approve, retry, release, forget (cdnreq/commands/actions.py),
+and orphans (cdnreq/commands/orphans.py, with its own exit codes).
 
 Exit codes: 0 success, 1 the tick failed, 2 the configuration was refused,
 3 the database cannot be used (locked, newer schema, not a database).
@@ -21,7 +22,7 @@ from typing import Any, Sequence
 
 from cdnreq import __version__, logs, render
 from cdnreq.client import NotRunning, fetch, instance_path
-from cdnreq.commands import actions, import_legacy
+from cdnreq.commands import actions, import_legacy, orphans
 from cdnreq.store import imports
 from cdnreq.commands.status_refused import reachable
 from cdnreq.config import Config
@@ -118,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="one JSON document instead of text")
     actions.register(command)
     import_legacy.register(command)
+    orphans.register(command)
     backup = command(
         "backup", _backup, "write an online backup of the database to [store].backup_dir; print its path"
     )

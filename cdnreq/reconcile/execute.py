@@ -284,14 +284,7 @@ class _Runner:
     async def destroy(self, action: Action) -> Outcome:
         record = action.record
         try:
-            answer = await self.master.request_instance(
-                title=record.title,
-                software_release_uri=self.settings.software_release_uri,
-                software_type=self.settings.software_type,
-                parameters=None,
-                state=RequestedState.DESTROYED.value,
-                sla_parameters=self.settings.sla,
-            )
+            answer = await destroy_title(self.master, self.settings, record.title)
         except MasterError as error:
             if record.tech_guid is None and absent_answer(error):
                 # destroyed by title, and the master knows no such entry
@@ -330,6 +323,20 @@ class _Runner:
         self.event(record.guid, "destroy", "confirmed", gone)
         after = records.confirmed(record, self.clock())
         return await self.gone(action, after or record, forget=after is None)
+
+
+async def destroy_title(master: Master, settings: Settings, title: str) -> InstanceAnswer:
+    """Request the entry `title` destroyed, with the technical CDN's release,
+    type and SLA: the title is the one link to an entry cdnreq has. Shared
+    by the tick's destroys and `cdnreq orphans --destroy`."""
+    return await master.request_instance(
+        title=title,
+        software_release_uri=settings.software_release_uri,
+        software_type=settings.software_type,
+        parameters=None,
+        state=RequestedState.DESTROYED.value,
+        sla_parameters=settings.sla,
+    )
 
 
 async def read_back_destroyed(master: Master, tech_guid: str) -> tuple[bool, str]:

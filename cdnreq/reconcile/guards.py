@@ -89,6 +89,12 @@ def counted(recent: Iterable[Departures], leaving: Iterable[str]) -> frozenset[s
     return frozenset(g for d in recent for g in d.guids if g in leaving)
 
 
+def mass_removal(gone: int, base: int, policy: Any) -> bool:
+    """The mass-removal bar, one home for the tick and `cdnreq orphans`:
+    `gone` of `base` reaches [daemon].max_destroy_fraction."""
+    return gone >= policy.max_destroy_fraction * base
+
+
 def removal_guard(
     listing: "Listing",
     known: int,
@@ -121,7 +127,7 @@ def removal_guard(
     recent = list(recent)
     before = sum(d.gone for d in recent) - again
     base = max([known, *(d.known for d in recent)])
-    if gone + before >= policy.max_destroy_fraction * base:
+    if mass_removal(gone + before, base, policy):
         since = f" (and {before} more within [daemon].removal_window_s)" if before else ""
         return (
             f"{gone} of {known} known instances are gone{since}, at least"
