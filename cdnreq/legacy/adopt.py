@@ -128,6 +128,7 @@ def _draft(
     if guid is None:
         out.findings.append(finding("unmapped-reference", "", reference, style=policy.reference_style))
         return None
+    out.counts["matched"] += guid in listed  # references the master lists: the style is right
     if guid in known.guids:
         out.findings.append(finding("already-known", guid, reference))
         return None
@@ -283,7 +284,6 @@ def _finish(
     detail += f", entry {d.entry.guid}" if d.entry else ", no entry on the CDN"
     out.events.append(Event(d.guid, "import", "ok", now, f"{detail}; {phase.value}"))
     out.counts["instances"] += 1
-    out.counts["listed"] += d.instance is not None
 
 
 def _phase(d: _Draft) -> Phase:
