@@ -177,3 +177,14 @@ def test_200_customers_switch_without_a_request_a_publication_or_a_challenge(leg
     merged = json.loads(run("import-legacy", "-c", str(config), "--from", str(ls.db_dir), "--merge", "--json").stdout)
     assert merged["summary"]["instances"] == 0 and {f["kind"] for f in merged["findings"]} == {"already-known"}
     assert stored(database)[0] == records
+
+
+def test_references_read_the_wrong_way_are_refused_before_anything_is_written(legacy_population, tmp_path: Path):
+    ls = legacy_population(8, proven_every=2)
+    database = tmp_path / "store" / "cdnreq.db"
+    config = ls.write_config(tmp_path / "cdnreq.toml", database=database, legacy={"reference_style": "guid"})
+    refused = run("import-legacy", "-c", str(config), "--from", str(ls.db_dir), expect=2)
+    assert "none of the 8 live customers" in refused.stderr and "reference_style = 'guid'" in refused.stderr
+    assert stored(database)[0] == {}  # the store holds nothing: the first tick would have taken them all for gone
+    config = ls.write_config(tmp_path / "cdnreq.toml", database=database, legacy={"request_prefix": None})
+    assert "[legacy].request_prefix" in run("import-legacy", "-c", str(config), "--from", str(ls.db_dir), expect=2).stderr
