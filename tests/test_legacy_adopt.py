@@ -8,7 +8,6 @@ from cdnreq.legacy.state import STOPPED, VALID, LegacyProof, LegacyRow, LegacySt
 from cdnreq.model import Phase, RequestedState, SharedInstance, digest
 from cdnreq.reconcile import gate as gates
 from cdnreq.reconcile.records import needs_publish
-from cdnreq.reconcile.titles import technical_title
 from cdnreq.validate.verdict import unwrapped, validate
 
 PREFIX = "_cdnreq_"

@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from daemons import daemon_holding_store
 
 from cdnreq.devmaster import CdnSite, free_port, write_config
 from faultproxy import FaultProxy, status, trickle
@@ -166,17 +166,7 @@ def test_an_approval_of_another_set_does_not_release_a_grown_one(cdn_site, tmp_p
 
 
 def test_destroy_refuses_while_a_daemon_holds_the_store_and_listing_works(cdn):
-    database = cdn["database"]
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "cdnreq.cli", "run", "--config", str(cdn["config"])],
-        stderr=subprocess.DEVNULL, env=ENV,
-    )
-    try:
-        lock = Path(f"{database}.lock")
-        deadline = time.monotonic() + 30
-        while not (lock.exists() and lock.read_text().strip()):
-            assert daemon.poll() is None and time.monotonic() < deadline, "the daemon did not take its lock"
-            time.sleep(0.05)
+    with daemon_holding_store(cdn["config"], cdn["database"], ENV) as daemon:
         code, doc = orphans(cdn["config"])  # a snapshot next to the daemon
         assert code == 1 and {r["title"] for r in doc["orphans"]} == set(cdn["orphans"])
         refused = cdnreq("orphans", "--config", str(cdn["config"]), "--destroy")
@@ -186,10 +176,6 @@ def test_destroy_refuses_while_a_daemon_holds_the_store_and_listing_works(cdn):
         assert code == 3 and doc["ok"] is False and "stop cdnreq first" in doc["error"]
         assert set(cdn["orphans"]) <= set(entries(cdn["site"]))
         assert daemon.poll() is None
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=30)
-    assert daemon.returncode == 0
 
 
 def test_bad_setups_are_one_line_refusals(cdn):

@@ -7,14 +7,13 @@ import asyncio
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from daemons import daemon_holding_store
 
 from cdnreq.devdns import DevDns
 from cdnreq.devmaster import CdnSite, MasterLog, write_config
@@ -195,23 +194,11 @@ def test_plan_writes_nothing(fleet, tmp_path):
 
 def test_plan_runs_next_to_a_daemon(fleet):
     site, config, database, guids = fleet
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "cdnreq.cli", "run", "--config", str(config)],
-        stderr=subprocess.DEVNULL, env=ENV,
-    )
-    try:
+    with daemon_holding_store(config, database, ENV) as daemon:
         lock = Path(f"{database}.lock")
-        deadline = time.monotonic() + 30
-        while not (lock.exists() and lock.read_text().strip()):
-            assert daemon.poll() is None and time.monotonic() < deadline, "the daemon did not take its lock"
-            time.sleep(0.05)
         doc = plan(config)
         assert doc["ok"] and doc["counts"]["request"] == 0 and doc["counts"]["update"] == 0
         assert daemon.poll() is None and lock.read_text().strip()  # the daemon kept its lock and runs on
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=30)
-    assert daemon.returncode == 0
 
 
 def test_plan_of_a_first_deployment_is_the_first_tick_and_creates_nothing(cdn_site, tmp_path):
