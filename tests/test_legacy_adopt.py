@@ -202,3 +202,11 @@ def test_an_entry_the_cdn_did_not_list_is_requested_again_under_the_same_title()
     record = by_guid(out)["M"]
     assert (record.phase, record.title, record.param_hash) == (Phase.NEW, "_cdnreq_M", None)
     assert "entry-missing" in kinds(out)
+
+
+def test_a_stopped_customer_whose_entry_the_old_requester_kept_started_is_reported():
+    old = Old().live("S", params())
+    old.listed["S"] = SharedInstance.of("S", params(), state="stopped")
+    out = old.adopt()
+    assert [(f.kind, "stopped" in f.found) for f in out.findings] == [("state-ignored", True)]
+    assert by_guid(out)["S"].requested_state is RequestedState.STARTED  # what the entry really is: the tick stops it

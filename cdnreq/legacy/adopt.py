@@ -266,6 +266,8 @@ def _finish(
             if host not in owned:
                 out.findings.append(finding("served-unproven", d.guid, d.reference, host=host))
         param_hash = _held_hash(d, gate)
+        if d.instance is not None and d.instance.state is not RequestedState.STARTED:
+            out.findings.append(finding("state-ignored", d.guid, d.reference, state=d.instance.state.value))
     phase = _phase(d)
     out.counts[phase.value] += 1
     shown = _shown(d, gate)

@@ -52,6 +52,10 @@ FINDINGS: dict[str, tuple[str, str]] = {
         "cdnreq refuses its parameters: {errors}",
         "its entry keeps running as it is; the customer is told why at the first tick",
     ),
+    "state-ignored": (
+        "its customer asks for {state}; the old requester requested every entry started",
+        "the first tick requests it {state}, as cdnreq does for every customer",
+    ),
     "entry-missing": (
         "the old requester requested {title}, but the technical CDN does not host it",
         "requested again at the first tick, under the same title (if the entry exists after all,"
