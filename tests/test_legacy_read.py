@@ -99,3 +99,13 @@ def test_bad_sources_are_refused_naming_the_file(tmp_path: Path, make, message):
     make(path)
     with pytest.raises(LegacyError, match=message):
         read_legacy([path])
+
+
+def test_two_token_tables_are_refused_naming_both(tmp_path: Path):
+    """A stale copy of the tokens beside the real one (domains.db.bak) must not
+    be merged in: whichever were read last would decide every customer's proof."""
+    domains_db(tmp_path / "domains.db", [("_x", "x.test", "tok", 1, "5")])
+    domains_db(tmp_path / "domains.db.bak", [("_x", "x.test", "stale", 0, "5")])
+    with pytest.raises(LegacyError, match=r"domains\.db, .*domains\.db\.bak.*--from"):
+        read_legacy([tmp_path])
+    assert read_legacy([tmp_path / "domains.db"]).proofs["_x"].token == "tok"

@@ -104,6 +104,12 @@ def _assemble(files: dict[Path, dict[str, list[tuple[Any, ...]]]]) -> LegacyStat
     used: dict[str, list[str]] = {}
     rows_of: dict[Path, dict[str, LegacyRow]] = {}
     roles: dict[Path, str] = {}
+    tokens = [path for path, tables in files.items() if "domain_validation" in tables]
+    if len(tokens) > 1:
+        raise LegacyError(
+            "more than one database holds the validation stage's tokens (domain_validation):"
+            f" {', '.join(str(p) for p in tokens)}; pass --from with the one to import"
+        )
     for path, tables in files.items():
         if "domain_validation" in tables:
             roles[path] = "domains"
