@@ -203,3 +203,21 @@ def test_an_entry_the_cdn_did_not_list_is_requested_again_under_the_same_title()
     record = by_guid(out)["M"]
     assert (record.phase, record.title, record.param_hash) == (Phase.NEW, "_cdnreq_M", None)
     assert "entry-missing" in kinds(out)
+
+
+def test_a_departure_time_that_could_not_be_read_starts_the_retention_at_the_import():
+    """A damaged `timestamp` on a stopped row must not read as 1970: the first
+    tick would find the retention over and destroy the entry."""
+    old = Old().live("R", params("r.test"), listed=False)
+    old.validated["R"] = LegacyRow("R", params("r.test"), {}, STOPPED, None)
+    record = by_guid(old.adopt())["R"]
+    assert record.phase is Phase.RETAINED and record.gone_at == NOW
+
+
+def test_a_proof_time_that_could_not_be_read_wins_no_host_and_is_storable():
+    old = Old().live("A", params("a.test"), proven_at=500.0).live("B", params("a.test"))
+    old.proofs["B"] = LegacyProof("B", "a.test", "tok-B", True, None)
+    out = old.adopt()
+    assert {c.host: c.guid for c in out.claims} == {"a.test": "A"}
+    assert ("host-conflict", "B") in {(f.kind, f.guid) for f in out.findings}
+    assert {c.guid: c.created_at for c in out.challenges}["B"] == NOW

@@ -86,7 +86,16 @@ def test_unreadable_rows_are_kept_as_unreadable_not_guessed(tmp_path: Path):
     instance_db(tmp_path / "r.db", [("_x", "{not json", {"site_url": "u"}, "valid", "later"), (None, {}, {}, "valid", 1)]).close()
     state = read_legacy([tmp_path / "r.db"])
     assert list(state.requested) == ["_x"]
-    assert state.requested["_x"].parameters is None and state.requested["_x"].at == 0.0
+    assert state.requested["_x"].parameters is None and state.requested["_x"].at is None
+
+
+@pytest.mark.parametrize("at", [None, "", "later", "nan", "inf", "-inf", "1e999"])
+def test_a_time_that_cannot_be_read_is_none_not_a_guess(tmp_path: Path, at):
+    """0 would end a retention at once and win every host conflict; NaN cannot be stored."""
+    instance_db(tmp_path / "v.db", [("_x", {}, {}, "stopped", at)]).close()
+    domains_db(tmp_path / "d.db", [("_x", "x.test", "tok", 1, at)])
+    state = read_legacy([tmp_path])
+    assert state.validated["_x"].at is None and state.proofs["_x"].at is None
 
 
 @pytest.mark.parametrize("make, message", [

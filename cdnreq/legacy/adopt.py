@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from cdnreq.entries import TechnicalEntry
@@ -100,7 +100,7 @@ def adopt(
     drafts: list[_Draft] = []
     titles = set(known.titles)
     for reference in state.references():
-        draft = _draft(reference, state, listed, entries, policy, known, titles, out)
+        draft = _draft(reference, state, listed, entries, policy, known, titles, now, out)
         if draft is not None:
             drafts.append(draft)
             titles.add(draft.title)
@@ -122,6 +122,7 @@ def _draft(
     policy: AdoptPolicy,
     known: Known,
     titles: set[str],
+    now: float,
     out: Adoption,
 ) -> _Draft | None:
     guid = guid_of(reference, policy.reference_style)
@@ -135,7 +136,10 @@ def _draft(
     title = policy.legacy_prefix + reference
     entry = entries.get(title)
     instance = listed.get(guid)
-    retained_at = validated.at if validated is not None and validated.state == STOPPED else None
+    retained_at = None
+    if validated is not None and validated.state == STOPPED:
+        # an unreadable departure time starts the retention at the import, never ends it
+        retained_at = validated.at if validated.at is not None else now
     if entry is None:
         if instance is None:
             if requested is not None and requested.state == VALID:
@@ -153,6 +157,8 @@ def _draft(
     shown = (requested or validated).published if (requested or validated) else {}
     connection = requested.published if requested is not None and requested.state == VALID and entry else None
     proof = state.proofs.get(reference)
+    if proof is not None and proof.at is None:  # unreadable: as recent as the import, so it wins no host
+        proof = replace(proof, at=now)
     proven = proof is not None and (proof.validated or (retained_at is not None and entry is not None))
     return _Draft(reference, guid, title, instance, entry, proof, proven, shown, connection, retained_at)
 

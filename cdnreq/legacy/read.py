@@ -17,6 +17,7 @@ the validation stage read (not needed).
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sqlite3
 import tempfile
@@ -192,11 +193,14 @@ def _object(text: Any) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _seconds(value: Any) -> float:
+def _seconds(value: Any) -> float | None:
+    """A time the old code wrote (str(int(time.time()))); None when it cannot
+    be read: a guess (0, "nan", "inf") would end a retention or win a host."""
     try:
-        return float(value)
-    except (TypeError, ValueError):
-        return 0.0
+        seconds = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return seconds if math.isfinite(seconds) else None
 
 
 def _truth(value: Any) -> bool:
