@@ -221,3 +221,16 @@ def test_a_proof_time_that_could_not_be_read_wins_no_host_and_is_storable():
     assert {c.host: c.guid for c in out.claims} == {"a.test": "A"}
     assert ("host-conflict", "B") in {(f.kind, f.guid) for f in out.findings}
     assert {c.guid: c.created_at for c in out.challenges}["B"] == NOW
+
+
+def test_a_token_for_a_domain_that_cannot_be_read_is_dropped_not_stored_for_no_domain():
+    """One damaged domain_validation row (an empty or garbage domain) for a
+    customer without custom_domain made a challenge for no domain: the store
+    refused it and the whole import with it."""
+    for garbage in ("", "not a host!"):
+        old = Old().live("A", params()).live("B", params("b.test"))
+        old.proofs["A"] = LegacyProof("A", garbage, "tok", True, 5.0)
+        out = old.adopt()
+        assert [(c.guid, c.domain) for c in out.challenges] == [("B", "b.test")]
+        assert kinds(out, "A") == ["changed-domain"]
+        assert by_guid(out)["A"].phase is Phase.LIVE

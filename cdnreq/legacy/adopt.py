@@ -185,8 +185,8 @@ def _claims(drafts: list[_Draft], known: Known, now: float, interval: float, out
             out.findings.append(finding("token-unusable", d.guid, d.reference, token=d.proof.token[:80]))
             d.proof, d.proven = None, False
             continue
-        if domain != _host(d.proof.domain):
-            out.findings.append(finding("changed-domain", d.guid, d.reference, old=d.proof.domain, new=domain or "none"))
+        if domain is None or domain != _host(d.proof.domain):  # a token for no readable host proves nothing
+            out.findings.append(finding("changed-domain", d.guid, d.reference, old=d.proof.domain or "\"\"", new=domain or "none"))
             d.proof = None
             continue
         out.challenges.append(Challenge(InstanceGuid(d.guid), domain, LEGACY_SALT, d.proof.token, d.proof.at))
