@@ -145,9 +145,19 @@ def _check_mapping(
 ) -> None:
     """Refuse an import that a glitch or a wrong setting would make wrong: a
     master or technical CDN listing nothing while the old requester served
-    customers (a lost listing, or the wrong host instance), or no live
+    customers (a lost listing, or the wrong host instance), entries under the
+    legacy prefix but no request stage's database (a file left out), or no live
     customer of the old requester listed by the master (the references were
     read the wrong way: the first tick would take every entry for gone)."""
+    legacy = sum(1 for e in entries if e.title.startswith(config.legacy.request_prefix))
+    if legacy and not state.requested:
+        raise Refused(
+            EXIT_CONFIG,
+            f"the technical CDN hosts {legacy} entries under [legacy].request_prefix but no database"
+            " given holds the request stage's table (valid rows holding what was published): without"
+            " it every live customer would be taken for one still waiting for its entry; pass --from"
+            " with it",
+        )
     live = sum(1 for r in state.requested.values() if r.state == VALID)
     if live and not listed:
         raise Refused(

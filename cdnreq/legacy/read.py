@@ -49,7 +49,7 @@ def _databases(paths: Iterable[Path]) -> list[Path]:
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            candidates = sorted(p for p in path.iterdir() if p.is_file() and not p.is_symlink())
+            candidates = sorted(p for p in path.iterdir() if p.is_file())  # a link to a file counts
         elif path.is_file():
             candidates = [path]
         elif path.exists():
@@ -65,13 +65,17 @@ def _databases(paths: Iterable[Path]) -> list[Path]:
                         found.append(candidate)
             except OSError as error:
                 raise LegacyError(f"{candidate}: cannot read: {error.strerror}") from None
-    return list(dict.fromkeys(found))
+    by_target: dict[Path, Path] = {}
+    for candidate in found:  # one file named twice (a link, or --from given twice) is read once
+        by_target.setdefault(candidate.resolve(), candidate)
+    return list(by_target.values())
 
 
 def _read_copy(path: Path, copy: Path) -> dict[str, list[tuple[Any, ...]]]:
     try:
         shutil.copyfile(path, copy)
-        wal = path.with_name(path.name + "-wal")
+        real = path.resolve()  # SQLite keeps a linked database's WAL beside the file, not the link
+        wal = real.with_name(real.name + "-wal")
         if wal.is_file():
             shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
     except OSError as error:

@@ -1,0 +1,87 @@
+"""`cdnreq import-legacy` end to end: real legacy databases (tests/legacy),
+a real slapproxy and DevDns, then cdnreq's own ticks. Each test damages the
+old state or the parties around it the way an operator's mistake or a
+hostile customer could, and checks the promises: no live site broken, no
+second entry, no lost proof, one instance's garbage that instance's finding."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from legacy.fixtures import LegacySite
+
+pytestmark = pytest.mark.slapproxy
+
+ROOT = Path(__file__).resolve().parents[1]  # this tree's cdnreq, not the installed one
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def cdnreq(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "cdnreq.cli", *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=ENV)
+    assert "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+def copy_of(ls: LegacySite, tmp_path: Path, name: str) -> Path:
+    """A copy of the old requester's directory to damage (the fixture's stays as built)."""
+    folder = tmp_path / name
+    shutil.copytree(ls.db_dir, folder)
+    return folder
+
+
+def configure(ls: LegacySite, tmp_path: Path, name: str) -> Path:
+    return ls.write_config(tmp_path / f"{name}.toml", database=tmp_path / name / "state" / "cdnreq.db")
+
+
+def stored_instances(database: Path) -> int:
+    if not database.exists():
+        return 0
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
+        return conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
+
+
+def import_legacy(config: Path, *sources: Path, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    args = [a for s in sources for a in ("--from", str(s))]
+    return cdnreq("import-legacy", "--config", str(config), *args, *extra)
+
+
+def test_a_request_stage_database_left_out_is_refused_naming_the_prefix(legacy_site_shared, tmp_path):
+    """Without the request stage's table every live customer would be imported
+    as still waiting for its entry, and the first tick would publish to all."""
+    ls = legacy_site_shared
+    folder = copy_of(ls, tmp_path, "old")
+    (folder / "requested.db").unlink()
+    config = configure(ls, tmp_path, "left-out")
+    done = import_legacy(config, folder)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "[legacy].request_prefix" in done.stderr and "request stage" in done.stderr
+    assert stored_instances(tmp_path / "left-out" / "state" / "cdnreq.db") == 0
+
+
+def test_a_database_linked_into_the_directory_is_read(legacy_site_shared, tmp_path):
+    """The old requester's databases may be links to where buildout kept them."""
+    ls = legacy_site_shared
+    folder = copy_of(ls, tmp_path, "old")
+    real = tmp_path / "elsewhere" / "requested.db"
+    real.parent.mkdir()
+    (folder / "requested.db").rename(real)
+    (folder / "requested.db").symlink_to(real)
+    config = configure(ls, tmp_path, "linked")
+    done = import_legacy(config, folder, extra=("--json", "--dry-run"))
+    assert done.returncode == 0, done.stderr
+    sources = [(Path(s["path"]).name, s["role"]) for s in json.loads(done.stdout)["sources"]]
+    assert [role for name, role in sources if name == "requested.db"] == ["requested"]
+    baseline = import_legacy(configure(ls, tmp_path, "baseline"), ls.db_dir, extra=("--json", "--dry-run"))
+    assert json.loads(done.stdout)["summary"] == json.loads(baseline.stdout)["summary"]
+    twice = import_legacy(config, folder, real, extra=("--json", "--dry-run"))  # one file named twice: read once
+    assert twice.returncode == 0, twice.stderr
+    assert json.loads(twice.stdout)["summary"] == json.loads(baseline.stdout)["summary"]
