@@ -234,3 +234,13 @@ def test_a_token_for_a_domain_that_cannot_be_read_is_dropped_not_stored_for_no_d
         assert [(c.guid, c.domain) for c in out.challenges] == [("B", "b.test")]
         assert kinds(out, "A") == ["changed-domain"]
         assert by_guid(out)["A"].phase is Phase.LIVE
+
+
+def test_references_the_store_already_knows_still_count_as_listed():
+    """import-legacy checks [legacy].reference_style by whether the master
+    lists the old references; a --merge where the store knows them all was
+    refused as a wrong reference_style."""
+    old = Old().live("A", params()).live("B", params())
+    out = old.adopt(Known(guids=frozenset({"A", "B"})))
+    assert kinds(out) == ["already-known", "already-known"]
+    assert out.counts["references listed"] == 2 and out.records == []

@@ -85,3 +85,19 @@ def test_a_database_linked_into_the_directory_is_read(legacy_site_shared, tmp_pa
     twice = import_legacy(config, folder, real, extra=("--json", "--dry-run"))  # one file named twice: read once
     assert twice.returncode == 0, twice.stderr
     assert json.loads(twice.stdout)["summary"] == json.loads(baseline.stdout)["summary"]
+
+
+def test_importing_again_with_merge_adds_nothing_and_is_not_taken_for_a_wrong_style(legacy_site_shared, tmp_path):
+    ls = legacy_site_shared
+    config = configure(ls, tmp_path, "twice")
+    first = import_legacy(config, ls.db_dir, extra=("--json",))
+    assert first.returncode == 0, first.stderr
+    stored = stored_instances(tmp_path / "twice" / "state" / "cdnreq.db")
+    again = import_legacy(config, ls.db_dir)
+    assert again.returncode == 3 and "--merge" in again.stderr
+    merged = import_legacy(config, ls.db_dir, extra=("--merge", "--json"))
+    assert merged.returncode == 0, merged.stderr
+    doc = json.loads(merged.stdout)
+    assert doc["summary"]["instances"] == 0
+    assert {f["kind"] for f in doc["findings"]} == {"already-known"}
+    assert stored_instances(tmp_path / "twice" / "state" / "cdnreq.db") == stored

@@ -171,7 +171,7 @@ def _check_mapping(
             f"the technical CDN ([technical_cdn].host_instance_guid) lists no entry while the old"
             f" requester served {live}: is it the instance hosting them? (try again if so)",
         )
-    if live and not adoption.counts["listed"]:
+    if live and not adoption.counts["references listed"]:
         raise Refused(
             EXIT_CONFIG,
             f"none of the {live} live customers of the old requester is listed by the master under"

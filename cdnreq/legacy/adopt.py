@@ -129,6 +129,7 @@ def _draft(
     if guid is None:
         out.findings.append(finding("unmapped-reference", "", reference, style=policy.reference_style))
         return None
+    out.counts["references listed"] += guid in listed  # the mapping's test, imported or already known
     if guid in known.guids:
         out.findings.append(finding("already-known", guid, reference))
         return None
