@@ -101,3 +101,15 @@ def test_importing_again_with_merge_adds_nothing_and_is_not_taken_for_a_wrong_st
     assert doc["summary"]["instances"] == 0
     assert {f["kind"] for f in doc["findings"]} == {"already-known"}
     assert stored_instances(tmp_path / "twice" / "state" / "cdnreq.db") == stored
+
+
+def test_a_store_that_is_not_a_cdnreq_database_is_refused_without_blaming_a_daemon(legacy_site_shared, tmp_path):
+    ls = legacy_site_shared
+    config = configure(ls, tmp_path, "foreign")
+    database = tmp_path / "foreign" / "state" / "cdnreq.db"
+    database.parent.mkdir(parents=True)
+    database.write_bytes(b"not a database at all" * 100)
+    done = import_legacy(config, ls.db_dir)
+    assert done.returncode == 3
+    assert str(database) in done.stderr and "stop cdnreq" not in done.stderr
+    assert database.read_bytes() == b"not a database at all" * 100

@@ -31,7 +31,7 @@ from cdnreq.master import MasterError
 from cdnreq.preflight import master_context
 from cdnreq.reconcile.tick import domain_policy_of, policy_of
 from cdnreq.scrub import printable
-from cdnreq.store import Store
+from cdnreq.store import Store, StoreLocked
 from cdnreq.store import imports
 from cdnreq.store.errors import StoreError
 
@@ -120,8 +120,10 @@ async def _open(config: Config, dry_run: bool) -> Store | None:
         if dry_run:
             return await Store.open_snapshot(database) if database.exists() else None
         return await Store.open(database)
-    except StoreError as error:
+    except StoreLocked as error:
         raise Refused(EXIT_DATABASE, f"{error} (stop cdnreq before importing)") from None
+    except StoreError as error:  # read-only, not a cdnreq database, newer schema: stopping cdnreq will not help
+        raise Refused(EXIT_DATABASE, str(error)) from None
 
 
 async def _known(store: Store | None, merge: bool) -> Known:
