@@ -244,3 +244,27 @@ def test_references_the_store_already_knows_still_count_as_listed():
     out = old.adopt(Known(guids=frozenset({"A", "B"})))
     assert kinds(out) == ["already-known", "already-known"]
     assert out.counts["references listed"] == 2 and out.records == []
+
+
+def test_a_pending_customer_the_master_lost_for_a_moment_keeps_its_token():
+    """A listing that drops a pending customer during the import must not
+    cost it its token: the first tick would issue a new challenge, against
+    what it was told."""
+    shown = {"txt_record": "_slapos-challenge.p.test", "txt_value": "tok-P"}
+    old = Old()
+    old.validated["P"] = LegacyRow("P", params("p.test"), shown, "invalid", 50.0)
+    old.requested["P"] = LegacyRow("P", params("p.test"), shown, "invalid", 50.0)
+    old.proofs["P"] = LegacyProof("P", "p.test", "tok-P", False, 40.0)
+    out = old.adopt()  # not listed, no entry
+    assert kinds(out) == ["pending-not-listed"]
+    record = by_guid(out)["P"]
+    assert record.phase is Phase.NEW and record.tech_guid is None and record.title == PREFIX + "P"
+    assert [(c.guid, c.domain, c.token) for c in out.challenges] == [("P", "p.test", "tok-P")]
+    assert out.shown["P"] == shown
+
+
+def test_a_customer_gone_with_its_entry_or_retained_is_not_taken_for_a_lost_pending_one():
+    old = Old().live("G", params("g.test"), listed=False)
+    del old.entries[PREFIX + "G"]  # the old requester had an entry; neither side knows it now
+    out = old.adopt()
+    assert kinds(out) == ["gone"] and out.records == [] and out.challenges == []

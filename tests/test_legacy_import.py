@@ -49,6 +49,11 @@ def stored_instances(database: Path) -> int:
         return conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
 
 
+def shown(ls: LegacySite, customer) -> dict:
+    """What the customer's instance shows now (its connection parameters)."""
+    return ls.site.customer(customer.guid)["connection_parameters"]
+
+
 def import_legacy(config: Path, *sources: Path, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     args = [a for s in sources for a in ("--from", str(s))]
     return cdnreq("import-legacy", "--config", str(config), *args, *extra)
@@ -113,3 +118,22 @@ def test_a_store_that_is_not_a_cdnreq_database_is_refused_without_blaming_a_daem
     assert done.returncode == 3
     assert str(database) in done.stderr and "stop cdnreq" not in done.stderr
     assert database.read_bytes() == b"not a database at all" * 100
+
+
+def test_a_pending_customer_missing_from_the_listing_at_the_import_keeps_its_token(legacy_site, tmp_path):
+    """The master's listing loses a pending customer during the import and
+    has it again at the first tick: the customer is shown the token the old
+    requester gave it, not a new challenge."""
+    ls = legacy_site
+    pending = ls.pending[0]
+    token = shown(ls, pending)["txt_value"]
+    params = dict(pending.parameters)
+    ls.site.remove_customer(pending.title)
+    config = configure(ls, tmp_path, "lost")
+    done = import_legacy(config, ls.db_dir, extra=("--json",))
+    assert done.returncode == 0, done.stderr
+    assert ("pending-not-listed", pending.guid) in {(f["kind"], f["guid"]) for f in json.loads(done.stdout)["findings"]}
+    assert ls.site.add_customer(pending.title, params) == pending.guid
+    tick = cdnreq("once", "--config", str(config))
+    assert tick.returncode == 0, tick.stderr
+    assert shown(ls, pending).get("txt_value") == token

@@ -141,11 +141,11 @@ def _draft(
     if validated is not None and validated.state == STOPPED:
         # an unreadable departure time starts the retention at the import, never ends it
         retained_at = validated.at if validated.at is not None else now
-    if entry is None:
-        if instance is None:
-            if requested is not None and requested.state == VALID:
-                out.findings.append(finding("gone", guid, reference, title=title))
-            return None  # nothing on the master, nothing on the CDN: nothing to keep
+    if entry is None and instance is None and not _pending_unlisted(reference, state, guid, out):
+        if requested is not None and requested.state == VALID:
+            out.findings.append(finding("gone", guid, reference, title=title))
+        return None  # nothing on the master, nothing on the CDN: nothing to keep
+    if entry is None and instance is not None:
         if requested is not None and requested.state == VALID:
             out.findings.append(finding("entry-missing", guid, reference, title=title))
     if reason := _unsafe(title):
@@ -162,6 +162,21 @@ def _draft(
         proof = replace(proof, at=now)
     proven = proof is not None and (proof.validated or (retained_at is not None and entry is not None))
     return _Draft(reference, guid, title, instance, entry, proof, proven, shown, connection, retained_at)
+
+
+def _pending_unlisted(reference: str, state: LegacyState, guid: str, out: Adoption) -> bool:
+    """A customer the old requester saw on the master at its last run and gave
+    a token, without an entry yet, that the master does not list now: a
+    listing that lost it for a moment must not cost it its token (a new
+    challenge would contradict what it was told). Imported; the first tick
+    handles it as gone when the master still does not list it."""
+    validated, requested, proof = state.validated.get(reference), state.requested.get(reference), state.proofs.get(reference)
+    if validated is None or validated.state == STOPPED or proof is None:
+        return False
+    if requested is not None and requested.state == VALID:  # it had an entry: gone with it
+        return False
+    out.findings.append(finding("pending-not-listed", guid, reference, domain=proof.domain))
+    return True
 
 
 def _unsafe(title: str) -> str | None:
