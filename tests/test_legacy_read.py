@@ -118,3 +118,17 @@ def test_two_token_tables_are_refused_naming_both(tmp_path: Path):
     with pytest.raises(LegacyError, match=r"domains\.db, .*domains\.db\.bak.*--from"):
         read_legacy([tmp_path])
     assert read_legacy([tmp_path / "domains.db"]).proofs["_x"].token == "tok"
+
+
+def test_the_import_prints_a_hostile_file_name_escaped(tmp_path: Path):
+    """A database whose name holds a terminal escape or a newline is named, not obeyed."""
+    from cdnreq.commands.import_legacy import render
+
+    name = "evil\x1b]0;owned\x07\nfake: requested (9 rows).db"
+    domains_db(tmp_path / name, [("_x", "x.test", "tok", 1, "5")])
+    state = read_legacy([tmp_path])
+    doc = {"dry_run": True, "summary": {}, "findings": [], "unreadable_entries": 0,
+           "sources": [{"path": s.path, "role": s.role, "rows": s.rows} for s in state.sources]}
+    text = render(doc)
+    assert "\x1b" not in text and "\x07" not in text
+    assert len(text.splitlines()) == 3  # the header, the one source, the totals

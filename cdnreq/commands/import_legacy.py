@@ -209,7 +209,7 @@ def _document(state: LegacyState, adoption: Adoption, args: argparse.Namespace, 
 def render(doc: dict[str, Any]) -> str:
     out = ["would import (dry run: nothing written)" if doc["dry_run"] else "imported"]
     for s in doc["sources"]:
-        out.append(f"  {s['path']}: {s['role']} ({s['rows']} rows)")
+        out.append(printable(f"  {s['path']}: {s['role']} ({s['rows']} rows)"))  # a file's name is anyone's text
     out.append("  " + ", ".join(f"{k}: {v}" for k, v in doc["summary"].items()))
     if doc["unreadable_entries"]:
         out.append(f"  the technical CDN listed {doc['unreadable_entries']} entries without a title or guid (ignored)")
