@@ -268,3 +268,16 @@ def test_a_customer_gone_with_its_entry_or_retained_is_not_taken_for_a_lost_pend
     del old.entries[PREFIX + "G"]  # the old requester had an entry; neither side knows it now
     out = old.adopt()
     assert kinds(out) == ["gone"] and out.records == [] and out.challenges == []
+
+
+def test_an_instance_listed_unusably_at_the_import_keeps_its_rank_for_a_contested_host():
+    """The master lists A in a form cdnreq cannot use this once (a glitch, two
+    different copies): A is still on the master, so it is neither reported
+    not-listed nor ranked behind B for the host it proved first."""
+    old = Old().live("A", params("c.test", "shop.c.test"), proven_at=100.0)
+    old.live("B", params("shop.c.test"), proven_at=200.0)
+    del old.listed["A"]
+    out = adopt(old.state(), old.listed, old.entries, POLICY, NOW, Known(), frozenset({"A"}))
+    assert {c.host: c.guid for c in out.claims}["shop.c.test"] == "A"
+    assert "not-listed" not in kinds(out)
+    assert by_guid(out)["A"].phase is Phase.LIVE

@@ -98,7 +98,7 @@ async def _import(args: argparse.Namespace, config: Config) -> dict[str, Any]:
     try:
         known = await _known(store, args.merge)
         now = time.time()
-        adoption = adopt(state, listed, entries.by_title(), policy, now, known)
+        adoption = adopt(state, listed, entries.by_title(), policy, now, known, frozenset(listing.unusable))
         _check_mapping(state, adoption, listed, entries.entries, config)
         if not args.dry_run and store is not None:
             await store.commit(

@@ -85,6 +85,7 @@ class _Draft:
     shown: Mapping[str, Any]
     connection: Mapping[str, Any] | None
     retained_at: float | None
+    listed: bool = False  # by the master now, usable or not
     candidates: list[Candidate] = field(default_factory=list)
 
 
@@ -95,19 +96,22 @@ def adopt(
     policy: AdoptPolicy,
     now: float,
     known: Known = Known(),
+    unusable: frozenset[str] = frozenset(),
 ) -> Adoption:
+    """`unusable`: guids the master listed in a form cdnreq cannot use this
+    time (listed, so neither gone nor behind a listed rival for a host)."""
     out = Adoption()
     drafts: list[_Draft] = []
     titles = set(known.titles)
     for reference in state.references():
-        draft = _draft(reference, state, listed, entries, policy, known, titles, now, out)
+        draft = _draft(reference, state, listed, unusable, entries, policy, known, titles, now, out)
         if draft is not None:
             drafts.append(draft)
             titles.add(draft.title)
     owners = _claims(drafts, known, now, policy.domain.recheck_interval_s, out)
     index = gates.HostIndex(out.claims)
     tokens = {c.guid: c for c in out.challenges}
-    active = set(listed)
+    active = set(listed) | unusable
     for draft in drafts:
         _finish(draft, owners.get(draft.guid, set()), tokens.get(draft.guid), index, active, policy, now, out)
     out.counts["findings"] = len(out.findings)
@@ -118,6 +122,7 @@ def _draft(
     reference: str,
     state: LegacyState,
     listed: Mapping[str, SharedInstance],
+    unusable: frozenset[str],
     entries: Mapping[str, TechnicalEntry],
     policy: AdoptPolicy,
     known: Known,
@@ -129,7 +134,7 @@ def _draft(
     if guid is None:
         out.findings.append(finding("unmapped-reference", "", reference, style=policy.reference_style))
         return None
-    out.counts["references listed"] += guid in listed  # the mapping's test, imported or already known
+    out.counts["references listed"] += guid in listed or guid in unusable  # the mapping's test
     if guid in known.guids:
         out.findings.append(finding("already-known", guid, reference))
         return None
@@ -153,7 +158,7 @@ def _draft(
     if title in titles:
         out.findings.append(finding("title-taken", guid, reference, title=title))
         return None
-    if instance is None and entry is not None and retained_at is None:
+    if instance is None and entry is not None and retained_at is None and guid not in unusable:
         out.findings.append(finding("not-listed", guid, reference))
     shown = (requested or validated).published if (requested or validated) else {}
     connection = requested.published if requested is not None and requested.state == VALID and entry else None
@@ -161,7 +166,8 @@ def _draft(
     if proof is not None and proof.at is None:  # unreadable: as recent as the import, so it wins no host
         proof = replace(proof, at=now)
     proven = proof is not None and (proof.validated or (retained_at is not None and entry is not None))
-    return _Draft(reference, guid, title, instance, entry, proof, proven, shown, connection, retained_at)
+    return _Draft(reference, guid, title, instance, entry, proof, proven, shown, connection, retained_at,
+                  listed=instance is not None or guid in unusable)
 
 
 def _pending_unlisted(reference: str, state: LegacyState, guid: str, out: Adoption) -> bool:
@@ -212,7 +218,7 @@ def _claims(drafts: list[_Draft], known: Known, now: float, interval: float, out
         hosts = dict.fromkeys(named_hosts(d.instance.parameters if d.instance else None)
                               + named_hosts(d.entry.parameters if d.entry else None))
         judged = judge(domain, hosts, guid=d.guid, reference=d.reference, proven_at=d.proof.at,
-                       active=d.instance is not None, live=d.entry is not None)
+                       active=d.listed, live=d.entry is not None)
         for host, kind in judged.refused:
             out.findings.append(finding(kind, d.guid, d.reference, host=host))
         pool.extend(judged.candidates)
