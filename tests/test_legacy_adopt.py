@@ -281,3 +281,18 @@ def test_an_instance_listed_unusably_at_the_import_keeps_its_rank_for_a_conteste
     assert {c.host: c.guid for c in out.claims}["shop.c.test"] == "A"
     assert "not-listed" not in kinds(out)
     assert by_guid(out)["A"].phase is Phase.LIVE
+
+
+def test_an_alias_named_after_the_old_requester_stopped_is_not_granted_by_the_old_rule():
+    """H proved h.shared.test with the old requester; once the cron stopped it
+    adds www.shared.test, which neither its entry serves nor the old requester
+    accepted. The import must not keep it as an unproven alias (served at the
+    first tick without any proof): it is a new host, proven cdnreq's way."""
+    old = Old().live("H", params("h.shared.test"))
+    old.listed["H"] = SharedInstance.of("H", params("h.shared.test", "www.shared.test"))
+    out = old.adopt()
+    assert {c.host for c in out.claims} == {"h.shared.test"}
+    assert "alias-unproven" not in kinds(out)
+    # an alias the old requester did accept (its entry serves it) is still kept, re-checked
+    old = Old().live("W", params("www.w.test", "shop.w.test"))
+    assert {c.host for c in old.adopt().claims} == {"www.w.test", "shop.w.test"}

@@ -137,3 +137,24 @@ def test_a_pending_customer_missing_from_the_listing_at_the_import_keeps_its_tok
     tick = cdnreq("once", "--config", str(config))
     assert tick.returncode == 0, tick.stderr
     assert shown(ls, pending).get("txt_value") == token
+
+
+def test_an_alias_added_after_the_cron_stopped_is_not_served_without_proof(legacy_site, tmp_path):
+    """proven-www proved www.x.test; after the old requester's last run it adds
+    blog.x.test. The import must not grant it by the old last-two-labels rule:
+    after the first tick no entry serves blog.x.test and nobody holds it."""
+    ls = legacy_site
+    customer = next(c for c in ls.proven if c.parameters["custom_domain"] == "www.x.test")
+    params = {**customer.parameters, "server-alias": customer.parameters["server-alias"] + " blog.x.test"}
+    ls.site.add_customer(customer.title, params)
+    config = configure(ls, tmp_path, "added")
+    done = import_legacy(config, ls.db_dir)
+    assert done.returncode == 0, done.stderr
+    database = tmp_path / "added" / "state" / "cdnreq.db"
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
+        held = {h for (h,) in conn.execute("SELECT host FROM hosts")}
+    assert "blog.x.test" not in held and "www.x.test" in held
+    tick = cdnreq("once", "--config", str(config))
+    assert tick.returncode == 0, tick.stderr
+    served = [e for e in ls.site.technical_entries() if "blog.x.test" in json.dumps(e.get("parameters"))]
+    assert served == []

@@ -86,6 +86,7 @@ class _Draft:
     connection: Mapping[str, Any] | None
     retained_at: float | None
     listed: bool = False  # by the master now, usable or not
+    let_through: tuple[str, ...] = ()  # the hosts the old requester accepted or its entry serves
     candidates: list[Candidate] = field(default_factory=list)
 
 
@@ -166,8 +167,10 @@ def _draft(
     if proof is not None and proof.at is None:  # unreadable: as recent as the import, so it wins no host
         proof = replace(proof, at=now)
     proven = proof is not None and (proof.validated or (retained_at is not None and entry is not None))
+    accepted = validated.parameters if validated is not None and validated.state == VALID else None
+    let_through = tuple(named_hosts(entry.parameters if entry else None) + named_hosts(accepted))
     return _Draft(reference, guid, title, instance, entry, proof, proven, shown, connection, retained_at,
-                  listed=instance is not None or guid in unusable)
+                  listed=instance is not None or guid in unusable, let_through=let_through)
 
 
 def _pending_unlisted(reference: str, state: LegacyState, guid: str, out: Adoption) -> bool:
@@ -218,7 +221,7 @@ def _claims(drafts: list[_Draft], known: Known, now: float, interval: float, out
         hosts = dict.fromkeys(named_hosts(d.instance.parameters if d.instance else None)
                               + named_hosts(d.entry.parameters if d.entry else None))
         judged = judge(domain, hosts, guid=d.guid, reference=d.reference, proven_at=d.proof.at,
-                       active=d.listed, live=d.entry is not None)
+                       active=d.listed, live=d.entry is not None, let_through=d.let_through)
         for host, kind in judged.refused:
             out.findings.append(finding(kind, d.guid, d.reference, host=host))
         pool.extend(judged.candidates)
