@@ -296,3 +296,14 @@ def test_an_alias_named_after_the_old_requester_stopped_is_not_granted_by_the_ol
     # an alias the old requester did accept (its entry serves it) is still kept, re-checked
     old = Old().live("W", params("www.w.test", "shop.w.test"))
     assert {c.host for c in old.adopt().claims} == {"www.w.test", "shop.w.test"}
+
+
+def test_an_entry_listed_under_another_customers_title_grants_it_none_of_its_hosts():
+    """The technical CDN lists A's entry under B's title once (and A's not at
+    all). B must not take A's hosts: only hosts B itself named are B's to keep;
+    what an entry serves beyond them is served-unproven, not B's."""
+    old = Old().live("A", params("a.shared.test"), proven_at=100.0).live("B", params("b.shared.test"))
+    old.entries[PREFIX + "B"] = old.entries.pop(PREFIX + "A")
+    out = old.adopt()
+    assert {c.host: c.guid for c in out.claims} == {"a.shared.test": "A", "b.shared.test": "B"}
+    assert ("served-unproven", "B", "a.shared.test") in {(f.kind, f.guid, f.host) for f in out.findings}

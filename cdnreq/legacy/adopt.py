@@ -87,6 +87,7 @@ class _Draft:
     retained_at: float | None
     listed: bool = False  # by the master now, usable or not
     let_through: tuple[str, ...] = ()  # the hosts the old requester accepted or its entry serves
+    named: tuple[str, ...] = ()  # the hosts the customer named in the old requester's tables
     candidates: list[Candidate] = field(default_factory=list)
 
 
@@ -169,8 +170,9 @@ def _draft(
     proven = proof is not None and (proof.validated or (retained_at is not None and entry is not None))
     accepted = validated.parameters if validated is not None and validated.state == VALID else None
     let_through = tuple(named_hosts(entry.parameters if entry else None) + named_hosts(accepted))
+    named = tuple(h for row in (validated, requested) if row is not None for h in named_hosts(row.parameters))
     return _Draft(reference, guid, title, instance, entry, proof, proven, shown, connection, retained_at,
-                  listed=instance is not None or guid in unusable, let_through=let_through)
+                  listed=instance is not None or guid in unusable, let_through=let_through, named=named)
 
 
 def _pending_unlisted(reference: str, state: LegacyState, guid: str, out: Adoption) -> bool:
@@ -218,8 +220,7 @@ def _claims(drafts: list[_Draft], known: Known, now: float, interval: float, out
         if not d.proven:
             out.counts["pending challenges"] += 1
             continue
-        hosts = dict.fromkeys(named_hosts(d.instance.parameters if d.instance else None)
-                              + named_hosts(d.entry.parameters if d.entry else None))
+        hosts = dict.fromkeys(named_hosts(d.instance.parameters if d.instance else None) + list(d.named))
         judged = judge(domain, hosts, guid=d.guid, reference=d.reference, proven_at=d.proof.at,
                        active=d.listed, live=d.entry is not None, let_through=d.let_through)
         for host, kind in judged.refused:
