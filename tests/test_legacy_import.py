@@ -158,3 +158,28 @@ def test_an_alias_added_after_the_cron_stopped_is_not_served_without_proof(legac
     assert tick.returncode == 0, tick.stderr
     served = [e for e in ls.site.technical_entries() if "blog.x.test" in json.dumps(e.get("parameters"))]
     assert served == []
+
+
+def tick_calls(config: Path) -> dict:
+    """One tick; the master calls it made (from its 'tick done' log line)."""
+    done = cdnreq("once", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    line = next(json.loads(l) for l in (done.stdout + done.stderr).splitlines()
+                if l.startswith("{") and '"tick done"' in l)
+    return line["master_calls"]
+
+
+def test_the_first_two_ticks_after_an_import_of_unchanged_customers_only_list(legacy_population, tmp_path):
+    """The cut-over is a non-event for unchanged live customers: the first and
+    second ticks request, update, destroy and publish nothing."""
+    ls = legacy_population(n=24, proven_every=3)
+    before = {e["title"]: e for e in ls.site.technical_entries()}
+    shown_before = {c.guid: shown(ls, c) for c in ls.all()}
+    config = configure(ls, tmp_path, "quiet")
+    done = import_legacy(config, ls.db_dir, extra=("--json",))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["findings"] == []
+    for _ in range(2):
+        assert set(tick_calls(config)) == {"slapos.allDocs.v0.instance_node_instance_list"}
+    assert {e["title"]: e for e in ls.site.technical_entries()} == before
+    assert {c.guid: shown(ls, c) for c in ls.all()} == shown_before
