@@ -210,3 +210,107 @@ def test_a_stopped_customer_whose_entry_the_old_requester_kept_started_is_report
     out = old.adopt()
     assert [(f.kind, "stopped" in f.found) for f in out.findings] == [("state-ignored", True)]
     assert by_guid(out)["S"].requested_state is RequestedState.STARTED  # what the entry really is: the tick stops it
+
+
+def test_a_departure_time_that_could_not_be_read_starts_the_retention_at_the_import():
+    """A damaged `timestamp` on a stopped row must not read as 1970: the first
+    tick would find the retention over and destroy the entry."""
+    old = Old().live("R", params("r.test"), listed=False)
+    old.validated["R"] = LegacyRow("R", params("r.test"), {}, STOPPED, None)
+    record = by_guid(old.adopt())["R"]
+    assert record.phase is Phase.RETAINED and record.gone_at == NOW
+
+
+def test_a_proof_time_that_could_not_be_read_wins_no_host_and_is_storable():
+    old = Old().live("A", params("a.test"), proven_at=500.0).live("B", params("a.test"))
+    old.proofs["B"] = LegacyProof("B", "a.test", "tok-B", True, None)
+    out = old.adopt()
+    assert {c.host: c.guid for c in out.claims} == {"a.test": "A"}
+    assert ("host-conflict", "B") in {(f.kind, f.guid) for f in out.findings}
+    assert {c.guid: c.created_at for c in out.challenges}["B"] == NOW
+
+
+def test_a_token_for_a_domain_that_cannot_be_read_is_dropped_not_stored_for_no_domain():
+    """One damaged domain_validation row (an empty or garbage domain) for a
+    customer without custom_domain made a challenge for no domain: the store
+    refused it and the whole import with it."""
+    for garbage in ("", "not a host!"):
+        old = Old().live("A", params()).live("B", params("b.test"))
+        old.proofs["A"] = LegacyProof("A", garbage, "tok", True, 5.0)
+        out = old.adopt()
+        assert [(c.guid, c.domain) for c in out.challenges] == [("B", "b.test")]
+        assert kinds(out, "A") == ["changed-domain"]
+        assert by_guid(out)["A"].phase is Phase.LIVE
+
+
+def test_references_the_store_already_knows_still_count_as_listed():
+    """import-legacy checks [legacy].reference_style by whether the master
+    lists the old references; a --merge where the store knows them all was
+    refused as a wrong reference_style."""
+    old = Old().live("A", params()).live("B", params())
+    out = old.adopt(Known(guids=frozenset({"A", "B"})))
+    assert kinds(out) == ["already-known", "already-known"]
+    assert out.counts["references listed"] == 2 and out.records == []
+
+
+def test_a_pending_customer_the_master_lost_for_a_moment_keeps_its_token():
+    """A listing that drops a pending customer during the import must not
+    cost it its token: the first tick would issue a new challenge, against
+    what it was told."""
+    shown = {"txt_record": "_slapos-challenge.p.test", "txt_value": "tok-P"}
+    old = Old()
+    old.validated["P"] = LegacyRow("P", params("p.test"), shown, "invalid", 50.0)
+    old.requested["P"] = LegacyRow("P", params("p.test"), shown, "invalid", 50.0)
+    old.proofs["P"] = LegacyProof("P", "p.test", "tok-P", False, 40.0)
+    out = old.adopt()  # not listed, no entry
+    assert kinds(out) == ["pending-not-listed"]
+    record = by_guid(out)["P"]
+    assert record.phase is Phase.NEW and record.tech_guid is None and record.title == PREFIX + "P"
+    assert [(c.guid, c.domain, c.token) for c in out.challenges] == [("P", "p.test", "tok-P")]
+    assert out.shown["P"] == shown
+
+
+def test_a_customer_gone_with_its_entry_or_retained_is_not_taken_for_a_lost_pending_one():
+    old = Old().live("G", params("g.test"), listed=False)
+    del old.entries[PREFIX + "G"]  # the old requester had an entry; neither side knows it now
+    out = old.adopt()
+    assert kinds(out) == ["gone"] and out.records == [] and out.challenges == []
+
+
+def test_an_instance_listed_unusably_at_the_import_keeps_its_rank_for_a_contested_host():
+    """The master lists A in a form cdnreq cannot use this once (a glitch, two
+    different copies): A is still on the master, so it is neither reported
+    not-listed nor ranked behind B for the host it proved first."""
+    old = Old().live("A", params("c.test", "shop.c.test"), proven_at=100.0)
+    old.live("B", params("shop.c.test"), proven_at=200.0)
+    del old.listed["A"]
+    out = adopt(old.state(), old.listed, old.entries, POLICY, NOW, Known(), frozenset({"A"}))
+    assert {c.host: c.guid for c in out.claims}["shop.c.test"] == "A"
+    assert "not-listed" not in kinds(out)
+    assert by_guid(out)["A"].phase is Phase.LIVE
+
+
+def test_an_alias_named_after_the_old_requester_stopped_is_not_granted_by_the_old_rule():
+    """H proved h.shared.test with the old requester; once the cron stopped it
+    adds www.shared.test, which neither its entry serves nor the old requester
+    accepted. The import must not keep it as an unproven alias (served at the
+    first tick without any proof): it is a new host, proven cdnreq's way."""
+    old = Old().live("H", params("h.shared.test"))
+    old.listed["H"] = SharedInstance.of("H", params("h.shared.test", "www.shared.test"))
+    out = old.adopt()
+    assert {c.host for c in out.claims} == {"h.shared.test"}
+    assert "alias-unproven" not in kinds(out)
+    # an alias the old requester did accept (its entry serves it) is still kept, re-checked
+    old = Old().live("W", params("www.w.test", "shop.w.test"))
+    assert {c.host for c in old.adopt().claims} == {"www.w.test", "shop.w.test"}
+
+
+def test_an_entry_listed_under_another_customers_title_grants_it_none_of_its_hosts():
+    """The technical CDN lists A's entry under B's title once (and A's not at
+    all). B must not take A's hosts: only hosts B itself named are B's to keep;
+    what an entry serves beyond them is served-unproven, not B's."""
+    old = Old().live("A", params("a.shared.test"), proven_at=100.0).live("B", params("b.shared.test"))
+    old.entries[PREFIX + "B"] = old.entries.pop(PREFIX + "A")
+    out = old.adopt()
+    assert {c.host: c.guid for c in out.claims} == {"a.shared.test": "A", "b.shared.test": "B"}
+    assert ("served-unproven", "B", "a.shared.test") in {(f.kind, f.guid, f.host) for f in out.findings}

@@ -86,7 +86,16 @@ def test_unreadable_rows_are_kept_as_unreadable_not_guessed(tmp_path: Path):
     instance_db(tmp_path / "r.db", [("_x", "{not json", {"site_url": "u"}, "valid", "later"), (None, {}, {}, "valid", 1)]).close()
     state = read_legacy([tmp_path / "r.db"])
     assert list(state.requested) == ["_x"]
-    assert state.requested["_x"].parameters is None and state.requested["_x"].at == 0.0
+    assert state.requested["_x"].parameters is None and state.requested["_x"].at is None
+
+
+@pytest.mark.parametrize("at", [None, "", "later", "nan", "inf", "-inf", "1e999"])
+def test_a_time_that_cannot_be_read_is_none_not_a_guess(tmp_path: Path, at):
+    """0 would end a retention at once and win every host conflict; NaN cannot be stored."""
+    instance_db(tmp_path / "v.db", [("_x", {}, {}, "stopped", at)]).close()
+    domains_db(tmp_path / "d.db", [("_x", "x.test", "tok", 1, at)])
+    state = read_legacy([tmp_path])
+    assert state.validated["_x"].at is None and state.proofs["_x"].at is None
 
 
 @pytest.mark.parametrize("make, message", [
@@ -99,3 +108,27 @@ def test_bad_sources_are_refused_naming_the_file(tmp_path: Path, make, message):
     make(path)
     with pytest.raises(LegacyError, match=message):
         read_legacy([path])
+
+
+def test_two_token_tables_are_refused_naming_both(tmp_path: Path):
+    """A stale copy of the tokens beside the real one (domains.db.bak) must not
+    be merged in: whichever were read last would decide every customer's proof."""
+    domains_db(tmp_path / "domains.db", [("_x", "x.test", "tok", 1, "5")])
+    domains_db(tmp_path / "domains.db.bak", [("_x", "x.test", "stale", 0, "5")])
+    with pytest.raises(LegacyError, match=r"domains\.db, .*domains\.db\.bak.*--from"):
+        read_legacy([tmp_path])
+    assert read_legacy([tmp_path / "domains.db"]).proofs["_x"].token == "tok"
+
+
+def test_the_import_prints_a_hostile_file_name_escaped(tmp_path: Path):
+    """A database whose name holds a terminal escape or a newline is named, not obeyed."""
+    from cdnreq.commands.import_legacy import render
+
+    name = "evil\x1b]0;owned\x07\nfake: requested (9 rows).db"
+    domains_db(tmp_path / name, [("_x", "x.test", "tok", 1, "5")])
+    state = read_legacy([tmp_path])
+    doc = {"dry_run": True, "summary": {}, "findings": [], "unreadable_entries": 0,
+           "sources": [{"path": s.path, "role": s.role, "rows": s.rows} for s in state.sources]}
+    text = render(doc)
+    assert "\x1b" not in text and "\x07" not in text
+    assert len(text.splitlines()) == 3  # the header, the one source, the totals

@@ -118,3 +118,14 @@ def test_prefixes_of_the_configuration():
     assert prefixes_of(config("cdnreq-", None)) == ("cdnreq-",)
     assert prefixes_of(config("cdnreq-", "_cdnreq_")) == ("cdnreq-", "_cdnreq_")
     assert prefixes_of(config("same-", "same-")) == ("same-",)
+
+
+def test_an_entry_listed_twice_counts_once_against_the_bar():
+    """A listing repeating the owned entries (a page served twice) must not
+    dilute the bar: 2 orphans of 3 entries is a mass removal however often
+    the third is listed."""
+    listed = entries("cdnreq-a", *["cdnreq-owned"] * 10, "cdnreq-b", "cdnreq-b")
+    found = sweep(listed, PREFIXES, titles=["cdnreq-owned"], guids=[], records=1, policy=POLICY)
+    assert (found.owned, len(found.orphans)) == (1, 2)
+    assert found.hold is not None
+    assert [o.entry.title for o in found.orphans] == ["cdnreq-a", "cdnreq-b"]

@@ -31,7 +31,7 @@ from cdnreq.master import MasterError
 from cdnreq.preflight import master_context
 from cdnreq.reconcile.tick import domain_policy_of, policy_of
 from cdnreq.scrub import printable
-from cdnreq.store import Store
+from cdnreq.store import Store, StoreLocked
 from cdnreq.store import imports
 from cdnreq.store.errors import StoreError
 
@@ -98,7 +98,7 @@ async def _import(args: argparse.Namespace, config: Config) -> dict[str, Any]:
     try:
         known = await _known(store, args.merge)
         now = time.time()
-        adoption = adopt(state, listed, entries.by_title(), policy, now, known)
+        adoption = adopt(state, listed, entries.by_title(), policy, now, known, frozenset(listing.unusable))
         _check_mapping(state, adoption, listed, entries.entries, config)
         if not args.dry_run and store is not None:
             await store.commit(
@@ -120,8 +120,10 @@ async def _open(config: Config, dry_run: bool) -> Store | None:
         if dry_run:
             return await Store.open_snapshot(database) if database.exists() else None
         return await Store.open(database)
-    except StoreError as error:
+    except StoreLocked as error:
         raise Refused(EXIT_DATABASE, f"{error} (stop cdnreq before importing)") from None
+    except StoreError as error:  # read-only, not a cdnreq database, newer schema: stopping cdnreq will not help
+        raise Refused(EXIT_DATABASE, str(error)) from None
 
 
 async def _known(store: Store | None, merge: bool) -> Known:
@@ -145,9 +147,19 @@ def _check_mapping(
 ) -> None:
     """Refuse an import that a glitch or a wrong setting would make wrong: a
     master or technical CDN listing nothing while the old requester served
-    customers (a lost listing, or the wrong host instance), or no live
+    customers (a lost listing, or the wrong host instance), entries under the
+    legacy prefix but no request stage's database (a file left out), or no live
     customer of the old requester listed by the master (the references were
     read the wrong way: the first tick would take every entry for gone)."""
+    legacy = sum(1 for e in entries if e.title.startswith(config.legacy.request_prefix))
+    if legacy and not state.requested:
+        raise Refused(
+            EXIT_CONFIG,
+            f"the technical CDN hosts {legacy} entries under [legacy].request_prefix but no database"
+            " given holds the request stage's table (valid rows holding what was published): without"
+            " it every live customer would be taken for one still waiting for its entry; pass --from"
+            " with it",
+        )
     live = sum(1 for r in state.requested.values() if r.state == VALID)
     if live and not listed:
         raise Refused(
@@ -161,7 +173,7 @@ def _check_mapping(
             f"the technical CDN ([technical_cdn].host_instance_guid) lists no entry while the old"
             f" requester served {live}: is it the instance hosting them? (try again if so)",
         )
-    if live and not adoption.counts["matched"]:
+    if live and not adoption.counts["references listed"]:
         raise Refused(
             EXIT_CONFIG,
             f"none of the {live} live customers of the old requester is listed by the master under"
@@ -197,7 +209,7 @@ def _document(state: LegacyState, adoption: Adoption, args: argparse.Namespace, 
 def render(doc: dict[str, Any]) -> str:
     out = ["would import (dry run: nothing written)" if doc["dry_run"] else "imported"]
     for s in doc["sources"]:
-        out.append(f"  {s['path']}: {s['role']} ({s['rows']} rows)")
+        out.append(printable(f"  {s['path']}: {s['role']} ({s['rows']} rows)"))  # a file's name is anyone's text
     out.append("  " + ", ".join(f"{k}: {v}" for k, v in doc["summary"].items()))
     if doc["unreadable_entries"]:
         out.append(f"  the technical CDN listed {doc['unreadable_entries']} entries without a title or guid (ignored)")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from cdnreq.entries import TechnicalEntry
@@ -85,6 +85,9 @@ class _Draft:
     shown: Mapping[str, Any]
     connection: Mapping[str, Any] | None
     retained_at: float | None
+    listed: bool = False  # by the master now, usable or not
+    let_through: tuple[str, ...] = ()  # the hosts the old requester accepted or its entry serves
+    named: tuple[str, ...] = ()  # the hosts the customer named in the old requester's tables
     candidates: list[Candidate] = field(default_factory=list)
 
 
@@ -95,19 +98,22 @@ def adopt(
     policy: AdoptPolicy,
     now: float,
     known: Known = Known(),
+    unusable: frozenset[str] = frozenset(),
 ) -> Adoption:
+    """`unusable`: guids the master listed in a form cdnreq cannot use this
+    time (listed, so neither gone nor behind a listed rival for a host)."""
     out = Adoption()
     drafts: list[_Draft] = []
     titles = set(known.titles)
     for reference in state.references():
-        draft = _draft(reference, state, listed, entries, policy, known, titles, out)
+        draft = _draft(reference, state, listed, unusable, entries, policy, known, titles, now, out)
         if draft is not None:
             drafts.append(draft)
             titles.add(draft.title)
     owners = _claims(drafts, known, now, policy.domain.recheck_interval_s, out)
     index = gates.HostIndex(out.claims)
     tokens = {c.guid: c for c in out.challenges}
-    active = set(listed)
+    active = set(listed) | unusable
     for draft in drafts:
         _finish(draft, owners.get(draft.guid, set()), tokens.get(draft.guid), index, active, policy, now, out)
     out.counts["findings"] = len(out.findings)
@@ -118,17 +124,19 @@ def _draft(
     reference: str,
     state: LegacyState,
     listed: Mapping[str, SharedInstance],
+    unusable: frozenset[str],
     entries: Mapping[str, TechnicalEntry],
     policy: AdoptPolicy,
     known: Known,
     titles: set[str],
+    now: float,
     out: Adoption,
 ) -> _Draft | None:
     guid = guid_of(reference, policy.reference_style)
     if guid is None:
         out.findings.append(finding("unmapped-reference", "", reference, style=policy.reference_style))
         return None
-    out.counts["matched"] += guid in listed  # references the master lists: the style is right
+    out.counts["references listed"] += guid in listed or guid in unusable  # the mapping's test
     if guid in known.guids:
         out.findings.append(finding("already-known", guid, reference))
         return None
@@ -136,12 +144,15 @@ def _draft(
     title = policy.legacy_prefix + reference
     entry = entries.get(title)
     instance = listed.get(guid)
-    retained_at = validated.at if validated is not None and validated.state == STOPPED else None
-    if entry is None:
-        if instance is None:
-            if requested is not None and requested.state == VALID:
-                out.findings.append(finding("gone", guid, reference, title=title))
-            return None  # nothing on the master, nothing on the CDN: nothing to keep
+    retained_at = None
+    if validated is not None and validated.state == STOPPED:
+        # an unreadable departure time starts the retention at the import, never ends it
+        retained_at = validated.at if validated.at is not None else now
+    if entry is None and instance is None and not _pending_unlisted(reference, state, guid, out):
+        if requested is not None and requested.state == VALID:
+            out.findings.append(finding("gone", guid, reference, title=title))
+        return None  # nothing on the master, nothing on the CDN: nothing to keep
+    if entry is None and instance is not None:
         if requested is not None and requested.state == VALID:
             out.findings.append(finding("entry-missing", guid, reference, title=title))
     if reason := _unsafe(title):
@@ -149,13 +160,34 @@ def _draft(
     if title in titles:
         out.findings.append(finding("title-taken", guid, reference, title=title))
         return None
-    if instance is None and entry is not None and retained_at is None:
+    if instance is None and entry is not None and retained_at is None and guid not in unusable:
         out.findings.append(finding("not-listed", guid, reference))
     shown = (requested or validated).published if (requested or validated) else {}
     connection = requested.published if requested is not None and requested.state == VALID and entry else None
     proof = state.proofs.get(reference)
+    if proof is not None and proof.at is None:  # unreadable: as recent as the import, so it wins no host
+        proof = replace(proof, at=now)
     proven = proof is not None and (proof.validated or (retained_at is not None and entry is not None))
-    return _Draft(reference, guid, title, instance, entry, proof, proven, shown, connection, retained_at)
+    accepted = validated.parameters if validated is not None and validated.state == VALID else None
+    let_through = tuple(named_hosts(entry.parameters if entry else None) + named_hosts(accepted))
+    named = tuple(h for row in (validated, requested) if row is not None for h in named_hosts(row.parameters))
+    return _Draft(reference, guid, title, instance, entry, proof, proven, shown, connection, retained_at,
+                  listed=instance is not None or guid in unusable, let_through=let_through, named=named)
+
+
+def _pending_unlisted(reference: str, state: LegacyState, guid: str, out: Adoption) -> bool:
+    """A customer the old requester saw on the master at its last run and gave
+    a token, without an entry yet, that the master does not list now: a
+    listing that lost it for a moment must not cost it its token (a new
+    challenge would contradict what it was told). Imported; the first tick
+    handles it as gone when the master still does not list it."""
+    validated, requested, proof = state.validated.get(reference), state.requested.get(reference), state.proofs.get(reference)
+    if validated is None or validated.state == STOPPED or proof is None:
+        return False
+    if requested is not None and requested.state == VALID:  # it had an entry: gone with it
+        return False
+    out.findings.append(finding("pending-not-listed", guid, reference, domain=proof.domain))
+    return True
 
 
 def _unsafe(title: str) -> str | None:
@@ -180,18 +212,17 @@ def _claims(drafts: list[_Draft], known: Known, now: float, interval: float, out
             out.findings.append(finding("token-unusable", d.guid, d.reference, token=d.proof.token[:80]))
             d.proof, d.proven = None, False
             continue
-        if domain != _host(d.proof.domain):
-            out.findings.append(finding("changed-domain", d.guid, d.reference, old=d.proof.domain, new=domain or "none"))
+        if domain is None or domain != _host(d.proof.domain):  # a token for no readable host proves nothing
+            out.findings.append(finding("changed-domain", d.guid, d.reference, old=d.proof.domain or "\"\"", new=domain or "none"))
             d.proof = None
             continue
         out.challenges.append(Challenge(InstanceGuid(d.guid), domain, LEGACY_SALT, d.proof.token, d.proof.at))
         if not d.proven:
             out.counts["pending challenges"] += 1
             continue
-        hosts = dict.fromkeys(named_hosts(d.instance.parameters if d.instance else None)
-                              + named_hosts(d.entry.parameters if d.entry else None))
+        hosts = dict.fromkeys(named_hosts(d.instance.parameters if d.instance else None) + list(d.named))
         judged = judge(domain, hosts, guid=d.guid, reference=d.reference, proven_at=d.proof.at,
-                       active=d.instance is not None, live=d.entry is not None)
+                       active=d.listed, live=d.entry is not None, let_through=d.let_through)
         for host, kind in judged.refused:
             out.findings.append(finding(kind, d.guid, d.reference, host=host))
         pool.extend(judged.candidates)

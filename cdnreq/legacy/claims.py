@@ -75,8 +75,14 @@ def judge(
     proven_at: float,
     active: bool,
     live: bool,
+    let_through: Iterable[str] = (),
 ) -> Judged:
-    """The hosts of one instance whose custom_domain the old token proved."""
+    """The hosts of one instance whose custom_domain the old token proved.
+    A host the token does not prove is kept (unproven, re-checked) only when
+    the old requester let it through (`let_through`: its entry serves it or
+    its last run accepted it); one the customer named since then is new,
+    proven the way any new host is: the old rule grants it nothing."""
+    allowed = set(let_through)
     main = registrable_domain(proven_domain)
     candidates: list[Candidate] = []
     refused: list[tuple[str, str]] = []
@@ -88,6 +94,8 @@ def judge(
             refused.append((host, "psl-unconfirmed"))
         else:
             strength = PROVEN if proven_domain in proof_names(host, registrable) else UNPROVEN
+            if strength == UNPROVEN and host not in allowed:
+                continue
             candidates.append(Candidate(host, guid, registrable, strength, proven_at, active, live, reference))
     return Judged(tuple(candidates), tuple(refused))
 

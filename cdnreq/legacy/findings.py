@@ -70,6 +70,12 @@ FINDINGS: dict[str, tuple[str, str]] = {
         "imported as it is; the first tick handles it as gone from the master (retention, under"
         " the removal guard)",
     ),
+    "pending-not-listed": (
+        "the master does not list it; the old requester saw it at its last run and gave it a token"
+        " for {domain}",
+        "imported with its token; the first tick handles it as gone from the master if it is still"
+        " not listed (a listing that lost it for a moment costs it no new challenge)",
+    ),
     "unsafe-title": (
         "its title {title} may be mishandled by the master: {reason}",
         "kept (renaming it would mean a second entry); read-backs may fail until the customer"

@@ -17,6 +17,7 @@ the validation stage read (not needed).
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sqlite3
 import tempfile
@@ -48,7 +49,7 @@ def _databases(paths: Iterable[Path]) -> list[Path]:
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            candidates = sorted(p for p in path.iterdir() if p.is_file() and not p.is_symlink())
+            candidates = sorted(p for p in path.iterdir() if p.is_file())  # a link to a file counts
         elif path.is_file():
             candidates = [path]
         elif path.exists():
@@ -64,13 +65,17 @@ def _databases(paths: Iterable[Path]) -> list[Path]:
                         found.append(candidate)
             except OSError as error:
                 raise LegacyError(f"{candidate}: cannot read: {error.strerror}") from None
-    return list(dict.fromkeys(found))
+    by_target: dict[Path, Path] = {}
+    for candidate in found:  # one file named twice (a link, or --from given twice) is read once
+        by_target.setdefault(candidate.resolve(), candidate)
+    return list(by_target.values())
 
 
 def _read_copy(path: Path, copy: Path) -> dict[str, list[tuple[Any, ...]]]:
     try:
         shutil.copyfile(path, copy)
-        wal = path.with_name(path.name + "-wal")
+        real = path.resolve()  # SQLite keeps a linked database's WAL beside the file, not the link
+        wal = real.with_name(real.name + "-wal")
         if wal.is_file():
             shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
     except OSError as error:
@@ -104,6 +109,12 @@ def _assemble(files: dict[Path, dict[str, list[tuple[Any, ...]]]]) -> LegacyStat
     used: dict[str, list[str]] = {}
     rows_of: dict[Path, dict[str, LegacyRow]] = {}
     roles: dict[Path, str] = {}
+    tokens = [path for path, tables in files.items() if "domain_validation" in tables]
+    if len(tokens) > 1:
+        raise LegacyError(
+            "more than one database holds the validation stage's tokens (domain_validation):"
+            f" {', '.join(str(p) for p in tokens)}; pass --from with the one to import"
+        )
     for path, tables in files.items():
         if "domain_validation" in tables:
             roles[path] = "domains"
@@ -186,11 +197,14 @@ def _object(text: Any) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _seconds(value: Any) -> float:
+def _seconds(value: Any) -> float | None:
+    """A time the old code wrote (str(int(time.time()))); None when it cannot
+    be read: a guess (0, "nan", "inf") would end a retention or win a host."""
     try:
-        return float(value)
-    except (TypeError, ValueError):
-        return 0.0
+        seconds = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return seconds if math.isfinite(seconds) else None
 
 
 def _truth(value: Any) -> bool:

@@ -28,7 +28,7 @@ class LegacyRow:
     parameters: Mapping[str, Any] | None  # None: unreadable JSON
     published: Mapping[str, Any]  # `json_error`: what was published (or the error)
     state: str  # valid, invalid, stopped
-    at: float  # `timestamp`: last change; for `stopped`, when it left the master
+    at: float | None  # `timestamp`: last change; for `stopped`, when it left the master; None: unreadable
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +39,7 @@ class LegacyProof:
     domain: str
     token: str
     validated: bool
-    at: float
+    at: float | None  # None: unreadable
 
 
 @dataclass(frozen=True, slots=True)

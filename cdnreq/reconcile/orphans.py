@@ -97,7 +97,11 @@ def sweep(
     orphans: list[Orphan] = []
     ignored: list[TechnicalEntry] = []
     owned = 0
+    seen: set[str] = set()
     for entry in entries.entries:
+        if entry.guid in seen:  # listed twice (a page repeated): counted once, destroyed once
+            continue
+        seen.add(entry.guid)
         prefix = prefix_of(entry.title, prefixes)
         if prefix is None:
             ignored.append(entry)
