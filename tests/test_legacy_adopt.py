@@ -314,3 +314,15 @@ def test_an_entry_listed_under_another_customers_title_grants_it_none_of_its_hos
     out = old.adopt()
     assert {c.host: c.guid for c in out.claims} == {"a.shared.test": "A", "b.shared.test": "B"}
     assert ("served-unproven", "B", "a.shared.test") in {(f.kind, f.guid, f.host) for f in out.findings}
+
+
+def test_merge_adopts_the_old_entry_of_a_customer_cdnreq_holds_without_one():
+    """cdnreq ran before the import: the customer waits for a new proof with no
+    entry while the old entry serves it; left alone, `orphans --destroy` would
+    take that live site down."""
+    old = Old().live("P", params("p.test")).live("Q", params())
+    known = Known(guids=frozenset({"P", "Q"}), titles=frozenset({"cdnreq-P", "cdnreq-Q"}), bare=frozenset({"P"}))
+    out = old.adopt(known)
+    assert [(r.guid, r.title, r.phase, r.tech_guid) for r in out.records] == [("P", "_cdnreq_P", Phase.LIVE, "T-P")]
+    assert {(f.kind, f.guid) for f in out.findings} == {("adopted-over", "P"), ("already-known", "Q")}
+    assert [c.host for c in out.claims] == ["p.test"]

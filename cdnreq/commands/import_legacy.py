@@ -139,6 +139,7 @@ async def _known(store: Store | None, merge: bool) -> Known:
     return Known(
         guids=frozenset(records), titles=frozenset(r.title for r in records.values()),
         hosts={h: c.guid for h, c in hosts.items()},
+        bare=frozenset(g for g, r in records.items() if r.tech_guid is None and r.param_hash is None),
     )
 
 

@@ -52,6 +52,7 @@ class Known:
     guids: frozenset[str] = frozenset()
     titles: frozenset[str] = frozenset()
     hosts: Mapping[str, str] = field(default_factory=dict)  # host -> guid
+    bare: frozenset[str] = frozenset()  # guids stored without a technical entry, never requested
 
 
 @dataclass
@@ -137,12 +138,16 @@ def _draft(
         out.findings.append(finding("unmapped-reference", "", reference, style=policy.reference_style))
         return None
     out.counts["references listed"] += guid in listed or guid in unusable  # the mapping's test
-    if guid in known.guids:
-        out.findings.append(finding("already-known", guid, reference))
-        return None
     requested, validated = state.requested.get(reference), state.validated.get(reference)
     title = policy.legacy_prefix + reference
     entry = entries.get(title)
+    if guid in known.guids:
+        if entry is None or guid not in known.bare:
+            out.findings.append(finding("already-known", guid, reference))
+            return None
+        # cdnreq ran before the import and holds this customer without an entry,
+        # while the old one still serves it: adopt that entry, or it would look orphaned
+        out.findings.append(finding("adopted-over", guid, reference, title=title))
     instance = listed.get(guid)
     retained_at = None
     if validated is not None and validated.state == STOPPED:

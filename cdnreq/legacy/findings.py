@@ -85,6 +85,12 @@ FINDINGS: dict[str, tuple[str, str]] = {
         "its title {title} is already used by another instance",
         "not imported",
     ),
+    "adopted-over": (
+        "the store knew it, never requested (cdnreq ran before the import), while the old"
+        " requester's entry {title} serves it",
+        "that entry is adopted in place of the stored record (--merge): never a second entry,"
+        " and `cdnreq orphans` does not take it for an orphan",
+    ),
     "already-known": (
         "the store already knows this instance",
         "kept as the store has it (--merge)",
