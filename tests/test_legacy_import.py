@@ -186,5 +186,7 @@ def test_references_read_the_wrong_way_are_refused_before_anything_is_written(le
     refused = run("import-legacy", "-c", str(config), "--from", str(ls.db_dir), expect=2)
     assert "none of the 8 live customers" in refused.stderr and "reference_style = 'guid'" in refused.stderr
     assert stored(database)[0] == {}  # the store holds nothing: the first tick would have taken them all for gone
+    as_json = run("import-legacy", "-c", str(config), "--from", str(ls.db_dir), "--json", expect=2)
+    assert json.loads(as_json.stdout) == {"ok": False, "error": as_json.stderr.strip().removeprefix("cdnreq: ")}
     config = ls.write_config(tmp_path / "cdnreq.toml", database=database, legacy={"request_prefix": None})
     assert "[legacy].request_prefix" in run("import-legacy", "-c", str(config), "--from", str(ls.db_dir), expect=2).stderr

@@ -62,8 +62,12 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         doc = asyncio.run(_import(args, config))
     except Refused as refused:
         print(printable(f"cdnreq: {refused}"), file=sys.stderr)
+        if args.json:  # scripts read stdout: the refusal too, as one document
+            json.dump({"ok": False, "error": str(refused)}, sys.stdout, indent=2, sort_keys=True)
+            sys.stdout.write("\n")
         return refused.code
     if args.json:
+        doc["ok"] = True
         json.dump(doc, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
     else:
