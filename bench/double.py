@@ -1,6 +1,6 @@
 """A fast SlapOS master double, for benchmarks ONLY.
 
-cdnreq's own tests run against a real slapproxy (cdnreq/devmaster.py). That
+cdnreq's own tests run against a real slapproxy (devtools/devmaster.py). That
 is the right master for correctness, but it is far too slow to measure cdnreq
 with 100,000 customers: it answers a few dozen requests a second and its
 per-request cost grows with what it holds. This module is a stand-in that is

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cdnreq.entries import TechnicalEntry
+from cdnreq.model import TechnicalEntry
 from cdnreq.legacy.adopt import AdoptPolicy, adopt
 from cdnreq.legacy.read import read_legacy
 from cdnreq.model import SharedInstance

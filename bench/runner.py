@@ -69,7 +69,7 @@ from typing import Any, Callable
 
 import tomli_w
 
-from cdnreq.devmaster import free_port
+from devtools.devmaster import free_port
 
 from bench import sniff
 from bench.daemonproc import DaemonProcess
@@ -640,7 +640,7 @@ class SizeRun:
 
 
 def _slapproxy_site(workdir: Path, customers: int):
-    from cdnreq.devmaster import Slapproxy, setup_cdn
+    from devtools.devmaster import Slapproxy, setup_cdn
 
     proxy = Slapproxy(workdir).start()
     site = setup_cdn(proxy)
@@ -651,7 +651,7 @@ def _slapproxy_site(workdir: Path, customers: int):
 
 
 def run_slapproxy(options: Options, workdir: Path) -> dict[str, Any]:
-    from cdnreq.devmaster import write_config
+    from devtools.devmaster import write_config
 
     count = options.slapproxy_customers
     result: dict[str, Any] = {"n": count, "concurrency": 1, "scenarios": {}}

@@ -22,14 +22,14 @@ from typing import Iterable
 import orjson
 
 from cdnreq.dns.challenge import issue
-from cdnreq.dns.resolver import Lookup
+from cdnreq.model import Lookup
 from cdnreq.listing import read_listing
 from cdnreq.model import InstanceGuid
 from cdnreq.reconcile.domains import Domains
-from cdnreq.reconcile.gate import DomainPolicy
-from cdnreq.reconcile.plan import Policy, Quiet, new_record, plan, spec_hash
+from cdnreq.decide.gate import DomainPolicy
+from cdnreq.decide.plan import Policy, Quiet, new_record, plan, spec_hash
 from cdnreq.reconcile.tick import collector_paused
-from cdnreq.reconcile.records import compose, polled, published, requested
+from cdnreq.decide.transitions import compose, polled, published, requested
 from cdnreq.model import InstanceAnswer
 
 from bench.double import customer_guid, customer_parameters

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cdnreq import __version__, logs, render
-from cdnreq.client import NotRunning, fetch, instance_path
+from cdnreq.endpoint_client import NotRunning, fetch, instance_path
 from cdnreq.commands import actions, import_legacy, orphans
 from cdnreq.store import imports
 from cdnreq.commands.status_refused import reachable

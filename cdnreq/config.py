@@ -23,9 +23,9 @@ from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 
-from cdnreq.dns.resolver import parse_nameserver
+from cdnreq.dns.names import parse_nameserver
 from cdnreq.validate.policy import DEFAULT_BACKEND_DENY, ValidationPolicy, networks
-from cdnreq.reconcile.guards import CONFIRM_TICKS
+from cdnreq.decide.guards import CONFIRM_TICKS
 from pydantic import (
     BaseModel,
     ConfigDict,

@@ -28,7 +28,7 @@ from cdnreq.config import Config
 from cdnreq.configfile import ConfigError
 from cdnreq.explain import explain, iso
 from cdnreq.fdlimit import fit_config, limits_of, raise_fd_limit
-from cdnreq.http import make_app, serve, bound_address
+from cdnreq.endpoint import make_app, serve, bound_address
 from cdnreq.master import MasterClient, TlsFiles
 from cdnreq.metrics import Metrics
 from cdnreq.notify import Notifier, watchdog_interval_s, watchdog_loop
@@ -38,7 +38,7 @@ from cdnreq.configdigest import file_digest, load_with_digest
 from cdnreq.reloadstate import ConfigState
 from cdnreq.reconcile.execute import Outcome
 from cdnreq.reconcile.guardrun import guard_policy_of, held_reason, held_removals
-from cdnreq.reconcile.operator import action_of, who
+from cdnreq.decide.operator import action_of, who
 from cdnreq.reconcile.tick import Reconciler, TickReport, resolver_of
 from cdnreq.store import Store, StoreError, start_refusal, take_backup
 from cdnreq.store.backup import backup_time, last_backup
@@ -618,7 +618,7 @@ def _status_line(report: TickReport) -> str:
 
 
 class _Endpoint:
-    """The daemon as the HTTP endpoint sees it (cdnreq.http.Endpoint)."""
+    """The daemon as the HTTP endpoint sees it (cdnreq.endpoint.Endpoint)."""
 
     def __init__(self, daemon: Daemon):
         self.daemon = daemon

@@ -10,31 +10,11 @@ counted, not guessed at.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from cdnreq.model import JsonDict
-
-
-@dataclass(frozen=True, slots=True)
-class TechnicalEntry:
-    """One entry hosted on the technical CDN."""
-
-    title: str
-    guid: str
-    parameters: JsonDict = field(default_factory=dict)
-    state: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Entries:
-    entries: tuple[TechnicalEntry, ...]
-    unreadable: int = 0  # entries without a string title and guid
-
-    def by_title(self) -> dict[str, TechnicalEntry]:
-        return {e.title: e for e in self.entries}
+from cdnreq.model import Entries, TechnicalEntry
 
 
 class EntriesMalformed(ValueError):

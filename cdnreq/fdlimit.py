@@ -14,7 +14,7 @@ import resource
 import structlog
 
 from cdnreq.config import Config
-from cdnreq.http import ConnectionLimits
+from cdnreq.endpoint import ConnectionLimits
 from cdnreq.resources import fit_fds
 
 log = structlog.get_logger("cdnreq.daemon")

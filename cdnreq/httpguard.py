@@ -47,7 +47,7 @@ from cdnreq.resources import Throttle, local_errno
 
 __all__ = ["AcceptErrorLog", "ConnectionGuard", "ConnectionLimits", "GuardedRunner"]
 
-log = structlog.get_logger("cdnreq.http")
+log = structlog.get_logger("cdnreq.endpoint")
 
 _HEAD_END = b"\r\n\r\n"
 

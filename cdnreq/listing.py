@@ -20,35 +20,18 @@ import hashlib
 import json
 import re
 from operator import attrgetter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
 import orjson
 
-from cdnreq.model import FrozenJson, RequestedState, SharedInstance, digest, fast_maker
+from cdnreq.model import FrozenJson, Listing, RequestedState, SharedInstance, digest, fast_maker
 
 MAX_DEPTH = 512  # an entry nested deeper is unusable (the standard library's parser recurses)
 LARGE = 64 << 20  # a larger body is read entry by entry: orjson needs three times a body read whole
 ESCAPED = 6  # a master may spell one byte of a value as six (\u0001): the room a listed entry may take
 ENTRY_SLACK = 64 << 10  # the entry's other fields (guid, title, state...)
 DIFFERENT = "listed twice with different content"
-
-
-@dataclass(frozen=True, slots=True)
-class Listing:
-    """The shared instances hosted by the requester.
-
-    `unusable` maps guids whose entry could not be used to the reason (they
-    must be neither requested, updated nor destroyed; the customer is told
-    the reason); `anonymous` counts entries without a usable guid, which
-    means some known instance may be missing from `instances` for no reason
-    of its own. `duplicates` counts identical repeated entries, kept once.
-    """
-
-    instances: tuple[SharedInstance, ...]
-    unusable: Mapping[str, str] = field(default_factory=dict)
-    anonymous: int = 0
-    duplicates: int = 0
 
 
 class ListingMalformed(ValueError):

@@ -18,14 +18,14 @@ from typing import Any, Callable, Mapping
 import aiohttp
 import orjson
 
-from cdnreq.entries import Entries, EntriesMalformed, read_entries
-from cdnreq.listing import Listing, ListingMalformed, read_listing
-from cdnreq.model import InstanceAnswer
+from cdnreq.entries import EntriesMalformed, read_entries
+from cdnreq.listing import ListingMalformed, read_listing
+from cdnreq.model import Entries, InstanceAnswer, Listing
 from cdnreq.resources import local_errno, shortage
 from cdnreq.scrub import scrub
 from cdnreq.validate.encoding import encoding_problems
 
-__all__ = ["Listing", "MasterClient", "MasterError", "MasterMalformed", "MasterRejected",
+__all__ = ["MasterClient", "MasterError", "MasterMalformed", "MasterRejected",
            "MasterTooLarge", "MasterUnavailable", "MasterUnencodable", "TlsFiles"]
 
 LIST_HOSTED = "slapos.allDocs.v0.instance_node_instance_list"

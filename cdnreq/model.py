@@ -257,3 +257,55 @@ class InstanceAnswer:
     state: str | None = None
     title: str | None = None
     parameters: JsonDict | None = None  # as the master holds them, to check a request was kept
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What the DNS said about one name.
+
+    outcome: ``"found"`` (values: one string per TXT record, its
+    character-strings joined, UTF-8 with replacement; for
+    the resolver's ``addresses``, the addresses and the CNAME targets),
+    ``"absent"`` (NXDOMAIN or NODATA) or ``"unknown"`` (detail says why).
+    """
+
+    name: str
+    outcome: str  # "found" | "absent" | "unknown"
+    values: tuple[str, ...] = ()
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """The shared instances hosted by the requester.
+
+    `unusable` maps guids whose entry could not be used to the reason (they
+    must be neither requested, updated nor destroyed; the customer is told
+    the reason); `anonymous` counts entries without a usable guid, which
+    means some known instance may be missing from `instances` for no reason
+    of its own. `duplicates` counts identical repeated entries, kept once.
+    """
+
+    instances: tuple[SharedInstance, ...]
+    unusable: Mapping[str, str] = field(default_factory=dict)
+    anonymous: int = 0
+    duplicates: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TechnicalEntry:
+    """One entry hosted on the technical CDN."""
+
+    title: str
+    guid: str
+    parameters: JsonDict = field(default_factory=dict)
+    state: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Entries:
+    entries: tuple[TechnicalEntry, ...]
+    unreadable: int = 0  # entries without a string title and guid
+
+    def by_title(self) -> dict[str, TechnicalEntry]:
+        return {e.title: e for e in self.entries}

@@ -1,5 +1,5 @@
 """Operator actions, applied: read what the decision needs, decide
-(cdnreq/reconcile/operator.py), write the change in one transaction.
+(cdnreq/decide/operator.py), write the change in one transaction.
 
 Called by the daemon (under its `writing` lock, between ticks) for a
 request on `POST /actions/NAME`, and by the command itself, holding the
@@ -15,11 +15,11 @@ import structlog
 
 from cdnreq import render
 from cdnreq.master import MasterError
-from cdnreq.reconcile import operator as decide
+from cdnreq.decide import operator as decide
 from cdnreq.reconcile.execute import Master, read_back_destroyed
 from cdnreq.reconcile.guardrun import APPROVAL, HELD_REMOVALS, UPDATES, guard_policy_of, held_view
-from cdnreq.reconcile.guards import GuardPolicy, HeldRemovals, HeldUpdates
-from cdnreq.reconcile.operator import Change, OperatorAction, Refusal
+from cdnreq.decide.guards import GuardPolicy, HeldRemovals, HeldUpdates
+from cdnreq.decide.operator import Change, OperatorAction, Refusal
 from cdnreq.store import Store
 
 log = structlog.get_logger("cdnreq.operator")

@@ -153,7 +153,7 @@ def explained(data: dict[str, Any]) -> str:
         lines.append("  recent events (newest first):")
         for event in data["events"]:
             detail = f" ({event['detail']})" if event.get("detail") else ""
-            if event["action"] == "operator":  # cdnreq/reconcile/operator.py: no tick, who asked
+            if event["action"] == "operator":  # cdnreq/decide/operator.py: no tick, who asked
                 lines.append(f"    {event['at']} operator: {event['outcome']}{detail}")
                 continue
             lines.append(f"    {event['at']} tick {event['tick']}: {event['action']} {event['outcome']}{detail}")

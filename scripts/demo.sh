@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/venv.sh devmaster
-exec .venv/bin/python -m cdnreq.demo "$@"
+exec .venv/bin/python -m devtools.demo "$@"

@@ -1,4 +1,4 @@
-"""Shared fixtures: a real slapproxy on loopback (cdnreq.devmaster)."""
+"""Shared fixtures: a real slapproxy on loopback (devtools.devmaster)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cdnreq.devdns import DevDns
-from cdnreq.devmaster import CdnSite, Slapproxy, find_slapos, setup_cdn
+from devtools.devdns import DevDns
+from devtools.devmaster import CdnSite, Slapproxy, find_slapos, setup_cdn
 from legacy.fixtures import (  # noqa: F401  (issue 12)
     legacy_population, legacy_site, legacy_site_shared,
 )
@@ -41,7 +41,7 @@ def cdn_site(slapproxy: Slapproxy) -> CdnSite:
 
 @pytest.fixture
 def devdns() -> Iterator[DevDns]:
-    """An authoritative DNS server (cdnreq.devdns) on 127.0.0.1, stopped afterwards."""
+    """An authoritative DNS server (devtools.devdns) on 127.0.0.1, stopped afterwards."""
     server = DevDns()
     server.start()
     try:

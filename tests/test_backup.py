@@ -28,10 +28,10 @@ from typing import Any
 
 import pytest
 
-from cdnreq.devdns import DevDns
-from cdnreq.devmaster import CdnSite, MasterLog, Slapproxy, write_config
+from devtools.devdns import DevDns
+from devtools.devmaster import CdnSite, MasterLog, Slapproxy, write_config
 from cdnreq.model import Challenge, Event, HostClaim, InstanceGuid, Phase, Record, Title
-from cdnreq.reconcile.titles import technical_title
+from cdnreq.decide.titles import technical_title
 from cdnreq.store import (
     SchemaTooNew,
     Store,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cdnreq.devmaster import find_slapos
+from devtools.devmaster import find_slapos
 
 pytestmark = pytest.mark.slapproxy
 
@@ -78,7 +78,7 @@ def test_one_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path):
     with output.open("wb") as sink:
         # Its own session and process group, as in a terminal: Ctrl-C signals the group.
         demo = subprocess.Popen(
-            [sys.executable, "-m", "cdnreq.demo", "--dir", str(tmp_path / "run"), "--customers", "2"],
+            [sys.executable, "-m", "devtools.demo", "--dir", str(tmp_path / "run"), "--customers", "2"],
             cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
             start_new_session=True,
         )

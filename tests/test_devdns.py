@@ -1,4 +1,4 @@
-"""cdnreq.devdns answers as documented, checked with dnslib as an independent client."""
+"""devtools.devdns answers as documented, checked with dnslib as an independent client."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import socket
 import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
 
-from cdnreq.devdns import DevDns
+from devtools.devdns import DevDns
 
 
 def ask(dns: DevDns, name: str, qtype: str = "TXT", *, tcp: bool = False,

@@ -1,4 +1,4 @@
-"""The development master harness (cdnreq.devmaster) against a real slapproxy."""
+"""The development master harness (devtools.devmaster) against a real slapproxy."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cdnreq.devmaster import (
+from devtools.devmaster import (
     CdnSite,
     DevMasterError,
     Slapproxy,
@@ -93,7 +93,7 @@ def test_technical_request_plain_title(cdn_site: CdnSite):
 def test_title_with_triple_underscore_is_refused(cdn_site: CdnSite):
     """slapproxy splits guids from the left: it cannot find a title holding ``___``.
 
-    cdnreq never produces such titles (cdnreq.reconcile.titles); this
+    cdnreq never produces such titles (cdnreq.decide.titles); this
     documents why.
     """
     proxy = cdn_site.proxy

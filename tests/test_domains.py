@@ -12,12 +12,13 @@ from collections.abc import AsyncIterator, Iterable
 import pytest
 
 import cdnreq.reconcile.domains as domains_module
-from cdnreq.devdns import DevDns
+from devtools.devdns import DevDns
 from cdnreq.dns.challenge import issue
-from cdnreq.dns.resolver import Lookup, Resolver
+from cdnreq.dns.resolver import Resolver
+from cdnreq.model import Lookup
 from cdnreq.model import Challenge, Event, HostClaim, InstanceGuid, Phase, Record, SharedInstance, Title
 from cdnreq.reconcile.domains import PENDING_MAX_S, Domains, DomainStep
-from cdnreq.reconcile.gate import DomainPolicy, Status
+from cdnreq.decide.gate import DomainPolicy, Status
 from cdnreq.validate.verdict import validate
 
 SECRET = b"domains-test-secret-0123456789abcdef"

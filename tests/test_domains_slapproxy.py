@@ -1,11 +1,11 @@
 """End to end: proof of domain ownership, against a real slapproxy and a real DNS server.
 
 Every test runs the real `cdnreq once` command in a subprocess against a real
-slapproxy (`cdn_site`, cdnreq.devmaster) and a real authoritative DNS server on
-loopback (`devdns`, cdnreq.devdns). Every configuration points
+slapproxy (`cdn_site`, devtools.devmaster) and a real authoritative DNS server on
+loopback (`devdns`, devtools.devdns). Every configuration points
 `[dns].nameservers` at that DevDns: the system resolver is never asked.
 
-What the customer is shown comes from cdnreq.reconcile.gate: `txt_record`,
+What the customer is shown comes from cdnreq.decide.gate: `txt_record`,
 `txt_value` and a `message` while a host waits for its proof,
 `pending-host-list`, `request-error-list` when refused. The technical CDN is
 read back from slapproxy (`cdn_site.technical_entries()`), the calls cdnreq
@@ -24,11 +24,11 @@ from typing import Any
 
 import pytest
 
-from cdnreq.devdns import DevDns
-from cdnreq.devmaster import CdnSite, MasterLog, write_config
+from devtools.devdns import DevDns
+from devtools.devmaster import CdnSite, MasterLog, write_config
 from cdnreq.model import Phase
-from cdnreq.reconcile.records import IN_PROGRESS
-from cdnreq.reconcile.titles import technical_title
+from cdnreq.decide.transitions import IN_PROGRESS
+from cdnreq.decide.titles import technical_title
 from cdnreq.store import Store
 
 pytestmark = pytest.mark.slapproxy

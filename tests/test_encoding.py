@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from cdnreq.model import InstanceAnswer
-from cdnreq.reconcile.records import kept
+from cdnreq.decide.transitions import kept
 from cdnreq.validate.encoding import MAX_DEPTH, encoding_problems
 from cdnreq.validate.policy import ValidationPolicy
 from cdnreq.validate.verdict import validate

@@ -1,6 +1,6 @@
 """The HTTP endpoint against a hostile network (issue 10, property 20).
 
-Served for real on loopback by `cdnreq.http.serve`; the clients are raw
+Served for real on loopback by `cdnreq.endpoint.serve`; the clients are raw
 sockets that send nothing, send half a head, hold keep-alive connections,
 or come by the thousand. Waiting is always a read with a deadline.
 """
@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from cdnreq.config import TcpListen
-from cdnreq.http import ConnectionLimits, make_app, serve
+from cdnreq.endpoint import ConnectionLimits, make_app, serve
 from cdnreq.httpguard import AcceptErrorLog, ConnectionGuard
 import test_service
 from test_http import FakeEndpoint
@@ -309,7 +309,7 @@ OUT_OF_FDS = textwrap.dedent(
     import asyncio, json, os, resource
     from cdnreq import logs
     from cdnreq.config import TcpListen
-    from cdnreq.http import make_app, serve
+    from cdnreq.endpoint import make_app, serve
 
     class Endpoint:
         def alive(self): return True

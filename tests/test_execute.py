@@ -11,9 +11,9 @@ import pytest
 
 from cdnreq.master import MasterRejected, MasterUnavailable
 from cdnreq.model import InstanceAnswer, InstanceGuid, Phase, SharedInstance, shown_digest
-from cdnreq.reconcile import records
+from cdnreq.decide import transitions as records
 from cdnreq.reconcile.execute import Settings, execute
-from cdnreq.reconcile.plan import Action, Kind, new_record
+from cdnreq.decide.plan import Action, Kind, new_record
 
 SETTINGS = Settings("http://sr.invalid/cdn", "default", {"k": "v"}, "spec", 10.0, 100.0)
 NOW = 5000.0

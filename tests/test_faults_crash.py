@@ -62,8 +62,8 @@ from bench.double import (
     DoubleProcess,
     customer_guid,
 )
-from cdnreq.reconcile.titles import technical_title
-from cdnreq.devmaster import free_port
+from cdnreq.decide.titles import technical_title
+from devtools.devmaster import free_port
 
 pytestmark = pytest.mark.faults
 

@@ -55,16 +55,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.double import REQUESTER_GUID, Double, make_app
-from cdnreq.devmaster import free_port
-from cdnreq.devdns import DevDns
+from devtools.devmaster import free_port
+from devtools.devdns import DevDns
 from cdnreq.dns.challenge import issue
-from cdnreq.dns.resolver import Lookup, Resolver
-from cdnreq.master import Listing
+from cdnreq.dns.resolver import Resolver
+from cdnreq.model import Lookup
+from cdnreq.model import Listing
 from cdnreq.model import HostClaim, InstanceGuid, Phase, Record, SharedInstance, Title
 from cdnreq.reconcile.domains import Domains
-from cdnreq.reconcile.gate import DomainPolicy, Status
-from cdnreq.reconcile.plan import Kind, Policy, plan, spec_hash
-from cdnreq.reconcile.titles import HASH_CHARS, MAX_TITLE, is_safe, technical_title
+from cdnreq.decide.gate import DomainPolicy, Status
+from cdnreq.decide.plan import Kind, Policy, plan, spec_hash
+from cdnreq.decide.titles import HASH_CHARS, MAX_TITLE, is_safe, technical_title
 from cdnreq.store import Store
 from cdnreq.validate.schema import KNOWN_PARAMETERS
 from cdnreq.validate.verdict import validate
@@ -471,7 +472,7 @@ def test_one_tick_with_hostile_customers_next_to_good_ones(tmp_path: Path) -> No
 
 @pytest.mark.slapproxy
 def test_one_customer_with_infinity_in_its_parameters_does_not_stop_the_others(cdn_site, tmp_path: Path) -> None:
-    from cdnreq.devmaster import write_config as slapproxy_config
+    from devtools.devmaster import write_config as slapproxy_config
 
     site = cdn_site
     good = [site.add_customer(f"good-{n}", {"url": f"https://good-{n}.example"}) for n in range(3)]

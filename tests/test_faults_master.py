@@ -81,7 +81,7 @@ from faultproxy import (
     truncate,
 )
 
-from cdnreq.devmaster import (
+from devtools.devmaster import (
     CdnSite,
     Slapproxy,
     find_slapos,
@@ -89,8 +89,8 @@ from cdnreq.devmaster import (
     write_config,
 )
 from cdnreq.model import Event, Phase, Record
-from cdnreq.reconcile.records import IN_PROGRESS
-from cdnreq.reconcile.titles import technical_title
+from cdnreq.decide.transitions import IN_PROGRESS
+from cdnreq.decide.titles import technical_title
 from cdnreq.store import Store
 
 pytestmark = [pytest.mark.slapproxy, pytest.mark.faults]

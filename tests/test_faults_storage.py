@@ -37,8 +37,8 @@ import pytest
 import tomli_w
 
 from bench.double import REQUESTER_GUID, DoubleProcess, customer_guid
-from cdnreq.reconcile.titles import technical_title
-from cdnreq.devmaster import free_port
+from cdnreq.decide.titles import technical_title
+from devtools.devmaster import free_port
 from cdnreq.store.migrations import LATEST
 
 pytestmark = pytest.mark.faults

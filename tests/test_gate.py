@@ -1,4 +1,4 @@
-"""cdnreq.reconcile.gate and cdnreq.reconcile.recheck: pure, no DNS.
+"""cdnreq.decide.gate and cdnreq.decide.recheck: pure, no DNS.
 
 Verdicts come from the real validate(), challenges from the real issue(),
 DNS answers are Lookups built by hand.
@@ -12,10 +12,10 @@ from dataclasses import replace
 import pytest
 
 from cdnreq.dns.challenge import issue
-from cdnreq.dns.resolver import Lookup
+from cdnreq.model import Lookup
 from cdnreq.model import Challenge, HostClaim, InstanceGuid, SharedInstance
-from cdnreq.reconcile import recheck
-from cdnreq.reconcile.gate import (
+from cdnreq.decide import recheck
+from cdnreq.decide.gate import (
     Claims,
     DomainPolicy,
     Gate,

@@ -1,5 +1,5 @@
 """The guards against a glitching master (issue 10, properties 12 and 13), as
-pure rules: cdnreq/reconcile/guards.py, and the planner that calls them."""
+pure rules: cdnreq/decide/guards.py, and the planner that calls them."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from cdnreq.master import Listing
+from cdnreq.model import Listing
 from cdnreq.model import Phase, Record, SharedInstance, shown_digest
 from cdnreq.operator import apply
 from cdnreq.reconcile.guardrun import GuardRun
-from cdnreq.reconcile.guards import (
+from cdnreq.decide.guards import (
     Change,
     Departures,
     GuardPolicy,
@@ -26,8 +26,8 @@ from cdnreq.reconcile.guards import (
     removal_guard,
     window,
 )
-from cdnreq.reconcile.plan import Kind, Policy, held_records, new_record, plan
-from cdnreq.reconcile.operator import OperatorAction
+from cdnreq.decide.plan import Kind, Policy, held_records, new_record, plan
+from cdnreq.decide.operator import OperatorAction
 from cdnreq.store import Store
 
 

@@ -19,7 +19,7 @@ import pytest
 from test_faults_master import _OPENER, wait_for
 from test_reconcile_slapproxy import CDNREQ, cdnreq, load, once
 
-from cdnreq.devmaster import CdnSite, write_config
+from devtools.devmaster import CdnSite, write_config
 from cdnreq.model import Phase
 
 pytestmark = pytest.mark.slapproxy

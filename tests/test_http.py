@@ -17,7 +17,7 @@ import structlog
 from yarl import URL
 
 from cdnreq.config import TcpListen
-from cdnreq.http import bound_address, make_app, needs_token, serve
+from cdnreq.endpoint import bound_address, make_app, needs_token, serve
 
 TOKEN = "s3cret-token"
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"

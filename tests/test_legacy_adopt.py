@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from cdnreq.entries import TechnicalEntry
+from cdnreq.model import TechnicalEntry
 from cdnreq.legacy.adopt import AdoptPolicy, Known, adopt, guid_of
 from cdnreq.legacy.state import STOPPED, VALID, LegacyProof, LegacyRow, LegacyState
 from cdnreq.model import Phase, RequestedState, SharedInstance, digest
-from cdnreq.reconcile import gate as gates
-from cdnreq.reconcile.records import needs_publish
+from cdnreq.decide import gate as gates
+from cdnreq.decide.transitions import needs_publish
 from cdnreq.validate.verdict import unwrapped, validate
 
 PREFIX = "_cdnreq_"

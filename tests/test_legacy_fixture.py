@@ -2,7 +2,7 @@
 
 The old cron requester (slapos.cookbook 1.0.514, run from .venv-legacy) wrote
 the databases; these tests read them with sqlite3 read-only and read slapproxy
-through cdnreq.devmaster (most tests share one module-scoped build,
+through devtools.devmaster (most tests share one module-scoped build,
 ``legacy_site_shared``; the first uses the per-test ``legacy_site``), so a
 fixture that silently built less (a category missing, an entry never
 requested, a proof never validated) fails here before an importer test

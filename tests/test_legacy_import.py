@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from cdnreq.devmaster import MasterLog
+from devtools.devmaster import MasterLog
 from cdnreq.model import Phase
 from cdnreq.store import Store
 from legacy.fixtures import LegacySite

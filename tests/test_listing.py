@@ -16,7 +16,8 @@ import orjson
 import pytest
 
 from cdnreq import listing as listing_module
-from cdnreq.listing import Listing, ListingMalformed, parse_listing, read_listing
+from cdnreq.listing import ListingMalformed, parse_listing, read_listing
+from cdnreq.model import Listing
 from cdnreq.model import FrozenJson, RequestedState, SharedInstance, digest
 from cdnreq.validate.encoding import encoding_problems
 from cdnreq.validate.verdict import validate

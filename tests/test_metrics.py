@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cdnreq.master import GET, LIST_HOSTED
 from cdnreq.metrics import Metrics
 from cdnreq.model import Phase
-from cdnreq.reconcile.plan import Kind
+from cdnreq.decide.plan import Kind
 
 
 def families(metrics: Metrics) -> dict[str, object]:

@@ -23,13 +23,13 @@ import pytest
 from test_faults_master import _OPENER, wait_for
 from test_reconcile_slapproxy import CDNREQ, cdnreq
 
-from cdnreq.devdns import DevDns
-from cdnreq.devmaster import CdnSite, write_config
+from devtools.devdns import DevDns
+from devtools.devmaster import CdnSite, write_config
 from cdnreq.model import HostClaim, InstanceGuid, Phase, Record
-from cdnreq.reconcile import operator as decide
-from cdnreq.reconcile.guards import HeldRemovals, HeldUpdates
-from cdnreq.reconcile.operator import OperatorAction, Refusal
-from cdnreq.reconcile.titles import technical_title
+from cdnreq.decide import operator as decide
+from cdnreq.decide.guards import HeldRemovals, HeldUpdates
+from cdnreq.decide.operator import OperatorAction, Refusal
+from cdnreq.decide.titles import technical_title
 from cdnreq.store import Store
 from cdnreq.store.lock import DatabaseLock
 from tests.test_domains_slapproxy import LABEL, make_config, token_of  # noqa: F401 (make_config is a fixture)

@@ -1,13 +1,13 @@
-"""The orphan sweep's decision (cdnreq/reconcile/orphans.py): which entries
+"""The orphan sweep's decision (cdnreq/decide/orphans.py): which entries
 are orphans, which are left alone, and when destroying them is held."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-from cdnreq.entries import Entries, TechnicalEntry
-from cdnreq.reconcile.guards import GuardPolicy, mass_removal
-from cdnreq.reconcile.orphans import fingerprint, prefix_of, prefixes_of, sweep
+from cdnreq.model import Entries, TechnicalEntry
+from cdnreq.decide.guards import GuardPolicy, mass_removal
+from cdnreq.decide.orphans import fingerprint, prefix_of, prefixes_of, sweep
 
 PREFIXES = ("cdnreq-", "_cdnreq_")
 POLICY = GuardPolicy(max_destroy_fraction=0.5)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from daemons import daemon_holding_store
 
-from cdnreq.devmaster import CdnSite, free_port, write_config
+from devtools.devmaster import CdnSite, free_port, write_config
 from faultproxy import FaultProxy, status, trickle
 from cdnreq.model import Phase, Record
 from cdnreq.store import Store

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from cdnreq.devdns import DevDns
+from devtools.devdns import DevDns
 from cdnreq.master import MasterUnavailable
 from cdnreq.model import HostClaim, InstanceAnswer, InstanceGuid, Phase, RequestedState, SharedInstance
-from cdnreq.reconcile import records
+from cdnreq.decide import transitions as records
 from cdnreq.reconcile.execute import execute
-from cdnreq.reconcile.gate import Gate, Status
-from cdnreq.reconcile.plan import Kind, Policy, Quiet, new_record, plan, plan_decided
+from cdnreq.decide.gate import Gate, Status
+from cdnreq.decide.plan import Kind, Policy, Quiet, new_record, plan, plan_decided
 from tests.test_domains import LABEL, NOW, PENDING_MAX_S, DAY, challenge, domains, dns, instance, record  # noqa: F401
 from tests.test_execute import SETTINGS, FakeMaster
 from tests.test_plan import RETAIN, POLICY, Owners, inst, known, listing, live, ok_gate
@@ -138,7 +138,7 @@ def test_plan_decided_holds_the_winner_and_destroys_the_loser() -> None:
 
 
 def test_served_hosts_overlap_wildcards_both_ways_and_ignore_the_owner_itself() -> None:
-    from cdnreq.reconcile.served import ServedHosts
+    from cdnreq.decide.served import ServedHosts
 
     a = replace(live(inst("A")), served=("a.shop.example.com",))
     w = replace(live(inst("W")), served=("*.blog.example.com",))

@@ -16,8 +16,9 @@ from typing import Any, Iterable
 
 import pytest
 
-from cdnreq.dns.resolver import Lookup
-from cdnreq.master import Listing, MasterUnavailable
+from cdnreq.model import Lookup
+from cdnreq.model import Listing
+from cdnreq.master import MasterUnavailable
 from cdnreq.model import InstanceAnswer, SharedInstance
 from cdnreq.reconcile.tick import Reconciler
 from cdnreq.store import Store

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cdnreq.devdns import DevDns
-from cdnreq.devmaster import CdnSite, MasterLog
+from devtools.devdns import DevDns
+from devtools.devmaster import CdnSite, MasterLog
 from cdnreq.model import Phase
 from tests.faultproxy import FaultProxy, status
 from tests.test_domains_slapproxy import (  # noqa: F401 (make_config is a fixture)

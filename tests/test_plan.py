@@ -4,9 +4,9 @@ from dataclasses import replace
 
 import pytest
 
-from cdnreq.master import Listing
+from cdnreq.model import Listing
 from cdnreq.model import InstanceGuid, Phase, Record, RequestedState, SharedInstance, shown_digest
-from cdnreq.reconcile.plan import Kind, Policy, held_records, new_record, plan
+from cdnreq.decide.plan import Kind, Policy, held_records, new_record, plan
 
 NOW = 1_000_000.0
 POLICY = Policy(request_prefix="cdnreq-", spec_hash="spec-1")
@@ -153,7 +153,7 @@ def test_an_instance_the_domain_step_did_not_judge_is_never_requested():
     With gates given, a listed instance without one gets no action (and no
     record), instead of being forwarded as listed."""
     a, b = inst("A"), inst("B")
-    from cdnreq.reconcile.gate import Gate as _Gate
+    from cdnreq.decide.gate import Gate as _Gate
     p = plan(listing(a, b), {}, NOW, POLICY, gates={"A": _Gate.accept(a)})
     assert [(x.kind, x.guid) for x in p.actions] == [(Kind.REQUEST, "A")]
     assert p.counts["ungated"] == 1 and [r.guid for r in p.updates] == ["A"]
@@ -161,7 +161,7 @@ def test_an_instance_the_domain_step_did_not_judge_is_never_requested():
 
 def test_an_unusable_entry_is_told_once_and_nothing_else():
     """Issue 10, item 1: a new guid gets a record (what it was told is kept), one publication."""
-    from cdnreq.reconcile.records import compose, published
+    from cdnreq.decide.transitions import compose, published
 
     a = inst("A")
     reason = {"B": "parameters: not valid UTF-8 at byte 3"}
@@ -277,7 +277,7 @@ def test_requested_state_enum_round_trip():
 
 # --- gates, retention and ownership ------------------------------------------------
 
-from cdnreq.reconcile.gate import Gate, Status  # noqa: E402
+from cdnreq.decide.gate import Gate, Status  # noqa: E402
 
 RETAIN = replace(POLICY, retention_s=1000.0)
 
@@ -412,8 +412,8 @@ def test_live_entries_are_read_back_now_and_then():
 
 
 def test_quiet_memo_gives_the_same_answers_as_a_full_plan():
-    from cdnreq.reconcile.gate import Gate
-    from cdnreq.reconcile.plan import Quiet
+    from cdnreq.decide.gate import Gate
+    from cdnreq.decide.plan import Quiet
 
     a, b = inst("A"), inst("B")
     gates = {"A": Gate.accept(a), "B": Gate.accept(b)}
@@ -442,8 +442,8 @@ def test_quiet_memo_gives_the_same_answers_as_a_full_plan():
 
 
 def test_quiet_memo_still_reads_back_when_due_and_forgets_on_policy_change():
-    from cdnreq.reconcile.gate import Gate
-    from cdnreq.reconcile.plan import Quiet
+    from cdnreq.decide.gate import Gate
+    from cdnreq.decide.plan import Quiet
 
     a = inst("A")
     gates = {"A": Gate.accept(a)}

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from daemons import daemon_holding_store
 
-from cdnreq.devdns import DevDns
-from cdnreq.devmaster import CdnSite, MasterLog, write_config
+from devtools.devdns import DevDns
+from devtools.devmaster import CdnSite, MasterLog, write_config
 from cdnreq.store import Store
 
 pytestmark = pytest.mark.slapproxy

@@ -16,9 +16,9 @@ from cdnreq.master import MasterClient
 from cdnreq.model import Challenge, Event, InstanceGuid, Phase, Record, RequestedState, SharedInstance
 from cdnreq.reconcile.dry import ActionLog, DryStore, ReadOnlyMaster, WriteRefused, read_secret
 from cdnreq.reconcile.execute import Feed
-from cdnreq.reconcile.gate import Gate, Status, refused
-from cdnreq.reconcile.guards import HeldUpdates
-from cdnreq.reconcile.plan import Action, Kind, Plan
+from cdnreq.decide.gate import Gate, Status, refused
+from cdnreq.decide.guards import HeldUpdates
+from cdnreq.decide.plan import Action, Kind, Plan
 from cdnreq.reconcile.stages import DomainStep
 from cdnreq.reconcile.tick import TickReport
 from cdnreq.store import Store, StoreError

@@ -1,11 +1,11 @@
-"""cdnreq.reconcile.proofs: which names to ask, which instances wait together."""
+"""cdnreq.decide.proofs: which names to ask, which instances wait together."""
 
 from __future__ import annotations
 
-from cdnreq.dns.resolver import Lookup
+from cdnreq.model import Lookup
 from cdnreq.model import HostClaim, InstanceGuid
-from cdnreq.reconcile.gate import DomainPolicy, HostIndex
-from cdnreq.reconcile.proofs import chunks, group, host_names, second_names
+from cdnreq.decide.gate import DomainPolicy, HostIndex
+from cdnreq.decide.proofs import chunks, group, host_names, second_names
 from cdnreq.validate.verdict import validate
 
 L = "_slapos-challenge"

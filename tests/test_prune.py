@@ -17,7 +17,7 @@ import pytest
 
 from cdnreq.configfile import load_config
 from cdnreq.daemon import Daemon, run_once
-from cdnreq.devmaster import CdnSite, Slapproxy, write_config
+from devtools.devmaster import CdnSite, Slapproxy, write_config
 from cdnreq.model import Event, InstanceGuid, Phase, Record, Title
 from cdnreq.store import Store
 from cdnreq.store.backup import inspect

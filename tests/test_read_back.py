@@ -9,10 +9,10 @@ import pytest
 
 from cdnreq.master import MasterUnavailable
 from cdnreq.model import InstanceAnswer, InstanceGuid, Phase, SharedInstance, frozen_json, shown_digest
-from cdnreq.reconcile import records
+from cdnreq.decide import transitions as records
 from cdnreq.reconcile.execute import Settings, execute
-from cdnreq.reconcile.gate import Gate
-from cdnreq.reconcile.plan import READ_BACK, Action, Kind, new_record
+from cdnreq.decide.gate import Gate
+from cdnreq.decide.plan import READ_BACK, Action, Kind, new_record
 
 SETTINGS = Settings("http://sr.invalid/cdn", "default", {"k": "v"}, "spec", 10.0, 100.0)
 NOW = 5000.0
@@ -149,8 +149,8 @@ def test_a_master_that_dropped_a_publication_gets_it_again_at_the_read_back(tmp_
 
 
 def test_a_failed_read_back_is_retried_after_its_backoff_not_a_period_later():
-    from cdnreq.master import Listing
-    from cdnreq.reconcile.plan import Policy, plan
+    from cdnreq.model import Listing
+    from cdnreq.decide.plan import Policy, plan
 
     action, _ = live()
     policy = Policy(request_prefix="cdnreq-", spec_hash="spec", verify_interval_s=86400.0)
@@ -171,8 +171,8 @@ def test_slapproxy_customer_that_lost_its_parameters_gets_them_at_the_read_back(
     instance with the connection parameters it holds (as text)."""
     import subprocess
 
-    from cdnreq.devmaster import write_config
-    from cdnreq.reconcile.titles import technical_title
+    from devtools.devmaster import write_config
+    from cdnreq.decide.titles import technical_title
     from test_faults_hostile import CDNREQ
 
     site = cdn_site

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from cdnreq.devmaster import CdnSite, MasterLog, write_config
+from devtools.devmaster import CdnSite, MasterLog, write_config
 from cdnreq.model import Phase
-from cdnreq.reconcile.records import IN_PROGRESS
-from cdnreq.reconcile.titles import technical_title
+from cdnreq.decide.transitions import IN_PROGRESS
+from cdnreq.decide.titles import technical_title
 from cdnreq.store import Store
 
 pytestmark = pytest.mark.slapproxy

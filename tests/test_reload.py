@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from cdnreq.devmaster import CdnSite
+from devtools.devmaster import CdnSite
 from cdnreq.reloadstate import digest_of
 from test_service import (  # noqa: F401  (spawn is a fixture)
     add_customers, cdnreq, clean_env, config_for, listen_of, metric_families, sample, spawn,

@@ -1,4 +1,4 @@
-"""cdnreq.dns.Resolver against cdnreq.devdns on loopback (never a real resolver)."""
+"""cdnreq.dns.Resolver against devtools.devdns on loopback (never a real resolver)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import time
 
 import pytest
 
-from cdnreq.devdns import DevDns
-from cdnreq.dns import Lookup, Resolver
-from cdnreq.dns.resolver import _LoopDriven, parse_nameserver
+from devtools.devdns import DevDns
+from cdnreq.dns.resolver import Resolver
+from cdnreq.model import Lookup
+from cdnreq.dns.names import parse_nameserver
+from cdnreq.dns.resolver import _LoopDriven
 
 
 def resolver(dns: DevDns, **kwargs) -> Resolver:

@@ -15,8 +15,8 @@ import pytest
 from cdnreq import render
 from cdnreq.master import MasterRejected
 from cdnreq.model import InstanceGuid, Phase
-from cdnreq.reconcile import records
-from cdnreq.reconcile.plan import new_record
+from cdnreq.decide import transitions as records
+from cdnreq.decide.plan import new_record
 from cdnreq.scrub import LIMIT, printable, scrub
 
 KEY_LINES = [

@@ -4,7 +4,7 @@ Every test starts the real `cdnreq run` console script in a subprocess and
 talks to it the way operators and supervisors do: over HTTP on the configured
 loopback address, with signals, through a real systemd-style notify socket,
 and with the `cdnreq status` / `cdnreq explain` commands. The master is a real
-slapproxy (`cdn_site`, cdnreq.devmaster) unless a test needs a master that is
+slapproxy (`cdn_site`, devtools.devmaster) unless a test needs a master that is
 down (a loopback port nobody listens on) or one that never answers (a loopback
 socket that is listening but never accepts, so every call hangs).
 
@@ -36,10 +36,10 @@ from urllib.parse import quote
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cdnreq.devdns import DevDns
-from cdnreq.devmaster import CdnSite, Slapproxy, free_port, write_config
-from cdnreq.reconcile.records import IN_PROGRESS
-from cdnreq.reconcile.titles import technical_title
+from devtools.devdns import DevDns
+from devtools.devmaster import CdnSite, Slapproxy, free_port, write_config
+from cdnreq.decide.transitions import IN_PROGRESS
+from cdnreq.decide.titles import technical_title
 
 pytestmark = pytest.mark.slapproxy
 

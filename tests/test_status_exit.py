@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cdnreq.cli import status_exit
-from cdnreq.devmaster import CdnSite
+from devtools.devmaster import CdnSite
 from test_service import add_customers, cdnreq, config_for, offline_site, spawn  # noqa: F401  (spawn: a fixture)
 
 

@@ -17,8 +17,8 @@ import pytest
 import cdnreq.reconcile.stages as stages_module
 from cdnreq.config import Config
 from cdnreq.dns.challenge import issue, load_secret
-from cdnreq.dns.resolver import Lookup
-from cdnreq.master import Listing
+from cdnreq.model import Lookup
+from cdnreq.model import Listing
 from cdnreq.model import HostClaim, InstanceAnswer, InstanceGuid, Phase, Record, SharedInstance, Title
 from cdnreq.reconcile.tick import Reconciler
 from cdnreq.store import Store

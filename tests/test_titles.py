@@ -1,6 +1,6 @@
 import pytest
 
-from cdnreq.reconcile.titles import MAX_TITLE, is_safe, technical_title
+from cdnreq.decide.titles import MAX_TITLE, is_safe, technical_title
 
 
 def test_plain_guid_keeps_prefix_and_guid():

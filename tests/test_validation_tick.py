@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench.double import Double
-from cdnreq.reconcile.titles import technical_title
+from cdnreq.decide.titles import technical_title
 from test_faults_hostile import CDNREQ, PREFIX, ThreadedDouble, write_config
 
 pytestmark = pytest.mark.faults

@@ -20,14 +20,14 @@ import os
 import sys
 from typing import Any, Callable, TextIO
 
-from cdnreq.client import NoAnswer, NotRunning, post
+from cdnreq.endpoint_client import NoAnswer, NotRunning, post
 from cdnreq.config import Config
 from cdnreq.configfile import ConfigError
 from cdnreq.daemon import EXIT_CONFIG, EXIT_DATABASE, EXIT_OK, EXIT_TICK_FAILED, master_client, open_store, read_token
 from cdnreq.operator import Result, apply, guard_policy_of
 from cdnreq.preflight import master_context
 from cdnreq.scrub import printable
-from cdnreq.reconcile.operator import APPROVE, FORGET, RELEASE, RETRY, OperatorAction, who
+from cdnreq.decide.operator import APPROVE, FORGET, RELEASE, RETRY, OperatorAction, who
 
 EXIT_REFUSED = EXIT_TICK_FAILED
 EXIT_AUTH = EXIT_CONFIG

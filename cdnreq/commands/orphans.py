@@ -2,7 +2,7 @@
 
 Lists the entries [technical_cdn].host_instance_guid hosts under cdnreq's
 title prefix and [legacy].request_prefix that no record of the store owns
-(cdnreq/reconcile/orphans.py decides). The listing is made first and the
+(cdnreq/decide/orphans.py decides). The listing is made first and the
 store read after it: cdnreq stores a title before it requests it, so an
 entry a running daemon requests meanwhile is already in what is read.
 Without --destroy nothing is written and the store is read as a snapshot,
@@ -33,7 +33,7 @@ from cdnreq.model import Event, Record
 from cdnreq.preflight import master_context
 from cdnreq.reconcile.execute import Master, Settings, absent_answer, destroy_title, read_back_destroyed
 from cdnreq.reconcile.guardrun import guard_policy_of
-from cdnreq.reconcile.orphans import Orphan, Sweep, prefixes_of, sweep
+from cdnreq.decide.orphans import Orphan, Sweep, prefixes_of, sweep
 from cdnreq.reconcile.tick import settings_of
 from cdnreq.scrub import printable
 from cdnreq.store import Store, StoreLocked

@@ -30,9 +30,9 @@ from cdnreq.fdlimit import fit_config, raise_fd_limit
 from cdnreq.model import InstanceGuid, Record
 from cdnreq.preflight import master_context
 from cdnreq.reconcile.dry import ActionLog, DryStore, ReadOnlyMaster, read_secret
-from cdnreq.reconcile.gate import Gate, Status
-from cdnreq.reconcile.guards import HeldUpdates
-from cdnreq.reconcile.plan import Action, Kind, Plan
+from cdnreq.decide.gate import Gate, Status
+from cdnreq.decide.guards import HeldUpdates
+from cdnreq.decide.plan import Action, Kind, Plan
 from cdnreq.reconcile.stages import DomainStep
 from cdnreq.reconcile.tick import Reconciler, TickReport
 from cdnreq.scrub import printable

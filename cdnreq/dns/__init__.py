@@ -1,5 +1,2 @@
-"""DNS lookups for domain challenges: batched, concurrent TXT and address resolution."""
-
-from cdnreq.dns.resolver import Lookup, Resolver
-
-__all__ = ["Lookup", "Resolver"]
+"""DNS for domain challenges: name-server addresses (names.py), the challenge
+tokens (challenge.py) and the batched, concurrent resolver (resolver.py)."""

@@ -42,7 +42,6 @@ Notes on c-ares 1.34 (pycares 5, aiodns 4) that shape this module:
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import weakref
 from collections.abc import Callable, Iterable, Sequence
@@ -53,6 +52,9 @@ import aiodns
 import idna
 import pycares
 from aiodns.error import DNSError
+
+from cdnreq.dns.names import parse_nameserver
+from cdnreq.model import Lookup
 
 __all__ = ["Lookup", "Resolver", "MAX_CNAME_HOPS", "parse_nameserver"]
 
@@ -78,22 +80,6 @@ _CNAME = pycares.QUERY_TYPE_CNAME
 _REASK_MIN_S = 0.05
 
 
-@dataclass(frozen=True)
-class Lookup:
-    """What the DNS said about one name.
-
-    outcome: ``"found"`` (values: one string per TXT record, its
-    character-strings joined, UTF-8 with replacement; for
-    :meth:`Resolver.addresses`, the addresses and the CNAME targets),
-    ``"absent"`` (NXDOMAIN or NODATA) or ``"unknown"`` (detail says why).
-    """
-
-    name: str
-    outcome: str  # "found" | "absent" | "unknown"
-    values: tuple[str, ...] = ()
-    detail: str = ""
-
-
 @dataclass(slots=True)
 class _Chain:
     """One question followed through CNAMEs."""
@@ -109,38 +95,6 @@ class _Failure(Exception):
     def __init__(self, outcome: str, detail: str) -> None:
         super().__init__(detail)
         self.outcome, self.detail = outcome, detail
-
-
-def parse_nameserver(value: str) -> str:
-    """``ip``, ``ip:port`` or ``[v6]:port`` -> c-ares' ``ip:port`` / ``[v6]:port``.
-
-    Raises ValueError naming the value. Host names are refused: resolving
-    them would need a resolver.
-    """
-    if not isinstance(value, str):
-        raise ValueError(f"bad nameserver {value!r}: not a string")
-    text = value.strip()
-    port_text = "53"
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"bad nameserver {value!r}: expected ip, ip:port or [v6]:port")
-        if rest:
-            port_text = rest[1:]
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    else:
-        host = text
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"bad nameserver {value!r}: {host!r} is not an IP address") from None
-    if text.startswith("[") and ip.version != 6:
-        raise ValueError(f"bad nameserver {value!r}: brackets are for IPv6 addresses")
-    if not (port_text.isascii() and port_text.isdigit() and 0 < int(port_text) < 65536):
-        raise ValueError(f"bad nameserver {value!r}: bad port {port_text!r}")
-    port = int(port_text)
-    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
 def _key(name: str) -> str:

@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
-from cdnreq.entries import TechnicalEntry
+from cdnreq.model import TechnicalEntry
 from cdnreq.legacy.claims import PROVEN, Candidate, judge, named_hosts, settle
 from cdnreq.legacy.findings import Finding, finding
 from cdnreq.legacy.state import STOPPED, VALID, LegacyProof, LegacyState
@@ -27,8 +27,8 @@ from cdnreq.model import (
     Challenge, Event, HostClaim, InstanceAnswer, InstanceGuid, Phase, Record, RequestedState,
     SharedInstance, Title, digest, frozen_json, shown_digest,
 )
-from cdnreq.reconcile import gate as gates
-from cdnreq.reconcile.records import compose, kept
+from cdnreq.decide import gate as gates
+from cdnreq.decide.transitions import compose, kept
 from cdnreq.validate.hosts import HostError, normalise_host
 from cdnreq.validate.verdict import unwrapped, validate
 

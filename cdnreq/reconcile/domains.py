@@ -3,7 +3,7 @@
 It holds what ownership needs between ticks (the host index, the challenges,
 a cache of verdicts by parameter hash). A tick's step runs in stages
 (DomainRun): what needs no DNS answer is decided at once, the rest by groups
-of registrable domains as their answers come in (cdnreq/reconcile/proofs.py),
+of registrable domains as their answers come in (cdnreq/decide/proofs.py),
 so requests start while DNS is still running; lookups are shared by many
 names at a time, with a bounded number in flight.
 """
@@ -14,11 +14,11 @@ import asyncio
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from cdnreq.dns.challenge import issue
-from cdnreq.dns.resolver import Lookup
+from cdnreq.model import Lookup
 from cdnreq.model import Challenge, Event, HostClaim, InstanceGuid, Record, SharedInstance
-from cdnreq.reconcile import recheck
-from cdnreq.reconcile.guards import CONFIRM_TICKS, release_due
-from cdnreq.reconcile.gate import Claims, DomainPolicy, Gate, HostIndex, Status, decide
+from cdnreq.decide import recheck
+from cdnreq.decide.guards import CONFIRM_TICKS, release_due
+from cdnreq.decide.gate import Claims, DomainPolicy, Gate, HostIndex, Status, decide
 from cdnreq.reconcile.stages import DomainRun, DomainStep
 from cdnreq.validate.verdict import Verdict, validate
 

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from cdnreq.dns import challenge
-from cdnreq.master import Listing, MasterClient, MasterError
+from cdnreq.model import Listing
+from cdnreq.master import MasterClient, MasterError
 from cdnreq.model import Challenge, Event, HostClaim, InstanceAnswer, InstanceGuid, Record
 from cdnreq.reconcile.execute import Feed
-from cdnreq.reconcile.plan import Action
+from cdnreq.decide.plan import Action
 from cdnreq.store import Store
 
 

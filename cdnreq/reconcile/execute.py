@@ -16,9 +16,9 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol
 
 from cdnreq.master import LocalResourceError, MasterError, MasterRejected, MasterUnavailable
 from cdnreq.model import Event, InstanceAnswer, Phase, Record, RequestedState, SharedInstance, shown_digest
-from cdnreq.reconcile import records
-from cdnreq.reconcile.gate import Gate, Status
-from cdnreq.reconcile.plan import READ_BACK, Action, Kind
+from cdnreq.decide import transitions as records
+from cdnreq.decide.gate import Gate, Status
+from cdnreq.decide.plan import READ_BACK, Action, Kind
 
 
 class Master(Protocol):

@@ -17,7 +17,7 @@ import structlog
 
 from cdnreq.config import Config
 from cdnreq.model import Event, InstanceGuid, Record
-from cdnreq.reconcile.guards import (
+from cdnreq.decide.guards import (
     Departures,
     GuardPolicy,
     HeldRemovals,
@@ -28,7 +28,7 @@ from cdnreq.reconcile.guards import (
     live_count,
     window,
 )
-from cdnreq.reconcile.plan import Kind, Plan
+from cdnreq.decide.plan import Kind, Plan
 from cdnreq.store import Store
 
 log = structlog.get_logger("cdnreq.guards")

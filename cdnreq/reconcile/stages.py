@@ -11,11 +11,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, AsyncIterator, Iterable, Mapping
 
-from cdnreq.dns.resolver import Lookup
+from cdnreq.model import Lookup
 from cdnreq.model import Challenge, Event, HostClaim, InstanceGuid, Record, RequestedState, SharedInstance
-from cdnreq.reconcile import recheck
-from cdnreq.reconcile.gate import Gate, HostIndex, Status
-from cdnreq.reconcile.proofs import Group, chunks, group, host_names, second_names
+from cdnreq.decide import recheck
+from cdnreq.decide.gate import Gate, HostIndex, Status
+from cdnreq.decide.proofs import Group, chunks, group, host_names, second_names
 from cdnreq.validate.verdict import Verdict
 
 if TYPE_CHECKING:

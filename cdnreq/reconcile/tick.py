@@ -31,9 +31,9 @@ from cdnreq.model import Event, InstanceGuid, Record
 from cdnreq.reconcile.committer import Committer
 from cdnreq.reconcile.domains import DomainRun, Domains, DomainStep, Lookups
 from cdnreq.reconcile.execute import Feed, Outcome, Settings, execute
-from cdnreq.reconcile.gate import DomainPolicy
+from cdnreq.decide.gate import DomainPolicy
 from cdnreq.reconcile.guardrun import GuardRun
-from cdnreq.reconcile.plan import (
+from cdnreq.decide.plan import (
     Kind,
     Plan,
     Policy,
@@ -44,7 +44,7 @@ from cdnreq.reconcile.plan import (
     plan_decided,
     spec_hash,
 )
-from cdnreq.reconcile.records import requesting
+from cdnreq.decide.transitions import requesting
 from cdnreq.progress import Progress
 from cdnreq.resources import starved
 from cdnreq.store import Store, StoreError

@@ -512,7 +512,7 @@ class Store:
         return [_to_event(r) for r in rows]
 
     async def load_guards(self) -> dict[str, Any]:
-        """The guards' state by name (cdnreq/reconcile/guards.py)."""
+        """The guards' state by name (cdnreq/decide/guards.py)."""
         rows = await self._all("SELECT name, value FROM guards")
         return {name: _load_json(value) for name, value in rows}
 

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from cdnreq.devdns import DevDns
-from cdnreq.devmaster import CdnSite, Slapproxy, setup_cdn, write_config
+from devtools.devdns import DevDns
+from devtools.devmaster import CdnSite, Slapproxy, setup_cdn, write_config
 
 from .pipeline import DB_NAMES, LegacyPipeline, legacy_reference
 

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from cdnreq.devdns import DevDns
-from cdnreq.devmaster import CdnSite, split_guid
+from devtools.devdns import DevDns
+from devtools.devmaster import CdnSite, split_guid
 
 REPO = Path(__file__).resolve().parents[2]
 LEGACY_PYTHON = REPO / ".venv-legacy" / "bin" / "python"

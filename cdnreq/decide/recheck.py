@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Iterable, Mapping
 
-from cdnreq.dns.resolver import Lookup
+from cdnreq.model import Lookup
 from cdnreq.model import Challenge, HostClaim
-from cdnreq.reconcile.gate import DomainPolicy
+from cdnreq.decide.gate import DomainPolicy
 from cdnreq.validate.hosts import proof_names
 
 FAILING_RECHECK_S = 3600.0  # a failing host is looked at again this often

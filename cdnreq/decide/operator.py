@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from cdnreq.model import Event, HostClaim, InstanceGuid, Phase, Record
-from cdnreq.reconcile.guards import HeldRemovals, HeldUpdates
-from cdnreq.reconcile.plan import has_entry
+from cdnreq.decide.guards import HeldRemovals, HeldUpdates
+from cdnreq.decide.plan import has_entry
 from cdnreq.scrub import printable
 from cdnreq.validate.hosts import HostError, normalise_host
 
@@ -123,7 +123,7 @@ def approve(
 ) -> Decision:
     """Approve the held sets (all of them, or those named by fingerprint) for
     the next tick only: it applies them if what it would hold is still in
-    the approved set (cdnreq/reconcile/guards.py, plan's approved_removals)."""
+    the approved set (cdnreq/decide/guards.py, plan's approved_removals)."""
     held: dict[str, str] = {}  # fingerprint: which held set
     if updates.count and updates.fingerprint:
         held[updates.fingerprint] = "updates"

@@ -20,9 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from cdnreq.entries import Entries, TechnicalEntry
+from cdnreq.model import Entries, TechnicalEntry
 from cdnreq.model import digest
-from cdnreq.reconcile.guards import mass_removal
+from cdnreq.decide.guards import mass_removal
 
 
 @dataclass(frozen=True, slots=True)

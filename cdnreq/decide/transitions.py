@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from cdnreq.model import InstanceAnswer, Phase, Record, SharedInstance, canonical_json, frozen_json, shown_digest
 
 if TYPE_CHECKING:
-    from cdnreq.reconcile.gate import Gate
+    from cdnreq.decide.gate import Gate
 
 IN_PROGRESS = {
     "message": (

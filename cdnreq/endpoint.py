@@ -49,7 +49,7 @@ from cdnreq.httpguard import AcceptErrorLog, ConnectionLimits, GuardedRunner
 
 __all__ = ["ConnectionLimits", "Endpoint", "bound_address", "make_app", "needs_token", "serve"]
 
-log = structlog.get_logger("cdnreq.http")
+log = structlog.get_logger("cdnreq.endpoint")
 
 # Seconds given to requests in flight when the runner is cleaned up. The
 # answers are small and computed in memory, so this is plenty.

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
-from cdnreq.dns.resolver import Lookup
+from cdnreq.model import Lookup
 from cdnreq.model import Challenge, HostClaim, InstanceGuid, SharedInstance
 from cdnreq.validate.hosts import overlaps, proof_names
 from cdnreq.validate.policy import ValidationPolicy

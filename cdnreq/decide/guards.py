@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 from cdnreq.model import Phase, digest
 
 if TYPE_CHECKING:
-    from cdnreq.master import Listing
+    from cdnreq.model import Listing
 
 SAMPLE = 5  # held updates named in the status, the log and `cdnreq approve`
 CONFIRM_TICKS = 3  # [daemon].confirm_ticks' default

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 from cdnreq.model import Record
-from cdnreq.reconcile.records import may_serve as serving
+from cdnreq.decide.transitions import may_serve as serving
 from cdnreq.validate.hosts import overlaps
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from cdnreq.dns.resolver import Lookup
+from cdnreq.model import Lookup
 from cdnreq.model import HostClaim
-from cdnreq.reconcile.gate import DomainPolicy, HostIndex
+from cdnreq.decide.gate import DomainPolicy, HostIndex
 from cdnreq.validate.hosts import proof_names
 from cdnreq.validate.verdict import Verdict
 

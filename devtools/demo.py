@@ -21,8 +21,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from cdnreq.devdns import DevDns
-from cdnreq.devmaster import CdnSite, Slapproxy, setup_cdn, write_config
+from devtools.devdns import DevDns
+from devtools.devmaster import CdnSite, Slapproxy, setup_cdn, write_config
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Above the daemon's own [daemon].shutdown_timeout_s default, so it finishes its calls in flight.
@@ -134,7 +134,7 @@ def _stop_daemon(daemon: subprocess.Popen, signum: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cdnreq.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m devtools.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=Path("demo-run"), help="where to keep everything (wiped first)")
     parser.add_argument("--customers", type=int, default=len(PARAMETERS))
     parser.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: until Ctrl-C)")

@@ -25,7 +25,7 @@ Other slapproxy behaviour this module works around or that tests rely on:
 * guids are ``<title>___<requested_by>___<0|1>`` and slapproxy splits them
   from the left, so its JSON API answers 403 "not handled" to get/publish on
   a shared instance whose title contains ``___``. cdnreq never produces such
-  titles (:mod:`cdnreq.reconcile.titles` turns an unsafe guid into a slug
+  titles (:mod:`cdnreq.decide.titles` turns an unsafe guid into a slug
   plus a hash), so this module simply calls the JSON API;
 * requesting a shared instance with ``state = "destroyed"`` removes it from
   its host's list (the answer still says ``started``); ``get`` on its guid
@@ -400,7 +400,7 @@ def write_config(
         merged = {**tables.get(section, {}), **(overrides or {})}
         tables[section] = {key: value for key, value in merged.items() if value is not None}
     tables = json.loads(json.dumps(tables, default=os.fspath))  # paths (even nested) to str
-    header = "# cdnreq configuration written by cdnreq.devmaster.write_config\n\n"
+    header = "# cdnreq configuration written by devtools.devmaster.write_config\n\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(header + tomli_w.dumps(tables), encoding="utf-8")
     return path

@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Collection, Iterable, Mapping, Protocol
 
-from cdnreq.master import Listing
+from cdnreq.model import Listing
 from cdnreq.model import (
     InstanceGuid,
     Phase,
@@ -26,11 +26,11 @@ from cdnreq.model import (
     SharedInstance,
     digest,
 )
-from cdnreq.reconcile.gate import Gate, refused, waiting
-from cdnreq.reconcile.guards import Departures, counted, removal_guard
-from cdnreq.reconcile.records import destroy_pending, may_serve, needs_publish, resumed
-from cdnreq.reconcile.served import ServedHosts
-from cdnreq.reconcile.titles import technical_title
+from cdnreq.decide.gate import Gate, refused, waiting
+from cdnreq.decide.guards import Departures, counted, removal_guard
+from cdnreq.decide.transitions import destroy_pending, may_serve, needs_publish, resumed
+from cdnreq.decide.served import ServedHosts
+from cdnreq.decide.titles import technical_title
 
 
 READ_BACK = "periodic read-back"  # also reads the customer's instance: see records.still_shown
