@@ -130,7 +130,6 @@ def test_no_import_cycle():
             if len(component) > 1:
                 cycles.append(sorted(component))
 
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
     for node in sorted(graph):
         if node not in index:
             visit(node)
