@@ -27,16 +27,11 @@ from cdnreq.store import imports
 from cdnreq.commands.status_refused import reachable
 from cdnreq.config import Config
 from cdnreq.configfile import CONFIG_ENV, DEFAULT_CONFIG, ConfigError, config_path, effective_toml, load_config
-from cdnreq.daemon import (
-    EXIT_CONFIG,
-    EXIT_DATABASE,
-    EXIT_OK,
-    EXIT_TICK_FAILED,
-    Daemon,
-    open_store,
-    read_token,
-    run_once,
-)
+from cdnreq.preflight import read_token
+from cdnreq.service.daemon import Daemon
+from cdnreq.service.exits import EXIT_CONFIG, EXIT_DATABASE, EXIT_OK, EXIT_TICK_FAILED
+from cdnreq.service.once import run_once
+from cdnreq.service.opening import open_store
 from cdnreq.explain import explain, iso
 from cdnreq.dns.challenge import SecretError
 from cdnreq.model import Record

@@ -14,11 +14,10 @@ resolver, and a metric must not break a call.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import logging
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prometheus_client import (
@@ -215,7 +214,6 @@ class Metrics:
             self.dns_lookups.labels(outcome=outcome)
         for table in PRUNED_TABLES:
             self.pruned_rows.labels(table=table)
-        self._failed_in_a_row = 0
         self._states_seen: set[str] = set()
 
     # -- exposition ---------------------------------------------------------
@@ -242,21 +240,6 @@ class Metrics:
         if duration is not None:
             self.dns_lookup_duration.observe(duration)
 
-    def inc_in_flight(self) -> None:
-        self.calls_in_flight.inc()
-
-    def dec_in_flight(self) -> None:
-        self.calls_in_flight.dec()
-
-    @contextlib.contextmanager
-    def in_flight(self) -> Iterator[None]:
-        """Counts one master call in flight for the duration of the block."""
-        self.calls_in_flight.inc()
-        try:
-            yield
-        finally:
-            self.calls_in_flight.dec()
-
     def action(self, kind: str, ok: bool, count: int = 1) -> None:
         """`count` actions of `kind` finished, successfully or not."""
         if count <= 0:
@@ -265,32 +248,18 @@ class Metrics:
             kind=_label(kind, ACTION_KINDS), result="ok" if ok else "failed"
         ).inc(count)
 
-    def tick_finished(self, ok: bool, duration_s: float, finished_at: float) -> None:
-        """One tick ended; finished_at is Unix time."""
+    def tick_finished(self, ok: bool, duration_s: float, finished_at: float, failed_in_a_row: int) -> None:
+        """One tick ended; finished_at is Unix time; `failed_in_a_row` is the
+        daemon's count (one count, which /status shows too)."""
         self.ticks.labels(result="ok" if ok else "failed").inc()
         duration = _seconds(duration_s)
         if duration is not None:
             self.tick_duration.observe(duration)
         if ok:
-            self._failed_in_a_row = 0
             when = _seconds(finished_at)
             if when is not None:
                 self.last_successful_tick.set(when)
-        else:
-            self._failed_in_a_row += 1
-        self.consecutive_failed_ticks.set(self._failed_in_a_row)
-
-    def observe_tick(self, report: Any) -> None:
-        """A finished TickReport: its result, duration and action results.
-
-        report.results counts ``"<kind>:ok"`` / ``"<kind>:failed"``.
-        """
-        for key, count in dict(getattr(report, "results", None) or {}).items():
-            kind, _, result = str(key).partition(":")
-            self.action(kind, result == "ok", int(count))
-        self.holds(report)
-        duration = float(report.duration_s)
-        self.tick_finished(bool(report.ok), duration, float(report.started_at) + duration)
+        self.consecutive_failed_ticks.set(failed_in_a_row)
 
     def holds(self, report: Any) -> None:
         """What a TickReport's guards held; a failed tick knows no better than the last one."""

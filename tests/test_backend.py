@@ -16,7 +16,7 @@ from cdnreq.configfile import ConfigError, load_config
 from cdnreq.model import SharedInstance
 from cdnreq.reconcile.domains import Domains
 from cdnreq.decide.gate import DomainPolicy, Status
-from cdnreq.reconcile.tick import domain_policy_of
+from cdnreq.wiring import domain_policy_of
 from cdnreq.validate.backend import NotAnAddress, host_addresses
 from cdnreq.validate.policy import DEFAULT_BACKEND_DENY, ValidationPolicy, networks
 from cdnreq.validate.verdict import validate

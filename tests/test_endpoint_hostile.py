@@ -389,8 +389,9 @@ def test_a_flood_of_status_requests_walks_the_fleet_once_a_second(tmp_path, monk
     made at most once a second, whatever the number of requests (#20)."""
     from types import SimpleNamespace
 
-    from cdnreq import daemon as daemon_module
     from cdnreq.config import Config
+    from cdnreq.reconcile.snapshot import snapshot_of
+    from cdnreq.service import daemon as daemon_module, status as status_module
     from cdnreq.model import Phase
 
     config = Config.model_validate({
@@ -400,9 +401,9 @@ def test_a_flood_of_status_requests_walks_the_fleet_once_a_second(tmp_path, monk
     })
     daemon = daemon_module.Daemon(tmp_path / "cdnreq.toml", config)
     fleet = CountedFleet({f"S{i}": SimpleNamespace(phase=Phase.LIVE) for i in range(1000)})
-    daemon.reconciler = SimpleNamespace(known=fleet)  # type: ignore[assignment]
+    daemon.reconciler = SimpleNamespace(snapshot=lambda: snapshot_of(fleet, None))  # type: ignore[assignment]
     clock = [100.0]
-    monkeypatch.setattr(daemon_module.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(status_module.time, "monotonic", lambda: clock[0])
     CountedFleet.walks = 0
     for _ in range(500):
         assert daemon.status()["instances"] == {"live": 1000}

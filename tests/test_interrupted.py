@@ -21,7 +21,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from cdnreq.config import Config
-from cdnreq.daemon import KILLED_MID_TICK, open_checked
+from cdnreq.service.opening import KILLED_MID_TICK, open_checked
 from cdnreq.model import InstanceAnswer
 from cdnreq.store import Store
 from test_service import black_hole, cdnreq, config_for, offline_site, spawn, wait_for  # noqa: F401  (fixtures)

@@ -187,7 +187,7 @@ def test_an_entry_far_larger_than_the_parameters_cap_is_not_read(broken: bool) -
 
 async def test_the_daemon_s_master_client_reads_the_listing_with_the_parameters_cap(tmp_path, monkeypatch) -> None:
     from cdnreq.config import Config
-    from cdnreq.daemon import master_client
+    from cdnreq.wiring import master_client
 
     seen: list[tuple] = []
 

@@ -67,7 +67,7 @@ def test_exposition_parses_and_uses_its_own_registry():
     m = Metrics()
     m.master_call(LIST_HOSTED, "timeout", 30.0)
     m.dns_lookup("found", 0.002)
-    m.tick_finished(True, 1.5, 1_700_000_000.0)
+    m.tick_finished(True, 1.5, 1_700_000_000.0, 0)
     parsed = families(m)
     assert "cdnreq_master_call_duration_seconds" in parsed
     assert "cdnreq_dns_lookups" in parsed  # counters are named without _total by the parser
@@ -152,28 +152,16 @@ def test_bad_durations_do_not_raise():
     assert value(m, "cdnreq_dns_lookups_total", outcome="found") == 1
 
 
-def test_calls_in_flight():
-    m = Metrics()
-    with m.in_flight(), m.in_flight():
-        assert value(m, "cdnreq_master_calls_in_flight") == 2
-    m.inc_in_flight()
-    assert value(m, "cdnreq_master_calls_in_flight") == 1
-    m.dec_in_flight()
-    with pytest.raises(RuntimeError), m.in_flight():
-        raise RuntimeError("call failed")
-    assert value(m, "cdnreq_master_calls_in_flight") == 0
-
-
 def test_consecutive_failures_count_and_reset():
     m = Metrics()
-    m.tick_finished(False, 1.0, 100.0)
-    m.tick_finished(False, 1.0, 200.0)
+    m.tick_finished(False, 1.0, 100.0, 1)
+    m.tick_finished(False, 1.0, 200.0, 2)
     assert value(m, "cdnreq_consecutive_failed_ticks") == 2
     assert value(m, "cdnreq_last_successful_tick_timestamp_seconds") == 0
-    m.tick_finished(True, 2.0, 300.0)
+    m.tick_finished(True, 2.0, 300.0, 0)
     assert value(m, "cdnreq_consecutive_failed_ticks") == 0
     assert value(m, "cdnreq_last_successful_tick_timestamp_seconds") == 300.0
-    m.tick_finished(False, 1.0, 400.0)
+    m.tick_finished(False, 1.0, 400.0, 1)
     assert value(m, "cdnreq_consecutive_failed_ticks") == 1
     assert value(m, "cdnreq_last_successful_tick_timestamp_seconds") == 300.0  # only on success
     assert value(m, "cdnreq_ticks_total", result="ok") == 1
@@ -181,17 +169,6 @@ def test_consecutive_failures_count_and_reset():
     assert value(m, "cdnreq_tick_duration_seconds_count") == 4
     les = {float(dict(k)["le"]) for k in samples(m, "cdnreq_tick_duration_seconds_bucket")}
     assert min(les) == 0.01 and max(x for x in les if x != float("inf")) == 1800
-
-
-def test_observe_tick_report():
-    m = Metrics()
-    report = SimpleNamespace(
-        ok=True, started_at=1000.0, duration_s=2.5, results={"request:ok": 3, "destroy:failed": 1}
-    )
-    m.observe_tick(report)
-    assert value(m, "cdnreq_actions_total", kind="request", result="ok") == 3
-    assert value(m, "cdnreq_actions_total", kind="destroy", result="failed") == 1
-    assert value(m, "cdnreq_last_successful_tick_timestamp_seconds") == 1002.5
 
 
 def test_instance_states_that_disappear_drop_to_zero():
@@ -242,19 +219,12 @@ def test_customer_data_never_reaches_the_exposition(secret):
         lambda: m.action(f"request {secret}", False),
         lambda: m.instances({secret: 1, "live": 2}),
         lambda: m.instances({f"live:{secret}": 3}),
-        lambda: m.observe_tick(
-            SimpleNamespace(
-                ok=False, started_at=1.0, duration_s=1.0, results={f"{secret}:ok": 1},
-                error=secret, hold_reason=secret,
-            )
-        ),
+        lambda: m.holds(SimpleNamespace(ok=True, held_updates={"count": 1}, held_removals=1, error=secret)),
     ]
     for call in calls:
         call()
-    m.tick_finished(False, 1.0, 2.0)
+    m.tick_finished(False, 1.0, 2.0, 1)
     m.hosts(1, 0)
-    with m.in_flight():
-        pass
     body, _ = m.render()
     text = body.decode()
     assert secret not in text

@@ -182,7 +182,7 @@ async def test_no_ping_pong_in_a_long_running_process(cdn_site: CdnSite, devdns:
     A retained owner whose host B proved comes back unchanged: refused, and
     over 5 ticks nothing is requested or destroyed, B stays the only entry."""
     from cdnreq.configfile import load_config
-    from cdnreq.daemon import master_client
+    from cdnreq.wiring import master_client
     from cdnreq.reconcile.tick import Reconciler
     from cdnreq.store import Store
 

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from cdnreq.configfile import load_config
-from cdnreq.daemon import Daemon, run_once
+from cdnreq.service.daemon import Daemon
+from cdnreq.service.once import run_once
 from devtools.devmaster import CdnSite, Slapproxy, write_config
 from cdnreq.model import Event, InstanceGuid, Phase, Record, Title
 from cdnreq.store import Store

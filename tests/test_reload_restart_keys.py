@@ -13,7 +13,7 @@ from pathlib import Path
 from test_service import config_for, offline_site
 
 from cdnreq.configfile import load_config
-from cdnreq.daemon import Daemon
+from cdnreq.service.daemon import Daemon
 
 
 def test_a_reload_keeps_the_restart_only_keys_and_applies_the_rest(tmp_path: Path):

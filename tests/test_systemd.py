@@ -105,7 +105,7 @@ def test_refused_configuration_or_store_is_not_restarted_in_a_loop():
     service = parse(UNIT.read_text())["Service"]
     assert service["Restart"] == ["on-failure"]
     prevented = {int(code) for value in service["RestartPreventExitStatus"] for code in value.split()}
-    from cdnreq.daemon import EXIT_CONFIG, EXIT_DATABASE, EXIT_TICK_FAILED
+    from cdnreq.service.exits import EXIT_CONFIG, EXIT_DATABASE, EXIT_TICK_FAILED
 
     assert prevented == {EXIT_CONFIG, EXIT_DATABASE}
     assert EXIT_TICK_FAILED not in prevented

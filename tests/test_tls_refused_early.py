@@ -13,7 +13,7 @@ import structlog
 from test_service import config_for, offline_site
 
 from cdnreq import cli
-from cdnreq.daemon import EXIT_CONFIG
+from cdnreq.service.exits import EXIT_CONFIG
 from cdnreq.model import InstanceGuid, Phase, Record
 from cdnreq.store import Store
 

@@ -23,7 +23,10 @@ from typing import Any, Callable, TextIO
 from cdnreq.endpoint_client import NoAnswer, NotRunning, post
 from cdnreq.config import Config
 from cdnreq.configfile import ConfigError
-from cdnreq.daemon import EXIT_CONFIG, EXIT_DATABASE, EXIT_OK, EXIT_TICK_FAILED, master_client, open_store, read_token
+from cdnreq.preflight import read_token
+from cdnreq.service.exits import EXIT_CONFIG, EXIT_DATABASE, EXIT_OK, EXIT_TICK_FAILED
+from cdnreq.service.opening import open_store
+from cdnreq.wiring import master_client
 from cdnreq.operator import Result, apply, guard_policy_of
 from cdnreq.preflight import master_context
 from cdnreq.scrub import printable

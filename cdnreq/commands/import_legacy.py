@@ -22,14 +22,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cdnreq.config import Config
-from cdnreq.daemon import EXIT_CONFIG, EXIT_DATABASE, EXIT_OK, EXIT_TICK_FAILED, master_client
+from cdnreq.service.exits import EXIT_CONFIG, EXIT_DATABASE, EXIT_OK, EXIT_TICK_FAILED
+from cdnreq.wiring import master_client
 from cdnreq.legacy.adopt import AdoptPolicy, Adoption, Known, adopt
 from cdnreq.legacy.findings import CONFLICTS
 from cdnreq.legacy.read import LegacyError, read_legacy
 from cdnreq.legacy.state import VALID, LegacyState
 from cdnreq.master import MasterError
 from cdnreq.preflight import master_context
-from cdnreq.reconcile.tick import domain_policy_of, policy_of
+from cdnreq.wiring import domain_policy_of, policy_of
 from cdnreq.scrub import printable
 from cdnreq.store import Store, StoreLocked
 from cdnreq.store import imports

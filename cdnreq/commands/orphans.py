@@ -27,14 +27,15 @@ from collections import Counter
 from typing import Any, Callable
 
 from cdnreq.config import Config
-from cdnreq.daemon import EXIT_CONFIG, EXIT_DATABASE, EXIT_OK, EXIT_TICK_FAILED, master_client
+from cdnreq.service.exits import EXIT_CONFIG, EXIT_DATABASE, EXIT_OK, EXIT_TICK_FAILED
+from cdnreq.wiring import master_client
 from cdnreq.master import MasterError
 from cdnreq.model import Event, Record
 from cdnreq.preflight import master_context
 from cdnreq.reconcile.execute import Master, Settings, absent_answer, destroy_title, read_back_destroyed
 from cdnreq.reconcile.guardrun import guard_policy_of
 from cdnreq.decide.orphans import Orphan, Sweep, prefixes_of, sweep
-from cdnreq.reconcile.tick import settings_of
+from cdnreq.wiring import settings_of
 from cdnreq.scrub import printable
 from cdnreq.store import Store, StoreLocked
 

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, TextIO
 
 from cdnreq.config import Config
-from cdnreq.daemon import EXIT_DATABASE, EXIT_OK, EXIT_TICK_FAILED, master_client
+from cdnreq.service.exits import EXIT_DATABASE, EXIT_OK, EXIT_TICK_FAILED
+from cdnreq.wiring import master_client
 from cdnreq.explain import iso
 from cdnreq.fdlimit import fit_config, raise_fd_limit
 from cdnreq.model import InstanceGuid, Record

@@ -17,37 +17,34 @@ import contextlib
 import gc
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import structlog
 
+from cdnreq.aiotasks import next_or_stop
 from cdnreq.config import Config
 from cdnreq.dns.challenge import load_secret
-from cdnreq.dns.resolver import Resolver
 from cdnreq.master import LocalResourceError, MasterClient, MasterError
-from cdnreq.model import Event, InstanceGuid, Record
-from cdnreq.reconcile.committer import Committer
+from cdnreq.model import InstanceGuid, Listing, Record
+from cdnreq.reconcile.applying import Applying
 from cdnreq.reconcile.domains import DomainRun, Domains, DomainStep, Lookups
-from cdnreq.reconcile.execute import Feed, Outcome, Settings, execute
-from cdnreq.decide.gate import DomainPolicy
+from cdnreq.reconcile.execute import Outcome, execute
+from cdnreq.reconcile.report import INTERRUPTED, TickReport
+from cdnreq.reconcile.snapshot import Snapshot, snapshot_of
 from cdnreq.reconcile.guardrun import GuardRun
 from cdnreq.decide.plan import (
     Kind,
     Plan,
-    Policy,
     Quiet,
-    has_entry,
-    held_records,
     plan,
     plan_decided,
-    spec_hash,
 )
-from cdnreq.decide.transitions import requesting
+from cdnreq.decide.reservation import reservation
 from cdnreq.progress import Progress
 from cdnreq.resources import starved
 from cdnreq.store import Store, StoreError
+from cdnreq.wiring import domain_policy_of, policy_of, resolver_of
 
 UNNAMED = "unnamed"  # guard state: hosts their owner stopped naming (Domains.streaks)
 
@@ -58,8 +55,6 @@ StageHook = Callable[[str, Any], None]
 ("planned", (Plan, DomainStep)) for the first stage, ("decided", (Plan,
 DomainStep)) for each stage DNS decides later, ("held", HeldUpdates) at the
 end. Plans are as the guards left them: what is handed to the executor."""
-
-INTERRUPTED = "interrupted"  # the ticks table's result of a tick stopped mid-way
 
 
 @contextlib.contextmanager
@@ -75,108 +70,6 @@ def collector_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-def policy_of(config: Config) -> Policy:
-    cdn = config.technical_cdn
-    return Policy(
-        request_prefix=cdn.request_prefix,
-        spec_hash=spec_hash(cdn.software_release_uri, cdn.software_type, cdn.sla),
-        allow_empty=config.daemon.allow_empty,
-        max_destroy_fraction=config.daemon.max_destroy_fraction,
-        retention_s=config.domain.retention_s,
-        verify_interval_s=config.daemon.verify_interval_s,
-    )
-
-
-def domain_policy_of(config: Config) -> DomainPolicy:
-    domain = config.domain
-    return DomainPolicy(
-        label=domain.challenge_label,
-        recheck_interval_s=domain.recheck_interval_s,
-        grace_s=domain.grace_s,
-        release_on_recheck_failure=domain.release_on_recheck_failure,
-        cdn_targets=tuple(domain.cdn_targets),
-        validation=config.validation.policy(),
-    )
-
-
-def resolver_of(config: Config) -> Resolver:
-    dns = config.dns
-    return Resolver(
-        nameservers=dns.nameservers or None,
-        timeout_s=dns.timeout_s,
-        tries=dns.tries,
-        concurrency=dns.concurrency,
-    )
-
-
-def settings_of(config: Config) -> Settings:
-    cdn = config.technical_cdn
-    return Settings(
-        software_release_uri=cdn.software_release_uri,
-        software_type=cdn.software_type,
-        sla=dict(cdn.sla),
-        spec_hash=spec_hash(cdn.software_release_uri, cdn.software_type, cdn.sla),
-        retry_base_s=config.daemon.retry_base_s,
-        retry_max_s=config.daemon.retry_max_s,
-    )
-
-
-@dataclass
-class TickReport:
-    id: int
-    started_at: float
-    ok: bool = False
-    duration_s: float = 0.0
-    planned: dict[str, int] = field(default_factory=dict)
-    results: dict[str, int] = field(default_factory=dict)
-    master_calls: dict[str, int] = field(default_factory=dict)
-    hold_reason: str | None = None
-    held_removals: int = 0
-    held_updates: dict[str, Any] | None = None  # cdnreq/reconcile/guardrun.py held_view
-    removals_fingerprint: str | None = None  # of the held removals, for `cdnreq approve --fingerprint`
-    error: str | None = None
-    shortages: dict[str, int] = field(default_factory=dict)  # failures for lack of local resources
-    interrupted: bool = False  # stopped mid-way: some planned work was not done (see INTERRUPTED)
-
-    def summary(self) -> dict[str, Any]:
-        """The tick in one log line: zero counts and empty fields left out."""
-        summary: dict[str, Any] = {
-            "ok": self.ok,
-            "duration_s": round(self.duration_s, 3),
-            "planned": {k: v for k, v in self.planned.items() if v},
-            "results": self.results,
-            "master_calls": self.master_calls,
-            "hold_reason": self.hold_reason,
-            "held_removals": self.held_removals or None,
-            "removals_fingerprint": self.removals_fingerprint,
-            "held_updates": self.held_updates,
-            "error": self.error,
-            "shortages": self.shortages,
-            "interrupted": self.interrupted or None,
-        }
-        return {k: v for k, v in summary.items() if v is not None and v != {}}
-
-
-async def _next_unless(parts: AsyncIterator[DomainStep], stop: asyncio.Event | None) -> DomainStep | None:
-    """The next stage of DNS decisions; None when done or on shutdown (the
-    lookups still running are not waited for: nothing needs them)."""
-    if stop is not None and stop.is_set():
-        return None
-    following = asyncio.ensure_future(anext(parts, None))
-    if stop is None:
-        return await following
-    stopping = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({following, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopping.cancel()
-    if not following.done():
-        following.cancel()
-        await asyncio.gather(following, return_exceptions=True)
-        return None
-    return following.result()
 
 
 class Reconciler:
@@ -237,6 +130,39 @@ class Reconciler:
         # more than a second a tick at 100,000 instances).
         gc.collect()
         gc.freeze()
+
+    def snapshot(self) -> Snapshot:
+        """What observers may read (a walk over the fleet: the caller paces it)."""
+        index = self.domains.index.by_host.values() if self.domains is not None else None
+        return snapshot_of(self.known, index)
+
+    @property
+    def calls_in_flight(self) -> int:
+        return self.master.in_flight
+
+    async def reconfigure(
+        self, config: Config, *, master: MasterClient | None = None, resolver: Lookups | None = None
+    ) -> None:
+        """Between ticks: run the next tick with `config`, and with new
+        clients when given (the old ones are closed)."""
+        self.config = config
+        if master is not None:
+            old, self.master = self.master, master
+            await old.close()
+        if resolver is not None:
+            old_resolver, self.resolver = self.resolver, resolver
+            if self.domains is not None:
+                self.domains.resolver = resolver
+            await old_resolver.close()
+
+    def reread(self) -> None:
+        """The store was changed from outside a tick (an operator action):
+        the next tick reads it again."""
+        self.known = None
+
+    async def close(self) -> None:
+        await self.master.close()
+        await self.resolver.close()
 
     async def tick(self, stop: asyncio.Event | None = None) -> TickReport:
         """One tick. Stopped mid-way (`stop` set while work was left, or
@@ -312,38 +238,73 @@ class Reconciler:
             )
 
     async def _run(self, report: TickReport, stop: asyncio.Event | None) -> None:
+        """List, decide, store the decisions, apply them, record the outcomes."""
+        await self._refresh()
+        with collector_paused():  # the listing and the plan: 100,000s of short-lived objects
+            listing = await self._list()
+            guard, run, first = await self._decide(listing, report)
+        await self._reserve_first(guard, run, first, report)  # before any call: a crash errs on holding
+        applying = Applying(self, first, report, stop)
+        try:
+            if run.later:  # requests go out while the rest waits for DNS
+                self.progress.phase("dns", run.dns_total, self.clock())
+                self._quiet_progress = True
+                with collector_paused():  # the step's objects, as in the first stage
+                    await self._decide_later(run, first, applying, report, stop, guard)
+                if guard.view() != report.held_updates:  # a later stage held more
+                    await guard.save(None, report.id)
+                    report.held_updates = guard.view()
+                self._quiet_progress = False
+            await self._reserve_last(guard, run, report)
+            await applying.finish()
+        finally:
+            self._quiet_progress = False
+            await applying.settle()
+
+    async def _refresh(self) -> None:
+        """Read the store again when a failure or an operator made the copy stale."""
         if self.known is None or self.domains is None:
             await self.load()
-        assert self.known is not None and self.domains is not None
+        assert self.domains is not None
         self.domains.policy = domain_policy_of(self.config)
         self.domains.confirm_ticks = self.config.daemon.confirm_ticks
-        progress = self.progress
-        with collector_paused():  # the listing and the plan: 100,000s of short-lived objects
-            progress.phase("listing", None, self.clock())
-            listing = await self.master.list_hosted(self.config.master.instance_guid)
-            if listing.unusable:  # each is told why; nothing else happens to them this tick
-                log.warning("unusable listing entries", count=len(listing.unusable),
-                            entries=dict(list(listing.unusable.items())[:20]))
-            now = self.clock()
-            guard = await GuardRun.start(self.store, self.config, self.known, now)
-            progress.phase("validating", len(listing.instances), now)
-            run = self.domains.start(listing.instances, self.known, now, report.id)
-            progress.phase("planning", None, self.clock())
-            the_plan = plan(
-                listing,
-                self.known,
-                now,
-                policy_of(self.config),
-                gates=run.first.gates,
-                ownership=self.domains.index,
-                quiet=self.quiet,
-                later=run.later,
-                recent=guard.recent,
-                approved_removals=guard.approved_removals,
-            )
-            the_plan = guard.sift(the_plan)
-            report.hold_reason = the_plan.hold_reason
-            report.held_removals = the_plan.counts.get("held", 0)  # retained entries listed destroyed too
+
+    async def _list(self) -> Listing:
+        self.progress.phase("listing", None, self.clock())
+        listing = await self.master.list_hosted(self.config.master.instance_guid)
+        if listing.unusable:  # each is told why; nothing else happens to them this tick
+            log.warning("unusable listing entries", count=len(listing.unusable),
+                        entries=dict(list(listing.unusable.items())[:20]))
+        return listing
+
+    async def _decide(self, listing: Listing, report: TickReport) -> tuple[GuardRun, DomainRun, Plan]:
+        """Validate, gate what needs no DNS answer, plan, and let the guards sift the plan."""
+        assert self.known is not None and self.domains is not None
+        now = self.clock()
+        guard = await GuardRun.start(self.store, self.config, self.known, now)
+        self.progress.phase("validating", len(listing.instances), now)
+        run = self.domains.start(listing.instances, self.known, now, report.id)
+        self.progress.phase("planning", None, self.clock())
+        the_plan = plan(
+            listing,
+            self.known,
+            now,
+            policy_of(self.config),
+            gates=run.first.gates,
+            ownership=self.domains.index,
+            quiet=self.quiet,
+            later=run.later,
+            recent=guard.recent,
+            approved_removals=guard.approved_removals,
+        )
+        the_plan = guard.sift(the_plan)
+        report.hold_reason = the_plan.hold_reason
+        report.held_removals = the_plan.counts.get("held", 0)  # retained entries listed destroyed too
+        return guard, run, the_plan
+
+    async def _reserve_first(self, guard: GuardRun, run: DomainRun, the_plan: Plan, report: TickReport) -> None:
+        assert self.domains is not None
+        now = run.now
         planned = Counter(the_plan.counts)
         planned.update(run.first.counts)
         report.planned = dict(planned)
@@ -351,66 +312,25 @@ class Reconciler:
         if leaving:  # their hosts and challenges go with the decision, see Domains.leave
             run.first.merge(self.domains.leave(leaving, now, report.id))
         self._stage("planned", (the_plan, run.first))
-        await guard.save(the_plan, report.id)  # before any call: a crash errs on holding
+        await guard.save(the_plan, report.id)
         report.removals_fingerprint = guard.removals_fingerprint
         report.held_updates = guard.view()
         await self._reserve(the_plan, run.first, now, report.id)
-        committer = Committer(
-            self.store, self.known, self.domains, self.batch, self.flush_every_s, self._outcome
-        )
-        feed = Feed(the_plan.actions)
-        executing = asyncio.create_task(
-            self.executor(
-                feed,
-                master=self.master,
-                settings=settings_of(self.config),
-                concurrency=self.config.daemon.concurrency,
-                sink=committer.add,
-                stop=stop,
-                clock=self.clock,
-                tick=report.id,
-            )
-        )
-        try:
-            if run.later:  # requests go out while the rest waits for DNS
-                progress.phase("dns", run.dns_total, self.clock())
-                self._quiet_progress = True
-                with collector_paused():  # the step's objects, as in the first stage
-                    await self._decide_later(run, the_plan, feed, executing, planned, now, report, stop, guard)
-                if guard.view() != report.held_updates:  # a later stage held more
-                    await guard.save(None, report.id)
-                    report.held_updates = guard.view()
-                self._quiet_progress = False
-            self._stage("held", guard.updates.state())
-            await self._reserve(Plan(()), run.finish(), now, report.id)
-            if (streaks := self.domains.streaks()) != self._streaks:  # idle ticks write nothing
-                await self.store.save_guards({UNNAMED: streaks}, now)
-                self._streaks = streaks
-            feed.close()
-            progress.phase("executing", feed.total - committer.count, self.clock())
-            await executing
-        finally:
-            self._quiet_progress = False
-            feed.close()
-            if not executing.done():  # the tick failed: calls in flight are abandoned
-                executing.cancel()
-            await asyncio.gather(executing, return_exceptions=True)
-            progress.phase("committing", None, self.clock())
-            await committer.flush()
-            if stop is not None and stop.is_set() and committer.count < feed.total:
-                report.interrupted = True  # planned actions never started
-            report.results = committer.results
-            report.shortages = dict(committer.shortages)
-            report.planned = dict(planned)
+
+    async def _reserve_last(self, guard: GuardRun, run: DomainRun, report: TickReport) -> None:
+        """What the domain step decided at its end (hosts released, streaks)."""
+        assert self.domains is not None
+        self._stage("held", guard.updates.state())
+        await self._reserve(Plan(()), run.finish(), run.now, report.id)
+        if (streaks := self.domains.streaks()) != self._streaks:  # idle ticks write nothing
+            await self.store.save_guards({UNNAMED: streaks}, run.now)
+            self._streaks = streaks
 
     async def _decide_later(
         self,
         run: DomainRun,
         first: Plan,
-        feed: Feed,
-        executing: asyncio.Task,
-        planned: Counter,
-        now: float,
+        applying: Applying,
         report: TickReport,
         stop: asyncio.Event | None,
         guard: GuardRun,
@@ -420,13 +340,16 @@ class Reconciler:
         assert self.known is not None and self.domains is not None
         acted = {a.guid for a in first.actions}
         async with contextlib.aclosing(run.resolve()) as parts:
-            while (part := await _next_unless(parts, stop)) is not None:
+            while True:  # the lookups still running at a stop are not waited for: nothing needs them
+                ended, part = await next_or_stop(anext(parts, None), stop)
+                if not ended or part is None:
+                    break
                 decided = [run.present.get(g) or run.settled[g] for g in part.gates]
                 losers = [self.known[g] for g in part.taken_from if g not in acted and g in self.known]
                 the_plan = plan_decided(
                     decided,
                     self.known,
-                    now,
+                    run.now,
                     policy_of(self.config),
                     gates=part.gates,
                     ownership=self.domains.index,
@@ -435,11 +358,11 @@ class Reconciler:
                 the_plan = guard.sift(the_plan)
                 self._stage("decided", (the_plan, part))
                 acted.update(a.guid for a in the_plan.actions)
-                planned.update(the_plan.counts)
-                planned.update(part.counts)
-                await self._reserve(the_plan, part, now, report.id)
-                feed.extend(the_plan.actions)
-                if executing.done():
+                applying.planned.update(the_plan.counts)
+                applying.planned.update(part.counts)
+                await self._reserve(the_plan, part, run.now, report.id)
+                applying.feed.extend(the_plan.actions)
+                if applying.executing.done():
                     break  # the executor failed: raised by the caller
         if stop is not None and stop.is_set():
             report.interrupted = True  # DNS stages left undecided (or, rarely, just decided: stop came between)
@@ -448,46 +371,32 @@ class Reconciler:
         if self.on_stage is not None:
             self.on_stage(name, decided)
 
-    def _outcome(self, outcome: Outcome) -> None:
+    def observe_outcome(self, outcome: Outcome) -> None:
         if not self._quiet_progress:  # while DNS runs, its phase counts lookups
             self.progress.advance()
         if self.on_outcome is not None:
             self.on_outcome(outcome)
 
     async def _reserve(self, the_plan: Plan, step: DomainStep, now: float, tick: int) -> None:
-        """Store what was decided before any call is made: new titles (so a
-        crash never requests one instance under two titles), held removals,
-        retention, proven hosts and issued challenges."""
+        """Store what was decided before any call is made (see decide/reservation.py)."""
         assert self.known is not None and self.domains is not None
-        held = list(held_records(the_plan, now))
         if the_plan.hold_reason is not None:
             log.error("removals held", count=len(the_plan.held), reason=the_plan.hold_reason)
-        updates = {r.guid: r for r in the_plan.updates}
-        for action in the_plan.actions:  # a request may reach the master before a crash
-            if action.kind in (Kind.REQUEST, Kind.UPDATE) and action.gate is not None:
-                record = updates.get(action.guid, action.record)
-                widened = requesting(record, action.gate)  # its hosts count as served from now on
-                if not has_entry(action.record):
-                    updates[action.guid] = replace(widened, last_action="requesting")
-                elif widened is not record:
-                    updates[action.guid] = widened
-        upserts = [*updates.values(), *held]
-        events = [*step.events, *(Event(r.guid, "hold", "held", now, r.last_error, tick) for r in held)]
-        events += [Event(g, "forget", "ok", now, "gone, without a technical entry", tick) for g in the_plan.forgets]
-        if not (upserts or the_plan.forgets or events or step.host_upserts or step.host_deletes
+        reserved = reservation(the_plan, now, tick)
+        if not (reserved or step.events or step.host_upserts or step.host_deletes
                 or step.challenges or step.challenge_deletes):
             return
         await self.store.commit(
-            upserts=upserts,
-            forgets=the_plan.forgets,
-            events=events,
+            upserts=reserved.upserts,
+            forgets=reserved.forgets,
+            events=[*step.events, *reserved.events],
             host_upserts=step.host_upserts.values(),
             host_deletes=step.host_deletes,
             challenge_upserts=step.challenges,
             challenge_deletes=step.challenge_deletes,
         )
-        for record in upserts:
+        for record in reserved.upserts:
             self.known[record.guid] = record
-        for guid in the_plan.forgets:
+        for guid in reserved.forgets:
             self.known.pop(guid, None)
             self.domains.forget(guid)

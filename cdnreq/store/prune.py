@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 import aiosqlite
 import structlog
 
+from cdnreq.aiotasks import sleep_or_stop
 from cdnreq.store.errors import StoreError
 from cdnreq.store.retention import BATCH_ROWS, KEEP_TICKS, PASS_INTERVAL_S, VACUUM_PAGES, Retention
 
@@ -213,7 +214,4 @@ async def prune_passes(
             await prune_logged(store, days(), metrics=metrics, stop=stop)
         except Exception as error:  # a failed pass is an error to see, never a reason to stop
             log.error("pruning the history failed", error=f"{type(error).__name__}: {error}")
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=interval_s)
-        except asyncio.TimeoutError:
-            pass
+        await sleep_or_stop(stop, interval_s)

@@ -1,0 +1,32 @@
+"""`cdnreq once`: one tick with the daemon's own parts, then the history's pruning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cdnreq.config import Config
+from cdnreq.fdlimit import fit_config, raise_fd_limit
+from cdnreq.preflight import check
+from cdnreq.reconcile.tick import Reconciler, TickReport
+from cdnreq.service.opening import open_checked
+from cdnreq.store.prune import prune_logged
+from cdnreq.wiring import master_client
+
+
+async def run_once(config: Config, *, fresh: bool = False, config_path: Path | None = None) -> TickReport:
+    context = check(config, config_path or "(configuration)")
+    config = fit_config(config, raise_fd_limit())
+    store = await open_checked(config, fresh=fresh, config_path=config_path)
+    try:
+        async with master_client(config, ssl_context=context) as master:
+            reconciler = Reconciler(config=config, store=store, master=master)
+            try:
+                await reconciler.load()
+                report = await reconciler.tick()
+            finally:
+                await reconciler.resolver.close()
+        # after the tick, whatever its result: `once` from a timer keeps the history bounded too
+        await prune_logged(store, config.store.events_retention_days)
+        return report
+    finally:
+        await store.close()

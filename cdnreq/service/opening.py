@@ -1,0 +1,72 @@
+"""Which store a daemon or a tick may start on: never an empty one while its
+backups are not (the store was lost, not new), and never with a tick the
+last process left open."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import structlog
+
+from cdnreq.config import Config
+from cdnreq.store import Store, StoreError, start_refusal
+
+log = structlog.get_logger("cdnreq.daemon")
+
+KILLED_MID_TICK = "interrupted: the process ended during this tick (killed or crashed); found at the next start"
+
+
+async def open_store(config: Config, *, lock: bool = True) -> Store:
+    return await Store.open(config.daemon.database, lock=lock)
+
+
+class EmptyStoreRefused(StoreError):
+    """The database is missing or empty while a backup of it is not."""
+
+
+async def open_checked(config: Config, *, fresh: bool = False, config_path: Path | None = None) -> Store:
+    """The store for a daemon or a tick, unless it was lost.
+
+    A missing or empty database (no instance, no proven host, no challenge)
+    while the newest backup in `[store].backup_dir` is not empty means the
+    store was lost: raise EmptyStoreRefused, naming the backup and the two
+    ways out (`cdnreq restore`, or `--fresh`). A missing database is checked
+    before it is opened, so the refusal does not create it. `fresh` lets the
+    start go ahead (it deletes nothing; it only allows an empty store).
+    """
+    database, backups = config.daemon.database, config.backup_path()
+
+    async def refusal(missing: bool) -> str | None:
+        return await asyncio.to_thread(
+            start_refusal, database, backups, missing=missing, config=config_path
+        )
+
+    if not fresh and not database.exists():
+        reason = await refusal(True)
+        if reason is not None:
+            raise EmptyStoreRefused(reason)
+    store = await open_store(config)
+    try:
+        if await store.is_empty():
+            reason = await refusal(False)
+            if reason is not None:
+                if not fresh:
+                    raise EmptyStoreRefused(reason)
+                log.warning(
+                    "starting on an empty store (--fresh) although backups exist",
+                    database=str(database), backup_dir=str(backups),
+                )
+        await _end_unfinished(store)
+    except BaseException:
+        await store.close()
+        raise
+    return store
+
+
+async def _end_unfinished(store: Store) -> None:
+    """A tick the last process began and never ended is recorded as
+    interrupted, not left open (nor mistaken for a success)."""
+    for tick in await store.end_unfinished_ticks(time.time(), KILLED_MID_TICK):
+        log.warning("tick interrupted", tick=tick, error=KILLED_MID_TICK)
