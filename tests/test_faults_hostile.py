@@ -51,7 +51,7 @@ import pytest
 import tomli_w
 import trustme
 from aiohttp import web
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bench.double import REQUESTER_GUID, Double, make_app
@@ -138,7 +138,17 @@ parameters = st.one_of(
 
 
 def named(message: str, params: dict) -> bool:
-    """The message starts with a parameter's name (as given, or as shown escaped)."""
+    """The message starts with a parameter's name (as given, or as shown
+    escaped, or quoted as JSON when it could not be read back unquoted)."""
+    if message.startswith('"'):
+        try:
+            quoted, end = json.JSONDecoder().raw_decode(message)
+        except ValueError:
+            return False
+        return message[end:end + 1] == ":" and (quoted in params or any(
+            quoted.endswith("...") and isinstance(k, str) and json.dumps(k)[1:-1].startswith(quoted[:-3])
+            for k in params
+        ))
     head = message.split(": ", 1)[0] if ": " in message else message.split(":", 1)[0]
     shown = {json.dumps(k)[1:-1] for k in params if isinstance(k, str)}
     return head in params or head in KNOWN_PARAMETERS or head in shown or head == "parameters" or any(
@@ -146,8 +156,20 @@ def named(message: str, params: dict) -> bool:
     ) or any(head.endswith("...") and s.startswith(head[:-3]) for s in shown)
 
 
+@pytest.mark.parametrize("key", [": ", "", " ", " a", "a:b", "a: b", ":", "x" * 10 + ": y"])
+def test_a_parameter_name_holding_a_colon_or_blanks_is_named_unambiguously(key: str) -> None:
+    """A name holding ": " (or empty, or blank at an end) was shown as is:
+    ": : unknown parameter" named no parameter a customer could find."""
+    (message,) = validate({key: None}).warnings
+    assert message.startswith('"'), message
+    quoted, end = json.JSONDecoder().raw_decode(message)
+    assert message[end:] == ": unknown parameter, not forwarded to the CDN"
+    assert quoted == key or (quoted.endswith("...") and key.startswith(quoted[:-3]))
+
+
 @SETTINGS
 @given(parameters)
+@example({": ": None})
 def test_validate_never_raises_names_a_parameter_and_is_deterministic(params: dict) -> None:
     counted("validate")
     verdict = validate(params)

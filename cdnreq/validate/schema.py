@@ -145,14 +145,22 @@ def _show(value: Any) -> str:
 
 
 def _show_name(name: Any) -> str:
-    """A parameter name as it appears in a message: escaped but unquoted, cut to 60 characters."""
+    """A parameter name as it appears in a message: escaped but unquoted, cut
+    to 60 characters; quoted as JSON when it could not be read back from the
+    message unquoted (empty, blank at an end, or holding the ":" that ends
+    the name in "name: problem")."""
     if not isinstance(name, str):  # JSON keys are strings; a Python caller may do otherwise
         return _show(name)
     if len(name) <= _SHOW_LIMIT:
         plain = json.dumps(name)[1:-1]
         if len(plain) <= _SHOW_LIMIT:
-            return plain
-    return _cut(_escaped(name), "", "")
+            return json.dumps(name) if _ambiguous(plain) else plain
+    cut = _cut(_escaped(name), "", "")
+    return json.dumps(cut) if _ambiguous(cut) else cut
+
+
+def _ambiguous(shown: str) -> bool:
+    return not shown or shown != shown.strip() or ":" in shown or shown.startswith('"')
 
 
 show_value = _show
