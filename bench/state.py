@@ -27,7 +27,8 @@ from cdnreq.listing import read_listing
 from cdnreq.model import InstanceGuid
 from cdnreq.reconcile.domains import Domains
 from cdnreq.decide.gate import DomainPolicy
-from cdnreq.decide.plan import Policy, Quiet, new_record, plan, spec_hash
+from cdnreq.decide.actions import IdleCache
+from cdnreq.decide.plan import Policy, new_record, plan, spec_hash
 from cdnreq.reconcile.tick import collector_paused
 from cdnreq.decide.transitions import compose, polled, published, requested
 from cdnreq.model import InstanceAnswer
@@ -142,7 +143,7 @@ async def main(size: int) -> None:
     state = rss_mb()
     print(f"RSS with the state built: {state:.0f} MB")
 
-    quiet = Quiet()
+    idle = IdleCache()
     for tick in range(3):
         with collector_paused():
             t0 = time.perf_counter()
@@ -150,7 +151,8 @@ async def main(size: int) -> None:
             t1 = time.perf_counter()
             step = await domains.step(listing.instances, known, time.time(), 2 + tick)
             t2 = time.perf_counter()
-            the_plan = plan(listing, known, time.time(), policy, gates=step.gates, ownership=domains.index, quiet=quiet)
+            the_plan = plan(listing, known, time.time(), policy, gates=step.gates, ownership=domains.index, idle=idle)
+            idle = the_plan.idle
             t3 = time.perf_counter()
         print(
             f"idle tick {tick}: parse {t1 - t0:.2f} s, domains {t2 - t1:.2f} s,"
@@ -168,7 +170,7 @@ async def main(size: int) -> None:
         ("host index", domains.index),
         ("gate cache (settled)", domains._settled),
         ("verdict cache and lookup schedule", (domains._verdicts, domains._next_lookup)),
-        ("quiet memo", quiet.entries),
+        ("idle cache", idle.entries),
         ("one tick's listing (transient)", listing),
     ]
     for name, part in parts:

@@ -26,7 +26,8 @@ from cdnreq.decide.guards import (
     removal_guard,
     window,
 )
-from cdnreq.decide.plan import Kind, Policy, held_records, new_record, plan
+from cdnreq.decide.plan import Kind, Policy, new_record, plan
+from cdnreq.decide.removals import held_records
 from cdnreq.decide.operator import OperatorAction
 from cdnreq.store import Store
 

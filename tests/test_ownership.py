@@ -12,7 +12,8 @@ from cdnreq.model import HostClaim, InstanceAnswer, InstanceGuid, Phase, Request
 from cdnreq.decide import transitions as records
 from cdnreq.reconcile.execute import execute
 from cdnreq.decide.gate import Gate, Status
-from cdnreq.decide.plan import Kind, Policy, Quiet, new_record, plan, plan_decided
+from cdnreq.decide.actions import IdleCache
+from cdnreq.decide.plan import Kind, Policy, new_record, plan, plan_decided
 from tests.test_domains import LABEL, NOW, PENDING_MAX_S, DAY, challenge, domains, dns, instance, record  # noqa: F401
 from tests.test_execute import SETTINGS, FakeMaster
 from tests.test_plan import RETAIN, POLICY, Owners, inst, known, listing, live, ok_gate
@@ -89,15 +90,15 @@ async def test_retained_owner_that_lost_its_host_is_refused_on_return_unchanged(
         assert out.gates[b].ok and d.index.owns(b, SHOP)
 
 
-def test_quiet_memo_does_not_keep_an_old_gate_of_a_loser() -> None:
-    """The memo is keyed on gate identity: a loser's new gate is planned afresh."""
+def test_idle_cache_does_not_keep_an_old_gate_of_a_loser() -> None:
+    """The idle cache is keyed on gate identity: a loser's new gate is planned afresh."""
     a = inst("A")
     record_ = replace(live(a), served=(SHOP,))
-    quiet = Quiet()
     first = ok_gate(a, (SHOP,))
-    assert plan(listing(a), known(record_), NOW, POLICY, gates={"A": first}, ownership=Owners(**{SHOP: "A"}), quiet=quiet).actions == ()
+    idle = plan(listing(a), known(record_), NOW, POLICY, gates={"A": first}, ownership=Owners(**{SHOP: "A"}), idle=IdleCache())
+    assert idle.actions == ()
     refused = Gate(Status.INVALID, hosts=(SHOP,), error=f"custom_domain: {ALREADY_USED}", extras={"message": ALREADY_USED})
-    p = plan(listing(a), known(record_), NOW, POLICY, gates={"A": refused}, ownership=Owners(**{SHOP: "B"}), quiet=quiet)
+    p = plan(listing(a), known(record_), NOW, POLICY, gates={"A": refused}, ownership=Owners(**{SHOP: "B"}), idle=idle.idle)
     assert kinds(p) == [(Kind.DESTROY, "A")] and not p.actions[0].forget
 
 
@@ -107,9 +108,8 @@ def test_quiet_memo_does_not_keep_an_old_gate_of_a_loser() -> None:
 async def test_request_waits_while_another_entry_serves_the_host_and_says_why() -> None:
     old, new = inst("OLD"), inst("NEW")
     serving = replace(live(old), phase=Phase.RETAINED, served=(SHOP,), gone_at=NOW - 10)
-    quiet = Quiet()
     gates = {"NEW": ok_gate(new, (SHOP,))}
-    p = plan(listing(new), known(serving), NOW, RETAIN, gates=gates, ownership=Owners(**{SHOP: "NEW"}), quiet=quiet)
+    p = plan(listing(new), known(serving), NOW, RETAIN, gates=gates, ownership=Owners(**{SHOP: "NEW"}), idle=IdleCache())
     assert (Kind.REQUEST, "NEW") not in kinds(p)
     (publish,) = [a for a in p.actions if a.guid == "NEW"]
     assert publish.kind is Kind.PUBLISH and publish.gate.status is Status.PENDING
@@ -117,15 +117,15 @@ async def test_request_waits_while_another_entry_serves_the_host_and_says_why() 
     assert (Kind.DESTROY, "OLD") in kinds(p) and p.counts["waiting_previous"] == 1
     out = (await run([publish], Master()))["NEW"]
     assert out.record.last_error == publish.gate.extras["message"]  # what `cdnreq status` says
-    # destroy sent, not yet read back: still serving, and the memo did not keep NEW as quiet
+    # destroy sent, not yet read back: still serving, and the idle cache did not keep NEW
     sent = records.destroy_sent(serving, NOW, keep=True)
     waiting = replace(p.updates[0], published=records.shown_digest(records.compose(None, publish.gate, False)))
-    p = plan(listing(new), known(sent, waiting), NOW + 1, RETAIN, gates=gates, ownership=Owners(**{SHOP: "NEW"}), quiet=quiet)
+    p = plan(listing(new), known(sent, waiting), NOW + 1, RETAIN, gates=gates, ownership=Owners(**{SHOP: "NEW"}), idle=p.idle)
     assert kinds(p) == [(Kind.POLL, "OLD")] and p.actions[0].forget is False
     # read back gone: NEW is requested
     cleared = records.confirmed(sent, NOW + 2)
     assert cleared is not None and cleared.served is None and cleared.phase is Phase.RETAINED
-    p = plan(listing(new), known(cleared, waiting), NOW + 2, RETAIN, gates=gates, ownership=Owners(**{SHOP: "NEW"}), quiet=quiet)
+    p = plan(listing(new), known(cleared, waiting), NOW + 2, RETAIN, gates=gates, ownership=Owners(**{SHOP: "NEW"}), idle=p.idle)
     assert kinds(p) == [(Kind.REQUEST, "NEW")]
 
 

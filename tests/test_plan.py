@@ -6,7 +6,8 @@ import pytest
 
 from cdnreq.model import Listing
 from cdnreq.model import InstanceGuid, Phase, Record, RequestedState, SharedInstance, shown_digest
-from cdnreq.decide.plan import Kind, Policy, held_records, new_record, plan
+from cdnreq.decide.plan import Kind, Policy, new_record, plan
+from cdnreq.decide.removals import held_records
 
 NOW = 1_000_000.0
 POLICY = Policy(request_prefix="cdnreq-", spec_hash="spec-1")
@@ -408,54 +409,54 @@ def test_live_entries_are_read_back_now_and_then():
     assert plan(listing(a), known(record), NOW, POLICY).actions == ()  # 0: never
 
 
-# -- the quiet memo: an idle tick skips what cannot have changed ---------------------------
+# -- the idle cache: an idle tick skips what cannot have changed ---------------------------
 
 
-def test_quiet_memo_gives_the_same_answers_as_a_full_plan():
+def test_idle_cache_gives_the_same_answers_as_a_full_plan():
+    from cdnreq.decide.actions import IdleCache
     from cdnreq.decide.gate import Gate
-    from cdnreq.decide.plan import Quiet
 
     a, b = inst("A"), inst("B")
     gates = {"A": Gate.accept(a), "B": Gate.accept(b)}
     records = known(live(a), live(b))
-    quiet = Quiet()
-    first = plan(listing(a, b), records, NOW, POLICY, gates=gates, quiet=quiet)
-    assert first.actions == () and set(quiet.entries) == {"A", "B"}
-    again = plan(listing(a, b), records, NOW + 1, POLICY, gates=gates, quiet=quiet)
+    empty = IdleCache()
+    first = plan(listing(a, b), records, NOW, POLICY, gates=gates, idle=empty)
+    assert first.actions == () and set(first.idle.entries) == {"A", "B"}
+    assert empty.entries == {}  # returned, never written into
+    again = plan(listing(a, b), records, NOW + 1, POLICY, gates=gates, idle=first.idle)
     assert again.actions == () and again.counts["unchanged"] == 2
 
     # the customer stopped A: same record, same gate, but another state
     stopped = SharedInstance.of("A", a.parameters, state="stopped")
-    p = plan(listing(stopped, b), records, NOW + 2, POLICY, gates=gates, quiet=quiet)
+    p = plan(listing(stopped, b), records, NOW + 2, POLICY, gates=gates, idle=again.idle)
     assert kinds(p) == [(Kind.UPDATE, "A")]
 
     # B's record changed (its answer was lost): a new record object is planned in full
     records = known(live(a), live(b, published=shown_digest({"other": "x"})))
-    quiet = Quiet()
-    plan(listing(a, b), known(live(a), live(b)), NOW, POLICY, gates=gates, quiet=quiet)
-    p = plan(listing(a, b), records, NOW + 1, POLICY, gates=gates, quiet=quiet)
+    seen = plan(listing(a, b), known(live(a), live(b)), NOW, POLICY, gates=gates, idle=IdleCache())
+    p = plan(listing(a, b), records, NOW + 1, POLICY, gates=gates, idle=seen.idle)
     assert kinds(p) == [(Kind.PUBLISH, "B")]
 
     # a new gate for A (its hosts changed): planned in full
-    p = plan(listing(a, b), records, NOW + 2, POLICY, gates={**gates, "A": Gate.accept(inst("A", url="https://new.example"))}, quiet=quiet)
+    p = plan(listing(a, b), records, NOW + 2, POLICY, gates={**gates, "A": Gate.accept(inst("A", url="https://new.example"))}, idle=p.idle)
     assert (Kind.UPDATE, "A") in kinds(p)
 
 
-def test_quiet_memo_still_reads_back_when_due_and_forgets_on_policy_change():
+def test_idle_cache_still_reads_back_when_due_and_forgets_on_policy_change():
+    from cdnreq.decide.actions import IdleCache
     from cdnreq.decide.gate import Gate
-    from cdnreq.decide.plan import Quiet
 
     a = inst("A")
     gates = {"A": Gate.accept(a)}
     every = replace(POLICY, verify_interval_s=500.0)
     record = live(a, updated_at=NOW)
-    quiet = Quiet()
-    assert plan(listing(a), known(record), NOW, every, gates=gates, quiet=quiet).actions == ()
-    assert plan(listing(a), known(record), NOW + 400, every, gates=gates, quiet=quiet).actions == ()
-    due = plan(listing(a), known(record), NOW + 600, every, gates=gates, quiet=quiet)
+    first = plan(listing(a), known(record), NOW, every, gates=gates, idle=IdleCache())
+    assert first.actions == ()
+    later = plan(listing(a), known(record), NOW + 400, every, gates=gates, idle=first.idle)
+    assert later.actions == ()
+    due = plan(listing(a), known(record), NOW + 600, every, gates=gates, idle=later.idle)
     assert kinds(due) == [(Kind.POLL, "A")]
-    # the technical CDN settings changed: the memo of the old policy is not used
-    quiet = Quiet()
-    plan(listing(a), known(record), NOW, POLICY, gates=gates, quiet=quiet)
-    moved = plan(listing(a), known(record), NOW + 1, replace(POLICY, spec_hash="spec-2"), gates=gates, quiet=quiet)
+    # the technical CDN settings changed: the cache of the old policy is not used
+    before = plan(listing(a), known(record), NOW, POLICY, gates=gates, idle=IdleCache())
+    moved = plan(listing(a), known(record), NOW + 1, replace(POLICY, spec_hash="spec-2"), gates=gates, idle=before.idle)
     assert kinds(moved) == [(Kind.UPDATE, "A")]

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from cdnreq.model import Event, HostClaim, InstanceGuid, Phase, Record
 from cdnreq.decide.guards import HeldRemovals, HeldUpdates
-from cdnreq.decide.plan import has_entry
+from cdnreq.decide.removals import has_entry
 from cdnreq.scrub import printable
 from cdnreq.validate.hosts import HostError, normalise_host
 

@@ -11,98 +11,21 @@ instance's entry may still serve it (a destroy counts once read back gone).
 
 from __future__ import annotations
 
-import enum
 import zlib
 from collections import Counter
-from dataclasses import dataclass, field, replace
-from typing import Collection, Iterable, Mapping, Protocol
+from typing import Collection, Iterable, Mapping
 
-from cdnreq.model import Listing
-from cdnreq.model import (
-    InstanceGuid,
-    Phase,
-    Record,
-    RequestedState,
-    SharedInstance,
-    digest,
-)
+from cdnreq.decide.actions import Action, Draft, IdleCache, Kind, Ownership, Plan, Policy
 from cdnreq.decide.gate import Gate, refused, waiting
-from cdnreq.decide.guards import Departures, counted, removal_guard
-from cdnreq.decide.transitions import destroy_pending, may_serve, needs_publish, resumed
+from cdnreq.decide.guards import Departures
+from cdnreq.decide.removals import Listed, confirm, destroy_sent, has_entry, lost_host, plan_removals
+from cdnreq.decide.transitions import needs_publish, resumed
+from cdnreq.model import InstanceGuid, Listing, Phase, Record, RequestedState, SharedInstance, digest
 from cdnreq.decide.served import ServedHosts
 from cdnreq.decide.titles import technical_title
 
 
 READ_BACK = "periodic read-back"  # also reads the customer's instance: see records.still_shown
-
-
-class Kind(str, enum.Enum):
-    REQUEST = "request"  # first request of a new instance on the technical CDN
-    UPDATE = "update"  # request again: parameters, state or CDN settings changed
-    POLL = "poll"  # read the technical entry's answer, which is still pending
-    PUBLISH = "publish"  # tell the customer something new, no request needed
-    DESTROY = "destroy"  # destroy the technical entry
-
-
-@dataclass(frozen=True, slots=True)
-class Action:
-    kind: Kind
-    record: Record
-    reason: str
-    instance: SharedInstance | None = None  # as listed; None when gone
-    gate: Gate | None = None  # what to request (OK) or to show the customer
-    forget: bool = True  # DESTROY: forget the instance after, or keep it without entry
-
-    @property
-    def guid(self) -> InstanceGuid:
-        return self.record.guid
-
-
-@dataclass(frozen=True, slots=True)
-class Policy:
-    """The configuration the planner depends on, and nothing else."""
-
-    request_prefix: str
-    spec_hash: str  # digest of the technical CDN's release, type and SLA
-    allow_empty: bool = False
-    max_destroy_fraction: float = 0.5
-    retention_s: float = 0.0
-    verify_interval_s: float = 0.0  # read live entries back this often (0: never)
-
-
-class Ownership(Protocol):
-    def owns(self, guid: str, host: str) -> bool: ...
-
-    def hosts_of(self, guid: str) -> set[str]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    actions: tuple[Action, ...]
-    updates: tuple[Record, ...] = ()  # stored before any call (new, held, retained, back)
-    forgets: tuple[InstanceGuid, ...] = ()  # gone without a technical entry: no call needed
-    held: tuple[Record, ...] = ()  # gone from the master, removal held back
-    hold_reason: str | None = None
-    counts: Mapping[str, int] = field(default_factory=dict)
-    fleet: int | None = None  # instances the removal guard judged against (None: no removal planned)
-    withheld: tuple[InstanceGuid, ...] = ()  # every removal held (held, and retained entries listed destroyed)
-    departed: tuple[InstanceGuid, ...] = ()  # the removals decided (counts["removed"]), for the guard's window
-
-
-class Quiet:
-    """Instances the last plan found with nothing to do, with the record and
-    the gate it saw.
-
-    Records are frozen and the domain step hands back the very same gate
-    while nothing about an instance's hosts changed, so the same record, gate
-    and requested state give the same answer again. An idle tick then skips
-    the publication digest and host checks for most instances. Rebuilt by
-    every plan, so it holds nothing of instances that left.
-    """
-
-    def __init__(self) -> None:
-        self.entries: dict[str, tuple[Record, Gate]] = {}
-        self.policy: Policy | None = None
 
 
 def spec_hash(software_release_uri: str, software_type: str, sla: Mapping[str, str]) -> str:
@@ -115,23 +38,6 @@ def new_record(guid: InstanceGuid, prefix: str, now: float) -> Record:
     )
 
 
-def destroy_sent(record: Record) -> bool:
-    """A destroy was sent (acknowledged, or timed out): done once read back gone."""
-    return destroy_pending(record)
-
-
-def has_entry(record: Record) -> bool:
-    """Whether a technical entry may exist for this record: requested, or a
-    request was sent whose answer was lost (a crash, a timeout the master
-    did not notice)."""
-    return (
-        record.param_hash is not None
-        or record.tech_guid is not None
-        or record.last_action in ("requesting", "request")
-        or may_serve(record)
-    )
-
-
 def plan(
     listing: Listing,
     known: Mapping[InstanceGuid, Record],
@@ -140,32 +46,51 @@ def plan(
     *,
     gates: Mapping[str, Gate] | None = None,
     ownership: Ownership | None = None,
-    quiet: Quiet | None = None,
+    idle: IdleCache | None = None,
     later: Collection[str] = frozenset(),
     recent: Iterable[Departures] = (),
     approved_removals: Collection[str] = frozenset(),
 ) -> Plan:
     """The tick's plan. Instances in `later` wait for DNS: they count as
     listed (never gone) but get no action here; `plan_decided` plans them.
+    `idle`: the cache the last plan returned (Plan.idle).
     `recent`: departures decided inside the removal guard's window.
     `approved_removals`: the held removals an operator approved; they go
     ahead when every removal the guard would hold is among them."""
-    counts: Counter[str] = Counter()
-    actions: list[Action] = []
-    updates: list[Record] = []
+    draft = Draft(now)
+    listed, next_idle = _plan_listed(draft, listing, known, policy, gates, ownership, idle, later)
+    _plan_unusable(draft, listing, known, policy)
+    removals = plan_removals(draft, listing, known, listed, policy, ownership, list(recent), approved_removals)
+    counts = draft.counted()
+    counts["forget"] = len(draft.forgets)
+    return Plan(
+        tuple(draft.actions), tuple(draft.updates), tuple(draft.forgets), removals.held, removals.hold_reason,
+        counts, removals.fleet, removals.withheld, removals.departed, idle=next_idle,
+    )
+
+
+
+
+def _plan_listed(
+    draft: Draft,
+    listing: Listing,
+    known: Mapping[InstanceGuid, Record],
+    policy: Policy,
+    gates: Mapping[str, Gate] | None,
+    ownership: Ownership | None,
+    idle: IdleCache | None,
+    later: Collection[str],
+) -> tuple[Listed, IdleCache]:
+    """Each listed instance, once: skipped when the idle cache says nothing
+    changed, else planned from its record and its gate."""
+    counts, now = draft.counts, draft.now
     seen: set[str] = set(listing.unusable)
     counts["unusable"] = len(listing.unusable)
     counts["anonymous"] = listing.anonymous
     counts["duplicate"] = listing.duplicates
-    destroyed: list[Record] = []  # the customer asked for it
-
-    def add(action: Action | None, record: Record) -> None:
-        _sort(action, record, now, actions, counts)
-
-    last: dict[str, tuple[Record, Gate]] = {}
+    destroyed: list[Record] = []
+    last = idle.entries if idle is not None and idle.policy == policy else {}
     still: dict[str, tuple[Record, Gate]] = {}
-    if quiet is not None and quiet.policy == policy:
-        last = quiet.entries
     unchecked = gates is None  # tools and tests: every instance as listed
     gates = gates or {}
     served = ServedHosts(known)
@@ -200,69 +125,22 @@ def plan(
                 counts["ungated"] += 1
                 continue
             gate = Gate.accept(instance)
-        record = _current(instance, record, now, policy, updates, counts)
+        record = _current(instance, record, now, policy, draft.updates, counts)
         action = _for_present(instance, gate, record, policy, ownership, now)
         action, held_back = _after_previous(action, served, counts)
-        add(action, record)
+        draft.add(action, record)
         if action is None and not held_back and gate is gates.get(guid):
             still[guid] = (record, gate)
-    for guid, reason in listing.unusable.items():
-        record = known.get(InstanceGuid(guid)) or _reserved(InstanceGuid(guid), now, policy, updates)
-        if (told := _told(record, reason)) is not None:
-            add(told, record)
     counts["unchanged"] += unchanged
-    if quiet is not None:
-        quiet.entries, quiet.policy = still, policy
+    return Listed(seen, destroyed), IdleCache(still, policy)
 
-    gone = destroyed + [r for g, r in known.items() if g not in seen]
-    confirming = [r for r in gone if destroy_sent(r)]
-    departing = [r for r in gone if r.phase is not Phase.RETAINED and not destroy_sent(r)]
-    retained = [r for r in gone if r.phase is Phase.RETAINED and not destroy_sent(r)]
-    explicit = {r.guid for r in destroyed}
-    # a retained entry the master lists destroyed loses its retention now, on
-    # the master's word: guarded like a departure
-    ending = [r for r in retained if r.guid in explicit and has_entry(r)]
-    # the fleet the master can still remove: entries already gone (retained
-    # for 90 days, destroys awaiting read-back) must not dilute the guard
-    fleet = len(known) - len(confirming) - len(retained) + len(ending)
-    held: tuple[Record, ...] = ()
-    recent = list(recent)
-    leaving = [r.guid for r in (*departing, *ending)]
-    again = len(counted(recent, leaving))  # decided at an earlier tick, not done yet
-    hold_reason = removal_guard(listing, fleet, len(leaving), policy, recent, again)
-    withheld: tuple[InstanceGuid, ...] = ()
-    if hold_reason is not None:
-        withheld = tuple(r.guid for r in (*departing, *ending))
-        if approved_removals and all(g in approved_removals for g in withheld):
-            hold_reason, withheld = None, ()
-            counts["approved_removals"] = len(departing) + len(ending)
-    forgets: list[InstanceGuid] = []
-    departed: tuple[InstanceGuid, ...] = ()
-    if hold_reason is not None:
-        held = tuple(departing)
-        counts["held"] = len(held) + len(ending)
-        departing = []
-        explicit -= {r.guid for r in ending}  # kept retained
-    else:
-        counts["removed"] += len(ending)
-        departed = tuple(leaving)
-    for record in departing:
-        counts["removed"] += 1
-        action = _departure(record, record.guid in explicit, now, policy, ownership, updates, forgets)
-        if action is not None:
-            add(action, record)
-    for record in retained:
-        action = _retention(record, record.guid in explicit, now, policy, ownership, forgets)
-        if action is not None:
-            add(action, record)
-    for record in confirming:  # a destroy counts once read back: a master may drop one
-        add(_confirm(record, None), record)
-    for action in actions:
-        counts[action.kind.value] += 1
-    counts["forget"] = len(forgets)
-    return Plan(
-        tuple(actions), tuple(updates), tuple(forgets), held, hold_reason, dict(counts), fleet, withheld, departed
-    )
+
+def _plan_unusable(draft: Draft, listing: Listing, known: Mapping[InstanceGuid, Record], policy: Policy) -> None:
+    """An entry the master listed in a form cdnreq cannot use: its customer is told why, once."""
+    for guid, reason in listing.unusable.items():
+        record = known.get(InstanceGuid(guid)) or _reserved(InstanceGuid(guid), draft.now, policy, draft.updates)
+        if (told := _told(record, reason)) is not None:
+            draft.add(told, record)
 
 
 def plan_decided(
@@ -278,38 +156,20 @@ def plan_decided(
     """The part of the plan `plan(..., later=...)` left out: instances whose
     gates DNS has just decided, and retained entries (`losers`, without an
     action yet) that may have lost a host to one of them."""
-    counts: Counter[str] = Counter()
-    actions: list[Action] = []
-    updates: list[Record] = []
-
-    def add(action: Action | None, record: Record) -> None:
-        _sort(action, record, now, actions, counts)
-
+    draft = Draft(now)
     served = ServedHosts(known)
     decided: set[str] = set()
     for instance in instances:
         decided.add(instance.guid)
-        record = _current(instance, known.get(instance.guid), now, policy, updates, counts)
+        record = _current(instance, known.get(instance.guid), now, policy, draft.updates, draft.counts)
         action = _for_present(instance, gates[instance.guid], record, policy, ownership, now)
-        add(_after_previous(action, served, counts)[0], record)
+        draft.add(_after_previous(action, served, draft.counts)[0], record)
     for record in losers:  # retained, or listed and no longer naming the host (planned before)
         if record.guid in decided or destroy_sent(record):
             continue
-        if has_entry(record) and _lost_host(record, ownership):
-            add(Action(Kind.DESTROY, record, "a host it served was proven by another entry", forget=False), record)
-    for action in actions:
-        counts[action.kind.value] += 1
-    return Plan(tuple(actions), tuple(updates), counts=dict(counts))
-
-
-def _sort(action: Action | None, record: Record, now: float, actions: list[Action], counts: Counter[str]) -> None:
-    """An action goes to the plan unless there is none, or its record is backing off."""
-    if action is None:
-        counts["unchanged"] += 1
-    elif record.retry_at is not None and record.retry_at > now:
-        counts["backoff"] += 1
-    else:
-        actions.append(action)
+        if has_entry(record) and lost_host(record, ownership):
+            draft.add(Action(Kind.DESTROY, record, "a host it served was proven by another entry", forget=False), record)
+    return Plan(tuple(draft.actions), tuple(draft.updates), counts=draft.counted())
 
 
 def _current(
@@ -356,8 +216,8 @@ def _for_present(
     now: float,
 ) -> Action | None:
     if destroy_sent(record):  # nothing is requested before the old entry is read back gone
-        return _confirm(record, gate)
-    if has_entry(record) and _lost_host(record, ownership):
+        return confirm(record, gate)
+    if has_entry(record) and lost_host(record, ownership):
         return Action(Kind.DESTROY, record, "a host it serves is no longer proven for it", instance, gate, forget=False)
     if not gate.ok:
         return Action(Kind.PUBLISH, record, gate.status.value, instance, gate) if needs_publish(record, gate) else None
@@ -398,12 +258,6 @@ def _spread(guid: str) -> float:
     return 1.0 + (zlib.crc32(guid.encode("utf-8", "surrogatepass")) % 1000) / 10000
 
 
-def _confirm(record: Record, gate: Gate | None) -> Action:
-    """Read back a destroyed entry (the instance is not passed: the executor
-    confirms, it does not request); a listed instance is kept after."""
-    return Action(Kind.POLL, record, "confirm the destroy", None, gate, forget=record.phase is Phase.REMOVING)
-
-
 def _after_previous(action: Action | None, served: ServedHosts, counts: Counter[str]) -> tuple[Action | None, bool]:
     """A request naming a host that another instance's entry still serves
     waits until that entry is read back gone: two technical entries never
@@ -420,66 +274,3 @@ def _after_previous(action: Action | None, served: ServedHosts, counts: Counter[
     return Action(Kind.PUBLISH, action.record, "waiting for a previous entry to be removed", action.instance, gate), True
 
 
-def _lost_host(record: Record, ownership: Ownership | None) -> bool:
-    return ownership is not None and any(not ownership.owns(record.guid, h) for h in record.served or ())
-
-
-def _departure(
-    record: Record,
-    explicit: bool,
-    now: float,
-    policy: Policy,
-    ownership: Ownership | None,
-    updates: list[Record],
-    forgets: list[InstanceGuid],
-) -> Action | None:
-    """An instance that just left the master (or was destroyed by its customer)."""
-    owns = ownership is not None and bool(ownership.hosts_of(record.guid))
-    if policy.retention_s > 0 and (has_entry(record) or owns):
-        kept = replace(record, phase=Phase.RETAINED, gone_at=now, last_action="retain", updated_at=now)
-        if explicit and has_entry(record):
-            return Action(Kind.DESTROY, kept, "destroyed by the customer", forget=False)
-        updates.append(kept)
-        return None
-    if has_entry(record):
-        return Action(Kind.DESTROY, record, "removed from the master")
-    return _by_title(record, "removed from the master")
-
-
-def _retention(
-    record: Record,
-    explicit: bool,
-    now: float,
-    policy: Policy,
-    ownership: Ownership | None,
-    forgets: list[InstanceGuid],
-) -> Action | None:
-    """An instance already gone: destroyed when its retention ends, or sooner
-    when its customer asks or another entry proved one of its hosts."""
-    gone_at = record.gone_at if record.gone_at is not None else record.updated_at
-    if now >= gone_at + policy.retention_s:
-        if has_entry(record):
-            return Action(Kind.DESTROY, record, "retention period over")
-        return _by_title(record, "retention period over")
-    if has_entry(record) and explicit:
-        return Action(Kind.DESTROY, record, "destroyed by the customer", forget=False)
-    if has_entry(record) and _lost_host(record, ownership):
-        return Action(Kind.DESTROY, record, "a host it served was proven by another entry", forget=False)
-    return None
-
-
-def _by_title(record: Record, reason: str) -> Action:
-    """No entry known, but a restore or a lost store may hide one that still
-    serves the hosts: destroyed by title (a no-op when there is none), then
-    forgotten."""
-    return Action(Kind.DESTROY, record, f"{reason}; no technical entry known, destroyed by title")
-
-
-def held_records(plan_: Plan, now: float) -> Iterable[Record]:
-    """Held records, marked REMOVING; unchanged ones already were."""
-    error = f"removal held: {plan_.hold_reason}"
-    for record in plan_.held:
-        if record.phase is not Phase.REMOVING or record.last_error != error:
-            yield replace(
-                record, phase=Phase.REMOVING, last_action="hold", last_error=error, updated_at=now
-            )

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from cdnreq.decide.plan import Kind, Plan, has_entry, held_records
+from cdnreq.decide.actions import Kind, Plan
+from cdnreq.decide.removals import has_entry, held_records
 from cdnreq.decide.transitions import requesting
 from cdnreq.model import Event, Record
 

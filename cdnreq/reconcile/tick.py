@@ -33,10 +33,10 @@ from cdnreq.reconcile.execute import Outcome, execute
 from cdnreq.reconcile.report import INTERRUPTED, TickReport
 from cdnreq.reconcile.snapshot import Snapshot, snapshot_of
 from cdnreq.reconcile.guardrun import GuardRun
+from cdnreq.decide.actions import IdleCache
 from cdnreq.decide.plan import (
     Kind,
     Plan,
-    Quiet,
     plan,
     plan_decided,
 )
@@ -106,14 +106,14 @@ class Reconciler:
         self.read_secret = read_secret  # `cdnreq plan` must not create a missing secret
         self.known: dict[InstanceGuid, Record] | None = None
         self.domains: Domains | None = None
-        self.quiet = Quiet()
+        self.idle = IdleCache()
         self._quiet_progress = False
         self._streaks: dict[str, Any] | None = None
 
     async def load(self) -> None:
         """Read the store (and the domain secret) into memory."""
         secret = self.read_secret(self.config.secret_path())
-        self.quiet = Quiet()
+        self.idle = IdleCache()
         self.known = await self.store.load()
         self.domains = Domains(
             policy=domain_policy_of(self.config),
@@ -292,11 +292,12 @@ class Reconciler:
             policy_of(self.config),
             gates=run.first.gates,
             ownership=self.domains.index,
-            quiet=self.quiet,
+            idle=self.idle,
             later=run.later,
             recent=guard.recent,
             approved_removals=guard.approved_removals,
         )
+        self.idle = the_plan.idle or IdleCache()
         the_plan = guard.sift(the_plan)
         report.hold_reason = the_plan.hold_reason
         report.held_removals = the_plan.counts.get("held", 0)  # retained entries listed destroyed too
