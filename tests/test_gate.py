@@ -22,8 +22,8 @@ from cdnreq.decide.gate import (
     HostIndex,
     Status,
     decide,
-    wanted_names,
 )
+from cdnreq.decide.proofs import host_names
 from cdnreq.validate.hosts import registrable_domain
 from cdnreq.validate.verdict import validate
 
@@ -83,16 +83,19 @@ def run(
     policy: DomainPolicy = POLICY,
     now: float = NOW,
 ) -> tuple[Gate, Claims]:
-    return decide(
+    index = index if index is not None else HostIndex()
+    gate, claims = decide(
         inst,
         validate(inst.parameters),
-        index=index if index is not None else HostIndex(),
+        index=index,
         active=active if active is not None else {inst.guid},
         challenge=challenge,
         lookups=lookups or {},
         policy=policy,
         now=now,
     )
+    index.apply(claims)  # as the domain step does before deciding the next instance
+    return gate, claims
 
 
 def own(index: HostIndex, guid: str, custom_domain: str, aliases: str | None = None, *, active: set[str] | None = None) -> None:
@@ -111,6 +114,7 @@ def own(index: HostIndex, guid: str, custom_domain: str, aliases: str | None = N
         policy=POLICY,
         now=NOW - DAY,
     )
+    index.apply(claims)
     assert gate.status is Status.OK, gate
     assert {c.host for c in claims.upserts} == set(verdict.hosts)
 
@@ -199,6 +203,11 @@ def test_pending_is_proven(custom_domain, aliases, records, expected) -> None:
         assert index.by_host == {}
         assert gate.forward is None
         assert set(gate.pending) <= set(verdict.hosts) and gate.pending
+
+
+def wanted_names(verdict, guid, index, active, policy) -> list[str]:
+    """Every TXT name the domain step may ask for an instance (proofs.host_names, flattened)."""
+    return [name for names in host_names(verdict, guid, index, active, policy) for name in names]
 
 
 def test_wanted_names() -> None:
@@ -678,3 +687,22 @@ def test_recheck_wildcard_falls_back_to_txt_with_targets() -> None:
     assert recheck.verdict(claim, CH, txt_answers(claim), pointing, TARGETS) == "failing"
     proven = txt_answers(claim, example_com=found(f"{LABEL}.example.com", CH.token))
     assert recheck.verdict(claim, CH, proven, None, TARGETS) == "ok"
+
+
+def test_decide_is_pure_the_caller_applies_its_claims() -> None:
+    """gate.decide returns the index changes as data: the index it reads is
+    unchanged until HostIndex.apply, which gives what decide used to write."""
+    index = HostIndex()
+    own(index, OWNER_A, "example.com", "www.example.com *.example.com")
+    before, touched_before = snapshot(index), index.take_touched()
+    inst = instance(GUID, "www.example.com")
+    ch = challenge_for(GUID, inst)
+    lookups = lookups_for(found(f"{LABEL}.www.example.com", ch.token), absent(f"{LABEL}.example.com"))
+    gate, claims = decide(inst, validate(inst.parameters), index=index, active={GUID}, challenge=ch,
+                          lookups=lookups, policy=POLICY, now=NOW)
+    assert gate.status is Status.OK and claims.upserts and claims.deletes == ("*.example.com",)
+    assert snapshot(index) == before and index.take_touched() == set()
+    assert touched_before == {OWNER_A}
+    index.apply(claims)
+    assert index.owns(GUID, "www.example.com") and index.hosts_of(OWNER_A) == {"example.com"}
+    assert index.take_touched() == {GUID, OWNER_A}

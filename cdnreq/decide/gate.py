@@ -104,6 +104,13 @@ class HostIndex:
             _remove(self.by_domain, old.registrable, host)
             self.touched.add(old.guid)
 
+    def apply(self, claims: "Claims") -> None:
+        """What gate.decide decided: the rivals' hosts go, the new claims come."""
+        for host in claims.deletes:
+            self.drop(host)
+        for claim in claims.upserts:
+            self.put(claim)
+
     def take_touched(self) -> set[str]:
         touched, self.touched = self.touched, set()
         return touched
@@ -157,24 +164,8 @@ class Claims:
     """What the gate decided about hosts this tick."""
 
     upserts: tuple[HostClaim, ...] = ()
-    deletes: tuple[str, ...] = ()
+    deletes: tuple[str, ...] = ()  # rivals' hosts that go (those it claims itself are replaced)
     taken_from: tuple[InstanceGuid, ...] = ()  # retained instances that lost a host
-
-
-def wanted_names(
-    verdict: Verdict, guid: str, index: HostIndex, active: set[str], policy: DomainPolicy
-) -> list[str]:
-    """The DNS names to look up for an instance's unproven hosts."""
-    if not verdict.ok or not verdict.registrable:
-        return []
-    names: list[str] = []
-    for host in verdict.hosts:
-        if index.owns(guid, host):
-            continue
-        if index.blocking(host, verdict.registrable, guid, active):
-            return []  # refused anyway: no need to ask DNS
-        names.extend(f"{policy.label}.{n}" for n in proof_names(host, verdict.registrable))
-    return names
 
 
 def decide(
@@ -188,8 +179,9 @@ def decide(
     policy: DomainPolicy,
     now: float,
 ) -> tuple[Gate, Claims]:
-    """The gate for one instance; claims are applied to `index` at once, so a
-    later instance of the same tick sees them."""
+    """The gate for one instance and the claims it makes, decided from
+    `index` as it is; the caller applies the claims (HostIndex.apply) before
+    deciding the next instance of the tick, which must see them."""
     guid = instance.guid
     if not verdict.ok:
         return _invalid(verdict, verdict.errors), Claims()
@@ -211,20 +203,19 @@ def decide(
     still = [h for h in unproven if not _proven(h, verdict.registrable, challenge.token, lookups, policy)]
     if still:
         return _pending(verdict, still, challenge, policy), Claims()
-    upserts: list[HostClaim] = []
-    deletes: list[str] = []
+    upserts: dict[str, HostClaim] = {}
+    deletes: dict[str, None] = {}  # in order, once each
     taken_from: set[InstanceGuid] = set()
     for host in unproven:
         for rival in index.rivals(host, verdict.registrable, guid):
+            if rival.host in upserts:
+                continue  # already replaced by this instance's own claim
             taken_from.add(rival.guid)  # retained, or no longer naming it: blocking ones refused above
-            index.drop(rival.host)
             if rival.host not in unproven:
-                deletes.append(rival.host)
-        claim = HostClaim(host, guid, verdict.registrable, now, now)
-        index.put(claim)
-        upserts.append(claim)
-    gate = _ok(instance, verdict, verdict.hosts, challenge, policy, index)
-    return gate, Claims(tuple(upserts), tuple(deletes), tuple(sorted(taken_from)))
+                deletes[rival.host] = None
+        upserts[host] = HostClaim(host, guid, verdict.registrable, now, now)
+    gate = _ok(instance, verdict, verdict.hosts, challenge, policy, index, upserts)
+    return gate, Claims(tuple(upserts.values()), tuple(deletes), tuple(sorted(taken_from)))
 
 
 def _proven(host: str, registrable: str, token: str, lookups: Mapping[str, Lookup], policy: DomainPolicy) -> bool:
@@ -239,10 +230,12 @@ def _field(verdict: Verdict, host: str) -> str:
     return "custom_domain" if host == verdict.custom_domain else "server-alias"
 
 
-def _warnings(verdict: Verdict, hosts: Iterable[str], index: HostIndex, policy: DomainPolicy) -> list[str]:
+def _warnings(
+    verdict: Verdict, hosts: Iterable[str], index: HostIndex, policy: DomainPolicy, new: Mapping[str, HostClaim]
+) -> list[str]:
     warnings = list(verdict.warnings)
     for host in hosts:
-        claim = index.by_host.get(host)
+        claim = new.get(host) or index.by_host.get(host)
         if claim is not None and claim.failing_since is not None:
             since = datetime.fromtimestamp(claim.failing_since, timezone.utc).date().isoformat()
             warnings.append(
@@ -273,8 +266,10 @@ def _ok(
     challenge: Challenge | None,
     policy: DomainPolicy,
     index: HostIndex,
+    new: Mapping[str, HostClaim] | None = None,
 ) -> Gate:
-    extras = _base_extras(verdict, challenge, policy, _warnings(verdict, hosts, index, policy))
+    """Accepted; `new`: the claims just decided, which replace the index's for their hosts."""
+    extras = _base_extras(verdict, challenge, policy, _warnings(verdict, hosts, index, policy, new or {}))
     return Gate(Status.OK, verdict.forward, forward_hash(instance, verdict), tuple(hosts), extras)
 
 

@@ -24,7 +24,7 @@ def host_names(
 ) -> list[tuple[str, ...]]:
     """For each host the instance does not own yet, the TXT names that may
     prove it, most specific first; none when an active rival makes DNS moot
-    (the same rule as gate.wanted_names)."""
+    (gate.decide refuses the same hosts)."""
     if not verdict.ok or not verdict.registrable:
         return []
     wanted: list[tuple[str, ...]] = []

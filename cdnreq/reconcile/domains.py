@@ -161,6 +161,7 @@ class Domains:
                 policy=self.policy,
                 now=now,
             )
+            self.index.apply(claims)  # the next instance of the tick sees them
             out.gates[guid] = gate
             out.counts[f"gate_{gate.status.value}"] += 1
             out.taken_from.update(claims.taken_from)
