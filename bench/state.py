@@ -169,7 +169,7 @@ async def main(size: int) -> None:
         ("challenges", domains.challenges),
         ("host index", domains.index),
         ("gate cache (settled)", domains._settled),
-        ("verdict cache and lookup schedule", (domains._verdicts, domains._next_lookup)),
+        ("verdict cache and lookup schedule", (domains._verdicts, domains.schedule.next_lookup)),
         ("idle cache", idle.entries),
         ("one tick's listing (transient)", listing),
     ]

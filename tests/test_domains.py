@@ -17,7 +17,8 @@ from cdnreq.dns.challenge import issue
 from cdnreq.dns.resolver import Resolver
 from cdnreq.model import Lookup
 from cdnreq.model import Challenge, Event, HostClaim, InstanceGuid, Phase, Record, SharedInstance, Title
-from cdnreq.reconcile.domains import PENDING_MAX_S, Domains, DomainStep
+from cdnreq.decide.asking import PENDING_MAX_S
+from cdnreq.reconcile.domains import Domains, DomainStep
 from cdnreq.decide.gate import DomainPolicy, Status
 from cdnreq.validate.verdict import validate
 

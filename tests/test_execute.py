@@ -11,7 +11,7 @@ import pytest
 
 from cdnreq.master import MasterRejected, MasterUnavailable
 from cdnreq.model import InstanceAnswer, InstanceGuid, Phase, SharedInstance, shown_digest
-from cdnreq.decide import transitions as records
+from cdnreq.decide import transitions
 from cdnreq.reconcile.execute import Settings, execute
 from cdnreq.decide.plan import Action, Kind, new_record
 
@@ -89,7 +89,7 @@ async def test_request_then_in_progress_message():
     assert outcome.ok
     assert [c[0] for c in master.calls] == ["request", "publish"]
     assert outcome.record.phase is Phase.REQUESTED
-    assert outcome.record.published == shown_digest(records.IN_PROGRESS) and outcome.shown == records.IN_PROGRESS
+    assert outcome.record.published == shown_digest(transitions.IN_PROGRESS) and outcome.shown == transitions.IN_PROGRESS
     assert outcome.record.tech_guid == "tech-cdnreq-A"
     assert [(e.action, e.outcome) for e in outcome.events] == [("request", "ok"), ("publish", "ok")]
 
@@ -108,7 +108,7 @@ async def test_poll_of_an_entry_that_lost_the_request_requests_again():
     master = FakeMaster(connection={"domain": "a.cdn"})
     base = request_action("A")
     record = replace(base.record, phase=Phase.REQUESTED, param_hash="h", tech_guid="tech-cdnreq-A",
-                     connection={}, published=shown_digest(records.IN_PROGRESS))
+                     connection={}, published=shown_digest(transitions.IN_PROGRESS))
 
     async def stale(instance_guid):
         await master._enter("get", instance_guid)
@@ -147,7 +147,7 @@ async def test_poll_of_a_lost_entry_requests_it_again():
     master = FakeMaster(lost={"tech-cdnreq-A"}, connection={})
     base = request_action("A")
     record = replace(base.record, phase=Phase.REQUESTED, param_hash="h", tech_guid="tech-cdnreq-A",
-                     connection={}, published=shown_digest(records.IN_PROGRESS))
+                     connection={}, published=shown_digest(transitions.IN_PROGRESS))
     outcome = (await run([Action(Kind.POLL, record, "waiting", base.instance)], master))["A"]
     assert [c[0] for c in master.calls] == ["get", "request"]
     assert outcome.ok and outcome.record.tech_guid == "tech-cdnreq-A"
@@ -158,7 +158,7 @@ async def test_poll_relays_a_new_answer():
     master = FakeMaster(connection={"domain": "a.cdn"})
     base = request_action("A")
     record = replace(base.record, phase=Phase.REQUESTED, param_hash="h", tech_guid="tech-cdnreq-A",
-                     connection={}, published=shown_digest(records.IN_PROGRESS))
+                     connection={}, published=shown_digest(transitions.IN_PROGRESS))
     outcome = (await run([Action(Kind.POLL, record, "waiting", base.instance)], master))["A"]
     assert [c[0] for c in master.calls] == ["get", "publish"]
     assert outcome.record.phase is Phase.LIVE
@@ -185,7 +185,7 @@ async def test_stop_prevents_new_actions():
 
 @pytest.mark.parametrize("failures,expected", [(1, 10.0), (2, 20.0), (3, 40.0), (10, 100.0)])
 def test_backoff_grows_and_caps(failures, expected):
-    delay = records.backoff_s("G", failures, 10.0, 100.0)
+    delay = transitions.backoff_s("G", failures, 10.0, 100.0)
     assert expected <= delay <= expected * 1.25
 
 

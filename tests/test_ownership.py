@@ -9,7 +9,7 @@ from dataclasses import replace
 from devtools.devdns import DevDns
 from cdnreq.master import MasterUnavailable
 from cdnreq.model import HostClaim, InstanceAnswer, InstanceGuid, Phase, RequestedState, SharedInstance
-from cdnreq.decide import transitions as records
+from cdnreq.decide import transitions
 from cdnreq.reconcile.execute import execute
 from cdnreq.decide.gate import Gate, Status
 from cdnreq.decide.actions import IdleCache
@@ -118,12 +118,12 @@ async def test_request_waits_while_another_entry_serves_the_host_and_says_why() 
     out = (await run([publish], Master()))["NEW"]
     assert out.record.last_error == publish.gate.extras["message"]  # what `cdnreq status` says
     # destroy sent, not yet read back: still serving, and the idle cache did not keep NEW
-    sent = records.destroy_sent(serving, NOW, keep=True)
-    waiting = replace(p.updates[0], published=records.shown_digest(records.compose(None, publish.gate, False)))
+    sent = transitions.destroy_sent(serving, NOW, keep=True)
+    waiting = replace(p.updates[0], published=transitions.shown_digest(transitions.compose(None, publish.gate, False)))
     p = plan(listing(new), known(sent, waiting), NOW + 1, RETAIN, gates=gates, ownership=Owners(**{SHOP: "NEW"}), idle=p.idle)
     assert kinds(p) == [(Kind.POLL, "OLD")] and p.actions[0].forget is False
     # read back gone: NEW is requested
-    cleared = records.confirmed(sent, NOW + 2)
+    cleared = transitions.confirmed(sent, NOW + 2)
     assert cleared is not None and cleared.served is None and cleared.phase is Phase.RETAINED
     p = plan(listing(new), known(cleared, waiting), NOW + 2, RETAIN, gates=gates, ownership=Owners(**{SHOP: "NEW"}), idle=p.idle)
     assert kinds(p) == [(Kind.REQUEST, "NEW")]
@@ -159,7 +159,7 @@ async def test_a_destroy_keeps_the_entry_until_it_reads_back_gone() -> None:
     out = (await run(p.actions, master))["OLD"]
     sent = out.record
     assert sent.tech_guid == old.tech_guid and sent.served == (SHOP,) and sent.phase is Phase.RETAINED
-    assert sent.param_hash is None and records.destroy_pending(sent)
+    assert sent.param_hash is None and transitions.destroy_pending(sent)
     # a destroy that failed is sent again, never taken as done
     failing = Master(destroy_error=MasterUnavailable("post", "HTTP 502: bad gateway", status=502))
     out = (await run(p.actions, failing))["OLD"]
@@ -218,13 +218,13 @@ async def test_an_instance_back_while_its_destroy_awaits_confirmation_proves_aga
 
 def test_back_while_destroy_awaits_confirmation_is_confirmed_not_resumed() -> None:
     a = inst("A")
-    removing = records.destroy_sent(replace(live(a), served=(SHOP,)), NOW - 5)
+    removing = transitions.destroy_sent(replace(live(a), served=(SHOP,)), NOW - 5)
     pending_gate = Gate(Status.PENDING, hosts=(SHOP,), extras={"message": "prove it"}, pending=(SHOP,))
     p = plan(listing(a), known(removing), NOW, RETAIN, gates={"A": pending_gate}, ownership=Owners())
     assert kinds(p) == [(Kind.POLL, "A")] and p.actions[0].forget is False and p.actions[0].instance is None
     (back,) = p.updates
     assert back.phase is Phase.NEW and back.tech_guid == removing.tech_guid
-    after = records.confirmed(back, NOW + 1)
+    after = transitions.confirmed(back, NOW + 1)
     assert after is not None and after.phase is Phase.NEW and after.tech_guid is None and after.served is None
 
 
@@ -271,7 +271,7 @@ def test_only_slapproxys_answer_for_a_destroyed_instance_counts_as_absent() -> N
 
 
 async def test_confirm_retries_on_other_5xx_and_forgets_on_the_absent_answer() -> None:
-    removing = records.destroy_sent(replace(live(inst("A")), served=(SHOP,)), NOW - 5)
+    removing = transitions.destroy_sent(replace(live(inst("A")), served=(SHOP,)), NOW - 5)
     p = plan(listing(inst("B")), known(removing, live(inst("B"))), NOW, POLICY)
     assert kinds(p) == [(Kind.POLL, "A")] and p.actions[0].forget
     other = Master(get_error=MasterUnavailable("get", "HTTP 500: injected", status=500, title="injected HTTP 500"))

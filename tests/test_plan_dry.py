@@ -19,7 +19,7 @@ from cdnreq.reconcile.execute import Feed
 from cdnreq.decide.gate import Gate, Status, refused
 from cdnreq.decide.guards import HeldUpdates
 from cdnreq.decide.plan import Action, Kind, Plan
-from cdnreq.reconcile.stages import DomainStep
+from cdnreq.decide.domainstep import DomainStep
 from cdnreq.reconcile.tick import TickReport
 from cdnreq.store import Store, StoreError
 

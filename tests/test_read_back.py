@@ -9,7 +9,7 @@ import pytest
 
 from cdnreq.master import MasterUnavailable
 from cdnreq.model import InstanceAnswer, InstanceGuid, Phase, SharedInstance, frozen_json, shown_digest
-from cdnreq.decide import transitions as records
+from cdnreq.decide import transitions
 from cdnreq.reconcile.execute import Settings, execute
 from cdnreq.decide.gate import Gate
 from cdnreq.decide.plan import READ_BACK, Action, Kind, new_record
@@ -48,7 +48,7 @@ def live(guid="A", reason=READ_BACK):
     gate = Gate.accept(instance)
     record = replace(new_record(InstanceGuid(guid), "cdnreq-", NOW), phase=Phase.LIVE, param_hash="h",
                      tech_guid=f"tech-{guid}", connection=frozen_json(ANSWER))
-    shown = records.compose(record.connection, gate, True)
+    shown = transitions.compose(record.connection, gate, True)
     record = replace(record, published=shown_digest(shown))
     return Action(Kind.POLL, record, reason, instance, gate), shown
 
@@ -72,7 +72,7 @@ async def run(action, master):
     ({"domain": "old.cdn.example", "port": 443}, False),
 ])
 def test_still_shown_compares_as_a_master_may_store(held, same):
-    assert records.still_shown(held, ANSWER) is same
+    assert transitions.still_shown(held, ANSWER) is same
 
 
 async def test_a_dropped_publication_is_published_again_at_the_read_back():

@@ -15,7 +15,7 @@ import pytest
 from cdnreq import render
 from cdnreq.master import MasterRejected
 from cdnreq.model import InstanceGuid, Phase
-from cdnreq.decide import transitions as records
+from cdnreq.decide import transitions
 from cdnreq.decide.plan import new_record
 from cdnreq.scrub import LIMIT, printable, scrub
 
@@ -70,7 +70,7 @@ def test_the_master_client_scrubs_title_and_detail():
     error = MasterRejected("slapos.post.v0.software_instance", f"HTTP 400: {HOSTILE_TITLE}", status=400,
                            title=HOSTILE_TITLE)
     assert leaks(error.title) == [] and leaks(error.detail) == [] and leaks(str(error)) == []
-    message, shown = records.rejection(error.title)
+    message, shown = transitions.rejection(error.title)
     assert leaks(message) == [] and leaks(json.dumps(shown, ensure_ascii=False)) == []
 
 

@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator, Iterable
 
 import pytest
 
-import cdnreq.reconcile.stages as stages_module
+import cdnreq.reconcile.domains as stages_module  # the chunk sizes it uses (decided in decide/asking.py)
 from cdnreq.config import Config
 from cdnreq.dns.challenge import issue, load_secret
 from cdnreq.model import Lookup

@@ -34,7 +34,7 @@ from cdnreq.reconcile.dry import ActionLog, DryStore, ReadOnlyMaster, read_secre
 from cdnreq.decide.gate import Gate, Status
 from cdnreq.decide.guards import HeldUpdates
 from cdnreq.decide.plan import Action, Kind, Plan
-from cdnreq.reconcile.stages import DomainStep
+from cdnreq.decide.domainstep import DomainStep
 from cdnreq.reconcile.tick import Reconciler, TickReport
 from cdnreq.scrub import printable
 from cdnreq.store import Store, start_refusal

@@ -83,7 +83,7 @@ class HostIndex:
         self.by_domain: dict[str, tuple[str, ...]] = {}
         self.touched: set[str] = set()  # guids whose claims changed since last taken
         # hosts whose owner has not named them, or not been listed, for
-        # confirm_ticks ticks: contestable (set by each tick, see Domains.contestable)
+        # confirm_ticks ticks: contestable (set by each tick, see decide/domainstep.contested)
         self.unnamed: frozenset[str] = frozenset()
         # hosts whose owner left the master fewer than confirm_ticks ticks ago: still blocking
         self.recent: frozenset[str] = frozenset()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Mapping
 
 from cdnreq.model import InstanceAnswer, Phase, Record, SharedInstance, canonical_json, frozen_json, shown_digest
@@ -36,11 +36,33 @@ def compose(connection: Mapping[str, Any] | None, gate: "Gate | None", requested
     return shown
 
 
-def needs_publish(record: Record, gate: "Gate") -> bool:
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """What to publish to the customer, and which of its two calls are due."""
+
+    shown: dict[str, Any]
+    error: str | None
+    send_connection: bool  # what it is shown changed
+    send_error: bool  # a new error to tell
+
+    @property
+    def due(self) -> bool:
+        return self.send_connection or self.send_error
+
+
+def publication(record: Record, gate: "Gate | None") -> Publication:
+    """The one publish rule: the planner asks it whether to publish, the
+    executor what to send after each call."""
     requested = record.param_hash is not None or record.tech_guid is not None
-    if shown_digest(compose(record.connection, gate, requested)) != record.published:
-        return True
-    return gate.error is not None and gate.error != record.published_error
+    shown = compose(record.connection, gate, requested)
+    error = gate.error if gate is not None else None
+    return Publication(
+        shown, error, shown_digest(shown) != record.published, error is not None and error != record.published_error
+    )
+
+
+def needs_publish(record: Record, gate: "Gate") -> bool:
+    return publication(record, gate).due
 
 
 def still_shown(held: Mapping[str, Any], shown: Mapping[str, Any]) -> bool:

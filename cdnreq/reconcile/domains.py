@@ -1,32 +1,35 @@
 """The domain step of a tick: validate, challenge, look up, decide.
 
-It holds what ownership needs between ticks (the host index, the challenges,
-a cache of verdicts by parameter hash). A tick's step runs in stages
-(DomainRun): what needs no DNS answer is decided at once, the rest by groups
-of registrable domains as their answers come in (cdnreq/decide/proofs.py),
-so requests start while DNS is still running; lookups are shared by many
-names at a time, with a bounded number in flight.
+Domains holds what ownership needs between ticks (the host index, the
+challenges, the caches of verdicts and settled gates, the lookup schedule,
+the unnamed-host streaks). A tick's step runs in stages (DomainRun): what
+needs no DNS answer is decided at once, the rest by groups of registrable
+domains as their answers come in, so requests start while DNS is still
+running. Every decision is made in cdnreq/decide/ (gate, asking, proofs,
+recheck, domainstep); this module looks names up and keeps the state.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import Any, AsyncIterator, Callable, Iterable, Mapping, Protocol
 
-from cdnreq.dns.challenge import issue
-from cdnreq.model import Lookup
-from cdnreq.model import Challenge, Event, HostClaim, InstanceGuid, Record, SharedInstance
 from cdnreq.decide import recheck
-from cdnreq.decide.guards import CONFIRM_TICKS, release_due
-from cdnreq.decide.gate import Claims, DomainPolicy, Gate, HostIndex, Status, decide
-from cdnreq.reconcile.stages import DomainRun, DomainStep
+from cdnreq.decide.asking import (
+    CHUNK_NAMES, CHUNKS_IN_FLIGHT, FIRST_CHUNK_NAMES, SLOW_CHUNK_S, LookupSchedule, chunk_lookups,
+    first_round, first_round_total,
+)
+from cdnreq.decide.domainstep import (
+    DomainStep, contested, saved_streaks, split_settled, unlisted_releases, unnamed_hosts,
+)
+from cdnreq.decide.gate import DomainPolicy, Gate, HostIndex, Status, decide
+from cdnreq.decide.guards import CONFIRM_TICKS
+from cdnreq.decide.proofs import Group, chunks, group, second_names
+from cdnreq.dns.challenge import issue
+from cdnreq.model import Challenge, Event, HostClaim, InstanceGuid, Lookup, Record, SharedInstance
 from cdnreq.validate.verdict import Verdict, validate
 
 __all__ = ["Domains", "DomainRun", "DomainStep", "Lookups"]
-
-
-PENDING_MIN_S = 0.0
-PENDING_MAX_S = 600.0
 
 
 class Lookups(Protocol):
@@ -59,15 +62,14 @@ class Domains:
         # parameters or claims can change them, so an idle tick reuses them.
         self._settled: dict[str, tuple[str, Gate]] = {}
         self._settled_policy = policy
-        # pending challenges are looked up less often as they age: (param_hash, next lookup)
-        self._next_lookup: dict[str, tuple[str, float]] = {}
+        self.schedule = LookupSchedule()  # pending challenges are looked up less often as they age
         # hosts their listed owner stopped naming: consecutive ticks (see
-        # contestable); and of those, the ones it no longer serves either
-        # (see _release_unlisted)
+        # decide/domainstep.contested); and of those, the ones it no longer
+        # serves either (see unlisted_releases)
         self.confirm_ticks = confirm_ticks
         saved = streaks if isinstance(streaks, Mapping) else {}
-        self._unnamed: dict[str, int] = _counts(saved.get("contest"))
-        self._unserved: dict[str, int] = _counts(saved.get("release"))
+        self._unnamed: dict[str, int] = saved_streaks(saved.get("contest"))
+        self._unserved: dict[str, int] = saved_streaks(saved.get("release"))
 
     def verdict(self, instance: SharedInstance) -> Verdict:
         cached = self._verdicts.get(instance.guid)
@@ -90,7 +92,7 @@ class Domains:
         can never win a host back on a gate from before."""
         self._verdicts.pop(guid, None)
         self._settled.pop(guid, None)
-        self._next_lookup.pop(guid, None)
+        self.schedule.forget(guid)
 
     def leave(self, guids: Iterable[str], now: float, tick: int | None) -> DomainStep:
         """Instances whose entry is being destroyed for good (removed, or
@@ -109,10 +111,7 @@ class Domains:
         return out
 
     def start(
-        self,
-        instances: Iterable[SharedInstance],
-        known: Mapping[InstanceGuid, Record],
-        now: float,
+        self, instances: Iterable[SharedInstance], known: Mapping[InstanceGuid, Record], now: float,
         tick: int | None = None,
     ) -> DomainRun:
         """Validate, issue challenges and decide what needs no DNS answer; see DomainRun."""
@@ -137,57 +136,50 @@ class Domains:
         out.merge(run.finish())
         return out
 
-    def _decide(
-        self,
-        order: Iterable[str],
-        present: Mapping[str, SharedInstance],
-        verdicts: Mapping[str, Verdict],
-        active: set[str],
-        asked: set[str],
-        lookups: Mapping[str, Lookup],
-        now: float,
-        tick: int | None,
-        out: DomainStep,
-    ) -> None:
+    def streaks(self) -> dict[str, dict[str, int]] | None:
+        """The unnamed-host streaks, stored between ticks (a restart or
+        `cdnreq once` must not start them again from nothing); None when empty."""
+        if not self._unnamed and not self._unserved:
+            return None
+        return {"contest": dict(self._unnamed), "release": dict(self._unserved)}
+
+    # -- applying what decide/ decided ------------------------------------------
+
+    def _begin(self, verdicts: Mapping[str, Verdict], active: set[str]) -> None:
+        """The index as this tick sees it: which hosts may be contested."""
+        unnamed, absent = unnamed_hosts(self.index, verdicts, active)
+        self._unnamed, self.index.unnamed = contested(self._unnamed, unnamed | absent, self.confirm_ticks)
+        self.index.recent = absent - self.index.unnamed
+
+    def _decide(self, run: DomainRun, order: Iterable[str], lookups: Mapping[str, Lookup], out: DomainStep) -> None:
         """Gates in decision order: the first to prove a host keeps it."""
         for guid in order:
+            instance = run.present[guid]
             gate, claims = decide(
-                present[guid],
-                verdicts[guid],
-                index=self.index,
-                active=active,
-                challenge=self.challenges.get(InstanceGuid(guid)),
-                lookups=lookups,
-                policy=self.policy,
-                now=now,
+                instance, run.verdicts[guid], index=self.index, active=run.active,
+                challenge=self.challenges.get(InstanceGuid(guid)), lookups=lookups, policy=self.policy, now=run.now,
             )
             self.index.apply(claims)  # the next instance of the tick sees them
             out.gates[guid] = gate
             out.counts[f"gate_{gate.status.value}"] += 1
             out.taken_from.update(claims.taken_from)
-            self._record_claims(guid, claims, now, tick, out)
-            if gate.status is Status.PENDING and guid in asked:
-                self._defer(guid, present[guid].param_hash, now)
+            for host in claims.deletes:
+                out.release(host)
+            for claim in claims.upserts:
+                out.claim(claim)
+                out.events.append(Event(guid, "claim", "ok", run.now, claim.host, run.tick))
+            for loser in claims.taken_from:
+                self.lost_claim(loser)
+                out.events.append(Event(loser, "release", "taken", run.now, "a host was proven by another entry", run.tick))
+            if gate.status is Status.PENDING and guid in run.asking:
+                self.schedule.defer(guid, instance.param_hash, self.challenges.get(InstanceGuid(guid)), run.now)
             if gate.ok and self.index.hosts_of(guid) == set(gate.hosts):
-                self._settled[guid] = (present[guid].param_hash, gate)
+                self._settled[guid] = (instance.param_hash, gate)
                 self._verdicts.pop(guid, None)  # the gate says all; validated again if unsettled
+            run.decided[guid] = run.verdicts[guid]
         self.index.take_touched()  # this step's own claims are in the gates already
 
-    def _due(self, guid: str, param_hash: str, now: float) -> bool:
-        scheduled = self._next_lookup.get(guid)
-        return scheduled is None or scheduled[0] != param_hash or scheduled[1] <= now
-
-    def _defer(self, guid: str, param_hash: str, now: float) -> None:
-        """Still pending: look again after a tenth of the challenge's age, at
-        most PENDING_MAX_S. A customer who has just been told what to add is
-        answered at the next tick; a challenge ignored for days costs one
-        lookup every ten minutes, not one a tick."""
-        challenge = self.challenges.get(InstanceGuid(guid))
-        age = now - challenge.created_at if challenge is not None else 0.0
-        delay = min(PENDING_MAX_S, max(PENDING_MIN_S, age / 10))
-        self._next_lookup[guid] = (param_hash, now + delay)
-
-    def _ensure_challenge(self, guid: InstanceGuid, verdict: Verdict, now: float, tick: int | None, out: DomainStep) -> None:
+    def _challenge(self, guid: InstanceGuid, verdict: Verdict, now: float, tick: int | None, out: DomainStep) -> None:
         current = self.challenges.get(guid)
         if current is not None and current.domain == verdict.custom_domain:
             return
@@ -207,15 +199,8 @@ class Domains:
         )
         return txt, dict(zip(ordered, found))
 
-    def _rechecks(
-        self,
-        due: list[HostClaim],
-        txt: Mapping[str, Lookup],
-        addresses: Mapping[str, Lookup],
-        now: float,
-        tick: int | None,
-        out: DomainStep,
-    ) -> None:
+    def _rechecks(self, due: list[HostClaim], txt: Mapping[str, Lookup], addresses: Mapping[str, Lookup],
+                  now: float, tick: int | None, out: DomainStep) -> None:
         for claim in due:
             result = recheck.verdict(claim, self.challenges.get(claim.guid), txt, addresses.get(claim.host), self.policy)
             out.counts[f"recheck_{result}"] += 1
@@ -235,68 +220,160 @@ class Domains:
             self.index.put(after)
             out.claim(after)
 
-    def _record_claims(self, guid: str, claims: Claims, now: float, tick: int | None, out: DomainStep) -> None:
-        for host in claims.deletes:
+    def _release_unlisted(self, run: DomainRun, out: DomainStep) -> None:
+        releases, self._unserved = unlisted_releases(
+            self.index, run.decided, run.known, self._unserved, self.confirm_ticks
+        )
+        for guid, host in releases:
+            self.index.drop(host)
+            self.lost_claim(guid)
             out.release(host)
-        for claim in claims.upserts:
-            out.claim(claim)
-            out.events.append(Event(guid, "claim", "ok", now, claim.host, tick))
-        for loser in claims.taken_from:
-            self.lost_claim(loser)
-            out.events.append(Event(loser, "release", "taken", now, "a host was proven by another entry", tick))
-
-    def streaks(self) -> dict[str, dict[str, int]] | None:
-        """The unnamed-host streaks, stored between ticks (a restart or
-        `cdnreq once` must not start them again from nothing); None when empty."""
-        if not self._unnamed and not self._unserved:
-            return None
-        return {"contest": dict(self._unnamed), "release": dict(self._unserved)}
-
-    def contestable(self, unnamed: Iterable[str]) -> frozenset[str]:
-        """Of the hosts their owner does not name this tick (or is not listed),
-        those it has not named for `confirm_ticks` consecutive ticks: only
-        these may be proven by another (HostIndex.blocking). One listing is
-        never enough evidence: a master that lists an owner with another
-        custom_domain, or leaves it out, for one tick must not hand its live
-        host to a rival."""
-        cap = max(1, self.confirm_ticks)  # a due streak stops changing: idle ticks write nothing
-        streaks = {host: min(cap, self._unnamed.get(host, 0) + 1) for host in unnamed}
-        self._unnamed = streaks
-        return frozenset(h for h, ticks in streaks.items() if release_due(ticks, self.confirm_ticks))
-
-    def _release_unlisted(
-        self,
-        verdicts: Mapping[str, Verdict],
-        known: Mapping[InstanceGuid, Record],
-        now: float,
-        tick: int | None,
-        out: DomainStep,
-    ) -> None:
-        """A present instance keeps only the hosts it names or still serves,
-        and a host it stops naming only once it has not named it for
-        `confirm_ticks` consecutive ticks: a master that lists everyone
-        without a custom_domain for one tick releases no claim."""
-        unserved: dict[str, int] = {}
-        for guid, verdict in verdicts.items():
-            owned = self.index.hosts_of(guid)
-            if not owned or not verdict.ok:
-                continue
-            record = known.get(InstanceGuid(guid))
-            keep = set(verdict.hosts) | set((record.served if record else None) or ())
-            for host in sorted(owned - keep):
-                ticks = unserved[host] = self._unserved.get(host, 0) + 1
-                if not release_due(ticks, self.confirm_ticks):
-                    continue
-                del unserved[host]
-                self.index.drop(host)
-                self.lost_claim(guid)
-                out.release(host)
-                out.events.append(Event(guid, "release", "ok", now, f"{host}: no longer named", tick))
-        self._unserved = unserved
+            out.events.append(Event(guid, "release", "ok", run.now, f"{host}: no longer named", run.tick))
 
 
-def _counts(saved: Any) -> dict[str, int]:
-    """Streaks as stored (JSON): anything unexpected counts as no streak."""
-    if not isinstance(saved, Mapping):
-        return {}
-    return {h: n for h, n in saved.items() if isinstance(h, str) and isinstance(n, int) and n > 0}
+class DomainRun:
+    """One tick's domain step in stages. `first` is decided at once (no DNS
+    needed); `later` holds the instances that wait for DNS, which
+    `resolve()` decides group by group as answers come in; `finish()`
+    releases hosts no longer named. Each stage is committed before the
+    requests it allows go out."""
+
+    def __init__(
+        self, domains: Domains, instances: Iterable[SharedInstance], known: Mapping[InstanceGuid, Record],
+        now: float, tick: int | None,
+    ):
+        d = self.domains = domains
+        self.known, self.now, self.tick = known, now, tick
+        out = self.first = DomainStep()
+        if d.policy != d._settled_policy:  # e.g. a reload with another backend deny-list
+            d._settled.clear()
+            d._verdicts.clear()
+            d._settled_policy = d.policy
+        for guid in d.index.take_touched():
+            d._settled.pop(guid, None)
+        self.present, self.settled = split_settled(instances, d._settled, out.gates)
+        self.active = set(self.present) | set(self.settled)
+        self.verdicts = {g: d.verdict(i) for g, i in self.present.items()}
+        d._begin(self.verdicts, self.active)
+        self.decided: dict[str, Verdict] = {}  # for finish()
+        index, policy = d.index, d.policy
+        hashes = {g: i.param_hash for g, i in self.present.items()}
+        asked = first_round(self.verdicts, hashes, index, self.active, policy, d.schedule, now)
+        for guid in asked.challenged:
+            d._challenge(InstanceGuid(guid), self.verdicts[guid], now, tick, out)
+        if asked.deferred:
+            out.counts["dns_deferred"] += asked.deferred
+        self.asking = asked.asking
+        due = recheck.due(index.by_host.values(), self.active, now, policy)
+        keys = {}
+        for guid, verdict in self.verdicts.items():
+            keys[guid] = {index.by_host[h].registrable for h in index.hosts_of(guid)}
+            if verdict.registrable:
+                keys[guid].add(verdict.registrable)
+        self.order = self._orders(self.present)
+        at_once, groups = group(asking=self.asking, keys=keys, order=self.order, rechecks=due, settled=self.settled)
+        self.held = {g: out.gates.pop(g) for found in groups for g in found.settled}  # a re-check may change them
+        self.later = {g for found in groups for g in found.members} | set(self.held)
+        self.chunks = chunks(groups, CHUNK_NAMES, FIRST_CHUNK_NAMES)
+        self.dns_total = first_round_total(self.asking, due, policy)  # at most
+        out.counts[f"gate_{Status.OK.value}"] += len(self.settled) - len(self.held)
+        d._decide(self, at_once, {}, out)
+
+    def _orders(self, guids: Iterable[str]) -> dict[str, tuple[float, str]]:
+        known, now = self.known, self.now
+        return {g: (known[g].created_at if g in known else now, g) for g in guids}  # type: ignore[index]
+
+    async def resolve(self) -> AsyncIterator[DomainStep]:
+        """The waiting instances' gates, chunk by chunk as answers arrive
+        (groups are independent of each other); chunks done meanwhile come
+        merged, so they are stored in one transaction."""
+        if not self.chunks:
+            return
+        ready: asyncio.Queue = asyncio.Queue()
+        slots = asyncio.Semaphore(CHUNKS_IN_FLIGHT)
+        loop = asyncio.get_running_loop()
+        tasks: list[asyncio.Task] = []
+
+        async def run(part: list[Group]) -> None:
+            holding = True
+
+            def free() -> None:
+                nonlocal holding
+                if holding:
+                    holding = False
+                    slots.release()
+
+            # a chunk held up by a silent name lets the next one start: a
+            # timeout then delays its own groups only, as in one big batch
+            timer = loop.call_later(SLOW_CHUNK_S, free)
+            try:
+                ready.put_nowait(await self._chunk(part))
+            except Exception as error:  # handed to the consumer, which raises it
+                ready.put_nowait(error)
+            finally:
+                timer.cancel()
+                free()
+
+        async def launch() -> None:
+            for part in self.chunks:
+                await slots.acquire()
+                tasks.append(asyncio.create_task(run(part)))
+
+        launcher = asyncio.create_task(launch())
+        try:
+            left = len(self.chunks)
+            while left:
+                items = [await ready.get()]
+                while not ready.empty():
+                    items.append(ready.get_nowait())
+                left -= len(items)
+                for item in items:
+                    if isinstance(item, Exception):
+                        raise item
+                out = DomainStep()
+                for item in items:
+                    out.merge(item)
+                yield out
+        finally:
+            launcher.cancel()
+            for task in tasks:
+                task.cancel()
+
+    async def _chunk(self, part: list[Group]) -> DomainStep:
+        d = self.domains
+        out = DomainStep()
+        due, names, hosts = chunk_lookups(part, d.policy)
+        txt, addresses = await d._resolve(names, hosts)
+        parents: set[str] = set()
+        for found in part:
+            for guid in found.members:
+                challenge = d.challenges.get(InstanceGuid(guid))
+                parents |= second_names(self.asking.get(guid, ()), challenge.token if challenge else None, txt)
+        parents.difference_update(txt)
+        if parents:
+            txt.update(await d.resolver.txt_many(sorted(parents)))
+        for lookup in txt.values():
+            out.counts[f"dns_{lookup.outcome}"] += 1
+        # groups are independent: their re-checks, then their instances, all at once
+        d.index.take_touched()  # claims decided before: not this chunk's
+        d._rechecks(due, txt, addresses, self.now, self.tick, out)
+        touched = d.index.take_touched()
+        order = [guid for found in part for guid in found.members]
+        for guid in (guid for found in part for guid in found.settled):
+            if guid in touched:  # a re-check changed its claims: decide it again
+                d._settled.pop(guid, None)
+                self.present[guid] = self.settled.pop(guid)
+                self.verdicts[guid] = d.verdict(self.present[guid])
+                self.order.update(self._orders([guid]))
+                order.append(guid)
+            else:
+                out.gates[guid] = self.held[guid]
+                out.counts[f"gate_{Status.OK.value}"] += 1
+        d._decide(self, sorted(order, key=self.order.__getitem__), txt, out)
+        return out
+
+    def finish(self) -> DomainStep:
+        """Release the hosts decided instances no longer name nor serve."""
+        out = DomainStep()
+        self.domains._release_unlisted(self, out)
+        return out

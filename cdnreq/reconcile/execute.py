@@ -15,8 +15,9 @@ from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol
 
 from cdnreq.master import LocalResourceError, MasterError, MasterRejected, MasterUnavailable
-from cdnreq.model import Event, InstanceAnswer, Phase, Record, RequestedState, SharedInstance, shown_digest
-from cdnreq.decide import transitions as records
+from cdnreq.model import Event, InstanceAnswer, Phase, Record, RequestedState, SharedInstance
+from cdnreq.decide import transitions
+from cdnreq.decide.steps import Next, after_destroy_read_back, after_read_back, after_read_back_error, once_gone
 from cdnreq.decide.gate import Gate, Status
 from cdnreq.decide.plan import READ_BACK, Action, Kind
 
@@ -156,7 +157,7 @@ class _Runner:
             self.event(record.guid, step, label, error.detail)
         if isinstance(error, LocalResourceError):
             self.shortage = error.shortage
-        record = records.failed(
+        record = transitions.failed(
             record,
             step,
             f"{error.call}: {error.detail}",
@@ -178,7 +179,7 @@ class _Runner:
     async def request(self, action: Action, record: Record) -> Outcome:
         instance, gate = action.instance, action.gate or Gate.accept(action.instance)
         assert instance is not None
-        record = records.requesting(record, gate)  # kept by a failure: it may have been applied
+        record = transitions.requesting(record, gate)  # kept by a failure: it may have been applied
         step = action.kind.value if action.kind is not Kind.POLL else Kind.REQUEST.value
         try:
             answer = await self.master.request_instance(
@@ -194,7 +195,7 @@ class _Runner:
         except MasterError as error:
             return self.failure(action, record, step, error)
         self.event(record.guid, step, "ok", f"{action.reason}; technical entry {answer.guid}")
-        record = records.requested(
+        record = transitions.requested(
             record, instance, gate, answer, self.settings.spec_hash, step, self.clock()
         )
         return await self.relay(action, record)
@@ -204,7 +205,7 @@ class _Runner:
     ) -> Outcome:
         """Tell the customer why, once; then retry later like any failure."""
         self.event(record.guid, step, "rejected", error.detail)
-        message, shown = records.rejection(error.title or error.detail)
+        message, shown = transitions.rejection(error.title or error.detail)
         if record.published_error != message:
             try:
                 await self.master.publish_connection(record.guid, shown)
@@ -213,7 +214,7 @@ class _Runner:
                 self.event(record.guid, "publish", "failed", publish_error.detail)
             else:
                 self.event(record.guid, "publish", "ok", "request error")
-                record = records.published(record, shown, message, self.clock())
+                record = transitions.published(record, shown, message, self.clock())
                 self.shown = shown
         return self.failure(action, record, step, error, label=None)
 
@@ -225,19 +226,19 @@ class _Runner:
         try:
             answer = await self.master.get_instance(record.tech_guid)
         except MasterRejected as error:
-            if not error.not_found or action.instance is None:
+            if after_read_back_error(not_found=error.not_found, listed=True) is Next.FAIL:
                 return self.failure(action, record, "poll", error)
             self.event(record.guid, "poll", "lost", error.detail)
-            return await self.request(action, records.lost(record, error.detail, self.clock()))
+            return await self.request(action, transitions.lost(record, error.detail, self.clock()))
         except MasterError as error:
             return self.failure(action, record, "poll", error)
-        instance, gate = action.instance, action.gate
-        if instance is not None and not records.kept(answer, _requested(instance, gate)):
+        kept = transitions.kept(answer, _requested(action.instance, action.gate))
+        if after_read_back(listed=True, kept=kept) is Next.REQUEST:
             self.event(record.guid, "poll", "stale", "the technical entry does not hold the last request")
             return await self.request(action, record)
         if answer.connection_parameters:  # "no answer yet" each tick would only bloat the audit trail
             self.event(record.guid, "poll", "ok", "answer received")
-        record = records.polled(record, answer, self.clock())
+        record = transitions.polled(record, answer, self.clock())
         if action.reason == READ_BACK:
             try:
                 record = await self.read_customer(action, record)
@@ -248,35 +249,33 @@ class _Runner:
     async def read_customer(self, action: Action, record: Record) -> Record:
         """On the periodic read-back only (a read per instance each tick would
         cost too much): check the customer still holds what it was shown."""
-        shown = records.compose(record.connection, action.gate, True)
-        if shown_digest(shown) != record.published:
+        due = transitions.publication(record, action.gate)  # requested: it was just read back
+        if due.send_connection:
             return record  # relay publishes it anyway
+        shown = due.shown
         held = await self.master.get_instance(record.guid)
-        if records.still_shown(held.connection_parameters, shown):
+        if transitions.still_shown(held.connection_parameters, shown):
             return record
         self.event(record.guid, "publish", "lost", "the customer's instance does not hold what it was shown")
-        return records.unshown(record)
+        return transitions.unshown(record)
 
     async def relay(self, action: Action, record: Record) -> Outcome:
         """Publish what the customer should see, when it changed."""
         gate = action.gate
-        requested = record.param_hash is not None or record.tech_guid is not None
-        shown = records.compose(record.connection, gate, requested)
-        error = gate.error if gate is not None else None
-        send_error = error is not None and error != record.published_error
-        changed = shown_digest(shown) != record.published
-        if not changed and not send_error:
-            return self.done(action, records.settled(record, self.clock()), True)
+        due = transitions.publication(record, gate)
+        if not due.due:
+            return self.done(action, transitions.settled(record, self.clock()), True)
         try:
-            if changed:
-                await self.master.publish_connection(record.guid, shown)
-            if send_error:
-                await self.master.publish_error(record.guid, error)
+            if due.send_connection:
+                await self.master.publish_connection(record.guid, due.shown)
+            if due.send_error:
+                assert due.error is not None
+                await self.master.publish_error(record.guid, due.error)
         except MasterError as failure:
             return self.failure(action, record, "publish", failure)
         self.event(record.guid, "publish", "ok", _what(record, gate))
-        record = records.published(record, shown, error, self.clock())
-        self.shown = shown
+        record = transitions.published(record, due.shown, due.error, self.clock())
+        self.shown = due.shown
         if gate is not None and not gate.ok:  # say why in `cdnreq status`
             record = replace(record, last_error=gate.why)
         return self.done(action, record, True)
@@ -289,23 +288,24 @@ class _Runner:
             if record.tech_guid is None and absent_answer(error):
                 # destroyed by title, and the master knows no such entry
                 self.event(record.guid, "destroy", "absent", f"{action.reason}; title {record.title}")
-                return await self.gone(action, records.cleared(record, self.clock()), forget=action.forget)
+                return await self.gone(action, transitions.cleared(record, self.clock()), forget=action.forget)
             if action.forget and record.phase is not Phase.RETAINED:
                 record = replace(record, phase=Phase.REMOVING)  # gone: retried as a removal
             return self.failure(action, record, "destroy", error)
         self.event(record.guid, "destroy", "ok", f"{action.reason}; title {record.title}")
         if record.tech_guid is None:  # destroyed by title: read back by the guid the answer names
             if not answer.guid:  # nothing to read back by
-                return await self.gone(action, records.cleared(record, self.clock()), forget=action.forget)
+                return await self.gone(action, transitions.cleared(record, self.clock()), forget=action.forget)
             record = replace(record, tech_guid=answer.guid)
-        sent = records.destroy_sent(record, self.clock(), keep=not action.forget)
+        sent = transitions.destroy_sent(record, self.clock(), keep=not action.forget)
         return await self.gone(action, sent, forget=False)
 
     async def gone(self, action: Action, record: Record, *, forget: bool) -> Outcome:
         """Forget the instance, or tell the customer (still listed) what it is shown now."""
-        if forget:
+        step = once_gone(forget=forget, gate=action.gate)
+        if step is Next.FORGET:
             return self.done(action, None, True)
-        if action.gate is None:
+        if step is Next.KEEP:
             return self.done(action, record, True)
         return await self.relay(action, record)
 
@@ -317,11 +317,11 @@ class _Runner:
             destroyed, gone = await read_back_destroyed(self.master, record.tech_guid)
         except MasterError as error:  # timeouts, gateways, other 5xx: ask again later
             return self.failure(action, record, "confirm", error)
-        if not destroyed:
+        if after_destroy_read_back(destroyed=destroyed) is Next.DESTROY:
             self.event(record.guid, "destroy", "lost", "the technical entry is still there")
             return await self.destroy(replace(action, kind=Kind.DESTROY))
         self.event(record.guid, "destroy", "confirmed", gone)
-        after = records.confirmed(record, self.clock())
+        after = transitions.confirmed(record, self.clock())
         return await self.gone(action, after or record, forget=after is None)
 
 
