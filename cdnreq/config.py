@@ -12,12 +12,10 @@ traceback.
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import json
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
@@ -550,33 +548,3 @@ class Config(BaseModel):
 def config_json_schema() -> dict[str, Any]:
     """JSON Schema of the configuration (validation mode)."""
     return Config.model_json_schema()
-
-
-def main(argv: list[str] | None = None) -> int:
-    from cdnreq import configdoc  # it imports this module
-
-    parser = argparse.ArgumentParser(prog="python -m cdnreq.config")
-    what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--schema", action="store_true", help="print the JSON Schema of the configuration")
-    what.add_argument("--example", action="store_true", help="print the example configuration, every key commented")
-    what.add_argument("--markdown", action="store_true", help="print the configuration reference (Markdown)")
-    what.add_argument(
-        "--write", action="store_true",
-        help="write the three into the repository (schemas/, examples/, docs/)",
-    )
-    args = parser.parse_args(argv)
-    if args.write:
-        for path in configdoc.write(Path(__file__).resolve().parent.parent):
-            print(path)
-        return 0
-    if args.example:
-        sys.stdout.write(configdoc.example_toml())
-    elif args.markdown:
-        sys.stdout.write(configdoc.markdown())
-    else:
-        sys.stdout.write(configdoc.schema_json())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
