@@ -41,7 +41,7 @@ from cdnreq.reconcile.guardrun import guard_policy_of, held_reason, held_removal
 from cdnreq.decide.operator import action_of, who
 from cdnreq.reconcile.tick import Reconciler, TickReport, resolver_of
 from cdnreq.store import Store, StoreError, start_refusal, take_backup
-from cdnreq.store.backup import backup_time, last_backup
+from cdnreq.store.backupdir import backup_time, last_backup
 from cdnreq.store.prune import prune_logged, prune_passes
 
 log = structlog.get_logger("cdnreq.daemon")

@@ -1,8 +1,9 @@
 """Losing the store, and getting it back (issue 6, item 10).
 
-Unit tests (no server) of cdnreq.store.backup and Store.backup: consistency
-under a concurrent writer, naming, pruning, the secret beside the backups,
-restore's refusals and what it keeps, the start-up refusal. Then the command
+Unit tests (no server) of cdnreq.store.backup, backupdir, verify, restoring
+and Store.backup: consistency under a concurrent writer, naming, pruning,
+the secret beside the backups, restore's refusals and what it keeps, the
+start-up refusal. Then the command
 line without a master, and end to end against a real slapproxy and DevDns:
 a deployment of 500 customers loses its database, is refused, restored, and
 carries on without a new challenge, a destroy or a single request.
@@ -40,18 +41,17 @@ from cdnreq.store import (
     restore,
     take_backup,
 )
-from cdnreq.store.backup import (
+from cdnreq.store.backupdir import (
     SECRET_NAME,
     backup_name,
     backup_time,
     copy_secret,
-    inspect,
     last_backup,
     list_backups,
     prune,
-    restore_secret,
-    start_refusal,
 )
+from cdnreq.store.restoring import restore_secret, start_refusal
+from cdnreq.store.verify import inspect
 from cdnreq.store.migrations import LATEST
 
 CDNREQ = str(Path(sys.executable).with_name("cdnreq"))

@@ -34,11 +34,12 @@ from cdnreq.model import (
     shown_digest,
 )
 from cdnreq.notify import Notifier
-from cdnreq.store import backup as _backup
+from cdnreq.store.backupdir import install, make_backup_dir, new_temp
 from cdnreq.store.errors import SchemaTooNew, StoreError, StoreLost
 from cdnreq.store.files import make_private_dirs, too_open
 from cdnreq.store.lock import DatabaseLock
 from cdnreq.store.migrations import LATEST, incremental_auto_vacuum, migrate, read_version
+from cdnreq.store.verify import finish_copy
 
 log = structlog.get_logger("cdnreq.store")
 
@@ -649,8 +650,8 @@ class Store:
         """
         directory = Path(dest)
         when = time.time() if now is None else now
-        await asyncio.to_thread(_backup.make_backup_dir, directory)
-        tmp = await asyncio.to_thread(_backup.new_temp, directory)
+        await asyncio.to_thread(make_backup_dir, directory)
+        tmp = await asyncio.to_thread(new_temp, directory)
         try:
             try:
                 target = await asyncio.to_thread(
@@ -673,10 +674,10 @@ class Store:
                     pass  # the temporary file goes anyway
                 raise
             try:
-                await asyncio.to_thread(_backup.finish_copy, target, tmp)
+                await asyncio.to_thread(finish_copy, target, tmp)
             except sqlite3.Error as exc:
                 raise StoreError(f"{self._path}: backup to {directory} failed: {exc}") from exc
-            return await asyncio.to_thread(_backup.install, tmp, directory, when)
+            return await asyncio.to_thread(install, tmp, directory, when)
         except BaseException:
             try:
                 os.unlink(tmp)
