@@ -504,14 +504,6 @@ class Store:
         )
         return [_to_event(r) for r in rows]
 
-    async def events_since(self, after_id: int = 0, limit: int = 1000) -> list[tuple[int, Event]]:
-        """The change feed: events after `after_id`, oldest first."""
-        rows = await self._all(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT ?",
-            (after_id, limit),
-        )
-        return [_to_event(r) for r in rows]
-
     async def load_guards(self) -> dict[str, Any]:
         """The guards' state by name (cdnreq/decide/guards.py)."""
         rows = await self._all("SELECT name, value FROM guards")
@@ -684,13 +676,6 @@ class Store:
             except OSError:
                 pass
             raise
-
-    async def counts_by_phase(self) -> dict[str, int]:
-        """Instances per phase; every known phase is present, at 0 if empty."""
-        counts = {p.value: 0 for p in Phase}
-        for phase, n in await self._all("SELECT phase, COUNT(*) FROM instances GROUP BY phase"):
-            counts[phase] = n
-        return counts
 
 
 async def _writer_settings(conn: aiosqlite.Connection, db: Path) -> None:
