@@ -9,7 +9,7 @@ from typing import Any
 
 from cdnreq.model import Event, Phase
 from cdnreq.store import Store
-from cdnreq.store.sqlite import _EVENT_COLUMNS as EVENT_COLUMNS
+from cdnreq.store.rows import EVENT_COLUMNS
 
 
 async def _rows(store: Store, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:

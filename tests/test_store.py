@@ -15,7 +15,7 @@ from cdnreq.model import (
     shown_digest,
 )
 from cdnreq.store import SchemaTooNew, Store, StoreError, StoreLocked
-from cdnreq.store import sqlite as store_sqlite
+from cdnreq.store import rows as store_rows
 from cdnreq.store.migrations import LATEST, MIGRATIONS, split_statements
 from tests.storeread import counts_by_phase, events_since
 
@@ -336,11 +336,11 @@ async def test_commit_rolls_back_earlier_statements(store):
 
 def test_columns_match_record_fields():
     # Rows map onto Record positionally: a new field needs a column (and a migration).
-    assert store_sqlite._COLUMNS.split(", ") == [f.name for f in dataclasses.fields(Record)]
-    assert store_sqlite._HOST_COLUMNS.split(", ") == [
+    assert store_rows.COLUMNS.split(", ") == [f.name for f in dataclasses.fields(Record)]
+    assert store_rows.HOST_COLUMNS.split(", ") == [
         f.name for f in dataclasses.fields(HostClaim)
     ]
-    assert store_sqlite._CHALLENGE_COLUMNS.split(", ") == [
+    assert store_rows.CHALLENGE_COLUMNS.split(", ") == [
         f.name for f in dataclasses.fields(Challenge)
     ]
 
