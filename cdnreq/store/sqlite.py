@@ -175,14 +175,8 @@ class Store:
             challenge_upserts=challenge_upserts, challenge_deletes=challenge_deletes,
             shown=shown, also=also,
         )  # fmt: skip
-        if not steps:
-            return
-        # Shielded: a cancelled caller must not leave the transaction half-run;
-        # it finishes (or rolls back) on its own and the next caller waits for it.
-        task = asyncio.ensure_future(self._transaction(steps))
-        # if the caller is cancelled, nobody awaits the outcome: take it here
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        await asyncio.shield(task)
+        if steps:
+            await _shielded(self._transaction(steps))
 
     async def _transaction(self, steps: list[tuple[str, list[Any]]]) -> None:
         async with self._busy:
@@ -231,7 +225,7 @@ class Store:
         deletes = [(n,) for n, v in values.items() if v is None]
         steps = [(sql, r) for sql, r in ((UPSERT_GUARD, rows), (DELETE_GUARD, deletes)) if r]
         if steps:
-            await asyncio.shield(asyncio.ensure_future(self._transaction(steps)))
+            await _shielded(self._transaction(steps))
 
     async def clear_guard(self, name: str, value: Any) -> None:
         """Delete a guard state only if it still holds `value` (another
@@ -263,9 +257,7 @@ class Store:
                         raise StoreError(f"{self._path}: {exc}") from exc
                     raise
 
-        task = asyncio.ensure_future(turn())
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        return await asyncio.shield(task)
+        return await _shielded(turn())
 
     def size_bytes(self) -> int:
         """The database file and its write-ahead log, in bytes."""
@@ -388,3 +380,12 @@ class Store:
                 pass
             raise
 
+
+async def _shielded(work: Awaitable[_T]) -> _T:
+    """Run `work` to its end even when the caller is cancelled: a transaction
+    is never left half-run; it finishes (or rolls back) on its own and the
+    next caller waits for it. Nobody awaits a cancelled caller's outcome, so
+    it is taken here."""
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    return await asyncio.shield(task)
