@@ -25,8 +25,9 @@ that raises answers 500 with a fixed message; the traceback goes to the log,
 never to the client, since it may name paths, guids or SQL.
 
 A listener reachable from other hosts serves customer data, so it takes a
-bearer token (`needs_token` tells when one is required); a unix socket or a
-loopback address is guarded by file permissions or by the host itself.
+bearer token (cdnreq.listen.needs_token tells when one is required); a unix
+socket or a loopback address is guarded by file permissions or by the host
+itself.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import hmac
-import ipaddress
 import json
 import os
 import stat
@@ -44,10 +44,10 @@ from typing import Any, Awaitable, Callable, Protocol
 import structlog
 from aiohttp import web
 
-from cdnreq.config import TcpListen
+from cdnreq.listen import TcpListen
 from cdnreq.httpguard import AcceptErrorLog, ConnectionLimits, GuardedRunner
 
-__all__ = ["ConnectionLimits", "Endpoint", "bound_address", "make_app", "needs_token", "serve"]
+__all__ = ["ConnectionLimits", "Endpoint", "bound_address", "make_app", "serve"]
 
 log = structlog.get_logger("cdnreq.endpoint")
 
@@ -269,21 +269,3 @@ def bound_address(runner: web.BaseRunner) -> str:
         return os.fsdecode(address)
     host, port = address[0], address[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def needs_token(listen: TcpListen | Path) -> bool:
-    """Whether a listener must require a bearer token: not for a unix socket
-    (file permissions guard it) nor a loopback host (127.0.0.0/8, ::1,
-    localhost); yes for anything else, wildcard addresses included."""
-    if isinstance(listen, Path):
-        return False
-    host = listen[0].strip().rstrip(".").lower()
-    if host == "localhost":
-        return False
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return True  # a name other than localhost may resolve anywhere
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return not address.is_loopback
