@@ -39,7 +39,7 @@ from cdnreq.preflight import check
 from cdnreq.reloadstate import describe as describe_config
 from cdnreq.scrub import printable
 from cdnreq.store import StoreError, restore, take_backup
-from cdnreq.store.backup import lost_store_evidence, restore_secret
+from cdnreq.store.restoring import lost_store_evidence, restore_secret
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,18 +12,15 @@ traceback.
 
 from __future__ import annotations
 
-import argparse
-import ipaddress
 import json
 import os
-import re
-import sys
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 
 from cdnreq.dns.names import parse_nameserver
+from cdnreq.listen import TcpListen, parse_listen
 from cdnreq.validate.policy import DEFAULT_BACKEND_DENY, ValidationPolicy, networks
 from cdnreq.decide.guards import CONFIRM_TICKS
 from pydantic import (
@@ -48,10 +45,6 @@ __all__ = [
 ]
 
 _MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-# Linux: sizeof(sockaddr_un.sun_path) is 108, one byte of which is the NUL.
-_UNIX_PATH_MAX = 107
-
 
 
 def _fail(key: str, problem: str, value: Any) -> PydanticCustomError:
@@ -198,11 +191,6 @@ class TechnicalCdnConfig(BaseModel):
     )
 
 
-class TcpListen(NamedTuple):
-    host: str  # an IPv6 address without its brackets
-    port: int
-
-
 class DaemonConfig(BaseModel):
     """The daemon: its schedule, its store, its HTTP endpoint and its guards."""
 
@@ -292,7 +280,7 @@ class DaemonConfig(BaseModel):
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
-        _parse_listen(value)
+        parse_listen(value)
         return value
 
     @model_validator(mode="after")
@@ -307,39 +295,7 @@ class DaemonConfig(BaseModel):
 
     def listen_endpoint(self) -> TcpListen | Path:
         """`listen` parsed: (host, port) for TCP, or the unix socket path."""
-        return _parse_listen(self.listen)
-
-
-def _parse_listen(value: str) -> TcpListen | Path:
-    if value.startswith("/"):
-        if "\0" in value:
-            raise PydanticCustomError("listen", "unix socket path contains a NUL byte")
-        if len(os.fsencode(value)) > _UNIX_PATH_MAX:
-            raise PydanticCustomError(
-                "listen", "unix socket path longer than {max} bytes", {"max": _UNIX_PATH_MAX}
-            )
-        return Path(value)
-    usage = "must be host:port, [v6]:port or an absolute unix socket path"
-    host, sep, port_s = value.rpartition(":")
-    if not sep:
-        if "/" in value:
-            raise PydanticCustomError("listen", "unix socket path must be absolute")
-        raise PydanticCustomError("listen", usage)
-    if host.startswith("["):
-        if not host.endswith("]"):
-            raise PydanticCustomError("listen", usage)
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise PydanticCustomError("listen", "not an IPv6 address between the brackets")
-    elif ":" in host:
-        raise PydanticCustomError("listen", "an IPv6 address needs brackets: [v6]:port")
-    elif not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", host):
-        raise PydanticCustomError("listen", "missing or invalid host; " + usage)
-    if not re.fullmatch(r"[0-9]{1,5}", port_s) or int(port_s) > 65535:
-        raise PydanticCustomError("listen", "port must be 0..65535")
-    return TcpListen(host, int(port_s))
+        return parse_listen(self.listen)
 
 
 class LoggingConfig(BaseModel):
@@ -550,33 +506,3 @@ class Config(BaseModel):
 def config_json_schema() -> dict[str, Any]:
     """JSON Schema of the configuration (validation mode)."""
     return Config.model_json_schema()
-
-
-def main(argv: list[str] | None = None) -> int:
-    from cdnreq import configdoc  # it imports this module
-
-    parser = argparse.ArgumentParser(prog="python -m cdnreq.config")
-    what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--schema", action="store_true", help="print the JSON Schema of the configuration")
-    what.add_argument("--example", action="store_true", help="print the example configuration, every key commented")
-    what.add_argument("--markdown", action="store_true", help="print the configuration reference (Markdown)")
-    what.add_argument(
-        "--write", action="store_true",
-        help="write the three into the repository (schemas/, examples/, docs/)",
-    )
-    args = parser.parse_args(argv)
-    if args.write:
-        for path in configdoc.write(Path(__file__).resolve().parent.parent):
-            print(path)
-        return 0
-    if args.example:
-        sys.stdout.write(configdoc.example_toml())
-    elif args.markdown:
-        sys.stdout.write(configdoc.markdown())
-    else:
-        sys.stdout.write(configdoc.schema_json())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,11 +7,17 @@ test compares the committed files with this output. In the example every
 optional key is commented out at its default (or at an example value when it
 has none), and the required ones are set to example values: uncommented as
 it is, it is the minimal valid file; uncommenting every key gives a full one.
+
+`python -m cdnreq.configdoc --write` regenerates them (and the JSON Schema);
+`--example`, `--markdown`, `--schema` print one. The command lives here, not
+in cdnreq.config, so that the models never import their documentation.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +31,7 @@ from cdnreq.config import Config, config_json_schema
 EXAMPLE_PATH = "examples/cdnreq.toml"
 SPEC_PATH = "docs/config-spec.md"
 SCHEMA_PATH = "schemas/config.schema.json"
-GENERATOR = "python -m cdnreq.config --write"
+GENERATOR = "python -m cdnreq.configdoc --write"
 
 
 @dataclass(frozen=True)
@@ -207,3 +213,32 @@ def write(root: Path) -> list[Path]:
         path.write_text(text, encoding="utf-8")
         written.append(path)
     return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print one generated file, or write all three into the repository."""
+    parser = argparse.ArgumentParser(prog="python -m cdnreq.configdoc")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--schema", action="store_true", help="print the JSON Schema of the configuration")
+    what.add_argument("--example", action="store_true", help="print the example configuration, every key commented")
+    what.add_argument("--markdown", action="store_true", help="print the configuration reference (Markdown)")
+    what.add_argument(
+        "--write", action="store_true",
+        help="write the three into the repository (schemas/, examples/, docs/)",
+    )
+    args = parser.parse_args(argv)
+    if args.write:
+        for path in write(Path(__file__).resolve().parent.parent):
+            print(path)
+        return 0
+    if args.example:
+        sys.stdout.write(example_toml())
+    elif args.markdown:
+        sys.stdout.write(markdown())
+    else:
+        sys.stdout.write(schema_json())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -25,8 +25,9 @@ that raises answers 500 with a fixed message; the traceback goes to the log,
 never to the client, since it may name paths, guids or SQL.
 
 A listener reachable from other hosts serves customer data, so it takes a
-bearer token (`needs_token` tells when one is required); a unix socket or a
-loopback address is guarded by file permissions or by the host itself.
+bearer token (cdnreq.listen.needs_token tells when one is required); a unix
+socket or a loopback address is guarded by file permissions or by the host
+itself.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import hmac
-import ipaddress
 import json
 import os
 import stat
@@ -44,10 +44,10 @@ from typing import Any, Awaitable, Callable, Protocol
 import structlog
 from aiohttp import web
 
-from cdnreq.config import TcpListen
+from cdnreq.listen import TcpListen
 from cdnreq.httpguard import AcceptErrorLog, ConnectionLimits, GuardedRunner
 
-__all__ = ["ConnectionLimits", "Endpoint", "bound_address", "make_app", "needs_token", "serve"]
+__all__ = ["ConnectionLimits", "Endpoint", "bound_address", "make_app", "serve"]
 
 log = structlog.get_logger("cdnreq.endpoint")
 
@@ -105,27 +105,18 @@ def make_app(endpoint: Endpoint, *, token: str | None = None) -> web.Application
     ``Authorization: Bearer <token>``."""
     if token is not None and not token:
         raise ValueError("token must not be empty (pass None for no token)")
-    expected = None if token is None else token.encode("utf-8")
+    app = web.Application(middlewares=[_guard(None if token is None else token.encode("utf-8"))])
+    app.add_routes([route(path, _bind(handler, endpoint), name=name) for route, path, name, handler in _ROUTES])
+    return app
+
+
+def _guard(expected: bytes | None) -> Any:
+    """The middleware: the token's check, JSON errors, ``no-store`` on every answer."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            if request.match_info.route.name == _ACTION_ROUTE and expected is None:
-                response = _json(
-                    {"error": "operator actions need a token: set [daemon].token_file and restart the daemon (a reload does not change the token)"}, status=403
-                )
-                response.headers["Cache-Control"] = "no-store"
-                return response
-            if expected is not None and request.match_info.route.name not in _OPEN_ROUTES:
-                if not _authorized(request, expected):
-                    response: web.StreamResponse = _json(
-                        {"error": "unauthorized"},
-                        status=401,
-                        headers={"WWW-Authenticate": "Bearer"},
-                    )
-                    response.headers["Cache-Control"] = "no-store"
-                    return response
-            response = await handler(request)
+            response = _refusal(request, expected) or await handler(request)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -142,43 +133,73 @@ def make_app(endpoint: Endpoint, *, token: str | None = None) -> web.Application
         response.headers["Cache-Control"] = "no-store"
         return response
 
-    async def healthz(request: web.Request) -> web.Response:
-        alive = bool(endpoint.alive())
-        return _json({"alive": alive}, status=200 if alive else 503)
+    return middleware
 
-    async def readyz(request: web.Request) -> web.Response:
-        ready, reason = endpoint.readiness()
-        return _json(reason, status=200 if ready else 503)
 
-    async def metrics(request: web.Request) -> web.Response:
-        body, content_type = endpoint.metrics()
-        # Passed as a header: aiohttp refuses a charset in content_type=, and
-        # the Prometheus type carries one (and a version).
-        return web.Response(body=body, headers={"Content-Type": content_type})
+def _refusal(request: web.Request, expected: bytes | None) -> web.Response | None:
+    """403 for an action when the daemon has no token, 401 for a route that
+    needs the token when it is not given; None when the request may pass."""
+    route = request.match_info.route.name
+    if route == _ACTION_ROUTE and expected is None:
+        return _json(
+            {"error": "operator actions need a token: set [daemon].token_file and restart the daemon (a reload does not change the token)"}, status=403
+        )
+    if expected is not None and route not in _OPEN_ROUTES and not _authorized(request, expected):
+        return _json({"error": "unauthorized"}, status=401, headers={"WWW-Authenticate": "Bearer"})
+    return None
 
-    async def status(request: web.Request) -> web.Response:
-        return _json(endpoint.status())
 
-    async def instance(request: web.Request) -> web.Response:
-        # match_info is percent-decoded: "%2F" arrives as "/".
-        found = await endpoint.instance(request.match_info["guid"])
-        if found is None:
-            return _json({"error": "unknown instance"}, status=404)
-        return _json(found)
+def _bind(handler: Callable[[Endpoint, web.Request], Awaitable[web.StreamResponse]], endpoint: Endpoint) -> Handler:
+    async def bound(request: web.Request) -> web.StreamResponse:
+        return await handler(endpoint, request)
 
-    async def action(request: web.Request) -> web.Response:
-        peer = request.remote or "a unix socket"
-        code, body = await endpoint.act(request.match_info["name"], request.query, f"HTTP from {peer}")
-        return _json(body, status=code)
+    return bound
 
-    app = web.Application(middlewares=[middleware])
-    app.router.add_get("/healthz", healthz, name="healthz")
-    app.router.add_get("/readyz", readyz, name="readyz")
-    app.router.add_get("/metrics", metrics, name="metrics")
-    app.router.add_get("/status", status, name="status")
-    app.router.add_get("/instances/{guid:.+}", instance, name="instance")
-    app.router.add_post("/actions/{name}", action, name=_ACTION_ROUTE)
-    return app
+
+async def _healthz(endpoint: Endpoint, request: web.Request) -> web.Response:
+    alive = bool(endpoint.alive())
+    return _json({"alive": alive}, status=200 if alive else 503)
+
+
+async def _readyz(endpoint: Endpoint, request: web.Request) -> web.Response:
+    ready, reason = endpoint.readiness()
+    return _json(reason, status=200 if ready else 503)
+
+
+async def _metrics(endpoint: Endpoint, request: web.Request) -> web.Response:
+    body, content_type = endpoint.metrics()
+    # Passed as a header: aiohttp refuses a charset in content_type=, and
+    # the Prometheus type carries one (and a version).
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def _status(endpoint: Endpoint, request: web.Request) -> web.Response:
+    return _json(endpoint.status())
+
+
+async def _instance(endpoint: Endpoint, request: web.Request) -> web.Response:
+    # match_info is percent-decoded: "%2F" arrives as "/".
+    found = await endpoint.instance(request.match_info["guid"])
+    if found is None:
+        return _json({"error": "unknown instance"}, status=404)
+    return _json(found)
+
+
+async def _action(endpoint: Endpoint, request: web.Request) -> web.Response:
+    peer = request.remote or "a unix socket"
+    code, body = await endpoint.act(request.match_info["name"], request.query, f"HTTP from {peer}")
+    return _json(body, status=code)
+
+
+# method (GET answers HEAD too), path, route name (what the token rules go by), handler
+_ROUTES = (
+    (web.get, "/healthz", "healthz", _healthz),
+    (web.get, "/readyz", "readyz", _readyz),
+    (web.get, "/metrics", "metrics", _metrics),
+    (web.get, "/status", "status", _status),
+    (web.get, "/instances/{guid:.+}", "instance", _instance),
+    (web.post, "/actions/{name}", _ACTION_ROUTE, _action),
+)
 
 
 def _authorized(request: web.Request, expected: bytes) -> bool:
@@ -248,21 +269,3 @@ def bound_address(runner: web.BaseRunner) -> str:
         return os.fsdecode(address)
     host, port = address[0], address[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def needs_token(listen: TcpListen | Path) -> bool:
-    """Whether a listener must require a bearer token: not for a unix socket
-    (file permissions guard it) nor a loopback host (127.0.0.0/8, ::1,
-    localhost); yes for anything else, wildcard addresses included."""
-    if isinstance(listen, Path):
-        return False
-    host = listen[0].strip().rstrip(".").lower()
-    if host == "localhost":
-        return False
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return True  # a name other than localhost may resolve anywhere
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return not address.is_loopback

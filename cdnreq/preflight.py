@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cdnreq.config import Config
 from cdnreq.configfile import ConfigError
-from cdnreq.endpoint import needs_token
+from cdnreq.listen import needs_token
 from cdnreq.fsaccess import open_mode, read_file, unwritable_dir
 from cdnreq.mastertls import TlsConfigError, client_context, tls_problems
 

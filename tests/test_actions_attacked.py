@@ -17,6 +17,7 @@ from cdnreq import cli
 from cdnreq.commands import actions
 from cdnreq.model import InstanceGuid, Phase, Record
 from cdnreq.store import Store
+from tests.storeread import events_since
 
 GUID = "backing-off"
 
@@ -42,7 +43,7 @@ async def _seed(database: Path) -> None:
 async def _stored(database: Path) -> tuple[Record | None, list]:
     store = await Store.open(database, lock=False)
     try:
-        return await store.get(GUID), [e for _, e in await store.events_since(0, 1000) if e.action == "operator"]
+        return await store.get(GUID), [e for _, e in await events_since(store, 0, 1000) if e.action == "operator"]
     finally:
         await store.close()
 

@@ -1,8 +1,9 @@
 """Losing the store, and getting it back (issue 6, item 10).
 
-Unit tests (no server) of cdnreq.store.backup and Store.backup: consistency
-under a concurrent writer, naming, pruning, the secret beside the backups,
-restore's refusals and what it keeps, the start-up refusal. Then the command
+Unit tests (no server) of cdnreq.store.backup, backupdir, verify, restoring
+and Store.backup: consistency under a concurrent writer, naming, pruning,
+the secret beside the backups, restore's refusals and what it keeps, the
+start-up refusal. Then the command
 line without a master, and end to end against a real slapproxy and DevDns:
 a deployment of 500 customers loses its database, is refused, restored, and
 carries on without a new challenge, a destroy or a single request.
@@ -40,19 +41,19 @@ from cdnreq.store import (
     restore,
     take_backup,
 )
-from cdnreq.store.backup import (
+from cdnreq.store.backupdir import (
     SECRET_NAME,
     backup_name,
     backup_time,
     copy_secret,
-    inspect,
     last_backup,
     list_backups,
     prune,
-    restore_secret,
-    start_refusal,
 )
+from cdnreq.store.restoring import restore_secret, start_refusal
+from cdnreq.store.verify import inspect
 from cdnreq.store.migrations import LATEST
+from tests.storeread import events_since
 
 CDNREQ = str(Path(sys.executable).with_name("cdnreq"))
 LIST = "slapos.allDocs.v0.instance_node_instance_list"
@@ -299,7 +300,7 @@ async def test_restore_puts_the_backup_in_place_and_keeps_the_replaced_one(tmp_p
     # the replaced database is whole, its -wal included
     async with await Store.open(result.replaced, lock=False) as old:
         assert set(await old.load()) == {"a", "b", "c"}
-        assert [e.action for _, e in await old.events_since(0)][-1] == "in-wal"
+        assert [e.action for _, e in await events_since(old, 0)][-1] == "in-wal"
     assert leftovers(db.parent) == []
 
     # restoring twice in the same second keeps both replaced databases
@@ -501,7 +502,7 @@ def load(database: Path):
         async with await Store.open(database, lock=False) as store:
             return (
                 await store.load(),
-                await store.events_since(0, 10**7),
+                await events_since(store, 0, 10**7),
                 await store.load_challenges(),
                 await store.load_hosts(),
             )
@@ -756,5 +757,5 @@ async def test_restore_through_a_symlinked_database_keeps_the_link(tmp_path: Pat
     assert real.read_bytes() == backup.read_bytes() and result.database == link
     assert result.replaced is not None and result.replaced.parent == real.parent
     async with await Store.open(result.replaced, lock=False) as old:
-        assert [e.action for _, e in await old.events_since(0)][-1] == "in-wal"
+        assert [e.action for _, e in await events_since(old, 0)][-1] == "in-wal"
     assert not Path(f"{real}-wal").exists() and not Path(f"{real}-shm").exists()

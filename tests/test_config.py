@@ -366,7 +366,7 @@ def test_committed_schema_matches():
 
 def test_schema_command_output_is_byte_identical():
     out = subprocess.run(
-        [sys.executable, "-m", "cdnreq.config", "--schema"],
+        [sys.executable, "-m", "cdnreq.configdoc", "--schema"],
         check=True,
         capture_output=True,
         text=True,

@@ -30,6 +30,7 @@ from cdnreq.model import Phase
 from cdnreq.decide.transitions import IN_PROGRESS
 from cdnreq.decide.titles import technical_title
 from cdnreq.store import Store
+from tests.storeread import events_since
 
 pytestmark = pytest.mark.slapproxy
 
@@ -76,7 +77,7 @@ def load(database: Path):
         try:
             return (
                 await store.load(),
-                [e for _, e in await store.events_since(0, 100000)],
+                [e for _, e in await events_since(store, 0, 100000)],
                 await store.load_challenges(),
                 await store.load_hosts(),
             )

@@ -92,6 +92,7 @@ from cdnreq.model import Event, Phase, Record
 from cdnreq.decide.transitions import IN_PROGRESS
 from cdnreq.decide.titles import technical_title
 from cdnreq.store import Store
+from tests.storeread import events_since
 
 pytestmark = [pytest.mark.slapproxy, pytest.mark.faults]
 
@@ -264,7 +265,7 @@ class Deployment:
         async def go():
             store = await Store.open(self.database, lock=False)
             try:
-                return await store.load(), [e for _, e in await store.events_since(0, 1_000_000)]
+                return await store.load(), [e for _, e in await events_since(store, 0, 1_000_000)]
             finally:
                 await store.close()
 

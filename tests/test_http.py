@@ -17,7 +17,8 @@ import structlog
 from yarl import URL
 
 from cdnreq.config import TcpListen
-from cdnreq.endpoint import bound_address, make_app, needs_token, serve
+from cdnreq.endpoint import bound_address, make_app, serve
+from cdnreq.listen import needs_token
 
 TOKEN = "s3cret-token"
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"

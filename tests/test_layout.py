@@ -17,12 +17,6 @@ IO_LIBRARIES = ("aiohttp", "aiodns", "pycares", "aiosqlite", "sqlite3", "asyncpg
 DEV_TOOLS = ("devtools", "bench", "tests", "dnslib", "slapos", "pytest", "trustme", "hypothesis")
 PURE = ("cdnreq.decide", "cdnreq.model", "cdnreq.validate")
 
-# Cycles being untangled (issue 13): each is removed from here when it goes.
-KNOWN_CYCLES = [
-    ["cdnreq.config", "cdnreq.configdoc"],
-    ["cdnreq.store", "cdnreq.store.backup", "cdnreq.store.sqlite"],
-]
-
 
 def _module_name(path: Path) -> str:
     parts = path.relative_to(ROOT).with_suffix("").parts
@@ -132,5 +126,4 @@ def test_no_import_cycle():
     for node in sorted(graph):
         if node not in index:
             visit(node)
-    new = [c for c in cycles if c not in KNOWN_CYCLES]
-    assert new == [], "\n".join(" <-> ".join(c) for c in new)
+    assert cycles == [], "\n".join(" <-> ".join(c) for c in cycles)

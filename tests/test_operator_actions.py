@@ -32,6 +32,7 @@ from cdnreq.decide.operator import OperatorAction, Refusal
 from cdnreq.decide.titles import technical_title
 from cdnreq.store import Store
 from cdnreq.store.lock import DatabaseLock
+from tests.storeread import events_since
 from tests.test_domains_slapproxy import LABEL, make_config, token_of  # noqa: F401 (make_config is a fixture)
 
 pytestmark = pytest.mark.slapproxy
@@ -99,7 +100,7 @@ def stored(database: Path):
     async def go():
         store = await Store.open(database, lock=False)
         try:
-            events = [e for _, e in await store.events_since(0, 100000)]
+            events = [e for _, e in await events_since(store, 0, 100000)]
             return await store.load(), events, await store.load_hosts()
         finally:
             await store.close()

@@ -20,6 +20,7 @@ from devtools.devmaster import CdnSite, free_port, write_config
 from faultproxy import FaultProxy, status, trickle
 from cdnreq.model import Phase, Record
 from cdnreq.store import Store
+from tests.storeread import events_since
 
 pytestmark = pytest.mark.slapproxy
 
@@ -57,7 +58,7 @@ def store_events(database: Path) -> list:
     async def go():
         store = await Store.open(database, lock=False)
         try:
-            return [e for _, e in await store.events_since(0, 100000) if e.action == "orphan-destroy"]
+            return [e for _, e in await events_since(store, 0, 100000) if e.action == "orphan-destroy"]
         finally:
             await store.close()
 

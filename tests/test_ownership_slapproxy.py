@@ -14,6 +14,7 @@ from devtools.devdns import DevDns
 from devtools.devmaster import CdnSite, MasterLog
 from cdnreq.model import Phase
 from tests.faultproxy import FaultProxy, status
+from tests.storeread import events_since
 from tests.test_domains_slapproxy import (  # noqa: F401 (make_config is a fixture)
     ALREADY_USED,
     LABEL,
@@ -225,7 +226,7 @@ async def test_no_ping_pong_in_a_long_running_process(cdn_site: CdnSite, devdns:
                     await tick_()
                     assert naming(site, SHOP) == [title_of(b)]
                 assert REQUEST not in log.calls(), log.calls()
-                events = [e for _, e in await store.events_since(0, 100000)]
+                events = [e for _, e in await events_since(store, 0, 100000)]
             finally:
                 await r.resolver.close()
     finally:

@@ -18,6 +18,7 @@ from daemons import daemon_holding_store
 from devtools.devdns import DevDns
 from devtools.devmaster import CdnSite, MasterLog, write_config
 from cdnreq.store import Store
+from tests.storeread import events_since
 
 pytestmark = pytest.mark.slapproxy
 
@@ -50,7 +51,7 @@ def tick_record(database: Path) -> tuple[dict, list]:
         store = await Store.open(database, lock=False)
         try:
             (tick,) = await store.last_ticks(1)
-            events = [e for _, e in await store.events_since(0, 100000) if e.tick == tick["id"]]
+            events = [e for _, e in await events_since(store, 0, 100000) if e.tick == tick["id"]]
             return tick, events
         finally:
             await store.close()

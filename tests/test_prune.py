@@ -21,7 +21,7 @@ from cdnreq.service.once import run_once
 from devtools.devmaster import CdnSite, Slapproxy, write_config
 from cdnreq.model import Event, InstanceGuid, Phase, Record, Title
 from cdnreq.store import Store
-from cdnreq.store.backup import inspect
+from cdnreq.store.verify import inspect
 from cdnreq.store.migrations import LATEST, MIGRATIONS, split_statements
 from cdnreq.store.prune import prune
 from cdnreq.store.retention import DAY_S, KEEP_TICKS, Retention

@@ -18,6 +18,7 @@ from cdnreq.model import Phase
 from cdnreq.decide.transitions import IN_PROGRESS
 from cdnreq.decide.titles import technical_title
 from cdnreq.store import Store
+from tests.storeread import events_since
 
 pytestmark = pytest.mark.slapproxy
 
@@ -38,7 +39,7 @@ def load(config_db: Path):
     async def go():
         store = await Store.open(config_db, lock=False)
         try:
-            return await store.load(), [e for _, e in await store.events_since(0, 100000)]
+            return await store.load(), [e for _, e in await events_since(store, 0, 100000)]
         finally:
             await store.close()
 

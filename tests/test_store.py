@@ -15,8 +15,9 @@ from cdnreq.model import (
     shown_digest,
 )
 from cdnreq.store import SchemaTooNew, Store, StoreError, StoreLocked
-from cdnreq.store import sqlite as store_sqlite
+from cdnreq.store import rows as store_rows
 from cdnreq.store.migrations import LATEST, MIGRATIONS, split_statements
+from tests.storeread import counts_by_phase, events_since
 
 
 def rec(guid: str, title: str | None = None, **kw) -> Record:
@@ -157,7 +158,7 @@ async def test_events_ids_increase_and_survive_reopen(tmp_path):
     evs = [Event("A", "request", "ok", at=float(i), detail=f"d{i}", tick=7) for i in range(3)]
     await s.commit(events=evs)
     await s.commit(events=[Event("B", "destroy", "error", at=5.0)])
-    feed = await s.events_since()
+    feed = await events_since(s)
     ids = [i for i, _ in feed]
     assert ids == sorted(ids) and len(set(ids)) == 4
     assert [e for _, e in feed] == evs + [Event("B", "destroy", "error", at=5.0)]
@@ -166,10 +167,10 @@ async def test_events_ids_increase_and_survive_reopen(tmp_path):
     s = await Store.open(path)
     try:
         await s.commit(events=[Event("A", "publish", "ok", at=6.0)])
-        feed2 = await s.events_since()
+        feed2 = await events_since(s)
         assert feed2[:4] == feed
         assert feed2[4][0] > ids[-1]
-        assert await s.events_since(after_id=ids[1], limit=2) == feed2[2:4]
+        assert await events_since(s, after_id=ids[1], limit=2) == feed2[2:4]
         newest = await s.events_for("A")
         assert [e.action for _, e in newest] == ["publish", "request", "request", "request"]
         assert [i for i, _ in newest] == sorted((i for i, _ in newest), reverse=True)
@@ -182,14 +183,14 @@ async def test_event_ids_not_reused_after_delete(tmp_path):
     path = tmp_path / "x.db"
     s = await Store.open(path)
     await s.commit(events=[Event("A", "x", "ok", at=1.0)])
-    (last, _), = await s.events_since()
+    (last, _), = await events_since(s)
     await s.close()
     with sqlite3.connect(path) as raw:
         raw.execute("DELETE FROM events")
     s = await Store.open(path)
     try:
         await s.commit(events=[Event("A", "y", "ok", at=2.0)])
-        (new, _), = await s.events_since()
+        (new, _), = await events_since(s)
         assert new > last
     finally:
         await s.close()
@@ -198,7 +199,7 @@ async def test_event_ids_not_reused_after_delete(tmp_path):
 async def test_commit_is_atomic(store):
     await store.commit(upserts=[rec("KEEP", title="keep")], events=[Event("KEEP", "a", "ok", 1.0)])
     before_load = await store.load()
-    before_events = await store.events_since()
+    before_events = await events_since(store)
     with pytest.raises(StoreError, match="UNIQUE"):
         await store.commit(
             upserts=[rec("X", title="same"), rec("Y", title="same"), rec("KEEP", title="k2")],
@@ -206,7 +207,7 @@ async def test_commit_is_atomic(store):
             events=[Event("X", "request", "ok", 2.0)],
         )
     assert await store.load() == before_load
-    assert await store.events_since() == before_events
+    assert await events_since(store) == before_events
     # and the connection is still usable afterwards
     await store.commit(upserts=[rec("X", title="same")])
     assert set(await store.load()) == {"KEEP", "X"}
@@ -308,15 +309,15 @@ async def test_ticks(store):
 
 
 async def test_counts_by_phase(store):
-    assert await store.counts_by_phase() == {p.value: 0 for p in Phase}
+    assert await counts_by_phase(store) == {p.value: 0 for p in Phase}
     await store.commit(upserts=[
         rec("A", phase=Phase.LIVE), rec("B", phase=Phase.LIVE), rec("C", phase=Phase.REMOVING),
     ])
-    assert await store.counts_by_phase() == {
+    assert await counts_by_phase(store) == {
         "new": 0, "requested": 0, "live": 2, "removing": 1, "retained": 0,
     }  # fmt: skip
     await store.commit(upserts=[rec("D", phase=Phase.RETAINED, gone_at=3.0)])
-    assert (await store.counts_by_phase())["retained"] == 1
+    assert (await counts_by_phase(store))["retained"] == 1
 
 
 async def test_commit_rolls_back_earlier_statements(store):
@@ -330,16 +331,16 @@ async def test_commit_rolls_back_earlier_statements(store):
             events=[Event("NEW", "request", "ok", 1.0), Event("NEW", "x", "ok", at=None)],
         )
     assert set(await store.load()) == {"OLD"}
-    assert await store.events_since() == []
+    assert await events_since(store) == []
 
 
 def test_columns_match_record_fields():
     # Rows map onto Record positionally: a new field needs a column (and a migration).
-    assert store_sqlite._COLUMNS.split(", ") == [f.name for f in dataclasses.fields(Record)]
-    assert store_sqlite._HOST_COLUMNS.split(", ") == [
+    assert store_rows.COLUMNS.split(", ") == [f.name for f in dataclasses.fields(Record)]
+    assert store_rows.HOST_COLUMNS.split(", ") == [
         f.name for f in dataclasses.fields(HostClaim)
     ]
-    assert store_sqlite._CHALLENGE_COLUMNS.split(", ") == [
+    assert store_rows.CHALLENGE_COLUMNS.split(", ") == [
         f.name for f in dataclasses.fields(Challenge)
     ]
 
@@ -516,7 +517,7 @@ async def test_commit_atomic_when_host_write_fails(store):
         events=[Event("OLD", "a", "ok", 1.0)],
     )
     before = (await store.load(), await store.load_hosts(), await store.load_challenges(),
-              await store.events_since())  # fmt: skip
+              await events_since(store))  # fmt: skip
     with pytest.raises(StoreError, match="NOT NULL"):
         await store.commit(
             forgets=["OLD"],
@@ -529,7 +530,7 @@ async def test_commit_atomic_when_host_write_fails(store):
             events=[Event("NEW", "request", "ok", 2.0)],
         )  # fmt: skip
     after = (await store.load(), await store.load_hosts(), await store.load_challenges(),
-             await store.events_since())  # fmt: skip
+             await events_since(store))  # fmt: skip
     assert after == before
 
 

@@ -14,7 +14,7 @@ from cdnreq.aiotasks import cancel_and_wait, end_within, spawn
 from cdnreq.config import Config
 from cdnreq.metrics import Metrics
 from cdnreq.store import Store, StoreError, take_backup
-from cdnreq.store.backup import backup_time, last_backup
+from cdnreq.store.backupdir import backup_time, last_backup
 from cdnreq.store.prune import prune_passes
 
 log = structlog.get_logger("cdnreq.daemon")

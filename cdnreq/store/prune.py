@@ -7,7 +7,7 @@ cdnreq.store.retention's rule. After the deletes, the freed pages go back to
 the file system a few at a time (`PRAGMA incremental_vacuum`; the file is in
 auto_vacuum=INCREMENTAL since schema version 4) and a passive checkpoint
 lets the write-ahead log be reused (it is cut back to
-`sqlite.JOURNAL_SIZE_LIMIT`).
+`opening.JOURNAL_SIZE_LIMIT`).
 """
 
 from __future__ import annotations

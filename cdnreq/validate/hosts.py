@@ -346,49 +346,55 @@ def parse_aliases(raw: str, custom_domain: str | None) -> tuple[list[str], list[
     if len(entries) > MAX_ALIASES:
         return [], [f"server-alias: more than {MAX_ALIASES} entries given; at most {MAX_ALIASES} are allowed"]
 
-    if custom_domain is None or custom_domain == "":
-        return [], ["server-alias: aliases require a custom_domain; set custom_domain or remove server-alias"]
-    try:
-        main = normalise_host(custom_domain, wildcard=True)
-    except HostError:
-        return [], ["server-alias: cannot be checked because custom_domain is not a valid host name"]
-    except Exception:  # pragma: no cover - defensive: this function never raises
-        return [], ["server-alias: cannot be checked because custom_domain is not a valid host name"]
-    main_registrable = registrable_domain(main)
-    if main_registrable is None:
-        return [], [
-            "server-alias: cannot be checked because custom_domain has no registrable domain "
-            "(it is a public suffix)"
-        ]
-
+    main, problem = _main_domain(custom_domain)
+    if main is None:
+        return [], [problem]
     aliases: list[str] = []
     errors: list[str] = []
-    seen: set[str] = {main}
+    seen: set[str] = {main[0]}
     for entry in entries:
-        try:
-            alias = normalise_host(entry, wildcard=True)
-        except HostError as exc:
-            error = f"server-alias: {exc}"
-        except Exception:  # pragma: no cover - defensive: this function never raises
-            error = _alias_error(entry, "could not be checked as a host name")
-        else:
-            if alias in seen:
-                continue
-            registrable = registrable_domain(alias)
-            if registrable is None:
-                error = _alias_error(
-                    entry,
-                    "is a public suffix or directly under one; nobody can own all of it",
-                )
-            elif registrable != main_registrable:
-                error = _alias_error(
-                    entry,
-                    f"is not under {main_registrable}, the registrable domain of custom_domain",
-                )
-            else:
+        alias, error = _check_alias(entry, main[1])
+        if alias is not None:
+            if alias not in seen:  # a duplicate, or custom_domain itself: dropped silently
                 seen.add(alias)
                 aliases.append(alias)
-                continue
-        if error not in errors:
+        elif error not in errors:
             errors.append(error)
     return aliases, errors
+
+
+def _main_domain(custom_domain: str | None) -> tuple[tuple[str, str] | None, str]:
+    """((custom_domain normalised, its registrable domain), "") when aliases
+    can be checked against it; else (None, why not)."""
+    if custom_domain is None or custom_domain == "":
+        return None, "server-alias: aliases require a custom_domain; set custom_domain or remove server-alias"
+    try:
+        main = normalise_host(custom_domain, wildcard=True)
+    except Exception:  # a HostError; anything else too, since parse_aliases never raises
+        return None, "server-alias: cannot be checked because custom_domain is not a valid host name"
+    main_registrable = registrable_domain(main)
+    if main_registrable is None:
+        return None, (
+            "server-alias: cannot be checked because custom_domain has no registrable domain "
+            "(it is a public suffix)"
+        )
+    return (main, main_registrable), ""
+
+
+def _check_alias(entry: str, main_registrable: str) -> tuple[str | None, str]:
+    """(the alias normalised, "") when it lies under `main_registrable`; else
+    (None, the error)."""
+    try:
+        alias = normalise_host(entry, wildcard=True)
+    except HostError as exc:
+        return None, f"server-alias: {exc}"
+    except Exception:  # pragma: no cover - defensive: parse_aliases never raises
+        return None, _alias_error(entry, "could not be checked as a host name")
+    registrable = registrable_domain(alias)
+    if registrable is None:
+        return None, _alias_error(entry, "is a public suffix or directly under one; nobody can own all of it")
+    if registrable != main_registrable:
+        return None, _alias_error(
+            entry, f"is not under {main_registrable}, the registrable domain of custom_domain"
+        )
+    return alias, ""

@@ -1,0 +1,94 @@
+"""What one commit writes, and in which order: the (sql, rows) steps of the
+transaction Store.commit runs. Pure: models in, rows out; nothing touches
+the database here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from cdnreq.model import Challenge, Event, HostClaim, Record
+from cdnreq.store.errors import StoreError
+from cdnreq.store.rows import (
+    DELETE,
+    DELETE_CHALLENGE,
+    DELETE_HOST,
+    DELETE_HOSTS_OF,
+    INSERT_EVENT,
+    SET_PUBLISHED,
+    UPSERT,
+    UPSERT_CHALLENGE,
+    UPSERT_HOST,
+    challenge_row,
+    dump,
+    host_row,
+    to_row,
+)
+
+Step = tuple[str, list[Any]]  # one statement, run for each of its rows
+
+
+def commit_steps(
+    path: Path,
+    *,
+    upserts: Iterable[Record] = (),
+    forgets: Iterable[str] = (),
+    events: Iterable[Event] = (),
+    host_upserts: Iterable[HostClaim] = (),
+    host_deletes: Iterable[str] = (),
+    challenge_upserts: Iterable[Challenge] = (),
+    challenge_deletes: Iterable[str] = (),
+    shown: Mapping[str, Mapping[str, Any]] | None = None,
+    also: Iterable[Step] = (),
+) -> list[Step]:
+    """The steps of one commit, those with rows only; `path` names the
+    database in errors.
+
+    In order: forgets (each with the instance's hosts and challenge, since
+    a forgotten instance owns nothing), host deletes, challenge deletes,
+    upserts, what was shown (by guid; upserted or stored instances only),
+    host upserts, challenge upserts, events, then `also`. So a title or a
+    host freed by one instance can be taken by another in the same commit;
+    a host upsert with another guid transfers the host.
+    """
+    try:
+        upsert_rows = [to_row(r) for r in upserts]
+        forget_rows = [(g,) for g in forgets]
+        event_rows = [(e.at, e.tick, e.instance_guid, e.action, e.outcome, e.detail)
+                      for e in events]  # fmt: skip
+        host_rows = [host_row(h) for h in host_upserts]
+        host_delete_rows = [(h,) for h in host_deletes]
+        challenge_rows = [challenge_row(c) for c in challenge_upserts]
+        challenge_delete_rows = [(g,) for g in challenge_deletes]
+        shown_rows = [(dump(v), g) for g, v in (shown or {}).items()]
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise StoreError(f"{path}: cannot encode commit: {exc}") from exc
+    _refuse_writes_to_forgotten(path, {g for (g,) in forget_rows}, {
+        "upserts": {r[0] for r in upsert_rows},
+        "host_upserts": {r[1] for r in host_rows},
+        "challenge_upserts": {r[0] for r in challenge_rows},
+        "shown": {r[1] for r in shown_rows},
+    })
+    steps = [
+        (DELETE, forget_rows),
+        (DELETE_HOSTS_OF, forget_rows),
+        (DELETE_CHALLENGE, forget_rows),
+        (DELETE_HOST, host_delete_rows),
+        (DELETE_CHALLENGE, challenge_delete_rows),
+        (UPSERT, upsert_rows),
+        (SET_PUBLISHED, shown_rows),
+        (UPSERT_HOST, host_rows),
+        (UPSERT_CHALLENGE, challenge_rows),
+        (INSERT_EVENT, event_rows),
+        *also,
+    ]
+    return [(sql, rows) for sql, rows in steps if rows]
+
+
+def _refuse_writes_to_forgotten(path: Path, forgotten: set[str], written: dict[str, set[str]]) -> None:
+    """An instance forgotten and written in one commit is a caller's mistake:
+    which write wins would depend on the steps' order."""
+    for what, guids in written.items():
+        both = guids & forgotten
+        if both:
+            raise StoreError(f"{path}: commit both {what} and forgets {sorted(both)}")

@@ -1,0 +1,164 @@
+"""Rows and models: the SQL that reads and writes each table, and the
+conversions between a row and a Record, HostClaim, Challenge or Event.
+
+Column lists follow the models' field order, so a row maps onto a model
+positionally (tests/test_store.py checks that they still do).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Iterable, Mapping
+
+from cdnreq.model import (
+    Challenge,
+    Event,
+    FrozenJson,
+    HostClaim,
+    InstanceGuid,
+    Phase,
+    Record,
+    RequestedState,
+    fast_maker,
+    shown_digest,
+)
+
+COLUMNS = (
+    "guid, title, phase, created_at, updated_at, param_hash, requested_state, "
+    "spec_hash, tech_guid, connection, published, published_error, last_action, "
+    "last_error, failures, retry_at, served, gone_at"
+)  # Record's field order, so rows map onto it positionally
+SELECT = f"SELECT {COLUMNS} FROM instances"
+# `published` holds what the customer was shown; a Record keeps only its
+# digest, so the text is written apart, when a publication changes it.
+_WRITTEN = [c for c in COLUMNS.split(", ") if c != "published"]
+UPSERT = (
+    f"INSERT INTO instances ({', '.join(_WRITTEN)}) VALUES ({', '.join('?' * len(_WRITTEN))}) "
+    "ON CONFLICT (guid) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _WRITTEN[1:] if c != "created_at")
+)
+SET_PUBLISHED = "UPDATE instances SET published = ? WHERE guid = ?"
+INSERT_EVENT = (
+    "INSERT INTO events (at, tick, instance_guid, action, outcome, detail) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+DELETE = "DELETE FROM instances WHERE guid = ?"
+
+HOST_COLUMNS = "host, guid, registrable, proven_at, checked_at, failing_since"  # HostClaim's order
+SELECT_HOSTS = f"SELECT {HOST_COLUMNS} FROM hosts"
+UPSERT_HOST = (
+    f"INSERT INTO hosts ({HOST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (host) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in HOST_COLUMNS.split(", ")[1:])
+)
+DELETE_HOST = "DELETE FROM hosts WHERE host = ?"
+DELETE_HOSTS_OF = "DELETE FROM hosts WHERE guid = ?"
+
+CHALLENGE_COLUMNS = "guid, domain, salt, token, created_at"  # Challenge's order
+SELECT_CHALLENGES = f"SELECT {CHALLENGE_COLUMNS} FROM challenges"
+UPSERT_CHALLENGE = (
+    f"INSERT INTO challenges ({CHALLENGE_COLUMNS}) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (guid) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in CHALLENGE_COLUMNS.split(", ")[1:])
+)
+DELETE_CHALLENGE = "DELETE FROM challenges WHERE guid = ?"
+EVENT_COLUMNS = "id, instance_guid, action, outcome, at, detail, tick"
+
+UPSERT_GUARD = (
+    "INSERT INTO guards (name, value, updated_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
+)
+DELETE_GUARD = "DELETE FROM guards WHERE name = ?"
+
+_PHASES = {p.value: p for p in Phase}
+_STATES = {s.value: s for s in RequestedState}
+
+
+def dump(value: Mapping[str, Any] | None) -> str | None:
+    if value is None:
+        return None
+    return json.dumps(value if isinstance(value, dict) else dict(value.items()), sort_keys=True)
+
+
+def dump_hosts(hosts: Iterable[str] | None) -> str | None:
+    """A JSON array, in the given order; None stays NULL (unknown), () is `[]`."""
+    if hosts is None:
+        return None
+    if isinstance(hosts, (str, bytes)):
+        raise TypeError(f"served must be a sequence of hosts, not {type(hosts).__name__}")
+    hosts = list(hosts)
+    for host in hosts:
+        if not isinstance(host, str):
+            raise TypeError(f"served hosts must be strings, not {type(host).__name__}")
+    return json.dumps(hosts)
+
+
+def to_row(r: Record) -> tuple[Any, ...]:
+    return (
+        r.guid, r.title, Phase(r.phase).value, r.created_at, r.updated_at, r.param_hash,
+        None if r.requested_state is None else RequestedState(r.requested_state).value,
+        r.spec_hash, r.tech_guid, dump(r.connection),
+        r.published_error, r.last_action, r.last_error, r.failures, r.retry_at,
+        dump_hosts(r.served), r.gone_at,
+    )  # fmt: skip
+
+
+def host_row(h: HostClaim) -> tuple[Any, ...]:
+    return (h.host, h.guid, h.registrable, h.proven_at, h.checked_at, h.failing_since)
+
+
+def challenge_row(c: Challenge) -> tuple[Any, ...]:
+    return (c.guid, c.domain, c.salt, c.token, c.created_at)
+
+
+_raw_decode = json.JSONDecoder().raw_decode
+
+
+def load_json(text: str) -> Any:
+    # raw_decode skips json.loads' whitespace regexes: twice as fast, and the
+    # text is ours (json.dumps output). Anything odd goes the strict way.
+    value, end = _raw_decode(text)
+    return value if end == len(text) else json.loads(text)
+
+
+_make_record = fast_maker(Record)
+
+
+# Loaded strings are interned where many rows hold the same value (the CDN
+# spec hash, last actions) or other tables hold it too (guids, hosts): one
+# object instead of one per row and table, about 300 bytes an instance.
+_i = sys.intern
+
+
+def to_record(row: tuple[Any, ...]) -> Record:
+    (guid, title, phase, created, updated, param_hash, state, spec_hash, tech_guid,
+     connection, published, published_error, last_action, last_error, failures,
+     retry_at, served, gone_at) = row  # fmt: skip
+    return _make_record(
+        _i(guid), title, _PHASES[phase], created, updated, param_hash,
+        None if state is None else _STATES[state], None if spec_hash is None else _i(spec_hash), tech_guid,
+        None if connection is None else FrozenJson(connection.encode("utf-8", "surrogatepass")),
+        None if published is None else shown_digest(load_json(published)),
+        published_error, None if last_action is None else _i(last_action), last_error, failures, retry_at,
+        None if served is None else tuple(_i(h) for h in load_json(served)), gone_at,
+    )  # fmt: skip
+
+
+def to_records(rows: list[tuple[Any, ...]]) -> dict[InstanceGuid, Record]:
+    records = (to_record(row) for row in rows)
+    return {r.guid: r for r in records}
+
+
+def to_hosts(rows: list[tuple[Any, ...]]) -> dict[str, HostClaim]:
+    claims = (HostClaim(_i(host), _i(guid), _i(registrable), *rest) for host, guid, registrable, *rest in rows)
+    return {c.host: c for c in claims}
+
+
+def to_challenges(rows: list[tuple[Any, ...]]) -> dict[InstanceGuid, Challenge]:
+    challenges = (Challenge(_i(guid), _i(domain), *rest) for guid, domain, *rest in rows)
+    return {c.guid: c for c in challenges}
+
+
+def to_event(row: tuple[Any, ...]) -> tuple[int, Event]:
+    return row[0], Event(*row[1:])
