@@ -127,3 +127,24 @@ def test_no_import_cycle():
         if node not in index:
             visit(node)
     assert cycles == [], "\n".join(" <-> ".join(c) for c in cycles)
+
+
+# Declarative tables may be longer: the configuration's models, the metrics' definitions.
+LONG_ALLOWED = {"cdnreq/config.py", "cdnreq/metrics.py:Metrics.__init__"}
+
+
+def test_no_module_over_about_400_lines_nor_function_over_about_60():
+    too_long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = str(path.relative_to(ROOT))
+        text = path.read_text()
+        if text.count("\n") > 410 and name not in LONG_ALLOWED:
+            too_long.append(f"{name}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    owner = f"{node.name}." if isinstance(node, ast.ClassDef) else ""
+                    length = child.end_lineno - child.lineno + 1
+                    if length > 65 and f"{name}:{owner}{child.name}" not in LONG_ALLOWED:
+                        too_long.append(f"{name}:{child.lineno} {owner}{child.name}: {length} lines")
+    assert too_long == []
