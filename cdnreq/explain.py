@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from cdnreq.model import Phase, Record
+from cdnreq.model import Challenge, Phase, Record
 from cdnreq.store import Store, imports
 
 
@@ -45,9 +45,9 @@ async def explain(
     store: Store, guid: str, *, label: str, retention_s: float, now: float, events: int = 20
 ) -> dict[str, Any] | None:
     record = await store.get(guid)
-    if record is None:
-        return await _forgotten(store, guid, events)
     challenge = await store.challenge_of(guid)
+    if record is None:
+        return await _unrecorded(store, guid, challenge, label=label, events=events)
     return {
         "instance_guid": record.guid,
         "state": record.phase.value,
@@ -72,14 +72,7 @@ async def explain(
             }
             for claim in await store.hosts_of(guid)
         ],
-        "challenge": None
-        if challenge is None
-        else {
-            "domain": challenge.domain,
-            "txt_record": f"{label}.{challenge.domain}",
-            "txt_value": challenge.token,
-            "issued_at": iso(challenge.created_at),
-        },
+        "challenge": _challenge(challenge, label),
         "events": await _events(store, guid, events),
         "import_findings": await imports.findings_of(store, guid),
     }
@@ -99,10 +92,33 @@ async def _events(store: Store, guid: str, limit: int) -> list[dict[str, Any]]:
     ]
 
 
-async def _forgotten(store: Store, guid: str, limit: int) -> dict[str, Any] | None:
-    """An instance whose record was dropped (gone from the master, or by
-    `cdnreq forget`) still has its events: say so rather than 'unknown'."""
-    events = await _events(store, guid, limit)
-    if not events:
+def _challenge(challenge: Challenge | None, label: str) -> dict[str, Any] | None:
+    if challenge is None:
         return None
-    return {"instance_guid": guid, "state": "forgotten", "why": "no longer known: its record was dropped", "events": events}
+    return {
+        "domain": challenge.domain,
+        "txt_record": f"{label}.{challenge.domain}",
+        "txt_value": challenge.token,
+        "issued_at": iso(challenge.created_at),
+    }
+
+
+async def _unrecorded(
+    store: Store, guid: str, challenge: Challenge | None, *, label: str, events: int
+) -> dict[str, Any] | None:
+    """No record. A new instance waiting for its DNS proof has a challenge
+    (and an event) before its first record is written: it is waiting, not
+    forgotten. Without a challenge, events mean its record was dropped (gone
+    from the master, or `cdnreq forget`); with neither it is unknown."""
+    history = await _events(store, guid, events)
+    if challenge is not None:
+        return {
+            "instance_guid": guid,
+            "state": "waiting",
+            "why": f"waiting for the DNS proof of {challenge.domain}; nothing requested yet",
+            "challenge": _challenge(challenge, label),
+            "events": history,
+        }
+    if not history:
+        return None
+    return {"instance_guid": guid, "state": "forgotten", "why": "no longer known: its record was dropped", "events": history}

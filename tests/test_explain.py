@@ -1,0 +1,45 @@
+"""`explain` (the endpoint's /instances/GUID and `cdnreq explain`) on a real store."""
+
+from __future__ import annotations
+
+import pytest
+
+from cdnreq.explain import explain
+from cdnreq.model import Challenge, Event, InstanceGuid
+from cdnreq.store import Store
+
+
+@pytest.fixture
+async def store(tmp_path):
+    s = await Store.open(tmp_path / "cdnreq.db")
+    yield s
+    await s.close()
+
+
+async def test_a_new_instance_waiting_for_dns_is_waiting_not_forgotten(store: Store) -> None:
+    """The domain step commits the challenge and its event before the
+    instance's first record: read in between (the daemon's endpoint during a
+    tick), the customer's instance was shown as 'forgotten' without its TXT."""
+    guid = InstanceGuid("shop")
+    await store.commit(
+        challenge_upserts=[Challenge(guid, "shop.example.com", "salt", "token-1", 10.0)],
+        events=[Event(guid, "challenge", "issued", 10.0, "for shop.example.com", 1)],
+    )
+    answer = await explain(store, guid, label="_cdnreq", retention_s=60, now=20.0)
+    assert answer is not None
+    assert answer["state"] == "waiting" and "shop.example.com" in answer["why"]
+    assert answer["challenge"] == {
+        "domain": "shop.example.com",
+        "txt_record": "_cdnreq.shop.example.com",
+        "txt_value": "token-1",
+        "issued_at": "1970-01-01T00:00:10+00:00",
+    }
+    assert [e["action"] for e in answer["events"]] == ["challenge"]
+
+
+async def test_events_without_record_or_challenge_are_a_forgotten_instance(store: Store) -> None:
+    guid = InstanceGuid("gone")
+    await store.commit(events=[Event(guid, "operator", "forget", 10.0, "forgotten, never requested")])
+    answer = await explain(store, guid, label="_cdnreq", retention_s=60, now=20.0)
+    assert answer is not None and answer["state"] == "forgotten"
+    assert await explain(store, InstanceGuid("never"), label="_cdnreq", retention_s=60, now=20.0) is None
