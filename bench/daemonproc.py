@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from bench import child
+
 __all__ = ["DaemonProcess", "DaemonDied", "cpu_seconds", "memory_kb", "reset_peak", "cdnreq_command"]
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -108,10 +110,8 @@ class DaemonProcess:
 
     def start(self, timeout_s: float = 600) -> "DaemonProcess":
         self.started_at = time.monotonic()
-        self.process = subprocess.Popen(
-            [*cdnreq_command(), "run", "--config", str(self.config_path)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
+        self.process = child.spawn([*cdnreq_command(), "run", "--config", str(self.config_path)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self._reader = threading.Thread(target=self._read_log, name="cdnreq-log", daemon=True)
         self._reader.start()
         if self.on_spawn is not None:
@@ -130,22 +130,15 @@ class DaemonProcess:
                 self.paused = False
                 os.kill(process.pid, signal.SIGTERM)
                 os.kill(process.pid, signal.SIGCONT)
-            try:
-                process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            child.wait_or_kill(process, timeout_s)
         if self._reader is not None:
             self._reader.join(timeout=10)
         self.process = None
         return process.returncode
 
     def kill(self) -> None:
-        process = self.process
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait()
-        self.process = None
+        process, self.process = self.process, None
+        child.stop(process, sig=signal.SIGKILL)
 
     # -- the log -----------------------------------------------------------------------
 

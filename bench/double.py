@@ -68,9 +68,7 @@ import contextlib
 import importlib.util
 import json
 import os
-import select
 import signal
-import subprocess
 import sys
 import time
 import urllib.request
@@ -85,6 +83,8 @@ import aiohttp
 from aiohttp import web
 from jsonschema import Draft7Validator
 from jsonschema.exceptions import best_match
+
+from bench.child import ReadyChild
 
 try:  # optional, not a dependency
     import orjson as _orjson
@@ -875,46 +875,30 @@ async def ceiling(url: str, n: int, concurrency: int, *, prefix: str | None = No
 # -- its own process ---------------------------------------------------------------------------
 
 
-class DoubleProcess:
+class DoubleProcess(ReadyChild):
     """``python -m bench.double`` in a child process, and a small client for its control API."""
+
+    module = "bench.double"
+    what = "the master double"
 
     def __init__(self, *, customers: int = 0, domains: bool = False,
                  publish_after: str = "immediately", port: int = 0, validate: bool = False,
                  host: str = "127.0.0.1", parameter_bytes: int = 0, parameter_piece: int = 4000):
-        self.args = [
+        super().__init__([
             "--host", host, "--port", str(port), "--customers", str(customers),
             "--publish-after", publish_after, "--parameter-bytes", str(parameter_bytes),
             "--parameter-piece", str(parameter_piece),
-        ] + (["--domains"] if domains else []) + (["--validate"] if validate else [])
+        ] + (["--domains"] if domains else []) + (["--validate"] if validate else []))
         self.host = host
         self.port: int | None = None
-        self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     def start(self, timeout_s: float = 120) -> Self:
-        root = Path(__file__).resolve().parents[1]
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.double", *self.args],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, cwd=root, text=True,
-        )
-        deadline = time.monotonic() + timeout_s
-        stdout = self.process.stdout
-        assert stdout is not None
-        while (remaining := deadline - time.monotonic()) > 0:
-            readable, _, _ = select.select([stdout], [], [], remaining)
-            if not readable:
-                break
-            line = stdout.readline()
-            if not line:  # exited
-                break
-            if line.startswith("READY "):
-                self.port = int(line.split()[1])
-                return self
-        self.stop()
-        raise RuntimeError("the master double did not print READY")
+        self.port = int(self.spawn(timeout_s)[0])
+        return self
 
     def control(self, op: str, body: Mapping[str, Any] | None = None, *, method: str = "POST",
                 timeout_s: float = 60) -> dict[str, Any]:
@@ -925,31 +909,6 @@ class DoubleProcess:
         )
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return json.loads(response.read())
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        stop_child(process)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def stop_child(process: subprocess.Popen | None) -> None:
-    """Terminate a benchmark helper process (kill it after 10 s), idempotent."""
-    if process is None:
-        return
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    if process.stdout is not None:
-        process.stdout.close()
 
 
 async def _run(args: argparse.Namespace) -> None:

@@ -28,6 +28,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Self
 
+from bench import child
+
 __all__ = [
     "ZONE", "Nsd", "NsdUnavailable", "challenge_name", "ensure_nsd", "nsd_conf_text",
     "nsd_version", "write_zone", "zone_text",
@@ -198,11 +200,8 @@ class Nsd:
         if self.port is None:
             self.port = _free_port()
         self.conf_path.write_text(nsd_conf_text(self.workdir, self.port))
-        self.process = subprocess.Popen(
-            [self.executable, "-d", "-c", str(self.conf_path)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-        )
+        self.process = child.spawn([self.executable, "-d", "-c", str(self.conf_path)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=self.workdir)
         deadline = time.monotonic() + timeout_s
         question = DNSRecord.question(probe or f"{ZONE}.", "TXT" if probe else "SOA")
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -225,14 +224,7 @@ class Nsd:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        child.stop(process)
 
     def __enter__(self) -> Self:
         return self.start()

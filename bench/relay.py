@@ -37,17 +37,14 @@ import collections
 import contextlib
 import ipaddress
 import json
-import select
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any, Self
 
-from bench.double import stop_child
+from bench.child import ReadyChild
 
 __all__ = ["Relay", "RelayProcess", "measure_rtt", "main"]
 
@@ -397,16 +394,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-class RelayProcess:
+class RelayProcess(ReadyChild):
     """``python -m bench.relay`` in a child process, and a client for its control port."""
 
+    module = "bench.relay"
+    what = "the relay"
+
     def __init__(self, upstream: tuple[str, int], *, delay_ms: float = 15.0, host: str = "127.0.0.1"):
-        self.args = ["--upstream", f"{upstream[0]}:{upstream[1]}", "--delay-ms", str(delay_ms),
-                     "--host", host]
+        super().__init__(["--upstream", f"{upstream[0]}:{upstream[1]}", "--delay-ms", str(delay_ms),
+                          "--host", host])
         self.host = host
         self.port: int | None = None
         self.control_port: int | None = None
-        self.process: subprocess.Popen | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -414,19 +413,7 @@ class RelayProcess:
         return self.host, self.port
 
     def start(self, timeout_s: float = 30) -> Self:
-        root = Path(__file__).resolve().parents[1]
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.relay", *self.args],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, cwd=root, text=True,
-        )
-        stdout = self.process.stdout
-        assert stdout is not None
-        readable, _, _ = select.select([stdout], [], [], timeout_s)
-        line = stdout.readline() if readable else ""
-        if not line.startswith("READY "):
-            self.stop()
-            raise RuntimeError("the relay did not print READY")
-        _, port, control = line.split()
+        port, control = self.spawn(timeout_s)
         self.port, self.control_port = int(port), int(control)
         return self
 
@@ -450,16 +437,6 @@ class RelayProcess:
 
     def set_delay_ms(self, delay_ms: float) -> dict[str, Any]:
         return self.command(f"delay {delay_ms}")
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        stop_child(process)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ import tomli_w
 
 from devtools.devmaster import free_port
 
-from bench import sniff
+from bench import child, sniff
 from bench.daemonproc import DaemonProcess
 from bench.double import (
     ERROR, GET, LIST_HOSTED, PUBLISH, REQUEST, REQUESTER_GUID, DoubleProcess, ceiling, customer_guid,
@@ -152,10 +152,9 @@ def versions(nsd_executable: str | None) -> dict[str, str | None]:
             found[name] = None
     found["nsd"] = nsd_version(nsd_executable) if nsd_executable else None
     with contextlib.suppress(OSError, subprocess.CalledProcessError):
-        root = Path(__file__).resolve().parents[1]
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=child.ROOT, capture_output=True,
                                 text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=child.ROOT,
                                capture_output=True, text=True).stdout.strip()
         found["git"] = commit + ("+dirty" if dirty else "")
     return found
@@ -200,10 +199,7 @@ def dns_ceiling_child(nameserver: str, customers: int) -> dict[str, Any]:
         f"names = [m for i in range({int(customers)}) for m in (challenge_name(i), parent_challenge_name(i))]\n"
         f"print(json.dumps(asyncio.run(dns_ceiling({nameserver!r}, names))))\n"
     )
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env=env,
-                          timeout=600)
+    done = child.run_python(code, timeout_s=600)
     if done.returncode != 0:
         raise RuntimeError(f"the DNS ceiling failed: {done.stderr.strip()[-500:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
