@@ -33,9 +33,18 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import child
+import tomli_w
 
-__all__ = ["DaemonProcess", "DaemonDied", "cpu_seconds", "memory_kb", "reset_peak", "cdnreq_command"]
+from devtools.devmaster import free_port
+
+from bench import child
+from bench.double import REQUESTER_GUID
+
+__all__ = ["DaemonProcess", "DaemonDied", "cpu_seconds", "memory_kb", "reset_peak", "cdnreq_command",
+           "daemon_config"]
+
+SR = "http://sr.invalid/rapid-cdn/software.cfg"
+DNS_IN_FLIGHT = 256
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -81,6 +90,27 @@ def cdnreq_command() -> list[str]:
     if found:
         return [found]
     return [sys.executable, "-c", "import sys; from cdnreq.cli import main; sys.exit(main())"]
+
+
+def daemon_config(path: Path, *, master_url: str, database: Path, nameserver: str, concurrency: int,
+                  tick_interval_s: float, extra: dict[str, dict[str, Any]] | None = None) -> Path:
+    tables: dict[str, dict[str, Any]] = {
+        "master": {"url": master_url, "instance_guid": REQUESTER_GUID, "timeout_s": 60.0},
+        "technical_cdn": {"software_release_uri": SR, "software_type": "default", "request_prefix": "cdnreq-"},
+        "daemon": {
+            "database": str(database), "concurrency": concurrency, "tick_interval_s": tick_interval_s,
+            "listen": f"127.0.0.1:{free_port()}", "max_destroy_fraction": 0.9,
+            "shutdown_timeout_s": 30.0,
+        },
+        "domain": {"secret_file": str(database.parent / "domain-secret"), "retention_s": 0.0},
+        # explicit loopback name servers, never the system resolver
+        "dns": {"nameservers": [nameserver], "timeout_s": 2.0, "tries": 2, "concurrency": DNS_IN_FLIGHT},
+        "logging": {"format": "json", "level": "info"},
+    }
+    for section, values in (extra or {}).items():
+        tables[section] = {**tables.get(section, {}), **values}
+    path.write_text("# written by bench/daemonproc.py\n" + tomli_w.dumps(tables), encoding="utf-8")
+    return path
 
 
 class DaemonProcess:

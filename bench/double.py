@@ -51,8 +51,8 @@ prints ``READY <port>`` once it listens. A small control API on the same
 server, under ``/_bench/``, lets the benchmark runner change the customers
 between ticks and read counters (see :func:`_control_routes`).
 :class:`DoubleProcess` starts and drives such a process; :func:`serve` runs a
-double in the current event loop (tests); :func:`ceiling` measures the
-double's own request rate with a bare aiohttp client.
+double in the current event loop (tests); ``bench.baselines.ceiling`` measures
+the double's own request rate with a bare aiohttp client.
 
 State is in memory only. The benchmark changes customers through
 :meth:`Double.add`, :meth:`Double.change` and :meth:`Double.remove` (or the
@@ -67,7 +67,6 @@ import asyncio
 import contextlib
 import importlib.util
 import json
-import os
 import signal
 import sys
 import time
@@ -79,7 +78,6 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Self
 
-import aiohttp
 from aiohttp import web
 from jsonschema import Draft7Validator
 from jsonschema.exceptions import best_match
@@ -104,7 +102,6 @@ __all__ = [
     "Double",
     "DoubleProcess",
     "DoubleServer",
-    "ceiling",
     "customer_guid",
     "customer_parameters",
     "load_spec",
@@ -818,58 +815,6 @@ async def serve(double: Double | None = None, host: str = "127.0.0.1", port: int
         yield server
     finally:
         await server.close()
-
-
-# -- the ceiling: a bare client -------------------------------------------------------------
-
-
-async def ceiling(url: str, n: int, concurrency: int, *, prefix: str | None = None,
-                  software_release_uri: str = "http://sr.invalid/rapid-cdn/software.cfg") -> dict:
-    """Send `n` shared-instance requests (new titles) at `concurrency` in flight.
-
-    The bodies, headers and JSON handling are cdnreq's (MasterClient): compact
-    JSON, the answer read as text and parsed. Any non-200 answer raises.
-    Returns ``{"requests": n, "seconds": s, "rate": n / s}``.
-    """
-    if n <= 0 or concurrency <= 0:
-        raise ValueError("n and concurrency must be positive")
-    prefix = prefix if prefix is not None else f"ceiling-{os.getpid()}-{time.monotonic_ns()}-"
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    next_one = iter(range(n))
-    failures: list[str] = []
-
-    async with aiohttp.ClientSession(
-        base_url=url.rstrip("/") + "/",
-        headers={"Accept": "application/json"},
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=30),
-        json_serialize=lambda v: json.dumps(v, separators=(",", ":")),
-    ) as session:
-
-        async def worker() -> None:
-            for i in next_one:
-                body = {
-                    "title": f"{prefix}{i}",
-                    "software_release_uri": software_release_uri,
-                    "software_type": "default",
-                    "shared": True,
-                    "state": "started",
-                    "sla_parameters": {},
-                    "parameters": {"url": f"https://backend-{i}.example"},
-                }
-                async with session.post(REQUEST, json=body) as response:
-                    text = await response.text()
-                    if response.status != 200:
-                        failures.append(f"HTTP {response.status}: {text[:200]}")
-                        return
-                json.loads(text)
-
-        began = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(min(concurrency, n))))
-        seconds = time.perf_counter() - began
-    if failures:
-        raise RuntimeError(f"the double refused a ceiling request: {failures[0]}")
-    return {"requests": n, "seconds": seconds, "rate": n / seconds}
 
 
 # -- its own process ---------------------------------------------------------------------------

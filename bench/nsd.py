@@ -31,7 +31,7 @@ from typing import Self
 from bench import child
 
 __all__ = [
-    "ZONE", "Nsd", "NsdUnavailable", "challenge_name", "ensure_nsd", "nsd_conf_text",
+    "ZONE", "Nsd", "NsdUnavailable", "challenge_name", "parent_challenge_name", "ensure_nsd", "nsd_conf_text",
     "nsd_version", "write_zone", "zone_text",
 ]
 
@@ -46,6 +46,11 @@ class NsdUnavailable(RuntimeError):
 def challenge_name(index: int, label: str = LABEL) -> str:
     """The TXT record customer `index` publishes (its custom_domain is www.d<index>.example)."""
     return f"{label}.www.d{index}.{ZONE}"
+
+
+def parent_challenge_name(index: int) -> str:
+    """The other proof name the daemon asks for www.d<i>.example: at the registrable domain."""
+    return f"{LABEL}.d{index}.example"
 
 
 def _txt_value(value: str) -> str:

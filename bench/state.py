@@ -34,7 +34,7 @@ from cdnreq.model import InstanceAnswer
 
 from bench.double import customer_guid, customer_parameters
 from bench.nsd import LABEL
-from bench.runner import MISSING
+from bench.scenarios import MISSING
 
 SECRET = b"s" * 32
 PREFIX = "cdn-"

@@ -31,11 +31,11 @@ from bench.double import (
     Double,
     DoubleProcess,
     DoubleServer,
-    ceiling,
     customer_guid,
     customer_parameters,
     serve,
 )
+from bench.baselines import ceiling
 from cdnreq.master import MasterClient, MasterRejected
 
 SR = "http://sr.invalid/rapid-cdn/software.cfg"

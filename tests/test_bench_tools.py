@@ -23,7 +23,9 @@ from bench.nsd import (
     Nsd, challenge_name, find_nsd, nsd_conf_text, write_zone, zone_text,
 )
 from bench.relay import Relay, measure_rtt, parse_address
-from bench.runner import daemon_config, same_work, table, targets
+from bench.baselines import same_work
+from bench.daemonproc import daemon_config
+from bench.report import table, targets
 from cdnreq.configfile import load_config
 
 DELAY_S = 0.015
