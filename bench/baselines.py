@@ -21,7 +21,7 @@ import aiohttp
 
 from bench import child
 from bench.daemonproc import DNS_IN_FLIGHT, SR
-from bench.double import PUBLISH, REQUEST
+from bench.double.wire import PUBLISH, REQUEST
 
 __all__ = ["bare_slapproxy_client", "best_of", "ceiling", "dns_ceiling", "dns_ceiling_child",
            "publish_ceiling", "same_work"]

@@ -38,7 +38,7 @@ import tomli_w
 from devtools.devmaster import free_port
 
 from bench import child
-from bench.double import REQUESTER_GUID
+from bench.double.wire import REQUESTER_GUID
 
 __all__ = ["DaemonProcess", "DaemonDied", "cpu_seconds", "memory_kb", "reset_peak", "cdnreq_command",
            "daemon_config"]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.daemonproc import DaemonProcess, daemon_config
-from bench.double import DoubleProcess
+from bench.double.process import DoubleProcess
 
 LIMIT_MB = 2048
 

@@ -14,7 +14,8 @@ from typing import Any, Callable
 from bench import sniff
 from bench.baselines import same_work
 from bench.daemonproc import DaemonProcess
-from bench.double import ERROR, GET, LIST_HOSTED, PUBLISH, REQUEST, DoubleProcess
+from bench.double.process import DoubleProcess
+from bench.double.wire import ERROR, GET, LIST_HOSTED, PUBLISH, REQUEST
 from bench.profile import PySpy
 from bench.relay import RelayProcess
 from bench.report import log

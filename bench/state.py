@@ -32,7 +32,7 @@ from cdnreq.reconcile.tick import collector_paused
 from cdnreq.decide.transitions import compose, polled, published, requested
 from cdnreq.model import InstanceAnswer
 
-from bench.double import customer_guid, customer_parameters
+from bench.double.customers import customer_guid, customer_parameters
 from bench.nsd import LABEL
 from bench.scenarios import MISSING
 
