@@ -340,6 +340,16 @@ class Double:
             "secure_access": f"https://{host}",
         }
 
+    def clear_technical(self) -> int:
+        """Forget every technical entry (between two baselines); returns how many there were."""
+        cleared = len(self.technical)
+        self.technical.clear()
+        self._tech_by_guid.clear()
+        self._undeployed.clear()
+        self.destroyed.clear()
+        self._technical_body = None
+        return cleared
+
     def deploy_pending(self) -> int:
         """Publish every entry waiting for a read (next_read); returns how many."""
         count = 0
