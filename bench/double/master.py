@@ -11,10 +11,10 @@ from typing import Any
 from jsonschema import Draft7Validator
 from jsonschema.exceptions import best_match
 
-from bench.double.customers import customer_guid, customer_parameters, index_of, padded
+from bench.double.customers import Customers
 from bench.double.wire import (
     CALLS, COMPUTER_GUID, ERROR, GET, LIST_HOSTED, PUBLISH, PUBLISH_MODES, REQUEST, REQUESTER_GUID,
-    REQUESTER_PARTITION, REQUESTER_TITLE, STATES, TECHNICAL_GUID, TECHNICAL_PARTITION, Refused, dumps,
+    REQUESTER_PARTITION, REQUESTER_TITLE, TECHNICAL_GUID, TECHNICAL_PARTITION, Refused, dumps,
     error_body, loads, quick_check, schemas,
 )
 
@@ -46,25 +46,19 @@ class Double:
         if publish_after not in PUBLISH_MODES:
             raise ValueError(f"publish_after must be one of {PUBLISH_MODES}, not {publish_after!r}")
         self.publish_after = publish_after
-        self.with_domains = with_domains
         self.requester_guid = requester_guid
         self.technical_guid = technical_guid
         self.clock = clock
-        self.customers: dict[str, dict[str, Any]] = {}
+        self.book = Customers(with_domains=with_domains, parameter_bytes=parameter_bytes,
+                              parameter_piece=parameter_piece)
+        self.customers = self.book.entries  # guid -> listing entry (the same dict)
         self.technical: dict[str, dict[str, Any]] = {}
         self.published: dict[str, dict[str, Any]] = {}
         self.errors: dict[str, str] = {}
         self.destroyed: Counter = Counter()  # technical title -> destroy requests
         self.calls: Counter = Counter()
-        self.next_index = 0  # the next index `populate` uses by default
-        self.parameter_bytes = parameter_bytes  # pad each populated customer's parameters to about this
-        self.parameter_piece = parameter_piece  # with unknown keys of this many characters
-        self._revisions: Counter = Counter()
         self._tech_by_guid: dict[str, str] = {}
         self._undeployed: set[str] = set()  # titles waiting for a read (next_read)
-        self._fragments: dict[str, bytes] = {}  # guid -> serialised listing entry
-        self._stale: set[str] = set()  # guids whose fragment must be rebuilt
-        self._list_body: bytes | None = None
         self._technical_body: bytes | None = None
         self._validators: dict[str, tuple[Any, Any]] | None = None
         if validate:
@@ -94,122 +88,54 @@ class Double:
             raise ValueError(f"publish_after must be one of {PUBLISH_MODES}, not {mode!r}")
         self.publish_after = mode
 
-    # -- customers ---------------------------------------------------------------------
+    # -- customers (kept, with the listing's cached body, by bench/double/customers.py) --------
 
-    def add(
-        self,
-        guid: str,
-        parameters: Mapping[str, Any],
-        *,
-        title: str | None = None,
-        state: str = "started",
-        software_type: str = "default",
-    ) -> None:
+    @property
+    def next_index(self) -> int:
+        return self.book.next_index
+
+    def add(self, guid: str, parameters: Mapping[str, Any], **entry: str | None) -> None:
         """A customer orders a shared instance hosted by the requester (replaces one with that guid)."""
-        if state not in STATES:
-            raise ValueError(f"state must be one of {STATES}, not {state!r}")
-        self.customers[guid] = {
-            "title": title if title is not None else f"cdn-entry-{index_of(guid)}",
-            "instance_guid": guid,
-            "software_type": software_type,
-            "state": state,
-            "parameters": dict(parameters),
-            "compute_partition_id": REQUESTER_PARTITION,
-        }
-        self._touch(guid)
+        self.book.add(guid, parameters, **entry)
 
     def change(
         self, guid: str, parameters: Mapping[str, Any] | None = None, *, state: str | None = None
     ) -> None:
         """New parameters and/or requested state for a customer (KeyError if unknown)."""
-        entry = self.customers[guid]
-        if parameters is not None:
-            entry["parameters"] = dict(parameters)
-        if state is not None:
-            if state not in STATES:
-                raise ValueError(f"state must be one of {STATES}, not {state!r}")
-            entry["state"] = state
-        self._touch(guid)
+        self.book.change(guid, parameters, state=state)
 
     def remove(self, guid: str) -> bool:
         """The customer's instance is gone from the master (with what was published to it)."""
-        if self.customers.pop(guid, None) is None:
+        if not self.book.remove(guid):
             return False
         self.published.pop(guid, None)
         self.errors.pop(guid, None)
-        self._fragments.pop(guid, None)
-        self._stale.discard(guid)
-        self._list_body = None
         return True
 
-    def populate(
-        self, count: int, start: int | None = None, with_domains: bool | None = None
-    ) -> list[str]:
+    def populate(self, count: int, start: int | None = None, with_domains: bool | None = None) -> list[str]:
         """Add `count` deterministic customers SOFTINST-<start>..; returns their guids."""
-        start = self.next_index if start is None else start
-        domains = self.with_domains if with_domains is None else with_domains
-        guids = []
-        for index in range(start, start + count):
-            guid = customer_guid(index)
-            self.add(guid, padded(customer_parameters(index, domains), self.parameter_bytes, index, self.parameter_piece))
-            guids.append(guid)
-        self.next_index = max(self.next_index, start + count)
-        return guids
+        return self.book.populate(count, start, with_domains)
 
     def bump(self, guid: str) -> dict[str, Any]:
         """Change a customer's backend URL to a new revision; returns the new parameters."""
-        self._revisions[guid] += 1
-        revision = self._revisions[guid]
-        parameters = dict(self.customers[guid]["parameters"])
-        base = parameters.get("url", f"https://backend-{index_of(guid)}.example").split("/r")[0]
-        parameters["url"] = f"{base}/r{revision}"
-        self.change(guid, parameters)
-        return parameters
+        return self.book.bump(guid)
 
     def pick(self, fraction: float | None = None, guids: Iterable[str] | None = None) -> list[str]:
         """Known guids among `guids`, or round(fraction * N) customers spread evenly."""
-        if guids is not None:
-            return [guid for guid in guids if guid in self.customers]
-        if fraction is None or not 0 <= fraction <= 1:
-            raise ValueError("give guids, or a fraction between 0 and 1")
-        keys = list(self.customers)
-        count = round(len(keys) * fraction)
-        if count == 0:
-            return []
-        step = len(keys) / count
-        return [keys[int(i * step)] for i in range(count)]
+        return self.book.pick(fraction, guids)
 
     def invalidate(self) -> None:
         """Forget every cached serialisation (after mutating `customers` directly)."""
-        self._fragments.clear()
-        self._stale.clear()
-        self._list_body = None
+        self.book.invalidate()
+
+    def list_body(self) -> bytes:
+        """The serialised answer listing the customers (rebuilt only after a change)."""
+        return self.book.body()
 
     def reset_counts(self) -> None:
         self.calls.clear()
 
-    def _touch(self, guid: str) -> None:
-        self._stale.add(guid)
-        self._list_body = None
-
     # -- cached bodies ----------------------------------------------------------------------
-
-    def list_body(self) -> bytes:
-        """The serialised answer listing the customers (rebuilt only after a change)."""
-        if self._list_body is None:
-            fragments = self._fragments
-            if not fragments:  # first build (or after invalidate): every entry, no bookkeeping
-                fragments.update((guid, dumps(entry)) for guid, entry in self.customers.items())
-            else:
-                for guid in self._stale:
-                    if (entry := self.customers.get(guid)) is not None:
-                        fragments[guid] = dumps(entry)
-            self._stale.clear()
-            # In the customers' order; `remove` drops a fragment with its customer.
-            self._list_body = b'{"result_list":[' + b",".join(
-                [fragments[guid] for guid in self.customers]
-            ) + b"]}"
-        return self._list_body
 
     def technical_list_body(self) -> bytes:
         if self._technical_body is None:
