@@ -110,29 +110,48 @@ class SizeRun:
         return self.result
 
     def _run(self) -> None:
-        n, o, w = self.n, self.options, self.workdir
-        scenarios = self.result["scenarios"]
+        self._setup()
+        self._baselines()
+        relay = None if self.options.skip_latency else self._relay()
+        for key, value in self.result["baselines"].items():
+            if "rate" in value:
+                log(f"N={self.n}: baseline {key}: {value['rate']:.0f}/s")
+        o, double, nsd = self.options, self.double, self.nsd
+        config = daemon_config(self.workdir / "cdnreq.toml", master_url=double.url, database=self.database,
+                               nameserver=nsd.nameserver, concurrency=o.concurrency,
+                               tick_interval_s=o.tick_interval_s)
+        probes = Probes(double, self.sniffer, profiler=self.profiler, prefix=f"{self.n}-")
+        listed, burst = self._against_nsd(config, probes)
+        self._startup(config, probes, listed)
+        if relay is not None:
+            self._at_latency(relay, listed, burst)
+
+    def _setup(self) -> None:
+        """Challenges stored, the zone written (90% of the records), nsd, the double, the sniffer."""
+        n, w = self.n, self.workdir
         log(f"N={n}: issuing and storing {n} challenges, writing the zone")
         began = time.perf_counter()
-        database, tokens = seed_challenges(w, n)
+        self.database, tokens = seed_challenges(w, n)
         nsd_dir = w / "nsd"
         nsd_dir.mkdir()
         write_zone(nsd_dir / "example.zone", ((challenge_name(i), t) for i, t in tokens.items() if i % MISSING != MISSING - 1))
         records = sum(1 for i in tokens if i % MISSING != MISSING - 1)
         self.result["setup"] = {"challenges": n, "txt_records": records, "missing": n - records,
                                 "seconds": round(time.perf_counter() - began, 2)}
-        nsd = Nsd(nsd_dir, executable=self.nsd_executable).start(probe=challenge_name(0))
+        self.nsd = nsd = Nsd(nsd_dir, executable=self.nsd_executable).start(probe=challenge_name(0))
         self._stack.callback(nsd.stop)
         log(f"N={n}: nsd on {nsd.nameserver}; starting the master double with {n} customers")
-        double = DoubleProcess(customers=n, domains=True, publish_after="immediately").start(timeout_s=600)
+        self.double = double = DoubleProcess(customers=n, domains=True, publish_after="immediately").start(timeout_s=600)
         self._stack.callback(double.stop)
-        sniffer = None
+        self.sniffer = None
         if self.can_sniff:
-            sniffer = sniff.Sniffer(nsd.port).start()
-            self._stack.callback(sniffer.stop)
+            self.sniffer = sniff.Sniffer(nsd.port).start()
+            self._stack.callback(self.sniffer.stop)
 
-        # -- baselines (nothing else running; the DNS ones in a child process, like the daemon,
-        #    so that the sniffer's thread costs them what it costs the daemon) --
+    def _baselines(self) -> None:
+        """Nothing else running; the DNS ones in a child process, like the daemon,
+        so that the sniffer's thread costs them what it costs the daemon."""
+        n, o, double, nsd = self.n, self.options, self.double, self.nsd
         sample = min(n, 10000)
         log(f"N={n}: double ceiling ({sample} requests, then publications, at concurrency {o.concurrency}; best of 2)")
         base = self.result["baselines"]
@@ -143,42 +162,39 @@ class SizeRun:
         double.control("reset_counts")
         log(f"N={n}: DNS ceiling, bare aiodns, {2 * sample} queries, {DNS_IN_FLIGHT} in flight (best of 3)")
         base["dns"] = best_of(3, lambda: dns_ceiling_child(nsd.nameserver, sample))
-        relay = None
-        if not o.skip_latency:
-            relay = RelayProcess(nsd.address, delay_ms=o.delay_ms).start()
-            self._stack.callback(relay.stop)
-            rtt = measure_rtt(relay.address, challenge_name(0), count=20)
-            direct = measure_rtt(nsd.address, challenge_name(0), count=20)
-            ok = RTT_RANGE_MS[0] <= rtt["median_ms"] <= RTT_RANGE_MS[1]
-            self.result["baselines"]["rtt"] = {"relay": rtt, "direct": direct, "ok": ok,
-                                               "range_ms": list(RTT_RANGE_MS)}
-            log(f"N={n}: relay RTT median {rtt['median_ms']:.1f} ms (direct {direct['median_ms']:.2f} ms)")
-            if ok:
-                self.result["baselines"]["dns_relay"] = best_of(
-                    3, lambda: dns_ceiling_child(f"127.0.0.1:{relay.port}", sample))
-            else:
-                self.result["notes"].append(
-                    f"latency scenario skipped: the relay's RTT is {rtt['median_ms']:.1f} ms, "
-                    f"outside {RTT_RANGE_MS[0]:g}-{RTT_RANGE_MS[1]:g} ms")
-                relay.stop()
-                relay = None
-        for key, value in self.result["baselines"].items():
-            if "rate" in value:
-                log(f"N={n}: baseline {key}: {value['rate']:.0f}/s")
 
-        # -- the daemon, nameserver nsd --
-        config = daemon_config(w / "cdnreq.toml", master_url=double.url, database=database,
-                               nameserver=nsd.nameserver, concurrency=o.concurrency,
-                               tick_interval_s=o.tick_interval_s)
-        probes = Probes(double, sniffer, profiler=self.profiler, prefix=f"{n}-")
+    def _relay(self) -> RelayProcess | None:
+        """The 30 ms relay in front of nsd, and its baselines; None when its RTT is out of range."""
+        n, nsd, sample = self.n, self.nsd, min(self.n, 10000)
+        relay = RelayProcess(nsd.address, delay_ms=self.options.delay_ms).start()
+        self._stack.callback(relay.stop)
+        rtt = measure_rtt(relay.address, challenge_name(0), count=20)
+        direct = measure_rtt(nsd.address, challenge_name(0), count=20)
+        ok = RTT_RANGE_MS[0] <= rtt["median_ms"] <= RTT_RANGE_MS[1]
+        self.result["baselines"]["rtt"] = {"relay": rtt, "direct": direct, "ok": ok,
+                                           "range_ms": list(RTT_RANGE_MS)}
+        log(f"N={n}: relay RTT median {rtt['median_ms']:.1f} ms (direct {direct['median_ms']:.2f} ms)")
+        if ok:
+            self.result["baselines"]["dns_relay"] = best_of(
+                3, lambda: dns_ceiling_child(f"127.0.0.1:{relay.port}", sample))
+            return relay
+        self.result["notes"].append(
+            f"latency scenario skipped: the relay's RTT is {rtt['median_ms']:.1f} ms, "
+            f"outside {RTT_RANGE_MS[0]:g}-{RTT_RANGE_MS[1]:g} ms")
+        relay.stop()
+        return None
+
+    def _against_nsd(self, config: Path, probes: Probes) -> tuple[int, int]:
+        """The daemon, name server nsd: the scenarios one tick each; (customers listed, burst)."""
+        n, double, scenarios = self.n, self.double, self.result["scenarios"]
         probes.reset()
-        daemon = self._daemon(config, database, "daemon-1.log", "first reconcile")
+        daemon = self._daemon(config, self.database, "daemon-1.log", "first reconcile")
         scenarios["first"] = measure(daemon, probes, "first reconcile", n, first=True)
         versus(scenarios["first"], self.result["baselines"]["double"]["rate"],
-                self.result["baselines"]["double_publish"]["rate"])
+               self.result["baselines"]["double_publish"]["rate"])
         # cdnreq reads every new entry back once, on the tick after its request
         scenarios["readback"] = measure(daemon, probes, "next tick (read-back)", n)
-        idle = [measure(daemon, probes, f"idle #{k + 1}", n) for k in range(o.idle_ticks)]
+        idle = [measure(daemon, probes, f"idle #{k + 1}", n) for k in range(self.options.idle_ticks)]
         scenarios["idle_all"] = idle
         median = sorted(idle, key=lambda r: r["wall_s"])[len(idle) // 2]
         scenarios["idle"] = {**median, "scenario": f"idle (median of {len(idle)})"}
@@ -196,33 +212,36 @@ class SizeRun:
         listed += burst
         scenarios["after_burst"] = measure(daemon, probes, "idle after burst", listed)
         self._stop(daemon)
+        return listed, burst
 
-        # -- restart: the start-up tick --
+    def _startup(self, config: Path, probes: Probes, listed: int) -> None:
+        """The daemon restarted: its first tick (store loaded, nothing changed)."""
         probes.reset()
-        daemon = self._daemon(config, database, "daemon-2.log", "start-up tick")
-        scenarios["startup"] = measure(daemon, probes, "start-up tick", listed, first=True)
+        daemon = self._daemon(config, self.database, "daemon-2.log", "start-up tick")
+        self.result["scenarios"]["startup"] = measure(daemon, probes, "start-up tick", listed, first=True)
         self._stop(daemon)
 
-        # -- at 30 ms RTT --
-        if relay is not None:
-            pending = (n // MISSING) + burst  # never proven: the missing records, the first burst
-            config = daemon_config(w / "cdnreq-relay.toml", master_url=double.url, database=database,
-                                   nameserver=f"127.0.0.1:{relay.port}", concurrency=o.concurrency,
-                                   tick_interval_s=o.tick_interval_s)
-            relay_probes = Probes(double, sniff.Sniffer(relay.port).start() if self.can_sniff else None, relay,
-                                  profiler=self.profiler, prefix=f"{n}-")
-            if relay_probes.sniffer is not None:
-                self._stack.callback(relay_probes.sniffer.stop)
-            relay_probes.reset()
-            daemon = self._daemon(config, database, "daemon-3.log", "start-up tick @30ms")
-            scenarios["startup_rtt"] = measure(daemon, relay_probes, "start-up tick @30ms", listed, first=True)
-            scenarios["startup_rtt"]["pending_challenges"] = pending
-            more = max(n // 10, 10000 - pending)
-            scenarios["burst_rtt"] = measure(daemon, relay_probes, "DNS-pending burst @30ms", listed + more,
-                                             lambda: double.control("add", {"count": more}))
-            scenarios["burst_rtt"]["pending_challenges"] = pending + more
-            scenarios["burst_rtt"]["new_challenges"] = more
-            self._stop(daemon)
+    def _at_latency(self, relay: RelayProcess, listed: int, burst: int) -> None:
+        """Restarted with the relay as name server: its start-up tick, then a burst."""
+        n, o, double, scenarios = self.n, self.options, self.double, self.result["scenarios"]
+        pending = (n // MISSING) + burst  # never proven: the missing records, the first burst
+        config = daemon_config(self.workdir / "cdnreq-relay.toml", master_url=double.url, database=self.database,
+                               nameserver=f"127.0.0.1:{relay.port}", concurrency=o.concurrency,
+                               tick_interval_s=o.tick_interval_s)
+        relay_probes = Probes(double, sniff.Sniffer(relay.port).start() if self.can_sniff else None, relay,
+                              profiler=self.profiler, prefix=f"{n}-")
+        if relay_probes.sniffer is not None:
+            self._stack.callback(relay_probes.sniffer.stop)
+        relay_probes.reset()
+        daemon = self._daemon(config, self.database, "daemon-3.log", "start-up tick @30ms")
+        scenarios["startup_rtt"] = measure(daemon, relay_probes, "start-up tick @30ms", listed, first=True)
+        scenarios["startup_rtt"]["pending_challenges"] = pending
+        more = max(n // 10, 10000 - pending)
+        scenarios["burst_rtt"] = measure(daemon, relay_probes, "DNS-pending burst @30ms", listed + more,
+                                         lambda: double.control("add", {"count": more}))
+        scenarios["burst_rtt"]["pending_challenges"] = pending + more
+        scenarios["burst_rtt"]["new_challenges"] = more
+        self._stop(daemon)
 
     def _daemon(self, config: Path, database: Path, log_name: str, first: str) -> DaemonProcess:
         """Start cdnreq; with --profile, py-spy records from the spawn to the end of the first tick."""
