@@ -5,7 +5,8 @@ machine: the master double's request and publication rates
 (:func:`ceiling`, :func:`publish_ceiling`, with cdnreq's HTTP settings), a
 bare aiodns loop against nsd (:func:`dns_ceiling`, in a child process like
 the daemon), and one call at a time against slapproxy
-(:func:`bare_slapproxy_client`). :func:`same_work` turns the rates into the
+(:func:`bare_slapproxy_client`), and a bare DNS query's round trip
+(:func:`measure_rtt`). :func:`same_work` turns the rates into the
 seconds a bare client needs for a tick's calls.
 """
 
@@ -14,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
+import statistics
 import time
 from typing import Any, Callable
 
@@ -22,9 +25,10 @@ import aiohttp
 from bench import child
 from bench.daemonproc import DNS_IN_FLIGHT, SR
 from bench.double.wire import PUBLISH, REQUEST
+from bench.relay.server import check_loopback
 
 __all__ = ["bare_slapproxy_client", "best_of", "ceiling", "dns_ceiling", "dns_ceiling_child",
-           "publish_ceiling", "same_work"]
+           "measure_rtt", "publish_ceiling", "same_work"]
 
 
 async def ceiling(url: str, n: int, concurrency: int, *, prefix: str | None = None,
@@ -195,4 +199,40 @@ async def bare_slapproxy_client(url: str, computer_id: str, partition: str, coun
         "publishes": len(publish_to), "publish_seconds": publish_s,
         "publish_rate": len(publish_to) / publish_s if publish_to else None,
         "both_rate": count / (requests_s + publish_s) if publish_to else None,
+    }
+
+
+def measure_rtt(address: tuple[str, int], name: str, *, count: int = 20, timeout_s: float = 2.0,
+                qtype: str = "TXT") -> dict[str, float]:
+    """Round trips of `count` bare UDP DNS queries to `address`, one at a time (dnslib).
+
+    Returns ``{"median_ms", "min_ms", "max_ms", "answered"}``.
+    """
+    from dnslib import DNSRecord
+
+    check_loopback(address[0])
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    times: list[float] = []
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout_s)
+        for i in range(count):
+            question = DNSRecord.question(name, qtype)
+            began = time.perf_counter()
+            sock.sendto(question.pack(), address)
+            try:
+                while True:
+                    data, _ = sock.recvfrom(65535)
+                    if DNSRecord.parse(data).header.id == question.header.id:
+                        break
+            except (socket.timeout, TimeoutError):
+                continue
+            times.append(time.perf_counter() - began)
+    if not times:
+        return {"median_ms": float("nan"), "min_ms": float("nan"), "max_ms": float("nan"),
+                "answered": 0}
+    return {
+        "median_ms": statistics.median(times) * 1000,
+        "min_ms": min(times) * 1000,
+        "max_ms": max(times) * 1000,
+        "answered": len(times),
     }

@@ -17,7 +17,7 @@ from bench.daemonproc import DaemonProcess
 from bench.double.process import DoubleProcess
 from bench.double.wire import ERROR, GET, LIST_HOSTED, PUBLISH, REQUEST
 from bench.profile import PySpy
-from bench.relay import RelayProcess
+from bench.relay.process import RelayProcess
 from bench.report import log
 
 __all__ = ["Probes", "measure", "versus"]

@@ -21,14 +21,16 @@ from typing import Any
 from devtools.devmaster import free_port
 
 from bench import sniff
-from bench.baselines import bare_slapproxy_client, best_of, ceiling, dns_ceiling_child, publish_ceiling
+from bench.baselines import (
+    bare_slapproxy_client, best_of, ceiling, dns_ceiling_child, measure_rtt, publish_ceiling,
+)
 from bench.daemonproc import DNS_IN_FLIGHT, DaemonProcess, daemon_config
 from bench.double.customers import customer_guid
 from bench.double.process import DoubleProcess
 from bench.measure import Probes, measure, versus
 from bench.nsd import Nsd, challenge_name, write_zone
 from bench.profile import PySpy
-from bench.relay import RelayProcess, measure_rtt
+from bench.relay.process import RelayProcess
 from bench.report import log
 
 __all__ = ["MISSING", "Options", "SizeRun", "run_slapproxy", "seed_challenges"]
