@@ -103,7 +103,8 @@ def deep_size(obj: object, seen: set[int]) -> int:
     return size
 
 
-async def main(size: int) -> None:
+async def build(size: int) -> tuple[bytes, Policy, Domains, dict]:
+    """The state after a first reconcile: the listing's body, the policy, the domain step, the records."""
     base = rss_mb()
     now = time.time() - 3600
     challenges = {
@@ -141,7 +142,11 @@ async def main(size: int) -> None:
     gc.freeze()
     state = rss_mb()
     print(f"RSS with the state built: {state:.0f} MB")
+    return body, policy, domains, known
 
+
+async def idle_ticks(body: bytes, policy: Policy, domains: Domains, known: dict):
+    """Three idle ticks' pure steps, timed; what the last one keeps."""
     quiet = Quiet()
     for tick in range(3):
         with collector_paused():
@@ -159,7 +164,11 @@ async def main(size: int) -> None:
         )
         if tick < 2:
             del listing, step, the_plan
+    return quiet, listing
 
+
+def report(size: int, known: dict, domains: Domains, quiet, listing) -> None:
+    """Bytes per instance of each part of the state."""
     print("bytes per instance (objects reachable, each counted once, in this order):")
     seen: set[int] = set()
     parts = [
@@ -173,6 +182,12 @@ async def main(size: int) -> None:
     ]
     for name, part in parts:
         print(f"  {name:36} {deep_size(part, seen) / size:7.0f}")
+
+
+async def main(size: int) -> None:
+    body, policy, domains, known = await build(size)
+    quiet, listing = await idle_ticks(body, policy, domains, known)
+    report(size, known, domains, quiet, listing)
 
 
 if __name__ == "__main__":
