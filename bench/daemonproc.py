@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 import tomli_w
 
-from devtools.devmaster import free_port
+from devtools.slapproxy import free_port
 
 from bench import child
 from bench.double.wire import REQUESTER_GUID

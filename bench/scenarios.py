@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devtools.devmaster import free_port
+from devtools.slapproxy import free_port
 
 from bench import sniff
 from bench.baselines import (
