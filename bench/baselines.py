@@ -18,6 +18,7 @@ import os
 import socket
 import statistics
 import time
+from collections.abc import Awaitable
 from typing import Any, Callable
 
 import aiohttp
@@ -31,6 +32,42 @@ __all__ = ["bare_slapproxy_client", "best_of", "ceiling", "dns_ceiling", "dns_ce
            "measure_rtt", "publish_ceiling", "same_work"]
 
 
+def _session(url: str, *, limit: int, timeout_s: float, headers: dict[str, str] | None = None) -> aiohttp.ClientSession:
+    """An aiohttp session as cdnreq's MasterClient makes it: compact JSON, JSON accepted."""
+    return aiohttp.ClientSession(
+        base_url=url.rstrip("/") + "/",
+        headers={"Accept": "application/json", **(headers or {})},
+        connector=aiohttp.TCPConnector(limit=limit),
+        timeout=aiohttp.ClientTimeout(total=timeout_s),
+        json_serialize=lambda v: json.dumps(v, separators=(",", ":")),
+    )
+
+
+def _technical_request(title: str, i: int, software_release_uri: str = SR) -> dict[str, Any]:
+    """The body of a shared-instance request, as cdnreq sends it for customer `i`."""
+    return {
+        "title": title,
+        "software_release_uri": software_release_uri,
+        "software_type": "default",
+        "shared": True,
+        "state": "started",
+        "sla_parameters": {},
+        "parameters": {"url": f"https://backend-{i}.example"},
+    }
+
+
+def _publication(guid: str) -> dict[str, Any]:
+    return {"instance_guid": guid, "connection_parameter_dict": {
+        "message": "The CDN has accepted this entry and is deploying it..."}}
+
+
+async def _timed(workers: int, worker: Callable[[], Awaitable[None]]) -> float:
+    """Seconds for `workers` copies of `worker` to drain their shared queue."""
+    began = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    return time.perf_counter() - began
+
+
 async def ceiling(url: str, n: int, concurrency: int, *, prefix: str | None = None,
                   software_release_uri: str = SR) -> dict:
     """Send `n` shared-instance requests (new titles) at `concurrency` in flight.
@@ -42,29 +79,14 @@ async def ceiling(url: str, n: int, concurrency: int, *, prefix: str | None = No
     if n <= 0 or concurrency <= 0:
         raise ValueError("n and concurrency must be positive")
     prefix = prefix if prefix is not None else f"ceiling-{os.getpid()}-{time.monotonic_ns()}-"
-    connector = aiohttp.TCPConnector(limit=concurrency)
     next_one = iter(range(n))
     failures: list[str] = []
 
-    async with aiohttp.ClientSession(
-        base_url=url.rstrip("/") + "/",
-        headers={"Accept": "application/json"},
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=30),
-        json_serialize=lambda v: json.dumps(v, separators=(",", ":")),
-    ) as session:
+    async with _session(url, limit=concurrency, timeout_s=30) as session:
 
         async def worker() -> None:
             for i in next_one:
-                body = {
-                    "title": f"{prefix}{i}",
-                    "software_release_uri": software_release_uri,
-                    "software_type": "default",
-                    "shared": True,
-                    "state": "started",
-                    "sla_parameters": {},
-                    "parameters": {"url": f"https://backend-{i}.example"},
-                }
+                body = _technical_request(f"{prefix}{i}", i, software_release_uri)
                 async with session.post(REQUEST, json=body) as response:
                     text = await response.text()
                     if response.status != 200:
@@ -72,9 +94,7 @@ async def ceiling(url: str, n: int, concurrency: int, *, prefix: str | None = No
                         return
                 json.loads(text)
 
-        began = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(min(concurrency, n))))
-        seconds = time.perf_counter() - began
+        seconds = await _timed(min(concurrency, n), worker)
     if failures:
         raise RuntimeError(f"the double refused a ceiling request: {failures[0]}")
     return {"requests": n, "seconds": seconds, "rate": n / seconds}
@@ -83,24 +103,17 @@ async def ceiling(url: str, n: int, concurrency: int, *, prefix: str | None = No
 async def publish_ceiling(url: str, guids: list[str], concurrency: int) -> dict[str, Any]:
     """Like :func:`ceiling`, for publications: one to each customer in `guids`."""
     pending = iter(guids)
-    dumps = lambda v: json.dumps(v, separators=(",", ":"))  # noqa: E731
-    async with aiohttp.ClientSession(base_url=url.rstrip("/") + "/", headers={"Accept": "application/json"},
-                                     connector=aiohttp.TCPConnector(limit=concurrency),
-                                     timeout=aiohttp.ClientTimeout(total=30), json_serialize=dumps) as session:
+    async with _session(url, limit=concurrency, timeout_s=30) as session:
 
         async def worker() -> None:
             for guid in pending:
-                body = {"instance_guid": guid, "connection_parameter_dict": {
-                    "message": "The CDN has accepted this entry and is deploying it..."}}
-                async with session.post(PUBLISH, json=body) as response:
+                async with session.post(PUBLISH, json=_publication(guid)) as response:
                     text = await response.text()
                     if response.status != 200:
                         raise RuntimeError(f"the double answered {response.status}: {text[:200]}")
                 json.loads(text)
 
-        began = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(min(concurrency, len(guids)))))
-        seconds = time.perf_counter() - began
+        seconds = await _timed(min(concurrency, len(guids)), worker)
     return {"publishes": len(guids), "seconds": seconds, "rate": len(guids) / seconds}
 
 
@@ -165,14 +178,8 @@ async def bare_slapproxy_client(url: str, computer_id: str, partition: str, coun
                                 publish_to: list[str]) -> dict[str, Any]:
     """One call at a time, with aiohttp as cdnreq: `count` technical requests, then one
     publication to each customer in `publish_to`, both as the requester partition."""
-    headers = {
-        "Accept": "application/json",
-        "Authorization": f"X-SlapPartition computer_id={computer_id}, computer_partition_id={partition}",
-    }
-    dumps = lambda v: json.dumps(v, separators=(",", ":"))  # noqa: E731
-    async with aiohttp.ClientSession(base_url=url.rstrip("/") + "/", headers=headers,
-                                     connector=aiohttp.TCPConnector(limit=1),
-                                     timeout=aiohttp.ClientTimeout(total=60), json_serialize=dumps) as session:
+    partition_header = f"X-SlapPartition computer_id={computer_id}, computer_partition_id={partition}"
+    async with _session(url, limit=1, timeout_s=60, headers={"Authorization": partition_header}) as session:
 
         async def call(name: str, body: dict[str, Any]) -> None:
             async with session.post(name, json=body) as response:
@@ -183,16 +190,11 @@ async def bare_slapproxy_client(url: str, computer_id: str, partition: str, coun
 
         began = time.perf_counter()
         for i in range(count):
-            await call(REQUEST, {
-                "title": f"bare-{i}", "software_release_uri": SR, "software_type": "default",
-                "shared": True, "state": "started", "sla_parameters": {},
-                "parameters": {"url": f"https://backend-{i}.example"},
-            })
+            await call(REQUEST, _technical_request(f"bare-{i}", i))
         requests_s = time.perf_counter() - began
         began = time.perf_counter()
         for guid in publish_to:
-            await call(PUBLISH, {"instance_guid": guid, "connection_parameter_dict": {
-                "message": "The CDN has accepted this entry and is deploying it..."}})
+            await call(PUBLISH, _publication(guid))
         publish_s = time.perf_counter() - began
     return {
         "requests": count, "requests_seconds": requests_s, "request_rate": count / requests_s,
