@@ -19,7 +19,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.runner import Options, run, table, targets_text
+from bench.report import table, targets_text
+from bench.runner import run
+from bench.scenarios import Options
 
 
 def _sizes(text: str) -> list[int]:

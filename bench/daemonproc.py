@@ -33,7 +33,18 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["DaemonProcess", "DaemonDied", "cpu_seconds", "memory_kb", "reset_peak", "cdnreq_command"]
+import tomli_w
+
+from devtools.slapproxy import free_port
+
+from bench import child
+from bench.double.wire import REQUESTER_GUID
+
+__all__ = ["DaemonProcess", "DaemonDied", "cpu_seconds", "memory_kb", "reset_peak", "cdnreq_command",
+           "daemon_config"]
+
+SR = "http://sr.invalid/rapid-cdn/software.cfg"
+DNS_IN_FLIGHT = 256
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -81,6 +92,27 @@ def cdnreq_command() -> list[str]:
     return [sys.executable, "-c", "import sys; from cdnreq.cli import main; sys.exit(main())"]
 
 
+def daemon_config(path: Path, *, master_url: str, database: Path, nameserver: str, concurrency: int,
+                  tick_interval_s: float, extra: dict[str, dict[str, Any]] | None = None) -> Path:
+    tables: dict[str, dict[str, Any]] = {
+        "master": {"url": master_url, "instance_guid": REQUESTER_GUID, "timeout_s": 60.0},
+        "technical_cdn": {"software_release_uri": SR, "software_type": "default", "request_prefix": "cdnreq-"},
+        "daemon": {
+            "database": str(database), "concurrency": concurrency, "tick_interval_s": tick_interval_s,
+            "listen": f"127.0.0.1:{free_port()}", "max_destroy_fraction": 0.9,
+            "shutdown_timeout_s": 30.0,
+        },
+        "domain": {"secret_file": str(database.parent / "domain-secret"), "retention_s": 0.0},
+        # explicit loopback name servers, never the system resolver
+        "dns": {"nameservers": [nameserver], "timeout_s": 2.0, "tries": 2, "concurrency": DNS_IN_FLIGHT},
+        "logging": {"format": "json", "level": "info"},
+    }
+    for section, values in (extra or {}).items():
+        tables[section] = {**tables.get(section, {}), **values}
+    path.write_text("# written by bench/daemonproc.py\n" + tomli_w.dumps(tables), encoding="utf-8")
+    return path
+
+
 class DaemonProcess:
     """``cdnreq run --config FILE``, stopped (SIGSTOP) after every tick."""
 
@@ -108,10 +140,8 @@ class DaemonProcess:
 
     def start(self, timeout_s: float = 600) -> "DaemonProcess":
         self.started_at = time.monotonic()
-        self.process = subprocess.Popen(
-            [*cdnreq_command(), "run", "--config", str(self.config_path)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
+        self.process = child.spawn([*cdnreq_command(), "run", "--config", str(self.config_path)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self._reader = threading.Thread(target=self._read_log, name="cdnreq-log", daemon=True)
         self._reader.start()
         if self.on_spawn is not None:
@@ -130,22 +160,15 @@ class DaemonProcess:
                 self.paused = False
                 os.kill(process.pid, signal.SIGTERM)
                 os.kill(process.pid, signal.SIGCONT)
-            try:
-                process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            child.wait_or_kill(process, timeout_s)
         if self._reader is not None:
             self._reader.join(timeout=10)
         self.process = None
         return process.returncode
 
     def kill(self) -> None:
-        process = self.process
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait()
-        self.process = None
+        process, self.process = self.process, None
+        child.stop(process, sig=signal.SIGKILL)
 
     # -- the log -----------------------------------------------------------------------
 

@@ -20,9 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.daemonproc import DaemonProcess
-from bench.double import DoubleProcess
-from bench.runner import daemon_config
+from bench.daemonproc import DaemonProcess, daemon_config
+from bench.double.process import DoubleProcess
 
 LIMIT_MB = 2048
 

@@ -28,8 +28,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Self
 
+from bench import child
+
 __all__ = [
-    "ZONE", "Nsd", "NsdUnavailable", "challenge_name", "ensure_nsd", "nsd_conf_text",
+    "ZONE", "Nsd", "NsdUnavailable", "challenge_name", "parent_challenge_name", "ensure_nsd", "nsd_conf_text",
     "nsd_version", "write_zone", "zone_text",
 ]
 
@@ -44,6 +46,11 @@ class NsdUnavailable(RuntimeError):
 def challenge_name(index: int, label: str = LABEL) -> str:
     """The TXT record customer `index` publishes (its custom_domain is www.d<index>.example)."""
     return f"{label}.www.d{index}.{ZONE}"
+
+
+def parent_challenge_name(index: int) -> str:
+    """The other proof name the daemon asks for www.d<i>.example: at the registrable domain."""
+    return f"{LABEL}.d{index}.example"
 
 
 def _txt_value(value: str) -> str:
@@ -198,11 +205,8 @@ class Nsd:
         if self.port is None:
             self.port = _free_port()
         self.conf_path.write_text(nsd_conf_text(self.workdir, self.port))
-        self.process = subprocess.Popen(
-            [self.executable, "-d", "-c", str(self.conf_path)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-        )
+        self.process = child.spawn([self.executable, "-d", "-c", str(self.conf_path)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=self.workdir)
         deadline = time.monotonic() + timeout_s
         question = DNSRecord.question(probe or f"{ZONE}.", "TXT" if probe else "SOA")
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -225,14 +229,7 @@ class Nsd:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        child.stop(process)
 
     def __enter__(self) -> Self:
         return self.start()

@@ -22,6 +22,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from bench import child
+
 __all__ = ["PySpy", "find_py_spy", "summarize"]
 
 
@@ -52,10 +54,10 @@ class PySpy:
             return
         self.stop()
         self.output = self.directory / f"{_slug(label)}.txt"
-        self.process = subprocess.Popen(
+        self.process = child.spawn(
             [self.executable, "record", "--pid", str(pid), "--rate", str(self.rate), "--format", "raw",
              "--nonblocking", "--threads", "--output", str(self.output)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         time.sleep(0.5)  # let it attach before the tick runs
 
@@ -63,13 +65,7 @@ class PySpy:
         process, self.process = self.process, None
         if process is None:
             return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        child.stop(process, sig=signal.SIGINT, grace_s=60)
         output = self.output
         if output is not None and output.exists():
             (output.with_suffix(".top.txt")).write_text(summarize(output))

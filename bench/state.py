@@ -33,9 +33,9 @@ from cdnreq.reconcile.tick import collector_paused
 from cdnreq.decide.transitions import compose, polled, published, requested
 from cdnreq.model import InstanceAnswer
 
-from bench.double import customer_guid, customer_parameters
+from bench.double.customers import customer_guid, customer_parameters
 from bench.nsd import LABEL
-from bench.runner import MISSING
+from bench.scenarios import MISSING
 
 SECRET = b"s" * 32
 PREFIX = "cdn-"
@@ -104,7 +104,8 @@ def deep_size(obj: object, seen: set[int]) -> int:
     return size
 
 
-async def main(size: int) -> None:
+async def build(size: int) -> tuple[bytes, Policy, Domains, dict]:
+    """The state after a first reconcile: the listing's body, the policy, the domain step, the records."""
     base = rss_mb()
     now = time.time() - 3600
     challenges = {
@@ -142,7 +143,11 @@ async def main(size: int) -> None:
     gc.freeze()
     state = rss_mb()
     print(f"RSS with the state built: {state:.0f} MB")
+    return body, policy, domains, known
 
+
+async def idle_ticks(body: bytes, policy: Policy, domains: Domains, known: dict):
+    """Three idle ticks' pure steps, timed; what the last one keeps."""
     idle = IdleCache()
     for tick in range(3):
         with collector_paused():
@@ -161,7 +166,11 @@ async def main(size: int) -> None:
         )
         if tick < 2:
             del listing, step, the_plan
+    return idle, listing
 
+
+def report(size: int, known: dict, domains: Domains, idle: IdleCache, listing) -> None:
+    """Bytes per instance of each part of the state."""
     print("bytes per instance (objects reachable, each counted once, in this order):")
     seen: set[int] = set()
     parts = [
@@ -175,6 +184,12 @@ async def main(size: int) -> None:
     ]
     for name, part in parts:
         print(f"  {name:36} {deep_size(part, seen) / size:7.0f}")
+
+
+async def main(size: int) -> None:
+    body, policy, domains, known = await build(size)
+    idle, listing = await idle_ticks(body, policy, domains, known)
+    report(size, known, domains, idle, listing)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Unit tests of bench/double.py, the master double used by the benchmarks only.
+"""Unit tests of bench/double/, the master double used by the benchmarks only.
 
 The double is served in-process on a free 127.0.0.1 port. Every answer of
 the API is checked against slapos.core's OpenAPI description
@@ -31,11 +31,11 @@ from bench.double import (
     Double,
     DoubleProcess,
     DoubleServer,
-    ceiling,
     customer_guid,
     customer_parameters,
     serve,
 )
+from bench.baselines import ceiling
 from cdnreq.master import MasterClient, MasterRejected
 
 SR = "http://sr.invalid/rapid-cdn/software.cfg"

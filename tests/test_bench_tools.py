@@ -22,8 +22,10 @@ from bench.daemonproc import cpu_seconds, memory_kb, reset_peak
 from bench.nsd import (
     Nsd, challenge_name, find_nsd, nsd_conf_text, write_zone, zone_text,
 )
-from bench.relay import Relay, measure_rtt, parse_address
-from bench.runner import daemon_config, same_work, table, targets
+from bench.relay import Relay, parse_address
+from bench.baselines import measure_rtt, same_work
+from bench.daemonproc import daemon_config
+from bench.report import table, targets
 from cdnreq.configfile import load_config
 
 DELAY_S = 0.015

@@ -1,7 +1,7 @@
 """Crash safety (issue 6, item 4): kill -9 the daemon at random moments of its ticks.
 
 `cdnreq run` reconciles 2,000 customers of the master double
-(bench/double.py) running in its own process. It is killed with SIGKILL 20
+(bench/double/) running in its own process. It is killed with SIGKILL 20
 times, at moments a seeded ``random.Random(SEED)`` chooses, and restarted
 each time. Between two runs the "customers" change a seeded share of their
 entries (new backends, stopped sites, a few new and removed customers), so

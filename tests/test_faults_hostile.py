@@ -19,7 +19,7 @@ guids, and what must never be shown.
    served over HTTPS requiring a client certificate (trustme), so the key is
    really loaded.
 
-The master double (bench/double.py) is served from a thread of this process
+The master double (bench/double/) is served from a thread of this process
 where a test needs customers the control API cannot make (odd guids, any JSON
 value); `cdnreq` itself always runs as a subprocess.
 """

@@ -2,7 +2,7 @@
 corrupted, or written by a newer cdnreq.
 
 Each case runs the real `cdnreq` command in a subprocess, against the master
-double (bench/double.py) in its own process: it is fast, and slapproxy would
+double (bench/double/) in its own process: it is fast, and slapproxy would
 add nothing here since nothing in these cases depends on the master's
 behaviour. What every case must show: a clear error naming the problem, the
 documented exit code, and no partial write (the tables compared row by row

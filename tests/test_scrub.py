@@ -98,7 +98,7 @@ def test_terminal_output_escapes_control_characters():
 
 
 def test_a_hostile_master_error_title_reaches_no_store_log_page_or_customer(tmp_path: Path):
-    from bench.double import Double, _Refused
+    from bench.double import Double, Refused as _Refused
     from test_faults_hostile import CDNREQ, ThreadedDouble, http_get, write_config
 
     class Hostile(Double):

@@ -1,60 +1,21 @@
-"""A DNS relay on loopback that adds latency, for benchmarks ONLY.
-
-The kernel here has no netem, so a 30 ms round trip to a DNS server is made
-by this relay: it listens on 127.0.0.1 (UDP and TCP on the same port) and
-forwards to an upstream server (nsd), holding every UDP datagram and every
-TCP segment ``delay_s`` in each direction. Each datagram is delayed on its
-own (``loop.call_later``), so 256 queries in flight stay 256 in flight; TCP
-chunks keep their order through a per-direction queue of due times, never a
-sleep per chunk that would add up.
-
-It only ever binds and connects to loopback addresses (127.0.0.0/8, ::1).
-
-Counters (:meth:`Relay.stats`): queries and answers relayed over UDP, TCP
-connections, and the monotonic times of the first query and the last answer
-since the last :meth:`Relay.reset` (``time.monotonic`` is system-wide, so a
-benchmark runner in another process can compare them with its own clock).
-
-In-process::
-
-    relay = await Relay(("127.0.0.1", nsd_port), delay_s=0.015).start()
-    ...  # point the resolver at f"127.0.0.1:{relay.port}"
-    await relay.close()
-
-In its own process (what the benchmark does, so the relay's CPU is not the
-runner's): ``python -m bench.relay --upstream 127.0.0.1:PORT --delay-ms 15``
-prints ``READY <port> <control_port>``; the control port answers one line
-commands (``stats``, ``reset``, ``delay <ms>``) with one JSON line.
-:class:`RelayProcess` starts and drives it. :func:`measure_rtt` checks the
-round trip with a bare DNS query (dnslib, blocking socket).
-"""
+"""The relay itself: UDP and TCP on one loopback port, each way delayed (see bench/relay/__init__.py)."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import contextlib
 import ipaddress
-import json
-import select
-import signal
 import socket
-import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any, Self
 
-from bench.double import stop_child
-
-__all__ = ["Relay", "RelayProcess", "measure_rtt", "main"]
+__all__ = ["Relay", "check_loopback", "parse_address"]
 
 _MAX_UPSTREAM_SOCKETS = 1024
 
 
-def _check_loopback(host: str) -> str:
+def check_loopback(host: str) -> str:
     if not ipaddress.ip_address(host).is_loopback:
         raise ValueError(f"the relay only uses loopback addresses, not {host!r}")
     return host
@@ -66,7 +27,7 @@ def parse_address(text: str) -> tuple[str, int]:
         host, _, port = text[1:].partition("]:")
     else:
         host, _, port = text.rpartition(":")
-    return _check_loopback(host), int(port)
+    return check_loopback(host), int(port)
 
 
 _BUFFER_BYTES = 8 * 1024 * 1024
@@ -89,9 +50,9 @@ class Relay:
 
     def __init__(self, upstream: tuple[str, int], *, delay_s: float = 0.015,
                  host: str = "127.0.0.1", port: int = 0):
-        self.upstream = (_check_loopback(upstream[0]), int(upstream[1]))
+        self.upstream = (check_loopback(upstream[0]), int(upstream[1]))
         self.delay_s = float(delay_s)
-        self.host = _check_loopback(host)
+        self.host = check_loopback(host)
         self.requested_port = port
         self.port: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -305,162 +266,3 @@ class Relay:
             if not sending.done():
                 sending.cancel()
                 await asyncio.gather(sending, return_exceptions=True)
-
-
-# -- a bare RTT check -------------------------------------------------------------
-
-
-def measure_rtt(address: tuple[str, int], name: str, *, count: int = 20, timeout_s: float = 2.0,
-                qtype: str = "TXT") -> dict[str, float]:
-    """Round trips of `count` bare UDP DNS queries to `address`, one at a time (dnslib).
-
-    Returns ``{"median_ms", "min_ms", "max_ms", "answered"}``.
-    """
-    from dnslib import DNSRecord
-
-    _check_loopback(address[0])
-    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-    times: list[float] = []
-    with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(timeout_s)
-        for i in range(count):
-            question = DNSRecord.question(name, qtype)
-            began = time.perf_counter()
-            sock.sendto(question.pack(), address)
-            try:
-                while True:
-                    data, _ = sock.recvfrom(65535)
-                    if DNSRecord.parse(data).header.id == question.header.id:
-                        break
-            except (socket.timeout, TimeoutError):
-                continue
-            times.append(time.perf_counter() - began)
-    if not times:
-        return {"median_ms": float("nan"), "min_ms": float("nan"), "max_ms": float("nan"),
-                "answered": 0}
-    return {
-        "median_ms": statistics.median(times) * 1000,
-        "min_ms": min(times) * 1000,
-        "max_ms": max(times) * 1000,
-        "answered": len(times),
-    }
-
-
-# -- its own process ------------------------------------------------------------------
-
-
-async def _control(relay: Relay, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while line := await reader.readline():
-            words = line.decode().split()
-            if not words:
-                continue
-            if words[0] == "stats":
-                answer = relay.stats()
-            elif words[0] == "reset":
-                answer = relay.reset()
-            elif words[0] == "delay" and len(words) == 2:
-                relay.delay_s = float(words[1]) / 1000
-                answer = relay.stats()
-            else:
-                answer = {"error": f"unknown command {line.decode().strip()!r}"}
-            writer.write(json.dumps(answer).encode() + b"\n")
-            await writer.drain()
-    finally:
-        writer.close()
-
-
-async def _run(args: argparse.Namespace) -> None:
-    relay = await Relay(parse_address(args.upstream), delay_s=args.delay_ms / 1000,
-                        host=args.host, port=args.port).start()
-    control = await asyncio.start_server(lambda r, w: _control(relay, r, w), args.host, 0)
-    control_port = control.sockets[0].getsockname()[1]
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"READY {relay.port} {control_port}", flush=True)
-    try:
-        await stop.wait()
-    finally:
-        control.close()
-        await relay.close()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.relay", description=__doc__.split("\n")[0])
-    parser.add_argument("--upstream", required=True, help="ip:port of the DNS server (loopback)")
-    parser.add_argument("--delay-ms", type=float, default=15.0, help="added each way (default 15)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed)")
-    asyncio.run(_run(parser.parse_args(argv)))
-    return 0
-
-
-class RelayProcess:
-    """``python -m bench.relay`` in a child process, and a client for its control port."""
-
-    def __init__(self, upstream: tuple[str, int], *, delay_ms: float = 15.0, host: str = "127.0.0.1"):
-        self.args = ["--upstream", f"{upstream[0]}:{upstream[1]}", "--delay-ms", str(delay_ms),
-                     "--host", host]
-        self.host = host
-        self.port: int | None = None
-        self.control_port: int | None = None
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def address(self) -> tuple[str, int]:
-        assert self.port is not None
-        return self.host, self.port
-
-    def start(self, timeout_s: float = 30) -> Self:
-        root = Path(__file__).resolve().parents[1]
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.relay", *self.args],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, cwd=root, text=True,
-        )
-        stdout = self.process.stdout
-        assert stdout is not None
-        readable, _, _ = select.select([stdout], [], [], timeout_s)
-        line = stdout.readline() if readable else ""
-        if not line.startswith("READY "):
-            self.stop()
-            raise RuntimeError("the relay did not print READY")
-        _, port, control = line.split()
-        self.port, self.control_port = int(port), int(control)
-        return self
-
-    def command(self, text: str) -> dict[str, Any]:
-        assert self.control_port is not None
-        with socket.create_connection((self.host, self.control_port), timeout=10) as sock:
-            sock.sendall(text.encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        return json.loads(data)
-
-    def stats(self) -> dict[str, Any]:
-        return self.command("stats")
-
-    def reset(self) -> dict[str, Any]:
-        return self.command("reset")
-
-    def set_delay_ms(self, delay_ms: float) -> dict[str, Any]:
-        return self.command(f"delay {delay_ms}")
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        stop_child(process)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
