@@ -444,16 +444,11 @@ def test_end_state_equals_a_clean_run(runs: Runs) -> None:
     assert runs.crash_counts["errors"] == {} == runs.clean_counts["errors"]
     assert runs.clean_counts["destroyed"] == 0
 
-    # Entries beyond the customers' are those of removed customers whose request
-    # was lost in a kill: the known bug that
-    # test_a_request_lost_in_a_kill_then_removed_is_destroyed shows. Any other
-    # extra entry fails here.
+    # A removed customer whose request was lost in a kill is destroyed by its
+    # title (test_a_request_lost_in_a_kill_then_removed_is_destroyed): no entry
+    # outlives its customer.
     extra = set(runs.crash_technical) - set(mine)
-    removed = {g for op, body in runs.history.ops if op == "remove" for g in body["guids"]}
-    _, events = stored(runs.crash_db)
-    forgotten = {g for g, action, _, detail in events if action == "forget" and "without a technical entry" in detail}
-    assert extra <= {technical_title(PREFIX, g) for g in removed & forgotten}
-    print(f"\n{len(extra)} technical entries outlived their removed customer (the orphan bug)")
+    assert extra == set(), sorted(extra)
 
 
 def test_no_customer_under_two_titles_and_no_title_for_two_customers(runs: Runs) -> None:

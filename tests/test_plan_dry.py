@@ -185,7 +185,7 @@ async def test_document_groups_actions_held_and_errors(tmp_path):
     known = {"r": rec("r", retry_at=200.0, last_error="master: down")}
     doc = document(actions, stages, dry, report, known, now=100.0, confirm_ticks=3)
     assert doc["counts"] == {
-        "request": 1, "update": 0, "destroy": 1, "publish": 2, "poll": 0, "forget": 0, "held_removals": 1,
+        "request": 1, "update": 0, "destroy": 1, "publish": 2, "poll": 0, "held_removals": 1,
         "held_updates": 1, "errors": 2, "pending": 0, "backoff": 1, "challenges": 0,
     }
     assert doc["held"]["removals"] == {"reason": "too many gone", "instances": ["h"]}

@@ -118,7 +118,6 @@ def document(
         "ok": report.error is None,
         "error": report.error,
         "would": would,
-        "forget": sorted(first.forgets),  # no entry to destroy (a destroy forgets once read back gone)
         "held": _held(first, held_updates, confirm_ticks),
         "errors": [{"instance_guid": g, "error": gate.why} for g, gate in sorted(refused.items())],
         "pending": sorted(
@@ -146,7 +145,6 @@ def counts(doc: Mapping[str, Any]) -> dict[str, int]:
     held = doc["held"]
     out = {kind: len(doc["would"][kind]) for kind in KINDS}
     out.update(
-        forget=len(doc["forget"]),
         held_removals=len(held["removals"]["instances"]),
         held_updates=len(held["updates"]["instances"]),
         errors=len(doc["errors"]),
@@ -177,7 +175,6 @@ def render(doc: Mapping[str, Any]) -> str:
     out.append(f"plan of tick {doc['tick']} (dry run: nothing was sent to the master or written)")
     for kind in KINDS:
         _rows(out, TITLES[kind], doc["would"][kind], "instance_guid", "title", "reason", "why")
-    _rows(out, "would forget", [{"g": g} for g in doc["forget"]], "g")
     removals, updates = doc["held"]["removals"], doc["held"]["updates"]
     if removals["instances"]:
         out.append(f"held removals ({len(removals['instances'])}): {removals['reason']}")
@@ -193,7 +190,7 @@ def render(doc: Mapping[str, Any]) -> str:
     out.append(
         "totals: " + ", ".join(f"{name} {c[key]}" for name, key in (
             ("request", "request"), ("update", "update"), ("destroy", "destroy"), ("publish", "publish"),
-            ("read back", "poll"), ("forget", "forget"), ("held", "held_removals"),
+            ("read back", "poll"), ("held", "held_removals"),
             ("held updates", "held_updates"), ("errors", "errors"), ("pending", "pending"),
         ))
     )

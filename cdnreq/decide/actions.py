@@ -56,7 +56,6 @@ class Ownership(Protocol):
 class Plan:
     actions: tuple[Action, ...]
     updates: tuple[Record, ...] = ()  # stored before any call (new, held, retained, back)
-    forgets: tuple[InstanceGuid, ...] = ()  # gone without a technical entry: no call needed
     held: tuple[Record, ...] = ()  # gone from the master, removal held back
     hold_reason: str | None = None
     counts: Mapping[str, int] = field(default_factory=dict)
@@ -91,7 +90,6 @@ class Draft:
         self.counts: Counter[str] = Counter()
         self.actions: list[Action] = []
         self.updates: list[Record] = []
-        self.forgets: list[InstanceGuid] = []
 
     def add(self, action: Action | None, record: Record) -> None:
         if action is None:

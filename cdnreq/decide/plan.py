@@ -61,11 +61,9 @@ def plan(
     listed, next_idle = _plan_listed(draft, listing, known, policy, gates, ownership, idle, later)
     _plan_unusable(draft, listing, known, policy)
     removals = plan_removals(draft, listing, known, listed, policy, ownership, list(recent), approved_removals)
-    counts = draft.counted()
-    counts["forget"] = len(draft.forgets)
     return Plan(
-        tuple(draft.actions), tuple(draft.updates), tuple(draft.forgets), removals.held, removals.hold_reason,
-        counts, removals.fleet, removals.withheld, removals.departed, idle=next_idle,
+        tuple(draft.actions), tuple(draft.updates), removals.held, removals.hold_reason,
+        draft.counted(), removals.fleet, removals.withheld, removals.departed, idle=next_idle,
     )
 
 

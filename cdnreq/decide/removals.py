@@ -78,11 +78,11 @@ def plan_removals(
         departed = tuple(leaving)
     for record in departing:
         counts["removed"] += 1
-        action = _departure(record, record.guid in explicit, now, policy, ownership, draft.updates, draft.forgets)
+        action = _departure(record, record.guid in explicit, now, policy, ownership, draft.updates)
         if action is not None:
             draft.add(action, record)
     for record in retained:
-        action = _retention(record, record.guid in explicit, now, policy, ownership, draft.forgets)
+        action = _retention(record, record.guid in explicit, now, policy, ownership)
         if action is not None:
             draft.add(action, record)
     for record in confirming:  # a destroy counts once read back: a master may drop one
@@ -124,7 +124,6 @@ def _departure(
     policy: Policy,
     ownership: Ownership | None,
     updates: list[Record],
-    forgets: list[InstanceGuid],
 ) -> Action | None:
     """An instance that just left the master (or was destroyed by its customer)."""
     owns = ownership is not None and bool(ownership.hosts_of(record.guid))
@@ -145,7 +144,6 @@ def _retention(
     now: float,
     policy: Policy,
     ownership: Ownership | None,
-    forgets: list[InstanceGuid],
 ) -> Action | None:
     """An instance already gone: destroyed when its retention ends, or sooner
     when its customer asks or another entry proved one of its hosts."""

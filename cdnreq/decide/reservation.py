@@ -2,8 +2,8 @@
 
 New titles are stored first so that a crash never requests one instance
 under two titles; a request may reach the master before a crash, so the
-hosts it asks for count as served from then on; held removals and forgotten
-instances are recorded with their events."""
+hosts it asks for count as served from then on; held removals are
+recorded with their events."""
 
 from __future__ import annotations
 
@@ -19,11 +19,10 @@ from cdnreq.model import Event, Record
 @dataclass(frozen=True)
 class Reservation:
     upserts: Sequence[Record]
-    forgets: Sequence[str]
     events: Sequence[Event]
 
     def __bool__(self) -> bool:
-        return bool(self.upserts or self.forgets or self.events)
+        return bool(self.upserts or self.events)
 
 
 def reservation(the_plan: Plan, now: float, tick: int) -> Reservation:
@@ -38,5 +37,4 @@ def reservation(the_plan: Plan, now: float, tick: int) -> Reservation:
             elif widened is not record:
                 updates[action.guid] = widened
     events = [Event(r.guid, "hold", "held", now, r.last_error, tick) for r in held]
-    events += [Event(g, "forget", "ok", now, "gone, without a technical entry", tick) for g in the_plan.forgets]
-    return Reservation(upserts=[*updates.values(), *held], forgets=tuple(the_plan.forgets), events=events)
+    return Reservation(upserts=[*updates.values(), *held], events=events)

@@ -389,7 +389,6 @@ class Reconciler:
             return
         await self.store.commit(
             upserts=reserved.upserts,
-            forgets=reserved.forgets,
             events=[*step.events, *reserved.events],
             host_upserts=step.host_upserts.values(),
             host_deletes=step.host_deletes,
@@ -398,6 +397,3 @@ class Reconciler:
         )
         for record in reserved.upserts:
             self.known[record.guid] = record
-        for guid in reserved.forgets:
-            self.known.pop(guid, None)
-            self.domains.forget(guid)
