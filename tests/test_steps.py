@@ -7,8 +7,16 @@ from dataclasses import replace
 import pytest
 
 from cdnreq.decide.gate import Gate, Status
-from cdnreq.decide.steps import Next, after_destroy_read_back, after_read_back, after_read_back_error, once_gone
-from cdnreq.decide.transitions import publication
+from cdnreq.decide.steps import (
+    Next,
+    after_destroy,
+    after_destroy_error,
+    after_destroy_read_back,
+    after_read_back,
+    after_read_back_error,
+    once_gone,
+)
+from cdnreq.decide.transitions import destroy_failing, publication
 from cdnreq.model import Phase, Record, shown_digest
 
 
@@ -26,6 +34,32 @@ def test_a_read_back_that_answers() -> None:
     assert after_read_back(listed=True, kept=False) is Next.REQUEST  # the master dropped the request
     assert after_read_back(listed=True, kept=True) is Next.PUBLISH
     assert after_read_back(listed=False, kept=False) is Next.PUBLISH
+
+
+@pytest.mark.parametrize(("by_title", "absent", "step"), [
+    (True, True, Next.CONFIRMED),  # no entry known and the master knows no such title: nothing to destroy
+    (True, False, Next.FAIL),
+    (False, True, Next.FAIL),  # an entry known by guid is read back, never assumed gone
+    (False, False, Next.FAIL),
+])
+def test_a_destroy_that_fails(by_title: bool, absent: bool, step: Next) -> None:
+    assert after_destroy_error(by_title=by_title, absent=absent) is step
+
+
+def test_a_destroy_sent() -> None:
+    assert after_destroy(by_title=True, answered_guid=None) is Next.CONFIRMED  # nothing to read back by
+    assert after_destroy(by_title=True, answered_guid="SOFTINST-9") is Next.READ_BACK
+    assert after_destroy(by_title=False, answered_guid=None) is Next.READ_BACK  # by the stored guid
+
+
+@pytest.mark.parametrize(("phase", "leaving", "after"), [
+    (Phase.LIVE, True, Phase.REMOVING),  # retried as a removal
+    (Phase.RETAINED, True, Phase.RETAINED),  # kept until its retention ends
+    (Phase.LIVE, False, Phase.LIVE),  # a customer's destroy of a listed instance
+])
+def test_a_failed_destroy_of_a_leaving_instance_is_retried_as_a_removal(phase: Phase, leaving: bool, after: Phase) -> None:
+    record = Record(guid="A", title="cdnreq-A", phase=phase, created_at=0.0, updated_at=0.0)
+    assert destroy_failing(record, leaving=leaving).phase is after
 
 
 def test_a_destroy_read_back() -> None:

@@ -5,6 +5,9 @@ master answered and applies the step decided here, it decides nothing.
   entry, or it does not hold the last request -> request again; an error
   otherwise -> fail (retried after the backoff); else publish what the
   customer should see;
+- a destroy: by title, answered 'no such entry' -> gone; failed otherwise
+  (retried after the backoff); sent by title and answered without a guid to
+  read back by -> gone; else read back by that guid;
 - a read-back of a destroyed entry: still there -> destroy again;
 - once an entry is gone: forget the instance, keep it (retained, or listed
   without an entry), or publish to its customer when it is still listed.
@@ -25,6 +28,7 @@ class Next(str, enum.Enum):
     FORGET = "forget"
     KEEP = "keep"
     CONFIRMED = "confirmed"
+    READ_BACK = "read back"
 
 
 def after_read_back_error(*, not_found: bool, listed: bool) -> Next:
@@ -37,6 +41,18 @@ def after_read_back(*, listed: bool, kept: bool) -> Next:
     """The entry was read: requested again when it does not hold what was
     last requested (a master may drop a request), else the customer is told."""
     return Next.REQUEST if listed and not kept else Next.PUBLISH
+
+
+def after_destroy_error(*, by_title: bool, absent: bool) -> Next:
+    """A destroy by title of an entry the master knows no such title for has
+    nothing left to destroy; any other error fails and is retried."""
+    return Next.CONFIRMED if by_title and absent else Next.FAIL
+
+
+def after_destroy(*, by_title: bool, answered_guid: str | None) -> Next:
+    """A destroy sent: read back by the entry's guid (the one stored, or the
+    one a destroy by title answered); gone when there is none to read by."""
+    return Next.CONFIRMED if by_title and not answered_guid else Next.READ_BACK
 
 
 def after_destroy_read_back(*, destroyed: bool) -> Next:

@@ -75,15 +75,6 @@ def still_shown(held: Mapping[str, Any], shown: Mapping[str, Any]) -> bool:
     return all(_same(held[k], v) for k, v in shown.items())
 
 
-def _same(held: Any, shown: Any) -> bool:
-    if held == shown or str(held) == str(shown):
-        return True
-    try:
-        return str(held) == json.dumps(shown, sort_keys=True, ensure_ascii=False)
-    except (TypeError, ValueError):
-        return False
-
-
 def unshown(record: Record) -> Record:
     """What the customer was shown is gone from the master: publish it again."""
     return replace(record, published=None)
@@ -220,6 +211,14 @@ def destroy_sent(record: Record, now: float, *, keep: bool = False) -> Record:
     """Destroy acknowledged; the entry (tech_guid and served kept) is read
     back before the instance is forgotten, or cleared when `keep`."""
     return replace(_destroyed(record, now), phase=record.phase if keep else Phase.REMOVING)
+
+
+def destroy_failing(record: Record, *, leaving: bool) -> Record:
+    """A destroy that failed for an instance that leaves is retried as a
+    removal (a retained one stays retained until its retention ends)."""
+    if leaving and record.phase is not Phase.RETAINED:
+        return replace(record, phase=Phase.REMOVING)
+    return record
 
 
 def confirmed(record: Record, now: float) -> Record | None:

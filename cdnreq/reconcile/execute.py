@@ -15,9 +15,17 @@ from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol
 
 from cdnreq.master import LocalResourceError, MasterError, MasterRejected, MasterUnavailable
-from cdnreq.model import Event, InstanceAnswer, Phase, Record, RequestedState, SharedInstance
+from cdnreq.model import Event, InstanceAnswer, Record, RequestedState, SharedInstance
 from cdnreq.decide import transitions
-from cdnreq.decide.steps import Next, after_destroy_read_back, after_read_back, after_read_back_error, once_gone
+from cdnreq.decide.steps import (
+    Next,
+    after_destroy,
+    after_destroy_error,
+    after_destroy_read_back,
+    after_read_back,
+    after_read_back_error,
+    once_gone,
+)
 from cdnreq.decide.gate import Gate, Status
 from cdnreq.decide.plan import READ_BACK, Action, Kind
 
@@ -282,20 +290,19 @@ class _Runner:
 
     async def destroy(self, action: Action) -> Outcome:
         record = action.record
+        by_title = record.tech_guid is None  # no entry known: destroyed by its title
         try:
             answer = await destroy_title(self.master, self.settings, record.title)
         except MasterError as error:
-            if record.tech_guid is None and absent_answer(error):
-                # destroyed by title, and the master knows no such entry
+            if after_destroy_error(by_title=by_title, absent=absent_answer(error)) is Next.CONFIRMED:
                 self.event(record.guid, "destroy", "absent", f"{action.reason}; title {record.title}")
                 return await self.gone(action, transitions.cleared(record, self.clock()), forget=action.forget)
-            if action.forget and record.phase is not Phase.RETAINED:
-                record = replace(record, phase=Phase.REMOVING)  # gone: retried as a removal
+            record = transitions.destroy_failing(record, leaving=action.forget)
             return self.failure(action, record, "destroy", error)
         self.event(record.guid, "destroy", "ok", f"{action.reason}; title {record.title}")
-        if record.tech_guid is None:  # destroyed by title: read back by the guid the answer names
-            if not answer.guid:  # nothing to read back by
-                return await self.gone(action, transitions.cleared(record, self.clock()), forget=action.forget)
+        if after_destroy(by_title=by_title, answered_guid=answer.guid) is Next.CONFIRMED:
+            return await self.gone(action, transitions.cleared(record, self.clock()), forget=action.forget)
+        if by_title:  # read back by the guid the answer names
             record = replace(record, tech_guid=answer.guid)
         sent = transitions.destroy_sent(record, self.clock(), keep=not action.forget)
         return await self.gone(action, sent, forget=False)
