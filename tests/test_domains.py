@@ -321,6 +321,33 @@ async def test_verdict_is_cached_by_param_hash(dns: Recording, monkeypatch: pyte
     assert calls[3:] == [{}]
 
 
+async def test_a_run_keeps_only_the_settled_instances_a_recheck_holds(devdns: DevDns, dns: Recording) -> None:
+    """Settled instances are decided at once; the run keeps of the listing only
+    what later stages need, so the collector never walks the whole listing
+    once it is dropped (about 0.1 s an idle tick at 100,000)."""
+    a, b = InstanceGuid("SOFTINST-A"), InstanceGuid("SOFTINST-B")
+    policy = DomainPolicy(recheck_interval_s=DAY)
+    claims = [
+        HostClaim("www.a.example", a, "a.example", NOW - 60 * DAY, NOW),
+        HostClaim("www.b.example", b, "b.example", NOW - 60 * DAY, NOW - DAY / 2),
+    ]
+    challenges = {a: challenge(a, "www.a.example"), b: challenge(b, "www.b.example")}
+    for guid, host in ((a, "www.a.example"), (b, "www.b.example")):
+        devdns.set_txt(f"{LABEL}.{host}", challenges[guid].token)
+    d = domains(dns, policy=policy, hosts=claims, challenges=challenges)
+    listing = [instance(a, "www.a.example"), instance(b, "www.b.example")]
+    known = {a: record(a), b: record(b)}
+    await d.step(listing, known, NOW, tick=1)  # both settled
+
+    run = d.start(listing, known, NOW + DAY * 0.75, tick=2)  # B's re-check is due, A's is not
+    assert set(run.first.gates) == {a}
+    assert set(run.settled) == set(run.held) == {b}
+    out = DomainStep()
+    async for part in run.resolve():
+        out.merge(part)
+    assert out.gates[b].status is Status.OK and out.counts["recheck_ok"] == 1
+
+
 # -- ownership over steps --------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from cdnreq.decide.steps import (
     after_read_back_error,
     once_gone,
 )
-from cdnreq.decide.transitions import destroy_failing, publication
+from cdnreq.decide.transitions import destroy_failing, needs_publish, publication
 from cdnreq.model import Phase, Record, shown_digest
 
 
@@ -83,3 +83,25 @@ def test_the_one_publish_rule() -> None:
     refused = Gate(Status.INVALID, error="custom_domain: refused", extras={"message": "refused"})
     due = publication(record, refused)
     assert due.send_error and due.error == "custom_domain: refused"
+
+
+def test_the_planner_asks_the_same_publish_rule() -> None:
+    """needs_publish is publication().due without building the answer (the
+    planner asks it of every instance the idle cache does not skip)."""
+    base = Record(guid="S-1", title="t", phase=Phase.LIVE, created_at=0.0, updated_at=0.0,
+                  tech_guid="T-1", connection={"url": "https://cdn"})
+    shown = shown_digest({"url": "https://cdn"})
+    refused = Gate(Status.INVALID, error="custom_domain: refused", extras={"message": "refused"})
+    pending = Gate(Status.PENDING, extras={"challenge": "x"}, pending=("www.a.example",))
+    records = [
+        base,
+        replace(base, published=shown),
+        replace(base, published=shown, published_error="custom_domain: refused"),
+        replace(base, tech_guid=None, connection=None),
+        replace(base, tech_guid=None, connection=None, param_hash="h"),
+    ]
+    for record in records:
+        for gate in (Gate(Status.OK), refused, pending):
+            assert needs_publish(record, gate) is publication(record, gate).due, (record, gate)
+    told = replace(base, published=shown_digest(publication(base, refused).shown), published_error=refused.error)
+    assert not needs_publish(told, refused) and needs_publish(records[1], refused)

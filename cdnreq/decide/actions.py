@@ -74,11 +74,12 @@ class IdleCache:
     while nothing about an instance's hosts changed, so the same record
     object, gate object and requested state give the same answer again: an
     idle tick skips the publication digest and host checks for most
-    instances. Identity is only a cheap test of "the same value"; a miss
-    plans the instance in full. Each plan returns a new cache (Plan.idle),
+    instances. The read-back time, a function of the record and the policy,
+    is kept beside them. Identity is only a cheap test of "the same value";
+    a miss plans the instance in full. Each plan returns a new cache (Plan.idle),
     so it holds nothing of instances that left."""
 
-    entries: Mapping[str, tuple[Record, Gate]] = field(default_factory=dict)
+    entries: Mapping[str, tuple[Record, Gate, float]] = field(default_factory=dict)  # and when to read back
     policy: Policy | None = None
 
 

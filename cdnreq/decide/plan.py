@@ -88,7 +88,7 @@ def _plan_listed(
     counts["duplicate"] = listing.duplicates
     destroyed: list[Record] = []
     last = idle.entries if idle is not None and idle.policy == policy else {}
-    still: dict[str, tuple[Record, Gate]] = {}
+    still: dict[str, tuple[Record, Gate, float]] = {}
     unchecked = gates is None  # tools and tests: every instance as listed
     gates = gates or {}
     served = ServedHosts(known)
@@ -112,7 +112,7 @@ def _plan_listed(
             and hit[0] is record
             and hit[1] is gates.get(guid)
             and (record.requested_state is instance.state or not hit[1].ok)
-            and _read_back_at(record, policy) > now
+            and hit[2] > now  # its read-back time, kept with it
         ):
             still[guid] = hit
             unchanged += 1
@@ -128,7 +128,7 @@ def _plan_listed(
         action, held_back = _after_previous(action, served, counts)
         draft.add(action, record)
         if action is None and not held_back and gate is gates.get(guid):
-            still[guid] = (record, gate)
+            still[guid] = (record, gate, _read_back_at(record, policy))
     counts["unchanged"] += unchanged
     return Listed(seen, destroyed), IdleCache(still, policy)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
 
 from cdnreq.model import InstanceAnswer, Phase, Record, SharedInstance, canonical_json, frozen_json, shown_digest
 
@@ -36,8 +36,7 @@ def compose(connection: Mapping[str, Any] | None, gate: "Gate | None", requested
     return shown
 
 
-@dataclass(frozen=True, slots=True)
-class Publication:
+class Publication(NamedTuple):
     """What to publish to the customer, and which of its two calls are due."""
 
     shown: dict[str, Any]
@@ -53,16 +52,24 @@ class Publication:
 def publication(record: Record, gate: "Gate | None") -> Publication:
     """The one publish rule: the planner asks it whether to publish, the
     executor what to send after each call."""
-    requested = record.param_hash is not None or record.tech_guid is not None
-    shown = compose(record.connection, gate, requested)
-    error = gate.error if gate is not None else None
-    return Publication(
-        shown, error, shown_digest(shown) != record.published, error is not None and error != record.published_error
-    )
+    shown, error = _told(record, gate)
+    return Publication(shown, error, shown_digest(shown) != record.published, _new_error(record, error))
 
 
 def needs_publish(record: Record, gate: "Gate") -> bool:
-    return publication(record, gate).due
+    """`publication(record, gate).due`, without building the answer: the
+    planner asks it of every instance the idle cache does not skip."""
+    shown, error = _told(record, gate)
+    return shown_digest(shown) != record.published or _new_error(record, error)
+
+
+def _told(record: Record, gate: "Gate | None") -> tuple[dict[str, Any], str | None]:
+    requested = record.param_hash is not None or record.tech_guid is not None
+    return compose(record.connection, gate, requested), gate.error if gate is not None else None
+
+
+def _new_error(record: Record, error: str | None) -> bool:
+    return error is not None and error != record.published_error
 
 
 def still_shown(held: Mapping[str, Any], shown: Mapping[str, Any]) -> bool:

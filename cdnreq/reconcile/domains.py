@@ -277,6 +277,10 @@ class DomainRun:
         self.chunks = chunks(groups, CHUNK_NAMES, FIRST_CHUNK_NAMES)
         self.dns_total = first_round_total(self.asking, due, policy)  # at most
         out.counts[f"gate_{Status.OK.value}"] += len(self.settled) - len(self.held)
+        # later stages need the settled instances a re-check holds, no other:
+        # the rest of the listing is freed when the tick lets go of it, before
+        # the collector would walk 100,000s of live objects
+        self.settled = {g: self.settled[g] for g in self.held}
         d._decide(self, at_once, {}, out)
 
     def _orders(self, guids: Iterable[str]) -> dict[str, tuple[float, str]]:

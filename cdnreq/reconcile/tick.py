@@ -241,8 +241,9 @@ class Reconciler:
         """List, decide, store the decisions, apply them, record the outcomes."""
         await self._refresh()
         with collector_paused():  # the listing and the plan: 100,000s of short-lived objects
-            listing = await self._list()
-            guard, run, first = await self._decide(listing, report)
+            # the listing is let go of here, not held to the tick's end: what
+            # the collector finds alive when it resumes, it walks
+            guard, run, first = await self._decide(await self._list(), report)
         await self._reserve_first(guard, run, first, report)  # before any call: a crash errs on holding
         applying = Applying(self, first, report, stop)
         try:
