@@ -237,6 +237,21 @@ class Challenge:
 
 
 @dataclass(frozen=True, slots=True)
+class Decision:
+    """The domain step's decision on one instance, kept for a restart: its
+    verdict, or its settled gate (both as JSON text); trusted again only
+    under the rules of cdnreq/decide/kept.py."""
+
+    guid: str
+    param_hash: str  # of the listed parameters it was made from
+    stamp: str  # the rules and the domain policy it was made under (validate/version.py)
+    verdict: str | None = None
+    gate: str | None = None
+    claims: str | None = None  # with a gate: digest of the claims it was settled with
+    next_lookup: float | None = None  # with a pending verdict: when its proof is looked up again
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
     """One line of the audit trail: an action taken and how it went."""
 

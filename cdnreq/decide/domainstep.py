@@ -12,7 +12,7 @@ from typing import Any
 
 from cdnreq.decide.gate import Gate, HostIndex
 from cdnreq.decide.guards import release_due
-from cdnreq.model import Challenge, Event, HostClaim, InstanceGuid, Record, RequestedState, SharedInstance
+from cdnreq.model import Challenge, Decision, Event, HostClaim, InstanceGuid, Record, RequestedState, SharedInstance
 from cdnreq.validate.verdict import Verdict
 
 
@@ -28,6 +28,7 @@ class DomainStep:
     events: list[Event] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
     taken_from: set[str] = field(default_factory=set)  # retained instances that lost a host
+    decisions: dict[str, Decision] = field(default_factory=dict)  # verdicts and settled gates to keep
 
     def claim(self, claim: HostClaim) -> None:
         self.host_deletes.discard(claim.host)
@@ -49,6 +50,7 @@ class DomainStep:
         self.events += later.events
         self.counts.update(later.counts)
         self.taken_from |= later.taken_from
+        self.decisions.update(later.decisions)
 
 
 def split_settled(

@@ -24,10 +24,12 @@ from cdnreq.decide.domainstep import (
 )
 from cdnreq.decide.gate import DomainPolicy, Gate, HostIndex, Status, decide
 from cdnreq.decide.guards import CONFIRM_TICKS
+from cdnreq.decide.kept import settled_decision, trusted, verdict_decision
 from cdnreq.decide.proofs import Group, chunks, group, second_names
 from cdnreq.dns.challenge import issue
-from cdnreq.model import Challenge, Event, HostClaim, InstanceGuid, Lookup, Record, SharedInstance
+from cdnreq.model import Challenge, Decision, Event, HostClaim, InstanceGuid, Lookup, Record, SharedInstance
 from cdnreq.validate.verdict import Verdict, validate
+from cdnreq.validate.version import stamp
 
 __all__ = ["Domains", "DomainRun", "DomainStep", "Lookups"]
 
@@ -51,18 +53,26 @@ class Domains:
         challenges: Mapping[InstanceGuid, Challenge] | None = None,
         confirm_ticks: int = CONFIRM_TICKS,
         streaks: Mapping[str, Any] | None = None,
+        kept: Iterable[Decision] = (),
     ):
         self.policy = policy
         self.secret = secret
         self.resolver = resolver
         self.index = HostIndex(hosts)
         self.challenges: dict[InstanceGuid, Challenge] = dict(challenges or {})
-        self._verdicts: dict[str, tuple[str, Verdict]] = {}
         # OK gates of instances owning all their hosts: nothing but their own
-        # parameters or claims can change them, so an idle tick reuses them.
-        self._settled: dict[str, tuple[str, Gate]] = {}
+        # parameters or claims can change them, so an idle tick reuses them;
+        # and the verdicts of the others. A restart reuses those it kept
+        # (`kept`, see decide/kept.py), the claims they were made with being
+        # the index just loaded.
+        self._stamp = stamp(policy)
+        reused = trusted(kept, self._stamp, self.index)
+        self._settled, self._verdicts = reused.settled, reused.verdicts
         self._settled_policy = policy
-        self.schedule = LookupSchedule()  # pending challenges are looked up less often as they age
+        self._fresh: dict[str, Decision] = {}  # verdicts computed since last taken, to keep
+        self.index.take_touched()
+        # pending challenges are looked up less often as they age
+        self.schedule = LookupSchedule(reused.next_lookup)
         # hosts their listed owner stopped naming: consecutive ticks (see
         # decide/domainstep.contested); and of those, the ones it no longer
         # serves either (see unlisted_releases)
@@ -77,7 +87,13 @@ class Domains:
             return cached[1]
         verdict = validate(instance.parameters, self.policy.validation)
         self._verdicts[instance.guid] = (instance.param_hash, verdict)
+        self._fresh[instance.guid] = verdict_decision(instance.guid, instance.param_hash, self._stamp, verdict)
         return verdict
+
+    def take_fresh(self) -> dict[str, Decision]:
+        """The verdicts computed since the last call, as decisions to keep."""
+        fresh, self._fresh = self._fresh, {}
+        return fresh
 
     def forget(self, guid: str) -> None:
         """The store forgot the instance: it owns nothing any more."""
@@ -173,8 +189,13 @@ class Domains:
                 out.events.append(Event(loser, "release", "taken", run.now, "a host was proven by another entry", run.tick))
             if gate.status is Status.PENDING and guid in run.asking:
                 self.schedule.defer(guid, instance.param_hash, self.challenges.get(InstanceGuid(guid)), run.now)
+                out.decisions[guid] = verdict_decision(
+                    guid, instance.param_hash, self._stamp, run.verdicts[guid],
+                    self.schedule.next_lookup[guid][1],
+                )  # fmt: skip
             if gate.ok and self.index.hosts_of(guid) == set(gate.hosts):
                 self._settled[guid] = (instance.param_hash, gate)
+                out.decisions[guid] = settled_decision(guid, instance.param_hash, self._stamp, gate, self.index)
                 self._verdicts.pop(guid, None)  # the gate says all; validated again if unsettled
             run.decided[guid] = run.verdicts[guid]
         self.index.take_touched()  # this step's own claims are in the gates already
@@ -248,12 +269,13 @@ class DomainRun:
         if d.policy != d._settled_policy:  # e.g. a reload with another backend deny-list
             d._settled.clear()
             d._verdicts.clear()
-            d._settled_policy = d.policy
+            d._settled_policy, d._stamp = d.policy, stamp(d.policy)
         for guid in d.index.take_touched():
             d._settled.pop(guid, None)
         self.present, self.settled = split_settled(instances, d._settled, out.gates)
         self.active = set(self.present) | set(self.settled)
         self.verdicts = {g: d.verdict(i) for g, i in self.present.items()}
+        out.decisions.update(d.take_fresh())  # before the gates: a gate settled below supersedes its verdict
         d._begin(self.verdicts, self.active)
         self.decided: dict[str, Verdict] = {}  # for finish()
         index, policy = d.index, d.policy
@@ -373,6 +395,7 @@ class DomainRun:
             else:
                 out.gates[guid] = self.held[guid]
                 out.counts[f"gate_{Status.OK.value}"] += 1
+        out.decisions.update(d.take_fresh())
         d._decide(self, sorted(order, key=self.order.__getitem__), txt, out)
         return out
 

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping
 from cdnreq.dns import challenge
 from cdnreq.model import Listing
 from cdnreq.master import MasterClient, MasterError
-from cdnreq.model import Challenge, Event, HostClaim, InstanceAnswer, InstanceGuid, Record
+from cdnreq.model import Challenge, Decision, Event, HostClaim, InstanceAnswer, InstanceGuid, Record
 from cdnreq.reconcile.execute import Feed
 from cdnreq.decide.plan import Action
 from cdnreq.store import Store
@@ -78,6 +78,7 @@ class DryStore:
         self.host_deletes: set[str] = set()
         self.challenges: list[Challenge] = []
         self.challenge_deletes: set[str] = set()
+        self.decisions: list[Decision] = []
         self.guards: dict[str, Any] = {}
         self.writes: Counter[str] = Counter()  # calls that would have written, by method
         self.tick_id = 0
@@ -94,6 +95,9 @@ class DryStore:
 
     async def load_challenges(self) -> dict[InstanceGuid, Challenge]:
         return await self.snapshot.load_challenges()
+
+    async def load_decisions(self) -> list[Decision]:
+        return await self.snapshot.load_decisions()
 
     async def load_guards(self) -> dict[str, Any]:
         return await self.snapshot.load_guards()
@@ -121,9 +125,11 @@ class DryStore:
         host_deletes: Iterable[str] = (),
         challenge_upserts: Iterable[Challenge] = (),
         challenge_deletes: Iterable[str] = (),
+        decisions: Iterable[Decision] = (),
         shown: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self.writes["commit"] += 1
+        self.decisions.extend(decisions)
         self.upserts.update((r.guid, r) for r in upserts)
         self.forgets.extend(forgets)
         self.events.extend(events)

@@ -123,6 +123,7 @@ class Reconciler:
             challenges=await self.store.load_challenges(),
             confirm_ticks=self.config.daemon.confirm_ticks,
             streaks=(await self.store.load_guards()).get(UNNAMED),
+            kept=await self.store.load_decisions(),
         )
         self._streaks = self.domains.streaks()
         # The loaded state lives as long as the process: keep the collector
@@ -386,7 +387,7 @@ class Reconciler:
             log.error("removals held", count=len(the_plan.held), reason=the_plan.hold_reason)
         reserved = reservation(the_plan, now, tick)
         if not (reserved or step.events or step.host_upserts or step.host_deletes
-                or step.challenges or step.challenge_deletes):
+                or step.challenges or step.challenge_deletes or step.decisions):
             return
         await self.store.commit(
             upserts=reserved.upserts,
@@ -395,6 +396,7 @@ class Reconciler:
             host_deletes=step.host_deletes,
             challenge_upserts=step.challenges,
             challenge_deletes=step.challenge_deletes,
+            decisions=step.decisions.values(),
         )
         for record in reserved.upserts:
             self.known[record.guid] = record

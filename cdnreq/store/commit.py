@@ -7,17 +7,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from cdnreq.model import Challenge, Event, HostClaim, Record
+from cdnreq.model import Challenge, Decision, Event, HostClaim, Record
 from cdnreq.store.errors import StoreError
 from cdnreq.store.rows import (
     DELETE,
     DELETE_CHALLENGE,
+    DELETE_DECISION,
     DELETE_HOST,
     DELETE_HOSTS_OF,
     INSERT_EVENT,
     SET_PUBLISHED,
     UPSERT,
     UPSERT_CHALLENGE,
+    UPSERT_DECISION,
     UPSERT_HOST,
     challenge_row,
     dump,
@@ -38,16 +40,18 @@ def commit_steps(
     host_deletes: Iterable[str] = (),
     challenge_upserts: Iterable[Challenge] = (),
     challenge_deletes: Iterable[str] = (),
+    decisions: Iterable[Decision] = (),
     shown: Mapping[str, Mapping[str, Any]] | None = None,
     also: Iterable[Step] = (),
 ) -> list[Step]:
     """The steps of one commit, those with rows only; `path` names the
     database in errors.
 
-    In order: forgets (each with the instance's hosts and challenge, since
-    a forgotten instance owns nothing), host deletes, challenge deletes,
-    upserts, what was shown (by guid; upserted or stored instances only),
-    host upserts, challenge upserts, events, then `also`. So a title or a
+    In order: forgets (each with the instance's hosts, challenge and kept
+    decision, since a forgotten instance owns nothing), host deletes,
+    challenge deletes, upserts, what was shown (by guid; upserted or stored
+    instances only), host upserts, challenge upserts, decisions, events,
+    then `also`. So a title or a
     host freed by one instance can be taken by another in the same commit;
     a host upsert with another guid transfers the host.
     """
@@ -60,6 +64,8 @@ def commit_steps(
         host_delete_rows = [(h,) for h in host_deletes]
         challenge_rows = [challenge_row(c) for c in challenge_upserts]
         challenge_delete_rows = [(g,) for g in challenge_deletes]
+        decision_rows = [(d.guid, d.param_hash, d.stamp, d.verdict, d.gate, d.claims, d.next_lookup)
+                         for d in decisions]  # fmt: skip
         shown_rows = [(dump(v), g) for g, v in (shown or {}).items()]
     except (ValueError, TypeError, AttributeError) as exc:
         raise StoreError(f"{path}: cannot encode commit: {exc}") from exc
@@ -67,18 +73,21 @@ def commit_steps(
         "upserts": {r[0] for r in upsert_rows},
         "host_upserts": {r[1] for r in host_rows},
         "challenge_upserts": {r[0] for r in challenge_rows},
+        "decisions": {r[0] for r in decision_rows},
         "shown": {r[1] for r in shown_rows},
     })
     steps = [
         (DELETE, forget_rows),
         (DELETE_HOSTS_OF, forget_rows),
         (DELETE_CHALLENGE, forget_rows),
+        (DELETE_DECISION, forget_rows),
         (DELETE_HOST, host_delete_rows),
         (DELETE_CHALLENGE, challenge_delete_rows),
         (UPSERT, upsert_rows),
         (SET_PUBLISHED, shown_rows),
         (UPSERT_HOST, host_rows),
         (UPSERT_CHALLENGE, challenge_rows),
+        (UPSERT_DECISION, decision_rows),
         (INSERT_EVENT, event_rows),
         *also,
     ]

@@ -139,6 +139,21 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         CREATE INDEX import_findings_guid ON import_findings (guid);
         """,
     ),
+    (
+        6,
+        "the domain step's verdicts and settled gates, kept for a restart (cdnreq/decide/kept.py)",
+        """
+        CREATE TABLE decisions (
+            guid TEXT PRIMARY KEY,
+            param_hash TEXT NOT NULL,
+            stamp TEXT NOT NULL,
+            verdict TEXT,
+            gate TEXT,
+            claims TEXT,
+            next_lookup REAL
+        );
+        """,
+    ),
 )
 
 LATEST: Final[int] = MIGRATIONS[-1][0]

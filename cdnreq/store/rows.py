@@ -65,6 +65,15 @@ UPSERT_CHALLENGE = (
 DELETE_CHALLENGE = "DELETE FROM challenges WHERE guid = ?"
 EVENT_COLUMNS = "id, instance_guid, action, outcome, at, detail, tick"
 
+DECISION_COLUMNS = "guid, param_hash, stamp, verdict, gate, claims, next_lookup"  # Decision's order
+SELECT_DECISIONS = f"SELECT {DECISION_COLUMNS} FROM decisions"
+UPSERT_DECISION = (
+    f"INSERT INTO decisions ({DECISION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (guid) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in DECISION_COLUMNS.split(", ")[1:])
+)
+DELETE_DECISION = "DELETE FROM decisions WHERE guid = ?"
+
 UPSERT_GUARD = (
     "INSERT INTO guards (name, value, updated_at) VALUES (?, ?, ?) "
     "ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"

@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping, TypeVar
 
 import aiosqlite
 
-from cdnreq.model import Challenge, Event, HostClaim, InstanceGuid, Record
+from cdnreq.model import Challenge, Decision, Event, HostClaim, InstanceGuid, Record
 from cdnreq.store.backupdir import install, make_backup_dir, new_temp
 from cdnreq.store.commit import commit_steps
 from cdnreq.store.errors import SchemaTooNew, StoreError, StoreLost
@@ -30,6 +30,7 @@ from cdnreq.store.rows import (
     EVENT_COLUMNS,
     SELECT,
     SELECT_CHALLENGES,
+    SELECT_DECISIONS,
     SELECT_HOSTS,
     UPSERT_GUARD,
     dump,
@@ -141,6 +142,12 @@ class Store:
         rows = await self._all(SELECT_CHALLENGES)
         return await asyncio.to_thread(to_challenges, rows)
 
+    async def load_decisions(self) -> list[Decision]:
+        """The domain step's kept verdicts and settled gates (cdnreq/decide/kept.py
+        decides which still hold)."""
+        rows = await self._all(SELECT_DECISIONS)
+        return await asyncio.to_thread(lambda: [Decision(*row) for row in rows])
+
     async def hosts_of(self, guid: str) -> list[HostClaim]:
         """The hosts `guid` holds, sorted by host."""
         rows = await self._all(SELECT_HOSTS + " WHERE guid = ? ORDER BY host", (guid,))
@@ -160,6 +167,7 @@ class Store:
         host_deletes: Iterable[str] = (),
         challenge_upserts: Iterable[Challenge] = (),
         challenge_deletes: Iterable[str] = (),
+        decisions: Iterable[Decision] = (),
         shown: Mapping[str, Mapping[str, Any]] | None = None,
         also: Iterable[tuple[str, list[Any]]] = (),
     ) -> None:
@@ -173,7 +181,7 @@ class Store:
             self._path, upserts=upserts, forgets=forgets, events=events,
             host_upserts=host_upserts, host_deletes=host_deletes,
             challenge_upserts=challenge_upserts, challenge_deletes=challenge_deletes,
-            shown=shown, also=also,
+            decisions=decisions, shown=shown, also=also,
         )  # fmt: skip
         if steps:
             await _shielded(self._transaction(steps))
