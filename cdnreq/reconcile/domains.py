@@ -275,7 +275,7 @@ class DomainRun:
         self.present, self.settled = split_settled(instances, d._settled, out.gates)
         self.active = set(self.present) | set(self.settled)
         self.verdicts = {g: d.verdict(i) for g, i in self.present.items()}
-        out.decisions.update(d.take_fresh())  # before the gates: a gate settled below supersedes its verdict
+        fresh = d.take_fresh()
         d._begin(self.verdicts, self.active)
         self.decided: dict[str, Verdict] = {}  # for finish()
         index, policy = d.index, d.policy
@@ -296,6 +296,11 @@ class DomainRun:
         at_once, groups = group(asking=self.asking, keys=keys, order=self.order, rechecks=due, settled=self.settled)
         self.held = {g: out.gates.pop(g) for found in groups for g in found.settled}  # a re-check may change them
         self.later = {g for found in groups for g in found.members} | set(self.held)
+        # a verdict is kept in the commit that stores its instance's record:
+        # for an instance waiting for DNS, its group's (a stage never
+        # committed must leave no row no tick would forget)
+        self.fresh = {g: fresh.pop(g) for g in self.later if g in fresh}
+        out.decisions.update(fresh)  # before the gates: a gate settled below supersedes its verdict
         self.chunks = chunks(groups, CHUNK_NAMES, FIRST_CHUNK_NAMES)
         self.dns_total = first_round_total(self.asking, due, policy)  # at most
         out.counts[f"gate_{Status.OK.value}"] += len(self.settled) - len(self.held)
@@ -395,6 +400,7 @@ class DomainRun:
             else:
                 out.gates[guid] = self.held[guid]
                 out.counts[f"gate_{Status.OK.value}"] += 1
+        out.decisions.update((g, self.fresh.pop(g)) for g in order if g in self.fresh)
         out.decisions.update(d.take_fresh())
         d._decide(self, sorted(order, key=self.order.__getitem__), txt, out)
         return out

@@ -11,6 +11,8 @@ live in (SOURCES) and fails when they change without a new version.
 from __future__ import annotations
 
 import hashlib
+import platform
+import unicodedata
 from importlib.metadata import PackageNotFoundError, version
 
 VALIDATOR_VERSION = 1
@@ -25,19 +27,33 @@ SOURCES = (
 SOURCES_DIGEST = "b061000e40e58e6060eb5eca86c37f264be482f7aded0c5e4eba8146897c8e38"
 
 
-def _suffix_list_version() -> str:
-    """Which public suffix list decides the registrable domains."""
+#: the libraries a verdict is made by, besides cdnreq's own sources: the public
+#: suffix list (registrable domains), idna (host names, UTS 46), cryptography
+#: (certificates and keys), jsonschema (the instance schema); an upgrade of
+#: any of them, like one of Python (its Unicode tables: unicodedata,
+#: stringprep), decides every instance afresh
+LIBRARIES = ("publicsuffixlist", "idna", "cryptography", "jsonschema")
+
+
+def _library_version(name: str) -> str:
     try:
-        return version("publicsuffixlist")
+        return version(name)
     except PackageNotFoundError:  # pragma: no cover - a dependency
         return "unknown"
 
 
-_SUFFIXES = _suffix_list_version()
+def _runtime() -> str:
+    """What the rules run on: the libraries' versions and Python's, with its Unicode database."""
+    libraries = ",".join(f"{name}={_library_version(name)}" for name in LIBRARIES)
+    return f"{libraries}|python={platform.python_version()}|unicode={unicodedata.unidata_version}"
+
+
+_RUNTIME = _runtime()
 
 
 def stamp(policy: object) -> str:
     """The stamp of verdicts and gates decided under `policy` (the domain
-    policy, which holds the validation policy) by this version of the rules."""
-    text = f"{VALIDATOR_VERSION}|{_SUFFIXES}|{policy!r}"
+    policy, which holds the validation policy) by this version of the rules,
+    running on these libraries."""
+    text = f"{VALIDATOR_VERSION}|{_RUNTIME}|{policy!r}"
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
