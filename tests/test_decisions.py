@@ -316,3 +316,16 @@ async def test_a_restarted_reconciler_validates_nothing_it_kept(tmp_path: Path, 
         assert report.ok, report.error
         assert len(validations) == 3  # nothing validated again
         assert master.requests == []
+
+
+async def test_a_kept_lookup_time_too_far_ahead_is_not_believed() -> None:
+    """A store restored onto a host whose clock is behind (or a clock set
+    back) would defer a pending proof by the difference: a kept time beyond
+    the longest wait is due at once."""
+    d, listing, kept, zone = await first_life()
+    far = [replace(x, next_lookup=NOW + 30 * 86400.0) if x.guid == "B" else x for x in kept]
+    asked = len(zone.asked)
+    again = Domains(policy=POLICY, secret=SECRET, resolver=zone, hosts=d.index.by_host.values(),
+                    challenges=d.challenges, kept=far)  # fmt: skip
+    out = await again.step(listing, {}, NOW + 1, tick=2)
+    assert f"{LABEL}.www.b.example" in zone.asked[asked:] and out.decisions["B"].next_lookup == NOW + 1 + PENDING_MAX_S

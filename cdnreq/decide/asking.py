@@ -32,8 +32,13 @@ class LookupSchedule:
     next_lookup: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     def due(self, guid: str, param_hash: str, now: float) -> bool:
+        """A time further ahead than the longest wait is not believed: a
+        clock set back, or a store restored onto another host, would
+        otherwise defer a customer's proof by as much."""
         scheduled = self.next_lookup.get(guid)
-        return scheduled is None or scheduled[0] != param_hash or scheduled[1] <= now
+        return (
+            scheduled is None or scheduled[0] != param_hash or not now < scheduled[1] <= now + PENDING_MAX_S
+        )
 
     def defer(self, guid: str, param_hash: str, challenge: Challenge | None, now: float) -> None:
         """Still pending: look again after a tenth of the challenge's age, at
