@@ -9,18 +9,23 @@ rates. :func:`versus` sets a tick beside a bare client doing the same work.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
 from typing import Any, Callable
 
-from bench import sniff
+from bench import child, sniff
 from bench.baselines import same_work
-from bench.daemonproc import DaemonProcess
+from bench.daemonproc import DaemonProcess, cdnreq_command
 from bench.double.process import DoubleProcess
 from bench.double.wire import ERROR, GET, LIST_HOSTED, PUBLISH, REQUEST
 from bench.profile import PySpy
 from bench.relay.process import RelayProcess
 from bench.report import log
 
-__all__ = ["Probes", "measure", "versus"]
+__all__ = ["Probes", "measure", "measure_once", "versus"]
 
 SHORT = {LIST_HOSTED: "list", REQUEST: "request", GET: "get", PUBLISH: "publish", ERROR: "error"}
 
@@ -111,6 +116,66 @@ def measure(daemon: DaemonProcess, probes: Probes, name: str, listed: int,
         f"cpu {result['cpu_s']:.2f} s, peak {result['peak_rss_mb']} MB, calls {_calls(result)}, "
         f"dns {_dns_brief(result)}")
     return result
+
+
+def measure_once(config: Path, probes: Probes, name: str, listed: int, log_path: Path,
+                 timeout_s: float = 600) -> dict[str, Any]:
+    """A cold start: `cdnreq once` as a new process on the store (no daemon
+    running), from spawn to exit. Its CPU time and peak RSS are the
+    process's own (wait4), the interpreter's start and the store's load included."""
+    probes.reset()
+    began = time.perf_counter()
+    with open(log_path, "wb") as out:
+        process = child.spawn([*cdnreq_command(), "once", "--config", str(config)],
+                              stdout=out, stderr=subprocess.STDOUT)
+        deadline = began + timeout_s
+        while True:  # wait4 for this child's own rusage; polled so a hung run is killed
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                process.kill()
+                pid, status, usage = os.wait4(process.pid, 0)
+                break
+            time.sleep(0.01)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    elapsed = time.perf_counter() - began
+    line = _tick_line(log_path)
+    result: dict[str, Any] = {
+        "scenario": name,
+        "tick": int(line.get("tick", 0)),
+        "ok": bool(line.get("ok")) and process.returncode == 0,
+        "exit_code": process.returncode,
+        "listed": listed,
+        "wall_s": float(line.get("duration_s", float("nan"))),
+        "process_s": round(elapsed, 3),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "peak_is_process_lifetime": True,
+        "planned": line.get("planned", {}),
+        "results": line.get("results", {}),
+        "daemon_master_calls": {SHORT.get(k, k): v for k, v in (line.get("master_calls") or {}).items()},
+        "error": line.get("error"),
+        **probes.read(),
+    }
+    _derive(result)
+    log(f"  {name}: exit {process.returncode} after {elapsed:.3f} s (its tick {result['wall_s']:.3f} s), "
+        f"cpu {result['cpu_s']:.2f} s, peak {result['peak_rss_mb']} MB, calls {_calls(result)}, "
+        f"dns {_dns_brief(result)}")
+    return result
+
+
+def _tick_line(log_path: Path) -> dict[str, Any]:
+    """The last `tick done` / `tick failed` JSON line of a log; {} when none."""
+    found: dict[str, Any] = {}
+    for raw in log_path.read_bytes().splitlines():
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(line, dict) and line.get("event") in ("tick done", "tick failed", "tick interrupted"):
+            found = line
+    return found
 
 
 def versus(r: dict[str, Any], request_rate: float, publish_rate: float | None) -> None:

@@ -37,6 +37,21 @@ def _idle_at_100k(sizes: dict[int, Any], _: dict[str, Any]) -> list[Target]:
     ]
 
 
+def _cold_start_at_100k(sizes: dict[int, Any], _: dict[str, Any]) -> list[Target]:
+    """`cdnreq once` on a store of 100,000, from spawn to exit (issue 14 item 3)."""
+    cold = sizes.get(100000, {}).get("scenarios", {}).get("cold_once")
+    name = "cold start at 100,000 (cdnreq once, spawn to exit)"
+    if not cold:
+        return [_target(name, None, "not measured", "<= 3 s, list only")]
+    calls = {k: v for k, v in cold.get("master_calls", cold["daemon_master_calls"]).items() if v}
+    return [
+        _target(name, cold["ok"] and cold["process_s"] <= 3.0, f"{cold['process_s']:.2f} s",
+                "<= 3 s", f"its tick {cold['wall_s']:.2f} s, peak {cold['peak_rss_mb']:.0f} MB"),
+        _target("cold start at 100,000: master calls", calls == {"list": 1},
+                " ".join(f"{k}={v}" for k, v in sorted(calls.items())) or "none", "list=1 only"),
+    ]
+
+
 def _first_at_10k(sizes: dict[int, Any], _: dict[str, Any]) -> list[Target]:
     name = "first reconcile at 10,000 vs the double's ceiling"
     first = sizes.get(10000, {}).get("scenarios", {}).get("first")
@@ -108,7 +123,7 @@ def _slapproxy_vs_bare(_: dict[int, Any], results: dict[str, Any]) -> list[Targe
         f"= {first['instances_per_s'] / bare['request_rate']:.0%}")]
 
 
-TARGETS = (_idle_at_100k, _first_at_10k, _dns_at_30ms, _dns_vs_bare, _slapproxy_vs_bare)
+TARGETS = (_idle_at_100k, _cold_start_at_100k, _first_at_10k, _dns_at_30ms, _dns_vs_bare, _slapproxy_vs_bare)
 
 
 def targets(results: dict[str, Any]) -> list[Target]:
@@ -120,7 +135,7 @@ def targets(results: dict[str, Any]) -> list[Target]:
 # -- the table ---------------------------------------------------------------------------------
 
 
-ORDER = ["first", "readback", "idle", "changed", "removed", "after_removed", "burst", "after_burst", "startup", "startup_rtt", "burst_rtt"]
+ORDER = ["first", "readback", "idle", "changed", "removed", "after_removed", "burst", "after_burst", "startup", "cold_once", "startup_rtt", "burst_rtt"]
 
 
 def _fmt(value: Any, spec: str = ".2f", empty: str = "-") -> str:

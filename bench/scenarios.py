@@ -27,7 +27,7 @@ from bench.baselines import (
 from bench.daemonproc import DNS_IN_FLIGHT, DaemonProcess, daemon_config
 from bench.double.customers import customer_guid
 from bench.double.process import DoubleProcess
-from bench.measure import Probes, measure, versus
+from bench.measure import Probes, measure, measure_once, versus
 from bench.nsd import Nsd, challenge_name, write_zone
 from bench.profile import PySpy
 from bench.relay.process import RelayProcess
@@ -222,6 +222,8 @@ class SizeRun:
         daemon = self._daemon(config, self.database, "daemon-2.log", "start-up tick")
         self.result["scenarios"]["startup"] = measure(daemon, probes, "start-up tick", listed, first=True)
         self._stop(daemon)
+        self.result["scenarios"]["cold_once"] = measure_once(
+            config, probes, "cold start (cdnreq once)", listed, self.workdir / "once.log")
 
     def _at_latency(self, relay: RelayProcess, listed: int, burst: int) -> None:
         """Restarted with the relay as name server: its start-up tick, then a burst."""
