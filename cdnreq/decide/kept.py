@@ -22,17 +22,21 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+import orjson
+
 from cdnreq.decide.gate import Gate, HostIndex, Status
 from cdnreq.model import Decision, FrozenJson, HostClaim
 from cdnreq.validate.verdict import Verdict
 
 
 def claims_digest(claims: Iterable[HostClaim]) -> str:
-    """Every field of every claim, in host order."""
+    """Every field of every claim, in host order. repr() spells strings,
+    floats and None one way for a given Python (whose version is in the
+    stamp), and costs a tenth of JSON: 100,000 are checked at a restart."""
     rows = sorted(
         (c.host, c.guid, c.registrable, c.proven_at, c.checked_at, c.failing_since) for c in claims
     )
-    return hashlib.sha256(json.dumps(rows).encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return hashlib.blake2b(repr(rows).encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
 def claims_of(index: HostIndex, guid: str) -> str:
@@ -99,7 +103,17 @@ def _forward(text: str | None) -> FrozenJson | None:
 
 
 def _dump(value: dict[str, Any]) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    """ASCII JSON: whatever a customer's text holds (a lone surrogate) is stored."""
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _load(text: str) -> Any:
+    """orjson reads 100,000 rows in a fraction of the time; what it refuses
+    (an escaped lone surrogate) the standard library reads."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def verdict_text(verdict: Verdict) -> str:
@@ -111,7 +125,7 @@ def verdict_text(verdict: Verdict) -> str:
 
 
 def read_verdict(text: str) -> Verdict:
-    v = json.loads(text)
+    v = _load(text)
     return Verdict(
         errors=tuple(map(str, v["errors"])), warnings=tuple(map(str, v["warnings"])),
         forward=_forward(v["forward"]), custom_domain=v["custom_domain"], hosts=tuple(map(str, v["hosts"])),
@@ -128,7 +142,7 @@ def gate_text(gate: Gate) -> str:
 
 
 def read_gate(text: str) -> Gate:
-    g = json.loads(text)
+    g = _load(text)
     extras = g["extras"]
     if not isinstance(extras, dict):
         raise ValueError("extras: not an object")

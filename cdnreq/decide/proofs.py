@@ -87,6 +87,17 @@ class _Union:
         return roots[0]
 
 
+def domains_of(verdicts: Mapping[str, Verdict], index: HostIndex) -> dict[str, set[str]]:
+    """The registrable domains each instance competes in: those of the hosts
+    it holds and that of its custom domain (group's keys)."""
+    keys: dict[str, set[str]] = {}
+    for guid, verdict in verdicts.items():
+        keys[guid] = {index.by_host[h].registrable for h in index.hosts_of(guid)}
+        if verdict.registrable:
+            keys[guid].add(verdict.registrable)
+    return keys
+
+
 def group(
     *,
     asking: Mapping[str, list[tuple[str, ...]]],

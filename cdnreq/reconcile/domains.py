@@ -25,7 +25,7 @@ from cdnreq.decide.domainstep import (
 from cdnreq.decide.gate import DomainPolicy, Gate, HostIndex, Status, decide
 from cdnreq.decide.guards import CONFIRM_TICKS
 from cdnreq.decide.kept import settled_decision, trusted, verdict_decision
-from cdnreq.decide.proofs import Group, chunks, group, second_names
+from cdnreq.decide.proofs import Group, chunks, domains_of, group, second_names
 from cdnreq.dns.challenge import issue
 from cdnreq.model import Challenge, Decision, Event, HostClaim, InstanceGuid, Lookup, Record, SharedInstance
 from cdnreq.validate.verdict import Verdict, validate
@@ -287,13 +287,9 @@ class DomainRun:
             out.counts["dns_deferred"] += asked.deferred
         self.asking = asked.asking
         due = recheck.due(index.by_host.values(), self.active, now, policy)
-        keys = {}
-        for guid, verdict in self.verdicts.items():
-            keys[guid] = {index.by_host[h].registrable for h in index.hosts_of(guid)}
-            if verdict.registrable:
-                keys[guid].add(verdict.registrable)
         self.order = self._orders(self.present)
-        at_once, groups = group(asking=self.asking, keys=keys, order=self.order, rechecks=due, settled=self.settled)
+        at_once, groups = group(asking=self.asking, keys=domains_of(self.verdicts, index), order=self.order,
+                                rechecks=due, settled=self.settled)  # fmt: skip
         self.held = {g: out.gates.pop(g) for found in groups for g in found.settled}  # a re-check may change them
         self.later = {g for found in groups for g in found.members} | set(self.held)
         # a verdict is kept in the commit that stores its instance's record:
