@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from bench.report import table, targets_text
+from bench.scale import scale_text
 from bench.runner import run
 from bench.scenarios import Options
 
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{m['memory_mb']} MB, Python {m['python']}, cdnreq {results['versions'].get('cdnreq')} "
           f"({results['versions'].get('git', '?')}), concurrency {options.concurrency}\n")
     print(table(results))
+    print("\n" + scale_text(results.get("scale", [])))
     print("\nTargets:")
     print(targets_text(results["targets"]))
     for note in results.get("notes", []):

@@ -67,6 +67,7 @@ from bench import child, sniff
 from bench.daemonproc import DNS_IN_FLIGHT
 from bench.nsd import NsdUnavailable, ensure_nsd, nsd_version
 from bench.report import log, targets
+from bench.scale import scale
 from bench.scenarios import MISSING, Options, SizeRun, run_slapproxy
 
 __all__ = ["Options", "run"]
@@ -161,6 +162,7 @@ def run(options: Options) -> dict[str, Any]:
             results["slapproxy"] = run_slapproxy(options, base / "slapproxy")
     finally:
         results["targets"] = targets(results)
+        results["scale"] = scale(results)
         _write(options.out, results)
         if not options.keep:
             shutil.rmtree(base, ignore_errors=True)

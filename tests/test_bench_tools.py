@@ -309,6 +309,23 @@ def test_targets_and_table_from_synthetic_results():
     assert "idle (median of 3)" in text and "90% bare" in text
 
 
+def test_scale_slopes_and_projection_from_synthetic_results():
+    from bench.scale import scale, scale_text
+
+    def size(wall: float, peak: float) -> dict:
+        return {"scenarios": {"idle": _scenario("idle", wall_s=wall, peak_rss_mb=peak)}}
+
+    results = {"sizes": {"10000": size(0.1, 100.0), "100000": size(1.0, 400.0), "300000": size(3.2, 1000.0)}}
+    rows = {r["metric"]: r for r in scale(results)}
+    wall, peak = rows["idle tick wall"], rows["idle tick peak RSS"]
+    assert [round(s["per_instance"], 3) for s in wall["slopes"]] == [10.0, 11.0]  # µs per instance
+    assert [round(s["per_instance"]) for s in peak["slopes"]] == [3333, 3000]  # bytes per instance
+    assert round(wall["projected"], 2) == 10.9 and round(peak["projected"]) == 3100  # 300k + 700k at the last slope
+    text = scale_text(list(rows.values()))
+    assert "10,000->100,000: 10.0 µs/instance" in text and "at 1,000,000: 3100.0 MB" in text
+    assert scale({"sizes": {"1000": size(0.01, 80.0)}})[0]["projected"] is None  # one size: no slope
+
+
 def test_sizes_argument():
     assert _sizes("1000,10_000") == [1000, 10000]
     with pytest.raises(Exception):
