@@ -317,3 +317,23 @@ async def test_once_prunes_after_its_tick(tmp_path: Path):
     assert not report.ok  # no master: the tick failed, the history is pruned all the same
     assert rows(db, "SELECT COUNT(*) FROM events WHERE at < ?", (time.time() - 7 * DAY_S,)) == [(0,)]
     assert rows(db, "SELECT COUNT(*) FROM events") == [(2 * 7,)]
+
+
+async def test_once_prunes_at_most_one_pass_an_interval(tmp_path: Path):
+    """`cdnreq once` from a minute timer: the second run within the hour
+    re-reads no history; a run an interval later passes again."""
+    from cdnreq.store.prune import PRUNED, prune_if_due
+
+    path = offline_config(tmp_path, store={"events_retention_days": 7})
+    db = tmp_path / "state" / "cdnreq.db"
+    await old_history(db)
+    await run_once(load_config(path))
+    assert rows(db, "SELECT COUNT(*) FROM events") == [(2 * 7,)]
+    async with await Store.open(db) as store:
+        last = (await store.load_guards())[PRUNED]
+        assert time.time() - 60 < last <= time.time()
+        assert await prune_if_due(store, 7, time.time()) is None  # within the hour: not run
+        assert (await store.load_guards())[PRUNED] == last
+        report = await prune_if_due(store, 7, last + 3600)  # an interval later: runs
+        assert report is not None and report.steps > 0
+        assert (await store.load_guards())[PRUNED] > last
