@@ -8,7 +8,6 @@ import asyncio
 import importlib
 import importlib.metadata
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 
@@ -16,6 +15,7 @@ from cdnreq.decide.gate import DomainPolicy
 from cdnreq.reconcile.tick import Reconciler
 from cdnreq.store import Store
 from cdnreq.validate import version
+from test_tick_stages import opened  # noqa: F401 -- the fixture
 
 POLICY = DomainPolicy()
 
@@ -64,14 +64,6 @@ def test_a_new_unicode_database_decides_afresh() -> None:
 
 
 # -- rows that outlive their instance ---------------------------------------------------
-
-
-@pytest.fixture
-async def opened() -> AsyncIterator[list[Store]]:
-    stores: list[Store] = []
-    yield stores
-    for store in stores:
-        await store.close()
 
 
 async def test_a_verdict_kept_for_an_instance_that_never_got_a_record_does_not_stay_forever(

@@ -45,33 +45,32 @@ INSERT_EVENT = (
 )
 DELETE = "DELETE FROM instances WHERE guid = ?"
 
+
+
+def _upsert(table: str, columns: str) -> str:
+    """Insert a row, or replace every column of the one with its key (the first column)."""
+    names = columns.split(", ")
+    return (
+        f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(names))}) "
+        f"ON CONFLICT ({names[0]}) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in names[1:])
+    )
+
+
 HOST_COLUMNS = "host, guid, registrable, proven_at, checked_at, failing_since"  # HostClaim's order
 SELECT_HOSTS = f"SELECT {HOST_COLUMNS} FROM hosts"
-UPSERT_HOST = (
-    f"INSERT INTO hosts ({HOST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (host) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in HOST_COLUMNS.split(", ")[1:])
-)
+UPSERT_HOST = _upsert("hosts", HOST_COLUMNS)
 DELETE_HOST = "DELETE FROM hosts WHERE host = ?"
 DELETE_HOSTS_OF = "DELETE FROM hosts WHERE guid = ?"
 
 CHALLENGE_COLUMNS = "guid, domain, salt, token, created_at"  # Challenge's order
 SELECT_CHALLENGES = f"SELECT {CHALLENGE_COLUMNS} FROM challenges"
-UPSERT_CHALLENGE = (
-    f"INSERT INTO challenges ({CHALLENGE_COLUMNS}) VALUES (?, ?, ?, ?, ?) "
-    "ON CONFLICT (guid) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in CHALLENGE_COLUMNS.split(", ")[1:])
-)
+UPSERT_CHALLENGE = _upsert("challenges", CHALLENGE_COLUMNS)
 DELETE_CHALLENGE = "DELETE FROM challenges WHERE guid = ?"
 EVENT_COLUMNS = "id, instance_guid, action, outcome, at, detail, tick"
 
 DECISION_COLUMNS = "guid, param_hash, stamp, verdict, gate, claims, next_lookup"  # Decision's order
 SELECT_DECISIONS = f"SELECT {DECISION_COLUMNS} FROM decisions"
-UPSERT_DECISION = (
-    f"INSERT INTO decisions ({DECISION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (guid) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in DECISION_COLUMNS.split(", ")[1:])
-)
+UPSERT_DECISION = _upsert("decisions", DECISION_COLUMNS)
 DELETE_DECISION = "DELETE FROM decisions WHERE guid = ?"
 
 UPSERT_GUARD = (
