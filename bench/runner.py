@@ -29,8 +29,9 @@ For each size N (1,000, 10,000 and 100,000 by default):
      ``max_destroy_fraction = 0.9``: destroyed at once), and the tick after
      the removal (cdnreq confirms destroys with a read);
    * DNS-pending burst: N/10 new customers whose TXT records do not exist;
-   * start-up: the daemon restarted, its first tick (store loaded, every
-     instance validated again, nothing changed);
+   * start-up: the daemon restarted, its first tick (store loaded, the
+     kept decisions reused, nothing changed); then a cold start: ``cdnreq
+     once`` as a new process, from spawn to exit;
    * at 30 ms RTT: restarted with the relay as name server; its start-up
      tick, then a burst bringing the pending challenges to at least 10,000.
 4. Against slapproxy (N = 1,000, customers without custom_domain, cdnreq at
