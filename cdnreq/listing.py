@@ -8,7 +8,8 @@ reads each entry on its own. An entry that still cannot be read becomes
 unusable with a reason, its `instance_guid` recovered from the entry's top
 level; without a guid it counts as anonymous (which holds every removal). A body whose structure is broken (truncated,
 not JSON, no `result_list`) is refused whole: a partial listing would make
-the missing instances look gone.
+the missing instances look gone. A body too large to read whole is read in
+slices (cdnreq.listing_slices), with the same result.
 
 Pure: bytes in, a Listing out.
 """
@@ -22,10 +23,14 @@ from typing import Any
 
 import orjson
 
-from cdnreq.listing_salvage import Broken, ListingMalformed, consumed, salvage
+from cdnreq.listing_salvage import Broken, ListingMalformed, salvage
+from cdnreq.listing_slices import sliced
 from cdnreq.model import FrozenJson, Listing, RequestedState, SharedInstance, digest, fast_maker
 
-LARGE = 64 << 20  # a larger body is read entry by entry: orjson needs three times a body read whole
+# A larger body is read in slices (listing_slices): read whole, orjson's own
+# document adds about twice the body to the objects (at 100,000 instances a
+# peak 40 MB higher, for 10% less time).
+LARGE = 4 << 20
 ESCAPED = 6  # a master may spell one byte of a value as six (\u0001): the room a listed entry may take
 ENTRY_SLACK = 64 << 10  # the entry's other fields (guid, title, state...)
 DIFFERENT = "listed twice with different content"
@@ -41,7 +46,7 @@ def read_listing(raw: bytes | bytearray, max_parameters_bytes: int | None = None
     the daemon serving every other customer."""
     bound = None if max_parameters_bytes is None else max_parameters_bytes * ESCAPED + ENTRY_SLACK
     if len(raw) > LARGE and isinstance(raw, bytearray):
-        return parse_listing(consumed(raw, bound, max_parameters_bytes))
+        return parse_listing(sliced(raw, bound, max_parameters_bytes))
     try:
         answer = orjson.loads(raw)
     except orjson.JSONDecodeError:

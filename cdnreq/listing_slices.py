@@ -1,0 +1,95 @@
+"""A large listing body read in slices by orjson, not entry by entry in Python.
+
+A body over `listing.LARGE` is not read whole (orjson's document and the
+objects would take several times the body). The scanner of
+cdnreq.listing_salvage cuts it entry by entry, but in Python: at 300,000
+instances that scan was half of an idle tick. A healthy body of the master's
+shape (`{"result_list": [...]}`) is cut instead at candidate entry
+boundaries (a `}` and a `{` around a comma) into slices of about `SLICE`
+bytes, each read by orjson as an array.
+
+Why a wrong cut cannot go unnoticed: the first slice starts right after the
+list's `[`, a true boundary. A slice that starts at a true boundary and that
+orjson reads whole ends at a true boundary too (parsing followed the body's
+real strings and brackets from the start), so the next slice starts at one.
+A candidate inside a string or a nested value gives a slice orjson refuses;
+the next candidate is tried, a few times. Whatever remains unread (a
+customer's NaN, a huge entry, a broken body) is read by the scanner, from
+the last true boundary: the same entries, Broken reasons and errors as if
+the whole body had been scanned.
+
+Pure: bytes in, entries out. The body is consumed (emptied) as it is read.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from cdnreq.listing_salvage import consumed, read_entry
+
+SLICE = 1 << 20  # bytes read by orjson at once, about: they take about ten times that as objects
+LIMIT = 4 << 20  # a slice is never longer (nor longer than the bound of an entry's size)
+TRIES = 8  # candidates tried for one cut before the scanner reads the rest
+
+_HEAD = re.compile(rb'[ \t\r\n]*\{[ \t\r\n]*"result_list"[ \t\r\n]*:[ \t\r\n]*\[')
+_TAIL = re.compile(rb'\][ \t\r\n]*\}[ \t\r\n]*\Z')
+_CUT = re.compile(rb"\}[ \t\r\n]*,[ \t\r\n]*\{")
+HEADER = b'{"result_list":['
+
+
+def sliced(raw: bytearray, bound: int | None = None, cap: int | None = None) -> list[Any]:
+    """The entries of `result_list`, as listing_salvage.consumed() gives them."""
+    head = _HEAD.match(raw)
+    tail = _TAIL.search(raw, max(head.end(), len(raw) - 4096)) if head is not None else None
+    if head is None or tail is None:
+        return consumed(raw, bound, cap)  # another shape: the scanner checks every byte of it
+    end = tail.start()
+    del raw[end:]  # the list's contents stay, from head.end()
+    del raw[: head.end()]
+    entries: list[Any] = []
+    # A slice no longer than `bound` holds no entry the scanner would refuse
+    # to read (listing_salvage._oversized): the entries are the same.
+    limit = min(bound, LIMIT) if bound is not None else LIMIT
+    while raw:
+        piece = _next_slice(raw, min(SLICE, limit // 2), limit)
+        if piece is None:
+            break
+        entries.extend(piece)
+    if raw:
+        raw[0:0] = HEADER  # the rest, from a true boundary, with the body's end that was checked
+        raw += b"]}"
+        entries.extend(consumed(raw, bound, cap))
+    return entries
+
+
+def _next_slice(raw: bytearray, at: int, limit: int) -> list[Any] | None:
+    """The entries of the next slice, cut from the front of `raw` at the
+    first candidate from `at` on; None when no cut in reach gives one
+    orjson reads (the scanner reads the rest)."""
+    for _ in range(TRIES):
+        cut = _CUT.search(raw, at)
+        if cut is None:  # the last slice
+            return _read(raw, len(raw)) if len(raw) <= limit else None
+        if cut.start() + 1 > limit:
+            return None
+        entries = _read(raw, cut.start() + 1, cut.end() - 1)
+        if entries is not None:
+            return entries
+        at = cut.end()
+    return None
+
+
+def _read(raw: bytearray, end: int, next_start: int | None = None) -> list[Any] | None:
+    """raw[:end] read as the contents of an array, then dropped from `raw`
+    (up to `next_start`); None, and `raw` untouched, when orjson refuses it.
+    The last slice, whose end is the list's own, may be refused only by what
+    the scanner must judge."""
+    try:
+        entries = orjson.loads(b"[" + raw[:end] + b"]")
+    except orjson.JSONDecodeError:
+        return None
+    del raw[: end if next_start is None else next_start]
+    return [read_entry(entry) for entry in entries]
