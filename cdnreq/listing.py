@@ -65,13 +65,17 @@ def parse_listing(entries: list[Any]) -> Listing:
 
     Each entry is released from `entries` once read, so the parsed JSON and
     the instances built from it are never both whole in memory (at 100,000
-    instances each is about 80 MB). The loop is the idle tick's first pass
-    over every instance: the healthy case goes straight through.
+    instances each is about 80 MB). The parameters are kept as the canonical
+    text their hash is computed from (a FrozenJson, parsed again only to
+    validate an instance whose gate is not settled, or to request it). The
+    loop is the idle tick's first pass over every instance: the healthy
+    case goes straight through.
     """
     instances: list[SharedInstance] = []
     unusable: dict[str, str] = {}
     anonymous = 0
     make, states, append = _make_instance, _STATES, instances.append
+    canonical, sha256 = _canonical, hashlib.sha256
     for index, entry in enumerate(entries):
         entries[index] = None
         if entry.__class__ is dict:
@@ -83,6 +87,10 @@ def parse_listing(entries: list[Any]) -> Listing:
             raw_state = entry.get("state", _MISSING)
             state = states.get(raw_state) if raw_state.__class__ is str else None
             if parameters.__class__ is dict and state is not None:
+                text = canonical(parameters)
+                if text is not None:  # kept as the text it was hashed from: a third of the dict's size
+                    append(make(guid, state, FrozenJson(text), sha256(text).hexdigest()))
+                    continue
                 try:
                     append(make(guid, state, parameters, digest(parameters)))
                     continue
@@ -91,7 +99,7 @@ def parse_listing(entries: list[Any]) -> Listing:
                 except (ValueError, TypeError):
                     reason = "parameters: cannot be encoded as JSON"
             elif parameters.__class__ is FrozenJson and state is not None:  # see listing_salvage._compact
-                append(make(guid, state, parameters, hashlib.sha256(parameters.raw).hexdigest()))
+                append(make(guid, state, parameters, sha256(parameters.raw).hexdigest()))
                 continue
             else:
                 reason = _refusal(parameters, raw_state)
@@ -103,6 +111,18 @@ def parse_listing(entries: list[Any]) -> Listing:
         unusable.setdefault(guid, reason)  # listed twice, broken twice: the first reason
     kept, duplicates = _once(instances, unusable)
     return Listing(kept, unusable, anonymous, duplicates)
+
+
+def _canonical(parameters: dict[str, Any]) -> bytes | None:
+    """model.canonical_json() of parameters orjson writes as they are, out
+    of orjson's buffer (which holds 4 KB for a short text); None for the
+    others, hashed and validated as parsed: orjson refuses huge integers
+    and lone surrogates, and writes NaN and Infinity as null."""
+    try:
+        text = orjson.dumps(parameters, option=SORTED)
+    except TypeError:  # orjson.JSONEncodeError
+        return None
+    return None if b"null" in text else bytes(memoryview(text))
 
 
 def _refusal(parameters: Any, raw_state: Any) -> str:
@@ -140,6 +160,7 @@ def _once(instances: list[SharedInstance], unusable: dict[str, str]) -> tuple[tu
 
 
 _make_instance = fast_maker(SharedInstance)
+SORTED = orjson.OPT_SORT_KEYS  # model.canonical_json's spelling
 _STATES = {s.value: s for s in RequestedState}
 _MISSING: Any = object()
 _GUID = attrgetter("guid")

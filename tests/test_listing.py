@@ -244,7 +244,7 @@ def test_large_parameters_read_entry_by_entry_are_kept_as_text_and_judged_alike(
     assert set(got) == {"A", "B", "C", "D"} and listing.unusable == {}
     for guid in "ABC":
         assert isinstance(got[guid].parameters, FrozenJson), guid
-    assert isinstance(got["D"].parameters, dict)  # small ones as they are
+    assert isinstance(got["D"].parameters, FrozenJson)  # small ones too: every listing keeps the hashed text
     for guid in "ABD":
         assert got[guid].param_hash == digest(entries[guid])
     for guid, params in entries.items():
