@@ -23,7 +23,6 @@ from typing import Any, Sequence
 from cdnreq import __version__, logs, render
 from cdnreq.endpoint_client import NotRunning, fetch, instance_path
 from cdnreq.commands import actions, import_legacy, orphans
-from cdnreq.store import imports
 from cdnreq.commands.status_refused import reachable
 from cdnreq.config import Config
 from cdnreq.configfile import CONFIG_ENV, DEFAULT_CONFIG, ConfigError, config_path, effective_toml, load_config
@@ -323,7 +322,7 @@ async def _load(config: Config) -> tuple[dict[str, Record], dict[str, Any] | Non
     """The instances, and the last import from the cron requester with its findings."""
     store = await open_store(config, lock=False)
     try:
-        return dict(await store.load()), await imports.last_import(store)
+        return dict(await store.load()), await store.last_import()
     finally:
         await store.close()
 

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from cdnreq.model import Challenge, Phase, Record
-from cdnreq.store import Store, imports
+from cdnreq.store import Engine
 
 
 def iso(t: float | None) -> str | None:
@@ -42,7 +42,7 @@ def why(record: Record, *, retention_s: float, now: float) -> str:
 
 
 async def explain(
-    store: Store, guid: str, *, label: str, retention_s: float, now: float, events: int = 20
+    store: Engine, guid: str, *, label: str, retention_s: float, now: float, events: int = 20
 ) -> dict[str, Any] | None:
     record = await store.get(guid)
     challenge = await store.challenge_of(guid)
@@ -74,11 +74,11 @@ async def explain(
         ],
         "challenge": _challenge(challenge, label),
         "events": await _events(store, guid, events),
-        "import_findings": await imports.findings_of(store, guid),
+        "import_findings": await store.import_findings(guid),
     }
 
 
-async def _events(store: Store, guid: str, limit: int) -> list[dict[str, Any]]:
+async def _events(store: Engine, guid: str, limit: int) -> list[dict[str, Any]]:
     return [
         {
             "id": event_id,
@@ -104,7 +104,7 @@ def _challenge(challenge: Challenge | None, label: str) -> dict[str, Any] | None
 
 
 async def _unrecorded(
-    store: Store, guid: str, challenge: Challenge | None, *, label: str, events: int
+    store: Engine, guid: str, challenge: Challenge | None, *, label: str, events: int
 ) -> dict[str, Any] | None:
     """No record. A new instance waiting for its DNS proof has a challenge
     (and an event) before its first record is written: it is waiting, not

@@ -20,7 +20,7 @@ from cdnreq.reconcile.execute import Master, read_back_destroyed
 from cdnreq.reconcile.guardrun import APPROVAL, HELD_REMOVALS, UPDATES, guard_policy_of, held_view
 from cdnreq.decide.guards import GuardPolicy, HeldRemovals, HeldUpdates
 from cdnreq.decide.operator import Change, OperatorAction, Refusal
-from cdnreq.store import Store
+from cdnreq.store import Engine
 
 log = structlog.get_logger("cdnreq.operator")
 
@@ -34,7 +34,7 @@ class Result:
 
 
 async def apply(
-    store: Store, master: Master | None, action: OperatorAction, *, policy: GuardPolicy | None = None,
+    store: Engine, master: Master | None, action: OperatorAction, *, policy: GuardPolicy | None = None,
     now: float | None = None,
 ) -> Result:
     """Decide and write one operator action; a refusal writes nothing."""
@@ -48,7 +48,7 @@ async def apply(
     return Result(True, _message(decision, policy or GuardPolicy()))
 
 
-async def _decide(store: Store, master: Master | None, action: OperatorAction, now: float) -> Change | Refusal:
+async def _decide(store: Engine, master: Master | None, action: OperatorAction, now: float) -> Change | Refusal:
     if action.name == decide.APPROVE:
         guards = await store.load_guards()
         updates = HeldUpdates.from_json(guards.get(UPDATES))
@@ -63,7 +63,7 @@ async def _decide(store: Store, master: Master | None, action: OperatorAction, n
     return Refusal(f"unknown operator action {action.name!r}")
 
 
-async def _forget(store: Store, master: Master | None, action: OperatorAction, now: float) -> Change | Refusal:
+async def _forget(store: Engine, master: Master | None, action: OperatorAction, now: float) -> Change | Refusal:
     record = await store.get(action.guid or "")
     check = decide.forget_check(action, record)
     if isinstance(check, Refusal):
@@ -80,7 +80,7 @@ async def _forget(store: Store, master: Master | None, action: OperatorAction, n
     return decide.forget(action, record, read, now)
 
 
-async def _write(store: Store, change: Change, now: float) -> None:
+async def _write(store: Engine, change: Change, now: float) -> None:
     if change.guards:
         await store.save_guards(change.guards, now)
     await store.commit(

@@ -32,7 +32,7 @@ from cdnreq.master import MasterError
 from cdnreq.preflight import master_context
 from cdnreq.wiring import domain_policy_of, policy_of
 from cdnreq.scrub import printable
-from cdnreq.store import Store, StoreLocked
+from cdnreq.store import Engine, Store, StoreLocked
 from cdnreq.store import imports
 from cdnreq.store.errors import StoreError
 
@@ -119,7 +119,7 @@ async def _import(args: argparse.Namespace, config: Config) -> dict[str, Any]:
     return _document(state, adoption, args, entries.unreadable)
 
 
-async def _open(config: Config, dry_run: bool) -> Store | None:
+async def _open(config: Config, dry_run: bool) -> Engine | None:
     database = config.daemon.database
     try:
         if dry_run:
@@ -131,7 +131,7 @@ async def _open(config: Config, dry_run: bool) -> Store | None:
         raise Refused(EXIT_DATABASE, str(error)) from None
 
 
-async def _known(store: Store | None, merge: bool) -> Known:
+async def _known(store: Engine | None, merge: bool) -> Known:
     if store is None or await store.is_empty():
         return Known()
     if not merge:

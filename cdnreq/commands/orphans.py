@@ -37,7 +37,7 @@ from cdnreq.reconcile.guardrun import guard_policy_of
 from cdnreq.decide.orphans import Orphan, Sweep, prefixes_of, sweep
 from cdnreq.wiring import settings_of
 from cdnreq.scrub import printable
-from cdnreq.store import Store, StoreLocked
+from cdnreq.store import Engine, Store, StoreLocked
 
 EXIT_REMAIN = EXIT_TICK_FAILED
 EXIT_HELD = 3
@@ -133,7 +133,7 @@ async def _orphans(config: Config, host: str, args: argparse.Namespace, ssl_cont
             await store.close()
 
 
-async def _records(config: Config, store: Store | None) -> list[Record]:
+async def _records(config: Config, store: Engine | None) -> list[Record]:
     """Every record, whatever its phase; a snapshot next to a running daemon."""
     if store is not None:
         return list((await store.load()).values())
@@ -146,7 +146,7 @@ async def _records(config: Config, store: Store | None) -> list[Record]:
         await snapshot.close()
 
 
-async def _destroy(master: Master, settings: Settings, store: Store, orphan: Orphan) -> dict[str, Any]:
+async def _destroy(master: Master, settings: Settings, store: Engine, orphan: Orphan) -> dict[str, Any]:
     """Destroy one orphan by its title, read it back by its guid, record the outcome."""
     entry = orphan.entry
     outcome, detail = await destroy_orphan(master, settings, entry.title, entry.guid)

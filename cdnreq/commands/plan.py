@@ -37,7 +37,7 @@ from cdnreq.decide.plan import Action, Kind, Plan
 from cdnreq.decide.domainstep import DomainStep
 from cdnreq.reconcile.tick import Reconciler, TickReport
 from cdnreq.scrub import printable
-from cdnreq.store import Store, start_refusal
+from cdnreq.store import Engine, Store, start_refusal
 
 KINDS = ("request", "update", "destroy", "publish", "poll")  # in the order they are shown
 TITLES = {
@@ -218,7 +218,7 @@ async def make_plan(config: Config, ssl_context: ssl.SSLContext | None = None) -
     return doc
 
 
-async def _plan_on(config: Config, snapshot: Store, ssl_context: ssl.SSLContext | None) -> dict[str, Any]:
+async def _plan_on(config: Config, snapshot: Engine, ssl_context: ssl.SSLContext | None) -> dict[str, Any]:
     dry = DryStore(snapshot)
     stages, log = Stages(), ActionLog()
     try:

@@ -14,7 +14,7 @@ import structlog
 
 from cdnreq.model import InstanceGuid, Record
 from cdnreq.reconcile.execute import Outcome
-from cdnreq.store import Store
+from cdnreq.store import TickStore
 
 log = structlog.get_logger("cdnreq.tick")
 
@@ -29,7 +29,7 @@ class Committer:
 
     def __init__(
         self,
-        store: Store,
+        store: TickStore,
         known: dict[InstanceGuid, Record],
         domains: Forgetting,
         batch: int,

@@ -19,7 +19,7 @@ from cdnreq.master import MasterClient, MasterError
 from cdnreq.model import Challenge, Decision, Event, HostClaim, InstanceAnswer, InstanceGuid, Record
 from cdnreq.reconcile.execute import Feed
 from cdnreq.decide.plan import Action
-from cdnreq.store import Store
+from cdnreq.store import Engine
 
 
 class WriteRefused(MasterError):
@@ -69,7 +69,7 @@ class DryStore:
     """A read-only snapshot of the store (Store.open_snapshot) that keeps
     the writes a tick would make, instead of making them."""
 
-    def __init__(self, snapshot: Store):
+    def __init__(self, snapshot: Engine):
         self.snapshot = snapshot
         self.upserts: dict[InstanceGuid, Record] = {}
         self.forgets: list[str] = []

@@ -29,7 +29,7 @@ from cdnreq.decide.guards import (
     window,
 )
 from cdnreq.decide.plan import Kind, Plan
-from cdnreq.store import Store
+from cdnreq.store import TickStore
 
 log = structlog.get_logger("cdnreq.guards")
 
@@ -64,7 +64,7 @@ def held_view(state: HeldUpdates, policy: GuardPolicy) -> dict[str, Any] | None:
 
 
 class GuardRun:
-    def __init__(self, store: Store, policy: GuardPolicy, saved: Mapping[str, Any], live: int | None, now: float):
+    def __init__(self, store: TickStore, policy: GuardPolicy, saved: Mapping[str, Any], live: int | None, now: float):
         self.store, self.policy, self.now = store, policy, now
         self.saved = dict(saved)  # as stored: an idle tick writes nothing
         history = [Departures.from_json(d) for d in saved.get(REMOVALS) or ()]
@@ -88,7 +88,7 @@ class GuardRun:
         self._logged = False
 
     @classmethod
-    async def start(cls, store: Store, config: Config, known: Mapping[InstanceGuid, Record], now: float) -> "GuardRun":
+    async def start(cls, store: TickStore, config: Config, known: Mapping[InstanceGuid, Record], now: float) -> "GuardRun":
         run = cls(store, guard_policy_of(config), await store.load_guards(), None, now)
         run.known, run._live_of = len(known), known
         return run

@@ -43,7 +43,7 @@ from cdnreq.decide.plan import (
 from cdnreq.decide.reservation import reservation
 from cdnreq.progress import Progress
 from cdnreq.resources import starved
-from cdnreq.store import Store, StoreError
+from cdnreq.store import StoreError, TickStore
 from cdnreq.wiring import domain_policy_of, policy_of, resolver_of
 
 UNNAMED = "unnamed"  # guard state: hosts their owner stopped naming (Domains.streaks)
@@ -80,7 +80,7 @@ class Reconciler:
         self,
         *,
         config: Config,
-        store: Store,
+        store: TickStore,
         master: MasterClient,
         resolver: Lookups | None = None,
         progress: Progress | None = None,

@@ -13,9 +13,8 @@ import structlog
 from cdnreq.aiotasks import cancel_and_wait, end_within, spawn
 from cdnreq.config import Config
 from cdnreq.metrics import Metrics
-from cdnreq.store import Store, StoreError, take_backup
+from cdnreq.store import Engine, StoreError, take_backup
 from cdnreq.store.backupdir import backup_time, last_backup
-from cdnreq.store.prune import prune_passes
 
 log = structlog.get_logger("cdnreq.daemon")
 
@@ -23,7 +22,7 @@ log = structlog.get_logger("cdnreq.daemon")
 class Upkeep:
     """The backup task and the pruning task of one daemon."""
 
-    def __init__(self, store: Store, config: Callable[[], Config], metrics: Metrics, stop: asyncio.Event):
+    def __init__(self, store: Engine, config: Callable[[], Config], metrics: Metrics, stop: asyncio.Event):
         self.store = store
         self.config = config  # read at each use: a reload may change the interval
         self.metrics = metrics
@@ -76,8 +75,8 @@ class Upkeep:
         """After the first tick: the hourly pass over events and ticks past
         `[store].events_retention_days`, in small steps between the ticks' own."""
         if self._pruning is None:
-            self._pruning = spawn(prune_passes(
-                self.store, lambda: self.config().store.events_retention_days, self.stop, metrics=self.metrics
+            self._pruning = spawn(self.store.prune_passes(
+                lambda: self.config().store.events_retention_days, self.stop, metrics=self.metrics
             ), "cdnreq pruning")
 
     async def finish(self) -> None:

@@ -48,7 +48,7 @@ from cdnreq.service.exits import EXIT_DATABASE, EXIT_OK, EXIT_TICK_FAILED
 from cdnreq.service.opening import open_checked
 from cdnreq.service.reload import reload_of
 from cdnreq.service.status import PacedSnapshot, TickHistory, readiness, status_line, status_view
-from cdnreq.store import Store, take_backup
+from cdnreq.store import Engine, take_backup
 from cdnreq.wiring import master_client, resolver_of
 
 log = structlog.get_logger("cdnreq.daemon")
@@ -77,7 +77,7 @@ class Daemon:
         self.reconciler: Reconciler | None = None
         self.master: MasterClient | None = None  # the reconciler's, for operator actions
         self.ssl_context: ssl.SSLContext | None = None  # the master's, built by preflight.check
-        self.store: Store | None = None
+        self.store: Engine | None = None
         self.ticks = TickHistory()
         self.snapshot = PacedSnapshot(self._snapshot)
         self.upkeep: Upkeep | None = None

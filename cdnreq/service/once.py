@@ -10,7 +10,6 @@ from cdnreq.fdlimit import fit_config, raise_fd_limit
 from cdnreq.preflight import check
 from cdnreq.reconcile.tick import Reconciler, TickReport
 from cdnreq.service.opening import open_checked
-from cdnreq.store.prune import prune_if_due
 from cdnreq.wiring import master_client
 
 
@@ -28,7 +27,7 @@ async def run_once(config: Config, *, fresh: bool = False, config_path: Path | N
                 await reconciler.resolver.close()
         # after the tick, whatever its result: `once` from a timer keeps the history
         # bounded too, at one pass an hour however often it runs
-        await prune_if_due(store, config.store.events_retention_days, time.time())
+        await store.prune_if_due(config.store.events_retention_days, time.time())
         return report
     finally:
         await store.close()

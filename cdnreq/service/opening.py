@@ -11,14 +11,14 @@ from pathlib import Path
 import structlog
 
 from cdnreq.config import Config
-from cdnreq.store import Store, StoreError, start_refusal
+from cdnreq.store import Engine, Store, StoreError, start_refusal
 
 log = structlog.get_logger("cdnreq.daemon")
 
 KILLED_MID_TICK = "interrupted: the process ended during this tick (killed or crashed); found at the next start"
 
 
-async def open_store(config: Config, *, lock: bool = True) -> Store:
+async def open_store(config: Config, *, lock: bool = True) -> Engine:
     return await Store.open(config.daemon.database, lock=lock)
 
 
@@ -26,7 +26,7 @@ class EmptyStoreRefused(StoreError):
     """The database is missing or empty while a backup of it is not."""
 
 
-async def open_checked(config: Config, *, fresh: bool = False, config_path: Path | None = None) -> Store:
+async def open_checked(config: Config, *, fresh: bool = False, config_path: Path | None = None) -> Engine:
     """The store for a daemon or a tick, unless it was lost.
 
     A missing or empty database (no instance, no proven host, no challenge)
@@ -65,7 +65,7 @@ async def open_checked(config: Config, *, fresh: bool = False, config_path: Path
     return store
 
 
-async def _end_unfinished(store: Store) -> None:
+async def _end_unfinished(store: Engine) -> None:
     """A tick the last process began and never ended is recorded as
     interrupted, not left open (nor mistaken for a success)."""
     for tick in await store.end_unfinished_ticks(time.time(), KILLED_MID_TICK):

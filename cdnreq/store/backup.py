@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING
 from cdnreq.store.backupdir import copy_secret, prune
 
 if TYPE_CHECKING:
-    from cdnreq.store.sqlite import Store
+    from cdnreq.store.interface import Engine
 
 
 async def take_backup(
-    store: Store,
+    store: Engine,
     directory: str | os.PathLike[str],
     *,
     secret: str | os.PathLike[str] | None = None,

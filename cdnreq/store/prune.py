@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Protocol, TypeVar
 
 import aiosqlite
 import structlog
@@ -26,7 +26,20 @@ from cdnreq.store.retention import BATCH_ROWS, KEEP_TICKS, PASS_INTERVAL_S, VACU
 
 if TYPE_CHECKING:
     from cdnreq.metrics import Metrics
-    from cdnreq.store.sqlite import Store
+
+_T = TypeVar("_T")
+
+
+class Store(Protocol):
+    """What a pass needs of the SQLite engine (cdnreq.store.sqlite.Store)."""
+
+    async def in_turn(self, work: Callable[[aiosqlite.Connection], Awaitable[_T]]) -> _T: ...
+
+    def size_bytes(self) -> int: ...
+
+    async def load_guards(self) -> dict[str, Any]: ...
+
+    async def save_guards(self, values: Mapping[str, Any], now: float) -> None: ...
 
 log = structlog.get_logger("cdnreq.store")
 

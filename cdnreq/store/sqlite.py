@@ -15,15 +15,15 @@ import sqlite3
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Awaitable, Callable, Iterable, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Mapping, TypeVar
 
 import aiosqlite
 
 from cdnreq.model import Challenge, Decision, Event, HostClaim, InstanceGuid, Record
-from cdnreq.store.backupdir import install, make_backup_dir, new_temp
 from cdnreq.store.commit import commit_steps
 from cdnreq.store.errors import SchemaTooNew, StoreError, StoreLost
 from cdnreq.store.lock import DatabaseLock
+from cdnreq.store.online_copy import online_copy
 from cdnreq.store.opening import connect, connect_read_only, connect_snapshot
 from cdnreq.store.rows import (
     DELETE_GUARD,
@@ -41,7 +41,11 @@ from cdnreq.store.rows import (
     to_record,
     to_records,
 )
-from cdnreq.store.verify import finish_copy
+from cdnreq.store.imports import findings_of, last_import
+from cdnreq.store.prune import PruneReport, prune_if_due, prune_passes
+
+if TYPE_CHECKING:
+    from cdnreq.metrics import Metrics
 
 _T = TypeVar("_T")
 
@@ -267,6 +271,24 @@ class Store:
 
         return await _shielded(turn())
 
+    async def import_findings(self, guid: str) -> list[dict[str, Any]]:
+        """What the last `import-legacy` found about the instance (cdnreq.store.imports)."""
+        return await findings_of(self, guid)
+
+    async def last_import(self) -> dict[str, Any] | None:
+        """The last `import-legacy` run and its findings (cdnreq.store.imports)."""
+        return await last_import(self)
+
+    async def prune_if_due(self, days: int, now: float) -> PruneReport | None:
+        """A pass over the history past `days`, unless one ran within the hour (cdnreq.store.prune)."""
+        return await prune_if_due(self, days, now)
+
+    async def prune_passes(
+        self, days: Callable[[], int], stop: asyncio.Event, *, metrics: Metrics | None = None
+    ) -> None:
+        """The daemon's hourly passes over the history, until `stop` (cdnreq.store.prune)."""
+        await prune_passes(self, days, stop, metrics=metrics)
+
     def size_bytes(self) -> int:
         """The database file and its write-ahead log, in bytes."""
         total = 0
@@ -340,53 +362,8 @@ class Store:
 
     async def backup(self, dest: str | os.PathLike[str], *, now: float | None = None) -> Path:
         """An online, consistent copy of the database in the directory `dest`,
-        as ``cdnreq-YYYYmmddTHHMMSSZ.db`` (UTC); returns its path.
-
-        SQLite's backup API copies every page in one step on this connection,
-        in its thread, while the store's other statements wait: the copy is
-        the database between two transactions. With WAL, a daemon writing
-        through another connection is not blocked. The copy is written to a
-        temporary file in `dest`, switched to a rollback journal (one
-        self-contained file), checked (`PRAGMA integrity_check`, schema
-        version), fsync'd, then renamed into place. The domain secret is not in
-        the database: see cdnreq.store.backup.take_backup.
-        """
-        directory = Path(dest)
-        when = time.time() if now is None else now
-        await asyncio.to_thread(make_backup_dir, directory)
-        tmp = await asyncio.to_thread(new_temp, directory)
-        try:
-            try:
-                target = await asyncio.to_thread(
-                    sqlite3.connect, tmp, check_same_thread=False, isolation_level=None
-                )
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot write the backup {tmp}: {exc}") from exc
-            try:
-                async with self._busy:
-                    if self._closed:
-                        raise StoreError(f"{self._path}: the store is closed")
-                    try:
-                        await self._conn.backup(target, pages=-1)
-                    except sqlite3.Error as exc:
-                        raise StoreError(f"{self._path}: backup to {directory} failed: {exc}") from exc
-            except BaseException:
-                try:
-                    await asyncio.to_thread(target.close)
-                except sqlite3.Error:
-                    pass  # the temporary file goes anyway
-                raise
-            try:
-                await asyncio.to_thread(finish_copy, target, tmp)
-            except sqlite3.Error as exc:
-                raise StoreError(f"{self._path}: backup to {directory} failed: {exc}") from exc
-            return await asyncio.to_thread(install, tmp, directory, when)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        as ``cdnreq-YYYYmmddTHHMMSSZ.db`` (UTC); returns its path (cdnreq.store.online_copy)."""
+        return await online_copy(self, self._path, Path(dest), time.time() if now is None else now)
 
 
 async def _shielded(work: Awaitable[_T]) -> _T:
