@@ -123,7 +123,40 @@ def _slapproxy_vs_bare(_: dict[int, Any], results: dict[str, Any]) -> list[Targe
         f"= {first['instances_per_s'] / bare['request_rate']:.0%}")]
 
 
-TARGETS = (_idle_at_100k, _cold_start_at_100k, _first_at_10k, _dns_at_30ms, _dns_vs_bare, _slapproxy_vs_bare)
+def _memory_at_100k(sizes: dict[int, Any], _: dict[str, Any]) -> list[Target]:
+    """Issue 14 item 2: the start-up and first reconcile peaks, the state held
+    between ticks (the steady RSS's slope between the two sizes below and at
+    100,000), and one tick's transient listing beside its body."""
+    at = sizes.get(100000, {})
+    scenarios = at.get("scenarios", {})
+    found = []
+    for key, name, limit in (("startup", "start-up tick at 100,000: peak RSS (load included)", 300),
+                             ("first", "first reconcile of 100,000: peak RSS", 450)):
+        r = scenarios.get(key)
+        found.append(_target(name, None, "not measured", f"<= {limit} MB") if not r else
+                     _target(name, r["peak_rss_mb"] <= limit, f"{r['peak_rss_mb']:.0f} MB", f"<= {limit} MB"))
+    name = "state held between ticks at 100,000"
+    below = [n for n in sizes if n < 100000 and sizes[n].get("scenarios", {}).get("idle")]
+    idle = scenarios.get("idle")
+    if idle and below:
+        n = max(below)
+        other = sizes[n]["scenarios"]["idle"]
+        slope = (idle["rss_mb"] - other["rss_mb"]) * 2**20 / (100000 - n)
+        found.append(_target(name, slope <= 600, f"{slope:.0f} B/instance", "<= 600 B/instance",
+                             f"idle RSS {other['rss_mb']:.0f} MB at {n:,}, {idle['rss_mb']:.0f} MB at 100,000"))
+    else:
+        found.append(_target(name, None, "not measured (needs a size below 100,000 too)", "<= 600 B/instance"))
+    listing = at.get("listing")
+    name = "one tick's listing at 100,000: transient peak"
+    found.append(_target(name, None, "not measured", "<= 2x its body") if not listing else _target(
+        name, listing["transient_per_body"] <= 2, f"{listing['transient_peak_mb']:.0f} MB",
+        "<= 2x its body", f"{listing['transient_per_body']:.2f}x its body of {listing['body_mb']:.0f} MB; "
+        f"the listing keeps {listing['held_bytes_per_instance']} B/instance until the tick ends"))
+    return found
+
+
+TARGETS = (_idle_at_100k, _memory_at_100k, _cold_start_at_100k, _first_at_10k, _dns_at_30ms, _dns_vs_bare,
+           _slapproxy_vs_bare)
 
 
 def targets(results: dict[str, Any]) -> list[Target]:

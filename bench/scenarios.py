@@ -20,7 +20,7 @@ from typing import Any
 
 from devtools.slapproxy import free_port
 
-from bench import sniff
+from bench import listingmem, sniff
 from bench.baselines import (
     bare_slapproxy_client, best_of, ceiling, dns_ceiling_child, measure_rtt, publish_ceiling,
 )
@@ -112,6 +112,8 @@ class SizeRun:
         return self.result
 
     def _run(self) -> None:
+        self.result["listing"] = listingmem.measure(self.n)  # before any other process: alone on the CPU
+        log(f"N={self.n}: listing {self.result['listing']}")
         self._setup()
         self._baselines()
         relay = None if self.options.skip_latency else self._relay()

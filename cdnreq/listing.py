@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from operator import attrgetter
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import orjson
 
@@ -60,11 +60,12 @@ def read_listing(raw: bytes | bytearray, max_parameters_bytes: int | None = None
     return parse_listing(entries)
 
 
-def parse_listing(entries: list[Any]) -> Listing:
+def parse_listing(entries: Iterable[Any]) -> Listing:
     """The listing's entries as SharedInstances.
 
-    Each entry is released from `entries` once read, so the parsed JSON and
-    the instances built from it are never both whole in memory (at 100,000
+    Each entry is released once read (from `entries` when it is a list; a
+    large body's slices come one by one), so the parsed JSON and the
+    instances built from it are never both whole in memory (at 100,000
     instances each is about 80 MB). The parameters are kept as the canonical
     text their hash is computed from (a FrozenJson, parsed again only to
     validate an instance whose gate is not settled, or to request it). The
@@ -76,8 +77,7 @@ def parse_listing(entries: list[Any]) -> Listing:
     anonymous = 0
     make, states, append = _make_instance, _STATES, instances.append
     canonical, sha256 = _canonical, hashlib.sha256
-    for index, entry in enumerate(entries):
-        entries[index] = None
+    for entry in _released(entries):
         if entry.__class__ is dict:
             guid = entry.get("instance_guid")
             if guid.__class__ is not str or not guid or not (guid.isascii() or _addressable(guid)):
@@ -111,6 +111,17 @@ def parse_listing(entries: list[Any]) -> Listing:
         unusable.setdefault(guid, reason)  # listed twice, broken twice: the first reason
     kept, duplicates = _once(instances, unusable)
     return Listing(kept, unusable, anonymous, duplicates)
+
+
+def _released(entries: Iterable[Any]) -> Iterator[Any]:
+    """The entries, each dropped from a list once handed out."""
+    if not isinstance(entries, list):
+        yield from entries
+        return
+    for index, entry in enumerate(entries):
+        entries[index] = None
+        yield entry
+        del entry
 
 
 def _canonical(parameters: dict[str, Any]) -> bytes | None:

@@ -24,7 +24,7 @@ Pure: bytes in, entries out. The body is consumed (emptied) as it is read.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Iterator
 
 import orjson
 
@@ -40,16 +40,18 @@ _CUT = re.compile(rb"\}[ \t\r\n]*,[ \t\r\n]*\{")
 HEADER = b'{"result_list":['
 
 
-def sliced(raw: bytearray, bound: int | None = None, cap: int | None = None) -> list[Any]:
-    """The entries of `result_list`, as listing_salvage.consumed() gives them."""
+def sliced(raw: bytearray, bound: int | None = None, cap: int | None = None) -> Iterator[Any]:
+    """The entries of `result_list`, as listing_salvage.consumed() gives them,
+    slice by slice: a caller that builds the listing as they come never holds
+    every entry parsed at once (at 100,000 instances, 80 MB)."""
     head = _HEAD.match(raw)
     tail = _TAIL.search(raw, max(head.end(), len(raw) - 4096)) if head is not None else None
     if head is None or tail is None:
-        return consumed(raw, bound, cap)  # another shape: the scanner checks every byte of it
+        yield from consumed(raw, bound, cap)  # another shape: the scanner checks every byte of it
+        return
     end = tail.start()
     del raw[end:]  # the list's contents stay, from head.end()
     del raw[: head.end()]
-    entries: list[Any] = []
     # A slice no longer than `bound` holds no entry the scanner would refuse
     # to read (listing_salvage._oversized): the entries are the same.
     limit = min(bound, LIMIT) if bound is not None else LIMIT
@@ -57,12 +59,11 @@ def sliced(raw: bytearray, bound: int | None = None, cap: int | None = None) -> 
         piece = _next_slice(raw, min(SLICE, limit // 2), limit)
         if piece is None:
             break
-        entries.extend(piece)
+        yield from piece
     if raw:
         raw[0:0] = HEADER  # the rest, from a true boundary, with the body's end that was checked
         raw += b"]}"
-        entries.extend(consumed(raw, bound, cap))
-    return entries
+        yield from consumed(raw, bound, cap)
 
 
 def _next_slice(raw: bytearray, at: int, limit: int) -> list[Any] | None:

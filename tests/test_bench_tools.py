@@ -307,6 +307,24 @@ def test_targets_and_table_from_synthetic_results():
     assert by_name["slapproxy vs a bare client"]["pass"] is None
     text = table(results)
     assert "idle (median of 3)" in text and "90% bare" in text
+    assert by_name["start-up tick at 100,000: peak RSS (load included)"]["pass"] is True  # 250 MB
+    assert by_name["first reconcile of 100,000: peak RSS"]["pass"] is None  # not run at 100,000
+    assert by_name["state held between ticks at 100,000"]["pass"] is None  # one size only
+    assert by_name["one tick's listing at 100,000: transient peak"]["pass"] is None
+
+
+def test_memory_targets_from_two_sizes():
+    results = {"sizes": {
+        "10000": {"scenarios": {"idle": _scenario("idle", rss_mb=100.0)}},
+        "100000": {"scenarios": {"idle": _scenario("idle", rss_mb=200.0), "first": _scenario("first", peak_rss_mb=500.0)},
+                   "listing": {"transient_per_body": 1.7, "transient_peak_mb": 36.0, "body_mb": 22.0,
+                               "held_bytes_per_instance": 380}},
+    }}
+    by_name = {t["target"]: t for t in targets(results)}
+    held = by_name["state held between ticks at 100,000"]
+    assert held["pass"] is False and held["measured"] == "1165 B/instance"  # 100 MiB over 90,000
+    assert by_name["first reconcile of 100,000: peak RSS"]["pass"] is False
+    assert by_name["one tick's listing at 100,000: transient peak"]["pass"] is True
 
 
 def test_scale_slopes_and_projection_from_synthetic_results():
@@ -349,3 +367,17 @@ def test_history_bench_on_a_small_store(tmp_path: Path):
     assert r["prune"]["events_deleted"] == 40 * 4 and r["prune"]["ticks_deleted"] == 4 * 1440
     assert r["next_day"]["events_deleted"] == 40 and r["next_day"]["ticks_deleted"] == 1440
     assert r["pruned_mb"] < r["migrated_mb"]
+
+
+def test_listing_memory_probe_reads_the_double_s_body(tmp_path: Path):
+    """bench/listingmem.py reads the master double's body as the daemon does."""
+    from bench import listingmem
+    from bench.double.customers import Customers
+
+    double = Customers(with_domains=True)
+    double.populate(300)
+    path = tmp_path / "body.json"
+    path.write_bytes(double.body())
+    found = listingmem.read(str(path))
+    assert found["instances"] == 300 and found["body_mb"] >= 0
+    assert set(found) >= {"transient_peak_mb", "transient_per_body", "held_bytes_per_instance", "seconds"}
