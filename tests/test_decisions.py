@@ -16,7 +16,7 @@ from typing import AsyncIterator
 import pytest
 
 import cdnreq
-import cdnreq.reconcile.domains as domains_module
+import cdnreq.reconcile.domainstate as domains_module
 from cdnreq.decide.asking import PENDING_MAX_S
 from cdnreq.decide.gate import DomainPolicy, Gate, HostIndex, Status
 from cdnreq.decide.kept import (

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterable
 
 import pytest
 
-import cdnreq.reconcile.domains as domains_module
+import cdnreq.reconcile.domainstate as domainstate_module
 from devtools.devdns import DevDns
 from cdnreq.dns.challenge import issue
 from cdnreq.dns.resolver import Resolver
@@ -306,7 +306,7 @@ async def test_verdict_is_cached_by_param_hash(dns: Recording, monkeypatch: pyte
         calls.append(dict(parameters))
         return validate(parameters, *limits)
 
-    monkeypatch.setattr(domains_module, "validate", counting)
+    monkeypatch.setattr(domainstate_module, "validate", counting)
     d = domains(dns)
     await d.step([instance("A", "www.a.example"), instance("B")], {}, NOW)
     assert len(calls) == 2

@@ -6,7 +6,7 @@ stage decided (DomainStep), stored before any request it allows."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,11 +54,14 @@ class DomainStep:
 
 
 def split_settled(
-    instances: Iterable[SharedInstance], cache: Mapping[str, tuple[str, Gate]], gates: dict[str, Gate]
+    instances: Iterable[SharedInstance], cache: Mapping[str, tuple[str, Gate]], gates: dict[str, Gate],
+    asleep: Collection[str] = (),
 ) -> tuple[dict[str, SharedInstance], dict[str, SharedInstance]]:
     """Instances to decide this tick, and those whose gate from the last tick
     still holds (put in `gates`). The first listing of a guid counts, as for
-    the planner: one listed first as destroyed gets no gate."""
+    the planner: one listed first as destroyed gets no gate. An instance
+    asleep (decide/dormancy.py: settled, listed as it fell asleep) counts as
+    settled, without a gate: the planner skips it."""
     present: dict[str, SharedInstance] = {}
     settled: dict[str, SharedInstance] = {}
     dropped: set[str] = set()
@@ -68,6 +71,9 @@ def split_settled(
         if instance.state is destroyed or guid in settled:
             if guid not in present and guid not in settled:
                 dropped.add(guid)
+            continue
+        if asleep and guid in asleep:
+            settled[guid] = instance
             continue
         cached = cache.get(guid)
         if cached is not None and cached[0] == instance.param_hash:

@@ -16,6 +16,7 @@ from collections import Counter
 from typing import Collection, Iterable, Mapping
 
 from cdnreq.decide.actions import Action, Draft, IdleCache, Kind, Ownership, Plan, Policy
+from cdnreq.decide.dormancy import Dormant
 from cdnreq.decide.gate import Gate, refused, waiting
 from cdnreq.decide.guards import Departures
 from cdnreq.decide.removals import Listed, confirm, destroy_sent, has_entry, lost_host, plan_removals
@@ -50,15 +51,21 @@ def plan(
     later: Collection[str] = frozenset(),
     recent: Iterable[Departures] = (),
     approved_removals: Collection[str] = frozenset(),
+    asleep: Mapping[str, Dormant] | None = None,
 ) -> Plan:
     """The tick's plan. Instances in `later` wait for DNS: they count as
     listed (never gone) but get no action here; `plan_decided` plans them.
+    `asleep`: instances sleeping (decide/dormancy.py), each listed as it fell
+    asleep: unchanged, without a record in `known`; their entries count in
+    the fleet and their served hosts are held.
     `idle`: the cache the last plan returned (Plan.idle).
     `recent`: departures decided inside the removal guard's window.
     `approved_removals`: the held removals an operator approved; they go
     ahead when every removal the guard would hold is among them."""
     draft = Draft(now)
-    listed, next_idle = _plan_listed(draft, listing, known, policy, gates, ownership, idle, later)
+    asleep = asleep or {}
+    served = ServedHosts(known, asleep)
+    listed, next_idle = _plan_listed(draft, listing, known, policy, gates, ownership, idle, later, asleep, served)
     _plan_unusable(draft, listing, known, policy)
     removals = plan_removals(draft, listing, known, listed, policy, ownership, list(recent), approved_removals)
     return Plan(
@@ -78,20 +85,18 @@ def _plan_listed(
     ownership: Ownership | None,
     idle: IdleCache | None,
     later: Collection[str],
+    asleep: Mapping[str, Dormant],
+    served: ServedHosts,
 ) -> tuple[Listed, IdleCache]:
-    """Each listed instance, once: skipped when the idle cache says nothing
-    changed, else planned from its record and its gate."""
+    """Each listed instance, once: skipped when asleep or when the idle
+    cache says nothing changed, else planned from its record and its gate."""
     counts, now = draft.counts, draft.now
-    seen: set[str] = set(listing.unusable)
-    counts["unusable"] = len(listing.unusable)
-    counts["anonymous"] = listing.anonymous
-    counts["duplicate"] = listing.duplicates
+    seen = _counted(counts, listing)
     destroyed: list[Record] = []
     last = idle.entries if idle is not None and idle.policy == policy else {}
     still: dict[str, tuple[Record, Gate, float]] = {}
     unchecked = gates is None  # tools and tests: every instance as listed
     gates = gates or {}
-    served = ServedHosts(known)
     unchanged = 0
     for instance in listing.instances:
         guid = instance.guid
@@ -99,6 +104,9 @@ def _plan_listed(
             counts["duplicate"] += 1
             continue
         seen.add(guid)
+        if asleep and guid in asleep:
+            unchanged += 1
+            continue
         record = known.get(guid)
         if instance.state is RequestedState.DESTROYED:
             if record is not None:
@@ -130,7 +138,15 @@ def _plan_listed(
         if action is None and not held_back and gate is gates.get(guid):
             still[guid] = (record, gate, _read_back_at(record, policy))
     counts["unchanged"] += unchanged
-    return Listed(seen, destroyed), IdleCache(still, policy)
+    return Listed(seen, destroyed, len(asleep)), IdleCache(still, policy)
+
+
+def _counted(counts: Counter[str], listing: Listing) -> set[str]:
+    """The listing's own counts; the guids it names unusable, as seen."""
+    counts["unusable"] = len(listing.unusable)
+    counts["anonymous"] = listing.anonymous
+    counts["duplicate"] = listing.duplicates
+    return set(listing.unusable)
 
 
 def _plan_unusable(draft: Draft, listing: Listing, known: Mapping[InstanceGuid, Record], policy: Policy) -> None:
@@ -150,12 +166,13 @@ def plan_decided(
     gates: Mapping[str, Gate],
     ownership: Ownership | None = None,
     losers: Iterable[Record] = (),
+    asleep: Mapping[str, Dormant] | None = None,
 ) -> Plan:
     """The part of the plan `plan(..., later=...)` left out: instances whose
     gates DNS has just decided, and retained entries (`losers`, without an
     action yet) that may have lost a host to one of them."""
     draft = Draft(now)
-    served = ServedHosts(known)
+    served = ServedHosts(known, asleep)
     decided: set[str] = set()
     for instance in instances:
         decided.add(instance.guid)

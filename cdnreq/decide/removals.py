@@ -21,6 +21,7 @@ class Listed:
 
     seen: set[str]  # every guid the listing names, usable or not
     destroyed: list[Record]  # listed with state destroyed: the customer asked for it
+    asleep: int = 0  # listed and sleeping (decide/dormancy.py): live, without a record in `known`
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def plan_removals(
     ending = [r for r in retained if r.guid in explicit and has_entry(r)]
     # the fleet the master can still remove: entries already gone (retained
     # for 90 days, destroys awaiting read-back) must not dilute the guard
-    fleet = len(known) - len(confirming) - len(retained) + len(ending)
+    fleet = len(known) + listed.asleep - len(confirming) - len(retained) + len(ending)
     held: tuple[Record, ...] = ()
     leaving = [r.guid for r in (*departing, *ending)]
     again = len(counted(recent, leaving))  # decided at an earlier tick, not done yet

@@ -8,7 +8,7 @@ when a tick has a request naming hosts: an idle tick pays nothing.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from cdnreq.model import Record
 from cdnreq.decide.transitions import may_serve as serving
@@ -29,21 +29,22 @@ class ServedHosts:
     """Lazy index of served hosts: by a host's base (without `*.`), and by
     each parent of it (to find what a requested wildcard would cover)."""
 
-    def __init__(self, records: Mapping[str, Record]):
+    def __init__(self, records: Mapping[str, Record], sleepers: Mapping[str, Any] | None = None):
         self._records = records
+        self._sleepers = sleepers or {}  # decide/dormancy.Dormant by guid: their `served` counts too
         self._by_base: dict[str, list[tuple[str, str]]] | None = None
         self._under: dict[str, list[tuple[str, str]]] = {}
 
     def _build(self) -> dict[str, list[tuple[str, str]]]:
         by_base: dict[str, list[tuple[str, str]]] = {}
-        for record in self._records.values():
-            if not serving(record):
-                continue
-            for host in record.served or ():
+        served = [(r.guid, r.served) for r in self._records.values() if serving(r)]
+        served += [(guid, d.served) for guid, d in self._sleepers.items() if d.served]
+        for guid, hosts in served:
+            for host in hosts or ():
                 base = _base(host)
-                by_base.setdefault(base, []).append((host, record.guid))
+                by_base.setdefault(base, []).append((host, guid))
                 for parent in _parents(base):
-                    self._under.setdefault(parent, []).append((host, record.guid))
+                    self._under.setdefault(parent, []).append((host, guid))
         return by_base
 
     def others(self, hosts: Iterable[str], guid: str) -> tuple[str, ...]:

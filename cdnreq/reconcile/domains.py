@@ -1,137 +1,44 @@
 """The domain step of a tick: validate, challenge, look up, decide.
 
-Domains holds what ownership needs between ticks (the host index, the
-challenges, the caches of verdicts and settled gates, the lookup schedule,
-the unnamed-host streaks). A tick's step runs in stages (DomainRun): what
-needs no DNS answer is decided at once, the rest by groups of registrable
-domains as their answers come in, so requests start while DNS is still
-running. Every decision is made in cdnreq/decide/ (gate, asking, proofs,
-recheck, domainstep); this module looks names up and keeps the state.
+A tick's step runs in stages (DomainRun): what needs no DNS answer is
+decided at once, the rest by groups of registrable domains as their answers
+come in, so requests start while DNS is still running. What the step keeps
+between ticks is Domains' state (cdnreq.reconcile.domainstate). Every
+decision is made in cdnreq/decide/ (gate, asking, proofs, recheck,
+domainstep); this module looks names up and runs the stages.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Callable, Iterable, Mapping, Protocol
+from typing import AsyncIterator, Callable, Collection, Iterable, Mapping
 
 from cdnreq.decide import recheck
 from cdnreq.decide.asking import (
-    CHUNK_NAMES, CHUNKS_IN_FLIGHT, FIRST_CHUNK_NAMES, SLOW_CHUNK_S, LookupSchedule, chunk_lookups,
-    first_round, first_round_total,
+    CHUNK_NAMES, CHUNKS_IN_FLIGHT, FIRST_CHUNK_NAMES, SLOW_CHUNK_S, chunk_lookups, first_round, first_round_total,
 )
-from cdnreq.decide.domainstep import (
-    DomainStep, contested, saved_streaks, split_settled, unlisted_releases, unnamed_hosts,
-)
-from cdnreq.decide.gate import DomainPolicy, Gate, HostIndex, Status, decide
-from cdnreq.decide.guards import CONFIRM_TICKS
-from cdnreq.decide.kept import settled_decision, trusted, verdict_decision
+from cdnreq.decide.domainstep import DomainStep, split_settled
+from cdnreq.decide.gate import Status
 from cdnreq.decide.proofs import Group, chunks, domains_of, group, second_names
-from cdnreq.dns.challenge import issue
-from cdnreq.model import Challenge, Decision, Event, HostClaim, InstanceGuid, Lookup, Record, SharedInstance
-from cdnreq.validate.verdict import Verdict, validate
+from cdnreq.model import InstanceGuid, Record, SharedInstance
+from cdnreq.reconcile.domainstate import DomainState, Lookups
+from cdnreq.validate.verdict import Verdict
 from cdnreq.validate.version import stamp
 
 __all__ = ["Domains", "DomainRun", "DomainStep", "Lookups"]
 
 
-class Lookups(Protocol):
-    async def txt_many(self, names: Iterable[str]) -> dict[str, Lookup]: ...
-
-    async def addresses(self, name: str) -> Lookup: ...
-
-    async def close(self) -> None: ...
-
-
-class Domains:
-    def __init__(
-        self,
-        *,
-        policy: DomainPolicy,
-        secret: bytes,
-        resolver: Lookups,
-        hosts: Iterable[HostClaim] = (),
-        challenges: Mapping[InstanceGuid, Challenge] | None = None,
-        confirm_ticks: int = CONFIRM_TICKS,
-        streaks: Mapping[str, Any] | None = None,
-        kept: Iterable[Decision] = (),
-    ):
-        self.policy = policy
-        self.secret = secret
-        self.resolver = resolver
-        self.index = HostIndex(hosts)
-        self.challenges: dict[InstanceGuid, Challenge] = dict(challenges or {})
-        # OK gates of instances owning all their hosts: nothing but their own
-        # parameters or claims can change them, so an idle tick reuses them;
-        # and the verdicts of the others. A restart reuses those it kept
-        # (`kept`, see decide/kept.py), the claims they were made with being
-        # the index just loaded.
-        self._stamp = stamp(policy)
-        reused = trusted(kept, self._stamp, self.index)
-        self._settled, self._verdicts = reused.settled, reused.verdicts
-        self._settled_policy = policy
-        self._fresh: dict[str, Decision] = {}  # verdicts computed since last taken, to keep
-        self.index.take_touched()
-        # pending challenges are looked up less often as they age
-        self.schedule = LookupSchedule(reused.next_lookup)
-        # hosts their listed owner stopped naming: consecutive ticks (see
-        # decide/domainstep.contested); and of those, the ones it no longer
-        # serves either (see unlisted_releases)
-        self.confirm_ticks = confirm_ticks
-        saved = streaks if isinstance(streaks, Mapping) else {}
-        self._unnamed: dict[str, int] = saved_streaks(saved.get("contest"))
-        self._unserved: dict[str, int] = saved_streaks(saved.get("release"))
-
-    def verdict(self, instance: SharedInstance) -> Verdict:
-        cached = self._verdicts.get(instance.guid)
-        if cached is not None and cached[0] == instance.param_hash:
-            return cached[1]
-        verdict = validate(instance.parameters, self.policy.validation)
-        self._verdicts[instance.guid] = (instance.param_hash, verdict)
-        self._fresh[instance.guid] = verdict_decision(instance.guid, instance.param_hash, self._stamp, verdict)
-        return verdict
-
-    def take_fresh(self) -> dict[str, Decision]:
-        """The verdicts computed since the last call, as decisions to keep."""
-        fresh, self._fresh = self._fresh, {}
-        return fresh
-
-    def forget(self, guid: str) -> None:
-        """The store forgot the instance: it owns nothing any more."""
-        self.index.drop_guid(guid)
-        self.challenges.pop(InstanceGuid(guid), None)
-        self.lost_claim(guid)
-
-    def lost_claim(self, guid: str) -> None:
-        """The instance lost a claim (taken by a rival, released by a
-        re-check or because it no longer names it): nothing cached about it
-        holds any more, so it is decided afresh against today's owners and
-        can never win a host back on a gate from before."""
-        self._verdicts.pop(guid, None)
-        self._settled.pop(guid, None)
-        self.schedule.forget(guid)
-
-    def leave(self, guids: Iterable[str], now: float, tick: int | None) -> DomainStep:
-        """Instances whose entry is being destroyed for good (removed, or
-        retention over): their claims and challenges go now, so one that
-        returns before the destroy is read back proves its domain again like
-        a newcomer, and its hosts are free for whoever proves them first."""
-        out = DomainStep()
-        for guid in guids:
-            for host in sorted(self.index.hosts_of(guid)):
-                out.release(host)
-                out.events.append(Event(guid, "release", "ok", now, f"{host}: its entry is being destroyed", tick))
-            if self.challenges.pop(InstanceGuid(guid), None) is not None:
-                out.challenge_deletes.add(guid)
-            self.index.drop_guid(guid)
-            self.lost_claim(guid)
-        return out
+class Domains(DomainState):
+    """The domain step: its state between ticks, and a tick's stages."""
 
     def start(
         self, instances: Iterable[SharedInstance], known: Mapping[InstanceGuid, Record], now: float,
-        tick: int | None = None,
+        tick: int | None = None, asleep: Collection[str] = (),
     ) -> DomainRun:
-        """Validate, issue challenges and decide what needs no DNS answer; see DomainRun."""
-        return DomainRun(self, instances, known, now, tick)
+        """Validate, issue challenges and decide what needs no DNS answer; see
+        DomainRun. `asleep`: listed instances sleeping (decide/dormancy.py),
+        settled without a gate in memory."""
+        return DomainRun(self, instances, known, now, tick, asleep)
 
     async def step(
         self,
@@ -152,105 +59,6 @@ class Domains:
         out.merge(run.finish())
         return out
 
-    def streaks(self) -> dict[str, dict[str, int]] | None:
-        """The unnamed-host streaks, stored between ticks (a restart or
-        `cdnreq once` must not start them again from nothing); None when empty."""
-        if not self._unnamed and not self._unserved:
-            return None
-        return {"contest": dict(self._unnamed), "release": dict(self._unserved)}
-
-    # -- applying what decide/ decided ------------------------------------------
-
-    def _begin(self, verdicts: Mapping[str, Verdict], active: set[str]) -> None:
-        """The index as this tick sees it: which hosts may be contested."""
-        unnamed, absent = unnamed_hosts(self.index, verdicts, active)
-        self._unnamed, self.index.unnamed = contested(self._unnamed, unnamed | absent, self.confirm_ticks)
-        self.index.recent = absent - self.index.unnamed
-
-    def _decide(self, run: DomainRun, order: Iterable[str], lookups: Mapping[str, Lookup], out: DomainStep) -> None:
-        """Gates in decision order: the first to prove a host keeps it."""
-        for guid in order:
-            instance = run.present[guid]
-            gate, claims = decide(
-                instance, run.verdicts[guid], index=self.index, active=run.active,
-                challenge=self.challenges.get(InstanceGuid(guid)), lookups=lookups, policy=self.policy, now=run.now,
-            )
-            self.index.apply(claims)  # the next instance of the tick sees them
-            out.gates[guid] = gate
-            out.counts[f"gate_{gate.status.value}"] += 1
-            out.taken_from.update(claims.taken_from)
-            for host in claims.deletes:
-                out.release(host)
-            for claim in claims.upserts:
-                out.claim(claim)
-                out.events.append(Event(guid, "claim", "ok", run.now, claim.host, run.tick))
-            for loser in claims.taken_from:
-                self.lost_claim(loser)
-                out.events.append(Event(loser, "release", "taken", run.now, "a host was proven by another entry", run.tick))
-            if gate.status is Status.PENDING and guid in run.asking:
-                self.schedule.defer(guid, instance.param_hash, self.challenges.get(InstanceGuid(guid)), run.now)
-                out.decisions[guid] = verdict_decision(
-                    guid, instance.param_hash, self._stamp, run.verdicts[guid],
-                    self.schedule.next_lookup[guid][1],
-                )  # fmt: skip
-            if gate.ok and self.index.hosts_of(guid) == set(gate.hosts):
-                self._settled[guid] = (instance.param_hash, gate)
-                out.decisions[guid] = settled_decision(guid, instance.param_hash, self._stamp, gate, self.index)
-                self._verdicts.pop(guid, None)  # the gate says all; validated again if unsettled
-            run.decided[guid] = run.verdicts[guid]
-        self.index.take_touched()  # this step's own claims are in the gates already
-
-    def _challenge(self, guid: InstanceGuid, verdict: Verdict, now: float, tick: int | None, out: DomainStep) -> None:
-        current = self.challenges.get(guid)
-        if current is not None and current.domain == verdict.custom_domain:
-            return
-        assert verdict.custom_domain is not None
-        challenge = issue(self.secret, guid, verdict.custom_domain, now)
-        self.challenges[guid] = challenge
-        out.challenges.append(challenge)
-        out.events.append(Event(guid, "challenge", "issued", now, f"for {verdict.custom_domain}", tick))
-
-    async def _resolve(self, txt_names: set[str], hosts: set[str]) -> tuple[dict[str, Lookup], dict[str, Lookup]]:
-        if not txt_names and not hosts:
-            return {}, {}
-        ordered = sorted(hosts)
-        txt, found = await asyncio.gather(
-            self.resolver.txt_many(sorted(txt_names)),
-            asyncio.gather(*(self.resolver.addresses(h) for h in ordered)),
-        )
-        return txt, dict(zip(ordered, found))
-
-    def _rechecks(self, due: list[HostClaim], txt: Mapping[str, Lookup], addresses: Mapping[str, Lookup],
-                  now: float, tick: int | None, out: DomainStep) -> None:
-        for claim in due:
-            result = recheck.verdict(claim, self.challenges.get(claim.guid), txt, addresses.get(claim.host), self.policy)
-            out.counts[f"recheck_{result}"] += 1
-            after = recheck.apply(claim, result, now, self.policy)
-            if after is None:
-                self.index.drop(claim.host)
-                self.lost_claim(claim.guid)
-                out.release(claim.host)
-                out.events.append(Event(claim.guid, "release", "ok", now, f"{claim.host}: proof missing past the grace period", tick))
-                continue
-            if after == claim:
-                continue
-            if claim.failing_since is None and after.failing_since is not None:
-                out.events.append(Event(claim.guid, "recheck", "failing", now, claim.host, tick))
-            elif claim.failing_since is not None and after.failing_since is None:
-                out.events.append(Event(claim.guid, "recheck", "restored", now, claim.host, tick))
-            self.index.put(after)
-            out.claim(after)
-
-    def _release_unlisted(self, run: DomainRun, out: DomainStep) -> None:
-        releases, self._unserved = unlisted_releases(
-            self.index, run.decided, run.known, self._unserved, self.confirm_ticks
-        )
-        for guid, host in releases:
-            self.index.drop(host)
-            self.lost_claim(guid)
-            out.release(host)
-            out.events.append(Event(guid, "release", "ok", run.now, f"{host}: no longer named", run.tick))
-
 
 class DomainRun:
     """One tick's domain step in stages. `first` is decided at once (no DNS
@@ -261,7 +69,7 @@ class DomainRun:
 
     def __init__(
         self, domains: Domains, instances: Iterable[SharedInstance], known: Mapping[InstanceGuid, Record],
-        now: float, tick: int | None,
+        now: float, tick: int | None, asleep: Collection[str] = (),
     ):
         d = self.domains = domains
         self.known, self.now, self.tick = known, now, tick
@@ -272,7 +80,7 @@ class DomainRun:
             d._settled_policy, d._stamp = d.policy, stamp(d.policy)
         for guid in d.index.take_touched():
             d._settled.pop(guid, None)
-        self.present, self.settled = split_settled(instances, d._settled, out.gates)
+        self.present, self.settled = split_settled(instances, d._settled, out.gates, asleep)
         self.active = set(self.present) | set(self.settled)
         self.verdicts = {g: d.verdict(i) for g, i in self.present.items()}
         fresh = d.take_fresh()

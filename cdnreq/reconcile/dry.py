@@ -96,6 +96,12 @@ class DryStore:
     async def load_challenges(self) -> dict[InstanceGuid, Challenge]:
         return await self.snapshot.load_challenges()
 
+    async def records_of(self, guids: Iterable[str]) -> dict[InstanceGuid, Record]:
+        return await self.snapshot.records_of(guids)
+
+    async def challenges_of(self, guids: Iterable[str]) -> dict[InstanceGuid, Challenge]:
+        return await self.snapshot.challenges_of(guids)
+
     async def load_decisions(self) -> list[Decision]:
         return await self.snapshot.load_decisions()
 

@@ -81,6 +81,7 @@ class GuardRun:
         )
         self.updates = UpdateGuard(self.previous, self.approval, live or 0, policy)
         self._live_of: Mapping[InstanceGuid, Record] | None = None  # counted when first needed
+        self._asleep: Any = None  # reconcile/sleepers.Sleepers: counted with them
         self.held_count = 0
         self.known = 0  # instances known when the tick was planned
         self.removals_fingerprint: str | None = None  # of the removals held this tick, for `cdnreq approve`
@@ -88,9 +89,12 @@ class GuardRun:
         self._logged = False
 
     @classmethod
-    async def start(cls, store: TickStore, config: Config, known: Mapping[InstanceGuid, Record], now: float) -> "GuardRun":
+    async def start(
+        cls, store: TickStore, config: Config, known: Mapping[InstanceGuid, Record], now: float, asleep: Any = None
+    ) -> "GuardRun":
+        """`asleep`: the sleeping instances (reconcile/sleepers.Sleepers), known too."""
         run = cls(store, guard_policy_of(config), await store.load_guards(), None, now)
-        run.known, run._live_of = len(known), known
+        run.known, run._live_of, run._asleep = len(known) + len(asleep or ()), known, asleep
         return run
 
     def sift(self, the_plan: Plan) -> Plan:
@@ -99,7 +103,8 @@ class GuardRun:
         if not found:
             return the_plan
         if self._live_of is not None:  # an idle tick at 100,000 need not count them
-            self.updates.live, self._live_of = live_count(self._live_of.values()), None
+            asleep = self._asleep.serving() if self._asleep is not None else 0
+            self.updates.live, self._live_of = live_count(self._live_of.values()) + asleep, None
         held = self.updates.sift(found)
         if not held:
             return the_plan

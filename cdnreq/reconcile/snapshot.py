@@ -23,14 +23,19 @@ class Snapshot:
     hosts_failing: int = 0
 
 
-def snapshot_of(known: Mapping[Any, Record] | None, claims: Iterable[Any] | None) -> Snapshot:
-    """Count once; the caller decides how often (a count walks the fleet)."""
+def snapshot_of(
+    known: Mapping[Any, Record] | None, claims: Iterable[Any] | None, asleep: Mapping[str, int] | None = None
+) -> Snapshot:
+    """Count once; the caller decides how often (a count walks the fleet).
+    `asleep`: the sleeping instances by phase (reconcile/sleepers.py)."""
     if known is None:
         return Snapshot()
     held = list(claims) if claims is not None else []
+    phases = Counter(r.phase.value for r in known.values())
+    phases.update(asleep or {})
     return Snapshot(
         loaded=True,
-        phases=dict(Counter(r.phase.value for r in known.values())),
+        phases=dict(phases),
         hosts=len(held),
         hosts_failing=sum(1 for c in held if c.failing_since is not None),
     )

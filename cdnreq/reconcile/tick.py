@@ -31,6 +31,7 @@ from cdnreq.reconcile.applying import Applying
 from cdnreq.reconcile.domains import DomainRun, Domains, DomainStep, Lookups
 from cdnreq.reconcile.execute import Outcome, execute
 from cdnreq.reconcile.report import INTERRUPTED, TickReport
+from cdnreq.reconcile.sleepers import Sleepers
 from cdnreq.reconcile.snapshot import Snapshot, snapshot_of
 from cdnreq.reconcile.guardrun import GuardRun
 from cdnreq.decide.actions import IdleCache
@@ -107,6 +108,7 @@ class Reconciler:
         self.known: dict[InstanceGuid, Record] | None = None
         self.domains: Domains | None = None
         self.idle = IdleCache()
+        self.sleepers = Sleepers()
         self._quiet_progress = False
         self._streaks: dict[str, Any] | None = None
 
@@ -114,6 +116,7 @@ class Reconciler:
         """Read the store (and the domain secret) into memory."""
         secret = self.read_secret(self.config.secret_path())
         self.idle = IdleCache()
+        self.sleepers = Sleepers()
         self.known = await self.store.load()
         self.domains = Domains(
             policy=domain_policy_of(self.config),
@@ -135,7 +138,7 @@ class Reconciler:
     def snapshot(self) -> Snapshot:
         """What observers may read (a walk over the fleet: the caller paces it)."""
         index = self.domains.index.by_host.values() if self.domains is not None else None
-        return snapshot_of(self.known, index)
+        return snapshot_of(self.known, index, self.sleepers.phases())
 
     @property
     def calls_in_flight(self) -> int:
@@ -283,21 +286,16 @@ class Reconciler:
         """Validate, gate what needs no DNS answer, plan, and let the guards sift the plan."""
         assert self.known is not None and self.domains is not None
         now = self.clock()
-        guard = await GuardRun.start(self.store, self.config, self.known, now)
+        policy = policy_of(self.config)
+        self.idle = await self.sleepers.settle(listing, now, store=self.store, known=self.known,
+                                               domains=self.domains, idle=self.idle, policy=policy)  # fmt: skip
+        guard = await GuardRun.start(self.store, self.config, self.known, now, self.sleepers)
         self.progress.phase("validating", len(listing.instances), now)
-        run = self.domains.start(listing.instances, self.known, now, report.id)
+        run = self.domains.start(listing.instances, self.known, now, report.id, asleep=self.sleepers)
         self.progress.phase("planning", None, self.clock())
         the_plan = plan(
-            listing,
-            self.known,
-            now,
-            policy_of(self.config),
-            gates=run.first.gates,
-            ownership=self.domains.index,
-            idle=self.idle,
-            later=run.later,
-            recent=guard.recent,
-            approved_removals=guard.approved_removals,
+            listing, self.known, now, policy, gates=run.first.gates, ownership=self.domains.index, idle=self.idle,
+            later=run.later, recent=guard.recent, approved_removals=guard.approved_removals, asleep=self.sleepers,
         )
         self.idle = the_plan.idle or IdleCache()
         the_plan = guard.sift(the_plan)
@@ -348,6 +346,9 @@ class Reconciler:
                 if not ended or part is None:
                     break
                 decided = [run.present.get(g) or run.settled[g] for g in part.gates]
+                # an owner asleep names all its hosts and is listed: none can be taken
+                # from it; were one, it is woken to be planned with its record
+                await self.sleepers.wake(part.taken_from, store=self.store, known=self.known, domains=self.domains)
                 losers = [self.known[g] for g in part.taken_from if g not in acted and g in self.known]
                 the_plan = plan_decided(
                     decided,
@@ -357,6 +358,7 @@ class Reconciler:
                     gates=part.gates,
                     ownership=self.domains.index,
                     losers=losers,
+                    asleep=self.sleepers,
                 )
                 the_plan = guard.sift(the_plan)
                 self._stage("decided", (the_plan, part))

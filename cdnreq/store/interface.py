@@ -13,9 +13,11 @@ The contract, beyond the signatures:
   transaction, or nothing (StoreError, and nothing written); it runs to its
   end even when its caller is cancelled. Its order of steps is
   cdnreq.store.commit.commit_steps.
-- The `load*` reads are taken once, when a Reconciler starts or reloads:
-  between ticks the tick reads nothing from the store, it keeps what it
-  loaded and what it committed. A reader never sees half a commit.
+- The `load*` reads are taken once, when a Reconciler starts or reloads;
+  then the tick keeps what it loaded and what it committed, except for the
+  instances it put to sleep (reconcile/sleepers.py), whose records and
+  challenges it reads back with `records_of` and `challenges_of` when they
+  wake. A reader never sees half a commit.
 - `lost()` says, without I/O, that the store a daemon locked is no longer
   the one it writes (begin_tick then raises StoreLost): a tick never writes
   into a store nobody will read.
@@ -51,6 +53,12 @@ class TickStore(Protocol):
 
     async def load_challenges(self) -> dict[InstanceGuid, Challenge]:
         """Every outstanding DNS challenge, by instance."""
+
+    async def records_of(self, guids: Iterable[str]) -> dict[InstanceGuid, Record]:
+        """The records of those of `guids` that exist (instances woken from sleep)."""
+
+    async def challenges_of(self, guids: Iterable[str]) -> dict[InstanceGuid, Challenge]:
+        """The outstanding challenges of `guids`."""
 
     async def load_decisions(self) -> list[Decision]:
         """The domain step's kept decisions (decide/kept.py says which hold)."""

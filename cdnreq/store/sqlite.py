@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from cdnreq.metrics import Metrics
 
 _T = TypeVar("_T")
+SOME = 500  # guids read per statement by records_of and challenges_of
 
 
 class Store:
@@ -151,6 +152,24 @@ class Store:
         decides which still hold)."""
         rows = await self._all(SELECT_DECISIONS)
         return await asyncio.to_thread(lambda: [Decision(*row) for row in rows])
+
+    async def records_of(self, guids: Iterable[str]) -> dict[InstanceGuid, Record]:
+        """The records of `guids` that exist (a Reconciler waking sleeping instances)."""
+        rows = await self._some(SELECT, guids)
+        return await asyncio.to_thread(to_records, rows)
+
+    async def challenges_of(self, guids: Iterable[str]) -> dict[InstanceGuid, Challenge]:
+        """The outstanding challenges of `guids`."""
+        return to_challenges(await self._some(SELECT_CHALLENGES, guids))
+
+    async def _some(self, select: str, guids: Iterable[str]) -> list[Any]:
+        """`select` for the rows of `guids`, a bounded number at a time (SQLite's host parameter limit)."""
+        wanted = sorted(set(guids))
+        rows: list[Any] = []
+        for at in range(0, len(wanted), SOME):
+            part = wanted[at:at + SOME]
+            rows += await self._all(f"{select} WHERE guid IN ({','.join('?' * len(part))})", part)
+        return rows
 
     async def hosts_of(self, guid: str) -> list[HostClaim]:
         """The hosts `guid` holds, sorted by host."""

@@ -1,0 +1,86 @@
+"""The instances asleep between ticks, put to sleep and woken by the tick.
+
+decide/dormancy.py decides who sleeps and who wakes; this shell keeps the
+Dormant entries, drops a sleeper's record, challenge and settled gate from
+memory, and reads the record and challenge back from the store when it
+wakes, before the domain step or the planner may read them.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Mapping
+
+import structlog
+
+from cdnreq.decide import recheck
+from cdnreq.decide.actions import IdleCache, Policy
+from cdnreq.decide.dormancy import Dormant, phases, rest, serving_count
+from cdnreq.model import InstanceGuid, Listing, Record
+from cdnreq.reconcile.domains import Domains
+from cdnreq.store import TickStore
+
+log = structlog.get_logger("cdnreq.tick")
+
+
+class Sleepers(Mapping[str, Dormant]):
+    """Sleeping instances by guid, and the rules (plan and domain policies)
+    they fell asleep under: other rules wake them all."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, Dormant] = {}
+        self._rules: tuple[Policy, object] | None = None
+
+    def __getitem__(self, guid: str) -> Dormant:
+        return self._entries[guid]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def phases(self) -> dict[str, int]:
+        return dict(phases(self._entries))
+
+    def serving(self) -> int:
+        return serving_count(self._entries)
+
+    async def settle(
+        self, listing: Listing, now: float, *, store: TickStore, known: dict[InstanceGuid, Record],
+        domains: Domains, idle: IdleCache, policy: Policy,
+    ) -> IdleCache:
+        """Before the tick decides anything: wake the sleepers it may touch,
+        put to sleep the idle instances it lists unchanged. Returns the idle
+        cache without the new sleepers (it would keep their objects alive)."""
+        rules = (policy, domains.policy)
+        candidates = set(self._entries) | set(idle.entries)
+        due = {c.guid for c in recheck.due(domains.index.by_host.values(), candidates, now, domains.policy)}
+        decided = rest(listing.instances, self._entries, idle, known, domains.settled, due, now,
+                       same_rules=rules == self._rules)  # fmt: skip
+        self._rules = rules
+        if decided.wake:
+            await self.wake(decided.wake, store=store, known=known, domains=domains)
+        if not decided.sleep:
+            return idle
+        self._entries.update(decided.sleep)
+        for guid in decided.sleep:
+            del known[InstanceGuid(guid)]
+        domains.sleep(decided.sleep)
+        return IdleCache({g: e for g, e in idle.entries.items() if g not in decided.sleep}, idle.policy)
+
+    async def wake(
+        self, guids: Iterable[str], *, store: TickStore, known: dict[InstanceGuid, Record], domains: Domains
+    ) -> None:
+        """Read the sleepers' records and challenges back: they are awake."""
+        wanted = [g for g in guids if g in self._entries]
+        if not wanted:
+            return
+        records = await store.records_of(wanted)
+        challenges = await store.challenges_of(wanted)
+        for guid in wanted:
+            del self._entries[guid]
+        missing = [g for g in wanted if g not in records]
+        if missing:  # the store lost them under the daemon: planned as new (requests are keyed by title)
+            log.error("sleeping instances missing from the store", count=len(missing), guids=missing[:20])
+        known.update(records)
+        domains.wake(challenges)

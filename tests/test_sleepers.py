@@ -1,0 +1,136 @@
+"""Settled, idle instances sleep between ticks (decide/dormancy.py,
+reconcile/sleepers.py): the daemon drops their record, challenge and gate
+from memory, and wakes them, from the store, before anything may read them.
+Asleep or awake, a tick decides the same."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from cdnreq.model import SharedInstance
+from cdnreq.reconcile.tick import Reconciler
+from cdnreq.store import Store
+from tests.test_tick_stages import L, Dns, config, customer, opened, reconciler, title  # noqa: F401
+
+DAY = 86400.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def settled(tmp_path: Path, opened: list[Store], **domain: Any) -> tuple[Reconciler, Any, Dns, Clock]:
+    """A (proven), PLAIN and B (never proven) requested, read back, then
+    idle: A and PLAIN asleep from the fourth tick on, B awake (pending)."""
+    dns = Dns({})
+    instances = [customer("A", "www.a.example"), customer("PLAIN"), customer("B", "www.b.example")]
+    r, master = await reconciler(opened, config(tmp_path, **domain), instances, dns, proven={"A"})
+    clock = Clock()
+    r.clock = clock
+    for _ in range(4):
+        report = await r.tick()
+        assert report.ok, report.error
+        clock.now += 1
+    return r, master, dns, clock
+
+
+async def test_settled_idle_instances_sleep_holding_no_record_challenge_or_gate(tmp_path: Path, opened: list[Store]) -> None:
+    r, master, dns, clock = await settled(tmp_path, opened)
+    assert set(r.sleepers) == {"A", "PLAIN"}
+    assert r.known is not None and r.domains is not None
+    assert set(r.known) == {"B"}
+    assert "A" not in r.domains.challenges and "B" in r.domains.challenges
+    assert not ({"A", "PLAIN"} & set(r.domains.settled)) and not ({"A", "PLAIN"} & set(r.idle.entries))
+    assert r.snapshot().phases == {"live": 2, "new": 1}
+    requests, asked = list(master.requests), list(dns.asked)
+    report = await r.tick()
+    assert report.ok and report.planned.get("unchanged") == 3 and report.planned["gate_ok"] == 2
+    assert set(r.sleepers) == {"A", "PLAIN"}
+    assert master.requests == requests and set(dns.asked) - set(asked) <= {f"{L}.www.b.example", f"{L}.b.example"}
+
+
+async def test_a_sleeper_whose_parameters_change_wakes_is_updated_and_keeps_its_token(
+    tmp_path: Path, opened: list[Store]
+) -> None:
+    r, master, dns, clock = await settled(tmp_path, opened)
+    token = (await r.store.challenge_of("A")).token  # type: ignore[attr-defined,union-attr]
+    master.instances = tuple(
+        SharedInstance.of("A", {"url": "https://a2.backend.example", "custom_domain": "www.a.example"})
+        if i.guid == "A" else i for i in master.instances
+    )
+    report = await r.tick()
+    assert report.ok, report.error
+    assert report.planned.get("update") == 1 and "A" not in r.sleepers
+    assert (await r.store.challenge_of("A")).token == token  # type: ignore[attr-defined,union-attr]
+    events = await r.store.events_for("A")  # type: ignore[attr-defined]
+    assert not [e for _, e in events if e.action == "challenge" and e.outcome == "issued" and e.at >= clock.now - 1]
+    assert r.domains is not None and r.domains.challenges["A"].token == token
+
+
+async def test_a_sleeper_whose_read_back_is_due_wakes_and_is_read_back(tmp_path: Path, opened: list[Store]) -> None:
+    r, master, dns, clock = await settled(tmp_path, opened)
+    clock.now += r.config.daemon.verify_interval_s * 1.2
+    polled: list[str] = []
+    original = master.get_instance
+
+    async def get_instance(instance_guid: str) -> Any:
+        polled.append(instance_guid)
+        return await original(instance_guid)
+
+    master.get_instance = get_instance
+    report = await r.tick()
+    assert report.ok, report.error
+    assert {"tech-cdnreq-A", "tech-cdnreq-PLAIN"} <= set(polled)
+    assert "A" not in r.sleepers and "PLAIN" not in r.sleepers
+
+
+async def test_a_sleeper_with_a_re_check_due_wakes_and_its_proof_is_looked_up(tmp_path: Path, opened: list[Store]) -> None:
+    r, master, dns, clock = await settled(tmp_path, opened)
+    clock.now += r.config.domain.recheck_interval_s + 1
+    dns.asked.clear()
+    report = await r.tick()
+    assert report.ok, report.error
+    assert f"{L}.www.a.example" in dns.asked and "A" not in r.sleepers
+    assert report.planned.get("recheck_ok") == 1
+
+
+async def test_a_sleeper_no_longer_listed_wakes_and_leaves_behind_the_removal_guard(
+    tmp_path: Path, opened: list[Store]
+) -> None:
+    r, master, dns, clock = await settled(tmp_path, opened)
+    master.instances = tuple(i for i in master.instances if i.guid != "PLAIN")
+    report = await r.tick()
+    assert report.ok, report.error
+    assert report.planned.get("removed") == 1 and "PLAIN" not in r.sleepers
+    # the master lists nothing: every sleeper counts in the fleet the guard protects
+    master.instances = ()
+    report = await r.tick()
+    assert report.ok, report.error
+    assert report.hold_reason is not None and not r.sleepers
+
+
+async def test_other_rules_wake_every_sleeper(tmp_path: Path, opened: list[Store]) -> None:
+    r, master, dns, clock = await settled(tmp_path, opened)
+    changed = r.config.model_copy(update={"technical_cdn": r.config.technical_cdn.model_copy(
+        update={"software_release_uri": "http://sr.invalid/cdn-2"})})
+    await r.reconfigure(changed)
+    report = await r.tick()
+    assert report.ok, report.error
+    assert not r.sleepers and report.planned.get("update") == 2  # A and PLAIN; B is not requested
+
+
+async def test_a_restart_starts_awake_and_sleeps_again(tmp_path: Path, opened: list[Store]) -> None:
+    r, master, dns, clock = await settled(tmp_path, opened)
+    await r.load()
+    assert not r.sleepers and r.known is not None and set(r.known) == {"A", "PLAIN", "B"}
+    for _ in range(2):
+        assert (await r.tick()).ok
+        clock.now += 1
+    assert set(r.sleepers) == {"A", "PLAIN"} and not [t for t in master.titles() if master.titles().count(t) > 1]
+
