@@ -6,6 +6,7 @@ Asleep or awake, a tick decides the same."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -125,12 +126,70 @@ async def test_other_rules_wake_every_sleeper(tmp_path: Path, opened: list[Store
     assert not r.sleepers and report.planned.get("update") == 2  # A and PLAIN; B is not requested
 
 
-async def test_a_restart_starts_awake_and_sleeps_again(tmp_path: Path, opened: list[Store]) -> None:
+async def test_a_restart_keeps_sleepers_asleep_without_reading_their_records(tmp_path: Path, opened: list[Store]) -> None:
     r, master, dns, clock = await settled(tmp_path, opened)
+    requests = list(master.requests)
     await r.load()
-    assert not r.sleepers and r.known is not None and set(r.known) == {"A", "PLAIN", "B"}
-    for _ in range(2):
-        assert (await r.tick()).ok
-        clock.now += 1
-    assert set(r.sleepers) == {"A", "PLAIN"} and not [t for t in master.titles() if master.titles().count(t) > 1]
+    assert set(r.sleepers) == {"A", "PLAIN"} and r.known is not None and set(r.known) == {"B"}
+    assert r.domains is not None and "A" not in r.domains.challenges
+    assert r.snapshot().phases == {"live": 2, "new": 1}
+    dns.asked.clear()
+    report = await r.tick()
+    assert report.ok and report.planned.get("unchanged") == 3 and master.requests == requests
+    assert f"{L}.www.a.example" not in dns.asked and set(r.sleepers) == {"A", "PLAIN"}
 
+
+async def _marks(store: Store) -> dict[str, Any]:
+    rows = await store._all("SELECT guid, sleep FROM instances")  # type: ignore[attr-defined]
+    return {g: m for g, m in rows}
+
+
+async def test_a_mark_is_cleared_by_any_write_of_the_record(tmp_path: Path, opened: list[Store]) -> None:
+    r, master, dns, clock = await settled(tmp_path, opened)
+    marks = await _marks(r.store)  # type: ignore[arg-type]
+    assert marks["A"] and marks["PLAIN"] and marks["B"] is None
+    master.instances = tuple(
+        SharedInstance.of("A", {"url": "https://a2.backend.example", "custom_domain": "www.a.example"})
+        if i.guid == "A" else i for i in master.instances
+    )
+    assert (await r.tick()).ok
+    assert (await _marks(r.store))["A"] is None  # type: ignore[arg-type]
+    await r.load()
+    assert "A" in r.known and "A" not in r.sleepers  # type: ignore[operator]
+
+
+async def test_a_restart_under_other_rules_or_with_other_claims_reads_them_awake(
+    tmp_path: Path, opened: list[Store]
+) -> None:
+    r, master, dns, clock = await settled(tmp_path, opened)
+    claims = await r.store.hosts_of("A")  # type: ignore[attr-defined]
+    await r.store.commit(host_upserts=[replace(c, checked_at=c.checked_at + 1) for c in claims])
+    await r.load()
+    assert set(r.sleepers) == {"PLAIN"} and "A" in r.known  # type: ignore[operator]
+    assert r.domains is not None and "A" in r.domains.challenges  # its token, read with it
+    changed = r.config.model_copy(update={"daemon": r.config.daemon.model_copy(update={"verify_interval_s": 123.0})})
+    await r.reconfigure(changed)
+    await r.load()
+    assert not r.sleepers and set(r.known) == {"A", "PLAIN", "B"}  # type: ignore[arg-type]
+    report = await r.tick()
+    assert report.ok and master.requests.count((title("A"), "started")) == 1
+
+
+async def test_a_store_of_schema_6_migrates_with_every_instance_awake(tmp_path: Path) -> None:
+    """Schema 7 adds the sleepers' marks: a store written by the previous
+    version opens with none (every instance loaded awake), then keeps them."""
+    from test_decisions import make_schema_5
+
+    from cdnreq.store.migrations import LATEST
+
+    path = tmp_path / "v6.db"
+    make_schema_5(path, version=6)
+    async with await Store.open(path) as s:
+        assert s.schema_version == LATEST == 7
+        assert set(await s.load(awake_only=True)) == {"A"} and await s.load_asleep() == []
+        await s.commit(asleep=[("A", '["pa", null, "rules"]')])
+        assert set(await s.load(awake_only=True)) == set() and len(await s.load_asleep()) == 1
+        record = await s.get("A")
+        assert record is not None
+        await s.commit(upserts=[replace(record, updated_at=3.0)])
+        assert await s.load_asleep() == []  # a write of the record clears its mark

@@ -19,17 +19,27 @@ again, a new token: the shell must read it before the domain step runs),
 and the domain step decides it again like any instance whose gate was
 dropped.
 
-Pure: the shell (reconcile/tick.py) reads and drops the objects.
+A restart keeps them asleep: each fell asleep with a mark in the store (the
+parameter hash, the read-back time, the rules), cleared by any write of its
+record, and a restarted daemon trusts it while its rules are today's and its
+kept settled decision still holds (decide/kept.py: same stamp, same
+parameters, same claims): it loads neither the record nor the challenge.
+
+Pure: the shell (reconcile/sleepers.py) reads, writes and drops the objects.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import sys
 from collections import Counter
-from typing import Iterable, Mapping, NamedTuple
+from typing import Any, Iterable, Mapping, NamedTuple
 
-from cdnreq.decide.actions import IdleCache
-from cdnreq.decide.gate import Gate
+from cdnreq.decide.actions import IdleCache, Policy
+from cdnreq.decide.gate import Gate, HostIndex
 from cdnreq.decide.guards import serving
+from cdnreq.decide.kept import claims_of
 from cdnreq.model import Phase, Record, RequestedState, SharedInstance
 
 
@@ -106,3 +116,49 @@ def phases(sleepers: Mapping[str, Dormant]) -> Counter[str]:
 def serving_count(sleepers: Mapping[str, Dormant]) -> int:
     """How many sleepers' entries may be serving (decide/guards.live_count)."""
     return sum(1 for d in sleepers.values() if d.serving)
+
+
+def rules_digest(policy: Policy, domain_stamp: str) -> str:
+    """The rules a sleeper fell asleep under: the plan's policy and the domain
+    step's stamp (validate/version.stamp: its rules, libraries and policy)."""
+    return hashlib.blake2b(repr((policy, domain_stamp)).encode(), digest_size=16).hexdigest()
+
+
+def mark(dormant: Dormant, rules: str) -> str:
+    """What the store keeps of a sleeper beyond its record (instances.sleep)."""
+    read_back = None if dormant.read_back_at == float("inf") else dormant.read_back_at
+    return json.dumps([dormant.param_hash, read_back, rules])
+
+
+class _Entry(NamedTuple):  # what guards.serving() reads of a record
+    tech_guid: Any
+    phase: Phase
+
+
+def from_store(
+    rows: Iterable[tuple[Any, ...]], stamp: str, rules: str, index: HostIndex
+) -> tuple[dict[str, Dormant], list[str]]:
+    """The sleepers a restart keeps asleep, and the guids it must load awake:
+    a mark under other rules, a kept decision that no longer holds (another
+    stamp or parameters, other claims, none at all), or a row that cannot be
+    read. Rows: (guid, mark, phase, requested state, has an entry, served,
+    and the kept decision's parameter hash, stamp, claims, whether a gate)."""
+    asleep: dict[str, Dormant] = {}
+    awake: list[str] = []
+    for guid, text, phase, state, entry, served, param_hash, kept_stamp, claims, gate in rows:
+        try:
+            listed, read_back, marked_rules = json.loads(text)
+            if not (
+                marked_rules == rules and gate and kept_stamp == stamp and param_hash == listed
+                and claims == claims_of(index, guid)
+            ):
+                raise ValueError("no longer holds")
+            hosts = None if served is None else tuple(sys.intern(str(h)) for h in json.loads(served))
+            current = Phase(phase)
+            asleep[sys.intern(guid)] = Dormant(
+                listed, RequestedState(state), float("inf") if read_back is None else float(read_back),
+                current, serving(_Entry(True if entry else None, current)), hosts,
+            )
+        except (ValueError, TypeError, KeyError):
+            awake.append(guid)
+    return asleep, awake

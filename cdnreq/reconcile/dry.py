@@ -87,13 +87,17 @@ class DryStore:
     def path(self) -> Path:
         return self.snapshot.path
 
-    async def load(self) -> dict[InstanceGuid, Record]:
+    async def load(self, *, awake_only: bool = False) -> dict[InstanceGuid, Record]:
+        """Every record: a dry run puts no instance to sleep, nor starts one asleep."""
         return await self.snapshot.load()
+
+    async def load_asleep(self) -> list[tuple[Any, ...]]:
+        return []
 
     async def load_hosts(self) -> dict[str, HostClaim]:
         return await self.snapshot.load_hosts()
 
-    async def load_challenges(self) -> dict[InstanceGuid, Challenge]:
+    async def load_challenges(self, *, awake_only: bool = False) -> dict[InstanceGuid, Challenge]:
         return await self.snapshot.load_challenges()
 
     async def records_of(self, guids: Iterable[str]) -> dict[InstanceGuid, Record]:
@@ -102,7 +106,7 @@ class DryStore:
     async def challenges_of(self, guids: Iterable[str]) -> dict[InstanceGuid, Challenge]:
         return await self.snapshot.challenges_of(guids)
 
-    async def load_decisions(self) -> list[Decision]:
+    async def load_decisions(self, *, awake_only: bool = False) -> list[Decision]:
         return await self.snapshot.load_decisions()
 
     async def load_guards(self) -> dict[str, Any]:
@@ -133,6 +137,7 @@ class DryStore:
         challenge_deletes: Iterable[str] = (),
         decisions: Iterable[Decision] = (),
         shown: Mapping[str, Mapping[str, Any]] | None = None,
+        asleep: Iterable[tuple[str, str]] = (),
     ) -> None:
         self.writes["commit"] += 1
         self.decisions.extend(decisions)

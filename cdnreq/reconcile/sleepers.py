@@ -14,10 +14,11 @@ import structlog
 
 from cdnreq.decide import recheck
 from cdnreq.decide.actions import IdleCache, Policy
-from cdnreq.decide.dormancy import Dormant, phases, rest, serving_count
+from cdnreq.decide.dormancy import Dormant, from_store, mark, phases, rest, rules_digest, serving_count
 from cdnreq.model import InstanceGuid, Listing, Record
 from cdnreq.reconcile.domains import Domains
 from cdnreq.store import TickStore
+from cdnreq.validate.version import stamp
 
 log = structlog.get_logger("cdnreq.tick")
 
@@ -28,7 +29,7 @@ class Sleepers(Mapping[str, Dormant]):
 
     def __init__(self) -> None:
         self._entries: dict[str, Dormant] = {}
-        self._rules: tuple[Policy, object] | None = None
+        self._rules: str | None = None  # decide/dormancy.rules_digest
 
     def __getitem__(self, guid: str) -> Dormant:
         return self._entries[guid]
@@ -52,7 +53,7 @@ class Sleepers(Mapping[str, Dormant]):
         """Before the tick decides anything: wake the sleepers it may touch,
         put to sleep the idle instances it lists unchanged. Returns the idle
         cache without the new sleepers (it would keep their objects alive)."""
-        rules = (policy, domains.policy)
+        rules = rules_digest(policy, stamp(domains.policy))
         candidates = set(self._entries) | set(idle.entries)
         due = {c.guid for c in recheck.due(domains.index.by_host.values(), candidates, now, domains.policy)}
         decided = rest(listing.instances, self._entries, idle, known, domains.settled, due, now,
@@ -62,11 +63,25 @@ class Sleepers(Mapping[str, Dormant]):
             await self.wake(decided.wake, store=store, known=known, domains=domains)
         if not decided.sleep:
             return idle
+        await store.commit(asleep=[(g, mark(d, rules)) for g, d in decided.sleep.items()])
         self._entries.update(decided.sleep)
         for guid in decided.sleep:
             del known[InstanceGuid(guid)]
         domains.sleep(decided.sleep)
         return IdleCache({g: e for g, e in idle.entries.items() if g not in decided.sleep}, idle.policy)
+
+    async def restore(
+        self, store: TickStore, known: dict[InstanceGuid, Record], domains: Domains, policy: Policy
+    ) -> None:
+        """At a load: the instances that fell asleep before, kept asleep
+        while their marks hold; the others read awake."""
+        rules = rules_digest(policy, stamp(domains.policy))
+        self._entries, awake = from_store(await store.load_asleep(), stamp(domains.policy), rules, domains.index)
+        self._rules = rules
+        if awake:
+            known.update(await store.records_of(awake))
+            domains.wake(await store.challenges_of(awake))
+        domains.sleep(self._entries)
 
     async def wake(
         self, guids: Iterable[str], *, store: TickStore, known: dict[InstanceGuid, Record], domains: Domains

@@ -117,17 +117,18 @@ class Reconciler:
         secret = self.read_secret(self.config.secret_path())
         self.idle = IdleCache()
         self.sleepers = Sleepers()
-        self.known = await self.store.load()
+        self.known = await self.store.load(awake_only=True)
         self.domains = Domains(
             policy=domain_policy_of(self.config),
             secret=secret,
             resolver=self.resolver,
             hosts=(await self.store.load_hosts()).values(),
-            challenges=await self.store.load_challenges(),
+            challenges=await self.store.load_challenges(awake_only=True),
             confirm_ticks=self.config.daemon.confirm_ticks,
             streaks=(await self.store.load_guards()).get(UNNAMED),
-            kept=await self.store.load_decisions(),
+            kept=await self.store.load_decisions(awake_only=True),
         )
+        await self.sleepers.restore(self.store, self.known, self.domains, policy_of(self.config))
         self._streaks = self.domains.streaks()
         # The loaded state lives as long as the process: keep the collector
         # from walking it again and again (two full passes over 600 MB cost

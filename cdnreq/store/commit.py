@@ -17,6 +17,7 @@ from cdnreq.store.rows import (
     DELETE_HOSTS_OF,
     INSERT_EVENT,
     SET_PUBLISHED,
+    SET_SLEEP,
     UPSERT,
     UPSERT_CHALLENGE,
     UPSERT_DECISION,
@@ -42,18 +43,17 @@ def commit_steps(
     challenge_deletes: Iterable[str] = (),
     decisions: Iterable[Decision] = (),
     shown: Mapping[str, Mapping[str, Any]] | None = None,
+    asleep: Iterable[tuple[str, str]] = (),
     also: Iterable[Step] = (),
 ) -> list[Step]:
     """The steps of one commit, those with rows only; `path` names the
-    database in errors.
-
-    In order: forgets (each with the instance's hosts, challenge and kept
+    database in errors. In order: forgets (each with the instance's hosts, challenge and kept
     decision, since a forgotten instance owns nothing), host deletes,
     challenge deletes, upserts, what was shown (by guid; upserted or stored
-    instances only), host upserts, challenge upserts, decisions, events,
-    then `also`. So a title or a
-    host freed by one instance can be taken by another in the same commit;
-    a host upsert with another guid transfers the host.
+    instances only), host upserts, challenge upserts, decisions, the marks
+    of instances fallen asleep (guid, mark), events, then `also`. So a title
+    or a host freed by one instance can be taken by another in the same
+    commit; a host upsert with another guid transfers the host.
     """
     try:
         upsert_rows = [to_row(r) for r in upserts]
@@ -67,6 +67,7 @@ def commit_steps(
         decision_rows = [(d.guid, d.param_hash, d.stamp, d.verdict, d.gate, d.claims, d.next_lookup)
                          for d in decisions]  # fmt: skip
         shown_rows = [(dump(v), g) for g, v in (shown or {}).items()]
+        sleep_rows = [(str(mark), str(g)) for g, mark in asleep]
     except (ValueError, TypeError, AttributeError) as exc:
         raise StoreError(f"{path}: cannot encode commit: {exc}") from exc
     _refuse_writes_to_forgotten(path, {g for (g,) in forget_rows}, {
@@ -75,6 +76,7 @@ def commit_steps(
         "challenge_upserts": {r[0] for r in challenge_rows},
         "decisions": {r[0] for r in decision_rows},
         "shown": {r[1] for r in shown_rows},
+        "asleep": {r[1] for r in sleep_rows},
     })
     steps = [
         (DELETE, forget_rows),
@@ -88,6 +90,7 @@ def commit_steps(
         (UPSERT_HOST, host_rows),
         (UPSERT_CHALLENGE, challenge_rows),
         (UPSERT_DECISION, decision_rows),
+        (SET_SLEEP, sleep_rows),
         (INSERT_EVENT, event_rows),
         *also,
     ]

@@ -45,14 +45,17 @@ class TickStore(Protocol):
     @property
     def path(self) -> Path: ...
 
-    async def load(self) -> dict[InstanceGuid, Record]:
-        """Every instance's record, by guid."""
+    async def load(self, *, awake_only: bool = False) -> dict[InstanceGuid, Record]:
+        """Every instance's record, by guid (or of those not asleep)."""
+
+    async def load_asleep(self) -> list[tuple[Any, ...]]:
+        """The instances asleep: rows of decide/dormancy.from_store()."""
 
     async def load_hosts(self) -> dict[str, HostClaim]:
         """Every host claim, by host."""
 
-    async def load_challenges(self) -> dict[InstanceGuid, Challenge]:
-        """Every outstanding DNS challenge, by instance."""
+    async def load_challenges(self, *, awake_only: bool = False) -> dict[InstanceGuid, Challenge]:
+        """Every outstanding DNS challenge, by instance (or of those not asleep)."""
 
     async def records_of(self, guids: Iterable[str]) -> dict[InstanceGuid, Record]:
         """The records of those of `guids` that exist (instances woken from sleep)."""
@@ -60,8 +63,9 @@ class TickStore(Protocol):
     async def challenges_of(self, guids: Iterable[str]) -> dict[InstanceGuid, Challenge]:
         """The outstanding challenges of `guids`."""
 
-    async def load_decisions(self) -> list[Decision]:
-        """The domain step's kept decisions (decide/kept.py says which hold)."""
+    async def load_decisions(self, *, awake_only: bool = False) -> list[Decision]:
+        """The domain step's kept decisions (decide/kept.py says which hold),
+        of every instance or of those not asleep."""
 
     async def load_guards(self) -> dict[str, Any]:
         """The guards' state by name (decide/guards.py)."""
@@ -84,8 +88,11 @@ class TickStore(Protocol):
         challenge_deletes: Iterable[str] = (),
         decisions: Iterable[Decision] = (),
         shown: Mapping[str, Mapping[str, Any]] | None = None,
+        asleep: Iterable[tuple[str, str]] = (),
     ) -> None:
-        """The tick's outcomes, in one transaction or not at all."""
+        """The tick's outcomes, in one transaction or not at all. `asleep`:
+        (guid, mark) of instances fallen asleep; any upsert of a record
+        clears its mark."""
 
     async def begin_tick(self, started_at: float) -> int:
         """A new tick's id; StoreLost when the store is no longer the one locked."""

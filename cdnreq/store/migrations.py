@@ -154,6 +154,14 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         );
         """,
     ),
+    (
+        7,
+        "instances asleep: the mark a restart trusts to keep them asleep (cdnreq/decide/dormancy.py)",
+        """
+        ALTER TABLE instances ADD COLUMN sleep TEXT;
+        CREATE INDEX instances_asleep ON instances (guid) WHERE sleep IS NOT NULL;
+        """,
+    ),
 )
 
 LATEST: Final[int] = MIGRATIONS[-1][0]

@@ -37,8 +37,17 @@ UPSERT = (
     f"INSERT INTO instances ({', '.join(_WRITTEN)}) VALUES ({', '.join('?' * len(_WRITTEN))}) "
     "ON CONFLICT (guid) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _WRITTEN[1:] if c != "created_at")
+    + ", sleep = NULL"  # a record changed: the mark it fell asleep with no longer holds
 )
 SET_PUBLISHED = "UPDATE instances SET published = ? WHERE guid = ?"
+SET_SLEEP = "UPDATE instances SET sleep = ? WHERE guid = ?"
+SELECT_AWAKE = SELECT + " WHERE sleep IS NULL"
+# a sleeper as a restart needs it (decide/dormancy.from_store), with its kept decision
+SELECT_ASLEEP = (
+    "SELECT i.guid, i.sleep, i.phase, i.requested_state, i.tech_guid IS NOT NULL, i.served, "
+    "d.param_hash, d.stamp, d.claims, d.gate IS NOT NULL "
+    "FROM instances i LEFT JOIN decisions d ON d.guid = i.guid WHERE i.sleep IS NOT NULL"
+)
 INSERT_EVENT = (
     "INSERT INTO events (at, tick, instance_guid, action, outcome, detail) "
     "VALUES (?, ?, ?, ?, ?, ?)"

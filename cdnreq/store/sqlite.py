@@ -29,6 +29,8 @@ from cdnreq.store.rows import (
     DELETE_GUARD,
     EVENT_COLUMNS,
     SELECT,
+    SELECT_ASLEEP,
+    SELECT_AWAKE,
     SELECT_CHALLENGES,
     SELECT_DECISIONS,
     SELECT_HOSTS,
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
 
 _T = TypeVar("_T")
 SOME = 500  # guids read per statement by records_of and challenges_of
+AWAKE = " WHERE guid NOT IN (SELECT guid FROM instances WHERE sleep IS NOT NULL)"
 
 
 class Store:
@@ -122,11 +125,15 @@ class Store:
             except sqlite3.Error as exc:
                 raise StoreError(f"{self._path}: {exc}") from exc
 
-    async def load(self) -> dict[InstanceGuid, Record]:
-        """Every instance. At 100k rows building the Records takes a good part
-        of a second, so it runs in a thread to keep the event loop answering."""
-        rows = await self._all(SELECT)
+    async def load(self, *, awake_only: bool = False) -> dict[InstanceGuid, Record]:
+        """Every instance (or those not asleep). At 100k rows building the Records
+        takes a good part of a second, so it runs in a thread to keep the event loop answering."""
+        rows = await self._all(SELECT_AWAKE if awake_only else SELECT)
         return await asyncio.to_thread(to_records, rows)
+
+    async def load_asleep(self) -> list[tuple[Any, ...]]:
+        """The instances asleep, with their marks and kept decisions (decide/dormancy.from_store)."""
+        return await self._all(SELECT_ASLEEP)
 
     async def get(self, guid: str) -> Record | None:
         rows = await self._all(SELECT + " WHERE guid = ?", (guid,))
@@ -142,15 +149,15 @@ class Store:
         rows = await self._all(SELECT_HOSTS)
         return await asyncio.to_thread(to_hosts, rows)
 
-    async def load_challenges(self) -> dict[InstanceGuid, Challenge]:
-        """Every outstanding DNS challenge, by instance."""
-        rows = await self._all(SELECT_CHALLENGES)
+    async def load_challenges(self, *, awake_only: bool = False) -> dict[InstanceGuid, Challenge]:
+        """Every outstanding DNS challenge (or those of instances not asleep), by instance."""
+        rows = await self._all(SELECT_CHALLENGES + (AWAKE if awake_only else ""))
         return await asyncio.to_thread(to_challenges, rows)
 
-    async def load_decisions(self) -> list[Decision]:
+    async def load_decisions(self, *, awake_only: bool = False) -> list[Decision]:
         """The domain step's kept verdicts and settled gates (cdnreq/decide/kept.py
-        decides which still hold)."""
-        rows = await self._all(SELECT_DECISIONS)
+        decides which still hold), of every instance or of those not asleep."""
+        rows = await self._all(SELECT_DECISIONS + (AWAKE if awake_only else ""))
         return await asyncio.to_thread(lambda: [Decision(*row) for row in rows])
 
     async def records_of(self, guids: Iterable[str]) -> dict[InstanceGuid, Record]:
@@ -192,6 +199,7 @@ class Store:
         challenge_deletes: Iterable[str] = (),
         decisions: Iterable[Decision] = (),
         shown: Mapping[str, Mapping[str, Any]] | None = None,
+        asleep: Iterable[tuple[str, str]] = (),
         also: Iterable[tuple[str, list[Any]]] = (),
     ) -> None:
         """Write everything in one transaction, or nothing; what is written
@@ -204,7 +212,7 @@ class Store:
             self._path, upserts=upserts, forgets=forgets, events=events,
             host_upserts=host_upserts, host_deletes=host_deletes,
             challenge_upserts=challenge_upserts, challenge_deletes=challenge_deletes,
-            decisions=decisions, shown=shown, also=also,
+            decisions=decisions, shown=shown, asleep=asleep, also=also,
         )  # fmt: skip
         if steps:
             await _shielded(self._transaction(steps))
