@@ -4,7 +4,8 @@ the time and the memory of 100,000 instances go.
 ``python -m bench.state --size 100000`` builds the state the daemon holds
 after a first reconcile against the bench's customers (90% proven and live,
 10% pending), then times an idle tick's pure steps (parsing the listing, the
-domain step, planning) and reports the resident memory each part adds. It is
+domain step, planning) and reports the resident memory each part adds, and
+the bytes per instance held once the settled, idle instances fall asleep. It is
 an investigation tool, quicker to iterate with than the full benchmark; the
 figures the README quotes come from ``python -m bench``.
 """
@@ -28,6 +29,7 @@ from cdnreq.model import InstanceGuid
 from cdnreq.reconcile.domains import Domains
 from cdnreq.decide.gate import DomainPolicy
 from cdnreq.decide.actions import IdleCache
+from cdnreq.decide.dormancy import rest
 from cdnreq.decide.plan import Policy, new_record, plan, spec_hash
 from cdnreq.reconcile.tick import collector_paused
 from cdnreq.decide.transitions import compose, polled, published, requested
@@ -186,10 +188,40 @@ def report(size: int, known: dict, domains: Domains, idle: IdleCache, listing) -
         print(f"  {name:36} {deep_size(part, seen) / size:7.0f}")
 
 
+def asleep(size: int, known: dict, domains: Domains, idle: IdleCache, listing) -> None:
+    """The same state once the settled, idle instances fell asleep
+    (decide/dormancy.py, as reconcile/sleepers.py does it in the daemon)."""
+    decided = rest(listing.instances, {}, idle, known, domains.settled, (), time.time(), rules="bench",
+                   same_rules=True, claims=domains.index.by_host)
+    for guid in decided.sleep:
+        del known[guid]
+    domains.sleep(decided.sleep)
+    left = IdleCache({g: e for g, e in idle.entries.items() if g not in decided.sleep}, idle.policy)
+    del listing
+    gc.collect()
+    print(f"asleep: {len(decided.sleep):,} of {size:,}; bytes per instance held between ticks:")
+    seen: set[int] = set()
+    parts = [
+        ("sleepers", decided.sleep),
+        ("host index", domains.index),
+        ("records of the instances awake", known),
+        ("their challenges", domains.challenges),
+        ("their gates, verdicts, lookup schedule", (domains.settled, domains._verdicts, domains.schedule.next_lookup)),
+        ("their idle cache", left.entries),
+    ]
+    total = 0
+    for name, part in parts:
+        held = deep_size(part, seen) / size
+        total += held
+        print(f"  {name:36} {held:7.0f}")
+    print(f"  {'all':36} {total:7.0f}")
+
+
 async def main(size: int) -> None:
     body, policy, domains, known = await build(size)
     idle, listing = await idle_ticks(body, policy, domains, known)
     report(size, known, domains, idle, listing)
+    asleep(size, known, domains, idle, listing)
 
 
 if __name__ == "__main__":

@@ -193,3 +193,31 @@ async def test_a_store_of_schema_6_migrates_with_every_instance_awake(tmp_path: 
         assert record is not None
         await s.commit(upserts=[replace(record, updated_at=3.0)])
         assert await s.load_asleep() == []  # a write of the record clears its mark
+
+
+def test_a_restart_trusts_a_mark_only_while_everything_it_relies_on_holds() -> None:
+    from cdnreq.decide.dormancy import from_store, mark, short
+    from cdnreq.decide.gate import HostIndex
+    from cdnreq.decide.kept import claims_of
+    from cdnreq.model import HostClaim
+
+    index = HostIndex([HostClaim("www.a.example", "A", "a.example", 1.0, 2.0)])
+    claims = claims_of(index, "A")
+    h = "ab" * 32
+    good = ("A", mark(h, 99.0, "R"), "live", "started", 1, '["www.a.example"]', h, "S", claims, 1)
+    asleep, awake = from_store([good], "S", "R", index)
+    assert awake == [] and asleep["A"].param_hash == short(h) and asleep["A"].read_back_at == 99.0
+    assert asleep["A"].served == ("www.a.example",) and asleep["A"].serving
+    broken = [
+        good[:1] + ("not json",) + good[2:],
+        good[:1] + (mark(h, 99.0, "other rules"),) + good[2:],  # the plan's or the domain step's rules changed
+        good[:7] + ("another stamp",) + good[8:],  # the validator or its libraries changed
+        good[:6] + ("cd" * 32,) + good[7:],  # the kept decision is for other parameters
+        good[:8] + ("other claims",) + good[9:],  # a re-check, a release or a rival since
+        good[:6] + (None, None, None, None),  # no kept decision at all
+        good[:9] + (0,),  # a kept verdict, not a settled gate
+        good[:2] + ("retired",) + good[3:],  # a phase this cdnreq does not know
+    ]
+    for n, row in enumerate(broken):
+        assert from_store([row], "S", "R", index) == ({}, ["A"]), n
+    assert from_store([good], "S", "R", HostIndex([])) == ({}, ["A"])  # its claim is gone

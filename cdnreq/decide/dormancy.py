@@ -46,7 +46,7 @@ from cdnreq.model import Phase, Record, RequestedState, SharedInstance
 class Dormant(NamedTuple):
     """A sleeping instance, as the idle check and the fleet's counts see it."""
 
-    param_hash: str  # of the listed parameters its settled gate was decided for
+    param_hash: bytes  # short() of the listed parameters' hash its settled gate was decided for
     state: RequestedState  # as listed, and as requested on its entry
     read_back_at: float  # when its entry is read back next (decide/plan._read_back_at)
     phase: Phase
@@ -55,10 +55,20 @@ class Dormant(NamedTuple):
 
 
 class Rest(NamedTuple):
-    """This tick's change: who falls asleep, who wakes."""
+    """This tick's change: who falls asleep (with the mark each leaves in the store), who wakes."""
 
     sleep: dict[str, Dormant]
+    marks: dict[str, str]
     wake: set[str]
+
+
+def short(param_hash: str) -> bytes:
+    """A parameter hash as a sleeper keeps it: its first 128 bits (a listed
+    hash is a sha256 in hex; anything else is kept whole)."""
+    try:
+        return bytes.fromhex(param_hash[:32])
+    except ValueError:
+        return param_hash.encode("utf-8", "surrogatepass")
 
 
 def rest(
@@ -70,22 +80,28 @@ def rest(
     due_owners: Iterable[str],
     now: float,
     *,
+    rules: str,
     same_rules: bool,
+    claims: Mapping[str, Any] | None = None,
 ) -> Rest:
     """Who sleeps and who wakes this tick, from its listing (each guid once,
     as listing.read_listing gives them). `due_owners`: instances owning a
-    claim whose re-check is due now; `same_rules`: the plan and domain
-    policies are those the sleepers fell asleep under."""
+    claim whose re-check is due now; `rules`: rules_digest() of today's
+    policies, and `same_rules` whether the sleepers fell asleep under them;
+    `claims`: HostClaims by host, whose host strings a sleeper's served
+    hosts share."""
     if not same_rules:
-        return Rest({}, set(sleepers))
+        return Rest({}, {}, set(sleepers))
     wake = set(sleepers)
     sleep: dict[str, Dormant] = {}
+    marks: dict[str, str] = {}
     entries = idle.entries
     for instance in instances:
         guid = instance.guid
         dormant = sleepers.get(guid)
         if dormant is not None:
-            if dormant.param_hash == instance.param_hash and dormant.state is instance.state and dormant.read_back_at > now:
+            if (dormant.param_hash == short(instance.param_hash) and dormant.state is instance.state
+                    and dormant.read_back_at > now):
                 wake.discard(guid)  # listed as it fell asleep: sleeps on
             continue
         hit = entries.get(guid)
@@ -98,14 +114,23 @@ def rest(
             and kept[0] == instance.param_hash and record.requested_state is instance.state
             and read_back_at > now
         ):
-            sleep[record.guid] = Dormant(  # the record's guid: the one string the claims hold too
-                kept[0], instance.state, read_back_at, record.phase, serving(record), record.served
-            )
+            dormant = Dormant(short(kept[0]), instance.state, read_back_at, record.phase, serving(record),
+                              _shared(record.served, claims or {}))  # fmt: skip
+            sleep[record.guid] = dormant  # the record's guid: the one string the claims hold too
+            marks[record.guid] = mark(kept[0], read_back_at, rules)
     for guid in due_owners:
         if guid in sleepers:
             wake.add(guid)
         sleep.pop(guid, None)
-    return Rest(sleep, wake)
+        marks.pop(guid, None)
+    return Rest(sleep, marks, wake)
+
+
+def _shared(served: tuple[str, ...] | None, claims: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The served hosts, each the very string object its claim holds (one copy in memory)."""
+    if not served:
+        return served
+    return tuple(claims[h].host if h in claims else h for h in served)
 
 
 def phases(sleepers: Mapping[str, Dormant]) -> Counter[str]:
@@ -124,10 +149,9 @@ def rules_digest(policy: Policy, domain_stamp: str) -> str:
     return hashlib.blake2b(repr((policy, domain_stamp)).encode(), digest_size=16).hexdigest()
 
 
-def mark(dormant: Dormant, rules: str) -> str:
+def mark(param_hash: str, read_back_at: float, rules: str) -> str:
     """What the store keeps of a sleeper beyond its record (instances.sleep)."""
-    read_back = None if dormant.read_back_at == float("inf") else dormant.read_back_at
-    return json.dumps([dormant.param_hash, read_back, rules])
+    return json.dumps([param_hash, None if read_back_at == float("inf") else read_back_at, rules])
 
 
 class _Entry(NamedTuple):  # what guards.serving() reads of a record
@@ -156,7 +180,7 @@ def from_store(
             hosts = None if served is None else tuple(sys.intern(str(h)) for h in json.loads(served))
             current = Phase(phase)
             asleep[sys.intern(guid)] = Dormant(
-                listed, RequestedState(state), float("inf") if read_back is None else float(read_back),
+                short(listed), RequestedState(state), float("inf") if read_back is None else float(read_back),
                 current, serving(_Entry(True if entry else None, current)), hosts,
             )
         except (ValueError, TypeError, KeyError):

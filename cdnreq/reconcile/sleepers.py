@@ -14,7 +14,7 @@ import structlog
 
 from cdnreq.decide import recheck
 from cdnreq.decide.actions import IdleCache, Policy
-from cdnreq.decide.dormancy import Dormant, from_store, mark, phases, rest, rules_digest, serving_count
+from cdnreq.decide.dormancy import Dormant, from_store, phases, rest, rules_digest, serving_count
 from cdnreq.model import InstanceGuid, Listing, Record
 from cdnreq.reconcile.domains import Domains
 from cdnreq.store import TickStore
@@ -56,14 +56,14 @@ class Sleepers(Mapping[str, Dormant]):
         rules = rules_digest(policy, stamp(domains.policy))
         candidates = set(self._entries) | set(idle.entries)
         due = {c.guid for c in recheck.due(domains.index.by_host.values(), candidates, now, domains.policy)}
-        decided = rest(listing.instances, self._entries, idle, known, domains.settled, due, now,
-                       same_rules=rules == self._rules)  # fmt: skip
+        decided = rest(listing.instances, self._entries, idle, known, domains.settled, due, now, rules=rules,
+                       same_rules=rules == self._rules, claims=domains.index.by_host)  # fmt: skip
         self._rules = rules
         if decided.wake:
             await self.wake(decided.wake, store=store, known=known, domains=domains)
         if not decided.sleep:
             return idle
-        await store.commit(asleep=[(g, mark(d, rules)) for g, d in decided.sleep.items()])
+        await store.commit(asleep=decided.marks.items())
         self._entries.update(decided.sleep)
         for guid in decided.sleep:
             del known[InstanceGuid(guid)]
