@@ -124,26 +124,35 @@ def _slapproxy_vs_bare(_: dict[int, Any], results: dict[str, Any]) -> list[Targe
 
 
 def _memory_at_100k(sizes: dict[int, Any], _: dict[str, Any]) -> list[Target]:
-    """Issue 14 item 2: the start-up and first reconcile peaks, the state held
-    between ticks (the steady RSS's slope between the two sizes below and at
-    100,000), and one tick's transient listing beside its body."""
+    """Issue 14 item 2: a daemon restarted on a converged store, through its
+    start-up tick and its idle ticks; the first reconcile; the state held
+    between ticks (the restarted daemon's RSS after its idle ticks, as a
+    slope between the size below 100,000 and 100,000); one tick's transient
+    listing beside its body."""
     at = sizes.get(100000, {})
     scenarios = at.get("scenarios", {})
     found = []
-    for key, name, limit in (("startup", "start-up tick at 100,000: peak RSS (load included)", 300),
-                             ("first", "first reconcile of 100,000: peak RSS", 450)):
-        r = scenarios.get(key)
-        found.append(_target(name, None, "not measured", f"<= {limit} MB") if not r else
-                     _target(name, r["peak_rss_mb"] <= limit, f"{r['peak_rss_mb']:.0f} MB", f"<= {limit} MB"))
+    name = "restarted at 100,000: peak RSS through the start-up tick and the idle ticks"
+    up, idle = scenarios.get("startup"), scenarios.get("restarted_idle")
+    if up and idle:
+        peak = max(up["peak_rss_mb"], idle["peak_rss_mb"])
+        found.append(_target(name, peak <= 300, f"{peak:.0f} MB", "<= 300 MB",
+                             f"start-up tick {up['peak_rss_mb']:.0f} MB, idle ticks {idle['peak_rss_mb']:.0f} MB"))
+    else:
+        found.append(_target(name, None, "not measured", "<= 300 MB"))
+    first = scenarios.get("first")
+    name = "first reconcile of 100,000: peak RSS"
+    found.append(_target(name, None, "not measured", "<= 450 MB") if not first else
+                 _target(name, first["peak_rss_mb"] <= 450, f"{first['peak_rss_mb']:.0f} MB", "<= 450 MB"))
     name = "state held between ticks at 100,000"
-    below = [n for n in sizes if n < 100000 and sizes[n].get("scenarios", {}).get("idle")]
-    idle = scenarios.get("idle")
+    below = [n for n in sizes if n < 100000 and sizes[n].get("scenarios", {}).get("restarted_idle")]
     if idle and below:
         n = max(below)
-        other = sizes[n]["scenarios"]["idle"]
+        other = sizes[n]["scenarios"]["restarted_idle"]
         slope = (idle["rss_mb"] - other["rss_mb"]) * 2**20 / (100000 - n)
         found.append(_target(name, slope <= 600, f"{slope:.0f} B/instance", "<= 600 B/instance",
-                             f"idle RSS {other['rss_mb']:.0f} MB at {n:,}, {idle['rss_mb']:.0f} MB at 100,000"))
+                             f"restarted daemon's RSS after its idle ticks: {other['rss_mb']:.0f} MB at {n:,}, "
+                             f"{idle['rss_mb']:.0f} MB at 100,000"))
     else:
         found.append(_target(name, None, "not measured (needs a size below 100,000 too)", "<= 600 B/instance"))
     listing = at.get("listing")
@@ -168,7 +177,8 @@ def targets(results: dict[str, Any]) -> list[Target]:
 # -- the table ---------------------------------------------------------------------------------
 
 
-ORDER = ["first", "readback", "idle", "changed", "removed", "after_removed", "burst", "after_burst", "startup", "cold_once", "startup_rtt", "burst_rtt"]
+ORDER = ["first", "readback", "idle", "changed", "removed", "after_removed", "burst", "after_burst", "startup",
+         "restarted_idle", "cold_once", "startup_rtt", "burst_rtt"]
 
 
 def _fmt(value: Any, spec: str = ".2f", empty: str = "-") -> str:

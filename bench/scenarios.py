@@ -219,10 +219,21 @@ class SizeRun:
         return listed, burst
 
     def _startup(self, config: Path, probes: Probes, listed: int) -> None:
-        """The daemon restarted: its first tick (store loaded, nothing changed)."""
+        """The daemon restarted on its converged store: its first tick (store
+        loaded, nothing changed), then idle ticks (issue 14: the restarted
+        daemon's peak through them, and what it holds between them)."""
         probes.reset()
         daemon = self._daemon(config, self.database, "daemon-2.log", "start-up tick")
-        self.result["scenarios"]["startup"] = measure(daemon, probes, "start-up tick", listed, first=True)
+        scenarios = self.result["scenarios"]
+        scenarios["startup"] = measure(daemon, probes, "start-up tick", listed, first=True)
+        idle = [measure(daemon, probes, f"restarted, idle #{k + 1}", listed) for k in range(self.options.idle_ticks)]
+        if idle:
+            median = sorted(idle, key=lambda r: r["wall_s"])[len(idle) // 2]
+            scenarios["restarted_idle"] = {
+                **median, "scenario": f"restarted, idle (median of {len(idle)})",
+                "peak_rss_mb": max(r["peak_rss_mb"] for r in idle),  # the highest of the ticks'
+                "rss_mb": idle[-1]["rss_mb"],  # held between ticks, after the last
+            }
         self._stop(daemon)
         self.result["scenarios"]["cold_once"] = measure_once(
             config, probes, "cold start (cdnreq once)", listed, self.workdir / "once.log")
