@@ -68,19 +68,29 @@ def first_round(
     policy: DomainPolicy,
     schedule: LookupSchedule,
     now: float,
+    challenged_for: Mapping[str, str] | None = None,
 ) -> FirstRound:
     """Who needs a proof (even when refused for now: a re-check may free the
-    host), and of those, who is asked about this tick."""
+    host), and of those, who is asked about this tick. `challenged_for`: the
+    domain each instance's challenge was issued for. One whose challenge is
+    for another domain than it names gets one for its own even while it
+    holds its hosts: the re-checks of those look for that challenge's token,
+    and the customer is shown it."""
     challenged: list[str] = []
     asking: dict[str, list[tuple[str, ...]]] = {}
     deferred = 0
+    issued = challenged_for or {}
     for guid, verdict in verdicts.items():
-        if verdict.ok and any(not index.owns(guid, h) for h in verdict.hosts):
+        if not verdict.ok:
+            continue
+        if any(not index.owns(guid, h) for h in verdict.hosts):
             challenged.append(guid)
             if schedule.due(guid, param_hashes[guid], now):
                 asking[guid] = host_names(verdict, guid, index, active, policy)
             else:
                 deferred += 1
+        elif verdict.custom_domain is not None and issued.get(guid, verdict.custom_domain) != verdict.custom_domain:
+            challenged.append(guid)
     return FirstRound(challenged, asking, deferred)
 
 

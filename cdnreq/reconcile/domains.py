@@ -81,6 +81,8 @@ class DomainRun:
         for guid in d.index.take_touched():
             d._settled.pop(guid, None)
         self.present, self.settled = split_settled(instances, d._settled, out.gates, asleep)
+        for guid in self.present:  # decided afresh: a gate for its earlier parameters must not come back
+            d._settled.pop(guid, None)
         self.active = set(self.present) | set(self.settled)
         self.verdicts = {g: d.verdict(i) for g, i in self.present.items()}
         fresh = d.take_fresh()
@@ -88,7 +90,8 @@ class DomainRun:
         self.decided: dict[str, Verdict] = {}  # for finish()
         index, policy = d.index, d.policy
         hashes = {g: i.param_hash for g, i in self.present.items()}
-        asked = first_round(self.verdicts, hashes, index, self.active, policy, d.schedule, now)
+        issued = {g: c.domain for g in self.present if (c := d.challenges.get(InstanceGuid(g))) is not None}
+        asked = first_round(self.verdicts, hashes, index, self.active, policy, d.schedule, now, issued)
         for guid in asked.challenged:
             d._challenge(InstanceGuid(guid), self.verdicts[guid], now, tick, out)
         if asked.deferred:
