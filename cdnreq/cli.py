@@ -31,6 +31,8 @@ from cdnreq.service.daemon import Daemon
 from cdnreq.service.exits import EXIT_CONFIG, EXIT_DATABASE, EXIT_OK, EXIT_TICK_FAILED
 from cdnreq.service.once import run_once
 from cdnreq.service.opening import open_store
+from cdnreq.store.engines import is_postgres
+from cdnreq.store.pgbackups import BACKUPS_ARE_POSTGRES, RESTORES_ARE_POSTGRES
 from cdnreq.explain import explain, iso
 from cdnreq.dns.challenge import SecretError
 from cdnreq.model import Record
@@ -157,6 +159,9 @@ def _plan(args: argparse.Namespace, config: Config) -> int:
 def _backup(args: argparse.Namespace, config: Config) -> int:
     """Online: next to a running daemon (the store is opened without its lock;
     the backup API reads a consistent snapshot through WAL)."""
+    if is_postgres(config):
+        print(f"cdnreq: {BACKUPS_ARE_POSTGRES}", file=sys.stderr)
+        return EXIT_DATABASE
     database = config.daemon.database
     if not database.exists():
         print(f"cdnreq: no database at {database}: nothing to back up", file=sys.stderr)
@@ -188,6 +193,9 @@ async def _take_backup(config: Config, args: argparse.Namespace) -> Path:
 
 def _restore(args: argparse.Namespace, config: Config) -> int:
     """Offline: refused (exit 3) while a cdnreq holds the database's lock."""
+    if is_postgres(config):
+        print(f"cdnreq: {RESTORES_ARE_POSTGRES}", file=sys.stderr)
+        return EXIT_DATABASE
     database = config.daemon.database
     result = restore(args.backup_file, database)
     print(f"restored {result.backup.path} ({result.backup.describe()}) as {database}")

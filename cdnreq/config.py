@@ -23,6 +23,8 @@ from cdnreq.dns.names import parse_nameserver
 from cdnreq.listen import TcpListen, parse_listen
 from cdnreq.validate.policy import DEFAULT_BACKEND_DENY, ValidationPolicy, networks
 from cdnreq.decide.guards import CONFIRM_TICKS
+from cdnreq.decide.leadership import timing_error
+from cdnreq.store.url import SqliteAt, StoreUrlError, parse_store_url
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -47,7 +49,7 @@ __all__ = [
 _MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-def _fail(key: str, problem: str, value: Any) -> PydanticCustomError:
+def _fail(key: str | tuple[str, ...], problem: str, value: Any) -> PydanticCustomError:
     """A cross-field error, pinned to `key` (the loc of a model validator is
     the model itself) and carrying the offending value."""
     escaped = problem.replace("{", "{{").replace("}", "}}")
@@ -409,10 +411,47 @@ class DnsConfig(BaseModel):
 
 
 class StoreConfig(BaseModel):
-    """Online backups of the store (what proves which customer owns which host)
-    and how long its history is kept."""
+    """Where the store is (SQLite, or PostgreSQL for several nodes with one
+    leader), its backups (what proves which customer owns which host) and how
+    long its history is kept."""
 
     model_config = _MODEL_CONFIG
+
+    url: str | None = Field(
+        default=None,
+        description="sqlite:///ABSOLUTE/PATH (default: [daemon].database) or"
+        " postgresql://USER@HOST[:PORT]/DATABASE: every node pointed at one database, one leads",
+        examples=["postgresql://cdnreq@db.example.net/cdnreq"],
+    )
+    password_file: Path | None = Field(
+        default=None, strict=False,
+        description="PostgreSQL: a file whose first line is the password (never in the URL)",
+        examples=["/etc/cdnreq/db-password"],
+    )
+    sslmode: Literal["disable", "require", "verify-ca", "verify-full"] = Field(
+        default="verify-full",
+        description="PostgreSQL: TLS to the server, as libpq's sslmode (disable only on loopback or a"
+        " trusted network)",
+    )
+    ssl_ca_file: Path | None = Field(
+        default=None, strict=False,
+        description="PostgreSQL: the CA certificates verifying the server (default: the system's)",
+        examples=["/etc/cdnreq/db-ca.pem"],
+    )
+    lease_s: float = Field(
+        default=15.0, gt=0, le=600, allow_inf_nan=False,
+        description="PostgreSQL: the leader lease; a node that cannot renew it stops calling the master"
+        " before it expires, and another node takes over after it",
+    )
+    renew_s: float = Field(
+        default=5.0, gt=0, le=300, allow_inf_nan=False,
+        description="PostgreSQL: how often the leader renews its lease and a standby tries to take it",
+    )
+    node_name: str | None = Field(
+        default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
+        description="PostgreSQL: this node's name in the lease and /status (default: the host name)",
+        examples=["cdnreq-1"],
+    )
 
     backup_dir: Path | None = Field(
         default=None,
@@ -433,7 +472,24 @@ class StoreConfig(BaseModel):
         " are kept); 0 keeps everything",
     )
 
-    _resolve = field_validator("backup_dir")(_resolve_path)
+    _resolve = field_validator("backup_dir", "password_file", "ssl_ca_file")(_resolve_path)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_store_url(value)
+            except StoreUrlError as error:
+                raise PydanticCustomError("store_url", "{reason}", {"reason": str(error)}) from None
+        return value
+
+    @model_validator(mode="after")
+    def _check_lease(self) -> StoreConfig:
+        problem = timing_error(self.lease_s, self.renew_s)
+        if problem is not None:
+            raise _fail("renew_s", problem, self.renew_s)
+        return self
 
 
 class ValidationConfig(BaseModel):
@@ -495,6 +551,18 @@ class Config(BaseModel):
     validation: ValidationConfig = Field(default_factory=ValidationConfig, description=ValidationConfig.__doc__)
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description=LoggingConfig.__doc__)
     legacy: LegacyConfig = Field(default_factory=LegacyConfig, description=LegacyConfig.__doc__)
+
+    @model_validator(mode="after")
+    def _one_sqlite_file(self) -> Config:
+        """A SQLite URL names the database [daemon].database would: both set must agree."""
+        if self.store.url is not None:
+            at = parse_store_url(self.store.url)
+            if isinstance(at, SqliteAt):
+                if "database" in self.daemon.model_fields_set and self.daemon.database != at.path:
+                    raise _fail(("store", "url"), f"names another file than [daemon].database ({self.daemon.database})",
+                                self.store.url)
+                object.__setattr__(self.daemon, "database", at.path)
+        return self
 
     def secret_path(self) -> Path:
         return self.domain.secret_file or self.daemon.database.parent / "domain-secret"

@@ -66,8 +66,12 @@ def _where(loc: tuple[Any, ...]) -> str:
     return where
 
 
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/@:\s'\"]*):[^/@\s'\"]*@")
+
+
 def _got(value: Any) -> str:
-    r = repr(value)
+    """The refused value, as an error may show it: a password in a URL is masked."""
+    r = _URL_PASSWORD.sub(r"\1:***@", repr(value))
     if len(r) > 80:
         r = r[:77] + "..."
     return f" (got {r})"
@@ -107,7 +111,8 @@ def _problem(err: Mapping[str, Any]) -> str:
         return f"{_where(loc)}: required" + (" section" if len(loc) == 1 else "")
 
     if "cdnreq_key" in ctx:
-        return f"{_where(loc + (ctx['cdnreq_key'],))}: {err['msg']}{_got(ctx['cdnreq_value'])}"
+        key = ctx["cdnreq_key"]  # a key of the model, or a path of keys from it
+        return f"{_where(loc + (tuple(key) if isinstance(key, (tuple, list)) else (key,)))}: {err['msg']}{_got(ctx['cdnreq_value'])}"
 
     if kind in ("model_type", "dict_type") or (kind == "model_attributes_type"):
         return f"{_where(loc)}: must be a table{_got(err['input'])}"

@@ -9,6 +9,8 @@ a given instance is not live yet:
   daemon killed. It is the one route open without the token.
 - ``GET /readyz``    200 or 503, both with a JSON reason (e.g. "no tick has
   succeeded yet", "the master has been unreachable for 10 minutes").
+- ``GET /leaderz``   200 on the node that leads, 503 on a standby (for a load
+  balancer that must reach the leader; /readyz is 200 on a healthy standby).
 - ``GET /metrics``   Prometheus text, as the daemon renders it.
 - ``GET /status``    the running tick's progress and the last tick's summary.
 - ``GET /instances/{guid}``  one customer instance: state, last error, why
@@ -71,6 +73,11 @@ class Endpoint(Protocol):
 
     def readiness(self) -> tuple[bool, dict]:
         """(ready, reason dict), the dict served as is in both cases."""
+        ...
+
+    def leader(self) -> tuple[bool, dict]:
+        """(this node leads, JSON body): with several nodes on one
+        PostgreSQL store, one leads and the others stand by."""
         ...
 
     def metrics(self) -> tuple[bytes, str]:
@@ -166,6 +173,11 @@ async def _readyz(endpoint: Endpoint, request: web.Request) -> web.Response:
     return _json(reason, status=200 if ready else 503)
 
 
+async def _leaderz(endpoint: Endpoint, request: web.Request) -> web.Response:
+    leads, body = endpoint.leader()
+    return _json(body, status=200 if leads else 503)
+
+
 async def _metrics(endpoint: Endpoint, request: web.Request) -> web.Response:
     body, content_type = endpoint.metrics()
     # Passed as a header: aiohttp refuses a charset in content_type=, and
@@ -195,6 +207,7 @@ async def _action(endpoint: Endpoint, request: web.Request) -> web.Response:
 _ROUTES = (
     (web.get, "/healthz", "healthz", _healthz),
     (web.get, "/readyz", "readyz", _readyz),
+    (web.get, "/leaderz", "leaderz", _leaderz),
     (web.get, "/metrics", "metrics", _metrics),
     (web.get, "/status", "status", _status),
     (web.get, "/instances/{guid:.+}", "instance", _instance),

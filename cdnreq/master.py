@@ -68,6 +68,10 @@ class LocalResourceError(MasterUnavailable):
         self.shortage = shortage(errno)
 
 
+class NotSent(MasterUnavailable):
+    """The call was not sent: this node may not call the master now (it does not lead)."""
+
+
 class MasterRejected(MasterError):
     """4xx: the master understood and said no; `title` is its reason."""
 
@@ -113,6 +117,7 @@ class MasterClient:
     max_listing_bytes: int = 1 << 30
     max_parameters_bytes: int | None = None  # an entry far larger is not read (see listing.read_listing)
     observer: CallObserver | None = None
+    may_call: Callable[[], str | None] | None = None  # why not, when this node may not call (cdnreq.service.leader)
     calls: Counter = field(default_factory=Counter)
     in_flight: int = 0
     _session: aiohttp.ClientSession | None = None
@@ -171,6 +176,8 @@ class MasterClient:
             data = orjson.dumps(body)
         except TypeError as error:  # orjson.JSONEncodeError: a lone surrogate, a huge integer...
             raise MasterUnencodable(name, f"the request cannot be encoded as JSON ({error})") from None
+        if self.may_call is not None and (why := self.may_call()) is not None:
+            raise NotSent(name, f"not sent: {why}")
         session = self._open()
         self.calls[name] += 1
         self.in_flight += 1

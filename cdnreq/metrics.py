@@ -148,6 +148,16 @@ class Metrics:
             "Unix time at which the last successful tick finished (0: none yet).",
             registry=r,
         )
+        self.leader = Gauge(
+            "cdnreq_leader",
+            "1 while this node leads (holds the leader lease on PostgreSQL; always on SQLite), 0 on a standby.",
+            registry=r,
+        )
+        self.lease_epoch = Gauge(
+            "cdnreq_lease_epoch",
+            "The leader lease's epoch as this node last read it (PostgreSQL; it grows at every change of leader).",
+            registry=r,
+        )
         self.consecutive_failed_ticks = Gauge(
             "cdnreq_consecutive_failed_ticks",
             "Ticks failed in a row since the last successful one.",

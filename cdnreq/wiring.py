@@ -6,6 +6,7 @@ the commands alike."""
 from __future__ import annotations
 
 import ssl
+from typing import Callable
 
 from cdnreq.config import Config
 from cdnreq.decide.gate import DomainPolicy
@@ -17,7 +18,8 @@ from cdnreq.reconcile.execute import Settings
 
 
 def master_client(
-    config: Config, metrics: Metrics | None = None, ssl_context: ssl.SSLContext | None = None
+    config: Config, metrics: Metrics | None = None, ssl_context: ssl.SSLContext | None = None,
+    may_call: Callable[[], str | None] | None = None,
 ) -> MasterClient:
     """The client for [master]; `ssl_context` is the one preflight.check built
     at start-up (without it, the TLS files are loaded at the first call)."""
@@ -36,6 +38,7 @@ def master_client(
         max_listing_bytes=master.max_listing_bytes,
         max_parameters_bytes=config.validation.max_parameters_bytes,
         observer=metrics.master_call if metrics is not None else None,
+        may_call=may_call,
     )
 
 

@@ -48,3 +48,28 @@ def devdns() -> Iterator[DevDns]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator["PgServer"]:
+    """One PostgreSQL server on 127.0.0.1 for the session (devtools.pgserver),
+    run as an unprivileged user when the tests run as root; removed at the end."""
+    from devtools.pgserver import PgServer
+
+    try:
+        server = PgServer()
+    except FileNotFoundError as exc:
+        pytest.fail(f"PostgreSQL is needed by this test and cannot be started: {exc}", pytrace=False)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """A new, empty database on the session's server: its [store].url."""
+    import uuid
+
+    return pg_server.create_database(f"t_{uuid.uuid4().hex[:12]}")

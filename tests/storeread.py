@@ -13,6 +13,9 @@ from cdnreq.store.rows import EVENT_COLUMNS
 
 
 async def _rows(store: Store, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    if not hasattr(store, "in_turn"):  # PostgreSQL: its reads are each their own snapshot
+        return await store._all(sql, params)
+
     async def read(conn: Any) -> list[Any]:
         return list(await conn.execute_fetchall(sql, params))
 

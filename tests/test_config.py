@@ -390,3 +390,22 @@ def test_config_equality_is_structural(tmp_path):
     a = load_config(write(tmp_path, MINIMAL))
     b = Config.model_validate(tomllib.loads(MINIMAL))
     assert a == b
+
+
+def test_store_url_with_a_password_is_refused_without_showing_it(tmp_path):
+    error = refused(tmp_path, MINIMAL + '[store]\nurl = "postgresql://cdnreq:hunter2@db.example/cdn"\n')
+    assert "[store].url" in str(error) and "password_file" in str(error)
+    assert "hunter2" not in str(error)
+
+
+def test_store_sqlite_url_sets_the_database_and_must_agree_with_it(tmp_path):
+    config = load_config(write(tmp_path, MINIMAL + '[store]\nurl = "sqlite:///srv/cdnreq/state.db"\n'))
+    assert config.daemon.database == Path("/srv/cdnreq/state.db")
+    error = refused(tmp_path, MINIMAL.replace("[technical_cdn]", '[daemon]\ndatabase = "/srv/other.db"\n\n[technical_cdn]')
+                    + '[store]\nurl = "sqlite:///srv/cdnreq/state.db"\n')
+    assert "[store].url" in str(error) and "/srv/other.db" in str(error)
+
+
+def test_store_lease_timing_is_checked(tmp_path):
+    error = refused(tmp_path, MINIMAL + "[store]\nlease_s = 10\nrenew_s = 5\n")
+    assert "[store].renew_s" in str(error) and "too long for lease_s = 10" in str(error)

@@ -314,6 +314,7 @@ OUT_OF_FDS = textwrap.dedent(
     class Endpoint:
         def alive(self): return True
         def readiness(self): return True, {}
+        def leader(self): return True, {}
         def metrics(self): return b"", "text/plain"
         def status(self): return {}
         async def instance(self, guid): return None

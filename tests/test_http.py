@@ -29,6 +29,7 @@ class FakeEndpoint:
     def __init__(self) -> None:
         self.is_alive = True
         self.ready: tuple[bool, dict] = (True, {"last_tick_ok": True})
+        self.leads: tuple[bool, dict] = (True, {"leader": True})
         self.instances: dict[str, dict] = {g: {"guid": g, "state": "live"} for g in ODD_GUIDS}
         self.fail: str | None = None
         self.calls: list[str] = []
@@ -45,6 +46,9 @@ class FakeEndpoint:
     def readiness(self) -> tuple[bool, dict]:
         self._maybe_fail("readiness")
         return self.ready
+
+    def leader(self) -> tuple[bool, dict]:
+        return self.leads
 
     def metrics(self) -> tuple[bytes, str]:
         self._maybe_fail("metrics")
@@ -336,3 +340,12 @@ async def test_ipv6(endpoint: FakeEndpoint) -> None:
 )
 def test_needs_token(listen: TcpListen | Path, expected: bool) -> None:
     assert needs_token(listen) is expected
+
+
+
+async def test_leaderz_is_200_only_on_the_leader(client: Client, endpoint: FakeEndpoint) -> None:
+    status, body, _ = await client.get("/leaderz")
+    assert (status, body) == (200, {"leader": True})
+    endpoint.leads = (False, {"leader": False, "current": "node-a/1/x"})
+    status, body, _ = await client.get("/leaderz")
+    assert (status, body["current"]) == (503, "node-a/1/x")

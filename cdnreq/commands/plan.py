@@ -37,6 +37,7 @@ from cdnreq.decide.plan import Action, Kind, Plan
 from cdnreq.decide.domainstep import DomainStep
 from cdnreq.reconcile.tick import Reconciler, TickReport
 from cdnreq.scrub import printable
+from cdnreq.store.engines import is_postgres, open_engine
 from cdnreq.store import Engine, Store, start_refusal
 
 KINDS = ("request", "update", "destroy", "publish", "poll")  # in the order they are shown
@@ -210,6 +211,8 @@ FOLLOW_UPS = (
 
 async def make_plan(config: Config, ssl_context: ssl.SSLContext | None = None) -> dict[str, Any]:
     """Run one dry tick; StoreError when the snapshot cannot be read."""
+    if is_postgres(config):  # read as a standby reads (each read its own snapshot), never the lease
+        return await _plan_on(config, await open_engine(config, lock=False), ssl_context)
     if config.daemon.database.exists():
         return await _plan_on(config, await Store.open_snapshot(config.daemon.database), ssl_context)
     with tempfile.TemporaryDirectory(prefix="cdnreq-plan-") as scratch:  # never the configured place

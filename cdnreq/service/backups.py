@@ -15,6 +15,7 @@ from cdnreq.config import Config
 from cdnreq.metrics import Metrics
 from cdnreq.store import Engine, StoreError, take_backup
 from cdnreq.store.backupdir import backup_time, last_backup
+from cdnreq.store.engines import is_postgres
 
 log = structlog.get_logger("cdnreq.daemon")
 
@@ -46,7 +47,7 @@ class Upkeep:
         itself holds the store for a moment, the checks and the fsync do not.
         Its log lines carry the tick it follows."""
         config = self.config()
-        if config.store.backup_interval_s <= 0:
+        if config.store.backup_interval_s <= 0 or is_postgres(config):  # PostgreSQL's are its own tools'
             return
         if self._backup is not None and not self._backup.done():
             return

@@ -46,6 +46,9 @@ from cdnreq.reloadstate import ConfigState
 from cdnreq.service.backups import Upkeep
 from cdnreq.service.exits import EXIT_DATABASE, EXIT_OK, EXIT_TICK_FAILED
 from cdnreq.service.opening import open_checked
+from cdnreq.service.leader import (
+    Leadership, cluster_view, leader_answer, leadership_of, standby_readiness, take_over,
+)
 from cdnreq.service.reload import reload_of
 from cdnreq.service.status import PacedSnapshot, TickHistory, readiness, status_line, status_view
 from cdnreq.store import Engine, take_backup
@@ -86,6 +89,8 @@ class Daemon:
         self._new_master = False
         self._new_resolver = False
         self._watchdog: asyncio.Task | None = None
+        self._lease: asyncio.Task | None = None
+        self.leadership: Leadership | None = None  # PostgreSQL: the election (None on SQLite)
         self.exit_code = EXIT_OK
         self.writing = asyncio.Lock()  # ticks and operator actions, one at a time
 
@@ -148,7 +153,12 @@ class Daemon:
     def _snapshot(self) -> Snapshot:
         return self.reconciler.snapshot() if self.reconciler is not None else Snapshot()
 
+    def _may_call(self) -> str | None:
+        return None if self.leadership is None else self.leadership.may_call()
+
     def readiness(self) -> tuple[bool, dict[str, Any]]:
+        if self.leadership is not None and not self.leadership.leading():
+            return standby_readiness(self.leadership, time.time())
         return readiness(self.ticks, self.config.daemon.tick_interval_s, time.time())
 
     def status(self) -> dict[str, Any]:
@@ -158,7 +168,7 @@ class Daemon:
             tick_interval_s=self.config.daemon.tick_interval_s,
             progress=self.progress.snapshot(time.time()),
             config=self.config_state.view(*file_digest(self.config_path)),
-        )
+        ) | cluster_view(self.leadership)
 
     async def instance(self, guid: str) -> dict[str, Any] | None:
         assert self.store is not None
@@ -191,8 +201,10 @@ class Daemon:
         self.ssl_context = check(self.config, self.config_path)  # ConfigError: exit 2, nothing started
         token = read_token(self.config)
         listen = self.config.daemon.listen_endpoint()
-        self.store = store = await open_checked(self.config, fresh=self.fresh, config_path=self.config_path)
-        self.master = master_client(self.config, self.metrics, self.ssl_context)
+        self.store = store = await open_checked(self.config, fresh=self.fresh, config_path=self.config_path,
+                                                lead=False)
+        self.leadership = leadership_of(store, lambda: self.config.store, self.stop)
+        self.master = master_client(self.config, self.metrics, self.ssl_context, self._may_call)
         self.reconciler = Reconciler(
             config=self.config, store=store, master=self.master, resolver=self._resolver(),
             progress=self.progress, on_outcome=self._count,
@@ -200,7 +212,10 @@ class Daemon:
         self.upkeep = Upkeep(store, lambda: self.config, self.metrics, self.stop)
         runner = None
         try:
-            await self.reconciler.load()
+            if self.leadership is None:
+                await self.reconciler.load()
+            else:  # the leader reads the store when it takes over (cdnreq.service.leader)
+                self._lease = spawn(self.leadership.run(), "cdnreq lease")
             try:
                 runner = await serve(make_app(_Endpoint(self), token=token), listen, limits_of(self.config))
             except OSError as error:  # a port in use may free itself: exit 1, restarted, no traceback
@@ -214,8 +229,9 @@ class Daemon:
             try:
                 await self._loop()
             finally:
-                if self._watchdog is not None:
-                    self._watchdog.cancel()
+                for task in (self._watchdog, self._lease):
+                    if task is not None:
+                        task.cancel()
                 await self.upkeep.finish()
         finally:
             if runner is not None:
@@ -255,6 +271,9 @@ class Daemon:
         first = True
         backed_up = False
         while not self.stop.is_set():
+            if self.leadership is not None and not await take_over(self.leadership, self.store, self.reconciler,
+                                                                   self.metrics):
+                continue
             started = time.monotonic()
             tick = spawn(self._tick(), "cdnreq tick")
             if first:
@@ -321,7 +340,7 @@ class Daemon:
         master = resolver = None
         if self._new_master:
             self._new_master = False
-            self.master = master = master_client(self.config, self.metrics, self.ssl_context)
+            self.master = master = master_client(self.config, self.metrics, self.ssl_context, self._may_call)
         if self._new_resolver:
             self._new_resolver = False
             resolver = self._resolver()
@@ -351,6 +370,9 @@ class _Endpoint:
 
     def readiness(self) -> tuple[bool, dict]:
         return self.daemon.readiness()
+
+    def leader(self) -> tuple[bool, dict]:
+        return leader_answer(self.daemon.leadership)
 
     def metrics(self) -> tuple[bytes, str]:
         return self.daemon.metrics.render()

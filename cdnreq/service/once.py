@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
+
+from cdnreq.aiotasks import spawn
 
 from cdnreq.config import Config
 from cdnreq.fdlimit import fit_config, raise_fd_limit
 from cdnreq.preflight import check
 from cdnreq.reconcile.tick import Reconciler, TickReport
+from cdnreq.service.leader import leadership_of
 from cdnreq.service.opening import open_checked
 from cdnreq.wiring import master_client
 
@@ -17,8 +21,12 @@ async def run_once(config: Config, *, fresh: bool = False, config_path: Path | N
     context = check(config, config_path or "(configuration)")
     config = fit_config(config, raise_fd_limit())
     store = await open_checked(config, fresh=fresh, config_path=config_path)
+    # PostgreSQL: the lease taken at the open is renewed while the tick runs
+    leadership = leadership_of(store, lambda: config.store, stop := asyncio.Event())
+    renewing = spawn(leadership.run(), "cdnreq lease") if leadership is not None else None
     try:
-        async with master_client(config, ssl_context=context) as master:
+        async with master_client(config, ssl_context=context,
+                                 may_call=None if leadership is None else leadership.may_call) as master:
             reconciler = Reconciler(config=config, store=store, master=master)
             try:
                 await reconciler.load()
@@ -30,4 +38,7 @@ async def run_once(config: Config, *, fresh: bool = False, config_path: Path | N
         await store.prune_if_due(config.store.events_retention_days, time.time())
         return report
     finally:
+        stop.set()
+        if renewing is not None:
+            renewing.cancel()
         await store.close()

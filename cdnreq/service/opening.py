@@ -11,7 +11,8 @@ from pathlib import Path
 import structlog
 
 from cdnreq.config import Config
-from cdnreq.store import Engine, Store, StoreError, start_refusal
+from cdnreq.store import Engine, StoreError, start_refusal
+from cdnreq.store.engines import is_postgres, open_engine
 
 log = structlog.get_logger("cdnreq.daemon")
 
@@ -19,14 +20,16 @@ KILLED_MID_TICK = "interrupted: the process ended during this tick (killed or cr
 
 
 async def open_store(config: Config, *, lock: bool = True) -> Engine:
-    return await Store.open(config.daemon.database, lock=lock)
+    return await open_engine(config, lock=lock)
 
 
 class EmptyStoreRefused(StoreError):
     """The database is missing or empty while a backup of it is not."""
 
 
-async def open_checked(config: Config, *, fresh: bool = False, config_path: Path | None = None) -> Engine:
+async def open_checked(
+    config: Config, *, fresh: bool = False, config_path: Path | None = None, lead: bool = True
+) -> Engine:
     """The store for a daemon or a tick, unless it was lost.
 
     A missing or empty database (no instance, no proven host, no challenge)
@@ -35,7 +38,14 @@ async def open_checked(config: Config, *, fresh: bool = False, config_path: Path
     ways out (`cdnreq restore`, or `--fresh`). A missing database is checked
     before it is opened, so the refusal does not create it. `fresh` lets the
     start go ahead (it deletes nothing; it only allows an empty store).
+    On PostgreSQL, `lead` takes the leader lease now (`cdnreq once`); a
+    daemon opens without it and leads through its leadership loop.
     """
+    if is_postgres(config):  # its backups are PostgreSQL's: nothing here to tell a lost store by
+        store = await open_engine(config, lock=lead)
+        if lead:
+            await _end_unfinished(store)
+        return store
     database, backups = config.daemon.database, config.backup_path()
 
     async def refusal(missing: bool) -> str | None:

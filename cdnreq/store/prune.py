@@ -50,7 +50,7 @@ _EVENTS_DELETABLE = (
     " OR EXISTS (SELECT 1 FROM events AS newer WHERE newer.instance_guid = events.instance_guid"
     " AND newer.action = events.action AND newer.id > events.id))"
 )
-_TICKS_DELETABLE = f"id < (SELECT MIN(id) FROM (SELECT id FROM ticks ORDER BY id DESC LIMIT {KEEP_TICKS}))"
+_TICKS_DELETABLE = f"id < (SELECT MIN(id) FROM (SELECT id FROM ticks ORDER BY id DESC LIMIT {KEEP_TICKS}) AS kept)"
 _TABLES = (("events", "at", _EVENTS_DELETABLE), ("ticks", "started_at", _TICKS_DELETABLE))
 
 

@@ -1,0 +1,193 @@
+"""A node's part in the election (PostgreSQL only): take the lease when it
+is free, renew it while leading, and tell the daemon when it leads.
+
+The daemon ticks only while `leading()`; the master client asks `may_call()`
+before each call, so a leader that could not renew stops calling the master
+before its lease can expire (cdnreq.decide.leadership), and its writes are
+fenced by the store (cdnreq.store.pglease). A standby tries to take the
+lease every `[store].renew_s` and meanwhile serves what the endpoint shows
+from the shared store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import structlog
+
+from cdnreq.aiotasks import sleep_or_stop
+from cdnreq.config import StoreConfig
+from cdnreq.decide.leadership import Term
+from cdnreq.store.errors import StoreError
+
+log = structlog.get_logger("cdnreq.daemon")
+
+LEADER, STANDBY = "leader", "standby"
+
+
+class LeaseStore(Protocol):
+    """What the election needs of the store (cdnreq.store.postgres.PgStore)."""
+
+    lease: Any
+
+    @property
+    def term(self) -> Term | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderSeen:
+    """The lease as this node last read it."""
+
+    holder: str | None = None
+    epoch: int | None = None
+    seconds_left: float | None = None
+    read_at: float | None = None  # time.time() of the last read that worked
+    error: str | None = None  # why the last attempt failed
+
+    def view(self) -> dict[str, Any]:
+        return {"holder": self.holder, "epoch": self.epoch, "read_at": self.read_at, "error": self.error,
+                "seconds_left": None if self.seconds_left is None else round(self.seconds_left, 3)}
+
+
+class Leadership:
+    """The lease's loop for one node; read by the daemon, its endpoint and its master client."""
+
+    def __init__(self, store: LeaseStore, settings: Callable[[], StoreConfig], stop: asyncio.Event):
+        self.store, self.settings, self.stop = store, settings, stop
+        self.seen = LeaderSeen()
+        self.changed = asyncio.Event()  # set at every change of role; the daemon clears it
+        self.acting = False  # the daemon took over (cdnreq.service.leader.take_over)
+
+    @property
+    def holder(self) -> str:
+        return self.store.lease.holder
+
+    def leading(self) -> bool:
+        term = self.store.term
+        return term is not None and term.valid(time.monotonic())
+
+    def role(self) -> str:
+        return LEADER if self.leading() else STANDBY
+
+    def may_call(self) -> str | None:
+        """None while this node may call the master; why not otherwise."""
+        if self.leading():
+            return None
+        return self.store.lease.lost or "this node does not hold the leader lease"
+
+    def healthy(self, now: float) -> bool:
+        """The store answered the last attempts (within three renew intervals)."""
+        read_at = self.seen.read_at
+        return read_at is not None and now - read_at <= 3 * self.settings().renew_s
+
+    async def run(self) -> None:
+        while not self.stop.is_set():
+            await self.step()
+            await sleep_or_stop(self.stop, self.settings().renew_s)
+
+    async def step(self) -> None:
+        """One attempt: take the lease (standby) or renew it (leader), then read who leads."""
+        settings, lease, was = self.settings(), self.store.lease, self.leading()
+        term = lease.term
+        if term is not None and not term.valid(time.monotonic()):
+            lease.step_down(f"the leader lease (epoch {term.epoch}) was not renewed in time")
+        try:
+            if lease.term is None:
+                await lease.take(settings.lease_s)
+            else:
+                await lease.renew(settings.lease_s)
+            found = await lease.leader()
+        except StoreError as error:
+            self.seen = LeaderSeen(self.seen.holder, self.seen.epoch, None, self.seen.read_at, str(error))
+            log.warning("cannot reach the store to take or renew the leader lease", error=str(error))
+        else:
+            holder, epoch, left = found if found is not None else (None, None, None)
+            self.seen = LeaderSeen(holder, epoch, left, time.time(), None)
+        now_leading = self.leading()
+        if now_leading != was:
+            if now_leading:
+                log.warning("this node leads", node=self.holder, epoch=self.store.term.epoch)  # type: ignore[union-attr]
+            else:
+                log.warning("this node stopped leading", node=self.holder, reason=lease.lost, leader=self.seen.holder)
+            self.changed.set()
+
+    async def wait(self, timeout_s: float) -> None:
+        """Until the role may have changed, the daemon stops, or `timeout_s`."""
+        waiters = [asyncio.ensure_future(self.changed.wait()), asyncio.ensure_future(self.stop.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        self.changed.clear()
+
+    def view(self) -> dict[str, Any]:
+        """For /status: this node, its role and the leader as last read."""
+        term = self.store.term
+        return {"node": self.holder, "role": self.role(), "epoch": None if term is None else term.epoch,
+                "leader": self.seen.view(), "lost": self.store.lease.lost}
+
+
+LEADER_CHANGED = "interrupted: the node running it stopped leading (killed, paused or cut off); ended by the next leader"
+
+
+def leadership_of(store: Any, settings: Callable[[], StoreConfig], stop: asyncio.Event) -> Leadership | None:
+    """The election, for a store that has a lease (PostgreSQL); None on SQLite, where the lock file decides."""
+    return None if getattr(store, "lease", None) is None else Leadership(store, settings, stop)
+
+
+async def take_over(leadership: Leadership, store: Any, reconciler: Any, metrics: Any) -> bool:
+    """Whether the daemon may tick now. A node that just took the lease
+    migrates the schema, ends the ticks the last leader left open and reads
+    the store afresh (the last leader changed it); one that lost the lease
+    forgets what it read and waits to lead again."""
+    leading = leadership.leading()
+    metrics.leader.set(1 if leading else 0)
+    if leadership.seen.epoch is not None:
+        metrics.lease_epoch.set(leadership.seen.epoch)
+    if not leading:
+        if leadership.acting:
+            leadership.acting = False
+            reconciler.reread()
+        await leadership.wait(leadership.settings().renew_s)
+        return False
+    if not leadership.acting:
+        try:
+            await store.migrate()
+            for tick in await store.end_unfinished_ticks(time.time(), LEADER_CHANGED):
+                log.warning("tick interrupted", tick=tick, error=LEADER_CHANGED)
+        except StoreError as error:
+            log.error("took the leader lease but cannot prepare the store", error=str(error))
+            await leadership.wait(leadership.settings().renew_s)
+            return False
+        reconciler.reread()
+        leadership.acting = True
+    return True
+
+
+def standby_readiness(leadership: Leadership, now: float) -> tuple[bool, dict[str, Any]]:
+    """A standby is ready while it reaches the store: it answers for the
+    cluster and can take over (/leaderz tells the leader apart)."""
+    seen = leadership.seen
+    if leadership.healthy(now):
+        who = seen.holder if seen.holder is not None and (seen.seconds_left or 0) > 0 else None
+        return True, {"ready": True, "role": STANDBY, "leader": who,
+                      "reason": f"standby: {'node ' + who if who else 'no node'} leads"}
+    return False, {"ready": False, "role": STANDBY, "leader": seen.holder,
+                   "reason": f"standby cannot reach the store: {seen.error or 'not read yet'}"}
+
+
+def leader_answer(leadership: Leadership | None) -> tuple[bool, dict[str, Any]]:
+    """/leaderz: 200 only on the node that leads (always on SQLite, where one node runs)."""
+    if leadership is None:
+        return True, {"leader": True}
+    return leadership.leading(), {"leader": leadership.leading(), "node": leadership.holder,
+                                  "current": leadership.seen.holder}
+
+
+def cluster_view(leadership: Leadership | None) -> dict[str, Any]:
+    """What /status adds about the cluster: nothing on SQLite."""
+    return {} if leadership is None else {"cluster": leadership.view()}

@@ -1,0 +1,142 @@
+"""The leader lease on PostgreSQL: one row, its epoch the fencing token.
+
+A node leads by taking the lease once it has expired (by the database's
+clock, never a node's), which increments the epoch; it renews it well
+before it expires. Every write transaction of the leader first takes the
+lease row `FOR KEY SHARE` and checks that it still holds this epoch,
+unexpired: a takeover changes the epoch, which has a unique index, so it
+needs the row `FOR UPDATE` and waits for that transaction to end. So no
+write of an old leader can land after a new leader took over, however
+long the old one was paused or cut off. Renewing changes no key: a long
+write never holds up its own renewal.
+
+The lease lives outside the versioned schema: it must exist before any
+node can lead, and only the leader migrates.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Awaitable, Callable, Final
+
+from cdnreq.decide.leadership import Term, acts_until
+from cdnreq.store.errors import StoreLocked, StoreLost
+
+NOW: Final[str] = "extract(epoch FROM clock_timestamp())::double precision"
+NAME: Final[str] = "leader"
+
+CREATE: Final[str] = """
+CREATE TABLE IF NOT EXISTS cdnreq_lease (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    epoch BIGINT NOT NULL UNIQUE,
+    expires_at DOUBLE PRECISION NOT NULL,
+    taken_at DOUBLE PRECISION NOT NULL
+)"""
+
+# $1 holder, $2 lease seconds: the new epoch, or no row while another holds it
+TAKE: Final[str] = f"""
+INSERT INTO cdnreq_lease AS l (name, holder, epoch, expires_at, taken_at)
+VALUES ('{NAME}', $1, 1, {NOW} + $2, {NOW})
+ON CONFLICT (name) DO UPDATE
+SET holder = excluded.holder, epoch = l.epoch + 1, expires_at = excluded.expires_at, taken_at = excluded.taken_at
+WHERE l.expires_at <= {NOW}
+RETURNING epoch"""
+
+# $1 holder, $2 epoch, $3 lease seconds: a row while still held
+RENEW: Final[str] = f"""
+UPDATE cdnreq_lease SET expires_at = {NOW} + $3
+WHERE name = '{NAME}' AND holder = $1 AND epoch = $2 AND expires_at > {NOW}
+RETURNING epoch"""
+
+# the first statement of every write transaction of the leader ($1 holder, $2 epoch)
+FENCE: Final[str] = f"""
+SELECT 1 FROM cdnreq_lease
+WHERE name = '{NAME}' AND holder = $1 AND epoch = $2 AND expires_at > {NOW}
+FOR KEY SHARE"""
+
+# a leader stopping hands over at once instead of after its lease ($1 holder, $2 epoch)
+RELEASE: Final[str] = f"""
+UPDATE cdnreq_lease SET expires_at = {NOW}
+WHERE name = '{NAME}' AND holder = $1 AND epoch = $2"""
+
+# who leads: holder, epoch, seconds left (negative once expired)
+CURRENT: Final[str] = f"SELECT holder, epoch, expires_at - {NOW} FROM cdnreq_lease WHERE name = '{NAME}'"
+
+NOT_LEADING = "this node does not hold the leader lease: it reads the store and writes nothing"
+
+Runner = Callable[[Callable[[Any], Awaitable[Any]]], Awaitable[Any]]  # runs work on a pooled connection
+
+
+class NotLeading(StoreLost):
+    """A write by a node that does not lead (any more): nothing was written."""
+
+
+class Lease:
+    """One node's part in the lease: the term it holds, if any."""
+
+    def __init__(self, run: Runner, holder: str, name: str):
+        self._run, self.holder, self.name = run, holder, name
+        self.term: Term | None = None
+        self.lost: str | None = None  # why this node stopped leading
+
+    async def take(self, lease_s: float) -> Term | None:
+        """The lease if it has expired: the new term; None while another node holds it."""
+        asked = time.monotonic()
+        epoch = await self._run(lambda c: c.fetchval(TAKE, self.holder, lease_s))
+        if epoch is None:
+            return None
+        self.term, self.lost = Term(self.holder, int(epoch), acts_until(asked, lease_s)), None
+        return self.term
+
+    async def take_or_refuse(self, lease_s: float) -> Term:
+        term = await self.take(lease_s)
+        if term is None:
+            holder, _, left = await self.leader() or ("?", 0, 0.0)
+            raise StoreLocked(f"{self.name}: node {holder} leads (its lease runs {max(left, 0):.0f} s more); "
+                              "stop it, or act through its endpoint")
+        return term
+
+    async def renew(self, lease_s: float) -> Term | None:
+        """Renew the term held; None once it is lost (taken over, or expired)."""
+        term = self.term
+        if term is None:
+            return None
+        asked = time.monotonic()
+        epoch = await self._run(lambda c: c.fetchval(RENEW, term.holder, term.epoch, lease_s))
+        if epoch is None:
+            self.step_down(f"the leader lease (epoch {term.epoch}) was lost")
+            return None
+        if self.term is term:
+            self.term = Term(term.holder, term.epoch, acts_until(asked, lease_s))
+        return self.term
+
+    async def release(self) -> None:
+        """Hand the lease over at once (a clean stop)."""
+        term, self.term = self.term, None
+        if term is not None:
+            await self._run(lambda c: c.execute(RELEASE, term.holder, term.epoch))
+
+    def step_down(self, why: str) -> None:
+        self.term, self.lost = None, why
+
+    async def leader(self) -> tuple[str, int, float] | None:
+        """Holder, epoch and seconds left (negative once expired); None before any node led."""
+        row = await self._run(lambda c: c.fetchrow(CURRENT))
+        return None if row is None else (row[0], int(row[1]), float(row[2]))
+
+    def fence_term(self) -> Term:
+        """The term a write carries; NotLeading when none is held or it ran out."""
+        term = self.term
+        if term is None:
+            raise NotLeading(f"{self.name}: {self.lost or NOT_LEADING}")
+        if not term.valid(time.monotonic()):
+            self.step_down(f"the leader lease (epoch {term.epoch}) was not renewed in time")
+            raise NotLeading(f"{self.name}: {self.lost}")
+        return term
+
+    async def check(self, conn: Any, term: Term) -> None:
+        """The fence, first in a write transaction on `conn`."""
+        if await conn.fetchval(FENCE, term.holder, term.epoch) is None:
+            self.step_down(f"the leader lease (epoch {term.epoch}) is held by another node now")
+            raise NotLeading(f"{self.name}: {self.lost}")

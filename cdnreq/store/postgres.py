@@ -1,0 +1,355 @@
+"""cdnreq's store on PostgreSQL: the same tables, statements and contract as
+the SQLite engine (cdnreq.store.interface), for several nodes of which one
+leads (cdnreq.store.pglease).
+
+The statements are the SQLite engine's, translated (cdnreq.store.dialect);
+a commit is the same steps (cdnreq.store.commit) in one transaction, which
+the leader's fence opens. A node that does not hold the lease can read
+everything and write nothing. Backups are PostgreSQL's job (pg_dump, PITR):
+`backup` says so instead of copying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Mapping, TypeVar
+
+import asyncpg
+
+from cdnreq.decide.leadership import Term
+from cdnreq.model import Challenge, Decision, Event, HostClaim, InstanceGuid, Record
+from cdnreq.store.pglease import CREATE, Lease, NotLeading
+from cdnreq.store.commit import commit_steps
+from cdnreq.store.dialect import postgres
+from cdnreq.store.pgbackups import BACKUPS_ARE_POSTGRES
+from cdnreq.store.errors import StoreError
+from cdnreq.store.imports import findings_of, last_import
+from cdnreq.store.pgschema import migrate_pg, read_version
+from cdnreq.store.prune import PruneReport
+from cdnreq.store.rows import (
+    DELETE_GUARD, EVENT_COLUMNS, SELECT, SELECT_ASLEEP, SELECT_AWAKE, SELECT_CHALLENGES, SELECT_DECISIONS,
+    SELECT_HOSTS, UPSERT_GUARD, dump, load_json, to_challenges, to_event, to_hosts, to_record, to_records,
+)
+from cdnreq.store.url import PostgresAt
+
+if TYPE_CHECKING:
+    import ssl
+
+    from cdnreq.metrics import Metrics
+
+_T = TypeVar("_T")
+AWAKE = " WHERE guid NOT IN (SELECT guid FROM instances WHERE sleep IS NOT NULL)"
+class PgStore:
+    """The store on PostgreSQL. Build it with `await PgStore.open(...)`."""
+
+    def __init__(self, at: PostgresAt, pool: asyncpg.Pool, version: int, *, holder: str):
+        self.at = at
+        self._pool = pool
+        self.schema_version = version
+        self.holder = holder
+        self.lease = Lease(self._run, holder, at.display())
+        self._busy = asyncio.Lock()  # one write transaction at a time, as on SQLite
+        self._closed = False
+
+    @property
+    def path(self) -> Path:
+        return Path(self.at.display().replace("://", ":"))
+
+    @property
+    def name(self) -> str:
+        return self.at.display()
+
+    @classmethod
+    async def open(
+        cls, at: PostgresAt, *, holder: str, password: str | None = None, ssl: ssl.SSLContext | bool | None = None,
+        lease_s: float | None = None, connect_timeout_s: float = 10.0,
+    ) -> "PgStore":
+        """Connect. With `lease_s`, take the lease now (StoreLocked naming the
+        node that holds it) and migrate: `cdnreq once`, the commands that
+        write. Without, only read the schema version: a daemon leads later,
+        through its leadership loop, and migrates then."""
+        try:
+            pool = await asyncpg.create_pool(
+                host=at.host, port=at.port, user=at.user, database=at.database, password=password, ssl=ssl,
+                min_size=1, max_size=4, timeout=connect_timeout_s, command_timeout=max(60.0, connect_timeout_s),
+                init=_session_settings(lease_s),
+            )
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"{at.display()}: cannot connect: {type(exc).__name__}: {exc}") from exc
+        store = cls(at, pool, 0, holder=holder)
+        try:
+            await store._run(lambda c: c.execute(CREATE))
+            if lease_s is not None:
+                await store.lease.take_or_refuse(lease_s)
+                store.schema_version = await store.migrate()
+            else:
+                store.schema_version = await store._run(lambda c: read_version(c, at.display()))
+        except BaseException:
+            await pool.close()
+            raise
+        return store
+
+    # -- leadership (cdnreq.store.pglease) ------------------------------------
+
+    @property
+    def term(self) -> Term | None:
+        return self.lease.term
+
+    async def migrate(self) -> int:
+        """Bring the schema to the latest version; only the leader may."""
+        return await self._write_turn(lambda c: migrate_pg(c, self.name))
+
+    # -- plumbing ------------------------------------------------------------
+
+    async def _run(self, work: Callable[[asyncpg.Connection], Awaitable[_T]]) -> _T:
+        if self._closed:
+            raise StoreError(f"{self.name}: the store is closed")
+        try:
+            async with self._pool.acquire() as conn:
+                return await work(conn)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError) as exc:
+            raise StoreError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+
+    async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        args = tuple(params)
+        rows = await self._run(lambda c: c.fetch(postgres(sql), *args))
+        return [tuple(r) for r in rows]
+
+    async def _write_turn(self, work: Callable[[asyncpg.Connection], Awaitable[_T]]) -> _T:
+        """`work` in one transaction opened by the fence; shielded like a
+        commit. NotLeading, and nothing written, when the lease is not held."""
+
+        async def turn() -> _T:
+            async with self._busy:
+                term = self.lease.fence_term()
+
+                async def fenced(conn: asyncpg.Connection) -> _T:
+                    async with conn.transaction():
+                        await self.lease.check(conn, term)
+                        return await work(conn)
+
+                return await self._run(fenced)
+
+        return await _shielded(turn())
+
+    async def _steps(self, steps: list[tuple[str, list[Any]]]) -> None:
+        async def work(conn: asyncpg.Connection) -> None:
+            for sql, rows in steps:
+                await conn.executemany(postgres(sql), [_pg_row(r) for r in rows])
+
+        try:
+            await self._write_turn(work)
+        except NotLeading:
+            raise
+        except StoreError as exc:
+            raise StoreError(f"{self.name}: commit failed, nothing written: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            if self.lease.term is not None:
+                try:
+                    await self.lease.release()
+                except StoreError:
+                    pass  # it expires by itself
+        finally:
+            self._closed = True
+            await self._pool.close()
+
+    # -- the tick's reads ----------------------------------------------------
+
+    async def load(self, *, awake_only: bool = False) -> dict[InstanceGuid, Record]:
+        rows = await self._all(SELECT_AWAKE if awake_only else SELECT)
+        return await asyncio.to_thread(to_records, rows)
+
+    async def load_asleep(self) -> list[tuple[Any, ...]]:
+        return await self._all(SELECT_ASLEEP)
+
+    async def load_hosts(self) -> dict[str, HostClaim]:
+        return await asyncio.to_thread(to_hosts, await self._all(SELECT_HOSTS))
+
+    async def load_challenges(self, *, awake_only: bool = False) -> dict[InstanceGuid, Challenge]:
+        return await asyncio.to_thread(to_challenges, await self._all(SELECT_CHALLENGES + (AWAKE if awake_only else "")))
+
+    async def load_decisions(self, *, awake_only: bool = False) -> list[Decision]:
+        rows = await self._all(SELECT_DECISIONS + (AWAKE if awake_only else ""))
+        return [Decision(*row) for row in rows]
+
+    async def records_of(self, guids: Iterable[str]) -> dict[InstanceGuid, Record]:
+        return await asyncio.to_thread(to_records, await self._some(SELECT, guids))
+
+    async def challenges_of(self, guids: Iterable[str]) -> dict[InstanceGuid, Challenge]:
+        return to_challenges(await self._some(SELECT_CHALLENGES, guids))
+
+    async def _some(self, select: str, guids: Iterable[str]) -> list[tuple[Any, ...]]:
+        wanted = sorted(set(guids))
+        if not wanted:
+            return []
+        rows = await self._run(lambda c: c.fetch(postgres(select) + " WHERE guid = ANY($1::text[])", wanted))
+        return [tuple(r) for r in rows]
+
+    async def load_guards(self) -> dict[str, Any]:
+        return {name: load_json(value) for name, value in await self._all("SELECT name, value FROM guards")}
+
+    # -- reads on demand -----------------------------------------------------
+
+    async def get(self, guid: str) -> Record | None:
+        rows = await self._all(SELECT + " WHERE guid = ?", (guid,))
+        return to_record(rows[0]) if rows else None
+
+    async def published_of(self, guid: str) -> dict[str, Any] | None:
+        rows = await self._all("SELECT published FROM instances WHERE guid = ?", (guid,))
+        return load_json(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    async def hosts_of(self, guid: str) -> list[HostClaim]:
+        rows = await self._all(SELECT_HOSTS + " WHERE guid = ? ORDER BY host", (guid,))
+        return [HostClaim(*row) for row in rows]
+
+    async def challenge_of(self, guid: str) -> Challenge | None:
+        rows = await self._all(SELECT_CHALLENGES + " WHERE guid = ?", (guid,))
+        return Challenge(*rows[0]) if rows else None
+
+    async def events_for(self, guid: str, limit: int = 50) -> list[tuple[int, Event]]:
+        rows = await self._all(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE instance_guid = ? ORDER BY id DESC LIMIT ?", (guid, limit)
+        )
+        return [to_event(r) for r in rows]
+
+    async def last_ticks(self, limit: int = 10) -> list[dict[str, Any]]:
+        rows = await self._all(
+            "SELECT id, started_at, finished_at, result, summary FROM ticks ORDER BY id DESC LIMIT ?", (limit,)
+        )
+        return [{"id": i, "started_at": s, "finished_at": f, "result": r,
+                 "summary": None if j is None else json.loads(j)} for i, s, f, r, j in rows]  # fmt: skip
+
+    async def import_findings(self, guid: str) -> list[dict[str, Any]]:
+        return await findings_of(self, guid)
+
+    async def last_import(self) -> dict[str, Any] | None:
+        return await last_import(self)
+
+    # -- writes (the leader's, fenced) ---------------------------------------
+
+    async def commit(
+        self,
+        *,
+        upserts: Iterable[Record] = (),
+        forgets: Iterable[str] = (),
+        events: Iterable[Event] = (),
+        host_upserts: Iterable[HostClaim] = (),
+        host_deletes: Iterable[str] = (),
+        challenge_upserts: Iterable[Challenge] = (),
+        challenge_deletes: Iterable[str] = (),
+        decisions: Iterable[Decision] = (),
+        shown: Mapping[str, Mapping[str, Any]] | None = None,
+        asleep: Iterable[tuple[str, str]] = (),
+        also: Iterable[tuple[str, list[Any]]] = (),
+    ) -> None:
+        """Everything in one fenced transaction, or nothing (cdnreq.store.commit.commit_steps)."""
+        steps = commit_steps(
+            self.path, upserts=upserts, forgets=forgets, events=events,
+            host_upserts=host_upserts, host_deletes=host_deletes,
+            challenge_upserts=challenge_upserts, challenge_deletes=challenge_deletes,
+            decisions=decisions, shown=shown, asleep=asleep, also=also,
+        )  # fmt: skip
+        if steps:
+            await self._steps(steps)
+
+    async def save_guards(self, values: Mapping[str, Any], now: float) -> None:
+        try:
+            rows = [(n, json.dumps(v, sort_keys=True), now) for n, v in values.items() if v is not None]
+        except (ValueError, TypeError) as exc:
+            raise StoreError(f"{self.name}: cannot encode guard state: {exc}") from exc
+        deletes = [(n,) for n, v in values.items() if v is None]
+        steps = [(sql, r) for sql, r in ((UPSERT_GUARD, rows), (DELETE_GUARD, deletes)) if r]
+        if steps:
+            await self._steps(steps)
+
+    async def clear_guard(self, name: str, value: Any) -> None:
+        text = json.dumps(value, sort_keys=True)
+        await self._write_turn(lambda c: c.execute(postgres("DELETE FROM guards WHERE name = ? AND value = ?"), name, text))
+
+    def lost(self) -> str | None:
+        """None: the database stays the one opened. Losing the lease is the
+        election's business (cdnreq.service.leader), not a lost store."""
+        return None
+
+    async def begin_tick(self, started_at: float) -> int:
+        return int(await self._write_turn(
+            lambda c: c.fetchval("INSERT INTO ticks (started_at) VALUES ($1) RETURNING id", started_at)
+        ))
+
+    async def end_tick(self, tick_id: int, *, finished_at: float, result: str, summary: Mapping[str, Any]) -> None:
+        try:
+            text = dump(summary)
+        except (ValueError, TypeError) as exc:
+            raise StoreError(f"{self.name}: cannot encode tick summary: {exc}") from exc
+        status = await self._write_turn(lambda c: c.execute(
+            "UPDATE ticks SET finished_at = $1, result = $2, summary = $3 WHERE id = $4",
+            finished_at, result, text, tick_id,
+        ))
+        if not status.endswith(" 1"):
+            raise StoreError(f"{self.name}: no tick {tick_id} to end")
+
+    async def end_unfinished_ticks(self, now: float, error: str) -> list[int]:
+        """Ticks begun and never ended (the last leader died mid-tick), ended as interrupted."""
+        text = dump({"ok": False, "interrupted": True, "error": error})
+        rows = await self._write_turn(lambda c: c.fetch(
+            "UPDATE ticks SET finished_at = $1, result = 'interrupted', summary = $2 WHERE finished_at IS NULL "
+            "RETURNING id", now, text,
+        ))
+        return sorted(int(r[0]) for r in rows)
+
+    async def is_empty(self) -> bool:
+        rows = await self._all(
+            "SELECT EXISTS (SELECT 1 FROM instances) OR EXISTS (SELECT 1 FROM hosts) "
+            "OR EXISTS (SELECT 1 FROM challenges)"
+        )
+        return not rows[0][0]
+
+    def size_bytes(self) -> int:
+        """Not known without a query; the database's size is PostgreSQL's to report (0)."""
+        return 0
+
+    async def backup(self, dest: Any, *, now: float | None = None) -> Path:
+        raise StoreError(BACKUPS_ARE_POSTGRES)
+
+    async def prune_if_due(self, days: int, now: float) -> PruneReport | None:
+        from cdnreq.store.pgprune import prune_if_due
+
+        return await prune_if_due(self, days, now)
+
+    async def prune_passes(
+        self, days: Callable[[], int], stop: asyncio.Event, *, metrics: Metrics | None = None
+    ) -> None:
+        from cdnreq.store.pgprune import prune_passes
+
+        await prune_passes(self, days, stop, metrics=metrics)
+
+
+def _pg_row(row: Iterable[Any]) -> tuple[Any, ...]:
+    """A row as PostgreSQL takes it: text cannot hold NUL there (SQLite's can),
+    so a NUL in free text (an error naming a customer's value) is written as
+    the escape `\\u0000` instead of failing the whole commit."""
+    return tuple(v.replace("\x00", "\\u0000") if v.__class__ is str and "\x00" in v else v for v in row)
+
+
+def _session_settings(lease_s: float | None) -> Callable[[asyncpg.Connection], Awaitable[None]]:
+    """Each connection's settings: a transaction left open by a paused or cut
+    off node is ended by the server, so its row locks cannot hold a takeover."""
+    idle_ms = int(1000 * (lease_s if lease_s is not None else 15.0))
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await conn.execute(f"SET idle_in_transaction_session_timeout = {idle_ms}")
+
+    return init
+
+
+async def _shielded(work: Awaitable[_T]) -> _T:
+    """As the SQLite engine's: a transaction runs to its end even when its caller is cancelled."""
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    return await asyncio.shield(task)

@@ -1,0 +1,236 @@
+"""Two `cdnreq run` nodes on one PostgreSQL store against slapproxy (issue 15):
+exactly one leads; killed (kill -9) or paused past its lease (SIGSTOP), the
+other takes over within the lease and a tick, finishes the work, and the
+old leader never calls the master nor writes again.
+
+Each node reaches slapproxy through its own FaultProxy (tests/faultproxy.py),
+whose call log tells which node sent what: no customer requested under two
+titles, no title requested for two customers, no destroy, every customer
+converged."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from faultproxy import REQUEST, FaultProxy
+
+from cdnreq.decide.titles import technical_title
+from devtools.devmaster import CdnSite, write_config
+
+pytestmark = [pytest.mark.slapproxy, pytest.mark.postgres]
+
+LEASE_S = 3.0
+RENEW_S = 0.5
+TICK_S = 0.5
+DEADLINE_S = 60.0
+
+
+def until(check: Callable[[], Any], what: str, timeout_s: float = DEADLINE_S) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"{what}: not within {timeout_s} s")
+
+
+def http(url: str) -> tuple[int, Any] | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+    except (OSError, ValueError):
+        return None
+
+
+class Node:
+    """One `cdnreq run` with its own proxy to the master and its own files."""
+
+    def __init__(self, name: str, root: Path, site: CdnSite, pg_url: str):
+        self.name = name
+        self.proxy = FaultProxy(site.proxy.url).start()
+        self.config = write_config(
+            root / name / "cdnreq.toml", site, database=root / name / "cdnreq.db", master={"url": self.proxy.url},
+            daemon={"tick_interval_s": TICK_S, "retry_base_s": 0.2, "retry_max_s": 1.0},
+            store={"url": pg_url, "sslmode": "disable", "lease_s": LEASE_S, "renew_s": RENEW_S, "node_name": name},
+            domain={"retention_s": 0},
+        )
+        listen = next(line for line in self.config.read_text().splitlines() if line.startswith("listen"))
+        self.base = "http://" + listen.split('"')[1]
+        self.log = open(root / name / "daemon.log", "ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "cdnreq.cli", "run", "--config", str(self.config)],
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+
+    def leads(self) -> bool:
+        answer = http(self.base + "/leaderz")
+        return answer is not None and answer[0] == 200
+
+    def get(self, path: str) -> tuple[int, Any] | None:
+        return http(self.base + path)
+
+    def stop(self) -> None:
+        """Stop the daemon (SIGTERM); the proxy stays for the test's later commands."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def remove(self) -> None:
+        self.stop()
+        self.proxy.stop()
+        self.log.close()
+
+
+@pytest.fixture
+def cluster(cdn_site: CdnSite, pg_url: str, tmp_path: Path):
+    nodes: list[Node] = []
+
+    def start(name: str) -> Node:
+        node = Node(name, tmp_path, cdn_site, pg_url)
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        node.remove()
+
+
+def the_leader(nodes: list[Node]) -> Node:
+    def one() -> Node | None:
+        leading = [n for n in nodes if n.process.poll() is None and n.leads()]
+        return leading[0] if len(leading) == 1 else None
+
+    return until(one, "exactly one leader")
+
+
+def requests_by_title(nodes: list[Node]) -> dict[str, list[tuple[str, dict]]]:
+    found: dict[str, list[tuple[str, dict]]] = defaultdict(list)
+    for node in nodes:
+        for call in node.proxy.calls(name=REQUEST):
+            found[call.body["title"]].append((node.name, call.body))
+    return found
+
+
+class Cdn:
+    """The technical CDN: answers each entry once it appears; tells when every customer shows its answer."""
+
+    def __init__(self, site: CdnSite):
+        self.site = site
+        self.answered: set[str] = set()
+
+    def converged(self, guids: dict[str, str]) -> bool:
+        by_title = {e["title"]: e for e in self.site.technical_entries()}
+        done = True
+        for guid in guids.values():
+            title = technical_title("cdnreq-", guid)
+            entry = by_title.get(title)
+            if entry is None:
+                done = False
+                continue
+            if title not in self.answered:
+                self.site.publish_as_cdn(entry["instance_guid"], {"domain": f"{title}.cdn.example"})
+                self.answered.add(title)
+            if self.site.customer(guid).get("connection_parameters") != {"domain": f"{title}.cdn.example"}:
+                done = False
+        return done
+
+
+def check_call_log(nodes: list[Node], guids: dict[str, str]) -> None:
+    titles = {technical_title("cdnreq-", g): g for g in guids.values()}
+    requested = requests_by_title(nodes)
+    assert set(requested) <= set(titles), f"titles of no customer: {set(requested) - set(titles)}"
+    for title, calls in requested.items():
+        assert all(body.get("state") != "destroyed" for _, body in calls), f"{title} destroyed"
+    assert len(set(requested)) == len(guids)  # each customer under its one title
+
+
+def test_one_leader_and_a_kill_9_takeover(cdn_site: CdnSite, cluster):
+    guids = {f"c{i}": cdn_site.add_customer(f"c{i}", {"url": f"https://backend-{i}.example"}) for i in range(3)}
+    nodes = [cluster("node-a"), cluster("node-b")]
+    first = the_leader(nodes)
+    standby = next(n for n in nodes if n is not first)
+    status = until(lambda: (r := standby.get("/readyz")) and r[0] == 200 and r, "the standby ready")
+    assert status[1]["role"] == "standby" and status[1]["leader"].startswith(first.name + "/"), status
+    view = until(lambda: (s := standby.get("/status")) and s[1].get("cluster"), "the standby's /status")
+    assert view["role"] == "standby" and view["leader"]["holder"].startswith(first.name + "/")
+    cdn = Cdn(cdn_site)
+    until(lambda: cdn.converged(guids), "the first customers served")
+    assert not standby.proxy.calls(), "a standby called the master"
+
+    killed_at = time.monotonic()
+    first.process.kill()
+    first.process.wait()
+    assert the_leader(nodes) is standby
+    took_s = time.monotonic() - killed_at
+    assert took_s <= LEASE_S + TICK_S + 2 * RENEW_S + 2.0, took_s
+    guids["c3"] = cdn_site.add_customer("c3", {"url": "https://backend-3.example"})
+    until(lambda: cdn.converged(guids), "the new leader serving a new customer")
+    check_call_log(nodes, guids)
+    metrics = urllib.request.urlopen(standby.base + "/metrics", timeout=2).read().decode()
+    assert "cdnreq_leader 1.0" in metrics
+
+
+def test_a_paused_leader_is_fenced_and_steps_down(cdn_site: CdnSite, cluster):
+    guids = {f"c{i}": cdn_site.add_customer(f"c{i}", {"url": f"https://backend-{i}.example"}) for i in range(2)}
+    nodes = [cluster("node-a"), cluster("node-b")]
+    first = the_leader(nodes)
+    other = next(n for n in nodes if n is not first)
+    cdn = Cdn(cdn_site)
+    until(lambda: cdn.converged(guids), "the first customers served")
+
+    first.process.send_signal(signal.SIGSTOP)
+    assert until(lambda: other.leads(), "the other node leading while the first is paused")
+    guids["c2"] = cdn_site.add_customer("c2", {"url": "https://backend-2.example"})
+    until(lambda: cdn.converged(guids), "the new leader serving a new customer")
+    calls_before = len(first.proxy.log)
+    first.process.send_signal(signal.SIGCONT)
+    until(lambda: (a := first.get("/leaderz")) is not None and a[0] == 503, "the old leader stepping down")
+    assert the_leader(nodes) is other
+    guids["c3"] = cdn_site.add_customer("c3", {"url": "https://backend-3.example"})
+    until(lambda: cdn.converged(guids), "served after the old leader came back")
+    assert first.proxy.log[calls_before:] == [], "the old leader called the master after its lease"
+    check_call_log(nodes, guids)
+
+
+def cdnreq(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cdnreq.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_commands_beside_a_leader_and_once_on_postgresql(cdn_site: CdnSite, cluster):
+    """`cdnreq once` takes the lease for its run: refused while a node leads
+    (naming it), run once the node stopped (a clean stop hands the lease over);
+    `cdnreq plan` reads beside the leader and writes nothing."""
+    guids = {"c0": cdn_site.add_customer("c0", {"url": "https://backend-0.example"})}
+    node = cluster("node-a")
+    the_leader([node])
+    cdn = Cdn(cdn_site)
+    until(lambda: cdn.converged(guids), "the customer served")
+    refused = cdnreq("once", "--config", str(node.config))
+    assert refused.returncode == 3, refused.stderr
+    assert "node node-a/" in refused.stderr and "leads" in refused.stderr
+    planned = cdnreq("plan", "--config", str(node.config))
+    assert planned.returncode == 0, planned.stderr
+    node.stop()
+    assert node.process.returncode == 0
+    guids["c1"] = cdn_site.add_customer("c1", {"url": "https://backend-1.example"})
+    done = cdnreq("once", "--config", str(node.config))
+    assert done.returncode == 0, done.stderr
+    assert technical_title("cdnreq-", guids["c1"]) in {e["title"] for e in cdn_site.technical_entries()}
+    first = technical_title("cdnreq-", guids["c0"])
+    assert [c.body["title"] for c in node.proxy.calls(name=REQUEST)].count(first) == 1  # not again by once
