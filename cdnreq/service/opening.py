@@ -12,6 +12,7 @@ import structlog
 
 from cdnreq.config import Config
 from cdnreq.store import Engine, StoreError, start_refusal
+from cdnreq.store.copying import COPYING
 from cdnreq.store.engines import is_postgres, open_engine
 
 log = structlog.get_logger("cdnreq.daemon")
@@ -43,8 +44,13 @@ async def open_checked(
     """
     if is_postgres(config):  # its backups are PostgreSQL's: nothing here to tell a lost store by
         store = await open_engine(config, lock=lead)
-        if lead:
-            await _end_unfinished(store)
+        try:
+            await _refuse_unfinished_copy(store)
+            if lead:
+                await _end_unfinished(store)
+        except BaseException:
+            await store.close()
+            raise
         return store
     database, backups = config.daemon.database, config.backup_path()
 
@@ -68,6 +74,7 @@ async def open_checked(
                     "starting on an empty store (--fresh) although backups exist",
                     database=str(database), backup_dir=str(backups),
                 )
+        await _refuse_unfinished_copy(store)
         await _end_unfinished(store)
     except BaseException:
         await store.close()
@@ -80,3 +87,14 @@ async def _end_unfinished(store: Engine) -> None:
     interrupted, not left open (nor mistaken for a success)."""
     for tick in await store.end_unfinished_ticks(time.time(), KILLED_MID_TICK):
         log.warning("tick interrupted", tick=tick, error=KILLED_MID_TICK)
+
+
+async def _refuse_unfinished_copy(store: Engine) -> None:
+    """A store `cdnreq migrate-store` began to fill and never finished holds
+    part of the state: acting on it would challenge or request again
+    customers it lacks."""
+    mark = (await store.load_guards()).get(COPYING)
+    if mark is not None:
+        source = mark.get("from", "?") if isinstance(mark, dict) else "?"
+        raise StoreError(f"{store.path}: a copy into this store (cdnreq migrate-store from {source}) did not "
+                         "finish: it holds part of a store. Empty it and run migrate-store again")

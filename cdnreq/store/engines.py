@@ -82,6 +82,11 @@ async def open_engine(config: Config, *, lock: bool = True, lead: bool | None = 
         at = store_at(config)
     except StoreUrlError as error:
         raise StoreError(f"[store].url: {error}") from None
+    return await open_at(config, at, lock=lock, lead=lead)
+
+
+async def open_at(config: Config, at: StoreAt, *, lock: bool = True, lead: bool | None = None) -> Engine:
+    """The store at `at`, with [store]'s password file and TLS for PostgreSQL."""
     if isinstance(at, SqliteAt):
         from cdnreq.store.sqlite import Store
 

@@ -272,6 +272,16 @@ class PgStore:
         text = json.dumps(value, sort_keys=True)
         await self._write_turn(lambda c: c.execute(postgres("DELETE FROM guards WHERE name = ? AND value = ?"), name, text))
 
+    async def after_copy(self) -> None:
+        """Identity columns go on after the ids a copy wrote (cdnreq.store.copying)."""
+
+        async def work(conn: asyncpg.Connection) -> None:
+            for table in ("events", "ticks", "imports", "import_findings"):
+                await conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                                   f"COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)")
+
+        await self._write_turn(work)
+
     def lost(self) -> str | None:
         """None: the database stays the one opened. Losing the lease is the
         election's business (cdnreq.service.leader), not a lost store."""
