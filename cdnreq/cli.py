@@ -31,7 +31,7 @@ from cdnreq.service.daemon import Daemon
 from cdnreq.service.exits import EXIT_CONFIG, EXIT_DATABASE, EXIT_OK, EXIT_TICK_FAILED
 from cdnreq.service.once import run_once
 from cdnreq.service.opening import open_store
-from cdnreq.store.engines import is_postgres
+from cdnreq.store.engines import is_postgres, store_missing
 from cdnreq.store.pgbackups import BACKUPS_ARE_POSTGRES, RESTORES_ARE_POSTGRES
 from cdnreq.explain import explain, iso
 from cdnreq.dns.challenge import SecretError
@@ -246,10 +246,10 @@ def _status(args: argparse.Namespace, config: Config) -> int:
             error = status.get("error") if isinstance(status, dict) else None
             why = " to this token: is [daemon].token_file readable by this user?" if code in (401, 403) else ""
             status, reason = None, f"answered HTTP {code} ({error or 'not a status'}){why}"
-    database = config.daemon.database.exists()
+    missing = store_missing(config)
+    database = missing is None
     if status is None and not database:
-        print(f"cdnreq: no daemon answers and no database at {config.daemon.database}: "
-              "cdnreq has not run yet", file=sys.stderr)
+        print(f"cdnreq: no daemon answers and {missing}: cdnreq has not run yet", file=sys.stderr)
         return STATUS_NO_DAEMON_NO_DATABASE
     if status is not None and not args.json and sys.stdout.isatty():
         status = _follow(config, token, status)
@@ -305,8 +305,8 @@ def _explain(args: argparse.Namespace, config: Config) -> int:
         if code == 404:
             data = None
     except NotRunning:
-        if not config.daemon.database.exists():
-            print(f"cdnreq: no database at {config.daemon.database}: cdnreq has not run yet", file=sys.stderr)
+        if (missing := store_missing(config)) is not None:
+            print(f"cdnreq: {missing}: cdnreq has not run yet", file=sys.stderr)
             return EXIT_DATABASE
         data = asyncio.run(_explain_from_store(config, args.instance_guid))
     if data is None:

@@ -35,18 +35,22 @@ def entries(site: CdnSite) -> dict[str, dict]:
     return {e["title"]: dict(e["parameters"]) for e in site.technical_entries()}
 
 
-@pytest.fixture
-def fleet(cdn_site: CdnSite, tmp_path: Path) -> tuple[CdnSite, Path, Path]:
-    """Twenty live customers, with the default guards."""
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def fleet(request: pytest.FixtureRequest, cdn_site: CdnSite, tmp_path: Path) -> tuple[CdnSite, Path, Path]:
+    """Twenty live customers, with the default guards, on each engine."""
     database = tmp_path / "state" / "cdnreq.db"
-    config = write_config(tmp_path / "cdnreq.toml", cdn_site, database=database, domain={"retention_s": 0})
+    store = {} if request.param == "sqlite" else {
+        "url": request.getfixturevalue("pg_url"), "sslmode": "disable", "lease_s": 3.0, "renew_s": 0.5,
+    }
+    config = write_config(tmp_path / "cdnreq.toml", cdn_site, database=database, domain={"retention_s": 0},
+                          store=store)
     for i in range(CUSTOMERS):
         cdn_site.add_customer(f"customer-{i}", {"url": url_of(i)})
     assert once(config).returncode == 0
     for entry in cdn_site.technical_entries():
         cdn_site.publish_as_cdn(entry["instance_guid"], {"domain": f"{entry['title']}.cdn.example"})
     assert once(config).returncode == 0
-    records, _ = load(database)
+    records, _ = load(config)
     assert len(records) == CUSTOMERS and all(r.phase is Phase.LIVE for r in records.values())
     return cdn_site, config, database
 
@@ -85,7 +89,7 @@ def test_a_fleet_without_url_is_held_until_seen_for_confirm_ticks(fleet):
         status = cdnreq("status", "--config", str(config))
         assert f"UPDATES HELD: {CUSTOMERS} update(s)" in status.stdout, status.stdout
         assert f"seen {seen} of 3 ticks" in status.stdout and "cdnreq approve --fingerprint" in status.stdout
-    records, events = load(database)
+    records, events = load(config)
     assert sorted(e.instance_guid for e in events if e.action == "hold") == sorted(records)  # once each
     assert all(r.phase is Phase.LIVE for r in records.values())
 
@@ -113,9 +117,10 @@ def test_approve_applies_held_updates_while_the_daemon_runs(fleet, tmp_path: Pat
     token = tmp_path / "token"
     token.write_text("t" * 32)
     token.chmod(0o600)
+    store = tomllib.loads(config.read_text()).get("store", {})
     daemon = write_config(
         tmp_path / "daemon.toml", site, database=database, domain={"retention_s": 0},
-        daemon={"tick_interval_s": 0.3, "confirm_ticks": 1000, "token_file": str(token)},
+        daemon={"tick_interval_s": 0.3, "confirm_ticks": 1000, "token_file": str(token)}, store=store,
     )  # fmt: skip
     http_get = authorized_get("t" * 32)
     endpoint = "http://127.0.0.1:" + tomllib.loads(daemon.read_text())["daemon"]["listen"].rpartition(":")[2]

@@ -33,6 +33,7 @@ LEASE_S = 3.0
 RENEW_S = 0.5
 TICK_S = 0.5
 DEADLINE_S = 60.0
+TOKEN = "t" * 32
 
 
 def until(check: Callable[[], Any], what: str, timeout_s: float = DEADLINE_S) -> Any:
@@ -45,9 +46,10 @@ def until(check: Callable[[], Any], what: str, timeout_s: float = DEADLINE_S) ->
     raise AssertionError(f"{what}: not within {timeout_s} s")
 
 
-def http(url: str) -> tuple[int, Any] | None:
+def http(url: str, method: str = "GET") -> tuple[int, Any] | None:
+    request = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {TOKEN}"})
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with urllib.request.urlopen(request, timeout=2) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"null")
@@ -61,9 +63,12 @@ class Node:
     def __init__(self, name: str, root: Path, site: CdnSite, pg_url: str):
         self.name = name
         self.proxy = FaultProxy(site.proxy.url).start()
+        token = root / f"{name}.token"
+        token.write_text(TOKEN)
+        token.chmod(0o600)
         self.config = write_config(
             root / name / "cdnreq.toml", site, database=root / name / "cdnreq.db", master={"url": self.proxy.url},
-            daemon={"tick_interval_s": TICK_S, "retry_base_s": 0.2, "retry_max_s": 1.0},
+            daemon={"tick_interval_s": TICK_S, "retry_base_s": 0.2, "retry_max_s": 1.0, "token_file": str(token)},
             store={"url": pg_url, "sslmode": "disable", "lease_s": LEASE_S, "renew_s": RENEW_S, "node_name": name},
             domain={"retention_s": 0},
         )
@@ -77,8 +82,8 @@ class Node:
         answer = http(self.base + "/leaderz")
         return answer is not None and answer[0] == 200
 
-    def get(self, path: str) -> tuple[int, Any] | None:
-        return http(self.base + path)
+    def get(self, path: str, method: str = "GET") -> tuple[int, Any] | None:
+        return http(self.base + path, method)
 
     def stop(self) -> None:
         """Stop the daemon (SIGTERM); the proxy stays for the test's later commands."""
@@ -172,6 +177,10 @@ def test_one_leader_and_a_kill_9_takeover(cdn_site: CdnSite, cluster):
     cdn = Cdn(cdn_site)
     until(lambda: cdn.converged(guids), "the first customers served")
     assert not standby.proxy.calls(), "a standby called the master"
+    refused = standby.get(f"/actions/retry?guid={guids['c0']}", method="POST")
+    assert refused is not None and refused[0] == 503 and "stands by" in refused[1]["message"], refused
+    instance = standby.get(f"/instances/{guids['c0']}")  # read from the shared store
+    assert instance is not None and instance[0] == 200 and instance[1]["state"] == "live", instance
 
     killed_at = time.monotonic()
     first.process.kill()
@@ -182,7 +191,8 @@ def test_one_leader_and_a_kill_9_takeover(cdn_site: CdnSite, cluster):
     guids["c3"] = cdn_site.add_customer("c3", {"url": "https://backend-3.example"})
     until(lambda: cdn.converged(guids), "the new leader serving a new customer")
     check_call_log(nodes, guids)
-    metrics = urllib.request.urlopen(standby.base + "/metrics", timeout=2).read().decode()
+    request = urllib.request.Request(standby.base + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    metrics = urllib.request.urlopen(request, timeout=2).read().decode()
     assert "cdnreq_leader 1.0" in metrics
 
 

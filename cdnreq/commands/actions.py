@@ -26,6 +26,7 @@ from cdnreq.configfile import ConfigError
 from cdnreq.preflight import read_token
 from cdnreq.service.exits import EXIT_CONFIG, EXIT_DATABASE, EXIT_OK, EXIT_TICK_FAILED
 from cdnreq.service.opening import open_store
+from cdnreq.store.engines import store_missing
 from cdnreq.wiring import master_client
 from cdnreq.operator import Result, apply, guard_policy_of
 from cdnreq.preflight import master_context
@@ -105,8 +106,8 @@ def _run(args: argparse.Namespace, config: Config) -> int:
 
 def _local(config: Config, action: OperatorAction) -> int:
     """No daemon: hold the store's lock (StoreLocked is exit 3, in cli.main)."""
-    if not config.daemon.database.exists():
-        print(f"cdnreq: no database at {config.daemon.database}: cdnreq has not run yet", file=sys.stderr)
+    if (missing := store_missing(config)) is not None:
+        print(f"cdnreq: {missing}: cdnreq has not run yet", file=sys.stderr)
         return EXIT_DATABASE
     result = asyncio.run(_apply_locked(config, action))
     if not result.ok:

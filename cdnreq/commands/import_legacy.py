@@ -33,6 +33,7 @@ from cdnreq.preflight import master_context
 from cdnreq.wiring import domain_policy_of, policy_of
 from cdnreq.scrub import printable
 from cdnreq.store import Engine, Store, StoreLocked
+from cdnreq.store.engines import is_postgres, open_engine
 from cdnreq.store import imports
 from cdnreq.store.errors import StoreError
 
@@ -122,6 +123,8 @@ async def _import(args: argparse.Namespace, config: Config) -> dict[str, Any]:
 async def _open(config: Config, dry_run: bool) -> Engine | None:
     database = config.daemon.database
     try:
+        if is_postgres(config):  # the dry run reads as a standby; the import takes the lease
+            return await open_engine(config, lock=not dry_run)
         if dry_run:
             return await Store.open_snapshot(database) if database.exists() else None
         return await Store.open(database)

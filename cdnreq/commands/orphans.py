@@ -38,6 +38,7 @@ from cdnreq.decide.orphans import Orphan, Sweep, prefixes_of, sweep
 from cdnreq.wiring import settings_of
 from cdnreq.scrub import printable
 from cdnreq.store import Engine, Store, StoreLocked
+from cdnreq.store.engines import is_postgres, open_engine, store_missing
 
 EXIT_REMAIN = EXIT_TICK_FAILED
 EXIT_HELD = 3
@@ -78,9 +79,9 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     if args.approve is not None and not args.destroy:
         print("cdnreq: orphans: --approve goes with --destroy", file=sys.stderr)
         return EXIT_CONFIG
-    if args.destroy and not config.daemon.database.exists():
+    if args.destroy and (missing := store_missing(config)) is not None:
         print(
-            f"cdnreq: orphans --destroy: no database at {config.daemon.database}: cdnreq has not run yet,"
+            f"cdnreq: orphans --destroy: {missing}: cdnreq has not run yet,"
             " so no entry can be told from an orphan",
             file=sys.stderr,
         )
@@ -111,7 +112,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
 async def _orphans(config: Config, host: str, args: argparse.Namespace, ssl_context: Any) -> dict[str, Any]:
     """List, then read the store, then decide; destroy when asked and let."""
     # the writer's lock first: a daemon running refuses the sweep before any call
-    store = await Store.open(config.daemon.database) if args.destroy else None
+    store = await open_engine(config, lock=True) if args.destroy else None
     try:
         async with master_client(config, None, ssl_context) as master:
             try:
@@ -137,9 +138,12 @@ async def _records(config: Config, store: Engine | None) -> list[Record]:
     """Every record, whatever its phase; a snapshot next to a running daemon."""
     if store is not None:
         return list((await store.load()).values())
-    if not config.daemon.database.exists():
+    if store_missing(config) is not None:
         return []
-    snapshot = await Store.open_snapshot(config.daemon.database)
+    if is_postgres(config):  # a standby's reads: never the lease
+        snapshot = await open_engine(config, lock=False)
+    else:
+        snapshot = await Store.open_snapshot(config.daemon.database)
     try:
         return list((await snapshot.load()).values())
     finally:

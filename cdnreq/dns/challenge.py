@@ -26,8 +26,11 @@ class SecretError(Exception):
 
 
 def load_secret(path: Path) -> bytes:
-    """Read the secret, creating it (mode 0600) on first use."""
+    """Read the secret, creating it (mode 0600) on first use, and its
+    directory (mode 0700) when missing: on SQLite the store's open makes it,
+    on PostgreSQL nothing else does."""
     try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         pass

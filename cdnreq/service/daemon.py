@@ -189,6 +189,10 @@ class Daemon:
             return 400, {"ok": False, "message": str(error)}
         if self.store is None or self.reconciler is None or self.master is None:
             return 503, {"ok": False, "message": "the daemon is starting"}
+        if self.leadership is not None and not self.leadership.leading():
+            leader = self.leadership.seen.holder or "no node"
+            return 503, {"ok": False, "message": f"this node stands by ({leader} leads): send the action to the "
+                                                 "leader's endpoint (/leaderz answers 200 there)"}
         async with self.writing:
             result = await operator.apply(self.store, self.master, action, policy=guard_policy_of(self.config))
             if result.ok:

@@ -21,6 +21,7 @@ import structlog
 from cdnreq.aiotasks import sleep_or_stop
 from cdnreq.config import StoreConfig
 from cdnreq.decide.leadership import Term
+from cdnreq.service.opening import refuse_unfinished_copy
 from cdnreq.store.errors import StoreError
 
 log = structlog.get_logger("cdnreq.daemon")
@@ -157,10 +158,15 @@ async def take_over(leadership: Leadership, store: Any, reconciler: Any, metrics
     if not leadership.acting:
         try:
             await store.migrate()
+            await refuse_unfinished_copy(store)
             for tick in await store.end_unfinished_ticks(time.time(), LEADER_CHANGED):
                 log.warning("tick interrupted", tick=tick, error=LEADER_CHANGED)
         except StoreError as error:
-            log.error("took the leader lease but cannot prepare the store", error=str(error))
+            log.error("took the leader lease but cannot prepare the store; handing it over", error=str(error))
+            try:
+                await store.lease.release()
+            except StoreError:
+                pass  # it expires by itself
             await leadership.wait(leadership.settings().renew_s)
             return False
         reconciler.reread()

@@ -45,7 +45,8 @@ async def open_checked(
     if is_postgres(config):  # its backups are PostgreSQL's: nothing here to tell a lost store by
         store = await open_engine(config, lock=lead)
         try:
-            await _refuse_unfinished_copy(store)
+            if store.schema_version > 0:  # a new database: its leader creates the schema (and checks then)
+                await refuse_unfinished_copy(store)
             if lead:
                 await _end_unfinished(store)
         except BaseException:
@@ -74,7 +75,7 @@ async def open_checked(
                     "starting on an empty store (--fresh) although backups exist",
                     database=str(database), backup_dir=str(backups),
                 )
-        await _refuse_unfinished_copy(store)
+        await refuse_unfinished_copy(store)
         await _end_unfinished(store)
     except BaseException:
         await store.close()
@@ -89,7 +90,7 @@ async def _end_unfinished(store: Engine) -> None:
         log.warning("tick interrupted", tick=tick, error=KILLED_MID_TICK)
 
 
-async def _refuse_unfinished_copy(store: Engine) -> None:
+async def refuse_unfinished_copy(store: Engine) -> None:
     """A store `cdnreq migrate-store` began to fill and never finished holds
     part of the state: acting on it would challenge or request again
     customers it lacks."""

@@ -27,6 +27,7 @@ def reload_of(running: Config, new: Config) -> Reload:
         key
         for key, old, now in (
             ("[daemon].database", running.daemon.database, new.daemon.database),
+            ("[store].url and its connection", _connection(running), _connection(new)),
             ("[daemon].listen", running.daemon.listen, new.daemon.listen),
             ("[daemon].token_file", running.daemon.token_file, new.daemon.token_file),
             ("[domain].secret_file", running.domain.secret_file, new.domain.secret_file),
@@ -52,9 +53,18 @@ def keep_running(new: Config, running: Config) -> Config:
     values: what is derived from them (the domain secret's path, the
     backups' directory) must not move under the open store, or the next
     reload of the store's state would read, or create, another secret."""
+    store = new.store.model_copy(update={k: getattr(running.store, k) for k in _CONNECTION})
     daemon = new.daemon.model_copy(update={
         "database": running.daemon.database, "listen": running.daemon.listen,
         "token_file": running.daemon.token_file,
     })  # fmt: skip
     domain = new.domain.model_copy(update={"secret_file": running.domain.secret_file})
-    return new.model_copy(update={"daemon": daemon, "domain": domain})
+    return new.model_copy(update={"daemon": daemon, "domain": domain, "store": store})
+
+
+_CONNECTION = ("url", "password_file", "sslmode", "ssl_ca_file", "node_name")
+
+
+def _connection(config: Config) -> tuple:
+    """What the open store was connected with: changed, it applies after a restart."""
+    return tuple(getattr(config.store, k) for k in _CONNECTION)

@@ -35,6 +35,16 @@ def is_postgres(config: Config) -> bool:
     return isinstance(store_at(config), PostgresAt)
 
 
+def store_missing(config: Config) -> str | None:
+    """Why there is no store to read yet ("no database at PATH"), or None.
+    A SQLite file may not exist yet; a PostgreSQL database is there to read
+    (what it holds, or that it cannot be reached, the reading tells)."""
+    at = store_at(config)
+    if isinstance(at, SqliteAt) and not at.path.exists():
+        return f"no database at {at.path}"
+    return None
+
+
 def holder_id(config: Config) -> str:
     """This process's name in the lease: the node's name, its pid and a
     random part, so a restarted node never mistakes its predecessor's lease

@@ -139,6 +139,8 @@ class Engine(TickStore, InstanceReads, Protocol):
     """A whole store: the tick's part, the reads on demand, and what the
     service does around ticks (start-up, size, backups)."""
 
+    schema_version: int  # the schema's version when opened (0: an empty database, not created yet)
+
     async def is_empty(self) -> bool:
         """Nothing worth keeping: no instance, no claim, no challenge."""
 
