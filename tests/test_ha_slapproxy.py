@@ -244,3 +244,31 @@ def test_commands_beside_a_leader_and_once_on_postgresql(cdn_site: CdnSite, clus
     assert technical_title("cdnreq-", guids["c1"]) in {e["title"] for e in cdn_site.technical_entries()}
     first = technical_title("cdnreq-", guids["c0"])
     assert [c.body["title"] for c in node.proxy.calls(name=REQUEST)].count(first) == 1  # not again by once
+
+
+def test_three_nodes_hand_over_twice(cdn_site: CdnSite, cluster):
+    """Three nodes: a clean stop hands the lease over at once, a kill -9 after
+    the lease; each time exactly one node leads and the work goes on."""
+    guids = {f"c{i}": cdn_site.add_customer(f"c{i}", {"url": f"https://backend-{i}.example"}) for i in range(2)}
+    nodes = [cluster("node-a"), cluster("node-b"), cluster("node-c")]
+    cdn = Cdn(cdn_site)
+    first = the_leader(nodes)
+    until(lambda: cdn.converged(guids), "the first customers served")
+
+    stopped_at = time.monotonic()
+    first.stop()  # SIGTERM: the lease is released, not left to expire
+    assert first.process.returncode == 0
+    second = the_leader(nodes)
+    assert second is not first and time.monotonic() - stopped_at < LEASE_S, "the lease was not handed over"
+    guids["c2"] = cdn_site.add_customer("c2", {"url": "https://backend-2.example"})
+    until(lambda: cdn.converged(guids), "served by the second leader")
+
+    second.process.kill()
+    second.process.wait()
+    third = the_leader(nodes)
+    assert third not in (first, second)
+    guids["c3"] = cdn_site.add_customer("c3", {"url": "https://backend-3.example"})
+    until(lambda: cdn.converged(guids), "served by the third leader")
+    check_call_log(nodes, guids)
+    epochs = {n.name: (n.get("/status") or (0, {}))[1].get("cluster", {}).get("epoch") for n in nodes[2:]}
+    assert third.get("/status")[1]["cluster"]["epoch"] >= 3, epochs

@@ -308,3 +308,58 @@ def test_backup_and_restore_say_they_are_postgresqls_job(tmp_path, capsys, comma
                 else [command[0], "--config", str(config), command[1]]) == 3
     assert "PostgreSQL's own tools" in capsys.readouterr().err
     assert not (tmp_path / "backups").exists()
+
+
+@pytest.fixture
+def tls_pg(tmp_path):
+    """A PostgreSQL of its own that speaks TLS with a certificate for 127.0.0.1 from a test CA (trustme)."""
+    import os
+
+    import trustme
+
+    from devtools.pgserver import PgServer
+
+    ca = trustme.CA()
+    server = PgServer()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    chain, key = server.root / "server.crt", server.root / "server.key"
+    cert.cert_chain_pems[0].write_to_path(chain)
+    cert.private_key_pem.write_to_path(key)
+    key.chmod(0o600)
+    if server.user is not None:
+        for path in (chain, key):
+            os.chown(path, server.user.pw_uid, server.user.pw_gid)
+    server.settings.update({"ssl": "on", "ssl_cert_file": str(chain), "ssl_key_file": str(key)})
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(ca_file)
+    other_ca = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(other_ca)
+    server.start()
+    try:
+        yield server, server.create_database("tls"), ca_file, other_ca
+    finally:
+        server.remove()
+
+
+async def test_tls_verify_full_takes_the_right_ca_and_refuses_another(tls_pg, tmp_path):
+    from cdnreq.config import Config
+    from cdnreq.store.engines import open_engine
+
+    server, url, ca_file, other_ca = tls_pg
+
+    def config(**store) -> Config:
+        return Config.model_validate({
+            "master": {"url": "http://127.0.0.1:9", "instance_guid": "r"},
+            "technical_cdn": {"software_release_uri": "https://sr.example/software.cfg"},
+            "daemon": {"database": str(tmp_path / "unused.db")},
+            "store": {"url": url, **store},
+        })
+
+    store = await open_engine(config(sslmode="verify-full", ssl_ca_file=str(ca_file)), lock=True)
+    try:
+        rows = await store._all("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        assert rows == [(True,)]
+    finally:
+        await store.close()
+    with pytest.raises(StoreError, match="(?i)cannot connect.*certificate"):
+        await open_engine(config(sslmode="verify-full", ssl_ca_file=str(other_ca)), lock=True)
