@@ -37,6 +37,10 @@ class LeaseStore(Protocol):
     @property
     def term(self) -> Term | None: ...
 
+    async def last_ticks(self, limit: int = 10) -> list[dict[str, Any]]: ...
+
+    async def phases(self) -> dict[str, int]: ...
+
 
 @dataclass(frozen=True, slots=True)
 class LeaderSeen:
@@ -61,6 +65,7 @@ class Leadership:
         self.seen = LeaderSeen()
         self.changed = asyncio.Event()  # set at every change of role; the daemon clears it
         self.acting = False  # the daemon took over (cdnreq.service.leader.take_over)
+        self.shared: dict[str, Any] = {}  # a standby's view of the store: the leader's last tick, instances
 
     @property
     def holder(self) -> str:
@@ -107,6 +112,8 @@ class Leadership:
         else:
             holder, epoch, left = found if found is not None else (None, None, None)
             self.seen = LeaderSeen(holder, epoch, left, time.time(), None)
+            if not self.leading():
+                await self._read_shared()
         now_leading = self.leading()
         if now_leading != was:
             if now_leading:
@@ -114,6 +121,14 @@ class Leadership:
             else:
                 log.warning("this node stopped leading", node=self.holder, reason=lease.lost, leader=self.seen.holder)
             self.changed.set()
+
+    async def _read_shared(self) -> None:
+        """What a standby's /status shows: the store as the leader left it."""
+        try:
+            ticks = await self.store.last_ticks(1)
+            self.shared = {"last_tick": ticks[0] if ticks else None, "instances": await self.store.phases()}
+        except StoreError as error:  # a schema not created yet, a store that went away
+            self.shared = {"error": str(error)}
 
     async def wait(self, timeout_s: float) -> None:
         """Until the role may have changed, the daemon stops, or `timeout_s`."""
@@ -128,8 +143,11 @@ class Leadership:
     def view(self) -> dict[str, Any]:
         """For /status: this node, its role and the leader as last read."""
         term = self.store.term
-        return {"node": self.holder, "role": self.role(), "epoch": None if term is None else term.epoch,
+        view = {"node": self.holder, "role": self.role(), "epoch": None if term is None else term.epoch,
                 "leader": self.seen.view(), "lost": self.store.lease.lost}
+        if view["role"] == STANDBY:
+            view["store"] = self.shared
+        return view
 
 
 LEADER_CHANGED = "interrupted: the node running it stopped leading (killed, paused or cut off); ended by the next leader"

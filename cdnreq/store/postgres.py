@@ -225,6 +225,10 @@ class PgStore:
         return [{"id": i, "started_at": s, "finished_at": f, "result": r,
                  "summary": None if j is None else json.loads(j)} for i, s, f, r, j in rows]  # fmt: skip
 
+    async def phases(self) -> dict[str, int]:
+        """Instances by phase (what a standby shows of the cluster's work)."""
+        return {phase: int(n) for phase, n in await self._all("SELECT phase, COUNT(*) FROM instances GROUP BY phase")}
+
     async def import_findings(self, guid: str) -> list[dict[str, Any]]:
         return await findings_of(self, guid)
 
