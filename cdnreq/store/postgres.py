@@ -19,19 +19,16 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Mapping, T
 import asyncpg
 
 from cdnreq.decide.leadership import Term
-from cdnreq.model import Challenge, Decision, Event, HostClaim, InstanceGuid, Record
+from cdnreq.model import Challenge, Decision, Event, HostClaim, Record
 from cdnreq.store.pglease import CREATE, Lease, NotLeading
 from cdnreq.store.commit import commit_steps
 from cdnreq.store.dialect import postgres
 from cdnreq.store.pgbackups import BACKUPS_ARE_POSTGRES
 from cdnreq.store.errors import StoreError
-from cdnreq.store.imports import findings_of, last_import
+from cdnreq.store.reads import SqlReads
 from cdnreq.store.pgschema import migrate_pg, read_version
 from cdnreq.store.prune import PruneReport
-from cdnreq.store.rows import (
-    DELETE_GUARD, EVENT_COLUMNS, SELECT, SELECT_ASLEEP, SELECT_AWAKE, SELECT_CHALLENGES, SELECT_DECISIONS,
-    SELECT_HOSTS, UPSERT_GUARD, dump, load_json, to_challenges, to_event, to_hosts, to_record, to_records,
-)
+from cdnreq.store.rows import DELETE_GUARD, UPSERT_GUARD, dump
 from cdnreq.store.url import PostgresAt
 
 if TYPE_CHECKING:
@@ -40,8 +37,9 @@ if TYPE_CHECKING:
     from cdnreq.metrics import Metrics
 
 _T = TypeVar("_T")
-AWAKE = " WHERE guid NOT IN (SELECT guid FROM instances WHERE sleep IS NOT NULL)"
-class PgStore:
+
+
+class PgStore(SqlReads):
     """The store on PostgreSQL. Build it with `await PgStore.open(...)`."""
 
     def __init__(self, at: PostgresAt, pool: asyncpg.Pool, version: int, *, holder: str):
@@ -161,29 +159,6 @@ class PgStore:
 
     # -- the tick's reads ----------------------------------------------------
 
-    async def load(self, *, awake_only: bool = False) -> dict[InstanceGuid, Record]:
-        rows = await self._all(SELECT_AWAKE if awake_only else SELECT)
-        return await asyncio.to_thread(to_records, rows)
-
-    async def load_asleep(self) -> list[tuple[Any, ...]]:
-        return await self._all(SELECT_ASLEEP)
-
-    async def load_hosts(self) -> dict[str, HostClaim]:
-        return await asyncio.to_thread(to_hosts, await self._all(SELECT_HOSTS))
-
-    async def load_challenges(self, *, awake_only: bool = False) -> dict[InstanceGuid, Challenge]:
-        return await asyncio.to_thread(to_challenges, await self._all(SELECT_CHALLENGES + (AWAKE if awake_only else "")))
-
-    async def load_decisions(self, *, awake_only: bool = False) -> list[Decision]:
-        rows = await self._all(SELECT_DECISIONS + (AWAKE if awake_only else ""))
-        return [Decision(*row) for row in rows]
-
-    async def records_of(self, guids: Iterable[str]) -> dict[InstanceGuid, Record]:
-        return await asyncio.to_thread(to_records, await self._some(SELECT, guids))
-
-    async def challenges_of(self, guids: Iterable[str]) -> dict[InstanceGuid, Challenge]:
-        return to_challenges(await self._some(SELECT_CHALLENGES, guids))
-
     async def _some(self, select: str, guids: Iterable[str]) -> list[tuple[Any, ...]]:
         wanted = sorted(set(guids))
         if not wanted:
@@ -191,49 +166,11 @@ class PgStore:
         rows = await self._run(lambda c: c.fetch(postgres(select) + " WHERE guid = ANY($1::text[])", wanted))
         return [tuple(r) for r in rows]
 
-    async def load_guards(self) -> dict[str, Any]:
-        return {name: load_json(value) for name, value in await self._all("SELECT name, value FROM guards")}
-
     # -- reads on demand -----------------------------------------------------
-
-    async def get(self, guid: str) -> Record | None:
-        rows = await self._all(SELECT + " WHERE guid = ?", (guid,))
-        return to_record(rows[0]) if rows else None
-
-    async def published_of(self, guid: str) -> dict[str, Any] | None:
-        rows = await self._all("SELECT published FROM instances WHERE guid = ?", (guid,))
-        return load_json(rows[0][0]) if rows and rows[0][0] is not None else None
-
-    async def hosts_of(self, guid: str) -> list[HostClaim]:
-        rows = await self._all(SELECT_HOSTS + " WHERE guid = ? ORDER BY host", (guid,))
-        return [HostClaim(*row) for row in rows]
-
-    async def challenge_of(self, guid: str) -> Challenge | None:
-        rows = await self._all(SELECT_CHALLENGES + " WHERE guid = ?", (guid,))
-        return Challenge(*rows[0]) if rows else None
-
-    async def events_for(self, guid: str, limit: int = 50) -> list[tuple[int, Event]]:
-        rows = await self._all(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE instance_guid = ? ORDER BY id DESC LIMIT ?", (guid, limit)
-        )
-        return [to_event(r) for r in rows]
-
-    async def last_ticks(self, limit: int = 10) -> list[dict[str, Any]]:
-        rows = await self._all(
-            "SELECT id, started_at, finished_at, result, summary FROM ticks ORDER BY id DESC LIMIT ?", (limit,)
-        )
-        return [{"id": i, "started_at": s, "finished_at": f, "result": r,
-                 "summary": None if j is None else json.loads(j)} for i, s, f, r, j in rows]  # fmt: skip
 
     async def phases(self) -> dict[str, int]:
         """Instances by phase (what a standby shows of the cluster's work)."""
         return {phase: int(n) for phase, n in await self._all("SELECT phase, COUNT(*) FROM instances GROUP BY phase")}
-
-    async def import_findings(self, guid: str) -> list[dict[str, Any]]:
-        return await findings_of(self, guid)
-
-    async def last_import(self) -> dict[str, Any] | None:
-        return await last_import(self)
 
     # -- writes (the leader's, fenced) ---------------------------------------
 
@@ -316,13 +253,6 @@ class PgStore:
             "RETURNING id", now, text,
         ))
         return sorted(int(r[0]) for r in rows)
-
-    async def is_empty(self) -> bool:
-        rows = await self._all(
-            "SELECT EXISTS (SELECT 1 FROM instances) OR EXISTS (SELECT 1 FROM hosts) "
-            "OR EXISTS (SELECT 1 FROM challenges)"
-        )
-        return not rows[0][0]
 
     def size_bytes(self) -> int:
         """Not known without a query; the database's size is PostgreSQL's to report (0)."""

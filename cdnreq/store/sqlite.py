@@ -19,31 +19,14 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Mapping, T
 
 import aiosqlite
 
-from cdnreq.model import Challenge, Decision, Event, HostClaim, InstanceGuid, Record
+from cdnreq.model import Challenge, Decision, Event, HostClaim, Record
 from cdnreq.store.commit import commit_steps
 from cdnreq.store.errors import SchemaTooNew, StoreError, StoreLost
 from cdnreq.store.lock import DatabaseLock
 from cdnreq.store.online_copy import online_copy
 from cdnreq.store.opening import connect, connect_read_only, connect_snapshot
-from cdnreq.store.rows import (
-    DELETE_GUARD,
-    EVENT_COLUMNS,
-    SELECT,
-    SELECT_ASLEEP,
-    SELECT_AWAKE,
-    SELECT_CHALLENGES,
-    SELECT_DECISIONS,
-    SELECT_HOSTS,
-    UPSERT_GUARD,
-    dump,
-    load_json,
-    to_challenges,
-    to_event,
-    to_hosts,
-    to_record,
-    to_records,
-)
-from cdnreq.store.imports import findings_of, last_import
+from cdnreq.store.rows import DELETE_GUARD, UPSERT_GUARD, dump
+from cdnreq.store.reads import SqlReads
 from cdnreq.store.prune import PruneReport, prune_if_due, prune_passes
 
 if TYPE_CHECKING:
@@ -51,10 +34,9 @@ if TYPE_CHECKING:
 
 _T = TypeVar("_T")
 SOME = 500  # guids read per statement by records_of and challenges_of
-AWAKE = " WHERE guid NOT IN (SELECT guid FROM instances WHERE sleep IS NOT NULL)"
 
 
-class Store:
+class Store(SqlReads):
     """cdnreq's SQLite database. Build it with `await Store.open(path)`."""
 
     def __init__(
@@ -125,50 +107,6 @@ class Store:
             except sqlite3.Error as exc:
                 raise StoreError(f"{self._path}: {exc}") from exc
 
-    async def load(self, *, awake_only: bool = False) -> dict[InstanceGuid, Record]:
-        """Every instance (or those not asleep). At 100k rows building the Records
-        takes a good part of a second, so it runs in a thread to keep the event loop answering."""
-        rows = await self._all(SELECT_AWAKE if awake_only else SELECT)
-        return await asyncio.to_thread(to_records, rows)
-
-    async def load_asleep(self) -> list[tuple[Any, ...]]:
-        """The instances asleep, with their marks and kept decisions (decide/dormancy.from_store)."""
-        return await self._all(SELECT_ASLEEP)
-
-    async def get(self, guid: str) -> Record | None:
-        rows = await self._all(SELECT + " WHERE guid = ?", (guid,))
-        return to_record(rows[0]) if rows else None
-
-    async def published_of(self, guid: str) -> dict[str, Any] | None:
-        """What the customer was last shown (Records keep only its digest)."""
-        rows = await self._all("SELECT published FROM instances WHERE guid = ?", (guid,))
-        return load_json(rows[0][0]) if rows and rows[0][0] is not None else None
-
-    async def load_hosts(self) -> dict[str, HostClaim]:
-        """Every host claim, by host."""
-        rows = await self._all(SELECT_HOSTS)
-        return await asyncio.to_thread(to_hosts, rows)
-
-    async def load_challenges(self, *, awake_only: bool = False) -> dict[InstanceGuid, Challenge]:
-        """Every outstanding DNS challenge (or those of instances not asleep), by instance."""
-        rows = await self._all(SELECT_CHALLENGES + (AWAKE if awake_only else ""))
-        return await asyncio.to_thread(to_challenges, rows)
-
-    async def load_decisions(self, *, awake_only: bool = False) -> list[Decision]:
-        """The domain step's kept verdicts and settled gates (cdnreq/decide/kept.py
-        decides which still hold), of every instance or of those not asleep."""
-        rows = await self._all(SELECT_DECISIONS + (AWAKE if awake_only else ""))
-        return await asyncio.to_thread(lambda: [Decision(*row) for row in rows])
-
-    async def records_of(self, guids: Iterable[str]) -> dict[InstanceGuid, Record]:
-        """The records of `guids` that exist (a Reconciler waking sleeping instances)."""
-        rows = await self._some(SELECT, guids)
-        return await asyncio.to_thread(to_records, rows)
-
-    async def challenges_of(self, guids: Iterable[str]) -> dict[InstanceGuid, Challenge]:
-        """The outstanding challenges of `guids`."""
-        return to_challenges(await self._some(SELECT_CHALLENGES, guids))
-
     async def _some(self, select: str, guids: Iterable[str]) -> list[Any]:
         """`select` for the rows of `guids`, a bounded number at a time (SQLite's host parameter limit)."""
         wanted = sorted(set(guids))
@@ -177,15 +115,6 @@ class Store:
             part = wanted[at:at + SOME]
             rows += await self._all(f"{select} WHERE guid IN ({','.join('?' * len(part))})", part)
         return rows
-
-    async def hosts_of(self, guid: str) -> list[HostClaim]:
-        """The hosts `guid` holds, sorted by host."""
-        rows = await self._all(SELECT_HOSTS + " WHERE guid = ? ORDER BY host", (guid,))
-        return [HostClaim(*row) for row in rows]
-
-    async def challenge_of(self, guid: str) -> Challenge | None:
-        rows = await self._all(SELECT_CHALLENGES + " WHERE guid = ?", (guid,))
-        return Challenge(*rows[0]) if rows else None
 
     async def commit(
         self,
@@ -239,20 +168,6 @@ class Store:
         except sqlite3.Error:
             pass
 
-    async def events_for(self, guid: str, limit: int = 50) -> list[tuple[int, Event]]:
-        """The instance's latest events, newest first."""
-        rows = await self._all(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE instance_guid = ? "
-            "ORDER BY id DESC LIMIT ?",
-            (guid, limit),
-        )
-        return [to_event(r) for r in rows]
-
-    async def load_guards(self) -> dict[str, Any]:
-        """The guards' state by name (cdnreq/decide/guards.py)."""
-        rows = await self._all("SELECT name, value FROM guards")
-        return {name: load_json(value) for name, value in rows}
-
     async def save_guards(self, values: Mapping[str, Any], now: float) -> None:
         """Write the named guard states in one transaction (None deletes one).
         Only the lock holder writes: the daemon, or `cdnreq approve` when no
@@ -297,14 +212,6 @@ class Store:
                     raise
 
         return await _shielded(turn())
-
-    async def import_findings(self, guid: str) -> list[dict[str, Any]]:
-        """What the last `import-legacy` found about the instance (cdnreq.store.imports)."""
-        return await findings_of(self, guid)
-
-    async def last_import(self) -> dict[str, Any] | None:
-        """The last `import-legacy` run and its findings (cdnreq.store.imports)."""
-        return await last_import(self)
 
     async def prune_if_due(self, days: int, now: float) -> PruneReport | None:
         """A pass over the history past `days`, unless one ran within the hour (cdnreq.store.prune)."""
@@ -353,18 +260,6 @@ class Store:
         if changed != 1:
             raise StoreError(f"{self._path}: no tick {tick_id} to end")
 
-    async def last_ticks(self, limit: int = 10) -> list[dict[str, Any]]:
-        rows = await self._all(
-            "SELECT id, started_at, finished_at, result, summary FROM ticks "
-            "ORDER BY id DESC LIMIT ?",
-            (limit,),
-        )
-        return [
-            {"id": i, "started_at": s, "finished_at": f, "result": r,
-             "summary": None if j is None else json.loads(j)}
-            for i, s, f, r, j in rows
-        ]  # fmt: skip
-
     async def end_unfinished_ticks(self, now: float, error: str) -> list[int]:
         """Ticks begun and never ended (the process was killed or crashed
         mid-tick) ended now as `interrupted`; their ids. Only the holder of
@@ -377,15 +272,6 @@ class Store:
                 (now, text),
             )
         return [i for (i,) in rows]
-
-    async def is_empty(self) -> bool:
-        """Nothing worth keeping: no instance, no proven host, no challenge
-        (ticks do not count). What a freshly created database looks like."""
-        rows = await self._all(
-            "SELECT EXISTS (SELECT 1 FROM instances) OR EXISTS (SELECT 1 FROM hosts) "
-            "OR EXISTS (SELECT 1 FROM challenges)"
-        )
-        return not rows[0][0]
 
     async def backup(self, dest: str | os.PathLike[str], *, now: float | None = None) -> Path:
         """An online, consistent copy of the database in the directory `dest`,

@@ -1,0 +1,115 @@
+"""The store's reads, written once for both engines: each is a statement of
+cdnreq.store.rows run through the engine's `_all` (and `_some` for a set of
+guids), its rows turned into models. Building 100,000 Records takes a good
+part of a second, so the big loads convert in a thread and the event loop
+keeps answering."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, Iterable
+
+from cdnreq.model import Challenge, Decision, Event, HostClaim, InstanceGuid, Record
+from cdnreq.store.imports import findings_of, last_import
+from cdnreq.store.rows import (
+    EVENT_COLUMNS, SELECT, SELECT_ASLEEP, SELECT_AWAKE, SELECT_CHALLENGES, SELECT_DECISIONS, SELECT_HOSTS, load_json,
+    to_challenges, to_event, to_hosts, to_record, to_records,
+)
+
+AWAKE = " WHERE guid NOT IN (SELECT guid FROM instances WHERE sleep IS NOT NULL)"
+
+
+class SqlReads:
+    """TickStore's and InstanceReads' reads over an engine's `_all` and `_some`."""
+
+    async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        raise NotImplementedError
+
+    async def _some(self, select: str, guids: Iterable[str]) -> list[Any]:
+        """`select` for the rows of `guids` (the engine bounds how many a statement names)."""
+        raise NotImplementedError
+
+    async def load(self, *, awake_only: bool = False) -> dict[InstanceGuid, Record]:
+        """Every instance (or those not asleep)."""
+        rows = await self._all(SELECT_AWAKE if awake_only else SELECT)
+        return await asyncio.to_thread(to_records, rows)
+
+    async def load_asleep(self) -> list[tuple[Any, ...]]:
+        """The instances asleep, with their marks and kept decisions (decide/dormancy.from_store)."""
+        return [tuple(r) for r in await self._all(SELECT_ASLEEP)]
+
+    async def load_hosts(self) -> dict[str, HostClaim]:
+        rows = await self._all(SELECT_HOSTS)
+        return await asyncio.to_thread(to_hosts, rows)
+
+    async def load_challenges(self, *, awake_only: bool = False) -> dict[InstanceGuid, Challenge]:
+        rows = await self._all(SELECT_CHALLENGES + (AWAKE if awake_only else ""))
+        return await asyncio.to_thread(to_challenges, rows)
+
+    async def load_decisions(self, *, awake_only: bool = False) -> list[Decision]:
+        """The domain step's kept verdicts and settled gates (cdnreq/decide/kept.py
+        decides which still hold), of every instance or of those not asleep."""
+        rows = await self._all(SELECT_DECISIONS + (AWAKE if awake_only else ""))
+        return await asyncio.to_thread(lambda: [Decision(*row) for row in rows])
+
+    async def records_of(self, guids: Iterable[str]) -> dict[InstanceGuid, Record]:
+        """The records of `guids` that exist (a Reconciler waking sleeping instances)."""
+        rows = await self._some(SELECT, guids)
+        return await asyncio.to_thread(to_records, rows)
+
+    async def challenges_of(self, guids: Iterable[str]) -> dict[InstanceGuid, Challenge]:
+        return to_challenges(await self._some(SELECT_CHALLENGES, guids))
+
+    async def load_guards(self) -> dict[str, Any]:
+        """The guards' state by name (cdnreq/decide/guards.py)."""
+        return {name: load_json(value) for name, value in await self._all("SELECT name, value FROM guards")}
+
+    async def get(self, guid: str) -> Record | None:
+        rows = await self._all(SELECT + " WHERE guid = ?", (guid,))
+        return to_record(rows[0]) if rows else None
+
+    async def published_of(self, guid: str) -> dict[str, Any] | None:
+        """What the customer was last shown (Records keep only its digest)."""
+        rows = await self._all("SELECT published FROM instances WHERE guid = ?", (guid,))
+        return load_json(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    async def hosts_of(self, guid: str) -> list[HostClaim]:
+        """The hosts `guid` holds, sorted by host."""
+        rows = await self._all(SELECT_HOSTS + " WHERE guid = ? ORDER BY host", (guid,))
+        return [HostClaim(*row) for row in rows]
+
+    async def challenge_of(self, guid: str) -> Challenge | None:
+        rows = await self._all(SELECT_CHALLENGES + " WHERE guid = ?", (guid,))
+        return Challenge(*rows[0]) if rows else None
+
+    async def events_for(self, guid: str, limit: int = 50) -> list[tuple[int, Event]]:
+        """The instance's latest events, newest first."""
+        rows = await self._all(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE instance_guid = ? ORDER BY id DESC LIMIT ?", (guid, limit)
+        )
+        return [to_event(r) for r in rows]
+
+    async def last_ticks(self, limit: int = 10) -> list[dict[str, Any]]:
+        rows = await self._all(
+            "SELECT id, started_at, finished_at, result, summary FROM ticks ORDER BY id DESC LIMIT ?", (limit,)
+        )
+        return [{"id": i, "started_at": s, "finished_at": f, "result": r,
+                 "summary": None if j is None else json.loads(j)} for i, s, f, r, j in rows]  # fmt: skip
+
+    async def is_empty(self) -> bool:
+        """Nothing worth keeping: no instance, no proven host, no challenge
+        (ticks do not count). What a freshly created database looks like."""
+        rows = await self._all(
+            "SELECT EXISTS (SELECT 1 FROM instances) OR EXISTS (SELECT 1 FROM hosts) "
+            "OR EXISTS (SELECT 1 FROM challenges)"
+        )
+        return not rows[0][0]
+
+    async def import_findings(self, guid: str) -> list[dict[str, Any]]:
+        """What the last `import-legacy` found about the instance (cdnreq.store.imports)."""
+        return await findings_of(self, guid)
+
+    async def last_import(self) -> dict[str, Any] | None:
+        """The last `import-legacy` run and its findings (cdnreq.store.imports)."""
+        return await last_import(self)
