@@ -80,7 +80,7 @@ def parse_listing(entries: Iterable[Any]) -> Listing:
     for entry in _released(entries):
         if entry.__class__ is dict:
             guid = entry.get("instance_guid")
-            if guid.__class__ is not str or not guid or not (guid.isascii() or _addressable(guid)):
+            if guid.__class__ is not str or not guid or "\x00" in guid or not (guid.isascii() or _addressable(guid)):
                 anonymous += 1
                 continue
             parameters = entry.get("parameters", _MISSING)
@@ -179,8 +179,9 @@ _GUID = attrgetter("guid")
 
 def _addressable(guid: Any) -> bool:
     """A guid cdnreq can store and publish to: a non-empty string of
-    Unicode scalar values (a lone surrogate can be neither)."""
-    if not isinstance(guid, str) or not guid:
+    Unicode scalar values (a lone surrogate can be neither), without NUL
+    (PostgreSQL's text cannot hold one, and a guid is a key on every engine)."""
+    if not isinstance(guid, str) or not guid or "\x00" in guid:
         return False
     try:
         guid.encode("utf-8")

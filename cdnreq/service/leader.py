@@ -79,9 +79,12 @@ class Leadership:
         return LEADER if self.leading() else STANDBY
 
     def may_call(self) -> str | None:
-        """None while this node may call the master; why not otherwise."""
-        if self.leading():
+        """None while this node may call the master (it leads, in the term
+        its work was decided in: cdnreq.store.pglease.Lease.bound); why not otherwise."""
+        if self.store.lease.acts():
             return None
+        if self.leading():
+            return "the lease was lost and taken again since this tick's decisions: the next tick redoes them"
         return self.store.lease.lost or "this node does not hold the leader lease"
 
     def healthy(self, now: float) -> bool:
@@ -173,7 +176,8 @@ async def take_over(leadership: Leadership, store: Any, reconciler: Any, metrics
             reconciler.reread()
         await leadership.wait(leadership.settings().renew_s)
         return False
-    if not leadership.acting:
+    if not leadership.acting or store.lease.bound != store.term.epoch:  # a new term: start from the store
+        store.lease.bound = store.term.epoch  # between ticks: no work of an earlier term is under way
         try:
             await store.migrate()
             await refuse_unfinished_copy(store)

@@ -19,12 +19,17 @@ from __future__ import annotations
 import time
 from typing import Any, Awaitable, Callable, Final
 
+import asyncpg
+
 from cdnreq.decide.leadership import Term, acts_until
 from cdnreq.store.errors import StoreLocked, StoreLost
 
 NOW: Final[str] = "extract(epoch FROM clock_timestamp())::double precision"
 NAME: Final[str] = "leader"
 
+# the lease table's creation, serialised: CREATE TABLE IF NOT EXISTS is not
+# safe against a concurrent one (nodes started at once on a new database)
+LOCK_CREATE: Final[str] = "SELECT pg_advisory_xact_lock(1667526258)"
 CREATE: Final[str] = """
 CREATE TABLE IF NOT EXISTS cdnreq_lease (
     name TEXT PRIMARY KEY,
@@ -79,14 +84,26 @@ class Lease:
         self._run, self.holder, self.name = run, holder, name
         self.term: Term | None = None
         self.lost: str | None = None  # why this node stopped leading
+        # the epoch the work under way was decided in: a lease lost and taken
+        # again since is another term, whose writes that work may not make
+        self.bound: int | None = None
 
     async def take(self, lease_s: float) -> Term | None:
         """The lease if it has expired: the new term; None while another node holds it."""
         asked = time.monotonic()
-        epoch = await self._run(lambda c: c.fetchval(TAKE, self.holder, lease_s))
+
+        async def take(conn: Any) -> Any:
+            try:
+                return await conn.fetchval(TAKE, self.holder, lease_s)
+            except asyncpg.UniqueViolationError:  # another node's first take of a never-held lease won
+                return None
+
+        epoch = await self._run(take)
         if epoch is None:
             return None
         self.term, self.lost = Term(self.holder, int(epoch), acts_until(asked, lease_s)), None
+        if self.bound is None:  # no work was under way in an earlier term
+            self.bound = self.term.epoch
         return self.term
 
     async def take_or_refuse(self, lease_s: float) -> Term:
@@ -95,6 +112,7 @@ class Lease:
             holder, _, left = await self.leader() or ("?", 0, 0.0)
             raise StoreLocked(f"{self.name}: node {holder} leads (its lease runs {max(left, 0):.0f} s more); "
                               "stop it, or act through its endpoint")
+        self.bound = term.epoch
         return term
 
     async def renew(self, lease_s: float) -> Term | None:
@@ -133,7 +151,15 @@ class Lease:
         if not term.valid(time.monotonic()):
             self.step_down(f"the leader lease (epoch {term.epoch}) was not renewed in time")
             raise NotLeading(f"{self.name}: {self.lost}")
+        if term.epoch != self.bound:
+            raise NotLeading(f"{self.name}: the lease was lost and taken again (epoch {self.bound} then "
+                             f"{term.epoch}) since the work under way was decided: it is redone from the store")
         return term
+
+    def acts(self) -> bool:
+        """Holds the lease, unexpired, in the term the work under way was decided in."""
+        term = self.term
+        return term is not None and term.epoch == self.bound and term.valid(time.monotonic())
 
     async def check(self, conn: Any, term: Term) -> None:
         """The fence, first in a write transaction on `conn`."""

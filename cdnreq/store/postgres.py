@@ -20,7 +20,7 @@ import asyncpg
 
 from cdnreq.decide.leadership import Term
 from cdnreq.model import Challenge, Decision, Event, HostClaim, Record
-from cdnreq.store.pglease import CREATE, Lease, NotLeading
+from cdnreq.store.pglease import CREATE, LOCK_CREATE, Lease, NotLeading
 from cdnreq.store.commit import commit_steps
 from cdnreq.store.dialect import postgres
 from cdnreq.store.pgbackups import BACKUPS_ARE_POSTGRES
@@ -78,7 +78,7 @@ class PgStore(SqlReads):
             raise StoreError(f"{at.display()}: cannot connect: {type(exc).__name__}: {exc}") from exc
         store = cls(at, pool, 0, holder=holder)
         try:
-            await store._run(lambda c: c.execute(CREATE))
+            await store._run(_create_lease_table)
             if lease_s is not None:
                 await store.lease.take_or_refuse(lease_s)
                 store.schema_version = await store.migrate()
@@ -112,6 +112,8 @@ class PgStore(SqlReads):
 
     async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         args = tuple(params)
+        if any(a.__class__ is str and "\x00" in a for a in args):
+            return []  # a key (guid, host, name) never holds a NUL: nothing matches one (PostgreSQL refuses it)
         rows = await self._run(lambda c: c.fetch(postgres(sql), *args))
         return [tuple(r) for r in rows]
 
@@ -272,6 +274,12 @@ class PgStore(SqlReads):
         from cdnreq.store.pgprune import prune_passes
 
         await prune_passes(self, days, stop, metrics=metrics)
+
+
+async def _create_lease_table(conn: asyncpg.Connection) -> None:
+    async with conn.transaction():
+        await conn.execute(LOCK_CREATE)
+        await conn.execute(CREATE)
 
 
 def _pg_row(row: Iterable[Any]) -> tuple[Any, ...]:

@@ -1,0 +1,146 @@
+"""Attacks from the network between a node and its PostgreSQL: the leader
+cut off from the database (packets dropped, its sessions hanging) while it
+still reaches the master, then the link back. The leader must stop calling
+the master before its lease can expire, write nothing once another node
+leads, and recover by itself: stand by, and lead again when the other
+node stops.
+
+Node A reaches PostgreSQL through a TCP proxy on loopback (this file's
+Link) that can drop everything; node B reaches it directly."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from faultproxy import REQUEST
+
+from bench.double import Double
+from cdnreq.decide.titles import technical_title
+from test_attack_pg_cluster import LEASE_S, Node, ThreadedDouble, served, the_leader, until
+from test_faults_hostile import PREFIX
+
+pytestmark = [pytest.mark.postgres]
+
+
+class Link:
+    """A TCP proxy on 127.0.0.1 to `port`: forwards, or (cut) drops every
+    byte both ways and holds the connections open, as a partition does;
+    `heal()` resets the connections the partition held and forwards again."""
+
+    def __init__(self, port: int):
+        self.upstream = port
+        self.port = 0
+        self.cut = False
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.server: asyncio.AbstractServer | None = None
+
+    def start(self) -> "Link":
+        self.thread.start()
+
+        async def serve() -> int:
+            self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+            return self.server.sockets[0].getsockname()[1]
+
+        self.port = asyncio.run_coroutine_threadsafe(serve(), self.loop).result(10)
+        return self
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.writers.add(up_writer)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    if not self.cut:
+                        dst.write(data)
+                        await dst.drain()
+            except (OSError, ConnectionError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def set_cut(self, cut: bool) -> None:
+        def change() -> None:
+            self.cut = cut
+            if not cut:  # the sessions the partition held are dead on both ends
+                for w in list(self.writers):
+                    w.transport.abort()
+                self.writers.clear()
+
+        self.loop.call_soon_threadsafe(change)
+
+    def stop(self) -> None:
+        def close() -> None:
+            for w in list(self.writers):
+                w.transport.abort()
+            if self.server is not None:
+                self.server.close()
+
+        self.loop.call_soon_threadsafe(close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def test_a_leader_cut_off_from_its_database(tmp_path: Path, pg_url: str, pg_server) -> None:
+    master = Double(publish_after="immediately")
+    guids = [f"SOFTINST-{i}" for i in range(3)]
+    for g in guids:
+        master.add(g, {"url": f"https://{g.lower()}.example"})
+    link = Link(pg_server.port).start()
+    nodes: list[Node] = []
+    try:
+        with ThreadedDouble(master) as runner:
+            a = Node("node-a", tmp_path, runner.url, pg_url.replace(f":{pg_server.port}/", f":{link.port}/"))
+            nodes.append(a)
+            the_leader([a])
+            until(lambda: served(master, runner, guids), "the customers served by A")
+            b = Node("node-b", tmp_path, runner.url, pg_url)
+            nodes.append(b)
+            until(lambda: (r := b.get("/readyz")) and r[0] == 200, "B standing by")
+
+            link.set_cut(True)
+            cut_at = time.time()
+            assert until(lambda: b.leads(), "B leading while A is cut off", timeout_s=4 * LEASE_S + 5)
+            new = "SOFTINST-new"
+            runner.run(lambda: master.add(new, {"url": "https://new.example"}))
+            guids.append(new)
+            until(lambda: served(master, runner, guids), "B serving a new customer")
+            late = [c for c in a.proxy.log if c.at > cut_at + LEASE_S]
+            assert late == [], f"A called the master after its lease could expire: {[c.name for c in late]}"
+
+            link.set_cut(False)
+            until(lambda: (r := a.get("/leaderz")) is not None and r[0] == 503, "A standing by")
+            until(lambda: (r := a.get("/readyz")) and r[0] == 200, "A ready again as a standby")
+            assert the_leader(nodes) is b
+            quiet = len(a.proxy.log)
+            b.stop()
+            assert until(lambda: a.leads(), "A leading again once B stopped")
+            last = "SOFTINST-last"
+            runner.run(lambda: master.add(last, {"url": "https://last.example"}))
+            guids.append(last)
+            until(lambda: served(master, runner, guids), "A serving a customer after its partition")
+            assert a.alive(), a.tail()
+            assert len(a.proxy.log) > quiet
+            requested: set[str] = set()
+            for node in nodes:
+                for call in node.proxy.calls(name=REQUEST):
+                    assert call.body.get("state") != "destroyed", call.body
+                    requested.add(call.body["title"])
+            assert requested == {technical_title(PREFIX, g) for g in guids}
+    finally:
+        for node in nodes:
+            node.remove()
+        link.stop()
