@@ -86,7 +86,7 @@ class PgServer:
     def start(self, timeout_s: float = 30.0) -> "PgServer":
         options = {
             "listen_addresses": self.host, "port": str(self.port), "unix_socket_directories": str(self.root),
-            "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off", "max_connections": "100",
+            "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off", "max_connections": "400",
             **self.settings,
         }
         argv = [str(self.bin / "postgres"), "-D", str(self.data)]

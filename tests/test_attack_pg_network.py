@@ -113,7 +113,8 @@ def test_a_leader_cut_off_from_its_database(tmp_path: Path, pg_url: str, pg_serv
 
             link.set_cut(True)
             cut_at = time.time()
-            assert until(lambda: b.leads(), "B leading while A is cut off", timeout_s=4 * LEASE_S + 5)
+            # A's sessions hang until PostgreSQL ends them (idle_in_transaction_session_timeout = the lease)
+            assert until(lambda: b.leads(), "B leading while A is cut off", timeout_s=6 * LEASE_S + 10), b.tail()
             new = "SOFTINST-new"
             runner.run(lambda: master.add(new, {"url": "https://new.example"}))
             guids.append(new)

@@ -18,7 +18,7 @@ from cdnreq.store.url import parse_store_url
 pytestmark = [pytest.mark.postgres]
 
 NODES = 6
-ROUNDS = 6
+ROUNDS = 3
 
 
 async def _open_all(url: str, lease_s: float | None) -> list[PgStore | BaseException]:
