@@ -30,6 +30,8 @@ from cdnreq.model import Phase
 from cdnreq.decide.transitions import IN_PROGRESS
 from cdnreq.decide.titles import technical_title
 from cdnreq.store import Store
+from cdnreq.store.postgres import PgStore
+from cdnreq.store.url import parse_store_url
 from tests.storeread import events_since
 
 pytestmark = pytest.mark.slapproxy
@@ -73,7 +75,10 @@ def load(database: Path):
     """(records, events, challenges, hosts) as stored."""
 
     async def go():
-        store = await Store.open(database, lock=False)
+        if isinstance(database, str):  # a PostgreSQL store's URL: read as a standby reads
+            store = await PgStore.open(parse_store_url(database), holder="test-reader")
+        else:
+            store = await Store.open(database, lock=False)
         try:
             return (
                 await store.load(),
@@ -138,15 +143,21 @@ def errors_shown(site: CdnSite, guid: str) -> list[str]:
     return errors
 
 
-@pytest.fixture
-def make_config(cdn_site: CdnSite, devdns: DevDns, tmp_path: Path):
-    """write_config against this test's slapproxy and DevDns (never the system resolver)."""
-    database = tmp_path / "state" / "cdnreq.db"
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def make_config(request: pytest.FixtureRequest, cdn_site: CdnSite, devdns: DevDns, tmp_path: Path):
+    """write_config against this test's slapproxy and DevDns (never the system resolver),
+    on each engine: `make.database` is the SQLite file, or the PostgreSQL store's URL."""
+    database: Path | str = tmp_path / "state" / "cdnreq.db"
+    store: dict = {}
+    if request.param == "postgresql":
+        database = request.getfixturevalue("pg_url")
+        store = {"url": database, "sslmode": "disable"}
 
     def make(name: str = "cdnreq.toml", *, dns: dict | None = None, **sections: dict) -> Path:
         dns_section = {"nameservers": [devdns.address], "timeout_s": 0.5, "tries": 1, **(dns or {})}
         return write_config(
-            tmp_path / name, cdn_site, database=database, request_prefix=PREFIX, dns=dns_section, **sections
+            tmp_path / name, cdn_site, database=tmp_path / "state" / "cdnreq.db", request_prefix=PREFIX,
+            dns=dns_section, **{"store": store, **sections},
         )
 
     make.database = database  # type: ignore[attr-defined]

@@ -185,11 +185,11 @@ async def test_no_ping_pong_in_a_long_running_process(cdn_site: CdnSite, devdns:
     from cdnreq.configfile import load_config
     from cdnreq.wiring import master_client
     from cdnreq.reconcile.tick import Reconciler
-    from cdnreq.store import Store
+    from cdnreq.service.opening import open_store
 
     site = cdn_site
     config = load_config(make_config(domain={"retention_s": 3600}))
-    store = await Store.open(config.daemon.database)
+    store = await open_store(config)  # either engine; on PostgreSQL it takes the lease
     try:
         async with master_client(config) as master:
             r = Reconciler(config=config, store=store, master=master)
