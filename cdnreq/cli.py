@@ -39,7 +39,7 @@ from cdnreq.model import Record
 from cdnreq.preflight import check
 from cdnreq.reloadstate import describe as describe_config
 from cdnreq.scrub import printable
-from cdnreq.store import StoreError, restore, take_backup
+from cdnreq.store import StoreError, StoreUnreachable, restore, take_backup
 from cdnreq.store.restoring import lost_store_evidence, restore_secret
 
 
@@ -59,6 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = args.handler(args, config)
         sys.stdout.flush()  # here, so a reader that left is met by the handler below
         return code
+    except StoreUnreachable as error:  # passing: systemd starts the daemon again (RestartPreventExitStatus=2 3)
+        print(f"cdnreq: {error}", file=sys.stderr)
+        return EXIT_TICK_FAILED
     except StoreError as error:
         print(f"cdnreq: {error}", file=sys.stderr)
         return EXIT_DATABASE
@@ -279,6 +282,9 @@ def _status_of_refused_file(args: argparse.Namespace) -> int:
     print("cdnreq: the file above is refused; what runs, reached through its [daemon] section:", file=sys.stderr)
     try:
         code = _status(args, reached)
+    except StoreUnreachable as error:  # passing: systemd starts the daemon again (RestartPreventExitStatus=2 3)
+        print(f"cdnreq: {error}", file=sys.stderr)
+        return EXIT_TICK_FAILED
     except StoreError as error:
         print(f"cdnreq: {error}", file=sys.stderr)
         return EXIT_DATABASE

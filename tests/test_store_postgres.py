@@ -363,3 +363,25 @@ async def test_tls_verify_full_takes_the_right_ca_and_refuses_another(tls_pg, tm
         await store.close()
     with pytest.raises(StoreError, match="(?i)cannot connect.*certificate"):
         await open_engine(config(sslmode="verify-full", ssl_ca_file=str(other_ca)), lock=True)
+
+
+def test_a_database_server_that_does_not_answer_is_a_passing_failure(tmp_path):
+    """`cdnreq run` or `once` on a PostgreSQL that does not answer (down, failing
+    over) exits 1, which systemd restarts, not 3, which it does not."""
+    import subprocess
+    import sys
+
+    from devtools.slapproxy import free_port
+
+    config = tmp_path / "cdnreq.toml"
+    config.write_text(
+        '[master]\nurl = "http://127.0.0.1:9"\ninstance_guid = "r"\n'
+        '[technical_cdn]\nsoftware_release_uri = "https://sr.example/software.cfg"\n'
+        f'[daemon]\ndatabase = "{tmp_path}/cdnreq.db"\nlisten = "127.0.0.1:{free_port()}"\n'
+        f'[store]\nurl = "postgresql://cdnreq@127.0.0.1:{free_port()}/cdnreq"\nsslmode = "disable"\n'
+    )
+    for command in ("run", "once"):
+        done = subprocess.run([sys.executable, "-m", "cdnreq.cli", command, "--config", str(config)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1, (command, done.stderr)
+        assert "cannot connect" in done.stderr, done.stderr

@@ -19,6 +19,12 @@ class StoreLocked(StoreError):
     """Another cdnreq process holds the database's lock."""
 
 
+class StoreUnreachable(StoreError):
+    """The database server did not answer (PostgreSQL down, failing over,
+    the network): a passing state, so the daemon exits 1 and systemd starts
+    it again, unlike the refusals above (exit 3)."""
+
+
 class StoreLost(StoreError):
     """The database file was deleted or replaced under a running cdnreq:
     what it writes from then on would be lost. The daemon exits."""

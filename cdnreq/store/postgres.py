@@ -24,7 +24,7 @@ from cdnreq.store.pglease import CREATE, LOCK_CREATE, Lease, NotLeading
 from cdnreq.store.commit import commit_steps
 from cdnreq.store.dialect import postgres
 from cdnreq.store.pgbackups import BACKUPS_ARE_POSTGRES
-from cdnreq.store.errors import StoreError
+from cdnreq.store.errors import StoreError, StoreUnreachable
 from cdnreq.store.reads import SqlReads
 from cdnreq.store.pgschema import migrate_pg, read_version
 from cdnreq.store.prune import PruneReport
@@ -74,7 +74,9 @@ class PgStore(SqlReads):
                 min_size=1, max_size=4, timeout=connect_timeout_s, command_timeout=max(60.0, connect_timeout_s),
                 init=_session_settings(lease_s),
             )
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (OSError, asyncio.TimeoutError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError) as exc:
+            raise StoreUnreachable(f"{at.display()}: cannot connect: {type(exc).__name__}: {exc}") from exc
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:  # refused: a wrong password, no such database
             raise StoreError(f"{at.display()}: cannot connect: {type(exc).__name__}: {exc}") from exc
         store = cls(at, pool, 0, holder=holder)
         try:
