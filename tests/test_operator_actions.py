@@ -25,6 +25,8 @@ from test_reconcile_slapproxy import CDNREQ, cdnreq
 
 from devtools.devdns import DevDns
 from devtools.devmaster import CdnSite, write_config
+from cdnreq.store.postgres import PgStore
+from cdnreq.store.url import parse_store_url
 from cdnreq.model import HostClaim, InstanceGuid, Phase, Record
 from cdnreq.decide import operator as decide
 from cdnreq.decide.guards import HeldRemovals, HeldUpdates
@@ -98,7 +100,10 @@ def stored(database: Path):
     """(records, events, hosts) as stored."""
 
     async def go():
-        store = await Store.open(database, lock=False)
+        if isinstance(database, str):  # a PostgreSQL store's URL (make_config's other engine)
+            store = await PgStore.open(parse_store_url(database), holder="test-reader")
+        else:
+            store = await Store.open(database, lock=False)
         try:
             events = [e for _, e in await events_since(store, 0, 100000)]
             return await store.load(), events, await store.load_hosts()
