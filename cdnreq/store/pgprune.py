@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Protocol
 import structlog
 
 from cdnreq.aiotasks import sleep_or_stop
-from cdnreq.store.errors import StoreError
-from cdnreq.store.prune import _EVENTS_DELETABLE, _TICKS_DELETABLE, PRUNED, PruneReport, record
+from cdnreq.store.prune import _EVENTS_DELETABLE, _TICKS_DELETABLE, PruneReport
+from cdnreq.store.prune import prune_if_due as shared_prune_if_due
 from cdnreq.store.retention import BATCH_ROWS, PASS_INTERVAL_S, Retention
 
 if TYPE_CHECKING:
@@ -69,23 +69,8 @@ async def prune(store: PgStore, retention: Retention, *, now: float | None = Non
 
 async def prune_if_due(store: PgStore, days: int, now: float, *, metrics: Metrics | None = None,
                        stop: asyncio.Event | None = None, interval_s: float = PASS_INTERVAL_S) -> PruneReport | None:
-    """A pass unless one ended within `interval_s` (the same guard row as on SQLite)."""
-    last = (await store.load_guards()).get(PRUNED)
-    if isinstance(last, (int, float)) and 0 <= now - last < interval_s:
-        return None
-    try:
-        report = await prune(store, Retention(days), stop=stop)
-    except StoreError as error:
-        log.error("pruning the history failed", retention_days=days, error=str(error))
-        return None
-    record(metrics, report)
-    if sum(report.deleted.values()):
-        log.info("history pruned", retention_days=days, **report.summary())
-    try:
-        await store.save_guards({PRUNED: time.time()}, time.time())
-    except StoreError as error:
-        log.error("could not record the pruning pass", error=str(error))
-    return report
+    """A pass unless one ended within `interval_s` (cdnreq.store.prune's rule, with this engine's pass)."""
+    return await shared_prune_if_due(store, days, now, metrics=metrics, stop=stop, interval_s=interval_s, run=prune)
 
 
 async def prune_passes(store: PgStore, days: Callable[[], int], stop: asyncio.Event, *,

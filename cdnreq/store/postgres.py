@@ -19,16 +19,15 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Mapping, T
 import asyncpg
 
 from cdnreq.decide.leadership import Term
-from cdnreq.model import Challenge, Decision, Event, HostClaim, Record
 from cdnreq.store.pglease import CREATE, LOCK_CREATE, Lease, NotLeading
-from cdnreq.store.commit import commit_steps
 from cdnreq.store.dialect import postgres
 from cdnreq.store.pgbackups import BACKUPS_ARE_POSTGRES
 from cdnreq.store.errors import StoreError, StoreUnreachable
 from cdnreq.store.reads import SqlReads
+from cdnreq.store.writes import SqlWrites
 from cdnreq.store.pgschema import migrate_pg, read_version
 from cdnreq.store.prune import PruneReport
-from cdnreq.store.rows import DELETE_GUARD, UPSERT_GUARD, dump
+from cdnreq.store.rows import dump
 from cdnreq.store.url import PostgresAt
 
 if TYPE_CHECKING:
@@ -39,7 +38,7 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 
 
-class PgStore(SqlReads):
+class PgStore(SqlReads, SqlWrites):
     """The store on PostgreSQL. Build it with `await PgStore.open(...)`."""
 
     def __init__(self, at: PostgresAt, pool: asyncpg.Pool, version: int, *, holder: str):
@@ -136,7 +135,7 @@ class PgStore(SqlReads):
 
         return await _shielded(turn())
 
-    async def _steps(self, steps: list[tuple[str, list[Any]]]) -> None:
+    async def _apply(self, steps: list[tuple[str, list[Any]]]) -> None:
         async def work(conn: asyncpg.Connection) -> None:
             for sql, rows in steps:
                 await conn.executemany(postgres(sql), [_pg_row(r) for r in rows])
@@ -177,41 +176,6 @@ class PgStore(SqlReads):
         return {phase: int(n) for phase, n in await self._all("SELECT phase, COUNT(*) FROM instances GROUP BY phase")}
 
     # -- writes (the leader's, fenced) ---------------------------------------
-
-    async def commit(
-        self,
-        *,
-        upserts: Iterable[Record] = (),
-        forgets: Iterable[str] = (),
-        events: Iterable[Event] = (),
-        host_upserts: Iterable[HostClaim] = (),
-        host_deletes: Iterable[str] = (),
-        challenge_upserts: Iterable[Challenge] = (),
-        challenge_deletes: Iterable[str] = (),
-        decisions: Iterable[Decision] = (),
-        shown: Mapping[str, Mapping[str, Any]] | None = None,
-        asleep: Iterable[tuple[str, str]] = (),
-        also: Iterable[tuple[str, list[Any]]] = (),
-    ) -> None:
-        """Everything in one fenced transaction, or nothing (cdnreq.store.commit.commit_steps)."""
-        steps = commit_steps(
-            self.path, upserts=upserts, forgets=forgets, events=events,
-            host_upserts=host_upserts, host_deletes=host_deletes,
-            challenge_upserts=challenge_upserts, challenge_deletes=challenge_deletes,
-            decisions=decisions, shown=shown, asleep=asleep, also=also,
-        )  # fmt: skip
-        if steps:
-            await self._steps(steps)
-
-    async def save_guards(self, values: Mapping[str, Any], now: float) -> None:
-        try:
-            rows = [(n, json.dumps(v, sort_keys=True), now) for n, v in values.items() if v is not None]
-        except (ValueError, TypeError) as exc:
-            raise StoreError(f"{self.name}: cannot encode guard state: {exc}") from exc
-        deletes = [(n,) for n, v in values.items() if v is None]
-        steps = [(sql, r) for sql, r in ((UPSERT_GUARD, rows), (DELETE_GUARD, deletes)) if r]
-        if steps:
-            await self._steps(steps)
 
     async def clear_guard(self, name: str, value: Any) -> None:
         text = json.dumps(value, sort_keys=True)

@@ -201,12 +201,14 @@ def record(metrics: Metrics | None, report: PruneReport) -> None:
 
 
 async def prune_logged(
-    store: Store, days: int, *, metrics: Metrics | None = None, stop: asyncio.Event | None = None
+    store: Any, days: int, *, metrics: Metrics | None = None, stop: asyncio.Event | None = None,
+    run: Callable[..., Awaitable[PruneReport]] | None = None,
 ) -> PruneReport | None:
     """A pass as the daemon and `cdnreq once` run it: logged, recorded in the
-    metrics; a failure is logged and returns None (the next pass tries again)."""
+    metrics; a failure is logged and returns None (the next pass tries again).
+    `run`: the engine's pass (default: SQLite's, `prune`)."""
     try:
-        report = await prune(store, Retention(days), stop=stop)
+        report = await (run or prune)(store, Retention(days), stop=stop)
     except StoreError as error:
         log.error("pruning the history failed", retention_days=days, error=str(error))
         return None
@@ -220,8 +222,9 @@ PRUNED = "pruned"  # guards row: when the last pass ended
 
 
 async def prune_if_due(
-    store: Store, days: int, now: float, *, metrics: Metrics | None = None,
+    store: Any, days: int, now: float, *, metrics: Metrics | None = None,
     stop: asyncio.Event | None = None, interval_s: float = PASS_INTERVAL_S,
+    run: Callable[..., Awaitable[PruneReport]] | None = None,
 ) -> PruneReport | None:
     """A pass, unless one ended less than `interval_s` ago: `cdnreq once`
     run every minute by a timer, or a daemon restarted in a loop, would
@@ -230,7 +233,7 @@ async def prune_if_due(
     last = (await store.load_guards()).get(PRUNED)
     if isinstance(last, (int, float)) and 0 <= now - last < interval_s:
         return None
-    report = await prune_logged(store, days, metrics=metrics, stop=stop)
+    report = await prune_logged(store, days, metrics=metrics, stop=stop, run=run)
     if report is not None:
         try:
             await store.save_guards({PRUNED: time.time()}, time.time())

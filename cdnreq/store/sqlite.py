@@ -19,14 +19,13 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Mapping, T
 
 import aiosqlite
 
-from cdnreq.model import Challenge, Decision, Event, HostClaim, Record
-from cdnreq.store.commit import commit_steps
 from cdnreq.store.errors import SchemaTooNew, StoreError, StoreLost
 from cdnreq.store.lock import DatabaseLock
 from cdnreq.store.online_copy import online_copy
 from cdnreq.store.opening import connect, connect_read_only, connect_snapshot
-from cdnreq.store.rows import DELETE_GUARD, UPSERT_GUARD, dump
+from cdnreq.store.rows import dump
 from cdnreq.store.reads import SqlReads
+from cdnreq.store.writes import SqlWrites
 from cdnreq.store.prune import PruneReport, prune_if_due, prune_passes
 
 if TYPE_CHECKING:
@@ -36,7 +35,7 @@ _T = TypeVar("_T")
 SOME = 500  # guids read per statement by records_of and challenges_of
 
 
-class Store(SqlReads):
+class Store(SqlReads, SqlWrites):
     """cdnreq's SQLite database. Build it with `await Store.open(path)`."""
 
     def __init__(
@@ -116,35 +115,8 @@ class Store(SqlReads):
             rows += await self._all(f"{select} WHERE guid IN ({','.join('?' * len(part))})", part)
         return rows
 
-    async def commit(
-        self,
-        *,
-        upserts: Iterable[Record] = (),
-        forgets: Iterable[str] = (),
-        events: Iterable[Event] = (),
-        host_upserts: Iterable[HostClaim] = (),
-        host_deletes: Iterable[str] = (),
-        challenge_upserts: Iterable[Challenge] = (),
-        challenge_deletes: Iterable[str] = (),
-        decisions: Iterable[Decision] = (),
-        shown: Mapping[str, Mapping[str, Any]] | None = None,
-        asleep: Iterable[tuple[str, str]] = (),
-        also: Iterable[tuple[str, list[Any]]] = (),
-    ) -> None:
-        """Write everything in one transaction, or nothing; what is written
-        in which order: cdnreq.store.commit.commit_steps.
-
-        `also`: further (sql, rows) steps run last in the same transaction
-        (an import's own bookkeeping, see cdnreq.store.imports).
-        """
-        steps = commit_steps(
-            self._path, upserts=upserts, forgets=forgets, events=events,
-            host_upserts=host_upserts, host_deletes=host_deletes,
-            challenge_upserts=challenge_upserts, challenge_deletes=challenge_deletes,
-            decisions=decisions, shown=shown, asleep=asleep, also=also,
-        )  # fmt: skip
-        if steps:
-            await _shielded(self._transaction(steps))
+    async def _apply(self, steps: list[tuple[str, list[Any]]]) -> None:
+        await _shielded(self._transaction(steps))
 
     async def _transaction(self, steps: list[tuple[str, list[Any]]]) -> None:
         async with self._busy:
@@ -167,19 +139,6 @@ class Store(SqlReads):
             await self._conn.execute("ROLLBACK")
         except sqlite3.Error:
             pass
-
-    async def save_guards(self, values: Mapping[str, Any], now: float) -> None:
-        """Write the named guard states in one transaction (None deletes one).
-        Only the lock holder writes: the daemon, or `cdnreq approve` when no
-        daemon runs (with one, approve goes through its endpoint)."""
-        try:
-            rows = [(n, json.dumps(v, sort_keys=True), now) for n, v in values.items() if v is not None]
-        except (ValueError, TypeError) as exc:
-            raise StoreError(f"{self._path}: cannot encode guard state: {exc}") from exc
-        deletes = [(n,) for n, v in values.items() if v is None]
-        steps = [(sql, r) for sql, r in ((UPSERT_GUARD, rows), (DELETE_GUARD, deletes)) if r]
-        if steps:
-            await _shielded(self._transaction(steps))
 
     async def clear_guard(self, name: str, value: Any) -> None:
         """Delete a guard state only if it still holds `value` (another
