@@ -94,7 +94,10 @@ class Leadership:
 
     async def run(self) -> None:
         while not self.stop.is_set():
-            await self.step()
+            try:
+                await self.step()
+            except Exception as error:  # noqa: BLE001 -- the election must outlive any one attempt
+                log.error("taking or renewing the leader lease failed", error=f"{type(error).__name__}: {error}")
             await sleep_or_stop(self.stop, self.settings().renew_s)
 
     async def step(self) -> None:
