@@ -9,18 +9,13 @@ what."""
 
 from __future__ import annotations
 
-import json
 import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any, Callable
 
 import pytest
 from faultproxy import LIST, REQUEST, FaultProxy, trickle
+from hanodes import LEASE_S, Node, store_section, the_leader, until
 
 from bench.double import Double
 from cdnreq.decide.titles import technical_title
@@ -28,79 +23,20 @@ from test_faults_hostile import PREFIX, ThreadedDouble, write_config
 
 pytestmark = [pytest.mark.postgres]
 
-LEASE_S = 3.0
-RENEW_S = 0.5
 TICK_S = 0.5
 
 
-def until(check: Callable[[], Any], what: str, timeout_s: float = 25.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not within {timeout_s} s")
-
-
-def http(url: str) -> tuple[int, Any] | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"null")
-    except (OSError, ValueError):
-        return None
-
-
-class Node:
-    def __init__(self, name: str, root: Path, master_url: str, pg_url: str, **sections: dict):
-        self.name = name
-        self.proxy = FaultProxy(master_url).start()
-        daemon = {"tick_interval_s": TICK_S, "retry_base_s": 0.2, "retry_max_s": 1.0, "max_destroy_fraction": 0.9,
-                  **sections.pop("daemon", {})}
-        (root / name).mkdir(parents=True, exist_ok=True)
-        self.config = write_config(
-            root / name / "cdnreq.toml", {"url": self.proxy.url, "timeout_s": 60.0}, root / name / "cdnreq.db",
-            daemon=daemon,
-            store={"url": pg_url, "sslmode": "disable", "lease_s": LEASE_S, "renew_s": RENEW_S, "node_name": name},
-            domain={"retention_s": 0}, **sections,
-        )
-        import tomllib
-
-        self.base = "http://" + tomllib.loads(self.config.read_text())["daemon"]["listen"]
-        self.log_path = root / name / "daemon.log"
-        self.log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "cdnreq.cli", "run", "--config", str(self.config)],
-                                        stdout=self.log, stderr=subprocess.STDOUT)
-
-    def get(self, path: str) -> tuple[int, Any] | None:
-        return http(self.base + path)
-
-    def leads(self) -> bool:
-        answer = self.get("/leaderz")
-        return answer is not None and answer[0] == 200
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def remove(self) -> None:
-        self.stop()
-        self.proxy.stop()
-        self.log.close()
-
-    def tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:]
+def start_node(name: str, root: Path, master_url: str, pg_url: str, **sections: dict) -> Node:
+    """A node reaching the master double through its own FaultProxy."""
+    proxy = FaultProxy(master_url).start()
+    daemon = {"tick_interval_s": TICK_S, "retry_base_s": 0.2, "retry_max_s": 1.0, "max_destroy_fraction": 0.9,
+              **sections.pop("daemon", {})}
+    (root / name).mkdir(parents=True, exist_ok=True)
+    config = write_config(
+        root / name / "cdnreq.toml", {"url": proxy.url, "timeout_s": 60.0}, root / name / "cdnreq.db",
+        daemon=daemon, store=store_section(pg_url, name), domain={"retention_s": 0}, **sections,
+    )
+    return Node(name, proxy, config)
 
 
 @pytest.fixture
@@ -116,21 +52,12 @@ def cluster(double, pg_url: str, tmp_path: Path):
     nodes: list[Node] = []
 
     def start(name: str, **sections: dict) -> Node:
-        node = Node(name, tmp_path, served.url, pg_url, **sections)
-        nodes.append(node)
-        return node
+        nodes.append(start_node(name, tmp_path, served.url, pg_url, **sections))
+        return nodes[-1]
 
     yield start
     for node in nodes:
         node.remove()
-
-
-def the_leader(nodes: list[Node], timeout_s: float = 25.0) -> Node:
-    def one() -> Node | None:
-        leading = [n for n in nodes if n.alive() and n.leads()]
-        return leading[0] if len(leading) == 1 else None
-
-    return until(one, "exactly one leader", timeout_s)
 
 
 def served(master: Double, runner: ThreadedDouble, guids: list[str]) -> bool:

@@ -10,96 +10,34 @@ converged."""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable
 
 import pytest
 from faultproxy import REQUEST, FaultProxy
+from hanodes import LEASE_S, RENEW_S, TICK_S, TOKEN, Node, store_section, the_leader, until, write_token
 
 from cdnreq.decide.titles import technical_title
 from devtools.devmaster import CdnSite, write_config
 
 pytestmark = [pytest.mark.slapproxy, pytest.mark.postgres]
 
-LEASE_S = 3.0
-RENEW_S = 0.5
-TICK_S = 0.5
-DEADLINE_S = 60.0
-TOKEN = "t" * 32
 
-
-def until(check: Callable[[], Any], what: str, timeout_s: float = DEADLINE_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not within {timeout_s} s")
-
-
-def http(url: str, method: str = "GET") -> tuple[int, Any] | None:
-    request = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {TOKEN}"})
-    try:
-        with urllib.request.urlopen(request, timeout=2) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"null")
-    except (OSError, ValueError):
-        return None
-
-
-class Node:
-    """One `cdnreq run` with its own proxy to the master and its own files."""
-
-    def __init__(self, name: str, root: Path, site: CdnSite, pg_url: str):
-        self.name = name
-        self.proxy = FaultProxy(site.proxy.url).start()
-        token = root / f"{name}.token"
-        token.write_text(TOKEN)
-        token.chmod(0o600)
-        self.config = write_config(
-            root / name / "cdnreq.toml", site, database=root / name / "cdnreq.db", master={"url": self.proxy.url},
-            daemon={"tick_interval_s": TICK_S, "retry_base_s": 0.2, "retry_max_s": 1.0, "token_file": str(token)},
-            store={"url": pg_url, "sslmode": "disable", "lease_s": LEASE_S, "renew_s": RENEW_S, "node_name": name},
-            domain={"retention_s": 0},
-        )
-        listen = next(line for line in self.config.read_text().splitlines() if line.startswith("listen"))
-        self.base = "http://" + listen.split('"')[1]
-        self.log = open(root / name / "daemon.log", "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "cdnreq.cli", "run", "--config", str(self.config)],
-                                        stdout=self.log, stderr=subprocess.STDOUT)
-
-    def leads(self) -> bool:
-        answer = http(self.base + "/leaderz")
-        return answer is not None and answer[0] == 200
-
-    def get(self, path: str, method: str = "GET") -> tuple[int, Any] | None:
-        return http(self.base + path, method)
-
-    def stop(self) -> None:
-        """Stop the daemon (SIGTERM); the proxy stays for the test's later commands."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def remove(self) -> None:
-        self.stop()
-        self.proxy.stop()
-        self.log.close()
+def start_node(name: str, root: Path, site: CdnSite, pg_url: str) -> Node:
+    """A node reaching slapproxy through its own FaultProxy."""
+    proxy = FaultProxy(site.proxy.url).start()
+    config = write_config(
+        root / name / "cdnreq.toml", site, database=root / name / "cdnreq.db", master={"url": proxy.url},
+        daemon={"tick_interval_s": TICK_S, "retry_base_s": 0.2, "retry_max_s": 1.0,
+                "token_file": str(write_token(root))},
+        store=store_section(pg_url, name), domain={"retention_s": 0},
+    )
+    return Node(name, proxy, config)
 
 
 @pytest.fixture
@@ -107,21 +45,12 @@ def cluster(cdn_site: CdnSite, pg_url: str, tmp_path: Path):
     nodes: list[Node] = []
 
     def start(name: str) -> Node:
-        node = Node(name, tmp_path, cdn_site, pg_url)
-        nodes.append(node)
-        return node
+        nodes.append(start_node(name, tmp_path, cdn_site, pg_url))
+        return nodes[-1]
 
     yield start
     for node in nodes:
         node.remove()
-
-
-def the_leader(nodes: list[Node]) -> Node:
-    def one() -> Node | None:
-        leading = [n for n in nodes if n.process.poll() is None and n.leads()]
-        return leading[0] if len(leading) == 1 else None
-
-    return until(one, "exactly one leader")
 
 
 def requests_by_title(nodes: list[Node]) -> dict[str, list[tuple[str, dict]]]:
@@ -197,6 +126,7 @@ def test_one_leader_and_a_kill_9_takeover(cdn_site: CdnSite, cluster):
     request = urllib.request.Request(standby.base + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
     metrics = urllib.request.urlopen(request, timeout=2).read().decode()
     assert "cdnreq_leader 1.0" in metrics
+    assert "cdnreq_last_backup_timestamp_seconds" not in metrics  # PostgreSQL's tools back it up, not cdnreq
 
 
 def test_a_paused_leader_is_fenced_and_steps_down(cdn_site: CdnSite, cluster):

@@ -1,0 +1,122 @@
+"""`cdnreq run` nodes on one shared store, for the high-availability tests.
+
+Each node reaches the master through its own FaultProxy, whose call log
+tells which node sent what; the test writes each node's configuration (its
+master double or slapproxy differ) and this module runs, probes and stops
+the processes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+from faultproxy import FaultProxy
+
+LEASE_S = 3.0
+RENEW_S = 0.5
+TICK_S = 0.5
+TOKEN = "t" * 32
+
+
+def until(check: Callable[[], Any], what: str, timeout_s: float = 60.0) -> Any:
+    """Poll `check` until it returns something true, or fail naming `what`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"{what}: not within {timeout_s} s")
+
+
+def http(url: str, method: str = "GET", token: str | None = TOKEN) -> tuple[int, Any] | None:
+    """(status, JSON) of one request (the text of an error page that is not JSON), or None when nothing answers."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        body = error.read()
+        try:
+            return error.code, json.loads(body or b"null")
+        except ValueError:  # a proxy's own error page
+            return error.code, body.decode(errors="replace")
+    except (OSError, ValueError):
+        return None
+
+
+def store_section(pg_url: str, name: str) -> dict[str, Any]:
+    """The [store] of a node on the shared PostgreSQL, with the tests' short lease."""
+    return {"url": pg_url, "sslmode": "disable", "lease_s": LEASE_S, "renew_s": RENEW_S, "node_name": name}
+
+
+def write_token(root: Path) -> Path:
+    path = root / "endpoint.token"
+    if not path.exists():
+        path.write_text(TOKEN)
+        path.chmod(0o600)
+    return path
+
+
+class Node:
+    """One `cdnreq run` process: `proxy` is its way to the master, `config` its file."""
+
+    def __init__(self, name: str, proxy: FaultProxy, config: Path):
+        self.name, self.proxy, self.config = name, proxy, config
+        self.base = "http://" + tomllib.loads(config.read_text())["daemon"]["listen"]
+        self.log_path = config.parent / "daemon.log"
+        self.log = open(self.log_path, "ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "cdnreq.cli", "run", "--config", str(config)],
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+
+    def get(self, path: str, method: str = "GET") -> tuple[int, Any] | None:
+        return http(self.base + path, method)
+
+    def leads(self) -> bool:
+        answer = self.get("/leaderz")
+        return answer is not None and answer[0] == 200
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> None:
+        """Stop the daemon (SIGTERM, after SIGCONT if paused); the proxy stays for later commands."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+    def remove(self) -> None:
+        self.stop()
+        self.proxy.stop()
+        self.log.close()
+
+    def tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+
+def the_leader(nodes: list[Node], timeout_s: float = 60.0) -> Node:
+    """The one node that leads, once exactly one does."""
+
+    def one() -> Node | None:
+        leading = [n for n in nodes if n.alive() and n.leads()]
+        return leading[0] if len(leading) == 1 else None
+
+    return until(one, "exactly one leader", timeout_s)
