@@ -10,16 +10,19 @@ bash scripts/venv.sh test
 # those fixtures run it again and fail with its output; the other tests still run.
 bash scripts/legacy-venv.sh || echo "test.sh: scripts/legacy-venv.sh failed" >&2
 bash scripts/promtool.sh || true
-# PostgreSQL's server binaries, for the PostgreSQL engine's tests (devtools/pgserver.py starts
-# and stops its own clusters, as an unprivileged user when run as root). Without them those
-# tests fail and say so.
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+# Debian packages some tests run for real: PostgreSQL's server binaries (devtools/pgserver.py
+# starts and stops its own clusters, as an unprivileged user when run as root) and HAProxy (the
+# high-availability example in ops/haproxy). Without them those tests fail and say so.
+missing=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
+if (( ${#missing[@]} )); then
     if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
-        echo "test.sh: installing PostgreSQL (Debian's postgresql package)" >&2
+        echo "test.sh: installing ${missing[*]} (Debian packages)" >&2
         { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            postgresql >/dev/null; } || echo "test.sh: installing postgresql failed" >&2
+            "${missing[@]}" >/dev/null; } || echo "test.sh: installing ${missing[*]} failed" >&2
     else
-        echo "test.sh: PostgreSQL is missing (install Debian's postgresql package as root)" >&2
+        echo "test.sh: missing ${missing[*]} (install these Debian packages as root)" >&2
     fi
 fi
 export PATH="$PWD/.venv/tools/bin:$PATH"
