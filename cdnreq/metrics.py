@@ -232,6 +232,12 @@ class Metrics:
         """(body, content type) of the text exposition."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
+    def backups_elsewhere(self) -> None:
+        """The store's engine is backed up by its own tools (PostgreSQL): no
+        backup time is exported, rather than a 0 that alerts would read as
+        "no backup"."""
+        self.registry.unregister(self.last_backup)
+
     # -- observers ----------------------------------------------------------
 
     def master_call(self, call: str, status: str, seconds: float) -> None:

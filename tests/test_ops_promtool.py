@@ -98,6 +98,35 @@ SCENARIOS = {
     "last tick 30 min ago": (
         "CdnreqNoSuccessfulTick", [_series("cdnreq_last_successful_tick_timestamp_seconds", "60x150")], "30m", None,
     ),
+    "a standby never ticks": (
+        "CdnreqNeverTicked",
+        [_series("cdnreq_last_successful_tick_timestamp_seconds", "0x90"), _series("cdnreq_leader", "0x90")],
+        "80m", None,
+    ),
+    "the leader never ticked": (
+        "CdnreqNeverTicked",
+        [_series("cdnreq_last_successful_tick_timestamp_seconds", "0x90"), _series("cdnreq_leader", "1x90")],
+        "80m", {},
+    ),
+    "a standby that led once": (
+        "CdnreqNoSuccessfulTick",
+        [_series("cdnreq_last_successful_tick_timestamp_seconds", "60x150"), _series("cdnreq_leader", "0x150")],
+        "2h", None,
+    ),
+    "a standby's failed ticks before it stood down": (
+        "CdnreqTicksFailing",
+        [_series("cdnreq_consecutive_failed_ticks", "3x10"), _series("cdnreq_leader", "0x10")], "8m", None,
+    ),
+    "no node leads": (
+        "CdnreqNoLeader",
+        [_series("cdnreq_leader", "0x10"), _series("cdnreq_leader", "0x10", instance="cdn-2:9180")],
+        "5m", {"instance": None},
+    ),
+    "one node leads": (
+        "CdnreqNoLeader",
+        [_series("cdnreq_leader", "0x10"), _series("cdnreq_leader", "1x10", instance="cdn-2:9180")],
+        "5m", None,
+    ),
     "never ticked": ("CdnreqNeverTicked", [_series("cdnreq_last_successful_tick_timestamp_seconds", "0x90")], "80m", {}),
     "backup a day old": (
         "CdnreqBackupStale", [_series("cdnreq_last_backup_timestamp_seconds", "1x1600")], "25h", {},

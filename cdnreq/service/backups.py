@@ -32,7 +32,10 @@ class Upkeep:
         self._pruning: asyncio.Task | None = None
 
     async def show_last_backup(self) -> None:
-        """The newest backup's time in the metrics, from the start."""
+        """The newest backup's time in the metrics, from the start (none on PostgreSQL)."""
+        if is_postgres(self.config()):
+            self.metrics.backups_elsewhere()
+            return
         try:
             newest = await asyncio.to_thread(last_backup, self.config().backup_path())
         except StoreError:
