@@ -22,6 +22,11 @@ async def _rows(store: Store, sql: str, params: tuple[Any, ...] = ()) -> list[An
     return await store.in_turn(read)
 
 
+async def select(store: Store, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    """Rows of one query (SQLite's `?` placeholders; either engine)."""
+    return await _rows(store, sql, params)
+
+
 async def events_since(store: Store, after_id: int = 0, limit: int = 1000) -> list[tuple[int, Event]]:
     """The change feed: events after `after_id`, oldest first, with their ids."""
     rows = await _rows(store, f"SELECT {EVENT_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))

@@ -14,6 +14,8 @@ always polling with a deadline.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import os
 import signal
@@ -36,9 +38,13 @@ from urllib.parse import quote
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import storeread
+
 from devtools.devdns import DevDns
 from devtools.devmaster import CdnSite, Slapproxy, free_port, write_config
+from cdnreq.configfile import load_config
 from cdnreq.decide.transitions import IN_PROGRESS
+from cdnreq.service.opening import open_store
 from cdnreq.decide.titles import technical_title
 
 pytestmark = pytest.mark.slapproxy
@@ -290,6 +296,27 @@ def config_for(site: CdnSite, tmp_path: Path, name: str = "cdnreq.toml", **secti
     )
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def engine_config(request: pytest.FixtureRequest) -> Callable[..., Path]:
+    """config_for on each engine: SQLite, and PostgreSQL (one node, short lease)."""
+    if request.param == "sqlite":
+        return config_for
+    store = {"url": request.getfixturevalue("pg_url"), "sslmode": "disable", "lease_s": 3.0, "renew_s": 0.5}
+    return functools.partial(config_for, store=store)
+
+
+def select(config: Path, sql: str) -> list[tuple]:
+    """Rows of `sql`, read from the store `config` names (either engine), as `cdnreq status` opens it."""
+    async def read() -> list[tuple]:
+        store = await open_store(load_config(config), lock=False)
+        try:
+            return [tuple(row) for row in await storeread.select(store, sql)]
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
 def listen_of(config: Path) -> str:
     return tomllib.loads(config.read_text())["daemon"]["listen"]
 
@@ -297,12 +324,12 @@ def listen_of(config: Path) -> str:
 # -- 1. the endpoint ---------------------------------------------------------------
 
 
-def test_endpoints_health_metrics_status_and_instances(cdn_site: CdnSite, tmp_path: Path, spawn):
+def test_endpoints_health_metrics_status_and_instances(cdn_site: CdnSite, tmp_path: Path, spawn, engine_config):
     customers = add_customers(cdn_site, 3)
     odd = cdn_site.add_customer("shop/eu x%", {"url": "https://odd-backend.example"})
     assert odd == "shop/eu x%______1"
     customers[odd] = {"url": "https://odd-backend.example"}
-    daemon = spawn(config_for(cdn_site, tmp_path))
+    daemon = spawn(engine_config(cdn_site, tmp_path))
 
     ready = daemon.wait_status("/readyz", 200)
     assert ready.json()["ready"] is True and ready.json()["last_success_at"]
@@ -383,10 +410,10 @@ def test_endpoints_health_metrics_status_and_instances(cdn_site: CdnSite, tmp_pa
 # -- 1. readiness follows the master -----------------------------------------------
 
 
-def test_readyz_reports_failed_ticks_until_the_master_answers(cdn_site: CdnSite, tmp_path: Path, spawn):
+def test_readyz_reports_failed_ticks_until_the_master_answers(cdn_site: CdnSite, tmp_path: Path, spawn, engine_config):
     guid = next(iter(add_customers(cdn_site, 1)))
     cdn_site.proxy.stop()  # the master is down before the daemon starts
-    config = config_for(cdn_site, tmp_path)
+    config = engine_config(cdn_site, tmp_path)
     daemon = spawn(config)
 
     # 503 at once ("the first tick has not finished"), then for the failed tick
@@ -424,9 +451,9 @@ def test_readyz_reports_failed_ticks_until_the_master_answers(cdn_site: CdnSite,
 # -- 1 and 5. a tick that hangs: readiness before the first tick, stop timeout, second signal
 
 
-def test_first_tick_in_flight_then_stop_times_out_the_calls(black_hole: str, tmp_path: Path, spawn):
+def test_first_tick_in_flight_then_stop_times_out_the_calls(black_hole: str, tmp_path: Path, spawn, engine_config):
     site = offline_site(tmp_path, black_hole)
-    config = config_for(site, tmp_path, master={"timeout_s": 60.0}, daemon={"shutdown_timeout_s": 1.0})
+    config = engine_config(site, tmp_path, master={"timeout_s": 60.0}, daemon={"shutdown_timeout_s": 1.0})
     daemon = spawn(config)
 
     running = wait_for(
@@ -451,9 +478,9 @@ def test_first_tick_in_flight_then_stop_times_out_the_calls(black_hole: str, tmp
     assert daemon.logged("stopped")
 
 
-def test_a_tick_cancelled_at_shutdown_is_recorded(black_hole: str, tmp_path: Path, spawn):
+def test_a_tick_cancelled_at_shutdown_is_recorded(black_hole: str, tmp_path: Path, spawn, engine_config):
     site = offline_site(tmp_path, black_hole)
-    config = config_for(site, tmp_path, master={"timeout_s": 60.0}, daemon={"shutdown_timeout_s": 0.5})
+    config = engine_config(site, tmp_path, master={"timeout_s": 60.0}, daemon={"shutdown_timeout_s": 0.5})
     daemon = spawn(config)
     daemon.wait_started()
     wait_for(
@@ -467,9 +494,8 @@ def test_a_tick_cancelled_at_shutdown_is_recorded(black_hole: str, tmp_path: Pat
     last = next(line for line in shown.stdout.splitlines() if line.startswith("last tick"))
     assert "None" not in last, last
     assert "INTERRUPTED" in last, last
-    with sqlite3.connect(daemon.database) as db:
-        rows = db.execute("SELECT id, finished_at, result FROM ticks").fetchall()
-    db.close()
+    rows = select(config, "SELECT id, finished_at, result FROM ticks")
+    assert rows, "no tick recorded"
     assert all(finished is not None and result == "interrupted" for _, finished, result in rows), rows
     assert daemon.logged("tick interrupted")
 
@@ -497,10 +523,12 @@ def test_second_signal_exits_at_once(black_hole: str, tmp_path: Path, spawn):
 # -- 2. the CLI, with and without the daemon ------------------------------------------
 
 
-def test_cli_status_and_explain_ask_the_daemon_then_the_database(cdn_site: CdnSite, tmp_path: Path, spawn):
+def test_cli_status_and_explain_ask_the_daemon_then_the_database(
+    cdn_site: CdnSite, tmp_path: Path, spawn, engine_config
+):
     customers = add_customers(cdn_site, 2)
     odd = cdn_site.add_customer("a/b c", {"url": "https://ab.example"})
-    config = config_for(cdn_site, tmp_path, daemon={"tick_interval_s": 5.0})
+    config = engine_config(cdn_site, tmp_path, daemon={"tick_interval_s": 5.0})
     daemon = spawn(config)
     daemon.wait_status("/readyz", 200)
     guid = next(iter(customers))
@@ -562,9 +590,9 @@ def test_cli_status_and_explain_ask_the_daemon_then_the_database(cdn_site: CdnSi
 # -- 3. SIGHUP ------------------------------------------------------------------------
 
 
-def test_sighup_reloads_a_good_file_and_refuses_a_bad_one(cdn_site: CdnSite, tmp_path: Path, spawn):
+def test_sighup_reloads_a_good_file_and_refuses_a_bad_one(cdn_site: CdnSite, tmp_path: Path, spawn, engine_config):
     first = cdn_site.add_customer("first", {"url": "https://first.example"})
-    config = config_for(cdn_site, tmp_path)
+    config = engine_config(cdn_site, tmp_path)
     listen = listen_of(config)
     daemon = spawn(config)
     daemon.wait_started()
@@ -572,7 +600,7 @@ def test_sighup_reloads_a_good_file_and_refuses_a_bad_one(cdn_site: CdnSite, tmp
     assert [e["title"] for e in cdn_site.technical_entries()] == [technical_title(PREFIX, first)]
 
     # a good file: a new request prefix applies from the next tick
-    config_for(cdn_site, tmp_path, technical_cdn={"request_prefix": "hup-"}, daemon={"listen": listen})
+    engine_config(cdn_site, tmp_path, technical_cdn={"request_prefix": "hup-"}, daemon={"listen": listen})
     daemon.signal(signal.SIGHUP)
     daemon.wait_logged("configuration reloaded; applies from the next tick")
     second = cdn_site.add_customer("second", {"url": "https://second.example"})
@@ -584,7 +612,7 @@ def test_sighup_reloads_a_good_file_and_refuses_a_bad_one(cdn_site: CdnSite, tmp
     )
 
     # a bad file (a typo'd key): refused, the daemon keeps running and ticking
-    config_for(cdn_site, tmp_path, daemon={"listen": listen, "tick_intervall_s": 1.0})
+    engine_config(cdn_site, tmp_path, daemon={"listen": listen, "tick_intervall_s": 1.0})
     daemon.signal(signal.SIGHUP)
     (refused,) = daemon.wait_logged("configuration refused, keeping the running one")
     assert "[daemon].tick_intervall_s" in refused["error"], refused
@@ -596,7 +624,7 @@ def test_sighup_reloads_a_good_file_and_refuses_a_bad_one(cdn_site: CdnSite, tmp
     assert daemon.get("/readyz").status == 200
 
     # [daemon].listen changes only after a restart: said so, and the old address stays
-    moved = config_for(cdn_site, tmp_path, daemon={"listen": f"127.0.0.1:{free_port()}"})
+    moved = engine_config(cdn_site, tmp_path, daemon={"listen": f"127.0.0.1:{free_port()}"})
     daemon.signal(signal.SIGHUP)
     (restart,) = daemon.wait_logged("these changes apply after a restart")
     assert restart["keys"] == ["[daemon].listen"] and restart["level"] == "warning"
@@ -659,10 +687,10 @@ def test_sighup_applies_new_nameservers(cdn_site: CdnSite, tmp_path: Path, spawn
 # -- 4. SIGTERM with calls in flight ---------------------------------------------------
 
 
-def test_sigterm_mid_tick_commits_and_once_finishes_the_rest(cdn_site: CdnSite, tmp_path: Path, spawn):
+def test_sigterm_mid_tick_commits_and_once_finishes_the_rest(cdn_site: CdnSite, tmp_path: Path, spawn, engine_config):
     customers = add_customers(cdn_site, 60)
     timeout_s = 5.0
-    config = config_for(cdn_site, tmp_path, daemon={"concurrency": 1, "shutdown_timeout_s": timeout_s})
+    config = engine_config(cdn_site, tmp_path, daemon={"concurrency": 1, "shutdown_timeout_s": timeout_s})
     daemon = spawn(config)
     daemon.wait_started()
     wait_for(lambda: len(cdn_site.technical_entries()) >= 5, "some technical entries", daemon=daemon)
@@ -682,14 +710,13 @@ def test_sigterm_mid_tick_commits_and_once_finishes_the_rest(cdn_site: CdnSite, 
     assert summary["level"] == "warning" and summary["error"].startswith("interrupted"), summary
     assert not daemon.logged("tick failed") and not daemon.logged("tick done")
 
-    with sqlite3.connect(daemon.database) as db:
-        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        unfinished = db.execute("SELECT id FROM ticks WHERE finished_at IS NULL").fetchall()
-        results = [r for (r,) in db.execute("SELECT result FROM ticks ORDER BY id")]
-        committed = db.execute(
-            "SELECT instance_guid FROM events WHERE action = 'request' AND outcome = 'ok'"
-        ).fetchall()
-    db.close()
+    if "postgresql://" not in config.read_text():
+        with sqlite3.connect(daemon.database) as db:
+            assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        db.close()
+    unfinished = select(config, "SELECT id FROM ticks WHERE finished_at IS NULL")
+    results = [r for (r,) in select(config, "SELECT result FROM ticks ORDER BY id")]
+    committed = select(config, "SELECT instance_guid FROM events WHERE action = 'request' AND outcome = 'ok'")
     assert unfinished == [] and results == ["interrupted"], results
     # every request the master acknowledged was committed before the exit
     assert sorted(technical_title(PREFIX, g) for (g,) in committed) == sorted(before)
@@ -699,11 +726,9 @@ def test_sigterm_mid_tick_commits_and_once_finishes_the_rest(cdn_site: CdnSite, 
     titles = [e["title"] for e in cdn_site.technical_entries()]
     assert sorted(titles) == sorted(technical_title(PREFIX, g) for g in customers)
     assert len(set(titles)) == len(titles) == 60
-    with sqlite3.connect(daemon.database) as db:
-        requests = Counter(
-            g for (g,) in db.execute("SELECT instance_guid FROM events WHERE action = 'request' AND outcome = 'ok'")
-        )
-    db.close()
+    requests = Counter(
+        g for (g,) in select(config, "SELECT instance_guid FROM events WHERE action = 'request' AND outcome = 'ok'")
+    )
     assert requests == Counter({g: 1 for g in customers}), "some customer was requested twice or never"
     for guid in list(customers)[:3] + list(customers)[-3:]:
         assert cdn_site.customer(guid)["connection_parameters"] == IN_PROGRESS
@@ -712,9 +737,9 @@ def test_sigterm_mid_tick_commits_and_once_finishes_the_rest(cdn_site: CdnSite, 
 # -- 6. systemd notify ----------------------------------------------------------------
 
 
-def test_systemd_notify_ready_status_watchdog_stopping(cdn_site: CdnSite, tmp_path: Path, spawn):
+def test_systemd_notify_ready_status_watchdog_stopping(cdn_site: CdnSite, tmp_path: Path, spawn, engine_config):
     add_customers(cdn_site, 1)
-    config = config_for(cdn_site, tmp_path)
+    config = engine_config(cdn_site, tmp_path)
     # AF_UNIX paths are short (108 bytes): a private directory under /tmp if tmp_path is too long
     directory = tmp_path if len(str(tmp_path)) < 80 else Path(tempfile.mkdtemp(prefix="cdnreq-notify-"))
     path = directory / "notify.sock"
