@@ -37,12 +37,12 @@ def until(check: Callable[[], Any], what: str, timeout_s: float = 60.0) -> Any:
     raise AssertionError(f"{what}: not within {timeout_s} s")
 
 
-def http(url: str, method: str = "GET", token: str | None = TOKEN) -> tuple[int, Any] | None:
+def http(url: str, method: str = "GET", token: str | None = TOKEN, timeout: float = 2) -> tuple[int, Any] | None:
     """(status, JSON) of one request (the text of an error page that is not JSON), or None when nothing answers."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     request = urllib.request.Request(url, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=2) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         body = error.read()
@@ -110,6 +110,19 @@ class Node:
 
     def tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-3000:]
+
+
+def when_the_lease_is_free(run: Callable[[], subprocess.CompletedProcess], config: Path,
+                           timeout_s: float = 30.0) -> subprocess.CompletedProcess:
+    """A command that takes the lease (`cdnreq once`, ...); on PostgreSQL, run
+    again while a killed process's lease runs out (exit 3 naming the node)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = run()
+        if not ("postgresql://" in config.read_text() and result.returncode == 3 and "leads" in result.stderr):
+            return result
+        assert time.monotonic() < deadline, result.stderr
+        time.sleep(0.1)
 
 
 def the_leader(nodes: list[Node], timeout_s: float = 60.0) -> Node:

@@ -5,6 +5,8 @@ transaction, a read-only file, a -wal not yet checkpointed)."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 from cdnreq.model import Event, Phase
@@ -25,6 +27,22 @@ async def _rows(store: Store, sql: str, params: tuple[Any, ...] = ()) -> list[An
 async def select(store: Store, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
     """Rows of one query (SQLite's `?` placeholders; either engine)."""
     return await _rows(store, sql, params)
+
+
+def query(config: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple]:
+    """Rows of `sql` from the store the configuration file names (either
+    engine), opened as `cdnreq status` opens it: no lock, no lease."""
+    from cdnreq.configfile import load_config
+    from cdnreq.service.opening import open_store
+
+    async def read() -> list[tuple]:
+        store = await open_store(load_config(config), lock=False)
+        try:
+            return [tuple(row) for row in await select(store, sql, params)]
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
 
 
 async def events_since(store: Store, after_id: int = 0, limit: int = 1000) -> list[tuple[int, Event]]:

@@ -20,7 +20,8 @@ from faultproxy import REQUEST
 
 from bench.double import Double
 from cdnreq.decide.titles import technical_title
-from test_attack_pg_cluster import LEASE_S, Node, ThreadedDouble, served, the_leader, until
+from hanodes import LEASE_S, Node, the_leader, until
+from test_attack_pg_cluster import ThreadedDouble, served, start_node
 from test_faults_hostile import PREFIX
 
 pytestmark = [pytest.mark.postgres]
@@ -103,11 +104,11 @@ def test_a_leader_cut_off_from_its_database(tmp_path: Path, pg_url: str, pg_serv
     nodes: list[Node] = []
     try:
         with ThreadedDouble(master) as runner:
-            a = Node("node-a", tmp_path, runner.url, pg_url.replace(f":{pg_server.port}/", f":{link.port}/"))
+            a = start_node("node-a", tmp_path, runner.url, pg_url.replace(f":{pg_server.port}/", f":{link.port}/"))
             nodes.append(a)
             the_leader([a])
             until(lambda: served(master, runner, guids), "the customers served by A")
-            b = Node("node-b", tmp_path, runner.url, pg_url)
+            b = start_node("node-b", tmp_path, runner.url, pg_url)
             nodes.append(b)
             until(lambda: (r := b.get("/readyz")) and r[0] == 200, "B standing by")
 

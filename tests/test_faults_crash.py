@@ -16,6 +16,10 @@ and states, every customer published the same answer, no title used for two
 customers and no customer requested under two titles, and the database passes
 ``PRAGMA integrity_check`` (after every kill too).
 
+All of it runs on both engines: the SQLite file, and a PostgreSQL database
+(one node, a 2 s lease: each restart after a kill waits for the killed
+process's lease to run out, as a node taking over would).
+
 Why the double and not slapproxy: slapproxy answers a few dozen requests a
 second (20 x 2,000 requests would take far too long) and silently drops
 concurrent shared-instance requests, so it cannot be run at concurrency 8;
@@ -43,16 +47,20 @@ import sqlite3
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
+import uuid
 import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import aiohttp
 import pytest
+import storeread
 import tomli_w
+from hanodes import when_the_lease_is_free
 
 from bench.double import (
     GET,
@@ -78,7 +86,7 @@ WORK = ("request", "update", "poll", "publish", "destroy")
 
 
 
-def write_config(path: Path, master_url: str, database: Path) -> Path:
+def write_config(path: Path, master_url: str, database: Path, store: dict | None = None) -> Path:
     config = {
         "master": {"url": master_url, "instance_guid": REQUESTER_GUID, "timeout_s": 10.0},
         "technical_cdn": {"software_release_uri": SR, "request_prefix": PREFIX},
@@ -95,6 +103,7 @@ def write_config(path: Path, master_url: str, database: Path) -> Path:
         "dns": {"nameservers": ["127.0.0.1:9"], "timeout_s": 0.5, "tries": 1},
         "domain": {"retention_s": 0},
         "logging": {"format": "json"},
+        **({"store": store} if store else {}),
     }
     path.write_text(tomli_w.dumps(config), encoding="utf-8")
     return path
@@ -201,7 +210,13 @@ def _listing(double: DoubleProcess) -> list[dict]:
         return json.loads(response.read())["result_list"]
 
 
-def integrity(database: Path) -> str:
+def integrity(config: Path) -> str:
+    """SQLite's integrity_check of the file; on PostgreSQL, whose files a killed
+    client cannot touch, that the store opens and its instances can be read."""
+    database = tomllib.loads(config.read_text())["daemon"]["database"]
+    if "postgresql://" in config.read_text():
+        storeread.query(config, "SELECT COUNT(*) FROM instances")
+        return "ok"
     conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
     try:
         return ";".join(row[0] for row in conn.execute("PRAGMA integrity_check"))
@@ -209,15 +224,25 @@ def integrity(database: Path) -> str:
         conn.close()
 
 
-def stored(database: Path) -> tuple[dict[str, str], list[tuple[str, str, str, str | None]]]:
+def stored(config: Path) -> tuple[dict[str, str], list[tuple[str, str, str, str | None]]]:
     """(title by guid from the instances table, every event as (guid, action, outcome, detail))."""
-    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
-    try:
-        titles = dict(conn.execute("SELECT guid, title FROM instances"))
-        events = list(conn.execute("SELECT instance_guid, action, outcome, detail FROM events ORDER BY id"))
-        return titles, events
-    finally:
-        conn.close()
+    titles = dict(storeread.query(config, "SELECT guid, title FROM instances"))
+    events = storeread.query(config, "SELECT instance_guid, action, outcome, detail FROM events ORDER BY id")
+    return titles, events
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest) -> Callable[[str], dict]:
+    """The [store] of a new store, on each engine (PostgreSQL: a new database, a short lease)."""
+    if request.param == "sqlite":
+        return lambda name: {}
+    server = request.getfixturevalue("pg_server")
+
+    def store(name: str) -> dict:
+        url = server.create_database(f"crash_{name}_{uuid.uuid4().hex[:8]}")
+        return {"url": url, "sslmode": "disable", "lease_s": 2.0, "renew_s": 0.5}
+
+    return store
 
 
 # -- the daemon --------------------------------------------------------------------------
@@ -338,18 +363,18 @@ class Runs:
     crash_technical: dict[str, dict]
     crash_published: dict[str, dict]
     crash_counts: dict[str, Any]
-    crash_db: Path
+    crash_config: Path
     last: dict
     clean_technical: dict[str, dict]
     clean_published: dict[str, dict]
     clean_counts: dict[str, Any]
-    clean_db: Path
+    clean_config: Path
     clean_ticks: int
     integrity_checks: int
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
+def runs(tmp_path_factory: pytest.TempPathFactory, engine: Callable[[str], dict]) -> Runs:
     started = time.monotonic()
     tmp_path = tmp_path_factory.mktemp("crash")
     rng = random.Random(SEED)
@@ -360,7 +385,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     checks = 0
 
     with DoubleProcess(customers=CUSTOMERS, publish_after="next_read") as double:
-        config = write_config(tmp_path / "crash.toml", double.url, crash_db)
+        config = write_config(tmp_path / "crash.toml", double.url, crash_db, engine("crash"))
         daemon = Daemon(config, logs)
         kills: list[dict] = []
         try:
@@ -374,7 +399,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
                 time.sleep(delay)
                 probe = daemon.status()
                 daemon.kill()
-                check = integrity(crash_db)
+                check = integrity(config)
                 checks += 1
                 assert check == "ok", f"after kill {n + 1}: {check}"
                 progress = (probe or at_start)["progress"]
@@ -389,17 +414,17 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
             daemon.ensure_dead()
         crash_technical, crash_published, crash_counts = end_state(double)
         customers = {c["instance_guid"]: c for c in _listing(double)}
-    assert integrity(crash_db) == "ok"
+    assert integrity(config) == "ok"
     checks += 1
     crash_seconds = time.monotonic() - started
 
     clean_db = tmp_path / "clean" / "cdnreq.db"
     with DoubleProcess(customers=CUSTOMERS, publish_after="next_read") as double:
         history.apply(double)
-        clean_config = write_config(tmp_path / "clean.toml", double.url, clean_db)
+        clean_config = write_config(tmp_path / "clean.toml", double.url, clean_db, engine("clean"))
         clean_ticks = once_until_quiet(clean_config)
         clean_technical, clean_published, clean_counts = end_state(double)
-    assert integrity(clean_db) == "ok"
+    assert integrity(clean_config) == "ok"
 
     during = [k for k in kills if k["running"]]
     print(
@@ -413,8 +438,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
         print(f"  kill after {k['delay_s']:.3f} s: tick {k['tick']} running={k['running']} phase={k['phase']} "
               f"(before it: {k['changed']} changed, {k['removed']} removed, {k['added']} added)")
     return Runs(
-        kills, daemon.runs, history, customers, crash_technical, crash_published, crash_counts, crash_db, last,
-        clean_technical, clean_published, clean_counts, clean_db, clean_ticks, checks,
+        kills, daemon.runs, history, customers, crash_technical, crash_published, crash_counts, config, last,
+        clean_technical, clean_published, clean_counts, clean_config, clean_ticks, checks,
     )
 
 
@@ -452,7 +477,7 @@ def test_end_state_equals_a_clean_run(runs: Runs) -> None:
 
 
 def test_no_customer_under_two_titles_and_no_title_for_two_customers(runs: Runs) -> None:
-    titles, events = stored(runs.crash_db)
+    titles, events = stored(runs.crash_config)
     assert titles == {g: technical_title(PREFIX, g) for g in runs.customers}
     entries_of: dict[str, set[str]] = defaultdict(set)
     owners_of: dict[str, set[str]] = defaultdict(set)
@@ -494,12 +519,8 @@ def test_each_departure_counts_once_against_the_removal_guard(runs: Runs) -> Non
     the fleet, so the last ticks held every removal. The window names the
     instances it counts: each removed customer at most once, whatever the
     kills did."""
-    conn = sqlite3.connect(f"file:{runs.crash_db}?mode=ro", uri=True, timeout=10)
-    try:
-        row = conn.execute("SELECT value FROM guards WHERE name = 'removals'").fetchone()
-    finally:
-        conn.close()
-    window = json.loads(row[0]) if row else []
+    rows = storeread.query(runs.crash_config, "SELECT value FROM guards WHERE name = 'removals'")
+    window = json.loads(rows[0][0]) if rows else []
     removed = {g for op, body in runs.history.ops if op == "remove" for g in body["guids"]}
     assert sum(d[1] for d in window) <= len(removed), f"{len(window)} window entries: {[d[:3] for d in window]}"
     named = [g for d in window for g in d[3]]
@@ -511,12 +532,12 @@ def test_each_departure_counts_once_against_the_removal_guard(runs: Runs) -> Non
 # -- the bug, deterministic ----------------------------------------------------------------
 
 
-def test_a_request_lost_in_a_kill_then_removed_is_destroyed(tmp_path: Path) -> None:
+def test_a_request_lost_in_a_kill_then_removed_is_destroyed(tmp_path: Path, engine: Callable[[str], dict]) -> None:
     database = tmp_path / "cdnreq.db"
     logs = tmp_path / "logs"
     logs.mkdir()
     with DoubleProcess(customers=CUSTOMERS, publish_after="next_read") as double:
-        config = write_config(tmp_path / "c.toml", double.url, database)
+        config = write_config(tmp_path / "c.toml", double.url, database, engine("lost"))
         daemon = Daemon(config, logs)
         try:
             daemon.start()
@@ -527,21 +548,19 @@ def test_a_request_lost_in_a_kill_then_removed_is_destroyed(tmp_path: Path) -> N
             daemon.kill()  # before the first batch of outcomes is committed
         finally:
             daemon.ensure_dead()
-        conn = sqlite3.connect(database)
-        try:
-            recorded = {g for (g,) in conn.execute("SELECT guid FROM instances WHERE param_hash IS NOT NULL")}
-            reserved = {g for (g,) in conn.execute("SELECT guid FROM instances")}
-        finally:
-            conn.close()
+        recorded = {g for (g,) in storeread.query(config, "SELECT guid FROM instances WHERE param_hash IS NOT NULL")}
+        reserved = {g for (g,) in storeread.query(config, "SELECT guid FROM instances")}
         technical, _, _ = end_state(double)
         lost = sorted(g for g in reserved - recorded if technical_title(PREFIX, g) in technical)[:100]
         assert lost, "the kill came too late: every request was recorded"
         double.control("remove", {"guids": lost})  # these customers leave
 
-        result = subprocess.run([CDNREQ, "once", "--config", str(config)], capture_output=True, text=True, timeout=120)
+        result = when_the_lease_is_free(
+            lambda: subprocess.run([CDNREQ, "once", "--config", str(config)], capture_output=True, text=True,
+                                   timeout=120), config)
         assert result.returncode == 0, result.stderr[-3000:]
         technical, _, _ = end_state(double)
-    _, events = stored(database)
+    _, events = stored(config)
     forgotten = sorted(g for g, action, _, _ in events if action == "forget" and g in lost)
     orphans = sorted(g for g in lost if technical_title(PREFIX, g) in technical)
     print(f"\n{len(lost)} customers removed after their request was lost in a kill: "

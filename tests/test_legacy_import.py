@@ -15,14 +15,17 @@ import hashlib
 import json
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from devtools.devmaster import MasterLog
 from cdnreq.model import Phase
-from cdnreq.store import Store
+from cdnreq.configfile import load_config
+from cdnreq.service.opening import open_store
 from legacy.fixtures import LegacySite
 from legacy.pipeline import read_rows
 
@@ -43,9 +46,34 @@ def digests(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
-def stored(database: Path) -> tuple[dict, dict, dict, list]:
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_section(request: pytest.FixtureRequest) -> dict:
+    """The [store] of the import's destination, on each engine."""
+    if request.param == "sqlite":
+        return {}
+    return {"url": request.getfixturevalue("pg_url"), "sslmode": "disable", "lease_s": 3.0, "renew_s": 0.5}
+
+
+def nothing_written(config: Path) -> bool:
+    """No store at all: no SQLite file, or no table in the PostgreSQL database."""
+    settings = tomllib.loads(config.read_text())
+    url = settings.get("store", {}).get("url")
+    if url is None:
+        return not Path(settings["daemon"]["database"]).exists()
+
+    async def tables() -> int:
+        conn = await asyncpg.connect(url, ssl=False)
+        try:
+            return await conn.fetchval("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'public'")
+        finally:
+            await conn.close()
+
+    return asyncio.run(tables()) == 0
+
+
+def stored(config: Path) -> tuple[dict, dict, dict, list]:
     async def read() -> tuple[dict, dict, dict, list]:
-        store = await Store.open(database, lock=False)
+        store = await open_store(load_config(config), lock=False)
         try:
             events = []
             for guid in await store.load():
@@ -69,14 +97,16 @@ def import_json(config: Path, *extra: str, expect: int = 0) -> dict[str, Any]:
     return json.loads(run("import-legacy", "-c", str(config), "--from", "--json", *extra, expect=expect).stdout or "{}")
 
 
-def test_every_kind_of_legacy_state_is_taken_over_and_its_damage_reported(legacy_site: LegacySite, tmp_path: Path):
+def test_every_kind_of_legacy_state_is_taken_over_and_its_damage_reported(
+    legacy_site: LegacySite, tmp_path: Path, store_section: dict
+):
     ls = legacy_site
     database = tmp_path / "store" / "cdnreq.db"
-    config = ls.write_config(tmp_path / "cdnreq.toml", database=database)
+    config = ls.write_config(tmp_path / "cdnreq.toml", database=database, store=store_section)
     before, tech_before = digests(ls.db_dir), entries(ls)
 
     dry = json.loads(run("import-legacy", "-c", str(config), "--from", str(ls.db_dir), "--dry-run", "--json").stdout)
-    assert dry["dry_run"] and not database.exists()  # a dry run writes nothing, not even an empty store
+    assert dry["dry_run"] and nothing_written(config)  # a dry run writes nothing, not even an empty store
     doc = json.loads(run("import-legacy", "-c", str(config), "--from", str(ls.db_dir), "--json").stdout)
     assert doc["summary"] == dry["summary"] and doc["findings"] == dry["findings"]
     assert digests(ls.db_dir) == before  # the old databases, byte for byte: the rollback finds them as they were
@@ -99,7 +129,7 @@ def test_every_kind_of_legacy_state_is_taken_over_and_its_damage_reported(legacy
     assert ("host-conflict", "reclaim.test", by["retained-2"].guid) in found
     assert doc["summary"]["retained"] == 2 and doc["summary"]["conflicts"] >= 6
 
-    records, hosts, challenges, _ = stored(database)
+    records, hosts, challenges, _ = stored(config)
     tokens = legacy_tokens(ls)
     for c in ls.all():
         if c.title == "conflict-reclaimer" or c.guid not in records:
@@ -122,7 +152,7 @@ def test_every_kind_of_legacy_state_is_taken_over_and_its_damage_reported(legacy
         run("once", "-c", str(config))
         assert REQUEST not in log.calls()  # nothing requested, updated or destroyed
     assert entries(ls).keys() == tech_before.keys()
-    records, hosts, challenges, events = stored(database)
+    records, hosts, challenges, events = stored(config)
     for name in ("proven-apex", "proven-solo", "proven-www", "pending-1", "changed-1"):
         c = by[name]
         assert challenges[c.guid].token == tokens[c.reference]
@@ -140,10 +170,12 @@ def test_every_kind_of_legacy_state_is_taken_over_and_its_damage_reported(legacy
         assert entries(ls)[title]["parameters"] == tech_before[title]["parameters"]
 
 
-def test_200_customers_switch_without_a_request_a_publication_or_a_challenge(legacy_population, tmp_path: Path):
+def test_200_customers_switch_without_a_request_a_publication_or_a_challenge(
+    legacy_population, tmp_path: Path, store_section: dict
+):
     ls = legacy_population(200)
     database = tmp_path / "store" / "cdnreq.db"
-    config = ls.write_config(tmp_path / "cdnreq.toml", database=database)
+    config = ls.write_config(tmp_path / "cdnreq.toml", database=database, store=store_section)
     tech_before = entries(ls)
     shown_before = {c.guid: ls.site.customer(c.guid)["connection_parameters"] for c in ls.all()}
     # an entry the old requester left behind for a customer nobody knows any more
@@ -162,7 +194,7 @@ def test_200_customers_switch_without_a_request_a_publication_or_a_challenge(leg
     after = entries(ls)
     assert after.keys() == tech_before.keys() | {stray["title"]}  # no second entry for anyone
     assert {c.guid: ls.site.customer(c.guid)["connection_parameters"] for c in ls.all()} == shown_before
-    records, hosts, challenges, _ = stored(database)
+    records, hosts, challenges, _ = stored(config)
     tokens = legacy_tokens(ls)
     assert {records[c.guid].title for c in ls.all()} == {ls.technical_title(c) for c in ls.all()}
     assert {g: ch.token for g, ch in challenges.items()} == {c.guid: tokens[c.reference] for c in ls.proven}
@@ -176,17 +208,21 @@ def test_200_customers_switch_without_a_request_a_publication_or_a_challenge(leg
     assert "already holds instances" in again.stderr and "--merge" in again.stderr
     merged = json.loads(run("import-legacy", "-c", str(config), "--from", str(ls.db_dir), "--merge", "--json").stdout)
     assert merged["summary"]["instances"] == 0 and {f["kind"] for f in merged["findings"]} == {"already-known"}
-    assert stored(database)[0] == records
+    assert stored(config)[0] == records
 
 
-def test_references_read_the_wrong_way_are_refused_before_anything_is_written(legacy_population, tmp_path: Path):
+def test_references_read_the_wrong_way_are_refused_before_anything_is_written(
+    legacy_population, tmp_path: Path, store_section: dict
+):
     ls = legacy_population(8, proven_every=2)
     database = tmp_path / "store" / "cdnreq.db"
-    config = ls.write_config(tmp_path / "cdnreq.toml", database=database, legacy={"reference_style": "guid"})
+    config = ls.write_config(tmp_path / "cdnreq.toml", database=database, legacy={"reference_style": "guid"},
+                             store=store_section)
     refused = run("import-legacy", "-c", str(config), "--from", str(ls.db_dir), expect=2)
     assert "none of the 8 live customers" in refused.stderr and "reference_style = 'guid'" in refused.stderr
-    assert stored(database)[0] == {}  # the store holds nothing: the first tick would have taken them all for gone
+    assert stored(config)[0] == {}  # the store holds nothing: the first tick would have taken them all for gone
     as_json = run("import-legacy", "-c", str(config), "--from", str(ls.db_dir), "--json", expect=2)
     assert json.loads(as_json.stdout) == {"ok": False, "error": as_json.stderr.strip().removeprefix("cdnreq: ")}
-    config = ls.write_config(tmp_path / "cdnreq.toml", database=database, legacy={"request_prefix": None})
+    config = ls.write_config(tmp_path / "cdnreq.toml", database=database, legacy={"request_prefix": None},
+                             store=store_section)
     assert "[legacy].request_prefix" in run("import-legacy", "-c", str(config), "--from", str(ls.db_dir), expect=2).stderr

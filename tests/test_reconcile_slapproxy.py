@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from hanodes import when_the_lease_is_free
 
 from cdnreq.configfile import load_config
 from cdnreq.service.opening import open_store
@@ -66,14 +67,7 @@ def on_postgresql(config: Path) -> bool:
 
 
 def once_when_the_lease_is_free(config: Path) -> subprocess.CompletedProcess:
-    """`cdnreq once`; on PostgreSQL, again while a killed process's lease runs out (exit 3 naming it)."""
-    deadline = time.monotonic() + 30
-    while True:
-        result = once(config)
-        if not (on_postgresql(config) and result.returncode == 3 and "leads" in result.stderr):
-            return result
-        assert time.monotonic() < deadline, result.stderr
-        time.sleep(0.2)
+    return when_the_lease_is_free(lambda: once(config), config)
 
 
 def add_customers(site: CdnSite, n: int) -> dict[str, str]:

@@ -124,7 +124,11 @@ async def _open(config: Config, dry_run: bool) -> Engine | None:
     database = config.daemon.database
     try:
         if is_postgres(config):  # the dry run reads as a standby; the import takes the lease
-            return await open_engine(config, lock=not dry_run)
+            store = await open_engine(config, lock=not dry_run)
+            if dry_run and store.schema_version == 0:  # an empty database: no store yet, as no SQLite file
+                await store.close()
+                return None
+            return store
         if dry_run:
             return await Store.open_snapshot(database) if database.exists() else None
         return await Store.open(database)

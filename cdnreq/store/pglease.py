@@ -87,9 +87,13 @@ class Lease:
         # the epoch the work under way was decided in: a lease lost and taken
         # again since is another term, whose writes that work may not make
         self.bound: int | None = None
+        self._table = False  # cdnreq_lease made: by the first take, never by a node that only reads
 
     async def take(self, lease_s: float) -> Term | None:
         """The lease if it has expired: the new term; None while another node holds it."""
+        if not self._table:
+            await self._run(create_table)
+            self._table = True
         asked = time.monotonic()
 
         async def take(conn: Any) -> Any:
@@ -110,7 +114,7 @@ class Lease:
         term = await self.take(lease_s)
         if term is None:
             holder, _, left = await self.leader() or ("?", 0, 0.0)
-            raise StoreLocked(f"{self.name}: node {holder} leads (its lease runs {max(left, 0):.0f} s more); "
+            raise StoreLocked(f"{self.name}: node {holder} leads (its lease runs {max(left, 0):.1f} s more); "
                               "stop it, or act through its endpoint")
         self.bound = term.epoch
         return term
@@ -140,7 +144,14 @@ class Lease:
 
     async def leader(self) -> tuple[str, int, float] | None:
         """Holder, epoch and seconds left (negative once expired); None before any node led."""
-        row = await self._run(lambda c: c.fetchrow(CURRENT))
+
+        async def current(conn: Any) -> Any:
+            try:
+                return await conn.fetchrow(CURRENT)
+            except asyncpg.UndefinedTableError:  # no node took the lease yet
+                return None
+
+        row = await self._run(current)
         return None if row is None else (row[0], int(row[1]), float(row[2]))
 
     def fence_term(self) -> Term:
@@ -166,3 +177,11 @@ class Lease:
         if await conn.fetchval(FENCE, term.holder, term.epoch) is None:
             self.step_down(f"the leader lease (epoch {term.epoch}) is held by another node now")
             raise NotLeading(f"{self.name}: {self.lost}")
+
+
+async def create_table(conn: Any) -> None:
+    """cdnreq_lease, once, whichever node comes first (the advisory lock:
+    CREATE TABLE IF NOT EXISTS alone races between nodes starting at once)."""
+    async with conn.transaction():
+        await conn.execute(LOCK_CREATE)
+        await conn.execute(CREATE)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Mapping, T
 import asyncpg
 
 from cdnreq.decide.leadership import Term
-from cdnreq.store.pglease import CREATE, LOCK_CREATE, Lease, NotLeading
+from cdnreq.store.pglease import Lease, NotLeading
 from cdnreq.store.dialect import postgres
 from cdnreq.store.pgbackups import BACKUPS_ARE_POSTGRES
 from cdnreq.store.errors import StoreError, StoreUnreachable
@@ -79,7 +79,6 @@ class PgStore(SqlReads, SqlWrites):
             raise StoreError(f"{at.display()}: cannot connect: {type(exc).__name__}: {exc}") from exc
         store = cls(at, pool, 0, holder=holder)
         try:
-            await store._run(_create_lease_table)
             if lease_s is not None:
                 await store.lease.take_or_refuse(lease_s)
                 store.schema_version = await store.migrate()
@@ -185,7 +184,7 @@ class PgStore(SqlReads, SqlWrites):
         """Identity columns go on after the ids a copy wrote (cdnreq.store.copying)."""
 
         async def work(conn: asyncpg.Connection) -> None:
-            for table in ("events", "ticks", "imports", "import_findings"):
+            for table in ("events", "ticks", "imports", "import_findings", "deliveries"):
                 await conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                                    f"COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)")
 
@@ -240,12 +239,6 @@ class PgStore(SqlReads, SqlWrites):
         from cdnreq.store.pgprune import prune_passes
 
         await prune_passes(self, days, stop, metrics=metrics)
-
-
-async def _create_lease_table(conn: asyncpg.Connection) -> None:
-    async with conn.transaction():
-        await conn.execute(LOCK_CREATE)
-        await conn.execute(CREATE)
 
 
 def _pg_row(row: Iterable[Any]) -> tuple[Any, ...]:
