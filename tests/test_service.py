@@ -14,7 +14,6 @@ always polling with a deadline.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import os
@@ -42,9 +41,7 @@ import storeread
 
 from devtools.devdns import DevDns
 from devtools.devmaster import CdnSite, Slapproxy, free_port, write_config
-from cdnreq.configfile import load_config
 from cdnreq.decide.transitions import IN_PROGRESS
-from cdnreq.service.opening import open_store
 from cdnreq.decide.titles import technical_title
 
 pytestmark = pytest.mark.slapproxy
@@ -305,18 +302,6 @@ def engine_config(request: pytest.FixtureRequest) -> Callable[..., Path]:
     return functools.partial(config_for, store=store)
 
 
-def select(config: Path, sql: str) -> list[tuple]:
-    """Rows of `sql`, read from the store `config` names (either engine), as `cdnreq status` opens it."""
-    async def read() -> list[tuple]:
-        store = await open_store(load_config(config), lock=False)
-        try:
-            return [tuple(row) for row in await storeread.select(store, sql)]
-        finally:
-            await store.close()
-
-    return asyncio.run(read())
-
-
 def listen_of(config: Path) -> str:
     return tomllib.loads(config.read_text())["daemon"]["listen"]
 
@@ -494,7 +479,7 @@ def test_a_tick_cancelled_at_shutdown_is_recorded(black_hole: str, tmp_path: Pat
     last = next(line for line in shown.stdout.splitlines() if line.startswith("last tick"))
     assert "None" not in last, last
     assert "INTERRUPTED" in last, last
-    rows = select(config, "SELECT id, finished_at, result FROM ticks")
+    rows = storeread.query(config, "SELECT id, finished_at, result FROM ticks")
     assert rows, "no tick recorded"
     assert all(finished is not None and result == "interrupted" for _, finished, result in rows), rows
     assert daemon.logged("tick interrupted")
@@ -687,6 +672,9 @@ def test_sighup_applies_new_nameservers(cdn_site: CdnSite, tmp_path: Path, spawn
 # -- 4. SIGTERM with calls in flight ---------------------------------------------------
 
 
+REQUESTS_OK = "SELECT instance_guid FROM events WHERE action = 'request' AND outcome = 'ok'"
+
+
 def test_sigterm_mid_tick_commits_and_once_finishes_the_rest(cdn_site: CdnSite, tmp_path: Path, spawn, engine_config):
     customers = add_customers(cdn_site, 60)
     timeout_s = 5.0
@@ -714,9 +702,9 @@ def test_sigterm_mid_tick_commits_and_once_finishes_the_rest(cdn_site: CdnSite, 
         with sqlite3.connect(daemon.database) as db:
             assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         db.close()
-    unfinished = select(config, "SELECT id FROM ticks WHERE finished_at IS NULL")
-    results = [r for (r,) in select(config, "SELECT result FROM ticks ORDER BY id")]
-    committed = select(config, "SELECT instance_guid FROM events WHERE action = 'request' AND outcome = 'ok'")
+    unfinished = storeread.query(config, "SELECT id FROM ticks WHERE finished_at IS NULL")
+    results = [r for (r,) in storeread.query(config, "SELECT result FROM ticks ORDER BY id")]
+    committed = storeread.query(config, REQUESTS_OK)
     assert unfinished == [] and results == ["interrupted"], results
     # every request the master acknowledged was committed before the exit
     assert sorted(technical_title(PREFIX, g) for (g,) in committed) == sorted(before)
@@ -727,7 +715,7 @@ def test_sigterm_mid_tick_commits_and_once_finishes_the_rest(cdn_site: CdnSite, 
     assert sorted(titles) == sorted(technical_title(PREFIX, g) for g in customers)
     assert len(set(titles)) == len(titles) == 60
     requests = Counter(
-        g for (g,) in select(config, "SELECT instance_guid FROM events WHERE action = 'request' AND outcome = 'ok'")
+        g for (g,) in storeread.query(config, REQUESTS_OK)
     )
     assert requests == Counter({g: 1 for g in customers}), "some customer was requested twice or never"
     for guid in list(customers)[:3] + list(customers)[-3:]:
