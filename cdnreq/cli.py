@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from cdnreq import __version__, logs, render
 from cdnreq.endpoint_client import NotRunning, fetch, instance_path
-from cdnreq.commands import actions, import_legacy, migrate_store, orphans
+from cdnreq.commands import actions, feed, import_legacy, migrate_store, orphans
 from cdnreq.commands.status_refused import reachable
 from cdnreq.config import Config
 from cdnreq.configfile import CONFIG_ENV, DEFAULT_CONFIG, ConfigError, config_path, effective_toml, load_config
@@ -120,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     import_legacy.register(command)
     orphans.register(command)
     migrate_store.register(command)
+    feed.register(command)
     backup = command(
         "backup", _backup, "write an online backup of the database to [store].backup_dir; print its path"
     )

@@ -12,6 +12,7 @@ traceback.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from pathlib import Path
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 
 
 from cdnreq.dns.names import parse_nameserver
+from cdnreq.model import ChangeKind
 from cdnreq.listen import TcpListen, parse_listen
 from cdnreq.validate.policy import DEFAULT_BACKEND_DENY, ValidationPolicy, networks
 from cdnreq.decide.guards import CONFIRM_TICKS
@@ -47,6 +49,8 @@ __all__ = [
 ]
 
 _MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+ChangeKindName = Literal[tuple(k.value for k in ChangeKind)]  # type: ignore[valid-type]
 
 
 def _fail(key: str | tuple[str, ...], problem: str, value: Any) -> PydanticCustomError:
@@ -537,6 +541,98 @@ class ValidationConfig(BaseModel):
         )
 
 
+class ConsumerConfig(BaseModel):
+    """A system that follows the change feed (one [[consumer]] table each): the token it reads GET /changes with, what it may see, and where its webhooks go."""
+
+    model_config = _MODEL_CONFIG
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$", description="the consumer's name, in /status,"
+                      " metrics and `cdnreq webhooks`", examples=["billing"])
+    token_file: Path | None = Field(default=None, strict=False, description="a file whose first line is the bearer"
+                                    " token this"
+                                    " consumer reads GET /changes with (it sees only its scope there)",
+                                    examples=["/etc/cdnreq/consumers/billing.token"])
+    kinds: list[ChangeKindName] = Field(default_factory=list, description="the kinds of change it receives"
+                                        " (empty: every kind)", examples=[["live", "destroyed"]])
+    instances: list[str] = Field(default_factory=list, description="the instance guids it may see (with"
+                                 " instance_prefixes; both empty: every instance)", examples=[["SOFTINST-1"]])
+    instance_prefixes: list[str] = Field(default_factory=list, description="guid prefixes it may see, e.g. a"
+                                         " reseller's", examples=[["SOFTINST-9"]])
+    url: str | None = Field(default=None, description="where its webhooks are POSTed (http or https); not set:"
+                            " it only reads GET /changes", examples=["https://billing.example.net/hooks/cdn"])
+    secret_file: Path | None = Field(default=None, strict=False, description="a file holding its Standard Webhooks"
+                                     " signing"
+                                     " secret (whsec_ then base64); required with url",
+                                     examples=["/etc/cdnreq/consumers/billing.whsec"])
+    max_retry_hours: float = Field(default=72.0, gt=0, le=720, description="how long a delivery is retried"
+                                   " (exponential backoff with jitter) before it is dead-lettered")
+    concurrency: int = Field(default=4, ge=1, le=64, description="deliveries in flight to it at once (one per"
+                             " instance at a time, so each instance's changes arrive in order)")
+    timeout_s: float = Field(default=10.0, gt=0, le=120, description="how long one delivery may take")
+
+    _resolve = field_validator("token_file", "secret_file")(_resolve_path)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise _fail(("consumer", "url"), "must be an http:// or https:// URL with a host", url)
+            if parts.username or parts.password:
+                raise _fail(("consumer", "url"), "must not hold credentials (the signature authenticates cdnreq)",
+                            url)
+        return url
+
+    @field_validator("instances", "instance_prefixes")
+    @classmethod
+    def _no_empty_guid(cls, values: list[str]) -> list[str]:
+        if "" in values:
+            raise _fail(("consumer", "instances"), "an empty guid or prefix would match every instance", values)
+        return values
+
+    @model_validator(mode="after")
+    def _something_to_get(self) -> ConsumerConfig:
+        if self.url is not None and self.secret_file is None:
+            raise _fail(("consumer", "secret_file"), f"consumer {self.name!r} has a url: its webhooks need a"
+                        " secret_file", None)
+        if self.url is None and self.token_file is None:
+            raise _fail(("consumer", "token_file"), f"consumer {self.name!r} has neither url nor token_file",
+                        None)
+        return self
+
+    def covers(self, guid: str) -> bool:
+        """Whether instance `guid` is in this consumer's scope."""
+        if not self.instances and not self.instance_prefixes:
+            return True
+        return guid in self.instances or any(guid.startswith(p) for p in self.instance_prefixes)
+
+    def sees(self, guid: str, kind: str) -> bool:
+        """Whether a change of `kind` to instance `guid` is for this consumer."""
+        return (not self.kinds or kind in self.kinds) and self.covers(guid)
+
+
+class WebhooksConfig(BaseModel):
+    """Webhook deliveries of the change feed: what every consumer's url shares."""
+
+    model_config = _MODEL_CONFIG
+
+    allow_networks: list[str] = Field(default_factory=list, description="networks (CIDR) a webhook target may"
+                                      " resolve to although not public (loopback, private, link-local, ...:"
+                                      " refused by default)", examples=[["10.20.0.0/16"]])
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise _fail(("webhooks", "allow_networks"), "is not a network (CIDR, e.g. 10.20.0.0/16)",
+                            value) from None
+        return values
+
+
 class Config(BaseModel):
     """The whole configuration file."""
 
@@ -551,6 +647,16 @@ class Config(BaseModel):
     validation: ValidationConfig = Field(default_factory=ValidationConfig, description=ValidationConfig.__doc__)
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description=LoggingConfig.__doc__)
     legacy: LegacyConfig = Field(default_factory=LegacyConfig, description=LegacyConfig.__doc__)
+    webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig, description=WebhooksConfig.__doc__)
+    consumer: list[ConsumerConfig] = Field(default_factory=list, description=ConsumerConfig.__doc__)
+
+    @model_validator(mode="after")
+    def _consumers_apart(self) -> Config:
+        names = [c.name for c in self.consumer]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise _fail(("consumer", "name"), "is given to two consumers", twice[0])
+        return self
 
     @model_validator(mode="after")
     def _one_sqlite_file(self) -> Config:

@@ -21,7 +21,7 @@ import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
@@ -47,11 +47,17 @@ class Key:
     example: Any  # a value to show: the default, else the field's first example
 
 
+REPEATED: set[str] = set()  # sections that are lists of tables ([[consumer]])
+
+
 def sections() -> list[tuple[str, type[BaseModel], str]]:
     """(name, model, description) of each [section], in the models' order."""
     found = []
     for name, field in Config.model_fields.items():
         model = field.annotation
+        if get_origin(model) is list:  # [[name]]: one table per item
+            (model,) = get_args(model)
+            REPEATED.add(name)
         assert isinstance(model, type) and issubclass(model, BaseModel), name
         text = field.description or model.__doc__ or ""
         found.append((name, model, " ".join(text.split())))  # one line: a docstring may wrap
@@ -100,7 +106,8 @@ def _one_kind(prop: dict[str, Any]) -> str:
     if prop.get("format") == "path":
         kind = "path"
     if kind == "array":
-        kind = f"list of {_one_kind(prop.get('items', {}))}s"
+        item, _, rest = _one_kind(prop.get("items", {})).partition(" ")
+        kind = f"list of {item}s" + (f" {rest}" if rest else "")
     if kind == "object":
         values = prop.get("additionalProperties") or {}
         kind = f"table of {_one_kind(values)}s" if values else "table"
@@ -154,11 +161,13 @@ def example_toml() -> str:
     for key in keys():
         by_section.setdefault(key.section, []).append(key)
     for section, _, about in sections():
-        lines += ["", f"# {about}" if about else "#", f"[{section}]"]
+        repeated = section in REPEATED  # none by default: the whole table is commented out
+        header = f"# [[{section}]]" if repeated else f"[{section}]"
+        lines += ["", f"# {about}" if about else "#", header]
         for key in by_section.get(section, []):
             lines += [f"# {line}" for line in textwrap.wrap(key.description or "", 96)] or ["#"]
             lines.append(f"# type: {key.kind}; {_default_words(key)}")
-            prefix = "" if key.required else "# "
+            prefix = "" if key.required and not repeated else "# "
             lines.append(f"{prefix}{key.name} = {toml_value(key.example)}")
     return "\n".join(lines) + "\n"
 
@@ -183,7 +192,7 @@ def markdown() -> str:
     for key in keys():
         by_section.setdefault(key.section, []).append(key)
     for section, _, about in sections():
-        lines += ["", f"## [{section}]", ""]
+        lines += ["", f"## [[{section}]]" if section in REPEATED else f"## [{section}]", ""]
         if about:
             lines += [about, ""]
         lines += ["| key | type | default | description |", "| --- | --- | --- | --- |"]

@@ -15,6 +15,9 @@ a given instance is not live yet:
 - ``GET /status``    the running tick's progress and the last tick's summary.
 - ``GET /instances/{guid}``  one customer instance: state, last error, why
   it waits. The guid may hold any character, percent-encoded (``%2F`` too).
+- ``GET /changes?after=ID&limit=N&kind=..&instance=..&wait=S``  the change
+  feed (cdnreq.service.feed): cursor pages, long-polled, 410 once the
+  cursor is older than the retention.
 - ``POST /actions/{name}?guid=..&host=..``  an operator action (`cdnreq
   approve`, `retry`, `release`, `forget`). It changes state, so it always
   needs the token, whatever the listener: 403 when the daemon has none
@@ -59,6 +62,8 @@ SHUTDOWN_TIMEOUT_S = 2.0
 
 _OPEN_ROUTES = frozenset({"healthz"})
 _ACTION_ROUTE = "actions"  # always behind the token
+_FEED_ROUTE = "changes"  # a consumer's own token opens it too, for its scope
+CONSUMER = "cdnreq.consumer"  # where the request carries the consumer it came from
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -96,6 +101,12 @@ class Endpoint(Protocol):
         """Run an operator action; (HTTP status, JSON body)."""
         ...
 
+    async def changes(self, query: Any, consumer: Any, connected: Callable[[], bool]) -> tuple[int, dict]:
+        """A page of the change feed (cdnreq.service.feed) for `consumer`
+        (None: the operator, who sees everything); a long poll ends once
+        `connected()` is false; (HTTP status, JSON body)."""
+        ...
+
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
@@ -106,24 +117,26 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
     )
 
 
-def make_app(endpoint: Endpoint, *, token: str | None = None) -> web.Application:
+def make_app(endpoint: Endpoint, *, token: str | None = None,
+             consumer_of: Callable[[bytes], Any] | None = None) -> web.Application:
     """The aiohttp application. With `token`, every route but /healthz (and
     unknown paths too, so they do not reveal what exists) needs
-    ``Authorization: Bearer <token>``."""
+    ``Authorization: Bearer <token>``. /changes also takes a consumer's
+    token (`consumer_of` tells whose, or None), and serves it its scope."""
     if token is not None and not token:
         raise ValueError("token must not be empty (pass None for no token)")
-    app = web.Application(middlewares=[_guard(None if token is None else token.encode("utf-8"))])
+    app = web.Application(middlewares=[_guard(None if token is None else token.encode("utf-8"), consumer_of)])
     app.add_routes([route(path, _bind(handler, endpoint), name=name) for route, path, name, handler in _ROUTES])
     return app
 
 
-def _guard(expected: bytes | None) -> Any:
+def _guard(expected: bytes | None, consumer_of: Callable[[bytes], Any] | None = None) -> Any:
     """The middleware: the token's check, JSON errors, ``no-store`` on every answer."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            response = _refusal(request, expected) or await handler(request)
+            response = _refusal(request, expected, consumer_of) or await handler(request)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -143,10 +156,17 @@ def _guard(expected: bytes | None) -> Any:
     return middleware
 
 
-def _refusal(request: web.Request, expected: bytes | None) -> web.Response | None:
+def _refusal(request: web.Request, expected: bytes | None,
+             consumer_of: Callable[[bytes], Any] | None = None) -> web.Response | None:
     """403 for an action when the daemon has no token, 401 for a route that
-    needs the token when it is not given; None when the request may pass."""
+    needs the token when it is not given; None when the request may pass
+    (on /changes with a consumer's token, marked with that consumer)."""
     route = request.match_info.route.name
+    if route == _FEED_ROUTE and consumer_of is not None:
+        consumer = consumer_of(_given(request))
+        if consumer is not None:
+            request[CONSUMER] = consumer
+            return None
     if route == _ACTION_ROUTE and expected is None:
         return _json(
             {"error": "operator actions need a token: set [daemon].token_file and restart the daemon (a reload does not change the token)"}, status=403
@@ -203,6 +223,15 @@ async def _action(endpoint: Endpoint, request: web.Request) -> web.Response:
     return _json(body, status=code)
 
 
+async def _changes(endpoint: Endpoint, request: web.Request) -> web.Response:
+    def connected() -> bool:
+        transport = request.transport
+        return transport is not None and not transport.is_closing()
+
+    code, body = await endpoint.changes(request.query, request.get(CONSUMER), connected)
+    return _json(body, status=code)
+
+
 # method (GET answers HEAD too), path, route name (what the token rules go by), handler
 _ROUTES = (
     (web.get, "/healthz", "healthz", _healthz),
@@ -211,17 +240,22 @@ _ROUTES = (
     (web.get, "/metrics", "metrics", _metrics),
     (web.get, "/status", "status", _status),
     (web.get, "/instances/{guid:.+}", "instance", _instance),
+    (web.get, "/changes", "changes", _changes),
     (web.post, "/actions/{name}", _ACTION_ROUTE, _action),
 )
 
 
-def _authorized(request: web.Request, expected: bytes) -> bool:
+def _given(request: web.Request) -> bytes:
+    """The bearer token of the request (b"" without one). Bytes: compare_digest
+    refuses non-ASCII str; surrogateescape round-trips whatever bytes aiohttp
+    decoded the header from."""
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    # Bytes: compare_digest refuses non-ASCII str. surrogateescape round-trips
-    # whatever bytes aiohttp decoded the header from.
-    return hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), expected)
+    return given.strip().encode("utf-8", "surrogateescape") if scheme.lower() == "bearer" else b""
+
+
+def _authorized(request: web.Request, expected: bytes) -> bool:
+    given = _given(request)
+    return bool(given) and hmac.compare_digest(given, expected)
 
 
 async def serve(

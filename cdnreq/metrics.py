@@ -49,7 +49,8 @@ DNS_OUTCOMES = ("found", "absent", "unknown")
 ACTION_KINDS = ("request", "update", "poll", "publish", "destroy")
 RESULTS = ("ok", "failed")
 INSTANCE_STATES = tuple(p.value for p in Phase)
-PRUNED_TABLES = ("events", "ticks")
+PRUNED_TABLES = ("events", "ticks", "changes")
+DELIVERY_RESULTS = ("delivered", "failed", "dead")
 
 # 1 ms .. 30 s: a healthy master answers in tens of ms; 30 s is the default timeout.
 MASTER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30)
@@ -213,6 +214,36 @@ class Metrics:
             registry=r,
         )
 
+        self.feed_last_id = Gauge(
+            "cdnreq_change_feed_last_id",
+            "The change feed's last id: it grows by one per change written (rate() gives changes per second).",
+            registry=r,
+        )
+        self.deliveries = Counter(
+            "cdnreq_webhook_deliveries",
+            "Webhook delivery attempts by consumer and result: delivered, failed (to be retried), dead (given up).",
+            ["consumer", "result"],
+            registry=r,
+        )
+        self.outbox_depth = Gauge(
+            "cdnreq_webhook_outbox_depth",
+            "Changes not yet delivered to a consumer: queued, dead-lettered, and not yet queued (an upper bound).",
+            ["consumer"],
+            registry=r,
+        )
+        self.outbox_oldest = Gauge(
+            "cdnreq_webhook_oldest_undelivered_seconds",
+            "Age of the oldest queued delivery of a consumer not done yet (0: none).",
+            ["consumer"],
+            registry=r,
+        )
+        self.dead_letters = Gauge(
+            "cdnreq_webhook_dead_letters",
+            "Deliveries a consumer did not take within max_retry_hours; `cdnreq webhooks retry NAME` sends them again.",
+            ["consumer"],
+            registry=r,
+        )
+
         # Series known up front exist at 0 before the first event, so rate()
         # and absent() behave from the start.
         for result in RESULTS:
@@ -310,6 +341,14 @@ class Metrics:
             self.config_reload_time.set(stamp)
         if ok and digest is not None:
             self.config_info.info({"digest": str(digest)[:_VERSION_MAX], "path": str(path or "")[:256]})
+
+    def delivered(self, consumer: str, result: str, count: int = 1) -> None:
+        self.deliveries.labels(consumer=consumer, result=_label(result, DELIVERY_RESULTS)).inc(count)
+
+    def outbox(self, consumer: str, depth: int, oldest_s: float | None, dead: int) -> None:
+        self.outbox_depth.labels(consumer=consumer).set(depth)
+        self.outbox_oldest.labels(consumer=consumer).set(oldest_s or 0.0)
+        self.dead_letters.labels(consumer=consumer).set(dead)
 
     def pruned(self, table: str, rows: int) -> None:
         if rows > 0:

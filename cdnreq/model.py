@@ -146,6 +146,23 @@ class RequestedState(str, enum.Enum):
     DESTROYED = "destroyed"
 
 
+class ChangeKind(str, enum.Enum):
+    """What a change of the change feed tells (cdnreq/decide/changes.py)."""
+
+    LIVE = "live"  # the CDN's answer reached the customer for the first time
+    PENDING_DNS = "pending_dns"  # the customer was shown the TXT record to publish
+    REFUSED = "refused"  # the customer was shown why its entry is refused
+    UPDATED = "updated"  # new parameters requested on the technical CDN
+    STOPPED = "stopped"
+    STARTED = "started"
+    RETAINED = "retained"  # gone from the master; entry and hosts kept until retention ends
+    DESTROYED = "destroyed"  # the technical entry was destroyed
+    HOST_PROVEN = "host_proven"
+    HOST_FAILING = "host_failing"  # a proven host failed its re-check (first failure of a streak)
+    HOST_RELEASED = "host_released"
+    HELD = "held"  # a guard holds this instance's removal or update
+
+
 class Phase(str, enum.Enum):
     """Where an instance stands on its way to the technical CDN and back."""
 
@@ -210,6 +227,7 @@ class Record:
     retry_at: float | None = None
     served: tuple[str, ...] | None = None  # hosts in effect on the technical entry
     gone_at: float | None = None  # when it left the master (retention starts)
+    live_at: float | None = None  # when the customer first held the technical CDN's answer (the feed's `live`)
 
 
 @dataclass(frozen=True, slots=True)

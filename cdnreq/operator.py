@@ -14,6 +14,9 @@ from dataclasses import dataclass
 import structlog
 
 from cdnreq import render
+from cdnreq.store.outbox import Outbox, summary
+from cdnreq.scrub import printable
+from cdnreq.decide import changes as feed
 from cdnreq.master import MasterError
 from cdnreq.decide import operator as decide
 from cdnreq.reconcile.execute import Master, read_back_destroyed
@@ -39,6 +42,8 @@ async def apply(
 ) -> Result:
     """Decide and write one operator action; a refusal writes nothing."""
     now = time.time() if now is None else now
+    if action.name == decide.REDELIVER:
+        return await _redeliver(store, action, now)
     decision = await _decide(store, master, action, now)
     if isinstance(decision, Refusal):
         log.warning("operator action refused", action=action.name, reason=decision.reason, who=action.by)
@@ -46,6 +51,16 @@ async def apply(
     await _write(store, decision, now)
     log.info("operator action", action=action.name, result=decision.message, who=action.by)
     return Result(True, _message(decision, policy or GuardPolicy()))
+
+
+async def _redeliver(store: Engine, action: OperatorAction, now: float) -> Result:
+    outbox = Outbox(store, action.consumer or "")
+    dead = (await summary(store, now)).get(outbox.consumer, {}).get("dead", 0)
+    if not dead:
+        return Result(False, f"consumer {printable(outbox.consumer)!r} has no dead-lettered delivery")
+    await outbox.redeliver(now)
+    log.info("operator action", action=action.name, consumer=outbox.consumer, deliveries=dead, who=action.by)
+    return Result(True, f"{dead} dead-lettered deliveries to {printable(outbox.consumer)} are sent again")
 
 
 async def _decide(store: Engine, master: Master | None, action: OperatorAction, now: float) -> Change | Refusal:
@@ -83,12 +98,14 @@ async def _forget(store: Engine, master: Master | None, action: OperatorAction, 
 async def _write(store: Engine, change: Change, now: float) -> None:
     if change.guards:
         await store.save_guards(change.guards, now)
+    before = await store.load_hosts() if change.host_upserts or change.host_deletes else {}
     await store.commit(
         upserts=change.upserts,
         forgets=change.forgets,
         events=change.events,
         host_upserts=change.host_upserts,
         host_deletes=change.host_deletes,
+        changes=feed.of_hosts(before, list(change.host_upserts), list(change.host_deletes), now),
     )
 
 

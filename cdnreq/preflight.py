@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cdnreq.config import Config
 from cdnreq.configfile import ConfigError
+from cdnreq.consumers import read_consumers
 from cdnreq.listen import needs_token
 from cdnreq.fsaccess import open_mode, read_file, unwritable_dir
 from cdnreq.mastertls import TlsConfigError, client_context, tls_problems
@@ -46,6 +47,7 @@ def problems(config: Config) -> list[str]:
     found += _endpoint(config)
     found += _secret(config)
     found += _directories(config)
+    found += _consumers(config)
     return found
 
 
@@ -92,6 +94,14 @@ def _endpoint(config: Config) -> list[str]:
         if why is not None:
             return [f"[daemon].listen: {listen}: its directory {why}"]
     return []
+
+
+def _consumers(config: Config) -> list[str]:
+    try:
+        token = read_token(config)
+    except ConfigError:
+        token = None  # said by _endpoint
+    return read_consumers(config, token)[1]
 
 
 def _secret(config: Config) -> list[str]:

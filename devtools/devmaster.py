@@ -168,6 +168,9 @@ def write_config(
         "logging": {"format": "json"},
     }
     for section, overrides in sections.items():
+        if isinstance(overrides, list):  # an array of tables ([[consumer]])
+            tables[section] = overrides
+            continue
         merged = {**tables.get(section, {}), **(overrides or {})}
         tables[section] = {key: value for key, value in merged.items() if value is not None}
     tables = json.loads(json.dumps(tables, default=os.fspath))  # paths (even nested) to str

@@ -21,7 +21,7 @@ from cdnreq.configfile import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 REGENERATE = "regenerate with: python -m cdnreq.configdoc --write"
-COMMENTED_KEY = re.compile(r"^# ([a-z_]+ = .*)$")
+COMMENTED_KEY = re.compile(r"^# ([a-z_]+ = .*|\[\[[a-z_]+\]\])$")  # a key, or a [[table]] commented out
 
 
 def every_key() -> set[tuple[str, str]]:
@@ -54,7 +54,7 @@ def test_every_key_has_a_description_and_every_unset_default_an_example() -> Non
 def test_the_example_as_it_is_is_the_minimal_valid_configuration(tmp_path: Path) -> None:
     example = REPO / configdoc.EXAMPLE_PATH
     data = tomllib.loads(example.read_text(encoding="utf-8"))
-    required = {(s, k) for s, model, _ in configdoc.sections()
+    required = {(s, k) for s, model, _ in configdoc.sections() if s not in configdoc.REPEATED
                 for k, f in model.model_fields.items() if f.is_required()}
     assert {(s, k) for s, table in data.items() for k in table} == required
     config = load_config(example)
@@ -67,7 +67,8 @@ def test_the_example_with_every_key_uncommented_is_valid_and_complete(tmp_path: 
     full = tmp_path / "full.toml"
     full.write_text("\n".join(uncommented) + "\n", encoding="utf-8")
     data = tomllib.loads(full.read_text(encoding="utf-8"))
-    assert {(s, k) for s, table in data.items() for k in table} == every_key()
+    tables = {s: table[0] if isinstance(table, list) else table for s, table in data.items()}  # [[consumer]]: one
+    assert {(s, k) for s, table in tables.items() for k in table} == every_key()
     config = load_config(full)
     assert config.master.cert_file == Path("/etc/cdnreq/partition.crt")
     assert config.technical_cdn.sla == {"computer_guid": "COMP-1"}
@@ -75,7 +76,7 @@ def test_the_example_with_every_key_uncommented_is_valid_and_complete(tmp_path: 
 
 def test_the_reference_names_every_key_under_its_section() -> None:
     spec = (REPO / configdoc.SPEC_PATH).read_text(encoding="utf-8")
-    sections = re.split(r"^## \[([a-z_]+)\]$", spec, flags=re.MULTILINE)
+    sections = re.split(r"^## \[\[?([a-z_]+)\]?\]$", spec, flags=re.MULTILINE)
     found = {(sections[i], key) for i in range(1, len(sections), 2)
              for key in re.findall(r"^\| `([a-z_]+)` \|", sections[i + 1], flags=re.MULTILINE)}
     assert found == every_key()

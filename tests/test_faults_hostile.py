@@ -419,7 +419,7 @@ def write_config(path: Path, master: dict, database: Path, dns: list[str] | None
         "logging": {"format": "json"},
     }
     for section, values in extra.items():
-        config[section] = {**config.get(section, {}), **values}
+        config[section] = values if isinstance(values, list) else {**config.get(section, {}), **values}
     path.write_text(tomli_w.dumps(config), encoding="utf-8")
     return path
 

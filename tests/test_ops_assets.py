@@ -34,7 +34,7 @@ SUFFIXES = {
 }
 # Label values that come from a closed set in cdnreq/metrics.py.
 LABEL_VALUES = {
-    "result": set(m.RESULTS),
+    "result": set(m.RESULTS) | set(m.DELIVERY_RESULTS),  # ticks and actions; webhook deliveries
     "outcome": set(m.DNS_OUTCOMES),
     "kind": set(m.ACTION_KINDS),
     "table": set(m.PRUNED_TABLES),
@@ -53,6 +53,8 @@ def _exported() -> dict[str, set[str]]:
     metrics.info("0")
     metrics.config_loaded(True, 1.0, "digest", "/etc/cdnreq/cdnreq.toml")
     metrics.pruned("events", 1)
+    metrics.delivered("billing", "delivered")
+    metrics.outbox("billing", 1, 1.0, 0)
     names: dict[str, set[str]] = {}
     for family in metrics.registry.collect():
         for suffix in SUFFIXES[family.type]:

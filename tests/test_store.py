@@ -386,6 +386,7 @@ async def test_migrates_v1_database(tmp_path):
             created_at=1.0, updated_at=2.0, param_hash="h",
             requested_state=RequestedState.STARTED, connection={"url": "https://a"},
             published=shown_digest({"url": "https://a"}), failures=2, retry_at=9.5,
+            live_at=2.0,  # schema 8: a live instance was live since its last update, as far as the feed goes
         )  # fmt: skip
         got = await s.get("SOFTINST-7")
         assert got == expected and got.served is None and got.gone_at is None
@@ -401,7 +402,7 @@ async def test_migrates_v1_database(tmp_path):
     with sqlite3.connect(path) as raw:
         assert raw.execute("SELECT version FROM schema_version").fetchall() == [(LATEST,)]
         assert [v for (v,) in raw.execute("SELECT version FROM migrations ORDER BY version")] == [
-            1, 2, 3, 4, 5, 6, 7,
+            1, 2, 3, 4, 5, 6, 7, 8,
         ]  # fmt: skip
         indexes = {n for (n,) in raw.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         assert {"hosts_guid", "hosts_registrable", "instances_phase"} <= indexes

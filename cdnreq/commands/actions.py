@@ -18,6 +18,7 @@ import asyncio
 import getpass
 import os
 import sys
+from dataclasses import replace
 from typing import Any, Callable, TextIO
 
 from cdnreq.endpoint_client import NoAnswer, NotRunning, post
@@ -76,7 +77,12 @@ def _user() -> str:
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:
-    action = _action(args)
+    return run_action(config, _action(args))
+
+
+def run_action(config: Config, action: OperatorAction) -> int:
+    """Send `action` to the daemon, or apply it here when none runs; the exit code."""
+    action = replace(action, by=who(_user(), os.getuid()))
     try:
         token = read_token(config)
     except ConfigError:

@@ -1,4 +1,4 @@
-"""Operator actions, decided: approve, retry, release, forget.
+"""Operator actions, decided: approve, retry, release, forget, redeliver.
 
 Each decision takes what the store holds (records, host claims, the held
 sets) and the operator's request, and gives back either a `Change` to
@@ -20,7 +20,8 @@ from cdnreq.scrub import printable
 from cdnreq.validate.hosts import HostError, normalise_host
 
 APPROVE, RETRY, RELEASE, FORGET = "approve", "retry", "release", "forget"
-ACTIONS = (APPROVE, RETRY, RELEASE, FORGET)
+REDELIVER = "redeliver"  # a consumer's dead-lettered webhooks, sent again (`cdnreq webhooks retry NAME`)
+ACTIONS = (APPROVE, RETRY, RELEASE, FORGET, REDELIVER)
 EVENT = "operator"  # the events' action: their outcome is the operator action's name
 MAX_ARGUMENT = 1024  # characters of a guid, a host or a fingerprint
 
@@ -35,10 +36,12 @@ class OperatorAction:
     to: str | None = None
     fingerprints: tuple[str, ...] = ()
     by: str = "by an unnamed operator"
+    consumer: str | None = None
 
     def query(self) -> list[tuple[str, str]]:
         """The request's arguments, as `POST /actions/NAME?...` carries them."""
-        pairs = [(k, v) for k, v in (("guid", self.guid), ("host", self.host), ("to", self.to)) if v is not None]
+        pairs = [(k, v) for k, v in (("guid", self.guid), ("host", self.host), ("to", self.to),
+                                     ("consumer", self.consumer)) if v is not None]
         return pairs + [("fingerprint", f) for f in self.fingerprints]
 
 
@@ -67,8 +70,9 @@ def action_of(name: str, query: Mapping[str, Any], by: str) -> OperatorAction:
         return value
 
     fingerprints = tuple(_all(query, "fingerprint"))
-    needed = {RETRY: "guid", FORGET: "guid", RELEASE: "host"}.get(name)
-    allowed = {APPROVE: {"fingerprint"}, RETRY: {"guid"}, FORGET: {"guid"}, RELEASE: {"host", "to"}}[name]
+    needed = {RETRY: "guid", FORGET: "guid", RELEASE: "host", REDELIVER: "consumer"}.get(name)
+    allowed = {APPROVE: {"fingerprint"}, RETRY: {"guid"}, FORGET: {"guid"}, RELEASE: {"host", "to"},
+               REDELIVER: {"consumer"}}[name]
     extra = sorted(set(query) - allowed - {"user", "uid"})
     if extra:
         raise ValueError(f"{name}: unexpected argument(s) {', '.join(extra)}")
@@ -76,7 +80,7 @@ def action_of(name: str, query: Mapping[str, Any], by: str) -> OperatorAction:
         raise ValueError(f"{name}: `{needed}` is required")
     if any(not 0 < len(f) <= MAX_ARGUMENT for f in fingerprints):
         raise ValueError(f"{name}: `fingerprint` must be 1 to {MAX_ARGUMENT} characters")
-    return OperatorAction(name, one("guid"), one("host"), one("to"), fingerprints, by)
+    return OperatorAction(name, one("guid"), one("host"), one("to"), fingerprints, by, one("consumer"))
 
 
 def _all(query: Mapping[str, Any], key: str) -> list[str]:

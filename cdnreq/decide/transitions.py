@@ -266,6 +266,7 @@ def published(record: Record, shown: Mapping[str, Any], error: str | None, now: 
     """Published: the call that led here succeeded, so any failure streak is over."""
     return replace(
         record,
+        live_at=_told_live(record, now),
         published=shown_digest(shown),
         published_error=error if error is not None else record.published_error,
         last_action="publish",
@@ -277,8 +278,16 @@ def published(record: Record, shown: Mapping[str, Any], error: str | None, now: 
 
 
 def settled(record: Record, now: float) -> Record:
-    """Nothing new to publish."""
-    return replace(record, updated_at=now)  # also when it was last read back
+    """Nothing new to publish: the customer holds what it should."""
+    return replace(record, updated_at=now, live_at=_told_live(record, now))  # also when it was last read back
+
+
+def _told_live(record: Record, now: float) -> float | None:
+    """When the customer first held the technical CDN's answer: now, once
+    it holds what a live record shows (the change feed's `live`, once)."""
+    if record.live_at is None and record.phase is Phase.LIVE and record.connection:
+        return now
+    return record.live_at
 
 
 def failed(

@@ -315,6 +315,7 @@ def _finish(
         published=shown_digest(shown) if shown else None,
         last_action="import", served=served,
         gone_at=d.retained_at if phase is Phase.RETAINED else None,
+        live_at=now if phase is Phase.LIVE and d.connection else None,  # live before cdnreq: no `live` change
     ))
     if shown:
         out.shown[d.guid] = shown

@@ -12,6 +12,7 @@ from typing import Callable, Protocol
 
 import structlog
 
+from cdnreq.decide import changes
 from cdnreq.model import InstanceGuid, Record
 from cdnreq.reconcile.execute import Outcome
 from cdnreq.store import TickStore
@@ -75,7 +76,10 @@ class Committer:
             forgets = [o.action.guid for o in outcomes if o.record is None]
             events = [e for o in outcomes for e in o.events]
             shown = {o.action.guid: o.shown for o in outcomes if o.shown is not None and o.record is not None}
-            await self.store.commit(upserts=upserts, forgets=forgets, events=events, shown=shown)
+            now = time.time()
+            feed = [c for o in outcomes
+                    for c in changes.of_outcome(o.action.record, o.record, o.action.kind, o.ok, o.shown, now)]
+            await self.store.commit(upserts=upserts, forgets=forgets, events=events, shown=shown, changes=feed)
             for outcome in outcomes:
                 if outcome.record is None:
                     self.known.pop(outcome.action.guid, None)

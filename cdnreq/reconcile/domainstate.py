@@ -15,7 +15,8 @@ from typing import Any, Iterable, Mapping, Protocol
 from cdnreq.decide import recheck
 from cdnreq.decide.asking import LookupSchedule
 from cdnreq.decide.domainstep import DomainStep, contested, saved_streaks, unlisted_releases, unnamed_hosts
-from cdnreq.decide.gate import DomainPolicy, Gate, HostIndex, Status, decide
+from cdnreq.decide.changes import WatchedIndex
+from cdnreq.decide.gate import DomainPolicy, Gate, Status, decide
 from cdnreq.decide.guards import CONFIRM_TICKS
 from cdnreq.decide.kept import settled_decision, trusted, verdict_decision
 from cdnreq.dns.challenge import issue
@@ -65,7 +66,7 @@ class DomainState:
         self.policy = policy
         self.secret = secret
         self.resolver = resolver
-        self.index = HostIndex(hosts)
+        self.index = WatchedIndex(hosts)  # what changed, for the change feed
         self.challenges: dict[InstanceGuid, Challenge] = dict(challenges or {})
         # OK gates of instances owning all their hosts: nothing but their own
         # parameters or claims can change them, so an idle tick reuses them;

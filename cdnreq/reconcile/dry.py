@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from cdnreq.dns import challenge
+from cdnreq.decide.changes import ChangeEvent
 from cdnreq.model import Listing
 from cdnreq.master import MasterClient, MasterError
 from cdnreq.model import Challenge, Decision, Event, HostClaim, InstanceAnswer, InstanceGuid, Record
@@ -74,6 +75,7 @@ class DryStore:
         self.upserts: dict[InstanceGuid, Record] = {}
         self.forgets: list[str] = []
         self.events: list[Event] = []
+        self.changes: list[ChangeEvent] = []  # the change feed's rows it would write
         self.host_upserts: dict[str, HostClaim] = {}
         self.host_deletes: set[str] = set()
         self.challenges: list[Challenge] = []
@@ -138,8 +140,10 @@ class DryStore:
         decisions: Iterable[Decision] = (),
         shown: Mapping[str, Mapping[str, Any]] | None = None,
         asleep: Iterable[tuple[str, str]] = (),
+        changes: Iterable[ChangeEvent] = (),
     ) -> None:
         self.writes["commit"] += 1
+        self.changes.extend(changes)
         self.decisions.extend(decisions)
         self.upserts.update((r.guid, r) for r in upserts)
         self.forgets.extend(forgets)

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import structlog
 
 from cdnreq.config import Config
+from cdnreq.decide import changes as feed
 from cdnreq.model import Event, InstanceGuid, Record
 from cdnreq.decide.guards import (
     Departures,
@@ -146,7 +147,7 @@ class GuardRun:
         fresh = [Event(g, "hold", "held", self.now, state.reason, tick)
                  for g, (_, streak) in state.streaks.items() if streak == 1 and g not in self._announced]  # fmt: skip
         if fresh:
-            await self.store.commit(events=fresh)
+            await self.store.commit(events=fresh, changes=feed.held(fresh, "update"))
             self._announced.update(e.instance_guid for e in fresh)
         if self._logged:
             return

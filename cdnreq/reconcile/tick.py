@@ -34,6 +34,7 @@ from cdnreq.reconcile.report import INTERRUPTED, TickReport
 from cdnreq.reconcile.sleepers import Sleepers
 from cdnreq.reconcile.snapshot import Snapshot, snapshot_of
 from cdnreq.reconcile.guardrun import GuardRun
+from cdnreq.decide import changes
 from cdnreq.decide.actions import IdleCache
 from cdnreq.decide.plan import (
     Kind,
@@ -392,6 +393,7 @@ class Reconciler:
         if not (reserved or step.events or step.host_upserts or step.host_deletes
                 or step.challenges or step.challenge_deletes or step.decisions):
             return
+        feed = changes.of_reservation(self.known, reserved, self.domains.index.take_was(), step, now)
         await self.store.commit(
             upserts=reserved.upserts,
             events=[*step.events, *reserved.events],
@@ -400,6 +402,7 @@ class Reconciler:
             challenge_upserts=step.challenges,
             challenge_deletes=step.challenge_deletes,
             decisions=step.decisions.values(),
+            changes=feed,
         )
         for record in reserved.upserts:
             self.known[record.guid] = record

@@ -25,11 +25,12 @@ from typing import Any
 import structlog
 
 from cdnreq import __version__, logs, operator
+from cdnreq.consumers import Consumers, read_consumers
 from cdnreq.aiotasks import end_within, first_or_stop, sleep_or_stop, spawn
 from cdnreq.config import Config
 from cdnreq.configdigest import file_digest, load_with_digest
 from cdnreq.configfile import ConfigError
-from cdnreq.decide.operator import action_of, who
+from cdnreq.decide.operator import REDELIVER, action_of, who
 from cdnreq.endpoint import bound_address, make_app, serve
 from cdnreq.explain import explain
 from cdnreq.fdlimit import fit_config, limits_of, raise_fd_limit
@@ -43,11 +44,14 @@ from cdnreq.reconcile.guardrun import guard_policy_of
 from cdnreq.reconcile.snapshot import Snapshot
 from cdnreq.reconcile.tick import Reconciler, TickReport
 from cdnreq.reloadstate import ConfigState
+from cdnreq.service.endpoint_view import DaemonEndpoint
+from cdnreq.service.feed import Feed
+from cdnreq.service.webhooks import Webhooks
 from cdnreq.service.backups import Upkeep
 from cdnreq.service.exits import EXIT_DATABASE, EXIT_OK, EXIT_TICK_FAILED
 from cdnreq.service.opening import open_checked
 from cdnreq.service.leader import (
-    Leadership, cluster_view, leader_answer, leadership_of, standby_readiness, take_over,
+    Leadership, cluster_view, leadership_of, standby_readiness, take_over,
 )
 from cdnreq.service.reload import reload_of
 from cdnreq.service.status import PacedSnapshot, TickHistory, readiness, status_line, status_view
@@ -81,6 +85,10 @@ class Daemon:
         self.master: MasterClient | None = None  # the reconciler's, for operator actions
         self.ssl_context: ssl.SSLContext | None = None  # the master's, built by preflight.check
         self.store: Engine | None = None
+        self.feed = Feed(lambda: self.store, self.stop)  # /changes, read from the store on any node
+        self.consumers = Consumers()  # their tokens and webhook keys, read at start and at each reload
+        self._token: str | None = None
+        self.webhooks: Webhooks | None = None  # the consumers' deliveries, each its own task
         self.ticks = TickHistory()
         self.snapshot = PacedSnapshot(self._snapshot)
         self.upkeep: Upkeep | None = None
@@ -144,6 +152,9 @@ class Daemon:
             self.ssl_context = ssl_context
         self._new_resolver = self._new_resolver or change.new_resolver
         self.config = change.config
+        self.consumers, _ = read_consumers(self.config, self._token)  # check() found no problem in them
+        if self.webhooks is not None:
+            self.webhooks.sync(self.config, self.consumers.keys)
         log.info("configuration reloaded; applies from the next tick", path=str(self.config_path), digest=digest)
         if change.new_logging:
             logs.configure(self.config.logging.format, self.config.logging.level)
@@ -168,7 +179,7 @@ class Daemon:
             tick_interval_s=self.config.daemon.tick_interval_s,
             progress=self.progress.snapshot(time.time()),
             config=self.config_state.view(*file_digest(self.config_path)),
-        ) | cluster_view(self.leadership)
+        ) | cluster_view(self.leadership) | ({"webhooks": self.webhooks.view} if self.webhooks else {})
 
     async def instance(self, guid: str) -> dict[str, Any] | None:
         assert self.store is not None
@@ -195,7 +206,7 @@ class Daemon:
                                                  "leader's endpoint (/leaderz answers 200 there)"}
         async with self.writing:
             result = await operator.apply(self.store, self.master, action, policy=guard_policy_of(self.config))
-            if result.ok:
+            if result.ok and action.name != REDELIVER:  # the outbox is read afresh anyway
                 self.reconciler.reread()
         return (200 if result.ok else 409), {"ok": result.ok, "message": result.message}
 
@@ -203,7 +214,8 @@ class Daemon:
 
     async def run(self) -> int:
         self.ssl_context = check(self.config, self.config_path)  # ConfigError: exit 2, nothing started
-        token = read_token(self.config)
+        self._token = token = read_token(self.config)
+        self.consumers, _ = read_consumers(self.config, token)
         listen = self.config.daemon.listen_endpoint()
         self.store = store = await open_checked(self.config, fresh=self.fresh, config_path=self.config_path,
                                                 lead=False)
@@ -214,6 +226,8 @@ class Daemon:
             progress=self.progress, on_outcome=self._count,
         )
         self.upkeep = Upkeep(store, lambda: self.config, self.metrics, self.stop)
+        self.webhooks = Webhooks(store, self.metrics, lambda: self.leadership is None or self.leadership.leading())
+        self.webhooks.sync(self.config, self.consumers.keys)
         runner = None
         try:
             if self.leadership is None:
@@ -221,7 +235,8 @@ class Daemon:
             else:  # the leader reads the store when it takes over (cdnreq.service.leader)
                 self._lease = spawn(self.leadership.run(), "cdnreq lease")
             try:
-                runner = await serve(make_app(_Endpoint(self), token=token), listen, limits_of(self.config))
+                app = make_app(DaemonEndpoint(self), token=token, consumer_of=lambda t: self.consumers.of_token(t))
+                runner = await serve(app, listen, limits_of(self.config))
             except OSError as error:  # a port in use may free itself: exit 1, restarted, no traceback
                 log.error("cannot listen on [daemon].listen", listen=self.config.daemon.listen,
                           error=error.strerror or str(error), exit_code=EXIT_TICK_FAILED)
@@ -237,6 +252,7 @@ class Daemon:
                     if task is not None:
                         task.cancel()
                 await self.upkeep.finish()
+                await self.webhooks.close()
         finally:
             if runner is not None:
                 await runner.cleanup()
@@ -361,31 +377,3 @@ class Daemon:
             log.warning("calls still in flight after the shutdown timeout; cancelling", timeout_s=timeout)
             return None
         return task.result()
-
-
-class _Endpoint:
-    """The daemon as the HTTP endpoint sees it (cdnreq.endpoint.Endpoint)."""
-
-    def __init__(self, daemon: Daemon):
-        self.daemon = daemon
-
-    def alive(self) -> bool:
-        return True  # answering at all means the event loop runs
-
-    def readiness(self) -> tuple[bool, dict]:
-        return self.daemon.readiness()
-
-    def leader(self) -> tuple[bool, dict]:
-        return leader_answer(self.daemon.leadership)
-
-    def metrics(self) -> tuple[bytes, str]:
-        return self.daemon.metrics.render()
-
-    def status(self) -> dict:
-        return self.daemon.status()
-
-    async def instance(self, guid: str) -> dict | None:
-        return await self.daemon.instance(guid)
-
-    async def act(self, name: str, query: Any, via: str) -> tuple[int, dict]:
-        return await self.daemon.act(name, query, via)

@@ -7,14 +7,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from cdnreq.decide.changes import ChangeEvent
 from cdnreq.model import Challenge, Decision, Event, HostClaim, Record
 from cdnreq.store.errors import StoreError
 from cdnreq.store.rows import (
+    ADVANCE_FEED,
     DELETE,
     DELETE_CHALLENGE,
     DELETE_DECISION,
     DELETE_HOST,
     DELETE_HOSTS_OF,
+    INSERT_CHANGE,
     INSERT_EVENT,
     SET_PUBLISHED,
     SET_SLEEP,
@@ -44,17 +47,15 @@ def commit_steps(
     decisions: Iterable[Decision] = (),
     shown: Mapping[str, Mapping[str, Any]] | None = None,
     asleep: Iterable[tuple[str, str]] = (),
+    changes: Iterable[ChangeEvent] = (),
     also: Iterable[Step] = (),
 ) -> list[Step]:
-    """The steps of one commit, those with rows only; `path` names the
-    database in errors. In order: forgets (each with the instance's hosts, challenge and kept
-    decision, since a forgotten instance owns nothing), host deletes,
-    challenge deletes, upserts, what was shown (by guid; upserted or stored
-    instances only), host upserts, challenge upserts, decisions, the marks
-    of instances fallen asleep (guid, mark), events, then `also`. So a title
-    or a host freed by one instance can be taken by another in the same
-    commit; a host upsert with another guid transfers the host.
-    """
+    """The steps of one commit with rows; `path` names the database in errors.
+    In order: forgets (each with its hosts, challenge and kept decision: a
+    forgotten instance owns nothing), host and challenge deletes, upserts, what
+    was shown (by guid), host and challenge upserts, decisions, sleep marks,
+    events, the change feed, `also`. So a title or a host freed by one instance
+    can be taken by another in the same commit (a host upsert transfers it)."""
     try:
         upsert_rows = [to_row(r) for r in upserts]
         forget_rows = [(g,) for g in forgets]
@@ -68,6 +69,7 @@ def commit_steps(
                          for d in decisions]  # fmt: skip
         shown_rows = [(dump(v), g) for g, v in (shown or {}).items()]
         sleep_rows = [(str(mark), str(g)) for g, mark in asleep]
+        feed = feed_steps(changes)
     except (ValueError, TypeError, AttributeError) as exc:
         raise StoreError(f"{path}: cannot encode commit: {exc}") from exc
     _refuse_writes_to_forgotten(path, {g for (g,) in forget_rows}, {
@@ -92,9 +94,16 @@ def commit_steps(
         (UPSERT_DECISION, decision_rows),
         (SET_SLEEP, sleep_rows),
         (INSERT_EVENT, event_rows),
+        *feed,
         *also,
     ]
     return [(sql, rows) for sql, rows in steps if rows]
+
+
+def feed_steps(changes: Iterable[ChangeEvent]) -> list[Step]:
+    """The change feed's rows, numbered after the last one given, and the count moved on."""
+    rows = [(n, c.at, c.instance_guid, c.kind.value, c.payload_json()) for n, c in enumerate(changes, start=1)]
+    return [(INSERT_CHANGE, rows), (ADVANCE_FEED, [(len(rows),)])] if rows else []
 
 
 def _refuse_writes_to_forgotten(path: Path, forgotten: set[str], written: dict[str, set[str]]) -> None:

@@ -29,7 +29,7 @@ CHUNK_ROWS = 5000
 TABLES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("instances", "guid", ("guid", "title", "phase", "param_hash", "requested_state", "spec_hash", "tech_guid",
                            "connection", "published", "published_error", "last_action", "last_error", "failures",
-                           "retry_at", "created_at", "updated_at", "served", "gone_at", "sleep")),
+                           "retry_at", "created_at", "updated_at", "served", "gone_at", "sleep", "live_at")),
     ("hosts", "host", ("host", "guid", "registrable", "proven_at", "checked_at", "failing_since")),
     ("challenges", "guid", ("guid", "domain", "salt", "token", "created_at")),
     ("decisions", "guid", ("guid", "param_hash", "stamp", "verdict", "gate", "claims", "next_lookup")),
@@ -38,6 +38,11 @@ TABLES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("ticks", "id", ("id", "started_at", "finished_at", "result", "summary")),
     ("imports", "id", ("id", "at", "source", "summary")),
     ("import_findings", "id", ("id", "import_id", "guid", "reference", "kind", "host", "found", "decision")),
+    ("changes", "id", ("id", "at", "instance_guid", "kind", "payload")),
+    ("feed_state", "id", ("id", "last_id")),
+    ("deliveries", "id", ("id", "consumer", "change_id", "instance_guid", "attempts", "first_at", "next_at",
+                          "last_error", "dead_at")),
+    ("consumer_cursors", "consumer", ("consumer", "cursor")),
 )
 
 
@@ -118,6 +123,8 @@ async def copy_store(source: Engine, target: Engine, *, nul_escaped: bool,
         insert = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
         if table == "guards":
             insert += " ON CONFLICT (name) DO NOTHING"  # the copy's own mark stays until the end
+        elif table == "feed_state":
+            insert += " ON CONFLICT (id) DO UPDATE SET last_id = excluded.last_id"  # its row comes with the schema
         copied = 0
         async for rows in chunks(source, table, key, columns):
             if nul_escaped:

@@ -31,6 +31,7 @@ from pathlib import Path
 import asyncio
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, runtime_checkable
 
+from cdnreq.decide.changes import ChangeEvent
 from cdnreq.model import Challenge, Decision, Event, HostClaim, InstanceGuid, Record
 from cdnreq.store.prune import PruneReport
 
@@ -89,10 +90,12 @@ class TickStore(Protocol):
         decisions: Iterable[Decision] = (),
         shown: Mapping[str, Mapping[str, Any]] | None = None,
         asleep: Iterable[tuple[str, str]] = (),
+        changes: Iterable[ChangeEvent] = (),
     ) -> None:
         """The tick's outcomes, in one transaction or not at all. `asleep`:
         (guid, mark) of instances fallen asleep; any upsert of a record
-        clears its mark."""
+        clears its mark. `changes`: the change feed's rows for what this
+        transaction changes (decide/changes.py), numbered in it."""
 
     async def begin_tick(self, started_at: float) -> int:
         """A new tick's id; StoreLost when the store is no longer the one locked."""
@@ -126,6 +129,13 @@ class InstanceReads(Protocol):
 
     async def last_ticks(self, limit: int = 10) -> list[dict[str, Any]]:
         """The latest ticks, newest first."""
+
+    async def changes_after(self, after: int, limit: int, *, kinds: Iterable[str] = (), guids: Iterable[str] = (),
+                            prefixes: Iterable[str] = ()) -> list[tuple[int, float, str, str, str]]:
+        """The change feed after id `after` in id order (id, at, guid, kind, payload JSON), filtered."""
+
+    async def feed_bounds(self) -> tuple[int | None, int]:
+        """The oldest change kept (None: none) and the last id ever given."""
 
     async def import_findings(self, guid: str) -> list[dict[str, Any]]:
         """What the last `import-legacy` found about the instance."""

@@ -162,6 +162,44 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         CREATE INDEX instances_asleep ON instances (guid) WHERE sleep IS NOT NULL;
         """,
     ),
+    (
+        8,
+        "the change feed (one row per customer-visible change, ids without gaps) and its webhook outbox",
+        """
+        CREATE TABLE changes (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            instance_guid TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            payload TEXT NOT NULL
+        );
+        CREATE INDEX changes_instance ON changes (instance_guid, id);
+        CREATE TABLE feed_state (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            last_id INTEGER NOT NULL
+        );
+        INSERT INTO feed_state (id, last_id) VALUES (1, 0);
+        CREATE TABLE deliveries (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            consumer TEXT NOT NULL,
+            change_id INTEGER NOT NULL,
+            instance_guid TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            first_at REAL,
+            next_at REAL NOT NULL,
+            last_error TEXT,
+            dead_at REAL,
+            UNIQUE (consumer, change_id)
+        );
+        CREATE INDEX deliveries_instance ON deliveries (consumer, instance_guid, change_id);
+        CREATE TABLE consumer_cursors (
+            consumer TEXT PRIMARY KEY,
+            cursor INTEGER NOT NULL
+        );
+        ALTER TABLE instances ADD COLUMN live_at REAL;
+        UPDATE instances SET live_at = updated_at WHERE phase = 'live';
+        """,
+    ),
 )
 
 LATEST: Final[int] = MIGRATIONS[-1][0]

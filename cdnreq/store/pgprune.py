@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Protocol
 import structlog
 
 from cdnreq.aiotasks import sleep_or_stop
-from cdnreq.store.prune import _EVENTS_DELETABLE, _TICKS_DELETABLE, PruneReport
+from cdnreq.store.prune import _TABLES, PruneReport
 from cdnreq.store.prune import prune_if_due as shared_prune_if_due
 from cdnreq.store.retention import BATCH_ROWS, PASS_INTERVAL_S, Retention
 
@@ -35,8 +35,6 @@ class PgStore(Protocol):
     async def load_guards(self) -> dict[str, Any]: ...
 
     async def save_guards(self, values: Mapping[str, Any], now: float) -> None: ...
-
-_TABLES = (("events", "at", _EVENTS_DELETABLE), ("ticks", "started_at", _TICKS_DELETABLE))
 
 
 async def prune(store: PgStore, retention: Retention, *, now: float | None = None,

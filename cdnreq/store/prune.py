@@ -51,7 +51,8 @@ _EVENTS_DELETABLE = (
     " AND newer.action = events.action AND newer.id > events.id))"
 )
 _TICKS_DELETABLE = f"id < (SELECT MIN(id) FROM (SELECT id FROM ticks ORDER BY id DESC LIMIT {KEEP_TICKS}) AS kept)"
-_TABLES = (("events", "at", _EVENTS_DELETABLE), ("ticks", "started_at", _TICKS_DELETABLE))
+_TABLES = (("events", "at", _EVENTS_DELETABLE), ("ticks", "started_at", _TICKS_DELETABLE),
+           ("changes", "at", "1 = 1"))  # the feed keeps its retention; a consumer behind it resynchronises
 
 
 @dataclass

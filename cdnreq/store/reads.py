@@ -13,8 +13,8 @@ from typing import Any, Iterable
 from cdnreq.model import Challenge, Decision, Event, HostClaim, InstanceGuid, Record
 from cdnreq.store.imports import findings_of, last_import
 from cdnreq.store.rows import (
-    EVENT_COLUMNS, SELECT, SELECT_ASLEEP, SELECT_AWAKE, SELECT_CHALLENGES, SELECT_DECISIONS, SELECT_HOSTS, load_json,
-    to_challenges, to_event, to_hosts, to_record, to_records,
+    CHANGE_COLUMNS, EVENT_COLUMNS, SELECT, SELECT_ASLEEP, SELECT_AWAKE, SELECT_CHALLENGES, SELECT_DECISIONS,
+    SELECT_HOSTS, load_json, to_challenges, to_event, to_hosts, to_record, to_records,
 )
 
 AWAKE = " WHERE guid NOT IN (SELECT guid FROM instances WHERE sleep IS NOT NULL)"
@@ -89,6 +89,30 @@ class SqlReads:
             f"SELECT {EVENT_COLUMNS} FROM events WHERE instance_guid = ? ORDER BY id DESC LIMIT ?", (guid, limit)
         )
         return [to_event(r) for r in rows]
+
+    async def changes_after(self, after: int, limit: int, *, kinds: Iterable[str] = (), guids: Iterable[str] = (),
+                            prefixes: Iterable[str] = ()) -> list[tuple[int, float, str, str, str]]:
+        """The change feed after id `after`, in id order, at most `limit` rows
+        (id, at, instance guid, kind, payload JSON); only `kinds` when given,
+        and only the instances of `guids` or starting with `prefixes` when given."""
+        where, params = ["id > ?"], [after]
+        kinds, guids, prefixes = sorted(set(kinds)), sorted(set(guids)), sorted(set(prefixes))
+        if kinds:
+            where.append(f"kind IN ({', '.join('?' * len(kinds))})")
+            params.extend(kinds)
+        whose = [f"instance_guid IN ({', '.join('?' * len(guids))})"] if guids else []
+        whose += ["substr(instance_guid, 1, ?) = ?"] * len(prefixes)
+        params.extend([*guids, *(v for p in prefixes for v in (len(p), p))])
+        if whose:
+            where.append(f"({' OR '.join(whose)})")
+        rows = await self._all(f"SELECT {CHANGE_COLUMNS} FROM changes WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
+                               (*params, limit))
+        return [tuple(r) for r in rows]
+
+    async def feed_bounds(self) -> tuple[int | None, int]:
+        """(the oldest change still kept, or None; the last id ever given)."""
+        rows = await self._all("SELECT (SELECT MIN(id) FROM changes), last_id FROM feed_state WHERE id = 1")
+        return (rows[0][0], rows[0][1]) if rows else (None, 0)
 
     async def last_ticks(self, limit: int = 10) -> list[dict[str, Any]]:
         rows = await self._all(

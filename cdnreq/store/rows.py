@@ -27,7 +27,7 @@ from cdnreq.model import (
 COLUMNS = (
     "guid, title, phase, created_at, updated_at, param_hash, requested_state, "
     "spec_hash, tech_guid, connection, published, published_error, last_action, "
-    "last_error, failures, retry_at, served, gone_at"
+    "last_error, failures, retry_at, served, gone_at, live_at"
 )  # Record's field order, so rows map onto it positionally
 SELECT = f"SELECT {COLUMNS} FROM instances"
 # `published` holds what the customer was shown; a Record keeps only its
@@ -77,6 +77,16 @@ UPSERT_CHALLENGE = _upsert("challenges", CHALLENGE_COLUMNS)
 DELETE_CHALLENGE = "DELETE FROM challenges WHERE guid = ?"
 EVENT_COLUMNS = "id, instance_guid, action, outcome, at, detail, tick"
 
+# The change feed's ids are counted in feed_state, in the writing transaction
+# (its row is locked until the commit): no gap, no reuse after pruning, and
+# on PostgreSQL committed in id order, so a reader paging by id misses none.
+CHANGE_COLUMNS = "id, at, instance_guid, kind, payload"
+INSERT_CHANGE = (
+    "INSERT INTO changes (id, at, instance_guid, kind, payload) "
+    "VALUES ((SELECT last_id FROM feed_state WHERE id = 1) + ?, ?, ?, ?, ?)"
+)
+ADVANCE_FEED = "UPDATE feed_state SET last_id = last_id + ? WHERE id = 1"
+
 DECISION_COLUMNS = "guid, param_hash, stamp, verdict, gate, claims, next_lookup"  # Decision's order
 SELECT_DECISIONS = f"SELECT {DECISION_COLUMNS} FROM decisions"
 UPSERT_DECISION = _upsert("decisions", DECISION_COLUMNS)
@@ -117,7 +127,7 @@ def to_row(r: Record) -> tuple[Any, ...]:
         None if r.requested_state is None else RequestedState(r.requested_state).value,
         r.spec_hash, r.tech_guid, dump(r.connection),
         r.published_error, r.last_action, r.last_error, r.failures, r.retry_at,
-        dump_hosts(r.served), r.gone_at,
+        dump_hosts(r.served), r.gone_at, r.live_at,
     )  # fmt: skip
 
 
@@ -151,14 +161,14 @@ _i = sys.intern
 def to_record(row: tuple[Any, ...]) -> Record:
     (guid, title, phase, created, updated, param_hash, state, spec_hash, tech_guid,
      connection, published, published_error, last_action, last_error, failures,
-     retry_at, served, gone_at) = row  # fmt: skip
+     retry_at, served, gone_at, live_at) = row  # fmt: skip
     return _make_record(
         _i(guid), title, _PHASES[phase], created, updated, param_hash,
         None if state is None else _STATES[state], None if spec_hash is None else _i(spec_hash), tech_guid,
         None if connection is None else FrozenJson(connection.encode("utf-8", "surrogatepass")),
         None if published is None else shown_digest(load_json(published)),
         published_error, None if last_action is None else _i(last_action), last_error, failures, retry_at,
-        None if served is None else tuple(_i(h) for h in load_json(served)), gone_at,
+        None if served is None else tuple(_i(h) for h in load_json(served)), gone_at, live_at,
     )  # fmt: skip
 
 

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from cdnreq.decide.changes import ChangeEvent
 from cdnreq.model import Challenge, Decision, Event, HostClaim, Record
 from cdnreq.store.commit import Step, commit_steps
 from cdnreq.store.errors import StoreError
@@ -39,6 +40,7 @@ class SqlWrites:
         decisions: Iterable[Decision] = (),
         shown: Mapping[str, Mapping[str, Any]] | None = None,
         asleep: Iterable[tuple[str, str]] = (),
+        changes: Iterable[ChangeEvent] = (),
         also: Iterable[Step] = (),
     ) -> None:
         """Write everything in one transaction, or nothing; what is written
@@ -49,7 +51,7 @@ class SqlWrites:
             self.path, upserts=upserts, forgets=forgets, events=events,
             host_upserts=host_upserts, host_deletes=host_deletes,
             challenge_upserts=challenge_upserts, challenge_deletes=challenge_deletes,
-            decisions=decisions, shown=shown, asleep=asleep, also=also,
+            decisions=decisions, shown=shown, asleep=asleep, changes=changes, also=also,
         )  # fmt: skip
         if steps:
             await self._apply(steps)
