@@ -13,7 +13,7 @@ import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 import aiohttp
 import orjson
@@ -118,6 +118,7 @@ class MasterClient:
     max_parameters_bytes: int | None = None  # an entry far larger is not read (see listing.read_listing)
     observer: CallObserver | None = None
     may_call: Callable[[], str | None] | None = None  # why not, when this node may not call (cdnreq.service.leader)
+    before_call: Callable[[], Awaitable[None]] | None = None  # awaited first: a late lease renewed (ibid.)
     calls: Counter = field(default_factory=Counter)
     in_flight: int = 0
     _session: aiohttp.ClientSession | None = None
@@ -176,6 +177,8 @@ class MasterClient:
             data = orjson.dumps(body)
         except TypeError as error:  # orjson.JSONEncodeError: a lone surrogate, a huge integer...
             raise MasterUnencodable(name, f"the request cannot be encoded as JSON ({error})") from None
+        if self.before_call is not None:
+            await self.before_call()
         if self.may_call is not None and (why := self.may_call()) is not None:
             raise NotSent(name, f"not sent: {why}")
         session = self._open()

@@ -6,7 +6,7 @@ the commands alike."""
 from __future__ import annotations
 
 import ssl
-from typing import Callable
+from typing import Awaitable, Callable
 
 from cdnreq.config import Config
 from cdnreq.decide.gate import DomainPolicy
@@ -20,6 +20,7 @@ from cdnreq.reconcile.execute import Settings
 def master_client(
     config: Config, metrics: Metrics | None = None, ssl_context: ssl.SSLContext | None = None,
     may_call: Callable[[], str | None] | None = None,
+    before_call: Callable[[], Awaitable[None]] | None = None,
 ) -> MasterClient:
     """The client for [master]; `ssl_context` is the one preflight.check built
     at start-up (without it, the TLS files are loaded at the first call)."""
@@ -39,6 +40,7 @@ def master_client(
         max_parameters_bytes=config.validation.max_parameters_bytes,
         observer=metrics.master_call if metrics is not None else None,
         may_call=may_call,
+        before_call=before_call,
     )
 
 

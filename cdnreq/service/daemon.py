@@ -167,6 +167,10 @@ class Daemon:
     def _may_call(self) -> str | None:
         return None if self.leadership is None else self.leadership.may_call()
 
+    async def _before_call(self) -> None:
+        if self.leadership is not None:
+            await self.leadership.refresh()
+
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         if self.leadership is not None and not self.leadership.leading():
             return standby_readiness(self.leadership, time.time())
@@ -220,7 +224,7 @@ class Daemon:
         self.store = store = await open_checked(self.config, fresh=self.fresh, config_path=self.config_path,
                                                 lead=False)
         self.leadership = leadership_of(store, lambda: self.config.store, self.stop)
-        self.master = master_client(self.config, self.metrics, self.ssl_context, self._may_call)
+        self.master = master_client(self.config, self.metrics, self.ssl_context, self._may_call, self._before_call)
         self.reconciler = Reconciler(
             config=self.config, store=store, master=self.master, resolver=self._resolver(),
             progress=self.progress, on_outcome=self._count,
@@ -360,7 +364,7 @@ class Daemon:
         master = resolver = None
         if self._new_master:
             self._new_master = False
-            self.master = master = master_client(self.config, self.metrics, self.ssl_context, self._may_call)
+            self.master = master = master_client(self.config, self.metrics, self.ssl_context, self._may_call, self._before_call)
         if self._new_resolver:
             self._new_resolver = False
             resolver = self._resolver()

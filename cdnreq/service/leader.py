@@ -87,6 +87,15 @@ class Leadership:
             return "the lease was lost and taken again since this tick's decisions: the next tick redoes them"
         return self.store.lease.lost or "this node does not hold the leader lease"
 
+    async def refresh(self) -> None:
+        """Before a master call: a term run out during a busy stretch is
+        renewed if still this node's (cdnreq.store.pglease.Lease.refresh);
+        may_call() then says whether the call may go."""
+        try:
+            await self.store.lease.refresh()
+        except Exception as error:  # the database away: may_call() refuses the call
+            log.warning("renewing a late lease failed", error=f"{type(error).__name__}: {error}")
+
     def healthy(self, now: float) -> bool:
         """The store answered the last attempts (within three renew intervals)."""
         read_at = self.seen.read_at

@@ -26,7 +26,8 @@ async def run_once(config: Config, *, fresh: bool = False, config_path: Path | N
     renewing = spawn(leadership.run(), "cdnreq lease") if leadership is not None else None
     try:
         async with master_client(config, ssl_context=context,
-                                 may_call=None if leadership is None else leadership.may_call) as master:
+                                 may_call=None if leadership is None else leadership.may_call,
+                                 before_call=None if leadership is None else leadership.refresh) as master:
             reconciler = Reconciler(config=config, store=store, master=master)
             try:
                 await reconciler.load()

@@ -88,6 +88,7 @@ class Lease:
         # again since is another term, whose writes that work may not make
         self.bound: int | None = None
         self._table = False  # cdnreq_lease made: by the first take, never by a node that only reads
+        self.lease_s: float | None = None  # of the last take or renewal
 
     async def take(self, lease_s: float) -> Term | None:
         """The lease if it has expired: the new term; None while another node holds it."""
@@ -105,6 +106,7 @@ class Lease:
         epoch = await self._run(take)
         if epoch is None:
             return None
+        self.lease_s = lease_s
         self.term, self.lost = Term(self.holder, int(epoch), acts_until(asked, lease_s)), None
         if self.bound is None:  # no work was under way in an earlier term
             self.bound = self.term.epoch
@@ -125,6 +127,7 @@ class Lease:
         if term is None:
             return None
         asked = time.monotonic()
+        self.lease_s = lease_s
         epoch = await self._run(lambda c: c.fetchval(RENEW, term.holder, term.epoch, lease_s))
         if epoch is None:
             self.step_down(f"the leader lease (epoch {term.epoch}) was lost")
@@ -132,6 +135,18 @@ class Lease:
         if self.term is term:
             self.term = Term(term.holder, term.epoch, acts_until(asked, lease_s))
         return self.term
+
+    async def refresh(self) -> None:
+        """Renew now a term that ran out on this node's clock while its event
+        loop was busy (a long stretch of a big tick keeps the renewal task
+        from running): the database renews it only while it is still this
+        node's and unexpired by the database's clock, so no other node can
+        have taken it meanwhile; otherwise this node steps down. Writes and
+        master calls ask for it before they check the term."""
+        term, lease_s = self.term, self.lease_s
+        if term is None or lease_s is None or term.valid(time.monotonic()):
+            return
+        await self.renew(lease_s)
 
     async def release(self) -> None:
         """Hand the lease over at once (a clean stop)."""

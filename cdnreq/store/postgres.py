@@ -123,6 +123,7 @@ class PgStore(SqlReads, SqlWrites):
 
         async def turn() -> _T:
             async with self._busy:
+                await self.lease.refresh()  # a term run out during a busy stretch, renewed if still ours
                 term = self.lease.fence_term()
 
                 async def fenced(conn: asyncpg.Connection) -> _T:
