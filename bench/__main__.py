@@ -6,6 +6,12 @@
                     (the daemon's memory with 64 KiB parameters: bench/large.py)
     python -m bench history [--size 100000] [--days 60] [--retention 30] [--out FILE]
                     (the store after months of read-backs, pruned: bench/history.py)
+    python -m bench pg [--sizes 10000,100000] [--store sqlite,postgresql] [--out bench-pg-results.json]
+                    (first reconcile and idle tick on both engines, side by side: bench/pgcompare.py)
+    python -m bench failover [--kills 10] [--customers 1000] [--nodes 2] [--lease 3] [--renew 0.5]
+                    (kill -9 the leader of nodes on one PostgreSQL, time the takeover: bench/failover.py)
+    python -m bench webhooks [--customers 10000] [--concurrency 4 --concurrency 16] [--out FILE]
+                    (webhook delivery throughput and lag of one tick's changes: bench/webhooks.py)
 
 Prints progress on stderr, then a table and the targets on stdout, and
 writes every figure to the JSON file. Needs root for two things, both
@@ -16,6 +22,7 @@ DNS scenarios are skipped), and counting DNS datagrams on lo.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -23,6 +30,10 @@ from bench.report import table, targets_text
 from bench.scale import scale_text
 from bench.runner import run
 from bench.scenarios import Options
+
+
+SUBCOMMANDS = {"large": "bench.large", "history": "bench.history", "pg": "bench.pgcompare",
+               "failover": "bench.failover", "webhooks": "bench.webhooks"}
 
 
 def _sizes(text: str) -> list[int]:
@@ -35,16 +46,19 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
+def _settings(text: str) -> dict[str, str]:
+    from bench.pgstore import parse_settings
+
+    try:
+        return parse_settings(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["large"]:
-        from bench.large import main as large
-
-        return large(argv[1:])
-    if argv[:1] == ["history"]:
-        from bench.history import main as history
-
-        return history(argv[1:])
+    if argv[:1] and argv[0] in SUBCOMMANDS:
+        return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=_sizes, default=[1000, 10000, 100000],
                         help="customers per run, comma-separated (default 1000,10000,100000)")
@@ -59,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory (databases, logs)")
     parser.add_argument("--no-sniff", action="store_true",
                         help="do not count DNS datagrams on lo (no DNS timings then)")
+    parser.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="the daemon's store: SQLite (default) or a throw-away PostgreSQL on loopback, "
+                        "durable (bench/pgstore.py); slapproxy's comparison stays on SQLite")
+    parser.add_argument("--pg-settings", type=_settings, default={}, metavar="K=V,...",
+                        help="PostgreSQL settings over the durable defaults (with --store postgresql)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="py-spy profiles of every tick into DIR (investigation: the sampler costs CPU)")
     args = parser.parse_args(argv)
@@ -67,12 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         concurrency=args.concurrency, idle_ticks=max(1, args.idle_ticks),
         slapproxy_customers=args.slapproxy_customers, workdir=args.workdir,
         keep=args.keep or args.workdir is not None, profile_dir=args.profile, sniff=not args.no_sniff,
+        store=args.store, pg_settings=args.pg_settings,
     )
     results = run(options)
     m = results["machine"]
     print(f"\ncdnreq benchmark, {results['date']}, {m['nproc']} CPUs ({m['cpu_model']}), "
           f"{m['memory_mb']} MB, Python {m['python']}, cdnreq {results['versions'].get('cdnreq')} "
-          f"({results['versions'].get('git', '?')}), concurrency {options.concurrency}\n")
+          f"({results['versions'].get('git', '?')}), concurrency {options.concurrency}, store {options.store}\n")
     print(table(results))
     print("\n" + scale_text(results.get("scale", [])))
     print("\nTargets:")

@@ -11,7 +11,8 @@ small (the interval is counted in monotonic time, which runs on while the
 process is stopped). A tick's own ``duration_s`` never includes a pause.
 
 The rare race (the next tick began before the SIGSTOP landed) is detected
-with the ``ticks`` table, read-only, and reported with the measurement.
+with the ``ticks`` table, read-only, and reported with the measurement (on
+PostgreSQL through the ``ticks_after`` the runner gives, bench/pgstore.py).
 
 CPU time is utime + stime of every thread (/proc/PID/stat); memory is
 VmHWM/VmRSS (/proc/PID/status). The high-water mark is reset before a tick
@@ -31,7 +32,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import tomli_w
 
@@ -113,20 +114,39 @@ def daemon_config(path: Path, *, master_url: str, database: Path, nameserver: st
     return path
 
 
+def json_lines(stream: Any, log: Any) -> Iterator[tuple[float, dict]]:
+    """The daemon's log lines as they come (copied to `log`): each JSON object
+    with the monotonic time it was read at; other lines are only copied."""
+    for raw in stream:
+        at = time.monotonic()
+        log.write(raw)
+        if not raw.startswith(b"{"):
+            continue
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(line, dict):
+            yield at, line
+
+
 class DaemonProcess:
     """``cdnreq run --config FILE``, stopped (SIGSTOP) after every tick."""
 
     def __init__(self, config_path: Path, database: Path, log_path: Path,
-                 on_spawn: "Callable[[int], None] | None" = None):
+                 on_spawn: "Callable[[int], None] | None" = None,
+                 ticks_after: "Callable[[int], int] | None" = None):
         self.config_path = Path(config_path)
         self.database = Path(database)
         self.log_path = Path(log_path)
         self.on_spawn = on_spawn
+        self.ticks_after = ticks_after  # the race check on another engine (bench/pgstore.py); else SQLite's file
         self.process: subprocess.Popen | None = None
         self.events: queue.Queue[tuple[str, dict[str, Any] | None]] = queue.Queue()
         self.started_at: float | None = None  # monotonic, at spawn
         self.ready_after_s: float | None = None  # spawn -> "started" logged (store loaded)
         self.cpu_at_ready: float | None = None
+        self.last_tick_at: float | None = None  # monotonic, when the last tick's line was read
         self.paused = False
         self._reader: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -176,16 +196,10 @@ class DaemonProcess:
         process = self.process
         assert process is not None and process.stderr is not None
         with open(self.log_path, "ab") as log:
-            for raw in process.stderr:
-                log.write(raw)
-                if not raw.startswith(b"{"):
-                    continue
-                try:
-                    line = json.loads(raw)
-                except ValueError:
-                    continue
+            for _, line in json_lines(process.stderr, log):
                 event = line.get("event")
                 if event in ("tick done", "tick failed"):
+                    self.last_tick_at = time.monotonic()
                     with self._lock:
                         if process.poll() is None:
                             os.kill(process.pid, signal.SIGSTOP)
@@ -232,7 +246,9 @@ class DaemonProcess:
         return line
 
     def later_ticks(self, tick: int) -> int:
-        """Ticks begun after `tick` (from the database, read-only): > 0 means a race."""
+        """Ticks begun after `tick` (from the database, read-only): > 0 means a race; -1 unreadable."""
+        if self.ticks_after is not None:
+            return self.ticks_after(tick)
         try:
             with sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, timeout=5) as conn:
                 row = conn.execute("SELECT COUNT(*) FROM ticks WHERE id > ?", (tick,)).fetchone()

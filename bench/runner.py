@@ -97,6 +97,7 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(),
         "python": sys.version.split()[0],
         "implementation": platform.python_implementation(),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],  # other work on the machine when the run began
     }
 
 
@@ -115,6 +116,8 @@ def versions(nsd_executable: str | None) -> dict[str, str | None]:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=child.ROOT,
                                capture_output=True, text=True).stdout.strip()
         found["git"] = commit + ("+dirty" if dirty else "")
+    if os.environ.get("BENCH_GIT_COMMIT"):  # a copy of the tree outside git (git archive): its commit, as told
+        found["git"] = os.environ["BENCH_GIT_COMMIT"] + " (told)"
     return found
 
 
@@ -131,6 +134,7 @@ def run(options: Options) -> dict[str, Any]:
             "dns_in_flight": DNS_IN_FLIGHT, "relay_delay_ms_each_way": options.delay_ms,
             "idle_ticks": options.idle_ticks, "missing_txt_fraction": 1 / MISSING,
             "publish_after": "immediately", "retention_s": 0, "max_destroy_fraction": 0.9,
+            "store": options.store, "pg_settings": options.pg_settings,
         },
         "sizes": {},
         "notes": [],

@@ -29,6 +29,7 @@ from bench.double.customers import customer_guid
 from bench.double.process import DoubleProcess
 from bench.measure import Probes, measure, measure_once, versus
 from bench.nsd import Nsd, challenge_name, write_zone
+from bench.pgstore import PgDatabase
 from bench.profile import PySpy
 from bench.relay.process import RelayProcess
 from bench.report import log
@@ -37,6 +38,9 @@ __all__ = ["MISSING", "Options", "SizeRun", "run_slapproxy", "seed_challenges"]
 
 RTT_RANGE_MS = (25.0, 45.0)
 MISSING = 10  # every 10th customer (index % 10 == 9) has no TXT record
+# PostgreSQL: the lease outlasts the pauses between measured ticks (SIGSTOP), so
+# that no tick starts by taking the lease again; renewals as in production.
+LEASE_S, RENEW_S = 120.0, 5.0
 
 
 @dataclass
@@ -54,15 +58,19 @@ class Options:
     keep: bool = False
     profile_dir: Path | None = None  # py-spy profiles of each tick (investigation only)
     sniff: bool = True  # count DNS datagrams on lo (needs root)
+    store: str = "sqlite"  # or "postgresql": a throw-away server per size (bench/pgstore.py)
+    pg_settings: dict[str, str] = field(default_factory=dict)  # over bench.pgstore.DURABLE
 
 
 # -- one size ----------------------------------------------------------------------------------
 
 
-async def _seed(database: Path, challenges: list) -> None:
-    from cdnreq.store import Store
+async def _seed(config_path: Path, challenges: list) -> None:
+    """Store the challenges through the engine the configuration names, as the daemon opens it."""
+    from cdnreq.configfile import load_config
+    from cdnreq.store.engines import open_engine
 
-    store = await Store.open(database)
+    store = await open_engine(load_config(config_path), lock=True)
     try:
         for start in range(0, len(challenges), 20000):
             await store.commit(challenge_upserts=challenges[start:start + 20000])
@@ -70,8 +78,9 @@ async def _seed(database: Path, challenges: list) -> None:
         await store.close()
 
 
-def seed_challenges(workdir: Path, count: int) -> tuple[Path, dict[int, str]]:
-    """Write the domain secret and store a challenge for customers 0..count-1; their tokens."""
+def seed_challenges(workdir: Path, count: int, store: dict[str, Any] | None = None) -> tuple[Path, dict[int, str]]:
+    """Write the domain secret and store a challenge for customers 0..count-1; their tokens.
+    `store`: the `[store]` section (PostgreSQL), else the SQLite file workdir/cdnreq.db."""
     from cdnreq.dns.challenge import issue
     from cdnreq.model import InstanceGuid
 
@@ -83,7 +92,10 @@ def seed_challenges(workdir: Path, count: int) -> tuple[Path, dict[int, str]]:
     secret = secret_path.read_bytes().strip()  # as cdnreq.dns.challenge.load_secret reads it
     now = time.time()
     challenges = [issue(secret, InstanceGuid(customer_guid(i)), f"www.d{i}.example", now) for i in range(count)]
-    asyncio.run(_seed(database, challenges))
+    config = daemon_config(workdir / "seed.toml", master_url="http://127.0.0.1:9", database=database,
+                           nameserver="127.0.0.1:9", concurrency=1, tick_interval_s=1.0,
+                           extra={"store": store} if store else None)
+    asyncio.run(_seed(config, challenges))
     return database, {i: c.token for i, c in enumerate(challenges)}
 
 
@@ -97,6 +109,7 @@ class SizeRun:
         self.result: dict[str, Any] = {"n": n, "scenarios": {}, "baselines": {}, "notes": []}
         self._stack = contextlib.ExitStack()
         self.profiler = PySpy(options.profile_dir) if options.profile_dir else None
+        self.pg: PgDatabase | None = None  # the store's server, when options.store is postgresql
         if self.profiler is not None and not self.profiler.usable:
             self.result["notes"].append("--profile: py-spy is not installed (pip install py-spy)")
             self.profiler = None
@@ -120,22 +133,38 @@ class SizeRun:
         for key, value in self.result["baselines"].items():
             if "rate" in value:
                 log(f"N={self.n}: baseline {key}: {value['rate']:.0f}/s")
-        o, double, nsd = self.options, self.double, self.nsd
-        config = daemon_config(self.workdir / "cdnreq.toml", master_url=double.url, database=self.database,
-                               nameserver=nsd.nameserver, concurrency=o.concurrency,
-                               tick_interval_s=o.tick_interval_s)
-        probes = Probes(double, self.sniffer, profiler=self.profiler, prefix=f"{self.n}-")
+        config = self._config("cdnreq.toml", self.nsd.nameserver)
+        probes = Probes(self.double, self.sniffer, profiler=self.profiler, prefix=f"{self.n}-")
         listed, burst = self._against_nsd(config, probes)
         self._startup(config, probes, listed)
         if relay is not None:
             self._at_latency(relay, listed, burst)
 
+    def _store_section(self) -> dict[str, Any] | None:
+        """`[store]` for PostgreSQL (its server started on first use), None for SQLite."""
+        if self.options.store != "postgresql":
+            return None
+        if self.pg is None:
+            self.pg = PgDatabase(self.options.pg_settings).start()
+            self._stack.callback(self.pg.stop)
+            self.result["store"] = {"engine": "postgresql", "server": self.pg.info()}
+            log(f"N={self.n}: PostgreSQL {self.result['store']['server'].get('server_version')} at {self.pg.url}")
+        return self.pg.store_section(lease_s=LEASE_S, renew_s=RENEW_S, node_name="bench")
+
+    def _config(self, name: str, nameserver: str) -> Path:
+        o = self.options
+        store = self._store_section()
+        return daemon_config(self.workdir / name, master_url=self.double.url, database=self.database,
+                             nameserver=nameserver, concurrency=o.concurrency, tick_interval_s=o.tick_interval_s,
+                             extra={"store": store} if store else None)
+
     def _setup(self) -> None:
         """Challenges stored, the zone written (90% of the records), nsd, the double, the sniffer."""
         n, w = self.n, self.workdir
-        log(f"N={n}: issuing and storing {n} challenges, writing the zone")
+        self.result.setdefault("store", {"engine": "sqlite"})
+        log(f"N={n}: issuing and storing {n} challenges ({self.options.store}), writing the zone")
         began = time.perf_counter()
-        self.database, tokens = seed_challenges(w, n)
+        self.database, tokens = seed_challenges(w, n, self._store_section())
         nsd_dir = w / "nsd"
         nsd_dir.mkdir()
         write_zone(nsd_dir / "example.zone", ((challenge_name(i), t) for i, t in tokens.items() if i % MISSING != MISSING - 1))
@@ -240,11 +269,9 @@ class SizeRun:
 
     def _at_latency(self, relay: RelayProcess, listed: int, burst: int) -> None:
         """Restarted with the relay as name server: its start-up tick, then a burst."""
-        n, o, double, scenarios = self.n, self.options, self.double, self.result["scenarios"]
+        n, double, scenarios = self.n, self.double, self.result["scenarios"]
         pending = (n // MISSING) + burst  # never proven: the missing records, the first burst
-        config = daemon_config(self.workdir / "cdnreq-relay.toml", master_url=double.url, database=self.database,
-                               nameserver=f"127.0.0.1:{relay.port}", concurrency=o.concurrency,
-                               tick_interval_s=o.tick_interval_s)
+        config = self._config("cdnreq-relay.toml", f"127.0.0.1:{relay.port}")
         relay_probes = Probes(double, sniff.Sniffer(relay.port).start() if self.can_sniff else None, relay,
                               profiler=self.profiler, prefix=f"{n}-")
         if relay_probes.sniffer is not None:
@@ -264,7 +291,8 @@ class SizeRun:
         """Start cdnreq; with --profile, py-spy records from the spawn to the end of the first tick."""
         profiler = self.profiler
         on_spawn = (lambda pid: profiler.start(pid, f"{self.n}-{first} (from spawn)")) if profiler else None
-        daemon = DaemonProcess(config, database, self.workdir / log_name, on_spawn=on_spawn)
+        daemon = DaemonProcess(config, database, self.workdir / log_name, on_spawn=on_spawn,
+                               ticks_after=self.pg.ticks_after if self.pg is not None else None)
         self._stack.callback(daemon.kill)
         log(f"N={self.n}: starting cdnreq run ({log_name})")
         return daemon.start()
