@@ -12,6 +12,8 @@
                     (kill -9 the leader of nodes on one PostgreSQL, time the takeover: bench/failover.py)
     python -m bench webhooks [--customers 10000] [--concurrency 4 --concurrency 16] [--out FILE]
                     (webhook delivery throughput and lag of one tick's changes: bench/webhooks.py)
+    python -m bench feed [--events 1000000] [--out FILE]
+                    (GET /changes paged through a million changes, the daemon's memory: bench/feedpages.py)
 
 Prints progress on stderr, then a table and the targets on stdout, and
 writes every figure to the JSON file. Needs root for two things, both
@@ -33,7 +35,7 @@ from bench.scenarios import Options
 
 
 SUBCOMMANDS = {"large": "bench.large", "history": "bench.history", "pg": "bench.pgcompare",
-               "failover": "bench.failover", "webhooks": "bench.webhooks"}
+               "failover": "bench.failover", "webhooks": "bench.webhooks", "feed": "bench.feedpages"}
 
 
 def _sizes(text: str) -> list[int]:

@@ -261,3 +261,27 @@ async def test_a_scope_by_prefix_reads_only_its_instances(store):  # noqa: F811
     assert [r[2] for r in await store.changes_after(0, 10, guids=["X-1"], prefixes=["RES-"])] == [
         "RES-1", "RES-2", "X-1"]
     assert await store.changes_after(0, 10, prefixes=["%"]) == []  # a prefix is text, not a pattern
+
+
+async def test_a_cursor_older_than_the_retention_is_gone_after_a_pruning_pass(store):  # noqa: F811
+    """Changes are pruned with the history; a consumer whose cursor points
+    before the oldest kept change gets 410 with the bounds, not a page that
+    silently skips what it missed; one at the edge gets the rest."""
+    import asyncio
+
+    from cdnreq.service.feed import Feed, FeedQuery
+    from cdnreq.store.retention import Retention
+
+    await store.commit(changes=[ChangeEvent(f"G{i}", ChangeKind.LIVE, NOW - 40 * 86400 + i, {}) for i in range(3)])
+    await store.commit(changes=[ChangeEvent("G9", ChangeKind.DESTROYED, NOW, {})])
+    if hasattr(store, "in_turn"):
+        from cdnreq.store.prune import prune
+    else:
+        from cdnreq.store.pgprune import prune
+    report = await prune(store, Retention(30), now=NOW)
+    assert report.deleted["changes"] == 3
+    feed = Feed(lambda: store, asyncio.Event())
+    status, body = await feed.page(FeedQuery(after=1))
+    assert status == 410 and body["oldest"] == 4 and body["last"] == 4 and "pruned" in body["reason"], body
+    status, body = await feed.page(FeedQuery(after=3))
+    assert status == 200 and [c["id"] for c in body["changes"]] == [4] and body["next"] == 4

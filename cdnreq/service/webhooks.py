@@ -75,8 +75,23 @@ class Deliverer:
         self.metrics, self.may_deliver, self.stop = metrics, may_deliver, stop
         self.outbox = Outbox(store, consumer.name)
         self.target = shown_target(consumer.url or "")
+        self.since: int | None = None  # where a consumer new to the store starts (see run)
 
     async def run(self) -> None:
+        """Deliver until stopped. A consumer new to the store starts at the
+        feed's last id as it was when this task started (its configuration
+        loaded), read even on a standby: the changes written since, by a
+        first tick that may run before this node leads, are its own. On a
+        database no node has led yet (no schema), every change will be."""
+        if getattr(self.store, "schema_version", None) == 0:
+            self.since = 0
+        while self.since is None and not self.stop.is_set():
+            try:
+                self.since = (await self.store.feed_bounds())[1]
+            except Exception as error:  # the store away: the next attempt reads it
+                log.warning("webhook start not read", consumer=self.consumer.name,
+                            error=f"{type(error).__name__}: {error}")
+                await sleep_or_stop(self.stop, POLL_S)
         connector = aiohttp.TCPConnector(resolver=_CheckedResolver(self.allow), limit=self.consumer.concurrency)
         timeout = aiohttp.ClientTimeout(total=self.consumer.timeout_s)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -115,8 +130,8 @@ class Deliverer:
         oldest, last = await self.store.feed_bounds()
         cursor = await self.outbox.cursor()
         if cursor is None:
-            await self.outbox.start_at(last)
-            return
+            cursor = self.since if self.since is not None else last
+            await self.outbox.start_at(cursor)
         if cursor >= last or await self.outbox.queued() >= MAX_QUEUED:
             return
         first_kept = oldest if oldest is not None else last + 1
