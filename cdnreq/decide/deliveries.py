@@ -89,9 +89,30 @@ def allowed_address(address: str, allow: Iterable[str]) -> bool:
     """Whether a webhook may be sent to `address`: a public (global) address,
     or one inside a network of `[webhooks].allow_networks`."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if ip.is_global and not ip.is_multicast:
+    if any(ip in ipaddress.ip_network(n, strict=False) for n in allow):
         return True
-    return any(ip in ipaddress.ip_network(n, strict=False) for n in allow)
+    inner = embedded_ipv4(ip)
+    if inner is not None:  # ::127.0.0.1, 64:ff9b::a00:1, 2002:7f00:1::: "global" forms of a private address
+        return allowed_address(str(inner), allow)
+    return ip.is_global and not ip.is_multicast
+
+
+# IPv6 networks whose addresses carry an IPv4 one in their last 32 bits:
+# IPv4-compatible (deprecated, still routed by some stacks) and NAT64's
+NAT64_OR_COMPATIBLE = tuple(ipaddress.ip_network(n) for n in ("::/96", "64:ff9b::/96", "64:ff9b:1::/48"))
+
+
+def embedded_ipv4(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one leads to (mapped, 6to4, NAT64, compatible), if any.
+    Teredo (2001::/32) is not global: refused without looking inside."""
+    if ip.version == 4:
+        return None
+    assert isinstance(ip, ipaddress.IPv6Address)
+    if ip.ipv4_mapped is not None or ip.sixtofour is not None:
+        return ip.ipv4_mapped or ip.sixtofour
+    if any(ip in net for net in NAT64_OR_COMPATIBLE) and int(ip) > 0xFFFF:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
 
 
 def shown_target(url: str) -> str:
