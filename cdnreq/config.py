@@ -451,6 +451,12 @@ class StoreConfig(BaseModel):
         default=5.0, gt=0, le=300, allow_inf_nan=False,
         description="PostgreSQL: how often the leader renews its lease and a standby tries to take it",
     )
+    loop_stall_s: float = Field(
+        default=120.0, gt=0, le=3600, allow_inf_nan=False,
+        description="PostgreSQL: the leader's lease is renewed from a thread of its own while a big tick keeps"
+        " the event loop busy, but no longer once the loop has not answered for this long (hung): another node"
+        " then takes over. At most the systemd WatchdogSec",
+    )
     node_name: str | None = Field(
         default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
         description="PostgreSQL: this node's name in the lease and /status (default: the host name)",

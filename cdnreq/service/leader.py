@@ -23,6 +23,7 @@ from cdnreq.config import StoreConfig
 from cdnreq.decide.leadership import Term
 from cdnreq.service.opening import refuse_unfinished_copy
 from cdnreq.store.errors import StoreError
+from cdnreq.store.pgkeeper import LeaseKeeper
 
 log = structlog.get_logger("cdnreq.daemon")
 
@@ -40,6 +41,8 @@ class LeaseStore(Protocol):
     async def last_ticks(self, limit: int = 10) -> list[dict[str, Any]]: ...
 
     async def phases(self) -> dict[str, int]: ...
+
+    async def connect_one(self) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,7 @@ class Leadership:
         self.changed = asyncio.Event()  # set at every change of role; the daemon clears it
         self.acting = False  # the daemon took over (cdnreq.service.leader.take_over)
         self.shared: dict[str, Any] = {}  # a standby's view of the store: the leader's last tick, instances
+        self.keeper: LeaseKeeper | None = None  # renews the term from its own thread while run() runs
 
     @property
     def holder(self) -> str:
@@ -102,23 +106,25 @@ class Leadership:
         return read_at is not None and now - read_at <= 3 * self.settings().renew_s
 
     async def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                await self.step()
-            except Exception as error:  # noqa: BLE001 -- the election must outlive any one attempt
-                log.error("taking or renewing the leader lease failed", error=f"{type(error).__name__}: {error}")
-            await sleep_or_stop(self.stop, self.settings().renew_s)
+        self.keeper = LeaseKeeper(self.store.lease, self.store.connect_one, self.settings)
+        self.keeper.start()
+        try:
+            while not self.stop.is_set():
+                try:
+                    await self.step()
+                except Exception as error:  # noqa: BLE001 -- the election must outlive any one attempt
+                    log.error("taking or renewing the leader lease failed", error=f"{type(error).__name__}: {error}")
+                await sleep_or_stop(self.stop, self.settings().renew_s)
+        finally:
+            await asyncio.shield(self.keeper.stop())
 
     async def step(self) -> None:
         """One attempt: take the lease (standby) or renew it (leader), then read who leads."""
         settings, lease, was = self.settings(), self.store.lease, self.leading()
-        term = lease.term
-        if term is not None and not term.valid(time.monotonic()):
-            lease.step_down(f"the leader lease (epoch {term.epoch}) was not renewed in time")
         try:
-            if lease.term is None:
+            if lease.current() is None:
                 await lease.take(settings.lease_s)
-            else:
+            elif self.keeper is None or not self.keeper.alive():  # the keeper renews from its thread
                 await lease.renew(settings.lease_s)
             found = await lease.leader()
         except StoreError as error:

@@ -16,6 +16,7 @@ node can lead, and only the leader migrates.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Awaitable, Callable, Final
 
@@ -82,6 +83,9 @@ class Lease:
 
     def __init__(self, run: Runner, holder: str, name: str):
         self._run, self.holder, self.name = run, holder, name
+        # the term is renewed from the keeper's thread too (cdnreq.store.pgkeeper):
+        # each change of it is made under this lock
+        self._hold = threading.Lock()
         self.term: Term | None = None
         self.lost: str | None = None  # why this node stopped leading
         # the epoch the work under way was decided in: a lease lost and taken
@@ -107,7 +111,8 @@ class Lease:
         if epoch is None:
             return None
         self.lease_s = lease_s
-        self.term, self.lost = Term(self.holder, int(epoch), acts_until(asked, lease_s)), None
+        with self._hold:
+            self.term, self.lost = Term(self.holder, int(epoch), acts_until(asked, lease_s)), None
         if self.bound is None:  # no work was under way in an earlier term
             self.bound = self.term.epoch
         return self.term
@@ -121,20 +126,26 @@ class Lease:
         self.bound = term.epoch
         return term
 
-    async def renew(self, lease_s: float) -> Term | None:
-        """Renew the term held; None once it is lost (taken over, or expired)."""
+    async def renew(self, lease_s: float, run: Runner | None = None) -> Term | None:
+        """Renew the term held; None once it is lost (taken over, or expired).
+        `run`: another connection's runner (the keeper's thread)."""
         term = self.term
         if term is None:
             return None
         asked = time.monotonic()
         self.lease_s = lease_s
-        epoch = await self._run(lambda c: c.fetchval(RENEW, term.holder, term.epoch, lease_s))
-        if epoch is None:
-            self.step_down(f"the leader lease (epoch {term.epoch}) was lost")
-            return None
-        if self.term is term:
-            self.term = Term(term.holder, term.epoch, acts_until(asked, lease_s))
-        return self.term
+        epoch = await (run or self._run)(lambda c: c.fetchval(RENEW, term.holder, term.epoch, lease_s))
+        with self._hold:
+            held = self.term
+            if held is None or held.epoch != term.epoch:  # given up or taken anew meanwhile: not this renewal's
+                return held
+            if epoch is None:
+                self._step_down(f"the leader lease (epoch {term.epoch}) was lost")
+                return None
+            until = acts_until(asked, lease_s)
+            if until > held.until:
+                self.term = Term(term.holder, term.epoch, until)
+            return self.term
 
     async def refresh(self) -> None:
         """Renew now a term that ran out on this node's clock while its event
@@ -150,12 +161,29 @@ class Lease:
 
     async def release(self) -> None:
         """Hand the lease over at once (a clean stop)."""
-        term, self.term = self.term, None
+        with self._hold:
+            term, self.term = self.term, None
         if term is not None:
             await self._run(lambda c: c.execute(RELEASE, term.holder, term.epoch))
 
-    def step_down(self, why: str) -> None:
+    def step_down(self, why: str, epoch: int | None = None) -> None:
+        """Stop leading (only the term of `epoch`, when given)."""
+        with self._hold:
+            if epoch is None or (self.term is not None and self.term.epoch == epoch):
+                self._step_down(why)
+
+    def _step_down(self, why: str) -> None:
         self.term, self.lost = None, why
+
+    def current(self) -> Term | None:
+        """The term held, unless it ran out on this node's clock: then it is
+        given up (checked and given up under the lock the keeper renews under)."""
+        with self._hold:
+            term = self.term
+            if term is not None and not term.valid(time.monotonic()):
+                self._step_down(f"the leader lease (epoch {term.epoch}) was not renewed in time")
+                return None
+            return term
 
     async def leader(self) -> tuple[str, int, float] | None:
         """Holder, epoch and seconds left (negative once expired); None before any node led."""
@@ -171,12 +199,9 @@ class Lease:
 
     def fence_term(self) -> Term:
         """The term a write carries; NotLeading when none is held or it ran out."""
-        term = self.term
+        term = self.current()
         if term is None:
             raise NotLeading(f"{self.name}: {self.lost or NOT_LEADING}")
-        if not term.valid(time.monotonic()):
-            self.step_down(f"the leader lease (epoch {term.epoch}) was not renewed in time")
-            raise NotLeading(f"{self.name}: {self.lost}")
         if term.epoch != self.bound:
             raise NotLeading(f"{self.name}: the lease was lost and taken again (epoch {self.bound} then "
                              f"{term.epoch}) since the work under way was decided: it is redone from the store")
@@ -190,7 +215,7 @@ class Lease:
     async def check(self, conn: Any, term: Term) -> None:
         """The fence, first in a write transaction on `conn`."""
         if await conn.fetchval(FENCE, term.holder, term.epoch) is None:
-            self.step_down(f"the leader lease (epoch {term.epoch}) is held by another node now")
+            self.step_down(f"the leader lease (epoch {term.epoch}) is held by another node now", term.epoch)
             raise NotLeading(f"{self.name}: {self.lost}")
 
 

@@ -48,6 +48,7 @@ class PgStore(SqlReads, SqlWrites):
         self.holder = holder
         self.lease = Lease(self._run, holder, at.display())
         self._busy = asyncio.Lock()  # one write transaction at a time, as on SQLite
+        self._connect_kw: dict[str, Any] = {}  # how open() connected: for connect_one
         self._closed = False
 
     @property
@@ -78,6 +79,8 @@ class PgStore(SqlReads, SqlWrites):
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:  # refused: a wrong password, no such database
             raise StoreError(f"{at.display()}: cannot connect: {type(exc).__name__}: {exc}") from exc
         store = cls(at, pool, 0, holder=holder)
+        store._connect_kw = dict(host=at.host, port=at.port, user=at.user, database=at.database, password=password,
+                                 ssl=ssl, timeout=connect_timeout_s)
         try:
             if lease_s is not None:
                 await store.lease.take_or_refuse(lease_s)
@@ -90,6 +93,10 @@ class PgStore(SqlReads, SqlWrites):
         return store
 
     # -- leadership (cdnreq.store.pglease) ------------------------------------
+
+    async def connect_one(self) -> asyncpg.Connection:
+        """A connection outside the pool, for another thread's loop (cdnreq.store.pgkeeper)."""
+        return await asyncpg.connect(**self._connect_kw)
 
     @property
     def term(self) -> Term | None:
