@@ -165,7 +165,9 @@ class Leadership:
         """For /status: this node, its role and the leader as last read."""
         term = self.store.term
         view = {"node": self.holder, "role": self.role(), "epoch": None if term is None else term.epoch,
-                "leader": self.seen.view(), "lost": self.store.lease.lost}
+                "leader": self.seen.view(), "lost": self.store.lease.lost,
+                # the longest the event loop kept the lease keeper's probe waiting (compare with loop_stall_s)
+                "loop_longest_busy_s": None if self.keeper is None else round(self.keeper.longest_stall_s, 1)}
         if view["role"] == STANDBY:
             view["store"] = self.shared
         return view
