@@ -296,3 +296,18 @@ def test_plan_issues_no_challenge_and_sees_a_proof(cdn_site: CdnSite, devdns: De
     doc, events = assert_plan_then_once_agree(config, database, site)
     assert [r["instance_guid"] for r in doc["would"]["request"]] == [guid]
     assert ("request", "ok") in [(e.action, e.outcome) for e in events if e.instance_guid == guid]
+
+
+@pytest.mark.postgres
+def test_plan_on_a_postgresql_database_no_node_has_led_plans_a_first_tick(cdn_site: CdnSite, tmp_path: Path,
+                                                                         pg_url: str):
+    """Before any node led, the database holds no schema: the plan is the first
+    tick's, from nothing (as on a missing SQLite file), and creates nothing."""
+    guid = cdn_site.add_customer("c0", {"url": "https://backend-0.example"})
+    config = write_config(tmp_path / "cdnreq.toml", cdn_site, database=tmp_path / "cdnreq.db",
+                          store={"url": pg_url, "sslmode": "disable"})
+    doc = plan(config)
+    assert doc["first_tick"] is True, doc
+    assert guid in json.dumps(doc)
+    result = cdnreq("status", "--config", str(config))
+    assert result.returncode == 3 and "no node has led" in result.stderr, result.stderr  # still nothing written

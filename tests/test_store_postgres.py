@@ -333,6 +333,25 @@ def test_backup_and_restore_say_they_are_postgresqls_job(tmp_path, capsys, comma
     assert not (tmp_path / "backups").exists()
 
 
+@pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["events", "tail"], ["webhooks", "status"],
+                                     ["explain", "SOFTINST-1"]])
+def test_reading_a_database_no_node_has_led_says_so(tmp_path, capsys, pg_url, command):
+    """Before any node led, PostgreSQL holds no schema: the read-only commands
+    say that (exit 3), not which table is missing."""
+    from cdnreq.cli import main
+
+    config = tmp_path / "cdnreq.toml"
+    config.write_text(
+        '[master]\nurl = "http://127.0.0.1:9"\ninstance_guid = "r"\n'
+        '[technical_cdn]\nsoftware_release_uri = "https://sr.example/software.cfg"\n'
+        f'[daemon]\ndatabase = "{tmp_path}/cdnreq.db"\n'
+        f'[store]\nurl = "{pg_url}"\nsslmode = "disable"\n'
+    )
+    assert main([command[0], "--config", str(config), *command[1:]]) == 3
+    err = capsys.readouterr().err
+    assert "holds no cdnreq schema yet: no node has led" in err and "UndefinedTable" not in err, err
+
+
 @pytest.fixture
 def tls_pg(tmp_path):
     """A PostgreSQL of its own that speaks TLS with a certificate for 127.0.0.1 from a test CA (trustme)."""

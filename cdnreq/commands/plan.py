@@ -212,8 +212,11 @@ FOLLOW_UPS = (
 async def make_plan(config: Config, ssl_context: ssl.SSLContext | None = None) -> dict[str, Any]:
     """Run one dry tick; StoreError when the snapshot cannot be read."""
     if is_postgres(config):  # read as a standby reads (each read its own snapshot), never the lease
-        return await _plan_on(config, await open_engine(config, lock=False), ssl_context)
-    if config.daemon.database.exists():
+        shared = await open_engine(config, lock=False)
+        if shared.schema_version > 0:
+            return await _plan_on(config, shared, ssl_context)
+        await shared.close()  # no node has led yet: the first tick starts from nothing, as below
+    elif config.daemon.database.exists():
         return await _plan_on(config, await Store.open_snapshot(config.daemon.database), ssl_context)
     with tempfile.TemporaryDirectory(prefix="cdnreq-plan-") as scratch:  # never the configured place
         doc = await _plan_on(config, await Store.open(Path(scratch) / "empty.db", lock=False), ssl_context)

@@ -20,8 +20,18 @@ log = structlog.get_logger("cdnreq.daemon")
 KILLED_MID_TICK = "interrupted: the process ended during this tick (killed or crashed); found at the next start"
 
 
+NO_SCHEMA = ("holds no cdnreq schema yet: no node has led on this database (start `cdnreq run` on a node, "
+             "or run `cdnreq once`)")
+
+
 async def open_store(config: Config, *, lock: bool = True) -> Engine:
-    return await open_engine(config, lock=lock)
+    """The store; a command that only reads (`lock=False`) is told plainly
+    when a PostgreSQL database is still empty, rather than of a missing table."""
+    store = await open_engine(config, lock=lock)
+    if not lock and is_postgres(config) and store.schema_version == 0:
+        await store.close()
+        raise StoreError(f"{store.name} {NO_SCHEMA}")
+    return store
 
 
 class EmptyStoreRefused(StoreError):
