@@ -562,8 +562,12 @@ class ConsumerConfig(BaseModel):
                                         " (empty: every kind)", examples=[["live", "destroyed"]])
     instances: list[str] = Field(default_factory=list, description="the instance guids it may see (with"
                                  " instance_prefixes; both empty: every instance)", examples=[["SOFTINST-1"]])
-    instance_prefixes: list[str] = Field(default_factory=list, description="guid prefixes it may see, e.g. a"
-                                         " reseller's", examples=[["SOFTINST-9"]])
+    instance_prefixes: list[str] = Field(default_factory=list, description="guid prefixes it may see",
+                                         examples=[["SOFTINST-9"]])
+    title_prefixes: list[str] = Field(default_factory=list, description="prefixes of the customers' titles it may"
+                                      " see, e.g. a reseller's naming. A customer chooses its title: scope by title"
+                                      " only where the master keeps others from taking a reseller's prefix",
+                                      examples=[["reseller-a/"]])
     url: str | None = Field(default=None, description="where its webhooks are POSTed (http or https); not set:"
                             " it only reads GET /changes", examples=["https://billing.example.net/hooks/cdn"])
     secret_file: Path | None = Field(default=None, strict=False, description="a file holding its Standard Webhooks"
@@ -590,11 +594,16 @@ class ConsumerConfig(BaseModel):
                             url)
         return url
 
-    @field_validator("instances", "instance_prefixes")
+    @field_validator("instances", "instance_prefixes", "title_prefixes")
     @classmethod
-    def _no_empty_guid(cls, values: list[str]) -> list[str]:
+    def _no_empty_guid(cls, values: list[str], info: ValidationInfo) -> list[str]:
+        field = ("consumer", str(info.field_name))
         if "" in values:
-            raise _fail(("consumer", "instances"), "an empty guid or prefix would match every instance", values)
+            raise _fail(field, "an empty guid or prefix would match every instance", values)
+        longest = 200 if info.field_name == "title_prefixes" else 1000  # titles are kept to 256 characters
+        odd = [v for v in values if len(v) > longest or not v.isprintable()]
+        if odd:
+            raise _fail(field, f"at most {longest} printable characters each", odd[0][:60])
         return values
 
     @model_validator(mode="after")
@@ -607,15 +616,15 @@ class ConsumerConfig(BaseModel):
                         None)
         return self
 
+    def scoped(self) -> bool:
+        """Whether it sees only some instances (otherwise every one)."""
+        return bool(self.instances or self.instance_prefixes or self.title_prefixes)
+
     def covers(self, guid: str) -> bool:
-        """Whether instance `guid` is in this consumer's scope."""
-        if not self.instances and not self.instance_prefixes:
+        """Whether instance `guid` is in this consumer's scope of guids (titles are matched by the store)."""
+        if not self.scoped():
             return True
         return guid in self.instances or any(guid.startswith(p) for p in self.instance_prefixes)
-
-    def sees(self, guid: str, kind: str) -> bool:
-        """Whether a change of `kind` to instance `guid` is for this consumer."""
-        return (not self.kinds or kind in self.kinds) and self.covers(guid)
 
 
 class WebhooksConfig(BaseModel):

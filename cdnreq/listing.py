@@ -80,30 +80,33 @@ def parse_listing(entries: Iterable[Any]) -> Listing:
     for entry in _released(entries):
         if entry.__class__ is dict:
             guid = entry.get("instance_guid")
-            if guid.__class__ is not str or not guid or "\x00" in guid or not (guid.isascii() or _addressable(guid)):
+            if guid.__class__ is not str or not guid or "\x00" in guid or not (guid.isascii() or addressable(guid)):
                 anonymous += 1
                 continue
             parameters = entry.get("parameters", _MISSING)
             raw_state = entry.get("state", _MISSING)
             state = states.get(raw_state) if raw_state.__class__ is str else None
+            title = entry.get("title")
+            if title.__class__ is not str:  # checked and cut when stored (cdnreq.decide.names)
+                title = None
             if parameters.__class__ is dict and state is not None:
                 text = canonical(parameters)
                 if text is not None:  # kept as the text it was hashed from: a third of the dict's size
-                    append(make(guid, state, FrozenJson(text), sha256(text).hexdigest()))
+                    append(make(guid, state, FrozenJson(text), sha256(text).hexdigest(), title))
                     continue
                 try:
-                    append(make(guid, state, parameters, digest(parameters)))
+                    append(make(guid, state, parameters, digest(parameters), title))
                     continue
                 except RecursionError:  # orjson reads 1,024 levels, the standard library writes fewer
                     reason = "parameters: nested too deeply to be encoded"
                 except (ValueError, TypeError):
                     reason = "parameters: cannot be encoded as JSON"
             elif parameters.__class__ is FrozenJson and state is not None:  # see listing_salvage._compact
-                append(make(guid, state, parameters, sha256(parameters.raw).hexdigest()))
+                append(make(guid, state, parameters, sha256(parameters.raw).hexdigest(), title))
                 continue
             else:
                 reason = _refusal(parameters, raw_state)
-        elif isinstance(entry, Broken) and _addressable(entry.guid):
+        elif isinstance(entry, Broken) and addressable(entry.guid):
             guid, reason = entry.guid, entry.reason
         else:
             anonymous += 1
@@ -177,7 +180,7 @@ _MISSING: Any = object()
 _GUID = attrgetter("guid")
 
 
-def _addressable(guid: Any) -> bool:
+def addressable(guid: Any) -> bool:
     """A guid cdnreq can store and publish to: a non-empty string of
     Unicode scalar values (a lone surrogate can be neither), without NUL
     (PostgreSQL's text cannot hold one, and a guid is a key on every engine)."""

@@ -176,13 +176,15 @@ class Phase(str, enum.Enum):
 @dataclass(frozen=True, slots=True)
 class SharedInstance:
     """One customer's shared instance, as the master lists it: only what
-    the tick needs, since 100,000 of them are built each tick (the title and
-    software type the master also lists are not kept)."""
+    the tick needs, since 100,000 of them are built each tick (the software
+    type the master also lists is not kept; the title is kept for the
+    listing's lifetime only, to be stored once per instance)."""
 
     guid: InstanceGuid
     state: RequestedState
     parameters: JsonDict
     param_hash: str
+    title: str | None = None  # the customer's, as listed (listing.customer_title): only for the feed's scopes
 
     @classmethod
     def of(
@@ -191,12 +193,14 @@ class SharedInstance:
         parameters: JsonDict,
         *,
         state: RequestedState | str = RequestedState.STARTED,
+        title: str | None = None,
     ) -> "SharedInstance":
         return cls(
             guid=InstanceGuid(guid),
             state=RequestedState(state),
             parameters=parameters,
             param_hash=digest(parameters),
+            title=title,
         )
 
 

@@ -16,6 +16,7 @@ from cdnreq.decide.actions import Kind
 from cdnreq.decide.changes import ChangeEvent, ChangeKind
 from cdnreq.model import Event, HostClaim, Phase, Record
 from cdnreq.service.feed import MAX_LIMIT, gone, parse_query
+from cdnreq.store.migrations import LATEST
 
 NOW = 1_800_000_000.0
 
@@ -173,11 +174,11 @@ async def test_a_store_of_schema_7_gains_an_empty_feed(tmp_path):
     with sqlite3.connect(path) as raw:  # back to what schema 7 wrote
         raw.executescript("DROP TABLE changes; DROP TABLE feed_state; DROP TABLE deliveries;"
                           "DROP TABLE consumer_cursors; ALTER TABLE instances DROP COLUMN live_at;"
-                          "DELETE FROM migrations WHERE version = 8;"
+                          "DROP TABLE names; DELETE FROM migrations WHERE version >= 8;"
                           "UPDATE schema_version SET version = 7;")
     raw.close()
     async with await Store.open(path) as s:
-        assert s.schema_version == 8
+        assert s.schema_version == LATEST
         assert set(await s.load()) == {"SOFTINST-1"} and len(await s.events_for("SOFTINST-1")) == 1
         assert (await s.get("SOFTINST-1")).live_at is None  # requested, never live: not marked
         assert await s.feed_bounds() == (None, 0)
@@ -199,13 +200,17 @@ def test_a_consumer_query_is_narrowed_to_its_scope_or_refused():
     reseller = consumer(instance_prefixes=["RES-"], instances=["SOFTINST-7"], kinds=["live", "destroyed"])
     narrowed = scoped(everything, reseller)
     assert (narrowed.kinds, narrowed.guids, narrowed.prefixes) == (("live", "destroyed"), ("SOFTINST-7",), ("RES-",))
-    assert scoped(FeedQuery(guids=("RES-1",), kinds=("live",)), reseller).guids == ("RES-1",)
+    asked = scoped(FeedQuery(guids=("RES-1",), kinds=("live",)), reseller)
+    assert (asked.only, asked.guids, asked.prefixes) == (("RES-1",), ("SOFTINST-7",), ("RES-",))
     with pytest.raises(PermissionError, match="'SOFTINST-8' is outside consumer 'r'"):
         scoped(FeedQuery(guids=("SOFTINST-8",)), reseller)
     with pytest.raises(PermissionError, match="'refused' is not among consumer 'r'"):
         scoped(FeedQuery(kinds=("refused",)), reseller)
-    assert reseller.sees("RES-9", "live") and not reseller.sees("RES-9", "refused")
-    assert not reseller.sees("SOFTINST-70", "live")  # an exact guid is not a prefix
+    assert reseller.covers("RES-9") and not reseller.covers("SOFTINST-70")  # an exact guid is not a prefix
+    # a scope by title: the store matches the titles, so a guid asked for is narrowed, not refused
+    by_title = consumer(title_prefixes=["reseller-a/"])
+    asked = scoped(FeedQuery(guids=("SOFTINST-8",)), by_title)
+    assert (asked.only, asked.guids, asked.titles) == (("SOFTINST-8",), (), ("reseller-a/",))
 
 
 def test_consumer_files_are_checked_naming_the_consumer_and_the_file(tmp_path):

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slapproxy
 
 RESELLER_TOKEN = "r" * 24
 BILLING_TOKEN = "b" * 24
+SHOP_TOKEN = "s" * 24
 
 
 def secret_file(path: Path, text: str) -> str:
@@ -32,8 +33,9 @@ def secret_file(path: Path, text: str) -> str:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def node(request: pytest.FixtureRequest, cdn_site: CdnSite, tmp_path: Path):
-    """A daemon with two consumers: a reseller that sees the instances whose
-    guid starts with "c", and billing that sees only live and destroyed."""
+    """A daemon with three consumers: a reseller that sees the instances whose
+    guid starts with "c", billing that sees only live and destroyed, and a
+    shop that sees the instances whose customer's title starts with "shop-"."""
     store = {} if request.param == "sqlite" else {
         "url": request.getfixturevalue("pg_url"), "sslmode": "disable", "lease_s": 3.0, "renew_s": 0.5}
     consumers = [
@@ -41,6 +43,7 @@ def node(request: pytest.FixtureRequest, cdn_site: CdnSite, tmp_path: Path):
          "instance_prefixes": ["c"]},
         {"name": "billing", "token_file": secret_file(tmp_path / "billing.token", BILLING_TOKEN),
          "kinds": ["live", "destroyed"]},
+        {"name": "shop", "token_file": secret_file(tmp_path / "shop.token", SHOP_TOKEN), "title_prefixes": ["shop-"]},
     ]
     config = write_config(
         tmp_path / "n" / "cdnreq.toml", cdn_site, database=tmp_path / "n" / "cdnreq.db",
@@ -144,3 +147,31 @@ def test_a_consumer_sees_its_scope_and_nothing_else(cdn_site: CdnSite, node: Nod
     assert http(f"{node.base}/status", token=BILLING_TOKEN)[0] == 401
     assert http(f"{node.base}/actions/retry?guid={mine}", method="POST", token=BILLING_TOKEN)[0] == 401
     assert http(f"{node.base}/changes", token="n" * 24)[0] == 401
+
+
+def test_a_consumer_scoped_by_title_sees_its_customers_changes_with_their_titles(cdn_site: CdnSite, node: Node):
+    mine = cdn_site.add_customer("shop-1", {"url": "https://backend-1.example"})
+    other = cdn_site.add_customer("shopper", {"url": "https://backend-2.example"})
+    refused = cdn_site.add_customer("shop-bad", {"url": "gopher://x.example"})
+    cdn = Cdn(cdn_site)
+    until(lambda: cdn.converged({"shop-1": mine, "shopper": other}), "both served")
+    until(lambda: "refused" in kinds_of(node, refused), "the refusal in the feed")
+
+    status, page = http(f"{node.base}/changes?limit=1000", token=SHOP_TOKEN)
+    assert status == 200, page
+    assert {(c["instance_guid"], c["customer_title"], c["kind"]) for c in page["changes"]} == {
+        (mine, "shop-1", "live"), (refused, "shop-bad", "refused")}
+    # an instance outside its titles, asked for by guid: nothing, the same as one with no change
+    status, page = http(f"{node.base}/changes?instance={other}", token=SHOP_TOKEN)
+    assert status == 200 and page["changes"] == [], page
+    _, everything = changes(node, "limit=1000")
+    assert {c["customer_title"] for c in everything["changes"] if c["instance_guid"] == other} == {"shopper"}
+
+    # its customer's removal reaches it too, with the title, after the instance is forgotten
+    cdn_site.remove_customer("shop-1")
+    until(lambda: "held" in kinds_of(node, mine) or "destroyed" in kinds_of(node, mine), "the removal decided")
+    if "destroyed" not in kinds_of(node, mine):
+        assert node.get("/actions/approve", method="POST")[0] == 200
+    until(lambda: "destroyed" in kinds_of(node, mine), "destroyed in the feed")
+    status, page = http(f"{node.base}/changes?instance={mine}&kind=destroyed", token=SHOP_TOKEN)
+    assert status == 200 and [c["customer_title"] for c in page["changes"]] == ["shop-1"], page

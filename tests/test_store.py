@@ -402,7 +402,7 @@ async def test_migrates_v1_database(tmp_path):
     with sqlite3.connect(path) as raw:
         assert raw.execute("SELECT version FROM schema_version").fetchall() == [(LATEST,)]
         assert [v for (v,) in raw.execute("SELECT version FROM migrations ORDER BY version")] == [
-            1, 2, 3, 4, 5, 6, 7, 8,
+            1, 2, 3, 4, 5, 6, 7, 8, 9,
         ]  # fmt: skip
         indexes = {n for (n,) in raw.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         assert {"hosts_guid", "hosts_registrable", "instances_phase"} <= indexes

@@ -228,3 +228,37 @@ def test_dead_letters_are_shown_and_sent_again_and_private_targets_refused(tmp_p
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(timeout=30)
         assert receiver.got == []
+
+
+def test_a_consumer_scoped_by_title_receives_its_customers_changes_only(tmp_path: Path, receiver: Receiver,
+                                                                        store_section: dict):
+    secret = tmp_path / "hook.whsec"
+    secret.write_text(SECRET + "\n")
+    secret.chmod(0o600)
+    master = Double(publish_after="immediately")
+    titles = {"SOFTINST-1": "shop-one", "SOFTINST-2": "shop-two", "SOFTINST-3": "other", "SOFTINST-4": "shopper"}
+    receiver.listen("up")
+    with ThreadedDouble(master) as served:
+        config = write_config(
+            tmp_path / "cdnreq.toml", {"url": served.url}, tmp_path / "cdnreq.db",
+            daemon={"token_file": str(write_token(tmp_path))}, webhooks={"allow_networks": ["127.0.0.0/8"]},
+            consumer=[{"name": "panel", "url": f"http://127.0.0.1:{receiver.port}/hook",
+                       "secret_file": str(secret), "title_prefixes": ["shop-"]}],
+            **({"store": store_section} if store_section else {}),
+        )
+        base = "http://" + tomllib.loads(config.read_text())["daemon"]["listen"]
+        daemon = start(config, tmp_path / "daemon.log")
+        try:
+            # the consumer starts with the changes written from its start: wait for it to be in place
+            until(lambda: (s := http(f"{base}/status")) and "panel" in s[1].get("webhooks", {}), "the outbox")
+            served.run(lambda: [master.add(g, {"url": f"https://{g.lower()}.example"}, title=t)
+                                for g, t in titles.items()])
+            until(lambda: len([c for c in feed(base) if c["kind"] == "live"]) == 4, "all four live")
+            until(lambda: len(receiver.verified()) >= 2, "the shop's two delivered")
+            assert {c["instance_guid"]: c["customer_title"] for c in feed(base)} == titles
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(timeout=30)
+    got = {(m["data"]["instance_guid"], m["data"]["customer_title"], m["data"]["kind"])
+           for m in receiver.verified()}
+    assert got == {("SOFTINST-1", "shop-one", "live"), ("SOFTINST-2", "shop-two", "live")}

@@ -106,9 +106,10 @@ async def _last_matching(store: Any, args: argparse.Namespace, last: int) -> int
 
 
 def _line(row: tuple, as_json: bool) -> str:
-    id_, at, guid, kind, payload = row
+    id_, at, guid, kind, payload, title = row
     if as_json:
-        return json.dumps({"id": id_, "at": at, "instance_guid": guid, "kind": kind, "payload": json.loads(payload)},
+        return json.dumps({"id": id_, "at": at, "instance_guid": guid, "customer_title": title, "kind": kind,
+                           "payload": json.loads(payload)},
                           sort_keys=True)
     when = datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     return printable(f"{id_}  {when}  {guid}  {kind}  {payload}")

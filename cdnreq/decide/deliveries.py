@@ -35,6 +35,7 @@ class Delivery:
     at: float | None  # the change's time; None: pruned before it could be delivered
     kind: str | None
     payload: str | None  # its JSON
+    title: str | None = None  # the customer's (cdnreq.decide.names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +60,7 @@ def body(delivery: Delivery) -> bytes:
         "type": f"cdnreq.{delivery.kind}",
         "timestamp": datetime.fromtimestamp(delivery.at, timezone.utc).isoformat(timespec="milliseconds"),
         "data": {"id": delivery.change_id, "at": delivery.at, "instance_guid": delivery.instance_guid,
-                 "kind": delivery.kind, "payload": json.loads(delivery.payload)},
+                 "customer_title": delivery.title, "kind": delivery.kind, "payload": json.loads(delivery.payload)},
     }
     return json.dumps(envelope, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 

@@ -114,6 +114,9 @@ class DryStore:
     async def load_guards(self) -> dict[str, Any]:
         return await self.snapshot.load_guards()
 
+    async def unnamed(self) -> list[str]:
+        return []
+
     def lost(self) -> str | None:
         return None
 
@@ -141,6 +144,7 @@ class DryStore:
         shown: Mapping[str, Mapping[str, Any]] | None = None,
         asleep: Iterable[tuple[str, str]] = (),
         changes: Iterable[ChangeEvent] = (),
+        names: Iterable[tuple[str, str]] = (),
     ) -> None:
         self.writes["commit"] += 1
         self.changes.extend(changes)

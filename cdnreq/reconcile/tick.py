@@ -30,18 +30,14 @@ from cdnreq.model import InstanceGuid, Listing, Record
 from cdnreq.reconcile.applying import Applying
 from cdnreq.reconcile.domains import DomainRun, Domains, DomainStep, Lookups
 from cdnreq.reconcile.execute import Outcome, execute
+from cdnreq.reconcile.names import Names
 from cdnreq.reconcile.report import INTERRUPTED, TickReport
 from cdnreq.reconcile.sleepers import Sleepers
 from cdnreq.reconcile.snapshot import Snapshot, snapshot_of
 from cdnreq.reconcile.guardrun import GuardRun
 from cdnreq.decide import changes
 from cdnreq.decide.actions import IdleCache
-from cdnreq.decide.plan import (
-    Kind,
-    Plan,
-    plan,
-    plan_decided,
-)
+from cdnreq.decide.plan import Kind, Plan, plan, plan_decided
 from cdnreq.decide.reservation import reservation
 from cdnreq.progress import Progress
 from cdnreq.resources import starved
@@ -109,15 +105,14 @@ class Reconciler:
         self.known: dict[InstanceGuid, Record] | None = None
         self.domains: Domains | None = None
         self.idle = IdleCache()
-        self.sleepers = Sleepers()
+        self.sleepers, self.names = Sleepers(), Names()
         self._quiet_progress = False
         self._streaks: dict[str, Any] | None = None
 
     async def load(self) -> None:
         """Read the store (and the domain secret) into memory."""
         secret = self.read_secret(self.config.secret_path())
-        self.idle = IdleCache()
-        self.sleepers = Sleepers()
+        self.idle, self.sleepers, self.names = IdleCache(), Sleepers(), Names()
         self.known = await self.store.load(awake_only=True)
         self.domains = Domains(
             policy=domain_policy_of(self.config),
@@ -291,6 +286,7 @@ class Reconciler:
         policy = policy_of(self.config)
         self.idle = await self.sleepers.settle(listing, now, store=self.store, known=self.known,
                                                domains=self.domains, idle=self.idle, policy=policy)  # fmt: skip
+        await self.names.keep(listing.instances, self.known, self.sleepers, self.store)  # before any change
         guard = await GuardRun.start(self.store, self.config, self.known, now, self.sleepers)
         self.progress.phase("validating", len(listing.instances), now)
         run = self.domains.start(listing.instances, self.known, now, report.id, asleep=self.sleepers)

@@ -37,7 +37,7 @@ POLL_S = 0.25
 
 class FeedReads(Protocol):
     async def changes_after(self, after: int, limit: int, *, kinds: Any = (), guids: Any = (),
-                            prefixes: Any = ()) -> list[tuple]: ...
+                            prefixes: Any = (), titles: Any = (), only: Any = ()) -> list[tuple]: ...
 
     async def feed_bounds(self) -> tuple[int | None, int]: ...
 
@@ -49,7 +49,10 @@ class FeedQuery:
     kinds: tuple[str, ...] = ()
     guids: tuple[str, ...] = ()
     wait_s: float = 0.0
-    prefixes: tuple[str, ...] = ()  # guid prefixes (a consumer's scope), with guids: either matches
+    # a consumer's scope: with guids, any matches; the guids asked for are then in `only`
+    prefixes: tuple[str, ...] = ()  # guid prefixes
+    titles: tuple[str, ...] = ()  # prefixes of the customers' titles
+    only: tuple[str, ...] = ()
 
 
 def parse_query(query: Any) -> FeedQuery:
@@ -84,12 +87,14 @@ def scoped(query: FeedQuery, consumer: ConsumerConfig | None) -> FeedQuery:
     if outside:
         raise PermissionError(f"kind: {outside[0]!r} is not among consumer {consumer.name!r}'s kinds")
     kinds = query.kinds or tuple(consumer.kinds)
-    strangers = [g for g in query.guids if not consumer.covers(g)]
-    if strangers:
-        raise PermissionError(f"instance: {strangers[0][:200]!r} is outside consumer {consumer.name!r}'s scope")
-    if query.guids or not (consumer.instances or consumer.instance_prefixes):
+    if not consumer.scoped():
         return replace(query, kinds=kinds)
-    return replace(query, kinds=kinds, guids=tuple(consumer.instances), prefixes=tuple(consumer.instance_prefixes))
+    if not consumer.title_prefixes:  # a guid outside a scope of guids is known to be outside: said
+        strangers = [g for g in query.guids if not consumer.covers(g)]
+        if strangers:
+            raise PermissionError(f"instance: {strangers[0][:200]!r} is outside consumer {consumer.name!r}'s scope")
+    return replace(query, kinds=kinds, guids=tuple(consumer.instances), prefixes=tuple(consumer.instance_prefixes),
+                   titles=tuple(consumer.title_prefixes), only=query.guids)
 
 
 def _all(query: Any, name: str) -> list[str]:
@@ -159,7 +164,8 @@ class Feed:
         deadline = time.monotonic() + query.wait_s
         while True:
             rows = await self.reads().changes_after(  # type: ignore[union-attr]
-                query.after, query.limit, kinds=query.kinds, guids=query.guids, prefixes=query.prefixes)
+                query.after, query.limit, kinds=query.kinds, guids=query.guids, prefixes=query.prefixes,
+                titles=query.titles, only=query.only)
             if rows or not await self._moved(last, deadline, valid):
                 break
             _, last = self._bounds
@@ -178,5 +184,6 @@ class Feed:
 
 
 def _shown(row: tuple) -> dict[str, Any]:
-    id_, at, guid, kind, payload = row
-    return {"id": id_, "at": at, "instance_guid": guid, "kind": kind, "payload": json.loads(payload)}
+    id_, at, guid, kind, payload, title = row
+    return {"id": id_, "at": at, "instance_guid": guid, "customer_title": title, "kind": kind,
+            "payload": json.loads(payload)}

@@ -19,6 +19,8 @@ from cdnreq.store.rows import (
     DELETE_HOSTS_OF,
     INSERT_CHANGE,
     INSERT_EVENT,
+    INSERT_NAME,
+    DELETE_NAME,
     SET_PUBLISHED,
     SET_SLEEP,
     UPSERT,
@@ -48,14 +50,16 @@ def commit_steps(
     shown: Mapping[str, Mapping[str, Any]] | None = None,
     asleep: Iterable[tuple[str, str]] = (),
     changes: Iterable[ChangeEvent] = (),
+    names: Iterable[tuple[str, str]] = (),
     also: Iterable[Step] = (),
 ) -> list[Step]:
     """The steps of one commit with rows; `path` names the database in errors.
     In order: forgets (each with its hosts, challenge and kept decision: a
     forgotten instance owns nothing), host and challenge deletes, upserts, what
     was shown (by guid), host and challenge upserts, decisions, sleep marks,
-    events, the change feed, `also`. So a title or a host freed by one instance
-    can be taken by another in the same commit (a host upsert transfers it)."""
+    events, the change feed with the customers' titles (feed_steps), `also`.
+    So a title or a host freed by one instance can be taken by another in the
+    same commit (a host upsert transfers it)."""
     try:
         upsert_rows = [to_row(r) for r in upserts]
         forget_rows = [(g,) for g in forgets]
@@ -69,7 +73,7 @@ def commit_steps(
                          for d in decisions]  # fmt: skip
         shown_rows = [(dump(v), g) for g, v in (shown or {}).items()]
         sleep_rows = [(str(mark), str(g)) for g, mark in asleep]
-        feed = feed_steps(changes)
+        feed = feed_steps(changes, names, forget_rows)
     except (ValueError, TypeError, AttributeError) as exc:
         raise StoreError(f"{path}: cannot encode commit: {exc}") from exc
     _refuse_writes_to_forgotten(path, {g for (g,) in forget_rows}, {
@@ -77,8 +81,7 @@ def commit_steps(
         "host_upserts": {r[1] for r in host_rows},
         "challenge_upserts": {r[0] for r in challenge_rows},
         "decisions": {r[0] for r in decision_rows},
-        "shown": {r[1] for r in shown_rows},
-        "asleep": {r[1] for r in sleep_rows},
+        "shown": {r[1] for r in shown_rows}, "asleep": {r[1] for r in sleep_rows},
     })
     steps = [
         (DELETE, forget_rows),
@@ -100,10 +103,17 @@ def commit_steps(
     return [(sql, rows) for sql, rows in steps if rows]
 
 
-def feed_steps(changes: Iterable[ChangeEvent]) -> list[Step]:
-    """The change feed's rows, numbered after the last one given, and the count moved on."""
-    rows = [(n, c.at, c.instance_guid, c.kind.value, c.payload_json()) for n, c in enumerate(changes, start=1)]
-    return [(INSERT_CHANGE, rows), (ADVANCE_FEED, [(len(rows),)])] if rows else []
+def feed_steps(changes: Iterable[ChangeEvent], names: Iterable[tuple[str, str]] = (),
+               forgotten: list[tuple[str]] | None = None) -> list[Step]:
+    """The customers' titles new to the store, then the change feed's rows
+    (numbered after the last one given, each with its instance's title),
+    the count moved on, and last the titles of the instances forgotten, once
+    copied onto their last change."""
+    rows = [(n, c.at, c.instance_guid, c.kind.value, c.payload_json(), c.instance_guid)
+            for n, c in enumerate(changes, start=1)]
+    return [(INSERT_NAME, [(str(g), str(n)) for g, n in names]),
+            *([(INSERT_CHANGE, rows), (ADVANCE_FEED, [(len(rows),)])] if rows else []),
+            (DELETE_NAME, forgotten or [])]
 
 
 def _refuse_writes_to_forgotten(path: Path, forgotten: set[str], written: dict[str, set[str]]) -> None:

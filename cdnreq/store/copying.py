@@ -38,11 +38,12 @@ TABLES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("ticks", "id", ("id", "started_at", "finished_at", "result", "summary")),
     ("imports", "id", ("id", "at", "source", "summary")),
     ("import_findings", "id", ("id", "import_id", "guid", "reference", "kind", "host", "found", "decision")),
-    ("changes", "id", ("id", "at", "instance_guid", "kind", "payload")),
+    ("changes", "id", ("id", "at", "instance_guid", "kind", "payload", "name")),
     ("feed_state", "id", ("id", "last_id")),
     ("deliveries", "id", ("id", "consumer", "change_id", "instance_guid", "attempts", "first_at", "next_at",
                           "last_error", "dead_at")),
     ("consumer_cursors", "consumer", ("consumer", "cursor")),
+    ("names", "guid", ("guid", "name")),
 )
 
 

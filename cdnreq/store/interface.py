@@ -68,6 +68,9 @@ class TickStore(Protocol):
         """The domain step's kept decisions (decide/kept.py says which hold),
         of every instance or of those not asleep."""
 
+    async def unnamed(self) -> list[str]:
+        """Instances stored without their customer's title (cdnreq.decide.names)."""
+
     async def load_guards(self) -> dict[str, Any]:
         """The guards' state by name (decide/guards.py)."""
 
@@ -91,11 +94,13 @@ class TickStore(Protocol):
         shown: Mapping[str, Mapping[str, Any]] | None = None,
         asleep: Iterable[tuple[str, str]] = (),
         changes: Iterable[ChangeEvent] = (),
+        names: Iterable[tuple[str, str]] = (),
     ) -> None:
         """The tick's outcomes, in one transaction or not at all. `asleep`:
         (guid, mark) of instances fallen asleep; any upsert of a record
         clears its mark. `changes`: the change feed's rows for what this
-        transaction changes (decide/changes.py), numbered in it."""
+        transaction changes (decide/changes.py), numbered in it. `names`:
+        (guid, customer's title) to keep, where none is kept yet."""
 
     async def begin_tick(self, started_at: float) -> int:
         """A new tick's id; StoreLost when the store is no longer the one locked."""
@@ -131,8 +136,10 @@ class InstanceReads(Protocol):
         """The latest ticks, newest first."""
 
     async def changes_after(self, after: int, limit: int, *, kinds: Iterable[str] = (), guids: Iterable[str] = (),
-                            prefixes: Iterable[str] = ()) -> list[tuple[int, float, str, str, str]]:
-        """The change feed after id `after` in id order (id, at, guid, kind, payload JSON), filtered."""
+                            prefixes: Iterable[str] = (), titles: Iterable[str] = (),
+                            only: Iterable[str] = ()) -> list[tuple[int, float, str, str, str, str | None]]:
+        """The change feed after id `after` in id order (id, at, guid, kind,
+        payload JSON, customer's title), filtered (cdnreq.store.reads)."""
 
     async def feed_bounds(self) -> tuple[int | None, int]:
         """The oldest change kept (None: none) and the last id ever given."""

@@ -200,6 +200,17 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         UPDATE instances SET live_at = updated_at WHERE phase = 'live';
         """,
     ),
+    (
+        9,
+        "customers' titles (the feed's title scopes): stored once per instance, copied onto each change",
+        """
+        CREATE TABLE names (
+            guid TEXT PRIMARY KEY,
+            name TEXT NOT NULL
+        );
+        ALTER TABLE changes ADD COLUMN name TEXT;
+        """,
+    ),
 )
 
 LATEST: Final[int] = MIGRATIONS[-1][0]

@@ -27,7 +27,7 @@ _QUEUE = ("INSERT INTO deliveries (consumer, change_id, instance_guid, next_at) 
 _QUEUED = "SELECT COUNT(*) FROM deliveries WHERE consumer = ?"
 # the oldest undone delivery of each instance, when it is due: one at a time per instance
 _DUE = (
-    "SELECT d.change_id, d.instance_guid, d.attempts, d.first_at, c.at, c.kind, c.payload "
+    "SELECT d.change_id, d.instance_guid, d.attempts, d.first_at, c.at, c.kind, c.payload, c.name "
     "FROM deliveries d LEFT JOIN changes c ON c.id = d.change_id "
     "WHERE d.consumer = ? AND d.dead_at IS NULL AND d.next_at <= ? AND d.change_id = ("
     "SELECT MIN(e.change_id) FROM deliveries e WHERE e.consumer = d.consumer "

@@ -14,7 +14,7 @@ from cdnreq.model import Challenge, Decision, Event, HostClaim, InstanceGuid, Re
 from cdnreq.store.imports import findings_of, last_import
 from cdnreq.store.rows import (
     CHANGE_COLUMNS, EVENT_COLUMNS, SELECT, SELECT_ASLEEP, SELECT_AWAKE, SELECT_CHALLENGES, SELECT_DECISIONS,
-    SELECT_HOSTS, load_json, to_challenges, to_event, to_hosts, to_record, to_records,
+    SELECT_HOSTS, SELECT_UNNAMED, load_json, to_challenges, to_event, to_hosts, to_record, to_records,
 )
 
 AWAKE = " WHERE guid NOT IN (SELECT guid FROM instances WHERE sleep IS NOT NULL)"
@@ -91,23 +91,35 @@ class SqlReads:
         return [to_event(r) for r in rows]
 
     async def changes_after(self, after: int, limit: int, *, kinds: Iterable[str] = (), guids: Iterable[str] = (),
-                            prefixes: Iterable[str] = ()) -> list[tuple[int, float, str, str, str]]:
+                            prefixes: Iterable[str] = (), titles: Iterable[str] = (),
+                            only: Iterable[str] = ()) -> list[tuple[int, float, str, str, str, str | None]]:
         """The change feed after id `after`, in id order, at most `limit` rows
-        (id, at, instance guid, kind, payload JSON); only `kinds` when given,
-        and only the instances of `guids` or starting with `prefixes` when given."""
+        (id, at, instance guid, kind, payload JSON, customer's title); only
+        `kinds` when given; only the instances of `guids`, or whose guid
+        starts with one of `prefixes`, or whose title with one of `titles`,
+        when any is given (a scope); and of those, only the instances of
+        `only` when given."""
         where, params = ["id > ?"], [after]
-        kinds, guids, prefixes = sorted(set(kinds)), sorted(set(guids)), sorted(set(prefixes))
+        kinds, guids, only = sorted(set(kinds)), sorted(set(guids)), sorted(set(only))
+        prefixes, titles = sorted(set(prefixes)), sorted(set(titles))
         if kinds:
             where.append(f"kind IN ({', '.join('?' * len(kinds))})")
             params.extend(kinds)
         whose = [f"instance_guid IN ({', '.join('?' * len(guids))})"] if guids else []
-        whose += ["substr(instance_guid, 1, ?) = ?"] * len(prefixes)
-        params.extend([*guids, *(v for p in prefixes for v in (len(p), p))])
+        whose += ["substr(instance_guid, 1, ?) = ?"] * len(prefixes) + ["substr(name, 1, ?) = ?"] * len(titles)
+        params.extend([*guids, *(v for p in (*prefixes, *titles) for v in (len(p), p))])
         if whose:
             where.append(f"({' OR '.join(whose)})")
+        if only:
+            where.append(f"instance_guid IN ({', '.join('?' * len(only))})")
+            params.extend(only)
         rows = await self._all(f"SELECT {CHANGE_COLUMNS} FROM changes WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
                                (*params, limit))
         return [tuple(r) for r in rows]
+
+    async def unnamed(self) -> list[str]:
+        """Instances stored without their customer's title (stored before titles were kept)."""
+        return [r[0] for r in await self._all(SELECT_UNNAMED)]
 
     async def feed_bounds(self) -> tuple[int | None, int]:
         """(the oldest change still kept, or None; the last id ever given)."""

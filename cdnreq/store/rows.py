@@ -80,11 +80,16 @@ EVENT_COLUMNS = "id, instance_guid, action, outcome, at, detail, tick"
 # The change feed's ids are counted in feed_state, in the writing transaction
 # (its row is locked until the commit): no gap, no reuse after pruning, and
 # on PostgreSQL committed in id order, so a reader paging by id misses none.
-CHANGE_COLUMNS = "id, at, instance_guid, kind, payload"
-INSERT_CHANGE = (
-    "INSERT INTO changes (id, at, instance_guid, kind, payload) "
-    "VALUES ((SELECT last_id FROM feed_state WHERE id = 1) + ?, ?, ?, ?, ?)"
+CHANGE_COLUMNS = "id, at, instance_guid, kind, payload, name"
+INSERT_CHANGE = (  # with the instance's title as stored (names: kept after the instance is forgotten)
+    "INSERT INTO changes (id, at, instance_guid, kind, payload, name) "
+    "VALUES ((SELECT last_id FROM feed_state WHERE id = 1) + ?, ?, ?, ?, ?, "
+    "(SELECT name FROM names WHERE guid = ?))"
 )
+# a customer's title, stored the first time it is listed (cdnreq.decide.names)
+INSERT_NAME = "INSERT INTO names (guid, name) VALUES (?, ?) ON CONFLICT (guid) DO NOTHING"
+DELETE_NAME = "DELETE FROM names WHERE guid = ?"  # once the instance is forgotten (after its last change)
+SELECT_UNNAMED = "SELECT guid FROM instances i WHERE NOT EXISTS (SELECT 1 FROM names n WHERE n.guid = i.guid)"
 ADVANCE_FEED = "UPDATE feed_state SET last_id = last_id + ? WHERE id = 1"
 
 DECISION_COLUMNS = "guid, param_hash, stamp, verdict, gate, claims, next_lookup"  # Decision's order

@@ -41,6 +41,7 @@ class SqlWrites:
         shown: Mapping[str, Mapping[str, Any]] | None = None,
         asleep: Iterable[tuple[str, str]] = (),
         changes: Iterable[ChangeEvent] = (),
+        names: Iterable[tuple[str, str]] = (),
         also: Iterable[Step] = (),
     ) -> None:
         """Write everything in one transaction, or nothing; what is written
@@ -51,7 +52,7 @@ class SqlWrites:
             self.path, upserts=upserts, forgets=forgets, events=events,
             host_upserts=host_upserts, host_deletes=host_deletes,
             challenge_upserts=challenge_upserts, challenge_deletes=challenge_deletes,
-            decisions=decisions, shown=shown, asleep=asleep, changes=changes, also=also,
+            decisions=decisions, shown=shown, asleep=asleep, changes=changes, names=names, also=also,
         )  # fmt: skip
         if steps:
             await self._apply(steps)
