@@ -34,6 +34,7 @@ LARGE = 4 << 20
 ESCAPED = 6  # a master may spell one byte of a value as six (\u0001): the room a listed entry may take
 ENTRY_SLACK = 64 << 10  # the entry's other fields (guid, title, state...)
 DIFFERENT = "listed twice with different content"
+MAX_TITLE = 256  # characters of a customer's title kept: scopes match prefixes (config: at most 200)
 
 
 def read_listing(raw: bytes | bytearray, max_parameters_bytes: int | None = None) -> Listing:
@@ -74,6 +75,7 @@ def parse_listing(entries: Iterable[Any]) -> Listing:
     """
     instances: list[SharedInstance] = []
     unusable: dict[str, str] = {}
+    unusable_titles: dict[str, str] = {}
     anonymous = 0
     make, states, append = _make_instance, _STATES, instances.append
     canonical, sha256 = _canonical, hashlib.sha256
@@ -87,8 +89,10 @@ def parse_listing(entries: Iterable[Any]) -> Listing:
             raw_state = entry.get("state", _MISSING)
             state = states.get(raw_state) if raw_state.__class__ is str else None
             title = entry.get("title")
-            if title.__class__ is not str:  # checked and cut when stored (cdnreq.decide.names)
+            if title.__class__ is not str:  # checked when stored (cdnreq.decide.names)
                 title = None
+            elif len(title) > MAX_TITLE:  # a huge title is not held through the tick
+                title = title[:MAX_TITLE]
             if parameters.__class__ is dict and state is not None:
                 text = canonical(parameters)
                 if text is not None:  # kept as the text it was hashed from: a third of the dict's size
@@ -106,6 +110,8 @@ def parse_listing(entries: Iterable[Any]) -> Listing:
                 continue
             else:
                 reason = _refusal(parameters, raw_state)
+            if title is not None:
+                unusable_titles.setdefault(guid, title)
         elif isinstance(entry, Broken) and addressable(entry.guid):
             guid, reason = entry.guid, entry.reason
         else:
@@ -113,7 +119,11 @@ def parse_listing(entries: Iterable[Any]) -> Listing:
             continue
         unusable.setdefault(guid, reason)  # listed twice, broken twice: the first reason
     kept, duplicates = _once(instances, unusable)
-    return Listing(kept, unusable, anonymous, duplicates)
+    if len(kept) + duplicates < len(instances):  # some listed twice differently: unusable, with a title
+        for instance in instances:
+            if instance.title is not None and instance.guid in unusable:
+                unusable_titles.setdefault(instance.guid, instance.title)
+    return Listing(kept, unusable, anonymous, duplicates, unusable_titles)
 
 
 def _released(entries: Iterable[Any]) -> Iterator[Any]:

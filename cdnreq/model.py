@@ -321,12 +321,15 @@ class Listing:
     the reason); `anonymous` counts entries without a usable guid, which
     means some known instance may be missing from `instances` for no reason
     of its own. `duplicates` counts identical repeated entries, kept once.
+    `unusable_titles`: the customers' titles of unusable entries, where
+    listed (the feed's title scopes see their refusal too).
     """
 
     instances: tuple[SharedInstance, ...]
     unusable: Mapping[str, str] = field(default_factory=dict)
     anonymous: int = 0
     duplicates: int = 0
+    unusable_titles: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

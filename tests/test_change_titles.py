@@ -12,7 +12,7 @@ from test_store import store  # noqa: F401  (the fixture: both engines)
 from cdnreq.decide.changes import ChangeEvent, ChangeKind
 from cdnreq.decide.names import MAX_TITLE, to_keep
 from cdnreq.listing import read_listing
-from cdnreq.model import InstanceGuid, Phase, Record, SharedInstance, Title
+from cdnreq.model import InstanceGuid, Listing, Phase, Record, SharedInstance, Title
 from cdnreq.reconcile.names import Names
 
 NOW = 1_800_000_000.0
@@ -57,14 +57,14 @@ async def test_a_forgotten_instances_last_change_keeps_its_title_then_the_title_
 async def test_instances_stored_before_titles_get_theirs_at_the_next_tick(store):  # noqa: F811
     await store.commit(upserts=[rec("G1"), rec("G2")])  # no title: as stored by schema 8
     names = Names()
-    listed = [SharedInstance.of("G1", {}, title="reseller-a/one"), SharedInstance.of("G2", {}, title=None),
-              SharedInstance.of("G3", {}, title="reseller-a/new")]
+    listed = Listing((SharedInstance.of("G1", {}, title="reseller-a/one"), SharedInstance.of("G2", {}, title=None),
+                      SharedInstance.of("G3", {}, title="reseller-a/new")))
     known = {"G1", "G2"}
     await names.keep(listed, known, set(), store)
     assert sorted(await store._all("SELECT guid, name FROM names")) == [("G1", "reseller-a/one"),
                                                                          ("G3", "reseller-a/new")]
     assert names.unnamed == {"G2"}  # listed without a title: tried again while it stays unnamed
-    assert to_keep(listed, known | {"G3"}, set(), {"G2"}) == []  # the next tick writes nothing
+    assert to_keep(listed, known | {"G3"}, set(), {"G2"}) == ([], ["G2"])  # the next tick writes nothing
 
 
 @pytest.mark.parametrize("title, kept", [
@@ -76,7 +76,7 @@ async def test_instances_stored_before_titles_get_theirs_at_the_next_tick(store)
 def test_titles_from_the_listing_are_cut_or_refused(title, kept):
     entry = {"instance_guid": "G1", "state": "started", "parameters": {}, "title": title}
     listing = read_listing(orjson.dumps({"result_list": [entry]}))
-    assert to_keep(listing.instances, set(), set(), set()) == ([] if kept is None else [("G1", kept)])
+    assert to_keep(listing, set(), set(), set()) == (([], ["G1"]) if kept is None else ([("G1", kept)], []))
 
 
 def test_a_lone_surrogate_in_a_title_is_refused_and_the_instance_kept():
@@ -85,4 +85,4 @@ def test_a_lone_surrogate_in_a_title_is_refused_and_the_instance_kept():
             b' "title": "ok\\ud800"}]}')
     listing = read_listing(body)  # NaN: read entry by entry, where a lone surrogate can be read
     assert [i.guid for i in listing.instances] == ["G1", "G2"] and listing.instances[1].title == "ok\ud800"
-    assert to_keep(listing.instances, set(), set(), set()) == [("G1", "bad")]
+    assert to_keep(listing, set(), set(), set()) == ([("G1", "bad")], ["G2"])

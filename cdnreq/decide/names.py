@@ -5,32 +5,44 @@ with one, and copied onto each of its changes by the store; it is never
 held in memory per instance. So the tick stores the titles of instances it
 has no record of yet (new: their first change may come in this tick) and
 of those stored before titles were kept (`unnamed`, read once at a load).
-A title the master changes later is not followed: in SlapOS a shared
-instance's title is part of what identifies it.
+An instance listed without a title that can be stored is looked at again
+at each tick until one is. A title the master changes later is not
+followed: in SlapOS a shared instance's title is part of what identifies it.
 """
 
 from __future__ import annotations
 
-from typing import Collection, Iterable
+from typing import Collection
 
-from cdnreq.listing import addressable
-from cdnreq.model import SharedInstance
-
-MAX_TITLE = 256  # characters of a customer's title kept: scopes match prefixes (config: at most 200)
+from cdnreq.listing import MAX_TITLE, addressable
+from cdnreq.model import Listing
 
 
-def to_keep(instances: Iterable[SharedInstance], known: Collection[str], asleep: Collection[str],
-            unnamed: Collection[str]) -> list[tuple[str, str]]:
-    """(guid, title) of the listed instances whose title is not stored yet."""
-    found = ((i.guid, stored_title(i.title)) for i in instances
-             if i.title is not None and (i.guid in unnamed or (i.guid not in known and i.guid not in asleep)))
-    return [(guid, title) for guid, title in found if title is not None]
+def to_keep(listing: Listing, known: Collection[str], asleep: Collection[str],
+            unnamed: Collection[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """(guid, title) of the listed instances whose title is not stored yet,
+    usable or not (a refusal is a change too); and the guids among them
+    listed without a title that can be stored: the next ticks look again."""
+    candidates = [(i.guid, i.title) for i in listing.instances
+                  if i.guid in unnamed or (i.guid not in known and i.guid not in asleep)]
+    if listing.unusable:
+        titles = listing.unusable_titles
+        candidates += [(g, titles.get(g)) for g in listing.unusable
+                       if g in unnamed or (g not in known and g not in asleep)]
+    keep, untitled = [], []
+    for guid, listed in candidates:
+        title = stored_title(listed)
+        if title is None:
+            untitled.append(guid)
+        else:
+            keep.append((guid, title))
+    return keep, untitled
 
 
 def stored_title(title: str | None) -> str | None:
     """The listed title as stored: a non-empty string of Unicode scalar values
-    without NUL, cut to MAX_TITLE characters; None for anything else (it then
-    matches no title scope)."""
+    without NUL, of at most MAX_TITLE characters; None for anything else
+    (it then matches no title scope)."""
     if not title:
         return None
     title = title[:MAX_TITLE]

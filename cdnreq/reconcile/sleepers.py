@@ -37,6 +37,9 @@ class Sleepers(Mapping[str, Dormant]):
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
 
+    def __contains__(self, guid: object) -> bool:  # Mapping's goes through __getitem__ and an exception
+        return guid in self._entries
+
     def __len__(self) -> int:
         return len(self._entries)
 

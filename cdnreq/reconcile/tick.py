@@ -286,7 +286,7 @@ class Reconciler:
         policy = policy_of(self.config)
         self.idle = await self.sleepers.settle(listing, now, store=self.store, known=self.known,
                                                domains=self.domains, idle=self.idle, policy=policy)  # fmt: skip
-        await self.names.keep(listing.instances, self.known, self.sleepers, self.store)  # before any change
+        await self.names.keep(listing, self.known, self.sleepers, self.store)  # before any change is written
         guard = await GuardRun.start(self.store, self.config, self.known, now, self.sleepers)
         self.progress.phase("validating", len(listing.instances), now)
         run = self.domains.start(listing.instances, self.known, now, report.id, asleep=self.sleepers)

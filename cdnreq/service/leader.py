@@ -75,9 +75,13 @@ class Leadership:
     def holder(self) -> str:
         return self.store.lease.holder
 
-    def leading(self) -> bool:
+    def valid_term(self) -> Term | None:
+        """The term this node holds, unexpired; read once (the keeper's thread may change it)."""
         term = self.store.term
-        return term is not None and term.valid(time.monotonic())
+        return term if term is not None and term.valid(time.monotonic()) else None
+
+    def leading(self) -> bool:
+        return self.valid_term() is not None
 
     def role(self) -> str:
         return LEADER if self.leading() else STANDBY
@@ -124,7 +128,7 @@ class Leadership:
         try:
             if lease.current() is None:
                 await lease.take(settings.lease_s)
-            elif self.keeper is None or not self.keeper.alive():  # the keeper renews from its thread
+            elif self.keeper is None or not self.keeper.keeping(1.5 * settings.renew_s):  # or it renews itself
                 await lease.renew(settings.lease_s)
             found = await lease.leader()
         except StoreError as error:
@@ -135,10 +139,10 @@ class Leadership:
             self.seen = LeaderSeen(holder, epoch, left, time.time(), None)
             if not self.leading():
                 await self._read_shared()
-        now_leading = self.leading()
-        if now_leading != was:
-            if now_leading:
-                log.warning("this node leads", node=self.holder, epoch=self.store.term.epoch)  # type: ignore[union-attr]
+        term = self.valid_term()
+        if (term is not None) != was:
+            if term is not None:
+                log.warning("this node leads", node=self.holder, epoch=term.epoch)
             else:
                 log.warning("this node stopped leading", node=self.holder, reason=lease.lost, leader=self.seen.holder)
             self.changed.set()
@@ -186,18 +190,18 @@ async def take_over(leadership: Leadership, store: Any, reconciler: Any, metrics
     migrates the schema, ends the ticks the last leader left open and reads
     the store afresh (the last leader changed it); one that lost the lease
     forgets what it read and waits to lead again."""
-    leading = leadership.leading()
-    metrics.leader.set(1 if leading else 0)
+    term = leadership.valid_term()
+    metrics.leader.set(0 if term is None else 1)
     if leadership.seen.epoch is not None:
         metrics.lease_epoch.set(leadership.seen.epoch)
-    if not leading:
+    if term is None:
         if leadership.acting:
             leadership.acting = False
             reconciler.reread()
         await leadership.wait(leadership.settings().renew_s)
         return False
-    if not leadership.acting or store.lease.bound != store.term.epoch:  # a new term: start from the store
-        store.lease.bound = store.term.epoch  # between ticks: no work of an earlier term is under way
+    if not leadership.acting or store.lease.bound != term.epoch:  # a new term: start from the store
+        store.lease.bound = term.epoch  # between ticks: no work of an earlier term is under way
         try:
             await store.migrate()
             await refuse_unfinished_copy(store)

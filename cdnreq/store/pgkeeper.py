@@ -41,8 +41,10 @@ class LeaseKeeper:
         self._lease, self._connect, self._settings = lease, connect, settings
         self._loop = asyncio.get_running_loop()  # the daemon's: the loop whose answers are awaited
         self._thread: threading.Thread | None = None
+        self._halt = threading.Event()  # set by stop(), looked at by the thread before each renewal
         self._own_loop: asyncio.AbstractEventLoop | None = None
-        self._stopping: asyncio.Event | None = None
+        self._stopping: asyncio.Event | None = None  # the thread's own: wakes it from its wait
+        self.renewed_at: float | None = None  # monotonic time of the last renewal that worked
         self._posted: float | None = None  # when the probe not yet answered was posted
         self._answered = time.monotonic()
         self._hung = False  # logged once per stall
@@ -55,8 +57,15 @@ class LeaseKeeper:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def keeping(self, within_s: float) -> bool:
+        """Alive, and renewed the term within `within_s`: otherwise (its own
+        connection refused, say) the election loop renews on the pool."""
+        renewed = self.renewed_at
+        return self.alive() and renewed is not None and time.monotonic() - renewed <= within_s
+
     async def stop(self) -> None:
         """End the thread (it closes its connection), waiting up to JOIN_S."""
+        self._halt.set()  # before the thread made its loop: it sees this first
         own, stopping = self._own_loop, self._stopping
         if own is not None and stopping is not None:
             try:
@@ -72,10 +81,11 @@ class LeaseKeeper:
         asyncio.run(self._keep())
 
     async def _keep(self) -> None:
-        self._own_loop, self._stopping = asyncio.get_running_loop(), asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._own_loop = asyncio.get_running_loop()
         conn = None
         try:
-            while not self._stopping.is_set():
+            while not self._halt.is_set() and not self._stopping.is_set():
                 settings = self._settings()
                 if not self._probe():
                     return  # the daemon's loop is closed
@@ -118,8 +128,10 @@ class LeaseKeeper:
     async def _renew(self, conn: Any, settings: KeeperSettings) -> Any:
         """One renewal on the keeper's connection; the connection to use next."""
         term = self._lease.term
-        if term is None:
-            return conn
+        if term is None:  # not leading: no connection held for nothing
+            if conn is not None:
+                await _close(conn)
+            return None
         stalled = self.stalled_s()
         if stalled > settings.loop_stall_s:
             if not self._hung:
@@ -133,7 +145,8 @@ class LeaseKeeper:
             if conn is None or conn.is_closed():
                 conn = await asyncio.wait_for(self._connect(), settings.renew_s)
             timeout = max(settings.renew_s, 1.0)
-            await self._lease.renew(settings.lease_s, run=lambda work: asyncio.wait_for(work(conn), timeout))
+            if await self._lease.renew(settings.lease_s, run=lambda work: asyncio.wait_for(work(conn), timeout)):
+                self.renewed_at = time.monotonic()
         except Exception as error:  # noqa: BLE001 -- the database away: try again at the next renewal
             log.warning("renewing the leader lease failed", error=f"{type(error).__name__}: {error}")
             if conn is not None:
