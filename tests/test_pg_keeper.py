@@ -7,9 +7,11 @@ reconcile of 100,000 instances never completed with the default lease)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from types import SimpleNamespace
+from typing import AsyncIterator
 
 import pytest
 
@@ -64,12 +66,24 @@ async def started(url: str, loop_stall_s: float) -> tuple[PgStore, LeaseKeeper]:
     return store, keeper
 
 
-async def test_a_leader_busy_longer_than_its_lease_keeps_it(pg_url):
-    store, keeper = await started(pg_url, loop_stall_s=30.0)
-    rival = Rival(pg_url)
+@contextlib.asynccontextmanager
+async def raced(url: str, loop_stall_s: float) -> AsyncIterator[tuple[PgStore, LeaseKeeper, Rival]]:
+    """A leader with its keeper, and a rival trying to take the lease."""
+    store, keeper = await started(url, loop_stall_s)
+    rival = Rival(url)
     rival.start()
     try:
         rival.ready.wait(10)
+        yield store, keeper, rival
+    finally:
+        rival.done.set()
+        rival.join(10)
+        await keeper.stop()
+        await store.close()
+
+
+async def test_a_leader_busy_longer_than_its_lease_keeps_it(pg_url):
+    async with raced(pg_url, loop_stall_s=30.0) as (store, keeper, rival):
         block_the_loop(3 * LEASE_S)
         assert rival.took is None, "another node took the lease while the leader was only busy"
         assert store.lease.acts() and store.term.epoch == 1
@@ -77,31 +91,17 @@ async def test_a_leader_busy_longer_than_its_lease_keeps_it(pg_url):
         assert set(await store.load()) == {"SOFTINST-1"}
         await asyncio.sleep(0)  # the keeper's probe answered
         assert keeper.longest_stall_s >= 2 * LEASE_S
-    finally:
-        rival.done.set()
-        rival.join(10)
-        await keeper.stop()
-        await store.close()
     assert not keeper.alive()
 
 
 async def test_a_hung_leader_gives_the_lease_up_and_its_late_writes_are_fenced(pg_url):
-    store, keeper = await started(pg_url, loop_stall_s=1.0)
-    rival = Rival(pg_url)
-    rival.start()
-    try:
-        rival.ready.wait(10)
+    async with raced(pg_url, loop_stall_s=1.0) as (store, keeper, rival):
         block_the_loop(20.0, rival)
         assert rival.took is not None and rival.took.epoch == 2, "no other node took over from a hung leader"
         with pytest.raises(NotLeading):
             await store.commit(upserts=[rec("SOFTINST-1")])
         assert await store.load() == {}
         assert not store.lease.acts()
-    finally:
-        rival.done.set()
-        rival.join(10)
-        await keeper.stop()
-        await store.close()
 
 
 async def test_the_keeper_stops_renewing_a_released_lease(pg_url):

@@ -94,6 +94,13 @@ def store_section(request: pytest.FixtureRequest) -> dict:
     return {"url": request.getfixturevalue("pg_url"), "sslmode": "disable", "lease_s": 3.0, "renew_s": 0.5}
 
 
+def secret_file(tmp_path: Path) -> Path:
+    secret = tmp_path / "hook.whsec"
+    secret.write_text(SECRET + "\n")
+    secret.chmod(0o600)
+    return secret
+
+
 @pytest.fixture
 def receiver():
     found = Receiver(free_port())
@@ -103,10 +110,7 @@ def receiver():
 
 def test_every_change_arrives_signed_in_order_through_outages_and_a_kill(tmp_path: Path, receiver: Receiver,
                                                                           store_section: dict):
-    secret = tmp_path / "hook.whsec"
-    secret.write_text(SECRET + "\n")
-    secret.chmod(0o600)
-    master = Double(publish_after="immediately")
+    secret, master = secret_file(tmp_path), Double(publish_after="immediately")
     guids = [f"SOFTINST-{i}" for i in range(12)]
     for g in guids:
         master.add(g, {"url": f"https://{g.lower()}.example"})
@@ -174,10 +178,7 @@ def cdnreq(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_dead_letters_are_shown_and_sent_again_and_private_targets_refused(tmp_path: Path, receiver: Receiver):
-    secret = tmp_path / "hook.whsec"
-    secret.write_text(SECRET + "\n")
-    secret.chmod(0o600)
-    master = Double(publish_after="immediately")
+    secret, master = secret_file(tmp_path), Double(publish_after="immediately")
     with ThreadedDouble(master) as served:
         hook = {"name": "billing", "url": f"http://127.0.0.1:{receiver.port}/hook", "secret_file": str(secret),
                 "max_retry_hours": 0.001}  # 3.6 s of retries, then dead
@@ -232,10 +233,7 @@ def test_dead_letters_are_shown_and_sent_again_and_private_targets_refused(tmp_p
 
 def test_a_consumer_scoped_by_title_receives_its_customers_changes_only(tmp_path: Path, receiver: Receiver,
                                                                         store_section: dict):
-    secret = tmp_path / "hook.whsec"
-    secret.write_text(SECRET + "\n")
-    secret.chmod(0o600)
-    master = Double(publish_after="immediately")
+    secret, master = secret_file(tmp_path), Double(publish_after="immediately")
     titles = {"SOFTINST-1": "shop-one", "SOFTINST-2": "shop-two", "SOFTINST-3": "other", "SOFTINST-4": "shopper"}
     receiver.listen("up")
     with ThreadedDouble(master) as served:
