@@ -90,7 +90,8 @@ async def test_a_keeper_stopped_right_after_its_start_ends():
     from cdnreq.store.pgkeeper import LeaseKeeper
 
     lease = SimpleNamespace(term=None, lease_s=None)
-    keeper = LeaseKeeper(lease, None, lambda: SimpleNamespace(lease_s=15.0, renew_s=30.0, loop_stall_s=120.0))  # type: ignore[arg-type]
+    settings = SimpleNamespace(lease_s=15.0, renew_s=30.0, loop_stall_s=120.0)
+    keeper = LeaseKeeper(lease, None, lambda: settings)  # type: ignore[arg-type]
     keeper.start()
     began = time.monotonic()
     await keeper.stop()

@@ -30,7 +30,8 @@ async def names(store) -> dict:
     return dict(await store._all("SELECT guid, name FROM names"))
 
 
-async def test_an_unusable_first_entry_loses_its_title_for_good(tmp_path: Path, opened: list[Store]) -> None:  # noqa: F811
+async def test_an_unusable_first_entry_loses_its_title_for_good(tmp_path: Path,
+        opened: list[Store]) -> None:  # noqa: F811
     """The master lists G1 with its title but parameters that are not an object:
     G1 is recorded and told `refused`; the reseller owning `reseller-a/` never
     sees that change, nor G1's next ones once the entry is fixed."""
@@ -51,7 +52,8 @@ async def test_an_unusable_first_entry_loses_its_title_for_good(tmp_path: Path, 
     assert seen, f"the reseller's scope sees none of G1's changes {all_}; names: {await names(master.store)}"
 
 
-async def test_a_title_listed_after_the_first_tick_depends_on_a_restart(tmp_path: Path, opened: list[Store]) -> None:  # noqa: F811
+async def test_a_title_listed_after_the_first_tick_depends_on_a_restart(tmp_path: Path,
+        opened: list[Store]) -> None:  # noqa: F811
     """First listed without a title, then with one: whether it is stored
     depends on whether the daemon was restarted in between."""
     r, master = await reconciler(opened, config(tmp_path), [SharedInstance.of("G1", {"url": "https://g1.example"})],
