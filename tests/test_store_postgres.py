@@ -427,3 +427,29 @@ def test_a_database_server_that_does_not_answer_is_a_passing_failure(tmp_path):
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 1, (command, done.stderr)
         assert "cannot connect" in done.stderr, done.stderr
+
+
+async def test_a_node_whose_term_ran_out_on_its_clock_takes_its_lease_again_at_once(pg_url):
+    """Its renewals came late (a slow database, a busy loop): the term ran out
+    on the node's clock while the database still holds the lease for it. It
+    gives the term up, and takes the lease again at once under a new epoch,
+    rather than leaving the cluster without a leader until the lease expires;
+    the work its old term decided is fenced."""
+    store = await leader(pg_url, lease_s=15.0)
+    other = await reader(pg_url)
+    try:
+        term = store.term
+        store.lease.term = type(term)(term.holder, term.epoch, time.monotonic() - 0.001)
+        assert store.lease.current() is None  # given up: not renewed in time
+        assert await other.lease.take(15.0) is None  # the database still holds it for the first node
+        again = await store.lease.take(15.0)
+        assert again is not None and again.epoch == term.epoch + 1
+        with pytest.raises(NotLeading, match="lost and taken again"):
+            await store.commit(upserts=[rec("SOFTINST-1")])  # the old term's work
+        assert await store.load() == {}
+        store.lease.bound = again.epoch  # the next tick, decided in the new term
+        await store.commit(upserts=[rec("SOFTINST-1")])
+        assert set(await store.load()) == {"SOFTINST-1"}
+    finally:
+        await other.close()
+        await store.close()

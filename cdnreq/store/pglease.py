@@ -40,13 +40,17 @@ CREATE TABLE IF NOT EXISTS cdnreq_lease (
     taken_at DOUBLE PRECISION NOT NULL
 )"""
 
-# $1 holder, $2 lease seconds: the new epoch, or no row while another holds it
+# $1 holder, $2 lease seconds: the new epoch, or no row while another holds it.
+# A node may take again at once the lease it still holds by the database's
+# clock (it gave its term up when the term ran out on its own, earlier,
+# clock): under a new epoch, so whatever its old term decided is fenced
+# (the holder names one process: a restarted node is another holder).
 TAKE: Final[str] = f"""
 INSERT INTO cdnreq_lease AS l (name, holder, epoch, expires_at, taken_at)
 VALUES ('{NAME}', $1, 1, {NOW} + $2, {NOW})
 ON CONFLICT (name) DO UPDATE
 SET holder = excluded.holder, epoch = l.epoch + 1, expires_at = excluded.expires_at, taken_at = excluded.taken_at
-WHERE l.expires_at <= {NOW}
+WHERE l.expires_at <= {NOW} OR l.holder = excluded.holder
 RETURNING epoch"""
 
 # $1 holder, $2 epoch, $3 lease seconds: a row while still held
