@@ -111,8 +111,9 @@ def test_one_leader_and_a_kill_9_takeover(cdn_site: CdnSite, cluster):
     assert not standby.proxy.calls(), "a standby called the master"
     refused = standby.get(f"/actions/retry?guid={guids['c0']}", method="POST")
     assert refused is not None and refused[0] == 503 and "stands by" in refused[1]["message"], refused
-    instance = standby.get(f"/instances/{guids['c0']}")  # read from the shared store
-    assert instance is not None and instance[0] == 200 and instance[1]["state"] == "live", instance
+    # read from the shared store; the leader commits "live" after the master has the answer, so poll
+    until(lambda: (r := standby.get(f"/instances/{guids['c0']}")) and r[0] == 200 and r[1]["state"] == "live",
+          "the standby showing the first customer live")
 
     killed_at = time.monotonic()
     first.process.kill()
