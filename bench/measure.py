@@ -130,6 +130,8 @@ def measure_once(config: Path, probes: Probes, name: str, listed: int, log_path:
     with open(log_path, "wb") as out:
         process = child.spawn([*cdnreq_command(), "once", "--config", str(config)],
                               stdout=out, stderr=subprocess.STDOUT)
+        if probes.profiler is not None:  # from spawn to exit (--profile: investigation only)
+            probes.profiler.start(process.pid, f"{probes.prefix}{name}")
         deadline = began + timeout_s
         peak_kb = 0
         while True:  # wait4 for this child's own rusage; polled so a hung run is killed
@@ -147,6 +149,8 @@ def measure_once(config: Path, probes: Probes, name: str, listed: int, log_path:
             time.sleep(0.01)
     process.returncode = os.waitstatus_to_exitcode(status)
     elapsed = time.perf_counter() - began
+    if probes.profiler is not None:
+        probes.profiler.stop()
     line = _tick_line(log_path)
     result: dict[str, Any] = {
         "scenario": name,

@@ -36,6 +36,8 @@ import sys
 from collections import Counter
 from typing import Any, Iterable, Mapping, NamedTuple
 
+import orjson
+
 from cdnreq.decide.actions import IdleCache, Policy
 from cdnreq.decide.gate import Gate, HostIndex
 from cdnreq.decide.guards import serving
@@ -169,18 +171,20 @@ def from_store(
     and the kept decision's parameter hash, stamp, claims, whether a gate)."""
     asleep: dict[str, Dormant] = {}
     awake: list[str] = []
+    phases, states = Phase._value2member_map_, RequestedState._value2member_map_  # 100,000 lookups, no call
+    intern = sys.intern
     for guid, text, phase, state, entry, served, param_hash, kept_stamp, claims, gate in rows:
-        try:
-            listed, read_back, marked_rules = json.loads(text)
+        try:  # orjson: a restart reads 100,000 marks; anything it cannot read wakes the instance
+            listed, read_back, marked_rules = orjson.loads(text)
             if not (
                 marked_rules == rules and gate and kept_stamp == stamp and param_hash == listed
                 and claims == claims_of(index, guid)
             ):
                 raise ValueError("no longer holds")
-            hosts = None if served is None else tuple(sys.intern(str(h)) for h in json.loads(served))
-            current = Phase(phase)
-            asleep[sys.intern(guid)] = Dormant(
-                short(listed), RequestedState(state), float("inf") if read_back is None else float(read_back),
+            hosts = None if served is None else tuple(intern(str(h)) for h in orjson.loads(served))
+            current = phases[phase]
+            asleep[intern(guid)] = Dormant(
+                short(listed), states[state], float("inf") if read_back is None else float(read_back),
                 current, serving(_Entry(True if entry else None, current)), hosts,
             )
         except (ValueError, TypeError, KeyError):

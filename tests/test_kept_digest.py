@@ -1,0 +1,43 @@
+"""The claims digest a kept decision is checked against at a restart: its
+spelling is stored, so a faster computation must give the same text."""
+
+from __future__ import annotations
+
+import hashlib
+
+from cdnreq.decide.dormancy import from_store
+from cdnreq.decide.gate import HostIndex
+from cdnreq.decide.kept import claims_digest, claims_of
+from cdnreq.model import HostClaim, InstanceGuid
+
+
+def claim(host: str, guid: str = "G1", failing: float | None = None) -> HostClaim:
+    return HostClaim(host, InstanceGuid(guid), "example.com", 1.5, 2.25, failing)
+
+
+def spelled(claims: list[HostClaim]) -> str:  # the stored spelling: sorted rows, repr, blake2b-128
+    rows = sorted((c.host, c.guid, c.registrable, c.proven_at, c.checked_at, c.failing_since) for c in claims)
+    return hashlib.blake2b(repr(rows).encode(), digest_size=16).hexdigest()
+
+
+def test_the_digest_keeps_its_stored_spelling_whatever_the_order() -> None:
+    a, b, c = claim("a.example.com"), claim("b.example.com", failing=3.0), claim("*.example.com")
+    assert claims_digest([b, c, a]) == claims_digest([a, b, c]) == spelled([a, b, c])
+    assert claims_digest([a]) == spelled([a]) and claims_digest([]) == spelled([])
+    index = HostIndex([b, a, claim("other.example.com", "G2")])
+    assert claims_of(index, "G1") == spelled([a, b]) and claims_of(index, "G3") == spelled([])
+
+
+def test_a_mark_that_cannot_be_read_wakes_its_instance() -> None:
+    index = HostIndex([claim("a.example.com")])
+    good = '["' + "ab" * 32 + '", null, "R"]'
+    row = ("G1", good, "live", "started", True, '["a.example.com"]', "ab" * 32, "S", claims_of(index, "G1"), True)
+    asleep, awake = from_store([row], "S", "R", index)
+    assert list(asleep) == ["G1"] and awake == [] and asleep["G1"].served == ("a.example.com",)
+    for broken in ("[", "NaN", '["x", "y"]', 7, '["' + "ab" * 32 + '", Infinity, "R"]'):
+        asleep, awake = from_store([("G1", broken, *row[2:])], "S", "R", index)
+        assert asleep == {} and awake == ["G1"], broken
+    asleep, awake = from_store([(*row[:5], "{", *row[6:])], "S", "R", index)  # served unreadable
+    assert asleep == {} and awake == ["G1"]
+    asleep, awake = from_store([(*row[:2], "no-such-phase", *row[3:])], "S", "R", index)
+    assert asleep == {} and awake == ["G1"]
