@@ -192,7 +192,7 @@ def asleep(size: int, known: dict, domains: Domains, idle: IdleCache, listing) -
     """The same state once the settled, idle instances fell asleep
     (decide/dormancy.py, as reconcile/sleepers.py does it in the daemon)."""
     decided = rest(listing.instances, {}, idle, known, domains.settled, (), time.time(), rules="bench",
-                   same_rules=True, claims=domains.index.by_host)
+                   same_rules=True)
     for guid in decided.sleep:
         del known[guid]
     domains.sleep(decided.sleep)

@@ -538,8 +538,19 @@ def test_host_index_bookkeeping() -> None:
     index.put(replace(a, guid=GUID))
     assert index.hosts_of(OWNER_A) == {"*.example.com"} and index.hosts_of(GUID) == {"example.com"}
     index.drop_guid(OWNER_A)
-    assert set(index.by_host) == {"example.com"} and index.by_domain["example.com"] == ("example.com",)
-    assert OWNER_A not in index.by_guid, "an owner without hosts leaves no entry behind"
+    assert set(index.by_host) == {"example.com"} and index.in_domain("example.com") == ("example.com",)
+    assert index.owned(OWNER_A) == () and index.owned(GUID) == ("example.com",)
+    assert OWNER_A not in index._by_guid, "an owner without hosts leaves no entry behind"
+    index.put(replace(w, guid=GUID))
+    index.put(HostClaim("www.example.com", GUID, "example.com", NOW, NOW))
+    assert index.owned(GUID) == ("example.com", "*.example.com", "www.example.com")
+    assert index.in_domain("example.com") == ("example.com", "*.example.com", "www.example.com")
+    index.drop("*.example.com")
+    assert index.owned(GUID) == ("example.com", "www.example.com")
+    index.drop("example.com")
+    assert index.owned(GUID) == ("www.example.com",) and index.in_domain("example.com") == ("www.example.com",)
+    assert index._by_guid[GUID] == "www.example.com"  # one host: held as its string
+    assert set(index.owned_by_others({GUID})) == set() and set(index.owned_by_others(set())) == {"www.example.com"}
 
 
 # -- re-checks --------------------------------------------------------------------------------

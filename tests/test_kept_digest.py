@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import hashlib
 
-from cdnreq.decide.dormancy import from_store
+from cdnreq.decide.dormancy import Dormant, from_store, pack, phases, serving_count, short, unpack
+from cdnreq.model import Phase, RequestedState
 from cdnreq.decide.gate import HostIndex
 from cdnreq.decide.kept import claims_digest, claims_of
 from cdnreq.model import HostClaim, InstanceGuid
@@ -33,7 +34,7 @@ def test_a_mark_that_cannot_be_read_wakes_its_instance() -> None:
     good = '["' + "ab" * 32 + '", null, "R"]'
     row = ("G1", good, "live", "started", True, '["a.example.com"]', "ab" * 32, "S", claims_of(index, "G1"), True)
     asleep, awake = from_store([row], "S", "R", index)
-    assert list(asleep) == ["G1"] and awake == [] and asleep["G1"].served == ("a.example.com",)
+    assert list(asleep) == ["G1"] and awake == [] and unpack(asleep["G1"]).served == ("a.example.com",)
     for broken in ("[", "NaN", '["x", "y"]', 7, '["' + "ab" * 32 + '", Infinity, "R"]'):
         asleep, awake = from_store([("G1", broken, *row[2:])], "S", "R", index)
         assert asleep == {} and awake == ["G1"], broken
@@ -41,3 +42,18 @@ def test_a_mark_that_cannot_be_read_wakes_its_instance() -> None:
     assert asleep == {} and awake == ["G1"]
     asleep, awake = from_store([(*row[:2], "no-such-phase", *row[3:])], "S", "R", index)
     assert asleep == {} and awake == ["G1"]
+
+
+def test_a_sleeper_packed_reads_back_as_it_was() -> None:
+    samples = [
+        Dormant(short("ab" * 32), RequestedState.STARTED, float("inf"), Phase.LIVE, True, ("a.example", "*.b.example")),
+        Dormant(short("not a hex hash"), RequestedState.STOPPED, 12.5, Phase.REQUESTED, False, None),
+        Dormant(short(""), RequestedState.STARTED, -1.0, Phase.LIVE, False, ()),
+        Dormant(short("x" * 100_000), RequestedState.STARTED, 0.0, Phase.LIVE, True, ("h\u00e9\"\x00",)),
+    ]
+    for dormant in samples:
+        assert len(dormant.param_hash) == 16 and unpack(pack(dormant)) == dormant
+    assert short("ab" * 32) != short("cd" + "ab" * 31) and short("a") != short("b")
+    assert short("AB" * 32) == short("ab" * 32) == bytes.fromhex("ab" * 16)
+    assert phases(pack(d) for d in samples) == {"live": 3, "requested": 1}
+    assert serving_count(pack(d) for d in samples) == 2

@@ -196,7 +196,7 @@ async def test_a_store_of_schema_6_migrates_with_every_instance_awake(tmp_path: 
 
 
 def test_a_restart_trusts_a_mark_only_while_everything_it_relies_on_holds() -> None:
-    from cdnreq.decide.dormancy import from_store, mark, short
+    from cdnreq.decide.dormancy import from_store, mark, short, unpack
     from cdnreq.decide.gate import HostIndex
     from cdnreq.decide.kept import claims_of
     from cdnreq.model import HostClaim
@@ -205,7 +205,8 @@ def test_a_restart_trusts_a_mark_only_while_everything_it_relies_on_holds() -> N
     claims = claims_of(index, "A")
     h = "ab" * 32
     good = ("A", mark(h, 99.0, "R"), "live", "started", 1, '["www.a.example"]', h, "S", claims, 1)
-    asleep, awake = from_store([good], "S", "R", index)
+    packed, awake = from_store([good], "S", "R", index)
+    asleep = {g: unpack(p) for g, p in packed.items()}
     assert awake == [] and asleep["A"].param_hash == short(h) and asleep["A"].read_back_at == 99.0
     assert asleep["A"].served == ("www.a.example",) and asleep["A"].serving
     broken = [

@@ -97,10 +97,10 @@ def unnamed_hosts(
     contested() and HostIndex.blocking."""
     unnamed: set[str] = set()
     for guid, verdict in verdicts.items():
-        owned = index.by_guid.get(guid)
+        owned = index.owned(guid)
         if owned and verdict.ok:
             unnamed.update(h for h in owned if h not in verdict.hosts)
-    absent = {h for guid, owned in index.by_guid.items() if guid not in active for h in owned}
+    absent = set(index.owned_by_others(active))
     return frozenset(unnamed), frozenset(absent)
 
 

@@ -25,6 +25,11 @@ record, and a restarted daemon trusts it while its rules are today's and its
 kept settled decision still holds (decide/kept.py: same stamp, same
 parameters, same claims): it loads neither the record nor the challenge.
 
+Each sleeper is held packed in one bytes object (pack/unpack): a tuple of
+six Python objects, a hash, a float and a tuple of hosts cost about 250
+bytes a sleeper, the packed form under 100. An idle tick reads of it only
+the fixed head (parameter hash, state, read-back time).
+
 Pure: the shell (reconcile/sleepers.py) reads, writes and drops the objects.
 """
 
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 import sys
 from collections import Counter
 from typing import Any, Iterable, Mapping, NamedTuple
@@ -57,25 +63,56 @@ class Dormant(NamedTuple):
 
 
 class Rest(NamedTuple):
-    """This tick's change: who falls asleep (with the mark each leaves in the store), who wakes."""
+    """This tick's change: who falls asleep (packed, with the mark each leaves in the store), who wakes."""
 
-    sleep: dict[str, Dormant]
+    sleep: dict[str, bytes]
     marks: dict[str, str]
     wake: set[str]
 
 
 def short(param_hash: str) -> bytes:
-    """A parameter hash as a sleeper keeps it: its first 128 bits (a listed
-    hash is a sha256 in hex; anything else is kept whole)."""
-    try:
-        return bytes.fromhex(param_hash[:32])
-    except ValueError:
-        return param_hash.encode("utf-8", "surrogatepass")
+    """A parameter hash as a sleeper keeps it: 128 bits, the first of a
+    listed hash (a sha256 in hex), a digest of anything else."""
+    if len(param_hash) >= 32:
+        try:
+            return bytes.fromhex(param_hash[:32])
+        except ValueError:
+            pass
+    return hashlib.blake2b(param_hash.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+_HEAD = struct.Struct("<16sdBBB")  # short(param_hash), read_back_at, phase, state, serving; then the served hosts
+_PHASES, _STATES = tuple(Phase), tuple(RequestedState)
+_PHASE_AT, _STATE_AT, _SERVING_AT = 24, 25, 26
+_PHASE_INDEX = {p: i for i, p in enumerate(_PHASES)}
+_STATE_INDEX = {s: i for i, s in enumerate(_STATES)}
+
+
+def pack(dormant: Dormant) -> bytes:
+    """A sleeper as held between ticks; its served hosts follow the head as JSON (null: none known)."""
+    head = _HEAD.pack(dormant.param_hash, dormant.read_back_at, _PHASE_INDEX[dormant.phase],
+                      _STATE_INDEX[dormant.state], dormant.serving)  # fmt: skip
+    return head + orjson.dumps(None if dormant.served is None else list(dormant.served))
+
+
+def unpack(packed: bytes) -> Dormant:
+    param_hash, read_back_at, phase, state, serving = _HEAD.unpack_from(packed)
+    served = orjson.loads(packed[_HEAD.size:])
+    return Dormant(param_hash, _STATES[state], read_back_at, _PHASES[phase], bool(serving),
+                   None if served is None else tuple(served))  # fmt: skip
+
+
+def _asleep_as_listed(packed: bytes, instance: SharedInstance, now: float) -> bool:
+    """Listed as it fell asleep (parameters and state), its read-back not due: it sleeps on."""
+    return (
+        packed[_STATE_AT] == _STATE_INDEX[instance.state] and packed.startswith(short(instance.param_hash))
+        and _HEAD.unpack_from(packed)[1] > now
+    )
 
 
 def rest(
     instances: Iterable[SharedInstance],
-    sleepers: Mapping[str, Dormant],
+    sleepers: Mapping[str, bytes],
     idle: IdleCache,
     known: Mapping[str, Record],
     settled: Mapping[str, tuple[str, Gate]],
@@ -84,26 +121,23 @@ def rest(
     *,
     rules: str,
     same_rules: bool,
-    claims: Mapping[str, Any] | None = None,
 ) -> Rest:
     """Who sleeps and who wakes this tick, from its listing (each guid once,
     as listing.read_listing gives them). `due_owners`: instances owning a
     claim whose re-check is due now; `rules`: rules_digest() of today's
-    policies, and `same_rules` whether the sleepers fell asleep under them;
-    `claims`: HostClaims by host, whose host strings a sleeper's served
-    hosts share."""
+    policies, and `same_rules` whether the sleepers fell asleep under them.
+    Sleepers in and out are packed (pack/unpack)."""
     if not same_rules:
         return Rest({}, {}, set(sleepers))
     wake = set(sleepers)
-    sleep: dict[str, Dormant] = {}
+    sleep: dict[str, bytes] = {}
     marks: dict[str, str] = {}
     entries = idle.entries
     for instance in instances:
         guid = instance.guid
-        dormant = sleepers.get(guid)
-        if dormant is not None:
-            if (dormant.param_hash == short(instance.param_hash) and dormant.state is instance.state
-                    and dormant.read_back_at > now):
+        packed = sleepers.get(guid)
+        if packed is not None:
+            if _asleep_as_listed(packed, instance, now):
                 wake.discard(guid)  # listed as it fell asleep: sleeps on
             continue
         hit = entries.get(guid)
@@ -117,8 +151,8 @@ def rest(
             and read_back_at > now
         ):
             dormant = Dormant(short(kept[0]), instance.state, read_back_at, record.phase, serving(record),
-                              _shared(record.served, claims or {}))  # fmt: skip
-            sleep[record.guid] = dormant  # the record's guid: the one string the claims hold too
+                              record.served)  # fmt: skip
+            sleep[record.guid] = pack(dormant)  # the record's guid: the one string the claims hold too
             marks[record.guid] = mark(kept[0], read_back_at, rules)
     for guid in due_owners:
         if guid in sleepers:
@@ -128,21 +162,15 @@ def rest(
     return Rest(sleep, marks, wake)
 
 
-def _shared(served: tuple[str, ...] | None, claims: Mapping[str, Any]) -> tuple[str, ...] | None:
-    """The served hosts, each the very string object its claim holds (one copy in memory)."""
-    if not served:
-        return served
-    return tuple(claims[h].host if h in claims else h for h in served)
+def phases(sleepers: Iterable[bytes]) -> Counter[str]:
+    """The sleepers (packed) by phase (the status view's counts)."""
+    counts = Counter(packed[_PHASE_AT] for packed in sleepers)
+    return Counter({_PHASES[i].value: n for i, n in counts.items()})
 
 
-def phases(sleepers: Mapping[str, Dormant]) -> Counter[str]:
-    """The sleepers by phase (the status view's counts)."""
-    return Counter(d.phase.value for d in sleepers.values())
-
-
-def serving_count(sleepers: Mapping[str, Dormant]) -> int:
-    """How many sleepers' entries may be serving (decide/guards.live_count)."""
-    return sum(1 for d in sleepers.values() if d.serving)
+def serving_count(sleepers: Iterable[bytes]) -> int:
+    """How many sleepers' (packed) entries may be serving (decide/guards.live_count)."""
+    return sum(packed[_SERVING_AT] for packed in sleepers)
 
 
 def rules_digest(policy: Policy, domain_stamp: str) -> str:
@@ -163,16 +191,15 @@ class _Entry(NamedTuple):  # what guards.serving() reads of a record
 
 def from_store(
     rows: Iterable[tuple[Any, ...]], stamp: str, rules: str, index: HostIndex
-) -> tuple[dict[str, Dormant], list[str]]:
+) -> tuple[dict[str, bytes], list[str]]:
     """The sleepers a restart keeps asleep, and the guids it must load awake:
     a mark under other rules, a kept decision that no longer holds (another
     stamp or parameters, other claims, none at all), or a row that cannot be
     read. Rows: (guid, mark, phase, requested state, has an entry, served,
     and the kept decision's parameter hash, stamp, claims, whether a gate)."""
-    asleep: dict[str, Dormant] = {}
+    asleep: dict[str, bytes] = {}
     awake: list[str] = []
     phases, states = Phase._value2member_map_, RequestedState._value2member_map_  # 100,000 lookups, no call
-    intern = sys.intern
     for guid, text, phase, state, entry, served, param_hash, kept_stamp, claims, gate in rows:
         try:  # orjson: a restart reads 100,000 marks; anything it cannot read wakes the instance
             listed, read_back, marked_rules = orjson.loads(text)
@@ -181,12 +208,12 @@ def from_store(
                 and claims == claims_of(index, guid)
             ):
                 raise ValueError("no longer holds")
-            hosts = None if served is None else tuple(intern(str(h)) for h in orjson.loads(served))
+            hosts = None if served is None else tuple(str(h) for h in orjson.loads(served))
             current = phases[phase]
-            asleep[intern(guid)] = Dormant(
+            asleep[sys.intern(guid)] = pack(Dormant(
                 short(listed), states[state], float("inf") if read_back is None else float(read_back),
                 current, serving(_Entry(True if entry else None, current)), hosts,
-            )
+            ))
         except (ValueError, TypeError, KeyError):
             awake.append(guid)
     return asleep, awake

@@ -15,7 +15,7 @@ import enum
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from typing import Any, Collection, Iterable, Iterator, Mapping
 
 from cdnreq.model import Lookup
 from cdnreq.model import Challenge, HostClaim, InstanceGuid, SharedInstance
@@ -72,15 +72,17 @@ class DomainPolicy:
 class HostIndex:
     """Who owns which host; conflicts can only arise within a registrable domain.
 
-    Hosts by guid and by domain are tuples, not sets: nearly all hold one
-    host, and a set of one costs four times a tuple of one at 100,000 owners.
-    Claims change rarely, so rebuilding a tuple on change is cheap.
+    Hosts by guid and by domain are held as the one host's string when
+    there is one (nearly always: a tuple of one costs 72 bytes more, twice
+    per host at 100,000 owners), as a tuple when more; read them through
+    owned() and in_domain(). Claims change rarely, so rebuilding a tuple on
+    change is cheap.
     """
 
     def __init__(self, claims: Iterable[HostClaim] = ()):
         self.by_host: dict[str, HostClaim] = {}
-        self.by_guid: dict[str, tuple[str, ...]] = {}
-        self.by_domain: dict[str, tuple[str, ...]] = {}
+        self._by_guid: dict[str, str | tuple[str, ...]] = {}
+        self._by_domain: dict[str, str | tuple[str, ...]] = {}
         self.touched: set[str] = set()  # guids whose claims changed since last taken
         # hosts whose owner has not named them, or not been listed, for
         # confirm_ticks ticks: contestable (set by each tick, see decide/domainstep.contested)
@@ -93,15 +95,15 @@ class HostIndex:
     def put(self, claim: HostClaim) -> None:
         self.drop(claim.host)
         self.by_host[claim.host] = claim
-        _add(self.by_guid, claim.guid, claim.host)
-        _add(self.by_domain, claim.registrable, claim.host)
+        _add(self._by_guid, claim.guid, claim.host)
+        _add(self._by_domain, claim.registrable, claim.host)
         self.touched.add(claim.guid)
 
     def drop(self, host: str) -> None:
         old = self.by_host.pop(host, None)
         if old is not None:
-            _remove(self.by_guid, old.guid, host)
-            _remove(self.by_domain, old.registrable, host)
+            _remove(self._by_guid, old.guid, host)
+            _remove(self._by_domain, old.registrable, host)
             self.touched.add(old.guid)
 
     def apply(self, claims: "Claims") -> None:
@@ -116,11 +118,25 @@ class HostIndex:
         return touched
 
     def drop_guid(self, guid: str) -> None:
-        for host in self.by_guid.get(guid, ()):
+        for host in self.owned(guid):
             self.drop(host)
 
+    def owned(self, guid: str) -> tuple[str, ...]:
+        """The hosts `guid` owns, in the order it proved them."""
+        return _hosts(self._by_guid.get(guid))
+
+    def in_domain(self, registrable: str) -> tuple[str, ...]:
+        """The hosts claimed under one registrable domain."""
+        return _hosts(self._by_domain.get(registrable))
+
+    def owned_by_others(self, guids: Collection[str]) -> Iterator[str]:
+        """The hosts of every owner not in `guids`."""
+        for guid, held in self._by_guid.items():
+            if guid not in guids:
+                yield from _hosts(held)
+
     def hosts_of(self, guid: str) -> set[str]:
-        return set(self.by_guid.get(guid, ()))
+        return set(self.owned(guid))
 
     def owns(self, guid: str, host: str) -> bool:
         claim = self.by_host.get(host)
@@ -142,19 +158,28 @@ class HostIndex:
         """Claims of other instances on this host or overlapping it (wildcards)."""
         return [
             self.by_host[h]
-            for h in self.by_domain.get(registrable, ())
+            for h in self.in_domain(registrable)
             if self.by_host[h].guid != guid and overlaps(h, host)
         ]
 
 
-def _add(index: dict[str, tuple[str, ...]], key: str, host: str) -> None:
-    index[key] = (*index.get(key, ()), host)
+def _hosts(held: str | tuple[str, ...] | None) -> tuple[str, ...]:
+    if held is None:
+        return ()
+    return (held,) if held.__class__ is str else held  # type: ignore[return-value]
 
 
-def _remove(index: dict[str, tuple[str, ...]], key: str, host: str) -> None:
-    rest = tuple(h for h in index.get(key, ()) if h != host)
-    if rest:
+def _add(index: dict[str, str | tuple[str, ...]], key: str, host: str) -> None:
+    held = index.get(key)
+    index[key] = host if held is None else (*_hosts(held), host)
+
+
+def _remove(index: dict[str, str | tuple[str, ...]], key: str, host: str) -> None:
+    rest = tuple(h for h in _hosts(index.get(key)) if h != host)
+    if len(rest) > 1:
         index[key] = rest
+    elif rest:
+        index[key] = rest[0]
     else:
         index.pop(key, None)
 

@@ -41,7 +41,7 @@ def claims_digest(claims: Iterable[HostClaim]) -> str:
 
 def claims_of(index: HostIndex, guid: str) -> str:
     by_host = index.by_host
-    return claims_digest([by_host[h] for h in index.by_guid.get(guid, ())])
+    return claims_digest([by_host[h] for h in index.owned(guid)])
 
 
 def settled_decision(guid: str, param_hash: str, stamp: str, gate: Gate, index: HostIndex) -> Decision:
@@ -77,7 +77,7 @@ def trusted(rows: Iterable[Decision], stamp: str, index: HostIndex) -> Trusted:
             if row.gate is not None:
                 gate = read_gate(row.gate)
                 if gate.ok and row.claims == claims_of(index, row.guid) and set(gate.hosts) == set(
-                    index.by_guid.get(row.guid, ())
+                    index.owned(row.guid)
                 ):
                     settled[row.guid] = (row.param_hash, gate)
             elif row.verdict is not None:

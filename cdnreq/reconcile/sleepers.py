@@ -14,7 +14,7 @@ import structlog
 
 from cdnreq.decide import recheck
 from cdnreq.decide.actions import IdleCache, Policy
-from cdnreq.decide.dormancy import Dormant, from_store, phases, rest, rules_digest, serving_count
+from cdnreq.decide.dormancy import Dormant, from_store, phases, rest, rules_digest, serving_count, unpack
 from cdnreq.model import InstanceGuid, Listing, Record
 from cdnreq.reconcile.domains import Domains
 from cdnreq.store import TickStore
@@ -28,11 +28,11 @@ class Sleepers(Mapping[str, Dormant]):
     they fell asleep under: other rules wake them all."""
 
     def __init__(self) -> None:
-        self._entries: dict[str, Dormant] = {}
+        self._entries: dict[str, bytes] = {}  # packed (decide/dormancy.pack)
         self._rules: str | None = None  # decide/dormancy.rules_digest
 
     def __getitem__(self, guid: str) -> Dormant:
-        return self._entries[guid]
+        return unpack(self._entries[guid])
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
@@ -44,10 +44,10 @@ class Sleepers(Mapping[str, Dormant]):
         return len(self._entries)
 
     def phases(self) -> dict[str, int]:
-        return dict(phases(self._entries))
+        return dict(phases(self._entries.values()))
 
     def serving(self) -> int:
-        return serving_count(self._entries)
+        return serving_count(self._entries.values())
 
     async def settle(
         self, listing: Listing, now: float, *, store: TickStore, known: dict[InstanceGuid, Record],
@@ -60,7 +60,7 @@ class Sleepers(Mapping[str, Dormant]):
         candidates = set(self._entries) | set(idle.entries)
         due = {c.guid for c in recheck.due(domains.index.by_host.values(), candidates, now, domains.policy)}
         decided = rest(listing.instances, self._entries, idle, known, domains.settled, due, now, rules=rules,
-                       same_rules=rules == self._rules, claims=domains.index.by_host)  # fmt: skip
+                       same_rules=rules == self._rules)  # fmt: skip
         self._rules = rules
         if decided.wake:
             await self.wake(decided.wake, store=store, known=known, domains=domains)
