@@ -555,3 +555,21 @@ async def test_commit_atomic_when_challenge_write_fails(store):
     assert set(await store.load()) == {"A"}
     assert await store.load_hosts() == {"a.example.com": host("a.example.com", "A")}
     assert await store.load_challenges() == {}
+
+
+async def test_paged_loads_read_every_row_once(store, monkeypatch):
+    """Hosts and sleepers are read a page at a time (store/reads.py): a page
+    boundary loses and repeats nothing, whatever the keys' spelling."""
+    monkeypatch.setattr("cdnreq.store.reads.PAGE", 3)
+    names = [f"h{i}.example.com" for i in range(10)] + ["*.a.example.com", "é.example.com", "Z.example.com"]
+    claims = [host(n, f"G{i % 4}") for i, n in enumerate(names)]
+    guids = [f"G{i}" for i in range(7)] + ["g-é", "G 1", "G1 "]
+    await store.commit(upserts=[rec(g) for g in guids], host_upserts=claims)
+    await store.commit(asleep=[(g, f'["{g}", null, "R"]') for g in guids])
+    assert await store.load_hosts() == {c.host: c for c in claims}
+    pages = [page async for page in store.asleep_pages()]
+    assert [len(p) for p in pages] == [3, 3, 3, 1]
+    assert sorted(row[0] for page in pages for row in page) == sorted(guids)
+    assert len(await store.load_asleep()) == len(guids)
+    await store.commit(upserts=[rec(g) for g in guids])  # every mark cleared
+    assert [page async for page in store.asleep_pages()] == []

@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, AsyncIterator, Iterable, Mapping
 
 from cdnreq.dns import challenge
 from cdnreq.decide.changes import ChangeEvent
@@ -93,8 +93,9 @@ class DryStore:
         """Every record: a dry run puts no instance to sleep, nor starts one asleep."""
         return await self.snapshot.load()
 
-    async def load_asleep(self) -> list[tuple[Any, ...]]:
-        return []
+    async def asleep_pages(self) -> AsyncIterator[list[tuple[Any, ...]]]:
+        return
+        yield
 
     async def load_hosts(self) -> dict[str, HostClaim]:
         return await self.snapshot.load_hosts()

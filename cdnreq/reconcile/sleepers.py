@@ -79,7 +79,11 @@ class Sleepers(Mapping[str, Dormant]):
         """At a load: the instances that fell asleep before, kept asleep
         while their marks hold; the others read awake."""
         rules = rules_digest(policy, stamp(domains.policy))
-        self._entries, awake = from_store(await store.load_asleep(), stamp(domains.policy), rules, domains.index)
+        self._entries, awake = {}, []
+        async for page in store.asleep_pages():  # a page's rows are let go of before the next is read
+            asleep, woken = from_store(page, stamp(domains.policy), rules, domains.index)
+            self._entries.update(asleep)
+            awake += woken
         self._rules = rules
         if awake:
             known.update(await store.records_of(awake))

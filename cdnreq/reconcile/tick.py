@@ -25,6 +25,7 @@ import structlog
 from cdnreq.aiotasks import next_or_stop
 from cdnreq.config import Config
 from cdnreq.dns.challenge import load_secret
+from cdnreq.heap import give_back
 from cdnreq.master import LocalResourceError, MasterClient, MasterError
 from cdnreq.model import InstanceGuid, Listing, Record
 from cdnreq.reconcile.applying import Applying
@@ -131,6 +132,7 @@ class Reconciler:
         # more than a second a tick at 100,000 instances).
         gc.collect()
         gc.freeze()
+        give_back()  # the rows read, freed
 
     def snapshot(self) -> Snapshot:
         """What observers may read (a walk over the fleet: the caller paces it)."""
@@ -195,6 +197,7 @@ class Reconciler:
             raise
         finally:
             self.progress.finish_tick(report.ok, report.summary(), self.clock())
+            give_back()  # the listing and the plan, freed
         return report
 
     async def _tick(self, report: TickReport, stop: asyncio.Event | None) -> None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 import asyncio
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Mapping, Protocol, runtime_checkable
 
 from cdnreq.decide.changes import ChangeEvent
 from cdnreq.model import Challenge, Decision, Event, HostClaim, InstanceGuid, Record
@@ -49,8 +49,8 @@ class TickStore(Protocol):
     async def load(self, *, awake_only: bool = False) -> dict[InstanceGuid, Record]:
         """Every instance's record, by guid (or of those not asleep)."""
 
-    async def load_asleep(self) -> list[tuple[Any, ...]]:
-        """The instances asleep: rows of decide/dormancy.from_store()."""
+    def asleep_pages(self) -> AsyncIterator[list[tuple[Any, ...]]]:
+        """The instances asleep: rows of decide/dormancy.from_store(), a page at a time."""
 
     async def load_hosts(self) -> dict[str, HostClaim]:
         """Every host claim, by host."""
