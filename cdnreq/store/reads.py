@@ -32,9 +32,11 @@ class SqlReads:
         raise NotImplementedError
 
     async def load(self, *, awake_only: bool = False) -> dict[InstanceGuid, Record]:
-        """Every instance (or those not asleep)."""
-        rows = await self._all(SELECT_AWAKE if awake_only else SELECT)
-        return await asyncio.to_thread(to_records, rows)
+        """Every instance (or those not asleep), read a page at a time."""
+        records: dict[InstanceGuid, Record] = {}
+        async for page in self._pages(SELECT_AWAKE if awake_only else SELECT, "guid"):
+            records.update(await asyncio.to_thread(to_records, page))
+        return records
 
     async def _pages(self, select: str, key: str) -> AsyncIterator[list[tuple[Any, ...]]]:
         """`select` (ending in a WHERE clause, or none) a page of PAGE rows
