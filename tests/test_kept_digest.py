@@ -57,3 +57,26 @@ def test_a_sleeper_packed_reads_back_as_it_was() -> None:
     assert short("AB" * 32) == short("ab" * 32) == bytes.fromhex("ab" * 16)
     assert phases(pack(d) for d in samples) == {"live": 3, "requested": 1}
     assert serving_count(pack(d) for d in samples) == 2
+
+
+def test_a_record_whose_served_hosts_cannot_be_packed_stays_awake_and_the_tick_goes_on() -> None:
+    """A store written by hand (or restored from elsewhere) may hold served
+    hosts JSON reads back as a lone surrogate; packing them must not fail
+    the tick: that instance just does not sleep."""
+    from dataclasses import replace
+
+    from cdnreq.decide.actions import IdleCache
+    from cdnreq.decide.dormancy import rest
+    from cdnreq.model import Record, SharedInstance, Title
+
+    instances = [SharedInstance.of(g, {"url": f"https://{g.lower()}.example"}) for g in ("A", "B")]
+    gate = object()
+    base = Record(InstanceGuid("A"), Title("cdnreq-A"), Phase.LIVE, 1.0, 2.0, tech_guid="T-A",
+                  requested_state=RequestedState.STARTED)
+    records = {"A": replace(base, served=("www.a.example",)),
+               "B": replace(base, guid=InstanceGuid("B"), title=Title("cdnreq-B"), served=("\ud800.example",))}
+    idle = IdleCache({g: (records[g], gate, float("inf")) for g in records}, None)
+    settled = {i.guid: (i.param_hash, gate) for i in instances}
+    decided = rest(instances, {}, idle, records, settled, (), 10.0, rules="R", same_rules=True)  # type: ignore[arg-type]
+    assert set(decided.sleep) == set(decided.marks) == {"A"} and not decided.wake
+    assert unpack(decided.sleep["A"]).served == ("www.a.example",)

@@ -152,7 +152,10 @@ def rest(
         ):
             dormant = Dormant(short(kept[0]), instance.state, read_back_at, record.phase, serving(record),
                               record.served)  # fmt: skip
-            sleep[record.guid] = pack(dormant)  # the record's guid: the one string the claims hold too
+            try:
+                sleep[record.guid] = pack(dormant)  # the record's guid: the one string the claims hold too
+            except (TypeError, ValueError):  # served hosts JSON cannot spell (a lone surrogate): it stays awake
+                continue
             marks[record.guid] = mark(kept[0], read_back_at, rules)
     for guid in due_owners:
         if guid in sleepers:
