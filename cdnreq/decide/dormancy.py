@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 import sys
 from collections import Counter
@@ -75,9 +76,12 @@ def short(param_hash: str) -> bytes:
     listed hash (a sha256 in hex), a digest of anything else."""
     if len(param_hash) >= 32:
         try:
-            return bytes.fromhex(param_hash[:32])
+            head = bytes.fromhex(param_hash[:32])
         except ValueError:
             pass
+        else:
+            if len(head) == 16:  # fromhex skips whitespace: fewer bytes then
+                return head
     return hashlib.blake2b(param_hash.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
@@ -187,6 +191,22 @@ def mark(param_hash: str, read_back_at: float, rules: str) -> str:
     return json.dumps([param_hash, None if read_back_at == float("inf") else read_back_at, rules])
 
 
+def _hosts(value: Any) -> tuple[str, ...]:
+    """Served hosts as stored: a list of strings, or the mark does not hold."""
+    if value.__class__ is not list or any(h.__class__ is not str for h in value):
+        raise ValueError("served hosts are not a list of names")
+    return tuple(value)
+
+
+def _read_back(value: Any) -> float:
+    """A mark's read-back time: none (never), or a finite number."""
+    if value is None:
+        return float("inf")
+    if value.__class__ not in (int, float) or not math.isfinite(value):
+        raise ValueError("not a read-back time")
+    return float(value)
+
+
 class _Entry(NamedTuple):  # what guards.serving() reads of a record
     tech_guid: Any
     phase: Phase
@@ -211,12 +231,12 @@ def from_store(
                 and claims == claims_of(index, guid)
             ):
                 raise ValueError("no longer holds")
-            hosts = None if served is None else tuple(str(h) for h in orjson.loads(served))
+            hosts = None if served is None else _hosts(orjson.loads(served))
             current = phases[phase]
             asleep[sys.intern(guid)] = pack(Dormant(
-                short(listed), states[state], float("inf") if read_back is None else float(read_back),
-                current, serving(_Entry(True if entry else None, current)), hosts,
+                short(listed), states[state], _read_back(read_back), current,
+                serving(_Entry(True if entry else None, current)), hosts,
             ))
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, RecursionError):
             awake.append(guid)
     return asleep, awake

@@ -44,15 +44,16 @@ class SqlReads:
         temporary objects took some 60 MB and left the long-lived ones
         scattered among them, memory the process then kept."""
         joiner = " AND " if " WHERE " in select else " WHERE "
-        size, after = PAGE, None
-        while True:
-            where = f"{joiner}{key} > ?" if after is not None else ""
-            rows = await self._all(f"{select}{where} ORDER BY {key} LIMIT ?", (after, size) if where else (size,))
+        size, after, first = PAGE, None, True
+        while True:  # a NULL key (a hand-edited SQLite file) names no row cdnreq can address: not read
+            where = f"{joiner}{key} IS NOT NULL" + ("" if first else f" AND {key} > ?")
+            params = (size,) if first else (after, size)
+            rows = await self._all(f"{select}{where} ORDER BY {key} LIMIT ?", params)
             if rows:
                 yield [tuple(r) for r in rows]
-            if len(rows) < size:
+            if len(rows) < size or rows[-1][0] == after:
                 return
-            after = rows[-1][0]
+            after, first = rows[-1][0], False
 
     def asleep_pages(self) -> AsyncIterator[list[tuple[Any, ...]]]:
         """The instances asleep, with their marks and kept decisions (decide/dormancy.from_store), a page at a time."""
