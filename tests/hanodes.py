@@ -37,6 +37,31 @@ def until(check: Callable[[], Any], what: str, timeout_s: float = 60.0) -> Any:
     raise AssertionError(f"{what}: not within {timeout_s} s")
 
 
+def database_activity(pg_url: str) -> str:
+    """Every other session of the database, its state and what it waits for, and the locks on the lease."""
+    import asyncio
+
+    import asyncpg
+
+    async def read() -> str:
+        conn = await asyncpg.connect(pg_url, timeout=5)
+        try:
+            sessions = await conn.fetch(
+                "SELECT pid, state, wait_event_type, wait_event, backend_xid IS NOT NULL AS writing,"
+                " now() - state_change AS for, left(query, 120) AS query FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            locks = await conn.fetch(
+                "SELECT pid, mode, granted FROM pg_locks WHERE relation = to_regclass('cdnreq_lease')")
+        finally:
+            await conn.close()
+        return "\n".join([*(str(dict(r)) for r in sessions), "locks on the lease:", *(str(dict(r)) for r in locks)])
+
+    try:
+        return asyncio.run(read())
+    except Exception as error:  # noqa: BLE001 -- diagnostics only
+        return f"(not read: {error!r})"
+
+
 def http(url: str, method: str = "GET", token: str | None = TOKEN, timeout: float = 2) -> tuple[int, Any] | None:
     """(status, JSON) of one request (the text of an error page that is not JSON), or None when nothing answers."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}

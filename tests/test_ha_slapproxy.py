@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 from faultproxy import REQUEST, FaultProxy
-from hanodes import LEASE_S, RENEW_S, TICK_S, TOKEN, Node, store_section, the_leader, until, write_token
+from hanodes import (LEASE_S, RENEW_S, TICK_S, TOKEN, Node, database_activity, store_section, the_leader, until,
+                     write_token)
 
 from cdnreq.decide.titles import technical_title
 from devtools.devmaster import CdnSite, write_config
@@ -49,6 +50,9 @@ def cluster(cdn_site: CdnSite, pg_url: str, tmp_path: Path):
         return nodes[-1]
 
     yield start
+    for node in nodes:  # shown by pytest when the test failed: what each node and the database were doing
+        print(f"--- {node.name}: the end of its log ---\n{node.tail()}")
+    print(f"--- the database's sessions ---\n{database_activity(pg_url)}")
     for node in nodes:
         node.remove()
 
