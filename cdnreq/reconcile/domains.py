@@ -107,7 +107,7 @@ class DomainRun:
         # for an instance waiting for DNS, its group's (a stage never
         # committed must leave no row no tick would forget)
         self.fresh = {g: fresh.pop(g) for g in self.later if g in fresh}
-        out.decisions.update(fresh)  # before the gates: a gate settled below supersedes its verdict
+        out.decisions.update(d.decisions_of(fresh))  # before the gates: a gate settled below supersedes its verdict
         self.chunks = chunks(groups, CHUNK_NAMES, FIRST_CHUNK_NAMES)
         self.dns_total = first_round_total(self.asking, due, policy)  # at most
         out.counts[f"gate_{Status.OK.value}"] += len(self.settled) - len(self.held)
@@ -207,8 +207,8 @@ class DomainRun:
             else:
                 out.gates[guid] = self.held[guid]
                 out.counts[f"gate_{Status.OK.value}"] += 1
-        out.decisions.update((g, self.fresh.pop(g)) for g in order if g in self.fresh)
-        out.decisions.update(d.take_fresh())
+        out.decisions.update(d.decisions_of({g: self.fresh.pop(g) for g in order if g in self.fresh}))
+        out.decisions.update(d.decisions_of(d.take_fresh()))
         d._decide(self, sorted(order, key=self.order.__getitem__), txt, out)
         return out
 

@@ -77,7 +77,9 @@ class DomainState:
         reused = trusted(kept, self._stamp, self.index)
         self._settled, self._verdicts = reused.settled, reused.verdicts
         self._settled_policy = policy
-        self._fresh: dict[str, Decision] = {}  # verdicts computed since last taken, to keep
+        # verdicts computed since last taken, to keep: (parameter hash, verdict), made
+        # a Decision (its text) only when stored; 100,000 new instances wait for DNS with theirs
+        self._fresh: dict[str, tuple[str, Verdict]] = {}
         self.index.take_touched()
         # pending challenges are looked up less often as they age
         self.schedule = LookupSchedule(reused.next_lookup)
@@ -95,13 +97,17 @@ class DomainState:
             return cached[1]
         verdict = validate(instance.parameters, self.policy.validation)
         self._verdicts[instance.guid] = (instance.param_hash, verdict)
-        self._fresh[instance.guid] = verdict_decision(instance.guid, instance.param_hash, self._stamp, verdict)
+        self._fresh[instance.guid] = (instance.param_hash, verdict)
         return verdict
 
-    def take_fresh(self) -> dict[str, Decision]:
-        """The verdicts computed since the last call, as decisions to keep."""
+    def take_fresh(self) -> dict[str, tuple[str, Verdict]]:
+        """The verdicts computed since the last call, to keep (decisions_of)."""
         fresh, self._fresh = self._fresh, {}
         return fresh
+
+    def decisions_of(self, fresh: Mapping[str, tuple[str, Verdict]]) -> dict[str, Decision]:
+        """Fresh verdicts as the decisions the store keeps."""
+        return {g: verdict_decision(g, h, self._stamp, v) for g, (h, v) in fresh.items()}
 
     def forget(self, guid: str) -> None:
         """The store forgot the instance: it owns nothing any more."""
