@@ -453,3 +453,43 @@ async def test_a_node_whose_term_ran_out_on_its_clock_takes_its_lease_again_at_o
     finally:
         await other.close()
         await store.close()
+
+
+async def test_a_takeover_ends_an_expired_leaders_write_stuck_waiting_for_its_client(pg_url):
+    """A leader paused in the middle of a write's statement (the server
+    waiting for the rest of it: not "idle in transaction", so the server's
+    idle timeout never ends it) holds the fence's lock. Once the lease has
+    expired and a taker has waited a lease for it, the taker ends that
+    session (its term is over) and leads; nothing of the stuck write lands."""
+    from cdnreq.store.pglease import FENCE
+
+    old = await leader(pg_url, "node-a", lease_s=2.0)
+    new = await reader(pg_url, "node-b")
+    stuck = await asyncpg.connect(pg_url)
+    never = asyncio.Event()
+
+    async def rows():
+        await never.wait()
+        yield ("x",)
+
+    copying = None
+    try:
+        await stuck.execute("SET idle_in_transaction_session_timeout = 300")
+        await stuck.execute("BEGIN")
+        assert await stuck.fetchval(FENCE, old.term.holder, old.term.epoch) == 1
+        await stuck.execute("INSERT INTO instances (guid, title, phase, created_at, updated_at)"
+                            " VALUES ('SOFTINST-STUCK', 't', 'new', 1, 2)")
+        await stuck.execute("CREATE TEMP TABLE t (x text)")
+        copying = asyncio.create_task(stuck.copy_records_to_table("t", records=rows()))
+        await asyncio.sleep(2.5)  # the lease expires; the stuck session is active, waiting for its client
+        term = await until(lambda: new.lease.take(1.0), timeout_s=20, what="the lease taken over")
+        assert term.epoch == old.term.epoch + 1 and new.lease.ended_stuck == 1
+        assert "SOFTINST-STUCK" not in await new.load()
+    finally:
+        never.set()
+        if copying is not None:
+            copying.cancel()
+            await asyncio.gather(copying, return_exceptions=True)
+        await stuck.close(timeout=2)
+        await new.close()
+        await old.close()

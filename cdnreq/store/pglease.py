@@ -21,9 +21,12 @@ import time
 from typing import Any, Awaitable, Callable, Final
 
 import asyncpg
+import structlog
 
 from cdnreq.decide.leadership import Term, acts_until
 from cdnreq.store.errors import StoreLocked, StoreLost
+
+log = structlog.get_logger("cdnreq.lease")
 
 NOW: Final[str] = "extract(epoch FROM clock_timestamp())::double precision"
 NAME: Final[str] = "leader"
@@ -70,6 +73,17 @@ RELEASE: Final[str] = f"""
 UPDATE cdnreq_lease SET expires_at = {NOW}
 WHERE name = '{NAME}' AND holder = $1 AND epoch = $2"""
 
+# Sessions of an expired term still holding the fence's lock (FOR KEY SHARE is
+# RowShareLock on the table), ended: how many. A leader paused in the middle of
+# a write's statement (the server waiting for the rest of an executemany
+# pipeline) is not "idle in transaction", so the server's idle timeout never
+# ends it, and every takeover would wait on it for ever.
+END_STUCK: Final[str] = f"""
+SELECT count(*) FILTER (WHERE pg_terminate_backend(k.pid)) FROM pg_locks k
+WHERE k.locktype = 'relation' AND k.relation = to_regclass('cdnreq_lease') AND k.mode = 'RowShareLock'
+AND k.granted AND k.pid <> pg_backend_pid()
+AND EXISTS (SELECT 1 FROM cdnreq_lease WHERE name = '{NAME}' AND expires_at <= {NOW})"""
+
 # who leads: holder, epoch, seconds left (negative once expired)
 CURRENT: Final[str] = f"SELECT holder, epoch, expires_at - {NOW} FROM cdnreq_lease WHERE name = '{NAME}'"
 
@@ -97,6 +111,7 @@ class Lease:
         self.bound: int | None = None
         self._table = False  # cdnreq_lease made: by the first take, never by a node that only reads
         self.lease_s: float | None = None  # of the last take or renewal
+        self.ended_stuck = 0  # sessions of an expired term this node ended to take the lease (END_STUCK)
 
     async def take(self, lease_s: float) -> Term | None:
         """The lease if it has expired: the new term; None while another node holds it."""
@@ -106,10 +121,21 @@ class Lease:
         asked = time.monotonic()
 
         async def take(conn: Any) -> Any:
-            try:
-                return await conn.fetchval(TAKE, self.holder, lease_s)
+            try:  # an old term's write open for as long as a lease is ended (END_STUCK): its term is over
+                async with conn.transaction():
+                    await conn.execute(f"SET LOCAL lock_timeout = {max(1, int(lease_s * 1000))}")
+                    return await conn.fetchval(TAKE, self.holder, lease_s)
             except asyncpg.UniqueViolationError:  # another node's first take of a never-held lease won
                 return None
+            except asyncpg.LockNotAvailableError:
+                try:
+                    ended = await conn.fetchval(END_STUCK)
+                except asyncpg.PostgresError as error:  # not allowed to end them: it waits as before
+                    log.error("a session of the expired term blocks the takeover", error=str(error))
+                    return None
+                self.ended_stuck += ended
+                log.warning("ended sessions of the expired term that blocked the takeover", sessions=ended)
+                return None  # taken at the next step
 
         epoch = await self._run(take)
         if epoch is None:
