@@ -31,7 +31,7 @@ from cdnreq.decide.gate import DomainPolicy
 from cdnreq.decide.actions import IdleCache
 from cdnreq.decide.dormancy import rest
 from cdnreq.decide.plan import Policy, new_record, plan, spec_hash
-from cdnreq.reconcile.tick import collector_paused
+from cdnreq.heap import collector_paused
 from cdnreq.decide.transitions import compose, polled, published, requested
 from cdnreq.model import InstanceAnswer
 

@@ -101,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run = command("run", _run, "run the daemon until SIGTERM or SIGINT")
     run.add_argument("--fresh", action="store_true", help=fresh)
-    once = command("once", _once, "run exactly one tick; exit 0 if it succeeded")
+    once = command("once", _once, "run one tick (more while new instances wait for admission); exit 0 if it succeeded")
     once.add_argument("--fresh", action="store_true", help=fresh)
     command("check-config", _check_config, "validate and print the effective configuration")
     status = command("status", _status, "the daemon's state, the running tick's progress, and the instances")

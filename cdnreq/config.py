@@ -207,6 +207,11 @@ class DaemonConfig(BaseModel):
         description="seconds from the start of one tick to the start of the next",
     )
     concurrency: int = Field(default=8, ge=1, le=1024, description="calls to the master in flight")
+    admit_per_tick: int = Field(
+        default=20_000, ge=0,
+        description="never-seen instances one tick takes on at most; the rest wait, first seen first,"
+        " for the next tick, which starts at once (bounds a first reconcile's memory); 0: no limit",
+    )
     database: Path = Field(
         default=Path("/var/lib/cdnreq/cdnreq.db"), strict=False,
         description="the SQLite store; its directory must be writable",

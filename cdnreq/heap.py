@@ -1,4 +1,5 @@
-"""Give freed memory back to the system after the big transient work.
+"""Memory around the big transient work: the collector paused while it is
+built, freed pages given back to the system after it.
 
 A tick builds and drops 100,000s of objects (the listing, the plan), and a
 load reads every row of the store once: Python frees them, but glibc keeps
@@ -10,9 +11,11 @@ nothing happens.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
-from typing import Callable
+import gc
+from typing import Callable, Iterator
 
 
 def _trimmer() -> Callable[[int], int] | None:
@@ -34,3 +37,18 @@ def give_back() -> bool:
         return False
     _TRIM(0)
     return True
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a tick builds and drops the
+    listing, the gates and the plan: reference counting frees them, and the
+    collector's passes over 100,000s of young objects cost a quarter of an
+    idle tick at 100,000 instances."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

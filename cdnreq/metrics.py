@@ -132,6 +132,11 @@ class Metrics:
             "Removals held by the mass-removal guard at the last tick.",
             registry=r,
         )
+        self.waiting_admission = Gauge(
+            "cdnreq_instances_waiting_admission",
+            "Never-seen instances the last tick left for a later one ([daemon].admit_per_tick).",
+            registry=r,
+        )
         self.ticks = Counter(
             "cdnreq_ticks",
             "Reconciliation ticks, by result.",
@@ -313,6 +318,7 @@ class Metrics:
         if getattr(report, "ok", False):
             self.held_updates.set((getattr(report, "held_updates", None) or {}).get("count", 0))
             self.held_removals.set(int(getattr(report, "held_removals", 0) or 0))
+            self.waiting_admission.set(int(getattr(report, "waiting_admission", 0) or 0))
 
     def instances(self, counts: Mapping[str, int]) -> None:
         """Instances by phase; phases absent from `counts` drop to 0."""

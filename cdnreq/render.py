@@ -81,6 +81,9 @@ def summary(status: dict[str, Any]) -> str:
         error = (last.get("summary") or {}).get("error")
         if error:
             lines.append(f"  error: {error}")
+        waiting = (last.get("summary") or {}).get("waiting_admission")
+        if waiting:
+            lines.append(f"  {waiting} new instances wait for a later tick ([daemon].admit_per_tick)")
     last_summary = (last or {}).get("summary") or {}
     removals = status.get("held_removals") or (
         {"count": last_summary.get("held_removals"), "reason": last_summary["hold_reason"],

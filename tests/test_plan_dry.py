@@ -187,6 +187,7 @@ async def test_document_groups_actions_held_and_errors(tmp_path):
     assert doc["counts"] == {
         "request": 1, "update": 0, "destroy": 1, "publish": 2, "poll": 0, "held_removals": 1,
         "held_updates": 1, "errors": 2, "pending": 0, "backoff": 1, "challenges": 0,
+        "waiting_admission": 0,
     }
     assert doc["held"]["removals"] == {"reason": "too many gone", "instances": ["h"]}
     assert doc["held"]["updates"]["instances"] == [{"instance_guid": "u", "seen": 1, "needed": 3}]

@@ -100,6 +100,7 @@ def document(
     known: Mapping[InstanceGuid, Record],
     now: float,
     confirm_ticks: int,
+    waiting: Iterable[str] = (),
 ) -> dict[str, Any]:
     """The plan as one JSON-ready document, every list sorted: the same
     state of master and store gives the same document."""
@@ -134,6 +135,7 @@ def document(
             ({"instance_guid": c.guid, "domain": c.domain} for c in dry.challenges),
             key=lambda r: r["instance_guid"],
         ),
+        "waiting_admission": sorted(waiting),  # new, left for a later tick: [daemon].admit_per_tick
         "planned": {k: v for k, v in sorted(report.planned.items()) if v},
         "master_calls": dict(sorted(report.master_calls.items())),
         "writes_skipped": dict(sorted(dry.writes.items())),
@@ -152,6 +154,7 @@ def counts(doc: Mapping[str, Any]) -> dict[str, int]:
         pending=len(doc["pending"]),
         backoff=len(doc["backoff"]),
         challenges=len(doc["challenges"]),
+        waiting_admission=len(doc.get("waiting_admission", ())),
     )
     return out
 
@@ -187,6 +190,10 @@ def render(doc: Mapping[str, Any]) -> str:
     _rows(out, "waiting for DNS proof", doc["pending"], "instance_guid", "why")
     _rows(out, "backing off", doc["backoff"], "instance_guid", "retry_at", "last_error")
     _rows(out, "would issue a DNS challenge", doc["challenges"], "instance_guid", "domain")
+    if doc.get("waiting_admission"):
+        out.append(f"new instances left for later ticks ({len(doc['waiting_admission'])}):"
+                   " [daemon].admit_per_tick takes on the first seen first")
+        out += [f"  {g}" for g in doc["waiting_admission"]]
     c = doc["counts"]
     out.append(
         "totals: " + ", ".join(f"{name} {c[key]}" for name, key in (
@@ -244,7 +251,8 @@ async def _plan_on(config: Config, snapshot: Engine, ssl_context: ssl.SSLContext
     if master.refused:  # never: the dry executor calls nothing
         report.error = f"internal error: a write to the master was attempted: {dict(master.refused)}"
     return document(
-        log.actions, stages, dry, report, reconciler.known or {}, time.time(), config.daemon.confirm_ticks
+        log.actions, stages, dry, report, reconciler.known or {}, time.time(), config.daemon.confirm_ticks,
+        reconciler.waiting,
     )
 
 

@@ -24,6 +24,8 @@ class TickReport:
     error: str | None = None
     shortages: dict[str, int] = field(default_factory=dict)  # failures for lack of local resources
     interrupted: bool = False  # stopped mid-way: some planned work was not done (see INTERRUPTED)
+    waiting_admission: int = 0  # never-seen instances left for the next tick (decide/admission.py)
+    admit_again: bool = False  # ... and the next tick should start at once to take them on
 
     def summary(self) -> dict[str, Any]:
         """The tick in one log line: zero counts and empty fields left out."""
@@ -40,5 +42,6 @@ class TickReport:
             "error": self.error,
             "shortages": self.shortages,
             "interrupted": self.interrupted or None,
+            "waiting_admission": self.waiting_admission or None,
         }
         return {k: v for k, v in summary.items() if v is not None and v != {}}

@@ -18,14 +18,14 @@ import gc
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Mapping
 
 import structlog
 
 from cdnreq.aiotasks import next_or_stop
 from cdnreq.config import Config
 from cdnreq.dns.challenge import load_secret
-from cdnreq.heap import give_back
+from cdnreq.heap import collector_paused, give_back
 from cdnreq.master import LocalResourceError, MasterClient, MasterError
 from cdnreq.model import InstanceGuid, Listing, Record
 from cdnreq.reconcile.applying import Applying
@@ -37,6 +37,7 @@ from cdnreq.reconcile.sleepers import Sleepers
 from cdnreq.reconcile.snapshot import Snapshot, snapshot_of
 from cdnreq.reconcile.guardrun import GuardRun
 from cdnreq.decide import changes
+from cdnreq.decide.admission import admit
 from cdnreq.decide.actions import IdleCache
 from cdnreq.decide.plan import Kind, Plan, plan, plan_decided
 from cdnreq.decide.reservation import reservation
@@ -54,21 +55,6 @@ StageHook = Callable[[str, Any], None]
 ("planned", (Plan, DomainStep)) for the first stage, ("decided", (Plan,
 DomainStep)) for each stage DNS decides later, ("held", HeldUpdates) at the
 end. Plans are as the guards left them: what is handed to the executor."""
-
-
-@contextlib.contextmanager
-def collector_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a tick builds and drops the
-    listing, the gates and the plan: reference counting frees them, and the
-    collector's passes over 100,000s of young objects cost a quarter of an
-    idle tick at 100,000 instances."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 class Reconciler:
@@ -109,6 +95,7 @@ class Reconciler:
         self.sleepers, self.names = Sleepers(), Names()
         self._quiet_progress = False
         self._streaks: dict[str, Any] | None = None
+        self.waiting: Mapping[str, int] = {}  # never-seen instances left for a later tick (decide/admission.py)
 
     async def load(self) -> None:
         """Read the store (and the domain secret) into memory."""
@@ -247,7 +234,7 @@ class Reconciler:
         with collector_paused():  # the listing and the plan: 100,000s of short-lived objects
             # the listing is let go of here, not held to the tick's end: what
             # the collector finds alive when it resumes, it walks
-            guard, run, first = await self._decide(await self._list(), report)
+            guard, run, first = await self._decide(self._admit(await self._list(), report), report)
         await self._reserve_first(guard, run, first, report)  # before any call: a crash errs on holding
         applying = Applying(self, first, report, stop)
         try:
@@ -281,6 +268,14 @@ class Reconciler:
             log.warning("unusable listing entries", count=len(listing.unusable),
                         entries=dict(list(listing.unusable.items())[:20]))
         return listing
+
+    def _admit(self, listing: Listing, report: TickReport) -> Listing:
+        """At most [daemon].admit_per_tick never-seen instances; the rest wait."""
+        assert self.known is not None
+        admitted = admit(listing, self.known, self.sleepers, self.waiting, report.id, self.config.daemon.admit_per_tick)
+        self.waiting = admitted.waiting
+        report.waiting_admission, report.admit_again = len(admitted.waiting), admitted.again
+        return admitted.listing
 
     async def _decide(self, listing: Listing, report: TickReport) -> tuple[GuardRun, DomainRun, Plan]:
         """Validate, gate what needs no DNS answer, plan, and let the guards sift the plan."""

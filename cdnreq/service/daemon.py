@@ -316,6 +316,8 @@ class Daemon:
                     self.upkeep.backup_if_due(report.id)
             interval = self.config.daemon.tick_interval_s
             delay = max(0.0, interval - (time.monotonic() - started)) + random.uniform(0, interval * 0.02)
+            if report is not None and report.ok and report.admit_again:
+                delay = 0.0  # new instances wait for admission: the next tick takes them on at once
             await sleep_or_stop(self.stop, delay)
 
     async def _store_lost(self) -> bool:

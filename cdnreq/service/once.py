@@ -1,4 +1,8 @@
-"""`cdnreq once`: one tick with the daemon's own parts, then the history's pruning."""
+"""`cdnreq once`: one pass with the daemon's own parts, then the history's pruning.
+
+One pass is one tick, or more when new instances wait for admission
+([daemon].admit_per_tick): each further tick takes on the next of them, as
+the daemon does, until every listed instance has been planned once."""
 
 from __future__ import annotations
 
@@ -32,6 +36,8 @@ async def run_once(config: Config, *, fresh: bool = False, config_path: Path | N
             try:
                 await reconciler.load()
                 report = await reconciler.tick()
+                while report.ok and report.admit_again:  # one pass takes every listed instance on
+                    report = await reconciler.tick()
             finally:
                 await reconciler.resolver.close()
         # after the tick, whatever its result: `once` from a timer keeps the history

@@ -100,7 +100,8 @@ def status_line(report: TickReport) -> str:
     """One line for `systemctl status`."""
     done = ", ".join(f"{n} {k}" for k, n in sorted(report.results.items())) or "nothing to do"
     if report.ok:
-        return f"tick {report.id} ok in {report.duration_s:.2f} s: {done}"
+        waiting = f"; {report.waiting_admission} new instances wait" if report.waiting_admission else ""
+        return f"tick {report.id} ok in {report.duration_s:.2f} s: {done}{waiting}"
     if report.interrupted:
         return f"tick {report.id} interrupted after {report.duration_s:.2f} s: {done}"
     return f"tick {report.id} FAILED after {report.duration_s:.2f} s: {report.error}"
