@@ -11,6 +11,8 @@ import json
 import sys
 from typing import Any, Iterable, Mapping
 
+import structlog
+
 from cdnreq.model import (
     Challenge,
     Event,
@@ -23,6 +25,9 @@ from cdnreq.model import (
     fast_maker,
     shown_digest,
 )
+from cdnreq.store.errors import StoreError
+
+log = structlog.get_logger("cdnreq.store")
 
 COLUMNS = (
     "guid, title, phase, created_at, updated_at, param_hash, requested_state, "
@@ -163,6 +168,18 @@ _make_record = fast_maker(Record)
 _i = sys.intern
 
 
+def _connection(text: str | None) -> FrozenJson | None:
+    return None if text is None else FrozenJson(text.encode("utf-8", "surrogatepass"))
+
+
+def _published(text: str | None) -> str | None:
+    return None if text is None else shown_digest(load_json(text))
+
+
+def _served(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(_i(h) for h in load_json(text))
+
+
 def to_record(row: tuple[Any, ...]) -> Record:
     (guid, title, phase, created, updated, param_hash, state, spec_hash, tech_guid,
      connection, published, published_error, last_action, last_error, failures,
@@ -170,16 +187,45 @@ def to_record(row: tuple[Any, ...]) -> Record:
     return _make_record(
         _i(guid), title, _PHASES[phase], created, updated, param_hash,
         None if state is None else _STATES[state], None if spec_hash is None else _i(spec_hash), tech_guid,
-        None if connection is None else FrozenJson(connection.encode("utf-8", "surrogatepass")),
-        None if published is None else shown_digest(load_json(published)),
+        _connection(connection), _published(published),
         published_error, None if last_action is None else _i(last_action), last_error, failures, retry_at,
-        None if served is None else tuple(_i(h) for h in load_json(served)), gone_at, live_at,
+        _served(served), gone_at, live_at,
     )  # fmt: skip
 
 
+UNREADABLE = (ValueError, TypeError, KeyError, RecursionError, UnicodeError)
+_JSON_COLUMNS = {"connection": (9, _connection), "published": (10, _published), "served": (16, _served)}
+
+
 def to_records(rows: list[tuple[Any, ...]]) -> dict[InstanceGuid, Record]:
-    records = (to_record(row) for row in rows)
-    return {r.guid: r for r in records}
+    records: dict[InstanceGuid, Record] = {}
+    for row in rows:
+        try:
+            record = to_record(row)
+        except UNREADABLE:
+            record = _salvaged(row)
+        records[record.guid] = record
+    return records
+
+
+def _salvaged(row: tuple[Any, ...]) -> Record:
+    """A row to_record refuses (a hand-edited file): a JSON column it cannot
+    read is read as unknown (NULL) and logged, so the other instances' load
+    goes on and this one is planned from what is left. A row whose guid,
+    phase or state is unreadable cannot be planned: StoreError names it."""
+    fixed = list(row)
+    for column, (at, read) in _JSON_COLUMNS.items():
+        try:
+            read(row[at])
+        except UNREADABLE as error:
+            log.error("a stored column cannot be read; read as unknown", instance_guid=str(row[0])[:200],
+                      column=column, error=f"{type(error).__name__}: {str(error)[:200]}")
+            fixed[at] = None
+    try:
+        return to_record(tuple(fixed))
+    except UNREADABLE as error:
+        raise StoreError(f"instances row {str(row[0])[:200]!r} cannot be read: {type(error).__name__}: "
+                           f"{str(error)[:200]}") from None
 
 
 def to_hosts(rows: list[tuple[Any, ...]]) -> dict[str, HostClaim]:
