@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from cdnreq.config import Config
-from cdnreq.decide.admission import admit
+from cdnreq.decide.admission import Queue, admit
 from cdnreq.model import Listing, Lookup, SharedInstance
 from cdnreq.reconcile.report import TickReport
 from cdnreq.render import summary
@@ -28,51 +28,80 @@ def guids(found: Listing) -> list[str]:
 
 def test_under_the_limit_the_listing_is_planned_whole() -> None:
     seen = listing("C", "A", "B")
-    admitted = admit(seen, known=set(), asleep=set(), waiting={}, tick=1, limit=3)
-    assert admitted.listing is seen and admitted.waiting == {} and admitted.taken == 3 and not admitted.again
+    admitted = admit(seen, known=set(), asleep=set(), queue=Queue(), now=1.0, limit=3)
+    assert admitted.listing is seen and admitted.waiting == 0 and admitted.taken == 3 and not admitted.again
+    assert admitted.queue.listed_at == {"A": 1.0, "B": 1.0, "C": 1.0}  # kept until they are known
 
 
 def test_over_the_limit_the_first_by_guid_are_taken_and_the_rest_wait_in_listing_order() -> None:
-    admitted = admit(listing("E", "B", "D", "A", "C"), known=set(), asleep=set(), waiting={}, tick=7, limit=2)
+    admitted = admit(listing("E", "B", "D", "A", "C"), known=set(), asleep=set(), queue=Queue(), now=7.0, limit=2)
     assert guids(admitted.listing) == ["B", "A"]  # the listing's order kept
-    assert admitted.waiting == {"C": 7, "D": 7, "E": 7}
+    assert admitted.queue.left == {"C", "D", "E"}
     assert admitted.taken == 2 and admitted.again
 
 
 def test_known_and_sleeping_instances_never_wait_nor_take_a_slot() -> None:
     admitted = admit(listing("K1", "N1", "S1", "N2", "K2", "N3"), known={"K1", "K2"}, asleep={"S1"},
-                     waiting={}, tick=1, limit=1)
+                     queue=Queue(), now=1.0, limit=1)
     assert guids(admitted.listing) == ["K1", "N1", "S1", "K2"]
-    assert set(admitted.waiting) == {"N2", "N3"}
+    assert admitted.queue.left == {"N2", "N3"}
+    assert set(admitted.queue.listed_at) == {"N1", "N2", "N3"}
 
 
 def test_never_seen_destroyed_instances_never_wait_nor_take_a_slot() -> None:
     # nothing is stored for them: counted, they would hold the first slots at every tick
     admitted = admit(listing("A", "B", "C", "D", destroyed=("A", "B")), known=set(), asleep=set(),
-                     waiting={}, tick=1, limit=1)
+                     queue=Queue(), now=1.0, limit=1)
     assert guids(admitted.listing) == ["A", "B", "C"]
-    assert admitted.waiting == {"D": 1}
+    assert admitted.queue.left == {"D"}
 
 
-def test_first_seen_is_first_taken_whatever_the_guid() -> None:
-    # "Z" waited since tick 3: a newcomer "A" of tick 4 does not pass it
-    admitted = admit(listing("A", "Z"), known=set(), asleep=set(), waiting={"Z": 3}, tick=4, limit=1)
+def test_unusable_newcomers_wait_their_turn_too() -> None:
+    # told why, an unusable entry gets a record: known, it would jump the queue when fixed
+    seen = Listing(listing("A", "C").instances, unusable={"B": "parameters: not an object", "D": "state: missing"},
+                   unusable_titles={"B": "b", "D": "d"})
+    admitted = admit(seen, known=set(), asleep=set(), queue=Queue(), now=1.0, limit=2)
+    assert guids(admitted.listing) == ["A"] and dict(admitted.listing.unusable) == {"B": "parameters: not an object"}
+    assert dict(admitted.listing.unusable_titles) == {"B": "b"}
+    assert admitted.queue.left == {"C", "D"}
+
+
+def test_first_listed_is_first_taken_whatever_the_guid() -> None:
+    # "Z" waited since 3.0: a newcomer "A" of 4.0 does not pass it
+    queue = Queue({"Z": 3.0}, {}, frozenset({"Z"}))
+    admitted = admit(listing("A", "Z"), known=set(), asleep=set(), queue=queue, now=4.0, limit=1)
     assert guids(admitted.listing) == ["Z"]
-    assert admitted.waiting == {"A": 4}
+    assert admitted.queue.left == {"A"} and admitted.queue.listed_at == {"A": 4.0, "Z": 3.0}
 
 
-def test_a_waiting_instance_no_longer_listed_is_forgotten() -> None:
-    admitted = admit(listing("C", "D"), known=set(), asleep=set(), waiting={"B": 1, "C": 1, "D": 1}, tick=2, limit=1)
-    assert admitted.waiting == {"D": 1}
+def test_a_taken_instance_keeps_its_place_until_it_is_known() -> None:
+    # taken at 2.0, its tick failed before its record was stored: still first
+    queue = Queue({"Z": 1.0, "Y": 2.0}, {}, frozenset({"Y"}))
+    admitted = admit(listing("A", "Y", "Z"), known=set(), asleep=set(), queue=queue, now=3.0, limit=1)
+    assert guids(admitted.listing) == ["Z"]
+    known = admit(listing("A", "Y", "Z"), known={"Z"}, asleep=set(), queue=admitted.queue, now=4.0, limit=1)
+    assert guids(known.listing) == ["Y", "Z"] and "Z" not in known.queue.listed_at
+
+
+def test_a_newcomer_left_out_of_a_listing_keeps_its_place_for_a_while() -> None:
+    queue = Queue({"Z": 1.0}, {}, frozenset({"Z"}))
+    out = admit(listing("B"), known=set(), asleep=set(), queue=queue, now=2.0, limit=1, keep_unlisted=3)
+    assert out.queue.listed_at["Z"] == 1.0 and out.queue.missing == {"Z": 1}
+    back = admit(listing("B", "A", "Z"), known={"B"}, asleep=set(), queue=out.queue, now=3.0, limit=1, keep_unlisted=3)
+    assert guids(back.listing) == ["B", "Z"] and back.queue.missing == {}
+    gone = out.queue
+    for now in (3.0, 4.0):
+        gone = admit(listing("B"), known=set(), asleep=set(), queue=gone, now=now, limit=1, keep_unlisted=3).queue
+    assert "Z" not in gone.listed_at  # missing from 3 listings in a row: forgotten
 
 
 def test_the_next_tick_starts_at_once_only_while_the_queue_shrinks() -> None:
-    waiting = {"B": 1, "C": 1}
-    shrinking = admit(listing("B", "C"), known=set(), asleep=set(), waiting=waiting, tick=2, limit=1)
+    queue = Queue({"B": 1.0, "C": 1.0}, {}, frozenset({"B", "C"}))
+    shrinking = admit(listing("B", "C"), known=set(), asleep=set(), queue=queue, now=2.0, limit=1)
     assert shrinking.again
     # as many new as taken (or the taken never became known): no spinning
-    stuck = admit(listing("A", "B", "C"), known=set(), asleep=set(), waiting=waiting, tick=2, limit=1)
-    assert stuck.waiting == {"C": 1, "A": 2} and not stuck.again
+    stuck = admit(listing("A", "B", "C"), known=set(), asleep=set(), queue=queue, now=2.0, limit=1)
+    assert stuck.queue.left == {"C", "A"} and not stuck.again
 
 
 def limited(tmp_path: Path, limit: int) -> Config:
@@ -140,7 +169,7 @@ def unlimited_is_zero(tmp_path: Path) -> Any:
 
 def test_zero_means_no_limit(tmp_path: Path) -> None:
     assert unlimited_is_zero(tmp_path) == 0
-    admitted = admit(listing(*(f"N{k}" for k in range(50))), known=set(), asleep=set(), waiting={}, tick=1, limit=0)
+    admitted = admit(listing(*(f"N{k}" for k in range(50))), known=set(), asleep=set(), queue=Queue(), now=1.0, limit=0)
     assert len(admitted.listing.instances) == 50 and not admitted.waiting
 
 
@@ -150,3 +179,24 @@ def test_status_and_systemd_say_how_many_wait() -> None:
     last = {"tick": 4, "ok": True, "finished_at": "t", "duration_s": 1.0, "summary": report.summary()}
     text = summary({"version": "x", "pid": None, "progress": {"last": last}})
     assert "3 new instances wait for a later tick ([daemon].admit_per_tick)" in text
+
+
+def test_a_catch_up_tick_starts_host_streaks_but_advances_none() -> None:
+    from cdnreq.decide.domainstep import contested
+
+    streaks, due = contested({"a.example": 2}, ["a.example", "b.example"], confirm_ticks=3, step=0)
+    assert streaks == {"a.example": 2, "b.example": 1} and not due
+    streaks, due = contested(streaks, ["a.example"], confirm_ticks=3)  # the next scheduled tick
+    assert streaks == {"a.example": 3} and due == {"a.example"}
+
+
+def test_a_catch_up_tick_does_not_advance_a_held_update() -> None:
+    from cdnreq.decide.guards import Change, GuardPolicy, HeldUpdates, UpdateGuard
+
+    held = HeldUpdates({"G": ("t1", 2)}, "fp", "mass change", ())
+    policy = GuardPolicy(confirm_ticks=3)
+    catch_up = UpdateGuard(held, None, live=10, policy=policy, step=0)
+    assert catch_up.sift([Change("G", "t1", "parameters changed")]) == {"G"}
+    assert catch_up.state().streaks["G"] == ("t1", 2)
+    scheduled = UpdateGuard(held, None, live=10, policy=policy)
+    assert scheduled.sift([Change("G", "t1", "parameters changed")]) == set()  # seen a third time: applied

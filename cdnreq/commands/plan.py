@@ -192,7 +192,7 @@ def render(doc: Mapping[str, Any]) -> str:
     _rows(out, "would issue a DNS challenge", doc["challenges"], "instance_guid", "domain")
     if doc.get("waiting_admission"):
         out.append(f"new instances left for later ticks ({len(doc['waiting_admission'])}):"
-                   " [daemon].admit_per_tick takes on the first seen first")
+                   " [daemon].admit_per_tick; the daemon takes the first listed first, a plan by guid")
         out += [f"  {g}" for g in doc["waiting_admission"]]
     c = doc["counts"]
     out.append(
@@ -252,7 +252,7 @@ async def _plan_on(config: Config, snapshot: Engine, ssl_context: ssl.SSLContext
         report.error = f"internal error: a write to the master was attempted: {dict(master.refused)}"
     return document(
         log.actions, stages, dry, report, reconciler.known or {}, time.time(), config.daemon.confirm_ticks,
-        reconciler.waiting,
+        reconciler.queue.left,
     )
 
 

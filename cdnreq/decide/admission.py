@@ -10,18 +10,23 @@ Rules, and why:
 - Only never-seen instances wait: one the store knows (awake or asleep) is
   always planned, so a burst of newcomers never delays a change to a live
   site, its destruction or a customer's fix.
-- First seen, first taken (then by guid): a newcomer listed after another
-  is never taken before it, so no stream of newcomers keeps one waiting for
-  ever, and of two newcomers naming one host the one first seen is decided
-  first, as it would be in one tick.
-- A waiting instance no longer listed is forgotten: it was never told
-  anything and nothing was stored for it.
-- A never-seen instance listed destroyed never waits: nothing is done for
+- First listed, first taken (then by guid), and a newcomer taken keeps its
+  place in the domain step: of two newcomers naming one host the one listed
+  first proves it first, as it would had both been taken in one tick. So no
+  stream of newcomers keeps one waiting for ever either.
+- Its place is kept until it is known: a tick that fails after taking it
+  does not send it to the back. An unusable entry waits like any other (its
+  customer is told at its turn): told, it would be known and jump the queue.
+- One listing is never enough evidence: a newcomer the master leaves out
+  keeps its place for `keep_unlisted` listings before it is forgotten (it
+  was never told anything and nothing was stored for it).
+- A never-seen instance listed destroyed takes no slot: nothing is done for
   it nor stored, so counted it would take a slot at every tick for ever.
-- The next tick starts at once only while the queue shrinks (`again`): were
-  the taken not to become known, the daemon must not spin.
+- The next tick starts at once only while the queue shrinks (`again`):
+  were the taken not to become known, the daemon must not spin.
 
-Pure: no I/O. The tick keeps the queue (`Admitted.waiting`) between ticks.
+Pure: no I/O. The tick keeps the Queue between ticks, in memory: after a
+restart (or in `cdnreq plan`) those still waiting are taken by guid.
 """
 
 from __future__ import annotations
@@ -31,34 +36,62 @@ from typing import Container, Mapping
 
 from cdnreq.model import Listing, RequestedState
 
-__all__ = ["Admitted", "admit"]
+__all__ = ["Admitted", "Queue", "admit"]
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    """What admission keeps between ticks: when each newcomer not yet known
+    was first listed, and for how many listings in a row it has been missing."""
+
+    listed_at: Mapping[str, float] = field(default_factory=dict)
+    missing: Mapping[str, int] = field(default_factory=dict)
+    left: frozenset[str] = frozenset()  # listed, left for a later tick by the last admission
 
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
-    """The listing this tick plans, and who waits: guid -> the tick that first listed it."""
+    """The listing this tick plans, and the queue it leaves."""
 
     listing: Listing
-    waiting: Mapping[str, int] = field(default_factory=dict)
+    queue: Queue = field(default_factory=Queue)
     taken: int = 0  # never-seen instances taken on this tick
     again: bool = False  # some wait, fewer than before: the next tick should start at once
+
+    @property
+    def waiting(self) -> int:
+        return len(self.queue.left)
 
 
 def admit(
     listing: Listing,
     known: Container[str],
     asleep: Container[str],
-    waiting: Mapping[str, int],
-    tick: int,
+    queue: Queue,
+    now: float,
     limit: int,
+    keep_unlisted: int = 3,
 ) -> Admitted:
     """The listing with at most `limit` never-seen instances (0: no limit)."""
-    new = [i.guid for i in listing.instances
-           if i.guid not in known and i.guid not in asleep and i.state is not RequestedState.DESTROYED]
-    if limit <= 0 or len(new) <= limit:
-        return Admitted(listing, {}, len(new))
-    queue = sorted(new, key=lambda guid: (waiting.get(guid, tick), guid))
-    left = {guid: waiting.get(guid, tick) for guid in queue[limit:]}
+
+    def new(guid: str) -> bool:
+        return guid not in known and guid not in asleep
+
+    listed = [i.guid for i in listing.instances if i.state is not RequestedState.DESTROYED and new(i.guid)]
+    listed += [guid for guid in listing.unusable if new(guid)]
+    before = queue.listed_at
+    listed_at = {guid: before.get(guid, now) for guid in listed}
+    missing: dict[str, int] = {}
+    for guid, at in before.items():
+        if guid not in listed_at and new(guid) and (n := queue.missing.get(guid, 0) + 1) < keep_unlisted:
+            listed_at[guid], missing[guid] = at, n  # left out of one listing: its place is kept
+    if limit <= 0 or len(listed) <= limit:
+        return Admitted(listing, Queue(listed_at, missing), len(listed))
+    order = sorted(listed, key=lambda guid: (listed_at[guid], guid))
+    left = frozenset(order[limit:])
     instances = tuple(i for i in listing.instances if i.guid not in left)
-    again = not waiting or len(left) < len(waiting)
-    return Admitted(replace(listing, instances=instances), left, limit, again)
+    unusable = {g: why for g, why in listing.unusable.items() if g not in left}
+    titles = {g: t for g, t in listing.unusable_titles.items() if g not in left}
+    again = not queue.left or len(left) < len(queue.left)
+    kept = replace(listing, instances=instances, unusable=unusable, unusable_titles=titles)
+    return Admitted(kept, Queue(listed_at, missing, left), limit, again)

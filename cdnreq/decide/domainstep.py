@@ -105,15 +105,17 @@ def unnamed_hosts(
 
 
 def contested(
-    streaks: Mapping[str, int], unnamed: Iterable[str], confirm_ticks: int
+    streaks: Mapping[str, int], unnamed: Iterable[str], confirm_ticks: int, step: int = 1
 ) -> tuple[dict[str, int], frozenset[str]]:
     """Of the hosts their owner does not name this tick (or is not listed),
     those it has not named for `confirm_ticks` consecutive ticks: only these
     may be proven by another. One listing is never enough evidence: a master
     that lists an owner with another custom_domain, or leaves it out, for one
-    tick must not hand its live host to a rival. Returns the new streaks too."""
+    tick must not hand its live host to a rival. Returns the new streaks too.
+    `step` 0: a tick that is no new sighting (started at once to take on
+    newcomers, decide/admission.py) starts streaks but advances none."""
     cap = max(1, confirm_ticks)  # a due streak stops changing: idle ticks write nothing
-    new = {host: min(cap, streaks.get(host, 0) + 1) for host in unnamed}
+    new = {host: min(cap, max(1, streaks.get(host, 0) + step)) for host in unnamed}
     return new, frozenset(h for h, ticks in new.items() if release_due(ticks, confirm_ticks))
 
 
@@ -123,12 +125,13 @@ def unlisted_releases(
     known: Mapping[InstanceGuid, Record],
     streaks: Mapping[str, int],
     confirm_ticks: int,
+    step: int = 1,
 ) -> tuple[list[tuple[str, str]], dict[str, int]]:
     """A present instance keeps only the hosts it names or still serves, and
     a host it stops naming only once it has not named it for `confirm_ticks`
     consecutive ticks: a master that lists everyone without a custom_domain
     for one tick releases no claim. Returns (guid, host) to release and the
-    streaks of those still counting."""
+    streaks of those still counting. `step` as in contested()."""
     unserved: dict[str, int] = {}
     releases: list[tuple[str, str]] = []
     for guid, verdict in verdicts.items():
@@ -138,7 +141,7 @@ def unlisted_releases(
         record = known.get(InstanceGuid(guid))
         keep = set(verdict.hosts) | set((record.served if record else None) or ())
         for host in sorted(owned - keep):
-            ticks = unserved[host] = streaks.get(host, 0) + 1
+            ticks = unserved[host] = max(1, streaks.get(host, 0) + step)
             if release_due(ticks, confirm_ticks):
                 del unserved[host]
                 releases.append((guid, host))

@@ -225,8 +225,9 @@ class UpdateGuard:
     approved: a glitch that recedes below the bar does not apply what is
     left of it on less evidence."""
 
-    def __init__(self, previous: HeldUpdates, approved: str | None, live: int, policy: GuardPolicy):
+    def __init__(self, previous: HeldUpdates, approved: str | None, live: int, policy: GuardPolicy, step: int = 1):
         self.previous = previous
+        self.step = step  # 0: this tick is no new sighting (started at once for admission)
         self.approved = approved is not None and approved == previous.fingerprint
         self.live = live
         self.policy = policy
@@ -238,7 +239,7 @@ class UpdateGuard:
 
     def _streak(self, change: Change) -> int:
         target, count = self.previous.streaks.get(change.guid, ("", 0))
-        return count + 1 if target == change.target else 1
+        return max(1, count + self.step) if target == change.target else 1
 
     def sift(self, changes: Iterable[Change]) -> set[str]:
         """The guids whose change is held this tick."""

@@ -33,12 +33,16 @@ class Domains(DomainState):
 
     def start(
         self, instances: Iterable[SharedInstance], known: Mapping[InstanceGuid, Record], now: float,
-        tick: int | None = None, asleep: Collection[str] = (),
+        tick: int | None = None, asleep: Collection[str] = (), listed_at: Mapping[str, float] | None = None,
+        sighting: bool = True,
     ) -> DomainRun:
         """Validate, issue challenges and decide what needs no DNS answer; see
         DomainRun. `asleep`: listed instances sleeping (decide/dormancy.py),
-        settled without a gate in memory."""
-        return DomainRun(self, instances, known, now, tick, asleep)
+        settled without a gate in memory. `listed_at`: when each newcomer was
+        first listed (decide/admission.py), its place in the decision order.
+        `sighting`: whether this tick counts towards the unnamed-host streaks
+        (a tick started at once to take on newcomers does not)."""
+        return DomainRun(self, instances, known, now, tick, asleep, listed_at, sighting)
 
     async def step(
         self,
@@ -69,10 +73,12 @@ class DomainRun:
 
     def __init__(
         self, domains: Domains, instances: Iterable[SharedInstance], known: Mapping[InstanceGuid, Record],
-        now: float, tick: int | None, asleep: Collection[str] = (),
+        now: float, tick: int | None, asleep: Collection[str] = (), listed_at: Mapping[str, float] | None = None,
+        sighting: bool = True,
     ):
         d = self.domains = domains
         self.known, self.now, self.tick = known, now, tick
+        self.listed_at, self.step = listed_at or {}, 1 if sighting else 0
         out = self.first = DomainStep()
         if d.policy != d._settled_policy:  # e.g. a reload with another backend deny-list
             d._settled.clear()
@@ -86,7 +92,7 @@ class DomainRun:
         self.active = set(self.present) | set(self.settled)
         self.verdicts = {g: d.verdict(i) for g, i in self.present.items()}
         fresh = d.take_fresh()
-        d._begin(self.verdicts, self.active)
+        d._begin(self.verdicts, self.active, self.step)
         self.decided: dict[str, Verdict] = {}  # for finish()
         index, policy = d.index, d.policy
         hashes = {g: i.param_hash for g, i in self.present.items()}
@@ -118,8 +124,8 @@ class DomainRun:
         d._decide(self, at_once, {}, out)
 
     def _orders(self, guids: Iterable[str]) -> dict[str, tuple[float, str]]:
-        known, now = self.known, self.now
-        return {g: (known[g].created_at if g in known else now, g) for g in guids}  # type: ignore[index]
+        known, now, listed_at = self.known, self.now, self.listed_at
+        return {g: (known[g].created_at if g in known else listed_at.get(g, now), g) for g in guids}  # type: ignore[index]
 
     async def resolve(self) -> AsyncIterator[DomainStep]:
         """The waiting instances' gates, chunk by chunk as answers arrive

@@ -46,6 +46,7 @@ class Stage(Protocol):
     known: Mapping[InstanceGuid, Record]
     now: float
     tick: int | None
+    step: int  # 1 when the tick counts towards the streaks, 0 when it does not
 
 
 class DomainState:
@@ -167,10 +168,10 @@ class DomainState:
 
     # -- applying what decide/ decided ------------------------------------------
 
-    def _begin(self, verdicts: Mapping[str, Verdict], active: set[str]) -> None:
+    def _begin(self, verdicts: Mapping[str, Verdict], active: set[str], step: int = 1) -> None:
         """The index as this tick sees it: which hosts may be contested."""
         unnamed, absent = unnamed_hosts(self.index, verdicts, active)
-        self._unnamed, self.index.unnamed = contested(self._unnamed, unnamed | absent, self.confirm_ticks)
+        self._unnamed, self.index.unnamed = contested(self._unnamed, unnamed | absent, self.confirm_ticks, step)
         self.index.recent = absent - self.index.unnamed
 
     def _decide(self, run: Stage, order: Iterable[str], lookups: Mapping[str, Lookup], out: DomainStep) -> None:
@@ -249,7 +250,7 @@ class DomainState:
 
     def _release_unlisted(self, run: Stage, out: DomainStep) -> None:
         releases, self._unserved = unlisted_releases(
-            self.index, run.decided, run.known, self._unserved, self.confirm_ticks
+            self.index, run.decided, run.known, self._unserved, self.confirm_ticks, run.step
         )
         for guid, host in releases:
             self.index.drop(host)

@@ -65,7 +65,8 @@ def held_view(state: HeldUpdates, policy: GuardPolicy) -> dict[str, Any] | None:
 
 
 class GuardRun:
-    def __init__(self, store: TickStore, policy: GuardPolicy, saved: Mapping[str, Any], live: int | None, now: float):
+    def __init__(self, store: TickStore, policy: GuardPolicy, saved: Mapping[str, Any], live: int | None, now: float,
+                 sighting: bool = True):
         self.store, self.policy, self.now = store, policy, now
         self.saved = dict(saved)  # as stored: an idle tick writes nothing
         history = [Departures.from_json(d) for d in saved.get(REMOVALS) or ()]
@@ -80,7 +81,7 @@ class GuardRun:
         self.approved_removals = (
             frozenset(held_removals_.guids) if approved and approved == held_removals_.fingerprint else frozenset()
         )
-        self.updates = UpdateGuard(self.previous, self.approval, live or 0, policy)
+        self.updates = UpdateGuard(self.previous, self.approval, live or 0, policy, 1 if sighting else 0)
         self._live_of: Mapping[InstanceGuid, Record] | None = None  # counted when first needed
         self._asleep: Any = None  # reconcile/sleepers.Sleepers: counted with them
         self.held_count = 0
@@ -91,10 +92,12 @@ class GuardRun:
 
     @classmethod
     async def start(
-        cls, store: TickStore, config: Config, known: Mapping[InstanceGuid, Record], now: float, asleep: Any = None
+        cls, store: TickStore, config: Config, known: Mapping[InstanceGuid, Record], now: float, asleep: Any = None,
+        sighting: bool = True,
     ) -> "GuardRun":
-        """`asleep`: the sleeping instances (reconcile/sleepers.Sleepers), known too."""
-        run = cls(store, guard_policy_of(config), await store.load_guards(), None, now)
+        """`asleep`: the sleeping instances (reconcile/sleepers.Sleepers), known too.
+        `sighting`: whether this tick counts towards a held update's streak."""
+        run = cls(store, guard_policy_of(config), await store.load_guards(), None, now, sighting)
         run.known, run._live_of, run._asleep = len(known) + len(asleep or ()), known, asleep
         return run
 

@@ -37,7 +37,7 @@ from cdnreq.reconcile.sleepers import Sleepers
 from cdnreq.reconcile.snapshot import Snapshot, snapshot_of
 from cdnreq.reconcile.guardrun import GuardRun
 from cdnreq.decide import changes
-from cdnreq.decide.admission import admit
+from cdnreq.decide.admission import Queue, admit
 from cdnreq.decide.actions import IdleCache
 from cdnreq.decide.plan import Kind, Plan, plan, plan_decided
 from cdnreq.decide.reservation import reservation
@@ -95,7 +95,8 @@ class Reconciler:
         self.sleepers, self.names = Sleepers(), Names()
         self._quiet_progress = False
         self._streaks: dict[str, Any] | None = None
-        self.waiting: Mapping[str, int] = {}  # never-seen instances left for a later tick (decide/admission.py)
+        self.queue = Queue()  # never-seen instances not known yet (decide/admission.py)
+        self._catching_up = False  # this tick was started at once to take on newcomers: not a new sighting
 
     async def load(self) -> None:
         """Read the store (and the domain secret) into memory."""
@@ -185,6 +186,7 @@ class Reconciler:
         finally:
             self.progress.finish_tick(report.ok, report.summary(), self.clock())
             give_back()  # the listing and the plan, freed
+        self._catching_up = report.ok and report.admit_again  # the next tick starts at once (service/daemon.py)
         return report
 
     async def _tick(self, report: TickReport, stop: asyncio.Event | None) -> None:
@@ -272,9 +274,10 @@ class Reconciler:
     def _admit(self, listing: Listing, report: TickReport) -> Listing:
         """At most [daemon].admit_per_tick never-seen instances; the rest wait."""
         assert self.known is not None
-        admitted = admit(listing, self.known, self.sleepers, self.waiting, report.id, self.config.daemon.admit_per_tick)
-        self.waiting = admitted.waiting
-        report.waiting_admission, report.admit_again = len(admitted.waiting), admitted.again
+        d = self.config.daemon
+        admitted = admit(listing, self.known, self.sleepers, self.queue, self.clock(), d.admit_per_tick, d.confirm_ticks)
+        self.queue = admitted.queue
+        report.waiting_admission, report.admit_again = admitted.waiting, admitted.again
         return admitted.listing
 
     async def _decide(self, listing: Listing, report: TickReport) -> tuple[GuardRun, DomainRun, Plan]:
@@ -285,9 +288,11 @@ class Reconciler:
         self.idle = await self.sleepers.settle(listing, now, store=self.store, known=self.known,
                                                domains=self.domains, idle=self.idle, policy=policy)  # fmt: skip
         await self.names.keep(listing, self.known, self.sleepers, self.store)  # before any change is written
-        guard = await GuardRun.start(self.store, self.config, self.known, now, self.sleepers)
+        sighting = not self._catching_up  # streaks count ticks a tick_interval_s apart, not catch-ups
+        guard = await GuardRun.start(self.store, self.config, self.known, now, self.sleepers, sighting)
         self.progress.phase("validating", len(listing.instances), now)
-        run = self.domains.start(listing.instances, self.known, now, report.id, asleep=self.sleepers)
+        run = self.domains.start(listing.instances, self.known, now, report.id, asleep=self.sleepers,
+                                 listed_at=self.queue.listed_at, sighting=sighting)
         self.progress.phase("planning", None, self.clock())
         the_plan = plan(
             listing, self.known, now, policy, gates=run.first.gates, ownership=self.domains.index, idle=self.idle,
