@@ -10,24 +10,15 @@ import time
 from pathlib import Path
 
 from devtools.devmaster import CdnSite
-from test_guards_slapproxy import CUSTOMERS, empty_every_url, entries, url_of
-from test_reconcile_slapproxy import load, once
+from test_guards_slapproxy import CUSTOMERS, empty_every_url, entries, make_live
+from test_reconcile_slapproxy import once
 from test_service import config_for, spawn, wait_for  # noqa: F401  (the fixture)
 
-from cdnreq.model import Phase
 
 
 def live_fleet(site: CdnSite, tmp_path: Path) -> dict[str, dict]:
     """Twenty live customers, reconciled with the default admission."""
-    config = config_for(site, tmp_path, name="setup.toml")
-    for i in range(CUSTOMERS):
-        site.add_customer(f"customer-{i}", {"url": url_of(i)})
-    assert once(config).returncode == 0
-    for entry in site.technical_entries():
-        site.publish_as_cdn(entry["instance_guid"], {"domain": f"{entry['title']}.cdn.example"})
-    assert once(config).returncode == 0
-    records, _ = load(config)
-    assert len(records) == CUSTOMERS and all(r.phase is Phase.LIVE for r in records.values())
+    make_live(site, config_for(site, tmp_path, name="setup.toml"))
     return entries(site)
 
 

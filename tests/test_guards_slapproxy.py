@@ -44,15 +44,20 @@ def fleet(request: pytest.FixtureRequest, cdn_site: CdnSite, tmp_path: Path) -> 
     }
     config = write_config(tmp_path / "cdnreq.toml", cdn_site, database=database, domain={"retention_s": 0},
                           store=store)
+    make_live(cdn_site, config)
+    return cdn_site, config, database
+
+
+def make_live(site: CdnSite, config: Path) -> None:
+    """CUSTOMERS customers requested, published by the CDN and live (two `cdnreq once`)."""
     for i in range(CUSTOMERS):
-        cdn_site.add_customer(f"customer-{i}", {"url": url_of(i)})
+        site.add_customer(f"customer-{i}", {"url": url_of(i)})
     assert once(config).returncode == 0
-    for entry in cdn_site.technical_entries():
-        cdn_site.publish_as_cdn(entry["instance_guid"], {"domain": f"{entry['title']}.cdn.example"})
+    for entry in site.technical_entries():
+        site.publish_as_cdn(entry["instance_guid"], {"domain": f"{entry['title']}.cdn.example"})
     assert once(config).returncode == 0
     records, _ = load(config)
     assert len(records) == CUSTOMERS and all(r.phase is Phase.LIVE for r in records.values())
-    return cdn_site, config, database
 
 
 def authorized_get(token: str):
