@@ -46,7 +46,7 @@ async def test_a_waiting_newcomer_taken_with_a_later_one_keeps_first_claim(
     await prove_all(r, dns)
     master.instances = (busy1, busy2, zed)
     first = await r.tick()
-    assert first.ok and r.queue.left == ({"ZED"} if limit else set())
+    assert first.ok and r.admission.queue.left == ({"ZED"} if limit else set())
     master.instances = (busy1, busy2, zed, ace)
     second = await r.tick()
     assert second.ok and second.waiting_admission == 0
@@ -63,7 +63,7 @@ async def zed_waits_behind_two(tmp_path: Path, opened: list[Store]) -> tuple[Rec
     r, master = await reconciler(opened, limited(tmp_path, 1), [busy, zed, ace, f0, f1], dns)
     await prove_all(r, dns)
     master.instances = (busy, f0, f1, zed)
-    assert (await r.tick()).ok and set(r.queue.left) == {"F0", "F1", "ZED"}
+    assert (await r.tick()).ok and set(r.admission.queue.left) == {"F0", "F1", "ZED"}
     return r, master, (busy, zed, ace, f0, f1)
 
 
@@ -94,7 +94,7 @@ async def test_a_failed_tick_keeps_the_first_seen_order_of_those_it_took(tmp_pat
     failing = FailOnce(r.store)
     r.store.commit = failing.commit  # type: ignore[method-assign]
     master.instances = (busy, zed)
-    assert (await r.tick()).ok and set(r.queue.left) == {"ZED"}
+    assert (await r.tick()).ok and set(r.admission.queue.left) == {"ZED"}
     master.instances = (busy, zed, ace)
     failing.armed = True
     failed = await r.tick()
@@ -102,8 +102,8 @@ async def test_a_failed_tick_keeps_the_first_seen_order_of_those_it_took(tmp_pat
     assert InstanceGuid("ZED") not in (await r.store.load())  # nothing stored for ZED
     third = await r.tick()
     assert third.ok, third.error
-    left_waiting = set(r.queue.left)
-    assert (await r.tick()).ok and not r.queue.left
+    left_waiting = set(r.admission.queue.left)
+    assert (await r.tick()).ok and not r.admission.queue.left
     assert owner(r) == "ZED", f"the host went to {owner(r)} (left waiting at tick {third.id}: {left_waiting})"
 
 
@@ -121,7 +121,7 @@ async def test_a_listing_that_omits_a_waiting_newcomer_once_hands_its_host_to_a_
     master.instances = (busy, f0, f1, zed, ace)
     for _ in range(4):
         assert (await r.tick()).ok
-    assert not r.queue.left
+    assert not r.admission.queue.left
     assert owner(r) == "ZED", f"the host went to {owner(r)}, first listed a tick after ZED"
 
 
@@ -143,7 +143,7 @@ async def test_a_newcomer_listed_unusable_once_does_not_jump_the_queue(tmp_path:
 
     master.list_hosted = with_unusable  # type: ignore[method-assign]
     assert (await r.tick()).ok
-    assert InstanceGuid("ACE") not in (r.known or {}) and "ACE" in r.queue.left  # it waits its turn
+    assert InstanceGuid("ACE") not in (r.known or {}) and "ACE" in r.admission.queue.left  # it waits its turn
     master.list_hosted = listed  # type: ignore[method-assign]
     master.instances = (busy, f0, f1, zed, ace)
     third = await r.tick()

@@ -252,7 +252,7 @@ async def _plan_on(config: Config, snapshot: Engine, ssl_context: ssl.SSLContext
         report.error = f"internal error: a write to the master was attempted: {dict(master.refused)}"
     return document(
         log.actions, stages, dry, report, reconciler.known or {}, time.time(), config.daemon.confirm_ticks,
-        reconciler.queue.left,
+        reconciler.admission.queue.left,
     )
 
 

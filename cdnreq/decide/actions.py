@@ -86,8 +86,9 @@ class IdleCache:
 class Draft:
     """The plan being written: actions in order, records to store first, counts."""
 
-    def __init__(self, now: float) -> None:
+    def __init__(self, now: float, listed_at: Mapping[str, float] | None = None) -> None:
         self.now = now
+        self.listed_at = listed_at or {}  # newcomers' first-listed times (decide/admission.py)
         self.counts: Counter[str] = Counter()
         self.actions: list[Action] = []
         self.updates: list[Record] = []
@@ -99,6 +100,11 @@ class Draft:
             self.counts["backoff"] += 1  # its record is backing off
         else:
             self.actions.append(action)
+
+    def created_at(self, guid: str) -> float:
+        """A new record's creation time: when its instance was first listed
+        (its place in the order of claims), never after now."""
+        return min(self.listed_at.get(guid, self.now), self.now)
 
     def counted(self) -> dict[str, int]:
         for action in self.actions:

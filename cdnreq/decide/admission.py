@@ -18,8 +18,11 @@ Rules, and why:
   does not send it to the back. An unusable entry waits like any other (its
   customer is told at its turn): told, it would be known and jump the queue.
 - One listing is never enough evidence: a newcomer the master leaves out
-  keeps its place for `keep_unlisted` listings before it is forgotten (it
-  was never told anything and nothing was stored for it).
+  keeps its place for `keep_unlisted` scheduled listings before it is
+  forgotten (it was never told anything and nothing was stored for it); a
+  tick started at once (`sighting` false) is no new evidence of its going.
+- A taken newcomer's record is created with its first-listed time
+  (`created_at`), its place in the domain step's order from then on.
 - A never-seen instance listed destroyed takes no slot: nothing is done for
   it nor stored, so counted it would take a slot at every tick for ever.
 - The next tick starts at once only while the queue shrinks (`again`):
@@ -71,8 +74,12 @@ def admit(
     now: float,
     limit: int,
     keep_unlisted: int = 3,
+    sighting: bool = True,
+    left_before: frozenset[str] | None = None,
 ) -> Admitted:
-    """The listing with at most `limit` never-seen instances (0: no limit)."""
+    """The listing with at most `limit` never-seen instances (0: no limit).
+    `left_before`: who waited after the last tick that succeeded (the queue
+    must shrink from there for `again`), by default `queue.left`."""
 
     def new(guid: str) -> bool:
         return guid not in known and guid not in asleep
@@ -83,7 +90,8 @@ def admit(
     listed_at = {guid: before.get(guid, now) for guid in listed}
     missing: dict[str, int] = {}
     for guid, at in before.items():
-        if guid not in listed_at and new(guid) and (n := queue.missing.get(guid, 0) + 1) < keep_unlisted:
+        n = max(1, queue.missing.get(guid, 0) + (1 if sighting else 0))
+        if guid not in listed_at and new(guid) and n < keep_unlisted:
             listed_at[guid], missing[guid] = at, n  # left out of one listing: its place is kept
     if limit <= 0 or len(listed) <= limit:
         return Admitted(listing, Queue(listed_at, missing), len(listed))
@@ -92,6 +100,7 @@ def admit(
     instances = tuple(i for i in listing.instances if i.guid not in left)
     unusable = {g: why for g, why in listing.unusable.items() if g not in left}
     titles = {g: t for g, t in listing.unusable_titles.items() if g not in left}
-    again = not queue.left or len(left) < len(queue.left)
+    before = queue.left if left_before is None else left_before
+    again = not before or len(left) < len(before)
     kept = replace(listing, instances=instances, unusable=unusable, unusable_titles=titles)
     return Admitted(kept, Queue(listed_at, missing, left), limit, again)

@@ -31,11 +31,16 @@ class LookupSchedule:
 
     next_lookup: dict[str, tuple[str, float]] = field(default_factory=dict)
 
-    def due(self, guid: str, param_hash: str, now: float) -> bool:
+    def due(self, guid: str, param_hash: str, now: float, sighting: bool = True) -> bool:
         """A time further ahead than the longest wait is not believed: a
         clock set back, or a store restored onto another host, would
-        otherwise defer a customer's proof by as much."""
+        otherwise defer a customer's proof by as much. A tick started at
+        once to take on newcomers (`sighting` false) looks up only what was
+        never looked up for these parameters: the earlier slices' pending
+        proofs wait for the next scheduled tick."""
         scheduled = self.next_lookup.get(guid)
+        if scheduled is not None and scheduled[0] == param_hash and not sighting:
+            return False
         return (
             scheduled is None or scheduled[0] != param_hash or not now < scheduled[1] <= now + PENDING_MAX_S
         )
@@ -69,6 +74,7 @@ def first_round(
     schedule: LookupSchedule,
     now: float,
     challenged_for: Mapping[str, str] | None = None,
+    sighting: bool = True,
 ) -> FirstRound:
     """Who needs a proof (even when refused for now: a re-check may free the
     host), and of those, who is asked about this tick. `challenged_for`: the
@@ -85,7 +91,7 @@ def first_round(
             continue
         if any(not index.owns(guid, h) for h in verdict.hosts):
             challenged.append(guid)
-            if schedule.due(guid, param_hashes[guid], now):
+            if schedule.due(guid, param_hashes[guid], now, sighting):
                 asking[guid] = host_names(verdict, guid, index, active, policy)
             else:
                 deferred += 1

@@ -33,9 +33,10 @@ def spec_hash(software_release_uri: str, software_type: str, sla: Mapping[str, s
     return digest({"sr": software_release_uri, "type": software_type, "sla": dict(sla)})
 
 
-def new_record(guid: InstanceGuid, prefix: str, now: float) -> Record:
+def new_record(guid: InstanceGuid, prefix: str, now: float, created_at: float | None = None) -> Record:
     return Record(
-        guid=guid, title=technical_title(prefix, guid), phase=Phase.NEW, created_at=now, updated_at=now
+        guid=guid, title=technical_title(prefix, guid), phase=Phase.NEW,
+        created_at=now if created_at is None else created_at, updated_at=now,
     )
 
 
@@ -52,6 +53,7 @@ def plan(
     recent: Iterable[Departures] = (),
     approved_removals: Collection[str] = frozenset(),
     asleep: Mapping[str, Dormant] | None = None,
+    listed_at: Mapping[str, float] | None = None,
 ) -> Plan:
     """The tick's plan. Instances in `later` wait for DNS: they count as
     listed (never gone) but get no action here; `plan_decided` plans them.
@@ -61,8 +63,9 @@ def plan(
     `idle`: the cache the last plan returned (Plan.idle).
     `recent`: departures decided inside the removal guard's window.
     `approved_removals`: the held removals an operator approved; they go
-    ahead when every removal the guard would hold is among them."""
-    draft = Draft(now)
+    ahead when every removal the guard would hold is among them.
+    `listed_at`: when each newcomer was first listed (its record's created_at)."""
+    draft = Draft(now, listed_at)
     asleep = asleep or {}
     served = ServedHosts(known, asleep)
     listed, next_idle = _plan_listed(draft, listing, known, policy, gates, ownership, idle, later, asleep, served)
@@ -131,7 +134,7 @@ def _plan_listed(
                 counts["ungated"] += 1
                 continue
             gate = Gate.accept(instance)
-        record = _current(instance, record, now, policy, draft.updates, counts)
+        record = _current(instance, record, draft, policy)
         action = _for_present(instance, gate, record, policy, ownership, now)
         action, held_back = _after_previous(action, served, counts)
         draft.add(action, record)
@@ -152,7 +155,7 @@ def _counted(counts: Counter[str], listing: Listing) -> set[str]:
 def _plan_unusable(draft: Draft, listing: Listing, known: Mapping[InstanceGuid, Record], policy: Policy) -> None:
     """An entry the master listed in a form cdnreq cannot use: its customer is told why, once."""
     for guid, reason in listing.unusable.items():
-        record = known.get(InstanceGuid(guid)) or _reserved(InstanceGuid(guid), draft.now, policy, draft.updates)
+        record = known.get(InstanceGuid(guid)) or _reserved(InstanceGuid(guid), draft, policy)
         if (told := _told(record, reason)) is not None:
             draft.add(told, record)
 
@@ -167,16 +170,17 @@ def plan_decided(
     ownership: Ownership | None = None,
     losers: Iterable[Record] = (),
     asleep: Mapping[str, Dormant] | None = None,
+    listed_at: Mapping[str, float] | None = None,
 ) -> Plan:
     """The part of the plan `plan(..., later=...)` left out: instances whose
     gates DNS has just decided, and retained entries (`losers`, without an
     action yet) that may have lost a host to one of them."""
-    draft = Draft(now)
+    draft = Draft(now, listed_at)
     served = ServedHosts(known, asleep)
     decided: set[str] = set()
     for instance in instances:
         decided.add(instance.guid)
-        record = _current(instance, known.get(instance.guid), now, policy, draft.updates, draft.counts)
+        record = _current(instance, known.get(instance.guid), draft, policy)
         action = _for_present(instance, gates[instance.guid], record, policy, ownership, now)
         draft.add(_after_previous(action, served, draft.counts)[0], record)
     for record in losers:  # retained, or listed and no longer naming the host (planned before)
@@ -187,31 +191,24 @@ def plan_decided(
     return Plan(tuple(draft.actions), tuple(draft.updates), counts=draft.counted())
 
 
-def _current(
-    instance: SharedInstance,
-    record: Record | None,
-    now: float,
-    policy: Policy,
-    updates: list[Record],
-    counts: Counter[str],
-) -> Record:
+def _current(instance: SharedInstance, record: Record | None, draft: Draft, policy: Policy) -> Record:
     """The record a listed instance is planned with: a new one, one back from
     removal or retention (both stored before any call), or the known one."""
     if record is None:
-        record = new_record(instance.guid, policy.request_prefix, now)
-        updates.append(record)
-        counts["added"] += 1
+        record = new_record(instance.guid, policy.request_prefix, draft.now, draft.created_at(instance.guid))
+        draft.updates.append(record)
+        draft.counts["added"] += 1
     elif record.phase in (Phase.REMOVING, Phase.RETAINED):
-        record = resumed(record, now)
-        updates.append(record)
-        counts["back"] += 1
+        record = resumed(record, draft.now)
+        draft.updates.append(record)
+        draft.counts["back"] += 1
     return record
 
 
-def _reserved(guid: InstanceGuid, now: float, policy: Policy, updates: list[Record]) -> Record:
+def _reserved(guid: InstanceGuid, draft: Draft, policy: Policy) -> Record:
     """A record for an unusable entry never seen before: what it was told is kept."""
-    record = new_record(guid, policy.request_prefix, now)
-    updates.append(record)
+    record = new_record(guid, policy.request_prefix, draft.now, draft.created_at(guid))
+    draft.updates.append(record)
     return record
 
 

@@ -97,7 +97,7 @@ class DomainRun:
         index, policy = d.index, d.policy
         hashes = {g: i.param_hash for g, i in self.present.items()}
         issued = {g: c.domain for g in self.present if (c := d.challenges.get(InstanceGuid(g))) is not None}
-        asked = first_round(self.verdicts, hashes, index, self.active, policy, d.schedule, now, issued)
+        asked = first_round(self.verdicts, hashes, index, self.active, policy, d.schedule, now, issued, sighting)
         for guid in asked.challenged:
             d._challenge(InstanceGuid(guid), self.verdicts[guid], now, tick, out)
         if asked.deferred:

@@ -18,7 +18,7 @@ import gc
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import structlog
 
@@ -28,6 +28,7 @@ from cdnreq.dns.challenge import load_secret
 from cdnreq.heap import collector_paused, give_back
 from cdnreq.master import LocalResourceError, MasterClient, MasterError
 from cdnreq.model import InstanceGuid, Listing, Record
+from cdnreq.reconcile.admitting import Admission
 from cdnreq.reconcile.applying import Applying
 from cdnreq.reconcile.domains import DomainRun, Domains, DomainStep, Lookups
 from cdnreq.reconcile.execute import Outcome, execute
@@ -37,7 +38,6 @@ from cdnreq.reconcile.sleepers import Sleepers
 from cdnreq.reconcile.snapshot import Snapshot, snapshot_of
 from cdnreq.reconcile.guardrun import GuardRun
 from cdnreq.decide import changes
-from cdnreq.decide.admission import Queue, admit
 from cdnreq.decide.actions import IdleCache
 from cdnreq.decide.plan import Kind, Plan, plan, plan_decided
 from cdnreq.decide.reservation import reservation
@@ -95,8 +95,7 @@ class Reconciler:
         self.sleepers, self.names = Sleepers(), Names()
         self._quiet_progress = False
         self._streaks: dict[str, Any] | None = None
-        self.queue = Queue()  # never-seen instances not known yet (decide/admission.py)
-        self._catching_up = False  # this tick was started at once to take on newcomers: not a new sighting
+        self.admission = Admission()  # newcomers not known yet (decide/admission.py)
 
     async def load(self) -> None:
         """Read the store (and the domain secret) into memory."""
@@ -155,10 +154,14 @@ class Reconciler:
         await self.master.close()
         await self.resolver.close()
 
-    async def tick(self, stop: asyncio.Event | None = None) -> TickReport:
+    async def tick(self, stop: asyncio.Event | None = None, *, at_once: bool = False) -> TickReport:
         """One tick. Stopped mid-way (`stop` set while work was left, or
         cancelled at the shutdown timeout) it is recorded as INTERRUPTED, not
-        ok: what was done is committed, the rest waits for the next tick."""
+        ok: what was done is committed, the rest waits for the next tick.
+        `at_once`: started without waiting for the schedule, because the last
+        one left newcomers waiting (report.admit_again): no new sighting for
+        the guards that count ticks (decide/admission.py)."""
+        self.admission.begin(at_once)
         started = self.clock()
         try:
             tick_id = await self.store.begin_tick(started)
@@ -186,7 +189,7 @@ class Reconciler:
         finally:
             self.progress.finish_tick(report.ok, report.summary(), self.clock())
             give_back()  # the listing and the plan, freed
-        self._catching_up = report.ok and report.admit_again  # the next tick starts at once (service/daemon.py)
+        self.admission.end(report)
         return report
 
     async def _tick(self, report: TickReport, stop: asyncio.Event | None) -> None:
@@ -236,7 +239,7 @@ class Reconciler:
         with collector_paused():  # the listing and the plan: 100,000s of short-lived objects
             # the listing is let go of here, not held to the tick's end: what
             # the collector finds alive when it resumes, it walks
-            guard, run, first = await self._decide(self._admit(await self._list(), report), report)
+            guard, run, first = await self._decide(await self._list(report), report)
         await self._reserve_first(guard, run, first, report)  # before any call: a crash errs on holding
         applying = Applying(self, first, report, stop)
         try:
@@ -263,22 +266,15 @@ class Reconciler:
         self.domains.policy = domain_policy_of(self.config)
         self.domains.confirm_ticks = self.config.daemon.confirm_ticks
 
-    async def _list(self) -> Listing:
+    async def _list(self, report: TickReport) -> Listing:
+        """The listing, with at most [daemon].admit_per_tick newcomers (decide/admission.py)."""
+        assert self.known is not None
         self.progress.phase("listing", None, self.clock())
         listing = await self.master.list_hosted(self.config.master.instance_guid)
         if listing.unusable:  # each is told why; nothing else happens to them this tick
             log.warning("unusable listing entries", count=len(listing.unusable),
                         entries=dict(list(listing.unusable.items())[:20]))
-        return listing
-
-    def _admit(self, listing: Listing, report: TickReport) -> Listing:
-        """At most [daemon].admit_per_tick never-seen instances; the rest wait."""
-        assert self.known is not None
-        d = self.config.daemon
-        admitted = admit(listing, self.known, self.sleepers, self.queue, self.clock(), d.admit_per_tick, d.confirm_ticks)
-        self.queue = admitted.queue
-        report.waiting_admission, report.admit_again = admitted.waiting, admitted.again
-        return admitted.listing
+        return self.admission.admit(listing, self.known, self.sleepers, self.clock(), self.config.daemon, report)
 
     async def _decide(self, listing: Listing, report: TickReport) -> tuple[GuardRun, DomainRun, Plan]:
         """Validate, gate what needs no DNS answer, plan, and let the guards sift the plan."""
@@ -288,15 +284,16 @@ class Reconciler:
         self.idle = await self.sleepers.settle(listing, now, store=self.store, known=self.known,
                                                domains=self.domains, idle=self.idle, policy=policy)  # fmt: skip
         await self.names.keep(listing, self.known, self.sleepers, self.store)  # before any change is written
-        sighting = not self._catching_up  # streaks count ticks a tick_interval_s apart, not catch-ups
+        sighting, listed_at = self.admission.sighting, self.admission.queue.listed_at  # decide/admission.py
         guard = await GuardRun.start(self.store, self.config, self.known, now, self.sleepers, sighting)
         self.progress.phase("validating", len(listing.instances), now)
         run = self.domains.start(listing.instances, self.known, now, report.id, asleep=self.sleepers,
-                                 listed_at=self.queue.listed_at, sighting=sighting)
+                                 listed_at=listed_at, sighting=sighting)
         self.progress.phase("planning", None, self.clock())
         the_plan = plan(
             listing, self.known, now, policy, gates=run.first.gates, ownership=self.domains.index, idle=self.idle,
             later=run.later, recent=guard.recent, approved_removals=guard.approved_removals, asleep=self.sleepers,
+            listed_at=listed_at,
         )
         self.idle = the_plan.idle or IdleCache()
         the_plan = guard.sift(the_plan)
@@ -360,6 +357,7 @@ class Reconciler:
                     ownership=self.domains.index,
                     losers=losers,
                     asleep=self.sleepers,
+                    listed_at=self.admission.queue.listed_at,
                 )
                 the_plan = guard.sift(the_plan)
                 self._stage("decided", (the_plan, part))

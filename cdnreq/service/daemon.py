@@ -294,12 +294,14 @@ class Daemon:
         assert self.reconciler is not None and self.upkeep is not None
         first = True
         backed_up = False
+        at_once = False  # the last tick left newcomers waiting: this one takes them on (decide/admission.py)
         while not self.stop.is_set():
             if self.leadership is not None and not await take_over(self.leadership, self.store, self.reconciler,
                                                                    self.metrics):
+                at_once = False
                 continue
             started = time.monotonic()
-            tick = spawn(self._tick(), "cdnreq tick")
+            tick = spawn(self._tick(at_once), "cdnreq tick")
             if first:
                 self._spawn_tasks()
                 first = False
@@ -316,7 +318,8 @@ class Daemon:
                     self.upkeep.backup_if_due(report.id)
             interval = self.config.daemon.tick_interval_s
             delay = max(0.0, interval - (time.monotonic() - started)) + random.uniform(0, interval * 0.02)
-            if report is not None and report.ok and report.admit_again:
+            at_once = report is not None and report.ok and report.admit_again
+            if at_once:
                 delay = 0.0  # new instances wait for admission: the next tick takes them on at once
             await sleep_or_stop(self.stop, delay)
 
@@ -355,10 +358,10 @@ class Daemon:
             self.metrics.hosts(seen.hosts, seen.hosts_failing)
         self.notifier.status(status_line(report) + self.config_state.suffix())
 
-    async def _tick(self) -> TickReport | None:
+    async def _tick(self, at_once: bool = False) -> TickReport | None:
         async with self.writing:  # no operator action in the middle of a tick
             await self._apply_reload()
-            return await self._tick_or_stop()
+            return await self._tick_or_stop(at_once)
 
     async def _apply_reload(self) -> None:
         """A reload's new clients take over between ticks."""
@@ -372,11 +375,11 @@ class Daemon:
             resolver = self._resolver()
         await self.reconciler.reconfigure(self.config, master=master, resolver=resolver)
 
-    async def _tick_or_stop(self) -> TickReport | None:
+    async def _tick_or_stop(self, at_once: bool = False) -> TickReport | None:
         """The tick; on a stop, the calls in flight get the shutdown timeout,
         then the tick is cancelled (it records itself as interrupted)."""
         assert self.reconciler is not None
-        task = spawn(self.reconciler.tick(self.stop), "cdnreq reconcile")
+        task = spawn(self.reconciler.tick(self.stop, at_once=at_once), "cdnreq reconcile")
         await first_or_stop(task, self.stop)
         timeout = self.config.daemon.shutdown_timeout_s
         if not await end_within(task, timeout):

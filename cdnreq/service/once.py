@@ -37,7 +37,7 @@ async def run_once(config: Config, *, fresh: bool = False, config_path: Path | N
                 await reconciler.load()
                 report = await reconciler.tick()
                 while report.ok and report.admit_again:  # one pass takes every listed instance on
-                    report = await reconciler.tick()
+                    report = await reconciler.tick(at_once=True)
             finally:
                 await reconciler.resolver.close()
         # after the tick, whatever its result: `once` from a timer keeps the history
