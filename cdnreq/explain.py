@@ -42,10 +42,20 @@ def why(record: Record, *, retention_s: float, now: float) -> str:
 
 
 async def explain(
-    store: Engine, guid: str, *, label: str, retention_s: float, now: float, events: int = 20
+    store: Engine, guid: str, *, label: str, retention_s: float, now: float, events: int = 20,
+    admission: tuple[float, int] | None = None,
 ) -> dict[str, Any] | None:
+    """`admission`: the instance's place if it waits to be taken on
+    (decide/admission.place): listed, but nothing stored for it yet."""
     record = await store.get(guid)
     challenge = await store.challenge_of(guid)
+    if record is None and admission is not None:
+        listed_at, ahead = admission
+        return {"instance_guid": guid, "state": "waiting",
+                "why": f"new, waiting to be taken on (first listed at {iso(listed_at)}; {ahead} new instances"
+                       " listed before it wait too): a tick takes on [daemon].admit_per_tick new instances,"
+                       " the first listed first, and the next one starts at once",
+                "events": []}
     if record is None:
         return await _unrecorded(store, guid, challenge, label=label, events=events)
     return {

@@ -39,7 +39,7 @@ from typing import Container, Mapping
 
 from cdnreq.model import Listing, RequestedState
 
-__all__ = ["Admitted", "Queue", "admit"]
+__all__ = ["Admitted", "Queue", "admit", "place"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +50,15 @@ class Queue:
     listed_at: Mapping[str, float] = field(default_factory=dict)
     missing: Mapping[str, int] = field(default_factory=dict)
     left: frozenset[str] = frozenset()  # listed, left for a later tick by the last admission
+
+
+def place(queue: Queue, guid: str) -> tuple[float, int] | None:
+    """A waiting newcomer's first-listed time and how many wait before it
+    (`cdnreq explain`); None when it does not wait."""
+    if guid not in queue.left:
+        return None
+    mine = (queue.listed_at[guid], guid)
+    return mine[0], sum(1 for g in queue.left if (queue.listed_at[g], g) < mine)
 
 
 @dataclass(frozen=True, slots=True)

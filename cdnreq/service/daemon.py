@@ -30,6 +30,7 @@ from cdnreq.aiotasks import end_within, first_or_stop, sleep_or_stop, spawn
 from cdnreq.config import Config
 from cdnreq.configdigest import file_digest, load_with_digest
 from cdnreq.configfile import ConfigError
+from cdnreq.decide.admission import place
 from cdnreq.decide.operator import REDELIVER, action_of, who
 from cdnreq.endpoint import bound_address, make_app, serve
 from cdnreq.explain import explain
@@ -187,12 +188,14 @@ class Daemon:
 
     async def instance(self, guid: str) -> dict[str, Any] | None:
         assert self.store is not None
+        queue = self.reconciler.admission.queue if self.reconciler is not None else None  # replaced, never changed
         return await explain(
             self.store,
             guid,
             label=self.config.domain.challenge_label,
             retention_s=self.config.domain.retention_s,
             now=time.time(),
+            admission=place(queue, guid) if queue is not None else None,
         )
 
     async def act(self, name: str, query: Any, via: str) -> tuple[int, dict[str, Any]]:
