@@ -36,7 +36,7 @@ def test_under_the_limit_the_listing_is_planned_whole() -> None:
 def test_over_the_limit_the_first_by_guid_are_taken_and_the_rest_wait_in_listing_order() -> None:
     admitted = admit(listing("E", "B", "D", "A", "C"), known=set(), asleep=set(), queue=Queue(), now=7.0, limit=2)
     assert guids(admitted.listing) == ["B", "A"]  # the listing's order kept
-    assert admitted.queue.left == {"C", "D", "E"}
+    assert admitted.queue.left == ("C", "D", "E")  # in the order they will be taken
     assert admitted.taken == 2 and admitted.again
 
 
@@ -44,7 +44,7 @@ def test_known_and_sleeping_instances_never_wait_nor_take_a_slot() -> None:
     admitted = admit(listing("K1", "N1", "S1", "N2", "K2", "N3"), known={"K1", "K2"}, asleep={"S1"},
                      queue=Queue(), now=1.0, limit=1)
     assert guids(admitted.listing) == ["K1", "N1", "S1", "K2"]
-    assert admitted.queue.left == {"N2", "N3"}
+    assert admitted.queue.left == ("N2", "N3")
     assert set(admitted.queue.listed_at) == {"N1", "N2", "N3"}
 
 
@@ -53,7 +53,7 @@ def test_never_seen_destroyed_instances_never_wait_nor_take_a_slot() -> None:
     admitted = admit(listing("A", "B", "C", "D", destroyed=("A", "B")), known=set(), asleep=set(),
                      queue=Queue(), now=1.0, limit=1)
     assert guids(admitted.listing) == ["A", "B", "C"]
-    assert admitted.queue.left == {"D"}
+    assert admitted.queue.left == ("D",)
 
 
 def test_unusable_newcomers_wait_their_turn_too() -> None:
@@ -63,20 +63,20 @@ def test_unusable_newcomers_wait_their_turn_too() -> None:
     admitted = admit(seen, known=set(), asleep=set(), queue=Queue(), now=1.0, limit=2)
     assert guids(admitted.listing) == ["A"] and dict(admitted.listing.unusable) == {"B": "parameters: not an object"}
     assert dict(admitted.listing.unusable_titles) == {"B": "b"}
-    assert admitted.queue.left == {"C", "D"}
+    assert admitted.queue.left == ("C", "D")
 
 
 def test_first_listed_is_first_taken_whatever_the_guid() -> None:
     # "Z" waited since 3.0: a newcomer "A" of 4.0 does not pass it
-    queue = Queue({"Z": 3.0}, {}, frozenset({"Z"}))
+    queue = Queue({"Z": 3.0}, {}, ("Z",))
     admitted = admit(listing("A", "Z"), known=set(), asleep=set(), queue=queue, now=4.0, limit=1)
     assert guids(admitted.listing) == ["Z"]
-    assert admitted.queue.left == {"A"} and admitted.queue.listed_at == {"A": 4.0, "Z": 3.0}
+    assert admitted.queue.left == ("A",) and admitted.queue.listed_at == {"A": 4.0, "Z": 3.0}
 
 
 def test_a_taken_instance_keeps_its_place_until_it_is_known() -> None:
     # taken at 2.0, its tick failed before its record was stored: still first
-    queue = Queue({"Z": 1.0, "Y": 2.0}, {}, frozenset({"Y"}))
+    queue = Queue({"Z": 1.0, "Y": 2.0}, {}, ("Y",))
     admitted = admit(listing("A", "Y", "Z"), known=set(), asleep=set(), queue=queue, now=3.0, limit=1)
     assert guids(admitted.listing) == ["Z"]
     known = admit(listing("A", "Y", "Z"), known={"Z"}, asleep=set(), queue=admitted.queue, now=4.0, limit=1)
@@ -84,7 +84,7 @@ def test_a_taken_instance_keeps_its_place_until_it_is_known() -> None:
 
 
 def test_a_newcomer_left_out_of_a_listing_keeps_its_place_for_a_while() -> None:
-    queue = Queue({"Z": 1.0}, {}, frozenset({"Z"}))
+    queue = Queue({"Z": 1.0}, {}, ("Z",))
     out = admit(listing("B"), known=set(), asleep=set(), queue=queue, now=2.0, limit=1, keep_unlisted=3)
     assert out.queue.listed_at["Z"] == 1.0 and out.queue.missing == {"Z": 1}
     back = admit(listing("B", "A", "Z"), known={"B"}, asleep=set(), queue=out.queue, now=3.0, limit=1, keep_unlisted=3)
@@ -96,12 +96,12 @@ def test_a_newcomer_left_out_of_a_listing_keeps_its_place_for_a_while() -> None:
 
 
 def test_the_next_tick_starts_at_once_only_while_the_queue_shrinks() -> None:
-    queue = Queue({"B": 1.0, "C": 1.0}, {}, frozenset({"B", "C"}))
+    queue = Queue({"B": 1.0, "C": 1.0}, {}, ("B", "C"))
     shrinking = admit(listing("B", "C"), known=set(), asleep=set(), queue=queue, now=2.0, limit=1)
     assert shrinking.again
     # as many new as taken (or the taken never became known): no spinning
     stuck = admit(listing("A", "B", "C"), known=set(), asleep=set(), queue=queue, now=2.0, limit=1)
-    assert stuck.queue.left == {"C", "A"} and not stuck.again
+    assert stuck.queue.left == ("C", "A") and not stuck.again
 
 
 def limited(tmp_path: Path, limit: int) -> Config:

@@ -29,7 +29,7 @@ def test_random_hostile_listings() -> None:
             asleep = {g for g in known if rng.random() < 0.3}
             awake = known - asleep
             got = admit(listing, awake, asleep, queue, float(tick), limit)
-            left = got.queue.left
+            left = set(got.queue.left)
             planned = {i.guid for i in got.listing.instances}
             assert known & set(listed) <= planned  # known (awake or asleep) never wait
             assert not (left & planned)

@@ -48,7 +48,7 @@ async def test_events_without_record_or_challenge_are_a_forgotten_instance(store
 async def test_a_newcomer_waiting_to_be_taken_on_says_so_and_its_place(store: Store) -> None:
     from cdnreq.decide.admission import Queue, place
 
-    queue = Queue({"A": 10.0, "B": 5.0, "C": 10.0, "D": 1.0}, {}, frozenset({"A", "B", "C"}))  # D was taken
+    queue = Queue({"A": 10.0, "B": 5.0, "C": 10.0, "D": 1.0}, {}, ("B", "A", "C"))  # in order; D was taken
     assert place(queue, "D") is None and place(queue, "X") is None
     assert place(queue, "C") == (10.0, 2)  # B (listed earlier) and A (same time, smaller guid) first
     data = await explain(store, "C", label="_slapos-challenge", retention_s=0, now=20.0, admission=place(queue, "C"))

@@ -49,16 +49,17 @@ class Queue:
 
     listed_at: Mapping[str, float] = field(default_factory=dict)
     missing: Mapping[str, int] = field(default_factory=dict)
-    left: frozenset[str] = frozenset()  # listed, left for a later tick by the last admission
+    left: tuple[str, ...] = ()  # listed, left for a later tick by the last admission, in the order taken
 
 
 def place(queue: Queue, guid: str) -> tuple[float, int] | None:
     """A waiting newcomer's first-listed time and how many wait before it
     (`cdnreq explain`); None when it does not wait."""
-    if guid not in queue.left:
+    try:
+        ahead = queue.left.index(guid)  # a walk in C: about a millisecond at 80,000
+    except ValueError:
         return None
-    mine = (queue.listed_at[guid], guid)
-    return mine[0], sum(1 for g in queue.left if (queue.listed_at[g], g) < mine)
+    return queue.listed_at[guid], ahead
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +85,7 @@ def admit(
     limit: int,
     keep_unlisted: int = 3,
     sighting: bool = True,
-    left_before: frozenset[str] | None = None,
+    left_before: tuple[str, ...] | None = None,
 ) -> Admitted:
     """The listing with at most `limit` never-seen instances (0: no limit).
     `left_before`: who waited after the last tick that succeeded (the queue
@@ -105,10 +106,11 @@ def admit(
     if limit <= 0 or len(listed) <= limit:
         return Admitted(listing, Queue(listed_at, missing), len(listed))
     order = sorted(listed, key=lambda guid: (listed_at[guid], guid))
-    left = frozenset(order[limit:])
-    instances = tuple(i for i in listing.instances if i.guid not in left)
-    unusable = {g: why for g, why in listing.unusable.items() if g not in left}
-    titles = {g: t for g, t in listing.unusable_titles.items() if g not in left}
+    left = tuple(order[limit:])
+    waits = set(left)
+    instances = tuple(i for i in listing.instances if i.guid not in waits)
+    unusable = {g: why for g, why in listing.unusable.items() if g not in waits}
+    titles = {g: t for g, t in listing.unusable_titles.items() if g not in waits}
     before = queue.left if left_before is None else left_before
     again = not before or len(left) < len(before)
     kept = replace(listing, instances=instances, unusable=unusable, unusable_titles=titles)

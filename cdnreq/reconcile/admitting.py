@@ -20,7 +20,7 @@ class Admission:
     def __init__(self) -> None:
         self.queue = Queue()
         self.sighting = True  # False while a tick started at once to take on newcomers runs
-        self._left_ok: frozenset[str] = frozenset()
+        self._left_ok: tuple[str, ...] = ()
 
     def begin(self, at_once: bool) -> None:
         self.sighting = not at_once

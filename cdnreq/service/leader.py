@@ -21,6 +21,7 @@ import structlog
 from cdnreq.aiotasks import sleep_or_stop
 from cdnreq.config import StoreConfig
 from cdnreq.decide.leadership import Term
+from cdnreq.reconcile.admitting import Admission
 from cdnreq.service.opening import refuse_unfinished_copy
 from cdnreq.store.errors import StoreError
 from cdnreq.store.pgkeeper import LeaseKeeper
@@ -216,6 +217,7 @@ async def take_over(leadership: Leadership, store: Any, reconciler: Any, metrics
             await leadership.wait(leadership.settings().renew_s)
             return False
         reconciler.reread()
+        reconciler.admission = Admission()  # an earlier term's queue and runs are not this term's
         leadership.acting = True
     return True
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from typing import Any, AsyncIterator, Iterable
 
 from cdnreq.model import Challenge, Decision, Event, HostClaim, InstanceGuid, Record
 from cdnreq.store.imports import findings_of, last_import
 from cdnreq.store.rows import (
     CHANGE_COLUMNS, EVENT_COLUMNS, SELECT, SELECT_ASLEEP, SELECT_AWAKE, SELECT_CHALLENGES, SELECT_DECISIONS,
-    SELECT_HOSTS, SELECT_UNNAMED, load_json, to_challenges, to_event, to_hosts, to_record, to_records,
+    SELECT_HOSTS, SELECT_UNNAMED, load_json, to_challenges, to_event, to_hosts, to_records,
 )
 
 PAGE = 5000  # rows a paged load reads at a time
@@ -35,7 +36,18 @@ class SqlReads:
         """Every instance (or those not asleep), read a page at a time."""
         records: dict[InstanceGuid, Record] = {}
         async for page in self._pages(SELECT_AWAKE if awake_only else SELECT, "guid"):
-            records.update(await asyncio.to_thread(to_records, page))
+            records.update(await self._records(page))
+        return records
+
+    async def _records(self, rows: list[Any]) -> dict[InstanceGuid, Record]:
+        """Rows as records (in a thread); a record whose served hosts could
+        not be read (rows.to_records) serves, as far as cdnreq knows, every
+        host it claims."""
+        unserved: list[InstanceGuid] = []
+        records = await asyncio.to_thread(to_records, rows, unserved)
+        for guid in unserved:
+            claimed = tuple(sorted(claim.host for claim in await self.hosts_of(guid)))
+            records[guid] = replace(records[guid], served=claimed)
         return records
 
     async def _pages(self, select: str, key: str) -> AsyncIterator[list[tuple[Any, ...]]]:
@@ -80,8 +92,7 @@ class SqlReads:
 
     async def records_of(self, guids: Iterable[str]) -> dict[InstanceGuid, Record]:
         """The records of `guids` that exist (a Reconciler waking sleeping instances)."""
-        rows = await self._some(SELECT, guids)
-        return await asyncio.to_thread(to_records, rows)
+        return await self._records(await self._some(SELECT, guids))
 
     async def challenges_of(self, guids: Iterable[str]) -> dict[InstanceGuid, Challenge]:
         return to_challenges(await self._some(SELECT_CHALLENGES, guids))
@@ -92,7 +103,7 @@ class SqlReads:
 
     async def get(self, guid: str) -> Record | None:
         rows = await self._all(SELECT + " WHERE guid = ?", (guid,))
-        return to_record(rows[0]) if rows else None
+        return next(iter((await self._records(rows)).values()), None)
 
     async def published_of(self, guid: str) -> dict[str, Any] | None:
         """What the customer was last shown (Records keep only its digest)."""

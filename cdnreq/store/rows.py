@@ -169,6 +169,8 @@ _i = sys.intern
 
 
 def _connection(text: str | None) -> FrozenJson | None:
+    if text is not None and not isinstance(text, str):  # a blob in a hand-edited file
+        raise TypeError(f"connection is {type(text).__name__}, not text")
     return None if text is None else FrozenJson(text.encode("utf-8", "surrogatepass"))
 
 
@@ -193,25 +195,30 @@ def to_record(row: tuple[Any, ...]) -> Record:
     )  # fmt: skip
 
 
-UNREADABLE = (ValueError, TypeError, KeyError, RecursionError, UnicodeError)
+UNREADABLE = (ValueError, TypeError, KeyError, RecursionError, UnicodeError, AttributeError)
 _JSON_COLUMNS = {"connection": (9, _connection), "published": (10, _published), "served": (16, _served)}
 
 
-def to_records(rows: list[tuple[Any, ...]]) -> dict[InstanceGuid, Record]:
+def to_records(rows: list[tuple[Any, ...]], unserved: list[InstanceGuid] | None = None) -> dict[InstanceGuid, Record]:
+    """`unserved` collects the guids whose served hosts could not be read
+    (the reader then reads them from the instance's claims, see reads.py)."""
     records: dict[InstanceGuid, Record] = {}
     for row in rows:
         try:
             record = to_record(row)
         except UNREADABLE:
-            record = _salvaged(row)
+            record = _salvaged(row, unserved)
         records[record.guid] = record
     return records
 
 
-def _salvaged(row: tuple[Any, ...]) -> Record:
+def _salvaged(row: tuple[Any, ...], unserved: list[InstanceGuid] | None) -> Record:
     """A row to_record refuses (a hand-edited file): a JSON column it cannot
-    read is read as unknown (NULL) and logged, so the other instances' load
-    goes on and this one is planned from what is left. A row whose guid,
+    read is logged and read as unknown, so the other instances' load goes on
+    and this one is planned from what is left: the customer's last
+    publication and the entry's answer as none (at worst told or read back
+    again); the hosts its entry serves as every host it claims (never as
+    none: that would release a host a live entry serves). A row whose guid,
     phase or state is unreadable cannot be planned: StoreError names it."""
     fixed = list(row)
     for column, (at, read) in _JSON_COLUMNS.items():
@@ -221,6 +228,8 @@ def _salvaged(row: tuple[Any, ...]) -> Record:
             log.error("a stored column cannot be read; read as unknown", instance_guid=str(row[0])[:200],
                       column=column, error=f"{type(error).__name__}: {str(error)[:200]}")
             fixed[at] = None
+            if column == "served" and unserved is not None and isinstance(row[0], str):
+                unserved.append(InstanceGuid(row[0]))
     try:
         return to_record(tuple(fixed))
     except UNREADABLE as error:
