@@ -441,11 +441,13 @@ def test_first_tick_in_flight_then_stop_times_out_the_calls(black_hole: str, tmp
     config = engine_config(site, tmp_path, master={"timeout_s": 60.0}, daemon={"shutdown_timeout_s": 1.0})
     daemon = spawn(config)
 
+    # on PostgreSQL the node reads the store inside its first tick (it took the
+    # lease), before the listing: running, with no phase yet for a moment
     running = wait_for(
-        lambda: (r := daemon.try_get("/status")) is not None and r.json()["progress"]["running"] and r.json(),
-        "the first tick to be running", daemon=daemon,
+        lambda: (r := daemon.try_get("/status")) is not None and r.json()["progress"]["phase"] == "listing" and r.json(),
+        "the first tick to be listing", daemon=daemon,
     )
-    assert running["progress"]["phase"] == "listing" and running["progress"]["last"] is None
+    assert running["progress"]["running"] and running["progress"]["last"] is None
     not_ready = daemon.get("/readyz")
     assert not_ready.status == 503
     assert not_ready.json() == {"ready": False, "reason": "the first tick has not finished"}
