@@ -45,7 +45,8 @@ __all__ = ["Admitted", "Queue", "admit", "place"]
 @dataclass(frozen=True, slots=True)
 class Queue:
     """What admission keeps between ticks: when each newcomer not yet known
-    was first listed, and for how many listings in a row it has been missing."""
+    was first listed, and for how many scheduled listings in a row it has
+    been missing."""
 
     listed_at: Mapping[str, float] = field(default_factory=dict)
     missing: Mapping[str, int] = field(default_factory=dict)
@@ -96,13 +97,15 @@ def admit(
 
     listed = [i.guid for i in listing.instances if i.state is not RequestedState.DESTROYED and new(i.guid)]
     listed += [guid for guid in listing.unusable if new(guid)]
-    before = queue.listed_at
-    listed_at = {guid: before.get(guid, now) for guid in listed}
+    first = queue.listed_at
+    listed_at = {guid: first.get(guid, now) for guid in listed}
     missing: dict[str, int] = {}
-    for guid, at in before.items():
+    for guid, at in first.items():
+        if guid in listed_at or not new(guid):
+            continue
         n = max(1, queue.missing.get(guid, 0) + (1 if sighting else 0))
-        if guid not in listed_at and new(guid) and n < keep_unlisted:
-            listed_at[guid], missing[guid] = at, n  # left out of one listing: its place is kept
+        if n < keep_unlisted:
+            listed_at[guid], missing[guid] = at, n  # left out of this listing: its place is kept
     if limit <= 0 or len(listed) <= limit:
         return Admitted(listing, Queue(listed_at, missing), len(listed))
     order = sorted(listed, key=lambda guid: (listed_at[guid], guid))
