@@ -184,7 +184,10 @@ def test_dead_letters_are_shown_and_sent_again_and_private_targets_refused(tmp_p
                 "max_retry_hours": 0.001}  # 3.6 s of retries, then dead
 
         def config_for(name: str, allow: list[str]) -> Path:
-            return write_config(tmp_path / f"{name}.toml", {"url": served.url}, tmp_path / f"{name}.db",
+            # a directory each: the first daemon's backups (beside its database) made the
+            # second refuse to start on its missing database when one was taken in time
+            (tmp_path / name).mkdir()
+            return write_config(tmp_path / f"{name}.toml", {"url": served.url}, tmp_path / name / "cdnreq.db",
                                 daemon={"token_file": str(write_token(tmp_path))}, domain={"retention_s": 0},
                                 webhooks={"allow_networks": allow}, consumer=[hook])
 
