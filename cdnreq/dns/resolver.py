@@ -324,6 +324,7 @@ class Resolver:
             await (worker(asking[0]) if len(asking) == 1 else asyncio.gather(*map(worker, asking)))
         finally:
             timer.cancel()
+            sweep = None  # type: ignore[assignment]  # it names itself: a cycle that held the batch's answers
         return chains
 
     def _observe(self, outcome: str, seconds: float) -> None:
@@ -383,6 +384,11 @@ class Resolver:
                     raise _Failure(ABSENT, _DETAILS[code]) from None
                 detail = _DETAILS.get(code) or (error.args[1] if len(error.args) > 1 else repr(error))
                 raise _Failure(UNKNOWN, detail) from None
+            finally:
+                # A failed future holds its error, whose traceback holds this
+                # frame, which held the future: a cycle per absent name, kept
+                # until the collector runs after the tick (heap.collector_paused)
+                future = cell[1] = None
 
 
 def _via(aliases: Sequence[str]) -> str:
