@@ -101,13 +101,14 @@ def _plan_listed(
     unchecked = gates is None  # tools and tests: every instance as listed
     gates = gates or {}
     unchanged = 0
+    sleeping = asleep.keys()  # a dict's view (reconcile/sleepers.Sleepers.keys): membership in C
     for instance in listing.instances:
         guid = instance.guid
         if guid in seen:
             counts["duplicate"] += 1
             continue
         seen.add(guid)
-        if asleep and guid in asleep:
+        if guid in sleeping:
             unchanged += 1
             continue
         record = known.get(guid)

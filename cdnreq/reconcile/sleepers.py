@@ -8,7 +8,7 @@ wakes, before the domain step or the planner may read them.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, KeysView, Mapping
 
 import structlog
 
@@ -39,6 +39,11 @@ class Sleepers(Mapping[str, Dormant]):
 
     def __contains__(self, guid: object) -> bool:  # Mapping's goes through __getitem__ and an exception
         return guid in self._entries
+
+    def keys(self) -> KeysView[str]:
+        """The guids, as the dict's own view: a test of membership in it is
+        C, where one on this Mapping is a Python call (100,000s a tick)."""
+        return self._entries.keys()
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -274,7 +274,7 @@ class Reconciler:
         if listing.unusable:  # each is told why; nothing else happens to them this tick
             log.warning("unusable listing entries", count=len(listing.unusable),
                         entries=dict(list(listing.unusable.items())[:20]))
-        return self.admission.admit(listing, self.known, self.sleepers, self.clock(), self.config.daemon, report)
+        return self.admission.admit(listing, self.known, self.sleepers.keys(), self.clock(), self.config.daemon, report)
 
     async def _decide(self, listing: Listing, report: TickReport) -> tuple[GuardRun, DomainRun, Plan]:
         """Validate, gate what needs no DNS answer, plan, and let the guards sift the plan."""
@@ -283,11 +283,11 @@ class Reconciler:
         policy = policy_of(self.config)
         self.idle = await self.sleepers.settle(listing, now, store=self.store, known=self.known,
                                                domains=self.domains, idle=self.idle, policy=policy)  # fmt: skip
-        await self.names.keep(listing, self.known, self.sleepers, self.store)  # before any change is written
+        await self.names.keep(listing, self.known, self.sleepers.keys(), self.store)  # before any change is written
         sighting, listed_at = self.admission.sighting, self.admission.queue.listed_at  # decide/admission.py
         guard = await GuardRun.start(self.store, self.config, self.known, now, self.sleepers, sighting)
         self.progress.phase("validating", len(listing.instances), now)
-        run = self.domains.start(listing.instances, self.known, now, report.id, asleep=self.sleepers,
+        run = self.domains.start(listing.instances, self.known, now, report.id, asleep=self.sleepers.keys(),
                                  listed_at=listed_at, sighting=sighting)
         self.progress.phase("planning", None, self.clock())
         the_plan = plan(
