@@ -131,9 +131,9 @@ class HostIndex:
 
     def owned_by_others(self, guids: Collection[str]) -> Iterator[str]:
         """The hosts of every owner not in `guids`."""
-        for guid, held in self._by_guid.items():
-            if guid not in guids:
-                yield from _hosts(held)
+        by_guid = self._by_guid
+        for guid in [g for g in by_guid if g not in guids]:  # one comprehension over 100,000 owners, nearly all in `guids`
+            yield from _hosts(by_guid[guid])
 
     def hosts_of(self, guid: str) -> set[str]:
         return set(self.owned(guid))
