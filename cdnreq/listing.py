@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from operator import attrgetter
 from typing import Any, Iterable, Iterator
 
@@ -78,13 +79,17 @@ def parse_listing(entries: Iterable[Any]) -> Listing:
     unusable_titles: dict[str, str] = {}
     anonymous = 0
     make, states, append = _make_instance, _STATES, instances.append
-    canonical, sha256 = _canonical, hashlib.sha256
+    canonical, sha256, intern = _canonical, hashlib.sha256, sys.intern
     for entry in _released(entries):
         if entry.__class__ is dict:
             guid = entry.get("instance_guid")
             if guid.__class__ is not str or not guid or "\x00" in guid or not (guid.isascii() or addressable(guid)):
                 anonymous += 1
                 continue
+            # the store's guids are interned (store/rows.py): a known instance's
+            # guid is then the one object the state holds between ticks, and the
+            # listing's copy goes at once instead of staying among what it keeps
+            guid = intern(guid)
             parameters = entry.get("parameters", _MISSING)
             raw_state = entry.get("state", _MISSING)
             state = states.get(raw_state) if raw_state.__class__ is str else None
