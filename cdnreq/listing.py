@@ -86,10 +86,7 @@ def parse_listing(entries: Iterable[Any]) -> Listing:
             if guid.__class__ is not str or not guid or "\x00" in guid or not (guid.isascii() or addressable(guid)):
                 anonymous += 1
                 continue
-            # the store's guids are interned (store/rows.py): a known instance's
-            # guid is then the one object the state holds between ticks, and the
-            # listing's copy goes at once instead of staying among what it keeps
-            guid = intern(guid)
+            guid = intern(guid)  # a known guid: the store's one object (rows.py), not a copy kept among the listing's
             parameters = entry.get("parameters", _MISSING)
             raw_state = entry.get("state", _MISSING)
             state = states.get(raw_state) if raw_state.__class__ is str else None
