@@ -160,7 +160,8 @@ def _memory_at_100k(sizes: dict[int, Any], _: dict[str, Any]) -> list[Target]:
     found.append(_target(name, None, "not measured", "<= 2x its body") if not listing else _target(
         name, listing["transient_per_body"] <= 2, f"{listing['transient_peak_mb']:.0f} MB",
         "<= 2x its body", f"{listing['transient_per_body']:.2f}x its body of {listing['body_mb']:.0f} MB; "
-        f"the listing keeps {listing['held_bytes_per_instance']} B/instance until the tick ends"))
+        f"the listing keeps {listing['held_bytes_per_instance']} B/instance until the tick ends"
+        + ("; the guids known, as in an idle tick" if listing.get("known_guids") else "")))
     return found
 
 
