@@ -52,6 +52,9 @@ class LookupSchedule:
         lookup every ten minutes, not one a tick."""
         age = now - challenge.created_at if challenge is not None else 0.0
         delay = min(PENDING_MAX_S, max(PENDING_MIN_S, age / 10))
+        scheduled = self.next_lookup.get(guid)
+        if scheduled is not None and scheduled[0] == param_hash:
+            param_hash = scheduled[0]  # the string held already: the listing's copy goes with the tick
         self.next_lookup[guid] = (param_hash, now + delay)
 
     def forget(self, guid: str) -> None:
