@@ -7,10 +7,12 @@ the processes."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 import urllib.error
@@ -158,3 +160,71 @@ def the_leader(nodes: list[Node], timeout_s: float = 60.0) -> Node:
         return leading[0] if len(leading) == 1 else None
 
     return until(one, "exactly one leader", timeout_s)
+
+
+class Link:
+    """A TCP proxy on 127.0.0.1 to `port`: forwards, or (cut) drops every
+    byte both ways and holds the connections open, as a partition does;
+    `heal()` resets the connections the partition held and forwards again."""
+
+    def __init__(self, port: int):
+        self.upstream = port
+        self.port = 0
+        self.cut = False
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.server: asyncio.AbstractServer | None = None
+
+    def start(self) -> "Link":
+        self.thread.start()
+
+        async def serve() -> int:
+            self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+            return self.server.sockets[0].getsockname()[1]
+
+        self.port = asyncio.run_coroutine_threadsafe(serve(), self.loop).result(10)
+        return self
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.writers.add(up_writer)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    if not self.cut:
+                        dst.write(data)
+                        await dst.drain()
+            except (OSError, ConnectionError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def set_cut(self, cut: bool) -> None:
+        def change() -> None:
+            self.cut = cut
+            if not cut:  # the sessions the partition held are dead on both ends
+                for w in list(self.writers):
+                    w.transport.abort()
+                self.writers.clear()
+
+        self.loop.call_soon_threadsafe(change)
+
+    def stop(self) -> None:
+        def close() -> None:
+            for w in list(self.writers):
+                w.transport.abort()
+            if self.server is not None:
+                self.server.close()
+
+        self.loop.call_soon_threadsafe(close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)

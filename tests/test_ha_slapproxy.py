@@ -1,7 +1,9 @@
-"""Two `cdnreq run` nodes on one PostgreSQL store against slapproxy (issue 15):
-exactly one leads; killed (kill -9) or paused past its lease (SIGSTOP), the
-other takes over within the lease and a tick, finishes the work, and the
-old leader never calls the master nor writes again.
+"""Two and three `cdnreq run` nodes on one PostgreSQL store against slapproxy
+(issue 15): exactly one leads; killed (kill -9), paused past its lease
+(SIGSTOP) or cut off from the database (a TCP proxy on loopback dropping
+every byte), the other takes over within the lease and a tick, finishes the
+work, and the old leader never calls the master nor writes again;
+PostgreSQL restarted while a request is in flight loses and doubles nothing.
 
 Each node reaches slapproxy through its own FaultProxy (tests/faultproxy.py),
 whose call log tells which node sent what: no customer requested under two
@@ -19,9 +21,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from faultproxy import REQUEST, FaultProxy
-from hanodes import (LEASE_S, RENEW_S, TICK_S, TOKEN, Node, database_activity, store_section, the_leader, until,
-                     write_token)
+from faultproxy import REQUEST, FaultProxy, trickle
+from hanodes import (LEASE_S, RENEW_S, TICK_S, TOKEN, Link, Node, database_activity, store_section, the_leader,
+                     until, write_token)
 
 from cdnreq.decide.titles import technical_title
 from devtools.devmaster import CdnSite, write_config
@@ -45,8 +47,8 @@ def start_node(name: str, root: Path, site: CdnSite, pg_url: str) -> Node:
 def cluster(cdn_site: CdnSite, pg_url: str, tmp_path: Path):
     nodes: list[Node] = []
 
-    def start(name: str) -> Node:
-        nodes.append(start_node(name, tmp_path, cdn_site, pg_url))
+    def start(name: str, database_url: str | None = None) -> Node:
+        nodes.append(start_node(name, tmp_path, cdn_site, database_url or pg_url))
         return nodes[-1]
 
     yield start
@@ -210,3 +212,67 @@ def test_three_nodes_hand_over_twice(cdn_site: CdnSite, cluster):
     check_call_log(nodes, guids)
     epochs = {n.name: (n.get("/status") or (0, {}))[1].get("cluster", {}).get("epoch") for n in nodes[2:]}
     assert third.get("/status")[1]["cluster"]["epoch"] >= 3, epochs
+
+
+def test_a_leader_cut_off_from_its_database(cdn_site: CdnSite, cluster, pg_url: str, pg_server):
+    """The leader reaches PostgreSQL through a link that starts dropping every
+    byte (its sessions hang, as in a partition) while it still reaches the
+    master: it stops calling the master before its lease can expire, the
+    other node leads and serves, and once the link is back the old leader
+    stands by and never writes."""
+    guids = {f"c{i}": cdn_site.add_customer(f"c{i}", {"url": f"https://backend-{i}.example"}) for i in range(2)}
+    link = Link(pg_server.port).start()
+    try:
+        first = cluster("node-a", pg_url.replace(f":{pg_server.port}/", f":{link.port}/"))
+        the_leader([first])
+        cdn = Cdn(cdn_site)
+        until(lambda: cdn.converged(guids), "the first customers served")
+        other = cluster("node-b")
+        nodes = [first, other]
+        until(lambda: (r := other.get("/readyz")) and r[0] == 200, "the other node standing by")
+
+        link.set_cut(True)
+        cut_at = time.time()
+        assert until(lambda: other.leads(), "the other node leading", timeout_s=6 * LEASE_S + 10), other.tail()
+        guids["c2"] = cdn_site.add_customer("c2", {"url": "https://backend-2.example"})
+        until(lambda: cdn.converged(guids), "the new leader serving a new customer")
+        late = [c.name for c in first.proxy.log if c.at > cut_at + LEASE_S]
+        assert late == [], f"the cut-off leader called the master after its lease could expire: {late}"
+
+        link.set_cut(False)
+        until(lambda: (r := first.get("/readyz")) and r[0] == 200 and r[1]["role"] == "standby",
+              "the old leader standing by once its link is back")
+        assert the_leader(nodes) is other
+        quiet = len(first.proxy.log)
+        guids["c3"] = cdn_site.add_customer("c3", {"url": "https://backend-3.example"})
+        until(lambda: cdn.converged(guids), "served after the link came back")
+        assert first.proxy.log[quiet:] == [], "the old leader called the master as a standby"
+        assert first.alive(), first.tail()
+        check_call_log(nodes, guids)
+    finally:
+        link.stop()
+
+
+def test_postgresql_restarted_while_a_request_is_in_flight(cdn_site: CdnSite, cluster, pg_server):
+    """The master's answer to a request trickles in; PostgreSQL restarts
+    meanwhile (every session of both nodes cut, the tick's write among them):
+    the customer is requested under its one title, nothing is destroyed,
+    every customer converges and one node leads."""
+    guids = {"c0": cdn_site.add_customer("c0", {"url": "https://backend-0.example"})}
+    nodes = [cluster("node-a"), cluster("node-b")]
+    leader = the_leader(nodes)
+    cdn = Cdn(cdn_site)
+    until(lambda: cdn.converged(guids), "the first customer served")
+
+    mark = len(leader.proxy.log)
+    served = technical_title("cdnreq-", guids["c0"])
+    leader.proxy.inject(REQUEST, trickle(200.0), times=1, match=lambda body: body.get("title") != served)
+    guids["slow"] = cdn_site.add_customer("slow", {"url": "https://backend-slow.example"})
+    until(lambda: any(c.fault for c in leader.proxy.calls(mark, name=REQUEST)), "the request on its way")
+    pg_server.restart()
+    until(lambda: cdn.converged(guids), "the slow customer served after the restart", timeout_s=120)
+    assert all(n.alive() for n in nodes), {n.name: n.tail() for n in nodes if not n.alive()}
+    the_leader(nodes)
+    guids["c1"] = cdn_site.add_customer("c1", {"url": "https://backend-1.example"})
+    until(lambda: cdn.converged(guids), "a new customer served after the restart")
+    check_call_log(nodes, guids)
