@@ -145,9 +145,11 @@ class PgServer:
             raise PgServerError(f"psql failed: {done.stderr.strip()}")
         return done.stdout
 
-    def create_database(self, name: str, owner: str = SUPERUSER) -> str:
-        """A new empty database; the URL cdnreq's [store].url takes for it."""
-        self.psql(f'CREATE DATABASE "{name}" OWNER "{owner}"')
+    def create_database(self, name: str, owner: str = SUPERUSER, template: str | None = None) -> str:
+        """A new database, empty or a copy of `template` (which nobody may be
+        connected to); the URL cdnreq's [store].url takes for it."""
+        copy = f' TEMPLATE "{template}"' if template else ""
+        self.psql(f'CREATE DATABASE "{name}" OWNER "{owner}"{copy}')
         return self.url(name, owner)
 
     def url(self, database: str, user: str = SUPERUSER) -> str:

@@ -4,7 +4,9 @@ Every test runs the real `cdnreq` command in subprocesses against a real
 slapproxy, through :class:`faultproxy.FaultProxy` on loopback, and judges the
 outcome from what operators and customers see: cdnreq's store (instances,
 events, ticks), slapproxy's own access log, the technical CDN's entries and
-the connection parameters published to the customers.
+the connection parameters published to the customers. The whole module runs
+on each store engine: SQLite, and PostgreSQL (one node; each deployment's
+database a copy of the base state's, made with CREATE DATABASE ... TEMPLATE).
 
 The deployment: ten customers without a custom_domain (nothing to prove by
 DNS), ``retention_s = 0`` (a removal destroys at once), the default guards
@@ -52,6 +54,7 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -91,7 +94,9 @@ from devtools.devmaster import (
 from cdnreq.model import Event, Phase, Record
 from cdnreq.decide.transitions import IN_PROGRESS
 from cdnreq.decide.titles import technical_title
-from cdnreq.store import Store
+from cdnreq.configfile import load_config
+from cdnreq.service.opening import open_store
+from tests import storeread
 from tests.storeread import events_since
 
 pytestmark = [pytest.mark.slapproxy, pytest.mark.faults]
@@ -263,7 +268,7 @@ class Deployment:
 
     def store(self) -> tuple[dict[str, Record], list[Event]]:
         async def go():
-            store = await Store.open(self.database, lock=False)
+            store = await open_store(load_config(self.config), lock=False)
             try:
                 return await store.load(), [e for _, e in await events_since(store, 0, 1_000_000)]
             finally:
@@ -272,11 +277,7 @@ class Deployment:
         return asyncio.run(go())
 
     def ticks(self) -> list[dict[str, Any]]:
-        db = sqlite3.connect(self.database)
-        try:
-            rows = db.execute("SELECT id, result, summary FROM ticks ORDER BY id").fetchall()
-        finally:
-            db.close()
+        rows = storeread.query(self.config, "SELECT id, result, summary FROM ticks ORDER BY id")
         return [{"id": i, "result": r, "summary": json.loads(s) if s else None} for i, r, s in rows]
 
     def shown(self) -> dict[int, dict]:
@@ -302,10 +303,37 @@ def _check_slapos() -> None:
         pytest.fail(f"slapproxy is needed by this test and cannot be started: {exc}", pytrace=False)
 
 
+class Engine:
+    """Where a deployment's store lives: an SQLite file beside it, or a new
+    PostgreSQL database, copied from the base state's as a template."""
+
+    def __init__(self, name: str, server: Any = None):
+        self.name, self.server = name, server
+
+    def store(self, template: str | None = None) -> tuple[dict[str, Any], str | None]:
+        """([store] of a new store, its PostgreSQL database name or None)."""
+        if self.server is None:
+            return {}, None
+        database = f"faults_{uuid.uuid4().hex[:12]}"
+        url = self.server.create_database(database, template=template)
+        return {"url": url, "sslmode": "disable", "lease_s": 2.0, "renew_s": 0.5}, database
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    """Each scenario on each store engine: nothing a faulty master does may differ by engine."""
+    if request.param == "sqlite":
+        return Engine("sqlite")
+    return Engine("postgresql", request.getfixturevalue("pg_server"))
+
+
 @dataclass
 class Base:
-    """The base state's files, and the reference end state of the scenario."""
+    """The base state's files (its PostgreSQL database on that engine), and
+    the reference end state of the scenario."""
 
+    engine: Engine
+    pg_database: str | None
     directory: Path
     requester_guid: str
     requester_partition: str
@@ -326,7 +354,10 @@ class Deployments:
     def restore(self, where: Path, **daemon: Any) -> Deployment:
         base = self.base
         copy_db(base.directory / "proxy.db", where / "slapproxy" / "proxy.db")
-        copy_db(base.directory / "cdnreq.db", where / "state" / "cdnreq.db")
+        store, _ = base.engine.store(template=base.pg_database)
+        if base.pg_database is None:
+            copy_db(base.directory / "cdnreq.db", where / "state" / "cdnreq.db")
+        (where / "state").mkdir(parents=True, exist_ok=True)
         shutil.copy(base.directory / "domain-secret", where / "state" / "domain-secret")
         slapproxy = Slapproxy(where / "slapproxy")
         slapproxy.start()
@@ -334,7 +365,7 @@ class Deployments:
         self.running.append((slapproxy, proxy))
         proxy.start()
         site = CdnSite(slapproxy, base.requester_guid, base.requester_partition, base.cdn_guid, base.cdn_partition)
-        return Deployment(site, proxy, *configure(where, site, proxy, **daemon))
+        return Deployment(site, proxy, *configure(where, site, proxy, store, **daemon))
 
     def stop(self) -> None:
         for slapproxy, proxy in self.running:
@@ -348,13 +379,15 @@ class Deployments:
         self.running.clear()
 
 
-def configure(where: Path, site: CdnSite, proxy: FaultProxy, **daemon: Any) -> tuple[Path, Path]:
+def configure(where: Path, site: CdnSite, proxy: FaultProxy, store: dict[str, Any], **daemon: Any) -> tuple[Path, Path]:
     database = where / "state" / "cdnreq.db"
+    database.parent.mkdir(parents=True, exist_ok=True)
     config = write_config(
         where / "cdnreq.toml", site, database=database,
         master={"url": proxy.url, "timeout_s": 1},
         domain={"retention_s": 0},
         daemon={"retry_base_s": 0.01, "retry_max_s": 0.01, **daemon},
+        **({"store": store} if store else {}),
     )
     return config, database
 
@@ -381,7 +414,7 @@ def run_scenario(dep: Deployment, on_tick: Callable[[int, TickResult], None] | N
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Base]:
+def base(tmp_path_factory: pytest.TempPathFactory, engine: Engine) -> Iterator[Base]:
     """The base state, built once: ten customers, 0-7 and 9 live, 8 awaiting
     its answer; then the scenario without faults, for the reference."""
     _check_slapos()
@@ -393,7 +426,8 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Base]:
         for i in range(CUSTOMERS):
             site.add_customer(f"customer-{i}", first_parameters(i))
         with FaultProxy(slapproxy.url, requester=REQUESTER, host_partition=site.cdn_partition) as proxy:
-            config, database = configure(root / "build", site, proxy)
+            store, pg_database = engine.store()
+            config, database = configure(root / "build", site, proxy, store)
             building = Deployment(site, proxy, config, database, withheld={title(WITHHELD)})
             building.settle()
             records, _ = building.store()
@@ -404,9 +438,10 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Base]:
         slapproxy.stop()
     snapshot = root / "snapshot"
     copy_db(slapproxy.database_path, snapshot / "proxy.db")
-    copy_db(database, snapshot / "cdnreq.db")
+    if pg_database is None:
+        copy_db(database, snapshot / "cdnreq.db")
     shutil.copy(database.parent / "domain-secret", snapshot / "domain-secret")
-    made = Base(snapshot, site.requester_guid, site.requester_partition, site.cdn_guid, site.cdn_partition)
+    made = Base(engine, pg_database, snapshot, site.requester_guid, site.requester_partition, site.cdn_guid, site.cdn_partition)
 
     deployments = Deployments(made)
     try:
