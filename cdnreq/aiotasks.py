@@ -47,13 +47,20 @@ async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
     await asyncio.gather(task, return_exceptions=True)
 
 
-async def end_within(task: asyncio.Future[Any], timeout: float) -> bool:
+async def end_within(task: asyncio.Future[Any], timeout: float, grace: float | None = None) -> bool:
     """Let `task` finish for up to `timeout` seconds, then cancel it; True when
-    it finished by itself."""
+    it finished by itself. With `grace`, the cancelled task is waited for that
+    long at most: what it shields (the write that records how it ended) may
+    hang on a store that cannot answer, and a stop must not; it is then left
+    to the loop's teardown, after the store's connections are dropped."""
     if not task.done():
         done, _ = await asyncio.wait({task}, timeout=timeout)
         if not done:
-            await cancel_and_wait(task)
+            if grace is None:
+                await cancel_and_wait(task)
+            else:
+                task.cancel()
+                await asyncio.wait({task}, timeout=grace)
             return False
     return True
 

@@ -10,6 +10,8 @@ that can drop everything; node B reaches it directly."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -75,4 +77,42 @@ def test_a_leader_cut_off_from_its_database(tmp_path: Path, pg_url: str, pg_serv
     finally:
         for node in nodes:
             node.remove()
+        link.stop()
+
+
+@pytest.mark.parametrize("role", ["leader", "standby"])
+def test_a_node_cut_off_from_its_database_stops_at_once(tmp_path: Path, pg_url: str, pg_server, role: str) -> None:
+    """SIGTERM to a node whose database link drops every byte (a partition):
+    it exits 0 within its shutdown timeout and a few seconds, not waiting
+    for ever on connections that cannot close (it hung until SIGKILL)."""
+    master = Double(publish_after="immediately")
+    master.add("SOFTINST-0", {"url": "https://softinst-0.example"})
+    link = Link(pg_server.port).start()
+    nodes: list[Node] = []
+    try:
+        with ThreadedDouble(master) as runner:
+            via = pg_url.replace(f":{pg_server.port}/", f":{link.port}/")
+            if role == "standby":
+                nodes.append(start_node("node-b", tmp_path, runner.url, pg_url))
+                the_leader(nodes)
+            node = start_node("node-a", tmp_path, runner.url, via, daemon={"shutdown_timeout_s": 1.0})
+            nodes.append(node)
+            if role == "leader":
+                assert the_leader([node]) is node
+                until(lambda: served(master, runner, ["SOFTINST-0"]), "served")
+            else:
+                until(lambda: (r := node.get("/readyz")) and r[0] == 200, "standing by")
+            link.set_cut(True)
+            stopped_at = time.monotonic()
+            node.process.send_signal(signal.SIGTERM)
+            try:
+                code = node.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"still running 15 s after SIGTERM:\n{node.tail()}")
+            took = time.monotonic() - stopped_at
+            assert code == 0, node.tail()
+            print(f"{role}: exited {took:.1f} s after SIGTERM")
+    finally:
+        for n in nodes:
+            n.remove()
         link.stop()

@@ -222,8 +222,10 @@ def test_a_leader_cut_off_from_its_database(cdn_site: CdnSite, cluster, pg_url: 
     stands by and never writes."""
     guids = {f"c{i}": cdn_site.add_customer(f"c{i}", {"url": f"https://backend-{i}.example"}) for i in range(2)}
     link = Link(pg_server.port).start()
+    linked = []
     try:
         first = cluster("node-a", pg_url.replace(f":{pg_server.port}/", f":{link.port}/"))
+        linked.append(first)
         the_leader([first])
         cdn = Cdn(cdn_site)
         until(lambda: cdn.converged(guids), "the first customers served")
@@ -250,6 +252,8 @@ def test_a_leader_cut_off_from_its_database(cdn_site: CdnSite, cluster, pg_url: 
         assert first.alive(), first.tail()
         check_call_log(nodes, guids)
     finally:
+        for node in linked:  # stopped while its link still forwards: a clean stop
+            node.stop()
         link.stop()
 
 

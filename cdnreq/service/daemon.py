@@ -61,6 +61,11 @@ from cdnreq.wiring import master_client, resolver_of
 
 log = structlog.get_logger("cdnreq.daemon")
 
+# After the shutdown timeout, how long the cancelled tick may take to record
+# itself interrupted: a store that cannot answer (a partitioned database) must
+# not hold the stop; the next start or leader ends the tick it left open.
+RECORD_GRACE_S = 5.0
+
 
 class Daemon:
     """Owns the store, the clients, the endpoint and the schedule of ticks."""
@@ -385,7 +390,7 @@ class Daemon:
         task = spawn(self.reconciler.tick(self.stop, at_once=at_once), "cdnreq reconcile")
         await first_or_stop(task, self.stop)
         timeout = self.config.daemon.shutdown_timeout_s
-        if not await end_within(task, timeout):
+        if not await end_within(task, timeout, grace=RECORD_GRACE_S):
             log.warning("calls still in flight after the shutdown timeout; cancelling", timeout_s=timeout)
             return None
         return task.result()

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Mapping, T
 
 import asyncpg
 
+from cdnreq.aiotasks import end_within, spawn
+
 from cdnreq.decide.leadership import Term
 from cdnreq.store.pglease import Lease, NotLeading
 from cdnreq.store.dialect import postgres
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
     from cdnreq.metrics import Metrics
 
 _T = TypeVar("_T")
+
+CLOSE_S = 5.0  # a clean close takes milliseconds; a partitioned database never answers
 
 
 class PgStore(SqlReads, SqlWrites):
@@ -88,7 +92,7 @@ class PgStore(SqlReads, SqlWrites):
             else:
                 store.schema_version = await store._run(lambda c: read_version(c, at.display()))
         except BaseException:
-            await pool.close()
+            await _close_pool(pool)
             raise
         return store
 
@@ -155,17 +159,18 @@ class PgStore(SqlReads, SqlWrites):
             raise StoreError(f"{self.name}: commit failed, nothing written: {exc}") from exc
 
     async def close(self) -> None:
+        """Hand the lease over and close the connections, each within
+        CLOSE_S: a partitioned database answers neither (asyncpg would wait
+        for ever), and a stop must not hang on it: the lease expires by
+        itself, the server drops the sessions."""
         if self._closed:
             return
         try:
-            if self.lease.term is not None:
-                try:
-                    await self.lease.release()
-                except StoreError:
-                    pass  # it expires by itself
+            if self.lease.term is not None:  # else, or failing, it expires by itself
+                await _at_most(self.lease.release(), "cdnreq lease release")
         finally:
             self._closed = True
-            await self._pool.close()
+            await _close_pool(self._pool)
 
     # -- the tick's reads ----------------------------------------------------
 
@@ -272,3 +277,18 @@ async def _shielded(work: Awaitable[_T]) -> _T:
     task = asyncio.ensure_future(work)
     task.add_done_callback(lambda t: t.cancelled() or t.exception())
     return await asyncio.shield(task)
+
+
+async def _at_most(work: Awaitable[Any], name: str) -> bool:
+    """`work` given CLOSE_S; True when it ended (its error, if any, dropped).
+    Past that it is cancelled and not waited for: cancelling a query sends
+    the server a cancel request, which a partitioned server never answers."""
+    task = spawn(work, name)  # type: ignore[arg-type]
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    return await end_within(task, CLOSE_S, grace=0.0)
+
+
+async def _close_pool(pool: asyncpg.Pool) -> None:
+    """Close gracefully within CLOSE_S, else drop the connections."""
+    if not await _at_most(pool.close(), "cdnreq store close"):
+        pool.terminate()
