@@ -59,7 +59,7 @@ async def end_within(task: asyncio.Future[Any], timeout: float, grace: float | N
             if grace is None:
                 await cancel_and_wait(task)
             else:
-                task.cancel()
+                abandon(task)
                 await asyncio.wait({task}, timeout=grace)
             return False
     return True
@@ -77,3 +77,46 @@ async def next_or_stop(awaitable: Awaitable[T], stop: asyncio.Event | None) -> t
         return True, await following
     await cancel_and_wait(following)
     return False, None
+
+
+def abandon(task: asyncio.Future[Any]) -> None:
+    """Cancel `task` without waiting for it: what it awaits may never answer
+    (a query on a partitioned database, whose cancel request goes to that
+    same server). It ends at the loop's teardown, once the store's
+    connections are dropped; its outcome is not asked for."""
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    task.cancel()
+
+
+async def within(awaitable: Coroutine[Any, Any, T], timeout: float, name: str) -> T:
+    """The result of `awaitable`, or asyncio.TimeoutError after `timeout`
+    seconds, when it is abandoned (see `abandon`)."""
+    task = spawn(awaitable, name)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        abandon(task)
+        raise asyncio.TimeoutError(f"no answer within {timeout:g} s")
+    return task.result()
+
+
+def run_bounded(main: Coroutine[Any, Any, T], teardown_s: float = 5.0) -> T:
+    """asyncio.run(main), except that the tasks left at the end (abandoned
+    ones: see `abandon`) get `teardown_s` to end once cancelled, not for
+    ever: a process told to stop must exit even when a partitioned database
+    never answers what they wait for."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            left = asyncio.all_tasks(loop)
+            for task in left:
+                task.cancel()
+            if left:
+                loop.run_until_complete(asyncio.wait(left, timeout=teardown_s))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())  # as asyncio.run
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cdnreq import __version__, logs, render
+from cdnreq.aiotasks import run_bounded
 from cdnreq.endpoint_client import NotRunning, fetch, instance_path
 from cdnreq.commands import actions, feed, import_legacy, migrate_store, orphans
 from cdnreq.commands.status_refused import reachable
@@ -145,12 +146,12 @@ def installed_version() -> str:
 
 def _run(args: argparse.Namespace, config: Config) -> int:
     logs.configure(config.logging.format, config.logging.level)
-    return asyncio.run(Daemon(args.config, config, fresh=args.fresh).run())
+    return run_bounded(Daemon(args.config, config, fresh=args.fresh).run())
 
 
 def _once(args: argparse.Namespace, config: Config) -> int:
     logs.configure(config.logging.format, config.logging.level)
-    report = asyncio.run(run_once(config, fresh=args.fresh, config_path=args.config))
+    report = run_bounded(run_once(config, fresh=args.fresh, config_path=args.config))
     return EXIT_OK if report.ok else EXIT_TICK_FAILED
 
 

@@ -51,6 +51,7 @@ from aiohttp import web
 
 from cdnreq.listen import TcpListen
 from cdnreq.httpguard import AcceptErrorLog, ConnectionLimits, GuardedRunner
+from cdnreq.store.errors import StoreError
 
 __all__ = ["ConnectionLimits", "Endpoint", "bound_address", "make_app", "serve"]
 
@@ -211,7 +212,10 @@ async def _status(endpoint: Endpoint, request: web.Request) -> web.Response:
 
 async def _instance(endpoint: Endpoint, request: web.Request) -> web.Response:
     # match_info is percent-decoded: "%2F" arrives as "/".
-    found = await endpoint.instance(request.match_info["guid"])
+    try:
+        found = await endpoint.instance(request.match_info["guid"])
+    except (StoreError, asyncio.TimeoutError) as error:  # the database away: say so, do not hang
+        return _json({"error": f"the store cannot be read now: {error}"}, status=503)
     if found is None:
         return _json({"error": "unknown instance"}, status=404)
     return _json(found)

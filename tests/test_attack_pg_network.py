@@ -83,7 +83,7 @@ def test_a_leader_cut_off_from_its_database(tmp_path: Path, pg_url: str, pg_serv
 @pytest.mark.parametrize("role", ["leader", "standby"])
 def test_a_node_cut_off_from_its_database_stops_at_once(tmp_path: Path, pg_url: str, pg_server, role: str) -> None:
     """SIGTERM to a node whose database link drops every byte (a partition):
-    it exits 0 within its shutdown timeout and a few seconds, not waiting
+    it exits 0 within its shutdown timeout and 15 s (README), not waiting
     for ever on connections that cannot close (it hung until SIGKILL)."""
     master = Double(publish_after="immediately")
     master.add("SOFTINST-0", {"url": "https://softinst-0.example"})
@@ -106,9 +106,9 @@ def test_a_node_cut_off_from_its_database_stops_at_once(tmp_path: Path, pg_url: 
             stopped_at = time.monotonic()
             node.process.send_signal(signal.SIGTERM)
             try:
-                code = node.process.wait(timeout=15)
+                code = node.process.wait(timeout=25)
             except subprocess.TimeoutExpired:
-                pytest.fail(f"still running 15 s after SIGTERM:\n{node.tail()}")
+                pytest.fail(f"still running 25 s after SIGTERM:\n{node.tail()}")
             took = time.monotonic() - stopped_at
             assert code == 0, node.tail()
             print(f"{role}: exited {took:.1f} s after SIGTERM")

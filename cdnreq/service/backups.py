@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import structlog
 
-from cdnreq.aiotasks import cancel_and_wait, end_within, spawn
+from cdnreq.aiotasks import end_within, spawn
 from cdnreq.config import Config
 from cdnreq.metrics import Metrics
 from cdnreq.store import Engine, StoreError, take_backup
@@ -18,6 +18,8 @@ from cdnreq.store.backupdir import backup_time, last_backup
 from cdnreq.store.engines import is_postgres
 
 log = structlog.get_logger("cdnreq.daemon")
+
+GRACE_S = 5.0  # at a stop, how long a cancelled backup or pruning step may take to end
 
 
 class Upkeep:
@@ -88,11 +90,12 @@ class Upkeep:
         shutdown timeout; the pruning pass ends after its current step."""
         timeout = self.config().daemon.shutdown_timeout_s
         backup, self._backup = self._backup, None
-        if backup is not None and not await end_within(backup, timeout):
+        # cancelled ones get GRACE_S to end: a step waiting on a partitioned database never would
+        if backup is not None and not await end_within(backup, timeout, grace=GRACE_S):
             log.warning("backup still running at the shutdown timeout; cancelling")
         pruning, self._pruning = self._pruning, None
         if pruning is not None:
             if not self.stop.is_set():
-                await cancel_and_wait(pruning)
-            elif await end_within(pruning, timeout):
+                await end_within(pruning, 0.0, grace=GRACE_S)
+            elif await end_within(pruning, timeout, grace=GRACE_S):
                 await asyncio.gather(pruning, return_exceptions=True)

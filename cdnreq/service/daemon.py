@@ -26,7 +26,7 @@ import structlog
 
 from cdnreq import __version__, logs, operator
 from cdnreq.consumers import Consumers, read_consumers
-from cdnreq.aiotasks import end_within, first_or_stop, sleep_or_stop, spawn
+from cdnreq.aiotasks import abandon, end_within, first_or_stop, sleep_or_stop, spawn, within
 from cdnreq.config import Config
 from cdnreq.configdigest import file_digest, load_with_digest
 from cdnreq.configfile import ConfigError
@@ -65,6 +65,8 @@ log = structlog.get_logger("cdnreq.daemon")
 # itself interrupted: a store that cannot answer (a partitioned database) must
 # not hold the stop; the next start or leader ends the tick it left open.
 RECORD_GRACE_S = 5.0
+# How long /instances/<guid> waits for the store before it answers 503.
+STORE_READ_S = 10.0
 
 
 class Daemon:
@@ -194,14 +196,14 @@ class Daemon:
     async def instance(self, guid: str) -> dict[str, Any] | None:
         assert self.store is not None
         queue = self.reconciler.admission.queue if self.reconciler is not None else None  # replaced, never changed
-        return await explain(
+        return await within(explain(  # asyncio.TimeoutError past STORE_READ_S: the endpoint answers 503
             self.store,
             guid,
             label=self.config.domain.challenge_label,
             retention_s=self.config.domain.retention_s,
             now=time.time(),
             admission=place(queue, guid) if queue is not None else None,
-        )
+        ), STORE_READ_S, "cdnreq explain")
 
     async def act(self, name: str, query: Any, via: str) -> tuple[int, dict[str, Any]]:
         """An operator action from the endpoint: applied between ticks, then
@@ -304,10 +306,17 @@ class Daemon:
         backed_up = False
         at_once = False  # the last tick left newcomers waiting: this one takes them on (decide/admission.py)
         while not self.stop.is_set():
-            if self.leadership is not None and not await take_over(self.leadership, self.store, self.reconciler,
-                                                                   self.metrics):
-                at_once = False
-                continue
+            if self.leadership is not None:
+                # raced against the stop: a take-over's migration on a partitioned database waits
+                # for the command timeout; abandoned, the lease expires and nothing was committed
+                taking = spawn(take_over(self.leadership, self.store, self.reconciler, self.metrics),
+                               "cdnreq take-over")
+                if not await first_or_stop(taking, self.stop):
+                    abandon(taking)
+                    break
+                if not taking.result():
+                    at_once = False
+                    continue
             started = time.monotonic()
             tick = spawn(self._tick(at_once), "cdnreq tick")
             if first:

@@ -9,14 +9,17 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any, Coroutine
 
-from cdnreq.aiotasks import spawn
+import structlog
+
+from cdnreq.aiotasks import abandon, spawn
 
 from cdnreq.config import Config
 from cdnreq.fdlimit import fit_config, raise_fd_limit
 from cdnreq.preflight import check
 from cdnreq.reconcile.tick import Reconciler, TickReport
-from cdnreq.service.leader import leadership_of
+from cdnreq.service.leader import Leadership, leadership_of
 from cdnreq.service.opening import open_checked
 from cdnreq.wiring import master_client
 
@@ -34,18 +37,50 @@ async def run_once(config: Config, *, fresh: bool = False, config_path: Path | N
                                  before_call=None if leadership is None else leadership.refresh) as master:
             reconciler = Reconciler(config=config, store=store, master=master)
             try:
-                await reconciler.load()
-                report = await reconciler.tick()
-                while report.ok and report.admit_again:  # one pass takes every listed instance on
-                    report = await reconciler.tick(at_once=True)
+                report = await _until_lost(_pass(reconciler), leadership)
             finally:
                 await reconciler.resolver.close()
-        # after the tick, whatever its result: `once` from a timer keeps the history
-        # bounded too, at one pass an hour however often it runs
-        await store.prune_if_due(config.store.events_retention_days, time.time())
+        if report.error is None or not report.error.startswith(LOST):
+            # after the tick, whatever its result: `once` from a timer keeps the history
+            # bounded too, at one pass an hour however often it runs
+            await store.prune_if_due(config.store.events_retention_days, time.time())
         return report
     finally:
         stop.set()
         if renewing is not None:
             renewing.cancel()
         await store.close()
+
+
+log = structlog.get_logger("cdnreq.once")
+
+LOST = "the leader lease was lost"
+LEASE_POLL_S = 0.2
+
+
+async def _pass(reconciler: Reconciler) -> TickReport:
+    await reconciler.load()
+    report = await reconciler.tick()
+    while report.ok and report.admit_again:  # one pass takes every listed instance on
+        report = await reconciler.tick(at_once=True)
+    return report
+
+
+async def _until_lost(work: Coroutine[Any, Any, TickReport], leadership: Leadership | None) -> TickReport:
+    """The pass, given up once the lease is lost (PostgreSQL): a partitioned
+    database would keep it waiting a command timeout per statement while
+    another node may lead. What it committed stays; what it did not, the
+    next pass or leader redoes (every action is safe to repeat)."""
+    started = time.time()
+    passing = spawn(work, "cdnreq once pass")
+    if leadership is None:
+        return await passing
+    while not passing.done():
+        if not leadership.leading():
+            abandon(passing)
+            why = leadership.store.lease.lost or "not renewed"
+            log.error("pass given up: the leader lease was lost; is the database reachable?", reason=why,
+                      database=getattr(leadership.store, "name", None))
+            return TickReport(id=0, started_at=started, error=f"{LOST}: {why}", duration_s=time.time() - started)
+        await asyncio.wait({passing}, timeout=LEASE_POLL_S)
+    return passing.result()

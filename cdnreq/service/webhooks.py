@@ -26,7 +26,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
 from cdnreq import __version__
-from cdnreq.aiotasks import sleep_or_stop, spawn
+from cdnreq.aiotasks import abandon, sleep_or_stop, spawn
 from cdnreq.config import ConsumerConfig
 from cdnreq.decide.deliveries import Delivery, Retry, after_failure, allowed_address, body, receipt
 from cdnreq.decide.deliveries import shown_target, signed_headers
@@ -270,6 +270,6 @@ class Webhooks:
         for name in list(self.running):
             self._end(name)
         await asyncio.wait(tasks, timeout=CLOSE_GRACE_S)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for task in tasks:  # one waiting on a partitioned store would not end even cancelled: not waited for
+            abandon(task)
+        await asyncio.wait(tasks, timeout=CLOSE_GRACE_S)

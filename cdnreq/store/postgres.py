@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, Iterable, Mapping, TypeVar
 
 import asyncpg
 
-from cdnreq.aiotasks import end_within, spawn
+from cdnreq.aiotasks import within
 
 from cdnreq.decide.leadership import Term
 from cdnreq.store.pglease import Lease, NotLeading
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 
 CLOSE_S = 5.0  # a clean close takes milliseconds; a partitioned database never answers
+COMMAND_TIMEOUT_S = 60.0  # one statement; a commit of 100,000 rows takes seconds
 
 
 class PgStore(SqlReads, SqlWrites):
@@ -75,7 +76,7 @@ class PgStore(SqlReads, SqlWrites):
         try:
             pool = await asyncpg.create_pool(
                 host=at.host, port=at.port, user=at.user, database=at.database, password=password, ssl=ssl,
-                min_size=1, max_size=4, timeout=connect_timeout_s, command_timeout=max(60.0, connect_timeout_s),
+                min_size=1, max_size=4, timeout=connect_timeout_s, command_timeout=COMMAND_TIMEOUT_S,
                 init=_session_settings(lease_s),
             )
         except (OSError, asyncio.TimeoutError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError) as exc:
@@ -118,7 +119,9 @@ class PgStore(SqlReads, SqlWrites):
         try:
             async with self._pool.acquire() as conn:
                 return await work(conn)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError) as exc:
+        except asyncio.TimeoutError as exc:  # a partition, or a server too busy: passing, and said so
+            raise StoreUnreachable(f"{self.name}: no answer within {COMMAND_TIMEOUT_S:g} s") from exc
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             raise StoreError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
 
     async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
@@ -279,13 +282,17 @@ async def _shielded(work: Awaitable[_T]) -> _T:
     return await asyncio.shield(task)
 
 
-async def _at_most(work: Awaitable[Any], name: str) -> bool:
+async def _at_most(work: Coroutine[Any, Any, Any], name: str) -> bool:
     """`work` given CLOSE_S; True when it ended (its error, if any, dropped).
-    Past that it is cancelled and not waited for: cancelling a query sends
+    Past that it is abandoned (aiotasks.abandon): cancelling a query sends
     the server a cancel request, which a partitioned server never answers."""
-    task = spawn(work, name)  # type: ignore[arg-type]
-    task.add_done_callback(lambda t: t.cancelled() or t.exception())
-    return await end_within(task, CLOSE_S, grace=0.0)
+    try:
+        await within(work, CLOSE_S, name)
+    except asyncio.TimeoutError:
+        return False
+    except (StoreError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        pass  # ended, failing: the lease expires by itself, the server drops the sessions
+    return True
 
 
 async def _close_pool(pool: asyncpg.Pool) -> None:
