@@ -165,10 +165,14 @@ def the_leader(nodes: list[Node], timeout_s: float = 60.0) -> Node:
 class Link:
     """A TCP proxy on 127.0.0.1 to `port`: forwards, or (cut) drops every
     byte both ways and holds the connections open, as a partition does;
-    `heal()` resets the connections the partition held and forwards again."""
+    `set_cut(False)` resets the connections the partition held and forwards
+    again. With `trigger`, the partition falls by itself (for good) when a
+    client sends bytes holding it: `tripped` is then set, and connections
+    made later are held unanswered too."""
 
-    def __init__(self, port: int):
-        self.upstream = port
+    def __init__(self, port: int, trigger: bytes | None = None):
+        self.upstream, self.trigger = port, trigger
+        self.tripped = threading.Event()
         self.port = 0
         self.cut = False
         self.loop = asyncio.new_event_loop()
@@ -188,6 +192,8 @@ class Link:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.writers.add(writer)
+        if self.tripped.is_set():
+            return  # a new connection during the partition: held, never answered
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
         except OSError:
@@ -195,18 +201,21 @@ class Link:
             return
         self.writers.add(up_writer)
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, watch: bool) -> None:
             try:
                 while data := await src.read(65536):
-                    if not self.cut:
+                    if watch and self.trigger is not None and self.trigger in data:
+                        self.tripped.set()
+                    if not (self.cut or self.tripped.is_set()):
                         dst.write(data)
                         await dst.drain()
             except (OSError, ConnectionError):
                 pass
             finally:
-                dst.transport.abort()
+                if not self.tripped.is_set():
+                    dst.transport.abort()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
 
     def set_cut(self, cut: bool) -> None:
         def change() -> None:

@@ -20,7 +20,7 @@ from faultproxy import REQUEST
 
 from bench.double import Double
 from cdnreq.decide.titles import technical_title
-from hanodes import LEASE_S, Link, Node, the_leader, until
+from hanodes import LEASE_S, Link, Node, http, the_leader, until
 from test_attack_pg_cluster import ThreadedDouble, served, start_node
 from test_faults_hostile import PREFIX
 
@@ -84,7 +84,8 @@ def test_a_leader_cut_off_from_its_database(tmp_path: Path, pg_url: str, pg_serv
 def test_a_node_cut_off_from_its_database_stops_at_once(tmp_path: Path, pg_url: str, pg_server, role: str) -> None:
     """SIGTERM to a node whose database link drops every byte (a partition):
     it exits 0 within its shutdown timeout and 15 s (README), not waiting
-    for ever on connections that cannot close (it hung until SIGKILL)."""
+    for ever on connections that cannot close (it hung until SIGKILL). A
+    partitioned standby's /instances/<guid> answers 503 within 10 s first."""
     master = Double(publish_after="immediately")
     master.add("SOFTINST-0", {"url": "https://softinst-0.example"})
     link = Link(pg_server.port).start()
@@ -103,6 +104,11 @@ def test_a_node_cut_off_from_its_database_stops_at_once(tmp_path: Path, pg_url: 
             else:
                 until(lambda: (r := node.get("/readyz")) and r[0] == 200, "standing by")
             link.set_cut(True)
+            if role == "standby":  # what operators ask: an answer, not a hang (no answer for over 70 s before)
+                until(lambda: (r := node.get("/readyz")) and r[0] == 503, "not ready once cut off", 15)
+                answer = http(node.base + "/instances/SOFTINST-0", timeout=25)
+                assert answer is not None and answer[0] == 503, answer
+                assert "cannot be read now" in answer[1]["error"], answer
             stopped_at = time.monotonic()
             node.process.send_signal(signal.SIGTERM)
             try:
