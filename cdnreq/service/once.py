@@ -14,7 +14,6 @@ from typing import Any, Coroutine
 import structlog
 
 from cdnreq.aiotasks import abandon, spawn
-
 from cdnreq.config import Config
 from cdnreq.fdlimit import fit_config, raise_fd_limit
 from cdnreq.preflight import check
@@ -22,6 +21,11 @@ from cdnreq.reconcile.tick import Reconciler, TickReport
 from cdnreq.service.leader import Leadership, leadership_of
 from cdnreq.service.opening import open_checked
 from cdnreq.wiring import master_client
+
+log = structlog.get_logger("cdnreq.once")
+
+LOST = "the leader lease was lost"  # how a pass given up with its lease is reported
+LEASE_POLL_S = 0.2
 
 
 async def run_once(config: Config, *, fresh: bool = False, config_path: Path | None = None) -> TickReport:
@@ -51,11 +55,6 @@ async def run_once(config: Config, *, fresh: bool = False, config_path: Path | N
             renewing.cancel()
         await store.close()
 
-
-log = structlog.get_logger("cdnreq.once")
-
-LOST = "the leader lease was lost"
-LEASE_POLL_S = 0.2
 
 
 async def _pass(reconciler: Reconciler) -> TickReport:
