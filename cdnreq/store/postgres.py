@@ -118,7 +118,13 @@ class PgStore(SqlReads, SqlWrites):
             raise StoreError(f"{self.name}: the store is closed")
         try:
             async with self._pool.acquire() as conn:
-                return await work(conn)
+                try:
+                    return await work(conn)
+                except asyncpg.exceptions.InternalClientError:
+                    conn.terminate()  # left mid-operation (a server restart): no later statement can use it
+                    raise
+        except asyncpg.exceptions.InternalClientError as exc:  # one failed statement, never a crash
+            raise StoreError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
         except asyncio.TimeoutError as exc:  # a partition, or a server too busy: passing, and said so
             raise StoreUnreachable(f"{self.name}: no answer within {COMMAND_TIMEOUT_S:g} s") from exc
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
