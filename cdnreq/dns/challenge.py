@@ -3,7 +3,8 @@
 A token is an HMAC of the instance_guid, the custom_domain and a random salt,
 keyed by a secret only cdnreq knows: it cannot be guessed from public data,
 one instance's token proves nothing for another, and a changed custom_domain
-gets a new one. Tokens are stored, so they stay stable across ticks and
+gets a new one (and one changed back, the one it had: the salt is the
+instance's, kept across its domains). Tokens are stored, so they stay stable across ticks and
 restarts.
 """
 
@@ -59,6 +60,12 @@ def token(secret: bytes, guid: str, domain: str, salt: str) -> str:
     return "cdnreq-" + base64.b32encode(digest[:20]).decode("ascii").lower()
 
 
-def issue(secret: bytes, guid: InstanceGuid, domain: str, now: float) -> Challenge:
-    salt = secrets.token_hex(16)
+def issue(secret: bytes, guid: InstanceGuid, domain: str, now: float, salt: str | None = None) -> Challenge:
+    """A challenge for `domain`. `salt`: the instance's current challenge's,
+    when it has one: a domain it comes back to gets the very token it was
+    given for it (a master that names another domain for one listing must
+    not leave a proven customer with a token its DNS does not hold); a new
+    salt only for an instance without a challenge (new, or whose challenge
+    was dropped with its claims)."""
+    salt = salt or secrets.token_hex(16)
     return Challenge(guid, domain, salt, token(secret, guid, domain, salt), now)

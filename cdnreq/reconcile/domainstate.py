@@ -212,7 +212,8 @@ class DomainState:
         if current is not None and current.domain == verdict.custom_domain:
             return
         assert verdict.custom_domain is not None
-        challenge = issue(self.secret, guid, verdict.custom_domain, now)
+        # the instance's salt kept: a domain it comes back to gets its token again
+        challenge = issue(self.secret, guid, verdict.custom_domain, now, current.salt if current else None)
         self.challenges[guid] = challenge
         out.challenges.append(challenge)
         out.events.append(Event(guid, "challenge", "issued", now, f"for {verdict.custom_domain}", tick))
