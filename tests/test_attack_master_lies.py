@@ -233,3 +233,35 @@ async def test_a_sleeper_named_with_another_domain_once_keeps_the_token_its_dns_
     await settle_back(r, clock)
     assert breaking(master) == [], master.requests
     assert (await r.store.load_hosts())["www.a.example"].guid == "A"
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["running", "restarted after the lie"])
+async def test_a_re_check_due_when_the_master_names_another_domain_is_no_evidence(
+    tmp_path: Path, opened: list[Store], restart: bool
+) -> None:
+    """A's re-check of www.a.example falls due at the tick whose listing
+    names www.b.example for A. It was made with the challenge just issued
+    for www.b.example, whose token no DNS record of www.a.example holds:
+    failing, and with release_on_recheck_failure (grace 0) A's live entry
+    was destroyed on that one listing. A host its owner does not name this
+    tick is not re-checked against a token for another domain: the re-check
+    waits for a tick that names it, and passes."""
+    domain = {"release_on_recheck_failure": True, "grace_s": 0}
+    r, master, clock = await fleet(tmp_path, opened, domain)
+    clock.now += r.config.domain.recheck_interval_s + 1
+    master.entries = lied("A names another domain")
+    report = await ok_tick(r, clock)
+    assert not report.planned.get("recheck_failing"), report.planned
+    assert breaking(master) == [], master.requests
+    master.entries = full()
+    if restart:
+        r = await restarted(r, master)
+    report = await ok_tick(r, clock)
+    assert report.planned.get("recheck_ok") == 1, report.planned
+    await settle_back(r, clock)
+    assert breaking(master) == [], master.requests
+    claim = (await r.store.load_hosts())["www.a.example"]
+    assert claim.guid == "A" and claim.failing_since is None
+    events = await r.store.events_for("A")  # type: ignore[attr-defined]
+    assert not [e for _, e in events if e.action in ("recheck", "release")], events
+    assert set(r.sleepers) == {"A", *PLAIN}

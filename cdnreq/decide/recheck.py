@@ -15,6 +15,7 @@ from cdnreq.model import Lookup
 from cdnreq.model import Challenge, HostClaim
 from cdnreq.decide.gate import DomainPolicy
 from cdnreq.validate.hosts import proof_names
+from cdnreq.validate.verdict import Verdict
 
 FAILING_RECHECK_S = 3600.0  # a failing host is looked at again this often
 
@@ -41,15 +42,21 @@ def verdict(
     txt: Mapping[str, Lookup],
     address: Lookup | None,
     policy: DomainPolicy,
+    named: bool = True,
 ) -> str:
-    """"ok", "failing" or "unknown" for one claim."""
+    """"ok", "failing" or "unknown" for one claim. `named`: whether its owner
+    names the host this tick; a host it does not name (its listing names
+    another domain, or cannot be validated) is not checked against the token
+    of the challenge for another domain, which the customer never published
+    for it: no evidence, the re-check waits for a tick that names it (one
+    listing must not make a proven host fail)."""
     if by_address(claim, policy):
         if address is None or address.outcome == "unknown":
             return "unknown"
         targets = {t.lower().rstrip(".") for t in policy.cdn_targets}
         found = {v.lower().rstrip(".") for v in address.values}
         return "ok" if found & targets else "failing"
-    if challenge is None:
+    if challenge is None or not named:
         return "unknown"
     outcomes = [txt.get(n) for n in names(claim, policy)]
     if any(o is not None and o.outcome == "found" and challenge.token in o.values for o in outcomes):
@@ -57,6 +64,13 @@ def verdict(
     if any(o is None or o.outcome == "unknown" for o in outcomes):
         return "unknown"
     return "failing"
+
+
+def named(claim: HostClaim, verdicts: Mapping[str, Verdict]) -> bool:
+    """Whether the claim's owner names its host this tick (an owner without
+    a verdict this tick is settled, and names all its hosts)."""
+    verdict = verdicts.get(claim.guid)
+    return verdict is None or claim.host in verdict.hosts
 
 
 def apply(claim: HostClaim, result: str, now: float, policy: DomainPolicy) -> HostClaim | None:

@@ -200,7 +200,7 @@ class DomainRun:
             out.counts[f"dns_{lookup.outcome}"] += 1
         # groups are independent: their re-checks, then their instances, all at once
         d.index.take_touched()  # claims decided before: not this chunk's
-        d._rechecks(due, txt, addresses, self.now, self.tick, out)
+        d._rechecks(due, txt, addresses, self.now, self.tick, out, self.verdicts)
         touched = d.index.take_touched()
         order = [guid for found in part for guid in found.members]
         for guid in (guid for found in part for guid in found.settled):

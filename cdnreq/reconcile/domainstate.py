@@ -229,9 +229,10 @@ class DomainState:
         return txt, dict(zip(ordered, found))
 
     def _rechecks(self, due: list[HostClaim], txt: Mapping[str, Lookup], addresses: Mapping[str, Lookup],
-                  now: float, tick: int | None, out: DomainStep) -> None:
+                  now: float, tick: int | None, out: DomainStep, verdicts: Mapping[str, Verdict]) -> None:
         for claim in due:
-            result = recheck.verdict(claim, self.challenges.get(claim.guid), txt, addresses.get(claim.host), self.policy)
+            result = recheck.verdict(claim, self.challenges.get(claim.guid), txt, addresses.get(claim.host), self.policy,
+                                     recheck.named(claim, verdicts))  # fmt: skip
             out.counts[f"recheck_{result}"] += 1
             after = recheck.apply(claim, result, now, self.policy)
             if after is None:
