@@ -235,7 +235,8 @@ class DaemonConfig(BaseModel):
     max_update_fraction: float = Field(
         default=0.2, gt=0, le=1,
         description="updates of live instances asked by the master in one tick are held when they reach"
-        " this fraction of the live ones (and min_update_hold)",
+        " this fraction of the live ones (and min_update_hold); so are removals when the entries listed"
+        " destroyed reach it",
     )
     min_update_hold: int = Field(
         default=2, ge=1,

@@ -55,6 +55,8 @@ def policy_of(config: Config) -> Policy:
         spec_hash=spec_hash(cdn.software_release_uri, cdn.software_type, cdn.sla),
         allow_empty=config.daemon.allow_empty,
         max_destroy_fraction=config.daemon.max_destroy_fraction,
+        max_update_fraction=config.daemon.max_update_fraction,
+        min_update_hold=config.daemon.min_update_hold,
         retention_s=config.domain.retention_s,
         verify_interval_s=config.daemon.verify_interval_s,
     )

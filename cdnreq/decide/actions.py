@@ -43,6 +43,9 @@ class Policy:
     allow_empty: bool = False
     max_destroy_fraction: float = 0.5
     retention_s: float = 0.0
+    # explicit destroys of existing entries are held at the update guard's bar (guards.explicit_destroy_guard)
+    max_update_fraction: float = 0.2
+    min_update_hold: int = 2
     verify_interval_s: float = 0.0  # read live entries back this often (0: never)
 
 

@@ -136,6 +136,21 @@ def removal_guard(
     return None
 
 
+def explicit_destroy_guard(count: int, fleet: int, policy: Any) -> str | None:
+    """Why the entries the master lists `destroyed` must be held this tick,
+    or None. A destroy takes a site down for good: listing many live
+    entries destroyed at once is held at the bar of a mass update (a stop
+    is), not only at the removal bar, until the listing stops asking or the
+    operator approves. One customer's own destroy is never held."""
+    if count < policy.min_update_hold or count < policy.max_update_fraction * fleet:
+        return None
+    return (
+        f"{count} of {fleet} known instances with an entry are listed destroyed in one tick, at least"
+        f" [daemon].max_update_fraction = {policy.max_update_fraction:g}; a master that lists live entries"
+        " destroyed by mistake would take their sites down"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class HeldRemovals:
     """The removals the last tick held, kept so an operator can approve

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 
 from cdnreq.decide.actions import Action, Draft, Kind, Ownership, Plan, Policy
 from cdnreq.decide.gate import Gate
-from cdnreq.decide.guards import Departures, counted, removal_guard
+from cdnreq.decide.guards import Departures, counted, explicit_destroy_guard, removal_guard
 from cdnreq.decide.transitions import destroy_pending, may_serve
 from cdnreq.model import InstanceGuid, Listing, Phase, Record
 
@@ -61,7 +61,8 @@ def plan_removals(
     held: tuple[Record, ...] = ()
     leaving = [r.guid for r in (*departing, *ending)]
     again = len(counted(recent, leaving))  # decided at an earlier tick, not done yet
-    hold_reason = removal_guard(listing, fleet, len(leaving), policy, recent, again)
+    hold_reason = removal_guard(listing, fleet, len(leaving), policy, recent, again) or explicit_destroy_guard(
+        sum(1 for r in departing if r.guid in explicit and has_entry(r)) + len(ending), fleet, policy)
     withheld: tuple[InstanceGuid, ...] = ()
     if hold_reason is not None:
         withheld = tuple(r.guid for r in (*departing, *ending))
