@@ -71,6 +71,7 @@ class Leadership:
         self.acting = False  # the daemon took over (cdnreq.service.leader.take_over)
         self.shared: dict[str, Any] = {}  # a standby's view of the store: the leader's last tick, instances
         self.keeper: LeaseKeeper | None = None  # renews the term from its own thread while run() runs
+        self.asking_since: float | None = None  # time.time() the attempt under way began (None between attempts)
 
     @property
     def holder(self) -> str:
@@ -126,6 +127,7 @@ class Leadership:
     async def step(self) -> None:
         """One attempt: take the lease (standby) or renew it (leader), then read who leads."""
         settings, lease, was = self.settings(), self.store.lease, self.leading()
+        self.asking_since = time.time()
         try:
             if lease.current() is None:
                 await lease.take(settings.lease_s)
@@ -140,6 +142,8 @@ class Leadership:
             self.seen = LeaderSeen(holder, epoch, left, time.time(), None)
             if not self.leading():
                 await self._read_shared()
+        finally:
+            self.asking_since = None
         term = self.valid_term()
         if (term is not None) != was:
             if term is not None:
@@ -231,7 +235,23 @@ def standby_readiness(leadership: Leadership, now: float) -> tuple[bool, dict[st
         return True, {"ready": True, "role": STANDBY, "leader": who,
                       "reason": f"standby: {'node ' + who if who else 'no node'} leads"}
     return False, {"ready": False, "role": STANDBY, "leader": seen.holder,
-                   "reason": f"standby cannot reach the store: {seen.error or 'not read yet'}"}
+                   "reason": f"standby cannot reach the store: {unreachable(seen, leadership.asking_since, now)}"}
+
+
+def unreachable(seen: LeaderSeen, asking_since: float | None, now: float) -> str:
+    """Why a standby's store is not reached, as far as it knows: the last
+    attempt's error, or the attempt still waiting for an answer (a
+    partition: the statement hangs until the command timeout), and when
+    the store was last read; "not read yet" only when it never was."""
+    if seen.error is not None:
+        why = seen.error
+    elif asking_since is not None:
+        why = f"no answer for {max(0.0, now - asking_since):.0f} s"
+    else:
+        why = "the last attempt failed (see the log)"
+    if seen.read_at is None:
+        return f"{why}; not read yet" if seen.error is not None or asking_since is not None else "not read yet"
+    return f"{why}; last read {max(0.0, now - seen.read_at):.0f} s ago"
 
 
 def leader_answer(leadership: Leadership | None) -> tuple[bool, dict[str, Any]]:

@@ -1,0 +1,124 @@
+"""Attacks on a node's link to PostgreSQL that is cut, then heals: a
+configuration reload (SIGHUP) during the partition, on the leader and on a
+standby; the former leader coming back (link healed, or restarted) as a
+standby that leads again, with a store read afresh and a newer epoch, once
+the other node dies; and what a partitioned standby tells /readyz.
+
+The partitioned node reaches PostgreSQL through hanodes.Link (a loopback
+TCP proxy that drops every byte while cut); the other node directly."""
+
+from __future__ import annotations
+
+import signal
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+import tomli_w
+from faultproxy import REQUEST
+
+from bench.double import Double
+from cdnreq.service.leader import LeaderSeen, unreachable
+from hanodes import LEASE_S, Link, Node, the_leader, until
+from test_attack_pg_cluster import ThreadedDouble, served, start_node
+from test_attack_stop import via
+
+pytestmark = [pytest.mark.postgres]
+
+
+def reload_with(node: Node, **daemon: float) -> str:
+    """Change [daemon] keys in the node's file and send SIGHUP; the new file's text."""
+    config = tomllib.loads(node.config.read_text())
+    config["daemon"].update(daemon)
+    node.config.write_text(tomli_w.dumps(config))
+    node.process.send_signal(signal.SIGHUP)
+    return node.config.read_text()
+
+
+def reloaded(node: Node, timeout_s: float = 5.0) -> dict:
+    """The /status `config` once it says the file on disk runs (the reload was taken)."""
+
+    def taken() -> dict | None:
+        answer = node.get("/status")
+        if answer is None or answer[0] != 200:
+            return None
+        config = answer[1]["config"]
+        last = config["last_reload"]
+        return config if last is not None and last["ok"] and not config["file_on_disk"]["differs"] else None
+
+    return until(taken, f"{node.name} taking the reload", timeout_s)
+
+
+def readyz(node: Node) -> tuple[int, dict] | None:
+    return node.get("/readyz")
+
+
+def destroyed(nodes: list[Node]) -> list[dict]:
+    return [c.body for n in nodes for c in n.proxy.calls(name=REQUEST) if c.body.get("state") == "destroyed"]
+
+
+def add(runner: ThreadedDouble, master: Double, guid: str) -> None:
+    runner.run(lambda: master.add(guid, {"url": f"https://{guid.lower()}.example"}))
+
+
+def test_what_a_standby_says_of_a_store_it_cannot_reach() -> None:
+    """'not read yet' only when the store never answered; an attempt still
+    hanging is said to be so, with when the store was last read."""
+    assert unreachable(LeaderSeen(), None, 100.0) == "not read yet"
+    assert unreachable(LeaderSeen(), 90.0, 100.0) == "no answer for 10 s; not read yet"
+    assert unreachable(LeaderSeen(read_at=80.0), 90.0, 100.0) == "no answer for 10 s; last read 20 s ago"
+    assert unreachable(LeaderSeen(read_at=80.0, error="db: no answer within 60 s"), None, 100.0) == (
+        "db: no answer within 60 s; last read 20 s ago")
+    assert unreachable(LeaderSeen(error="db: refused"), 99.0, 100.0) == "db: refused; not read yet"
+
+
+def test_a_standby_reloaded_while_cut_off_then_healed(tmp_path: Path, pg_url: str, pg_server) -> None:
+    """A standby loses its database link: /readyz turns 503 and says what
+    is true (it had read the store: 'not read yet' was shown while its
+    first attempt after the cut still hung). SIGHUP then: the reload is
+    taken at once (it needs no store), the node stays up. The link heals:
+    ready again, and it takes over when the leader stops."""
+    master = Double(publish_after="immediately")
+    guids = ["SOFTINST-0"]
+    master.add(guids[0], {"url": "https://softinst-0.example"})
+    link = Link(pg_server.port).start()
+    nodes: list[Node] = []
+    try:
+        with ThreadedDouble(master) as runner:
+            a = start_node("node-a", tmp_path, runner.url, pg_url)
+            nodes.append(a)
+            the_leader([a])
+            until(lambda: served(master, runner, guids), "served by A")
+            b = start_node("node-b", tmp_path, runner.url, via(pg_url, pg_server, link))
+            nodes.append(b)
+            until(lambda: (r := readyz(b)) and r[0] == 200, "B standing by")
+
+            link.set_cut(True)
+            answer = until(lambda: (r := readyz(b)) and r[0] == 503 and r, "B not ready once cut off", 15)
+            reason = answer[1]["reason"]
+            assert "not read yet" not in reason, reason  # B read the store before the cut
+            assert "cannot reach the store" in reason and "last read" in reason, reason
+
+            began = time.monotonic()
+            reload_with(b, tick_interval_s=0.6)
+            reloaded(b)
+            assert time.monotonic() - began < 5
+            assert b.alive(), b.tail()
+            status = b.get("/status")
+            assert status is not None and status[1]["cluster"]["role"] == "standby", status
+
+            link.set_cut(False)
+            until(lambda: (r := readyz(b)) and r[0] == 200, "B ready again once healed", 20)
+            assert not b.leads()
+            a.stop()
+            until(lambda: b.leads(), "B leading once A stopped", 4 * LEASE_S + 10)
+            add(runner, master, "SOFTINST-1")
+            guids.append("SOFTINST-1")
+            until(lambda: served(master, runner, guids), "B serving a new customer")
+            assert destroyed(nodes) == []
+            assert b.alive(), b.tail()
+    finally:
+        for n in nodes:
+            n.remove()
+        link.stop()
