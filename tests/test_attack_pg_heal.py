@@ -19,10 +19,12 @@ import tomli_w
 from faultproxy import REQUEST
 
 from bench.double import Double
+from cdnreq.decide.titles import technical_title
 from cdnreq.service.leader import LeaderSeen, unreachable
 from hanodes import LEASE_S, Link, Node, the_leader, until
 from test_attack_pg_cluster import ThreadedDouble, served, start_node
-from test_attack_stop import via
+from test_attack_stop import stop_within, via
+from test_faults_hostile import PREFIX
 
 pytestmark = [pytest.mark.postgres]
 
@@ -118,6 +120,112 @@ def test_a_standby_reloaded_while_cut_off_then_healed(tmp_path: Path, pg_url: st
             until(lambda: served(master, runner, guids), "B serving a new customer")
             assert destroyed(nodes) == []
             assert b.alive(), b.tail()
+    finally:
+        for n in nodes:
+            n.remove()
+        link.stop()
+
+
+def test_a_leader_reloaded_while_cut_off_then_healed_leads_again_from_the_store(
+    tmp_path: Path, pg_url: str, pg_server,
+) -> None:
+    """The leader loses its database link and gets SIGHUP during the
+    partition: the reload is taken at once, the node stops calling the
+    master before its lease can expire, B takes over and serves a new
+    customer N. The link heals: A stands by. B stops: A leads again, from
+    the store as B left it (it does not request N again: its memory from
+    before the partition was dropped), and under a newer epoch."""
+    master = Double(publish_after="immediately")
+    guids = [f"SOFTINST-{i}" for i in range(3)]
+    for g in guids:
+        master.add(g, {"url": f"https://{g.lower()}.example"})
+    link = Link(pg_server.port).start()
+    nodes: list[Node] = []
+    try:
+        with ThreadedDouble(master) as runner:
+            a = start_node("node-a", tmp_path, runner.url, via(pg_url, pg_server, link))
+            nodes.append(a)
+            the_leader([a])
+            until(lambda: served(master, runner, guids), "served by A")
+            first_epoch = a.get("/status")[1]["cluster"]["epoch"]
+            b = start_node("node-b", tmp_path, runner.url, pg_url)
+            nodes.append(b)
+            until(lambda: (r := readyz(b)) and r[0] == 200, "B standing by")
+
+            link.set_cut(True)
+            cut_at = time.time()
+            reload_with(a, tick_interval_s=0.6)
+            reloaded(a)
+            assert until(lambda: b.leads(), "B leading while A is cut off", 6 * LEASE_S + 10), b.tail()
+            new = "SOFTINST-new"
+            add(runner, master, new)
+            guids.append(new)
+            until(lambda: served(master, runner, guids), "B serving N")
+            late = [c.name for c in a.proxy.log if c.at > cut_at + LEASE_S]
+            assert late == [], f"A called the master after its lease could expire: {late}"
+            b_epoch = b.get("/status")[1]["cluster"]["epoch"]
+            assert b_epoch > first_epoch
+
+            link.set_cut(False)
+            until(lambda: (r := readyz(a)) and r[0] == 200 and r[1]["role"] == "standby", "A a ready standby", 20)
+            assert the_leader(nodes) is b
+            mark = len(a.proxy.log)
+            b.stop()
+            assert until(lambda: a.leads(), "A leading again once B stopped", 4 * LEASE_S + 10), a.tail()
+            epoch = until(lambda: (s := a.get("/status")) and s[1]["cluster"]["epoch"], "A's epoch")
+            assert epoch > b_epoch
+            last = "SOFTINST-last"
+            add(runner, master, last)
+            guids.append(last)
+            until(lambda: served(master, runner, guids), "A serving a customer after its partition")
+            again = [c.body["title"] for c in a.proxy.calls(mark, name=REQUEST)]
+            assert technical_title(PREFIX, new) not in again, "A requested N again: it led on its old memory"
+            assert destroyed(nodes) == []
+            assert a.alive(), a.tail()
+    finally:
+        for n in nodes:
+            n.remove()
+        link.stop()
+
+
+def test_a_former_leader_restarted_after_its_partition(tmp_path: Path, pg_url: str, pg_server) -> None:
+    """The leader is cut off, B takes over, A is stopped during the
+    partition (within the README's bound) and started again once the link
+    is back: a standby, ready; B is killed (-9): A takes over after B's
+    lease, under a newer epoch, and serves a customer added meanwhile."""
+    master = Double(publish_after="immediately")
+    guids = ["SOFTINST-0", "SOFTINST-1"]
+    for g in guids:
+        master.add(g, {"url": f"https://{g.lower()}.example"})
+    link = Link(pg_server.port).start()
+    nodes: list[Node] = []
+    try:
+        with ThreadedDouble(master) as runner:
+            url_a = via(pg_url, pg_server, link)
+            a = start_node("node-a", tmp_path, runner.url, url_a, daemon={"shutdown_timeout_s": 1.0})
+            nodes.append(a)
+            the_leader([a])
+            until(lambda: served(master, runner, guids), "served by A")
+            b = start_node("node-b", tmp_path, runner.url, pg_url)
+            nodes.append(b)
+            until(lambda: (r := readyz(b)) and r[0] == 200, "B standing by")
+
+            link.set_cut(True)
+            assert until(lambda: b.leads(), "B leading while A is cut off", 6 * LEASE_S + 10), b.tail()
+            stop_within(a, 25)
+            link.set_cut(False)
+            a.log.close()
+            a = nodes[0] = Node("node-a", a.proxy, a.config)  # the same configuration, proxy and log file
+            until(lambda: (r := readyz(a)) and r[0] == 200 and r[1]["role"] == "standby", "A restarted, standing by")
+            b_epoch = until(lambda: (s := b.get("/status")) and s[1]["cluster"]["epoch"], "B's epoch")
+            b.kill()
+            assert until(lambda: a.leads(), "A leading once B was killed", 4 * LEASE_S + 10), a.tail()
+            epoch = until(lambda: (s := a.get("/status")) and s[1]["cluster"]["epoch"], "A's epoch")
+            assert epoch > b_epoch
+            add(runner, master, "SOFTINST-2")
+            guids.append("SOFTINST-2")
+            until(lambda: served(master, runner, guids), "A serving a new customer")
+            assert destroyed(nodes) == []
     finally:
         for n in nodes:
             n.remove()
