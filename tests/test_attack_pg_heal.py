@@ -9,6 +9,7 @@ TCP proxy that drops every byte while cut); the other node directly."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 import tomllib
@@ -21,6 +22,9 @@ from faultproxy import REQUEST
 from bench.double import Double
 from cdnreq.decide.titles import technical_title
 from cdnreq.service.leader import LeaderSeen, unreachable
+from cdnreq.store.errors import StoreUnreachable
+from cdnreq.store.postgres import PgStore
+from cdnreq.store.url import parse_store_url
 from hanodes import LEASE_S, Link, Node, the_leader, until
 from test_attack_pg_cluster import ThreadedDouble, served, start_node
 from test_attack_stop import stop_within, via
@@ -229,4 +233,132 @@ def test_a_former_leader_restarted_after_its_partition(tmp_path: Path, pg_url: s
     finally:
         for n in nodes:
             n.remove()
+        link.stop()
+
+
+class SilentLink(Link):
+    """A Link whose partition heals silently: connections made after the
+    heal are forwarded, those it held stay dead for good, dropping every
+    byte without a reset (a stateful firewall or NAT that lost their state,
+    the old primary's address gone quiet after the name moved on)."""
+
+    def __init__(self, port: int):
+        super().__init__(port)
+        self.era = 0  # connections of an earlier era than the current are dead once cut
+
+    def set_cut(self, cut: bool) -> None:
+        def change() -> None:
+            if self.cut and not cut:
+                self.era += 1
+            self.cut = cut
+
+        self.loop.call_soon_threadsafe(change)
+
+    def stop(self) -> None:
+        async def end() -> None:  # the dead connections' pipes, which no reset ends
+            tasks = [t for t in asyncio.all_tasks(self.loop) if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(end(), self.loop).result(10)
+        super().stop()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        era = self.era
+        self.writers.add(writer)
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.writers.add(up_writer)
+        dead = [False]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dead[0] = dead[0] or self.cut and self.era == era
+                    if not (self.cut or dead[0]):
+                        dst.write(data)
+                        await dst.drain()
+            except (OSError, ConnectionError):
+                pass
+            finally:
+                if not dead[0]:
+                    dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+def test_a_standby_after_a_partition_that_heals_silently(tmp_path: Path, pg_url: str, pg_server) -> None:
+    """The partition heals, but the connections it held stay dead without a
+    reset: a new connection works at once. The standby's attempt under way
+    hangs on a dead pooled connection; once that statement gives up, the
+    standby must be ready again at its next attempt, not wait a second
+    command timeout for a cancel request the dead connection never
+    acknowledges (a statement waits at most 60 s, README)."""
+    master = Double(publish_after="immediately")
+    master.add("SOFTINST-0", {"url": "https://softinst-0.example"})
+    link = SilentLink(pg_server.port).start()
+    nodes: list[Node] = []
+    try:
+        with ThreadedDouble(master) as runner:
+            nodes.append(a := start_node("node-a", tmp_path, runner.url, pg_url))
+            the_leader([a])
+            nodes.append(b := start_node("node-b", tmp_path, runner.url, via(pg_url, pg_server, link)))
+            until(lambda: (r := readyz(b)) and r[0] == 200, "B standing by")
+            link.set_cut(True)
+            until(lambda: (r := readyz(b)) and r[0] == 503, "B not ready once cut off", 15)
+            cut_at = time.monotonic()
+            link.set_cut(False)
+            until(lambda: (r := readyz(b)) and r[0] == 200, "B ready again after the heal", 150)
+            took = time.monotonic() - cut_at
+            print(f"B ready again {took:.1f} s after the heal")
+            assert took < 75, b.tail()
+    finally:
+        for n in nodes:
+            n.remove()
+        link.stop()
+
+
+def test_a_statement_on_a_connection_that_died_waits_one_command_timeout(
+    pg_url: str, pg_server, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read, then a fenced write, sent while the link is cut; the link
+    heals silently (their connection stays dead). Each fails as 'no answer
+    within' the command timeout once that has passed, not twice that or
+    more: the pool waited as long again for asyncpg's cancel request to be
+    acknowledged, and a transaction's ROLLBACK waited behind it (a 60 s
+    statement took 120 s, README says 60). The next statement answers at
+    once, on a new connection."""
+    timeout_s = 2.0
+    monkeypatch.setattr("cdnreq.store.postgres.COMMAND_TIMEOUT_S", timeout_s)
+    link = SilentLink(pg_server.port).start()
+
+    async def attempt(store: PgStore, statement) -> float:
+        began = time.monotonic()
+        link.set_cut(True)
+        asyncio.get_running_loop().call_later(0.3, link.set_cut, False)
+        with pytest.raises(StoreUnreachable, match=f"no answer within {timeout_s:g} s"):
+            await statement()
+        return time.monotonic() - began
+
+    async def main() -> None:
+        store = await PgStore.open(parse_store_url(via(pg_url, pg_server, link)), holder="node-a", lease_s=30.0)
+        try:
+            read = await attempt(store, store.phases)
+            assert read < 1.5 * timeout_s, f"a read took {read:.1f} s"
+            assert await store.phases() == {}  # a new connection, made after the heal
+            write = await attempt(store, lambda: store.begin_tick(time.time()))
+            assert write < 1.5 * timeout_s, f"a write took {write:.1f} s"
+            began = time.monotonic()
+            assert await store.begin_tick(time.time()) > 0
+            assert time.monotonic() - began < 1.0
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(main())
+    finally:
         link.stop()

@@ -25,6 +25,7 @@ import structlog
 
 from cdnreq.decide.leadership import Term, acts_until
 from cdnreq.store.errors import StoreLocked, StoreLost
+from cdnreq.store.pgconn import transaction
 
 log = structlog.get_logger("cdnreq.lease")
 
@@ -122,7 +123,7 @@ class Lease:
 
         async def take(conn: Any) -> Any:
             try:  # an old term's write open for as long as a lease is ended (END_STUCK): its term is over
-                async with conn.transaction():
+                async with transaction(conn):
                     await conn.execute(f"SET LOCAL lock_timeout = {max(1, int(lease_s * 1000))}")
                     return await conn.fetchval(TAKE, self.holder, lease_s)
             except asyncpg.UniqueViolationError:  # another node's first take of a never-held lease won
@@ -252,6 +253,6 @@ class Lease:
 async def create_table(conn: Any) -> None:
     """cdnreq_lease, once, whichever node comes first (the advisory lock:
     CREATE TABLE IF NOT EXISTS alone races between nodes starting at once)."""
-    async with conn.transaction():
+    async with transaction(conn):
         await conn.execute(LOCK_CREATE)
         await conn.execute(CREATE)

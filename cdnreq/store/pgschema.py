@@ -13,6 +13,7 @@ import asyncpg
 
 from cdnreq.store.dialect import postgres
 from cdnreq.store.errors import SchemaTooNew, StoreError
+from cdnreq.store.pgconn import transaction
 from cdnreq.store.migrations import LATEST, MIGRATIONS, split_statements
 
 _LOCK = 0x63646E72  # "cdnr": the migrations' advisory lock
@@ -52,7 +53,7 @@ async def migrate_pg(conn: asyncpg.Connection, name: str) -> int:
         if number <= version:
             continue
         try:
-            async with conn.transaction():  # a savepoint: the migration and its bump, or neither
+            async with transaction(conn):  # a savepoint: the migration and its bump, or neither
                 for statement in split_statements(sql):
                     await conn.execute(postgres(statement))
                 await conn.execute(

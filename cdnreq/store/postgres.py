@@ -21,6 +21,7 @@ import asyncpg
 from cdnreq.aiotasks import within
 
 from cdnreq.decide.leadership import Term
+from cdnreq.store.pgconn import drop, transaction
 from cdnreq.store.pglease import Lease, NotLeading
 from cdnreq.store.dialect import postgres
 from cdnreq.store.pgbackups import BACKUPS_ARE_POSTGRES
@@ -121,7 +122,10 @@ class PgStore(SqlReads, SqlWrites):
                 try:
                     return await work(conn)
                 except asyncpg.exceptions.InternalClientError:
-                    conn.terminate()  # left mid-operation (a server restart): no later statement can use it
+                    drop(conn)  # left mid-operation (a server restart): no later statement can use it
+                    raise
+                except asyncio.TimeoutError:
+                    drop(conn)  # past the command timeout: never back to the pool (cdnreq.store.pgconn)
                     raise
         except asyncpg.exceptions.InternalClientError as exc:  # one failed statement, never a crash
             raise StoreError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
@@ -147,7 +151,7 @@ class PgStore(SqlReads, SqlWrites):
                 term = self.lease.fence_term()
 
                 async def fenced(conn: asyncpg.Connection) -> _T:
-                    async with conn.transaction():
+                    async with transaction(conn):
                         await self.lease.check(conn, term)
                         return await work(conn)
 
