@@ -80,6 +80,7 @@ class DomainRun:
         self.known, self.now, self.tick = known, now, tick
         self.listed_at, self.step = listed_at or {}, 1 if sighting else 0
         out = self.first = DomainStep()
+        d.begin_tick()
         if d.policy != d._settled_policy:  # e.g. a reload with another backend deny-list
             d._settled.clear()
             d._verdicts.clear()

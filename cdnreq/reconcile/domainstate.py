@@ -91,6 +91,29 @@ class DomainState:
         saved = streaks if isinstance(streaks, Mapping) else {}
         self._unnamed: dict[str, int] = saved_streaks(saved.get("contest"))
         self._unserved: dict[str, int] = saved_streaks(saved.get("release"))
+        # the unsettled gates (pending, invalid) decided at the last tick and at
+        # this one: see _same_as_before
+        self._gates_before: dict[str, Gate] = {}
+        self._gates_now: dict[str, Gate] = {}
+
+    def begin_tick(self) -> None:
+        """A tick starts: the gates decided at the last one are the ones to reuse."""
+        self._gates_before, self._gates_now = self._gates_now, {}
+
+    def _same_as_before(self, guid: str, gate: Gate) -> Gate:
+        """The last tick's gate of `guid` when this one equals it. A pending
+        instance is decided again each tick; its gate (the message with the
+        token, about a kilobyte) made anew each time, among the tick's
+        short-lived objects, scattered what lives between ticks over the
+        heap (10,000 pending at 100,000 instances: 10 MB a tick). Kept, it
+        also lets the planner's idle cache see the instance unchanged."""
+        if gate.ok:
+            return gate
+        before = self._gates_before.get(guid)
+        if before is not None and before == gate:
+            gate = before
+        self._gates_now[guid] = gate
+        return gate
 
     def verdict(self, instance: SharedInstance) -> Verdict:
         cached = self._verdicts.get(instance.guid)
@@ -183,7 +206,7 @@ class DomainState:
                 challenge=self.challenges.get(InstanceGuid(guid)), lookups=lookups, policy=self.policy, now=run.now,
             )
             self.index.apply(claims)  # the next instance of the tick sees them
-            out.gates[guid] = gate
+            out.gates[guid] = gate = self._same_as_before(guid, gate)
             out.counts[f"gate_{gate.status.value}"] += 1
             out.taken_from.update(claims.taken_from)
             for host in claims.deletes:
