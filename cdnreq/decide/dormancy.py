@@ -41,6 +41,7 @@ import math
 import struct
 import sys
 from collections import Counter
+from dataclasses import fields
 from typing import Any, Iterable, Mapping, NamedTuple
 
 import orjson
@@ -180,10 +181,18 @@ def serving_count(sleepers: Iterable[bytes]) -> int:
     return sum(packed[_SERVING_AT] for packed in sleepers)
 
 
+#: the plan policy's guard bars: they judge departures and mass changes, and
+#: a sleeper that departs or changes wakes anyway; an operator who moves one
+#: (in an incident, say) must not wake the fleet
+GUARD_BARS = frozenset({"allow_empty", "max_destroy_fraction", "max_update_fraction", "min_update_hold"})
+
+
 def rules_digest(policy: Policy, domain_stamp: str) -> str:
-    """The rules a sleeper fell asleep under: the plan's policy and the domain
-    step's stamp (validate/version.stamp: its rules, libraries and policy)."""
-    return hashlib.blake2b(repr((policy, domain_stamp)).encode(), digest_size=16).hexdigest()
+    """The rules a sleeper fell asleep under: the plan's policy but its guard
+    bars, and the domain step's stamp (validate/version.stamp: its rules,
+    libraries and policy). A field added to Policy counts unless named here."""
+    kept = tuple((f.name, getattr(policy, f.name)) for f in fields(policy) if f.name not in GUARD_BARS)
+    return hashlib.blake2b(repr((kept, domain_stamp)).encode(), digest_size=16).hexdigest()
 
 
 def mark(param_hash: str, read_back_at: float, rules: str) -> str:
