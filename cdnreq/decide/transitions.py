@@ -12,7 +12,7 @@ import json
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
 
-from cdnreq.model import InstanceAnswer, Phase, Record, SharedInstance, canonical_json, frozen_json, shown_digest
+from cdnreq.model import InstanceAnswer, Phase, Record, RequestedState, SharedInstance, canonical_json, frozen_json, shown_digest
 
 if TYPE_CHECKING:
     from cdnreq.decide.gate import Gate
@@ -151,7 +151,11 @@ def kept(answer: InstanceAnswer, requested: Mapping[str, Any]) -> bool:
     business. Values are compared on their canonical JSON, so a value that a
     master spells differently (key order, 1 and 1.0, a stringified number or
     boolean, a large integer read back as a float) never looks lost, which
-    would request it again every tick."""
+    would request it again every tick. An entry read back `destroyed` holds
+    nothing (destroyed on the master by someone else, or a dropped request):
+    taken for live, its customer's site stayed down."""
+    if answer.state == RequestedState.DESTROYED.value:
+        return False
     if answer.parameters is None:
         return True
     held = answer.parameters
