@@ -42,6 +42,21 @@ async def test_three_of_ten_live_entries_listed_destroyed_once_are_held(tmp_path
         assert record is not None and record.phase is Phase.LIVE and record.tech_guid is not None
 
 
+async def test_only_the_destroys_are_held_not_another_customers_departure(tmp_path: Path, opened: list[Store]) -> None:
+    """A customer with many entries destroying them at once (or a master
+    saying so) holds those destroys, not the rest of the fleet's removals."""
+    r, master, clock = await fleet(tmp_path, opened)
+    master.entries = [e for e in listing(set(PLAIN[:3])) if e["instance_guid"] != PLAIN[8]]
+    report = await ok_tick(r, clock)
+    assert report.hold_reason is not None and "listed destroyed" in report.hold_reason
+    assert breaking(master) == []
+    gone = await r.store.get(PLAIN[8])
+    assert gone is not None and gone.phase is Phase.RETAINED  # departed as usual (retention keeps its entry)
+    for guid in PLAIN[:3]:
+        record = await r.store.get(guid)
+        assert record is not None and record.phase is not Phase.RETAINED and record.tech_guid is not None
+
+
 async def test_held_while_the_listing_keeps_asking(tmp_path: Path, opened: list[Store]) -> None:
     r, master, clock = await fleet(tmp_path, opened)
     master.entries = listing(set(PLAIN[:3]))

@@ -58,26 +58,29 @@ def plan_removals(
     # the fleet the master can still remove: entries already gone (retained
     # for 90 days, destroys awaiting read-back) must not dilute the guard
     fleet = len(known) + listed.asleep - len(confirming) - len(retained) + len(ending)
-    held: tuple[Record, ...] = ()
     leaving = [r.guid for r in (*departing, *ending)]
     again = len(counted(recent, leaving))  # decided at an earlier tick, not done yet
-    hold_reason = removal_guard(listing, fleet, len(leaving), policy, recent, again) or explicit_destroy_guard(
-        sum(1 for r in departing if r.guid in explicit and has_entry(r)) + len(ending), fleet, policy)
+    hold_reason = removal_guard(listing, fleet, len(leaving), policy, recent, again)
+    holding = [*departing, *ending]  # what a hold keeps
+    if hold_reason is None:  # many live entries listed destroyed: those are held, not the others' departures
+        holding = [r for r in departing if r.guid in explicit and has_entry(r)] + ending
+        hold_reason = explicit_destroy_guard(len(holding), fleet, policy)
     withheld: tuple[InstanceGuid, ...] = ()
     if hold_reason is not None:
-        withheld = tuple(r.guid for r in (*departing, *ending))
+        withheld = tuple(r.guid for r in holding)
         if approved_removals and all(g in approved_removals for g in withheld):
             hold_reason, withheld = None, ()
-            counts["approved_removals"] = len(departing) + len(ending)
-    departed: tuple[InstanceGuid, ...] = ()
+            counts["approved_removals"] = len(holding)
+    held: tuple[Record, ...] = ()
     if hold_reason is not None:
-        held = tuple(departing)
-        counts["held"] = len(held) + len(ending)
-        departing = []
-        explicit -= {r.guid for r in ending}  # kept retained
-    else:
-        counts["removed"] += len(ending)
-        departed = tuple(leaving)
+        kept = set(withheld)
+        held = tuple(r for r in departing if r.guid in kept)
+        counts["held"] = len(withheld)
+        departing = [r for r in departing if r.guid not in kept]
+        explicit -= {r.guid for r in ending if r.guid in kept}  # kept retained
+        ending = [r for r in ending if r.guid not in kept]
+    counts["removed"] += len(ending)
+    departed = tuple(r.guid for r in (*departing, *ending))
     for record in departing:
         counts["removed"] += 1
         action = _departure(record, record.guid in explicit, now, policy, ownership, draft.updates)
