@@ -12,7 +12,9 @@ import json
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
 
-from cdnreq.model import InstanceAnswer, Phase, Record, RequestedState, SharedInstance, canonical_json, frozen_json, shown_digest
+from cdnreq.model import (
+    InstanceAnswer, Phase, Record, RequestedState, SharedInstance, canonical_json, frozen_json, shown_digest,
+)
 
 if TYPE_CHECKING:
     from cdnreq.decide.gate import Gate
