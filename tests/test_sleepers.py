@@ -109,11 +109,11 @@ async def test_a_sleeper_no_longer_listed_wakes_and_leaves_behind_the_removal_gu
     report = await r.tick()
     assert report.ok, report.error
     assert report.planned.get("removed") == 1 and "PLAIN" not in r.sleepers
-    # the master lists nothing: every sleeper counts in the fleet the guard protects
+    # the master lists nothing: every sleeper counts in what the guard holds, and sleeps on
     master.instances = ()
     report = await r.tick()
     assert report.ok, report.error
-    assert report.hold_reason is not None and not r.sleepers
+    assert report.hold_reason is not None and report.held_removals == 2 and set(r.sleepers) == {"A"}
 
 
 async def test_other_rules_wake_every_sleeper(tmp_path: Path, opened: list[Store]) -> None:

@@ -126,15 +126,21 @@ def rest(
     *,
     rules: str,
     same_rules: bool,
+    keep_absent: bool = False,
+    unusable: Iterable[str] = (),
 ) -> Rest:
     """Who sleeps and who wakes this tick, from its listing (each guid once,
     as listing.read_listing gives them). `due_owners`: instances owning a
     claim whose re-check is due now; `rules`: rules_digest() of today's
     policies, and `same_rules` whether the sleepers fell asleep under them.
-    Sleepers in and out are packed (pack/unpack)."""
+    `keep_absent`: the listing holds every removal (guards.listing_hold),
+    so the sleepers it does not name sleep on: woken, they would only be
+    marked held, then back (100,000 records read and written twice for
+    one empty listing); those it names unusable (`unusable`) wake, to be
+    told why. Sleepers in and out are packed (pack/unpack)."""
     if not same_rules:
         return Rest({}, {}, set(sleepers))
-    wake = set(sleepers)
+    wake = {g for g in unusable if g in sleepers} if keep_absent else set(sleepers)
     sleep: dict[str, bytes] = {}
     marks: dict[str, str] = {}
     entries = idle.entries
@@ -144,6 +150,8 @@ def rest(
         if packed is not None:
             if _asleep_as_listed(packed, instance, now):
                 wake.discard(guid)  # listed as it fell asleep: sleeps on
+            elif keep_absent:
+                wake.add(guid)
             continue
         hit = entries.get(guid)
         if hit is None:

@@ -95,6 +95,24 @@ def mass_removal(gone: int, base: int, policy: Any) -> bool:
     return gone >= policy.max_destroy_fraction * base
 
 
+def listing_hold(listing: "Listing", known: int, policy: Any) -> str | None:
+    """Why this listing holds every removal, whatever is gone: it has entries
+    without a guid, or it is empty (unless [daemon].allow_empty). The tick
+    then keeps the sleepers it does not name asleep (decide/dormancy.rest):
+    reading them back would only mark them held, and back again."""
+    if listing.anonymous:
+        return (
+            f"the master listed {listing.anonymous} entries without an instance_guid;"
+            " a missing instance may be one of them"
+        )
+    if not listing.instances and not listing.unusable and not policy.allow_empty:
+        return (
+            f"the master listed no instance while {known} are known;"
+            " set [daemon].allow_empty = true if that is really so"
+        )
+    return None
+
+
 def removal_guard(
     listing: "Listing",
     known: int,
@@ -112,18 +130,10 @@ def removal_guard(
     counts once."""
     if gone == 0:
         return None
-    if listing.anonymous:
-        return (
-            f"the master listed {listing.anonymous} entries without an instance_guid;"
-            " a missing instance may be one of them"
-        )
+    if (held := listing_hold(listing, known, policy)) is not None:
+        return held
     if not listing.instances and not listing.unusable:
-        if policy.allow_empty:
-            return None  # the operator said an empty list may be true
-        return (
-            f"the master listed no instance while {known} are known;"
-            " set [daemon].allow_empty = true if that is really so"
-        )
+        return None  # the operator said an empty list may be true ([daemon].allow_empty)
     recent = list(recent)
     before = sum(d.gone for d in recent) - again
     base = max([known, *(d.known for d in recent)])

@@ -142,7 +142,13 @@ def _plan_listed(
         if action is None and not held_back and gate is gates.get(guid):
             still[guid] = (record, gate, _read_back_at(record, policy))
     counts["unchanged"] += unchanged
-    return Listed(seen, destroyed, len(asleep)), IdleCache(still, policy)
+    return Listed(seen, destroyed, len(asleep), _not_named(asleep, seen)), IdleCache(still, policy)
+
+
+def _not_named(asleep: Mapping[str, Dormant], seen: set[str]) -> tuple[str, ...]:
+    """The sleepers the listing does not name: kept asleep because it holds
+    every removal (decide/dormancy.rest), they are among what it holds."""
+    return tuple(sorted(asleep.keys() - seen))
 
 
 def _counted(counts: Counter[str], listing: Listing) -> set[str]:

@@ -21,7 +21,8 @@ class Listed:
 
     seen: set[str]  # every guid the listing names, usable or not
     destroyed: list[Record]  # listed with state destroyed: the customer asked for it
-    asleep: int = 0  # listed and sleeping (decide/dormancy.py): live, without a record in `known`
+    asleep: int = 0  # sleeping (decide/dormancy.py): live, without a record in `known`
+    absent: tuple[str, ...] = ()  # sleepers not listed, kept asleep: the listing holds every removal
 
 
 @dataclass(frozen=True)
@@ -60,14 +61,14 @@ def plan_removals(
     fleet = len(known) + listed.asleep - len(confirming) - len(retained) + len(ending)
     leaving = [r.guid for r in (*departing, *ending)]
     again = len(counted(recent, leaving))  # decided at an earlier tick, not done yet
-    hold_reason = removal_guard(listing, fleet, len(leaving), policy, recent, again)
+    hold_reason = removal_guard(listing, fleet, len(leaving) + len(listed.absent), policy, recent, again)
     holding = [*departing, *ending]  # what a hold keeps
     if hold_reason is None:  # many live entries listed destroyed: those are held, not the others' departures
         holding = [r for r in departing if r.guid in explicit and has_entry(r)] + ending
         hold_reason = explicit_destroy_guard(len(holding), fleet, policy)
     withheld: tuple[InstanceGuid, ...] = ()
     if hold_reason is not None:
-        withheld = tuple(r.guid for r in holding)
+        withheld = tuple(r.guid for r in holding) + tuple(InstanceGuid(g) for g in listed.absent)
         if approved_removals and all(g in approved_removals for g in withheld):
             hold_reason, withheld = None, ()
             counts["approved_removals"] = len(holding)

@@ -17,7 +17,7 @@ import structlog
 
 from cdnreq.config import Config
 from cdnreq.decide import changes as feed
-from cdnreq.model import Event, InstanceGuid, Record
+from cdnreq.model import Event, InstanceGuid, Listing, Record
 from cdnreq.decide.guards import (
     Departures,
     GuardPolicy,
@@ -26,6 +26,7 @@ from cdnreq.decide.guards import (
     UpdateGuard,
     changes,
     counted,
+    listing_hold,
     live_count,
     window,
 )
@@ -100,6 +101,11 @@ class GuardRun:
         run = cls(store, guard_policy_of(config), await store.load_guards(), None, now, sighting)
         run.known, run._live_of, run._asleep = len(known) + len(asleep or ()), known, asleep
         return run
+
+    def keeps_absent(self, listing: Listing) -> bool:
+        """Whether this tick's listing holds every removal, with no approval
+        to let them through: the sleepers it does not name then sleep on."""
+        return listing_hold(listing, self.known, self.policy) is not None and not self.approved_removals
 
     def sift(self, the_plan: Plan) -> Plan:
         """The plan without the updates the guard holds this tick."""

@@ -56,16 +56,17 @@ class Sleepers(Mapping[str, Dormant]):
 
     async def settle(
         self, listing: Listing, now: float, *, store: TickStore, known: dict[InstanceGuid, Record],
-        domains: Domains, idle: IdleCache, policy: Policy,
+        domains: Domains, idle: IdleCache, policy: Policy, keep_absent: bool = False,
     ) -> IdleCache:
         """Before the tick decides anything: wake the sleepers it may touch,
         put to sleep the idle instances it lists unchanged. Returns the idle
-        cache without the new sleepers (it would keep their objects alive)."""
+        cache without the new sleepers (it would keep their objects alive).
+        `keep_absent`: see decide/dormancy.rest."""
         rules = rules_digest(policy, stamp(domains.policy))
         candidates = set(self._entries) | set(idle.entries)
         due = {c.guid for c in recheck.due(domains.index.by_host.values(), candidates, now, domains.policy)}
         decided = rest(listing.instances, self._entries, idle, known, domains.settled, due, now, rules=rules,
-                       same_rules=rules == self._rules)  # fmt: skip
+                       same_rules=rules == self._rules, keep_absent=keep_absent, unusable=listing.unusable)  # fmt: skip
         self._rules = rules
         if decided.wake:
             await self.wake(decided.wake, store=store, known=known, domains=domains)

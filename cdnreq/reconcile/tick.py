@@ -281,11 +281,11 @@ class Reconciler:
         assert self.known is not None and self.domains is not None
         now = self.clock()
         policy = policy_of(self.config)
-        self.idle = await self.sleepers.settle(listing, now, store=self.store, known=self.known,
-                                               domains=self.domains, idle=self.idle, policy=policy)  # fmt: skip
-        await self.names.keep(listing, self.known, self.sleepers.keys(), self.store)  # before any change is written
         sighting, listed_at = self.admission.sighting, self.admission.queue.listed_at  # decide/admission.py
         guard = await GuardRun.start(self.store, self.config, self.known, now, self.sleepers, sighting)
+        self.idle = await self.sleepers.settle(listing, now, store=self.store, known=self.known, domains=self.domains,
+                                               idle=self.idle, policy=policy, keep_absent=guard.keeps_absent(listing))
+        await self.names.keep(listing, self.known, self.sleepers.keys(), self.store)  # before any change is written
         self.progress.phase("validating", len(listing.instances), now)
         run = self.domains.start(listing.instances, self.known, now, report.id, asleep=self.sleepers.keys(),
                                  listed_at=listed_at, sighting=sighting)
@@ -385,7 +385,7 @@ class Reconciler:
         """Store what was decided before any call is made (see decide/reservation.py)."""
         assert self.known is not None and self.domains is not None
         if the_plan.hold_reason is not None:
-            log.error("removals held", count=len(the_plan.held), reason=the_plan.hold_reason)
+            log.error("removals held", count=the_plan.counts.get("held", len(the_plan.held)), reason=the_plan.hold_reason)
         reserved = reservation(the_plan, now, tick)
         if not (reserved or step.events or step.host_upserts or step.host_deletes
                 or step.challenges or step.challenge_deletes or step.decisions):
