@@ -190,16 +190,23 @@ class Link:
         self.port = asyncio.run_coroutine_threadsafe(serve(), self.loop).result(10)
         return self
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.writers.add(writer)
-        if self.tripped.is_set():
-            return  # a new connection during the partition: held, never answered
+    async def _upstream(self, writer: asyncio.StreamWriter) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """The server's end for a client's connection; None (the client cut) when it refuses."""
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
         except OSError:
             writer.transport.abort()
-            return
+            return None
         self.writers.add(up_writer)
+        return up_reader, up_writer
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
+        if self.tripped.is_set():
+            return  # a new connection during the partition: held, never answered
+        if (upstream := await self._upstream(writer)) is None:
+            return
+        up_reader, up_writer = upstream
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, watch: bool) -> None:
             try:

@@ -30,6 +30,15 @@ from test_attack_pg_cluster import ThreadedDouble, served, start_node
 from test_attack_stop import stop_within, via
 from test_faults_hostile import PREFIX
 
+
+def customers(count: int) -> tuple[Double, list[str]]:
+    """A master double with `count` customers, SOFTINST-0 on, answered at once."""
+    master = Double(publish_after="immediately")
+    guids = [f"SOFTINST-{i}" for i in range(count)]
+    for g in guids:
+        master.add(g, {"url": f"https://{g.lower()}.example"})
+    return master, guids
+
 pytestmark = [pytest.mark.postgres]
 
 
@@ -85,9 +94,7 @@ def test_a_standby_reloaded_while_cut_off_then_healed(tmp_path: Path, pg_url: st
     first attempt after the cut still hung). SIGHUP then: the reload is
     taken at once (it needs no store), the node stays up. The link heals:
     ready again, and it takes over when the leader stops."""
-    master = Double(publish_after="immediately")
-    guids = ["SOFTINST-0"]
-    master.add(guids[0], {"url": "https://softinst-0.example"})
+    master, guids = customers(1)
     link = Link(pg_server.port).start()
     nodes: list[Node] = []
     try:
@@ -139,10 +146,7 @@ def test_a_leader_reloaded_while_cut_off_then_healed_leads_again_from_the_store(
     customer N. The link heals: A stands by. B stops: A leads again, from
     the store as B left it (it does not request N again: its memory from
     before the partition was dropped), and under a newer epoch."""
-    master = Double(publish_after="immediately")
-    guids = [f"SOFTINST-{i}" for i in range(3)]
-    for g in guids:
-        master.add(g, {"url": f"https://{g.lower()}.example"})
+    master, guids = customers(3)
     link = Link(pg_server.port).start()
     nodes: list[Node] = []
     try:
@@ -197,10 +201,7 @@ def test_a_former_leader_restarted_after_its_partition(tmp_path: Path, pg_url: s
     partition (within the README's bound) and started again once the link
     is back: a standby, ready; B is killed (-9): A takes over after B's
     lease, under a newer epoch, and serves a customer added meanwhile."""
-    master = Double(publish_after="immediately")
-    guids = ["SOFTINST-0", "SOFTINST-1"]
-    for g in guids:
-        master.add(g, {"url": f"https://{g.lower()}.example"})
+    master, guids = customers(2)
     link = Link(pg_server.port).start()
     nodes: list[Node] = []
     try:
@@ -267,12 +268,9 @@ class SilentLink(Link):
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         era = self.era
         self.writers.add(writer)
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
-        except OSError:
-            writer.transport.abort()
+        if (upstream := await self._upstream(writer)) is None:
             return
-        self.writers.add(up_writer)
+        up_reader, up_writer = upstream
         dead = [False]
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
@@ -298,8 +296,7 @@ def test_a_standby_after_a_partition_that_heals_silently(tmp_path: Path, pg_url:
     standby must be ready again at its next attempt, not wait a second
     command timeout for a cancel request the dead connection never
     acknowledges (a statement waits at most 60 s, README)."""
-    master = Double(publish_after="immediately")
-    master.add("SOFTINST-0", {"url": "https://softinst-0.example"})
+    master, _ = customers(1)
     link = SilentLink(pg_server.port).start()
     nodes: list[Node] = []
     try:
