@@ -54,6 +54,7 @@ def plan(
     approved_removals: Collection[str] = frozenset(),
     asleep: Mapping[str, Dormant] | None = None,
     listed_at: Mapping[str, float] | None = None,
+    held_before: Collection[str] = frozenset(),
 ) -> Plan:
     """The tick's plan. Instances in `later` wait for DNS: they count as
     listed (never gone) but get no action here; `plan_decided` plans them.
@@ -64,13 +65,15 @@ def plan(
     `recent`: departures decided inside the removal guard's window.
     `approved_removals`: the held removals an operator approved; they go
     ahead when every removal the guard would hold is among them.
+    `held_before`: the removals the last tick held (removals._destroys_held).
     `listed_at`: when each newcomer was first listed (its record's created_at)."""
     draft = Draft(now, listed_at)
     asleep = asleep or {}
     served = ServedHosts(known, asleep)
     listed, next_idle = _plan_listed(draft, listing, known, policy, gates, ownership, idle, later, asleep, served)
     _plan_unusable(draft, listing, known, policy)
-    removals = plan_removals(draft, listing, known, listed, policy, ownership, list(recent), approved_removals)
+    removals = plan_removals(draft, listing, known, listed, policy, ownership, list(recent), approved_removals,
+                             held_before)
     return Plan(
         tuple(draft.actions), tuple(draft.updates), removals.held, removals.hold_reason,
         draft.counted(), removals.fleet, removals.withheld, removals.departed, idle=next_idle,

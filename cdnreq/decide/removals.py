@@ -43,10 +43,12 @@ def plan_removals(
     ownership: Ownership | None,
     recent: list[Departures],
     approved_removals: Collection[str],
+    held_before: Collection[str] = frozenset(),
 ) -> Removals:
     """What left the listing, or asked to be destroyed: departures behind
     the removal guard (which keeps what it holds), retention, and destroys
-    still to be read back gone."""
+    still to be read back gone. `held_before`: the removals the last tick
+    held (see _destroys_held)."""
     counts, now = draft.counts, draft.now
     gone = listed.destroyed + [r for g, r in known.items() if g not in listed.seen]
     confirming = [r for r in gone if destroy_sent(r)]
@@ -64,8 +66,8 @@ def plan_removals(
     hold_reason = removal_guard(listing, fleet, len(leaving) + len(listed.absent), policy, recent, again)
     holding = [*departing, *ending]  # what a hold keeps
     if hold_reason is None:  # many live entries listed destroyed: those are held, not the others' departures
-        holding = [r for r in departing if r.guid in explicit and has_entry(r)] + ending
-        hold_reason = explicit_destroy_guard(len(holding), fleet, policy)
+        destroys = [r for r in departing if r.guid in explicit and has_entry(r)] + ending
+        holding, hold_reason = _destroys_held(destroys, fleet, policy, held_before)
     withheld: tuple[InstanceGuid, ...] = ()
     if hold_reason is not None:
         withheld = tuple(r.guid for r in holding) + tuple(InstanceGuid(g) for g in listed.absent)
@@ -94,6 +96,23 @@ def plan_removals(
     for record in confirming:  # a destroy counts once read back: a master may drop one
         draft.add(confirm(record, None), record)
     return Removals(held, hold_reason, fleet, withheld, departed)
+
+
+def _destroys_held(
+    destroys: list[Record], fleet: int, policy: Policy, held_before: Collection[str]
+) -> tuple[list[Record], str | None]:
+    """The explicit destroys to hold this tick, and why. Those the last tick
+    held stay held while the listing asks; the others, new this tick, are
+    judged on their own: a customer destroying its one entry while a mass
+    destroy is held goes at once, as on any other tick, instead of waiting
+    with it (and changing the held set an operator may be approving)."""
+    reason = explicit_destroy_guard(len(destroys), fleet, policy)
+    if reason is None:
+        return [], None
+    new = [r for r in destroys if r.guid not in held_before]
+    if len(new) < len(destroys) and explicit_destroy_guard(len(new), fleet, policy) is None:
+        return [r for r in destroys if r.guid in held_before], reason
+    return destroys, reason
 
 
 def destroy_sent(record: Record) -> bool:

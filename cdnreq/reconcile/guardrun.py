@@ -77,6 +77,7 @@ class GuardRun:
         self.approval_saved = approval if isinstance(approval, dict) else None
         self.approval = self.approval_saved.get("fingerprint") if self.approval_saved else None
         held_removals_ = HeldRemovals.from_json(saved.get(HELD_REMOVALS))
+        self.held_before = frozenset(held_removals_.guids)  # the removals the last tick held
         approved = self.approval_saved.get("removals") if self.approval_saved else None
         # the removals approved for this tick: exactly the set the operator saw held
         self.approved_removals = (

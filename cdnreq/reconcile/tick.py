@@ -293,7 +293,7 @@ class Reconciler:
         the_plan = plan(
             listing, self.known, now, policy, gates=run.first.gates, ownership=self.domains.index, idle=self.idle,
             later=run.later, recent=guard.recent, approved_removals=guard.approved_removals, asleep=self.sleepers,
-            listed_at=listed_at,
+            listed_at=listed_at, held_before=guard.held_before,
         )
         self.idle = the_plan.idle or IdleCache()
         the_plan = guard.sift(the_plan)
