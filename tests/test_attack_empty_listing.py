@@ -66,3 +66,21 @@ async def test_entries_without_a_guid_keep_the_unnamed_asleep_and_wake_the_unusa
     master.entries = full()
     await settle_back(r, clock)
     assert breaking(master) == [] and set(r.sleepers) == EVERY
+
+
+async def test_a_re_check_falling_due_during_the_hold_wakes_no_absent_sleeper(
+    tmp_path: Path, opened: list[Store]
+) -> None:
+    """An owner the listing does not name is not re-checked (only listed
+    owners are): woken, it would only be marked held and back."""
+    r, master, clock = await fleet(tmp_path, opened, domain={"recheck_interval_s": 100})
+    clock.now += 1000  # A's claim is due for its re-check
+    before = await stamps(r.store)
+    master.entries = []
+    report = await ok_tick(r, clock)
+    assert report.held_removals == len(EVERY) and set(r.sleepers) == EVERY and not r.known
+    assert await stamps(r.store) == before
+    master.entries = full()
+    report = await ok_tick(r, clock)  # listed again: A wakes for its re-check, which passes
+    assert report.ok and report.planned.get("recheck_ok") == 1, report.planned
+    assert breaking(master) == []

@@ -144,10 +144,13 @@ def rest(
     sleep: dict[str, bytes] = {}
     marks: dict[str, str] = {}
     entries = idle.entries
+    named: set[str] = set()  # the sleepers listed, when the absent ones sleep on
     for instance in instances:
         guid = instance.guid
         packed = sleepers.get(guid)
         if packed is not None:
+            if keep_absent:
+                named.add(guid)
             if _asleep_as_listed(packed, instance, now):
                 wake.discard(guid)  # listed as it fell asleep: sleeps on
             elif keep_absent:
@@ -170,8 +173,8 @@ def rest(
             except (TypeError, ValueError):  # served hosts JSON cannot spell (a lone surrogate): it stays awake
                 continue
             marks[record.guid] = mark(kept[0], read_back_at, rules)
-    for guid in due_owners:
-        if guid in sleepers:
+    for guid in due_owners:  # an owner the listing does not name is not re-checked: it sleeps on
+        if guid in sleepers and (not keep_absent or guid in named):
             wake.add(guid)
         sleep.pop(guid, None)
         marks.pop(guid, None)
