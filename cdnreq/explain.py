@@ -9,7 +9,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+from cdnreq.decide.guards import HeldRemovals, HeldUpdates, held_for
 from cdnreq.model import Challenge, Phase, Record
+from cdnreq.reconcile.guardrun import HELD_REMOVALS, UPDATES
 from cdnreq.store import Engine
 
 
@@ -58,10 +60,12 @@ async def explain(
                 "events": []}
     if record is None:
         return await _unrecorded(store, guid, challenge, label=label, events=events)
+    held = await _held(store, guid)
     return {
         "instance_guid": record.guid,
         "state": record.phase.value,
-        "why": why(record, retention_s=retention_s, now=now),
+        "why": why(record, retention_s=retention_s, now=now) + _held_words(held),
+        "held": held,
         "title": record.title,
         "technical_instance_guid": record.tech_guid,
         "requested_state": record.requested_state.value if record.requested_state else None,
@@ -86,6 +90,19 @@ async def explain(
         "events": await _events(store, guid, events),
         "import_findings": await store.import_findings(guid),
     }
+
+
+async def _held(store: Engine, guid: str) -> dict[str, Any] | None:
+    """Its removal or update, if a guard holds it (the state the last tick saved)."""
+    guards = await store.load_guards()
+    return held_for(guid, HeldRemovals.from_json(guards.get(HELD_REMOVALS)), HeldUpdates.from_json(guards.get(UPDATES)))
+
+
+def _held_words(held: dict[str, Any] | None) -> str:
+    if held is None:
+        return ""
+    approve = f"cdnreq approve --fingerprint {held['fingerprint']}" if held.get("fingerprint") else "cdnreq approve"
+    return f"; its {held['kind']} is held by a guard ({held['reason']}): `{approve}` lets it through at the next tick"
 
 
 async def _events(store: Engine, guid: str, limit: int) -> list[dict[str, Any]]:

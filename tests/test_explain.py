@@ -7,6 +7,7 @@ import pytest
 from cdnreq.explain import explain
 from cdnreq.model import Challenge, Event, InstanceGuid
 from cdnreq.store import Store
+from tests.test_tick_stages import opened  # noqa: F401
 
 
 @pytest.fixture
@@ -55,3 +56,32 @@ async def test_a_newcomer_waiting_to_be_taken_on_says_so_and_its_place(store: St
     assert data is not None and data["state"] == "waiting"
     assert "waiting to be taken on" in data["why"] and "2 new instances listed before it" in data["why"]
     assert await explain(store, "X", label="_slapos-challenge", retention_s=0, now=20.0, admission=None) is None
+
+
+async def test_an_instance_whose_removal_is_held_says_so_and_how_to_approve(tmp_path, opened) -> None:
+    """An empty listing holds every removal; `explain` of a sleeper it does
+    not name said "live" and nothing of the hold (only /status counted it)."""
+    from tests.test_attack_master_lies import PLAIN, fleet, ok_tick
+
+    r, master, clock = await fleet(tmp_path, opened)
+    master.entries = []
+    await ok_tick(r, clock)
+    fingerprint = (await r.store.load_guards())["held_removals"]["fingerprint"]
+    data = await explain(r.store, PLAIN[0], label="_cdnreq", retention_s=60, now=clock.now)
+    assert data is not None and data["state"] == "live"
+    assert data["held"] == {"kind": "removal", "reason": data["held"]["reason"], "fingerprint": fingerprint}
+    assert "listed no instance" in data["held"]["reason"]
+    assert "removal is held by a guard" in data["why"] and f"--fingerprint {fingerprint}" in data["why"]
+
+
+async def test_an_instance_whose_update_is_held_says_so(store: Store) -> None:
+    from cdnreq.decide.guards import HeldUpdates
+    from cdnreq.model import Phase, Record
+
+    await store.commit(upserts=[Record(InstanceGuid("shop"), "Shop", Phase.LIVE, 1.0, 1.0)])
+    held = HeldUpdates({"shop": ("target", 2)}, "f" * 16, "a mass change: 5 of 10 live entries")
+    await store.save_guards({"updates": held.to_json()}, 5.0)
+    data = await explain(store, "shop", label="_cdnreq", retention_s=60, now=20.0)
+    assert data is not None and data["held"]["kind"] == "update" and data["held"]["seen_ticks"] == 2
+    assert "update is held by a guard (a mass change: 5 of 10 live entries)" in data["why"]
+    assert (await explain(store, "other", label="_cdnreq", retention_s=60, now=20.0)) is None

@@ -231,6 +231,17 @@ class HeldUpdates:
         return cls(streaks, data.get("fingerprint"), data.get("reason"), sample)
 
 
+def held_for(guid: str, removals: HeldRemovals, updates: HeldUpdates) -> dict[str, Any] | None:
+    """What the guards hold of one instance (`cdnreq explain`): its removal
+    or its update, why, and the fingerprint `cdnreq approve` takes."""
+    if guid in removals.guids:
+        return {"kind": "removal", "reason": removals.reason, "fingerprint": removals.fingerprint}
+    if guid in updates.streaks:
+        return {"kind": "update", "reason": updates.reason, "fingerprint": updates.fingerprint,
+                "seen_ticks": updates.streaks[guid][1]}
+    return None
+
+
 def fingerprint(changes: Iterable[Change]) -> str:
     """The same held set gives the same fingerprint, whatever the order."""
     return digest(sorted([c.guid, c.target] for c in changes))[:16]
