@@ -14,6 +14,7 @@ resolver, and a metric must not break a call.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import math
@@ -91,6 +92,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
+        self._outboxes: set[str] = set()  # consumers whose outbox gauges are set
 
         self.master_call_duration = Histogram(
             "cdnreq_master_call_duration_seconds",
@@ -355,6 +357,16 @@ class Metrics:
         self.outbox_depth.labels(consumer=consumer).set(depth)
         self.outbox_oldest.labels(consumer=consumer).set(oldest_s or 0.0)
         self.dead_letters.labels(consumer=consumer).set(dead)
+        self._outboxes.add(consumer)
+
+    def outboxes_only(self, consumers: set[str]) -> None:
+        """Drop the outbox gauges of consumers no longer configured: a
+        consumer removed by a reload kept its last depth on /metrics."""
+        for consumer in self._outboxes - consumers:
+            for gauge in (self.outbox_depth, self.outbox_oldest, self.dead_letters):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(consumer)
+        self._outboxes &= consumers
 
     def pruned(self, table: str, rows: int) -> None:
         if rows > 0:

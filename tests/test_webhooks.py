@@ -20,6 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+import tomli_w
 from aiohttp import web
 from hanodes import TOKEN, http, until, write_token
 from standardwebhooks import Webhook
@@ -266,3 +267,44 @@ def test_a_consumer_scoped_by_title_receives_its_customers_changes_only(tmp_path
     got = {(m["data"]["instance_guid"], m["data"]["customer_title"], m["data"]["kind"])
            for m in receiver.verified()}
     assert got == {("SOFTINST-1", "shop-one", "live"), ("SOFTINST-2", "shop-two", "live")}
+
+
+def test_a_consumer_removed_by_a_reload_leaves_no_outbox_gauge(tmp_path: Path, receiver: Receiver):
+    """Its last depth stayed on /metrics until a restart (a dashboard or an
+    alert on the depth then watched a consumer that no longer exists)."""
+    secret, master = secret_file(tmp_path), Double(publish_after="immediately")
+    with ThreadedDouble(master) as served:
+        hook = {"name": "billing", "url": f"http://127.0.0.1:{receiver.port}/hook", "secret_file": str(secret)}
+        config = write_config(tmp_path / "cdnreq.toml", {"url": served.url}, tmp_path / "cdnreq.db",
+                              daemon={"token_file": str(write_token(tmp_path))},
+                              webhooks={"allow_networks": ["127.0.0.0/8"]}, consumer=[hook])
+        base = "http://" + tomllib.loads(config.read_text())["daemon"]["listen"]
+        daemon = start(config, tmp_path / "daemon.log")
+        try:
+            until(lambda: 'cdnreq_webhook_outbox_depth{consumer="billing"}' in scrape(base), "the gauge")
+            settings = tomllib.loads(config.read_text())
+            del settings["consumer"]
+            config.write_text(tomli_w.dumps(settings))
+            daemon.send_signal(signal.SIGHUP)
+            until(lambda: (s := http(f"{base}/status")) and "billing" not in s[1].get("webhooks", {}), "reloaded")
+            until(lambda: not gauges(scrape(base), "billing"), "the gauges of the removed consumer gone", timeout_s=15)
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(timeout=30)
+
+
+def gauges(metrics: str, consumer: str) -> list[str]:
+    """The outbox gauges' lines of `consumer` (its delivery counters stay: they count what was done)."""
+    return [line for line in metrics.splitlines()
+            if f'consumer="{consumer}"' in line and not line.startswith("cdnreq_webhook_deliveries")]
+
+
+def scrape(base: str) -> str:
+    import urllib.request
+
+    request = urllib.request.Request(f"{base}/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return answer.read().decode()
+    except OSError:
+        return ""

@@ -260,6 +260,7 @@ class Webhooks:
             self.metrics.outbox(consumer.name, depth, state["oldest_undelivered_s"], state["dead"])
             view[consumer.name] = {"target": shown_target(consumer.url), "depth": depth, "not_queued_yet": behind,
                                    **state}
+        self.metrics.outboxes_only(set(view))
         self.view = view
 
     async def close(self) -> None:
