@@ -12,7 +12,11 @@ refused if it holds:
 * a bidirectional override or isolate (U+202A-U+202E, U+2066-U+2069), which
   makes a value read differently from what it is;
 * an unpaired surrogate (cdnreq/validate/encoding.py refuses those first,
-  with the numbers no JSON parser reads back alike, in every parameter).
+  with the numbers no JSON parser reads back alike, in every parameter);
+* the non-characters U+FFFE and U+FFFF, which XML cannot carry: a master
+  keeps parameters as XML (slapproxy answers 500 to a request holding one),
+  so the request could never be made, and the customer, reaching them
+  through SlapOS's "_" as JSON escapes, would never be told why.
 
 PEM fields may hold line breaks and tabs, nothing else of the above. The
 message names the field, the character and where it is, and shows the value
@@ -37,7 +41,7 @@ PEM_FIELDS: frozenset[str] = frozenset(
     {"ssl_crt", "ssl_key", "ssl_ca_crt", "ssl_proxy_ca_crt", "health-check-failover-ssl-proxy-ca-crt"}
 )
 
-_OTHERS = "\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff"
+_OTHERS = "\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff\ufffe\uffff"
 _FORBIDDEN = re.compile(f"[\x00-\x1f{_OTHERS}]")
 _FORBIDDEN_IN_PEM = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f{_OTHERS}]")
 
@@ -50,6 +54,8 @@ def _what(char: str) -> str:
         kind = "the line separator"
     elif 0x202A <= code <= 0x202E or 0x2066 <= code <= 0x2069:
         kind = "the bidirectional control"
+    elif code in (0xFFFE, 0xFFFF):
+        kind = "the non-character"
     else:
         kind = "the control character"
     return f"{kind} U+{code:04X}"

@@ -1,0 +1,63 @@
+"""Attacks by a hostile customer's parameters, end to end against a real
+slapproxy: what cdnreq sends to the technical CDN, what it publishes back,
+and what the next tick (each `cdnreq once` is a restart) makes of it.
+
+* A value XML cannot carry (U+FFFF, U+FFFE), smuggled through SlapOS's "_"
+  as a JSON escape: slapproxy keeps parameters as XML and answered the
+  request with a 500, retried with backoff for ever, the customer never
+  told. Now refused at validation, naming the field and the value.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from devtools.devdns import DevDns
+from devtools.devmaster import CdnSite, MasterLog, write_config
+from test_domains_slapproxy import PREFIX, REQUEST, entries, errors_shown, load, once, shown, title_of
+
+pytestmark = pytest.mark.slapproxy
+
+
+@pytest.fixture
+def make_config(cdn_site: CdnSite, devdns: DevDns, tmp_path: Path):
+    """write_config against this test's slapproxy and DevDns, on SQLite (engines play no part here)."""
+    database = tmp_path / "state" / "cdnreq.db"
+
+    def make() -> Path:
+        dns = {"nameservers": [devdns.address], "timeout_s": 0.5, "tries": 1}
+        return write_config(tmp_path / "cdnreq.toml", cdn_site, database=database, request_prefix=PREFIX, dns=dns)
+
+    make.database = database  # type: ignore[attr-defined]
+    return make
+
+GOOD = {"url": "https://good.example"}
+
+
+@pytest.mark.parametrize("char", ["\uffff", "\ufffe"], ids=["U+FFFF", "U+FFFE"])
+def test_a_character_xml_cannot_carry_is_the_customer_s_error_not_a_master_failure(
+    cdn_site: CdnSite, make_config, char: str
+) -> None:
+    config = make_config()
+    good = cdn_site.add_customer("good", GOOD)
+    # json.dumps escapes it: the customer's own master holds plain ASCII
+    bad = cdn_site.add_customer("bad", {"_": json.dumps({"url": "https://b.example", "path": f"/a{char}"})})
+    log = MasterLog(cdn_site)
+    log.mark()
+    once(config)
+    code = f"U+{ord(char):04X}"
+    assert errors_shown(cdn_site, bad) == [
+        f'path: must not contain the non-character {code} at character 3 (got "/a\\u{ord(char):04x}")'
+    ]
+    assert list(entries(cdn_site)) == [title_of(good)]  # nothing requested for it
+    assert log.calls().count(REQUEST) == 1
+    records, _, _, _ = load(make_config.database)
+    assert records[bad].failures == 0 and records[bad].last_action == "publish"
+    assert "message" in shown(cdn_site, good)
+    log.mark()
+    once(config)  # told once: nothing new to say at the next tick
+    assert REQUEST not in log.calls() and "slapos.put.v0.software_instance_error" not in log.calls()
+
