@@ -10,6 +10,7 @@ import dataclasses
 import enum
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from types import MemberDescriptorType
 from typing import Any, Callable, ItemsView, Iterator, KeysView, Mapping, NewType, TypeVar
@@ -26,18 +27,40 @@ JsonDict = Mapping[str, Any]
 
 
 def canonical_json(value: Any) -> bytes:
-    """One spelling per value, so equal parameters always hash equal.
+    """One spelling per value, so equal parameters always hash equal, and
+    different ones differ.
 
     orjson and the standard library spell JSON alike with these options;
     orjson is ten times faster, which matters when 100,000 instances are
     hashed every tick, and the standard library takes what orjson refuses
-    (integers beyond 64 bits, lone surrogates).
+    (integers beyond 64 bits, lone surrogates) or would spell as another
+    value: orjson writes NaN and Infinity as null, so a customer who
+    replaced a refused NaN by null kept the hash, and the refusal, for good.
     """
     try:
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     except TypeError:
-        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return text.encode("utf-8", "surrogatepass")
+        pass
+    else:
+        if b"null" not in text or not _non_finite(value):
+            return text
+    spelled = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return spelled.encode("utf-8", "surrogatepass")
+
+
+def _non_finite(value: Any) -> bool:
+    """Whether a float NaN or Infinity is anywhere in `value` (as orjson read it: not nested past 1,024)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if item.__class__ is float:
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return False
 
 
 def digest(value: Any) -> str:

@@ -6,6 +6,9 @@ and what the next tick (each `cdnreq once` is a restart) makes of it.
   as a JSON escape: slapproxy keeps parameters as XML and answered the
   request with a 500, retried with backoff for ever, the customer never
   told. Now refused at validation, naming the field and the value.
+* NaN replaced by null: orjson writes NaN as null, so both hashed alike and
+  the customer who fixed its parameters kept the refusal for good (across
+  restarts: the decision is stored under the parameter hash).
 """
 
 from __future__ import annotations
@@ -61,3 +64,19 @@ def test_a_character_xml_cannot_carry_is_the_customer_s_error_not_a_master_failu
     once(config)  # told once: nothing new to say at the next tick
     assert REQUEST not in log.calls() and "slapos.put.v0.software_instance_error" not in log.calls()
 
+
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf"), float("-inf")], ids=["NaN", "Infinity", "-Infinity"])
+def test_a_customer_who_replaces_a_refused_nan_by_null_is_judged_again(
+    cdn_site: CdnSite, make_config, bad_value: float
+) -> None:
+    config = make_config()
+    guid = cdn_site.add_customer("c", {"url": "https://c.example", "foo": bad_value})
+    once(config)
+    (error,) = errors_shown(cdn_site, guid)
+    assert error.startswith("foo: ") and "is not a JSON number" in error
+    assert entries(cdn_site) == {}
+    cdn_site.add_customer("c", {"url": "https://c.example", "foo": None})  # fixed: null, as orjson spells NaN
+    once(config)
+    assert "request-error-list" not in shown(cdn_site, guid), shown(cdn_site, guid)
+    assert entries(cdn_site)[title_of(guid)]["parameters"] == {"url": "https://c.example"}
+    assert json.loads(shown(cdn_site, guid)["warning-list"]) == ["foo: unknown parameter, not forwarded to the CDN"]

@@ -25,3 +25,14 @@ def test_shown_digest_ignores_key_order_only():
     assert shown_digest({"a": 1, "b": 2}) == shown_digest({"b": 2, "a": 1})
     assert shown_digest({"a": 1}) != shown_digest({"a": "1"})
     assert len(shown_digest({})) == 16 and canonical_json({"b": 1, "a": 2}) == b'{"a":2,"b":1}'
+
+
+def test_non_finite_numbers_do_not_hash_as_null():
+    """orjson writes NaN and Infinity as null: refused NaN and accepted null
+    must not share a parameter hash (tests/test_attack_params.py)."""
+    null = canonical_json({"a": [1.5, None]})
+    assert null == b'{"a":[1.5,null]}'
+    spelled = {canonical_json({"a": [1.5, v]}) for v in (float("nan"), float("inf"), float("-inf"))}
+    assert len(spelled) == 3 and null not in spelled
+    assert canonical_json({"a": {"b": float("nan")}}) == b'{"a":{"b":NaN}}'
+    assert FrozenJson({"a": float("inf")}).value() == {"a": float("inf")}
