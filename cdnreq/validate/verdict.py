@@ -31,6 +31,9 @@ from cdnreq.validate.text import text_problems
 from cdnreq.validate.tls import check_tls_parameters, verify_without_ca
 
 MAX_WARNINGS = 20  # a thousand unknown keys must not make a megabyte of warnings
+# nor of errors: 50 KB of keys named like hosts made 3,000 errors, 320 KB
+# published twice to the customer and kept twice in its record
+MAX_ERRORS = 20
 
 NETLOC_LISTS = (
     "url-netloc-list",
@@ -160,6 +163,11 @@ def _host_names(
     return custom_domain, registrable, aliases
 
 
+def _cap(messages: list[str], limit: int, what: str) -> None:
+    if len(messages) > limit:
+        messages[limit:] = [f"... and {len(messages) - limit} more {what}"]
+
+
 def _validate(parameters: Mapping[str, Any], policy: ValidationPolicy) -> Verdict:
     errors, warnings = schema_problems(parameters, policy.forward_unknown)
     if not isinstance(parameters, Mapping):
@@ -197,8 +205,8 @@ def _validate(parameters: Mapping[str, Any], policy: ValidationPolicy) -> Verdic
     errors.extend(verify_without_ca(parameters, bad))
 
     hosts = (custom_domain, *aliases) if custom_domain else ()
-    if len(warnings) > MAX_WARNINGS:
-        warnings[MAX_WARNINGS:] = [f"... and {len(warnings) - MAX_WARNINGS} more warnings"]
+    _cap(warnings, MAX_WARNINGS, "warnings")
+    _cap(errors, MAX_ERRORS, "errors")
     dropped = set(unknown).difference(passed)  # never forwarded unchecked
     forwarding: dict[str, Any] = {}
     if forward or dropped:
