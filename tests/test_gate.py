@@ -717,3 +717,28 @@ def test_decide_is_pure_the_caller_applies_its_claims() -> None:
     index.apply(claims)
     assert index.owns(GUID, "www.example.com") and index.hosts_of(OWNER_A) == {"example.com"}
     assert index.take_touched() == {GUID, OWNER_A}
+
+
+def test_a_host_whose_challenge_record_dns_cannot_carry_is_proven_at_a_parent() -> None:
+    """A custom_domain near 253 octets: `_slapos-challenge.<it>` is longer than
+    DNS allows. It was looked up anyway ("unknown" at every tick, a bad name
+    for c-ares) and the customer was shown it as the record to create."""
+    labels = ["a" * 63, "b" * 63, "c" * 50, "d" * 50]  # 229 octets with the dots, and ".example.com"
+    host = ".".join(labels) + ".example.com"
+    assert len(f"{LABEL}.{host}") > 253 >= len(host)
+    inst = instance(GUID, host)
+    verdict = validate(inst.parameters)
+    assert verdict.ok, verdict.errors
+    names = wanted_names(verdict, GUID, HostIndex(), {GUID}, POLICY)
+    assert names and all(len(n) <= 253 for n in names) and f"{LABEL}.{host}" not in names
+    assert names[0] == f"{LABEL}.{host.split('.', 1)[1]}" and names[-1] == f"{LABEL}.example.com"
+    ch = challenge_for(GUID, inst)
+    gate, _ = run(inst, challenge=ch, lookups={n: absent(n) for n in names})
+    assert gate.status is Status.PENDING
+    assert gate.extras["txt_record"] == names[0], gate.extras
+    assert f"{LABEL}.{host}" not in gate.extras["message"]
+    gate, claims = run(inst, challenge=ch, lookups={**{n: absent(n) for n in names},
+                                                    names[-1]: found(names[-1], ch.token)})
+    assert gate.status is Status.OK and [c.host for c in claims.upserts] == [host]
+    claim = claims.upserts[0]
+    assert recheck.names(claim, POLICY) == names

@@ -19,7 +19,7 @@ from typing import Any, Collection, Iterable, Iterator, Mapping
 
 from cdnreq.model import Lookup
 from cdnreq.model import Challenge, HostClaim, InstanceGuid, SharedInstance
-from cdnreq.validate.hosts import overlaps, proof_names
+from cdnreq.validate.hosts import challenge_names, overlaps
 from cdnreq.validate.policy import ValidationPolicy
 from cdnreq.validate.verdict import Verdict
 
@@ -244,8 +244,8 @@ def decide(
 
 
 def _proven(host: str, registrable: str, token: str, lookups: Mapping[str, Lookup], policy: DomainPolicy) -> bool:
-    for name in proof_names(host, registrable):
-        lookup = lookups.get(f"{policy.label}.{name}")
+    for name in challenge_names(policy.label, host, registrable):
+        lookup = lookups.get(name)
         if lookup is not None and lookup.outcome == "found" and token in lookup.values:
             return True
     return False
@@ -274,10 +274,17 @@ def _warnings(
     return warnings
 
 
+def _record_name(host: str, verdict: Verdict, policy: DomainPolicy) -> str:
+    """Where the customer is asked to prove `host`: its own challenge record,
+    or its closest parent's when that one would be longer than DNS allows."""
+    names = challenge_names(policy.label, host, verdict.registrable or "")
+    return names[0] if names else f"{policy.label}.{host.removeprefix('*.')}"
+
+
 def _base_extras(verdict: Verdict, challenge: Challenge | None, policy: DomainPolicy, warnings: list[str]) -> dict[str, str]:
     extras: dict[str, str] = {}
     if challenge is not None and verdict.custom_domain:
-        extras["txt_record"] = f"{policy.label}.{verdict.custom_domain}"
+        extras["txt_record"] = _record_name(verdict.custom_domain, verdict, policy)
         extras["txt_value"] = challenge.token
     if warnings:
         extras["warning-list"] = json.dumps(warnings)
@@ -332,9 +339,7 @@ def _invalid(verdict: Verdict, errors: tuple[str, ...]) -> Gate:
 
 def _pending(verdict: Verdict, still: list[str], challenge: Challenge, policy: DomainPolicy) -> Gate:
     extras = _base_extras(verdict, challenge, policy, list(verdict.warnings))
-    ways = "; ".join(
-        f"{policy.label}.{h.removeprefix('*.')}" for h in still
-    )
+    ways = "; ".join(dict.fromkeys(_record_name(h, verdict, policy) for h in still))
     assert verdict.registrable is not None
     extras["message"] = (
         f"To prove that you own {', '.join(still)}, add a DNS TXT record with the value"

@@ -15,7 +15,7 @@ from typing import Iterable, Mapping
 from cdnreq.model import Lookup
 from cdnreq.model import HostClaim
 from cdnreq.decide.gate import DomainPolicy, HostIndex
-from cdnreq.validate.hosts import proof_names
+from cdnreq.validate.hosts import challenge_names
 from cdnreq.validate.verdict import Verdict
 
 
@@ -33,7 +33,7 @@ def host_names(
             continue
         if index.blocking(host, verdict.registrable, guid, active):
             return []
-        wanted.append(tuple(f"{policy.label}.{n}" for n in proof_names(host, verdict.registrable)))
+        wanted.append(tuple(challenge_names(policy.label, host, verdict.registrable)))
     return wanted
 
 

@@ -14,7 +14,7 @@ from typing import Iterable, Mapping
 from cdnreq.model import Lookup
 from cdnreq.model import Challenge, HostClaim
 from cdnreq.decide.gate import DomainPolicy
-from cdnreq.validate.hosts import proof_names
+from cdnreq.validate.hosts import challenge_names
 from cdnreq.validate.verdict import Verdict
 
 FAILING_RECHECK_S = 3600.0  # a failing host is looked at again this often
@@ -33,7 +33,7 @@ def by_address(claim: HostClaim, policy: DomainPolicy) -> bool:
 
 def names(claim: HostClaim, policy: DomainPolicy) -> list[str]:
     """The TXT names whose token proves the claim (when not checked by address)."""
-    return [f"{policy.label}.{n}" for n in proof_names(claim.host, claim.registrable)]
+    return challenge_names(policy.label, claim.host, claim.registrable)
 
 
 def verdict(

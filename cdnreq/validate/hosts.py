@@ -290,6 +290,14 @@ def proof_names(host: str, registrable: str) -> list[str]:
     return names
 
 
+def challenge_names(label: str, host: str, registrable: str) -> list[str]:
+    """The TXT record names that may prove ``host`` (its proof names under
+    the challenge ``label``), most specific first, without those longer than
+    DNS allows: a host near 253 octets is proven at a shorter parent (its
+    own record could neither be created nor looked up)."""
+    return [name for n in proof_names(host, registrable) if len(name := f"{label}.{n}") <= MAX_HOST_LENGTH]
+
+
 def covers(wildcard: str, host: str) -> bool:
     """Whether the wildcard ``*.d`` covers ``host`` (both normalised).
 
