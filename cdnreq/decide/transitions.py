@@ -179,11 +179,15 @@ def _same(held: Any, sent: Any) -> bool:
 
 
 def polled(record: Record, answer: InstanceAnswer, now: float) -> Record:
-    """Read back and verified: live once the CDN has answered."""
+    """Read back and verified: live once the CDN has answered. An entry read
+    back without an answer is no news: the last answer is kept (as after an
+    update), so one empty read-back never takes a live customer's answer
+    away for "in progress"."""
+    connection = answer.connection_parameters or record.connection or {}
     return replace(
         record,
-        phase=Phase.LIVE if answer.connection_parameters else Phase.REQUESTED,
-        connection=frozen_json(answer.connection_parameters),
+        phase=Phase.LIVE if connection else Phase.REQUESTED,
+        connection=frozen_json(connection),
         last_action="poll",
         last_error=None,
         failures=0,
