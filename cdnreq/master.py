@@ -37,6 +37,9 @@ ERROR = "slapos.put.v0.software_instance_error"
 
 UNBOUNDED = 1 << 62  # an answer's size is bounded by [master].max_listing_bytes
 DETAIL_LIMIT = 240  # room for "HTTP 400: " before a title cut at scrub.LIMIT
+# 4xx that say "not now" (timeout, too early, too many requests: a gateway, a
+# rate limit), not "no": retried like a 5xx, never told to a customer as a refusal
+NOT_NOW = frozenset({408, 425, 429})
 
 
 class MasterError(Exception):
@@ -55,7 +58,7 @@ class MasterError(Exception):
 
 
 class MasterUnavailable(MasterError):
-    """Transport failure, timeout or 5xx: worth retrying later, unchanged."""
+    """Transport failure, timeout, 5xx or NOT_NOW: worth retrying later, unchanged."""
 
 
 class LocalResourceError(MasterUnavailable):
@@ -73,7 +76,7 @@ class NotSent(MasterUnavailable):
 
 
 class MasterRejected(MasterError):
-    """4xx: the master understood and said no; `title` is its reason."""
+    """4xx but NOT_NOW: the master understood and said no; `title` is its reason."""
 
     @property
     def not_found(self) -> bool:
@@ -203,7 +206,7 @@ class MasterClient:
             if self.observer is not None:
                 self.observer(name, status, time.monotonic() - started)
         if response.status >= 400:
-            error = MasterRejected if response.status < 500 else MasterUnavailable
+            error = MasterUnavailable if response.status >= 500 or response.status in NOT_NOW else MasterRejected
             title = _error_title(raw.decode("utf-8", "replace"))
             raise error(
                 name, f"HTTP {response.status}: {title}", status=response.status, title=title

@@ -4,8 +4,12 @@ is never taken away or replaced by something worse for it."""
 from __future__ import annotations
 
 import pytest
+from aiohttp import web
 
+from cdnreq.decide.plan import Action, Kind
+from cdnreq.master import REQUEST, MasterClient
 from cdnreq.model import InstanceAnswer, Phase
+from tests.test_master_client import error_body, release, start_master  # noqa: F401 (fixtures)
 from tests.test_read_back import ANSWER, Master, live, run
 
 
@@ -29,3 +33,30 @@ async def test_a_read_back_without_an_answer_keeps_the_live_answer(reason):
     assert master.held == shown
     assert outcome.ok and outcome.record.phase is Phase.LIVE
     assert dict(outcome.record.connection) == ANSWER
+
+
+# -- "not now" is not "no": 408, 425 and 429 ---------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [408, 425, 429])
+async def test_a_live_customers_update_answered_retry_later_is_not_published_as_a_rejection(
+    start_master, status
+):
+    """A gateway or a rate limit answering 408/425/429 to an update says
+    "later", not "the CDN refuses this entry": the live customer keeps its
+    answer, and the update is retried after the backoff like a 5xx."""
+    action, shown = live()
+    update = Action(Kind.UPDATE, action.record, "parameters changed", action.instance, action.gate)
+
+    def respond(name, body):
+        if name == REQUEST:
+            return web.json_response(error_body(status, "Too many requests, later"), status=status)
+        return web.json_response({"type": "ok", "title": "done"})
+
+    master = await start_master(respond)
+    async with MasterClient(url=master.url, timeout_s=5) as client:
+        outcome = await run(update, client)
+    assert [r.name for r in master.received] == [REQUEST], "the customer was published to"
+    assert not outcome.ok and outcome.record.published == update.record.published
+    assert outcome.record.retry_at is not None and str(status) in outcome.record.last_error
+    assert [(e.action, e.outcome) for e in outcome.events] == [("update", "failed")]
