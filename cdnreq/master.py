@@ -36,6 +36,12 @@ ERROR = "slapos.put.v0.software_instance_error"
 
 
 UNBOUNDED = 1 << 62  # an answer's size is bounded by [master].max_listing_bytes
+# An answer about one instance holds its parameters (what was requested, at most
+# [validation].max_parameters_bytes, ESCAPED) and the CDN's answer: this much at
+# least, never the listing's 1 GiB (read, parsed, stored and published whole,
+# as many at once as calls in flight)
+INSTANCE_ANSWER_BYTES = 16 << 20
+ESCAPED_TWICE = 12  # a master may spell a byte of the parameters as six; twice that
 DETAIL_LIMIT = 240  # room for "HTTP 400: " before a title cut at scrub.LIMIT
 # 4xx that say "not now" (timeout, too early, too many requests: a gateway, a
 # rate limit), not "no": retried like a 5xx, never told to a customer as a refusal
@@ -164,7 +170,8 @@ class MasterClient:
             self._session = None
 
     async def call(self, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        status, raw = await self._post(name, body)
+        """A call about one instance: its answer is capped by instance_answer_bytes."""
+        status, raw = await self._post(name, body, self.instance_answer_bytes)
         try:
             answer = _loads(raw)
         except (ValueError, RecursionError):
@@ -173,9 +180,14 @@ class MasterClient:
             raise MasterMalformed(name, f"answer is not a JSON object: {_excerpt(raw)}")
         return answer
 
-    async def _post(self, name: str, body: Mapping[str, Any]) -> tuple[int, bytearray]:
-        """The 2xx answer's status and body (at most max_listing_bytes, the
-        largest answer a master gives); typed errors otherwise."""
+    @property
+    def instance_answer_bytes(self) -> int:
+        bound = max(INSTANCE_ANSWER_BYTES, (self.max_parameters_bytes or 0) * ESCAPED_TWICE)
+        return min(bound, self.max_listing_bytes)
+
+    async def _post(self, name: str, body: Mapping[str, Any], limit: int | None = None) -> tuple[int, bytearray]:
+        """The 2xx answer's status and body (at most `limit`, else
+        max_listing_bytes, the largest answer a master gives); typed errors otherwise."""
         try:
             data = orjson.dumps(body)
         except TypeError as error:  # orjson.JSONEncodeError: a lone surrogate, a huge integer...
@@ -192,7 +204,7 @@ class MasterClient:
         try:
             async with session.post(name, data=data, headers=_JSON) as response:
                 status = str(response.status)
-                raw = await _read(response, name, self.max_listing_bytes)
+                raw = await _read(response, name, limit or self.max_listing_bytes)
         except asyncio.TimeoutError:
             status = "timeout"
             raise MasterUnavailable(name, f"no answer within {self.timeout_s:g} s") from None
@@ -281,20 +293,18 @@ async def _read(response: aiohttp.ClientResponse, name: str, limit: int | None) 
     as it is: no second copy of a listing of hundreds of megabytes)."""
     declared = response.content_length
     if limit is not None and declared is not None and declared > limit:
-        raise MasterTooLarge(name, _too_large(declared, limit, "announced"), status=response.status)
+        raise MasterTooLarge(name, _too_large(declared, limit, "announced", name), status=response.status)
     raw = bytearray()
     async for chunk in response.content.iter_chunked(1 << 20):
         raw += chunk
         if limit is not None and len(raw) > limit:
-            raise MasterTooLarge(name, _too_large(len(raw), limit, "read so far"), status=response.status)
+            raise MasterTooLarge(name, _too_large(len(raw), limit, "read so far", name), status=response.status)
     return raw
 
 
-def _too_large(size: int, limit: int, how: str) -> str:
-    return (
-        f"answer is too large: {size} bytes {how}, more than the {limit} allowed"
-        " ([master].max_listing_bytes)"
-    )
+def _too_large(size: int, limit: int, how: str, name: str) -> str:
+    cap = "([master].max_listing_bytes)" if name == LIST_HOSTED else "for one instance"
+    return f"answer is too large: {size} bytes {how}, more than the {limit} allowed {cap}"
 
 
 def _loads(raw: bytes | bytearray) -> Any:

@@ -7,9 +7,9 @@ import pytest
 from aiohttp import web
 
 from cdnreq.decide.plan import Action, Kind
-from cdnreq.master import REQUEST, MasterClient
+from cdnreq.master import GET, REQUEST, MasterClient, MasterTooLarge
 from cdnreq.model import InstanceAnswer, Phase
-from tests.test_master_client import error_body, release, start_master  # noqa: F401 (fixtures)
+from tests.test_master_client import SR_CDN, answering, error_body, instance_doc, release, start_master  # noqa: F401
 from tests.test_read_back import ANSWER, Master, live, run
 
 
@@ -60,3 +60,24 @@ async def test_a_live_customers_update_answered_retry_later_is_not_published_as_
     assert not outcome.ok and outcome.record.published == update.record.published
     assert outcome.record.retry_at is not None and str(status) in outcome.record.last_error
     assert [(e.action, e.outcome) for e in outcome.events] == [("update", "failed")]
+
+
+# -- a huge answer to one instance's call --------------------------------------------------------
+
+
+@pytest.mark.parametrize("call", [GET, REQUEST])
+async def test_a_huge_answer_about_one_instance_is_refused_not_read_up_to_the_listings_cap(start_master, call):
+    """One entry's answer is its parameters (capped by max_parameters_bytes)
+    and the CDN's answer: one of 40 MB (a hostile network, a broken CDN)
+    was read, parsed, stored and published whole, up to the 1 GiB allowed
+    for the listing, and as many at once as calls in flight."""
+    doc = instance_doc("tech-A", title="cdnreq-A", connection={"k": "x" * (40 << 20)})
+    master = await start_master(answering({call: doc}))
+    async with MasterClient(url=master.url, timeout_s=20, max_parameters_bytes=65536) as client:
+        with pytest.raises(MasterTooLarge) as caught:
+            if call == GET:
+                await client.get_instance("tech-A")
+            else:
+                await client.request_instance(title="cdnreq-A", software_release_uri=SR_CDN, software_type="default",
+                                              parameters={}, state="started", sla_parameters={})
+    assert "answer is too large" in caught.value.detail and "one instance" in caught.value.detail, caught.value.detail
