@@ -264,8 +264,8 @@ class MasterClient:
         if parameters is not None:
             body["parameters"] = dict(parameters.items())  # a FrozenJson parses once
         answer = _instance_answer(REQUEST, await self.call(REQUEST, body))
-        if answer.title is not None and answer.title != title:
-            # never take another entry's answer for this one's
+        if answer.title != title:
+            # never take another entry's answer for this one's (the API's answer always names its title)
             raise MasterMalformed(REQUEST, f"answer is for title {answer.title!r}, not {title!r}")
         return answer
 

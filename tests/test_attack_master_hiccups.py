@@ -81,3 +81,30 @@ async def test_a_huge_answer_about_one_instance_is_refused_not_read_up_to_the_li
                 await client.request_instance(title="cdnreq-A", software_release_uri=SR_CDN, software_type="default",
                                               parameters={}, state="started", sla_parameters={})
     assert "answer is too large" in caught.value.detail and "one instance" in caught.value.detail, caught.value.detail
+
+
+# -- a request answered with another entry, its title left out ---------------------------------
+
+
+async def test_a_request_answered_with_another_entry_without_its_title_is_not_taken(start_master):
+    """The API's answer to a request always carries the entry's title; one
+    without it that names another entry (another customer's guid and answer)
+    was taken for this one's: the customer was shown the other customer's
+    connection parameters and the record pointed at the other entry."""
+    action, _ = live()
+    update = Action(Kind.UPDATE, action.record, "parameters changed", action.instance, action.gate)
+    other = instance_doc("tech-B", title="cdnreq-B", connection={"domain": "b.cdn.example", "secret": "B's"})
+    del other["title"]
+    published = []
+
+    def respond(name, body):
+        if name == REQUEST:
+            return web.json_response(other)
+        published.append(body)
+        return web.json_response({"type": "ok", "title": "done"})
+
+    master = await start_master(respond)
+    async with MasterClient(url=master.url, timeout_s=5) as client:
+        outcome = await run(update, client)
+    assert not any("b.cdn.example" in str(body) for body in published), published
+    assert outcome.record.tech_guid == "tech-A" and not outcome.ok
