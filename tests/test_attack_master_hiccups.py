@@ -108,3 +108,73 @@ async def test_a_request_answered_with_another_entry_without_its_title_is_not_ta
         outcome = await run(update, client)
     assert not any("b.cdn.example" in str(body) for body in published), published
     assert outcome.record.tech_guid == "tech-A" and not outcome.ok
+
+
+# -- a publication acknowledged and dropped, for a customer who is not live ----------------------
+
+
+def test_a_dropped_publication_to_a_refused_customer_is_published_again_at_the_read_back(tmp_path):
+    """A master may acknowledge a publication and drop it. The periodic
+    read-back of the customer's instance published a live customer's answer
+    again, but a customer that is not live (its entry refused, or waiting
+    for its DNS proof, with the challenge it must publish) was never read:
+    told once, dropped, it was left with nothing for good."""
+    import subprocess
+
+    from bench.double import Double
+    from test_faults_hostile import CDNREQ, ThreadedDouble, write_config
+
+    double = Double(publish_after="immediately")
+    refused, good = "SOFTINST-refused", "SOFTINST-good"
+    double.add(refused, {"url": "https://b.example", "server-alias": ["not", "a", "string"]})
+    double.add(good, {"url": "https://good.example"})
+    with ThreadedDouble(double) as served:
+        config = write_config(tmp_path / "c.toml", {"url": served.url}, tmp_path / "state" / "cdnreq.db",
+                              daemon={"verify_interval_s": 0.001})
+
+        def once() -> None:
+            result = subprocess.run([CDNREQ, "once", "--config", str(config)], capture_output=True, text=True,
+                                    timeout=120)
+            assert result.returncode == 0, result.stderr[-3000:]
+
+        once()
+        shown = served.run(lambda: dict(double.published.get(refused, {})))
+        assert "request-error-list" in shown, shown
+        served.run(lambda: double.published.pop(refused))  # acknowledged, then lost by the master
+        once()
+        assert served.run(lambda: dict(double.published.get(refused, {}))) == shown
+
+
+def refused_read_back(failures: int = 0):
+    from dataclasses import replace
+
+    from cdnreq.decide import transitions
+    from cdnreq.decide.gate import refused
+    from cdnreq.decide.plan import READ_BACK, new_record
+    from cdnreq.model import InstanceGuid, SharedInstance, shown_digest
+
+    instance = SharedInstance.of("R", {"url": "https://b.example", "server-alias": ["x"]})
+    gate = refused(("server-alias: must be a string (got an array)",))
+    shown = transitions.compose(None, gate, False)
+    record = replace(new_record(InstanceGuid("R"), "cdnreq-", 10.0), published=shown_digest(shown),
+                     published_error=gate.error, failures=failures, retry_at=1.0 if failures else None,
+                     last_error="slapos.get.v0.software_instance: HTTP 502" if failures else gate.why)
+    return Action(Kind.PUBLISH, record, READ_BACK, instance, gate), shown
+
+
+async def test_a_refused_customers_read_back_ends_its_failure_streak():
+    """Read back fine after a failed read: the streak is over (else the
+    read-back would fall due at each tick) and the instance's error is its
+    own again, not the old read failure."""
+    action, shown = refused_read_back(failures=1)
+    master = Master(dict(shown))
+    outcome = await run(action, master)
+    assert master.calls == [("get", "R")]
+    assert outcome.ok and outcome.record.failures == 0 and outcome.record.retry_at is None
+    assert outcome.record.last_error == action.gate.why
+
+
+async def test_a_refused_customers_failed_read_back_is_its_failure():
+    action, _ = refused_read_back()
+    outcome = await run(action, Master({}, customer_down=True))
+    assert not outcome.ok and outcome.record.failures == 1 and "502" in outcome.record.last_error

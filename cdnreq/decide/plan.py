@@ -242,7 +242,11 @@ def _for_present(
     if has_entry(record) and lost_host(record, ownership):
         return Action(Kind.DESTROY, record, "a host it serves is no longer proven for it", instance, gate, forget=False)
     if not gate.ok:
-        return Action(Kind.PUBLISH, record, gate.status.value, instance, gate) if needs_publish(record, gate) else None
+        if needs_publish(record, gate):
+            return Action(Kind.PUBLISH, record, gate.status.value, instance, gate)
+        if record.published is not None and now >= _read_back_at(record, policy):
+            return Action(Kind.PUBLISH, record, READ_BACK, instance, gate)  # told, but does it still hold it?
+        return None
     if record.param_hash is None:
         return Action(Kind.REQUEST, record, "added" if record.last_action is None else "not requested yet", instance, gate)
     if record.param_hash != gate.forward_hash:

@@ -84,6 +84,16 @@ def still_shown(held: Mapping[str, Any], shown: Mapping[str, Any]) -> bool:
     return all(_same(held[k], v) for k, v in shown.items())
 
 
+def customer_read(record: Record, gate: "Gate | None") -> Record:
+    """The customer's instance was read: a failed read's streak is over (its
+    error gives way to what the customer is told), so the next read-back
+    falls a period later, not at each tick."""
+    if not record.failures:
+        return record
+    why = gate.why if gate is not None and not gate.ok else None
+    return replace(record, failures=0, retry_at=None, last_error=why)
+
+
 def unshown(record: Record) -> Record:
     """What the customer was shown is gone from the master: publish it again."""
     return replace(record, published=None)

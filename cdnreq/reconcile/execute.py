@@ -268,8 +268,14 @@ class _Runner:
         return transitions.unshown(record)
 
     async def relay(self, action: Action, record: Record) -> Outcome:
-        """Publish what the customer should see, when it changed."""
+        """Publish what the customer should see, when it changed (or, at the
+        read-back of a customer without a live entry, when it lost it)."""
         gate = action.gate
+        if action.kind is Kind.PUBLISH and action.reason == READ_BACK:
+            try:
+                record = transitions.customer_read(await self.read_customer(action, record), gate)
+            except MasterError as error:
+                return self.failure(action, record, "read-back", error)
         due = transitions.publication(record, gate)
         if not due.due:
             return self.done(action, transitions.settled(record, self.clock()), True)
