@@ -62,6 +62,31 @@ async def test_a_live_customers_update_answered_retry_later_is_not_published_as_
     assert [(e.action, e.outcome) for e in outcome.events] == [("update", "failed")]
 
 
+async def test_a_live_customers_update_refused_keeps_its_answer_beside_the_refusal(start_master):
+    """A real "no" (a 403 from the requester's side, a 400) to a live
+    entry's update leaves the entry running as it was: the customer was
+    shown only the refusal, its live answer (where to point its DNS) taken
+    away until an update went through."""
+    action, shown = live()
+    update = Action(Kind.UPDATE, action.record, "parameters changed", action.instance, action.gate)
+    published: list[dict] = []
+
+    def respond(name, body):
+        if name == REQUEST:
+            return web.json_response(error_body(403, "Forbidden: no such requester"), status=403)
+        if "connection_parameter_dict" in body:
+            published.append(body["connection_parameter_dict"])
+        return web.json_response({"type": "ok", "title": "done"})
+
+    master = await start_master(respond)
+    async with MasterClient(url=master.url, timeout_s=5) as client:
+        outcome = await run(update, client)
+    assert not outcome.ok and len(published) == 1, published
+    told = published[0]
+    assert told["domain"] == ANSWER["domain"] and str(told["port"]) == str(ANSWER["port"]), told
+    assert "Forbidden: no such requester" in told["message"] and "request-error-list" in told
+
+
 # -- a huge answer to one instance's call --------------------------------------------------------
 
 

@@ -99,10 +99,13 @@ def unshown(record: Record) -> Record:
     return replace(record, published=None)
 
 
-def rejection(reason: str) -> tuple[str, dict[str, Any]]:
-    """The customer-facing error for a request the master refused."""
+def rejection(reason: str, record: Record | None = None, gate: "Gate | None" = None) -> tuple[str, dict[str, Any]]:
+    """The customer-facing error for a request the master refused. A live
+    entry's update refused leaves the entry running as it was: the customer
+    keeps the answer it was shown, the refusal beside it."""
     message = f"The CDN could not accept this entry: {reason}"
-    return message, {"request-error-list": json.dumps([message]), "message": message}
+    kept = compose(record.connection, gate, True) if record is not None and record.connection else {}
+    return message, {**kept, "request-error-list": json.dumps([message]), "message": message}
 
 
 def backoff_s(guid: str, failures: int, base_s: float, max_s: float) -> float:

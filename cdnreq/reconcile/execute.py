@@ -213,7 +213,7 @@ class _Runner:
     ) -> Outcome:
         """Tell the customer why, once; then retry later like any failure."""
         self.event(record.guid, step, "rejected", error.detail)
-        message, shown = transitions.rejection(error.title or error.detail)
+        message, shown = transitions.rejection(error.title or error.detail, record, action.gate)
         if record.published_error != message:
             try:
                 await self.master.publish_connection(record.guid, shown)
