@@ -52,9 +52,10 @@ class MasterError(Exception):
     """A call to the master did not give a usable answer."""
 
     def __init__(
-        self, call: str, detail: str, *, status: int | None = None, title: str | None = None
+        self, call: str, detail: str, *, status: int | None = None, title: str | None = None, typed: bool = False
     ):
         self.call = call
+        self.typed = typed  # the title is the master's JSON error document's ({status, type, title}), not a body's start
         # scrubbed here, where the master's words enter: they are stored, logged,
         # shown and relayed to customers from here on
         self.detail = scrub(detail, DETAIL_LIMIT)
@@ -219,9 +220,9 @@ class MasterClient:
                 self.observer(name, status, time.monotonic() - started)
         if response.status >= 400:
             error = MasterUnavailable if response.status >= 500 or response.status in NOT_NOW else MasterRejected
-            title = _error_title(raw.decode("utf-8", "replace"))
+            title, typed = _error_title(raw.decode("utf-8", "replace"))
             raise error(
-                name, f"HTTP {response.status}: {title}", status=response.status, title=title
+                name, f"HTTP {response.status}: {title}", status=response.status, title=title, typed=typed
             )
         return response.status, raw
 
@@ -337,14 +338,15 @@ def _instance_answer(call: str, answer: dict[str, Any]) -> InstanceAnswer:
     )
 
 
-def _error_title(text: str) -> str:
+def _error_title(text: str) -> tuple[str, bool]:
+    """The error's title, and whether the master's JSON error document gave it."""
     try:
         body = json.loads(text)
     except (ValueError, RecursionError):
         body = None
     if isinstance(body, dict) and isinstance(body.get("title"), str):
-        return body["title"]
-    return _excerpt(text) or "no body"
+        return body["title"], True
+    return _excerpt(text) or "no body", False
 
 
 def _excerpt(text: str | bytes | bytearray, limit: int = 200) -> str:

@@ -203,3 +203,26 @@ async def test_a_refused_customers_failed_read_back_is_its_failure():
     action, _ = refused_read_back()
     outcome = await run(action, Master({}, customer_down=True))
     assert not outcome.ok and outcome.record.failures == 1 and "502" in outcome.record.last_error
+
+
+@pytest.mark.parametrize("body, absent", [
+    ({"status": 500, "type": "Internal Server Error", "title": "Internal server error"}, True),  # slapproxy's
+    ("Internal server error", False),  # a gateway's page saying the same words
+])
+async def test_only_slapproxys_json_500_reads_as_an_absent_entry(start_master, body, absent):
+    """A destroy is confirmed (the instance forgotten, its hosts released)
+    on slapproxy's answer for an entry it does not hold; a plain-text page
+    with those words (a gateway in front of the master) counted as well."""
+    from cdnreq.master import MasterUnavailable
+    from cdnreq.reconcile.execute import absent_answer
+
+    def respond(name, _):
+        if isinstance(body, dict):
+            return web.json_response(body, status=500)
+        return web.Response(text=body, status=500, content_type="text/plain")
+
+    master = await start_master(respond)
+    async with MasterClient(url=master.url, timeout_s=5) as client:
+        with pytest.raises(MasterUnavailable) as caught:
+            await client.get_instance("tech-A")
+    assert absent_answer(caught.value) is absent

@@ -64,7 +64,8 @@ class Master(FakeMaster):
 
 
 def slapproxy_absent(call="slapos.get.v0.software_instance"):
-    return MasterUnavailable(call, "HTTP 500: Internal server error", status=500, title="Internal server error")
+    return MasterUnavailable(call, "HTTP 500: Internal server error", status=500, title="Internal server error",
+                             typed=True)
 
 
 # -- 7: a loser never wins a host back on a cached gate ---------------------------------
@@ -267,7 +268,9 @@ def test_only_slapproxys_answer_for_a_destroyed_instance_counts_as_absent() -> N
 
     assert absent_answer(slapproxy_absent())
     for status, title in ((500, "injected HTTP 500"), (500, None), (502, "Internal server error"), (503, "busy")):
-        assert not absent_answer(MasterUnavailable("get", f"HTTP {status}", status=status, title=title))
+        assert not absent_answer(MasterUnavailable("get", f"HTTP {status}", status=status, title=title, typed=True))
+    # the same words as the start of a page (a gateway's), not slapproxy's JSON error document
+    assert not absent_answer(MasterUnavailable("get", "HTTP 500", status=500, title="Internal server error"))
 
 
 async def test_confirm_retries_on_other_5xx_and_forgets_on_the_absent_answer() -> None:

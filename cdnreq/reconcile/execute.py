@@ -380,9 +380,10 @@ SLAPPROXY_ABSENT = (500, "Internal server error")
 
 def absent_answer(error: MasterError) -> bool:
     """Whether an error says the entry does not exist: slapproxy's specific
-    500 only. Any other 5xx (a gateway, an injected fault, a timeout) is no
-    proof of anything and is retried."""
-    return isinstance(error, MasterUnavailable) and (error.status, error.title) == SLAPPROXY_ABSENT
+    500 only, in its JSON error document. Any other 5xx (a gateway, even one
+    whose page reads "Internal server error", an injected fault, a timeout)
+    is no proof of anything and is retried."""
+    return isinstance(error, MasterUnavailable) and error.typed and (error.status, error.title) == SLAPPROXY_ABSENT
 
 
 def _requested(instance: SharedInstance, gate: Gate | None) -> Mapping[str, Any]:
