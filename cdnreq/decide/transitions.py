@@ -292,7 +292,7 @@ def published(record: Record, shown: Mapping[str, Any], error: str | None, now: 
         live_at=_told_live(record, now),
         published=shown_digest(shown),
         published_error=error if error is not None else record.published_error,
-        last_action="publish",
+        last_action=_told_after(record, "publish"),
         last_error=None,
         failures=0,
         retry_at=None,
@@ -303,6 +303,15 @@ def published(record: Record, shown: Mapping[str, Any], error: str | None, now: 
 def settled(record: Record, now: float) -> Record:
     """Nothing new to publish: the customer holds what it should."""
     return replace(record, updated_at=now, live_at=_told_live(record, now))  # also when it was last read back
+
+
+def _told_after(record: Record, action: str) -> str:
+    """The last action of a record its customer is told about: a destroy
+    still to be read back stays the last action (destroy_pending), or the
+    next tick would destroy the entry again instead of reading it back."""
+    if destroy_pending(record):
+        return record.last_action or action
+    return action
 
 
 def _told_live(record: Record, now: float) -> float | None:
@@ -319,7 +328,7 @@ def failed(
     failures = record.failures + 1
     return replace(
         record,
-        last_action=action,
+        last_action=_told_after(record, action) if action == "publish" else action,
         last_error=error,
         failures=failures,
         retry_at=now + backoff_s(record.guid, failures, base_s, max_s),

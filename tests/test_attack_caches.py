@@ -1,0 +1,34 @@
+"""Caches that outlive a decision, reloads, operators and clocks (a helper's
+attack round): each test failed on the code before its fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cdnreq.store import Store
+from tests.test_attack_master_lies import fleet, ok_tick
+from tests.test_tick_stages import opened, title  # noqa: F401
+
+
+async def test_an_entry_destroyed_for_a_host_it_lost_is_read_back_next_not_destroyed_again(
+    tmp_path: Path, opened: list[Store]
+) -> None:
+    """A (proven, live, asleep) fails its re-check past the grace period with
+    release_on_recheck_failure: its host is released and its entry destroyed,
+    and A, still listed, is told to prove its domain again. That publication
+    wrote last_action 'publish' over 'destroy', so the destroy no longer
+    counted as sent: the next tick destroyed the entry a second time instead
+    of reading it back, and a rival waiting for the host waited a tick more."""
+    r, master, clock = await fleet(tmp_path, opened, {"release_on_recheck_failure": True, "grace_s": 0})
+    r.resolver.txt.clear()  # type: ignore[attr-defined]  # the customer deleted its TXT record
+    clock.now += r.config.domain.recheck_interval_s + 1
+    await ok_tick(r, clock)
+    destroys = [t for t, s in master.requests if s == "destroyed"]
+    assert destroys == [title("A")], master.requests
+    tech = (await r.store.get("A")).tech_guid  # type: ignore[union-attr]
+    assert tech is not None
+    await ok_tick(r, clock)
+    assert [t for t, s in master.requests if s == "destroyed"] == destroys, master.requests
+    assert tech in master.polled
+    after = await r.store.get("A")
+    assert after is not None and after.tech_guid is None and after.served is None
