@@ -44,6 +44,12 @@ def master_client(
     )
 
 
+def master_inputs(config: Config) -> tuple:
+    """What master_client builds the client from: a reload that changes
+    any of it needs a new client (the TLS files aside: read again anyway)."""
+    return config.master, config.daemon.concurrency, config.validation.max_parameters_bytes
+
+
 def _path(value: object) -> str | None:
     return None if value is None else str(value)
 

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
+
+from cdnreq.listing import read_listing
+from cdnreq.service.reload import reload_of
 from cdnreq.store import Store
-from tests.test_attack_master_lies import fleet, ok_tick
+from cdnreq.wiring import master_client
+from tests.test_attack_master_lies import config, fleet, ok_tick
 from tests.test_tick_stages import opened, title  # noqa: F401
 
 
@@ -32,3 +37,24 @@ async def test_an_entry_destroyed_for_a_host_it_lost_is_read_back_next_not_destr
     assert tech in master.polled
     after = await r.store.get("A")
     assert after is not None and after.tech_guid is None and after.served is None
+
+
+def test_a_reload_of_max_parameters_bytes_gives_the_master_client_the_new_cap(tmp_path: Path) -> None:
+    """[validation].max_parameters_bytes also bounds what the master client
+    reads of one entry (a larger one is not parsed, its customer told the
+    cap: listing.read_listing) and of one answer. A SIGHUP that raised it
+    re-validated every instance under the new cap, but the master client
+    was built again only for a change of [master] or the concurrency (or
+    TLS files): without a certificate, the listing kept refusing entries
+    under the old cap, naming it, until a restart."""
+    running = config(tmp_path)
+    raised = running.validation.model_copy(update={"max_parameters_bytes": 1 << 20})
+    change = reload_of(running, running.model_copy(update={"validation": raised}))
+    assert change.new_master
+    entry = {"instance_guid": "BIG", "state": "started", "title": "t",
+             "parameters": {"url": "https://big.example", "path": "/" + "a" * 600_000}}
+    broken = b'{"instance_guid": "X", "state": "started", "parameters": {"url": "\xff"}}'  # read entry by entry
+    body = b'{"result_list": [' + orjson.dumps(entry) + b", " + broken + b"]}"
+    client = master_client(change.config)
+    assert "BIG" not in read_listing(bytearray(body), client.max_parameters_bytes).unusable
+    assert "BIG" in read_listing(bytearray(body), running.validation.max_parameters_bytes).unusable

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from cdnreq.config import Config
 from cdnreq.fdlimit import limits_of
+from cdnreq.wiring import master_inputs
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ def reload_of(running: Config, new: Config) -> Reload:
     return Reload(
         config=new,
         restart=restart,
-        new_master=renewed or (new.master, new.daemon.concurrency) != (running.master, running.daemon.concurrency),
+        new_master=renewed or master_inputs(new) != master_inputs(running),
         new_resolver=new.dns != running.dns,
         new_logging=new.logging != running.logging,
     )
