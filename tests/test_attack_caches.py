@@ -5,11 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import asyncio
+import time
+
 import orjson
 
 from cdnreq.listing import read_listing
+from cdnreq.metrics import Metrics
+from cdnreq.service.backups import Upkeep
 from cdnreq.service.reload import reload_of
-from cdnreq.store import Store
+from cdnreq.store import Store, take_backup
+from cdnreq.store.backupdir import backup_time, list_backups
 from cdnreq.wiring import master_client
 from tests.test_attack_master_lies import config, fleet, ok_tick
 from tests.test_tick_stages import opened, title  # noqa: F401
@@ -58,3 +64,28 @@ def test_a_reload_of_max_parameters_bytes_gives_the_master_client_the_new_cap(tm
     client = master_client(change.config)
     assert "BIG" not in read_listing(bytearray(body), client.max_parameters_bytes).unusable
     assert "BIG" in read_listing(bytearray(body), running.validation.max_parameters_bytes).unusable
+
+
+async def test_a_backup_dated_in_the_future_by_a_clock_that_jumped_does_not_stop_the_backups(
+    tmp_path: Path, opened: list[Store]
+) -> None:
+    """The clock jumped 30 days ahead for a while (a host booted on a wrong
+    RTC before NTP), a backup was taken then, named 30 days ahead; the clock
+    came back. The newest backup's age was negative, so always below
+    [store].backup_interval_s: no backup was taken for 30 days, while the
+    gauge of the last backup's time (in the future) kept the alert quiet. A
+    backup dated after now is no proof of a recent one: the daemon backs up
+    again, then every interval as it measures it."""
+    cfg = config(tmp_path)
+    store = await Store.open(cfg.daemon.database)
+    opened.append(store)
+    backups = cfg.backup_path()
+    ahead = await take_backup(store, backups, now=time.time() + 30 * 86400)
+    upkeep = Upkeep(store, lambda: cfg, Metrics(), asyncio.Event())
+    upkeep.backup_if_due(1)
+    await upkeep.finish()
+    taken = [p for p in list_backups(backups) if p != ahead]
+    assert len(taken) == 1 and backup_time(taken[0]) <= time.time(), list_backups(backups)  # type: ignore[operator]
+    upkeep.backup_if_due(2)  # within the interval: no other
+    await upkeep.finish()
+    assert len(list_backups(backups)) == 2

@@ -32,6 +32,7 @@ class Upkeep:
         self.stop = stop
         self._backup: asyncio.Task | None = None
         self._pruning: asyncio.Task | None = None
+        self._taken_at: float | None = None  # time.monotonic() of this process's last backup
 
     async def show_last_backup(self) -> None:
         """The newest backup's time in the metrics, from the start (none on PostgreSQL)."""
@@ -64,11 +65,12 @@ class Upkeep:
         try:
             newest = await asyncio.to_thread(last_backup, directory)
             when = backup_time(newest) if newest is not None else None
-            if when is not None and time.time() - when < config.store.backup_interval_s:
+            if not self._due(when, config.store.backup_interval_s):
                 return
             path = await take_backup(
                 self.store, directory, secret=config.secret_path(), keep=config.store.backup_keep
             )
+            self._taken_at = time.monotonic()
         except asyncio.CancelledError:
             raise
         except Exception as error:  # a failed backup is an error to see, never a reason to stop
@@ -76,6 +78,19 @@ class Upkeep:
             return
         self.metrics.last_backup.set(backup_time(path) or time.time())
         log.info("backup done", tick=tick, path=str(path), duration_s=round(time.monotonic() - began, 3))
+
+    def _due(self, newest: float | None, interval_s: float) -> bool:
+        """Whether a backup is due, the newest one dated `newest`. One dated
+        after now (taken while the clock ran ahead, then stepped back) is
+        no proof of a recent one: the interval is then measured by this
+        process's own monotonic clock, or backups would stop until the wall
+        clock caught up (days, with the gauge's time in the future)."""
+        if newest is None:
+            return True
+        age = time.time() - newest
+        if age >= 0:
+            return age >= interval_s
+        return self._taken_at is None or time.monotonic() - self._taken_at >= interval_s
 
     def start_pruning(self) -> None:
         """After the first tick: the hourly pass over events and ticks past
