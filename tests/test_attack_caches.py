@@ -89,3 +89,25 @@ async def test_a_backup_dated_in_the_future_by_a_clock_that_jumped_does_not_stop
     upkeep.backup_if_due(2)  # within the interval: no other
     await upkeep.finish()
     assert len(list_backups(backups)) == 2
+
+
+async def test_a_domain_secret_lost_under_the_daemon_fails_the_ticks_and_is_not_made_anew(
+    tmp_path: Path, opened: list[Store]
+) -> None:
+    """The secret file deleted while the daemon runs: its next reload of the store (after an operator
+    action, a failed tick) silently made a new secret, with which the tokens
+    its customers already published were never made (a domain an instance
+    comes back to would get a token its DNS does not hold)."""
+    r, master, clock = await fleet(tmp_path, opened)
+    path = r.config.secret_path()
+    kept = path.read_bytes()
+    path.unlink()
+    r.known = None  # the store is read again at the next tick
+    report = await r.tick()
+    assert not report.ok and report.error.startswith("domain secret: cannot read the domain secret"), report.error
+    assert not path.exists()
+    assert master.requests == [] and master.published == []
+    path.write_bytes(kept)
+    path.chmod(0o600)
+    clock.now += 1
+    await ok_tick(r, clock)

@@ -24,7 +24,7 @@ import structlog
 
 from cdnreq.aiotasks import next_or_stop
 from cdnreq.config import Config
-from cdnreq.dns.challenge import load_secret
+from cdnreq.dns.challenge import SecretError, load_secret, read_secret
 from cdnreq.heap import collector_paused, give_back
 from cdnreq.master import LocalResourceError, MasterClient, MasterError
 from cdnreq.model import InstanceGuid, Listing, Record
@@ -100,6 +100,7 @@ class Reconciler:
     async def load(self) -> None:
         """Read the store (and the domain secret) into memory."""
         secret = self.read_secret(self.config.secret_path())
+        self.read_secret = read_secret  # made at the first load only: one lost later fails the ticks, naming it
         self.idle, self.sleepers, self.names = IdleCache(), Sleepers(), Names()
         self.known = await self.store.load(awake_only=True)
         self.domains = Domains(
@@ -207,6 +208,9 @@ class Reconciler:
         except StoreError as error:
             report.error = f"database: {error}"
             self.known = None  # reload: memory may be ahead of the database
+        except SecretError as error:  # the domain secret lost under the daemon
+            report.error = f"domain secret: {error}"
+            self.known = None
         except Exception as error:  # a bug must fail one tick, not the daemon
             log.exception("tick crashed")
             report.error = f"internal error: {type(error).__name__}: {error}"
