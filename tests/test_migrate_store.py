@@ -153,3 +153,31 @@ async def test_a_copy_that_did_not_finish_is_refused_by_the_daemon(tmp_path, pg_
     })
     with pytest.raises(StoreError, match="did not finish"):
         await open_checked(config)
+
+
+def test_a_postgresql_database_whose_collation_orders_text_otherwise_is_copied_and_back(tmp_path, pg_server):
+    """A production PostgreSQL is often made with the system's locale
+    (en_US.UTF-8, or ICU's), which orders `B` after `ab` where SQLite's bytes
+    put it first: each side's digest of the rows in its own key order
+    differed, so every copy to or from such a database failed its check."""
+    name = f"icu_{tmp_path.name[-20:].replace('-', '_').lower()}"
+    pg_server.psql(f'CREATE DATABASE "{name}" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE \'en-US\' '
+                   "LOCALE 'C'")
+    url, config = pg_server.url(name), write_config(tmp_path)
+    guids = ("B", "a", "a-b", "ab", "Zz", "_x")
+
+    async def make(path: str) -> dict:
+        store = await Store.open(tmp_path / path)
+        try:
+            if path == "s.db":
+                await store.commit(upserts=[record(g) for g in guids], host_upserts=[
+                    HostClaim(f"{g.lower()}.example", InstanceGuid(g), f"{g.lower()}.example", 1.0, 2.0)
+                    for g in guids])
+            return await state_of(store)
+        finally:
+            await store.close()
+
+    want = asyncio.run(make("s.db"))
+    assert main(["migrate-store", "--config", str(config), "--from", f"sqlite://{tmp_path}/s.db", "--to", url]) == 0
+    assert main(["migrate-store", "--config", str(config), "--from", url, "--to", f"sqlite://{tmp_path}/b.db"]) == 0
+    assert asyncio.run(make("b.db")) == want
