@@ -161,6 +161,9 @@ async def test_disconnected_long_polls_do_not_keep_running(tmp_path: Path):
         async def feed_bounds(self):
             return (None, 0)
 
+        async def feed_gaps(self):
+            return ()
+
     stop = asyncio.Event()
     feed = Feed(lambda: Reads(), stop)
     running = 0

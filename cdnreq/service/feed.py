@@ -27,6 +27,7 @@ from cdnreq.aiotasks import sleep_or_stop
 from cdnreq.config import ConsumerConfig
 from cdnreq.decide.changes import KINDS
 from cdnreq.store.errors import StoreError
+from cdnreq.store.feedgaps import in_gap
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
@@ -40,6 +41,8 @@ class FeedReads(Protocol):
                             prefixes: Any = (), titles: Any = (), only: Any = ()) -> list[tuple]: ...
 
     async def feed_bounds(self) -> tuple[int | None, int]: ...
+
+    async def feed_gaps(self) -> tuple[tuple[int, int], ...]: ...
 
 
 @dataclass(frozen=True)
@@ -110,11 +113,14 @@ def _integer(query: Mapping[str, str], name: str, default: int, low: int, high: 
     return int(text)
 
 
-def gone(after: int, oldest: int | None, last: int) -> str | None:
+def gone(after: int, oldest: int | None, last: int, gaps: tuple[tuple[int, int], ...] = ()) -> str | None:
     """Why a cursor can no longer be followed, or None."""
     if after > last:
         return (f"cursor {after} is past the last change ({last}): the store was replaced or restored; "
                 "resynchronise from /status")
+    if (gap := in_gap(after, gaps)) is not None:
+        return (f"cursor {after} was given by a store that was then restored from a backup that ended at "
+                f"{gap[0]} (ids up to {gap[1]} are never given again); resynchronise from /status")
     first_kept = oldest if oldest is not None else last + 1
     if after < first_kept - 1:
         return (f"the changes after {after} up to {first_kept - 1} were pruned (retention); "
@@ -156,9 +162,10 @@ class Feed:
         remove or narrow it: the poll then ends, empty, and asks again)."""
         try:
             oldest, last = await self.bounds(fresh=True)
+            gaps = await self.reads().feed_gaps()  # type: ignore[union-attr]
         except LookupError as error:
             return 503, {"error": str(error)}
-        why = gone(query.after, oldest, last)
+        why = gone(query.after, oldest, last, gaps)
         if why is not None:
             return 410, {"error": "gone", "reason": why, "oldest": oldest, "last": last}
         deadline = time.monotonic() + query.wait_s

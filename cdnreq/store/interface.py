@@ -144,6 +144,9 @@ class InstanceReads(Protocol):
     async def feed_bounds(self) -> tuple[int | None, int]:
         """The oldest change kept (None: none) and the last id ever given."""
 
+    async def feed_gaps(self) -> tuple[tuple[int, int], ...]:
+        """The ids restores skipped, (after, through] each: a cursor there was given by a lost store."""
+
     async def import_findings(self, guid: str) -> list[dict[str, Any]]:
         """What the last `import-legacy` found about the instance."""
 

@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any, AsyncIterator, Iterable
 
 from cdnreq.model import Challenge, Decision, Event, HostClaim, InstanceGuid, Record
+from cdnreq.store.feedgaps import FEED_RESTORED, gaps_of
 from cdnreq.store.imports import findings_of, last_import
 from cdnreq.store.rows import (
     CHANGE_COLUMNS, EVENT_COLUMNS, SELECT, SELECT_ASLEEP, SELECT_AWAKE, SELECT_CHALLENGES, SELECT_DECISIONS,
@@ -161,6 +162,11 @@ class SqlReads:
         """(the oldest change still kept, or None; the last id ever given)."""
         rows = await self._all("SELECT (SELECT MIN(id) FROM changes), last_id FROM feed_state WHERE id = 1")
         return (rows[0][0], rows[0][1]) if rows else (None, 0)
+
+    async def feed_gaps(self) -> tuple[tuple[int, int], ...]:
+        """The ids restores skipped (cdnreq.store.feedgaps): (after, through] each."""
+        rows = await self._all("SELECT value FROM guards WHERE name = ?", (FEED_RESTORED,))
+        return gaps_of(load_json(rows[0][0])) if rows else ()
 
     async def last_ticks(self, limit: int = 10) -> list[dict[str, Any]]:
         rows = await self._all(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import sqlite3
 import tempfile
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from cdnreq.store.backupdir import SECRET_NAME, list_backups, stamp
 from cdnreq.store.errors import StoreError
+from cdnreq.store.feedgaps import skip_lost_ids
 from cdnreq.store.files import copy_private, fsync_dir, make_private_dirs, remove_if_present, same_bytes
 from cdnreq.store.lock import DatabaseLock
 from cdnreq.store.verify import BackupInfo, inspect
@@ -81,6 +83,10 @@ def restore(
             # The checks read the private copy: exactly the bytes that go in place.
             info = inspect(tmp, integrity=True, name=backup_file)
             info = BackupInfo(backup_file, info.schema_version, info.instances, info.hosts, info.challenges)
+            try:
+                skip_lost_ids(tmp, database, time.time() if now is None else now)
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot carry the change feed over to {backup_file}'s copy: {exc}") from exc
             try:
                 _same_owner_and_mode(database, tmp)
                 replaced = _set_aside(database, time.time() if now is None else now)
