@@ -7,8 +7,12 @@ import asyncio
 from pathlib import Path
 
 from cdnreq.decide.changes import ChangeEvent, ChangeKind
+from cdnreq.legacy.adopt import LEGACY_SALT
+from cdnreq.model import Challenge, InstanceGuid
 from cdnreq.service.feed import Feed, FeedQuery
 from cdnreq.store import Store, restore
+from tests.test_attack_master_lies import breaking, fleet, full, lied, ok_tick, restarted, settle_back
+from tests.test_tick_stages import L, opened  # noqa: F401
 
 NOW = 1_767_225_600.0
 
@@ -41,3 +45,32 @@ async def test_a_restored_store_never_gives_a_change_id_the_lost_one_gave(tmp_pa
     assert min(new) > max(lost)
     assert stale[0] == 410 and "restored" in stale[1]["reason"], stale
     assert kept[0] == 200 and [c["id"] for c in kept[1]["changes"]] == new
+
+
+async def test_an_imported_customer_named_with_another_domain_once_keeps_its_old_token(
+    tmp_path: Path, opened: list[Store]  # noqa: F811
+) -> None:
+    """A customer imported from the cron requester keeps the token the old
+    requester gave it (salt LEGACY_SALT: no HMAC of cdnreq's gives it back).
+    One listing naming another custom_domain replaced its challenge, and
+    coming back to its domain computed cdnreq's token for it: the customer
+    was shown a token its DNS does not hold, the next re-check failed and,
+    with release_on_recheck_failure, its live entry was taken down: one lie
+    of the master, a site broken, for imported customers only."""
+    domain = {"release_on_recheck_failure": True, "grace_s": 0}
+    r, master, clock = await fleet(tmp_path, opened, domain)
+    old = Challenge(InstanceGuid("A"), "www.a.example", LEGACY_SALT, "old-requester-token-of-a", clock.now)
+    await r.store.commit(challenge_upserts=[old])  # as import-legacy writes it
+    r.resolver.txt[f"{L}.www.a.example"] = old.token  # type: ignore[attr-defined]
+    r = await restarted(r, master)
+    master.entries = lied("A names another domain")
+    await ok_tick(r, clock)
+    master.entries = full()
+    await settle_back(r, clock)
+    assert (await r.store.challenge_of("A")).token == old.token  # type: ignore[union-attr]
+    clock.now += r.config.domain.recheck_interval_s + 1
+    report = await ok_tick(r, clock)
+    assert report.planned.get("recheck_ok") == 1, report.planned
+    await settle_back(r, clock)
+    assert breaking(master) == [], master.requests
+    assert (await r.store.load_hosts())["www.a.example"].guid == "A"

@@ -4,7 +4,9 @@ A token is an HMAC of the instance_guid, the custom_domain and a random salt,
 keyed by a secret only cdnreq knows: it cannot be guessed from public data,
 one instance's token proves nothing for another, and a changed custom_domain
 gets a new one (and one changed back, the one it had: the salt is the
-instance's, kept across its domains). Tokens are stored, so they stay stable across ticks and
+instance's, kept across its domains; a token the secret does not give, the
+cron requester's or one made under a replaced secret, is carried by the salt:
+see reissue). Tokens are stored, so they stay stable across ticks and
 restarts.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import os
 import secrets
 from pathlib import Path
@@ -20,6 +23,9 @@ from pathlib import Path
 from cdnreq.model import Challenge, InstanceGuid
 
 SECRET_BYTES = 32
+# a salt that carries a token no HMAC of the secret gives (the cron
+# requester's, imported; one made under a secret since replaced), with its domain
+_KEPT = "kept:"
 
 
 class SecretError(Exception):
@@ -69,3 +75,33 @@ def issue(secret: bytes, guid: InstanceGuid, domain: str, now: float, salt: str 
     was dropped with its claims)."""
     salt = salt or secrets.token_hex(16)
     return Challenge(guid, domain, salt, token(secret, guid, domain, salt), now)
+
+
+def _kept(salt: str) -> tuple[str, str] | None:
+    """The (domain, token) a salt carries, if any."""
+    if not salt.startswith(_KEPT):
+        return None
+    try:
+        _, domain, kept = json.loads(salt[len(_KEPT):])
+    except (ValueError, TypeError):
+        return None
+    return (domain, kept) if isinstance(domain, str) and isinstance(kept, str) else None
+
+
+def reissue(secret: bytes, guid: InstanceGuid, domain: str, now: float, current: Challenge | None) -> Challenge:
+    """A challenge for `domain`, for an instance whose challenge is `current`
+    (None: it has none). The instance's salt is kept (see issue); when its
+    current token is not one the secret gives (imported from the cron
+    requester, or made under a secret since replaced), the salt carries it,
+    so the domain it belongs to, come back to, gets it again: a master that
+    names another domain for one listing must not leave such a customer
+    with a token its DNS does not hold either."""
+    if current is None:
+        return issue(secret, guid, domain, now)
+    salt = current.salt
+    if _kept(salt) is None and current.token != token(secret, guid, current.domain, salt):
+        salt = _KEPT + json.dumps([salt, current.domain, current.token])
+    kept = _kept(salt)
+    if kept is not None and kept[0] == domain:
+        return Challenge(guid, domain, salt, kept[1], now)
+    return issue(secret, guid, domain, now, salt)

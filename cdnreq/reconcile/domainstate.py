@@ -19,7 +19,7 @@ from cdnreq.decide.changes import WatchedIndex
 from cdnreq.decide.gate import DomainPolicy, Gate, Status, decide
 from cdnreq.decide.guards import CONFIRM_TICKS
 from cdnreq.decide.kept import settled_decision, trusted, verdict_decision
-from cdnreq.dns.challenge import issue
+from cdnreq.dns.challenge import reissue
 from cdnreq.model import Challenge, Decision, Event, HostClaim, InstanceGuid, Lookup, Record, SharedInstance
 from cdnreq.validate.verdict import Verdict, validate
 from cdnreq.validate.version import stamp
@@ -236,7 +236,7 @@ class DomainState:
             return
         assert verdict.custom_domain is not None
         # the instance's salt kept: a domain it comes back to gets its token again
-        challenge = issue(self.secret, guid, verdict.custom_domain, now, current.salt if current else None)
+        challenge = reissue(self.secret, guid, verdict.custom_domain, now, current)
         self.challenges[guid] = challenge
         out.challenges.append(challenge)
         out.events.append(Event(guid, "challenge", "issued", now, f"for {verdict.custom_domain}", tick))
