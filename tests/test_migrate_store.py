@@ -181,3 +181,27 @@ def test_a_postgresql_database_whose_collation_orders_text_otherwise_is_copied_a
     assert main(["migrate-store", "--config", str(config), "--from", f"sqlite://{tmp_path}/s.db", "--to", url]) == 0
     assert main(["migrate-store", "--config", str(config), "--from", url, "--to", f"sqlite://{tmp_path}/b.db"]) == 0
     assert asyncio.run(make("b.db")) == want
+
+
+async def test_rows_with_a_null_key_end_the_copy_s_reading_instead_of_looping(tmp_path, monkeypatch):
+    """A hand-edited SQLite file: TEXT PRIMARY KEY columns take NULL. A first
+    page made only of such rows was read again and again, for ever (keyset
+    pagination from a NULL key); they are not read, as by the store's reads."""
+    from cdnreq.store import copying
+
+    monkeypatch.setattr(copying, "CHUNK_ROWS", 2)
+    store = await Store.open(tmp_path / "cdnreq.db")
+    try:
+        await store.close()
+        with sqlite3.connect(tmp_path / "cdnreq.db") as db:
+            db.executemany("INSERT INTO names (guid, name) VALUES (?, ?)", [(None, f"n{i}") for i in range(3)])
+            db.executemany("INSERT INTO names (guid, name) VALUES (?, ?)", [("a", "A"), ("b", "B"), ("c", "C")])
+        store = await Store.open(tmp_path / "cdnreq.db")
+        async def read() -> list:
+            return [page async for page in copying.chunks(store, "names", "guid", ("guid", "name"))]
+
+        pages = await asyncio.wait_for(read(), 10)
+        assert [row for page in pages for row in page] == [("a", "A"), ("b", "B"), ("c", "C")]
+        assert (await asyncio.wait_for(copying.digest_of(store), 10))["names"][0] == 3
+    finally:
+        await store.close()

@@ -89,15 +89,18 @@ class Digest:
 
 
 async def chunks(store: Any, table: str, key: str, columns: tuple[str, ...]):
-    """The table's rows in key order (the engine's), CHUNK_ROWS at a time (keyset pagination)."""
-    select = f"SELECT {', '.join(columns)} FROM {table}"
+    """The table's rows in key order (the engine's), CHUNK_ROWS at a time
+    (keyset pagination). A row with a NULL key (a hand-edited SQLite file:
+    a TEXT PRIMARY KEY takes one) is not read, as by the store's own reads
+    (cdnreq.store.reads): a page of them was read again and again for ever."""
+    select = f"SELECT {', '.join(columns)} FROM {table} WHERE {key} IS NOT NULL"
     at = columns.index(key)
     last: Any = None
     while True:
         if last is None:
             rows = await store._all(f"{select} ORDER BY {key} LIMIT ?", (CHUNK_ROWS,))
         else:
-            rows = await store._all(f"{select} WHERE {key} > ? ORDER BY {key} LIMIT ?", (last, CHUNK_ROWS))
+            rows = await store._all(f"{select} AND {key} > ? ORDER BY {key} LIMIT ?", (last, CHUNK_ROWS))
         if not rows:
             return
         yield [tuple(r) for r in rows]
