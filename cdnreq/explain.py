@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from cdnreq.decide.guards import HeldRemovals, HeldUpdates, held_for
+from cdnreq.decide.transitions import destroy_pending
 from cdnreq.model import Challenge, Phase, Record
 from cdnreq.reconcile.guardrun import HELD_REMOVALS, UPDATES
 from cdnreq.store import Engine
@@ -21,7 +22,9 @@ def iso(t: float | None) -> str | None:
 
 def why(record: Record, *, retention_s: float, now: float) -> str:
     """One sentence on the instance's state."""
-    if record.phase is Phase.LIVE:
+    if record.phase is Phase.LIVE and destroy_pending(record):  # still listed: a host it served was lost
+        text = "its technical entry was destroyed and is read back at the next tick; it is requested again once proven"
+    elif record.phase is Phase.LIVE:
         text = "live: the technical CDN's answer was relayed to the customer"
     elif record.phase is Phase.REQUESTED:
         text = "requested on the technical CDN; waiting for its answer"

@@ -85,3 +85,24 @@ async def test_an_instance_whose_update_is_held_says_so(store: Store) -> None:
     assert data is not None and data["held"]["kind"] == "update" and data["held"]["seen_ticks"] == 2
     assert "update is held by a guard (a mass change: 5 of 10 live entries)" in data["why"]
     assert (await explain(store, "other", label="_cdnreq", retention_s=60, now=20.0)) is None
+
+
+def test_a_live_instance_whose_entry_was_destroyed_is_not_explained_as_live() -> None:
+    """Still listed, its entry destroyed for a host it lost (re-checks failed
+    past the grace period, or `release --to` another): the record keeps its
+    phase until the read-back, and was explained as "live: the technical
+    CDN's answer was relayed" while its entry was gone."""
+    from cdnreq.explain import why
+    from cdnreq.model import Phase, Record
+
+    record = Record(InstanceGuid("shop"), "cdnreq-shop", Phase.LIVE, 1.0, 2.0, param_hash="h", tech_guid="tech-shop",
+                    last_action="destroy")
+    text = why(record, retention_s=60, now=3.0)
+    assert "destroyed" in text and not text.startswith("live"), text
+    assert why(replace_action(record, "poll"), retention_s=60, now=3.0).startswith("live")
+
+
+def replace_action(record, action: str):
+    from dataclasses import replace
+
+    return replace(record, last_action=action)
