@@ -196,3 +196,21 @@ def test_slapproxy_customer_that_lost_its_parameters_gets_them_at_the_read_back(
     assert site.customer(guid)["connection_parameters"] == {}
     once()
     assert site.customer(guid)["connection_parameters"] == answer
+
+
+async def test_an_empty_value_read_back_from_slapproxy_is_still_what_was_shown(tmp_path, cdn_site):
+    """slapproxy reads an empty connection value back as null: a customer
+    shown {"message": ""} was judged to have lost it at each read-back, and
+    published to again once per verify interval."""
+    from cdnreq.configfile import load_config
+    from devtools.devmaster import write_config
+    from cdnreq.wiring import master_client
+
+    guid = cdn_site.add_customer("empty-value", {"url": "https://b.example"})
+    config = load_config(write_config(tmp_path / "cdnreq.toml", cdn_site, database=tmp_path / "cdnreq.db"))
+    shown = {"domain": "a.cdn.example", "note": ""}
+    async with master_client(config) as client:
+        await client.publish_connection(guid, shown)
+        held = (await client.get_instance(guid)).connection_parameters
+    assert transitions.still_shown(held, shown), held
+    assert not transitions.still_shown({**held, "note": "x"}, shown)
