@@ -262,8 +262,8 @@ class DaemonConfig(BaseModel):
         default=86400.0,
         ge=0,
         allow_inf_nan=False,
-        description="how often a live technical entry is read back to check it is still there;"
-        " 0 disables",
+        description="how often a live technical entry is read back to check it is still there, and a"
+        " customer's instance to check it still holds what it was told (live or not); 0 disables",
     )
     token_file: Path | None = Field(
         default=None,
