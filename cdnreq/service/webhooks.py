@@ -146,7 +146,7 @@ class Deliverer:
         rows = await self.store.changes_after(cursor, FILL_BATCH, kinds=c.kinds, guids=c.instances,
                                               prefixes=c.instance_prefixes, titles=c.title_prefixes)
         # a change written between the two reads may be in `rows`: the cursor never stays behind one queued
-        moved = rows[-1][0] if len(rows) == FILL_BATCH else max(last, *(r[0] for r in rows[-1:]))
+        moved = rows[-1][0] if len(rows) == FILL_BATCH else max([last, *(r[0] for r in rows[-1:])])
         await self.outbox.fill([(r[0], r[2]) for r in rows], moved, time.time())
 
     async def _record(self, outcomes: list[tuple[Delivery, str | None]], now: float) -> None:
