@@ -74,3 +74,41 @@ async def test_an_imported_customer_named_with_another_domain_once_keeps_its_old
     await settle_back(r, clock)
     assert breaking(master) == [], master.requests
     assert (await r.store.load_hosts())["www.a.example"].guid == "A"
+
+
+async def test_a_consumer_at_the_backup_s_last_change_is_not_told_the_restore_s_gap_was_pruned(tmp_path: Path) -> None:
+    """A backup whose feed kept no change (a quiet fleet: every change
+    older than the feed's retention was pruned) is restored: the feed moves
+    past the lost store's ids (store/feedgaps.py), and the gap it leaves
+    was taken for changes pruned by retention. A consumer that had read up
+    to the backup's last id got 410 ("the changes after 2 up to
+    1767225660000 were pruned") though it missed nothing the restored store
+    holds, and a webhook consumer at that id was given a dead letter for
+    1.7 trillion changes "lost to pruning", counted in its dead deliveries."""
+    from cdnreq.config import ConsumerConfig
+    from cdnreq.metrics import Metrics
+    from cdnreq.service.webhooks import Deliverer
+
+    db, backups = tmp_path / "state" / "cdnreq.db", tmp_path / "backups"
+    async with await Store.open(db) as store:
+        seen = await _changes(store, "A", "B")
+        await store.prune_if_due(1, NOW + 3 * 86400)  # the feed's retention: both pruned
+        assert await store.changes_after(0, 10) == []
+        backup = await store.backup(backups, now=NOW + 3 * 86400)
+    restore(backup, db, now=NOW + 3 * 86400 + 60)
+    async with await Store.open(db) as store:
+        feed = Feed(lambda: store, asyncio.Event())
+        before = await feed.page(FeedQuery(after=max(seen)))
+        consumer = ConsumerConfig.model_construct(name="billing", url="https://billing.example.net/hooks",
+                                                  kinds=[], instances=[], instance_prefixes=[], title_prefixes=[])
+        metrics = Metrics()
+        deliverer = Deliverer(store, consumer, b"k" * 24, [], metrics, lambda: True, asyncio.Event())
+        await deliverer.outbox.start_at(max(seen))  # its cursor, as the backup holds it
+        await deliverer._fill()
+        dead = [d for d in await deliverer.outbox.due(NOW + 10**6, 100)]
+        new = await _changes(store, "F")
+        after = await feed.page(FeedQuery(after=max(seen)))
+    assert before[0] == 200, before
+    assert after[0] == 200 and [c["id"] for c in after[1]["changes"]] == new, after
+    assert dead == [], dead
+    assert metrics.deliveries.labels(consumer="billing", result="dead")._value.get() == 0

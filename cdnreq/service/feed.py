@@ -27,7 +27,7 @@ from cdnreq.aiotasks import sleep_or_stop
 from cdnreq.config import ConsumerConfig
 from cdnreq.decide.changes import KINDS
 from cdnreq.store.errors import StoreError
-from cdnreq.store.feedgaps import in_gap
+from cdnreq.store.feedgaps import in_gap, past_gaps
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
@@ -122,7 +122,7 @@ def gone(after: int, oldest: int | None, last: int, gaps: tuple[tuple[int, int],
         return (f"cursor {after} was given by a store that was then restored from a backup that ended at "
                 f"{gap[0]} (ids up to {gap[1]} are never given again); resynchronise from /status")
     first_kept = oldest if oldest is not None else last + 1
-    if after < first_kept - 1:
+    if past_gaps(after, gaps) < first_kept - 1:
         return (f"the changes after {after} up to {first_kept - 1} were pruned (retention); "
                 "resynchronise from /status")
     return None

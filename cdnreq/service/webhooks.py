@@ -30,6 +30,7 @@ from cdnreq.aiotasks import abandon, sleep_or_stop, spawn
 from cdnreq.config import ConsumerConfig
 from cdnreq.decide.deliveries import Delivery, Retry, after_failure, allowed_address, body, receipt
 from cdnreq.decide.deliveries import shown_target, signed_headers
+from cdnreq.store.feedgaps import past_gaps
 from cdnreq.store.outbox import MAX_QUEUED, Outbox, summary
 
 log = structlog.get_logger("cdnreq.webhooks")
@@ -135,6 +136,7 @@ class Deliverer:
         if cursor >= last or await self.outbox.queued() >= MAX_QUEUED:
             return
         first_kept = oldest if oldest is not None else last + 1
+        cursor = past_gaps(cursor, await self.store.feed_gaps())  # ids a restore skipped were never given
         if cursor < first_kept - 1:  # pruned before it could take them: said, and kept as one dead letter
             lost = f"changes {cursor + 1} to {first_kept - 1} were pruned (retention) before they could be queued"
             log.error("webhook changes lost to pruning", consumer=self.consumer.name, first=cursor + 1,

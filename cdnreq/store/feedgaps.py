@@ -38,6 +38,17 @@ def in_gap(after: int, gaps: tuple[tuple[int, int], ...]) -> tuple[int, int] | N
     return next(((a, t) for a, t in gaps if a < after <= t), None)
 
 
+def past_gaps(cursor: int, gaps: tuple[tuple[int, int], ...]) -> int:
+    """A cursor as far as it has read: one at a gap's start (the backup's
+    last change) has missed nothing of the ids the gap skipped, which this
+    store never gave. Pruning is judged from here, or the gap reads as
+    changes pruned (retention) once the backup's own are gone."""
+    for after, through in sorted(gaps):
+        if after <= cursor < through:
+            cursor = through
+    return cursor
+
+
 def _last_given(database: Path) -> int | None:
     """The last id the database's feed gave, or None when it cannot be read."""
     if not database.is_file():
