@@ -10,7 +10,7 @@ from cdnreq.decide.plan import Action, Kind
 from cdnreq.master import GET, REQUEST, MasterClient, MasterTooLarge
 from cdnreq.model import InstanceAnswer, Phase
 from tests.test_master_client import SR_CDN, answering, error_body, instance_doc, release, start_master  # noqa: F401
-from tests.test_read_back import ANSWER, Master, live, run
+from tests.test_read_back import ANSWER, NOW, Master, live, run
 
 
 class EmptyReadBack(Master):
@@ -226,3 +226,29 @@ async def test_only_slapproxys_json_500_reads_as_an_absent_entry(start_master, b
         with pytest.raises(MasterUnavailable) as caught:
             await client.get_instance("tech-A")
     assert absent_answer(caught.value) is absent
+
+
+async def test_an_update_read_back_without_an_answer_yet_is_read_again_not_taken_for_live():
+    """A live customer changed its parameters: the update went out, the
+    record is `requested`, its customer still shown its last answer. The
+    technical CDN clears its answer while it redeploys: the read-back
+    without an answer kept the last answer (d1a0d42) and called the record
+    live with it, so the entry was no longer read each tick: the CDN's new
+    answer reached the customer only at the periodic read-back (a day by
+    default), the customer kept the old one meanwhile."""
+    from dataclasses import replace
+
+    from cdnreq.decide.actions import Policy
+    from cdnreq.decide.plan import _for_present
+
+    action, shown = live(reason="waiting for the technical CDN's answer")
+    updated = replace(action.record, phase=Phase.REQUESTED, last_action="update", spec_hash="spec",
+                      param_hash=action.gate.forward_hash, requested_state=action.instance.state)
+    master = EmptyReadBack(dict(shown))
+    outcome = await run(replace(action, record=updated), master)
+    assert ("publish", "A") not in master.calls, master.held  # it keeps its last answer meanwhile
+    assert dict(outcome.record.connection) == ANSWER
+    assert outcome.record.phase is Phase.REQUESTED
+    policy = Policy(request_prefix="cdnreq-", spec_hash="spec", verify_interval_s=86400.0)
+    again = _for_present(action.instance, action.gate, outcome.record, policy, None, NOW + 60)
+    assert again is not None and again.kind is Kind.POLL, again

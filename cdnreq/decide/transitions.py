@@ -195,11 +195,14 @@ def polled(record: Record, answer: InstanceAnswer, now: float) -> Record:
     """Read back and verified: live once the CDN has answered. An entry read
     back without an answer is no news: the last answer is kept (as after an
     update), so one empty read-back never takes a live customer's answer
-    away for "in progress"."""
+    away for "in progress". It is no answer either: a record waiting for
+    one (after a request or an update) stays requested, read again at the
+    next tick, never taken for live with the answer it had before."""
     connection = answer.connection_parameters or record.connection or {}
+    live = bool(answer.connection_parameters) or (record.phase is Phase.LIVE and bool(connection))
     return replace(
         record,
-        phase=Phase.LIVE if connection else Phase.REQUESTED,
+        phase=Phase.LIVE if live else Phase.REQUESTED,
         connection=frozen_json(connection),
         last_action="poll",
         last_error=None,
