@@ -301,3 +301,26 @@ def test_a_reader_that_left_is_no_traceback(tmp_path):
         os.close(write)
     assert result.returncode == 141, result.stderr
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+
+
+async def test_a_told_customer_s_periodic_read_back_is_shown_as_a_read_back_not_a_publication(tmp_path):
+    """53b101a reads back, every verify_interval_s, a customer told without
+    a live entry (refused, waiting for its DNS proof): an action PUBLISH
+    whose reason is the read-back, which publishes only if the master lost
+    what it was shown. `cdnreq plan` listed it under 'would publish', so a
+    fleet of refused customers showed as thousands of publications due
+    (after an upgrade, every one at once), none of which would be sent."""
+    from cdnreq.decide.plan import READ_BACK
+
+    db = tmp_path / "cdnreq.db"
+    await make_db(db)
+    dry = DryStore(await Store.open_snapshot(db))
+    await dry.close()
+    instance = SharedInstance(InstanceGuid("x"), RequestedState.STARTED, {"url": "https://x.example"}, "h" * 64)
+    bad = Gate(Status.INVALID, error="domain: refused")
+    actions = [Action(Kind.PUBLISH, rec("x", published="d"), READ_BACK, instance, bad)]
+    stages = Stages()
+    stages("planned", (Plan(tuple(actions)), DomainStep(gates={"x": bad})))
+    doc = document(actions, stages, dry, TickReport(id=7, started_at=0.0), {}, now=100.0, confirm_ticks=3)
+    assert doc["counts"]["publish"] == 0 and doc["counts"]["poll"] == 1, doc["counts"]
+    assert doc["would"]["poll"][0]["reason"] == READ_BACK
