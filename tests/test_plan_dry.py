@@ -324,3 +324,15 @@ async def test_a_told_customer_s_periodic_read_back_is_shown_as_a_read_back_not_
     doc = document(actions, stages, dry, TickReport(id=7, started_at=0.0), {}, now=100.0, confirm_ticks=3)
     assert doc["counts"]["publish"] == 0 and doc["counts"]["poll"] == 1, doc["counts"]
     assert doc["would"]["poll"][0]["reason"] == READ_BACK
+
+
+def test_a_told_customer_s_read_back_is_counted_as_a_read_back_in_the_tick_s_planned_counts() -> None:
+    """The tick's `planned` (its log line, /status, the metrics) counted it as a publication."""
+    from cdnreq.decide.actions import READ_BACK, Action, Draft, Kind
+    from cdnreq.decide.plan import new_record
+
+    record = new_record(InstanceGuid("A"), "cdnreq-", 1.0)
+    draft = Draft(now=1.0)
+    draft.add(Action(Kind.PUBLISH, record, READ_BACK), record)
+    draft.add(Action(Kind.PUBLISH, record, "new information for the customer"), record)
+    assert draft.counted() == {"poll": 1, "publish": 1}

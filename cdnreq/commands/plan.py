@@ -33,7 +33,7 @@ from cdnreq.preflight import master_context
 from cdnreq.reconcile.dry import ActionLog, DryStore, ReadOnlyMaster, read_secret
 from cdnreq.decide.gate import Gate, Status
 from cdnreq.decide.guards import HeldUpdates
-from cdnreq.decide.plan import READ_BACK, Action, Kind, Plan
+from cdnreq.decide.plan import Action, Kind, Plan
 from cdnreq.decide.domainstep import DomainStep
 from cdnreq.reconcile.tick import Reconciler, TickReport
 from cdnreq.scrub import printable
@@ -77,15 +77,6 @@ def _action_row(action: Action) -> dict[str, Any]:
     return row
 
 
-def _shown_kind(action: Action) -> str:
-    """Where an action is listed: a told customer's periodic read-back (a
-    PUBLISH that publishes only if the master lost what it was shown) is a
-    read-back, not a publication due."""
-    if action.kind is Kind.PUBLISH and action.reason == READ_BACK:
-        return Kind.POLL.value
-    return action.kind.value
-
-
 def _held(first: Plan, updates: HeldUpdates, confirm_ticks: int) -> dict[str, Any]:
     """Removals held by the removal guard, updates held by the update guard."""
     return {
@@ -116,7 +107,7 @@ def document(
     would: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
     refused = {g: gate for g, gate in stages.gates.items() if gate.status is Status.INVALID}
     for action in actions:
-        would[_shown_kind(action)].append(_action_row(action))
+        would[action.counted_as].append(_action_row(action))
         if action.gate is not None and action.gate.status is Status.INVALID:  # unusable listing entries too
             refused.setdefault(action.guid, action.gate)
     for rows in would.values():

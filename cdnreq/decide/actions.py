@@ -20,6 +20,9 @@ class Kind(str, enum.Enum):
     DESTROY = "destroy"  # destroy the technical entry
 
 
+READ_BACK = "periodic read-back"  # also reads the customer's instance: see transitions.still_shown
+
+
 @dataclass(frozen=True, slots=True)
 class Action:
     kind: Kind
@@ -32,6 +35,13 @@ class Action:
     @property
     def guid(self) -> InstanceGuid:
         return self.record.guid
+
+    @property
+    def counted_as(self) -> str:
+        """How it is counted and listed (the tick's `planned`, `cdnreq plan`):
+        a told customer's periodic read-back, a PUBLISH that publishes only
+        if the master lost what it was shown, is a read-back."""
+        return Kind.POLL.value if self.kind is Kind.PUBLISH and self.reason == READ_BACK else self.kind.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,5 +121,5 @@ class Draft:
 
     def counted(self) -> dict[str, int]:
         for action in self.actions:
-            self.counts[action.kind.value] += 1
+            self.counts[action.counted_as] += 1
         return dict(self.counts)

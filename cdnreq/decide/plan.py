@@ -15,7 +15,7 @@ import zlib
 from collections import Counter
 from typing import Collection, Iterable, Mapping
 
-from cdnreq.decide.actions import Action, Draft, IdleCache, Kind, Ownership, Plan, Policy
+from cdnreq.decide.actions import READ_BACK, Action, Draft, IdleCache, Kind, Ownership, Plan, Policy
 from cdnreq.decide.dormancy import Dormant
 from cdnreq.decide.gate import Gate, refused, waiting
 from cdnreq.decide.guards import Departures
@@ -26,7 +26,6 @@ from cdnreq.decide.served import ServedHosts
 from cdnreq.decide.titles import technical_title
 
 
-READ_BACK = "periodic read-back"  # also reads the customer's instance: see records.still_shown
 
 
 def spec_hash(software_release_uri: str, software_type: str, sla: Mapping[str, str]) -> str:
