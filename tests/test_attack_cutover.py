@@ -11,7 +11,9 @@ from cdnreq.legacy.adopt import LEGACY_SALT
 from cdnreq.model import Challenge, InstanceGuid
 from cdnreq.service.feed import Feed, FeedQuery
 from cdnreq.store import Store, restore
-from tests.test_attack_master_lies import breaking, fleet, full, lied, ok_tick, restarted, settle_back
+from tests.test_attack_master_lies import (
+    a_recheck_passes_and_nothing_breaks, fleet, full, lied, ok_tick, restarted, settle_back,
+)
 from tests.test_tick_stages import L, opened  # noqa: F401
 
 NOW = 1_767_225_600.0
@@ -68,12 +70,7 @@ async def test_an_imported_customer_named_with_another_domain_once_keeps_its_old
     master.entries = full()
     await settle_back(r, clock)
     assert (await r.store.challenge_of("A")).token == old.token  # type: ignore[union-attr]
-    clock.now += r.config.domain.recheck_interval_s + 1
-    report = await ok_tick(r, clock)
-    assert report.planned.get("recheck_ok") == 1, report.planned
-    await settle_back(r, clock)
-    assert breaking(master) == [], master.requests
-    assert (await r.store.load_hosts())["www.a.example"].guid == "A"
+    await a_recheck_passes_and_nothing_breaks(r, master, clock)
 
 
 async def test_a_consumer_at_the_backup_s_last_change_is_not_told_the_restore_s_gap_was_pruned(tmp_path: Path) -> None:

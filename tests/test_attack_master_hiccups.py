@@ -144,10 +144,8 @@ def test_a_dropped_publication_to_a_refused_customer_is_published_again_at_the_r
     again, but a customer that is not live (its entry refused, or waiting
     for its DNS proof, with the challenge it must publish) was never read:
     told once, dropped, it was left with nothing for good."""
-    import subprocess
-
     from bench.double import Double
-    from test_faults_hostile import CDNREQ, ThreadedDouble, write_config
+    from test_faults_hostile import ThreadedDouble, run_once, write_config
 
     double = Double(publish_after="immediately")
     refused, good = "SOFTINST-refused", "SOFTINST-good"
@@ -156,17 +154,11 @@ def test_a_dropped_publication_to_a_refused_customer_is_published_again_at_the_r
     with ThreadedDouble(double) as served:
         config = write_config(tmp_path / "c.toml", {"url": served.url}, tmp_path / "state" / "cdnreq.db",
                               daemon={"verify_interval_s": 0.001})
-
-        def once() -> None:
-            result = subprocess.run([CDNREQ, "once", "--config", str(config)], capture_output=True, text=True,
-                                    timeout=120)
-            assert result.returncode == 0, result.stderr[-3000:]
-
-        once()
+        run_once(config)
         shown = served.run(lambda: dict(double.published.get(refused, {})))
         assert "request-error-list" in shown, shown
         served.run(lambda: double.published.pop(refused))  # acknowledged, then lost by the master
-        once()
+        run_once(config)
         assert served.run(lambda: dict(double.published.get(refused, {}))) == shown
 
 

@@ -107,6 +107,17 @@ async def settle_back(r: Reconciler, clock: Clock, ticks: int = 4) -> None:
         await ok_tick(r, clock)
 
 
+async def a_recheck_passes_and_nothing_breaks(r: Reconciler, master: Liar, clock: Clock) -> None:
+    """A's re-check falls due and passes: its token is the one its DNS holds;
+    nothing was stopped or destroyed, and A still owns www.a.example."""
+    clock.now += r.config.domain.recheck_interval_s + 1
+    report = await ok_tick(r, clock)
+    assert report.planned.get("recheck_ok") == 1, report.planned
+    await settle_back(r, clock)
+    assert breaking(master) == [], master.requests
+    assert (await r.store.load_hosts())["www.a.example"].guid == "A"
+
+
 async def restarted(r: Reconciler, master: Liar) -> Reconciler:
     """A new process on the same store: `cdnreq once` after a `run`."""
     again = Reconciler(config=r.config, store=r.store, master=master, resolver=r.resolver)  # type: ignore[arg-type]
@@ -227,12 +238,7 @@ async def test_a_sleeper_named_with_another_domain_once_keeps_the_token_its_dns_
     await settle_back(r, clock)
     assert (await r.store.challenge_of("A")).token == token  # type: ignore[union-attr]
     assert (await r.store.get("A")).published == shown  # type: ignore[union-attr]
-    clock.now += r.config.domain.recheck_interval_s + 1
-    report = await ok_tick(r, clock)
-    assert report.planned.get("recheck_ok") == 1, report.planned
-    await settle_back(r, clock)
-    assert breaking(master) == [], master.requests
-    assert (await r.store.load_hosts())["www.a.example"].guid == "A"
+    await a_recheck_passes_and_nothing_breaks(r, master, clock)
 
 
 @pytest.mark.parametrize("restart", [False, True], ids=["running", "restarted after the lie"])

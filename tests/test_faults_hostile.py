@@ -409,6 +409,13 @@ class ThreadedDouble:
 
 
 
+def run_once(config: Path) -> str:
+    """`cdnreq once` on `config` as a new process; its log (stderr). A failed pass fails the test."""
+    result = subprocess.run([CDNREQ, "once", "--config", str(config)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stderr
+
+
 def write_config(path: Path, master: dict, database: Path, dns: list[str] | None = None, **extra: dict) -> Path:
     config = {
         "master": {"instance_guid": REQUESTER_GUID, "timeout_s": 20.0, **master},

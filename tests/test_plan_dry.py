@@ -165,11 +165,17 @@ def test_gate_why():
     assert Gate(Status.PENDING, reason="a previous entry serves it").why == "a previous entry serves it"
 
 
-async def test_document_groups_actions_held_and_errors(tmp_path):
+async def closed_snapshot(tmp_path) -> DryStore:
+    """A dry view of a store made by make_db, closed: `document` reads nothing more of it."""
     db = tmp_path / "cdnreq.db"
     await make_db(db)
     dry = DryStore(await Store.open_snapshot(db))
     await dry.close()
+    return dry
+
+
+async def test_document_groups_actions_held_and_errors(tmp_path):
+    dry = await closed_snapshot(tmp_path)
     instance = SharedInstance(InstanceGuid("n"), RequestedState.STARTED, {"url": "https://n.example"}, "h" * 64)
     bad = Gate(Status.INVALID, error="domain: refused")
     actions = [
@@ -207,10 +213,7 @@ async def test_document_groups_actions_held_and_errors(tmp_path):
 async def test_render_escapes_what_the_master_and_customers_wrote(tmp_path):
     """A listed guid may hold any ASCII, an escape sequence too (the listing
     accepts it); the plan's text must show it escaped, one line per row."""
-    db = tmp_path / "cdnreq.db"
-    await make_db(db)
-    dry = DryStore(await Store.open_snapshot(db))
-    await dry.close()
+    dry = await closed_snapshot(tmp_path)
     evil = "g\x1b]0;owned\x07\x1b[2J"
     bad = Gate(Status.INVALID, error="url: refused\nsecond line \x1b[31m")
     actions = [Action(Kind.PUBLISH, rec(evil), "invalid", None, bad)]
@@ -312,10 +315,7 @@ async def test_a_told_customer_s_periodic_read_back_is_shown_as_a_read_back_not_
     (after an upgrade, every one at once), none of which would be sent."""
     from cdnreq.decide.plan import READ_BACK
 
-    db = tmp_path / "cdnreq.db"
-    await make_db(db)
-    dry = DryStore(await Store.open_snapshot(db))
-    await dry.close()
+    dry = await closed_snapshot(tmp_path)
     instance = SharedInstance(InstanceGuid("x"), RequestedState.STARTED, {"url": "https://x.example"}, "h" * 64)
     bad = Gate(Status.INVALID, error="domain: refused")
     actions = [Action(Kind.PUBLISH, rec("x", published="d"), READ_BACK, instance, bad)]

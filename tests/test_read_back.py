@@ -114,10 +114,9 @@ async def test_a_failed_customer_read_is_that_instance_failure():
 
 def test_a_master_that_dropped_a_publication_gets_it_again_at_the_read_back(tmp_path):
     import json
-    import subprocess
 
     from bench.double import Double
-    from test_faults_hostile import CDNREQ, ThreadedDouble, write_config
+    from test_faults_hostile import ThreadedDouble, run_once, write_config
 
     double = Double(publish_after="immediately")
     guids = [f"SOFTINST-rb-{n}" for n in range(3)]
@@ -128,10 +127,7 @@ def test_a_master_that_dropped_a_publication_gets_it_again_at_the_read_back(tmp_
                               daemon={"verify_interval_s": 0.001})
 
         def once() -> str:
-            result = subprocess.run([CDNREQ, "once", "--config", str(config)], capture_output=True, text=True,
-                                    timeout=120)
-            assert result.returncode == 0, result.stderr[-3000:]
-            return result.stderr
+            return run_once(config)
 
         deadline = 10
         while deadline and not all(served.run(lambda: double.published.get(g, {}).get("domain")) for g in guids):
