@@ -212,6 +212,12 @@ class DaemonConfig(BaseModel):
         description="never-seen instances one tick takes on at most; the rest wait, first seen first,"
         " for the next tick, which starts at once (bounds a first reconcile's memory); 0: no limit",
     )
+    read_backs_per_tick: int = Field(
+        default=2_000, ge=1, le=10_000_000,
+        description="periodic read-backs (of live entries, and of customers' instances) one tick makes at most;"
+        " the others wait for the next ticks, so a daemon back from a long stop, or a verify_interval_s made"
+        " shorter, spreads them instead of one tick making them all",
+    )
     database: Path = Field(
         default=Path("/var/lib/cdnreq/cdnreq.db"), strict=False,
         description="the SQLite store; its directory must be writable",

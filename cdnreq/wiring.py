@@ -65,6 +65,7 @@ def policy_of(config: Config) -> Policy:
         min_update_hold=config.daemon.min_update_hold,
         retention_s=config.domain.retention_s,
         verify_interval_s=config.daemon.verify_interval_s,
+        read_backs_per_tick=config.daemon.read_backs_per_tick,
     )
 
 

@@ -17,7 +17,7 @@ from cdnreq.service.reload import reload_of
 from cdnreq.store import Store, take_backup
 from cdnreq.store.backupdir import backup_time, list_backups
 from cdnreq.wiring import master_client
-from tests.test_attack_master_lies import config, fleet, ok_tick
+from tests.test_attack_master_lies import PLAIN, config, fleet, ok_tick, settle_back
 from tests.test_tick_stages import opened, title  # noqa: F401
 
 
@@ -111,3 +111,24 @@ async def test_a_domain_secret_lost_under_the_daemon_fails_the_ticks_and_is_not_
     path.chmod(0o600)
     clock.now += 1
     await ok_tick(r, clock)
+
+
+async def test_a_daemon_back_from_a_long_stop_reads_its_fleet_back_a_slice_a_tick(
+    tmp_path: Path, opened: list[Store]
+) -> None:
+    """Every live entry due for its read-back at once (the daemon stopped
+    longer than verify_interval_s): read_backs_per_tick of them a tick, each
+    entry once, then the fleet sleeps again."""
+    r, master, clock = await fleet(tmp_path, opened, verify_interval_s=1000.0, read_backs_per_tick=3)
+    clock.now += 5000
+    read: list[str] = []
+    for _ in range(6):
+        master.polled.clear()
+        report = await ok_tick(r, clock)
+        entries = [g for g in master.polled if g.startswith("tech-")]  # and each one's customer, read after it
+        assert len(entries) <= 3, master.polled
+        read += [g for g in master.polled if g in ("A", *PLAIN)]
+    assert sorted(set(read)) == sorted({"A", *PLAIN}), read
+    assert len(read) == len(set(read)), read  # each customer read once
+    await settle_back(r, clock)
+    assert set(r.sleepers) == {"A", *PLAIN} and report.ok

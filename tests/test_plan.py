@@ -409,6 +409,32 @@ def test_live_entries_are_read_back_now_and_then():
     assert plan(listing(a), known(record), NOW, POLICY).actions == ()  # 0: never
 
 
+def test_read_backs_are_paced_after_a_long_stop():
+    """Back from a stop longer than verify_interval_s, every live entry was
+    due at once: one tick read back the whole fleet (100,000 entries, and as
+    many customers' instances) while every customer's change waited behind
+    it. At most read_backs_per_tick a tick; the others on the next ticks."""
+    from cdnreq.decide.actions import IdleCache
+    from cdnreq.decide.gate import Gate
+
+    fleet = [inst(g) for g in "ABCDE"]
+    gates = {i.guid: Gate.accept(i) for i in fleet}
+    records = {i.guid: replace(live(i), updated_at=NOW - 10_000) for i in fleet}
+    paced = replace(POLICY, verify_interval_s=500.0, read_backs_per_tick=2)
+    read: list[str] = []
+    idle = IdleCache()
+    for tick in range(3):
+        p = plan(listing(*fleet), known(*records.values()), NOW + tick, paced, gates=gates, idle=idle)
+        due = len(fleet) - len(read)
+        assert all(a.kind is Kind.POLL for a in p.actions) and len(p.actions) == min(2, due), kinds(p)
+        assert p.counts.get("read_back_later", 0) == max(0, due - 2), p.counts
+        for action in p.actions:  # read back: settled now
+            read.append(action.guid)
+            records[action.guid] = replace(records[action.guid], updated_at=NOW + tick)
+        idle = p.idle
+    assert sorted(read) == list("ABCDE")
+
+
 # -- the idle cache: an idle tick skips what cannot have changed ---------------------------
 
 

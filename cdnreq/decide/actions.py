@@ -57,6 +57,7 @@ class Policy:
     max_update_fraction: float = 0.2
     min_update_hold: int = 2
     verify_interval_s: float = 0.0  # read live entries back this often (0: never)
+    read_backs_per_tick: int = 2_000  # periodic read-backs planned per tick at most; the others wait
 
 
 class Ownership(Protocol):
@@ -103,6 +104,7 @@ class Draft:
         self.now = now
         self.listed_at = listed_at or {}  # newcomers' first-listed times (decide/admission.py)
         self.counts: Counter[str] = Counter()
+        self.read_backs = 0  # periodic read-backs planned (Policy.read_backs_per_tick)
         self.actions: list[Action] = []
         self.updates: list[Record] = []
 

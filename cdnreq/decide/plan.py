@@ -138,7 +138,7 @@ def _plan_listed(
                 continue
             gate = Gate.accept(instance)
         record = _current(instance, record, draft, policy)
-        action = _for_present(instance, gate, record, policy, ownership, now)
+        action = _paced(_for_present(instance, gate, record, policy, ownership, now), draft, policy)
         action, held_back = _after_previous(action, served, counts)
         draft.add(action, record)
         if action is None and not held_back and gate is gates.get(guid):
@@ -190,7 +190,7 @@ def plan_decided(
     for instance in instances:
         decided.add(instance.guid)
         record = _current(instance, known.get(instance.guid), draft, policy)
-        action = _for_present(instance, gates[instance.guid], record, policy, ownership, now)
+        action = _paced(_for_present(instance, gates[instance.guid], record, policy, ownership, now), draft, policy)
         draft.add(_after_previous(action, served, draft.counts)[0], record)
     for record in losers:  # retained, or listed and no longer naming the host (planned before)
         if record.guid in decided or destroy_sent(record):
@@ -268,6 +268,21 @@ def _for_present(
 
 
 _NEVER = float("inf")
+
+
+def _paced(action: Action | None, draft: Draft, policy: Policy) -> Action | None:
+    """At most Policy.read_backs_per_tick periodic read-backs a tick: after a
+    long stop (or a shorter verify_interval_s) every live entry is due, and
+    one tick reading 100,000 back would keep every customer's change waiting
+    behind it. The others stay due: a later tick takes them (the idle cache
+    keeps them with their due time, which it never skips)."""
+    if action is None or action.reason != READ_BACK:
+        return action
+    if draft.read_backs >= policy.read_backs_per_tick:
+        draft.counts["read_back_later"] += 1
+        return None
+    draft.read_backs += 1
+    return action
 
 
 def _read_back_at(record: Record, policy: Policy) -> float:
