@@ -74,15 +74,20 @@ class HostIndex:
 
     Hosts by guid and by domain are held as the one host's string when
     there is one (nearly always: a tuple of one costs 72 bytes more, twice
-    per host at 100,000 owners), as a tuple when more; read them through
-    owned() and in_domain(). Claims change rarely, so rebuilding a tuple on
-    change is cheap.
+    per host at 100,000 owners), as a tuple when a few, as an ordered dict
+    past _FEW (a registrable domain may hold 100,000s: one platform's
+    subdomains), so adding or dropping one never copies them all; read them
+    through owned() and in_domain(). `_below` files a host under each
+    parent of its base strictly between it and its registrable domain
+    (only hosts two labels or more below it), so rivals() finds what a
+    wildcard covers without walking the domain.
     """
 
     def __init__(self, claims: Iterable[HostClaim] = ()):
         self.by_host: dict[str, HostClaim] = {}
-        self._by_guid: dict[str, str | tuple[str, ...]] = {}
-        self._by_domain: dict[str, str | tuple[str, ...]] = {}
+        self._by_guid: dict[str, _Held] = {}
+        self._by_domain: dict[str, _Held] = {}
+        self._below: dict[str, _Held] = {}
         self.touched: set[str] = set()  # guids whose claims changed since last taken
         # hosts whose owner has not named them, or not been listed, for
         # confirm_ticks ticks: contestable (set by each tick, see decide/domainstep.contested)
@@ -97,6 +102,8 @@ class HostIndex:
         self.by_host[claim.host] = claim
         _add(self._by_guid, claim.guid, claim.host)
         _add(self._by_domain, claim.registrable, claim.host)
+        for parent in _between(claim.host, claim.registrable):
+            _add(self._below, parent, claim.host)
         self.touched.add(claim.guid)
 
     def drop(self, host: str) -> None:
@@ -104,6 +111,8 @@ class HostIndex:
         if old is not None:
             _remove(self._by_guid, old.guid, host)
             _remove(self._by_domain, old.registrable, host)
+            for parent in _between(host, old.registrable):
+                _remove(self._below, parent, host)
             self.touched.add(old.guid)
 
     def apply(self, claims: "Claims") -> None:
@@ -155,33 +164,76 @@ class HostIndex:
         ]
 
     def rivals(self, host: str, registrable: str, guid: str) -> list[HostClaim]:
-        """Claims of other instances on this host or overlapping it (wildcards)."""
+        """Claims of other instances on this host or overlapping it
+        (wildcards), within `registrable`: the claims on its base and its
+        wildcard, the wildcards above it, and for a wildcard, the hosts
+        below it. Costs what `host` names, not what the domain holds
+        (except a wildcard of the registrable domain itself, which covers it all)."""
+        base = host[2:] if host.startswith("*.") else host
+        found = dict.fromkeys([base, f"*.{base}", *(f"*.{p}" for p in _parents(base, registrable))])
+        if host.startswith("*."):
+            below = self.in_domain(registrable) if base == registrable else _hosts(self._below.get(base))
+            found.update(dict.fromkeys(below))
+        by_host = self.by_host
         return [
-            self.by_host[h]
-            for h in self.in_domain(registrable)
-            if self.by_host[h].guid != guid and overlaps(h, host)
+            c for h in found
+            if (c := by_host.get(h)) is not None and c.registrable == registrable and c.guid != guid and overlaps(h, host)
         ]
 
 
-def _hosts(held: str | tuple[str, ...] | None) -> tuple[str, ...]:
+_Held = str | tuple[str, ...] | dict[str, None]
+_FEW = 16  # past this, hosts are held in an ordered dict: adding or dropping one copies none
+
+
+def _hosts(held: _Held | None) -> tuple[str, ...]:
     if held is None:
         return ()
-    return (held,) if held.__class__ is str else held  # type: ignore[return-value]
+    if held.__class__ is str:
+        return (held,)  # type: ignore[return-value]
+    return held if held.__class__ is tuple else tuple(held)  # type: ignore[return-value]
 
 
-def _add(index: dict[str, str | tuple[str, ...]], key: str, host: str) -> None:
+def _add(index: dict[str, _Held], key: str, host: str) -> None:
     held = index.get(key)
-    index[key] = host if held is None else (*_hosts(held), host)
+    if held is None:
+        index[key] = host
+    elif held.__class__ is dict:
+        held[host] = None  # type: ignore[index]
+    else:
+        hosts = (*_hosts(held), host)
+        index[key] = hosts if len(hosts) <= _FEW else dict.fromkeys(hosts)
 
 
-def _remove(index: dict[str, str | tuple[str, ...]], key: str, host: str) -> None:
-    rest = tuple(h for h in _hosts(index.get(key)) if h != host)
+def _remove(index: dict[str, _Held], key: str, host: str) -> None:
+    held = index.get(key)
+    if held.__class__ is dict:
+        held.pop(host, None)  # type: ignore[union-attr]
+        if len(held) > 1:  # type: ignore[arg-type]
+            return
+    rest = tuple(h for h in _hosts(held) if h != host)
     if len(rest) > 1:
         index[key] = rest
     elif rest:
         index[key] = rest[0]
     else:
         index.pop(key, None)
+
+
+def _parents(base: str, registrable: str) -> Iterator[str]:
+    """The parents of `base` down to `registrable`, inclusive, nearest first
+    (none when it is not under it)."""
+    if not base.endswith(f".{registrable}"):
+        return
+    name = base
+    while name != registrable:
+        name = name.split(".", 1)[1]
+        yield name
+
+
+def _between(host: str, registrable: str) -> Iterator[str]:
+    """The parents of `host`'s base strictly above `registrable`: where _below files it."""
+    base = host[2:] if host.startswith("*.") else host
+    return (p for p in _parents(base, registrable) if p != registrable)
 
 
 @dataclass(frozen=True, slots=True)
