@@ -11,8 +11,6 @@ domain and dropping 2,000 took 10 s, quadratic)."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from cdnreq.decide import gate as gate_module
@@ -70,15 +68,19 @@ def test_a_rival_under_a_deep_wildcard_or_the_apex_is_still_found() -> None:
     assert index.rivals("*.d.a3-1.x.co", "x.co", "B") == []
 
 
-def test_loading_and_changing_a_domain_of_many_claims_is_linear() -> None:
+def test_a_domain_of_many_claims_is_changed_in_place_not_rebuilt() -> None:
+    """Each claim put into a domain rebuilt its tuple, and each one dropped
+    filtered it: quadratic (40,000 claims loaded and 2,000 dropped took 10 s).
+    The domain's hosts are now changed in place (timings live in bench/)."""
     many = claims(40_000, 1)
-    started = time.perf_counter()
     index = HostIndex(many)
+    held = index._by_domain["x.co"]
     for claim in many[:2_000]:
         index.drop(claim.host)
-    assert time.perf_counter() - started < 2.0  # about 10 s before (quadratic), 0.1 s after
-    assert len(index.in_domain("x.co")) == 38_000
-    assert index.in_domain("x.co")[0] == "a2000-0.x.co"
+    index.put(many[0])
+    assert index._by_domain["x.co"] is held  # the same container throughout: nothing copied
+    assert len(index.in_domain("x.co")) == 38_001
+    assert index.in_domain("x.co")[0] == "a2000-0.x.co" and index.in_domain("x.co")[-1] == many[0].host
 
 
 def test_rivals_are_those_a_walk_over_the_domain_finds_through_random_changes() -> None:
