@@ -164,17 +164,21 @@ class HostIndex:
         ]
 
     def rivals(self, host: str, registrable: str, guid: str) -> list[HostClaim]:
-        """Claims of other instances on this host or overlapping it
-        (wildcards), within `registrable`: the claims on its base and its
-        wildcard, the wildcards above it, and for a wildcard, the hosts
-        below it. Costs what `host` names, not what the domain holds
-        (except a wildcard of the registrable domain itself, which covers it all)."""
+        """Claims of other instances on this host or overlapping it (wildcards),
+        within `registrable`. A domain of a few hosts (nearly all) is walked;
+        in a large one, the claims on its base and its wildcard, the wildcards
+        above it and, for a wildcard, the hosts below it: what `host` names,
+        not what the domain holds (but `*.` the domain itself covers it all)."""
+        by_host, held = self.by_host, self._by_domain.get(registrable)
+        if held is None:
+            return []
+        if held.__class__ is not dict:
+            return [c for h in _hosts(held) if (c := by_host[h]).guid != guid and overlaps(h, host)]
         base = host[2:] if host.startswith("*.") else host
         found = dict.fromkeys([base, f"*.{base}", *(f"*.{p}" for p in _parents(base, registrable))])
         if host.startswith("*."):
             below = self.in_domain(registrable) if base == registrable else _hosts(self._below.get(base))
             found.update(dict.fromkeys(below))
-        by_host = self.by_host
         return [
             c for h in found
             if (c := by_host.get(h)) is not None and c.registrable == registrable and c.guid != guid and overlaps(h, host)
@@ -230,10 +234,13 @@ def _parents(base: str, registrable: str) -> Iterator[str]:
         yield name
 
 
-def _between(host: str, registrable: str) -> Iterator[str]:
-    """The parents of `host`'s base strictly above `registrable`: where _below files it."""
+def _between(host: str, registrable: str) -> Iterable[str]:
+    """The parents of `host`'s base strictly above `registrable`: where _below
+    files it (none for a host one label below it, nearly every host: no work)."""
     base = host[2:] if host.startswith("*.") else host
-    return (p for p in _parents(base, registrable) if p != registrable)
+    if base.count(".") <= registrable.count(".") + 1:
+        return ()
+    return [p for p in _parents(base, registrable) if p != registrable]
 
 
 @dataclass(frozen=True, slots=True)
