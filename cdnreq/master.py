@@ -203,7 +203,9 @@ class MasterClient:
         started = time.monotonic()
         status = "error"
         try:
-            async with session.post(name, data=data, headers=_JSON) as response:
+            # the API never redirects: following one would turn a write into a
+            # GET of another URL, or send its body (customers' keys) to another host
+            async with session.post(name, data=data, headers=_JSON, allow_redirects=False) as response:
                 status = str(response.status)
                 raw = await _read(response, name, limit or self.max_listing_bytes)
         except asyncio.TimeoutError:
@@ -218,6 +220,13 @@ class MasterClient:
             self.in_flight -= 1
             if self.observer is not None:
                 self.observer(name, status, time.monotonic() - started)
+        if response.status < 200 or 300 <= response.status < 400:
+            # never an answer: an answer only a 2xx gives; retried like a 5xx
+            where = response.headers.get("Location")
+            raise MasterUnavailable(
+                name, f"HTTP {response.status}" + (f": redirect to {where} not followed" if where else ": not an answer"),
+                status=response.status,
+            )
         if response.status >= 400:
             error = MasterUnavailable if response.status >= 500 or response.status in NOT_NOW else MasterRejected
             title, typed = _error_title(raw.decode("utf-8", "replace"))
