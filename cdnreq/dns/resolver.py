@@ -27,7 +27,9 @@ Notes on c-ares 1.34 (pycares 5, aiodns 4) that shape this module:
   order, owners without trailing dot). If the target's records are missing
   (the target lives elsewhere), the answer holds only the CNAME with NOERROR:
   this module then asks the target itself, up to 8 hops, and calls a loop or
-  a longer chain "unknown".
+  a longer chain "unknown". So is an answer whose records all belong to
+  other names than the one asked (c-ares checks only the question section):
+  it is no NODATA.
 * c-ares reports NXDOMAIN as ARES_ENOTFOUND and NOERROR-without-answer as
   ARES_ENODATA.
 * c-ares caches answers for their TTL (at most an hour, negative answers
@@ -118,7 +120,9 @@ def _ascii(name: str) -> str:
 def _walk(answer: list, start: str, qtype: int, aliases: list[str], first: str):
     """Follow CNAMEs inside one answer from start: (name reached, its records of qtype).
 
-    Appends the targets followed to aliases; _Failure on a loop or a chain too long.
+    Appends the targets followed to aliases; _Failure on a loop or a chain
+    too long, or on records (of qtype, or CNAMEs) none of which is start's:
+    an answer for another name says nothing about this one (not NODATA).
     """
     if all(rr.type == qtype and (rr.name == start or _key(rr.name) == start) for rr in answer):
         return start, answer  # the usual answer: no alias
@@ -130,6 +134,8 @@ def _walk(answer: list, start: str, qtype: int, aliases: list[str], first: str):
             records.setdefault(owner, []).append(rr)
         elif rr.type == _CNAME:
             cnames.setdefault(owner, _key(rr.data.cname))
+    if (records or cnames) and start not in records and start not in cnames:
+        raise _Failure(UNKNOWN, "answer for another name")
     current = start
     while not records.get(current) and current in cnames:
         target = cnames[current]
