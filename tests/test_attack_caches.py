@@ -132,3 +132,43 @@ async def test_a_daemon_back_from_a_long_stop_reads_its_fleet_back_a_slice_a_tic
     assert len(read) == len(set(read)), read  # each customer read once
     await settle_back(r, clock)
     assert set(r.sleepers) == {"A", *PLAIN} and report.ok
+
+
+async def test_a_re_check_the_dns_does_not_answer_is_asked_again_later_not_at_every_tick(
+    tmp_path: Path, opened: list[Store]
+) -> None:
+    """A DNS outage: a proven host's re-check times out. It was asked again
+    at every tick (20,000 proven hosts timing out held each tick minutes
+    long, new customers' proofs looked up behind them); now ten minutes
+    later, the proof untouched (no warning, no failing streak)."""
+    from cdnreq.decide import recheck
+    from cdnreq.model import Lookup
+
+    class Silent:
+        def __init__(self) -> None:
+            self.asked: list[str] = []
+
+        async def txt_many(self, names):
+            names = list(names)
+            self.asked += names
+            return {n: Lookup(n, "unknown", (), "timeout") for n in names}
+
+        async def addresses(self, name):
+            return Lookup(name, "unknown", (), "timeout")
+
+    r, master, clock = await fleet(tmp_path, opened, domain={"recheck_interval_s": 100})
+    silent = Silent()
+    r.domains.resolver = silent  # type: ignore[union-attr]
+    clock.now += 1000  # A's claim is due
+    report = await ok_tick(r, clock)
+    assert report.planned.get("recheck_unknown") == 1 and silent.asked, report.planned
+    silent.asked.clear()
+    for _ in range(3):
+        await ok_tick(r, clock)
+    assert silent.asked == [], silent.asked
+    clock.now += recheck.UNKNOWN_RECHECK_S
+    await ok_tick(r, clock)
+    assert silent.asked, "asked again ten minutes later"
+    claim = (await r.store.load_hosts())["www.a.example"]
+    assert claim.guid == "A" and claim.failing_since is None
+    assert master.published == [] and master.requests == []

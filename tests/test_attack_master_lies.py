@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from cdnreq.config import Config
+from cdnreq.decide.recheck import UNKNOWN_RECHECK_S
 from cdnreq.listing import parse_listing
 from cdnreq.model import Listing, Phase, SharedInstance
 from cdnreq.reconcile.tick import Reconciler
@@ -251,7 +252,8 @@ async def test_a_re_check_due_when_the_master_names_another_domain_is_no_evidenc
     failing, and with release_on_recheck_failure (grace 0) A's live entry
     was destroyed on that one listing. A host its owner does not name this
     tick is not re-checked against a token for another domain: the re-check
-    waits for a tick that names it, and passes."""
+    is asked again later (decide/recheck.UNKNOWN_RECHECK_S), at a tick that
+    names it, and passes."""
     domain = {"release_on_recheck_failure": True, "grace_s": 0}
     r, master, clock = await fleet(tmp_path, opened, domain)
     clock.now += r.config.domain.recheck_interval_s + 1
@@ -262,6 +264,7 @@ async def test_a_re_check_due_when_the_master_names_another_domain_is_no_evidenc
     master.entries = full()
     if restart:
         r = await restarted(r, master)
+    clock.now += UNKNOWN_RECHECK_S
     report = await ok_tick(r, clock)
     assert report.planned.get("recheck_ok") == 1, report.planned
     await settle_back(r, clock)

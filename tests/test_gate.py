@@ -629,11 +629,19 @@ def test_recheck_apply_ok_clears_failing() -> None:
     assert after == replace(claim, checked_at=NOW, failing_since=None)
 
 
-def test_recheck_apply_unknown_changes_nothing() -> None:
+def test_recheck_apply_unknown_neither_proves_nor_fails_and_asks_again_in_ten_minutes() -> None:
+    """No answer (a timeout, SERVFAIL) changes nothing of the proof. It was
+    asked again at every tick: in a DNS outage, thousands of proven hosts
+    timing out at every tick held each tick minutes long, new customers'
+    proofs looked up behind them."""
     for claim in (claim_of(), claim_of(failing_since=NOW - 30 * DAY)):
         for release in (False, True):
-            policy = DomainPolicy(grace_s=DAY, release_on_recheck_failure=release)
-            assert recheck.apply(claim, "unknown", NOW, policy) is claim
+            policy = DomainPolicy(recheck_interval_s=DAY, grace_s=DAY, release_on_recheck_failure=release)
+            after = recheck.apply(claim, "unknown", NOW, policy)
+            assert after is not None and after.failing_since == claim.failing_since
+            assert (after.host, after.guid, after.proven_at) == (claim.host, claim.guid, claim.proven_at)
+            assert not recheck.due([after], {GUID}, NOW + recheck.UNKNOWN_RECHECK_S - 1, policy)
+            assert recheck.due([after], {GUID}, NOW + recheck.UNKNOWN_RECHECK_S, policy)
 
 
 def test_recheck_apply_first_failure_warns_and_looks_again_within_an_hour() -> None:
