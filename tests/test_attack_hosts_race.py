@@ -25,6 +25,18 @@ def last_error(w: World, guid: str) -> str:
     return w.r.known[guid].last_error or ""  # type: ignore[index]
 
 
+async def owner_and_rival(w: World, owner_ticks: int = 1):
+    """A proven and live on D (asleep after 4 ticks), then B listed naming D, its proof in place."""
+    a, b = customer("A", D), customer("B", D)
+    await w.tick(a, *FILL)
+    w.prove("A", D)
+    for _ in range(owner_ticks):
+        await w.tick(a, *FILL)
+    await w.tick(a, b, *FILL)
+    w.prove("B", D)
+    return a, b
+
+
 async def test_swap_hosts_between_two_instances_in_one_tick(world) -> None:
     w = await world()
     x, y = f"x.{D}", f"y.{D}"
@@ -78,12 +90,7 @@ async def test_destroyed_owner_and_rival_in_one_tick(world) -> None:
 
 async def test_restart_in_the_middle_of_a_takeover(world) -> None:
     w = await world(retention_s=3600)
-    a, b = customer("A", D), customer("B", D)
-    await w.tick(a, *FILL)
-    w.prove("A", D)
-    await w.tick(a, *FILL)
-    await w.tick(a, b, *FILL)
-    w.prove("B", D)
+    a, b = await owner_and_rival(w)
     w.cdn.fail["destroy"] = 2
     for _ in range(16):
         await w.tick(b, *FILL)
@@ -110,13 +117,7 @@ async def test_owner_asleep_and_a_rival_with_proof(world) -> None:
 
 async def test_owner_asleep_moves_away_and_rival_takes(world) -> None:
     w = await world()
-    a, b = customer("A", D), customer("B", D)
-    await w.tick(a, *FILL)
-    w.prove("A", D)
-    for _ in range(4):
-        await w.tick(a, *FILL)
-    await w.tick(a, b, *FILL)
-    w.prove("B", D)
+    a, b = await owner_and_rival(w, owner_ticks=4)
     moved = customer("A", f"other.{D}")
     for _ in range(8):
         await w.tick(moved, b, *FILL)
@@ -138,12 +139,7 @@ async def test_case_dot_idn_spellings_race(world) -> None:
 
 async def test_released_after_failed_re_checks_goes_to_the_waiting_rival_after_the_old_entry(world) -> None:
     w = await world(release_on_recheck_failure=True, recheck_interval_s=600, grace_s=1200)
-    a, b = customer("A", D), customer("B", D)
-    await w.tick(a, *FILL)
-    w.prove("A", D)
-    await w.tick(a, *FILL)
-    await w.tick(a, b, *FILL)
-    w.prove("B", D)
+    a, b = await owner_and_rival(w)
     w.unprove("A", D)
     for _ in range(80):
         await w.tick(a, b, *FILL)
