@@ -7,7 +7,7 @@ entry) goes through :func:`normalise_host` first, and ownership questions
 belongs to, whether two claims collide) are answered only here.
 
 Pure: no I/O (the Public Suffix List is the copy bundled with the
-``publicsuffixlist`` package, loaded once at import), deterministic, and
+``publicsuffixlist`` package, loaded once at import: validate/psl.py), deterministic, and
 :func:`normalise_host` raises nothing but :class:`HostError`; the other
 functions never raise.
 """
@@ -20,7 +20,8 @@ import unicodedata
 from typing import Any
 
 import idna
-from publicsuffixlist import PublicSuffixList
+
+from cdnreq.validate.psl import PSL as _PSL
 
 __all__ = [
     "MAX_ALIASES",
@@ -51,9 +52,8 @@ _MAX_RAW_LENGTH = 1024
 
 _QUOTE_LIMIT = 60
 
-# The whole Public Suffix List, ICANN and private sections (github.io is a
-# suffix). Unknown TLDs follow the list's implicit "*" rule.
-_PSL = PublicSuffixList()
+# _PSL: the whole Public Suffix List, ICANN and private sections (github.io
+# is a suffix). Unknown TLDs follow the list's implicit "*" rule.
 
 _LDH_CHARS = re.compile(r"[a-z0-9-]*", re.ASCII)
 # Last labels that URL parsers (WHATWG) read as a number, making the whole

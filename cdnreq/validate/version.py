@@ -15,6 +15,8 @@ import platform
 import unicodedata
 from importlib.metadata import PackageNotFoundError, version
 
+from cdnreq.validate import psl
+
 VALIDATOR_VERSION = 4
 
 #: where the rules of a verdict and of a settled gate are written (package-relative)
@@ -27,13 +29,14 @@ SOURCES = (
 #: without a rule changing (then say so in the commit; see tests/test_decisions.py).
 #: Last: version 4, a challenge record longer than DNS allows is neither looked up nor shown (validate/hosts.challenge_names).
 #: Since: decide/gate.py HostIndex finds rivals and holds large domains without walking or copying them, a small domain walked (speed only, same rules).
-SOURCES_DIGEST = "59f15ef9ad99b4777f9ac619805daaa00796a1c4bb868836ee26c460772919a5"
+#: Since: validate/psl.py, the public suffix list read once and named by its content in the stamp (same rules).
+SOURCES_DIGEST = "321ced3c78b78e51562486533d2a15ae2fe6b0cc3004ca19160cbce5a56f0f79"
 
 
 #: the libraries a verdict is made by, besides cdnreq's own sources: the public
-#: suffix list (registrable domains), idna (host names, UTS 46), cryptography
-#: (certificates and keys), jsonschema (the instance schema); an upgrade of
-#: any of them, like one of Python (its Unicode tables: unicodedata,
+#: suffix list (registrable domains; its content too, see validate/psl.py),
+#: idna (host names, UTS 46), cryptography (certificates and keys),
+#: jsonschema (the instance schema); an upgrade of any of them, like one of Python (its Unicode tables: unicodedata,
 #: stringprep), decides every instance afresh
 LIBRARIES = ("publicsuffixlist", "idna", "cryptography", "jsonschema")
 
@@ -46,9 +49,14 @@ def _library_version(name: str) -> str:
 
 
 def _runtime() -> str:
-    """What the rules run on: the libraries' versions and Python's, with its Unicode database."""
+    """What the rules run on: the libraries' versions, the public suffix
+    list's content (updated in place, its package's version unchanged, by
+    publicsuffixlist.update) and Python's version, with its Unicode database."""
     libraries = ",".join(f"{name}={_library_version(name)}" for name in LIBRARIES)
-    return f"{libraries}|python={platform.python_version()}|unicode={unicodedata.unidata_version}"
+    return (
+        f"{libraries}|psl={psl.DIGEST}|python={platform.python_version()}"
+        f"|unicode={unicodedata.unidata_version}"
+    )
 
 
 _RUNTIME = _runtime()

@@ -1,0 +1,53 @@
+"""Kept decisions and sleepers that outlive the facts they were decided on
+(a helper's attack round): each test failed on the code before its fix."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import publicsuffixlist
+import pytest
+
+from cdnreq.reconcile.tick import Reconciler
+from cdnreq.store import Store
+from cdnreq.validate import hosts, psl, version
+from tests.test_sleepers import settled
+from tests.test_tick_stages import opened  # noqa: F401
+
+
+def updated_psl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *suffixes: str) -> None:
+    """`python -m publicsuffixlist.update` run while the daemon was stopped:
+    the list rewritten in place, the package's version unchanged; then the
+    restart (the list and the stamp's runtime read again, as at an import)."""
+    updated = tmp_path / "public_suffix_list.dat"
+    text = Path(publicsuffixlist.PSLFILE).read_text(encoding="utf-8")
+    updated.write_text(text + "\n// ===BEGIN PRIVATE DOMAINS===\n" + "\n".join(suffixes) + "\n", encoding="utf-8")
+    monkeypatch.setattr(publicsuffixlist, "PSLFILE", str(updated))
+    listed, digest = psl.load()  # as the restarted process imports it
+    assert digest == hashlib.sha256(updated.read_bytes()).hexdigest()
+    monkeypatch.setattr(hosts, "_PSL", listed)
+    monkeypatch.setattr(psl, "DIGEST", digest)
+    monkeypatch.setattr(version, "_RUNTIME", version._runtime())
+
+
+async def test_a_public_suffix_list_updated_in_place_decides_the_sleepers_again(
+    tmp_path: Path, opened: list[Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stamp named the publicsuffixlist package by its version only; the
+    package updates its list in place (publicsuffixlist.update), the version
+    unchanged. After such an update and a restart, A (proven, asleep) kept
+    its settled gate for www.a.example, now a public suffix that nobody may
+    own, and was served on it for good; a newcomer naming it was refused."""
+    r, master, dns, clock = await settled(tmp_path, opened)
+    assert {"A", "PLAIN"} <= set(r.sleepers)
+    updated_psl(tmp_path, monkeypatch, "www.a.example")
+    assert hosts.registrable_domain("www.a.example") is None
+    again = Reconciler(config=r.config, store=r.store, master=master, resolver=dns)
+    again.clock = clock
+    await again.load()
+    assert "A" not in again.sleepers and "PLAIN" not in again.sleepers  # decided again under the new list
+    report = await again.tick()
+    assert report.ok, report.error
+    record = await r.store.get("A")
+    assert record is not None and "is a public suffix" in (record.last_error or ""), record
