@@ -9,10 +9,12 @@ from pathlib import Path
 import publicsuffixlist
 import pytest
 
+from cdnreq.reconcile import domainstate
 from cdnreq.reconcile.tick import Reconciler
 from cdnreq.store import Store
 from cdnreq.validate import hosts, psl, version
-from tests.test_sleepers import settled
+from cdnreq.validate.verdict import validate
+from tests.test_sleepers import DAY, settled
 from tests.test_tick_stages import opened  # noqa: F401
 
 
@@ -51,3 +53,55 @@ async def test_a_public_suffix_list_updated_in_place_decides_the_sleepers_again(
     assert report.ok, report.error
     record = await r.store.get("A")
     assert record is not None and "is a public suffix" in (record.last_error or ""), record
+
+
+async def test_moving_the_re_checks_timing_decides_no_instance_again(
+    tmp_path: Path, opened: list[Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """recheck_interval_s, grace_s and cdn_targets only time and judge the
+    re-checks of proven hosts, which every tick runs with today's policy; no
+    verdict nor settled gate is decided by them. They were in the stamp all
+    the same: a SIGHUP that moved one woke every sleeper (their records read
+    back, 100,000 of them) and validated every instance again, and so did
+    the next restart."""
+    r, master, dns, clock = await settled(tmp_path, opened)
+    assert set(r.sleepers) == {"A", "PLAIN"}
+    validated: list[str] = []
+
+    def counting(parameters, *limits):
+        validated.append(parameters.get("url", "?"))
+        return validate(parameters, *limits)
+
+    monkeypatch.setattr(domainstate, "validate", counting)
+    domain = r.config.domain.model_copy(
+        update={"recheck_interval_s": 2 * DAY, "grace_s": 3 * DAY, "cdn_targets": ["cdn.example"]}
+    )
+    await r.reconfigure(r.config.model_copy(update={"domain": domain}))
+    report = await r.tick()
+    assert report.ok, report.error
+    clock.now += 1
+    assert set(r.sleepers) == {"A", "PLAIN"} and validated == []
+    again = Reconciler(config=r.config, store=r.store, master=master, resolver=dns)  # a restart under them
+    again.clock = clock
+    await again.load()
+    assert set(again.sleepers) == {"A", "PLAIN"}
+    report = await again.tick()
+    assert report.ok, report.error
+    assert validated == [], validated  # B's kept verdict (pending) reused
+    assert set(again.sleepers) == {"A", "PLAIN"}
+
+
+async def test_a_shorter_re_check_interval_still_wakes_the_owner_it_makes_due(
+    tmp_path: Path, opened: list[Store]
+) -> None:
+    """What the stamp no longer holds still applies at once: a re-check due
+    under the new interval wakes its owner, and the host is looked up."""
+    r, master, dns, clock = await settled(tmp_path, opened)
+    clock.now += 3600
+    domain = r.config.domain.model_copy(update={"recheck_interval_s": 600.0})
+    await r.reconfigure(r.config.model_copy(update={"domain": domain}))
+    dns.asked.clear()
+    report = await r.tick()
+    assert report.ok, report.error
+    assert report.planned.get("recheck_ok") == 1, report.planned
+    assert any(name.endswith("www.a.example") for name in dns.asked), dns.asked

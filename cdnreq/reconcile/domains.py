@@ -81,10 +81,11 @@ class DomainRun:
         self.listed_at, self.step = listed_at or {}, 1 if sighting else 0
         out = self.first = DomainStep()
         d.begin_tick()
-        if d.policy != d._settled_policy:  # e.g. a reload with another backend deny-list
-            d._settled.clear()
-            d._verdicts.clear()
-            d._settled_policy, d._stamp = d.policy, stamp(d.policy)
+        if d.policy != d._settled_policy:  # a reload; another deny-list decides all again, a re-check's timing not
+            d._settled_policy, before, d._stamp = d.policy, d._stamp, stamp(d.policy)
+            if d._stamp != before:
+                d._settled.clear()
+                d._verdicts.clear()
         for guid in d.index.take_touched():
             d._settled.pop(guid, None)
         self.present, self.settled = split_settled(instances, d._settled, out.gates, asleep)

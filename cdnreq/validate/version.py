@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import platform
 import unicodedata
+from dataclasses import fields, is_dataclass
 from importlib.metadata import PackageNotFoundError, version
 
 from cdnreq.validate import psl
@@ -62,9 +63,18 @@ def _runtime() -> str:
 _RUNTIME = _runtime()
 
 
+#: the domain policy's fields no verdict nor settled gate is decided by: they
+#: time and judge the re-checks of proven hosts (decide/recheck.py), which
+#: every tick runs with today's policy, waking the owners they make due. Moving
+#: one must not decide 100,000 instances again. A field added counts unless named here.
+RECHECK_ONLY = frozenset({"recheck_interval_s", "grace_s", "cdn_targets"})
+
+
 def stamp(policy: object) -> str:
     """The stamp of verdicts and gates decided under `policy` (the domain
-    policy, which holds the validation policy) by this version of the rules,
-    running on these libraries."""
+    policy, which holds the validation policy; its RECHECK_ONLY fields left
+    out) by this version of the rules, running on these libraries."""
+    if is_dataclass(policy):
+        policy = tuple((f.name, getattr(policy, f.name)) for f in fields(policy) if f.name not in RECHECK_ONLY)
     text = f"{VALIDATOR_VERSION}|{_RUNTIME}|{policy!r}"
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
