@@ -105,3 +105,28 @@ async def test_a_shorter_re_check_interval_still_wakes_the_owner_it_makes_due(
     assert report.ok, report.error
     assert report.planned.get("recheck_ok") == 1, report.planned
     assert any(name.endswith("www.a.example") for name in dns.asked), dns.asked
+
+
+async def test_moving_the_retention_keeps_the_sleepers_asleep(tmp_path: Path, opened: list[Store]) -> None:
+    """[domain].retention_s judges only instances gone from the master (or
+    listed destroyed), and a sleeper gone or listed otherwise wakes anyway;
+    it was in the rules the sleepers fell asleep under all the same: moving
+    it woke the whole fleet (every record and challenge read back), and so
+    did the next restart, like a guard bar before decide/dormancy.GUARD_BARS."""
+    r, master, dns, clock = await settled(tmp_path, opened)
+    assert set(r.sleepers) == {"A", "PLAIN"}
+    domain = r.config.domain.model_copy(update={"retention_s": 30 * DAY})
+    await r.reconfigure(r.config.model_copy(update={"domain": domain}))
+    report = await r.tick()
+    assert report.ok, report.error
+    clock.now += 1
+    assert set(r.sleepers) == {"A", "PLAIN"}
+    again = Reconciler(config=r.config, store=r.store, master=master, resolver=dns)  # a restart under it
+    again.clock = clock
+    await again.load()
+    assert set(again.sleepers) == {"A", "PLAIN"}
+    master.instances = tuple(i for i in master.instances if i.guid != "PLAIN")  # PLAIN leaves: retained
+    report = await again.tick()
+    assert report.ok, report.error
+    assert "PLAIN" not in again.sleepers
+    assert (await r.store.get("PLAIN")).phase.value == "retained"  # type: ignore[union-attr]

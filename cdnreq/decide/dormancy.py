@@ -198,13 +198,16 @@ def serving_count(sleepers: Iterable[bytes]) -> int:
 GUARD_BARS = frozenset({"allow_empty", "max_destroy_fraction", "max_update_fraction", "min_update_hold"})
 #: how much work a tick takes on: it paces, and judges nothing a sleeper fell asleep under
 PACING = frozenset({"read_backs_per_tick"})
+#: what is done with an instance gone from the master or listed destroyed: a
+#: sleeper never is one (gone, or listed otherwise, it wakes first)
+DEPARTURES = frozenset({"retention_s"})
 
 
 def rules_digest(policy: Policy, domain_stamp: str) -> str:
     """The rules a sleeper fell asleep under: the plan's policy but its guard
-    bars and its pacing, and the domain step's stamp (validate/version.stamp: its rules,
+    bars, its pacing and its departures, and the domain step's stamp (validate/version.stamp: its rules,
     libraries and policy). A field added to Policy counts unless named here."""
-    kept = tuple((f.name, getattr(policy, f.name)) for f in fields(policy) if f.name not in GUARD_BARS | PACING)
+    kept = tuple((f.name, getattr(policy, f.name)) for f in fields(policy) if f.name not in GUARD_BARS | PACING | DEPARTURES)
     return hashlib.blake2b(repr((kept, domain_stamp)).encode(), digest_size=16).hexdigest()
 
 
