@@ -14,6 +14,7 @@ from cdnreq.reconcile.tick import Reconciler
 from cdnreq.store import Store
 from cdnreq.validate import hosts, psl, version
 from cdnreq.validate.verdict import validate
+from tests.test_attack_master_lies import fleet, ok_tick
 from tests.test_sleepers import DAY, settled
 from tests.test_tick_stages import opened  # noqa: F401
 
@@ -130,3 +131,46 @@ async def test_moving_the_retention_keeps_the_sleepers_asleep(tmp_path: Path, op
     assert report.ok, report.error
     assert "PLAIN" not in again.sleepers
     assert (await r.store.get("PLAIN")).phase.value == "retained"  # type: ignore[union-attr]
+
+
+async def test_a_proof_re_checked_under_a_clock_that_jumped_ahead_is_re_checked_once_it_is_back(
+    tmp_path: Path, opened: list[Store]
+) -> None:
+    """The clock jumped 30 days ahead for a while (a host booted on a wrong
+    RTC before NTP) and A's proof was re-checked then: its checked_at lay 30
+    days ahead once the clock came back, so A was not re-checked for 30 days
+    and a day, and a customer who had given up the domain kept it served for
+    a month. A proof checked after now is no proof of a recent check: it is
+    due at once, then every interval as the daemon measures it."""
+    r, master, clock = await fleet(tmp_path, opened)
+    real = clock.now
+    clock.now = real + 30 * DAY
+    report = await ok_tick(r, clock)
+    assert report.planned.get("recheck_ok") == 1, report.planned
+    assert (await r.store.load_hosts())["www.a.example"].checked_at > real + 29 * DAY
+    clock.now = real + 60  # NTP brought the clock back
+    r.resolver.txt.clear()  # type: ignore[attr-defined]  # the customer deleted its TXT record meanwhile
+    report = await ok_tick(r, clock)
+    assert report.planned.get("recheck_failing") == 1, report.planned
+    claim = (await r.store.load_hosts())["www.a.example"]
+    assert claim.checked_at <= clock.now and claim.failing_since is not None
+    report = await ok_tick(r, clock)
+    assert not report.planned.get("recheck_failing"), report.planned  # then an hour later, as for any failing proof
+
+
+def test_a_failing_streak_dated_after_now_counts_from_now() -> None:
+    """The same clock: a proof that started failing while the clock was 30
+    days ahead had its grace period counted from that date, so
+    release_on_recheck_failure released the host a month late."""
+    from cdnreq.decide import recheck
+    from cdnreq.decide.gate import DomainPolicy
+    from cdnreq.model import HostClaim
+
+    now = 1_800_000_000.0
+    policy = DomainPolicy(release_on_recheck_failure=True, grace_s=DAY)
+    ahead = now + 30 * DAY
+    claim = HostClaim("www.a.example", "A", "a.example", now - 90 * DAY, ahead, ahead)
+    assert recheck.due([claim], {"A"}, now, policy) == [claim]
+    after = recheck.apply(claim, "failing", now, policy)
+    assert after is not None and after.failing_since == now
+    assert recheck.apply(after, "failing", now + DAY, policy) is None

@@ -26,8 +26,11 @@ UNKNOWN_RECHECK_S = 600.0
 
 
 def due(claims: Iterable[HostClaim], active: set[str], now: float, policy: DomainPolicy) -> list[HostClaim]:
-    interval = policy.recheck_interval_s  # the time first: nearly every claim was checked recently
-    return [c for c in claims if c.checked_at + interval <= now and c.guid in active]
+    """The claims of `active` instances to re-check now. One checked after
+    now (under a clock that jumped ahead, then came back) is no proof of a
+    recent check: due at once, not an interval after that date."""
+    since = now - policy.recheck_interval_s  # the time first: nearly every claim was checked recently
+    return [c for c in claims if not since < c.checked_at <= now and c.guid in active]
 
 
 def by_address(claim: HostClaim, policy: DomainPolicy) -> bool:
@@ -84,7 +87,7 @@ def apply(claim: HostClaim, result: str, now: float, policy: DomainPolicy) -> Ho
         return replace(claim, checked_at=now, failing_since=None)
     if result == "unknown":  # no answer at all: nothing proven nor failing, only asked again later
         return replace(claim, checked_at=_due_in(now, policy, UNKNOWN_RECHECK_S))
-    since = claim.failing_since if claim.failing_since is not None else now
+    since = claim.failing_since if claim.failing_since is not None and claim.failing_since <= now else now
     if policy.release_on_recheck_failure and now - since >= policy.grace_s:
         return None
     # look again in an hour rather than a day: a restored record clears soon
