@@ -14,7 +14,7 @@ from cdnreq.reconcile.tick import Reconciler
 from cdnreq.store import Store
 from cdnreq.validate import hosts, psl, version
 from cdnreq.validate.verdict import validate
-from tests.test_attack_master_lies import fleet, ok_tick
+from tests.test_attack_master_lies import PLAIN, fleet, ok_tick, restarted, settle_back
 from tests.test_sleepers import DAY, settled
 from tests.test_tick_stages import opened  # noqa: F401
 
@@ -174,3 +174,34 @@ def test_a_failing_streak_dated_after_now_counts_from_now() -> None:
     after = recheck.apply(claim, "failing", now, policy)
     assert after is not None and after.failing_since == now
     assert recheck.apply(after, "failing", now + DAY, policy) is None
+
+
+@pytest.mark.parametrize("restart", [False, True])
+async def test_entries_read_back_under_a_clock_that_jumped_ahead_are_read_back_once_it_is_back(
+    tmp_path: Path, opened: list[Store], restart: bool
+) -> None:
+    """The same clock, and the periodic read-backs: the fleet read back while
+    the clock was 30 days ahead fell asleep with its next read-back 30 days
+    and an interval ahead, in memory and in its marks. Back on time, no
+    entry was read back for a month (a technical entry the CDN lost stayed
+    lost, a publication the master dropped unrepeated). A read-back planned
+    further than an interval (and its spread) from now is due now."""
+    r, master, clock = await fleet(tmp_path, opened, verify_interval_s=1000.0)
+    real = clock.now
+    clock.now = real + 30 * DAY
+    for _ in range(6):
+        await ok_tick(r, clock)
+    assert {g for g in master.polled if g in ("A", *PLAIN)} == {"A", *PLAIN}
+    assert set(r.sleepers) == {"A", *PLAIN}
+    clock.now = real + 60  # NTP brought the clock back
+    if restart:
+        r = await restarted(r, master)
+    master.polled.clear()
+    for _ in range(3):
+        await ok_tick(r, clock)
+    assert {g for g in master.polled if g in ("A", *PLAIN)} == {"A", *PLAIN}, master.polled
+    await settle_back(r, clock)
+    assert set(r.sleepers) == {"A", *PLAIN}  # asleep again, due an interval from now
+    master.polled.clear()
+    await settle_back(r, clock)
+    assert master.polled == []

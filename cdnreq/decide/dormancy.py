@@ -107,11 +107,13 @@ def unpack(packed: bytes) -> Dormant:
                    None if served is None else tuple(served))  # fmt: skip
 
 
-def _asleep_as_listed(packed: bytes, instance: SharedInstance, now: float) -> bool:
-    """Listed as it fell asleep (parameters and state), its read-back not due: it sleeps on."""
+def _asleep_as_listed(packed: bytes, instance: SharedInstance, now: float, horizon: float = float("inf")) -> bool:
+    """Listed as it fell asleep (parameters and state), its read-back not
+    due, nor further than `horizon` from now (planned under a clock since
+    stepped back): it sleeps on."""
     return (
         packed[_STATE_AT] == _STATE_INDEX[instance.state] and packed.startswith(short(instance.param_hash))
-        and _HEAD.unpack_from(packed)[1] > now
+        and now < _HEAD.unpack_from(packed)[1] <= now + horizon
     )
 
 
@@ -128,6 +130,7 @@ def rest(
     same_rules: bool,
     keep_absent: bool = False,
     unusable: Iterable[str] = (),
+    horizon: float = float("inf"),
 ) -> Rest:
     """Who sleeps and who wakes this tick, from its listing (each guid once,
     as listing.read_listing gives them). `due_owners`: instances owning a
@@ -137,7 +140,7 @@ def rest(
     so the sleepers it does not name sleep on: woken, they would only be
     marked held, then back (100,000 records read and written twice for
     one empty listing); those it names unusable (`unusable`) wake, to be
-    told why. Sleepers in and out are packed (pack/unpack)."""
+    told why; `horizon`: plan.read_back_horizon. Sleepers are packed."""
     if not same_rules:
         return Rest({}, {}, set(sleepers))
     wake = {g for g in unusable if g in sleepers} if keep_absent else set(sleepers)
@@ -151,7 +154,7 @@ def rest(
         if packed is not None:
             if keep_absent:
                 named.add(guid)
-            if _asleep_as_listed(packed, instance, now):
+            if _asleep_as_listed(packed, instance, now, horizon):
                 wake.discard(guid)  # listed as it fell asleep: sleeps on
             elif keep_absent:
                 wake.add(guid)

@@ -142,7 +142,7 @@ def _plan_listed(
         action, held_back = _after_previous(action, served, counts)
         draft.add(action, record)
         if action is None and not held_back and gate is gates.get(guid):
-            still[guid] = (record, gate, _read_back_at(record, policy))
+            still[guid] = (record, gate, _read_back_at(record, policy, now))
     counts["unchanged"] += unchanged
     return Listed(seen, destroyed, len(asleep), _not_named(asleep, seen)), IdleCache(still, policy)
 
@@ -243,7 +243,7 @@ def _for_present(
     if not gate.ok:
         if needs_publish(record, gate):
             return Action(Kind.PUBLISH, record, gate.status.value, instance, gate)
-        if record.published is not None and now >= _read_back_at(record, policy):
+        if record.published is not None and now >= _read_back_at(record, policy, now):
             return Action(Kind.PUBLISH, record, READ_BACK, instance, gate)  # told, but does it still hold it?
         return None
     if record.param_hash is None:
@@ -261,7 +261,7 @@ def _for_present(
         return Action(Kind.POLL, record, "waiting for the technical CDN's answer", instance, gate)
     if needs_publish(record, gate):
         return Action(Kind.PUBLISH, record, "new information for the customer", instance, gate)
-    if now >= _read_back_at(record, policy):
+    if now >= _read_back_at(record, policy, now):
         # a technical CDN may lose an entry long after it went live
         return Action(Kind.POLL, record, READ_BACK, instance, gate)
     return None
@@ -285,12 +285,23 @@ def _paced(action: Action | None, draft: Draft, policy: Policy) -> Action | None
     return action
 
 
-def _read_back_at(record: Record, policy: Policy) -> float:
+def _read_back_at(record: Record, policy: Policy, now: float) -> float:
     if not policy.verify_interval_s:
         return _NEVER
     if record.failures and record.retry_at is not None:
         return record.retry_at  # a failed read-back is retried after its backoff, not a period later
+    if record.updated_at > now:  # written under a clock since stepped back: no proof of a recent read
+        return now
     return record.updated_at + policy.verify_interval_s * _spread(record.guid)
+
+
+def read_back_horizon(policy: Policy) -> float:
+    """How far from now a read-back is ever planned (retries aside): one
+    further (a sleeper's) was planned under a clock since stepped back."""
+    return policy.verify_interval_s * _MAX_SPREAD if policy.verify_interval_s else _NEVER
+
+
+_MAX_SPREAD = 1.1
 
 
 def _spread(guid: str) -> float:

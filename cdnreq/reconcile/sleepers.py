@@ -15,6 +15,7 @@ import structlog
 from cdnreq.decide import recheck
 from cdnreq.decide.actions import IdleCache, Policy
 from cdnreq.decide.dormancy import Dormant, from_store, phases, rest, rules_digest, serving_count, unpack
+from cdnreq.decide.plan import read_back_horizon
 from cdnreq.model import InstanceGuid, Listing, Record
 from cdnreq.reconcile.domains import Domains
 from cdnreq.store import TickStore
@@ -66,7 +67,8 @@ class Sleepers(Mapping[str, Dormant]):
         candidates = set(self._entries) | set(idle.entries)
         due = {c.guid for c in recheck.due(domains.index.by_host.values(), candidates, now, domains.policy)}
         decided = rest(listing.instances, self._entries, idle, known, domains.settled, due, now, rules=rules,
-                       same_rules=rules == self._rules, keep_absent=keep_absent, unusable=listing.unusable)  # fmt: skip
+                       same_rules=rules == self._rules, keep_absent=keep_absent, unusable=listing.unusable,
+                       horizon=read_back_horizon(policy))  # fmt: skip
         self._rules = rules
         if decided.wake:
             await self.wake(decided.wake, store=store, known=known, domains=domains)
