@@ -205,3 +205,22 @@ async def test_entries_read_back_under_a_clock_that_jumped_ahead_are_read_back_o
     master.polled.clear()
     await settle_back(r, clock)
     assert master.polled == []
+
+
+async def test_an_openssl_upgraded_beneath_cryptography_decides_the_sleepers_again(
+    tmp_path: Path, opened: list[Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A distribution's cryptography links the system's OpenSSL, which parses
+    the customers' certificates and keys: an upgrade of it left the
+    cryptography version, and so the stamp, as they were, and a restart
+    trusted every kept verdict made by the old OpenSSL."""
+    r, master, dns, clock = await settled(tmp_path, opened)
+    assert {"A", "PLAIN"} <= set(r.sleepers)
+    monkeypatch.setattr(version, "_openssl", lambda: "OpenSSL 9.9.9 (the system's, upgraded)")
+    monkeypatch.setattr(version, "_RUNTIME", version._runtime())  # as the restarted process computes it
+    again = Reconciler(config=r.config, store=r.store, master=master, resolver=dns)
+    again.clock = clock
+    await again.load()
+    assert "A" not in again.sleepers and "PLAIN" not in again.sleepers
+    report = await again.tick()
+    assert report.ok, report.error

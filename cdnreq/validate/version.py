@@ -31,6 +31,7 @@ SOURCES = (
 #: Last: version 4, a challenge record longer than DNS allows is neither looked up nor shown (validate/hosts.challenge_names).
 #: Since: decide/gate.py HostIndex finds rivals and holds large domains without walking or copying them, a small domain walked (speed only, same rules).
 #: Since: validate/psl.py, the public suffix list read once and named by its content in the stamp (same rules).
+#: Since: the stamp names the OpenSSL that cryptography runs on (same rules).
 SOURCES_DIGEST = "321ced3c78b78e51562486533d2a15ae2fe6b0cc3004ca19160cbce5a56f0f79"
 
 
@@ -49,13 +50,26 @@ def _library_version(name: str) -> str:
         return "unknown"
 
 
+def _openssl() -> str:
+    """The OpenSSL that parses certificates and keys: cryptography's own in
+    its wheels, the system's in a distribution's build (upgraded beneath an
+    unchanged cryptography version)."""
+    try:
+        from cryptography.hazmat.backends.openssl.backend import backend
+
+        return str(backend.openssl_version_text())
+    except (ImportError, AttributeError):  # pragma: no cover - another cryptography
+        return "unknown"
+
+
 def _runtime() -> str:
     """What the rules run on: the libraries' versions, the public suffix
     list's content (updated in place, its package's version unchanged, by
-    publicsuffixlist.update) and Python's version, with its Unicode database."""
+    publicsuffixlist.update), OpenSSL's version and Python's, with its
+    Unicode database."""
     libraries = ",".join(f"{name}={_library_version(name)}" for name in LIBRARIES)
     return (
-        f"{libraries}|psl={psl.DIGEST}|python={platform.python_version()}"
+        f"{libraries}|psl={psl.DIGEST}|openssl={_openssl()}|python={platform.python_version()}"
         f"|unicode={unicodedata.unidata_version}"
     )
 
