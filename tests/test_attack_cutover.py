@@ -109,3 +109,26 @@ async def test_a_consumer_at_the_backup_s_last_change_is_not_told_the_restore_s_
     assert after[0] == 200 and [c["id"] for c in after[1]["changes"]] == new, after
     assert dead == [], dead
     assert metrics.deliveries.labels(consumer="billing", result="dead")._value.get() == 0
+
+
+async def test_events_tail_after_a_cursor_the_feed_no_longer_serves_says_so(tmp_path: Path) -> None:
+    """`cdnreq events tail --after N` for a cursor GET /changes answers 410
+    (given by a store since restored over) printed the restored store's
+    changes after it as if they were all the cursor missed, with no word."""
+    from tests.test_backup import cdnreq, offline_config
+
+    config = offline_config(tmp_path)
+    db, backups = tmp_path / "state" / "cdnreq.db", tmp_path / "backups"
+    async with await Store.open(db) as store:
+        seen = await _changes(store, "A", "B")
+        backup = await store.backup(backups, now=NOW)
+        lost = await _changes(store, "C", "D", "E")
+    restore(backup, db, now=NOW + 60)
+    async with await Store.open(db) as store:
+        new = await _changes(store, "F")
+    stale = cdnreq("events", "tail", "--after", max(lost), "--config", config)
+    kept = cdnreq("events", "tail", "--after", max(seen), "--config", config)
+    assert stale.returncode == 0 and "warning" in stale.stderr and f"cursor {max(lost)}" in stale.stderr, stale
+    assert "restored" in stale.stderr and "resynchronise" in stale.stderr, stale.stderr
+    assert kept.returncode == 0 and kept.stderr == "", kept.stderr
+    assert [int(line.split()[0]) for line in kept.stdout.splitlines()] == new, kept.stdout

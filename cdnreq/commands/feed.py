@@ -3,7 +3,9 @@ and its deliveries from the command line.
 
 `events tail` reads the feed from the store (beside a running daemon, on
 any engine): the last changes, or those after `--after`, filtered like
-GET /changes, and with `--follow` the new ones as they are written. Every
+GET /changes, and with `--follow` the new ones as they are written; a
+cursor GET /changes would answer 410 (pruned past, restored over, ahead of
+the store) is warned about on stderr, naming why. Every
 line is escaped: a guid or an error may hold an escape sequence.
 `webhooks status` shows each consumer's outbox; `webhooks retry NAME` sends
 its dead-lettered deliveries again, through the daemon when one runs
@@ -27,6 +29,7 @@ from cdnreq.decide.deliveries import shown_target
 from cdnreq.decide.operator import REDELIVER
 from cdnreq.scrub import printable
 from cdnreq.service.exits import EXIT_CONFIG, EXIT_DATABASE, EXIT_OK
+from cdnreq.service.feed import gone
 from cdnreq.service.opening import open_store
 from cdnreq.store.engines import store_missing
 from cdnreq.store.outbox import summary
@@ -74,7 +77,10 @@ def _events(args: argparse.Namespace, config: Config) -> int:
 async def _tail(config: Config, args: argparse.Namespace) -> None:
     store = await open_store(config, lock=False)
     try:
-        _, last = await store.feed_bounds()
+        oldest, last = await store.feed_bounds()
+        if args.after is not None and (why := gone(args.after, oldest, last, await store.feed_gaps())):
+            # GET /changes answers 410 there: the lines that follow are not all the cursor missed
+            print(f"cdnreq: warning: {why}", file=sys.stderr, flush=True)
         after = args.after if args.after is not None else max(0, last - TAIL_DEFAULT)
         if args.after is None and (args.kind or args.instance):
             after = await _last_matching(store, args, last)
