@@ -132,3 +132,26 @@ async def test_events_tail_after_a_cursor_the_feed_no_longer_serves_says_so(tmp_
     assert "restored" in stale.stderr and "resynchronise" in stale.stderr, stale.stderr
     assert kept.returncode == 0 and kept.stderr == "", kept.stderr
     assert [int(line.split()[0]) for line in kept.stdout.splitlines()] == new, kept.stdout
+
+
+async def test_a_backup_from_before_the_feed_restored_never_gives_an_id_the_lost_store_gave(tmp_path: Path) -> None:
+    """A backup of schema 7 (before the change feed: no feed_state), restored
+    over a store whose feed consumers had followed: the migration that
+    creates the feed started it at 0, so the first changes took ids the
+    consumers had seen (webhooks dropped as repeats, cursors past them
+    skipping the new changes), with no gap recorded (no 410)."""
+    from tests.test_decisions import make_schema_5
+
+    db, old = tmp_path / "state" / "cdnreq.db", tmp_path / "old.db"
+    make_schema_5(old, version=7)
+    async with await Store.open(db) as store:
+        lost = await _changes(store, "A", "B", "C")
+    restore(old, db, now=NOW + 60)
+    async with await Store.open(db) as store:
+        new = await _changes(store, "F", "G")
+        feed = Feed(lambda: store, asyncio.Event())
+        stale = await feed.page(FeedQuery(after=max(lost)))
+        fresh = await feed.page(FeedQuery(after=0))
+    assert min(new) > max(lost), (new, lost)
+    assert stale[0] == 410 and "restored" in stale[1]["reason"], stale
+    assert fresh[0] == 200 and [c["id"] for c in fresh[1]["changes"]] == new, fresh  # one that had read nothing

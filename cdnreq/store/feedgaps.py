@@ -66,12 +66,15 @@ def _last_given(database: Path) -> int | None:
 def skip_lost_ids(copy: str | Path, replaced: Path, now: float) -> None:
     """Move the feed of `copy` (the backup about to be put in place) past
     every id `replaced` may have given, and record the gap. A backup from
-    before the feed (no feed_state) has nothing to move."""
+    before the feed (no feed_state) gets the gap only: the migration that
+    creates its feed starts it at the gap's end (migrations._feed_past_restored_gaps)."""
     floor = max(_last_given(replaced) or 0, int(now * 1000))
     with closing(sqlite3.connect(copy, isolation_level=None)) as conn:
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'feed_state'").fetchone() is None:
-            return
-        row = conn.execute("SELECT last_id FROM feed_state WHERE id = 1").fetchone()
+        has = {name for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('feed_state', 'guards')")}
+        if "guards" not in has:
+            return  # older still than guard state: nothing to record the gap in
+        row = conn.execute("SELECT last_id FROM feed_state WHERE id = 1").fetchone() if "feed_state" in has else None
         last = row[0] if row is not None else 0
         if floor <= last:
             return
@@ -82,8 +85,9 @@ def skip_lost_ids(copy: str | Path, replaced: Path, now: float) -> None:
             kept = ()
         value = json.dumps({"gaps": [list(g) for g in (*kept, (last, floor))]})
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute("INSERT INTO feed_state (id, last_id) VALUES (1, ?) "
-                     "ON CONFLICT (id) DO UPDATE SET last_id = excluded.last_id", (floor,))
+        if "feed_state" in has:
+            conn.execute("INSERT INTO feed_state (id, last_id) VALUES (1, ?) "
+                         "ON CONFLICT (id) DO UPDATE SET last_id = excluded.last_id", (floor,))
         conn.execute("INSERT INTO guards (name, value, updated_at) VALUES (?, ?, ?) ON CONFLICT (name) "
                      "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
                      (FEED_RESTORED, value, now))

@@ -7,6 +7,7 @@ leaves the database at a version it really has.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from typing import Callable, Final
@@ -14,6 +15,7 @@ from typing import Callable, Final
 import aiosqlite
 
 from cdnreq.store.errors import SchemaTooNew, StoreError
+from cdnreq.store.feedgaps import FEED_RESTORED, gaps_of
 
 MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
     (
@@ -270,6 +272,24 @@ def _too_new(path: str, version: int) -> SchemaTooNew:
     )
 
 
+FEED_MIGRATION: Final[int] = 8  # creates the change feed
+
+
+async def _feed_past_restored_gaps(conn: aiosqlite.Connection) -> None:
+    """A backup from before the feed, restored over a store whose feed was
+    followed, holds only the gap of ids that store may have given
+    (store/feedgaps.skip_lost_ids): its new feed starts past it, or its
+    first changes would take ids the consumers already saw."""
+    async with conn.execute("SELECT value FROM guards WHERE name = ?", (FEED_RESTORED,)) as cursor:
+        row = await cursor.fetchone()
+    try:
+        gaps = gaps_of(json.loads(row[0])) if row is not None else ()
+    except ValueError:
+        gaps = ()
+    if gaps:
+        await conn.execute("UPDATE feed_state SET last_id = ? WHERE id = 1", (max(t for _, t in gaps),))
+
+
 async def migrate(conn: aiosqlite.Connection, path: str) -> int:
     """Bring the database to LATEST; return the version it ends at.
 
@@ -295,6 +315,8 @@ async def migrate(conn: aiosqlite.Connection, path: str) -> int:
                 if current < number:
                     for statement in split_statements(sql):
                         await conn.execute(statement)
+                    if number == FEED_MIGRATION:
+                        await _feed_past_restored_gaps(conn)
                     await conn.execute(
                         "INSERT INTO schema_version (id, version) VALUES (1, ?) "
                         "ON CONFLICT (id) DO UPDATE SET version = excluded.version",
