@@ -22,6 +22,7 @@ from typing import Any
 import idna
 
 from cdnreq.validate.psl import PSL as _PSL
+from cdnreq.validate.quoting import quote_value
 
 __all__ = [
     "MAX_ALIASES",
@@ -50,8 +51,6 @@ MAX_ALIASES = 100
 #: customer types by the hundred.
 _MAX_RAW_LENGTH = 1024
 
-_QUOTE_LIMIT = 60
-
 # _PSL: the whole Public Suffix List, ICANN and private sections (github.io
 # is a suffix). Unknown TLDs follow the list's implicit "*" rule.
 
@@ -61,31 +60,6 @@ _LDH_CHARS = re.compile(r"[a-z0-9-]*", re.ASCII)
 _NUMERIC_LABEL = re.compile(r"(?:[0-9]+|0x[0-9a-f]*)", re.ASCII)
 # Signs of an unexpanded template ({{ x }}, ${X}, {% x %}, <%= x %>).
 _TEMPLATE_MARKERS = ("{", "}", "$", "<%", "%>")
-
-
-def quote_value(value: Any) -> str:
-    """A customer value made safe and short for a message: JSON-quoted, at most 60 chars.
-
-    Control characters and non-ASCII are escaped, so nothing the customer
-    typed can forge a log line or a terminal sequence. A long value is cut
-    between escapes (never inside one) and marked with ``...`` inside the quotes.
-    """
-    if not isinstance(value, str):
-        value = repr(value)
-    # Only the head can be shown; don't JSON-encode a megabyte to find that out.
-    head = value[: _QUOTE_LIMIT + 1]
-    quoted = json.dumps(head)
-    if len(quoted) <= _QUOTE_LIMIT and len(head) == len(value):
-        return quoted
-    budget = _QUOTE_LIMIT - len('"..."')
-    parts: list[str] = []
-    for char in head:
-        piece = json.dumps(char)[1:-1]
-        if len(piece) > budget:
-            break
-        parts.append(piece)
-        budget -= len(piece)
-    return '"' + "".join(parts) + '..."'
 
 
 class HostError(ValueError):
@@ -99,7 +73,7 @@ class HostError(ValueError):
     def __init__(self, value: Any, reason: str) -> None:
         self.value = value
         self.reason = reason
-        super().__init__(f"{quote_value(value)} is not a valid host name: {reason}")
+        super().__init__(f"{quote_value(value, bare=True)} is not a valid host name: {reason}")
 
 
 def _invisible(char: str) -> bool:

@@ -135,9 +135,9 @@ def parse_netloc_list(raw: str, parameter: str) -> tuple[list[str], list[str]]:
         try:
             netloc = _netloc(entry)
         except _EntryError as exc:
-            error = f"{name}: {quote_value(entry)} {exc}"
+            error = f"{name}: {quote_value(entry, bare=True)} {exc}"
         except Exception:  # pragma: no cover - defensive: this function never raises
-            error = f"{name}: {quote_value(entry)} could not be read as host:port"
+            error = f"{name}: {quote_value(entry, bare=True)} could not be read as host:port"
         else:
             if netloc not in seen:
                 seen.add(netloc)

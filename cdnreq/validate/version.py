@@ -18,7 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from cdnreq.validate import psl
 
-VALIDATOR_VERSION = 4
+VALIDATOR_VERSION = 5
 
 #: where the rules of a verdict and of a settled gate are written (package-relative)
 SOURCES = (
@@ -28,11 +28,8 @@ SOURCES = (
 )
 #: their digest when VALIDATOR_VERSION was last set, or when they last changed
 #: without a rule changing (then say so in the commit; see tests/test_decisions.py).
-#: Last: version 4, a challenge record longer than DNS allows is neither looked up nor shown (validate/hosts.challenge_names).
-#: Since: decide/gate.py HostIndex finds rivals and holds large domains without walking or copying them, a small domain walked (speed only, same rules).
-#: Since: validate/psl.py, the public suffix list read once and named by its content in the stamp (same rules).
-#: Since: the stamp names the OpenSSL that cryptography runs on (same rules).
-SOURCES_DIGEST = "321ced3c78b78e51562486533d2a15ae2fe6b0cc3004ca19160cbce5a56f0f79"
+#: Last: version 5, a URL's user and password are masked (***) wherever a message quotes a value (validate/quoting.py).
+SOURCES_DIGEST = "f1c6b725ff446440935744fef6b213afb3a558b308ec7a06f5e0fc5b5a930e26"
 
 
 #: the libraries a verdict is made by, besides cdnreq's own sources: the public

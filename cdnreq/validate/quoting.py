@@ -1,0 +1,77 @@
+"""How a customer's value is quoted in a message, and a URL's user and
+password never quoted back.
+
+A message that shows a value (`url: ... (got "...")`) is published to the
+customer, kept in its record, shown by `/instances`, `status`, `explain` and
+`plan`, and put in the change feed. A backend URL may carry credentials
+(`https://user:password@backend`): they are replaced by `***` wherever a
+value is quoted, so the message still says which URL is meant without
+repeating the password to everyone who reads it.
+
+Like a browser or curl, the user information runs to the last `@` before the
+path (a password may hold an `@`), and a backslash may stand for a slash.
+Pure.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+__all__ = ["MASK", "quote_value", "without_userinfo", "without_userinfo_in_text"]
+
+MASK = "***"
+_QUOTE_LIMIT = 60
+# what of a value is looked at for credentials: every URL field is shorter
+_MASKED = 4096
+
+# a scheme starts at a word's start only: a megabyte of letters is read once
+_SCHEME = r"((?:(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*+:)?[/\\]{2})"
+# one value: the user information runs to the last "@" before the path, spaces included
+_IN_VALUE = re.compile(_SCHEME + r"[^/?#]*@")
+# a host name or a host:port entry may start with it, without a scheme, when it
+# holds a password ("user:password@"; a cipher string's "@SECLEVEL=1" is no user
+# information: only these values are read so)
+_IN_BARE = re.compile(r"(^(?=[^/?#@]*:[^/?#]*@)|" + _SCHEME[1:] + r"[^/?#]*@")
+# free text (a message, a master's words): a URL ends at a space or a quote
+_IN_TEXT = re.compile(_SCHEME + r"""[^/?#\s"']*@""")
+
+
+def without_userinfo(value: str, bare: bool = False) -> str:
+    """One value (a URL as the customer gave it) with its credentials masked;
+    `bare`: also at its start, without a scheme (a host name, a host:port entry)."""
+    return (_IN_BARE if bare else _IN_VALUE).sub(rf"\1{MASK}@", value) if "@" in value else value
+
+
+def without_userinfo_in_text(text: str) -> str:
+    """Free text with the credentials of every URL in it masked."""
+    return _IN_TEXT.sub(rf"\1{MASK}@", text) if "@" in text else text
+
+
+def quote_value(value: Any, bare: bool = False) -> str:
+    """A customer value made safe and short for a message: JSON-quoted, at most 60 chars,
+    a URL's credentials masked (`bare`: see without_userinfo).
+
+    Control characters and non-ASCII are escaped, so nothing the customer
+    typed can forge a log line or a terminal sequence. A long value is cut
+    between escapes (never inside one) and marked with ``...`` inside the quotes.
+    """
+    if not isinstance(value, str):
+        value = repr(value)
+    cut = len(value) > _MASKED
+    value = without_userinfo(value[:_MASKED], bare)
+    # Only the head can be shown; don't JSON-encode a megabyte to find that out.
+    head = value[: _QUOTE_LIMIT + 1]
+    quoted = json.dumps(head)
+    if len(quoted) <= _QUOTE_LIMIT and len(head) == len(value) and not cut:
+        return quoted
+    budget = _QUOTE_LIMIT - len('"..."')
+    parts: list[str] = []
+    for char in head:
+        piece = json.dumps(char)[1:-1]
+        if len(piece) > budget:
+            break
+        parts.append(piece)
+        budget -= len(piece)
+    return '"' + "".join(parts) + '..."'

@@ -1,0 +1,97 @@
+"""Attacks on what leaves cdnreq: what a customer is told, what the operator's
+pages and commands show, the change feed, the master's words relayed.
+
+* A backend URL's credentials (`https://user:password@backend`) were quoted
+  back in full in the customer's error (`url: ... (got "https://alice:
+  S3cret@back end.example/")`), and from there in its record, `/instances`,
+  `status`, `explain`, `plan` and the logs of every operator who looks; the
+  change feed masked them, but only up to the first `@` (a password holding
+  one showed its tail), and a master's error title quoting a forwarded URL
+  kept them. Now `***` wherever a value is quoted.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cdnreq.validate.verdict import validate
+from devtools.devdns import DevDns
+from devtools.devmaster import CdnSite, write_config
+from test_domains_slapproxy import CDNREQ, PREFIX, errors_shown, once, shown
+
+PASSWORD = "S3cretPW"
+
+
+@pytest.mark.parametrize("parameters, expected", [
+    ({"url": f"https://alice:{PASSWORD}@back end.example/"},
+     'url: must be a URL starting with http://, https:// or ftp://, without spaces'
+     ' (got "https://***@back end.example/")'),
+    ({"url": f"https://alice:{PASSWORD}@127.0.0.1/"},
+     'url: backend address 127.0.0.1 ("https://***@127.0.0.1/") is not allowed ([validation].backend_deny)'),
+    ({"url": f"https://alice:p@{PASSWORD}@127.0.0.1/"},  # the user information runs to the last "@"
+     'url: backend address 127.0.0.1 ("https://***@127.0.0.1/") is not allowed ([validation].backend_deny)'),
+    ({"url": f"https://alice:{PASSWORD}@evil.example\\@127.0.0.1/"},
+     'url: backend address 127.0.0.1 ("https://***@127.0.0.1/") is not allowed ([validation].backend_deny)'),
+    ({"url": f"https://alice:{PASSWORD}@b.example/\r\n"},
+     'url: must be a URL starting with http://, https:// or ftp://, without spaces (got "https://***@b.example/\\r\\n")'),
+    ({"url": "https://b.example", "https-url": f"ftp://alice:{PASSWORD}@b.example/"},
+     'https-url: must be a URL starting with https://, without spaces (got "ftp://***@b.example/")'),
+    ({"url": "https://b.example", "health-check-failover-url": f"http://alice:{PASSWORD}@10.0.0.1/"},
+     'health-check-failover-url: backend address 10.0.0.1 ("http://***@10.0.0.1/") is not allowed'
+     ' ([validation].backend_deny)'),
+    ({"url": "https://b.example", "url-netloc-list": f"alice:{PASSWORD}@10.0.0.1:80"},
+     'url-netloc-list: "***@10.0.0.1:80" contains user information; write only host:port'),
+    ({"url": "https://b.example", "custom_domain": f"alice:{PASSWORD}@x.example"},
+     'custom_domain: "***@x.example" is not a valid host name: it contains user information; give only the host name'),
+], ids=["pattern", "denied", "at-in-password", "backslash", "control", "https-url", "failover", "netloc", "domain"])
+def test_a_backends_password_is_never_quoted_back(parameters: dict, expected: str) -> None:
+    errors = validate(parameters).errors
+    assert expected in errors, errors
+    assert PASSWORD not in json.dumps(errors)
+
+
+def test_an_at_sign_that_is_no_user_information_is_shown_as_given() -> None:
+    (error,) = validate({"url": "https://b.example", "ciphers": "DEFAULT@SECLEVEL=1"}).errors
+    assert error.startswith('ciphers: "DEFAULT@SECLEVEL=1" is not supported'), error
+    (error,) = validate({"url": "https://b.example/a@b c"}).errors
+    assert error.endswith('(got "https://b.example/a@b c")'), error
+    (error,) = validate({"url": "https://b.example", "custom_domain": "user@x.example"}).errors
+    assert error.startswith('custom_domain: "user@x.example" is not a valid host name'), error
+
+
+def test_a_long_value_is_still_cut_and_marked_once_masked() -> None:
+    (error,) = validate({"url": f"https://alice:{PASSWORD}@" + "b" * 1000 + ".example/ x"}).errors
+    assert error.endswith('(got "https://***@bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb...")'), error
+
+
+@pytest.mark.slapproxy
+def test_a_refused_backend_url_s_password_reaches_no_page_command_or_feed(
+    cdn_site: CdnSite, devdns: DevDns, tmp_path: Path
+) -> None:
+    database = tmp_path / "state" / "cdnreq.db"
+    config = write_config(tmp_path / "c.toml", cdn_site, database=database, request_prefix=PREFIX,
+                          dns={"nameservers": [devdns.address], "timeout_s": 0.5, "tries": 1})
+    guid = cdn_site.add_customer("creds", {"url": f"https://alice:{PASSWORD}@back end.example/"})
+    logs = once(config).stderr
+    assert errors_shown(cdn_site, guid) == [
+        'url: must be a URL starting with http://, https:// or ftp://, without spaces'
+        ' (got "https://***@back end.example/")'
+    ]
+    commands = {
+        " ".join(args): subprocess.run([CDNREQ, *args, "--config", str(config)], capture_output=True, text=True)
+        for args in (["explain", guid, "--json"], ["plan", "--json"], ["status", "--all", "--json"],
+                     ["events", "tail", "--json"])
+    }
+    assert {name: done.returncode for name, done in commands.items()}["plan --json"] == 0, commands
+    with sqlite3.connect(database) as db:
+        stored = json.dumps([list(db.execute(f"SELECT * FROM {table}")) for table in ("instances", "events", "changes")],
+                            ensure_ascii=False, default=repr)
+    outputs = {"published": json.dumps(shown(cdn_site, guid)), "logs": logs, "store": stored,
+               **{name: done.stdout + done.stderr for name, done in commands.items()}}
+    assert "back end.example" in outputs["explain " + guid + " --json"]  # the message is there, masked
+    assert [name for name, text in outputs.items() if PASSWORD in text] == []
