@@ -95,3 +95,25 @@ def test_a_refused_backend_url_s_password_reaches_no_page_command_or_feed(
                **{name: done.stdout + done.stderr for name, done in commands.items()}}
     assert "back end.example" in outputs["explain " + guid + " --json"]  # the message is there, masked
     assert [name for name, text in outputs.items() if PASSWORD in text] == []
+
+
+def test_the_feed_masks_a_password_that_holds_an_at_sign() -> None:
+    """The change feed masked up to the first "@": `https://***@S3cretPW@127.0.0.1/`
+    went to every consumer (a message stored by an earlier version, a master's
+    words relayed, the technical CDN's answer)."""
+    from dataclasses import replace
+
+    from cdnreq.decide import changes
+    from cdnreq.decide.actions import Kind
+    from cdnreq.model import Phase, Record
+
+    before = Record(guid="SOFTINST-1", title="cdnreq-SOFTINST-1", phase=Phase.NEW, created_at=1.0, updated_at=1.0)
+    told = f'url: backend address 127.0.0.1 ("https://alice:p@{PASSWORD}@127.0.0.1/") is not allowed'
+    (refused,) = changes.of_outcome(before, replace(before, published=b"a", published_error="x"), Kind.PUBLISH,
+                                    True, {"request-error-list": json.dumps([told])}, 1.0)
+    assert refused.payload == {"errors": ['url: backend address 127.0.0.1 ("https://***@127.0.0.1/") is not allowed']}
+    requested = replace(before, phase=Phase.REQUESTED, tech_guid="T-1")
+    answer = {"url": f"https://cdn:p@{PASSWORD}@cdn.example/"}
+    (live,) = changes.of_outcome(requested, replace(requested, live_at=2.0, connection=answer), Kind.POLL, True,
+                                 None, 2.0)
+    assert live.payload["url"] == "https://***@cdn.example/"

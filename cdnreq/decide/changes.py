@@ -17,7 +17,6 @@ told about its own instance (its connection answer's keys and the
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -27,6 +26,7 @@ from cdnreq.decide.gate import HostIndex
 from cdnreq.decide.reservation import Reservation
 from cdnreq.decide.transitions import destroy_pending
 from cdnreq.model import ChangeKind, Event, HostClaim, Phase, Record
+from cdnreq.validate.quoting import without_userinfo_in_text
 
 
 KINDS: frozenset[str] = frozenset(k.value for k in ChangeKind)
@@ -34,7 +34,6 @@ KINDS: frozenset[str] = frozenset(k.value for k in ChangeKind)
 # what a connection answer may show in a payload besides its keys: where the site is
 _SHOWN_VALUES = ("domain", "url", "site_url", "secure_access")
 _MAX_TEXT = 2000
-_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@\s\"']*@")  # scheme://user:password@
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,4 +191,4 @@ def _json_list(value: Any) -> list[str]:
 
 def _text(value: Any) -> str:
     """Bounded, and without the credentials a URL may carry (an error quoting a backend's URL)."""
-    return _USERINFO.sub(r"\1***@", str(value)[:_MAX_TEXT])
+    return without_userinfo_in_text(str(value)[:_MAX_TEXT])
