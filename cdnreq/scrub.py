@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from cdnreq.validate.quoting import without_userinfo_in_text
+
 LIMIT = 200
 _READ = 1 << 16  # only the start of a long text can be shown; bounds the work on megabytes
 REMOVED = "[removed]"
@@ -56,11 +58,12 @@ def _escaped(char: str) -> str:
 
 
 def redact(text: str) -> str:
-    """`text` without PEM blocks, secret-looking values or key-like runs."""
+    """`text` without PEM blocks, secret-looking values, key-like runs or the
+    credentials of a URL (`https://user:password@backend`)."""
     text = _PEM.sub(REMOVED, text)
     text = _HEX_BYTES.sub(REMOVED, text)
     text = _SECRET_VALUE.sub(lambda m: m.group(1) + REMOVED, text)
-    return _KEY_LIKE.sub(_key_like, text)
+    return without_userinfo_in_text(_KEY_LIKE.sub(_key_like, text))
 
 
 def _key_like(match: re.Match[str]) -> str:

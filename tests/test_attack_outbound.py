@@ -117,3 +117,38 @@ def test_the_feed_masks_a_password_that_holds_an_at_sign() -> None:
     (live,) = changes.of_outcome(requested, replace(requested, live_at=2.0, connection=answer), Kind.POLL, True,
                                  None, 2.0)
     assert live.payload["url"] == "https://***@cdn.example/"
+
+
+def test_a_master_s_words_quoting_a_backend_url_lose_its_credentials(tmp_path: Path) -> None:
+    """A master that refuses a request quoting the URL it was sent: the title was
+    scrubbed of keys and `password=` values, not of a URL's user information, and
+    went as is to the customer, the store, the logs and `explain`."""
+    from bench.double import Double, Refused
+    from test_faults_hostile import ThreadedDouble, write_config as double_config
+
+    from cdnreq.scrub import scrub
+
+    assert scrub(f"cannot reach https://alice:p@{PASSWORD}@back.example/x: refused") == (
+        "cannot reach https://***@back.example/x: refused")
+
+    class Echoing(Double):
+        def _request(self, body):
+            raise Refused(400, f"backend {body['parameters']['url']} does not answer")
+
+    double = Echoing(publish_after="immediately")
+    guid = "SOFTINST-echoed"
+    double.add(guid, {"url": f"https://alice:{PASSWORD}@b.example/"})
+    with ThreadedDouble(double) as served:
+        config = double_config(tmp_path / "c.toml", {"url": served.url}, tmp_path / "state" / "cdnreq.db")
+        done = subprocess.run([CDNREQ, "once", "--config", str(config)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        error = served.run(lambda: double.errors.get(guid))
+        explain = subprocess.run([CDNREQ, "explain", guid, "--json", "--config", str(config)],
+                                 capture_output=True, text=True)
+    assert error == "The CDN could not accept this entry: backend https://***@b.example/ does not answer", error
+    with sqlite3.connect(tmp_path / "state" / "cdnreq.db") as db:
+        stored = json.dumps([list(db.execute(f"SELECT * FROM {table}")) for table in ("instances", "events", "changes")],
+                            ensure_ascii=False, default=repr)
+    outputs = {"logs": done.stderr, "explain": explain.stdout + explain.stderr, "store": stored}
+    assert "https://***@b.example/" in outputs["explain"]
+    assert [name for name, text in outputs.items() if PASSWORD in text] == []
