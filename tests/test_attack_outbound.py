@@ -152,3 +152,40 @@ def test_a_master_s_words_quoting_a_backend_url_lose_its_credentials(tmp_path: P
     outputs = {"logs": done.stderr, "explain": explain.stdout + explain.stderr, "store": stored}
     assert "https://***@b.example/" in outputs["explain"]
     assert [name for name, text in outputs.items() if PASSWORD in text] == []
+
+
+@pytest.mark.slapproxy
+def test_a_private_key_sent_in_slapos_serialised_parameters_is_not_written_to_the_store(
+    cdn_site: CdnSite, devdns: DevDns, tmp_path: Path
+) -> None:
+    """The store keeps each instance's verdict for a restart, with the parameters
+    to forward when they differ from those listed: unwrapped from "_" (how SlapOS
+    clients serialise them) or without a dropped unknown key. That copy held the
+    customer's ssl_key, accepted or refused, in the database and every backup."""
+    import trustme
+    from test_domains_slapproxy import REQUEST, entries, title_of
+    from test_faults_hostile import pem_body_lines
+
+    from devtools.devmaster import MasterLog
+
+    site = trustme.CA().issue_cert("shop-tls.example")
+    key, crt = site.private_key_pem.bytes().decode(), site.cert_chain_pems[0].bytes().decode()
+    database = tmp_path / "state" / "cdnreq.db"
+    config = write_config(tmp_path / "c.toml", cdn_site, database=database, request_prefix=PREFIX,
+                          dns={"nameservers": [devdns.address], "timeout_s": 0.5, "tries": 1})
+    wrapped = cdn_site.add_customer("wrapped", {"_": json.dumps({"url": "https://b.example", "ssl_key": key,
+                                                                   "ssl_crt": crt})})
+    unknown = cdn_site.add_customer("unknown", {"url": "https://b.example", "ssl_key": key, "ssl_crt": crt,
+                                                "colour": "blue"})
+    refused = cdn_site.add_customer("refused", {"_": json.dumps({"url": "https://b.example", "ssl_key": key})})
+    once(config)
+    held = entries(cdn_site)
+    assert held[title_of(wrapped)]["parameters"]["ssl_key"] == key  # the technical CDN gets it: it serves the site
+    assert held[title_of(unknown)]["parameters"]["ssl_key"] == key
+    assert errors_shown(cdn_site, refused) == ["ssl_crt: is needed when ssl_key is given"]
+    log = MasterLog(cdn_site)
+    log.mark()
+    once(config)  # a restart decides them afresh: nothing requested again
+    assert REQUEST not in log.calls()
+    files = b"".join(p.read_bytes() for p in database.parent.iterdir() if p.name.startswith("cdnreq.db"))
+    assert [line for line in pem_body_lines(key) if line.encode() in files] == []

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
 import orjson
@@ -44,13 +44,32 @@ def claims_of(index: HostIndex, guid: str) -> str:
     return claims_digest([by_host[h] for h in index.owned(guid)])
 
 
+# A customer's private key is never written to the store (nor to its backups):
+# a decision whose forwarded parameters hold one (unwrapped from SlapOS's "_", or
+# kept apart from a dropped unknown key) is kept empty, so a restart decides that
+# instance afresh; a refusal's forward is never used, and is not kept.
+_PRIVATE_KEY = b'"ssl_key":'
+
+
+def _holds_private_key(forward: Mapping[str, Any] | None) -> bool:
+    if forward is None:
+        return False
+    return _PRIVATE_KEY in (forward if isinstance(forward, FrozenJson) else FrozenJson(forward)).raw
+
+
 def settled_decision(guid: str, param_hash: str, stamp: str, gate: Gate, index: HostIndex) -> Decision:
+    if _holds_private_key(gate.forward):
+        return Decision(guid, param_hash, stamp)  # nothing to trust: decided afresh after a restart
     return Decision(guid, param_hash, stamp, gate=gate_text(gate), claims=claims_of(index, guid))
 
 
 def verdict_decision(
     guid: str, param_hash: str, stamp: str, verdict: Verdict, next_lookup: float | None = None
 ) -> Decision:
+    if not verdict.ok and verdict.forward is not None:
+        verdict = replace(verdict, forward=None, forward_hash=None)
+    if _holds_private_key(verdict.forward):
+        return Decision(guid, param_hash, stamp)
     return Decision(guid, param_hash, stamp, verdict=verdict_text(verdict), next_lookup=next_lookup)
 
 
