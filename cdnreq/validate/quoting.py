@@ -26,27 +26,53 @@ _QUOTE_LIMIT = 60
 # what of a value is looked at for credentials: every URL field is shorter
 _MASKED = 4096
 
-# a scheme starts at a word's start only: a megabyte of letters is read once
-_SCHEME = r"((?:(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*+:)?[/\\]{2})"
+# where user information may start: after two slashes (a backslash may stand
+# for one); a scheme before them changes nothing of what is masked
+_START = re.compile(r"[/\\]{2}")
 # one value: the user information runs to the last "@" before the path, spaces included
-_IN_VALUE = re.compile(_SCHEME + r"[^/?#]*@")
+_RUN_IN_VALUE = re.compile(r"[^/?#]*+")
+# free text (a message, a master's words): a URL ends at a space or a quote
+_RUN_IN_TEXT = re.compile(r"""[^/?#\s"']*+""")
 # a host name or a host:port entry may start with it, without a scheme, when it
 # holds a password ("user:password@"; a cipher string's "@SECLEVEL=1" is no user
 # information: only these values are read so)
-_IN_BARE = re.compile(r"(^(?=[^/?#@]*:[^/?#]*@)|" + _SCHEME[1:] + r"[^/?#]*@")
-# free text (a message, a master's words): a URL ends at a space or a quote
-_IN_TEXT = re.compile(_SCHEME + r"""[^/?#\s"']*@""")
+_BARE_HEAD = re.compile(r"[^/?#@]*:[^/?#]*@")
+
+
+def _masked(text: str, run: re.Pattern[str]) -> str:
+    """`text` with the user information after every start masked, in one pass:
+    a start whose run (to the path, or the URL's end) holds no "@" is
+    skipped with its run, as every start inside it would fail the same way
+    (only one at its very end may reach past it). A regular expression
+    tried each of them, reading the run again: a hostile value of 64 KB of
+    backslashes held the daemon for seconds."""
+    parts: list[str] = []
+    done = at = 0
+    while (start := _START.search(text, at)) is not None:
+        begins = start.end()
+        ends = run.match(text, begins).end()
+        last = text.rfind("@", begins, ends)
+        if last < 0:
+            at = max(ends - 1, start.start() + 1)
+            continue
+        parts += (text[done:begins], MASK)
+        done = at = last
+    return "".join(parts) + text[done:] if parts else text
 
 
 def without_userinfo(value: str, bare: bool = False) -> str:
     """One value (a URL as the customer gave it) with its credentials masked;
     `bare`: also at its start, without a scheme (a host name, a host:port entry)."""
-    return (_IN_BARE if bare else _IN_VALUE).sub(rf"\1{MASK}@", value) if "@" in value else value
+    if "@" not in value:
+        return value
+    if bare and (head := _BARE_HEAD.match(value)) is not None:
+        return MASK + _masked(value[head.end() - 1:], _RUN_IN_VALUE)
+    return _masked(value, _RUN_IN_VALUE)
 
 
 def without_userinfo_in_text(text: str) -> str:
     """Free text with the credentials of every URL in it masked."""
-    return _IN_TEXT.sub(rf"\1{MASK}@", text) if "@" in text else text
+    return _masked(text, _RUN_IN_TEXT) if "@" in text else text
 
 
 def quote_value(value: Any, bare: bool = False) -> str:
