@@ -214,8 +214,11 @@ def test_underscore_content_is_checked_exactly_as_if_sent_directly(inner: dict) 
          "_: SlapOS's serialised parameters must come alone, not next to url"),
         ({"_": "[1, 2]"}, "_: must hold a JSON object (got an array)"),
         ({"_": '"text"'}, '_: must hold a JSON object (got "text")'),
-        ({"_": "{bad"}, '_: is not valid JSON (got "{bad")'),
-        ({"_": '{"url": NaN}'}, '_: is not valid JSON (got "{\\"url\\": NaN}")'),
+        ({"_": "{bad"}, "_: is not valid JSON (Expecting property name enclosed in double quotes at line 1 column 2)"),
+        ({"_": '{"url": NaN}'}, "_: is not valid JSON (NaN is not JSON)"),
+        ({"_": '{"ssl_key": "-----BEGIN PRIVATE KEY-----MIIE", "url": "https://b.example"'},
+         "_: is not valid JSON (Expecting ',' delimiter at line 1 column 74)"),  # where, never what
+        ({"_": "[" * 30_000 + "]" * 30_000}, "_: is not valid JSON (nested too deeply)"),
         ({"_": {"url": "https://b.example"}}, "_: must be a string holding a JSON object (got an object)"),
         ({"_": None}, "_: must be a string holding a JSON object (got null)"),
         ({"_": json.dumps({"_": "{}"})}, '_: must not hold another "_"'),

@@ -93,8 +93,12 @@ def _unwrap(parameters: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str |
         return None, f"{WRAPPER}: must be a string holding a JSON object (got {show_value(raw)})"
     try:  # not orjson: it turns integers past 64 bits into floats
         inner = json.loads(raw, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError):
-        return None, f"{WRAPPER}: is not valid JSON (got {show_value(raw)})"
+    except json.JSONDecodeError as exc:  # where, not what: the text may hold a secret (an ssl_key, a password)
+        return None, f"{WRAPPER}: is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+    except ValueError as exc:
+        return None, f"{WRAPPER}: is not valid JSON ({exc})"
+    except RecursionError:
+        return None, f"{WRAPPER}: is not valid JSON (nested too deeply)"
     if not isinstance(inner, dict):
         return None, f"{WRAPPER}: must hold a JSON object (got {show_value(inner)})"
     if WRAPPER in inner:

@@ -28,9 +28,10 @@ SOURCES = (
 )
 #: their digest when VALIDATOR_VERSION was last set, or when they last changed
 #: without a rule changing (then say so in the commit; see tests/test_decisions.py).
-#: Last: version 5, a URL's user and password are masked (***) wherever a message quotes a value (validate/quoting.py).
+#: Last: version 5, a URL's user and password are masked (***) wherever a message quotes a value (validate/quoting.py);
+#: "_" that is not valid JSON is refused naming where, not quoting what.
 #: Since: validate/quoting.py masks in one pass, not by regular expressions (same rule; a hostile value read once).
-SOURCES_DIGEST = "89f6befabe2af0e01ca49df92bf2748a21f2ca3a4889b1745cc63796dc7ae882"
+SOURCES_DIGEST = "218ef6c06f591259eddbcc5a3b59418ff990f2a974c80fd615e0984a088d6cbd"
 
 
 #: the libraries a verdict is made by, besides cdnreq's own sources: the public
