@@ -242,3 +242,17 @@ def test_a_value_of_backslashes_is_read_once_not_once_per_backslash(
                    scrub.redact(hostile)):
         assert "***" not in masked
     assert read and sum(read) <= 3 * len(hostile), (sum(read), len(hostile))
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("https://b.example/?token=TOK123&x=1 y", "https://b.example/?token=***&x=1 y"),
+    ("https://b.example/a b?x=1&api_key=K3Y;password=p@ss#f", "https://b.example/a b?x=1&api_key=***;password=***#f"),
+    ("https://b.example/?X-Amz-Signature=abc&page=2 ", "https://b.example/?X-Amz-Signature=***&page=2 "),
+])
+def test_a_secret_in_a_backend_url_s_query_is_never_quoted_back(url: str, shown: str) -> None:
+    """A backend URL may carry its credential in the query rather than
+    before the host (`?token=`, `&api_key=`, a signed URL's signature): the
+    refusal quoted it whole, into the record, /instances, status, explain,
+    plan and the feed."""
+    errors = validate({"url": url}).errors
+    assert len(errors) == 1 and f"(got {json.dumps(shown)})" in errors[0], errors

@@ -10,6 +10,8 @@ repeating the password to everyone who reads it.
 
 Like a browser or curl, the user information runs to the last `@` before the
 path (a password may hold an `@`), and a backslash may stand for a slash.
+A query parameter named like a secret (`?token=...`, `&api_key=...`) is
+masked the same way.
 Pure.
 """
 
@@ -60,9 +62,18 @@ def _masked(text: str, run: re.Pattern[str]) -> str:
     return "".join(parts) + text[done:] if parts else text
 
 
+# a query parameter named like a secret: its value, up to the next parameter
+_QUERY_SECRET = re.compile(
+    r"([?&;][A-Za-z0-9_.-]{0,40}?(?:key|password|passwd|passphrase|secret|token|credential|signature|sig|auth)s?=)"
+    r"[^&;#]*", re.IGNORECASE)
+
+
 def without_userinfo(value: str, bare: bool = False) -> str:
-    """One value (a URL as the customer gave it) with its credentials masked;
-    `bare`: also at its start, without a scheme (a host name, a host:port entry)."""
+    """One value (a URL as the customer gave it) with its credentials masked,
+    those of its query too; `bare`: also at its start, without a scheme (a
+    host name, a host:port entry)."""
+    if "=" in value:
+        value = _QUERY_SECRET.sub(rf"\1{MASK}", value)
     if "@" not in value:
         return value
     if bare and (head := _BARE_HEAD.match(value)) is not None:
