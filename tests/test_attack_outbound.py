@@ -256,3 +256,22 @@ def test_a_secret_in_a_backend_url_s_query_is_never_quoted_back(url: str, shown:
     plan and the feed."""
     errors = validate({"url": url}).errors
     assert len(errors) == 1 and f"(got {json.dumps(shown)})" in errors[0], errors
+
+
+@pytest.mark.parametrize("parameters, secret", [
+    ({"api_token": "TOKEN4\x01abc"}, "TOKEN4"),
+    ({"backend": {"db_password": "PW-\x01-1234"}}, "PW-"),
+    ({"backend": {"auth": ["S3CR3T\x02"]}}, "S3CR3T"),
+])
+def test_an_unknown_parameter_named_like_a_secret_is_not_quoted_back(parameters: dict, secret: str) -> None:
+    """With [validation].forward_unknown, an unknown parameter's value holding
+    a control character was refused with the value quoted, whatever its name:
+    an `api_token` went to the record, /instances, status, explain, plan and
+    the feed. Its length is said instead; other values are still quoted."""
+    from cdnreq.validate.policy import ValidationPolicy
+
+    policy = ValidationPolicy(forward_unknown=True)
+    errors = validate({"url": "https://b.example", **parameters}, policy).errors
+    assert len(errors) == 1 and "looks like a secret" in errors[0] and secret not in errors[0], errors
+    plain = validate({"url": "https://b.example", "note": "hello\x01"}, policy).errors
+    assert plain == ('note: must not contain the control character U+0001 (got "hello\\u0001")',), plain

@@ -21,7 +21,7 @@ import json
 import re
 from typing import Any
 
-__all__ = ["MASK", "quote_value", "without_userinfo", "without_userinfo_in_text"]
+__all__ = ["MASK", "quote_named", "quote_value", "without_userinfo", "without_userinfo_in_text"]
 
 MASK = "***"
 _QUOTE_LIMIT = 60
@@ -112,3 +112,15 @@ def quote_value(value: Any, bare: bool = False) -> str:
         parts.append(piece)
         budget -= len(piece)
     return '"' + "".join(parts) + '..."'
+
+
+# a parameter named like a secret (an unknown one forwarded: `api_token`, `db_password`)
+_SECRET_NAME = re.compile(r"key|passw|passphrase|secret|token|credential|auth|cookie|signature", re.IGNORECASE)
+
+
+def quote_named(name: str, value: Any) -> str:
+    """quote_value(), but for a parameter named like a secret: its length
+    only (the message says where the fault is; the customer knows the value)."""
+    if isinstance(value, str) and _SECRET_NAME.search(name):
+        return f"a value of {len(value)} characters, not shown: {name} looks like a secret"
+    return quote_value(value)

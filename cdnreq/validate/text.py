@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from cdnreq.validate.hosts import quote_value
+from cdnreq.validate.quoting import quote_named
 from cdnreq.validate.schema import KNOWN_PARAMETERS, show_name
 
 __all__ = ["PEM_FIELDS", "text_problems"]
@@ -68,25 +69,27 @@ def _string_problem(name: str, value: str, pem: bool) -> str | None:
     where = f"{_what(found.group())} at character {found.start() + 1}"
     if pem:
         return f"{name}: must not contain {where}; PEM text may hold line breaks and tabs only"
-    return f"{name}: must not contain {where} (got {quote_value(value)})"
+    shown = quote_value(value) if name in KNOWN_PARAMETERS else quote_named(name, value)  # a known one: none is a secret
+    return f"{name}: must not contain {where} (got {shown})"
 
 
 def _nested_problem(name: str, value: Any) -> str | None:
     """The first forbidden character in an unknown parameter's value, or None.
-    Its numbers and types were checked by cdnreq/validate/encoding.py."""
-    stack = [value]
+    Its numbers and types were checked by cdnreq/validate/encoding.py. A
+    value is quoted unless the key nearest above it is named like a secret."""
+    stack: list[tuple[str, Any]] = [(name, value)]
     while stack:
-        item = stack.pop()
+        near, item = stack.pop()
         if isinstance(item, str):
             found = _FORBIDDEN.search(item)
             if found is not None:
-                return f"{name}: must not contain {_what(found.group())} (got {quote_value(item)})"
+                return f"{name}: must not contain {_what(found.group())} (got {quote_named(near, item)})"
         elif isinstance(item, Mapping):
             for key, inner in item.items():
-                stack.append(key)
-                stack.append(inner)
+                stack.append((near, key))
+                stack.append((key if isinstance(key, str) else near, inner))
         elif isinstance(item, list):
-            stack.extend(item)
+            stack.extend((near, one) for one in item)
     return None
 
 

@@ -29,9 +29,10 @@ SOURCES = (
 #: their digest when VALIDATOR_VERSION was last set, or when they last changed
 #: without a rule changing (then say so in the commit; see tests/test_decisions.py).
 #: Last: version 5, a URL's user and password are masked (***) wherever a message quotes a value (validate/quoting.py);
-#: "_" that is not valid JSON is refused naming where, not quoting what; a query parameter named like a secret is masked.
+#: "_" that is not valid JSON is refused naming where, not quoting what; a query parameter named like a secret is masked,
+#: an unknown parameter named like one is not quoted (validate/quoting.quote_named).
 #: Since: validate/quoting.py masks in one pass, not by regular expressions (same rule; a hostile value read once).
-SOURCES_DIGEST = "f6848b57bb33fdf8c38937c1f1fc39a995d331f58aaec4ca4d4b5f9fcba58607"
+SOURCES_DIGEST = "dc3026e7d6a8269e35a892ae113f5386057c29ea325e0460d57a3bcc991def95"
 
 
 #: the libraries a verdict is made by, besides cdnreq's own sources: the public
