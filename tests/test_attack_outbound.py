@@ -166,7 +166,8 @@ def test_a_private_key_sent_in_slapos_serialised_parameters_is_not_written_to_th
     """The store keeps each instance's verdict for a restart, with the parameters
     to forward when they differ from those listed: unwrapped from "_" (how SlapOS
     clients serialise them) or without a dropped unknown key. That copy held the
-    customer's ssl_key, accepted or refused, in the database and every backup."""
+    customer's ssl_key, accepted or refused, in the database and every backup,
+    and its backend's password (`https://user:password@backend`)."""
     import trustme
     from test_domains_slapproxy import REQUEST, entries, title_of
     from test_faults_hostile import pem_body_lines
@@ -183,10 +184,12 @@ def test_a_private_key_sent_in_slapos_serialised_parameters_is_not_written_to_th
     unknown = cdn_site.add_customer("unknown", {"url": "https://b.example", "ssl_key": key, "ssl_crt": crt,
                                                 "colour": "blue"})
     refused = cdn_site.add_customer("refused", {"_": json.dumps({"url": "https://b.example", "ssl_key": key})})
+    basic = cdn_site.add_customer("basic", {"_": json.dumps({"url": f"https://alice:{PASSWORD}@b.example/"})})
     once(config)
     held = entries(cdn_site)
     assert held[title_of(wrapped)]["parameters"]["ssl_key"] == key  # the technical CDN gets it: it serves the site
     assert held[title_of(unknown)]["parameters"]["ssl_key"] == key
+    assert held[title_of(basic)]["parameters"]["url"] == f"https://alice:{PASSWORD}@b.example/"
     assert errors_shown(cdn_site, refused) == ["ssl_crt: is needed when ssl_key is given"]
     log = MasterLog(cdn_site)
     log.mark()
@@ -194,6 +197,7 @@ def test_a_private_key_sent_in_slapos_serialised_parameters_is_not_written_to_th
     assert REQUEST not in log.calls()
     files = b"".join(p.read_bytes() for p in database.parent.iterdir() if p.name.startswith("cdnreq.db"))
     assert [line for line in pem_body_lines(key) if line.encode() in files] == []
+    assert PASSWORD.encode() not in files  # nor a backend's password (a URL's user information)
 
 
 # -- masking reads a hostile value once -------------------------------------------------

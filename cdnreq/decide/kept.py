@@ -26,6 +26,7 @@ import orjson
 
 from cdnreq.decide.gate import Gate, HostIndex, Status
 from cdnreq.model import Decision, FrozenJson, HostClaim
+from cdnreq.validate.quoting import without_userinfo_in_text
 from cdnreq.validate.verdict import Verdict
 
 
@@ -44,21 +45,28 @@ def claims_of(index: HostIndex, guid: str) -> str:
     return claims_digest([by_host[h] for h in index.owned(guid)])
 
 
-# A customer's private key is never written to the store (nor to its backups):
-# a decision whose forwarded parameters hold one (unwrapped from SlapOS's "_", or
-# kept apart from a dropped unknown key) is kept empty, so a restart decides that
-# instance afresh; a refusal's forward is never used, and is not kept.
+# A customer's private key, or its backend's password, is never written to the
+# store (nor to its backups): a decision whose forwarded parameters hold one
+# (unwrapped from SlapOS's "_", or kept apart from a dropped unknown key) is kept
+# empty, so a restart decides that instance afresh; a refusal's forward is never
+# used, and is not kept.
 _PRIVATE_KEY = b'"ssl_key":'
 
 
-def _holds_private_key(forward: Mapping[str, Any] | None) -> bool:
+def _holds_secret(forward: Mapping[str, Any] | None) -> bool:
     if forward is None:
         return False
-    return _PRIVATE_KEY in (forward if isinstance(forward, FrozenJson) else FrozenJson(forward)).raw
+    raw = (forward if isinstance(forward, FrozenJson) else FrozenJson(forward)).raw
+    if _PRIVATE_KEY in raw:
+        return True
+    if b"@" not in raw:
+        return False
+    text = raw.decode("utf-8", "surrogatepass")
+    return without_userinfo_in_text(text) != text  # a URL's user information
 
 
 def settled_decision(guid: str, param_hash: str, stamp: str, gate: Gate, index: HostIndex) -> Decision:
-    if _holds_private_key(gate.forward):
+    if _holds_secret(gate.forward):
         return Decision(guid, param_hash, stamp)  # nothing to trust: decided afresh after a restart
     return Decision(guid, param_hash, stamp, gate=gate_text(gate), claims=claims_of(index, guid))
 
@@ -68,7 +76,7 @@ def verdict_decision(
 ) -> Decision:
     if not verdict.ok and verdict.forward is not None:
         verdict = replace(verdict, forward=None, forward_hash=None)
-    if _holds_private_key(verdict.forward):
+    if _holds_secret(verdict.forward):
         return Decision(guid, param_hash, stamp)
     return Decision(guid, param_hash, stamp, verdict=verdict_text(verdict), next_lookup=next_lookup)
 
