@@ -279,3 +279,19 @@ def test_an_unknown_parameter_named_like_a_secret_is_not_quoted_back(parameters:
     assert len(errors) == 1 and "looks like a secret" in errors[0] and secret not in errors[0], errors
     plain = validate({"url": "https://b.example", "note": "hello\x01"}, policy).errors
     assert plain == ('note: must not contain the control character U+0001 (got "hello\\u0001")',), plain
+
+
+def test_a_change_holding_a_lone_surrogate_is_delivered_escaped() -> None:
+    """A change's payload may hold a lone surrogate (a master's answer read
+    from JSON: `"url": "\\udc80"`): the webhook body's UTF-8 encoding raised
+    outside the delivery's error handling, every round of the consumer's
+    outbox failed at that change, and no later change reached it."""
+    from cdnreq.decide.deliveries import Delivery, body
+
+    payload = json.dumps({"url": "https://shop.example/\udc80", "note": "caf\u00e9"})
+    data = body(Delivery(7, "SOFTINST-\udc81", 0, None, 1_767_225_600.0, "live", payload, "t\u00eftle"))
+    data.decode("ascii")  # escaped: valid JSON a receiver can read
+    read = json.loads(data)
+    assert read["data"]["payload"]["url"] == "https://shop.example/\udc80" and read["data"]["instance_guid"] == "SOFTINST-\udc81"
+    plain = body(Delivery(8, "SOFTINST-1", 0, None, 1_767_225_600.0, "live", json.dumps({"note": "caf\u00e9"}), None))
+    assert "café".encode() in plain  # the others as before: UTF-8, not escaped

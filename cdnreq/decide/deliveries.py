@@ -62,7 +62,10 @@ def body(delivery: Delivery) -> bytes:
         "data": {"id": delivery.change_id, "at": delivery.at, "instance_guid": delivery.instance_guid,
                  "customer_title": delivery.title, "kind": delivery.kind, "payload": json.loads(delivery.payload)},
     }
-    return json.dumps(envelope, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    try:
+        return json.dumps(envelope, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (a master's answer): escaped, or the outbox would stop at it
+        return json.dumps(envelope, sort_keys=True, separators=(",", ":")).encode("ascii")
 
 
 def signed_headers(key: bytes, change_id: int, timestamp: int, data: bytes) -> dict[str, str]:
