@@ -224,3 +224,16 @@ async def test_an_openssl_upgraded_beneath_cryptography_decides_the_sleepers_aga
     assert "A" not in again.sleepers and "PLAIN" not in again.sleepers
     report = await again.tick()
     assert report.ok, report.error
+
+
+def test_a_deny_list_reordered_or_repeated_is_the_same_policy() -> None:
+    """[validation].backend_deny (or backend_allow) written in another order,
+    or with a network twice, is the same rule; it made another stamp, so a
+    reload or a restart decided the whole fleet again (about ten seconds at
+    100,000)."""
+    from cdnreq.validate.policy import ValidationPolicy, networks
+
+    one = ValidationPolicy(backend_deny=networks(["10.0.0.0/8", "::1/128", "127.0.0.0/8"]))
+    other = ValidationPolicy(backend_deny=networks(["127.0.0.0/8", "10.0.0.0/8", "::1/128", "10.0.0.0/8"]))
+    assert one == other and version.stamp(one) == version.stamp(other)
+    assert version.stamp(one) != version.stamp(ValidationPolicy(backend_deny=networks(["10.0.0.0/8"])))

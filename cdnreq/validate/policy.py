@@ -39,14 +39,16 @@ DEFAULT_BACKEND_DENY: tuple[str, ...] = (
 
 
 def networks(texts: Iterable[str]) -> tuple[Network, ...]:
-    """CIDR texts as networks; raises ValueError naming the bad one."""
+    """CIDR texts as networks, in one order whatever the configuration's (a
+    list reordered or repeated is the same policy: it must not decide every
+    instance again); raises ValueError naming the bad one."""
     out = []
     for text in texts:
         try:
             out.append(ipaddress.ip_network(text.strip(), strict=True))
         except ValueError as error:
             raise ValueError(f"{text!r} is not a network in CIDR form ({error})") from None
-    return tuple(out)
+    return tuple(sorted(set(out), key=lambda net: (net.version, int(net.network_address), net.prefixlen)))
 
 
 @dataclass(frozen=True, slots=True)

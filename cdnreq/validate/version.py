@@ -31,8 +31,9 @@ SOURCES = (
 #: Last: version 5, a URL's user and password are masked (***) wherever a message quotes a value (validate/quoting.py);
 #: "_" that is not valid JSON is refused naming where, not quoting what; a query parameter named like a secret is masked,
 #: an unknown parameter named like one is not quoted (validate/quoting.quote_named).
+#: Since: validate/policy.networks orders the deny and allow lists (same rules).
 #: Since: validate/quoting.py masks in one pass, not by regular expressions (same rule; a hostile value read once).
-SOURCES_DIGEST = "dc3026e7d6a8269e35a892ae113f5386057c29ea325e0460d57a3bcc991def95"
+SOURCES_DIGEST = "4558833911b8192d4619e6cb20cd3fbce72b695c9116d584138277555e2ea3e8"
 
 
 #: the libraries a verdict is made by, besides cdnreq's own sources: the public
