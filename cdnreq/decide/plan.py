@@ -180,11 +180,15 @@ def plan_decided(
     losers: Iterable[Record] = (),
     asleep: Mapping[str, Dormant] | None = None,
     listed_at: Mapping[str, float] | None = None,
+    read_backs: int = 0,
 ) -> Plan:
     """The part of the plan `plan(..., later=...)` left out: instances whose
     gates DNS has just decided, and retained entries (`losers`, without an
-    action yet) that may have lost a host to one of them."""
+    action yet) that may have lost a host to one of them. `read_backs`: the
+    periodic read-backs the tick's earlier stages planned (the cap,
+    Policy.read_backs_per_tick, is the tick's, not each stage's)."""
     draft = Draft(now, listed_at)
+    draft.read_backs = read_backs
     served = ServedHosts(known, asleep)
     decided: set[str] = set()
     for instance in instances:
@@ -268,6 +272,11 @@ def _for_present(
 
 
 _NEVER = float("inf")
+
+
+def read_backs_in(actions: Iterable[Action]) -> int:
+    """The periodic read-backs among a stage's actions (see _paced)."""
+    return sum(1 for a in actions if a.reason == READ_BACK)
 
 
 def _paced(action: Action | None, draft: Draft, policy: Policy) -> Action | None:

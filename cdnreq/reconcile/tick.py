@@ -39,7 +39,7 @@ from cdnreq.reconcile.snapshot import Snapshot, snapshot_of
 from cdnreq.reconcile.guardrun import GuardRun
 from cdnreq.decide import changes
 from cdnreq.decide.actions import IdleCache
-from cdnreq.decide.plan import Kind, Plan, plan, plan_decided
+from cdnreq.decide.plan import Kind, Plan, plan, plan_decided, read_backs_in
 from cdnreq.decide.reservation import reservation
 from cdnreq.progress import Progress
 from cdnreq.resources import starved
@@ -329,19 +329,13 @@ class Reconciler:
             await self.store.save_guards({UNNAMED: streaks}, run.now)
             self._streaks = streaks
 
-    async def _decide_later(
-        self,
-        run: DomainRun,
-        first: Plan,
-        applying: Applying,
-        report: TickReport,
-        stop: asyncio.Event | None,
-        guard: GuardRun,
-    ) -> None:
+    async def _decide_later(self, run: DomainRun, first: Plan, applying: Applying, report: TickReport,
+                            stop: asyncio.Event | None, guard: GuardRun) -> None:
         """Plan, store and hand over each group of instances as DNS decides
         it; an instance still waiting for its answers is never requested."""
         assert self.known is not None and self.domains is not None
         acted = {a.guid for a in first.actions}
+        read_backs = read_backs_in(first.actions)  # the tick's cap, over its stages
         async with contextlib.aclosing(run.resolve()) as parts:
             while True:  # the lookups still running at a stop are not waited for: nothing needs them
                 ended, part = await next_or_stop(anext(parts, None), stop)
@@ -362,7 +356,9 @@ class Reconciler:
                     losers=losers,
                     asleep=self.sleepers,
                     listed_at=self.admission.queue.listed_at,
+                    read_backs=read_backs,
                 )
+                read_backs += read_backs_in(the_plan.actions)
                 the_plan = guard.sift(the_plan)
                 self._stage("decided", (the_plan, part))
                 acted.update(a.guid for a in the_plan.actions)

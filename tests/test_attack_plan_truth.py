@@ -1,0 +1,63 @@
+"""What `cdnreq plan` shows against what the daemon's next tick does.
+
+A long-running Reconciler (the daemon: its sleepers, caches and queue kept
+between ticks) and, before each of its ticks, the dry tick `cdnreq plan`
+runs on a snapshot of the same store (tests/planharness.py), on an
+in-memory master and DNS. The plan must list the actions the tick then
+hands to its executor, and write nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+
+from cdnreq.decide.actions import READ_BACK
+from tests.planharness import L, Clock, Daemon, Dns, FakeMaster, config, customer, dry_plan, dump, pairs
+
+
+@pytest.fixture
+async def started() -> AsyncIterator[list[Daemon]]:
+    """Daemons to stop at the end of the test, whatever happened."""
+    daemons: list[Daemon] = []
+    yield daemons
+    for d in daemons:
+        await d.stop()
+
+
+async def proven_and_asleep(tmp_path: Path, started: list[Daemon], **daemon: object) -> tuple[Daemon, FakeMaster, Dns, Clock]:
+    """A (proven www.a.example) and P (no custom domain), live and asleep."""
+    cfg = config(tmp_path, {"verify_interval_s": 3600, **daemon})
+    clock = Clock(1_800_000_000.0)
+    master, dns = FakeMaster([customer("A", "www.a.example"), customer("P")]), Dns()
+    d = Daemon(cfg, master, dns, clock)
+    started.append(d)
+    await d.start()
+    await d.tick()
+    assert d.store is not None
+    dns.txt[f"{L}.www.a.example"] = (await d.store.load_challenges())["A"].token
+    for _ in range(6):
+        clock.now += 60
+        master.answer_all()
+        report, _ = await d.tick()
+        assert report.ok, report.error
+    assert d.r is not None and set(d.r.sleepers) == {"A", "P"}
+    return d, master, dns, clock
+
+
+async def test_periodic_read_backs_are_capped_per_tick_not_per_dns_stage(tmp_path: Path, started: list[Daemon]) -> None:
+    """[daemon].read_backs_per_tick bounds a tick's periodic read-backs; each
+    DNS stage of the tick planned with a cap of its own, so a tick with one
+    DNS group read back up to twice the cap (A, woken, is decided with the
+    group of B, a newcomer waiting for its proof in a.example), and `cdnreq
+    plan` showed one read-back, and one left for later, where the tick
+    read back both."""
+    d, master, dns, clock = await proven_and_asleep(tmp_path, started, read_backs_per_tick=1)
+    master.instances.append(customer("B", "shop.a.example"))
+    clock.now += 3600 * 1.2  # both read-backs due
+    report, actions = await d.tick()
+    assert report.ok, report.error
+    read_backs = sorted(a.guid for a in actions if a.reason == READ_BACK)
+    assert len(read_backs) == 1, read_backs
+    assert report.planned.get("read_back_later") == 1, report.planned
