@@ -61,3 +61,22 @@ async def test_periodic_read_backs_are_capped_per_tick_not_per_dns_stage(tmp_pat
     read_backs = sorted(a.guid for a in actions if a.reason == READ_BACK)
     assert len(read_backs) == 1, read_backs
     assert report.planned.get("read_back_later") == 1, report.planned
+
+
+async def test_plan_reads_back_the_instances_the_tick_reads_back(tmp_path: Path, started: list[Daemon]) -> None:
+    """`cdnreq plan` started every instance awake, so A, asleep in the
+    daemon, was a settled instance of the plan's first stage, where the
+    daemon wakes it and decides it afresh, with the group of B (waiting for
+    its proof in a.example): under [daemon].read_backs_per_tick the plan
+    showed A read back and P left for later, and the tick read back P."""
+    d, master, dns, clock = await proven_and_asleep(tmp_path, started, read_backs_per_tick=1)
+    master.instances.append(customer("B", "shop.a.example"))
+    clock.now += 3600 * 1.2
+    assert d.store is not None
+    before = await dump(d.store.path)
+    shown, _, _, _, doc = await dry_plan(d.cfg, master, dns, clock)
+    assert await dump(d.store.path) == before
+    report, actions = await d.tick()
+    assert report.ok, report.error
+    assert pairs(shown) == pairs(actions), (sorted(pairs(shown)), sorted(pairs(actions)))
+    assert [r["instance_guid"] for r in doc["would"]["poll"]] == [a.guid for a in actions if a.reason == READ_BACK]

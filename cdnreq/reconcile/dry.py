@@ -90,18 +90,21 @@ class DryStore:
         return self.snapshot.path
 
     async def load(self, *, awake_only: bool = False) -> dict[InstanceGuid, Record]:
-        """Every record: a dry run puts no instance to sleep, nor starts one asleep."""
-        return await self.snapshot.load()
+        """The records, as a restarted daemon reads them: the instances
+        asleep in the store start asleep (reconcile/sleepers.py), woken as
+        the daemon's tick wakes them, so the plan's stages are the tick's
+        (a woken instance is decided afresh, with its registrable domain's
+        group; a settled one is not)."""
+        return await self.snapshot.load(awake_only=awake_only)
 
-    async def asleep_pages(self) -> AsyncIterator[list[tuple[Any, ...]]]:
-        return
-        yield
+    def asleep_pages(self) -> AsyncIterator[list[tuple[Any, ...]]]:
+        return self.snapshot.asleep_pages()
 
     async def load_hosts(self) -> dict[str, HostClaim]:
         return await self.snapshot.load_hosts()
 
     async def load_challenges(self, *, awake_only: bool = False) -> dict[InstanceGuid, Challenge]:
-        return await self.snapshot.load_challenges()
+        return await self.snapshot.load_challenges(awake_only=awake_only)
 
     async def records_of(self, guids: Iterable[str]) -> dict[InstanceGuid, Record]:
         return await self.snapshot.records_of(guids)
@@ -110,7 +113,7 @@ class DryStore:
         return await self.snapshot.challenges_of(guids)
 
     async def load_decisions(self, *, awake_only: bool = False) -> list[Decision]:
-        return await self.snapshot.load_decisions()
+        return await self.snapshot.load_decisions(awake_only=awake_only)
 
     async def load_guards(self) -> dict[str, Any]:
         return await self.snapshot.load_guards()
