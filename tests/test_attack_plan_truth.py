@@ -80,3 +80,65 @@ async def test_plan_reads_back_the_instances_the_tick_reads_back(tmp_path: Path,
     assert report.ok, report.error
     assert pairs(shown) == pairs(actions), (sorted(pairs(shown)), sorted(pairs(actions)))
     assert [r["instance_guid"] for r in doc["would"]["poll"]] == [a.guid for a in actions if a.reason == READ_BACK]
+
+
+async def test_plan_shows_the_retained_entries_whose_destroy_the_guard_holds(
+    tmp_path: Path, started: list[Daemon]
+) -> None:
+    """Three customers gone one at a time (their entries retained), then
+    listed `destroyed` at once: the guard holds the three destroys (the bar
+    of a mass update) and the tick stores them as the held set `cdnreq
+    approve` takes. `cdnreq plan` listed only the held records it marks
+    removing (Plan.held), not retained entries: it showed no held removal
+    at all, its counts said 0, and the operator had nothing to approve."""
+    from cdnreq.model import SharedInstance
+    from cdnreq.reconcile.guardrun import HELD_REMOVALS
+
+    cfg = config(tmp_path, {"removal_window_s": 0}, retention_s=86400)
+    clock = Clock(1_800_000_000.0)
+    master, dns = FakeMaster([customer(f"C{i}") for i in range(6)]), Dns()
+    d = Daemon(cfg, master, dns, clock)
+    started.append(d)
+    await d.start()
+    for _ in range(3):
+        clock.now += 60
+        master.answer_all()
+        assert (await d.tick())[0].ok
+    gone = []
+    for guid in ("C0", "C1", "C2"):
+        gone.append(next(i for i in master.instances if i.guid == guid))
+        master.instances = [i for i in master.instances if i.guid != guid]
+        clock.now += 60
+        assert (await d.tick())[0].ok
+    master.instances += [SharedInstance.of(i.guid, i.parameters, state="destroyed") for i in gone]
+    clock.now += 60
+    assert d.store is not None
+    shown, _, _, _, doc = await dry_plan(d.cfg, master, dns, clock)
+    report, actions = await d.tick()
+    assert report.ok and report.hold_reason, report
+    held = (await d.store.load_guards())[HELD_REMOVALS]["guids"]
+    assert sorted(held) == ["C0", "C1", "C2"]
+    assert doc["held"]["removals"]["instances"] == sorted(held), doc["held"]
+    assert doc["counts"]["held_removals"] == report.held_removals == 3
+    assert pairs(shown) == pairs(actions)
+
+
+async def test_plan_shows_the_sleepers_an_empty_listing_holds(tmp_path: Path, started: list[Daemon]) -> None:
+    """The master lists nothing: every removal is held, the sleepers it
+    does not name stay asleep and count in the held set. The plan lists
+    them with the others, as the tick keeps them for `cdnreq approve`."""
+    from cdnreq.reconcile.guardrun import HELD_REMOVALS
+
+    d, master, dns, clock = await proven_and_asleep(tmp_path, started)
+    master.instances.append(customer("N"))
+    clock.now += 60
+    assert (await d.tick())[0].ok  # N requested, awake
+    master.instances = []
+    clock.now += 60
+    _, _, _, _, doc = await dry_plan(d.cfg, master, dns, clock)
+    report, actions = await d.tick()
+    assert report.ok and report.hold_reason and not actions
+    assert d.store is not None
+    held = (await d.store.load_guards())[HELD_REMOVALS]["guids"]
+    assert sorted(held) == ["A", "N", "P"]
+    assert doc["held"]["removals"]["instances"] == sorted(held), doc["held"]

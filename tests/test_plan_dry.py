@@ -185,7 +185,8 @@ async def test_document_groups_actions_held_and_errors(tmp_path):
         Action(Kind.PUBLISH, rec("y"), "unusable listing entry", None, refused(("parameters: not JSON",))),
     ]
     stages = Stages()
-    stages("planned", (Plan(tuple(actions), held=(rec("h"),), hold_reason="too many gone"), DomainStep(gates={"x": bad})))
+    stages("planned", (Plan(tuple(actions), held=(rec("h"),), hold_reason="too many gone", withheld=(InstanceGuid("h"),)),
+                         DomainStep(gates={"x": bad})))
     stages("held", HeldUpdates({"u": ("t", 1)}, "fp", "mass change", (("u", "parameters changed"),)))
     report = TickReport(id=7, started_at=0.0, planned={"request": 1, "publish": 1, "destroy": 1, "held": 1})
     known = {"r": rec("r", retry_at=200.0, last_error="master: down")}

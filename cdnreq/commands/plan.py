@@ -78,9 +78,12 @@ def _action_row(action: Action) -> dict[str, Any]:
 
 
 def _held(first: Plan, updates: HeldUpdates, confirm_ticks: int) -> dict[str, Any]:
-    """Removals held by the removal guard, updates held by the update guard."""
+    """Removals held by the removal guard, updates held by the update guard.
+    The removals are the set the tick keeps for `cdnreq approve`
+    (Plan.withheld): the records it marks removing, and the retained
+    entries listed destroyed and the sleepers it holds without a write."""
     return {
-        "removals": {"reason": first.hold_reason, "instances": sorted(r.guid for r in first.held)},
+        "removals": {"reason": first.hold_reason, "instances": sorted(first.withheld)},
         "updates": {
             "reason": updates.reason,
             "fingerprint": updates.fingerprint,
