@@ -142,3 +142,116 @@ async def test_plan_shows_the_sleepers_an_empty_listing_holds(tmp_path: Path, st
     held = (await d.store.load_guards())[HELD_REMOVALS]["guids"]
     assert sorted(held) == ["A", "N", "P"]
     assert doc["held"]["removals"]["instances"] == sorted(held), doc["held"]
+
+
+# -- a property: varied states, plan then tick ------------------------------------
+
+DOMAINS = (None, "www.a.example", "www.b.example", "shop.a.example", "*.c.example", "x.c.example")
+OPS = ("add", "add", "change", "remove", "state", "prove", "prove_all", "unprove", "answer", "restart",
+       "advance", "mass_change", "mass_remove", "approve", "anonymous", "idle", "idle")
+
+
+async def _operate(op: str, n: int, d: Daemon, master: FakeMaster, dns: Dns, clock: Clock, serial: list[int]) -> None:
+    """One change of the world between two ticks; `n` picks what it touches."""
+    from cdnreq import operator
+    from cdnreq.decide.operator import OperatorAction
+    from cdnreq.model import SharedInstance
+
+    listed = master.instances
+    pick = listed[n % len(listed)] if listed else None
+    if op == "add" or (pick is None and op in ("change", "remove", "state")):
+        serial[0] += 1
+        url = "ftp://refused.example" if n % 5 == 0 else None
+        listed.append(customer(f"C{serial[0]:02d}", DOMAINS[n % len(DOMAINS)], url))
+    elif op == "change" and pick is not None:
+        listed[listed.index(pick)] = customer(pick.guid, DOMAINS[(n // 7) % len(DOMAINS)], f"https://{n % 3}.example")
+    elif op == "remove" and pick is not None:
+        listed.remove(pick)
+    elif op == "state" and pick is not None:
+        state = ("stopped", "destroyed", "started")[n % 3]
+        listed[listed.index(pick)] = SharedInstance.of(pick.guid, pick.parameters, state=state)
+    elif op in ("prove", "prove_all") and d.store is not None:
+        challenges = sorted((await d.store.load_challenges()).values(), key=lambda c: c.guid)
+        for c in challenges if op == "prove_all" else challenges[n % max(1, len(challenges)):][:1]:
+            dns.txt[f"{L}.{c.domain.removeprefix('*.')}"] = c.token
+    elif op == "unprove" and dns.txt:
+        del dns.txt[sorted(dns.txt)[n % len(dns.txt)]]
+    elif op == "answer":
+        master.answer_all()
+    elif op == "restart":
+        await d.restart()
+    elif op == "advance":
+        clock.now += (3600 * 1.2, 86400 * 1.2)[n % 2]
+    elif op == "mass_change":
+        for i, inst in enumerate(listed):
+            if (n >> (i % 10)) & 1:
+                listed[i] = SharedInstance.of(inst.guid, {**inst.parameters, "url": f"https://mass{n % 2}.example"},
+                                              state=inst.state)
+    elif op == "mass_remove":
+        master.instances = [inst for i, inst in enumerate(listed) if (n >> (i % 10)) & 1]
+    elif op == "approve":
+        assert d.store is not None and d.r is not None
+        await operator.apply(d.store, None, OperatorAction("approve", by="by the test"), now=clock.now)
+        d.r.reread()  # as the daemon does after an operator action
+    elif op == "anonymous":
+        master.anonymous = n % 2
+
+
+async def _plan_then_tick(d: Daemon, master: FakeMaster, dns: Dns, clock: Clock) -> None:
+    from cdnreq.reconcile.guardrun import HELD_REMOVALS, UPDATES
+
+    assert d.store is not None
+    before, calls = await dump(d.store.path), dict(master.calls)
+    shown, _, dry_report, _, doc = await dry_plan(d.cfg, master, dns, clock)
+    assert await dump(d.store.path) == before, "the plan wrote to the store"
+    assert {k for k, v in master.calls.items() if v != calls.get(k, 0)} <= {"list", "get"}
+    report, done = await d.tick()
+    assert dry_report.ok and report.ok, (dry_report.error, report.error)
+    assert pairs(shown) == pairs(done), (sorted(pairs(shown)), sorted(pairs(done)))
+    assert {k: v for k, v in dry_report.planned.items() if v} == {k: v for k, v in report.planned.items() if v}
+    guards = await d.store.load_guards()
+    assert doc["held"]["removals"]["instances"] == sorted((guards.get(HELD_REMOVALS) or {}).get("guids", []))
+    assert (dry_report.hold_reason, dry_report.removals_fingerprint) == (report.hold_reason, report.removals_fingerprint)
+    updates = guards.get(UPDATES) or {}
+    assert [r["instance_guid"] for r in doc["held"]["updates"]["instances"]] == sorted(updates.get("streaks", {}))
+    assert doc["held"]["updates"]["fingerprint"] == updates.get("fingerprint")
+
+
+def test_plan_lists_what_the_daemon_s_next_tick_does_and_writes_nothing() -> None:
+    import asyncio
+    import tempfile
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    bars = st.fixed_dictionaries({
+        "verify_interval_s": st.sampled_from([0, 3600, 86400]), "read_backs_per_tick": st.sampled_from([1, 2, 2000]),
+        "confirm_ticks": st.integers(1, 3), "min_update_hold": st.integers(1, 2),
+        "removal_window_s": st.sampled_from([0, 3600]),
+    })
+    step = st.lists(st.tuples(st.sampled_from(OPS), st.integers(0, 1023)), max_size=3)
+
+    @settings(max_examples=12, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(daemon=bars, retention=st.sampled_from([0, 0, 7200]), fleet=st.integers(0, 8),
+           steps=st.lists(step, min_size=5, max_size=25))
+    def scenario(daemon: dict, retention: int, fleet: int, steps: list) -> None:
+        async def run(tmp: Path) -> None:
+            clock = Clock(1_800_000_000.0)
+            master, dns = FakeMaster([customer(f"C{i:02d}", DOMAINS[i % len(DOMAINS)]) for i in range(fleet)]), Dns()
+            d = Daemon(config(tmp, daemon, retention_s=retention), master, dns, clock)
+            await d.start()
+            try:
+                serial = [fleet]
+                for ops in steps:
+                    for op, n in ops:
+                        await _operate(op, n, d, master, dns, clock, serial)
+                    clock.now += 60
+                    await _plan_then_tick(d, master, dns, clock)
+            finally:
+                await d.stop()
+
+        with tempfile.TemporaryDirectory() as tmp:
+            asyncio.run(run(Path(tmp)))
+
+    scenario()
