@@ -66,6 +66,7 @@ def policy_of(config: Config) -> Policy:
         retention_s=config.domain.retention_s,
         verify_interval_s=config.daemon.verify_interval_s,
         read_backs_per_tick=config.daemon.read_backs_per_tick,
+        retry_max_s=config.daemon.retry_max_s,
     )
 
 

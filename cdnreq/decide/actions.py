@@ -58,6 +58,7 @@ class Policy:
     min_update_hold: int = 2
     verify_interval_s: float = 0.0  # read live entries back this often (0: never)
     read_backs_per_tick: int = 2_000  # periodic read-backs planned per tick at most; the others wait
+    retry_max_s: float = 0.0  # a failed call's backoff cap: a retried read-back lies up to a quarter more ahead
 
 
 class Ownership(Protocol):

@@ -199,8 +199,9 @@ def serving_count(sleepers: Iterable[bytes]) -> int:
 #: a sleeper that departs or changes wakes anyway; an operator who moves one
 #: (in an incident, say) must not wake the fleet
 GUARD_BARS = frozenset({"allow_empty", "max_destroy_fraction", "max_update_fraction", "min_update_hold"})
-#: how much work a tick takes on: it paces, and judges nothing a sleeper fell asleep under
-PACING = frozenset({"read_backs_per_tick"})
+#: how much work a tick takes on, and how soon a failed call is retried: it
+#: paces, and judges nothing a sleeper fell asleep under
+PACING = frozenset({"read_backs_per_tick", "retry_max_s"})
 #: what is done with an instance gone from the master or listed destroyed: a
 #: sleeper never is one (gone, or listed otherwise, it wakes first)
 DEPARTURES = frozenset({"retention_s"})

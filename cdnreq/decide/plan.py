@@ -20,7 +20,7 @@ from cdnreq.decide.dormancy import Dormant
 from cdnreq.decide.gate import Gate, refused, waiting
 from cdnreq.decide.guards import Departures
 from cdnreq.decide.removals import Listed, confirm, destroy_sent, has_entry, lost_host, plan_removals
-from cdnreq.decide.transitions import needs_publish, resumed
+from cdnreq.decide.transitions import longest_backoff_s, needs_publish, resumed
 from cdnreq.model import InstanceGuid, Listing, Phase, Record, RequestedState, SharedInstance, digest
 from cdnreq.decide.served import ServedHosts
 from cdnreq.decide.titles import technical_title
@@ -305,9 +305,12 @@ def _read_back_at(record: Record, policy: Policy, now: float) -> float:
 
 
 def read_back_horizon(policy: Policy) -> float:
-    """How far from now a read-back is ever planned (retries aside): one
-    further (a sleeper's) was planned under a clock since stepped back."""
-    return policy.verify_interval_s * _MAX_SPREAD if policy.verify_interval_s else _NEVER
+    """How far from now a read-back is ever planned, a failed one's retry
+    included (its backoff may lie further than an interval): one further (a
+    sleeper's) was planned under a clock since stepped back."""
+    if not policy.verify_interval_s:
+        return _NEVER
+    return max(policy.verify_interval_s * _MAX_SPREAD, longest_backoff_s(policy.retry_max_s))
 
 
 _MAX_SPREAD = 1.1

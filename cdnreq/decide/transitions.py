@@ -113,7 +113,15 @@ def backoff_s(guid: str, failures: int, base_s: float, max_s: float) -> float:
     burst of failures do not all land on the same tick."""
     delay = min(max_s, base_s * 2 ** max(0, failures - 1))
     spread = int.from_bytes(hashlib.sha256(guid.encode("utf-8", "surrogatepass")).digest()[:2])
-    return delay * (1 + 0.25 * spread / 0xFFFF)
+    return delay * (1 + _BACKOFF_SPREAD * spread / 0xFFFF)
+
+
+_BACKOFF_SPREAD = 0.25
+
+
+def longest_backoff_s(max_s: float) -> float:
+    """The furthest from now backoff_s() ever sets a retry."""
+    return max_s * (1 + _BACKOFF_SPREAD)
 
 
 def requesting(record: Record, gate: "Gate") -> Record:

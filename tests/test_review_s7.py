@@ -1,0 +1,49 @@
+"""Review of this session's changes (s7): defects found, each with its test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cdnreq.master import MasterUnavailable
+from cdnreq.store import Store
+from tests.test_attack_master_lies import Liar, fleet, ok_tick
+from tests.test_tick_stages import opened  # noqa: F401
+
+
+class FailingReads(Liar):
+    """Fails every read-back of `failing` (the master's 503)."""
+
+    failing: set[str] = set()
+
+    async def get_instance(self, instance_guid: str) -> Any:
+        if instance_guid in self.failing:
+            self.polled.append(instance_guid)
+            raise MasterUnavailable("get_instance", "HTTP 503")
+        return await super().get_instance(instance_guid)
+
+
+async def test_a_sleeper_whose_read_back_retry_lies_past_an_interval_sleeps_on(
+    tmp_path: Path, opened: list[Store]
+) -> None:
+    """A read-back that failed is retried after its backoff (up to
+    retry_max_s and a quarter), which may lie further than verify_interval_s
+    from now; the sleeper carrying that retry was taken for one planned under
+    a clock since stepped back (read_back_horizon): woken at every other
+    tick, its record and challenge read and its gate decided again, asleep
+    again the tick after, until the retry. A master outage made the fleet
+    do it."""
+    r, master, clock = await fleet(tmp_path, opened, verify_interval_s=1000.0, retry_base_s=2000.0,
+                                   retry_max_s=3600.0)
+    master.__class__ = FailingReads
+    FailingReads.failing = {"P0"}
+    clock.now += 1200  # every read-back due: P0's fails, retried 2000 s or more later
+    for _ in range(3):
+        await ok_tick(r, clock)
+    assert master.polled.count("P0") == 1, master.polled
+    asleep = []
+    for _ in range(6):
+        await ok_tick(r, clock)
+        asleep.append("P0" in r.sleepers)
+    assert asleep == [True] * 6, asleep
+    assert master.polled.count("P0") == 1, master.polled
