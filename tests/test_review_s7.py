@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from cdnreq.master import MasterUnavailable
 from cdnreq.store import Store
@@ -47,3 +50,26 @@ async def test_a_sleeper_whose_read_back_retry_lies_past_an_interval_sleeps_on(
         asleep.append("P0" in r.sleepers)
     assert asleep == [True] * 6, asleep
     assert master.polled.count("P0") == 1, master.polled
+
+
+@pytest.mark.parametrize("url", [
+    "https://alice:it's-S3cretPW@b.example/",  # a quote is allowed in user information (RFC 3986 sub-delims)
+    'https://alice:S3cretPW"x@b.example/',
+    "https://b.example/feed?access_token=S3cretPW",  # masked in messages as a secret, kept in the store
+])
+def test_a_backend_secret_holding_a_quote_or_in_the_query_is_not_written_with_a_kept_decision(url: str) -> None:
+    """A kept decision whose forwarded parameters hold a URL's credentials is
+    kept empty (decide/kept._holds_secret). It looked for them in the JSON
+    text of the parameters, as free text, where a URL ends at a quote: a
+    password holding `'` (or `"`, escaped in the JSON) was written to the
+    store and its backups with the decision; so was a secret in the URL's
+    query, which every message masks (validate/quoting._QUERY_SECRET)."""
+    from cdnreq.decide import kept
+    from cdnreq.validate.verdict import validate
+
+    verdict = validate({"_": json.dumps({"url": url})})
+    assert verdict.ok and verdict.forward is not None, verdict.errors
+    decision = kept.verdict_decision("SOFTINST-1", "h", "s", verdict)
+    assert "S3cretPW" not in repr(decision), decision
+    plain = kept.verdict_decision("SOFTINST-1", "h", "s", validate({"_": json.dumps({"url": "https://b.example/?a=b@c"})}))
+    assert plain.verdict is not None  # nothing secret: kept as before

@@ -26,7 +26,7 @@ import orjson
 
 from cdnreq.decide.gate import Gate, HostIndex, Status
 from cdnreq.model import Decision, FrozenJson, HostClaim
-from cdnreq.validate.quoting import without_userinfo_in_text
+from cdnreq.validate.quoting import without_userinfo
 from cdnreq.validate.verdict import Verdict
 
 
@@ -45,7 +45,7 @@ def claims_of(index: HostIndex, guid: str) -> str:
     return claims_digest([by_host[h] for h in index.owned(guid)])
 
 
-# A customer's private key, or its backend's password, is never written to the
+# A customer's private key, or its backend's password or query secret, is never written to the
 # store (nor to its backups): a decision whose forwarded parameters hold one
 # (unwrapped from SlapOS's "_", or kept apart from a dropped unknown key) is kept
 # empty, so a restart decides that instance afresh; a refusal's forward is never
@@ -59,10 +59,22 @@ def _holds_secret(forward: Mapping[str, Any] | None) -> bool:
     raw = (forward if isinstance(forward, FrozenJson) else FrozenJson(forward)).raw
     if _PRIVATE_KEY in raw:
         return True
-    if b"@" not in raw:
+    if b"@" not in raw and b"=" not in raw:
         return False
-    text = raw.decode("utf-8", "surrogatepass")
-    return without_userinfo_in_text(text) != text  # a URL's user information
+    # each value read as the one URL it may be (not the JSON text as free
+    # text, where a URL ends at a quote: a password may hold one), its
+    # query's secrets included, as every message masks them
+    stack: list[Any] = [forward.value() if isinstance(forward, FrozenJson) else forward]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if without_userinfo(item) != item:
+                return True
+        elif isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def settled_decision(guid: str, param_hash: str, stamp: str, gate: Gate, index: HostIndex) -> Decision:
