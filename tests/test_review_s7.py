@@ -73,3 +73,27 @@ def test_a_backend_secret_holding_a_quote_or_in_the_query_is_not_written_with_a_
     assert "S3cretPW" not in repr(decision), decision
     plain = kept.verdict_decision("SOFTINST-1", "h", "s", validate({"_": json.dumps({"url": "https://b.example/?a=b@c"})}))
     assert plain.verdict is not None  # nothing secret: kept as before
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("https:/alice:S3cretPW@b.example/", "https:/***@b.example/"),
+    ("https:alice:S3cretPW@b.example/", "https:***@b.example/"),
+    ("HTTP:\\alice:S3cretPW@b.example/", "HTTP:\\***@b.example/"),
+    ("ftp:alice:p@S3cretPW@b.example/", "ftp:***@b.example/"),
+])
+def test_a_password_after_a_scheme_without_its_two_slashes_is_masked(url: str, shown: str) -> None:
+    """A browser reads `https:/alice:password@b.example/` (one slash, or
+    none, or a backslash) as `https://alice:password@b.example/`: a
+    customer's typo the URL pattern refuses, and the refusal quoted the
+    password, to the record, /instances, status, explain, plan and the
+    feed. Masking started only after two slashes."""
+    from cdnreq import scrub
+    from cdnreq.validate import quoting
+    from cdnreq.validate.verdict import validate
+
+    (error,) = validate({"url": url}).errors
+    assert f"(got {json.dumps(shown)})" in error, error
+    assert quoting.without_userinfo_in_text(f"cannot reach {url} now") == f"cannot reach {shown} now"
+    assert "S3cretPW" not in scrub.scrub(f"backend {url} refused")
+    for kept in ("see news:comp.lang.python or mailto:bob@b.example", "xhttps:a@b", "DEFAULT@SECLEVEL=1"):
+        assert quoting.without_userinfo(kept) == kept  # no special scheme before: nothing to mask

@@ -9,7 +9,9 @@ value is quoted, so the message still says which URL is meant without
 repeating the password to everyone who reads it.
 
 Like a browser or curl, the user information runs to the last `@` before the
-path (a password may hold an `@`), and a backslash may stand for a slash.
+path (a password may hold an `@`), and a backslash may stand for a slash;
+after a special scheme (http, https, ftp, ws, wss) it starts with or without
+the slashes, as a browser reads `https:/user:password@backend` too.
 A query parameter named like a secret (`?token=...`, `&api_key=...`) is
 masked the same way.
 Pure.
@@ -29,8 +31,11 @@ _QUOTE_LIMIT = 60
 _MASKED = 4096
 
 # where user information may start: after two slashes (a backslash may stand
-# for one); a scheme before them changes nothing of what is masked
-_START = re.compile(r"[/\\]{2}")
+# for one), whatever the scheme before them; after a special scheme with one
+# slash or none (the browser skips them: "https:/user:password@backend")
+_START = re.compile(r"[/\\]{2}|(?<![A-Za-z0-9+.-])(?:https?|ftp|wss?):[/\\]?(?![/\\])", re.IGNORECASE)
+# the furthest before the end of a run a start may begin and still reach past it ("https:" then its "/")
+_REACH = len("https:")
 # one value: the user information runs to the last "@" before the path, spaces included
 _RUN_IN_VALUE = re.compile(r"[^/?#]*+")
 # free text (a message, a master's words): a URL ends at a space or a quote
@@ -45,7 +50,8 @@ def _masked(text: str, run: re.Pattern[str]) -> str:
     """`text` with the user information after every start masked, in one pass:
     a start whose run (to the path, or the URL's end) holds no "@" is
     skipped with its run, as every start inside it would fail the same way
-    (only one at its very end may reach past it). A regular expression
+    (only one ending in the slash that ends the run may reach past it: it
+    begins at most _REACH before). A regular expression
     tried each of them, reading the run again: a hostile value of 64 KB of
     backslashes held the daemon for seconds."""
     parts: list[str] = []
@@ -55,7 +61,7 @@ def _masked(text: str, run: re.Pattern[str]) -> str:
         ends = run.match(text, begins).end()
         last = text.rfind("@", begins, ends)
         if last < 0:
-            at = max(ends - 1, start.start() + 1)
+            at = max(ends - _REACH if text.startswith("/", ends) else ends, start.start() + 1)
             continue
         parts += (text[done:begins], MASK)
         done = at = last

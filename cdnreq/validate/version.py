@@ -33,7 +33,9 @@ SOURCES = (
 #: an unknown parameter named like one is not quoted (validate/quoting.quote_named).
 #: Since: validate/policy.networks orders the deny and allow lists (same rules).
 #: Since: validate/quoting.py masks in one pass, not by regular expressions (same rule; a hostile value read once).
-SOURCES_DIGEST = "4558833911b8192d4619e6cb20cd3fbce72b695c9116d584138277555e2ea3e8"
+#: Since: validate/quoting._START masks after a special scheme without its two slashes too ("https:/user:pw@"), part of
+#: version 5's rule (not released without it).
+SOURCES_DIGEST = "2ca901d79834e52e77059933eaf35f15231c708d7e69fed81253e92f5435043c"
 
 
 #: the libraries a verdict is made by, besides cdnreq's own sources: the public
