@@ -97,3 +97,23 @@ def test_a_password_after_a_scheme_without_its_two_slashes_is_masked(url: str, s
     assert "S3cretPW" not in scrub.scrub(f"backend {url} refused")
     for kept in ("see news:comp.lang.python or mailto:bob@b.example", "xhttps:a@b", "DEFAULT@SECLEVEL=1"):
         assert quoting.without_userinfo(kept) == kept  # no special scheme before: nothing to mask
+
+
+@pytest.mark.parametrize("key", ["api_key\x1b[2J", "db_password\n2026-12-07 12:00:00 [info] tick done", "token\u202e"])
+def test_a_nested_key_named_like_a_secret_is_escaped_where_it_is_named(key: str) -> None:
+    """An unknown parameter's value under a key named like a secret is not
+    quoted (validate/quoting.quote_named): its key is named instead, and was
+    named as the customer typed it, raw: an escape sequence, a line break
+    that forges a log line or a bidirectional control went into the message
+    published, stored and shown by status, explain, plan and the feed, where
+    every other value is escaped."""
+    from cdnreq.validate import text
+    from cdnreq.validate.policy import ValidationPolicy
+    from cdnreq.validate.verdict import validate
+
+    (error,) = validate({"url": "https://b.example", "backend": {key: "x\x01"}},
+                        ValidationPolicy(forward_unknown=True)).errors
+    assert "looks like a secret" in error and text._FORBIDDEN.search(error) is None, error
+    (error,) = validate({"url": "https://b.example", "api_token": "TOKEN4\x01abc"},
+                        ValidationPolicy(forward_unknown=True)).errors
+    assert error.endswith("(got a value of 10 characters, not shown: api_token looks like a secret)"), error

@@ -126,7 +126,8 @@ _SECRET_NAME = re.compile(r"key|passw|passphrase|secret|token|credential|auth|co
 
 def quote_named(name: str, value: Any) -> str:
     """quote_value(), but for a parameter named like a secret: its length
-    only (the message says where the fault is; the customer knows the value)."""
+    only (the message says where the fault is; the customer knows the value),
+    and its name, escaped and cut like a value (a key as the customer typed it)."""
     if isinstance(value, str) and _SECRET_NAME.search(name):
-        return f"a value of {len(value)} characters, not shown: {name} looks like a secret"
+        return f"a value of {len(value)} characters, not shown: {quote_value(name)[1:-1]} looks like a secret"
     return quote_value(value)

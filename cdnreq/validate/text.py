@@ -73,11 +73,12 @@ def _string_problem(name: str, value: str, pem: bool) -> str | None:
     return f"{name}: must not contain {where} (got {shown})"
 
 
-def _nested_problem(name: str, value: Any) -> str | None:
-    """The first forbidden character in an unknown parameter's value, or None.
-    Its numbers and types were checked by cdnreq/validate/encoding.py. A
-    value is quoted unless the key nearest above it is named like a secret."""
-    stack: list[tuple[str, Any]] = [(name, value)]
+def _nested_problem(name: str, value: Any, key: str) -> str | None:
+    """The first forbidden character in an unknown parameter's value, or None
+    (`name`: as shown, `key`: as given). Its numbers and types were checked by
+    cdnreq/validate/encoding.py. A value is quoted unless the key nearest
+    above it is named like a secret."""
+    stack: list[tuple[str, Any]] = [(key, value)]
     while stack:
         near, item = stack.pop()
         if isinstance(item, str):
@@ -109,7 +110,7 @@ def text_problems(parameters: Mapping[str, Any], skip: set[str], unknown: Iterab
         if found is not None:
             errors.append(f"{shown}: the parameter name must not contain {_what(found.group())}")
             continue
-        problem = _nested_problem(shown, parameters[name])
+        problem = _nested_problem(shown, parameters[name], name)
         if problem is not None:
             errors.append(problem)
     return errors

@@ -35,7 +35,8 @@ SOURCES = (
 #: Since: validate/quoting.py masks in one pass, not by regular expressions (same rule; a hostile value read once).
 #: Since: validate/quoting._START masks after a special scheme without its two slashes too ("https:/user:pw@"), part of
 #: version 5's rule (not released without it).
-SOURCES_DIGEST = "2ca901d79834e52e77059933eaf35f15231c708d7e69fed81253e92f5435043c"
+#: Since: validate/quoting.quote_named escapes the key it names (a nested key was named raw), part of version 5's rule.
+SOURCES_DIGEST = "b960c4a969287e246e721598cb21988c5444c0a7d463cfa687029478c5ba7be6"
 
 
 #: the libraries a verdict is made by, besides cdnreq's own sources: the public
