@@ -117,3 +117,31 @@ def test_a_nested_key_named_like_a_secret_is_escaped_where_it_is_named(key: str)
     (error,) = validate({"url": "https://b.example", "api_token": "TOKEN4\x01abc"},
                         ValidationPolicy(forward_unknown=True)).errors
     assert error.endswith("(got a value of 10 characters, not shown: api_token looks like a secret)"), error
+
+
+async def test_a_refusal_told_under_a_clock_that_jumped_ahead_is_read_back_once_it_is_back(
+    tmp_path: Path, opened: list[Store]
+) -> None:
+    """92fd9bf: a read-back planned under a clock since stepped back is due
+    now, for a record written after now and for a sleeper. A refused
+    instance never sleeps (its gate is not settled): it stays in the idle
+    cache with the read-back time computed under the jumped clock, a month
+    ahead, and that cache was trusted while that time lay after now: the
+    refusal the master dropped was not told again for a month."""
+    from tests.test_attack_master_lies import PLAIN, entry
+
+    r, master, clock = await fleet(tmp_path, opened, verify_interval_s=1000.0)
+    master.entries.append(entry("R", url="http://127.0.0.1/"))
+    real = clock.now
+    for _ in range(3):
+        await ok_tick(r, clock)
+    assert any(guid == "R" for guid, _ in master.published), master.published
+    clock.now = real + 30 * 86400
+    for _ in range(6):
+        await ok_tick(r, clock)
+    assert "R" in master.polled  # read back (its instance still holds the refusal) under the jumped clock
+    clock.now = real + 60  # NTP brought the clock back
+    master.polled.clear()
+    for _ in range(4):
+        await ok_tick(r, clock)
+    assert {g for g in master.polled if g in ("R", "A", *PLAIN)} == {"R", "A", *PLAIN}, master.polled

@@ -96,6 +96,7 @@ def _plan_listed(
     """Each listed instance, once: skipped when asleep or when the idle
     cache says nothing changed, else planned from its record and its gate."""
     counts, now = draft.counts, draft.now
+    horizon = now + read_back_horizon(policy)  # one cached further: planned under a clock since stepped back
     seen = _counted(counts, listing)
     destroyed: list[Record] = []
     last = idle.entries if idle is not None and idle.policy == policy else {}
@@ -126,7 +127,7 @@ def _plan_listed(
             and hit[0] is record
             and hit[1] is gates.get(guid)
             and (record.requested_state is instance.state or not hit[1].ok)
-            and hit[2] > now  # its read-back time, kept with it
+            and now < hit[2] <= horizon  # its read-back time, kept with it
         ):
             still[guid] = hit
             unchanged += 1
