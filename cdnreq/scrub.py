@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from cdnreq.validate.quoting import without_userinfo_in_text
+from cdnreq.validate.quoting import SECRET_WORDS, without_userinfo_in_text
 
 LIMIT = 200
 _READ = 1 << 16  # only the start of a long text can be shown; bounds the work on megabytes
@@ -21,13 +21,15 @@ REMOVED = "[removed]"
 
 # a PEM block, up to its END line, or to the end of the text when unterminated
 _PEM = re.compile(r"-----BEGIN[^\n-]{0,80}-----.*?(?:-----END[^\n-]{0,80}-----|\Z)", re.DOTALL)
-# `password=...`, `"token": "..."`, `Authorization: Bearer ...`
+# `password=...`, `"token": "..."`, `Authorization: Bearer ...`; the lookahead
+# only skips, reading each name once, where no name ends at a separator (the
+# names tried at each of 64 KB of "a-a-a-" took the daemon's thread for a second)
 _SECRET_VALUE = re.compile(
-    r"""(?ix)
-    (\b(?:[a-z_-]{0,40}(?:key|password|passwd|passphrase|secret|token|credential)s?|authorization|cookie)
+    rf"""(?ix)
+    (\b(?=[a-z_-]{{0,52}}+["']?\s*[=:])(?:[a-z_-]{{0,40}}(?:{SECRET_WORDS})s?|authorization|cookie)
      ["']?\s*[=:]\s*)
     (?:bearer\s+|basic\s+)?
-    ("[^"]*"|'[^']*'|[^\s,;&}]+)
+    ("[^"]*"|'[^']*'|[^\s,;&}}]+)
     """
 )
 # a run of base64 or hex long enough to be key material rather than a word,

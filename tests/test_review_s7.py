@@ -145,3 +145,23 @@ async def test_a_refusal_told_under_a_clock_that_jumped_ahead_is_read_back_once_
     for _ in range(4):
         await ok_tick(r, clock)
     assert {g for g in master.polled if g in ("R", "A", *PLAIN)} == {"R", "A", *PLAIN}, master.polled
+
+
+@pytest.mark.parametrize("url", [
+    "https://b.example/x?X-Amz-Signature=S3cretPW&page=2",
+    "https://b.example/x?sig=S3cretPW",
+    "https://b.example/x?user=bob&pwd=S3cretPW",
+])
+def test_a_query_secret_a_master_quotes_is_masked_as_a_customer_s_is(url: str) -> None:
+    """4d9da18 masks a query parameter named like a secret wherever a
+    customer's value is quoted (validate/quoting._QUERY_SECRET); a master's
+    words quoting the same URL (scrub, 042e646) are scrubbed by another list
+    of names (scrub._SECRET_VALUE) without `signature` or `sig`: a signed
+    URL's signature went to the customer, the store, the logs, explain and
+    the feed. One list now; `pwd` added to it."""
+    from cdnreq.scrub import scrub
+    from cdnreq.validate.verdict import validate
+
+    assert "S3cretPW" not in scrub(f"backend {url} answered 403"), scrub(f"backend {url} answered 403")
+    errors = validate({"url": url + " x"}).errors
+    assert len(errors) == 1 and "S3cretPW" not in errors[0], errors

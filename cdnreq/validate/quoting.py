@@ -23,7 +23,7 @@ import json
 import re
 from typing import Any
 
-__all__ = ["MASK", "quote_named", "quote_value", "without_userinfo", "without_userinfo_in_text"]
+__all__ = ["MASK", "SECRET_WORDS", "quote_named", "quote_value", "without_userinfo", "without_userinfo_in_text"]
 
 MASK = "***"
 _QUOTE_LIMIT = 60
@@ -68,10 +68,11 @@ def _masked(text: str, run: re.Pattern[str]) -> str:
     return "".join(parts) + text[done:] if parts else text
 
 
+#: how a name ends when its value is a secret (a query parameter here; a
+#: master's `name=value` or `"name": value` in scrub.py: one list)
+SECRET_WORDS = r"key|password|passwd|passphrase|pwd|secret|token|credential|signature|sig|auth"
 # a query parameter named like a secret: its value, up to the next parameter
-_QUERY_SECRET = re.compile(
-    r"([?&;][A-Za-z0-9_.-]{0,40}?(?:key|password|passwd|passphrase|secret|token|credential|signature|sig|auth)s?=)"
-    r"[^&;#]*", re.IGNORECASE)
+_QUERY_SECRET = re.compile(rf"([?&;][A-Za-z0-9_.-]{{0,40}}?(?:{SECRET_WORDS})s?=)[^&;#]*", re.IGNORECASE)
 
 
 def without_userinfo(value: str, bare: bool = False) -> str:
