@@ -123,7 +123,7 @@ def quote_value(value: Any, bare: bool = False) -> str:
 
 
 # a parameter named like a secret (an unknown one forwarded: `api_token`, `db_password`)
-_SECRET_NAME = re.compile(r"key|passw|passphrase|secret|token|credential|auth|cookie|signature", re.IGNORECASE)
+_SECRET_NAME = re.compile(rf"{SECRET_WORDS}|cookie", re.IGNORECASE)  # the one list, and a cookie
 
 
 def quote_named(name: str, value: Any) -> str:

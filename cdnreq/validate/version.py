@@ -38,7 +38,8 @@ SOURCES = (
 #: Since: validate/quoting.quote_named escapes the key it names (a nested key was named raw), part of version 5's rule.
 #: Since: validate/quoting.SECRET_WORDS, one list with scrub.py, and "pwd" in it, part of version 5's rule.
 #: Since: validate/quoting._BARE_HEAD reads to the first ":" without backtracking (same rule; speed only).
-SOURCES_DIGEST = "34e2ab35c37124f0632bf5d32964b18fd0635060dabb09135135c565edf80e97"
+#: Since: validate/quoting._SECRET_NAME (parameters named like a secret) is SECRET_WORDS too, part of version 5's rule.
+SOURCES_DIGEST = "9f70fb738cb20d815a82d76a1beb28f3467dd7cfc4a9e603805c77dc7ae69d45"
 
 
 #: the libraries a verdict is made by, besides cdnreq's own sources: the public
