@@ -252,6 +252,8 @@ def test_a_value_of_backslashes_is_read_once_not_once_per_backslash(
     ("https://b.example/?token=TOK123&x=1 y", "https://b.example/?token=***&x=1 y"),
     ("https://b.example/a b?x=1&api_key=K3Y;password=p@ss#f", "https://b.example/a b?x=1&api_key=***;password=***#f"),
     ("https://b.example/?X-Amz-Signature=abc&page=2 ", "https://b.example/?X-Amz-Signature=***&page=2 "),
+    ("https://b.example/cb #access_token=T0K&x=1", "https://b.example/cb #access_token=***&x=1"),
+    ("https://b.example/ ?pass=P4SS&token[]=A", "https://b.example/ ?pass=***&token[]=***"),
 ])
 def test_a_secret_in_a_backend_url_s_query_is_never_quoted_back(url: str, shown: str) -> None:
     """A backend URL may carry its credential in the query rather than

@@ -71,9 +71,11 @@ def _masked(text: str, run: re.Pattern[str]) -> str:
 
 #: how a name ends when its value is a secret (a query parameter here; a
 #: master's `name=value` or `"name": value` in scrub.py: one list)
-SECRET_WORDS = r"key|password|passwd|passphrase|pwd|secret|token|credential|signature|sig|auth"
-# a query parameter named like a secret: its value, up to the next parameter
-_QUERY_SECRET = re.compile(rf"([?&;][A-Za-z0-9_.-]{{0,40}}?(?:{SECRET_WORDS})s?=)[^&;#]*", re.IGNORECASE)
+SECRET_WORDS = r"key|password|passwd|passphrase|pass|pwd|secret|token|credential|signature|sig|auth"
+# a query (or fragment: `#access_token=`) parameter named like a secret, `[]`
+# after its name or not: its value, up to the next parameter
+_QUERY_SECRET = re.compile(
+    rf"([?&;#][A-Za-z0-9_.-]{{0,40}}?(?:{SECRET_WORDS})s?(?:\[\])?=)[^&;#]*", re.IGNORECASE)
 
 
 def without_userinfo(value: str, bare: bool = False) -> str:

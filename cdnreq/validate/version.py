@@ -39,7 +39,8 @@ SOURCES = (
 #: Since: validate/quoting.SECRET_WORDS, one list with scrub.py, and "pwd" in it, part of version 5's rule.
 #: Since: validate/quoting._BARE_HEAD reads to the first ":" without backtracking (same rule; speed only).
 #: Since: validate/quoting._SECRET_NAME (parameters named like a secret) is SECRET_WORDS too, part of version 5's rule.
-SOURCES_DIGEST = "9f70fb738cb20d815a82d76a1beb28f3467dd7cfc4a9e603805c77dc7ae69d45"
+#: Since: a fragment's secret (#access_token=), "pass", and "name[]=" are masked too, part of version 5's rule.
+SOURCES_DIGEST = "ff81dd4a77dfd5af07c1965e28bd8076a6afac68cf678b24eb3215aa06203223"
 
 
 #: the libraries a verdict is made by, besides cdnreq's own sources: the public
