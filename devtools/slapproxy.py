@@ -76,6 +76,7 @@ class Slapproxy:
     def __init__(self, workdir: Path, port: int | None = None):
         self.workdir = Path(workdir)
         self.port = port if port is not None else free_port()
+        self._port_chosen = port is None  # another may be taken if someone binds this one first
         self.host = "127.0.0.1"
         self.url = f"http://{self.host}:{self.port}"
         self.computer_id = COMPUTER_ID
@@ -110,7 +111,21 @@ class Slapproxy:
         return DevMasterError(0, f"slapproxy {what} (log {self.log_path}):\n{_tail(self.log_path)}")
 
     def start(self, timeout_s: float = 60) -> "Slapproxy":
-        """Launch slapproxy and wait until it answers; raise with the log tail otherwise."""
+        """Launch slapproxy and wait until it answers; raise with the log tail otherwise.
+        A port this object chose that another process bound between the
+        choice and slapproxy's bind (parallel test workers) is chosen again,
+        before its first start only: a restart keeps its address."""
+        for _ in range(3):
+            try:
+                return self._start(timeout_s)
+            except DevMasterError as error:
+                if not (self._port_chosen and "Address already in use" in str(error)):
+                    raise
+                self.port = free_port()
+                self.url = f"http://{self.host}:{self.port}"
+        return self._start(timeout_s)
+
+    def _start(self, timeout_s: float) -> "Slapproxy":
         if self.process is not None and self.process.poll() is None:
             return self
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -130,6 +145,7 @@ class Slapproxy:
                 raise self._start_failed(f"exited with status {code} while starting")
             if self._answers():
                 self.start_duration_s = time.monotonic() - began
+                self._port_chosen = False  # started: a restart keeps its address
                 return self
             if time.monotonic() >= began + timeout_s:
                 self.stop()
