@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Collection, Iterable, Iterator, Mapping
 
-from cdnreq.model import Lookup
-from cdnreq.model import Challenge, HostClaim, InstanceGuid, SharedInstance
+from cdnreq.model import Challenge, HostClaim, InstanceGuid, Lookup, SharedInstance
 from cdnreq.validate.hosts import challenge_names, overlaps
 from cdnreq.validate.policy import ValidationPolicy
 from cdnreq.validate.verdict import Verdict
@@ -116,11 +115,14 @@ class HostIndex:
             self.touched.add(old.guid)
 
     def apply(self, claims: "Claims") -> None:
-        """What gate.decide decided: the rivals' hosts go, the new claims come."""
+        """What gate.decide decided: the rivals' hosts go, the new claims come,
+        contestable no more this tick (a second prover is refused, not given them)."""
         for host in claims.deletes:
             self.drop(host)
         for claim in claims.upserts:
             self.put(claim)
+        if claims.upserts and self.unnamed:
+            self.unnamed = self.unnamed.difference(c.host for c in claims.upserts)
 
     def take_touched(self) -> set[str]:
         touched, self.touched = self.touched, set()
@@ -322,14 +324,9 @@ def _warnings(
         claim = new.get(host) or index.by_host.get(host)
         if claim is not None and claim.failing_since is not None:
             since = datetime.fromtimestamp(claim.failing_since, timezone.utc).date().isoformat()
-            warnings.append(
-                f"{json.dumps(host)}: the DNS proof of ownership is missing since {since};"
-                + (
-                    " the host will be released after the grace period unless it is restored"
-                    if policy.release_on_recheck_failure
-                    else " please restore it"
-                )
-            )
+            then = "the host will be released after the grace period unless it is restored"
+            then = then if policy.release_on_recheck_failure else "please restore it"
+            warnings.append(f"{json.dumps(host)}: the DNS proof of ownership is missing since {since}; {then}")
     return warnings
 
 

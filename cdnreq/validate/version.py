@@ -40,7 +40,9 @@ SOURCES = (
 #: Since: validate/quoting._BARE_HEAD reads to the first ":" without backtracking (same rule; speed only).
 #: Since: validate/quoting._SECRET_NAME (parameters named like a secret) is SECRET_WORDS too, part of version 5's rule.
 #: Since: a fragment's secret (#access_token=), "pass", and "name[]=" are masked too, part of version 5's rule.
-SOURCES_DIGEST = "ff81dd4a77dfd5af07c1965e28bd8076a6afac68cf678b24eb3215aa06203223"
+#: Since: decide/gate.py HostIndex.apply, a contested host just claimed is not taken again in the same tick (no verdict nor settled
+#: gate changes: a kept gate is trusted only with its claims).
+SOURCES_DIGEST = "2b041746058504bd29af19f67ce11564a9abf6aea07a40aa4076b7a46cc8c4e7"
 
 
 #: the libraries a verdict is made by, besides cdnreq's own sources: the public
