@@ -32,3 +32,30 @@ async def test_a_host_freed_by_its_owners_destroy_goes_to_one_of_two_waiting_cla
     for _ in range(8):
         await w.tick(gone, b, a, *FILL)
     assert w.serves("A", D) != w.serves("B", D), w.cdn.serving()
+
+
+async def test_an_update_dropping_its_custom_domain_acknowledged_but_not_kept_is_sent_again(world) -> None:
+    """A master may answer 200 to an update and not keep it. A live entry
+    whose customer removed its custom_domain: the update was read back, the
+    entry still holding the old custom_domain taken for the new parameters
+    (keys the request did not send were ignored), so the entry kept serving
+    the host cdnreq had released: another customer proving it got a second
+    entry for it."""
+    w: World = await world(retention_s=3600)
+    a = customer("A", D)
+    await w.tick(a, *FILL)
+    w.prove("A", D)
+    for _ in range(3):
+        await w.tick(a, *FILL)
+    assert w.serves("A", D)
+    moved = customer("A", None)
+    w.cdn.dropped["request"] = 1
+    for _ in range(6):
+        await w.tick(moved, *FILL)
+    assert not w.serves("A", D), w.cdn.serving()
+    b = customer("B", D)
+    await w.tick(moved, b, *FILL)
+    w.prove("B", D)
+    for _ in range(6):
+        await w.tick(moved, b, *FILL)
+    assert w.serves("B", D) and not w.serves("A", D), w.cdn.serving()

@@ -168,13 +168,18 @@ def requested(
     )
 
 
+# keys that name hosts: an entry holding one that was not sent (an update
+# removing a custom_domain, acknowledged and not kept) still serves its hosts
+HOST_KEYS = ("custom_domain", "server-alias")
+
+
 def kept(answer: InstanceAnswer, requested: Mapping[str, Any]) -> bool:
     """Whether the technical entry holds what was last requested (a master
     may answer 200 and not keep a request). Extra keys are the master's
-    business. Values are compared on their canonical JSON, so a value that a
-    master spells differently (key order, 1 and 1.0, a stringified number or
-    boolean, a large integer read back as a float) never looks lost, which
-    would request it again every tick. An entry read back `destroyed` holds
+    business, but for HOST_KEYS. Values are compared on their canonical
+    JSON, so a value that a master spells differently (key order, 1 and
+    1.0, a stringified number or boolean, a large integer read back as a
+    float) never looks lost, which would request it again every tick. An entry read back `destroyed` holds
     nothing (destroyed on the master by someone else, or a dropped request):
     taken for live, its customer's site stayed down."""
     if answer.state == RequestedState.DESTROYED.value:
@@ -182,6 +187,8 @@ def kept(answer: InstanceAnswer, requested: Mapping[str, Any]) -> bool:
     if answer.parameters is None:
         return True
     held = answer.parameters
+    if any(held.get(k) not in (None, "") and k not in requested for k in HOST_KEYS):
+        return False
     return all(k in held and _same(held[k], v) for k, v in requested.items())
 
 
