@@ -14,11 +14,12 @@ from typing import Any, Iterable
 from cdnreq.commands.plan import Stages, document
 from cdnreq.config import Config
 from cdnreq.master import MasterRejected
-from cdnreq.model import InstanceAnswer, Listing, Lookup, SharedInstance
+from cdnreq.model import InstanceAnswer, Listing, SharedInstance
 from cdnreq.reconcile.dry import ActionLog, DryStore, ReadOnlyMaster, read_secret
 from cdnreq.reconcile.execute import execute
 from cdnreq.reconcile.tick import Reconciler
 from cdnreq.store import Store
+from tests.test_decisions import Zone
 
 L = "_slapos-challenge"
 
@@ -84,21 +85,11 @@ class FakeMaster:
                 entry["connection"] = {"domain": f"{title}.cdn.example"}
 
 
-class Dns:
+class Dns(Zone):
+    """TXT answers from a dict (empty unless given), counting what is asked."""
+
     def __init__(self, txt: dict[str, str] | None = None):
-        self.txt = txt if txt is not None else {}
-        self.asked: list[str] = []
-
-    async def txt_many(self, names: Iterable[str]) -> dict[str, Lookup]:
-        names = list(names)
-        self.asked += names
-        return {n: Lookup(n, "found", (self.txt[n],)) if n in self.txt else Lookup(n, "absent") for n in names}
-
-    async def addresses(self, name: str) -> Lookup:
-        return Lookup(name, "absent")
-
-    async def close(self) -> None:
-        pass
+        super().__init__(txt if txt is not None else {})
 
 
 def config(tmp_path: Path, daemon: dict[str, Any] | None = None, **domain: Any) -> Config:
