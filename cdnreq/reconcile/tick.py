@@ -25,7 +25,7 @@ import structlog
 from cdnreq.aiotasks import next_or_stop
 from cdnreq.config import Config
 from cdnreq.dns.challenge import SecretError, load_secret, read_secret
-from cdnreq.heap import collector_paused, give_back
+from cdnreq.heap import collector_paused, give_back, release_for_reload
 from cdnreq.master import LocalResourceError, MasterClient, MasterError
 from cdnreq.model import InstanceGuid, Listing, Record
 from cdnreq.reconcile.admitting import Admission
@@ -118,6 +118,7 @@ class Reconciler:
         # The loaded state lives as long as the process: keep the collector
         # from walking it again and again (two full passes over 600 MB cost
         # more than a second a tick at 100,000 instances).
+        gc.unfreeze()  # what an earlier load froze, dropped since, is found too
         gc.collect()
         gc.freeze()
         give_back()  # the rows read, freed
@@ -147,9 +148,12 @@ class Reconciler:
             await old_resolver.close()
 
     def reread(self) -> None:
-        """The store was changed from outside a tick (an operator action):
-        the next tick reads it again."""
-        self.known = None
+        """The store was changed from outside a tick (an operator action), or
+        a burst of changes left the heap spread out (heap.Churn): the next
+        tick reads it again. The copy goes now, freed before the load."""
+        self.known, self.domains = None, None
+        self.idle, self.sleepers, self.names = IdleCache(), Sleepers(), Names()
+        release_for_reload()
 
     async def close(self) -> None:
         await self.master.close()
