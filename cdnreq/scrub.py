@@ -59,13 +59,14 @@ def _escaped(char: str) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
-def redact(text: str) -> str:
+def redact(text: str, cut: bool = False) -> str:
     """`text` without PEM blocks, secret-looking values, key-like runs or the
-    credentials of a URL (`https://user:password@backend`)."""
+    credentials of a URL (`https://user:password@backend`, `?token=`);
+    `cut`: the start of a longer text (see quoting.without_userinfo_in_text)."""
     text = _PEM.sub(REMOVED, text)
     text = _HEX_BYTES.sub(REMOVED, text)
     text = _SECRET_VALUE.sub(lambda m: m.group(1) + REMOVED, text)
-    return without_userinfo_in_text(_KEY_LIKE.sub(_key_like, text))
+    return without_userinfo_in_text(_KEY_LIKE.sub(_key_like, text), cut)
 
 
 def _key_like(match: re.Match[str]) -> str:
@@ -77,5 +78,5 @@ def scrub(text: str, limit: int = LIMIT) -> str:
     """Outside words as cdnreq keeps them: key material removed, whitespace
     runs made one space, other control characters escaped, at most `limit`
     characters (an ellipsis marks a cut)."""
-    text = printable(" ".join(redact(text[:_READ]).split()))
+    text = printable(" ".join(redact(text[:_READ], cut=len(text) > _READ).split()))
     return text if len(text) <= limit else text[: limit - 3] + "..."

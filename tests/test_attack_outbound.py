@@ -205,18 +205,23 @@ def test_a_private_key_sent_in_slapos_serialised_parameters_is_not_written_to_th
 _SCHEME = r"((?:(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*+:)?[/\\]{2})"
 _RULES = {  # the rule as first written, by regular expressions: the oracle on short values
     "value": re.compile(_SCHEME + r"[^/?#]*@"),
-    "bare": re.compile(r"(^(?=[^/?#@]*:[^/?#]*@)|" + _SCHEME[1:] + r"[^/?#]*@"),
-    "text": re.compile(_SCHEME + r"""[^/?#\s"']*@"""),
+    "bare": re.compile(r"(^(?=[^/?#]*:[^/?#]*@)|" + _SCHEME[1:] + r"[^/?#]*@"),
+    "text": re.compile(_SCHEME + r"[^/?#\r\n]*@"),  # spaces and quotes too (a password may hold them)
 }
 
 
 @settings(max_examples=3000, deadline=None, derandomize=True)
-@given(st.text(alphabet="/\\:@a ?#\"'\tH.", max_size=16))
+@given(st.text(alphabet="/\\:@a ?#\"'\t\nH.", max_size=16))
 def test_masking_in_one_pass_masks_what_the_rule_says(text: str) -> None:
     by_rule = {name: rule.sub(r"\1***@", text) if "@" in text else text for name, rule in _RULES.items()}
     assert quoting.without_userinfo(text) == by_rule["value"]
     assert quoting.without_userinfo(text, bare=True) == by_rule["bare"]
     assert quoting.without_userinfo_in_text(text) == by_rule["text"]
+    # the start of a longer text: as if an "@" followed its end
+    cut = {name: rule.sub(r"\1***@", text + "@")[:-1] for name, rule in _RULES.items()}
+    assert quoting.without_userinfo(text, cut=True) == cut["value"]
+    assert quoting.without_userinfo(text, bare=True, cut=True) == cut["bare"]
+    assert quoting.without_userinfo_in_text(text, cut=True) == cut["text"]
 
 
 @pytest.mark.parametrize("hostile", ["@" + "\\\\" * 32768, "@" + " \\\\" * 20000, "a@" + "\\\\x" * 20000])

@@ -191,4 +191,5 @@ def _json_list(value: Any) -> list[str]:
 
 def _text(value: Any) -> str:
     """Bounded, and without the credentials a URL may carry (an error quoting a backend's URL)."""
-    return without_userinfo_in_text(str(value)[:_MAX_TEXT])
+    text = str(value)
+    return without_userinfo_in_text(text[:_MAX_TEXT], cut=len(text) > _MAX_TEXT)

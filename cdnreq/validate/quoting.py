@@ -12,8 +12,15 @@ Like a browser or curl, the user information runs to the last `@` before the
 path (a password may hold an `@`), and a backslash may stand for a slash;
 after a special scheme (http, https, ftp, ws, wss) it starts with or without
 the slashes, as a browser reads `https:/user:password@backend` too.
-A query parameter named like a secret (`?token=...`, `&api_key=...`) is
-masked the same way.
+A query parameter named like a secret (`?token=...`, `&api_key=...`,
+`?tok%65n=...` as a server decodes it) is masked the same way.
+
+In free text (a master's words, a message) a URL's user information runs
+to the last `@` before the path too, spaces and quotes included (a password
+may hold them), only not past a line break: an "@" further in the same
+sentence masks more than needed, never less. A value read only in part (its
+first 4,096 characters) is masked as if an "@" followed the cut: what the
+rest holds is not read, nor shown.
 Pure.
 """
 
@@ -22,8 +29,11 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
+from urllib.parse import unquote_plus
 
-__all__ = ["MASK", "SECRET_WORDS", "quote_named", "quote_value", "without_userinfo", "without_userinfo_in_text"]
+__all__ = [
+    "MASK", "SECRET_WORDS", "masked_head", "quote_named", "quote_value", "without_userinfo", "without_userinfo_in_text",
+]
 
 MASK = "***"
 _QUOTE_LIMIT = 60
@@ -38,29 +48,26 @@ _START = re.compile(r"[/\\]{2}|(?<![A-Za-z0-9+.-])(?:https?|ftp|wss?):[/\\]?(?![
 _REACH = len("https:")
 # one value: the user information runs to the last "@" before the path, spaces included
 _RUN_IN_VALUE = re.compile(r"[^/?#]*+")
-# free text (a message, a master's words): a URL ends at a space or a quote
-_RUN_IN_TEXT = re.compile(r"""[^/?#\s"']*+""")
-# a host name or a host:port entry may start with it, without a scheme, when it
-# holds a password ("user:password@"; a cipher string's "@SECLEVEL=1" is no user
-# information: only these values are read so). The user name holds no ":": to
-# the first one, without backtracking (4 KB of ":" and a "/" took 25 ms an entry)
-_BARE_HEAD = re.compile(r"[^/?#@:]*+:[^/?#]*@")
+# free text (a message, a master's words): the same, but a line ends it (a
+# space or a quote does not: a password may hold one)
+_RUN_IN_TEXT = re.compile(r"[^/?#\r\n]*+")
 
 
-def _masked(text: str, run: re.Pattern[str]) -> str:
+def _masked(text: str, run: re.Pattern[str], cut: bool = False) -> str:
     """`text` with the user information after every start masked, in one pass:
     a start whose run (to the path, or the URL's end) holds no "@" is
     skipped with its run, as every start inside it would fail the same way
     (only one ending in the slash that ends the run may reach past it: it
     begins at most _REACH before). A regular expression
     tried each of them, reading the run again: a hostile value of 64 KB of
-    backslashes held the daemon for seconds."""
+    backslashes held the daemon for seconds. `cut`: `text` is the start of a
+    longer one; a run reaching its end is masked to it (its "@" may follow)."""
     parts: list[str] = []
     done = at = 0
     while (start := _START.search(text, at)) is not None:
         begins = start.end()
         ends = run.match(text, begins).end()
-        last = text.rfind("@", begins, ends)
+        last = len(text) if cut and ends == len(text) else text.rfind("@", begins, ends)
         if last < 0:
             at = max(ends - _REACH if text.startswith("/", ends) else ends, start.start() + 1)
             continue
@@ -72,28 +79,79 @@ def _masked(text: str, run: re.Pattern[str]) -> str:
 #: how a name ends when its value is a secret (a query parameter here; a
 #: master's `name=value` or `"name": value` in scrub.py: one list)
 SECRET_WORDS = r"key|password|passwd|passphrase|pass|pwd|secret|token|credential|signature|sig|auth"
-# a query (or fragment: `#access_token=`) parameter named like a secret, `[]`
-# after its name or not: its value, up to the next parameter
-_QUERY_SECRET = re.compile(
-    rf"([?&;#][A-Za-z0-9_.-]{{0,40}}?(?:{SECRET_WORDS})s?(?:\[\])?=)[^&;#]*", re.IGNORECASE)
+# a query (or fragment: `#access_token=`) parameter: its name, to its "=";
+# its value, up to the next parameter (in free text, up to a space or a quote too)
+_PARAMETER = re.compile(r"[?&;#]([^=?&;#]*+)=")
+_PARAMETER_VALUE = re.compile(r"[^&;#]*+")
+_PARAMETER_VALUE_IN_TEXT = re.compile(r"""[^&;#\s"']*+""")
+# a name named like a secret once decoded: `Api-Key`, `tok%65n`, `access+token`, `token[]`
+_SECRET_AT_END = re.compile(rf"(?:{SECRET_WORDS})s?\Z", re.IGNORECASE)
+_NOT_A_LETTER = re.compile(r"[\W_]+")
+_DECODED = 3  # times a name is decoded: a server may decode a "%2565" twice
 
 
-def without_userinfo(value: str, bare: bool = False) -> str:
+def _names_a_secret(name: str) -> bool:
+    for _ in range(_DECODED):
+        if "%" not in name and "+" not in name:
+            break
+        name = unquote_plus(name, errors="replace")
+    return _SECRET_AT_END.search(_NOT_A_LETTER.sub("", name)) is not None
+
+
+def _without_query_secrets(text: str, value: re.Pattern[str]) -> str:
+    """`text` with the value of every parameter named like a secret masked:
+    each name is read once (and decoded), each secret value once."""
+    parts: list[str] = []
+    done = at = 0
+    while (found := _PARAMETER.search(text, at)) is not None:
+        at = found.end()
+        if _names_a_secret(found.group(1)):
+            parts += (text[done:at], MASK)
+            done = at = value.match(text, at).end()
+    return "".join(parts) + text[done:] if parts else text
+
+
+def _without_bare_head(value: str, cut: bool) -> str | None:
+    """A host name or a host:port entry may start with user information,
+    without a scheme, when it holds a password: to the last "@" before the
+    path, a ":" before it (`alice:pw@host`, `alice@corp:pw@host`; a user
+    without one, `user@host`, is no secret, and a cipher string's
+    "@SECLEVEL=1" no user information: only these values are read so)."""
+    ends = _RUN_IN_VALUE.match(value).end()
+    last = len(value) if cut and ends == len(value) else value.rfind("@", 0, ends)
+    if last < 0 or value.find(":", 0, last) < 0:
+        return None
+    return MASK + _masked(value[last:], _RUN_IN_VALUE, cut)
+
+
+def without_userinfo(value: str, bare: bool = False, cut: bool = False) -> str:
     """One value (a URL as the customer gave it) with its credentials masked,
     those of its query too; `bare`: also at its start, without a scheme (a
-    host name, a host:port entry)."""
+    host name, a host:port entry); `cut`: it is the start of a longer value
+    (see masked_head)."""
     if "=" in value:
-        value = _QUERY_SECRET.sub(rf"\1{MASK}", value)
-    if "@" not in value:
+        value = _without_query_secrets(value, _PARAMETER_VALUE)
+    if "@" not in value and not cut:
         return value
-    if bare and (head := _BARE_HEAD.match(value)) is not None:
-        return MASK + _masked(value[head.end() - 1:], _RUN_IN_VALUE)
-    return _masked(value, _RUN_IN_VALUE)
+    if bare and (masked := _without_bare_head(value, cut)) is not None:
+        return masked
+    return _masked(value, _RUN_IN_VALUE, cut)
 
 
-def without_userinfo_in_text(text: str) -> str:
-    """Free text with the credentials of every URL in it masked."""
-    return _masked(text, _RUN_IN_TEXT) if "@" in text else text
+def masked_head(value: str, bare: bool = False) -> str:
+    """At most the first _MASKED characters of a value, masked as
+    without_userinfo() does; when the value is longer, as if an "@" followed
+    the cut: a password's "@" may lie beyond, where nothing is read."""
+    return without_userinfo(value[:_MASKED], bare, cut=len(value) > _MASKED)
+
+
+def without_userinfo_in_text(text: str, cut: bool = False) -> str:
+    """Free text with the credentials of every URL in it masked, those of
+    its queries too; `cut`: it is the start of a longer text (a URL running
+    to its end is masked to its end)."""
+    if "=" in text:
+        text = _without_query_secrets(text, _PARAMETER_VALUE_IN_TEXT)
+    return _masked(text, _RUN_IN_TEXT, cut) if "@" in text or cut else text
 
 
 def quote_value(value: Any, bare: bool = False) -> str:
@@ -107,7 +165,7 @@ def quote_value(value: Any, bare: bool = False) -> str:
     if not isinstance(value, str):
         value = repr(value)
     cut = len(value) > _MASKED
-    value = without_userinfo(value[:_MASKED], bare)
+    value = masked_head(value, bare)
     # Only the head can be shown; don't JSON-encode a megabyte to find that out.
     head = value[: _QUOTE_LIMIT + 1]
     quoted = json.dumps(head)

@@ -29,7 +29,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator, ValidationError
 
-from cdnreq.validate.quoting import without_userinfo
+from cdnreq.validate.quoting import masked_head
 
 __all__ = ["KNOWN_PARAMETERS", "PATTERN_PROBLEMS", "SCHEMA", "can_name_a_host", "schema_problems", "show_name", "show_value"]
 
@@ -44,7 +44,6 @@ _PROPERTIES: dict[str, dict[str, Any]] = SCHEMA["properties"]
 KNOWN_PARAMETERS: frozenset[str] = frozenset(_PROPERTIES)
 
 _SHOW_LIMIT = 60
-_MASKED = 4096  # what of a long value is looked at for a URL's credentials
 _DIGITS = re.compile(r"[0-9]{1,10}")
 
 
@@ -114,7 +113,7 @@ def _escaped(text: str) -> Iterator[str]:
 
 
 def _show_string(text: str) -> str:
-    text = without_userinfo(text[:_MASKED])  # a backend's password is never shown (cdnreq/validate/quoting.py)
+    text = masked_head(text)  # a backend's password is never shown (cdnreq/validate/quoting.py)
     if len(text) <= _SHOW_LIMIT:  # cheap path; the long path only looks at a prefix
         quoted = json.dumps(text)
         if len(quoted) <= _SHOW_LIMIT:
