@@ -326,3 +326,19 @@ def test_merge_adopts_the_old_entry_of_a_customer_cdnreq_holds_without_one():
     assert [(r.guid, r.title, r.phase, r.tech_guid) for r in out.records] == [("P", "_cdnreq_P", Phase.LIVE, "T-P")]
     assert {(f.kind, f.guid) for f in out.findings} == {("adopted-over", "P"), ("already-known", "Q")}
     assert [c.host for c in out.claims] == ["p.test"]
+
+
+def test_an_old_domain_holding_a_password_is_not_written_in_a_finding():
+    """The old requester kept the custom_domain it was given, as given: a
+    `alice:pw@a.test` went into the changed-domain or pending-not-listed
+    finding whole, which import-legacy prints and `cdnreq status` and
+    `explain` show from the store."""
+    old = Old().live("A", params("a.test"))
+    old.proofs["A"] = LegacyProof("A", "alice:S3cretPW@a.test", "tok", True, 5.0)
+    old.validated["P"] = LegacyRow("P", params("p.test"), {}, "invalid", 50.0)
+    old.proofs["P"] = LegacyProof("P", "alice@corp:S3cretPW@p.test", "tok-P", False, 40.0)
+    found = {(f.kind, f.guid): f for f in old.adopt().findings}
+    assert found["changed-domain", "A"].found.startswith("the old token was issued for ***@a.test; the instance names")
+    assert "S3cretPW" not in repr(found)
+    assert found["pending-not-listed", "P"].found.startswith("the master does not list it; the old requester saw it at"
+                                                        " its last run and gave it a token for ***@p.test")

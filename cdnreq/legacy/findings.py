@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from cdnreq.validate.quoting import without_userinfo
+
 # kind -> (what was found, the decision); {placeholders} come from the finding
 FINDINGS: dict[str, tuple[str, str]] = {
     "host-conflict": (
@@ -120,9 +122,16 @@ class Finding:
                 "host": self.host, "found": self.found, "decision": self.decision}
 
 
+# the values that name a host or a domain: the old state kept a customer's as given, a password in it
+# (`alice:pw@a.test`) is masked as a message masks it (validate/quoting.py)
+_HOSTS = ("host", "domain", "old", "new")
+
+
 def finding(kind: str, guid: str, reference: str, *, host: str | None = None, **values: Any) -> Finding:
     found, decision = FINDINGS[kind]
     values = {"host": host, **values}
+    values.update((k, without_userinfo(v, bare=True)) for k, v in values.items() if k in _HOSTS and isinstance(v, str))
+    host = values["host"]
     return Finding(kind, guid, reference, host, found.format(**values), decision.format(**values))
 
 
