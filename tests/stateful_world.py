@@ -53,7 +53,9 @@ class Master:
     what each customer was shown. Faults are one-shot: `fail[call]` fails the
     next `n` such calls unapplied (a 5xx), `applied_then_fail[call]` applies
     then times out, `dropped[call]` answers 200 and does not apply;
-    `listing_fault` changes the next listing only."""
+    `deploying[call]` answers the next `n` requests before the CDN
+    published its answer: the answer, and the entry's next read-back, are
+    empty; `listing_fault` changes the next listing only."""
 
     def __init__(self) -> None:
         self.listed: list[SharedInstance] = []
@@ -64,6 +66,8 @@ class Master:
         self.applied_then_fail: Counter = Counter()
         self.dropped: Counter = Counter()
         self.reject: Counter = Counter()  # 4xx "no"
+        self.deploying: Counter = Counter()
+        self.withheld: set[str] = set()  # titles whose next read-back has no answer yet (deploying)
         self.listing_fault: tuple[str, Any] | None = None
         self.read_back_fault: str | None = None  # "empty" | "lost" | "other" for the next read-back
         self.writes: list[tuple[str, str, Any]] = []  # (call, title or guid, what) this tick
@@ -119,8 +123,13 @@ class Master:
         if parameters is not None:
             entry.parameters = dict(parameters)
         entry.connection = {} if state == "destroyed" else cdn_answer(title)
+        self.withheld.discard(title)
+        if state != "destroyed" and self.deploying[call] > 0:
+            self.deploying[call] -= 1
+            self.withheld.add(title)
         self._fault(call, self.applied_then_fail)
-        return InstanceAnswer(guid=entry.guid, connection_parameters=dict(entry.connection), state=state,
+        answered = {} if title in self.withheld else dict(entry.connection)
+        return InstanceAnswer(guid=entry.guid, connection_parameters=answered, state=state,
                               title=title, parameters=dict(entry.parameters))
 
     async def get_instance(self, instance_guid: str) -> InstanceAnswer:
@@ -133,7 +142,9 @@ class Master:
                 raise MasterRejected("get", "HTTP 404: not found", status=404, title="not found")
             if fault == "other":
                 raise MasterMalformed("get", f"answer is for 'tech-other', not {instance_guid!r}")
-            connection = {} if fault == "empty" else dict(entry.connection)
+            deploying = entry.title in self.withheld
+            self.withheld.discard(entry.title)
+            connection = {} if fault == "empty" or deploying else dict(entry.connection)
             return InstanceAnswer(guid=instance_guid, connection_parameters=connection, state=entry.state,
                                   title=entry.title, parameters=dict(entry.parameters))
         listed = {i.guid: i for i in self.listed}
