@@ -228,13 +228,18 @@ def polled(record: Record, answer: InstanceAnswer, now: float) -> Record:
 
 
 def lost(record: Record, reason: str, now: float) -> Record:
-    """The master no longer knows the technical entry: request it again."""
+    """The master no longer knows the technical entry: request it again.
+    One 404 is no proof the entry is gone (a master may lie once), and a
+    customer is never left with less than it was told: the last answer
+    stays what it is shown (`connection` kept, stored with the record, so
+    a restarted daemon shows the same) until a request succeeds and the
+    technical CDN answers anew (`requested`, `polled`); a refusal is shown
+    beside it (`rejection`), a failure changes nothing it is shown."""
     return replace(
         record,
         phase=Phase.NEW,
         param_hash=None,
         tech_guid=None,
-        connection=None,
         last_action="poll",
         last_error=f"technical entry not found, requesting it again ({reason})",
         updated_at=now,
