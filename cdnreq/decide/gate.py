@@ -286,7 +286,7 @@ def decide(
     if challenge is None or challenge.domain != verdict.custom_domain:
         # no token for this domain yet: the caller issues one; pending meanwhile
         return Gate(Status.PENDING, hosts=verdict.hosts, pending=tuple(unproven)), Claims()
-    still = [h for h in unproven if not _proven(h, verdict.registrable, challenge.token, lookups, policy)]
+    still = [h for h in unproven if not _proven(h, verdict.registrable, challenge.token, lookups, policy)] if lookups else unproven
     if still:
         return _pending(verdict, still, challenge, policy), Claims()
     upserts: dict[str, HostClaim] = {}

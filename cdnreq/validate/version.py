@@ -46,7 +46,9 @@ SOURCES = (
 #: name is decoded (?tok%65n=), a bare user name holding an "@" (alice@corp:pw@host), a value longer than what is read
 #: masked as if an "@" followed the cut; a message already published with one of these unmasked is told again, masked.
 #: Since: validate/schema.py quotes a long value's head through quoting.masked_head (the one rule; its own _MASKED gone).
-SOURCES_DIGEST = "e655c8d2af3f8ecf56d669f31dd5c4c34c3e21f397b3dfc7fab78de82ca5eff0"
+#: Since: decide/gate.py decide, a pending instance decided without DNS answers (its lookups not due) skips
+#: looking for them (the same gate, sooner).
+SOURCES_DIGEST = "aa8471b46bd7fa45bdf54cd865ed2b908319d989a779a51800c9838513b0c877"
 
 
 #: the libraries a verdict is made by, besides cdnreq's own sources: the public
