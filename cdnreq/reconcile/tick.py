@@ -148,9 +148,9 @@ class Reconciler:
             await old_resolver.close()
 
     def reread(self) -> None:
-        """The store was changed from outside a tick (an operator action), or
-        a burst of changes left the heap spread out (heap.Churn): the next
-        tick reads it again. The copy goes now, freed before the load."""
+        """The store was changed from outside a tick (an operator action, a
+        new leader's term): the next tick reads it again. The copy goes now,
+        freed before the load builds the next: never two held at once."""
         self.known, self.domains = None, None
         self.idle, self.sleepers, self.names = IdleCache(), Sleepers(), Names()
         release_for_reload()

@@ -35,7 +35,6 @@ from cdnreq.decide.operator import REDELIVER, action_of, who
 from cdnreq.endpoint import bound_address, make_app, serve
 from cdnreq.explain import explain
 from cdnreq.fdlimit import fit_config, limits_of, raise_fd_limit
-from cdnreq.heap import Churn
 from cdnreq.master import MasterClient
 from cdnreq.metrics import Metrics
 from cdnreq.notify import Notifier, watchdog_interval_s, watchdog_loop
@@ -99,7 +98,6 @@ class Daemon:
         self._token: str | None = None
         self.webhooks: Webhooks | None = None  # the consumers' deliveries, each its own task
         self.ticks = TickHistory()
-        self.churn = Churn()  # when to read the store again to give memory back
         self.snapshot = PacedSnapshot(self._snapshot)
         self.upkeep: Upkeep | None = None
         self.address: str | None = None
@@ -375,8 +373,6 @@ class Daemon:
         if seen.loaded:
             self.metrics.instances(seen.phases)
             self.metrics.hosts(seen.hosts, seen.hosts_failing)
-        if self.churn.after(report, len(self.reconciler.known or ()) + len(self.reconciler.sleepers)):
-            self.reconciler.reread()  # after a burst: the heap given back (heap.Churn)
         self.notifier.status(status_line(report) + self.config_state.suffix())
 
     async def _tick(self, at_once: bool = False) -> TickReport | None:
