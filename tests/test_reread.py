@@ -43,9 +43,9 @@ async def test_a_read_again_frees_the_copy_it_replaces_and_changes_nothing(
     tmp_path: Path, started: list[Daemon]
 ) -> None:
     """reread() let the domain state, its host index and the sleepers live
-    on until the next load had built their replacements: a daemon asked to
-    give memory back held two copies at the peak, and the one it dropped
-    stayed frozen, cycles and all. The next tick reads the store and acts
+    on until the next load had built their replacements (two copies held
+    at the load's peak), and the one it dropped stayed frozen, cycles and
+    all. The next tick reads the store and acts
     exactly as the copy it replaced would have: one list call."""
     d, master, clock = await converged(tmp_path, started)
     assert d.r is not None and d.r.domains is not None
