@@ -15,10 +15,11 @@ import enum
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Collection, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Mapping
 
 from cdnreq.model import Challenge, HostClaim, InstanceGuid, Lookup, SharedInstance
-from cdnreq.validate.hosts import challenge_names, overlaps
+from cdnreq.decide.hostindex import Claims, HostIndex
+from cdnreq.validate.hosts import challenge_names
 from cdnreq.validate.policy import ValidationPolicy
 from cdnreq.validate.verdict import Verdict
 
@@ -39,6 +40,8 @@ class Gate:
     error: str | None = None  # for software_instance_error
     pending: tuple[str, ...] = ()
     reason: str | None = None  # why it waits, for `cdnreq status`, when not for DNS proof
+    # a pending gate's inputs (verdict, challenge, policy): the same ones give it back (see _pending)
+    made: tuple[Any, ...] = field(default=(), compare=False, repr=False)
 
     @classmethod
     def accept(cls, instance: SharedInstance) -> "Gate":
@@ -68,192 +71,6 @@ class DomainPolicy:
     validation: ValidationPolicy = ValidationPolicy()  # a change re-validates every instance
 
 
-class HostIndex:
-    """Who owns which host; conflicts can only arise within a registrable domain.
-
-    Hosts by guid and by domain are held as the one host's string when
-    there is one (nearly always: a tuple of one costs 72 bytes more, twice
-    per host at 100,000 owners), as a tuple when a few, as an ordered dict
-    past _FEW (a registrable domain may hold 100,000s: one platform's
-    subdomains), so adding or dropping one never copies them all; read them
-    through owned() and in_domain(). `_below` files a host under each
-    parent of its base strictly between it and its registrable domain
-    (only hosts two labels or more below it), so rivals() finds what a
-    wildcard covers without walking the domain.
-    """
-
-    def __init__(self, claims: Iterable[HostClaim] = ()):
-        self.by_host: dict[str, HostClaim] = {}
-        self._by_guid: dict[str, _Held] = {}
-        self._by_domain: dict[str, _Held] = {}
-        self._below: dict[str, _Held] = {}
-        self.touched: set[str] = set()  # guids whose claims changed since last taken
-        # hosts whose owner has not named them, or not been listed, for
-        # confirm_ticks ticks: contestable (set by each tick, see decide/domainstep.contested)
-        self.unnamed: frozenset[str] = frozenset()
-        # hosts whose owner left the master fewer than confirm_ticks ticks ago: still blocking
-        self.recent: frozenset[str] = frozenset()
-        for claim in claims:
-            self.put(claim)
-
-    def put(self, claim: HostClaim) -> None:
-        self.drop(claim.host)
-        self.by_host[claim.host] = claim
-        _add(self._by_guid, claim.guid, claim.host)
-        _add(self._by_domain, claim.registrable, claim.host)
-        for parent in _between(claim.host, claim.registrable):
-            _add(self._below, parent, claim.host)
-        self.touched.add(claim.guid)
-
-    def drop(self, host: str) -> None:
-        old = self.by_host.pop(host, None)
-        if old is not None:
-            _remove(self._by_guid, old.guid, host)
-            _remove(self._by_domain, old.registrable, host)
-            for parent in _between(host, old.registrable):
-                _remove(self._below, parent, host)
-            self.touched.add(old.guid)
-
-    def apply(self, claims: "Claims") -> None:
-        """What gate.decide decided: the rivals' hosts go, the new claims come,
-        contestable no more this tick (a second prover is refused, not given them)."""
-        for host in claims.deletes:
-            self.drop(host)
-        for claim in claims.upserts:
-            self.put(claim)
-        if claims.upserts and self.unnamed:
-            self.unnamed = self.unnamed.difference(c.host for c in claims.upserts)
-
-    def take_touched(self) -> set[str]:
-        touched, self.touched = self.touched, set()
-        return touched
-
-    def drop_guid(self, guid: str) -> None:
-        for host in self.owned(guid):
-            self.drop(host)
-
-    def owned(self, guid: str) -> tuple[str, ...]:
-        """The hosts `guid` owns, in the order it proved them."""
-        return _hosts(self._by_guid.get(guid))
-
-    def in_domain(self, registrable: str) -> tuple[str, ...]:
-        """The hosts claimed under one registrable domain."""
-        return _hosts(self._by_domain.get(registrable))
-
-    def owned_by_others(self, guids: Collection[str]) -> Iterator[str]:
-        """The hosts of every owner not in `guids`."""
-        by_guid = self._by_guid
-        for guid in [g for g in by_guid if g not in guids]:  # one comprehension over 100,000 owners, nearly all in `guids`
-            yield from _hosts(by_guid[guid])
-
-    def hosts_of(self, guid: str) -> set[str]:
-        return set(self.owned(guid))
-
-    def owns(self, guid: str, host: str) -> bool:
-        claim = self.by_host.get(host)
-        return claim is not None and claim.guid == guid
-
-    def blocking(self, host: str, registrable: str, guid: str, active: set[str]) -> list[HostClaim]:
-        """Rivals that make a claim on `host` fail at once: owners on the
-        master that name it, and owners gone from it (retained) for fewer than
-        confirm_ticks ticks (`recent`). A host its owner has not named, or
-        been listed, for longer (`unnamed`) may be taken by DNS proof: one
-        listing never hands a live host over."""
-        unnamed, recent = self.unnamed, self.recent
-        return [
-            r for r in self.rivals(host, registrable, guid)
-            if (r.guid in active or r.host in recent) and r.host not in unnamed
-        ]
-
-    def rivals(self, host: str, registrable: str, guid: str) -> list[HostClaim]:
-        """Claims of other instances on this host or overlapping it (wildcards),
-        within `registrable`. A domain of a few hosts (nearly all) is walked;
-        in a large one, the claims on its base and its wildcard, the wildcards
-        above it and, for a wildcard, the hosts below it: what `host` names,
-        not what the domain holds (but `*.` the domain itself covers it all)."""
-        by_host, held = self.by_host, self._by_domain.get(registrable)
-        if held is None:
-            return []
-        if held.__class__ is not dict:
-            return [c for h in _hosts(held) if (c := by_host[h]).guid != guid and overlaps(h, host)]
-        base = host[2:] if host.startswith("*.") else host
-        found = dict.fromkeys([base, f"*.{base}", *(f"*.{p}" for p in _parents(base, registrable))])
-        if host.startswith("*."):
-            below = self.in_domain(registrable) if base == registrable else _hosts(self._below.get(base))
-            found.update(dict.fromkeys(below))
-        return [
-            c for h in found
-            if (c := by_host.get(h)) is not None and c.registrable == registrable and c.guid != guid and overlaps(h, host)
-        ]
-
-
-_Held = str | tuple[str, ...] | dict[str, None]
-_FEW = 16  # past this, hosts are held in an ordered dict: adding or dropping one copies none
-
-
-def _hosts(held: _Held | None) -> tuple[str, ...]:
-    if held is None:
-        return ()
-    if held.__class__ is str:
-        return (held,)  # type: ignore[return-value]
-    return held if held.__class__ is tuple else tuple(held)  # type: ignore[return-value]
-
-
-def _add(index: dict[str, _Held], key: str, host: str) -> None:
-    held = index.get(key)
-    if held is None:
-        index[key] = host
-    elif held.__class__ is dict:
-        held[host] = None  # type: ignore[index]
-    else:
-        hosts = (*_hosts(held), host)
-        index[key] = hosts if len(hosts) <= _FEW else dict.fromkeys(hosts)
-
-
-def _remove(index: dict[str, _Held], key: str, host: str) -> None:
-    held = index.get(key)
-    if held.__class__ is dict:
-        held.pop(host, None)  # type: ignore[union-attr]
-        if len(held) > 1:  # type: ignore[arg-type]
-            return
-    rest = tuple(h for h in _hosts(held) if h != host)
-    if len(rest) > 1:
-        index[key] = rest
-    elif rest:
-        index[key] = rest[0]
-    else:
-        index.pop(key, None)
-
-
-def _parents(base: str, registrable: str) -> Iterator[str]:
-    """The parents of `base` down to `registrable`, inclusive, nearest first
-    (none when it is not under it)."""
-    if not base.endswith(f".{registrable}"):
-        return
-    name = base
-    while name != registrable:
-        name = name.split(".", 1)[1]
-        yield name
-
-
-def _between(host: str, registrable: str) -> Iterable[str]:
-    """The parents of `host`'s base strictly above `registrable`: where _below
-    files it (none for a host one label below it, nearly every host: no work)."""
-    base = host[2:] if host.startswith("*.") else host
-    if base.count(".") <= registrable.count(".") + 1:
-        return ()
-    return [p for p in _parents(base, registrable) if p != registrable]
-
-
-@dataclass(frozen=True, slots=True)
-class Claims:
-    """What the gate decided about hosts this tick."""
-
-    upserts: tuple[HostClaim, ...] = ()
-    deletes: tuple[str, ...] = ()  # rivals' hosts that go (those it claims itself are replaced)
-    taken_from: tuple[InstanceGuid, ...] = ()  # retained instances that lost a host
-
-
 def decide(
     instance: SharedInstance,
     verdict: Verdict,
@@ -264,10 +81,12 @@ def decide(
     lookups: Mapping[str, Lookup],
     policy: DomainPolicy,
     now: float,
+    last: Gate | None = None,
 ) -> tuple[Gate, Claims]:
     """The gate for one instance and the claims it makes, decided from
     `index` as it is; the caller applies the claims (HostIndex.apply) before
-    deciding the next instance of the tick, which must see them."""
+    deciding the next instance of the tick, which must see them. `last`:
+    the instance's gate at the last tick, given back when made the same."""
     guid = instance.guid
     if not verdict.ok:
         return _invalid(verdict, verdict.errors), Claims()
@@ -288,7 +107,7 @@ def decide(
         return Gate(Status.PENDING, hosts=verdict.hosts, pending=tuple(unproven)), Claims()
     still = [h for h in unproven if not _proven(h, verdict.registrable, challenge.token, lookups, policy)] if lookups else unproven
     if still:
-        return _pending(verdict, still, challenge, policy), Claims()
+        return _pending(verdict, still, challenge, policy, last), Claims()
     upserts: dict[str, HostClaim] = {}
     deletes: dict[str, None] = {}  # in order, once each
     taken_from: set[InstanceGuid] = set()
@@ -393,7 +212,16 @@ def _invalid(verdict: Verdict, errors: tuple[str, ...]) -> Gate:
     return Gate(Status.INVALID, extras=extras, error=message, hosts=verdict.hosts)
 
 
-def _pending(verdict: Verdict, still: list[str], challenge: Challenge, policy: DomainPolicy) -> Gate:
+def _pending(
+    verdict: Verdict, still: list[str], challenge: Challenge, policy: DomainPolicy, last: Gate | None = None
+) -> Gate:
+    """Waiting for DNS proof of `still`: what the customer is asked to
+    publish. A function of its inputs alone, so the last tick's gate made
+    of the same (by identity: they are kept between ticks) is given back
+    rather than made again: 10,000 pending instances at every tick."""
+    made = last.made if last is not None else ()
+    if made and made[0] is verdict and made[1] is challenge and made[2] == policy and last.pending == tuple(still):  # type: ignore[union-attr]
+        return last  # type: ignore[return-value]
     extras = _base_extras(verdict, challenge, policy, list(verdict.warnings))
     ways = "; ".join(dict.fromkeys(_record_name(h, verdict, policy) for h in still))
     assert verdict.registrable is not None
@@ -404,4 +232,4 @@ def _pending(verdict: Verdict, still: list[str], challenge: Challenge, policy: D
         " the CDN once every host is proven."
     )
     extras["pending-host-list"] = json.dumps(still)
-    return Gate(Status.PENDING, extras=extras, hosts=verdict.hosts, pending=tuple(still))
+    return Gate(Status.PENDING, extras=extras, hosts=verdict.hosts, pending=tuple(still), made=(verdict, challenge, policy))

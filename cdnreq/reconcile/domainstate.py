@@ -204,6 +204,7 @@ class DomainState:
             gate, claims = decide(
                 instance, run.verdicts[guid], index=self.index, active=run.active,
                 challenge=self.challenges.get(InstanceGuid(guid)), lookups=lookups, policy=self.policy, now=run.now,
+                last=self._gates_before.get(guid),
             )
             self.index.apply(claims)  # the next instance of the tick sees them
             out.gates[guid] = gate = self._same_as_before(guid, gate)

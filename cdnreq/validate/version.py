@@ -25,6 +25,7 @@ SOURCES = (
     "validate/*.py",
     "schemas/shared-instance.schema.json",
     "decide/gate.py",
+    "decide/hostindex.py",
 )
 #: their digest when VALIDATOR_VERSION was last set, or when they last changed
 #: without a rule changing (then say so in the commit; see tests/test_decisions.py).
@@ -48,7 +49,9 @@ SOURCES = (
 #: Since: validate/schema.py quotes a long value's head through quoting.masked_head (the one rule; its own _MASKED gone).
 #: Since: decide/gate.py decide, a pending instance decided without DNS answers (its lookups not due) skips
 #: looking for them (the same gate, sooner).
-SOURCES_DIGEST = "aa8471b46bd7fa45bdf54cd865ed2b908319d989a779a51800c9838513b0c877"
+#: Since: decide/hostindex.py holds HostIndex and Claims, moved out of decide/gate.py whole (same rules); a pending gate
+#: made of the same verdict, challenge and policy as the last tick's is that gate (gate._pending; the same gate, sooner).
+SOURCES_DIGEST = "330720a8a9ffc73435b113639cfad646e95d3f97ce06e251dc514163d280a57f"
 
 
 #: the libraries a verdict is made by, besides cdnreq's own sources: the public
