@@ -220,7 +220,7 @@ def _pending(
     of the same (by identity: they are kept between ticks) is given back
     rather than made again: 10,000 pending instances at every tick."""
     made = last.made if last is not None else ()
-    if made and made[0] is verdict and made[1] is challenge and made[2] == policy and last.pending == tuple(still):  # type: ignore[union-attr]
+    if made and made[0] is verdict and made[1] is challenge and made[2] is policy and last.pending == tuple(still):  # type: ignore[union-attr]
         return last  # type: ignore[return-value]
     extras = _base_extras(verdict, challenge, policy, list(verdict.warnings))
     ways = "; ".join(dict.fromkeys(_record_name(h, verdict, policy) for h in still))

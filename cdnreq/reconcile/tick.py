@@ -271,7 +271,8 @@ class Reconciler:
         if self.known is None or self.domains is None:
             await self.load()
         assert self.domains is not None
-        self.domains.policy = domain_policy_of(self.config)
+        if (policy := domain_policy_of(self.config)) != self.domains.policy:  # else the same object: see gate._pending
+            self.domains.policy = policy
         self.domains.confirm_ticks = self.config.daemon.confirm_ticks
 
     async def _list(self, report: TickReport) -> Listing:

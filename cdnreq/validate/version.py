@@ -50,8 +50,9 @@ SOURCES = (
 #: Since: decide/gate.py decide, a pending instance decided without DNS answers (its lookups not due) skips
 #: looking for them (the same gate, sooner).
 #: Since: decide/hostindex.py holds HostIndex and Claims, moved out of decide/gate.py whole (same rules); a pending gate
-#: made of the same verdict, challenge and policy as the last tick's is that gate (gate._pending; the same gate, sooner).
-SOURCES_DIGEST = "330720a8a9ffc73435b113639cfad646e95d3f97ce06e251dc514163d280a57f"
+#: made of the same verdict, challenge and policy (the same objects) as the last tick's is that gate (gate._pending; the
+#: same gate, sooner).
+SOURCES_DIGEST = "ec3ef247a704c53201e97b9bea77df4b997c2fc945028e42e8f9cea078fcdd19"
 
 
 #: the libraries a verdict is made by, besides cdnreq's own sources: the public
