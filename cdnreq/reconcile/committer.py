@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from typing import Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import structlog
 
@@ -75,7 +75,7 @@ class Committer:
             upserts = [o.record for o in outcomes if o.record is not None]
             forgets = [o.action.guid for o in outcomes if o.record is None]
             events = [e for o in outcomes for e in o.events]
-            shown = {o.action.guid: o.shown for o in outcomes if o.shown is not None and o.record is not None}
+            shown = _shown(outcomes)
             now = time.time()
             feed = [c for o in outcomes
                     for c in changes.of_outcome(o.action.record, o.record, o.action.kind, o.ok, o.shown, now)]
@@ -86,6 +86,23 @@ class Committer:
                     self.domains.forget(outcome.action.guid)
                 else:
                     self.known[outcome.action.guid] = outcome.record
+
+
+def _shown(outcomes: list[Outcome]) -> dict[str, Mapping[str, Any] | None]:
+    """What each customer was shown, as the store keeps it (a Record keeps
+    its digest only): what was just published; or nothing (NULL) once a
+    read-back found it gone from the master (transitions.unshown) and no
+    publication replaced it, as in memory: a restarted daemon publishes it
+    again as the running one does, not at the next read-back."""
+    shown: dict[str, Mapping[str, Any] | None] = {}
+    for o in outcomes:
+        if o.record is None:
+            continue
+        if o.shown is not None:
+            shown[o.action.guid] = o.shown
+        elif o.record.published is None and o.action.record.published is not None:
+            shown[o.action.guid] = None
+    return shown
 
 
 def _log_transition(outcome: Outcome) -> None:

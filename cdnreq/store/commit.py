@@ -47,7 +47,7 @@ def commit_steps(
     challenge_upserts: Iterable[Challenge] = (),
     challenge_deletes: Iterable[str] = (),
     decisions: Iterable[Decision] = (),
-    shown: Mapping[str, Mapping[str, Any]] | None = None,
+    shown: Mapping[str, Mapping[str, Any] | None] | None = None,
     asleep: Iterable[tuple[str, str]] = (),
     changes: Iterable[ChangeEvent] = (),
     names: Iterable[tuple[str, str]] = (),

@@ -91,7 +91,7 @@ class TickStore(Protocol):
         challenge_upserts: Iterable[Challenge] = (),
         challenge_deletes: Iterable[str] = (),
         decisions: Iterable[Decision] = (),
-        shown: Mapping[str, Mapping[str, Any]] | None = None,
+        shown: Mapping[str, Mapping[str, Any] | None] | None = None,
         asleep: Iterable[tuple[str, str]] = (),
         changes: Iterable[ChangeEvent] = (),
         names: Iterable[tuple[str, str]] = (),
@@ -100,7 +100,8 @@ class TickStore(Protocol):
         (guid, mark) of instances fallen asleep; any upsert of a record
         clears its mark. `changes`: the change feed's rows for what this
         transaction changes (decide/changes.py), numbered in it. `names`:
-        (guid, customer's title) to keep, where none is kept yet."""
+        (guid, customer's title) to keep, where none is kept yet. `shown`:
+        what each customer was shown, by guid; None: nothing any more."""
 
     async def begin_tick(self, started_at: float) -> int:
         """A new tick's id; StoreLost when the store is no longer the one locked."""

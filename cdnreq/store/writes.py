@@ -38,7 +38,7 @@ class SqlWrites:
         challenge_upserts: Iterable[Challenge] = (),
         challenge_deletes: Iterable[str] = (),
         decisions: Iterable[Decision] = (),
-        shown: Mapping[str, Mapping[str, Any]] | None = None,
+        shown: Mapping[str, Mapping[str, Any] | None] | None = None,
         asleep: Iterable[tuple[str, str]] = (),
         changes: Iterable[ChangeEvent] = (),
         names: Iterable[tuple[str, str]] = (),
