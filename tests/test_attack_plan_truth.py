@@ -9,11 +9,12 @@ hands to its executor, and write nothing."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import pytest
 
 from cdnreq.decide.actions import READ_BACK
+from cdnreq.master import MasterUnavailable
 from tests.planharness import L, Clock, Daemon, Dns, FakeMaster, config, customer, dry_plan, dump, pairs
 
 
@@ -80,6 +81,60 @@ async def test_plan_reads_back_the_instances_the_tick_reads_back(tmp_path: Path,
     assert report.ok, report.error
     assert pairs(shown) == pairs(actions), (sorted(pairs(shown)), sorted(pairs(actions)))
     assert [r["instance_guid"] for r in doc["would"]["poll"]] == [a.guid for a in actions if a.reason == READ_BACK]
+
+
+class PublishFailsOnce(FakeMaster):
+    """The next publication fails once (`failing`), sent but not applied."""
+
+    failing = 0
+
+    async def publish_connection(self, instance_guid: str, parameters: Any) -> None:
+        if self.failing:
+            self.failing -= 1
+            raise MasterUnavailable("publish", "HTTP 503: Service Unavailable", status=503)
+        await super().publish_connection(instance_guid, parameters)
+
+
+@pytest.mark.parametrize("restart", [False, True])
+async def test_a_dropped_publication_whose_republication_failed_is_published_again_as_stored(
+    tmp_path: Path, started: list[Daemon], restart: bool
+) -> None:
+    """A read-back found P no longer holds what it was shown (the master
+    dropped it) and publishing it again failed: memory forgot what P was
+    shown, the store did not. `cdnreq plan` showed a read-back where the
+    daemon published; a daemon restarted before the retry took P for told,
+    and, its backend changed meanwhile (the CDN's answer the same), never
+    published again: P was left with nothing until the next read-back."""
+    cfg = config(tmp_path, {"verify_interval_s": 3600, "retry_base_s": 60, "retry_max_s": 60})
+    clock = Clock(1_800_000_000.0)
+    master, dns = PublishFailsOnce([customer("P"), customer("Q")]), Dns()
+    d = Daemon(cfg, master, dns, clock)
+    started.append(d)
+    await d.start()
+    for _ in range(4):
+        clock.now += 60
+        master.answer_all()
+        report, _ = await d.tick()
+        assert report.ok, report.error
+    shown = dict(master.shown["P"])
+    assert shown.get("domain"), shown
+    clock.now += 3600 * 1.3  # both read-backs due
+    del master.shown["P"]  # acknowledged, then dropped by the master
+    master.failing = 1
+    report, _ = await d.tick()
+    assert report.ok and report.results.get("poll:failed") == 1, (report.results, report.error)
+    assert d.store is not None and d.r is not None and d.r.known is not None
+    assert (await d.store.load())["P"] == d.r.known["P"]
+    assert await d.store.published_of("P") is None
+    if restart:
+        await d.restart()
+        master.instances[0] = customer("P", url="https://moved.backend.example")
+    published = master.calls["publish_connection"]
+    for _ in range(3):
+        clock.now += 120  # past the backoff
+        await _plan_then_tick(d, master, dns, clock)
+    assert master.shown.get("P") == shown
+    assert master.calls["publish_connection"] == published + 1  # P's only: Q is not published twice
 
 
 async def test_plan_shows_the_retained_entries_whose_destroy_the_guard_holds(

@@ -59,3 +59,26 @@ async def test_an_update_dropping_its_custom_domain_acknowledged_but_not_kept_is
     for _ in range(6):
         await w.tick(moved, b, *FILL)
     assert w.serves("B", D) and not w.serves("A", D), w.cdn.serving()
+
+
+def test_a_dropped_publication_whose_republication_fails_is_forgotten_by_the_store_too() -> None:
+    """TestReleasing's F0: a read-back found the customer no longer holds
+    what it was shown (the master dropped it) and its publication again
+    failed. Memory forgot what the customer was shown (transitions.unshown),
+    the store kept it: a restarted daemon took the customer for told."""
+    from tests.test_attack_stateful import Customers
+
+    s = Customers()
+    s.start()
+    try:
+        s.tick(comply=False, ticks=3)
+        s.time_passes(seconds=4000)  # F0's read-back is due
+        s.master_changes(guid="F0", how="forgets-publication")
+        s.fault(fault="publish-fail", guid="A")
+        s.tick_and_check()  # memory equals the store
+        assert s.w is not None and "F0" not in s.w.master.published
+        s.time_passes(seconds=600)  # the backoff is over
+        s.restart_is_invisible()  # a restarted daemon publishes again, as the running one
+        assert [(c, g) for c, g, _ in s.w.master.writes] == [("publish", "F0")]
+    finally:
+        s.teardown()
