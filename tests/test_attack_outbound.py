@@ -203,10 +203,16 @@ def test_a_private_key_sent_in_slapos_serialised_parameters_is_not_written_to_th
 # -- masking reads a hostile value once -------------------------------------------------
 
 _SCHEME = r"((?:(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*+:)?[/\\]{2})"
+# to the last "@" before the path; or, when the authority holds a ":" and no port (no digits in the
+# alphabet: any ":"), a password holding an unencoded "/", "?" or "#", to the last "@" after it
+_USER = r"(?:[^/?#]*@|[^/?#:]*:.*@)"
 _RULES = {  # the rule as first written, by regular expressions: the oracle on short values
-    "value": re.compile(_SCHEME + r"[^/?#]*@"),
-    "bare": re.compile(r"(^(?=[^/?#]*:[^/?#]*@)|" + _SCHEME[1:] + r"[^/?#]*@"),
-    "text": re.compile(_SCHEME + r"[^/?#\r\n]*@"),  # spaces and quotes too (a password may hold them)
+    "value": re.compile(_SCHEME + _USER, re.DOTALL),
+    "bare": re.compile(r"(^(?=[^/?#]*:[^/?#]*@)|^(?=[^/?#@]*:[^/?#@]*(?:[/?#]|\Z).*@)|" + _SCHEME[1:] + _USER,
+                       re.DOTALL),
+    # spaces and quotes too (a password may hold them), not past a line; the authority as written
+    # (to a space or a quote) holding a ":" runs to the last "@" on its line
+    "text": re.compile(_SCHEME + r"""(?:[^/?#\r\n]*@|[^/?#\s"':]*:[^\r\n]*@)"""),
 }
 
 

@@ -21,6 +21,11 @@ may hold them), only not past a line break: an "@" further in the same
 sentence masks more than needed, never less. A value read only in part (its
 first 4,096 characters) is masked as if an "@" followed the cut: what the
 rest holds is not read, nor shown.
+
+A password holding an unencoded "#", "?" or "/" (`https://admin:Pa#ss@b`,
+a common slip) ends the authority before its "@": an authority whose ":" is
+followed by no port (`admin:Pa`) is user information, masked to the last
+"@" after it (in the value; in free text, on its line).
 Pure.
 """
 
@@ -51,6 +56,34 @@ _RUN_IN_VALUE = re.compile(r"[^/?#]*+")
 # free text (a message, a master's words): the same, but a line ends it (a
 # space or a quote does not: a password may hold one)
 _RUN_IN_TEXT = re.compile(r"[^/?#\r\n]*+")
+# in free text, the authority as written: to a space or a quote
+_AUTHORITY_IN_TEXT = re.compile(r"""[^\s"']*+""")
+_LINE = re.compile(r"[^\r\n]*+")
+
+
+def _last_at(text: str, begins: int, ends: int) -> int:
+    return text.rfind("@", begins, ends)
+
+
+def _no_port(authority: str) -> bool:
+    """Whether a ":" in `authority` is followed by no port: `admin:Pa` of
+    `https://admin:Pa#ss@b`, `admin:` of `https://admin:#ss@b`; not
+    `b.example:8080` nor `[::1]:80`."""
+    colon = authority.find(":", authority.rfind("]") + 1)
+    port = authority[colon + 1:]
+    return colon >= 0 and not (port.isascii() and port.isdigit())
+
+
+def _beyond(text: str, begins: int, ends: int, in_text: bool, cut: bool) -> tuple[int, int]:
+    """For an authority (`text[begins:ends]`, no "@" in it) that is user
+    information cut by an unencoded "#", "?" or "/": the last "@" after it
+    (-1: none), and where the search stopped (the value's end, or its line's
+    in free text; no "@" lies between `begins` and there when none is found)."""
+    authority = text[begins:_AUTHORITY_IN_TEXT.match(text, begins, ends).end()] if in_text else text[begins:ends]
+    if not _no_port(authority):
+        return -1, ends
+    stop = _LINE.match(text, ends).end() if in_text else len(text)
+    return (len(text) if cut and stop == len(text) else _last_at(text, ends, stop)), stop
 
 
 def _masked(text: str, run: re.Pattern[str], cut: bool = False) -> str:
@@ -61,13 +94,17 @@ def _masked(text: str, run: re.Pattern[str], cut: bool = False) -> str:
     begins at most _REACH before). A regular expression
     tried each of them, reading the run again: a hostile value of 64 KB of
     backslashes held the daemon for seconds. `cut`: `text` is the start of a
-    longer one; a run reaching its end is masked to it (its "@" may follow)."""
+    longer one; a run reaching its end is masked to it (its "@" may follow).
+    An authority cut by an unencoded delimiter (_beyond) is searched past
+    once: found, the "@" is the last; else the search's end is skipped to."""
     parts: list[str] = []
     done = at = 0
     while (start := _START.search(text, at)) is not None:
         begins = start.end()
         ends = run.match(text, begins).end()
-        last = len(text) if cut and ends == len(text) else text.rfind("@", begins, ends)
+        last = len(text) if cut and ends == len(text) else _last_at(text, begins, ends)
+        if last < 0:
+            last, ends = _beyond(text, begins, ends, run is _RUN_IN_TEXT, cut)
         if last < 0:
             at = max(ends - _REACH if text.startswith("/", ends) else ends, start.start() + 1)
             continue
@@ -84,9 +121,11 @@ SECRET_WORDS = r"key|password|passwd|passphrase|pass|pwd|secret|token|credential
 _PARAMETER = re.compile(r"[?&;#]([^=?&;#]*+)=")
 _PARAMETER_VALUE = re.compile(r"[^&;#]*+")
 _PARAMETER_VALUE_IN_TEXT = re.compile(r"""[^&;#\s"']*+""")
-# a name named like a secret once decoded: `Api-Key`, `tok%65n`, `access+token`, `token[]`
-_SECRET_AT_END = re.compile(rf"(?:{SECRET_WORDS})s?\Z", re.IGNORECASE)
+# a name named like a secret once decoded: `Api-Key`, `tok%65n`, `access+token`, `token[]`, a
+# number after it (`token1`, `api_key2`), or any of its parts indexed so (`password[0]`, `user[token]`)
+_SECRET_AT_END = re.compile(rf"(?:{SECRET_WORDS})s?[0-9]*\Z", re.IGNORECASE)
 _NOT_A_LETTER = re.compile(r"[\W_]+")
+_INDEX = re.compile(r"[\[\]]+")
 _DECODED = 3  # times a name is decoded: a server may decode a "%2565" twice
 
 
@@ -95,7 +134,7 @@ def _names_a_secret(name: str) -> bool:
         if "%" not in name and "+" not in name:
             break
         name = unquote_plus(name, errors="replace")
-    return _SECRET_AT_END.search(_NOT_A_LETTER.sub("", name)) is not None
+    return any(_SECRET_AT_END.search(_NOT_A_LETTER.sub("", part)) is not None for part in _INDEX.split(name))
 
 
 def _without_query_secrets(text: str, value: re.Pattern[str]) -> str:
@@ -118,7 +157,9 @@ def _without_bare_head(value: str, cut: bool) -> str | None:
     without one, `user@host`, is no secret, and a cipher string's
     "@SECLEVEL=1" no user information: only these values are read so)."""
     ends = _RUN_IN_VALUE.match(value).end()
-    last = len(value) if cut and ends == len(value) else value.rfind("@", 0, ends)
+    last = len(value) if cut and ends == len(value) else _last_at(value, 0, ends)
+    if last < 0:
+        last = _beyond(value, 0, ends, False, cut)[0]  # `alice:Pa#ss@host`
     if last < 0 or value.find(":", 0, last) < 0:
         return None
     return MASK + _masked(value[last:], _RUN_IN_VALUE, cut)
