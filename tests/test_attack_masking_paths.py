@@ -6,6 +6,8 @@ after version 6 (see tests/test_attack_masking.py for the earlier ones).
   the "@": the whole password was quoted in the refusal, kept in the store's
   decisions for an accepted `url`, and shown in a master's words and the
   feed, though the validator itself said "it contains user information".
+* A parameter *name* holding a URL's password (a URL pasted as a key,
+  `{"https://alice:pw@b": ""}`) was quoted whole in the warning or refusal.
 * A query parameter named like a secret with an index or a number after its
   name (`?password[0]=`, `?token1=`, `?api_key2=`) was quoted whole.
 """
@@ -20,6 +22,7 @@ from cdnreq import scrub
 from cdnreq.decide import changes
 from cdnreq.decide.kept import verdict_decision
 from cdnreq.validate import quoting
+from cdnreq.validate.policy import ValidationPolicy
 from cdnreq.validate.verdict import validate
 
 SECRET = "S3cretPW"
@@ -84,6 +87,17 @@ def test_a_query_secret_named_with_an_index_or_a_number_is_masked(name: str) -> 
 def test_a_query_parameter_ending_in_a_number_is_shown_when_no_secret() -> None:
     assert quoting.without_userinfo("https://b.example/?page2=3&keyword=x&passage=4") == (
         "https://b.example/?page2=3&keyword=x&passage=4")
+
+
+@pytest.mark.parametrize("key", [f"https://alice:{SECRET}@b.example", f"alice:{SECRET}@b.example", f"b?token={SECRET}",
+                                 f"https://alice:{SECRET}@b.example/" + "x" * 5000])
+@pytest.mark.parametrize("forward", [False, True])
+def test_a_parameter_name_holding_a_password_is_masked(key: str, forward: bool) -> None:
+    verdict = validate({"url": "https://b.example", key: ""}, ValidationPolicy(forward_unknown=forward))
+    said = verdict.errors + verdict.warnings
+    assert said and SECRET not in json.dumps(said), said
+    wrapped = validate({"_": json.dumps({"url": "https://b.example"}), key: ""})
+    assert wrapped.errors and SECRET not in json.dumps(wrapped.errors), wrapped.errors
 
 
 @pytest.mark.parametrize("hostile", [

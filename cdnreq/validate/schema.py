@@ -151,9 +151,11 @@ def _show_name(name: Any) -> str:
     """A parameter name as it appears in a message: escaped but unquoted, cut
     to 60 characters; quoted as JSON when it could not be read back from the
     message unquoted (empty, blank at an end, or holding the ":" that ends
-    the name in "name: problem")."""
+    the name in "name: problem"). A URL's password in it is masked as in a
+    value (a URL pasted as a key: `{"https://alice:pw@b": ...}`)."""
     if not isinstance(name, str):  # JSON keys are strings; a Python caller may do otherwise
         return _show(name)
+    name = masked_head(name, bare=True)
     if len(name) <= _SHOW_LIMIT:
         plain = json.dumps(name)[1:-1]
         if len(plain) <= _SHOW_LIMIT:

@@ -55,7 +55,8 @@ SOURCES = (
 #: Since: validate/quoting.py masks a password holding an unencoded "#", "?" or "/" (an authority whose ":" has no
 #: port: to the last "@" after it) and a query secret named with an index or a number (?password[0]=, ?token1=), part
 #: of version 6's rule (not released without it; were 6 out, these would need version 7).
-SOURCES_DIGEST = "be29773d795e388cd678359889ced0575403982acd199f778ef7b6297164ea5e"
+#: Since: validate/schema.show_name masks a URL's password in a parameter name as in a value, part of version 6's rule.
+SOURCES_DIGEST = "d17bdd539b5a3c201c582a526ca3231eed5859f2b0975ea53874679a0c883372"
 
 
 #: the libraries a verdict is made by, besides cdnreq's own sources: the public
