@@ -8,6 +8,9 @@ after version 6 (see tests/test_attack_masking.py for the earlier ones).
   feed, though the validator itself said "it contains user information".
 * A parameter *name* holding a URL's password (a URL pasted as a key,
   `{"https://alice:pw@b": ""}`) was quoted whole in the warning or refusal.
+* A private key pasted in a field that refuses it (any field but ssl_key,
+  in SlapOS's serialised form: a line break is refused there) was quoted:
+  60 characters of PEM, an EC key's first 10 secret bytes among them.
 * A query parameter named like a secret with an index or a number after its
   name (`?password[0]=`, `?token1=`, `?api_key2=`) was quoted whole.
 """
@@ -98,6 +101,29 @@ def test_a_parameter_name_holding_a_password_is_masked(key: str, forward: bool) 
     assert said and SECRET not in json.dumps(said), said
     wrapped = validate({"_": json.dumps({"url": "https://b.example"}), key: ""})
     assert wrapped.errors and SECRET not in json.dumps(wrapped.errors), wrapped.errors
+
+
+def _ec_key() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                             serialization.NoEncryption()).decode()
+
+
+@pytest.mark.parametrize("field", ["ssl-proxy-ca-crt", "url", "custom_domain", "note", "virtualhostroot-http-port"])
+@pytest.mark.parametrize("prefix", ["", "  ", "https://b.example/ "])
+def test_a_private_key_in_a_field_that_refuses_it_is_not_quoted(field: str, prefix: str) -> None:
+    key = _ec_key()
+    body = "".join(key.splitlines()[1:-1])
+    for parameters in ({"url": "https://b.example", field: prefix + key},
+                       {"_": json.dumps({"url": "https://b.example", field: prefix + key})}):
+        errors = validate(parameters, ValidationPolicy(forward_unknown=True)).errors
+        said = json.dumps(errors).replace("\\n", "")
+        assert errors and not any(body[i:i + 8] in said for i in range(0, len(body) - 8)), errors
+    assert quoting.quote_value(key) == '"-----BEGIN EC PRIVATE KEY-----***"'
+    assert quoting.quote_value("x" * 5000 + key) == '"' + "x" * 55 + '..."'
 
 
 @pytest.mark.parametrize("hostile", [

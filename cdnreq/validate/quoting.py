@@ -179,11 +179,19 @@ def without_userinfo(value: str, bare: bool = False, cut: bool = False) -> str:
     return _masked(value, _RUN_IN_VALUE, cut)
 
 
+# a PEM block's armor (a private key pasted in the wrong field): its label is shown, never its body
+_PEM = re.compile(r"-----BEGIN[^\n-]{0,80}-----|-----BEGIN")
+
+
 def masked_head(value: str, bare: bool = False) -> str:
     """At most the first _MASKED characters of a value, masked as
     without_userinfo() does; when the value is longer, as if an "@" followed
-    the cut: a password's "@" may lie beyond, where nothing is read."""
-    return without_userinfo(value[:_MASKED], bare, cut=len(value) > _MASKED)
+    the cut: a password's "@" may lie beyond, where nothing is read. From a
+    PEM block on (`-----BEGIN EC PRIVATE KEY-----`), only its label."""
+    head = value[:_MASKED]
+    if (pem := _PEM.search(head)) is not None:
+        return without_userinfo(head[:pem.start()], bare, cut=True) + pem.group(0) + MASK
+    return without_userinfo(head, bare, cut=len(value) > _MASKED)
 
 
 def without_userinfo_in_text(text: str, cut: bool = False) -> str:

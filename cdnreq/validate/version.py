@@ -56,7 +56,9 @@ SOURCES = (
 #: port: to the last "@" after it) and a query secret named with an index or a number (?password[0]=, ?token1=), part
 #: of version 6's rule (not released without it; were 6 out, these would need version 7).
 #: Since: validate/schema.show_name masks a URL's password in a parameter name as in a value, part of version 6's rule.
-SOURCES_DIGEST = "d17bdd539b5a3c201c582a526ca3231eed5859f2b0975ea53874679a0c883372"
+#: Since: validate/quoting.masked_head quotes a PEM block's label only, never its body (a private key in the wrong
+#: field), part of version 6's rule.
+SOURCES_DIGEST = "41d1a9084bc21fc799a254390f9c6d58abb9ce5c2d82f44f3fbf646ca3117a2d"
 
 
 #: the libraries a verdict is made by, besides cdnreq's own sources: the public
