@@ -67,6 +67,7 @@ from cdnreq.decide.gate import DomainPolicy, Status
 from cdnreq.decide.plan import Kind, Policy, plan, spec_hash
 from cdnreq.decide.titles import HASH_CHARS, MAX_TITLE, is_safe, technical_title
 from cdnreq.store import Store
+from cdnreq.validate.quoting import masked_head
 from cdnreq.validate.schema import KNOWN_PARAMETERS
 from cdnreq.validate.verdict import validate
 
@@ -139,19 +140,21 @@ parameters = st.one_of(
 
 def named(message: str, params: dict) -> bool:
     """The message starts with a parameter's name (as given, or as shown
-    escaped, or quoted as JSON when it could not be read back unquoted)."""
+    escaped, or quoted as JSON when it could not be read back unquoted; a
+    URL's password in it masked, validate/quoting.masked_head)."""
+    names = {n for k in params if isinstance(k, str) for n in (k, masked_head(k, bare=True))}
     if message.startswith('"'):
         try:
             quoted, end = json.JSONDecoder().raw_decode(message)
         except ValueError:
             return False
-        return message[end:end + 1] == ":" and (quoted in params or any(
-            quoted.endswith("...") and isinstance(k, str) and json.dumps(k)[1:-1].startswith(quoted[:-3])
-            for k in params
+        return message[end:end + 1] == ":" and (quoted in params or quoted in names or any(
+            quoted.endswith("...") and json.dumps(k)[1:-1].startswith(quoted[:-3])
+            for k in names
         ))
     head = message.split(": ", 1)[0] if ": " in message else message.split(":", 1)[0]
-    shown = {json.dumps(k)[1:-1] for k in params if isinstance(k, str)}
-    return head in params or head in KNOWN_PARAMETERS or head in shown or head == "parameters" or any(
+    shown = {json.dumps(k)[1:-1] for k in names}
+    return head in params or head in names or head in KNOWN_PARAMETERS or head in shown or head == "parameters" or any(
         s.endswith("...") and head.startswith(s[:-3]) for s in shown
     ) or any(head.endswith("...") and s.startswith(head[:-3]) for s in shown)
 
