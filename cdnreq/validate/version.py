@@ -58,7 +58,7 @@ SOURCES = (
 #: Since: validate/schema.show_name masks a URL's password in a parameter name as in a value, part of version 6's rule.
 #: Since: validate/quoting.masked_head quotes a PEM block's label only, never its body (a private key in the wrong
 #: field), part of version 6's rule.
-SOURCES_DIGEST = "41d1a9084bc21fc799a254390f9c6d58abb9ce5c2d82f44f3fbf646ca3117a2d"
+SOURCES_DIGEST = "d63b3eb5bb0fae9fc628e57598273a86f0c2c44c24ade12832c3e68dc9202f28"
 
 
 #: the libraries a verdict is made by, besides cdnreq's own sources: the public
