@@ -15,6 +15,7 @@ from cdnreq.store import Store, StoreError
 from test_admission import ManyTxt, limited
 from test_attack_admission import FailOnce, prove_all
 from test_tick_stages import L, customer, opened, reconciler, title  # noqa: F401  (the harness and its fixture)
+from test_sleepers import Clock
 
 HOST = "www.x.example"
 
@@ -99,12 +100,15 @@ async def test_control_no_limit_zed_pending_then_both_prove(tmp_path: Path, open
     dns = ManyTxt({})
     b0, zed, ace = customer("B0"), customer("ZED", HOST), customer("ACE", HOST)
     r, master = await reconciler(opened, limited(tmp_path, 0), [b0, zed, ace], dns)
+    r.clock = clock = Clock()  # the lookups' schedule by this clock, not by how fast the machine runs the ticks
     master.instances = (b0, zed)
     assert (await r.tick()).ok
+    clock.now += 1
     master.instances = (b0, zed, ace)
     assert (await r.tick()).ok and owner(r) is None
     await prove_all(r, dns)
     for _ in range(3):
+        clock.now += 60  # each proof's next lookup is due
         assert (await r.tick()).ok
     assert owner(r) == "ZED"
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from cdnreq.decide import gate as gate_module
+from cdnreq.decide import hostindex as hostindex_module
 from cdnreq.decide.gate import DomainPolicy, HostIndex, Status, decide
 from cdnreq.decide.proofs import host_names
 from cdnreq.model import HostClaim, InstanceGuid, SharedInstance
@@ -43,7 +43,7 @@ def test_deciding_one_instance_compares_what_it_names_not_the_whole_domain(monke
         calls += 1
         return overlaps(a, b)
 
-    monkeypatch.setattr(gate_module, "overlaps", counting)
+    monkeypatch.setattr(hostindex_module, "overlaps", counting)
     gate, _ = decide(SharedInstance.of("B", params), verdict, index=index, active=active, challenge=None,
                      lookups={}, policy=POLICY, now=1.0)
     assert gate.status is Status.PENDING
