@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from cdnreq.model import RequestedState
 from tests.test_ownership_attacks import FILL, World, customer, world  # noqa: F401
 from tests.test_tick_stages import opened  # noqa: F401
@@ -82,3 +84,65 @@ def test_a_dropped_publication_whose_republication_fails_is_forgotten_by_the_sto
         assert [(c, g) for c, g, _ in s.w.master.writes] == [("publish", "F0")]
     finally:
         s.teardown()
+
+
+def destroys_of(w: World) -> list[str]:
+    """Titles destroyed from now on (the double's request_instance, wrapped)."""
+    seen: list[str] = []
+    request = w.cdn.request_instance
+
+    async def noting(**kwargs):  # type: ignore[no-untyped-def]
+        if kwargs["state"] == "destroyed":
+            seen.append(kwargs["title"])
+        return await request(**kwargs)
+
+    w.cdn.request_instance = noting  # type: ignore[method-assign]
+    return seen
+
+
+async def test_an_update_dropping_a_host_acknowledged_and_not_kept_serves_it_until_read_back(world) -> None:
+    """confirm_ticks = 1. A live entry's customer drops its custom_domain;
+    the master answers 200 to the update and does not keep it. The
+    acknowledgement narrowed the hosts the entry serves to none, so at the
+    next tick (A's read-back failing once) B, who proved the host meanwhile,
+    was requested: two entries served it."""
+    w: World = await world(confirm_ticks=1, retention_s=3600)
+    a = customer("A", D)
+    await w.tick(a, *FILL)
+    w.prove("A", D)
+    for _ in range(3):
+        await w.tick(a, *FILL)
+    assert w.serves("A", D)
+    moved, b = customer("A", None), customer("B", D)
+    w.cdn.dropped["request"] = 1
+    await w.tick(moved, b, *FILL)
+    assert w.serves("A", D)
+    w.prove("B", D)
+    w.cdn.fail["get"] = 1
+    for _ in range(8):
+        await w.tick(moved, b, *FILL)  # no two entries name D after any tick (World.check)
+    assert w.serves("B", D) and not w.serves("A", D), w.cdn.serving()
+
+
+@pytest.mark.parametrize("confirm_ticks", [1, 3])
+async def test_an_update_dropping_a_host_applied_unanswered_is_sent_again_not_destroyed(world, confirm_ticks) -> None:
+    """A live entry's customer drops its custom_domain; the update is applied
+    and its answer lost. B proves the host: A's entry was destroyed (taking
+    its live site down) as if it still served it; it is sent the update
+    again instead, and B is served once A's entry is read back without it."""
+    w: World = await world(confirm_ticks=confirm_ticks, retention_s=3600)
+    a = customer("A", D)
+    await w.tick(a, *FILL)
+    w.prove("A", D)
+    for _ in range(3):
+        await w.tick(a, *FILL)
+    destroyed = destroys_of(w)
+    moved, b = customer("A", None), customer("B", D)
+    w.cdn.applied_then_fail["request"] = 1
+    await w.tick(moved, b, *FILL)
+    assert not w.serves("A", D)
+    w.prove("B", D)
+    for _ in range(8):
+        await w.tick(moved, b, *FILL)
+    assert destroyed == [] and w.cdn.entries["cdnreq-A"]["state"] == "started"
+    assert w.serves("B", D), w.cdn.serving()

@@ -335,8 +335,35 @@ def test_ok_gate_forwards_normalised_parameters():
 def test_served_host_no_longer_owned_destroys_the_entry_but_keeps_the_instance():
     a = inst("A")
     record = replace(live(a), served=("shop.example.com",))
-    p = plan(listing(a), known(record), NOW, POLICY, gates={"A": ok_gate(a)}, ownership=Owners())
+    pending = Gate(Status.PENDING, hosts=("a.example.com",), extras={"message": "prove it"})
+    p = plan(listing(a), known(record), NOW, POLICY, gates={"A": pending}, ownership=Owners())
     assert kinds(p) == [(Kind.DESTROY, "A")] and p.actions[0].forget is False
+
+
+def test_served_host_no_longer_named_by_an_ok_gate_is_read_back_not_destroyed():
+    """The gate is OK: A owns every host it names, so the host it lost is one
+    it no longer names, and its last request drops it. Its entry is read
+    back (it holds the request: the host is served no more; it does not:
+    the request is sent again), never destroyed: the request may have been
+    applied, and its site is live."""
+    a = inst("A")
+    record = replace(live(a), served=("shop.example.com",))
+    p = plan(listing(a), known(record), NOW, POLICY, gates={"A": ok_gate(a)}, ownership=Owners())
+    assert kinds(p) == [(Kind.POLL, "A")]
+    moved = replace(record, param_hash="old")  # its update not sent yet, or failed: sent
+    p = plan(listing(a), known(moved), NOW, POLICY, gates={"A": ok_gate(a)}, ownership=Owners())
+    assert kinds(p) == [(Kind.UPDATE, "A")]
+
+
+def test_an_update_held_behind_another_entry_destroys_an_entry_serving_a_lost_host():
+    """A and B swap hosts: each update would wait for the other's entry for
+    ever; the entry serving a host its instance lost is destroyed instead."""
+    a, b = inst("A"), inst("B")
+    x, y = "x.example.com", "y.example.com"
+    records = known(replace(live(a), param_hash="old", served=(x,)), replace(live(b), param_hash="old", served=(y,)))
+    gates = {"A": ok_gate(a, (y,)), "B": ok_gate(b, (x,))}
+    p = plan(listing(a, b), records, NOW, POLICY, gates=gates, ownership=Owners(**{x: "B", y: "A"}))
+    assert kinds(p) == [(Kind.DESTROY, "A"), (Kind.DESTROY, "B")] and not any(a.forget for a in p.actions)
 
 
 def test_gone_instance_is_retained_not_destroyed():

@@ -140,7 +140,7 @@ def _plan_listed(
             gate = Gate.accept(instance)
         record = _current(instance, record, draft, policy)
         action = _paced(_for_present(instance, gate, record, policy, ownership, now), draft, policy)
-        action, held_back = _after_previous(action, served, counts)
+        action, held_back = _after_previous(action, served, counts, ownership)
         draft.add(action, record)
         if action is None and not held_back and gate is gates.get(guid):
             still[guid] = (record, gate, _read_back_at(record, policy, now))
@@ -196,13 +196,16 @@ def plan_decided(
         decided.add(instance.guid)
         record = _current(instance, known.get(instance.guid), draft, policy)
         action = _paced(_for_present(instance, gates[instance.guid], record, policy, ownership, now), draft, policy)
-        draft.add(_after_previous(action, served, draft.counts)[0], record)
+        draft.add(_after_previous(action, served, draft.counts, ownership)[0], record)
     for record in losers:  # retained, or listed and no longer naming the host (planned before)
-        if record.guid in decided or destroy_sent(record):
-            continue
+        if record.guid in decided or destroy_sent(record) or record.phase not in _GONE:
+            continue  # a listed one is planned with its gate at the next tick (see _for_present)
         if has_entry(record) and lost_host(record, ownership):
             draft.add(Action(Kind.DESTROY, record, "a host it served was proven by another entry", forget=False), record)
     return Plan(tuple(draft.actions), tuple(draft.updates), counts=draft.counted())
+
+
+_GONE = (Phase.RETAINED, Phase.REMOVING)  # not listed: retained, or its removal held
 
 
 def _current(instance: SharedInstance, record: Record | None, draft: Draft, policy: Policy) -> Record:
@@ -243,8 +246,15 @@ def _for_present(
 ) -> Action | None:
     if destroy_sent(record):  # nothing is requested before the old entry is read back gone
         return confirm(record, gate)
-    if has_entry(record) and lost_host(record, ownership):
-        return Action(Kind.DESTROY, record, "a host it serves is no longer proven for it", instance, gate, forget=False)
+    # its entry may serve a host it no longer owns: destroyed, unless its gate
+    # is OK (it owns every host it names, so it no longer names that one): then
+    # the request for the gate drops it, and a destroy could take down a live
+    # site whose update was applied unanswered; the entry counts as serving
+    # it until a read-back finds the request kept (transitions.polled). A
+    # request held back behind another entry is a destroy (_after_previous).
+    stale = _lost(record, ownership)
+    if stale and not gate.ok:
+        return _lost_destroy(record, instance, gate)
     if not gate.ok:
         if needs_publish(record, gate):
             return Action(Kind.PUBLISH, record, gate.status.value, instance, gate)
@@ -259,10 +269,10 @@ def _for_present(
         return Action(Kind.UPDATE, record, f"state changed to {instance.state.value}", instance, gate)
     if record.spec_hash != policy.spec_hash:
         return Action(Kind.UPDATE, record, "technical CDN settings changed", instance, gate)
-    if record.phase is not Phase.LIVE or not record.connection:
+    if record.phase is not Phase.LIVE or not record.connection or stale:
         if record.tech_guid is None:
             return Action(Kind.REQUEST, record, "no technical entry known", instance, gate)
-        # read back once after each request, and until the CDN answers
+        # read back once after each request, until the CDN answers, and until it holds the request
         return Action(Kind.POLL, record, "waiting for the technical CDN's answer", instance, gate)
     if needs_publish(record, gate):
         return Action(Kind.PUBLISH, record, "new information for the customer", instance, gate)
@@ -322,15 +332,30 @@ def _spread(guid: str) -> float:
     return 1.0 + (zlib.crc32(guid.encode("utf-8", "surrogatepass")) % 1000) / 10000
 
 
-def _after_previous(action: Action | None, served: ServedHosts, counts: Counter[str]) -> tuple[Action | None, bool]:
+def _lost(record: Record, ownership: Ownership | None) -> bool:
+    return has_entry(record) and lost_host(record, ownership)
+
+
+def _lost_destroy(record: Record, instance: SharedInstance | None, gate: Gate | None) -> Action:
+    return Action(Kind.DESTROY, record, "a host it serves is no longer proven for it", instance, gate, forget=False)
+
+
+def _after_previous(
+    action: Action | None, served: ServedHosts, counts: Counter[str], ownership: Ownership | None
+) -> tuple[Action | None, bool]:
     """A request naming a host that another instance's entry still serves
     waits until that entry is read back gone: two technical entries never
-    name one host. The customer is told why; returns (action, held back)."""
+    name one host. The customer is told why; returns (action, held back).
+    One whose own entry serves a host it lost cannot drop it by waiting:
+    its entry is destroyed instead (two instances swapping hosts would
+    each wait for the other's entry for ever)."""
     if action is None or action.kind not in (Kind.REQUEST, Kind.UPDATE) or action.gate is None:
         return action, False
     busy = served.others(action.gate.hosts, action.guid)
     if not busy:
         return action, False
+    if _lost(action.record, ownership):
+        return _lost_destroy(action.record, action.instance, action.gate), False
     counts["waiting_previous"] += 1
     gate = waiting(action.gate, busy)
     if not needs_publish(action.record, gate):

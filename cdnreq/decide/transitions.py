@@ -127,8 +127,8 @@ def longest_backoff_s(max_s: float) -> float:
 def requesting(record: Record, gate: "Gate") -> Record:
     """Before a request goes out: the master may apply it and lose the
     answer, so its hosts count as served from now on, on top of those the
-    entry served before, until an answer says what the entry holds
-    (`requested`) or it reads back gone (`cleared`)."""
+    entry served before, until a read-back shows the entry holds the
+    request (`polled`) or it reads back gone (`cleared`)."""
     hosts = tuple(dict.fromkeys((*(record.served or ()), *gate.hosts)))
     if hosts == (record.served or ()):
         return record
@@ -159,7 +159,10 @@ def requested(
         tech_guid=answer.guid,
         # an update answered before the CDN redeploys: keep showing the last answer
         connection=frozen_json(answer.connection_parameters or record.connection or {}),
-        served=tuple(gate.hosts),
+        # an acknowledgement is no proof the entry dropped the hosts it served
+        # before (a master may answer 200 and not keep an update): they count
+        # until the read-back that finds the request kept (`polled`)
+        served=requesting(record, gate).served,
         last_action=action,
         last_error=None,
         failures=0,
@@ -206,8 +209,9 @@ def _same(held: Any, sent: Any) -> bool:
         return False
 
 
-def polled(record: Record, answer: InstanceAnswer, now: float) -> Record:
-    """Read back and verified: live once the CDN has answered. An entry read
+def polled(record: Record, answer: InstanceAnswer, now: float, hosts: tuple[str, ...] | None = None) -> Record:
+    """Read back and verified (it holds the last request, whose `hosts` are
+    now all it serves): live once the CDN has answered. An entry read
     back without an answer is no news: the last answer is kept (as after an
     update), so one empty read-back never takes a live customer's answer
     away for "in progress". It is no answer either: a record waiting for
@@ -219,6 +223,7 @@ def polled(record: Record, answer: InstanceAnswer, now: float) -> Record:
         record,
         phase=Phase.LIVE if live else Phase.REQUESTED,
         connection=frozen_json(connection),
+        served=record.served if hosts is None else hosts,
         last_action="poll",
         last_error=None,
         failures=0,

@@ -246,7 +246,7 @@ class _Runner:
             return await self.request(action, record)
         if answer.connection_parameters:  # "no answer yet" each tick would only bloat the audit trail
             self.event(record.guid, "poll", "ok", "answer received")
-        record = transitions.polled(record, answer, self.clock())
+        record = transitions.polled(record, answer, self.clock(), action.gate.hosts if action.gate is not None else None)
         if action.reason == READ_BACK:
             try:
                 record = await self.read_customer(action, record)
