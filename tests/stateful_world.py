@@ -42,6 +42,7 @@ class Entry:
     state: str
     parameters: dict[str, Any]
     connection: dict[str, Any] = field(default_factory=dict)
+    before: dict[str, Any] = field(default_factory=dict)  # the parameters it held before its last request
 
     @property
     def guid(self) -> str:
@@ -52,10 +53,13 @@ class Master:
     """The master: lists customers, keeps technical entries by title, keeps
     what each customer was shown. Faults are one-shot: `fail[call]` fails the
     next `n` such calls unapplied (a 5xx), `applied_then_fail[call]` applies
-    then times out, `dropped[call]` answers 200 and does not apply;
+    then times out, `dropped[call]` answers 200 and does not apply,
+    `echoed[call]` answers 200 with the parameters sent and does not apply;
     `deploying[call]` answers the next `n` requests before the CDN
     published its answer: the answer, and the entry's next read-back, are
-    empty; `listing_fault` changes the next listing only."""
+    empty; `listing_fault` changes the next listing only. `clashes`: each request
+    applied while another entry not destroyed served one of its hosts
+    (two entries serving one host, if only for a moment within a tick)."""
 
     def __init__(self) -> None:
         self.listed: list[SharedInstance] = []
@@ -65,11 +69,14 @@ class Master:
         self.fail: Counter = Counter()
         self.applied_then_fail: Counter = Counter()
         self.dropped: Counter = Counter()
+        self.echoed: Counter = Counter()
+        self.clashes: list[str] = []
         self.reject: Counter = Counter()  # 4xx "no"
         self.deploying: Counter = Counter()
         self.withheld: set[str] = set()  # titles whose next read-back has no answer yet (deploying)
         self.listing_fault: tuple[str, Any] | None = None
-        self.read_back_fault: str | None = None  # "empty" | "lost" | "other" for the next read-back
+        self.read_back_fault: str | None = None  # "empty" | "lost" | "other" | "stale" for the next read-back
+        self.read_back_target: str | None = None  # of this title only (a restarted daemon may read others first)
         self.writes: list[tuple[str, str, Any]] = []  # (call, title or guid, what) this tick
         self.calls: Counter = Counter()
         self.in_flight = 0
@@ -115,18 +122,24 @@ class Master:
             held = self.entries.get(title)
             return InstanceAnswer(guid=f"tech-{title}", connection_parameters=dict(held.connection) if held else {},
                                   state=state, title=title)
+        if self.echoed[call] > 0:  # answered as if applied, not applied
+            self.echoed[call] -= 1
+            return InstanceAnswer(guid=f"tech-{title}", connection_parameters=cdn_answer(title), state=state,
+                                  title=title, parameters=dict(parameters or {}))
         self.writes.append((call, title, None if parameters is None else dict(parameters)))
         entry = self.entries.get(title)
         if entry is None:
             entry = self.entries[title] = Entry(title, state, {})
         entry.state = state
         if parameters is not None:
-            entry.parameters = dict(parameters)
+            entry.before, entry.parameters = entry.parameters, dict(parameters)
         entry.connection = {} if state == "destroyed" else cdn_answer(title)
         self.withheld.discard(title)
         if state != "destroyed" and self.deploying[call] > 0:
             self.deploying[call] -= 1
             self.withheld.add(title)
+        if state != "destroyed":
+            self._clash(title)
         self._fault(call, self.applied_then_fail)
         answered = {} if title in self.withheld else dict(entry.connection)
         return InstanceAnswer(guid=entry.guid, connection_parameters=answered, state=state,
@@ -136,8 +149,11 @@ class Master:
         self.calls["get"] += 1
         self._fault("get", self.fail)
         if instance_guid.startswith("tech-"):
-            fault, self.read_back_fault = self.read_back_fault, None
-            entry = self.entries.get(instance_guid.removeprefix("tech-"))
+            title = instance_guid.removeprefix("tech-")
+            fault = self.read_back_fault if self.read_back_target in (None, title) else None
+            if fault is not None:
+                self.read_back_fault = None
+            entry = self.entries.get(title)
             if fault == "lost" or entry is None:
                 raise MasterRejected("get", "HTTP 404: not found", status=404, title="not found")
             if fault == "other":
@@ -145,8 +161,9 @@ class Master:
             deploying = entry.title in self.withheld
             self.withheld.discard(entry.title)
             connection = {} if fault == "empty" or deploying else dict(entry.connection)
+            held = entry.before if fault == "stale" else entry.parameters
             return InstanceAnswer(guid=instance_guid, connection_parameters=connection, state=entry.state,
-                                  title=entry.title, parameters=dict(entry.parameters))
+                                  title=entry.title, parameters=dict(held))
         listed = {i.guid: i for i in self.listed}
         if instance_guid not in listed:
             raise MasterRejected("get", "HTTP 404: not found", status=404, title="not found")
@@ -166,6 +183,14 @@ class Master:
 
     async def close(self) -> None:
         pass
+
+    def _clash(self, title: str) -> None:
+        serving = self.serving()
+        mine = serving.get(title, ())
+        for other, hosts in serving.items():
+            both = [(x, y) for x in mine for y in hosts if overlaps(x, y)] if other != title else []
+            if both:
+                self.clashes.append(f"{title} requested while {other} serves {both}")
 
     def serving(self) -> dict[str, tuple[str, ...]]:
         """Title -> hosts of every entry not destroyed."""

@@ -1,11 +1,13 @@
 """Many ticks, customers racing for hosts, a master that lies or fails once,
-restarts and time passing: a hypothesis state machine drives the real
-Reconciler (tests/stateful_world.py: its store, cdnreq's resolver asking a
-DNS server on loopback, a master double in memory).
+restarts, time passing and the clock set back: a hypothesis state machine
+drives the real Reconciler (tests/stateful_world.py: its store, cdnreq's
+resolver asking a DNS server on loopback, a master double in memory).
 
 After every tick:
 - every host an entry serves was proven (its token in DNS) by the instance
   the entry was requested for, and no two entries serve overlapping hosts;
+  nor did they for a moment within the tick: the master double notes each
+  request applied while another entry serves one of its hosts;
 - a live entry is never destroyed while its instance is listed, not
   destroyed, with valid parameters and every host it names served;
 - what a customer was shown of the CDN's answer is still shown while its
@@ -82,9 +84,10 @@ def valid_parameters(draw: Any) -> tuple[dict[str, Any], tuple[str, ...]]:
 
 FAULTS = (
     "list-fail", "list-empty", "list-missing", "list-unusable", "list-anonymous",
-    "request-fail", "request-applied-then-fail", "request-dropped", "request-rejected", "request-deploying",
+    "request-fail", "request-applied-then-fail", "request-dropped", "request-echoed", "request-rejected",
+    "request-deploying",
     "destroy-fail", "destroy-applied-then-fail", "destroy-dropped",
-    "get-fail", "read-back-empty", "read-back-lost", "read-back-other", "publish-fail",
+    "get-fail", "read-back-empty", "read-back-lost", "read-back-other", "read-back-stale", "publish-fail",
 )
 
 
@@ -173,13 +176,15 @@ class Customers(RuleBasedStateMachine):
             else:
                 m.listing_fault = (how, guid)
         elif call == "read":
-            m.read_back_fault = how.removeprefix("back-")
+            m.read_back_fault, m.read_back_target = how.removeprefix("back-"), PREFIX + guid
         elif how == "fail":
             m.fail[call] += 1
         elif how == "applied-then-fail":
             m.applied_then_fail[call] += 1
         elif how == "dropped":
             m.dropped[call] += 1
+        elif how == "echoed":
+            m.echoed[call] += 1
         elif how == "rejected":
             m.reject[call] += 1
         elif how == "deploying":
@@ -291,6 +296,13 @@ class Customers(RuleBasedStateMachine):
         assert self.w is not None
         self.w.now += seconds
 
+    @rule(seconds=st.sampled_from([120, 3600]))
+    def clock_steps_back(self, seconds: int) -> None:
+        """The host's clock is set back (NTP, a restored VM)."""
+        assert self.w is not None
+        self.w.now -= seconds
+        self.log.append(f"clock back {seconds}")
+
     @rule(comply=st.booleans(), ticks=st.integers(1, 3))
     def tick(self, comply: bool, ticks: int) -> None:
         """A few ticks; with `comply`, every listed customer puts its token
@@ -314,8 +326,10 @@ class Customers(RuleBasedStateMachine):
             delivered.pop(listing_fault[1], None)
         if listing_fault is not None and listing_fault[0] == "empty":
             delivered = {}
+        m.clashes = []
         report = w.tick()
         self.log.append(f"tick ok={report.ok} planned={report.planned} writes={m.writes}")
+        assert not m.clashes, m.clashes
         if list_fails:
             assert not report.ok
             return report
