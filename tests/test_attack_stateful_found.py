@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 
 from cdnreq.model import RequestedState
+from tests.stateful_world import World as StatefulWorld
 from tests.test_ownership_attacks import FILL, World, customer, world  # noqa: F401
 from tests.test_tick_stages import opened  # noqa: F401
 
@@ -146,3 +147,29 @@ async def test_an_update_dropping_a_host_applied_unanswered_is_sent_again_not_de
         await w.tick(moved, b, *FILL)
     assert destroyed == [] and w.cdn.entries["cdnreq-A"]["state"] == "started"
     assert w.serves("B", D), w.cdn.serving()
+
+
+def test_an_owner_whose_update_dropping_a_host_is_refused_loses_its_entry_to_the_hosts_prover(tmp_path) -> None:
+    """The master refuses (4xx) every update of A's entry, which drops a
+    host B then proves: A's entry, unchanged, still serves it; it is
+    destroyed, not updated again for ever while B waits."""
+    w = StatefulWorld(tmp_path, daemon={"confirm_ticks": 1})
+    try:
+        a = customer("A", D)
+        w.master.listed = [a, *FILL]
+        w.tick()
+        w.publish_txt(D, w.token("A")[1])  # type: ignore[index]
+        for _ in range(3):
+            w.tick()
+        w.master.listed = [customer("A", None), customer("B", D), *FILL]
+        w.master.reject["request"] = 1000  # every request, A's and B's; a destroy goes through
+        w.tick()
+        w.publish_txt(D, w.token("B")[1])  # type: ignore[index]
+        for _ in range(6):
+            w.now += 3600  # past every backoff
+            w.tick()
+            assert not w.overlapping(), w.overlapping()
+        assert w.master.entries["cdnreq-A"].state == "destroyed"
+    finally:
+        w.close()
+

@@ -20,7 +20,7 @@ from cdnreq.decide.dormancy import Dormant
 from cdnreq.decide.gate import Gate, refused, waiting
 from cdnreq.decide.guards import Departures
 from cdnreq.decide.removals import Listed, confirm, destroy_sent, has_entry, lost_host, plan_removals
-from cdnreq.decide.transitions import longest_backoff_s, needs_publish, resumed
+from cdnreq.decide.transitions import REJECTED, longest_backoff_s, needs_publish, resumed
 from cdnreq.model import InstanceGuid, Listing, Phase, Record, RequestedState, SharedInstance, digest
 from cdnreq.decide.served import ServedHosts
 from cdnreq.decide.titles import technical_title
@@ -251,9 +251,10 @@ def _for_present(
     # the request for the gate drops it, and a destroy could take down a live
     # site whose update was applied unanswered; the entry counts as serving
     # it until a read-back finds the request kept (transitions.polled). A
-    # request held back behind another entry is a destroy (_after_previous).
+    # request the master refused (not applied), or held back behind another
+    # entry (_after_previous), cannot drop it: destroyed.
     stale = _lost(record, ownership)
-    if stale and not gate.ok:
+    if stale and (not gate.ok or record.last_action == REJECTED):
         return _lost_destroy(record, instance, gate)
     if not gate.ok:
         if needs_publish(record, gate):

@@ -108,6 +108,9 @@ def rejection(reason: str, record: Record | None = None, gate: "Gate | None" = N
     return message, {**kept, "request-error-list": json.dumps([message]), "message": message}
 
 
+REJECTED = "rejected"  # the last action of a record whose request the master refused (4xx): not applied
+
+
 def backoff_s(guid: str, failures: int, base_s: float, max_s: float) -> float:
     """Exponential backoff, spread by up to 25% per instance so retries of a
     burst of failures do not all land on the same tick."""

@@ -224,7 +224,7 @@ class _Runner:
                 self.event(record.guid, "publish", "ok", "request error")
                 record = transitions.published(record, shown, message, self.clock())
                 self.shown = shown
-        return self.failure(action, record, step, error, label=None)
+        return self.failure(action, record, transitions.REJECTED, error, label=None)
 
     async def poll(self, action: Action) -> Outcome:
         record = action.record
