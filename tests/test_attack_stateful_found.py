@@ -173,3 +173,27 @@ def test_an_owner_whose_update_dropping_a_host_is_refused_loses_its_entry_to_the
     finally:
         w.close()
 
+
+def test_a_publication_found_lost_and_not_sent_again_is_stored_as_lost(tmp_path) -> None:
+    """The periodic read-back finds a customer no longer holds what it was
+    shown; publishing it again fails. Memory knew it unshown, the store
+    still held the old publication: a restart would never send it again
+    before the next read-back."""
+    w = StatefulWorld(tmp_path)
+    try:
+        w.master.listed = list(FILL)
+        for _ in range(3):
+            w.tick()
+        assert w.master.published["F0"]
+        w.now += 3600  # every read-back due
+        w.master.published.pop("F0")
+        w.master.fail["publish"] = 1
+        w.tick()
+        assert w.r is not None and w.r.known is not None and w.r.known["F0"].published is None  # type: ignore[index]
+        assert w.store_matches_memory() == []
+        w.restart()
+        w.now += 600  # past its backoff
+        w.tick()
+        assert w.master.published.get("F0", {}).get("site") == "cdnreq-F0"
+    finally:
+        w.close()

@@ -71,7 +71,7 @@ def commit_steps(
         challenge_delete_rows = [(g,) for g in challenge_deletes]
         decision_rows = [(d.guid, d.param_hash, d.stamp, d.verdict, d.gate, d.claims, d.next_lookup)
                          for d in decisions]  # fmt: skip
-        shown_rows = [(dump(v), g) for g, v in (shown or {}).items()]
+        shown_rows = [(None if v is None else dump(v), g) for g, v in (shown or {}).items()]
         sleep_rows = [(str(mark), str(g)) for g, mark in asleep]
         feed = feed_steps(changes, names, forget_rows)
     except (ValueError, TypeError, AttributeError) as exc:
