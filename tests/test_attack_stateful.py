@@ -105,6 +105,7 @@ class Customers(RuleBasedStateMachine):
         self.unproved: set[str] = set()  # took a token away: may lose its hosts when re-checks release them
         self.named: dict[str, set[str]] = {}  # every host each customer ever named
         self.log: list[str] = []
+        self.clock_set_back = False
 
     @initialize()
     def start(self) -> None:
@@ -242,6 +243,11 @@ class Customers(RuleBasedStateMachine):
         def calls(writes: list[Any]) -> list[str]:  # tokens issued this tick are drawn anew by each
             return sorted(TOKEN.sub(lambda m: m[0] if m[0] in known else "NEW-TOKEN", repr(c)) for c in writes)
 
+        if self.clock_set_back:  # a restarted daemon reads back what was written "in the future", a warm one
+            # may not (its idle cache, see the report): they may publish differently, never request or destroy
+            ours_, theirs_ = ([c for c in ws if c[0] in ("request", "destroy")] for ws in (w.master.writes, theirs))
+            assert calls(ours_) == calls(theirs_), (w.master.writes, theirs)
+            return
         assert calls(w.master.writes) == calls(theirs), (w.master.writes, theirs)
 
     @rule()
@@ -301,6 +307,7 @@ class Customers(RuleBasedStateMachine):
         """The host's clock is set back (NTP, a restored VM)."""
         assert self.w is not None
         self.w.now -= seconds
+        self.clock_set_back = True
         self.log.append(f"clock back {seconds}")
 
     @rule(comply=st.booleans(), ticks=st.integers(1, 3))
