@@ -246,7 +246,7 @@ class Customers(RuleBasedStateMachine):
         if self.clock_set_back:
             # not compared: a restarted daemon reads back entries written "in the future", a warm
             # one keeps its sleepers' read-back times, so it may publish or request again a tick
-            # later (known, not fixed: the hunt of branch hunt-confirm1)
+            # later (known, not fixed)
             return
         assert calls(w.master.writes) == calls(theirs), (w.master.writes, theirs)
 
