@@ -17,6 +17,17 @@ from tests.test_tick_stages import opened  # noqa: F401
 D = "blog.other.example"
 
 
+async def a_serving_d(world, **settings: object) -> tuple[World, object]:
+    """A world with `settings` where A proved D and its entry serves it."""
+    w: World = await world(**settings)
+    a = customer("A", D)
+    await w.tick(a, *FILL)
+    w.prove("A", D)
+    for _ in range(3):
+        await w.tick(a, *FILL)
+    return w, a
+
+
 async def test_a_host_freed_by_its_owners_destroy_goes_to_one_of_two_waiting_claimants(world) -> None:
     w: World = await world(retention_s=3600)
     a, b, c = customer("A", D), customer("B", D), customer("C", D)
@@ -44,12 +55,7 @@ async def test_an_update_dropping_its_custom_domain_acknowledged_but_not_kept_is
     (keys the request did not send were ignored), so the entry kept serving
     the host cdnreq had released: another customer proving it got a second
     entry for it."""
-    w: World = await world(retention_s=3600)
-    a = customer("A", D)
-    await w.tick(a, *FILL)
-    w.prove("A", D)
-    for _ in range(3):
-        await w.tick(a, *FILL)
+    w, a = await a_serving_d(world, retention_s=3600)
     assert w.serves("A", D)
     moved = customer("A", None)
     w.cdn.dropped["request"] = 1
@@ -107,12 +113,7 @@ async def test_an_update_dropping_a_host_acknowledged_and_not_kept_serves_it_unt
     acknowledgement narrowed the hosts the entry serves to none, so at the
     next tick (A's read-back failing once) B, who proved the host meanwhile,
     was requested: two entries served it."""
-    w: World = await world(confirm_ticks=1, retention_s=3600)
-    a = customer("A", D)
-    await w.tick(a, *FILL)
-    w.prove("A", D)
-    for _ in range(3):
-        await w.tick(a, *FILL)
+    w, a = await a_serving_d(world, confirm_ticks=1, retention_s=3600)
     assert w.serves("A", D)
     moved, b = customer("A", None), customer("B", D)
     w.cdn.dropped["request"] = 1
@@ -131,12 +132,7 @@ async def test_an_update_dropping_a_host_applied_unanswered_is_sent_again_not_de
     and its answer lost. B proves the host: A's entry was destroyed (taking
     its live site down) as if it still served it; it is sent the update
     again instead, and B is served once A's entry is read back without it."""
-    w: World = await world(confirm_ticks=confirm_ticks, retention_s=3600)
-    a = customer("A", D)
-    await w.tick(a, *FILL)
-    w.prove("A", D)
-    for _ in range(3):
-        await w.tick(a, *FILL)
+    w, a = await a_serving_d(world, confirm_ticks=confirm_ticks, retention_s=3600)
     destroyed = destroys_of(w)
     moved, b = customer("A", None), customer("B", D)
     w.cdn.applied_then_fail["request"] = 1

@@ -6,37 +6,9 @@ from __future__ import annotations
 import gc
 import weakref
 from pathlib import Path
-from typing import AsyncIterator
 
-import pytest
-
-from tests.planharness import L, Clock, Daemon, Dns, FakeMaster, config, customer
-
-
-@pytest.fixture
-async def started() -> AsyncIterator[list[Daemon]]:
-    daemons: list[Daemon] = []
-    yield daemons
-    for d in daemons:
-        await d.stop()
-
-
-async def converged(tmp_path: Path, started: list[Daemon]) -> tuple[Daemon, FakeMaster, Clock]:
-    cfg = config(tmp_path, {"verify_interval_s": 3600})
-    clock = Clock(1_800_000_000.0)
-    master, dns = FakeMaster([customer("A", "www.a.example"), customer("P")]), Dns()
-    d = Daemon(cfg, master, dns, clock)
-    started.append(d)
-    await d.start()
-    await d.tick()
-    assert d.store is not None
-    dns.txt[f"{L}.www.a.example"] = (await d.store.load_challenges())["A"].token
-    for _ in range(6):
-        clock.now += 60
-        master.answer_all()
-        done, _ = await d.tick()
-        assert done.ok, done.error
-    return d, master, clock
+from tests.planharness import Daemon
+from tests.test_attack_plan_truth import proven_and_asleep, started  # noqa: F401  (the fixture)
 
 
 async def test_a_read_again_frees_the_copy_it_replaces_and_changes_nothing(
@@ -45,9 +17,9 @@ async def test_a_read_again_frees_the_copy_it_replaces_and_changes_nothing(
     """reread() let the domain state, its host index and the sleepers live
     on until the next load had built their replacements (two copies held
     at the load's peak), and the one it dropped stayed frozen, cycles and
-    all. The next tick reads the store and acts
-    exactly as the copy it replaced would have: one list call."""
-    d, master, clock = await converged(tmp_path, started)
+    all. The next tick reads the store and acts exactly as the copy it
+    replaced would have: one list call."""
+    d, master, _, clock = await proven_and_asleep(tmp_path, started)
     assert d.r is not None and d.r.domains is not None
     shown = dict(master.shown)
     old = [weakref.ref(d.r.domains), weakref.ref(d.r.domains.index), weakref.ref(d.r.sleepers)]
