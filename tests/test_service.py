@@ -257,12 +257,25 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
         daemon.kill()
 
 
+# Dead ports, held bound (not listening) for the session: a connection is
+# refused, and no other test's master can take one meanwhile (a free port
+# only picked was once taken by a concurrent test's slapproxy, and a daemon
+# meant to have no master found one serving 11 instances).
+_DEAD_PORTS: list[socket.socket] = []
+
+
+def dead_master_url() -> str:
+    held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    held.bind(("127.0.0.1", 0))
+    _DEAD_PORTS.append(held)
+    return f"http://127.0.0.1:{held.getsockname()[1]}"
+
+
 def offline_site(tmp_path: Path, url: str | None = None) -> CdnSite:
     """A CdnSite whose master is never started: its URL is a dead loopback port
     (or `url`). Enough for write_config when the test needs no master."""
     proxy = Slapproxy(tmp_path / "no-master")
-    if url is not None:
-        proxy.url = url
+    proxy.url = url if url is not None else dead_master_url()
     return CdnSite(proxy, "cdn-requester______0", "slappart0", "cdn-tech______0", "slappart1")
 
 
